@@ -1,0 +1,81 @@
+//! The parameters and buffers each op owns, named as PyTorch's `state_dict` names them.
+
+use crate::op::Op;
+use crate::shape::Shape;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ParamRole {
+    /// Convolution or fc weight, batch-norm gamma, PReLU slope.
+    Weight,
+    /// Convolution or fc bias, batch-norm beta.
+    Bias,
+    /// Batch-norm running statistics: buffers, not trained by gradient descent.
+    RunningMean,
+    RunningVar,
+}
+
+/// One tensor a layer owns: its full name is `<layer name>.<suffix>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSpec {
+    pub suffix: &'static str,
+    pub dims: Vec<usize>,
+    pub role: ParamRole,
+}
+
+impl ParamSpec {
+    pub fn trainable(&self) -> bool {
+        match self.role {
+            ParamRole::Weight | ParamRole::Bias => true,
+            ParamRole::RunningMean | ParamRole::RunningVar => false,
+        }
+    }
+
+    pub fn elements(&self) -> usize {
+        self.dims.iter().product()
+    }
+}
+
+/// The tensors `op` owns when applied to inputs of the given shapes (already shape-checked).
+pub fn params(op: &Op, inputs: &[&Shape]) -> Vec<ParamSpec> {
+    let spec = |suffix, dims, role| ParamSpec { suffix, dims, role };
+    match op {
+        Op::Conv(conv) => {
+            let [kh, kw] = conv.window.kernel;
+            let per_group = inputs[0].channels() / conv.groups;
+            let mut out = vec![spec("weight", vec![conv.out_channels, per_group, kh, kw], ParamRole::Weight)];
+            if conv.bias {
+                out.push(spec("bias", vec![conv.out_channels], ParamRole::Bias));
+            }
+            out
+        }
+        Op::Fc(fc) => {
+            let mut out = vec![spec("weight", vec![fc.out_features, inputs[0].0[0]], ParamRole::Weight)];
+            if fc.bias {
+                out.push(spec("bias", vec![fc.out_features], ParamRole::Bias));
+            }
+            out
+        }
+        Op::BatchNorm(_) => {
+            let c = inputs[0].channels();
+            vec![
+                spec("weight", vec![c], ParamRole::Weight),
+                spec("bias", vec![c], ParamRole::Bias),
+                spec("running_mean", vec![c], ParamRole::RunningMean),
+                spec("running_var", vec![c], ParamRole::RunningVar),
+            ]
+        }
+        Op::Prelu => vec![spec("weight", vec![inputs[0].channels()], ParamRole::Weight)],
+        Op::Input
+        | Op::Pool { .. }
+        | Op::GlobalPool(_)
+        | Op::AdaptivePool { .. }
+        | Op::Spp { .. }
+        | Op::Flatten
+        | Op::Activation(_)
+        | Op::Softmax
+        | Op::Lrn(_)
+        | Op::Dropout { .. }
+        | Op::Concat
+        | Op::Add => Vec::new(),
+    }
+}
