@@ -7,7 +7,7 @@
 mod codes;
 mod source;
 
-pub use codes::{Code, CodeInfo, CODES};
+pub use codes::{CODES, Code, CodeInfo};
 pub use source::{LineCol, SourceFile};
 
 /// A half-open byte range `[start, end)` into one source text.

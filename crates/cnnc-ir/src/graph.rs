@@ -4,8 +4,8 @@
 //! never holds an unshaped value; [`crate::verify`] re-checks every invariant after a pass.
 
 use crate::op::Op;
-use crate::param::{params, ParamSpec};
-use crate::shape::{check_valid, infer, Shape, ShapeError, ShapeWarning};
+use crate::param::{ParamSpec, params};
+use crate::shape::{Shape, ShapeError, ShapeWarning, check_valid, infer};
 use cnnc_diag::Span;
 
 /// A handle to a node of one graph. Handles are indices: cheap to copy, compare and hash.
@@ -115,9 +115,7 @@ impl Graph {
     /// Every parameter and buffer of the graph with its full name, in node order.
     pub fn named_params(&self) -> Vec<(String, ParamSpec)> {
         self.ids()
-            .flat_map(|id| {
-                self.params(id).into_iter().map(move |p| (format!("{}.{}", self[id].name, p.suffix), p))
-            })
+            .flat_map(|id| self.params(id).into_iter().map(move |p| (format!("{}.{}", self[id].name, p.suffix), p)))
             .collect()
     }
 

@@ -10,5 +10,5 @@ pub mod shape;
 
 pub use graph::{Graph, Node, NodeId};
 pub use op::{Activation, BatchNorm, Conv, Fc, Lrn, Op, Pair, PoolKind, Window};
-pub use param::{params, ParamRole, ParamSpec};
+pub use param::{ParamRole, ParamSpec, params};
 pub use shape::{Shape, ShapeError, ShapeWarning};

@@ -38,7 +38,9 @@ pub struct Conv {
 pub enum PoolKind {
     Max,
     /// Average; `include_pad` counts padded zeros in the divisor (PyTorch's default).
-    Avg { include_pad: bool },
+    Avg {
+        include_pad: bool,
+    },
     /// Square root of the sum of squares over the window (LPPool with p = 2).
     L2,
 }
@@ -52,15 +54,25 @@ pub struct Fc {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Activation {
     Relu,
-    LeakyRelu { slope: f64 },
-    Elu { alpha: f64 },
+    LeakyRelu {
+        slope: f64,
+    },
+    Elu {
+        alpha: f64,
+    },
     Selu,
     Sigmoid,
     Tanh,
-    HardTanh { min: f64, max: f64 },
+    HardTanh {
+        min: f64,
+        max: f64,
+    },
     Softsign,
     /// `log(1 + exp(beta * x)) / beta`, linear above `threshold` (as PyTorch).
-    Softplus { beta: f64, threshold: f64 },
+    Softplus {
+        beta: f64,
+        threshold: f64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -85,14 +97,23 @@ pub enum Op {
     /// A model input; its shape is the node's shape.
     Input,
     Conv(Conv),
-    Pool { kind: PoolKind, window: Window },
+    Pool {
+        kind: PoolKind,
+        window: Window,
+    },
     /// Pools each channel's whole map down to 1x1.
     GlobalPool(PoolKind),
     /// Pools each channel to a fixed `output` size with PyTorch's adaptive bin edges.
-    AdaptivePool { kind: PoolKind, output: Pair },
+    AdaptivePool {
+        kind: PoolKind,
+        output: Pair,
+    },
     /// Spatial pyramid pooling: adaptive pooling to `l x l` for each level, flattened and
     /// concatenated in level order, giving `[C * sum(l^2)]`.
-    Spp { kind: PoolKind, levels: Vec<usize> },
+    Spp {
+        kind: PoolKind,
+        levels: Vec<usize>,
+    },
     Fc(Fc),
     /// `[C, H, W]` to `[C * H * W]`, in C, H, W order (as PyTorch).
     Flatten,
@@ -104,7 +125,9 @@ pub enum Op {
     BatchNorm(BatchNorm),
     Lrn(Lrn),
     /// Inverted dropout: identity at inference, scaled random mask in training.
-    Dropout { p: f64 },
+    Dropout {
+        p: f64,
+    },
     /// Concatenation along the channel axis.
     Concat,
     /// Elementwise sum of tensors of equal shape.

@@ -51,14 +51,39 @@ const AXIS_UNITS: [&str; 2] = ["row", "column"];
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ShapeError {
     /// The op takes `expected` inputs (a description such as "1" or "at least 2").
-    Arity { expected: &'static str, found: usize },
+    Arity {
+        expected: &'static str,
+        found: usize,
+    },
     /// The op needs `[C, H, W]` (rank 3) or `[F]` (rank 1) input.
-    Rank { expected: &'static str, found: Shape },
-    KernelTooLarge { axis: usize, effective_kernel: usize, padded: usize, input: Shape },
-    AddMismatch { first: Shape, other: Shape, index: usize },
-    ConcatMismatch { first: Shape, other: Shape, index: usize },
-    Groups { groups: usize, in_channels: usize, out_channels: usize },
-    Zero { shape: Shape },
+    Rank {
+        expected: &'static str,
+        found: Shape,
+    },
+    KernelTooLarge {
+        axis: usize,
+        effective_kernel: usize,
+        padded: usize,
+        input: Shape,
+    },
+    AddMismatch {
+        first: Shape,
+        other: Shape,
+        index: usize,
+    },
+    ConcatMismatch {
+        first: Shape,
+        other: Shape,
+        index: usize,
+    },
+    Groups {
+        groups: usize,
+        in_channels: usize,
+        out_channels: usize,
+    },
+    Zero {
+        shape: Shape,
+    },
     Overflow,
     /// An attribute value the op cannot work with (zero stride, too much pooling padding, ...).
     BadConfig(String),
@@ -181,9 +206,7 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<(Shape, Vec<ShapeWarning>), S
             let input = one(inputs)?;
             Shape(vec![input.checked_elements().ok_or(ShapeError::Overflow)?])
         }
-        Op::Activation(_) | Op::Softmax | Op::Dropout { .. } | Op::Prelu | Op::BatchNorm(_) => {
-            one(inputs)?.clone()
-        }
+        Op::Activation(_) | Op::Softmax | Op::Dropout { .. } | Op::Prelu | Op::BatchNorm(_) => one(inputs)?.clone(),
         Op::Lrn(lrn) => {
             if lrn.size == 0 {
                 return Err(ShapeError::BadConfig("LRN size must be at least 1".into()));
@@ -197,11 +220,7 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<(Shape, Vec<ShapeWarning>), S
             let mut channels = 0usize;
             for (index, other) in inputs.iter().enumerate() {
                 if other.rank() != first.rank() || other.0[1..] != first.0[1..] {
-                    return Err(ShapeError::ConcatMismatch {
-                        first: first.clone(),
-                        other: (*other).clone(),
-                        index,
-                    });
+                    return Err(ShapeError::ConcatMismatch { first: first.clone(), other: (*other).clone(), index });
                 }
                 channels = channels.checked_add(other.0[0]).ok_or(ShapeError::Overflow)?;
             }
@@ -284,7 +303,12 @@ pub fn window_output(
             let covered = (n - 1) * s + eff;
             let tail = (padded - covered).saturating_sub(p);
             if tail > s.saturating_sub(eff) {
-                warnings.push(ShapeWarning::StrideRemainder { axis: a, dropped: tail, input: size[a], window: *window });
+                warnings.push(ShapeWarning::StrideRemainder {
+                    axis: a,
+                    dropped: tail,
+                    input: size[a],
+                    window: *window,
+                });
             }
         }
         out[a] = n;

@@ -5,3 +5,7 @@
 mod tensor;
 
 pub use tensor::Tensor;
+
+/// Named tensors: a model's parameters and buffers, or their gradients, keyed by full name
+/// (`layer1.0.conv1.weight`). Sorted, so iteration order is deterministic.
+pub type TensorMap = std::collections::BTreeMap<String, Tensor>;
