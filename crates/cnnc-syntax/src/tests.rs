@@ -1,0 +1,103 @@
+//! Parser tests: small sources in, AST shape or syntax diagnostics out.
+
+use crate::ast::*;
+use crate::parse;
+
+fn parse_ok(src: &str) -> File {
+    let (file, errors) = parse(src);
+    assert!(errors.is_empty(), "unexpected errors: {errors:?}");
+    file
+}
+
+fn first_error(src: &str) -> String {
+    let (_, errors) = parse(src);
+    errors.first().map(|e| e.diagnostic().message).unwrap_or_default()
+}
+
+#[test]
+fn parses_the_resnet50_example() {
+    let file = parse_ok(include_str!("../../../examples/resnet50.cnn"));
+    let names: Vec<_> = file.items.iter().map(|i| (i.kind, i.name.name.as_str())).collect();
+    assert_eq!(
+        names,
+        [(ItemKind::Block, "bottleneck"), (ItemKind::Block, "stage"), (ItemKind::Model, "resnet50")]
+    );
+    let model = &file.items[2];
+    assert_eq!(model.params.len(), 1);
+    assert!(matches!(model.body[0], Stmt::Input { .. }));
+    let Stmt::Expr(Expr { kind: ExprKind::Chain { steps, .. }, .. }) = &model.body[1] else { panic!("chain") };
+    assert_eq!(steps.len(), 11);
+    assert_eq!(steps[0].label.as_ref().unwrap().name, "conv1");
+}
+
+#[test]
+fn operators_follow_precedence() {
+    let file = parse_ok("model m(a = 1 + 2 * 3 - 4 / 2, b = !true || 1 < 2 && 3 >= 3) { input x: [1, 2, 2] x }");
+    let Some(Expr { kind: ExprKind::Binary(BinOp::Sub, lhs, _), .. }) = &file.items[0].params[0].default else {
+        panic!("subtraction at the root")
+    };
+    assert!(matches!(lhs.kind, ExprKind::Binary(BinOp::Add, _, _)));
+    let Some(Expr { kind: ExprKind::Binary(BinOp::Or, _, rhs), .. }) = &file.items[0].params[1].default else {
+        panic!("|| at the root")
+    };
+    assert!(matches!(rhs.kind, ExprKind::Binary(BinOp::And, _, _)));
+}
+
+#[test]
+fn tuples_lists_and_negative_literals() {
+    let file = parse_ok("model m(k = (3, 1), one = (3,), p = (2), l = [1, 2, 4], n = -3, f = 1e-4) { input x: [1, 8, 8] x }");
+    let kinds: Vec<_> = file.items[0].params.iter().map(|p| p.default.clone().unwrap().kind).collect();
+    assert!(matches!(&kinds[0], ExprKind::Tuple(v) if v.len() == 2));
+    assert!(matches!(&kinds[1], ExprKind::Tuple(v) if v.len() == 1));
+    assert_eq!(kinds[2], ExprKind::Int(2));
+    assert!(matches!(&kinds[3], ExprKind::List(v) if v.len() == 3));
+    assert_eq!(kinds[4], ExprKind::Int(-3));
+    assert_eq!(kinds[5], ExprKind::Float(1e-4));
+}
+
+#[test]
+fn steps_groups_loops_and_conditions() {
+    let src = "model m(deep = true) { input x: [3, 8, 8]
+        x -> features: (conv(8, k=3) -> relu) -> for c in [8, 16] { conv(c, k=1) }
+          -> if deep { conv(4, k=1) } else if false { relu } else { sigmoid } -> if deep { relu } }";
+    let file = parse_ok(src);
+    let Stmt::Expr(Expr { kind: ExprKind::Chain { steps, .. }, .. }) = &file.items[0].body[1] else { panic!() };
+    assert!(matches!(&steps[0].kind, StepKind::Group(g) if g.len() == 2));
+    assert!(matches!(&steps[1].kind, StepKind::For { iter: Iterable::Value(_), .. }));
+    assert!(matches!(&steps[2].kind, StepKind::If { otherwise: Some(o), .. } if o.len() == 1));
+    assert!(matches!(&steps[3].kind, StepKind::If { otherwise: None, .. }));
+}
+
+#[test]
+fn one_syntax_error_per_item() {
+    // An unbalanced bracket stops everything: item boundaries cannot be trusted after it.
+    let src = "model a { input x: [1, 2, 2] x }\nblock b { input x x -> relu( }\nmodel c { input x: [1, 1, 1] x }";
+    let (file, errors) = parse(src);
+    assert_eq!((file.items.len(), errors.len()), (0, 1), "{errors:?}");
+    let src = "model a { input x: [1, 2, 2] x -> }\nblock b { input x x -> relu(, ) }\nmodel c { input x: [1, 1, 1] x }";
+    let (file, errors) = parse(src);
+    assert_eq!((file.items.len(), errors.len()), (1, 2), "{errors:?}");
+}
+
+#[test]
+fn errors_say_what_was_expected() {
+    assert_eq!(first_error("model m { input x: [1, 2, 2] x -> }"), "expected a layer, found `}`");
+    assert!(first_error("model m { x = 3 }").contains("found `=`"));
+    assert_eq!(first_error("relu"), "expected `model` or `block`, found `relu`");
+}
+
+#[test]
+fn hostile_inputs_are_errors_not_crashes() {
+    let deep = format!("model m {{ input x: [1, 1, 1] {}x{} }}", "(".repeat(5000), ")".repeat(5000));
+    assert!(first_error(&deep).contains("nested more than"));
+    let long = format!("model m(a = {}1) {{ input x: [1, 1, 1] x }}", "1 + ".repeat(10_000));
+    assert!(first_error(&long).contains("nested more than"));
+    let negs = format!("model m(a = {}1) {{ input x: [1, 1, 1] x }}", "!".repeat(10_000));
+    assert!(first_error(&negs).contains("nested more than"));
+    assert!(first_error("model m(a = 99999999999999999999) { input x: [1, 1, 1] x }").contains("out of range"));
+    assert_eq!(first_error("model m { input x: [1, 1, 1] x ]"), "mismatched closing bracket: expected `}`, found `]`");
+    assert_eq!(first_error("model m { input x: [1, 1, 1] x"), "unclosed bracket");
+    for src in ["", "   ", "// only a comment", "model", "model m", "block b(", "/* unterminated"] {
+        let _ = parse(src);
+    }
+}
