@@ -59,6 +59,7 @@ codes! {
     // Limits (E04xx).
     TOO_LARGE = "E0400", "model too large to elaborate";
     // Warnings (W0xxx).
+    UNUSED_VALUE = "W0200", "value computed but never used";
     STRIDE_REMAINDER = "W0300", "stride leaves input rows or columns unused";
 }
 

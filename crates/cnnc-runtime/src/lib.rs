@@ -2,9 +2,22 @@
 //! (`.npy`, safetensors weights, seeded initialisation). Back ends and front doors use it; it
 //! knows nothing of the syntax, the passes or any back end.
 
+mod atomic;
+mod init;
+mod npy;
+pub mod rng;
 mod tensor;
+mod weights;
 
+pub use atomic::write_atomic;
+pub use init::{WeightInit, init_params, weight_init};
+pub use npy::{
+    MAX_HEADER_LEN, NpyArray, NpyError, NpyFormatError, read_npy, read_npy_bytes, read_npy_f32, read_npy_labels,
+    write_npy, write_npy_labels,
+};
+pub use rng::Rng;
 pub use tensor::Tensor;
+pub use weights::{NUM_BATCHES_TRACKED, WeightsError, check_weights, load_safetensors, save_safetensors};
 
 /// Named tensors: a model's parameters and buffers, or their gradients, keyed by full name
 /// (`layer1.0.conv1.weight`). Sorted, so iteration order is deterministic.

@@ -69,12 +69,22 @@ pub enum ExprKind {
     Unary(UnOp, Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
     /// A function in value position: `concat(a, b)`, `add(a, b)`, `channels(x)`, `max(a, b)`.
-    Call { func: Ident, args: Vec<Arg> },
+    Call {
+        func: Ident,
+        args: Vec<Arg>,
+    },
     Tuple(Vec<Expr>),
     List(Vec<Expr>),
-    If { cond: Box<Expr>, then: Box<Expr>, otherwise: Box<Expr> },
+    If {
+        cond: Box<Expr>,
+        then: Box<Expr>,
+        otherwise: Box<Expr>,
+    },
     /// `head -> step -> step`.
-    Chain { head: Box<Expr>, steps: Vec<Step> },
+    Chain {
+        head: Box<Expr>,
+        steps: Vec<Step>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

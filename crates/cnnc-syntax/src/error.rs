@@ -6,13 +6,36 @@ use cnnc_diag::{Code, Diagnostic, Span};
 #[derive(Clone, Debug, PartialEq)]
 pub enum SyntaxError {
     /// The parser expected one of `expected` (human descriptions) and found `found`.
-    Unexpected { span: Span, expected: Vec<&'static str>, found: String },
-    NestingTooDeep { span: Span, limit: usize },
-    ExpressionTooDeep { span: Span, limit: usize },
-    BadNumber { span: Span },
-    UnclosedBracket { span: Span, expected: char },
-    UnopenedBracket { span: Span, found: char },
-    MismatchedBracket { open: Span, close: Span, expected: char, found: char },
+    Unexpected {
+        span: Span,
+        expected: Vec<&'static str>,
+        found: String,
+    },
+    NestingTooDeep {
+        span: Span,
+        limit: usize,
+    },
+    ExpressionTooDeep {
+        span: Span,
+        limit: usize,
+    },
+    BadNumber {
+        span: Span,
+    },
+    UnclosedBracket {
+        span: Span,
+        expected: char,
+    },
+    UnopenedBracket {
+        span: Span,
+        found: char,
+    },
+    MismatchedBracket {
+        open: Span,
+        close: Span,
+        expected: char,
+        found: char,
+    },
 }
 
 impl SyntaxError {
@@ -23,7 +46,7 @@ impl SyntaxError {
                 pest::error::InputLocation::Span((s, _)) => s,
             };
         let found = token_at(src, pos);
-        let span = Span::new(pos, pos + found.len().max(1).min(src.len().saturating_sub(pos)).max(0));
+        let span = Span::new(pos, pos + found.len().max(1).min(src.len().saturating_sub(pos)));
         let mut expected: Vec<&'static str> = match &e.variant {
             pest::error::ErrorVariant::ParsingError { positives, .. } => positives.iter().map(describe).collect(),
             pest::error::ErrorVariant::CustomError { .. } => Vec::new(),
@@ -54,7 +77,12 @@ impl SyntaxError {
                     [one] => one.to_string(),
                     [init @ .., last] => format!("{} or {last}", init.join(", ")),
                 };
-                let d = Diagnostic::error(Code::SYNTAX, format!("expected {what}, found {found}"), *span, format!("expected {what}"));
+                let d = Diagnostic::error(
+                    Code::SYNTAX,
+                    format!("expected {what}, found {found}"),
+                    *span,
+                    format!("expected {what}"),
+                );
                 match hint_for(expected, found) {
                     Some(h) => d.with_hint(h),
                     None => d,

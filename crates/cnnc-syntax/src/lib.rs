@@ -8,7 +8,7 @@ mod error;
 mod parse;
 
 pub use error::SyntaxError;
-pub use parse::{parse, MAX_EXPR_DEPTH, MAX_NESTING};
+pub use parse::{MAX_EXPR_DEPTH, MAX_NESTING, parse};
 
 #[cfg(test)]
 mod tests;

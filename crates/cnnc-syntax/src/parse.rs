@@ -7,8 +7,8 @@
 use crate::ast::*;
 use crate::error::SyntaxError;
 use cnnc_diag::Span;
-use pest::iterators::Pair;
 use pest::Parser as _;
+use pest::iterators::Pair;
 
 #[derive(pest_derive::Parser)]
 #[grammar = "../../../grammar/cnn.pest"]
@@ -289,7 +289,9 @@ impl Builder {
             // `-3` is a literal, not a negation, so `k = -3` reports a bad value, not an error
             // about applying `-` to something.
             expr = match (op, expr.kind) {
-                (UnOp::Neg, ExprKind::Int(v)) => Expr { kind: ExprKind::Int(v.wrapping_neg()), span: span.to(expr.span) },
+                (UnOp::Neg, ExprKind::Int(v)) => {
+                    Expr { kind: ExprKind::Int(v.wrapping_neg()), span: span.to(expr.span) }
+                }
                 (UnOp::Neg, ExprKind::Float(v)) => Expr { kind: ExprKind::Float(-v), span: span.to(expr.span) },
                 (op, kind) => {
                     let inner = Expr { kind, span: expr.span };
@@ -349,8 +351,11 @@ impl Builder {
                 let then = self.expr(inner.next().expect("then branch"), depth)?;
                 inner.next(); // `else`
                 let other = inner.next().expect("else branch");
-                let otherwise =
-                    if other.as_rule() == Rule::if_expr { self.primary(other, depth)? } else { self.expr(other, depth)? };
+                let otherwise = if other.as_rule() == Rule::if_expr {
+                    self.primary(other, depth)?
+                } else {
+                    self.expr(other, depth)?
+                };
                 ExprKind::If { cond: Box::new(cond), then: Box::new(then), otherwise: Box::new(otherwise) }
             }
             other => unreachable!("unexpected {other:?} as a primary expression"),
@@ -450,11 +455,7 @@ fn bin_op(rule: Rule) -> BinOp {
 
 /// Precedence climbing over `lhs (op rhs)*`; iterative in the operator count at each level,
 /// recursive only in the number of distinct precedence levels (five).
-fn climb(
-    mut lhs: Expr,
-    min_prec: u8,
-    rest: &mut std::iter::Peekable<impl Iterator<Item = (BinOp, Expr)>>,
-) -> Expr {
+fn climb(mut lhs: Expr, min_prec: u8, rest: &mut std::iter::Peekable<impl Iterator<Item = (BinOp, Expr)>>) -> Expr {
     while let Some(&(op, _)) = rest.peek() {
         if op.precedence() < min_prec {
             break;

@@ -18,10 +18,7 @@ fn first_error(src: &str) -> String {
 fn parses_the_resnet50_example() {
     let file = parse_ok(include_str!("../../../examples/resnet50.cnn"));
     let names: Vec<_> = file.items.iter().map(|i| (i.kind, i.name.name.as_str())).collect();
-    assert_eq!(
-        names,
-        [(ItemKind::Block, "bottleneck"), (ItemKind::Block, "stage"), (ItemKind::Model, "resnet50")]
-    );
+    assert_eq!(names, [(ItemKind::Block, "bottleneck"), (ItemKind::Block, "stage"), (ItemKind::Model, "resnet50")]);
     let model = &file.items[2];
     assert_eq!(model.params.len(), 1);
     assert!(matches!(model.body[0], Stmt::Input { .. }));
@@ -45,7 +42,8 @@ fn operators_follow_precedence() {
 
 #[test]
 fn tuples_lists_and_negative_literals() {
-    let file = parse_ok("model m(k = (3, 1), one = (3,), p = (2), l = [1, 2, 4], n = -3, f = 1e-4) { input x: [1, 8, 8] x }");
+    let file =
+        parse_ok("model m(k = (3, 1), one = (3,), p = (2), l = [1, 2, 4], n = -3, f = 1e-4) { input x: [1, 8, 8] x }");
     let kinds: Vec<_> = file.items[0].params.iter().map(|p| p.default.clone().unwrap().kind).collect();
     assert!(matches!(&kinds[0], ExprKind::Tuple(v) if v.len() == 2));
     assert!(matches!(&kinds[1], ExprKind::Tuple(v) if v.len() == 1));
@@ -74,7 +72,8 @@ fn one_syntax_error_per_item() {
     let src = "model a { input x: [1, 2, 2] x }\nblock b { input x x -> relu( }\nmodel c { input x: [1, 1, 1] x }";
     let (file, errors) = parse(src);
     assert_eq!((file.items.len(), errors.len()), (0, 1), "{errors:?}");
-    let src = "model a { input x: [1, 2, 2] x -> }\nblock b { input x x -> relu(, ) }\nmodel c { input x: [1, 1, 1] x }";
+    let src =
+        "model a { input x: [1, 2, 2] x -> }\nblock b { input x x -> relu(, ) }\nmodel c { input x: [1, 1, 1] x }";
     let (file, errors) = parse(src);
     assert_eq!((file.items.len(), errors.len()), (1, 2), "{errors:?}");
 }

@@ -1,0 +1,345 @@
+//! Model weights in safetensors files, and checking a set of weights against a graph.
+//!
+//! safetensors is the format PyTorch users export with `safetensors.torch.save_file(
+//! model.state_dict(), path)`: a JSON header naming each tensor's dtype, shape and byte range,
+//! then the raw little-endian data. The `safetensors` crate validates the header (size limits,
+//! offsets that tile the data exactly, no overflow), so a corrupt file is an error, not a panic.
+//!
+//! PyTorch's batch-norm layers carry a `num_batches_tracked` counter (an int64 scalar) in their
+//! state_dict. cnnc has no use for it (it only matters for `momentum=None`, a cumulative
+//! average cnnc does not offer), so such entries are skipped on load and ignored by
+//! [`check_weights`]: demanding their removal would make every PyTorch export fail.
+
+use crate::TensorMap;
+use crate::atomic::write_bytes_atomic;
+use crate::tensor::Tensor;
+use cnnc_ir::Graph;
+use safetensors::tensor::{Dtype, SafeTensorError, View};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// The key suffix of PyTorch's batch-norm step counter; see the module documentation.
+pub const NUM_BATCHES_TRACKED: &str = ".num_batches_tracked";
+
+/// A weights file that cannot be read or written, or weights that do not fit a model.
+#[derive(Debug, Error)]
+pub enum WeightsError {
+    #[error("cannot read weights file `{}`: {source}", .path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("`{}` is not a valid safetensors file: {source}", .path.display())]
+    Format { path: PathBuf, source: SafeTensorError },
+    #[error(
+        "tensor `{name}` in `{}` has dtype {dtype}, but cnnc reads only F32 weights; convert \
+         before saving, e.g. `{{k: v.float() for k, v in state_dict.items()}}`",
+        .path.display()
+    )]
+    Dtype { path: PathBuf, name: String, dtype: String },
+    #[error("cannot write weights file `{}`: {source}", .path.display())]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot save weights to `{}`: {source}", .path.display())]
+    Serialize { path: PathBuf, source: SafeTensorError },
+    #[error(
+        "cannot save weights to `{}`: tensor `{name}` has shape {shape:?} but holds {len} values",
+        .path.display()
+    )]
+    Inconsistent { path: PathBuf, name: String, shape: Vec<usize>, len: usize },
+    #[error("missing weight `{name}`: the model needs a tensor of shape {expected:?} under that name")]
+    Missing { name: String, expected: Vec<usize> },
+    #[error("unexpected weight `{name}`: the model has no parameter of that name{}", did_you_mean(.suggestion))]
+    Unexpected { name: String, suggestion: Option<String> },
+    #[error("weight `{name}` has shape {found:?}, but the model expects {expected:?}")]
+    Shape { name: String, expected: Vec<usize>, found: Vec<usize> },
+}
+
+fn did_you_mean(suggestion: &Option<String>) -> String {
+    suggestion.as_ref().map_or_else(String::new, |s| format!("; did you mean `{s}`?"))
+}
+
+/// Loads every tensor of a safetensors file. Every tensor must be F32, except PyTorch's
+/// `*.num_batches_tracked` counters, which are skipped (see the module documentation).
+pub fn load_safetensors(path: impl AsRef<Path>) -> Result<TensorMap, WeightsError> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| WeightsError::Read { path: path.to_path_buf(), source })?;
+    decode(&bytes, path)
+}
+
+fn decode(bytes: &[u8], path: &Path) -> Result<TensorMap, WeightsError> {
+    let format = |source| WeightsError::Format { path: path.to_path_buf(), source };
+    let file = safetensors::SafeTensors::deserialize(bytes).map_err(format)?;
+    let mut map = TensorMap::new();
+    for (name, view) in file.iter() {
+        if name.ends_with(NUM_BATCHES_TRACKED) {
+            continue;
+        }
+        if view.dtype() != Dtype::F32 {
+            return Err(WeightsError::Dtype {
+                path: path.to_path_buf(),
+                name: name.to_owned(),
+                dtype: format!("{:?}", view.dtype()),
+            });
+        }
+        let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        // The crate checked that the byte range matches shape and dtype; re-checking costs
+        // nothing and keeps a bug there from becoming a wrongly shaped tensor here.
+        let tensor = Tensor::from_vec(view.shape(), data).map_err(|_| {
+            format(SafeTensorError::InvalidTensorView(view.dtype(), view.shape().to_vec(), view.data().len()))
+        })?;
+        map.insert(name.to_owned(), tensor);
+    }
+    Ok(map)
+}
+
+/// An f32 tensor seen as safetensors bytes; converted on demand, one tensor at a time.
+struct F32View<'a>(&'a Tensor);
+
+impl View for F32View<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.0.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.0.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+    }
+
+    fn data_len(&self) -> usize {
+        self.0.data.len() * 4
+    }
+}
+
+/// Saves the tensors as an F32 safetensors file, atomically (the old file survives any error).
+/// The header carries `"format": "pt"`, which Hugging Face loaders expect of PyTorch weights.
+pub fn save_safetensors(path: impl AsRef<Path>, weights: &TensorMap) -> Result<(), WeightsError> {
+    let path = path.as_ref();
+    bytes_of(weights, path).and_then(|bytes| {
+        write_bytes_atomic(path, &bytes).map_err(|source| WeightsError::Write { path: path.to_path_buf(), source })
+    })
+}
+
+fn bytes_of(weights: &TensorMap, path: &Path) -> Result<Vec<u8>, WeightsError> {
+    for (name, t) in weights {
+        if t.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) != Some(t.data.len()) {
+            return Err(WeightsError::Inconsistent {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                shape: t.shape.clone(),
+                len: t.data.len(),
+            });
+        }
+    }
+    let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    let views = weights.iter().map(|(name, t)| (name.as_str(), F32View(t)));
+    safetensors::serialize(views, Some(metadata))
+        .map_err(|source| WeightsError::Serialize { path: path.to_path_buf(), source })
+}
+
+/// Checks weights against the parameters the graph declares (`Graph::named_params`): every
+/// missing, unexpected and mis-shaped tensor is reported, all in one go. Missing and
+/// mis-shaped tensors come in graph order, then unexpected ones in name order, each with a
+/// "did you mean" among the missing names when one is close. `*.num_batches_tracked` entries
+/// are ignored (see the module documentation).
+pub fn check_weights(graph: &Graph, weights: &TensorMap) -> Result<(), Vec<WeightsError>> {
+    let expected = graph.named_params();
+    let mut errors = Vec::new();
+    let mut missing = Vec::new();
+    for (name, spec) in &expected {
+        match weights.get(name) {
+            None => {
+                missing.push(name.as_str());
+                errors.push(WeightsError::Missing { name: name.clone(), expected: spec.dims.clone() });
+            }
+            Some(t) if t.shape != spec.dims => errors.push(WeightsError::Shape {
+                name: name.clone(),
+                expected: spec.dims.clone(),
+                found: t.shape.clone(),
+            }),
+            Some(_) => {}
+        }
+    }
+    let known: HashSet<&str> = expected.iter().map(|(name, _)| name.as_str()).collect();
+    for name in weights.keys() {
+        if known.contains(name.as_str()) || name.ends_with(NUM_BATCHES_TRACKED) {
+            continue;
+        }
+        let suggestion = cnnc_diag::did_you_mean(name, missing.iter().copied()).map(str::to_owned);
+        errors.push(WeightsError::Unexpected { name: name.clone(), suggestion });
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cnnc_diag::Span;
+    use cnnc_ir::{BatchNorm, Conv, Fc, Op, Shape, Window};
+
+    fn sample() -> TensorMap {
+        TensorMap::from([
+            (
+                "conv1.weight".to_owned(),
+                Tensor { shape: vec![2, 1, 1, 2], data: vec![1.0, -2.5, 3.25, f32::MIN_POSITIVE] },
+            ),
+            ("conv1.bias".to_owned(), Tensor { shape: vec![2], data: vec![0.0, -0.0] }),
+            ("scalar".to_owned(), Tensor { shape: vec![], data: vec![42.0] }),
+            ("empty".to_owned(), Tensor { shape: vec![0, 3], data: vec![] }),
+        ])
+    }
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        save_safetensors(&path, &sample()).unwrap();
+        let back = load_safetensors(&path).unwrap();
+        assert_eq!(back, sample());
+        // Bit-exact, including the sign of zero.
+        assert!(back["conv1.bias"].data[1].is_sign_negative());
+    }
+
+    /// A file as `safetensors.torch.save_file` writes it, built by hand: an 8-byte header length,
+    /// the JSON header, then the data.
+    fn file(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(data);
+        bytes
+    }
+
+    #[test]
+    fn reads_a_pytorch_batch_norm_export() {
+        let header = r#"{"__metadata__":{"format":"pt"},"bn.num_batches_tracked":{"dtype":"I64","shape":[],"data_offsets":[0,8]},"bn.running_var":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#;
+        let mut data = 7i64.to_le_bytes().to_vec();
+        data.extend([1f32, 0.5].iter().flat_map(|x| x.to_le_bytes()));
+        let map = decode(&file(header, &data), Path::new("bn.safetensors")).unwrap();
+        assert_eq!(map.len(), 1);
+        assert_eq!(map["bn.running_var"], Tensor { shape: vec![2], data: vec![1.0, 0.5] });
+    }
+
+    #[test]
+    fn other_dtypes_name_the_tensor() {
+        let header = r#"{"fc.weight":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]}}"#;
+        let e = decode(&file(header, &[0; 4]), Path::new("m.safetensors")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("tensor `fc.weight` in `m.safetensors` has dtype BF16, but cnnc reads only F32"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn truncated_and_corrupted_files_are_errors() {
+        let bytes = bytes_of(&sample(), Path::new("x")).unwrap();
+        assert!(decode(&bytes, Path::new("x")).is_ok());
+        for cut in 0..bytes.len() {
+            let e = decode(&bytes[..cut], Path::new("cut.safetensors")).unwrap_err();
+            assert!(matches!(e, WeightsError::Format { .. }), "cut at {cut}: {e}");
+            assert!(e.to_string().starts_with("`cut.safetensors` is not a valid safetensors file: "), "{e}");
+        }
+        for i in 0..bytes.len() {
+            for v in [0u8, 0xff, b'9', b'"', b'}', b'['] {
+                let mut b = bytes.clone();
+                b[i] = v;
+                // Data bytes may change values; header bytes must give an error. Never a panic.
+                let _ = decode(&b, Path::new("x"));
+            }
+        }
+        // A header length far beyond the file, and one beyond the crate's header limit.
+        let mut huge = u64::MAX.to_le_bytes().to_vec();
+        huge.extend_from_slice(b"{}");
+        assert!(decode(&huge, Path::new("x")).is_err());
+        let mut big = 200_000_000u64.to_le_bytes().to_vec();
+        big.extend_from_slice(b"{}");
+        assert!(decode(&big, Path::new("x")).is_err());
+        // A lying shape: 1000 elements claimed for 4 bytes.
+        let header = r#"{"w":{"dtype":"F32","shape":[1000],"data_offsets":[0,4]}}"#;
+        assert!(decode(&file(header, &[0; 4]), Path::new("x")).is_err());
+        let header = r#"{"w":{"dtype":"F32","shape":[18446744073709551615,2],"data_offsets":[0,4]}}"#;
+        assert!(decode(&file(header, &[0; 4]), Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn io_errors_name_the_file() {
+        let e = load_safetensors("/no/such/w.safetensors").unwrap_err();
+        assert!(e.to_string().starts_with("cannot read weights file `/no/such/w.safetensors`: "), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let e = save_safetensors(dir.path().join("missing/w.safetensors"), &sample()).unwrap_err();
+        assert!(matches!(e, WeightsError::Write { .. }), "{e}");
+    }
+
+    #[test]
+    fn inconsistent_tensors_are_not_saved_and_the_old_file_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        save_safetensors(&path, &sample()).unwrap();
+        let mut bad = sample();
+        bad.insert("fc.weight".to_owned(), Tensor { shape: vec![2, 3], data: vec![0.0; 5] });
+        let e = save_safetensors(&path, &bad).unwrap_err();
+        assert!(e.to_string().contains("tensor `fc.weight` has shape [2, 3] but holds 5 values"), "{e}");
+        assert_eq!(load_safetensors(&path).unwrap(), sample());
+    }
+
+    fn model() -> Graph {
+        let mut g = Graph::new("m");
+        let s = Span::DUMMY;
+        let x = g.add_input("x", Shape(vec![3, 8, 8]), s).unwrap();
+        let window = Window { kernel: [3, 3], stride: [1, 1], pad: [1, 1], dilation: [1, 1], ceil_mode: false };
+        let conv = Op::Conv(Conv { out_channels: 4, window, groups: 1, bias: false });
+        let (c, _) = g.add(conv, vec![x], "conv1", s).unwrap();
+        let (b, _) = g.add(Op::BatchNorm(BatchNorm { eps: 1e-5, momentum: 0.1 }), vec![c], "bn1", s).unwrap();
+        let (f, _) = g.add(Op::Flatten, vec![b], "flatten", s).unwrap();
+        let (y, _) = g.add(Op::Fc(Fc { out_features: 10, bias: true }), vec![f], "fc", s).unwrap();
+        g.outputs.push(y);
+        g
+    }
+
+    fn full_weights(g: &Graph) -> TensorMap {
+        g.named_params().into_iter().map(|(name, spec)| (name, Tensor::zeros(&spec.dims))).collect()
+    }
+
+    #[test]
+    fn matching_weights_pass_and_batch_counters_are_ignored() {
+        let g = model();
+        let mut w = full_weights(&g);
+        assert_eq!(w.len(), 7);
+        w.insert("bn1.num_batches_tracked".to_owned(), Tensor::zeros(&[]));
+        assert!(check_weights(&g, &w).is_ok());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let g = model();
+        let mut w = full_weights(&g);
+        let conv = w.remove("conv1.weight").unwrap();
+        w.insert("conv1.weights".to_owned(), conv);
+        w.remove("bn1.running_var");
+        w.insert("fc.weight".to_owned(), Tensor::zeros(&[10, 100]));
+        w.insert("head.weight".to_owned(), Tensor::zeros(&[1]));
+        let messages: Vec<String> = check_weights(&g, &w).unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            messages,
+            [
+                "missing weight `conv1.weight`: the model needs a tensor of shape [4, 3, 3, 3] under that name",
+                "missing weight `bn1.running_var`: the model needs a tensor of shape [4] under that name",
+                "weight `fc.weight` has shape [10, 100], but the model expects [10, 256]",
+                "unexpected weight `conv1.weights`: the model has no parameter of that name; did you mean `conv1.weight`?",
+                "unexpected weight `head.weight`: the model has no parameter of that name",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_wrapper_prefix_is_spotted() {
+        // nn.DataParallel saves every key under `module.`.
+        let g = model();
+        let w: TensorMap = full_weights(&g).into_iter().map(|(k, v)| (format!("module.{k}"), v)).collect();
+        let errors = check_weights(&g, &w).unwrap_err();
+        assert_eq!(errors.len(), 14);
+        let e = errors.iter().find(|e| matches!(e, WeightsError::Unexpected { name, .. } if name == "module.fc.bias"));
+        assert!(e.unwrap().to_string().ends_with("did you mean `fc.bias`?"), "{errors:?}");
+    }
+}
