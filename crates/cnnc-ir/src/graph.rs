@@ -1,7 +1,7 @@
 //! The graph: nodes in an arena addressed by `NodeId`, in topological order.
 //!
 //! A node is shaped when it is added (its op's shape rule runs in [`Graph::add`]), so a graph
-//! never holds an unshaped value; [`crate::verify`] re-checks every invariant after a pass.
+//! never holds an unshaped value; [`crate::verify()`] re-checks every invariant after a pass.
 
 use crate::op::Op;
 use crate::param::{ParamSpec, params};
@@ -132,7 +132,7 @@ impl Graph {
         users
     }
 
-    /// Mutable access for passes; they must leave the graph verifiable (see [`crate::verify`]).
+    /// Mutable access for passes; they must leave the graph verifiable (see [`crate::verify()`]).
     pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
         &mut self.nodes[id.index()]
     }

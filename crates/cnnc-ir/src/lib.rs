@@ -3,12 +3,22 @@
 //! Plain data in an arena addressed by `NodeId`; analyses (users, statistics, receptive fields)
 //! are side tables. This crate knows nothing of the `.cnn` syntax, pest, quote or Cranelift.
 
+pub mod dot;
 mod graph;
 pub mod op;
 mod param;
+pub mod print;
 pub mod shape;
+pub mod stats;
+#[cfg(test)]
+mod testutil;
+pub mod verify;
 
+pub use dot::{dot, dot_with_clusters};
 pub use graph::{Graph, Node, NodeId};
 pub use op::{Activation, BatchNorm, Conv, Fc, Lrn, Op, Pair, PoolKind, Window};
 pub use param::{ParamRole, ParamSpec, params};
+pub use print::print;
 pub use shape::{Shape, ShapeError, ShapeWarning};
+pub use stats::{NodeStats, Totals, node_stats, totals};
+pub use verify::{VerifyError, verify};

@@ -159,12 +159,11 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<(Shape, Vec<ShapeWarning>), S
         }
         Op::Pool { kind: _, window } => {
             let [c, h, w] = map(one(inputs)?)?;
-            for a in 0..2 {
+            for (a, axis) in AXES.iter().enumerate() {
                 if window.pad[a] > window.kernel[a] / 2 {
                     return Err(ShapeError::BadConfig(format!(
-                        "pooling padding {} is more than half the kernel {} {} (padding must be at most {})",
+                        "pooling padding {} is more than half the kernel {axis} {} (padding must be at most {})",
                         window.pad[a],
-                        AXES[a],
                         window.kernel[a],
                         window.kernel[a] / 2
                     )));
