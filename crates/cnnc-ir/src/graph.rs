@@ -72,6 +72,9 @@ impl Graph {
         name: impl Into<String>,
         span: Span,
     ) -> Result<(NodeId, Vec<ShapeWarning>), ShapeError> {
+        if let Some(bad) = inputs.iter().find(|i| i.index() >= self.nodes.len()) {
+            return Err(ShapeError::BadConfig(format!("operand {bad} does not exist (nodes are added after their operands)")));
+        }
         let (shape, warnings) = {
             let shapes: Vec<&Shape> = inputs.iter().map(|&i| &self[i].shape).collect();
             infer(&op, &shapes)?
