@@ -1,0 +1,188 @@
+//! Convolution (cross-correlation, as PyTorch) and fully connected layers, forward and backward.
+//!
+//! Layouts: input `[N, C, H, W]`, weight `[O, C / groups, KH, KW]` (OIHW), bias `[O]`,
+//! output `[N, O, OH, OW]`. Output channel `o` belongs to group `g = o / (O / groups)` and reads
+//! input channels `g * (C / groups) ..`.
+//!
+//! `out[n, o, y, x] = bias[o] + sum_{ci, ky, kx} w[o, ci, ky, kx] * in[n, g*Cg + ci, y*sh - ph + ky*dh, x*sw - pw + kx*dw]`
+//! where positions outside the input read zero (the padding).
+
+use crate::buf::Buf;
+use cnnc_ir::Conv;
+
+/// The geometry of one convolution, unpacked from shapes and attributes.
+struct Geometry {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    oh: usize,
+    ow: usize,
+    kh: usize,
+    kw: usize,
+    /// Input channels per group.
+    cg: usize,
+    /// Output channels per group.
+    og: usize,
+    /// `rows[ky * oh + y]`: the input row read by kernel row `ky` at output row `y`, if any.
+    rows: Vec<Option<usize>>,
+    cols: Vec<Option<usize>>,
+}
+
+/// For each kernel tap `k` and output position `o`, the input coordinate
+/// `o * stride - pad + k * dilation` when it lies inside `0..size` (`None` in the padding).
+/// Indexed `[k * out + o]`.
+pub(crate) fn axis_taps(
+    out: usize,
+    size: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    dilation: usize,
+) -> Vec<Option<usize>> {
+    let mut taps = Vec::with_capacity(kernel * out);
+    for k in 0..kernel {
+        for o in 0..out {
+            let pos = (o * stride + k * dilation).checked_sub(pad);
+            taps.push(pos.filter(|&p| p < size));
+        }
+    }
+    taps
+}
+
+fn geometry(conv: &Conv, x: &[usize], y: &[usize]) -> Geometry {
+    let (n, c, h, w) = (x[0], x[1], x[2], x[3]);
+    let (o, oh, ow) = (y[1], y[2], y[3]);
+    let win = &conv.window;
+    let [kh, kw] = win.kernel;
+    Geometry {
+        n,
+        c,
+        h,
+        w,
+        o,
+        oh,
+        ow,
+        kh,
+        kw,
+        cg: c / conv.groups,
+        og: o / conv.groups,
+        rows: axis_taps(oh, h, kh, win.stride[0], win.pad[0], win.dilation[0]),
+        cols: axis_taps(ow, w, kw, win.stride[1], win.pad[1], win.dilation[1]),
+    }
+}
+
+/// Forward convolution; `out_shape` is the full output shape `[N, O, OH, OW]`.
+pub(crate) fn conv_forward(conv: &Conv, x: &Buf, weight: &Buf, bias: Option<&Buf>, out_shape: &[usize]) -> Buf {
+    let g = geometry(conv, &x.shape, out_shape);
+    let mut y = Buf::zeros(out_shape);
+    for n in 0..g.n {
+        for o in 0..g.o {
+            let group = o / g.og;
+            let out = &mut y.data[(n * g.o + o) * g.oh * g.ow..][..g.oh * g.ow];
+            if let Some(bias) = bias {
+                out.fill(bias.data[o]);
+            }
+            for ci in 0..g.cg {
+                let ic = group * g.cg + ci;
+                let plane = &x.data[(n * g.c + ic) * g.h * g.w..][..g.h * g.w];
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let wv = weight.data[((o * g.cg + ci) * g.kh + ky) * g.kw + kx];
+                        for oy in 0..g.oh {
+                            let Some(iy) = g.rows[ky * g.oh + oy] else { continue };
+                            for ox in 0..g.ow {
+                                let Some(ix) = g.cols[kx * g.ow + ox] else { continue };
+                                out[oy * g.ow + ox] += wv * plane[iy * g.w + ix];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Gradients of a convolution: `(d input, d weight, d bias)`, the bias gradient only when the
+/// layer has a bias.
+pub(crate) fn conv_backward(conv: &Conv, x: &Buf, weight: &Buf, gy: &Buf) -> (Buf, Buf, Option<Buf>) {
+    let g = geometry(conv, &x.shape, &gy.shape);
+    let mut gx = Buf::zeros(&x.shape);
+    let mut gw = Buf::zeros(&weight.shape);
+    let mut gb = conv.bias.then(|| Buf::zeros(&[g.o]));
+    for n in 0..g.n {
+        for o in 0..g.o {
+            let group = o / g.og;
+            let gout = &gy.data[(n * g.o + o) * g.oh * g.ow..][..g.oh * g.ow];
+            if let Some(gb) = &mut gb {
+                gb.data[o] += gout.iter().sum::<f64>();
+            }
+            for ci in 0..g.cg {
+                let ic = group * g.cg + ci;
+                let plane_start = (n * g.c + ic) * g.h * g.w;
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let widx = ((o * g.cg + ci) * g.kh + ky) * g.kw + kx;
+                        let wv = weight.data[widx];
+                        let mut gw_acc = 0.0;
+                        for oy in 0..g.oh {
+                            let Some(iy) = g.rows[ky * g.oh + oy] else { continue };
+                            for ox in 0..g.ow {
+                                let Some(ix) = g.cols[kx * g.ow + ox] else { continue };
+                                let go = gout[oy * g.ow + ox];
+                                let xi = plane_start + iy * g.w + ix;
+                                gx.data[xi] += wv * go;
+                                gw_acc += x.data[xi] * go;
+                            }
+                        }
+                        gw.data[widx] += gw_acc;
+                    }
+                }
+            }
+        }
+    }
+    (gx, gw, gb)
+}
+
+/// Fully connected: `out[n, o] = bias[o] + sum_i w[o, i] * in[n, i]`, weight `[O, I]`.
+pub(crate) fn fc_forward(x: &Buf, weight: &Buf, bias: Option<&Buf>) -> Buf {
+    let (n, i_len) = (x.shape[0], x.shape[1]);
+    let o_len = weight.shape[0];
+    let mut y = Buf::zeros(&[n, o_len]);
+    for b in 0..n {
+        let xin = &x.data[b * i_len..][..i_len];
+        for o in 0..o_len {
+            let w = &weight.data[o * i_len..][..i_len];
+            let mut acc = bias.map_or(0.0, |bias| bias.data[o]);
+            for i in 0..i_len {
+                acc += w[i] * xin[i];
+            }
+            y.data[b * o_len + o] = acc;
+        }
+    }
+    y
+}
+
+/// Gradients of a fully connected layer: `(d input, d weight, d bias)`.
+pub(crate) fn fc_backward(x: &Buf, weight: &Buf, has_bias: bool, gy: &Buf) -> (Buf, Buf, Option<Buf>) {
+    let (n, i_len) = (x.shape[0], x.shape[1]);
+    let o_len = weight.shape[0];
+    let mut gx = Buf::zeros(&x.shape);
+    let mut gw = Buf::zeros(&weight.shape);
+    let mut gb = has_bias.then(|| Buf::zeros(&[o_len]));
+    for b in 0..n {
+        for o in 0..o_len {
+            let go = gy.data[b * o_len + o];
+            if let Some(gb) = &mut gb {
+                gb.data[o] += go;
+            }
+            for i in 0..i_len {
+                gx.data[b * i_len + i] += weight.data[o * i_len + i] * go;
+                gw.data[o * i_len + i] += x.data[b * i_len + i] * go;
+            }
+        }
+    }
+    (gx, gw, gb)
+}

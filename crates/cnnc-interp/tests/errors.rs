@@ -1,0 +1,150 @@
+//! Bad inputs are typed errors naming what was expected and found, never panics.
+
+mod common;
+
+use cnnc_interp::{Buf, BufMap, InterpError, Options, backward, forward, loss};
+use cnnc_ir::{BatchNorm, Op};
+use cnnc_runtime::{Tensor, TensorMap};
+use common::*;
+
+fn conv_graph() -> cnnc_ir::Graph {
+    let mut b = Builder::new();
+    let x = b.input(&[3, 5, 5]);
+    let y = b.add(conv(4, 3, 1, 0), &[x]);
+    b.finish(&[y])
+}
+
+fn conv_params() -> TensorMap {
+    [("l1.weight".to_string(), Tensor::zeros(&[4, 3, 3, 3])), ("l1.bias".to_string(), Tensor::zeros(&[4]))]
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn input_shape_and_count() {
+    let g = conv_graph();
+    let p = conv_params();
+    let e = forward(&g, &p, &[Tensor::zeros(&[2, 3, 5, 4])], Options::inference()).unwrap_err();
+    assert_eq!(
+        e,
+        InterpError::InputShape { index: 0, name: "in0".into(), expected: vec![3, 5, 5], found: vec![2, 3, 5, 4] }
+    );
+    assert!(e.to_string().contains("[N, 3, 5, 5]") && e.to_string().contains("[2, 3, 5, 4]"), "{e}");
+    // Batch 0 and a missing batch axis are shape errors too.
+    for shape in [vec![0, 3, 5, 5], vec![3, 5, 5]] {
+        let e = forward(&g, &p, &[Tensor::zeros(&shape)], Options::inference()).unwrap_err();
+        assert!(matches!(e, InterpError::InputShape { .. }), "{e}");
+    }
+    let e = forward::<Tensor>(&g, &p, &[], Options::inference()).unwrap_err();
+    assert_eq!(e, InterpError::InputCount { expected: 1, found: 0 });
+    // Data that does not fill the shape.
+    let bad = Tensor { shape: vec![1, 3, 5, 5], data: vec![0.0; 10] };
+    let e = forward(&g, &p, &[bad], Options::inference()).unwrap_err();
+    assert!(matches!(e, InterpError::DataLength { .. }), "{e}");
+}
+
+#[test]
+fn batch_sizes_must_agree() {
+    let mut b = Builder::new();
+    let x = b.input(&[2]);
+    let y = b.input(&[2]);
+    let s = b.add(Op::Add, &[x, y]);
+    let g = b.finish(&[s]);
+    let e = forward(&g, &TensorMap::new(), &[Tensor::zeros(&[2, 2]), Tensor::zeros(&[3, 2])], Options::inference())
+        .unwrap_err();
+    assert_eq!(e, InterpError::BatchMismatch { index: 1, name: "in1".into(), expected: 2, found: 3 });
+}
+
+#[test]
+fn parameters_missing_or_misshapen() {
+    let g = conv_graph();
+    let x = [Tensor::zeros(&[1, 3, 5, 5])];
+    let mut p = conv_params();
+    p.remove("l1.bias");
+    let e = forward(&g, &p, &x, Options::inference()).unwrap_err();
+    assert_eq!(e, InterpError::MissingParam { name: "l1.bias".into(), expected: vec![4] });
+    let mut p = conv_params();
+    p.insert("l1.weight".into(), Tensor::zeros(&[4, 3, 1, 3]));
+    let e = forward(&g, &p, &x, Options::inference()).unwrap_err();
+    assert_eq!(
+        e,
+        InterpError::ParamShape { name: "l1.weight".into(), expected: vec![4, 3, 3, 3], found: vec![4, 3, 1, 3] }
+    );
+    assert_eq!(e.to_string(), "parameter `l1.weight` has shape [4, 3, 1, 3], expected [4, 3, 3, 3]");
+    // Extra entries are ignored.
+    let mut p = conv_params();
+    p.insert("l1.num_batches_tracked".into(), Tensor::zeros(&[]));
+    assert!(forward(&g, &p, &x, Options::inference()).is_ok());
+}
+
+#[test]
+fn gradient_outputs_and_traces_are_checked() {
+    let g = conv_graph();
+    let p = conv_params();
+    let trace = forward(&g, &p, &[Tensor::zeros(&[2, 3, 5, 5])], Options::inference()).unwrap();
+    let e = backward::<Tensor>(&g, &trace, &[]).unwrap_err();
+    assert_eq!(e, InterpError::GradOutputCount { expected: 1, found: 0 });
+    let e = backward(&g, &trace, &[Tensor::zeros(&[1, 4, 3, 3])]).unwrap_err();
+    assert_eq!(e, InterpError::GradOutputShape { index: 0, expected: vec![2, 4, 3, 3], found: vec![1, 4, 3, 3] });
+    // A trace of another graph.
+    let mut b = Builder::new();
+    let x = b.input(&[3, 5, 5]);
+    let y = b.add(relu(), &[x]);
+    let other = b.finish(&[y]);
+    let e = backward(&other, &trace, &[Tensor::zeros(&[2, 3, 5, 5])]).unwrap_err();
+    assert!(matches!(e, InterpError::TraceMismatch(_)), "{e}");
+    // The right call works and names every trainable parameter.
+    let grads = backward(&g, &trace, &[Tensor::zeros(&[2, 4, 3, 3])]).unwrap();
+    assert_eq!(grads.params.keys().collect::<Vec<_>>(), ["l1.bias", "l1.weight"]);
+    assert_eq!(grads.inputs[0].shape, vec![2, 3, 5, 5]);
+}
+
+#[test]
+fn bad_attributes_and_degenerate_batch_norm() {
+    let mut b = Builder::new();
+    let x = b.input(&[4]);
+    let y = b.add(Op::Dropout { p: 1.5 }, &[x]);
+    let g = b.finish(&[y]);
+    let e = forward(&g, &TensorMap::new(), &[Tensor::zeros(&[1, 4])], Options::inference()).unwrap_err();
+    assert!(matches!(e, InterpError::BadAttribute { ref layer, .. } if layer == "l1"), "{e}");
+
+    let mut b = Builder::new();
+    let x = b.input(&[2]);
+    let y = b.add(Op::BatchNorm(BatchNorm { eps: 1e-5, momentum: 0.1 }), &[x]);
+    let g = b.finish(&[y]);
+    let params: TensorMap = ["weight", "bias", "running_mean", "running_var"]
+        .iter()
+        .map(|s| (format!("l1.{s}"), Tensor::zeros(&[2])))
+        .collect();
+    let e = forward(&g, &params, &[Tensor::zeros(&[1, 2])], Options::training(0)).unwrap_err();
+    assert_eq!(e, InterpError::BatchNormTooFewValues { layer: "l1".into(), values: 1 });
+    assert!(forward(&g, &params, &[Tensor::zeros(&[1, 2])], Options::inference()).is_ok());
+}
+
+#[test]
+fn malformed_graphs() {
+    let mut g = conv_graph();
+    g.node_mut(cnnc_ir::NodeId::from_index(1)).shape = cnnc_ir::Shape(vec![4, 2, 2]);
+    let e = forward(&g, &conv_params(), &[Tensor::zeros(&[1, 3, 5, 5])], Options::inference()).unwrap_err();
+    assert!(matches!(e, InterpError::Malformed(_)), "{e}");
+    let mut g = conv_graph();
+    g.inputs.clear();
+    let e = forward::<Tensor>(&g, &conv_params(), &[], Options::inference()).unwrap_err();
+    assert!(matches!(e, InterpError::Malformed(_)), "{e}");
+    let mut g = conv_graph();
+    g.outputs.push(cnnc_ir::NodeId::from_index(7));
+    let e = forward(&g, &conv_params(), &[Tensor::zeros(&[1, 3, 5, 5])], Options::inference()).unwrap_err();
+    assert!(matches!(e, InterpError::Malformed(_)), "{e}");
+}
+
+#[test]
+fn loss_inputs() {
+    let x = Buf::zeros(&[2, 3]);
+    let e = loss::cross_entropy(&x, &[0, 3]).unwrap_err();
+    assert_eq!(e, InterpError::TargetOutOfRange { sample: 1, target: 3, classes: 3 });
+    assert!(matches!(loss::multi_margin(&x, &[5, 0]), Err(InterpError::TargetOutOfRange { sample: 0, .. })));
+    assert!(matches!(loss::cross_entropy(&x, &[0]), Err(InterpError::LossShape(_))));
+    assert!(matches!(loss::cross_entropy(&Buf::zeros(&[2, 3, 2, 1]), &[0, 0]), Err(InterpError::LossShape(_))));
+    assert!(matches!(loss::mse(&x, &Buf::zeros(&[3, 2])), Err(InterpError::LossShape(_))));
+    let _: BufMap = BufMap::new();
+}
