@@ -125,11 +125,16 @@ impl fmt::Display for ShapeWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ShapeWarning::StrideRemainder { axis, dropped, input, window } => {
+                // Rows and columns are counted from 1, as a person reading the image would.
                 let unit = AXIS_UNITS[*axis];
-                let plural = if *dropped == 1 { "" } else { "s" };
+                let which = if *dropped == 1 {
+                    format!("input {unit} {input} of {input} is")
+                } else {
+                    format!("input {unit}s {}-{input} of {input} are", input - dropped + 1)
+                };
                 write!(
                     f,
-                    "the last {dropped} input {unit}{plural} of {input} are never read: kernel {}, stride {}, padding {} do not reach them",
+                    "{which} never read: kernel {}, stride {}, padding {} stop short of the edge",
                     window.kernel[*axis], window.stride[*axis], window.pad[*axis]
                 )
             }
@@ -351,7 +356,7 @@ mod tests {
         let (y, w) = infer(&conv(1, 3, 3, 0), &[&Shape(vec![1, 7, 7])]).unwrap();
         assert_eq!(y, Shape(vec![1, 2, 2]));
         assert_eq!(w.len(), 2);
-        assert!(w[0].to_string().contains("last 1 input row of 7"), "{}", w[0]);
+        assert_eq!(w[0].to_string(), "input row 7 of 7 is never read: kernel 3, stride 3, padding 0 stop short of the edge");
         // A 1x1 stride-2 projection skips every other row by design: no warning.
         let (_, w) = infer(&conv(8, 1, 2, 0), &[&Shape(vec![4, 56, 56])]).unwrap();
         assert!(w.is_empty());
