@@ -183,12 +183,18 @@ pub fn labels(stmts: &[Stmt]) -> Vec<String> {
     out
 }
 
+/// The labels of one naming scope: those of the steps themselves and of unlabelled loops and
+/// conditions (which share the scope), but not of groups or labelled loops and conditions,
+/// which open scopes of their own.
 pub fn step_labels(steps: &[Step], out: &mut Vec<String>) {
     for s in steps {
         out.extend(s.label.iter().map(|l| l.name.clone()));
+        if s.label.is_some() {
+            continue;
+        }
         match &s.kind {
-            StepKind::Layer { .. } => {}
-            StepKind::Group(inner) | StepKind::For { body: inner, .. } => step_labels(inner, out),
+            StepKind::Layer { .. } | StepKind::Group(_) => {}
+            StepKind::For { body, .. } => step_labels(body, out),
             StepKind::If { then, otherwise, .. } => {
                 step_labels(then, out);
                 step_labels(otherwise.as_deref().unwrap_or_default(), out);

@@ -982,7 +982,10 @@ impl<'a> Elab<'a> {
             return Err(self.error(
                 Diagnostic::error(Code::DUPLICATE_LAYER_NAME, format!("two layers are named `{name}`"), span, "second layer with this name")
                     .with_secondary(first, "first layer with this name")
-                    .with_hint("layer names become weight names and must be unique: rename one, or label the loop or group it is in"),
+                    .with_hint(
+                        "layer names become weight names and must be unique: rename one; a label inside a loop \
+                         repeats on every iteration, so move the loop body into a block to give each iteration a scope",
+                    ),
             ));
         }
         let keyword = op.keyword();

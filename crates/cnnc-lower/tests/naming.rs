@@ -104,3 +104,11 @@ fn several_errors_are_reported_in_one_run() {
     );
     assert_eq!(got, ["E0200: unknown layer `maxpol`", "E0201: `conv` has no argument `strde`"]);
 }
+
+#[test]
+fn automatic_names_skip_only_labels_of_their_own_scope() {
+    let got = names("model m { input x: [3, 8, 8] x -> relu -> f: (relu1: relu) -> relu }");
+    assert_eq!(got, ["relu1", "f.relu1", "relu2"]);
+    let got = names("model m { input x: [3, 8, 8] x -> relu -> for i in 0..1 { relu1: relu } }");
+    assert_eq!(got, ["relu2", "relu1"]);
+}
