@@ -306,10 +306,17 @@ impl<'a> Elab<'a> {
                 let shape = Shape(dims);
                 match self.graph.add_input(name.name.clone(), shape.clone(), span) {
                     Ok(id) => Ok(Value::Tensor(id)),
-                    Err(err) => {
-                        let site =
-                            Site { keyword: "input", name: &name.name, span, operand_spans: &[], inputs: vec![shape] };
-                        Err(self.error(shape_diag::error(&err, &site)))
+                    Err(_) => {
+                        let from = if shape_override.is_some() { "given by `--shape`" } else { "declared" };
+                        Err(self.error(
+                            Diagnostic::error(
+                                Code::SHAPE_OVERFLOW,
+                                format!("the input shape {shape} ({from}) is too large"),
+                                e.span,
+                                "more than 2^48 elements",
+                            )
+                            .with_hint("tensors are limited to 2^48 elements; use a smaller input"),
+                        ))
                     }
                 }
             }
@@ -980,12 +987,17 @@ impl<'a> Elab<'a> {
         }
         if let Some(&first) = self.node_names.get(&name) {
             return Err(self.error(
-                Diagnostic::error(Code::DUPLICATE_LAYER_NAME, format!("two layers are named `{name}`"), span, "second layer with this name")
-                    .with_secondary(first, "first layer with this name")
-                    .with_hint(
-                        "layer names become weight names and must be unique: rename one; a label inside a loop \
+                Diagnostic::error(
+                    Code::DUPLICATE_LAYER_NAME,
+                    format!("two layers are named `{name}`"),
+                    span,
+                    "second layer with this name",
+                )
+                .with_secondary(first, "first layer with this name")
+                .with_hint(
+                    "layer names become weight names and must be unique: rename one; a label inside a loop \
                          repeats on every iteration, so move the loop body into a block to give each iteration a scope",
-                    ),
+                ),
             ));
         }
         let keyword = op.keyword();

@@ -18,7 +18,9 @@ fn errors(src: &str) -> Vec<String> {
 
 #[test]
 fn unlabelled_layers_get_per_kind_counters_skipping_labels() {
-    let got = names("model m { input x: [1, 8, 8] x -> conv(2, k=3) -> relu -> conv1: conv(2, k=1) -> relu -> conv(2, k=1) }");
+    let got = names(
+        "model m { input x: [1, 8, 8] x -> conv(2, k=3) -> relu -> conv1: conv(2, k=1) -> relu -> conv(2, k=1) }",
+    );
     assert_eq!(got, ["conv2", "relu1", "conv1", "relu2", "conv3"]);
 }
 
@@ -30,7 +32,16 @@ fn groups_number_every_position_like_nn_sequential() {
     );
     assert_eq!(
         got,
-        ["features.0", "features.1", "features.2", "features.3", "features.4", "features.5", "features.mp", "features.7"]
+        [
+            "features.0",
+            "features.1",
+            "features.2",
+            "features.3",
+            "features.4",
+            "features.5",
+            "features.mp",
+            "features.7"
+        ]
     );
 }
 
@@ -43,7 +54,16 @@ fn block_instances_and_loops_build_hierarchical_names() {
     );
     assert_eq!(
         got,
-        ["layer1.0.conv", "layer1.0.relu1", "layer1.1.conv", "layer1.1.relu1", "unit1.conv", "unit1.relu1", "unit2.conv", "unit2.relu1"]
+        [
+            "layer1.0.conv",
+            "layer1.0.relu1",
+            "layer1.1.conv",
+            "layer1.1.relu1",
+            "unit1.conv",
+            "unit1.relu1",
+            "unit2.conv",
+            "unit2.relu1"
+        ]
     );
 }
 

@@ -6,6 +6,7 @@
 pub mod ast;
 mod error;
 mod parse;
+pub mod print;
 
 pub use error::SyntaxError;
 pub use parse::{MAX_EXPR_DEPTH, MAX_NESTING, parse};

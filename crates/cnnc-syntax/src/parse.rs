@@ -160,9 +160,13 @@ struct Builder {
 }
 
 impl Builder {
+    /// The pair's span without trailing whitespace and comments: pest's implicit whitespace
+    /// before an optional or repeated part stays consumed when that part is absent, and an
+    /// underline should end at the last real token.
     fn span(&self, pair: &Pair<Rule>) -> Span {
         let s = pair.as_span();
-        Span::new(s.start() + self.offset, s.end() + self.offset)
+        let end = s.start() + trimmed_len(s.as_str());
+        Span::new(s.start() + self.offset, end + self.offset)
     }
 
     fn ident(&self, pair: Pair<Rule>) -> Ident {
@@ -431,6 +435,28 @@ impl Builder {
             }
             other => unreachable!("unexpected {other:?} as a step"),
         })
+    }
+}
+
+/// The length of `text` once trailing whitespace and comments are cut off.
+fn trimmed_len(text: &str) -> usize {
+    let mut end = text.len();
+    loop {
+        let t = text[..end].trim_end();
+        end = t.len();
+        if t.ends_with("*/") {
+            match t[..end - 2].rfind("/*") {
+                Some(open) => end = open,
+                None => return end,
+            }
+            continue;
+        }
+        // There are no string literals, so `//` on the last line always starts a comment.
+        let line_start = t.rfind('\n').map_or(0, |i| i + 1);
+        match t[line_start..].find("//") {
+            Some(i) => end = line_start + i,
+            None => return end,
+        }
     }
 }
 

@@ -100,3 +100,14 @@ fn hostile_inputs_are_errors_not_crashes() {
         let _ = parse(src);
     }
 }
+
+#[test]
+fn spans_end_at_the_last_token() {
+    let src = "model m {\n    input x: [1, 4, 4]   // the image\n    x -> relu  /* done */\n}\n";
+    let file = parse_ok(src);
+    let Stmt::Input { span, .. } = &file.items[0].body[0] else { panic!() };
+    assert_eq!(&src[span.range()], "input x: [1, 4, 4]");
+    let Stmt::Expr(Expr { kind: ExprKind::Chain { steps, .. }, span }) = &file.items[0].body[1] else { panic!() };
+    assert_eq!(&src[span.range()], "x -> relu");
+    assert_eq!(&src[steps[0].span.range()], "relu");
+}

@@ -1,0 +1,315 @@
+//! `cnnc summary`: per-layer statistics of a lowered model as a table for people and as JSON for
+//! tools. The numbers come from `cnnc_ir::stats`; this module only arranges and formats them.
+
+use cnnc_ir::{Graph, Op, node_stats, totals};
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+
+/// A model's summary. Serialised, it is exactly the JSON of `cnnc summary --json`; fields are
+/// written in declaration order, so the key order is stable.
+///
+/// To extend the JSON (the passes will add `fused`, `workspace_bytes`, ...), add a field here
+/// in the place it should print; fields marked `#[serde(skip)]` feed the table only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub model: String,
+    /// The first model input's shape, `[C, H, W]` or `[F]`.
+    pub input: Vec<usize>,
+    /// Trainable elements of the whole model.
+    pub params: u64,
+    /// Multiply-accumulates for one sample.
+    pub macs: u64,
+    /// Every node except the inputs, in graph order.
+    pub layers: Vec<LayerSummary>,
+    /// Batch-norm running statistics (not trainable).
+    #[serde(skip)]
+    pub buffers: u64,
+    /// Every node's output at batch 1 in f32, the model inputs included.
+    #[serde(skip)]
+    pub activation_bytes: u64,
+    /// Output shapes, for the table's last line.
+    #[serde(skip)]
+    pub outputs: Vec<Vec<usize>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LayerSummary {
+    /// The hierarchical layer name (`layer1.0.conv1`).
+    pub name: String,
+    /// The op's `.cnn` keyword.
+    pub op: String,
+    pub output: Vec<usize>,
+    /// Trainable elements the layer owns.
+    pub params: u64,
+    pub macs: u64,
+    /// The larger of the two axes' receptive fields, in model-input pixels.
+    pub receptive_field: usize,
+    /// Every parameter and buffer the layer owns, by full name, in the order the layer lists
+    /// them (weight, bias, running_mean, running_var: PyTorch's `state_dict` order).
+    #[serde(serialize_with = "ordered_map")]
+    pub weights: Vec<(String, Vec<usize>)>,
+}
+
+/// A list of pairs as a JSON object, keeping the list's order (a map type would sort the keys).
+fn ordered_map<S: Serializer>(pairs: &[(String, Vec<usize>)], serializer: S) -> Result<S::Ok, S::Error> {
+    let mut map = serializer.serialize_map(Some(pairs.len()))?;
+    for (name, dims) in pairs {
+        map.serialize_entry(name, dims)?;
+    }
+    map.end()
+}
+
+/// Collects the summary of a lowered graph.
+pub fn summarize(graph: &Graph) -> Summary {
+    let stats = node_stats(graph);
+    let sums = totals(graph, &stats);
+    let layers = graph
+        .iter()
+        .filter(|(_, node)| !matches!(node.op, Op::Input))
+        .map(|(id, node)| {
+            let s = &stats[id.index()];
+            let weights =
+                graph.params(id).into_iter().map(|p| (format!("{}.{}", node.name, p.suffix), p.dims)).collect();
+            LayerSummary {
+                name: node.name.clone(),
+                op: node.op.keyword().to_string(),
+                output: node.shape.0.clone(),
+                params: s.params,
+                macs: s.macs,
+                receptive_field: s.receptive_field[0].max(s.receptive_field[1]),
+                weights,
+            }
+        })
+        .collect();
+    Summary {
+        model: graph.name.clone(),
+        input: graph.inputs.first().map(|&i| graph[i].shape.0.clone()).unwrap_or_default(),
+        params: sums.params,
+        macs: sums.macs,
+        layers,
+        buffers: sums.buffers,
+        activation_bytes: sums.activation_bytes,
+        outputs: graph.outputs.iter().map(|&o| graph[o].shape.0.clone()).collect(),
+    }
+}
+
+/// The summary as one line of JSON, newline-terminated.
+pub fn to_json(summary: &Summary) -> String {
+    // Serialising plain strings, integers and lists into memory cannot fail.
+    let mut json = serde_json::to_string(summary).unwrap_or_default();
+    json.push('\n');
+    json
+}
+
+/// `12345678` as `12,345,678`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Bytes in binary units with one decimal: `512 B`, `1.5 KiB`, `102.3 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    // Move up while the value would print as 1024.0 or more in this unit.
+    while value >= 1023.95 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+fn dims(d: &[usize]) -> String {
+    let parts: Vec<String> = d.iter().map(usize::to_string).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// The table `cnnc summary` prints: one row per layer, then the totals.
+///
+/// ```text
+/// model lenet5, input [1, 32, 32]
+///
+/// name  op       output shape  params   MACs     receptive field
+/// c1    conv     [6, 28, 28]   156      117,600  5
+/// ...
+/// ```
+pub fn table(summary: &Summary) -> String {
+    let headers = ["name", "op", "output shape", "params", "MACs", "receptive field"];
+    // Numbers are right-aligned so that their magnitudes line up; text is left-aligned.
+    let right = [false, false, false, true, true, true];
+    let rows: Vec<[String; 6]> = summary
+        .layers
+        .iter()
+        .map(|l| {
+            [
+                l.name.clone(),
+                l.op.clone(),
+                dims(&l.output),
+                thousands(l.params),
+                thousands(l.macs),
+                thousands(l.receptive_field as u64),
+            ]
+        })
+        .collect();
+    let mut widths = headers.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String; 6]| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let pad = widths[i] - cell.chars().count();
+            if i > 0 {
+                text.push_str("  ");
+            }
+            if right[i] {
+                text.push_str(&" ".repeat(pad));
+                text.push_str(cell);
+            } else {
+                text.push_str(cell);
+                // No trailing blanks on the last column.
+                if i + 1 < cells.len() {
+                    text.push_str(&" ".repeat(pad));
+                }
+            }
+        }
+        text.push('\n');
+        text
+    };
+    let mut out = format!("model {}, input {}\n\n", summary.model, dims(&summary.input));
+    out.push_str(&line(&headers.map(String::from)));
+    let total_width: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
+    out.push_str(&"-".repeat(total_width));
+    out.push('\n');
+    for row in &rows {
+        out.push_str(&line(row));
+    }
+    out.push('\n');
+    let outputs: Vec<String> = summary.outputs.iter().map(|o| dims(o)).collect();
+    let stats = [
+        ("output", outputs.join(", ")),
+        ("parameters", format!("{} trainable, {} buffers", thousands(summary.params), thousands(summary.buffers))),
+        ("MACs", format!("{} per sample", thousands(summary.macs))),
+        ("activations", format!("{} at batch 1 (f32, every layer's output)", human_bytes(summary.activation_bytes))),
+    ];
+    for (key, value) in stats {
+        out.push_str(&format!("{:<12} {value}\n", format!("{key}:")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cnnc_diag::Span;
+    use cnnc_ir::{Activation, BatchNorm, Conv, Fc, PoolKind, Shape, Window};
+
+    fn window(k: usize, stride: usize, pad: usize) -> Window {
+        Window { kernel: [k, k], stride: [stride, stride], pad: [pad, pad], dilation: [1, 1], ceil_mode: false }
+    }
+
+    /// input [3, 8, 8] -> conv 3x3 (4, pad 1) -> bn -> relu -> maxpool 2 -> flatten -> fc 10.
+    fn small() -> Graph {
+        let mut g = Graph::new("small");
+        let s = Span::DUMMY;
+        let x = g.add_input("x", Shape(vec![3, 8, 8]), s).expect("input");
+        let conv = Op::Conv(Conv { out_channels: 4, window: window(3, 1, 1), groups: 1, bias: false });
+        let mut last = g.add(conv, vec![x], "features.conv", s).expect("conv").0;
+        let bn = Op::BatchNorm(BatchNorm { eps: 1e-5, momentum: 0.1 });
+        for (op, name) in [
+            (bn, "features.bn"),
+            (Op::Activation(Activation::Relu), "features.relu"),
+            (Op::Pool { kind: PoolKind::Max, window: window(2, 2, 0) }, "pool"),
+            (Op::Flatten, "flatten"),
+            (Op::Fc(Fc { out_features: 10, bias: true }), "fc"),
+        ] {
+            last = g.add(op, vec![last], name, s).expect("op").0;
+        }
+        g.outputs.push(last);
+        g
+    }
+
+    #[test]
+    fn summary_counts_params_macs_and_weights() {
+        let s = summarize(&small());
+        assert_eq!(s.model, "small");
+        assert_eq!(s.input, vec![3, 8, 8]);
+        let conv_params = 4 * 3 * 9;
+        let fc_params = 64 * 10 + 10;
+        assert_eq!(s.params, conv_params + 8 + fc_params);
+        assert_eq!(s.buffers, 8);
+        assert_eq!(s.macs, 4 * 8 * 8 * 27 + 640);
+        let names: Vec<&str> = s.layers.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["features.conv", "features.bn", "features.relu", "pool", "flatten", "fc"]);
+        let bn = &s.layers[1];
+        assert_eq!((bn.op.as_str(), bn.params, bn.macs), ("bn", 8, 0));
+        let bn_weights: Vec<&str> = bn.weights.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            bn_weights,
+            ["features.bn.weight", "features.bn.bias", "features.bn.running_mean", "features.bn.running_var"]
+        );
+        assert_eq!(s.layers[0].weights, vec![("features.conv.weight".to_string(), vec![4, 3, 3, 3])]);
+        // 3x3 conv, then a 2x2 pool with stride 2: 3 + 1 = 4; flatten spans the 4x4 map: 4 + 3 * 2.
+        let fields: Vec<usize> = s.layers.iter().map(|l| l.receptive_field).collect();
+        assert_eq!(fields, [3, 3, 3, 4, 10, 10]);
+        assert_eq!(s.outputs, vec![vec![10]]);
+        // x, conv, bn, relu: 3 + 4 + 4 + 4 maps of 8x8; pool and flatten 64 each; fc 10.
+        assert_eq!(s.activation_bytes, ((3 + 12) * 64 + 64 * 2 + 10) * 4);
+    }
+
+    #[test]
+    fn json_has_exactly_the_specified_keys_in_order() {
+        let json = to_json(&summarize(&small()));
+        assert!(json.ends_with('\n') && !json.trim_end().contains('\n'), "one line");
+        assert!(json.starts_with(r#"{"model":"small","input":[3,8,8],"params":"#), "{json}");
+        assert!(json.contains(r#""layers":[{"name":"features.conv","op":"conv","output":[4,8,8],"params":108,"macs":6912,"receptive_field":3,"weights":{"features.conv.weight":[4,3,3,3]}}"#), "{json}");
+        assert!(json.contains(r#""weights":{"features.bn.weight":[4],"features.bn.bias":[4],"features.bn.running_mean":[4],"features.bn.running_var":[4]}"#), "{json}");
+        let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+        let keys: Vec<&String> = value.as_object().expect("object").keys().collect();
+        let mut expected = ["input", "layers", "macs", "model", "params"];
+        expected.sort();
+        assert_eq!(keys, expected);
+        let layer_keys: Vec<&String> = value["layers"][0].as_object().expect("object").keys().collect();
+        assert_eq!(layer_keys, ["macs", "name", "op", "output", "params", "receptive_field", "weights"]);
+        assert_eq!(value["layers"][2]["weights"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(61_706), "61,706");
+        assert_eq!(thousands(25_557_032), "25,557,032");
+        assert_eq!(thousands(u64::MAX), "18,446,744,073,709,551,615");
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(1024 * 1024 - 1), "1.0 MiB");
+        assert_eq!(human_bytes(107_269_324), "102.3 MiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn table_layout() {
+        insta::assert_snapshot!(table(&summarize(&small())));
+    }
+}

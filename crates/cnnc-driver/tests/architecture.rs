@@ -1,0 +1,153 @@
+//! The dependency rules of ARCHITECTURE.md ("invariants as absences"), checked against every
+//! crate's manifest so that a forbidden `use` cannot land by accident.
+//!
+//! It lives with the driver because the driver is the crate that sees all the others; it reads
+//! manifests only (normal and build dependencies; dev-dependencies may reach anywhere).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// Back ends: each turns a graph into computation and none may import another, so each can be
+/// tested against the reference interpreter independently.
+const BACK_ENDS: &[&str] = &["cnnc-interp", "cnnc-codegen", "cnnc-jit"];
+
+/// `(crate, forbidden dependency prefixes, why)`. A prefix `cranelift` covers every
+/// `cranelift-*` crate.
+const RULES: &[(&str, &[&str], &str)] = &[
+    (
+        "cnnc-ir",
+        &["pest", "quote", "syn", "proc-macro2", "cranelift", "cnnc-syntax", "cnnc-lower"],
+        "the IR knows nothing of the syntax, code generation or the JIT",
+    ),
+    (
+        "cnnc-syntax",
+        &["cnnc-ir", "cnnc-lower", "cnnc-passes", "cnnc-runtime"],
+        "the syntax knows nothing of shapes or the IR",
+    ),
+    (
+        "cnnc-runtime",
+        &["cnnc-syntax", "cnnc-lower", "pest", "cnnc-passes", "cnnc-interp", "cnnc-codegen", "cnnc-jit"],
+        "the runtime knows nothing of the syntax, the passes or any back end",
+    ),
+    (
+        "cnnc-lower",
+        &["cnnc-runtime", "cnnc-passes", "cnnc-interp", "cnnc-codegen", "cnnc-jit"],
+        "lowering builds graphs; it neither optimises nor runs them",
+    ),
+    (
+        "cnnc-passes",
+        &["cnnc-syntax", "cnnc-lower", "pest", "cnnc-interp", "cnnc-codegen", "cnnc-jit"],
+        "passes rewrite graphs, whatever source they came from",
+    ),
+];
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Every crate under `crates/`, by directory name (which is also its package name).
+fn crates() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(workspace().join("crates"))
+        .expect("crates/ exists")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("Cargo.toml").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Names in the manifest's `[dependencies]`, `[build-dependencies]` and target-specific
+/// dependency tables, whether written `name = ...`, `name.workspace = true` or as a
+/// `[dependencies.name]` table.
+fn dependencies(manifest: &str) -> BTreeSet<String> {
+    let mut deps = BTreeSet::new();
+    let mut in_deps = false;
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            let header = line.trim_matches(|c| c == '[' || c == ']');
+            let table = header.rsplit_once("dependencies");
+            in_deps = false;
+            if let Some((before, after)) = table {
+                let is_dev = before.ends_with("dev-");
+                if !is_dev && (before.is_empty() || before.ends_with("build-") || before.starts_with("target.")) {
+                    match after.strip_prefix('.') {
+                        Some(name) => {
+                            deps.insert(name.to_string());
+                        }
+                        None => in_deps = after.is_empty(),
+                    }
+                }
+            }
+            continue;
+        }
+        if in_deps
+            && !line.starts_with('#')
+            && let Some(key) = line.split(['=', '.']).next().map(str::trim).filter(|k| !k.is_empty())
+        {
+            deps.insert(key.trim_matches('"').to_string());
+        }
+    }
+    deps
+}
+
+fn deps_of(krate: &str) -> Option<BTreeSet<String>> {
+    let text = std::fs::read_to_string(workspace().join("crates").join(krate).join("Cargo.toml")).ok()?;
+    Some(dependencies(&text))
+}
+
+#[test]
+fn manifest_parser_reads_every_form() {
+    let manifest = r#"
+[package]
+name = "x"
+[dependencies]
+cnnc-ir.workspace = true
+pest = "2"
+# comment = "no"
+[target.'cfg(unix)'.dependencies]
+libc = "0.2"
+[dev-dependencies]
+insta.workspace = true
+[build-dependencies]
+cc = "1"
+[dependencies.serde]
+version = "1"
+[lints]
+workspace = true
+"#;
+    let deps: Vec<String> = dependencies(manifest).into_iter().collect();
+    assert_eq!(deps, ["cc", "cnnc-ir", "libc", "pest", "serde"]);
+}
+
+#[test]
+fn dependency_rules_hold() {
+    let all = crates();
+    assert!(all.contains(&"cnnc-ir".to_string()) && all.contains(&"cnnc-driver".to_string()), "{all:?}");
+    let mut broken = Vec::new();
+    for (krate, forbidden, why) in RULES {
+        let Some(deps) = deps_of(krate) else { continue };
+        for dep in &deps {
+            if forbidden.iter().any(|f| dep.starts_with(f)) {
+                broken.push(format!("{krate} depends on {dep}: {why}"));
+            }
+        }
+    }
+    for krate in &all {
+        let deps = deps_of(krate).unwrap_or_default();
+        // Diagnostics are data; only the driver turns them into text.
+        if krate != "cnnc-driver" && deps.contains("codespan-reporting") {
+            broken.push(format!("{krate} depends on codespan-reporting: only cnnc-driver renders diagnostics"));
+        }
+        if krate == "cnnc-diag" && !deps.is_empty() {
+            broken.push(format!("cnnc-diag depends on {deps:?}: the diagnostic data model has no dependencies"));
+        }
+        if BACK_ENDS.contains(&krate.as_str()) {
+            for other in BACK_ENDS.iter().filter(|b| *b != krate && deps.contains(**b)) {
+                broken.push(format!("{krate} depends on {other}: no back end imports another"));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "architecture rules broken:\n{}", broken.join("\n"));
+}
