@@ -83,7 +83,7 @@ fn parse_shape(arg: &str) -> Result<InputShape, cnnc_driver::ShapeArgError> {
 
 impl ModelArgs {
     fn options(&self) -> Options {
-        Options { model: self.model.clone(), input_shape: self.shape.as_ref().map(|s| s.0.clone()) }
+        Options { model: self.model.clone(), input_shape: self.shape.as_ref().map(|s| s.0.clone()), ..Default::default() }
     }
 }
 

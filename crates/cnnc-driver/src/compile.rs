@@ -99,7 +99,7 @@ pub fn check_models(file: &SourceFile, options: &Options) -> Checked {
     };
     let mut checked = Checked::default();
     for model in names {
-        let options = Options { model, input_shape: options.input_shape.clone() };
+        let options = Options { model, input_shape: options.input_shape.clone(), ..Default::default() };
         match cnnc_lower::lower(&ast, &options) {
             Ok(lowered) => {
                 checked.models.push(lowered.graph);
@@ -139,11 +139,11 @@ model flat { input x: [16]  x -> fc(4) }
 
     #[test]
     fn lowers_the_chosen_model() {
-        let options = Options { model: Some("flat".into()), input_shape: None };
+        let options = Options { model: Some("flat".into()), input_shape: None, ..Default::default() };
         let (graph, warnings) = lower_source(&file(TWO_MODELS), &options).expect("lowers");
         assert_eq!(graph.name, "flat");
         assert!(warnings.is_empty(), "{warnings:?}");
-        let options = Options { model: Some("small".into()), input_shape: Some(vec![1, 12, 12]) };
+        let options = Options { model: Some("small".into()), input_shape: Some(vec![1, 12, 12]), ..Default::default() };
         let (graph, _) = lower_source(&file(TWO_MODELS), &options).expect("lowers");
         assert_eq!(graph[graph.outputs[0]].shape.0, vec![10]);
         let conv = graph.iter().find(|(_, n)| n.name == "c").expect("named conv").1;
@@ -175,7 +175,10 @@ model flat { input x: [16]  x -> fc(4) }
         assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
         let names: Vec<&str> = checked.models.iter().map(|g| g.name.as_str()).collect();
         assert_eq!(names, ["small", "flat"]);
-        let only = check_models(&file(TWO_MODELS), &Options { model: Some("flat".into()), input_shape: None });
+        let only = check_models(
+            &file(TWO_MODELS),
+            &Options { model: Some("flat".into()), input_shape: None, ..Default::default() },
+        );
         assert_eq!(only.models.len(), 1);
     }
 
@@ -195,7 +198,10 @@ model flat { input x: [16]  x -> fc(4) }
         let checked = check_models(&file("block b { input x  x -> relu }"), &Options::default());
         assert_eq!(checked.diagnostics.len(), 1);
         assert_eq!(checked.diagnostics[0].code, Code::NO_MODEL);
-        let missing = check_models(&file(TWO_MODELS), &Options { model: Some("smal".into()), input_shape: None });
+        let missing = check_models(
+            &file(TWO_MODELS),
+            &Options { model: Some("smal".into()), input_shape: None, ..Default::default() },
+        );
         assert_eq!(missing.diagnostics[0].code, Code::NO_MODEL);
         assert_eq!(missing.diagnostics[0].hint.as_deref(), Some("did you mean `small`?"));
     }

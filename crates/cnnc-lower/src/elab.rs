@@ -108,10 +108,15 @@ impl<'a> Elab<'a> {
     }
 
     /// Elaborates a model: its parameters from their defaults, then its body.
-    pub fn model(&mut self, item: &Item, shape_override: Option<&[usize]>) -> R<()> {
+    pub fn model(&mut self, item: &Item, shape_override: Option<&[usize]>, overrides: &[(String, String)]) -> R<()> {
         let mut env = Env::new();
+        let overridden = self.overrides(item, overrides)?;
         let mut failed = false;
         for param in &item.params {
+            if let Some(v) = overridden.get(param.name.name.as_str()) {
+                env.bind(&param.name, v.clone(), false);
+                continue;
+            }
             match &param.default {
                 Some(e) => match self.eval(&mut env, e) {
                     Ok(v) => env.bind(&param.name, v, false),
@@ -152,6 +157,60 @@ impl<'a> Elab<'a> {
                 )))
             }
         }
+    }
+
+    /// Evaluates `--set name=value` overrides; they are reported at the model's name, the
+    /// closest place in the source.
+    fn overrides(&mut self, item: &Item, overrides: &[(String, String)]) -> R<HashMap<String, Value>> {
+        let mut values = HashMap::new();
+        let mut failed = false;
+        for (name, text) in overrides {
+            let at = item.name.span;
+            if !item.params.iter().any(|p| p.name.name == *name) {
+                failed = true;
+                let params: Vec<&str> = item.params.iter().map(|p| p.name.name.as_str()).collect();
+                let mut d = Diagnostic::error(
+                    Code::UNKNOWN_ARGUMENT,
+                    format!("model `{}` has no parameter `{name}` to set", item.name.name),
+                    at,
+                    "this model",
+                );
+                d = match did_you_mean(name, params.iter().copied()) {
+                    Some(close) => d.with_hint(format!("did you mean `{close}`?")),
+                    None if params.is_empty() => d.with_hint("this model takes no parameters"),
+                    None => d.with_hint(format!("its parameters are: {}", params.join(", "))),
+                };
+                self.error(d);
+                continue;
+            }
+            let value = match cnnc_syntax::parse_expr(text) {
+                Ok(expr) => self.eval(&mut Env::new(), &expr).ok(),
+                Err(_) => None,
+            };
+            // Spans inside `text` do not point into the file, so drop what evaluation reported.
+            self.diags.retain(|d| d.primary.span.end as usize > text.len() || d.primary.span == at);
+            match value {
+                Some(v) => {
+                    values.insert(name.clone(), v);
+                }
+                None => {
+                    failed = true;
+                    self.error(
+                        Diagnostic::error(
+                            Code::BAD_ARGUMENT,
+                            format!("cannot use `{text}` as the value of `{name}`"),
+                            at,
+                            "set on the command line",
+                        )
+                        .with_hint("give a number, `true`/`false`, a tuple `(3, 1)` or a list `[1, 2]`"),
+                    );
+                }
+            }
+        }
+        if failed {
+            return Err(Reported);
+        }
+        Ok(values)
     }
 
     fn body(&mut self, env: &mut Env, item: &Item, input: BodyInput) -> R<Value> {

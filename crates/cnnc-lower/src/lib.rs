@@ -24,6 +24,9 @@ pub struct Options {
     pub model: Option<String>,
     /// Replaces the model's declared input shape (`--shape 3x64x64`).
     pub input_shape: Option<Vec<usize>>,
+    /// Replaces the defaults of model parameters (`--set classes=10`): each value is the text
+    /// of an expression, evaluated with no names in scope.
+    pub overrides: Vec<(String, String)>,
 }
 
 /// A lowered model and the warnings found on the way.
@@ -51,7 +54,7 @@ pub fn lower(file: &File, options: &Options) -> Result<Lowered, Vec<Diagnostic>>
             return Err(diags);
         }
     };
-    let (graph, more) = elaborate(file, model, options.input_shape.as_deref());
+    let (graph, more) = elaborate(file, model, options);
     diags.extend(more);
     match graph {
         Some(graph) if !has_errors(&diags) => Ok(Lowered { graph, warnings: sorted(diags) }),
@@ -65,15 +68,15 @@ pub fn check(file: &File) -> Vec<Diagnostic> {
     let mut diags = checks::check_file(file);
     if !has_errors(&diags) {
         for model in file.items.iter().filter(|i| i.kind == ItemKind::Model) {
-            diags.extend(elaborate(file, model, None).1);
+            diags.extend(elaborate(file, model, &Options::default()).1);
         }
     }
     sorted(diags)
 }
 
-fn elaborate(file: &File, model: &Item, shape: Option<&[usize]>) -> (Option<Graph>, Vec<Diagnostic>) {
+fn elaborate(file: &File, model: &Item, options: &Options) -> (Option<Graph>, Vec<Diagnostic>) {
     let mut elab = Elab::new(file, model);
-    let ok = elab.model(model, shape).is_ok();
+    let ok = elab.model(model, options.input_shape.as_deref(), &options.overrides).is_ok();
     let graph = ok.then(|| prune_dead(&elab.graph));
     (graph, elab.diags)
 }

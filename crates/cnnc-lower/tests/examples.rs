@@ -22,7 +22,7 @@ fn lower_src(src: &str, what: &str, shape: Option<&[usize]>) -> Result<cnnc_lowe
     if !errors.is_empty() {
         return Err(format!("{what}: syntax errors: {errors:?}"));
     }
-    let options = cnnc_lower::Options { model: None, input_shape: shape.map(<[usize]>::to_vec) };
+    let options = cnnc_lower::Options { model: None, input_shape: shape.map(<[usize]>::to_vec), ..Default::default() };
     cnnc_lower::lower(&file, &options).map_err(|d| {
         let msgs: Vec<String> = d.iter().map(|d| format!("{:?} {}: {}", d.severity, d.code, d.message)).collect();
         format!("{what}: {}", msgs.join("\n"))

@@ -106,10 +106,10 @@ fn duplicate_names_and_recursion_are_errors() {
 #[test]
 fn shape_override_replaces_the_declared_input() {
     let (file, _) = cnnc_syntax::parse("model m { input x: [3, 224, 224] x -> conv(8, k=3, stride=2, pad=1) }");
-    let options = cnnc_lower::Options { model: None, input_shape: Some(vec![3, 64, 64]) };
+    let options = cnnc_lower::Options { model: None, input_shape: Some(vec![3, 64, 64]), ..Default::default() };
     let g = cnnc_lower::lower(&file, &options).unwrap().graph;
     assert_eq!(g[g.outputs[0]].shape.0, [8, 32, 32]);
-    let options = cnnc_lower::Options { model: None, input_shape: Some(vec![64]) };
+    let options = cnnc_lower::Options { model: None, input_shape: Some(vec![64]), ..Default::default() };
     let e = cnnc_lower::lower(&file, &options).unwrap_err();
     assert!(e[0].message.contains("`--shape` gives 1 dimensions"), "{}", e[0].message);
 }
@@ -131,4 +131,24 @@ fn automatic_names_skip_only_labels_of_their_own_scope() {
     assert_eq!(got, ["relu1", "f.relu1", "relu2"]);
     let got = names("model m { input x: [3, 8, 8] x -> relu -> for i in 0..1 { relu1: relu } }");
     assert_eq!(got, ["relu2", "relu1"]);
+}
+
+#[test]
+fn command_line_overrides_replace_parameter_defaults() {
+    let (file, _) = cnnc_syntax::parse("model m(classes = 1000, k = 3) { input x: [3, 8, 8] x -> conv(4, k=k) -> flatten -> fc(classes) }");
+    let set = |pairs: &[(&str, &str)]| cnnc_lower::Options {
+        overrides: pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+        ..Default::default()
+    };
+    let g = cnnc_lower::lower(&file, &set(&[("classes", "10"), ("k", "(3, 1)")])).unwrap().graph;
+    assert_eq!(g[g.outputs[0]].shape.0, [10]);
+    assert_eq!(g.named_params()[0].1.dims, [4, 3, 3, 1]);
+    let e = cnnc_lower::lower(&file, &set(&[("clases", "10")])).unwrap_err();
+    assert_eq!(e[0].message, "model `m` has no parameter `clases` to set");
+    assert_eq!(e[0].hint.as_deref(), Some("did you mean `classes`?"));
+    let e = cnnc_lower::lower(&file, &set(&[("classes", "10 +")])).unwrap_err();
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].message, "cannot use `10 +` as the value of `classes`");
+    let e = cnnc_lower::lower(&file, &set(&[("classes", "nope")])).unwrap_err();
+    assert_eq!(e.len(), 1, "{e:?}");
 }

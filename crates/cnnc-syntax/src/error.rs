@@ -147,6 +147,7 @@ fn token_at(src: &str, pos: usize) -> &str {
 fn describe(rule: &Rule) -> &'static str {
     match rule {
         Rule::model | Rule::block | Rule::kw_model | Rule::kw_block | Rule::item_only => "`model` or `block`",
+        Rule::expr_only => "an expression",
         Rule::param_list => "a parameter list",
         Rule::param => "a parameter",
         Rule::body => "`{`",

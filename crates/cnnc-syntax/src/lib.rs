@@ -9,7 +9,7 @@ mod parse;
 pub mod print;
 
 pub use error::SyntaxError;
-pub use parse::{MAX_EXPR_DEPTH, MAX_NESTING, parse};
+pub use parse::{MAX_EXPR_DEPTH, MAX_NESTING, parse, parse_expr};
 
 #[cfg(test)]
 mod tests;

@@ -35,6 +35,16 @@ pub fn parse(src: &str) -> (File, Vec<SyntaxError>) {
     (File { items }, errors)
 }
 
+/// Parses a lone expression, such as a value given on the command line. Spans are relative to
+/// `src`.
+pub fn parse_expr(src: &str) -> Result<Expr, SyntaxError> {
+    check_nesting(src)?;
+    let mut pairs = CnnParser::parse(Rule::expr_only, src).map_err(|e| SyntaxError::from_pest(e, src, 0))?;
+    let expr_only = pairs.next().expect("expr_only always yields one pair");
+    let pair = expr_only.into_inner().next().expect("expr_only holds an expression");
+    Builder { offset: 0 }.expr(pair, 0)
+}
+
 fn parse_item(src: &str, range: std::ops::Range<usize>) -> Result<Item, SyntaxError> {
     let offset = range.start;
     let text = &src[range];
