@@ -44,6 +44,30 @@ cross_entropy and multi_margin, float32 otherwise), `loss` (shape [1]) and `grad
 
 cases.json lists each case with its op keyword (cnnc_ir::Op::keyword), the attributes under the IR's
 field names, the mode, the input shapes without batch, the batch size and the file.
+
+Models section (tests/golden/models/, separate from the op cases above)
+-----------------------------------------------------------------------
+Whole networks built in torch with the same layer names as their .cnn sources, so the
+state_dict keys are cnnc's parameter names: LeNet-5 exactly as examples/lenet5.cnn, and
+`tiny_resnet` (tests/golden/models/tiny_resnet.cnn: basic blocks, an identity and a projection
+shortcut, batch norm, max pooling, global average pooling, fc). Random weights, batch norm with
+random running statistics, eval mode (batch norm on running statistics), computed in float64 on
+float32-rounded values like the op cases. Per model <m>:
+
+  <m>.weights.safetensors  the state_dict (float32), with `*.num_batches_tracked` as int64
+                           scalars, as PyTorch exports them (cnnc must ignore them)
+  <m>.input.npy            an input batch (float32, NCHW)
+  <m>.output.npy           the eval-mode output (float32)
+  <m>.target.npy           class labels (int64) for the cross-entropy loss
+  <m>.grads.safetensors    d loss / d every trainable parameter (state_dict names) and
+                           d loss / d input (key `input`), loss = F.cross_entropy (batch mean)
+
+models/models.json lists them with the loss value (float64). The generator also dumps
+`state_dict` key -> shape manifests of torchvision's resnet18, resnet50, alexnet and vgg11 to
+models/torchvision/<name>.json (needs torchvision; skipped with a message without it).
+crates/cnnc-cli/tests/golden_models.rs reads all of it through the `cnnc` binary.
+
+`python3 tests/golden/gen.py --models` regenerates the models section only.
 """
 
 import json
@@ -578,9 +602,249 @@ def loss_cases():
 
 
 # ----------------------------------------------------------------------------------------------
+# Whole models (tests/golden/models/): a section of its own, which leaves the op cases alone
+
+MODELS = os.path.join(HERE, "models")
+MODEL_FILES = set()
+# Every ReLU input is at least this far from 0 (the draw is repeated with the next seed until
+# it is), so that the f32 interpreter and torch's float64 arithmetic, which differ by about
+# 1e-7, cannot disagree on which side of the kink a value falls.
+RELU_MARGIN = 1e-5
+
+
+class Recorder:
+    """Collects the inputs of every ReLU of a forward pass (to check the kink margin)."""
+
+    def __init__(self):
+        self.pre_relu = []
+
+    def relu(self, x):
+        self.pre_relu.append(x.detach())
+        return F.relu(x)
+
+
+class LeNet5(torch.nn.Module):
+    """examples/lenet5.cnn: the same layers under the same names (`c1`, `c3`, `c5`, `f6`,
+    `output`; the pooling and tanh layers own no parameters)."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        nn = torch.nn
+        self.c1 = nn.Conv2d(1, 6, 5)
+        self.s2 = nn.AvgPool2d(2)
+        self.c3 = nn.Conv2d(6, 16, 5)
+        self.s4 = nn.AvgPool2d(2)
+        self.c5 = nn.Conv2d(16, 120, 5)
+        self.f6 = nn.Linear(120, 84)
+        self.output = nn.Linear(84, classes)
+
+    def forward(self, x, rec):
+        x = self.s2(torch.tanh(self.c1(x)))
+        x = self.s4(torch.tanh(self.c3(x)))
+        x = torch.tanh(self.c5(x)).flatten(1)
+        return self.output(torch.tanh(self.f6(x)))
+
+
+class BasicBlock(torch.nn.Module):
+    """The `basic` block of tests/golden/models/tiny_resnet.cnn (torchvision's BasicBlock)."""
+
+    def __init__(self, cin, width, stride=1):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(cin, width, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.downsample = None
+        if stride != 1 or cin != width:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, width, 1, stride, bias=False), nn.BatchNorm2d(width))
+
+    def forward(self, x, rec):
+        r = self.bn2(self.conv2(rec.relu(self.bn1(self.conv1(x)))))
+        s = x if self.downsample is None else self.downsample(x)
+        return rec.relu(r + s)
+
+
+class TinyResNet(torch.nn.Module):
+    """tests/golden/models/tiny_resnet.cnn."""
+
+    def __init__(self, classes=7):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = BasicBlock(8, 8)
+        self.layer2 = BasicBlock(8, 12, 2)
+        self.fc = nn.Linear(12, classes)
+
+    def forward(self, x, rec):
+        x = self.maxpool(rec.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x, rec), rec)
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def randomize(model, r):
+    """Random float32-rounded values for every parameter and buffer: weights ~ N(0, 1/fan_in)
+    (tanh and ReLU nets both stay in range), biases ~ N(0, 0.1), batch norm gamma ~ N(1, 0.2),
+    beta ~ N(0, 0.2), running mean ~ N(0, 0.3), running var ~ U(0.5, 2), and a step counter."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            module = model.get_submodule(name.rsplit(".", 1)[0])
+            if isinstance(module, torch.nn.BatchNorm2d):
+                p.copy_(r.normal(p.shape, 0.2, 1.0) if name.endswith(".weight") else r.normal(p.shape, 0.2))
+            elif name.endswith(".weight"):
+                fan_in = p[0].numel()
+                p.copy_(r.normal(p.shape, 1 / math.sqrt(fan_in)))
+            else:
+                p.copy_(r.normal(p.shape, 0.1))
+        for name, b in model.named_buffers():
+            if name.endswith(".running_mean"):
+                b.copy_(r.normal(b.shape, 0.3))
+            elif name.endswith(".running_var"):
+                b.copy_(r.uniform(b.shape, 0.5, 2.0))
+            elif name.endswith(".num_batches_tracked"):
+                b.fill_(int(r.classes(1, 1000)[0]))
+
+
+def model_case(name, source, model, input_shape, batch, classes):
+    model = model.to(torch.float64)
+    for attempt in range(100):
+        r = Rand(f"model/{name}" + (f"/{attempt}" if attempt else ""))
+        randomize(model, r)
+        model.eval()
+        x = r.normal((batch, *input_shape))
+        target = r.classes(batch, classes)
+
+        rec = Recorder()
+        xg = x.clone().requires_grad_(True)
+        params = dict(model.named_parameters())
+        out = model(xg, rec)
+        loss = F.cross_entropy(out, target)
+        grads = torch.autograd.grad(loss, [xg] + list(params.values()))
+        if all(float(t.abs().min()) > RELU_MARGIN for t in rec.pre_relu):
+            break
+    else:
+        raise AssertionError(f"{name}: no draw keeps the ReLU inputs off 0")
+
+    state = {}
+    for key, t in model.state_dict().items():
+        state[key] = (t.to(torch.int64) if t.dtype == torch.int64 else t.to(torch.float32)).contiguous()
+    grad_tensors = {"input": grads[0].to(torch.float32).contiguous()}
+    for (key, _), g in zip(params.items(), grads[1:]):
+        grad_tensors[key] = g.to(torch.float32).contiguous()
+
+    def save_npy(suffix, array):
+        path = os.path.join(MODELS, f"{name}.{suffix}.npy")
+        np.save(path, array)
+        MODEL_FILES.add(os.path.basename(path))
+
+    def save_st(suffix, tensors):
+        path = os.path.join(MODELS, f"{name}.{suffix}.safetensors")
+        save_file(tensors, path, metadata={"generator": "tests/golden/gen.py"})
+        MODEL_FILES.add(os.path.basename(path))
+
+    save_st("weights", state)
+    save_npy("input", x.to(torch.float32).numpy())
+    save_npy("output", out.detach().to(torch.float32).numpy())
+    save_npy("target", target.numpy().astype(np.int64))
+    save_st("grads", grad_tensors)
+    return {
+        "name": name,
+        "source": source,
+        "model": name,
+        "input_shape": list(input_shape),
+        "batch": batch,
+        "classes": classes,
+        "weights": f"{name}.weights.safetensors",
+        "input": f"{name}.input.npy",
+        "output": f"{name}.output.npy",
+        "loss": "ce",
+        "target": f"{name}.target.npy",
+        "loss_value": loss.item(),
+        "seed_attempt": attempt,
+        "grads": f"{name}.grads.safetensors",
+        "parameters": sum(p.numel() for p in params.values()),
+    }
+
+
+TORCHVISION_MODELS = ["resnet18", "resnet50", "alexnet", "vgg11"]
+
+
+def torchvision_manifests():
+    """`state_dict` key -> shape of torchvision's models (no weights are downloaded: the
+    models are built with `weights=None`). Returns the index entries, or None without
+    torchvision (the committed manifests are then left as they are)."""
+    try:
+        import torchvision
+    except ImportError:
+        print("torchvision is not installed: the torchvision manifests were not regenerated")
+        return None
+    out_dir = os.path.join(MODELS, "torchvision")
+    os.makedirs(out_dir, exist_ok=True)
+    entries = []
+    for name in TORCHVISION_MODELS:
+        model = getattr(torchvision.models, name)(weights=None)
+        state = [[k, list(v.shape)] for k, v in model.state_dict().items()]
+        manifest = {
+            "model": name,
+            "torchvision_version": torchvision.__version__,
+            "torch_version": torch.__version__,
+            "state_dict": state,
+        }
+        with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+            json.dump(manifest, f, separators=(",", ":"))
+            f.write("\n")
+        entries.append({"model": name, "example": f"examples/{name}.cnn", "manifest": f"torchvision/{name}.json"})
+    return entries, torchvision.__version__
+
+
+def models_main():
+    os.makedirs(MODELS, exist_ok=True)
+    entries = [
+        model_case("lenet5", "examples/lenet5.cnn", LeNet5(), (1, 32, 32), 5, 10),
+        model_case("tiny_resnet", "tests/golden/models/tiny_resnet.cnn", TinyResNet(), (3, 15, 13), 4, 7),
+    ]
+    for stale in sorted(set(os.listdir(MODELS)) - MODEL_FILES):
+        if stale.endswith(".npy") or stale.endswith(".safetensors"):
+            os.remove(os.path.join(MODELS, stale))
+    index_path = os.path.join(MODELS, "models.json")
+    index = {
+        "generator": "tests/golden/gen.py (models section)",
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "safetensors_version": safetensors.__version__,
+        "python_version": sys.version.split()[0],
+        "models": entries,
+    }
+    tv = torchvision_manifests()
+    if tv is not None:
+        index["torchvision"], index["torchvision_version"] = tv
+    elif os.path.exists(index_path):
+        with open(index_path) as f:
+            old = json.load(f)
+        for key in ("torchvision", "torchvision_version"):
+            if key in old:
+                index[key] = old[key]
+    with open(index_path, "w") as f:
+        json.dump(index, f, indent=1)
+        f.write("\n")
+    total = sum(os.path.getsize(os.path.join(MODELS, f)) for f in MODEL_FILES)
+    print(f"{len(entries)} models, {total / 1024:.0f} KiB")
+    for e in entries:
+        print(f"  {e['name']}: {e['parameters']} parameters, ce loss {e['loss_value']:.6f}")
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def main():
+    if sys.argv[1:] == ["--models"]:
+        models_main()
+        return
+    if sys.argv[1:]:
+        sys.exit(f"usage: {sys.argv[0]} [--models]")
+    models_main()
     os.makedirs(DATA, exist_ok=True)
     conv_cases()
     pool_cases()

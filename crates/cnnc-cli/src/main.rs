@@ -1,13 +1,18 @@
 //! `cnnc`, the command-line front door: argument parsing and exit codes around `cnnc-driver`.
 //!
-//! Exit codes: 0 success (warnings allowed), 1 the source has errors (rendered on stderr),
-//! 2 the command itself could not run (bad arguments, unreadable file, unknown code).
+//! Exit codes: 0 success (warnings allowed), 1 the source has errors or the data does not fit
+//! the model (rendered on stderr), 2 the command itself could not run (bad arguments, an
+//! unreadable or unwritable file, unknown code).
 
 mod explain;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use cnnc_diag::{Diagnostic, SourceFile};
-use cnnc_driver::{Options, check_models, examples, lower_source, render, summarize, table, thousands, to_json};
+use cnnc_driver::execute::{self, INPUT_KEY, MAX_LISTED_IMAGES};
+use cnnc_driver::{
+    ErrorKind, ExecError, ExecWarning, Options, check_models, examples, lower_source, render, render_exec_error,
+    summarize, table, thousands, to_json,
+};
 use cnnc_ir::Graph;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -57,8 +62,129 @@ enum Command {
         /// The code, as printed in `error[E0301]`.
         code: Option<String>,
     },
+    /// Write seeded initial weights (He/Xavier) to a safetensors file.
+    ///
+    /// He normal for layers followed by a ReLU-family activation, Xavier normal otherwise,
+    /// biases 0, batch norm gamma 1 and beta 0 (running mean 0, variance 1). The same seed
+    /// gives the same file on every machine.
+    Init {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The seed: the same seed gives the same weights, byte for byte.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Where to write the weights (safetensors, PyTorch state_dict names).
+        #[arg(short, long, value_name = "W.safetensors")]
+        output: PathBuf,
+    },
+    /// Run a model on a batch of inputs (.npy) and print the output's shape and top-5 classes.
+    ///
+    /// The input is float32 (or float64) of shape [N, C, H, W], any batch size N. The output,
+    /// batch first, goes to -o; for a classifier (an output of shape [classes]) the top-5
+    /// classes of each of the first 8 images are printed with their probabilities.
+    Run(RunArgs),
+    /// Print a batch's loss and write its gradients w.r.t. every parameter and the input.
+    ///
+    /// The loss is the mean over the batch. The gradient file holds every trainable parameter
+    /// under its weights name, and `input`.
+    Grad(GradArgs),
     /// Check and summarise the built-in examples (LeNet-5, ResNet-18): needs no files.
     Demo,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The weights (safetensors, PyTorch state_dict names); without it, the parameters are
+    /// initialised from --seed as `cnnc init` does.
+    #[arg(long, value_name = "W.safetensors")]
+    weights: Option<PathBuf>,
+    /// The input batch: float32 (or float64) .npy of shape [N, C, H, W], or [N, F].
+    #[arg(long, value_name = "X.npy")]
+    input: PathBuf,
+    /// Where to write the output batch (float32 .npy).
+    #[arg(short, long, value_name = "Y.npy")]
+    output: Option<PathBuf>,
+    /// The seed of the initial weights when no --weights is given.
+    #[arg(long, default_value_t = 0, conflicts_with = "weights")]
+    seed: u64,
+    /// The back end that runs the model.
+    #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
+    backend: BackendArg,
+}
+
+#[derive(Args, Debug)]
+struct GradArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The weights (safetensors, PyTorch state_dict names).
+    #[arg(long, value_name = "W.safetensors")]
+    weights: PathBuf,
+    /// The input batch: float32 (or float64) .npy of shape [N, C, H, W], or [N, F].
+    #[arg(long, value_name = "X.npy")]
+    input: PathBuf,
+    /// The targets: int64 or int32 class indices of shape [N] for ce and hinge, a float tensor
+    /// shaped like the output ([N, ...]) for mse, l1 and huber.
+    #[arg(long, value_name = "T.npy")]
+    target: PathBuf,
+    /// The loss, a mean over the batch.
+    #[arg(long, value_enum)]
+    loss: LossArg,
+    /// Where to write the gradients (safetensors: the weights' names, plus `input`).
+    #[arg(short, long, value_name = "G.safetensors")]
+    output: Option<PathBuf>,
+    /// Run batch norm on batch statistics and dropout with random masks, as in training
+    /// (nothing is written back to the weights).
+    #[arg(long)]
+    train: bool,
+    /// The seed of the dropout masks with --train.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The back end that runs the model.
+    #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
+    backend: BackendArg,
+}
+
+/// Where the model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    /// The reference interpreter (f32 storage, f64 accumulation).
+    Interp,
+}
+
+impl BackendArg {
+    fn backend(self) -> execute::Backend {
+        match self {
+            BackendArg::Interp => execute::Backend::Interp,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LossArg {
+    /// Softmax cross-entropy on logits (class indices).
+    Ce,
+    /// Mean squared error (a target shaped like the output).
+    Mse,
+    /// Mean absolute error (a target shaped like the output).
+    L1,
+    /// Huber loss with delta 1 (a target shaped like the output).
+    Huber,
+    /// Multi-class hinge, PyTorch's MultiMarginLoss (class indices).
+    Hinge,
+}
+
+impl LossArg {
+    fn loss(self) -> execute::Loss {
+        match self {
+            LossArg::Ce => execute::Loss::CrossEntropy,
+            LossArg::Mse => execute::Loss::Mse,
+            LossArg::L1 => execute::Loss::L1,
+            LossArg::Huber => execute::Loss::Huber,
+            LossArg::Hinge => execute::Loss::Hinge,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -83,7 +209,11 @@ fn parse_shape(arg: &str) -> Result<InputShape, cnnc_driver::ShapeArgError> {
 
 impl ModelArgs {
     fn options(&self) -> Options {
-        Options { model: self.model.clone(), input_shape: self.shape.as_ref().map(|s| s.0.clone()), ..Default::default() }
+        Options {
+            model: self.model.clone(),
+            input_shape: self.shape.as_ref().map(|s| s.0.clone()),
+            ..Default::default()
+        }
     }
 }
 
@@ -93,6 +223,14 @@ enum Failure {
     Diagnostics,
     /// The command could not run; the message is printed as `error: ...`.
     Usage(String),
+    /// Running the model on data failed; rendered with its details and hint, exit code by kind.
+    Exec(ExecError),
+}
+
+impl From<ExecError> for Failure {
+    fn from(e: ExecError) -> Failure {
+        Failure::Exec(e)
+    }
 }
 
 fn main() -> ExitCode {
@@ -114,6 +252,9 @@ fn main() -> ExitCode {
         Command::Ir(args) => lowered(&args, color, &mut out, cnnc_ir::print),
         Command::Dot(args) => lowered(&args, color, &mut out, cnnc_ir::dot),
         Command::Explain { code } => explain::run(code.as_deref(), &mut out).map_err(Failure::Usage),
+        Command::Init { model, seed, output } => init(&model, seed, &output, color, &mut out),
+        Command::Run(args) => run(&args, color, &mut out),
+        Command::Grad(args) => grad(&args, color, &mut out),
         Command::Demo => demo(color, &mut out),
     };
     // Whatever was produced goes out even when a later step failed.
@@ -131,6 +272,13 @@ fn main() -> ExitCode {
             // `eprintln!` would panic if stderr were closed; the exit code still tells.
             let _ = writeln!(std::io::stderr(), "error: {message}");
             ExitCode::from(2)
+        }
+        Err(Failure::Exec(error)) => {
+            let _ = std::io::stderr().lock().write_all(render_exec_error(&error).as_bytes());
+            match error.kind() {
+                ErrorKind::Data => ExitCode::from(1),
+                ErrorKind::Io | ErrorKind::Usage => ExitCode::from(2),
+            }
         }
     }
 }
@@ -177,16 +325,180 @@ fn lowered(
     out: &mut String,
     show: impl FnOnce(&Graph) -> String,
 ) -> Result<(), Failure> {
+    let graph = lower_one(args, color)?;
+    out.push_str(&show(&graph));
+    Ok(())
+}
+
+/// Loads and lowers the one selected model, printing its warnings.
+fn lower_one(args: &ModelArgs, color: bool) -> Result<Graph, Failure> {
+    lower_with_source(args, color).map(|(graph, _)| graph)
+}
+
+/// [`lower_one`], also returning the source (to lower it again at another size).
+fn lower_with_source(args: &ModelArgs, color: bool) -> Result<(Graph, SourceFile), Failure> {
     let file = load(&args.file)?;
     match lower_source(&file, &args.options()) {
         Ok((graph, warnings)) => {
             report(&warnings, &file, color)?;
-            out.push_str(&show(&graph));
-            Ok(())
+            Ok((graph, file))
         }
         // Lowering fails only with an error among its diagnostics; exit 1 even if one did not.
         Err(diags) => report(&diags, &file, color).and(Err(Failure::Diagnostics)),
     }
+}
+
+/// Prints `warning: ...` and `note: ...` lines on stderr (written whole, like diagnostics).
+fn notify(lines: &[String]) {
+    if !lines.is_empty() {
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    }
+}
+
+fn warn(warnings: &[ExecWarning]) {
+    notify(&warnings.iter().map(|w| format!("warning: {w}")).collect::<Vec<_>>());
+}
+
+fn init(args: &ModelArgs, seed: u64, output: &Path, color: bool, out: &mut String) -> Result<(), Failure> {
+    let graph = lower_one(args, color)?;
+    let weights = execute::init_weights(&graph, seed);
+    execute::save_tensors(output, &weights)?;
+    let summary = summarize(&graph);
+    out.push_str(&format!(
+        "wrote `{}`: {} tensors of model `{}`, {} parameters and {} buffer values (seed {seed})\n",
+        output.display(),
+        weights.len(),
+        graph.name,
+        thousands(summary.params),
+        thousands(summary.buffers),
+    ));
+    Ok(())
+}
+
+/// Reads the input batch; a wrong size is checked against the model at the input's size, so the
+/// hint suggests `--shape` only where it works.
+fn load_input(
+    graph: &Graph,
+    file: &SourceFile,
+    args: &ModelArgs,
+    path: &Path,
+) -> Result<(cnnc_driver::execute::Tensor, Vec<ExecWarning>), Failure> {
+    execute::load_input(graph, path).map_err(|e| Failure::Exec(execute::check_input_size(e, file, &args.options())))
+}
+
+fn run(args: &RunArgs, color: bool, out: &mut String) -> Result<(), Failure> {
+    let (graph, file) = lower_with_source(&args.model, color)?;
+    let (input, warnings) = load_input(&graph, &file, &args.model, &args.input)?;
+    warn(&warnings);
+    let params = match &args.weights {
+        Some(path) => {
+            let (params, warnings) = execute::load_weights(&graph, path)?;
+            warn(&warnings);
+            params
+        }
+        None => {
+            notify(&[format!(
+                "note: no --weights given: parameters initialised from seed {} (He/Xavier, as `cnnc init --seed {}`)",
+                args.seed, args.seed
+            )]);
+            execute::init_weights(&graph, args.seed)
+        }
+    };
+    let output = execute::run(&graph, &params, &input, args.backend.backend())?;
+    if let Some(path) = &args.output {
+        execute::save_output(path, &output)?;
+    }
+    out.push_str(&format!("output: {:?}", output.shape));
+    if let Some(path) = &args.output {
+        out.push_str(&format!(", written to `{}`", path.display()));
+    }
+    out.push('\n');
+    match execute::top_classes(&graph, &output, 5) {
+        Some(top) => print_top_classes(&top, execute::ends_in_softmax(&graph), out),
+        None => print_stats(&output.data, out),
+    }
+    Ok(())
+}
+
+fn print_top_classes(top: &[execute::TopClasses], softmax_output: bool, out: &mut String) {
+    let k = top.first().map_or(0, Vec::len);
+    let source = if softmax_output { "the model's softmax output" } else { "softmax of the logits" };
+    out.push_str(&format!("top-{k} classes of each image (class: probability, {source}):\n"));
+    let width = top.len().min(MAX_LISTED_IMAGES).saturating_sub(1).to_string().len();
+    for (image, classes) in top.iter().enumerate().take(MAX_LISTED_IMAGES) {
+        let listed: Vec<String> = classes.iter().map(|(class, p)| format!("{class}: {p:.4}")).collect();
+        out.push_str(&format!("  image {image:>width$}  {}\n", listed.join("  ")));
+    }
+    if top.len() > MAX_LISTED_IMAGES {
+        let more = top.len() - MAX_LISTED_IMAGES;
+        out.push_str(&format!(
+            "  ... and {more} more image{} (the first {MAX_LISTED_IMAGES} are shown; -o Y.npy saves every output)\n",
+            if more == 1 { "" } else { "s" }
+        ));
+    }
+}
+
+/// For outputs that are not class scores: the range and mean of the values.
+fn print_stats(data: &[f32], out: &mut String) {
+    let finite: Vec<f64> = data.iter().filter(|v| v.is_finite()).map(|&v| f64::from(v)).collect();
+    if finite.is_empty() {
+        out.push_str("values: none finite\n");
+        return;
+    }
+    let min = finite.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mean = finite.iter().sum::<f64>() / finite.len() as f64;
+    out.push_str(&format!("values: min {min:.6}, max {max:.6}, mean {mean:.6}"));
+    if finite.len() < data.len() {
+        out.push_str(&format!(" ({} not finite)", data.len() - finite.len()));
+    }
+    out.push('\n');
+}
+
+fn grad(args: &GradArgs, color: bool, out: &mut String) -> Result<(), Failure> {
+    let (graph, file) = lower_with_source(&args.model, color)?;
+    let loss = args.loss.loss();
+    // Every file and argument is checked before the (possibly long) computation starts.
+    let options = execute::grad_options(&graph, args.train, args.seed)?;
+    let (input, warnings) = load_input(&graph, &file, &args.model, &args.input)?;
+    warn(&warnings);
+    let batch = input.shape[0];
+    let (target, warnings) = execute::load_target(&graph, &args.target, loss, batch)?;
+    warn(&warnings);
+    let (params, warnings) = execute::load_weights(&graph, &args.weights)?;
+    warn(&warnings);
+    let outcome = execute::grad(&graph, &params, &input, &target, loss, options, args.backend.backend())?;
+    warn(&outcome.warnings);
+    if let Some(path) = &args.output {
+        execute::save_tensors(path, &outcome.grads)?;
+    }
+    if outcome.batch_norms_trained > 0 {
+        notify(&[format!(
+            "note: --train: {} batch-norm layer{} used batch statistics; the updated running statistics are not saved",
+            outcome.batch_norms_trained,
+            if outcome.batch_norms_trained == 1 { "" } else { "s" }
+        )]);
+    }
+    let params = outcome.grads.len() - usize::from(outcome.grads.contains_key(INPUT_KEY));
+    out.push_str(&format!("output: {:?}\n", outcome.output.shape));
+    out.push_str(&format!(
+        "loss: {} ({}, mean over {batch} image{}{})\n",
+        outcome.loss as f32,
+        loss.name(),
+        if batch == 1 { "" } else { "s" },
+        if args.train { ", training mode" } else { "" }
+    ));
+    match &args.output {
+        Some(path) => out.push_str(&format!(
+            "gradients: {params} parameter tensors and `{INPUT_KEY}` written to `{}`\n",
+            path.display()
+        )),
+        None => out.push_str(&format!(
+            "gradients: {params} parameter tensors and `{INPUT_KEY}` (pass -o G.safetensors to save them)\n"
+        )),
+    }
+    Ok(())
 }
 
 /// The built-in job: check and summarise each embedded example.
@@ -221,6 +533,33 @@ mod tests {
         assert_eq!(cli.color, Color::Never);
         let Some(Command::Check(args)) = cli.command else { panic!("check expected") };
         assert_eq!(args.options().input_shape, Some(vec![3, 8, 8]));
+    }
+
+    #[test]
+    fn run_and_grad_arguments() {
+        let cli = Cli::try_parse_from(["cnnc", "run", "m.cnn", "--input", "x.npy", "--shape", "3x8x8"]).expect("ok");
+        let Some(Command::Run(args)) = cli.command else { panic!("run expected") };
+        assert_eq!((args.seed, args.backend, args.weights), (0, BackendArg::Interp, None));
+        assert_eq!(args.model.options().input_shape, Some(vec![3, 8, 8]));
+        // --seed initialises weights, so it makes no sense with --weights.
+        let err = Cli::try_parse_from(["cnnc", "run", "m.cnn", "--input", "x", "--weights", "w", "--seed", "1"]);
+        assert_eq!(err.unwrap_err().exit_code(), 2);
+        assert!(Cli::try_parse_from(["cnnc", "run", "m.cnn"]).is_err(), "--input is required");
+        let err = Cli::try_parse_from(["cnnc", "run", "m.cnn", "--input", "x", "--backend", "jit"]).unwrap_err();
+        assert!(err.to_string().contains("possible values: interp"), "{err}");
+
+        let grad = ["cnnc", "grad", "m.cnn", "--weights", "w", "--input", "x", "--target", "t", "--loss", "huber"];
+        let cli = Cli::try_parse_from(grad).expect("ok");
+        let Some(Command::Grad(args)) = cli.command else { panic!("grad expected") };
+        assert_eq!(args.loss.loss(), execute::Loss::Huber);
+        assert!(!args.train && args.seed.is_none() && args.output.is_none());
+        for missing in ["--weights", "--input", "--target", "--loss"] {
+            let i = grad.iter().position(|a| *a == missing).expect("present");
+            let args: Vec<&str> =
+                grad.iter().enumerate().filter(|(j, _)| *j != i && *j != i + 1).map(|(_, a)| *a).collect();
+            assert!(Cli::try_parse_from(args).is_err(), "{missing} is required");
+        }
+        assert!(Cli::try_parse_from(["cnnc", "init", "m.cnn"]).is_err(), "init needs -o");
     }
 
     #[test]

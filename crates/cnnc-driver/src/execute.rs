@@ -1,0 +1,768 @@
+//! Running a lowered model on data, for `cnnc init`, `cnnc run` and `cnnc grad`: weights loaded
+//! and checked (or initialised), inputs and targets read from `.npy` and checked against the
+//! model before anything runs, then a forward pass, or a loss and its gradients, on a back end.
+//!
+//! Everything the user can get wrong comes back as an [`ExecError`] whose message names the
+//! file, the expected and the found shapes; [`render_exec_error`] adds the list of problems
+//! and a hint, and [`ExecError::kind`] says which exit code fits. Nothing here panics on a bad
+//! file: the runtime's readers validate every byte.
+//!
+//! The layout is PyTorch's: inputs `[N, C, H, W]` (or `[N, F]` for a flat model), any batch
+//! size N >= 1; parameters under their `state_dict` names. The gradient map of [`grad`] holds
+//! every trainable parameter under the same name as the weights, plus [`INPUT_KEY`] for the
+//! gradient with respect to the input batch.
+
+use cnnc_diag::SourceFile;
+use cnnc_interp::{InterpError, Mode, Options};
+use cnnc_ir::{Graph, Op};
+use cnnc_lower::Options as LowerOptions;
+use cnnc_runtime::{NpyArray, NpyError, WeightsError, check_weights};
+pub use cnnc_runtime::{Tensor, TensorMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// The key of the input gradient in the map [`grad`] returns (and `cnnc grad` saves).
+/// Parameter names always contain a dot (`c1.weight`), so it cannot clash with one.
+pub const INPUT_KEY: &str = "input";
+
+/// How many images `cnnc run` lists the top classes of.
+pub const MAX_LISTED_IMAGES: usize = 8;
+
+/// Where a model is run. The reference interpreter is the only one for now; the code generator
+/// and the JIT will be added here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// `cnnc-interp`: plain loops, f32 storage with f64 accumulation.
+    #[default]
+    Interp,
+}
+
+/// The losses of `cnnc grad`, all means over the batch (PyTorch's `reduction="mean"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// Softmax cross-entropy on logits, class-index targets (`nn.CrossEntropyLoss`).
+    CrossEntropy,
+    /// Mean squared error against a tensor shaped like the output (`nn.MSELoss`).
+    Mse,
+    /// Mean absolute error (`nn.L1Loss`).
+    L1,
+    /// Huber loss with delta 1 (`nn.HuberLoss`).
+    Huber,
+    /// Multi-class hinge, class-index targets (`nn.MultiMarginLoss`).
+    Hinge,
+}
+
+impl Loss {
+    /// The name `cnnc grad --loss` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::CrossEntropy => "ce",
+            Loss::Mse => "mse",
+            Loss::L1 => "l1",
+            Loss::Huber => "huber",
+            Loss::Hinge => "hinge",
+        }
+    }
+
+    /// Whether the targets are class indices (rather than a tensor shaped like the output).
+    pub fn takes_classes(self) -> bool {
+        match self {
+            Loss::CrossEntropy | Loss::Hinge => true,
+            Loss::Mse | Loss::L1 | Loss::Huber => false,
+        }
+    }
+}
+
+/// The targets of a loss, checked against the model's output and the batch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    /// One class index per image, each in `0..classes`.
+    Classes(Vec<usize>),
+    /// A tensor of the output's full shape `[N, ...]`.
+    Values(Tensor),
+}
+
+/// Which exit code an error deserves: the CLI exits 1 for data that does not fit (as for a
+/// source with errors) and 2 when the command could not run at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The files were read but do not fit the model, or are not valid `.npy` / safetensors.
+    Data,
+    /// A file could not be read or written.
+    Io,
+    /// The arguments do not make sense together.
+    Usage,
+}
+
+/// Why a model could not be run on the given files.
+#[derive(Debug, Error)]
+pub enum ExecError {
+    /// An `.npy` file could not be read, is not a valid `.npy` array, holds the wrong kind of
+    /// values, or could not be written.
+    #[error("{0}")]
+    Npy(#[from] NpyError),
+    /// A weights file could not be read or written, or is not valid safetensors of F32.
+    #[error("{0}")]
+    WeightsFile(WeightsError),
+    /// The weights were read but do not fit the model: every problem, in the runtime's order.
+    #[error(
+        "weights file `{}` does not fit model `{model}`: {}",
+        .path.display(),
+        count(.problems.len(), "problem")
+    )]
+    Weights { path: PathBuf, model: String, problems: Vec<WeightsError> },
+    /// The input batch does not have the shape the model takes.
+    #[error(
+        "input `{}` has shape {found:?}, but model `{model}` takes [N, {}] (a batch of N >= 1)",
+        .path.display(),
+        join(.expected)
+    )]
+    InputShape {
+        path: PathBuf,
+        model: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+        /// Whether the model lowers at the input's per-image shape, when that was checked
+        /// ([`check_input_size`]); it decides between suggesting `--shape` and explaining why not.
+        at_input_size: Option<SizeCheck>,
+    },
+    /// `cnnc run` and `cnnc grad` feed one input and read one output.
+    #[error("model `{model}` has {inputs} inputs and {outputs} outputs; cnnc runs models with one of each")]
+    Arity { model: String, inputs: usize, outputs: usize },
+    /// A class loss on a model whose output is not a vector of class scores.
+    #[error(
+        "loss `{}` needs class scores, an output of shape [classes], but model `{model}` outputs {output:?}",
+        .loss.name()
+    )]
+    NotAClassifier { loss: Loss, model: String, output: Vec<usize> },
+    /// Targets of the wrong shape (class labels must be `[N]`, value targets the output's
+    /// full shape).
+    #[error(
+        "target `{}` has shape {found:?}, but loss `{}` on this batch needs {expected:?} ({what})",
+        .path.display(),
+        .loss.name()
+    )]
+    TargetShape { path: PathBuf, loss: Loss, expected: Vec<usize>, found: Vec<usize>, what: &'static str },
+    /// A class label outside `0..classes`.
+    #[error(
+        "target `{}`: label {label} of sample {sample} is out of range for {classes} classes (0 to {})",
+        .path.display(),
+        .classes - 1
+    )]
+    TargetOutOfRange { path: PathBuf, sample: usize, label: i64, classes: usize },
+    /// `--train` on a model with dropout, without a seed for the masks.
+    #[error("--train runs dropout in training mode, and the dropout masks need a seed: pass `--seed N`")]
+    DropoutNeedsSeed { layers: Vec<String> },
+    /// The back end refused to run (a training-mode batch norm with a single value per
+    /// channel, say).
+    #[error("{0}")]
+    Backend(#[from] InterpError),
+}
+
+impl ExecError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ExecError::Npy(NpyError::Read { .. } | NpyError::Write { .. }) => ErrorKind::Io,
+            ExecError::Npy(NpyError::Format { .. } | NpyError::Kind { .. } | NpyError::ShapeMismatch { .. }) => {
+                ErrorKind::Data
+            }
+            ExecError::WeightsFile(WeightsError::Read { .. } | WeightsError::Write { .. }) => ErrorKind::Io,
+            ExecError::WeightsFile(_) => ErrorKind::Data,
+            ExecError::DropoutNeedsSeed { .. } => ErrorKind::Usage,
+            ExecError::Weights { .. }
+            | ExecError::InputShape { .. }
+            | ExecError::Arity { .. }
+            | ExecError::NotAClassifier { .. }
+            | ExecError::TargetShape { .. }
+            | ExecError::TargetOutOfRange { .. }
+            | ExecError::Backend(_) => ErrorKind::Data,
+        }
+    }
+
+    /// The individual problems behind a summary message (every weights mismatch), one a line.
+    pub fn details(&self) -> Vec<String> {
+        match self {
+            ExecError::Weights { problems, .. } => problems.iter().map(ToString::to_string).collect(),
+            ExecError::DropoutNeedsSeed { layers } => {
+                vec![format!("dropout layers: {}", layers.join(", "))]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// What to do about it, when there is something specific to say.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ExecError::Weights { problems, .. } => Some(weights_hint(problems)),
+            ExecError::InputShape { expected, found, at_input_size, .. } => {
+                input_hint(expected, found, at_input_size.as_ref())
+            }
+            ExecError::NotAClassifier { .. } => {
+                Some("use `--loss mse`, `l1` or `huber` with a target shaped like the output".into())
+            }
+            ExecError::TargetShape { loss, found, expected, .. } => Some(if loss.takes_classes() {
+                if found.len() == 2 && found.get(1) == expected.first() {
+                    "class targets are indices, not one-hot rows: use `y.argmax(1)`".into()
+                } else {
+                    "save one class index per image: `np.save(path, y.reshape(-1).astype(np.int64))`".into()
+                }
+            } else {
+                "the target of `mse`, `l1` and `huber` has the output's shape, batch first".into()
+            }),
+            ExecError::TargetOutOfRange { label, .. } if *label < 0 => Some(
+                "labels are class indices from 0; cnnc has no `ignore_index`: drop such samples from the batch".into(),
+            ),
+            ExecError::TargetOutOfRange { classes, .. } => Some(format!(
+                "the model's output has {classes} classes; check the labels, or the model's number of classes"
+            )),
+            ExecError::Backend(InterpError::BatchNormTooFewValues { .. }) => Some(
+                "in training mode batch norm needs several values per channel: use a larger batch, or drop --train"
+                    .into(),
+            ),
+            ExecError::Arity { .. } => Some("multi-input models can be run from Rust through cnnc-interp".into()),
+            ExecError::Npy(_)
+            | ExecError::WeightsFile(_)
+            | ExecError::DropoutNeedsSeed { .. }
+            | ExecError::Backend(_) => None,
+        }
+    }
+}
+
+impl From<WeightsError> for ExecError {
+    fn from(e: WeightsError) -> ExecError {
+        ExecError::WeightsFile(e)
+    }
+}
+
+/// `error: ...`, then each detail as `  - ...` and the hint as `  = help: ...`, one
+/// newline-terminated block for stderr.
+pub fn render_exec_error(error: &ExecError) -> String {
+    let mut out = format!("error: {error}\n");
+    for detail in error.details() {
+        out.push_str(&format!("  - {detail}\n"));
+    }
+    if let Some(hint) = error.hint() {
+        out.push_str(&format!("  = help: {hint}\n"));
+    }
+    out
+}
+
+fn weights_hint(problems: &[WeightsError]) -> String {
+    let only_unexpected = problems.iter().all(|p| matches!(p, WeightsError::Unexpected { .. }));
+    let prefixed =
+        problems.iter().any(|p| matches!(p, WeightsError::Unexpected { name, .. } if name.starts_with("module.")));
+    if prefixed {
+        "the names start with `module.` (saved from nn.DataParallel): save `model.module.state_dict()` instead".into()
+    } else if only_unexpected {
+        "the file holds tensors the model does not have: is it the right model, or another `--model`?".into()
+    } else {
+        "`cnnc summary FILE --json` lists every tensor the model needs; `cnnc init FILE -o W.safetensors` writes a \
+         matching file"
+            .into()
+    }
+}
+
+fn input_hint(expected: &[usize], found: &[usize], at_input_size: Option<&SizeCheck>) -> Option<String> {
+    let shape_arg = |dims: &[usize]| dims.iter().map(usize::to_string).collect::<Vec<_>>().join("x");
+    if found == expected {
+        return Some("the batch axis is missing: save `x[None]` (a batch of one) instead".into());
+    }
+    if found.len() != expected.len() + 1 || found.first() == Some(&0) {
+        return Some(format!(
+            "cnnc reads a batch first: [N, {}]{}",
+            join(expected),
+            if expected.len() == 3 { " (NCHW)" } else { "" }
+        ));
+    }
+    let per_image = &found[1..];
+    // NHWC data (TensorFlow's, or images straight from a decoder) holding what the model takes.
+    if expected.len() == 3 && per_image == [expected[1], expected[2], expected[0]] && expected[0] != expected[2] {
+        return Some("the data looks like NHWC; cnnc reads NCHW: save `x.transpose(0, 3, 1, 2)`".into());
+    }
+    // The same rank: the model may well run at this size, which `--shape` asks for.
+    if per_image.len() == 1 || per_image.len() == 3 {
+        let arg = shape_arg(per_image);
+        return Some(if let Some(SizeCheck { lowers: false, source }) = at_input_size {
+            let wanted = if expected.len() == 3 {
+                let channels = match (expected[0], per_image[0]) {
+                    (c, f) if c == f => String::new(),
+                    (1, _) => " with 1 channel".to_owned(),
+                    (c, _) => format!(" with {c} channels"),
+                };
+                format!("resize the images to {}x{}{channels}", expected[1], expected[2])
+            } else {
+                format!("the model needs {} features per sample", expected[0])
+            };
+            format!("the model does not fit a {arg} input (`cnnc check {source} --shape {arg}` shows why): {wanted}")
+        } else {
+            format!("to run the model at the input's size, pass `--shape {arg}`")
+        });
+    }
+    None
+}
+
+/// Whether a model lowers at an input's size, and the source file that was tried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SizeCheck {
+    pub lowers: bool,
+    /// The source's name, as `cnnc check` would be given it.
+    pub source: String,
+}
+
+/// For an input of the wrong shape: lowers the model again at the input's per-image shape and
+/// records whether that works, so the hint suggests `--shape` only when it would help. Other
+/// errors pass through unchanged.
+pub fn check_input_size(error: ExecError, file: &SourceFile, options: &LowerOptions) -> ExecError {
+    match error {
+        ExecError::InputShape { path, model, expected, found, at_input_size: None }
+            if found.len() == expected.len() + 1 && (found.len() == 2 || found.len() == 4) =>
+        {
+            let options = LowerOptions { input_shape: Some(found[1..].to_vec()), ..options.clone() };
+            let lowers = crate::lower_source(file, &options).is_ok();
+            let check = SizeCheck { lowers, source: file.name.clone() };
+            ExecError::InputShape { path, model, expected, found, at_input_size: Some(check) }
+        }
+        other => other,
+    }
+}
+
+fn join(dims: &[usize]) -> String {
+    dims.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+}
+
+fn count(n: usize, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
+}
+
+/// Something worth knowing that does not stop the command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExecWarning {
+    /// NaN or infinite values in an input, the weights or the targets: allowed, but they spread.
+    NonFinite { what: String, nan: usize, infinite: usize },
+    /// Cross-entropy applies its own log-softmax: on a model that ends in softmax it sees
+    /// probabilities, not logits.
+    SoftmaxBeforeCrossEntropy { model: String },
+    /// The loss came out NaN or infinite.
+    NonFiniteLoss { value: String },
+}
+
+impl fmt::Display for ExecWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExecWarning::NonFinite { what, nan, infinite } => {
+                let mut parts = Vec::new();
+                if *nan > 0 {
+                    parts.push(format!("{nan} NaN"));
+                }
+                if *infinite > 0 {
+                    parts.push(format!("{infinite} infinite"));
+                }
+                write!(
+                    f,
+                    "{what} holds {} {}; results will not be finite",
+                    parts.join(" and "),
+                    plural_values(nan + infinite)
+                )
+            }
+            ExecWarning::SoftmaxBeforeCrossEntropy { model } => write!(
+                f,
+                "model `{model}` ends in softmax, and `ce` applies its own log-softmax: the loss sees probabilities, \
+                 not logits (drop the final softmax to train with `ce`)"
+            ),
+            ExecWarning::NonFiniteLoss { value } => write!(f, "the loss is {value}"),
+        }
+    }
+}
+
+fn plural_values(n: usize) -> &'static str {
+    if n == 1 { "value" } else { "values" }
+}
+
+fn non_finite(what: impl FnOnce() -> String, data: &[f32]) -> Option<ExecWarning> {
+    let nan = data.iter().filter(|v| v.is_nan()).count();
+    let infinite = data.iter().filter(|v| v.is_infinite()).count();
+    (nan + infinite > 0).then(|| ExecWarning::NonFinite { what: what(), nan, infinite })
+}
+
+/// The one input node's shape (without the batch) and the one output node's, or why the model
+/// cannot be run by `cnnc run` and `cnnc grad`.
+fn io_shapes(graph: &Graph) -> Result<(&[usize], &[usize]), ExecError> {
+    match (&graph.inputs[..], &graph.outputs[..]) {
+        ([input], [output]) => Ok((&graph[*input].shape.0, &graph[*output].shape.0)),
+        _ => Err(ExecError::Arity {
+            model: graph.name.clone(),
+            inputs: graph.inputs.len(),
+            outputs: graph.outputs.len(),
+        }),
+    }
+}
+
+/// The shape of the model's output for one image (without the batch).
+pub fn output_shape(graph: &Graph) -> Result<Vec<usize>, ExecError> {
+    io_shapes(graph).map(|(_, output)| output.to_vec())
+}
+
+/// Every parameter and buffer of the model, initialised from `seed` as the course teaches:
+/// He for layers feeding a ReLU-family activation, Xavier otherwise, zero biases, batch norm
+/// as the identity. The same seed gives the same values on every machine.
+pub fn init_weights(graph: &Graph, seed: u64) -> TensorMap {
+    cnnc_runtime::init_params(graph, seed)
+}
+
+/// Saves weights (or gradients) as an F32 safetensors file, atomically.
+pub fn save_tensors(path: &Path, tensors: &TensorMap) -> Result<(), ExecError> {
+    cnnc_runtime::save_safetensors(path, tensors).map_err(ExecError::WeightsFile)
+}
+
+/// Writes a model's output batch as a float32 `.npy` file, atomically.
+pub fn save_output(path: &Path, output: &Tensor) -> Result<(), ExecError> {
+    cnnc_runtime::write_npy(path, output).map_err(ExecError::Npy)
+}
+
+/// Loads a safetensors weights file and checks it against the model: every missing, extra and
+/// mis-shaped tensor is reported at once. PyTorch's `num_batches_tracked` entries are ignored.
+pub fn load_weights(graph: &Graph, path: &Path) -> Result<(TensorMap, Vec<ExecWarning>), ExecError> {
+    let weights = cnnc_runtime::load_safetensors(path)?;
+    check_weights(graph, &weights).map_err(|problems| ExecError::Weights {
+        path: path.to_path_buf(),
+        model: graph.name.clone(),
+        problems,
+    })?;
+    let mut warnings = Vec::new();
+    for (name, tensor) in &weights {
+        warnings.extend(non_finite(|| format!("weight `{name}` in `{}`", path.display()), &tensor.data));
+    }
+    Ok((weights, warnings))
+}
+
+/// Reads an input batch (float32 or float64 `.npy`) and checks it is `[N] ++ the model's
+/// input shape` with N >= 1.
+pub fn load_input(graph: &Graph, path: &Path) -> Result<(Tensor, Vec<ExecWarning>), ExecError> {
+    let (expected, _) = io_shapes(graph)?;
+    let input = cnnc_runtime::read_npy_f32(path)?;
+    let fits = input.shape.len() == expected.len() + 1 && input.shape[0] >= 1 && input.shape[1..] == *expected;
+    if !fits {
+        return Err(ExecError::InputShape {
+            path: path.to_path_buf(),
+            model: graph.name.clone(),
+            expected: expected.to_vec(),
+            found: input.shape.clone(),
+            at_input_size: None,
+        });
+    }
+    let warnings = non_finite(|| format!("input `{}`", path.display()), &input.data).into_iter().collect();
+    Ok((input, warnings))
+}
+
+/// The number of classes when the output is a vector of class scores: `[C]`, or `[C, 1, 1]`
+/// (a global pool's output), with C >= 1.
+fn class_count(output: &[usize]) -> Option<usize> {
+    match output {
+        [c] => Some(*c),
+        [c, 1, 1] => Some(*c),
+        _ => None,
+    }
+}
+
+/// Reads the targets of `loss` for a batch of `batch` images and checks them against the
+/// model's output: class labels (int32 or int64, shape `[N]`, each in `0..classes`) for `ce`
+/// and `hinge`, a float tensor of the output's full shape otherwise.
+pub fn load_target(
+    graph: &Graph,
+    path: &Path,
+    loss: Loss,
+    batch: usize,
+) -> Result<(Target, Vec<ExecWarning>), ExecError> {
+    let (_, output) = io_shapes(graph)?;
+    let mut warnings = Vec::new();
+    if loss.takes_classes() {
+        let classes = class_count(output).ok_or_else(|| ExecError::NotAClassifier {
+            loss,
+            model: graph.name.clone(),
+            output: output.to_vec(),
+        })?;
+        if loss == Loss::CrossEntropy && ends_in_softmax(graph) {
+            warnings.push(ExecWarning::SoftmaxBeforeCrossEntropy { model: graph.name.clone() });
+        }
+        let (shape, labels) = cnnc_runtime::read_npy_labels(path)?;
+        if shape != [batch] {
+            return Err(ExecError::TargetShape {
+                path: path.to_path_buf(),
+                loss,
+                expected: vec![batch],
+                found: shape,
+                what: "one class index per image",
+            });
+        }
+        let mut targets = Vec::with_capacity(labels.len());
+        for (sample, &label) in labels.iter().enumerate() {
+            match usize::try_from(label) {
+                Ok(t) if t < classes => targets.push(t),
+                _ => {
+                    return Err(ExecError::TargetOutOfRange { path: path.to_path_buf(), sample, label, classes });
+                }
+            }
+        }
+        Ok((Target::Classes(targets), warnings))
+    } else {
+        let target = match cnnc_runtime::read_npy(path).map_err(ExecError::Npy)? {
+            NpyArray::F32(t) => t,
+            NpyArray::I64 { .. } => {
+                return Err(ExecError::Npy(NpyError::Kind {
+                    path: path.to_path_buf(),
+                    expected: "floating-point",
+                    found: "integer",
+                    hint: " (the target of mse, l1 and huber is a tensor shaped like the output; class labels go \
+                           with `--loss ce` or `--loss hinge`)",
+                }));
+            }
+        };
+        let mut expected = vec![batch];
+        expected.extend_from_slice(output);
+        if target.shape != expected {
+            return Err(ExecError::TargetShape {
+                path: path.to_path_buf(),
+                loss,
+                expected,
+                found: target.shape.clone(),
+                what: "the output's shape, batch first",
+            });
+        }
+        warnings.extend(non_finite(|| format!("target `{}`", path.display()), &target.data));
+        Ok((Target::Values(target), warnings))
+    }
+}
+
+/// Whether the model's output is a softmax (its values are probabilities already).
+pub fn ends_in_softmax(graph: &Graph) -> bool {
+    graph.outputs.len() == 1 && matches!(graph[graph.outputs[0]].op, Op::Softmax)
+}
+
+/// The dropout layers that drop anything (p > 0), by name.
+fn dropout_layers(graph: &Graph) -> Vec<String> {
+    graph.iter().filter(|(_, n)| matches!(n.op, Op::Dropout { p } if p > 0.0)).map(|(_, n)| n.name.clone()).collect()
+}
+
+/// The interpreter's options for `cnnc grad`: inference, or training (batch norm on batch
+/// statistics, dropout with masks drawn from `seed`). A model with dropout needs the seed.
+pub fn grad_options(graph: &Graph, train: bool, seed: Option<u64>) -> Result<Options, ExecError> {
+    if !train {
+        return Ok(Options::inference());
+    }
+    let layers = dropout_layers(graph);
+    match seed {
+        Some(seed) => Ok(Options::training(seed)),
+        None if layers.is_empty() => Ok(Options::training(0)),
+        None => Err(ExecError::DropoutNeedsSeed { layers }),
+    }
+}
+
+/// Runs the model forward in inference mode on a checked input batch; the output, batch first.
+pub fn run(graph: &Graph, params: &TensorMap, input: &Tensor, backend: Backend) -> Result<Tensor, ExecError> {
+    io_shapes(graph)?;
+    match backend {
+        Backend::Interp => {
+            let trace = cnnc_interp::forward(graph, params, std::slice::from_ref(input), Options::inference())?;
+            Ok(trace.outputs::<Tensor>().remove(0))
+        }
+    }
+}
+
+/// What [`grad`] computed.
+#[derive(Clone, Debug)]
+pub struct GradOutcome {
+    /// The batch-mean loss.
+    pub loss: f64,
+    /// The model's output, batch first.
+    pub output: Tensor,
+    /// d loss / d every trainable parameter (by its weights name) and d loss / d input
+    /// (under [`INPUT_KEY`], the input's full shape).
+    pub grads: TensorMap,
+    /// Training mode: the number of batch-norm layers that used batch statistics (their
+    /// updated running statistics are computed but not kept).
+    pub batch_norms_trained: usize,
+    pub warnings: Vec<ExecWarning>,
+}
+
+/// The loss of the model's output on a checked batch and its gradient with respect to every
+/// trainable parameter and the input.
+pub fn grad(
+    graph: &Graph,
+    params: &TensorMap,
+    input: &Tensor,
+    target: &Target,
+    loss: Loss,
+    options: Options,
+    backend: Backend,
+) -> Result<GradOutcome, ExecError> {
+    io_shapes(graph)?;
+    match backend {
+        Backend::Interp => {
+            let trace = cnnc_interp::forward(graph, params, std::slice::from_ref(input), options)?;
+            let output: Tensor = trace.outputs::<Tensor>().remove(0);
+            let (value, grad_output) = apply_loss(&output, target, loss)?;
+            let gradients = cnnc_interp::backward(graph, &trace, &[grad_output])?;
+            let mut grads: TensorMap = gradients.params.into_iter().collect();
+            if let Some(input_grad) = gradients.inputs.into_iter().next() {
+                grads.insert(INPUT_KEY.to_owned(), input_grad);
+            }
+            let batch_norms_trained = match options.mode {
+                Mode::Inference => 0,
+                Mode::Training { .. } => trace.running_stats::<Tensor>().len() / 2,
+            };
+            let warnings = if value.is_finite() {
+                Vec::new()
+            } else {
+                vec![ExecWarning::NonFiniteLoss { value: value.to_string() }]
+            };
+            Ok(GradOutcome { loss: value, output, grads, batch_norms_trained, warnings })
+        }
+    }
+}
+
+fn apply_loss(output: &Tensor, target: &Target, loss: Loss) -> Result<(f64, Tensor), InterpError> {
+    use cnnc_interp::loss as l;
+    match (loss, target) {
+        (Loss::CrossEntropy, Target::Classes(t)) => l::cross_entropy(output, t),
+        (Loss::Hinge, Target::Classes(t)) => l::multi_margin(output, t),
+        (Loss::Mse, Target::Values(t)) => l::mse(output, t),
+        (Loss::L1, Target::Values(t)) => l::l1(output, t),
+        (Loss::Huber, Target::Values(t)) => l::huber(output, t),
+        (loss, _) => Err(InterpError::LossShape(format!(
+            "loss `{}` was given {} targets",
+            loss.name(),
+            if loss.takes_classes() { "tensor" } else { "class" }
+        ))),
+    }
+}
+
+/// One image's most likely classes, most likely first: `(class, probability)`.
+pub type TopClasses = Vec<(usize, f64)>;
+
+/// The `k` most likely classes of each image when the model is a classifier (its output is a
+/// vector of at least two class scores): probabilities are the softmax of the scores, or the
+/// scores themselves when the model ends in softmax. `None` for other models.
+pub fn top_classes(graph: &Graph, output: &Tensor, k: usize) -> Option<Vec<TopClasses>> {
+    let (_, shape) = io_shapes(graph).ok()?;
+    let classes = match shape {
+        [c] if *c >= 2 => *c,
+        _ => return None,
+    };
+    if output.shape.len() != 2 || output.shape[1] != classes || output.data.len() != output.shape[0] * classes {
+        return None;
+    }
+    let softmax = !ends_in_softmax(graph);
+    let rows = output.data.chunks_exact(classes).map(|row| {
+        let probs: Vec<f64> = if softmax {
+            let max = row.iter().map(|&v| f64::from(v)).fold(f64::NEG_INFINITY, f64::max);
+            let exps: Vec<f64> = row.iter().map(|&v| (f64::from(v) - max).exp()).collect();
+            let sum: f64 = exps.iter().sum();
+            exps.into_iter().map(|e| e / sum).collect()
+        } else {
+            row.iter().map(|&v| f64::from(v)).collect()
+        };
+        let mut order: Vec<usize> = (0..classes).collect();
+        // Most likely first; NaN last; ties by class index (the sort is stable).
+        order.sort_by(|&a, &b| {
+            let (pa, pb) = (probs[a], probs[b]);
+            pa.is_nan().cmp(&pb.is_nan()).then(pb.total_cmp(&pa))
+        });
+        order.into_iter().take(k).map(|c| (c, probs[c])).collect()
+    });
+    Some(rows.collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cnnc_ir::{Fc, Shape};
+
+    fn flat(classes: usize, softmax: bool) -> Graph {
+        let mut g = Graph::new("flat");
+        let x = g.add_input("x", Shape(vec![4]), Default::default()).unwrap();
+        let (mut y, _) =
+            g.add(Op::Fc(Fc { out_features: classes, bias: true }), vec![x], "fc", Default::default()).unwrap();
+        if softmax {
+            y = g.add(Op::Softmax, vec![y], "softmax", Default::default()).unwrap().0;
+        }
+        g.outputs.push(y);
+        g
+    }
+
+    #[test]
+    fn top_classes_sorts_and_applies_softmax_once() {
+        let g = flat(3, false);
+        let out = Tensor::from_vec(&[2, 3], vec![0.0, 2.0, 1.0, f32::NAN, 0.0, 0.0]).unwrap();
+        let top = top_classes(&g, &out, 5).unwrap();
+        assert_eq!(top[0].iter().map(|c| c.0).collect::<Vec<_>>(), [1, 2, 0]);
+        let total: f64 = top[0].iter().map(|c| c.1).sum();
+        assert!((total - 1.0).abs() < 1e-12);
+        assert!(top[0][0].1 > 0.66 && top[0][0].1 < 0.67);
+        // A NaN logit makes the whole row NaN; no panic, and still three entries.
+        assert_eq!(top[1].len(), 3);
+        let g = flat(3, true);
+        let probs = Tensor::from_vec(&[1, 3], vec![0.2, 0.5, 0.3]).unwrap();
+        let top = top_classes(&g, &probs, 2).unwrap();
+        assert_eq!(top[0], vec![(1, f64::from(0.5f32)), (2, f64::from(0.3f32))]);
+        // Not a classifier: a single score.
+        assert!(top_classes(&flat(1, false), &Tensor::zeros(&[1, 1]), 5).is_none());
+    }
+
+    #[test]
+    fn input_hints() {
+        let hint = |e: &[usize], f: &[usize]| input_hint(e, f, None).unwrap_or_default();
+        assert!(hint(&[3, 224, 224], &[2, 3, 64, 64]).contains("`--shape 3x64x64`"));
+        assert!(hint(&[3, 32, 32], &[2, 32, 32, 3]).contains("NHWC"));
+        assert!(hint(&[1, 32, 32], &[1, 32, 32]).contains("batch axis is missing"));
+        assert!(hint(&[1, 32, 32], &[5, 1024]).contains("[N, 1, 32, 32] (NCHW)"));
+        assert!(hint(&[784], &[5, 28, 28]).contains("[N, 784]"));
+        assert!(hint(&[784], &[5, 100]).contains("`--shape 100`"));
+        let check = SizeCheck { lowers: false, source: "m.cnn".into() };
+        let no = input_hint(&[1, 32, 32], &[2, 1, 28, 28], Some(&check)).unwrap();
+        assert_eq!(
+            no,
+            "the model does not fit a 1x28x28 input (`cnnc check m.cnn --shape 1x28x28` shows why): resize the \
+             images to 32x32"
+        );
+    }
+
+    #[test]
+    fn errors_name_shapes_and_kinds() {
+        let e = ExecError::InputShape {
+            path: "x.npy".into(),
+            model: "m".into(),
+            expected: vec![1, 32, 32],
+            found: vec![2, 1, 28, 28],
+            at_input_size: None,
+        };
+        assert_eq!(
+            e.to_string(),
+            "input `x.npy` has shape [2, 1, 28, 28], but model `m` takes [N, 1, 32, 32] (a batch of N >= 1)"
+        );
+        assert_eq!(e.kind(), ErrorKind::Data);
+        assert_eq!(
+            render_exec_error(&e),
+            "error: input `x.npy` has shape [2, 1, 28, 28], but model `m` takes [N, 1, 32, 32] (a batch of N >= 1)\n  \
+             = help: to run the model at the input's size, pass `--shape 1x28x28`\n"
+        );
+        let e = ExecError::TargetOutOfRange { path: "t.npy".into(), sample: 3, label: 10, classes: 10 };
+        assert_eq!(e.to_string(), "target `t.npy`: label 10 of sample 3 is out of range for 10 classes (0 to 9)");
+        assert_eq!(ExecError::DropoutNeedsSeed { layers: vec!["drop".into()] }.kind(), ErrorKind::Usage);
+    }
+
+    #[test]
+    fn training_options_need_a_seed_only_with_dropout() {
+        let g = flat(3, false);
+        assert_eq!(grad_options(&g, false, None).unwrap(), Options::inference());
+        assert_eq!(grad_options(&g, true, None).unwrap(), Options::training(0));
+        let mut d = Graph::new("d");
+        let x = d.add_input("x", Shape(vec![4]), Default::default()).unwrap();
+        let (y, _) = d.add(Op::Dropout { p: 0.5 }, vec![x], "drop", Default::default()).unwrap();
+        d.outputs.push(y);
+        let e = grad_options(&d, true, None).unwrap_err();
+        assert!(matches!(&e, ExecError::DropoutNeedsSeed { layers } if layers == &["drop"]), "{e}");
+        assert_eq!(grad_options(&d, true, Some(3)).unwrap(), Options::training(3));
+        assert_eq!(grad_options(&d, false, None).unwrap(), Options::inference());
+    }
+}
