@@ -197,6 +197,18 @@ struct ModelArgs {
     /// The model to use, when the file defines several.
     #[arg(long, value_name = "NAME")]
     model: Option<String>,
+    /// Sets a model parameter, replacing its default: `--set classes=10` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_setting)]
+    settings: Vec<(String, String)>,
+}
+
+fn parse_setting(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() && !value.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!("expected NAME=VALUE, such as `classes=10`, found `{arg}`")),
+    }
 }
 
 /// A parsed `--shape`; a newtype because clap reads `Option<Vec<_>>` as a repeated argument.
@@ -212,7 +224,7 @@ impl ModelArgs {
         Options {
             model: self.model.clone(),
             input_shape: self.shape.as_ref().map(|s| s.0.clone()),
-            ..Default::default()
+            overrides: self.settings.clone(),
         }
     }
 }

@@ -367,3 +367,18 @@ fn demo_runs_the_built_in_examples_with_no_files() {
         assert!(stderr(&o).is_empty(), "{}", stderr(&o));
     }
 }
+
+#[test]
+fn set_overrides_a_model_parameter() {
+    let file = root().join("examples/resnet18.cnn");
+    let json = summary_json(&file, &["--set", "classes=10", "--shape", "3x32x32"]);
+    assert_eq!(json["layers"].as_array().unwrap().last().unwrap()["output"], serde_json::json!([10]));
+    // 11,689,512 - (512 * 1000 + 1000) + (512 * 10 + 10)
+    assert_eq!(json["params"], 11_181_642);
+    let o = cnnc(&["check", file.to_str().unwrap(), "--set", "clases=10"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("did you mean `classes`?"), "{}", stderr(&o));
+    let o = cnnc(&["check", file.to_str().unwrap(), "--set", "classes"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("expected NAME=VALUE"), "{}", stderr(&o));
+}

@@ -99,7 +99,7 @@ pub fn check_models(file: &SourceFile, options: &Options) -> Checked {
     };
     let mut checked = Checked::default();
     for model in names {
-        let options = Options { model, input_shape: options.input_shape.clone(), ..Default::default() };
+        let options = Options { model, ..options.clone() };
         match cnnc_lower::lower(&ast, &options) {
             Ok(lowered) => {
                 checked.models.push(lowered.graph);
