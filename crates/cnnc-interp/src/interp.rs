@@ -11,7 +11,7 @@ use crate::ops::norm::{
     batch_stats, bn_affine_backward, bn_apply, bn_running_update, bn_train_backward, lrn_backward, lrn_forward,
 };
 use crate::ops::pool::{Bins, pool_backward, pool_forward};
-use cnnc_ir::{Graph, Node, NodeId, Op, ParamSpec, PoolKind};
+use cnnc_ir::{Conv, Epilogue, FusedBase, Gemm, Graph, Node, NodeId, Op, ParamSpec, PoolKind, Window};
 use std::collections::BTreeMap;
 
 /// Inference or training semantics for batch norm and dropout.
@@ -219,7 +219,11 @@ fn check_attributes(node: &Node) -> Result<(), InterpError> {
         | Op::Softmax
         | Op::Lrn(_)
         | Op::Concat
-        | Op::Add => {}
+        | Op::Add
+        | Op::Gemm(_)
+        | Op::Fused { .. }
+        | Op::Reorder(_)
+        | Op::ConcatInPlace => {}
     }
     Ok(())
 }
@@ -383,7 +387,10 @@ pub fn forward<T: TensorLike>(
                     y
                 }
             },
-            Op::Concat => concat_forward(&x, &out_shape),
+            Op::Concat | Op::ConcatInPlace => concat_forward(&x, &out_shape),
+            Op::Reorder(_) => x[0].clone(),
+            Op::Gemm(gemm) => base_forward(&FusedBase::Gemm(*gemm), x[0], &param, &out_shape),
+            Op::Fused { base, epilogue } => fused_forward(base, epilogue, &x, &param, &out_shape),
             Op::Add => {
                 let mut y = x[0].clone();
                 for other in &x[1..] {
@@ -398,6 +405,70 @@ pub fn forward<T: TensorLike>(
     }
 
     Ok(Trace { options, batch, values, masks, params: used, running_stats, outputs: graph.outputs.clone() })
+}
+
+/// A matrix product on a map is a 1x1 convolution (stride 1, no padding, one group) over the
+/// same `[O, C, 1, 1]` weight; on a vector it is an fc layer.
+fn gemm_as_conv(gemm: &Gemm) -> Conv {
+    let window = Window { kernel: [1, 1], stride: [1, 1], pad: [0, 0], dilation: [1, 1], ceil_mode: false };
+    Conv { out_channels: gemm.out, window, groups: 1, bias: gemm.bias }
+}
+
+/// The base of a fused node (or a plain `gemm`), bias included.
+fn base_forward<'p>(base: &FusedBase, x: &Buf, param: &impl Fn(&str) -> &'p Buf, out_shape: &[usize]) -> Buf {
+    match base {
+        FusedBase::Conv(conv) => conv_forward(conv, x, param("weight"), conv.bias.then(|| param("bias")), out_shape),
+        FusedBase::Gemm(gemm) if x.shape.len() == 4 => {
+            conv_forward(&gemm_as_conv(gemm), x, param("weight"), gemm.bias.then(|| param("bias")), out_shape)
+        }
+        FusedBase::Gemm(gemm) => fc_forward(x, param("weight"), gemm.bias.then(|| param("bias"))),
+    }
+}
+
+/// The base's result plus the residual operand, before the activation.
+fn fused_preactivation<'p>(
+    base: &FusedBase,
+    epilogue: &Epilogue,
+    x: &[&Buf],
+    param: &impl Fn(&str) -> &'p Buf,
+    out_shape: &[usize],
+) -> Buf {
+    let mut y = base_forward(base, x[0], param, out_shape);
+    if epilogue.residual {
+        for (a, b) in y.data.iter_mut().zip(&x[1].data) {
+            *a += b;
+        }
+    }
+    y
+}
+
+/// A fused node: base, `+ residual`, activation, all in f64 and stored once.
+fn fused_forward<'p>(
+    base: &FusedBase,
+    epilogue: &Epilogue,
+    x: &[&Buf],
+    param: &impl Fn(&str) -> &'p Buf,
+    out_shape: &[usize],
+) -> Buf {
+    let y = fused_preactivation(base, epilogue, x, param, out_shape);
+    match epilogue.activation {
+        Some(a) => activation_forward(a, &y),
+        None => y,
+    }
+}
+
+/// Gradients of a fused node's base: `(dx, [(suffix, dparam)])`.
+fn base_backward(base: &FusedBase, x: &Buf, weight: &Buf, gy: &Buf) -> (Buf, Vec<(&'static str, Buf)>) {
+    let (dx, dw, db) = match base {
+        FusedBase::Conv(conv) => conv_backward(conv, x, weight, gy),
+        FusedBase::Gemm(gemm) if x.shape.len() == 4 => conv_backward(&gemm_as_conv(gemm), x, weight, gy),
+        FusedBase::Gemm(gemm) => fc_backward(x, weight, gemm.bias, gy),
+    };
+    let mut gp = vec![("weight", dw)];
+    if let Some(db) = db {
+        gp.push(("bias", db));
+    }
+    (dx, gp)
 }
 
 fn adaptive(kind: PoolKind, x: &Buf, output: [usize; 2]) -> Buf {
@@ -582,7 +653,30 @@ pub fn backward<T: TensorLike>(graph: &Graph, trace: &Trace, grad_outputs: &[T])
                     gx.push(Buf { shape: gy.shape.clone(), data });
                 }
             },
-            Op::Concat => {
+            Op::Reorder(_) => gx.push(gy),
+            Op::Gemm(gemm) => {
+                let (dx, dp) = base_backward(&FusedBase::Gemm(*gemm), x[0], param("weight"), &gy);
+                gx.push(dx);
+                gp.extend(dp);
+            }
+            Op::Fused { base, epilogue } => {
+                // The pre-activation value is recomputed from the operands (the reference
+                // trades time for simplicity; back ends derive it from the output).
+                let g_pre = match epilogue.activation {
+                    Some(a) => {
+                        let pre = fused_preactivation(base, epilogue, &x, &param, &gy.shape);
+                        activation_backward(a, &pre, &gy)
+                    }
+                    None => gy,
+                };
+                let (dx, dp) = base_backward(base, x[0], param("weight"), &g_pre);
+                gx.push(dx);
+                if epilogue.residual {
+                    gx.push(g_pre);
+                }
+                gp.extend(dp);
+            }
+            Op::Concat | Op::ConcatInPlace => {
                 let n = trace.batch;
                 let per_out = gy.len() / n;
                 let mut start = 0;

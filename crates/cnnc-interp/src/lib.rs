@@ -54,6 +54,12 @@
 //! maximum in window order; average pooling's `include_pad` divisor counts the window clipped
 //! to input + padding; L2 pooling is `sqrt(sum x^2)` over the window (padding adds 0); LRN sums
 //! over channels `c - size/2 ..= c + (size-1)/2`; dropout masks come from [`dropout_mask`].
+//!
+//! The optimiser's ops run as the source ops they replace: `gemm` as a 1x1 convolution (on
+//! maps) or an fc layer (on vectors), over the same weight; `fused_conv` / `fused_gemm` as the
+//! base, plus the residual operand, then the activation, all in f64 and stored once (the
+//! backward pass recomputes the pre-activation from the operands); `reorder` as the identity
+//! (layouts are physical, tensors here are logical); `concat_in_place` as `concat`.
 
 // Index loops mirror the formulas they implement; iterator chains would hide them.
 #![allow(clippy::needless_range_loop)]

@@ -74,7 +74,10 @@ fn assign_clusters(graph: &Graph, clusters: &[(String, Vec<NodeId>)]) -> (Vec<Ve
 
 fn write_node(out: &mut String, indent: &str, graph: &Graph, id: NodeId) -> std::fmt::Result {
     let node = &graph[id];
-    let label = format!("{}\n{}", node.name, describe(&node.op));
+    let mut label = format!("{}\n{}", node.name, describe(&node.op));
+    if !node.absorbed.is_empty() {
+        label.push_str(&format!("\n<- {}", node.absorbed.join(", ")));
+    }
     write!(out, "{indent}n{} [label={}", id.index(), quote(&label))?;
     if node.op == Op::Input {
         write!(out, ", shape=ellipse, style=filled, fillcolor=\"#dbeafe\"")?;

@@ -37,6 +37,9 @@ pub struct Node {
     pub name: String,
     /// Where the layer is written in the source.
     pub span: Span,
+    /// The source layers the optimiser merged into this node (batch norm folded into a
+    /// convolution, an activation fused into it...), in order; empty for a source layer.
+    pub absorbed: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -59,7 +62,8 @@ impl Graph {
             return Err(ShapeError::Rank { expected: "a [channels, height, width] or [features]", found: shape });
         }
         check_valid(&shape)?;
-        let id = self.push(Node { op: Op::Input, inputs: Vec::new(), shape, name: name.into(), span });
+        let id =
+            self.push(Node { op: Op::Input, inputs: Vec::new(), shape, name: name.into(), span, absorbed: Vec::new() });
         self.inputs.push(id);
         Ok(id)
     }
@@ -73,13 +77,15 @@ impl Graph {
         span: Span,
     ) -> Result<(NodeId, Vec<ShapeWarning>), ShapeError> {
         if let Some(bad) = inputs.iter().find(|i| i.index() >= self.nodes.len()) {
-            return Err(ShapeError::BadConfig(format!("operand {bad} does not exist (nodes are added after their operands)")));
+            return Err(ShapeError::BadConfig(format!(
+                "operand {bad} does not exist (nodes are added after their operands)"
+            )));
         }
         let (shape, warnings) = {
             let shapes: Vec<&Shape> = inputs.iter().map(|&i| &self[i].shape).collect();
             infer(&op, &shapes)?
         };
-        let id = self.push(Node { op, inputs, shape, name: name.into(), span });
+        let id = self.push(Node { op, inputs, shape, name: name.into(), span, absorbed: Vec::new() });
         Ok((id, warnings))
     }
 

@@ -5,6 +5,7 @@
 
 pub mod dot;
 mod graph;
+pub mod layout;
 pub mod op;
 mod param;
 pub mod print;
@@ -16,7 +17,7 @@ pub mod verify;
 
 pub use dot::{dot, dot_with_clusters};
 pub use graph::{Graph, Node, NodeId};
-pub use op::{Activation, BatchNorm, Conv, Fc, Lrn, Op, Pair, PoolKind, Window};
+pub use op::{Activation, BatchNorm, Conv, Epilogue, Fc, FusedBase, Gemm, Layout, Lrn, Op, Pair, PoolKind, Window};
 pub use param::{ParamRole, ParamSpec, params};
 pub use print::print;
 pub use shape::{Shape, ShapeError, ShapeWarning};

@@ -92,6 +92,50 @@ pub struct Lrn {
     pub k: f64,
 }
 
+/// A matrix product, what the optimiser turns 1x1 convolutions (stride 1, no padding, one
+/// group) and fc layers into so that back ends need one fast GEMM for both: on a `[C, H, W]`
+/// map, `y[o, p] = b[o] + sum_c w[o, c] x[c, p]` at every pixel `p`; on a `[F]` vector,
+/// `y[o] = b[o] + sum_f w[o, f] x[f]`. The weight keeps its source layer's shape (`[out, C, 1, 1]`
+/// on maps, `[out, F]` on vectors) and name; its bytes are the row-major `[out, in]` matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Gemm {
+    pub out: usize,
+    pub bias: bool,
+}
+
+/// The computation a fused node starts from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FusedBase {
+    Conv(Conv),
+    Gemm(Gemm),
+}
+
+/// What a fused node does to its base's result (bias included) before storing it: add its
+/// last operand (a residual shortcut of the output's shape), then apply an activation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Epilogue {
+    pub residual: bool,
+    pub activation: Option<Activation>,
+}
+
+/// A physical layout of a `[C, H, W]` activation (batch first): plain `nchw`, or channels
+/// blocked by 16 (`nChw16c`: `[N, C/16, H, W, 16]`). Shapes in the IR stay logical; a node's
+/// layout is derived (see [`crate::layout`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Layout {
+    Plain,
+    Blocked16,
+}
+
+impl Layout {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Plain => "nchw",
+            Layout::Blocked16 => "nChw16c",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// A model input; its shape is the node's shape.
@@ -132,6 +176,20 @@ pub enum Op {
     Concat,
     /// Elementwise sum of tensors of equal shape.
     Add,
+    /// A matrix product (made by the optimiser from 1x1 convolutions and fc layers).
+    Gemm(Gemm),
+    /// A convolution or matrix product with its epilogue (made by the optimiser). Operands:
+    /// the base's input, then the residual shortcut when `epilogue.residual`.
+    Fused {
+        base: FusedBase,
+        epilogue: Epilogue,
+    },
+    /// Converts its operand to another physical layout; the logical value is unchanged.
+    Reorder(Layout),
+    /// A concatenation whose operands were written straight into their channel slices of its
+    /// buffer: it moves no data. Each operand is read by this node only, once, and is neither
+    /// a model input nor a model output (checked by the verifier).
+    ConcatInPlace,
 }
 
 impl Op {
@@ -166,6 +224,11 @@ impl Op {
             Op::Dropout { .. } => "dropout",
             Op::Concat => "concat",
             Op::Add => "add",
+            Op::Gemm(_) => "gemm",
+            Op::Fused { base: FusedBase::Conv(_), .. } => "fused_conv",
+            Op::Fused { base: FusedBase::Gemm(_), .. } => "fused_gemm",
+            Op::Reorder(_) => "reorder",
+            Op::ConcatInPlace => "concat_in_place",
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The parameters and buffers each op owns, named as PyTorch's `state_dict` names them.
 
-use crate::op::Op;
+use crate::op::{FusedBase, Op};
 use crate::shape::Shape;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -39,6 +39,20 @@ impl ParamSpec {
 pub fn params(op: &Op, inputs: &[&Shape]) -> Vec<ParamSpec> {
     let spec = |suffix, dims, role| ParamSpec { suffix, dims, role };
     match op {
+        Op::Fused { base: FusedBase::Conv(conv), .. } => params(&Op::Conv(*conv), inputs),
+        Op::Fused { base: FusedBase::Gemm(gemm), .. } => params(&Op::Gemm(*gemm), inputs),
+        Op::Gemm(gemm) => {
+            // The source layer's shape: a 1x1 convolution's OIHW, or an fc layer's [out, in].
+            let dims = match inputs[0].0[..] {
+                [c, _, _] => vec![gemm.out, c, 1, 1],
+                _ => vec![gemm.out, inputs[0].0[0]],
+            };
+            let mut out = vec![spec("weight", dims, ParamRole::Weight)];
+            if gemm.bias {
+                out.push(spec("bias", vec![gemm.out], ParamRole::Bias));
+            }
+            out
+        }
         Op::Conv(conv) => {
             let [kh, kw] = conv.window.kernel;
             let per_group = inputs[0].channels() / conv.groups;
@@ -76,6 +90,8 @@ pub fn params(op: &Op, inputs: &[&Shape]) -> Vec<ParamSpec> {
         | Op::Lrn(_)
         | Op::Dropout { .. }
         | Op::Concat
-        | Op::Add => Vec::new(),
+        | Op::Add
+        | Op::Reorder(_)
+        | Op::ConcatInPlace => Vec::new(),
     }
 }

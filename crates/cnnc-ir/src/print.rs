@@ -16,9 +16,14 @@
 //! because frameworks disagree on its default (1 or the kernel size). A symmetric pair prints as
 //! one number, an asymmetric one as `(height, width)`. Floats use Rust's shortest round-trip
 //! `{}` formatting, so the text is exact.
+//!
+//! Ops the optimiser makes print like their sources: `gemm {out: 256}`, `fused_conv` and
+//! `fused_gemm` with their base's attributes then `residual: true` and `act: relu` (followed by
+//! the activation's own attributes), `reorder {to: nChw16c}`, `concat_in_place`. A node that
+//! absorbed source layers lists them after its name: `// layer1.0.conv3 <- layer1.0.bn3, ...`.
 
 use crate::graph::{Graph, Node, NodeId};
-use crate::op::{Activation, BatchNorm, Conv, Lrn, Op, Pair, PoolKind, Window};
+use crate::op::{Activation, BatchNorm, Conv, FusedBase, Gemm, Lrn, Op, Pair, PoolKind, Window};
 use std::fmt;
 
 /// The text form of the whole graph, ending in a newline.
@@ -50,6 +55,9 @@ fn write_node(f: &mut fmt::Formatter<'_>, id: NodeId, node: &Node) -> fmt::Resul
     write!(f, " -> {}", node.shape)?;
     if !node.name.is_empty() {
         write!(f, "  // {}", node.name.escape_debug())?;
+    }
+    for (i, layer) in node.absorbed.iter().enumerate() {
+        write!(f, "{}{}", if i == 0 { " <- " } else { ", " }, layer.escape_debug())?;
     }
     writeln!(f)
 }
@@ -86,7 +94,22 @@ pub fn describe(op: &Op) -> String {
 pub fn attrs(op: &Op) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     match op {
-        Op::Input | Op::Flatten | Op::Prelu | Op::Softmax | Op::Concat | Op::Add => {}
+        Op::Input | Op::Flatten | Op::Prelu | Op::Softmax | Op::Concat | Op::Add | Op::ConcatInPlace => {}
+        Op::Gemm(gemm) => gemm_attrs(gemm, &mut out),
+        Op::Fused { base, epilogue } => {
+            match base {
+                FusedBase::Conv(conv) => conv_attrs(conv, &mut out),
+                FusedBase::Gemm(gemm) => gemm_attrs(gemm, &mut out),
+            }
+            if epilogue.residual {
+                out.push(("residual", "true".into()));
+            }
+            if let Some(activation) = &epilogue.activation {
+                out.push(("act", activation.keyword().into()));
+                activation_attrs(activation, &mut out);
+            }
+        }
+        Op::Reorder(layout) => out.push(("to", layout.name().into())),
         Op::Conv(conv) => conv_attrs(conv, &mut out),
         Op::Pool { kind, window } => {
             window_attrs(window, true, &mut out);
@@ -123,6 +146,11 @@ fn conv_attrs(conv: &Conv, out: &mut Vec<(&'static str, String)>) {
         out.push(("groups", conv.groups.to_string()));
     }
     bias_attr(conv.bias, out);
+}
+
+fn gemm_attrs(gemm: &Gemm, out: &mut Vec<(&'static str, String)>) {
+    out.push(("out", gemm.out.to_string()));
+    bias_attr(gemm.bias, out);
 }
 
 /// `k`, `stride`, `pad`, `dilation`, `ceil_mode`; `stride` is kept even when 1 for pools.
@@ -296,6 +324,36 @@ mod tests {
       %19 = softmax(%18) -> [10]  // softmax
       %20 = flatten(%15) -> [16]  // flat
       return %19, %20
+    ");
+    }
+
+    #[test]
+    fn optimiser_ops_and_absorbed_layers_print() {
+        use crate::op::{Epilogue, FusedBase, Gemm, Layout};
+        let mut g = Graph::new("opt");
+        let x = input(&mut g, "x", &[16, 8, 8]);
+        let b = add(&mut g, Op::Reorder(Layout::Blocked16), &[x], "x.reorder");
+        let c = Conv { out_channels: 16, window: window(3, 1, 1), groups: 1, bias: true };
+        let epilogue = Epilogue { residual: true, activation: Some(Activation::LeakyRelu { slope: 0.1 }) };
+        let f = add(&mut g, Op::Fused { base: FusedBase::Conv(c), epilogue }, &[b, b], "conv");
+        g.node_mut(f).absorbed = vec!["bn".into(), "add".into(), "relu".into()];
+        let m = add(&mut g, Op::Gemm(Gemm { out: 16, bias: false }), &[f], "proj");
+        let e = Epilogue { residual: false, activation: Some(Activation::Relu) };
+        let n =
+            add(&mut g, Op::Fused { base: FusedBase::Gemm(Gemm { out: 16, bias: true }), epilogue: e }, &[m], "mlp");
+        let cat = add(&mut g, Op::ConcatInPlace, &[n], "cat");
+        let p = add(&mut g, Op::Reorder(Layout::Plain), &[cat], "cat.reorder");
+        g.outputs = vec![p];
+        insta::assert_snapshot!(print(&g), @r"
+    graph opt
+      %0 = input -> [16, 8, 8]  // x
+      %1 = reorder(%0) {to: nChw16c} -> [16, 8, 8]  // x.reorder
+      %2 = fused_conv(%1, %1) {out: 16, k: 3, pad: 1, residual: true, act: leaky_relu, slope: 0.1} -> [16, 8, 8]  // conv <- bn, add, relu
+      %3 = gemm(%2) {out: 16, bias: false} -> [16, 8, 8]  // proj
+      %4 = fused_gemm(%3) {out: 16, act: relu} -> [16, 8, 8]  // mlp
+      %5 = concat_in_place(%4) -> [16, 8, 8]  // cat
+      %6 = reorder(%5) {to: nchw} -> [16, 8, 8]  // cat.reorder
+      return %6
     ");
     }
 

@@ -3,7 +3,7 @@
 //! A shape is `[C, H, W]` for feature maps or `[F]` for flat feature vectors; the batch size is
 //! never part of it. Sizes are checked arithmetic throughout: no input overflows or panics.
 
-use crate::op::{Op, Pair, Window};
+use crate::op::{Conv, FusedBase, Gemm, Op, Pair, Window};
 use std::fmt;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -147,21 +147,7 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<(Shape, Vec<ShapeWarning>), S
     let mut warnings = Vec::new();
     let shape = match op {
         Op::Input => return Err(ShapeError::BadConfig("inputs are added with Graph::add_input".into())),
-        Op::Conv(conv) => {
-            let [c, h, w] = map(one(inputs)?)?;
-            if conv.groups == 0 || conv.out_channels == 0 {
-                return Err(ShapeError::BadConfig("channels and groups must be at least 1".into()));
-            }
-            if c % conv.groups != 0 || conv.out_channels % conv.groups != 0 {
-                return Err(ShapeError::Groups {
-                    groups: conv.groups,
-                    in_channels: c,
-                    out_channels: conv.out_channels,
-                });
-            }
-            let [ho, wo] = window_output(&conv.window, [h, w], inputs[0], &mut warnings)?;
-            Shape(vec![conv.out_channels, ho, wo])
-        }
+        Op::Conv(conv) => conv_output(conv, one(inputs)?, &mut warnings)?,
         Op::Pool { kind: _, window } => {
             let [c, h, w] = map(one(inputs)?)?;
             for (a, axis) in AXES.iter().enumerate() {
@@ -219,7 +205,28 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<(Shape, Vec<ShapeWarning>), S
             map(input)?;
             input.clone()
         }
-        Op::Concat => {
+        Op::Gemm(gemm) => gemm_output(gemm, one(inputs)?)?,
+        Op::Fused { base, epilogue } => {
+            let arity = if epilogue.residual { 2 } else { 1 };
+            if inputs.len() != arity {
+                let expected = if epilogue.residual { "2 (operand and residual)" } else { "1" };
+                return Err(ShapeError::Arity { expected, found: inputs.len() });
+            }
+            let out = match base {
+                FusedBase::Conv(conv) => conv_output(conv, inputs[0], &mut warnings)?,
+                FusedBase::Gemm(gemm) => gemm_output(gemm, inputs[0])?,
+            };
+            if epilogue.residual && *inputs[1] != out {
+                return Err(ShapeError::AddMismatch { first: out, other: inputs[1].clone(), index: 1 });
+            }
+            out
+        }
+        Op::Reorder(_) => {
+            let input = one(inputs)?;
+            map(input)?;
+            input.clone()
+        }
+        Op::Concat | Op::ConcatInPlace => {
             let first = *inputs.first().ok_or(ShapeError::Arity { expected: "at least 1", found: 0 })?;
             let mut channels = 0usize;
             for (index, other) in inputs.iter().enumerate() {
@@ -245,6 +252,30 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<(Shape, Vec<ShapeWarning>), S
     };
     check_valid(&shape)?;
     Ok((shape, warnings))
+}
+
+fn conv_output(conv: &Conv, input: &Shape, warnings: &mut Vec<ShapeWarning>) -> Result<Shape, ShapeError> {
+    let [c, h, w] = map(input)?;
+    if conv.groups == 0 || conv.out_channels == 0 {
+        return Err(ShapeError::BadConfig("channels and groups must be at least 1".into()));
+    }
+    if c % conv.groups != 0 || !conv.out_channels.is_multiple_of(conv.groups) {
+        return Err(ShapeError::Groups { groups: conv.groups, in_channels: c, out_channels: conv.out_channels });
+    }
+    let [ho, wo] = window_output(&conv.window, [h, w], input, warnings)?;
+    Ok(Shape(vec![conv.out_channels, ho, wo]))
+}
+
+/// `[C, H, W] -> [out, H, W]` or `[F] -> [out]`.
+fn gemm_output(gemm: &Gemm, input: &Shape) -> Result<Shape, ShapeError> {
+    if gemm.out == 0 {
+        return Err(ShapeError::BadConfig("a matrix product needs at least 1 output".into()));
+    }
+    match input.0[..] {
+        [_, h, w] => Ok(Shape(vec![gemm.out, h, w])),
+        [_] => Ok(Shape(vec![gemm.out])),
+        _ => Err(ShapeError::Rank { expected: "a [channels, height, width] or [features]", found: input.clone() }),
+    }
 }
 
 /// Rejects zero dimensions and element counts that overflow.
@@ -356,7 +387,10 @@ mod tests {
         let (y, w) = infer(&conv(1, 3, 3, 0), &[&Shape(vec![1, 7, 7])]).unwrap();
         assert_eq!(y, Shape(vec![1, 2, 2]));
         assert_eq!(w.len(), 2);
-        assert_eq!(w[0].to_string(), "input row 7 of 7 is never read: kernel 3, stride 3, padding 0 stop short of the edge");
+        assert_eq!(
+            w[0].to_string(),
+            "input row 7 of 7 is never read: kernel 3, stride 3, padding 0 stop short of the edge"
+        );
         // A 1x1 stride-2 projection skips every other row by design: no warning.
         let (_, w) = infer(&conv(8, 1, 2, 0), &[&Shape(vec![4, 56, 56])]).unwrap();
         assert!(w.is_empty());

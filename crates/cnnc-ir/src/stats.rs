@@ -20,7 +20,7 @@
 //!   pinned at the maximum is better than a panic.
 
 use crate::graph::{Graph, Node};
-use crate::op::{Op, Pair, Window};
+use crate::op::{FusedBase, Op, Pair, Window};
 use crate::shape::Shape;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -89,6 +89,15 @@ fn param_counts(graph: &Graph, id: crate::NodeId) -> (u64, u64) {
 
 fn macs(graph: &Graph, node: &Node) -> u64 {
     match &node.op {
+        Op::Fused { base: FusedBase::Conv(conv), .. } => {
+            let base = Node { op: Op::Conv(*conv), ..node.clone() };
+            macs(graph, &base)
+        }
+        // Per output element, one multiply-accumulate per input channel or feature.
+        Op::Gemm(_) | Op::Fused { base: FusedBase::Gemm(_), .. } => {
+            let in_channels = first_input(graph, node).and_then(|s| s.0.first().copied()).unwrap_or(0);
+            elements(&node.shape).saturating_mul(in_channels as u64)
+        }
         Op::Conv(conv) => {
             let in_channels = first_input(graph, node).and_then(|s| s.0.first().copied()).unwrap_or(0);
             let per_group = in_channels.checked_div(conv.groups).unwrap_or(0);
@@ -112,7 +121,9 @@ fn macs(graph: &Graph, node: &Node) -> u64 {
         | Op::Lrn(_)
         | Op::Dropout { .. }
         | Op::Concat
-        | Op::Add => 0,
+        | Op::Add
+        | Op::Reorder(_)
+        | Op::ConcatInPlace => 0,
     }
 }
 
@@ -135,6 +146,19 @@ fn receptive_field(graph: &Graph, node: &Node, done: &[NodeStats]) -> Field {
     match &node.op {
         Op::Input => PIXEL,
         Op::Conv(conv) => through_window(first, &conv.window),
+        // The residual operand joins as in `add`.
+        Op::Fused { base, .. } => {
+            let through_base = match base {
+                FusedBase::Conv(conv) => through_window(first, &conv.window),
+                // Per pixel on a map (a 1x1 convolution); a flat input's field passes, as fc.
+                FusedBase::Gemm(_) => first,
+            };
+            fields.skip(1).fold(through_base, |acc, f| Field {
+                r: [0, 1].map(|a| acc.r[a].max(f.r[a])),
+                j: [0, 1].map(|a| acc.j[a].max(f.j[a])),
+            })
+        }
+        Op::Gemm(_) => first,
         Op::Pool { window, .. } => through_window(first, window),
         Op::GlobalPool(_) | Op::Flatten | Op::Spp { .. } | Op::Fc(_) => match map {
             Some(size) => through(first, size, size),
@@ -148,8 +172,14 @@ fn receptive_field(graph: &Graph, node: &Node, done: &[NodeStats]) -> Field {
             }
             None => first,
         },
-        Op::Activation(_) | Op::Prelu | Op::Softmax | Op::BatchNorm(_) | Op::Lrn(_) | Op::Dropout { .. } => first,
-        Op::Concat | Op::Add => fields.fold(first, |acc, f| Field {
+        Op::Activation(_)
+        | Op::Prelu
+        | Op::Softmax
+        | Op::BatchNorm(_)
+        | Op::Lrn(_)
+        | Op::Dropout { .. }
+        | Op::Reorder(_) => first,
+        Op::Concat | Op::ConcatInPlace | Op::Add => fields.fold(first, |acc, f| Field {
             r: [0, 1].map(|a| acc.r[a].max(f.r[a])),
             j: [0, 1].map(|a| acc.j[a].max(f.j[a])),
         }),
@@ -345,5 +375,31 @@ mod tests {
         // x, conv, bn, relu: 3 + 16 + 16 + 16 maps of 32x32; pool and flatten: 4096 each; fc: 10.
         let elements = (3 + 16 * 3) * 32 * 32 + 4096 * 2 + 10;
         assert_eq!(t.activation_bytes, elements * 4);
+    }
+
+    #[test]
+    fn optimiser_ops_count_like_their_sources() {
+        use crate::op::{Epilogue, FusedBase, Gemm, Layout};
+        let mut g = Graph::new("opt");
+        let x = input(&mut g, "x", &[8, 10, 10]);
+        let c = add(&mut g, conv(8, 3, 1, 1, true), &[x], "c");
+        let f = Op::Fused {
+            base: FusedBase::Conv(Conv { out_channels: 8, window: window(3, 1, 1), groups: 1, bias: true }),
+            epilogue: Epilogue { residual: true, activation: Some(Activation::Relu) },
+        };
+        let fused = add(&mut g, f, &[c, x], "fused");
+        let gm = add(&mut g, Op::Gemm(Gemm { out: 4, bias: true }), &[fused], "gemm");
+        let r = add(&mut g, Op::Reorder(Layout::Blocked16), &[gm], "r");
+        let flat = add(&mut g, Op::Flatten, &[r], "flat");
+        let v = add(&mut g, Op::Gemm(Gemm { out: 3, bias: false }), &[flat], "fc");
+        let s = node_stats(&g);
+        assert_eq!(s[fused.index()].macs, s[c.index()].macs);
+        assert_eq!(s[fused.index()].params, s[c.index()].params);
+        // A 1x1 convolution's count, and an fc layer's.
+        assert_eq!((s[gm.index()].macs, s[gm.index()].params), (4 * 100 * 8, 4 * 8 + 4));
+        assert_eq!((s[v.index()].macs, s[v.index()].params), (400 * 3, 400 * 3));
+        // Two 3x3 convolutions in a row see 5x5; the residual (1x1) does not widen that.
+        assert_eq!(s[fused.index()].receptive_field, [5, 5]);
+        assert_eq!(s[r.index()].receptive_field, [5, 5]);
     }
 }

@@ -4,6 +4,10 @@
 //! place ([`Graph::node_mut`]) or rebuild the list ([`Graph::replace_nodes`]); the verifier
 //! catches what they break. It never panics, whatever the graph holds.
 //!
+//! Once everything else holds, it also checks what the optimiser's ops need: every operand of
+//! a `concat_in_place` is read by it alone, once, and is no model input or output; and every
+//! node follows its layout rule (see [`crate::layout`]).
+//!
 //! A node whose operands are broken (out of range, later in the list, or themselves failing a
 //! check) is not shape-checked: its errors would only echo the first one.
 
@@ -81,6 +85,20 @@ pub enum VerifyError {
         node: NodeId,
         name: String,
     },
+    /// An operand of `concat_in_place` that cannot be written into its slice: read by another
+    /// node or twice, or a model input or output.
+    ConcatInPlaceOperand {
+        node: NodeId,
+        name: String,
+        operand: NodeId,
+        reason: &'static str,
+    },
+    /// The node's operands break its layout rule (see [`crate::layout`]).
+    Layout {
+        node: NodeId,
+        name: String,
+        message: String,
+    },
 }
 
 impl VerifyError {
@@ -96,7 +114,9 @@ impl VerifyError {
             | VerifyError::ShapeMismatch { node, .. }
             | VerifyError::EmptyName { node }
             | VerifyError::DuplicateParam { node, .. }
-            | VerifyError::DeadNode { node, .. } => Some(*node),
+            | VerifyError::DeadNode { node, .. }
+            | VerifyError::ConcatInPlaceOperand { node, .. }
+            | VerifyError::Layout { node, .. } => Some(*node),
             VerifyError::InputList { .. } | VerifyError::NoOutputs | VerifyError::OutputOutOfRange { .. } => None,
         }
     }
@@ -162,6 +182,12 @@ impl fmt::Display for VerifyError {
             VerifyError::DeadNode { node, name } => {
                 write!(f, "{} is dead: its value reaches no output", Who(*node, name))
             }
+            VerifyError::ConcatInPlaceOperand { node, name, operand, reason } => {
+                write!(f, "{} cannot be written in place by its operand {operand}: {reason}", Who(*node, name))
+            }
+            VerifyError::Layout { node, name, message } => {
+                write!(f, "{} breaks its layout rule: {message}", Who(*node, name))
+            }
         }
     }
 }
@@ -169,7 +195,8 @@ impl fmt::Display for VerifyError {
 impl std::error::Error for VerifyError {}
 
 /// Every invariant violation in the graph, in a deterministic order (graph-level checks, then
-/// nodes in order, then parameter names, then dead nodes).
+/// nodes in order, then parameter names, then dead nodes, then what the optimiser's ops need:
+/// in-place concatenation and layouts, checked only when everything else holds).
 pub fn verify(graph: &Graph) -> Result<(), Vec<VerifyError>> {
     let mut errors = Vec::new();
     check_input_list(graph, &mut errors);
@@ -181,6 +208,12 @@ pub fn verify(graph: &Graph) -> Result<(), Vec<VerifyError>> {
     }
     check_param_names(graph, &sound, &mut errors);
     check_dead(graph, &mut errors);
+    if errors.is_empty() {
+        check_concat_in_place(graph, &mut errors);
+        for (node, message) in crate::layout::layouts(graph).1 {
+            errors.push(VerifyError::Layout { node, name: graph[node].name.clone(), message });
+        }
+    }
     if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 
@@ -280,6 +313,30 @@ fn check_param_names(graph: &Graph, sound: &[bool], errors: &mut Vec<VerifyError
                 None => {
                     owners.insert(param, id);
                 }
+            }
+        }
+    }
+}
+
+/// Every operand of an in-place concatenation is read by it alone, once, and is neither a
+/// model input nor a model output.
+fn check_concat_in_place(graph: &Graph, errors: &mut Vec<VerifyError>) {
+    let users = graph.users();
+    for (id, node) in graph.iter().filter(|(_, n)| n.op == Op::ConcatInPlace) {
+        for &operand in &node.inputs {
+            let reason = if graph[operand].op == Op::Input {
+                Some("it is a model input")
+            } else if graph.outputs.contains(&operand) {
+                Some("it is a model output")
+            } else if node.inputs.iter().filter(|&&i| i == operand).count() > 1 {
+                Some("it appears twice")
+            } else if users[operand.index()] != [id] {
+                Some("another node reads it")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                errors.push(VerifyError::ConcatInPlaceOperand { node: id, name: node.name.clone(), operand, reason });
             }
         }
     }

@@ -24,7 +24,7 @@
 use crate::TensorMap;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
-use cnnc_ir::{Graph, NodeId, Op, ParamRole, ParamSpec};
+use cnnc_ir::{Epilogue, FusedBase, Graph, NodeId, Op, ParamRole, ParamSpec};
 
 /// The distribution of a convolution or fc weight.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -79,6 +79,15 @@ fn fans(graph: &Graph, id: NodeId) -> Option<(usize, usize)> {
             Some((in_channels / conv.groups * kh * kw, conv.out_channels / conv.groups * kh * kw))
         }
         Op::Fc(fc) => Some((graph[node.inputs[0]].shape.channels(), fc.out_features)),
+        // A matrix product is a 1x1 convolution or an fc layer: fan-in is its input channels.
+        Op::Gemm(gemm) | Op::Fused { base: FusedBase::Gemm(gemm), .. } => {
+            Some((graph[node.inputs[0]].shape.channels(), gemm.out))
+        }
+        Op::Fused { base: FusedBase::Conv(conv), .. } => {
+            let [kh, kw] = conv.window.kernel;
+            let in_channels = graph[node.inputs[0]].shape.channels();
+            Some((in_channels / conv.groups * kh * kw, conv.out_channels / conv.groups * kh * kw))
+        }
         Op::Input
         | Op::Pool { .. }
         | Op::GlobalPool(_)
@@ -92,13 +101,19 @@ fn fans(graph: &Graph, id: NodeId) -> Option<(usize, usize)> {
         | Op::Lrn(_)
         | Op::Dropout { .. }
         | Op::Concat
-        | Op::Add => None,
+        | Op::Add
+        | Op::Reorder(_)
+        | Op::ConcatInPlace => None,
     }
 }
 
 /// Whether `id`'s output reaches a ReLU-family activation (or PReLU) through a single-user
-/// chain of batch norms, dropouts and adds.
+/// chain of batch norms, dropouts, adds and reorders. A fused node's own activation counts
+/// first; its residual operand feeds that activation too.
 fn feeds_relu(graph: &Graph, users: &[Vec<NodeId>], id: NodeId) -> bool {
+    if let Op::Fused { epilogue: Epilogue { activation: Some(activation), .. }, .. } = &graph[id].op {
+        return activation.is_relu_family();
+    }
     let mut current = id;
     loop {
         // A value the model returns is used as it is, whatever else reads it.
@@ -113,7 +128,14 @@ fn feeds_relu(graph: &Graph, users: &[Vec<NodeId>], id: NodeId) -> bool {
             Op::Prelu => return true,
             // Per-channel affine maps, identity at inference, and the residual sum: the
             // activation after them still sees this layer's output (shifted and scaled).
-            Op::BatchNorm(_) | Op::Dropout { .. } | Op::Add => current = next,
+            Op::BatchNorm(_) | Op::Dropout { .. } | Op::Add | Op::Reorder(_) => current = next,
+            Op::Fused { epilogue, .. } if epilogue.residual && graph[next].inputs.get(1) == Some(&current) => {
+                match epilogue.activation {
+                    Some(activation) => return activation.is_relu_family(),
+                    None => current = next,
+                }
+            }
+            Op::Fused { .. } | Op::Gemm(_) | Op::ConcatInPlace => return false,
             Op::Input
             | Op::Conv(_)
             | Op::Pool { .. }
@@ -133,7 +155,7 @@ fn init_tensor(graph: &Graph, users: &[Vec<NodeId>], id: NodeId, spec: &ParamSpe
     let fill = |value: f32| Tensor { shape: spec.dims.clone(), data: vec![value; spec.elements()] };
     match spec.role {
         ParamRole::Weight => match &graph[id].op {
-            Op::Conv(_) | Op::Fc(_) => {
+            Op::Conv(_) | Op::Fc(_) | Op::Gemm(_) | Op::Fused { .. } => {
                 let init = weight_init_with(graph, users, id).expect("convolution and fc nodes have fans");
                 let std = init.std();
                 let mut rng = Rng::for_name(seed, name);
@@ -153,7 +175,9 @@ fn init_tensor(graph: &Graph, users: &[Vec<NodeId>], id: NodeId, spec: &ParamSpe
             | Op::Lrn(_)
             | Op::Dropout { .. }
             | Op::Concat
-            | Op::Add) => unreachable!(
+            | Op::Add
+            | Op::Reorder(_)
+            | Op::ConcatInPlace) => unreachable!(
                 "cnnc_ir::params gives `{}` no weight; a new weight needs a rule in init_tensor",
                 op.keyword()
             ),

@@ -1,0 +1,175 @@
+//! Graph optimisation passes and the memory planner.
+//!
+//! # Entry point
+//!
+//! [`optimize`] runs the chosen passes ([`PassOptions`]) in pipeline order on a copy of a graph
+//! and its weights, and plans the result's memory:
+//!
+//! ```
+//! # use cnnc_ir::{Graph, Op, Shape, Conv, Window, BatchNorm};
+//! # let mut g = Graph::new("m");
+//! # let x = g.add_input("x", Shape(vec![3, 8, 8]), Default::default()).unwrap();
+//! # let w = Window { kernel: [3, 3], stride: [1, 1], pad: [1, 1], dilation: [1, 1], ceil_mode: false };
+//! # let (c, _) = g.add(Op::Conv(Conv { out_channels: 4, window: w, groups: 1, bias: false }), vec![x], "conv", Default::default()).unwrap();
+//! # let (b, _) = g.add(Op::BatchNorm(BatchNorm { eps: 1e-5, momentum: 0.1 }), vec![c], "bn", Default::default()).unwrap();
+//! # g.outputs = vec![b];
+//! use cnnc_passes::{Mode, PassOptions, optimize, parse_passes};
+//! let options = PassOptions::all().with_passes(parse_passes("all")?).with_mode(Mode::Inference);
+//! let weights = cnnc_runtime::init_params(&g, 1);
+//! let opt = optimize(&g, Some(&weights), &options)?;
+//! assert_eq!(opt.graph.len(), 2); // conv (now with a bias) absorbed the batch norm
+//! assert_eq!(opt.fused, vec![vec!["conv".to_string(), "bn".to_string()]]);
+//! assert!(opt.weights.unwrap().contains_key("conv.bias"));
+//! assert!(opt.plan.workspace_bytes(1) <= opt.plan.unplanned_bytes(1));
+//! # Ok::<(), cnnc_passes::PassError>(())
+//! ```
+//!
+//! # Structure
+//!
+//! Each pass is one module with one entry point, `run(&mut Ctx) -> Result<usize, PassError>`
+//! (the count says how often its pattern fired). The order lives in [`pipeline`] only
+//! ([`Pass::ALL`]). A pass never edits the arena in place: it rebuilds the graph in order
+//! ([`rewrite`]), which re-runs every shape rule and removes whatever the pass orphaned. With
+//! [`PassOptions::verify`] (the default in debug builds and tests) [`cnnc_ir::verify()`] checks
+//! the input and the graph after every pass. Weights travel with the graph as an optional
+//! `TensorMap`: passes that change parameters (BN folding) rewrite it when present and change
+//! only the graph when it is absent (`cnnc ir`).
+//!
+//! Modes: at [`Mode::Inference`] every pass applies; in [`Mode::Training`] the passes that
+//! change semantics ([`Pass::inference_only`]: BN folding, dropout removal) are skipped and
+//! reported in [`Optimized::skipped`]; fusion still applies, and the memory plan keeps every
+//! tensor the backward pass reads ([`memory::saved_for_backward`]).
+//!
+//! # The passes, in pipeline order
+//!
+//! | name | module | what |
+//! |---|---|---|
+//! | `dce` | [`dce`] | remove nodes whose values reach no output |
+//! | `remove-dropout` | [`dropout`] | dropout is the identity at inference (inference only) |
+//! | `cse` | [`cse`] | merge equal ops on equal operands (never parameters, inputs or dropout) |
+//! | `fold-bn` | [`fold_bn`] | batch norm into the preceding conv or fc (inference only) |
+//! | `to-gemm` | [`gemm`] | 1x1 stride-1 unpadded convolutions and fc layers become `gemm` |
+//! | `fuse-epilogue` | [`fuse`] | conv or gemm + residual add + activation become one node |
+//! | `concat-in-place` | [`concat`](mod@concat) | concat operands write their channel slices directly |
+//! | `layout` | [`layout`] | `nChw16c` regions around the convolutions, reorders at the edges |
+//!
+//! # Representation
+//!
+//! **Provenance.** Every node lists the source layers it absorbed (`Node::absorbed`, printed
+//! after its name: `// layer1.0.conv3 <- layer1.0.bn3, layer1.0.add1, layer1.0.relu3`), so
+//! `cnnc ir` shows it after any pass, BN folding included. The pipeline also tracks, for each
+//! node, the input graph's nodes it stands for ([`rewrite::Ctx::origins`]), which gives the
+//! fused groups as clusters of the original graph for `cnnc dot` ([`Optimized::clusters`]).
+//!
+//! **Fusion.** A fused node is `Op::Fused { base, epilogue }`: base a convolution (any
+//! window, groups, bias) or a matrix product; epilogue an optional residual operand (the
+//! node's second input, of the output's shape, added to the accumulator) then an optional
+//! activation. It keeps its producer's name, so its parameters keep their names and shapes.
+//!
+//! **GEMM.** `Op::Gemm { out, bias }`: `Y[o, p] = sum_c W[o, c] X[c, p] + b[o]` over the pixels
+//! `p` of each image (a 1x1 convolution) or over a flat vector (an fc layer). The weight keeps
+//! its source layer's shape and name (`[O, C, 1, 1]` or `[O, F]`), whose bytes are the
+//! row-major `[O, C]` matrix, so checkpoints and gradients keep their shapes.
+//!
+//! **Layout.** Shapes in the IR stay logical. A node's physical layout is derived, not stored
+//! (`cnnc_ir::layout`): inputs are plain, `Op::Reorder(layout)` converts, every other op
+//! either follows its operands' layout or needs plain operands, and the verifier checks the
+//! rules. A blocked value whose channel count is not a multiple of 16 is stored padded to a
+//! whole block, and the memory plan counts the padding. The interpreter treats reorders as
+//! the identity, so semantic tests compare logical tensors. Weight layouts follow from the
+//! operand's layout ([`layout::weight_layout`]).
+//!
+//! **Concat in place.** A memory-plan decision made visible in the IR: `Op::ConcatInPlace`
+//! is a concat whose operands are each read by it alone, once, and are neither model inputs
+//! nor outputs (verifier-checked); the planner places every operand in its channel slice of
+//! the concat's buffer, so the node moves no data.
+//!
+//! **Memory plan.** An analysis ([`memory`]), not a pass: liveness over the node order (and,
+//! in training, the reversed backward pass, with every value the backward reads kept alive
+//! until then), in-place writes for elementwise nodes and fused residuals, views for flatten,
+//! slices for `concat_in_place`, then greedy-by-size offsets in one arena. It is computed for
+//! every [`optimize`] result; [`MemoryPlan::workspace_bytes`] and
+//! [`MemoryPlan::unplanned_bytes`] scale linearly with the batch.
+
+pub mod concat;
+pub mod cse;
+pub mod dce;
+pub mod dropout;
+mod error;
+pub mod fold_bn;
+pub mod fuse;
+pub mod gemm;
+pub mod layout;
+pub mod memory;
+pub mod pipeline;
+pub mod rewrite;
+
+pub use error::PassError;
+pub use memory::{MemoryPlan, PlanOptions, plan};
+pub use pipeline::{Mode, Pass, PassOptions, PassRun, parse_passes, valid_pass_names};
+pub use rewrite::Ctx;
+
+use cnnc_ir::{Graph, NodeId};
+use cnnc_runtime::TensorMap;
+
+/// The result of [`optimize`].
+#[derive(Clone, Debug)]
+pub struct Optimized {
+    pub graph: Graph,
+    /// The weights for `graph` (BN folded in), when weights were given.
+    pub weights: Option<TensorMap>,
+    /// Each fusion group, as the source layer names it stands for: the surviving node's own
+    /// name first, then the layers it absorbed, in order (`["conv1", "bn1"]`). Groups are in
+    /// the optimised graph's node order.
+    pub fused: Vec<Vec<String>>,
+    /// For each node of `graph`, the nodes of the input graph it stands for (itself first).
+    pub origins: Vec<Vec<NodeId>>,
+    /// The memory plan of `graph` in the chosen mode.
+    pub plan: MemoryPlan,
+    /// What each pass did, in the order they ran.
+    pub ran: Vec<PassRun>,
+    /// Passes that were asked for but skipped (inference-only passes in training mode).
+    pub skipped: Vec<Pass>,
+    /// Node count of the input graph.
+    pub nodes_before: usize,
+}
+
+impl Optimized {
+    /// The optimised graph's text form (`cnnc ir`): each node that absorbed layers lists them
+    /// after its name (`  %5 = fused_conv(%4) {...} -> [64, 56, 56]  // conv1 <- bn1, relu1`).
+    pub fn print(&self) -> String {
+        cnnc_ir::print(&self.graph)
+    }
+
+    /// Every convolution's and matrix product's weight layout, by layer name.
+    pub fn weight_layouts(&self) -> Vec<(String, layout::WeightLayout)> {
+        layout::weight_layouts(&self.graph)
+    }
+
+    /// The fusion groups as clusters of the *input* graph, for
+    /// `cnnc_ir::dot_with_clusters(original, &opt.clusters())`: each labelled with the name of
+    /// the node that survives, holding the original nodes it absorbed.
+    pub fn clusters(&self) -> Vec<(String, Vec<NodeId>)> {
+        self.graph
+            .iter()
+            .zip(&self.origins)
+            .filter(|(_, origins)| origins.len() > 1)
+            .map(|((_, node), origins)| (format!("fused: {}", node.name), origins.clone()))
+            .collect()
+    }
+}
+
+/// Runs the chosen passes on a copy of `graph` (and of `weights`), then plans its memory.
+pub fn optimize(graph: &Graph, weights: Option<&TensorMap>, options: &PassOptions) -> Result<Optimized, PassError> {
+    let mut weights = weights.cloned();
+    let mut cx = Ctx::new(graph.clone(), weights.as_mut(), options.mode);
+    let (ran, skipped) = pipeline::run_passes(&mut cx, options)?;
+    let Ctx { graph: optimized, origins, .. } = cx;
+    let fused = optimized
+        .iter()
+        .filter(|(_, n)| !n.absorbed.is_empty())
+        .map(|(_, n)| std::iter::once(n.name.clone()).chain(n.absorbed.iter().cloned()).collect())
+        .collect();
+    let plan = memory::plan(&optimized, &PlanOptions::new(options.mode));
+    Ok(Optimized { graph: optimized, weights, fused, origins, plan, ran, skipped, nodes_before: graph.len() })
+}
