@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use cnnc_diag::{Diagnostic, SourceFile};
 use cnnc_driver::execute::{self, INPUT_KEY, MAX_LISTED_IMAGES};
 use cnnc_driver::{
-    ErrorKind, ExecError, ExecWarning, Options, check_models, examples, lower_source, render, render_exec_error,
-    summarize, table, thousands, to_json,
+    ErrorKind, ExecError, ExecWarning, Mode, Options, Pass, check_models, examples, lower_source, render,
+    render_exec_error, summarize, summarize_optimized, table, thousands, to_json,
 };
 use cnnc_ir::Graph;
 use std::io::{IsTerminal, Write};
@@ -45,18 +45,42 @@ enum Color {
 enum Command {
     /// Check every model of a file (or the one given with --model) and report its size.
     Check(ModelArgs),
-    /// Print a model's per-layer table: output shapes, parameters, MACs, receptive fields.
+    /// Print a model's per-layer table: output shapes, parameters, MACs, receptive fields, and
+    /// what the optimisation passes make of it: fused layers and the memory plan.
+    ///
+    /// The fused groups and the memory plan (its workspace against the sum of the intermediate
+    /// tensors it replaces, at batch 1) are those of the graph after every inference pass
+    /// unless --passes or --train say otherwise; the rows and totals are the source model's.
     Summary {
         #[command(flatten)]
         model: ModelArgs,
+        #[command(flatten)]
+        passes: PassArgs,
         /// Print the summary as one line of JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Print a model's typed IR as text.
-    Ir(ModelArgs),
+    /// Print a model's typed IR as text, after the passes chosen with --passes (none by default).
+    ///
+    /// Each node that absorbed layers lists them after its name
+    /// (`// layer1.0.conv3 <- layer1.0.bn3, layer1.0.add1, layer1.0.relu3`); what the passes
+    /// did goes to stderr.
+    Ir {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        passes: PassArgs,
+    },
     /// Print a model's graph in Graphviz DOT (`cnnc dot m.cnn | dot -Tsvg > m.svg`).
-    Dot(ModelArgs),
+    ///
+    /// With --passes, the source graph is drawn with each group of layers the passes fused
+    /// into one node boxed as a cluster.
+    Dot {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        passes: PassArgs,
+    },
     /// Explain a diagnostic code such as E0301; with no code, list every code.
     Explain {
         /// The code, as printed in `error[E0301]`.
@@ -88,7 +112,8 @@ enum Command {
     /// The loss is the mean over the batch. The gradient file holds every trainable parameter
     /// under its weights name, and `input`.
     Grad(GradArgs),
-    /// Check and summarise the built-in examples (LeNet-5, ResNet-18): needs no files.
+    /// Check and summarise the built-in examples (LeNet-5, ResNet-18), as `cnnc summary` does:
+    /// needs no files.
     Demo,
 }
 
@@ -112,6 +137,10 @@ struct RunArgs {
     /// The back end that runs the model.
     #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
     backend: BackendArg,
+    /// Run the graph after these inference passes (BN folded into the weights, layers fused);
+    /// `none` by default. See `cnnc ir --help` for the list.
+    #[arg(long, value_name = "all|none|LIST", value_parser = parse_pass_list)]
+    passes: Option<PassList>,
 }
 
 #[derive(Args, Debug)]
@@ -211,6 +240,46 @@ fn parse_setting(arg: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `--passes` and `--train`, for the commands that show or run an optimised graph.
+#[derive(Args, Debug)]
+struct PassArgs {
+    /// The optimisation passes to run: `all`, `none` or a comma-separated list (default: `all`
+    /// for `summary`, `none` for `ir` and `dot`).
+    #[arg(long, value_name = "all|none|LIST", value_parser = parse_pass_list, long_help = passes_long_help())]
+    passes: Option<PassList>,
+    /// Optimise for training: skip the passes that change what the model computes there
+    /// (fold-bn, remove-dropout), and plan memory for the forward and backward passes.
+    #[arg(long)]
+    train: bool,
+}
+
+impl PassArgs {
+    /// The passes asked for, or `default` (`all` or `none`) when --passes is not given.
+    fn passes(&self, default: &[Pass]) -> Vec<Pass> {
+        self.passes.as_ref().map_or_else(|| default.to_vec(), |p| p.0.clone())
+    }
+
+    fn mode(&self) -> Mode {
+        if self.train { Mode::Training } else { Mode::Inference }
+    }
+}
+
+fn passes_long_help() -> String {
+    format!(
+        "{}\n\nDefault: `all` for `summary` (the fused groups and the memory plan of the deployed \
+         model), `none` for `ir` and `dot` (the graph as lowered).",
+        cnnc_driver::passes_help()
+    )
+}
+
+/// A parsed `--passes`; a newtype for the same reason as [`InputShape`].
+#[derive(Clone, Debug)]
+struct PassList(Vec<Pass>);
+
+fn parse_pass_list(arg: &str) -> Result<PassList, cnnc_driver::PassError> {
+    cnnc_driver::parse_passes(arg).map(PassList)
+}
+
 /// A parsed `--shape`; a newtype because clap reads `Option<Vec<_>>` as a repeated argument.
 #[derive(Clone, Debug)]
 struct InputShape(Vec<usize>);
@@ -257,12 +326,9 @@ fn main() -> ExitCode {
     let mut out = String::new();
     let result = match cli.command.unwrap_or(Command::Demo) {
         Command::Check(args) => check(&args, color, &mut out),
-        Command::Summary { model, json } => lowered(&model, color, &mut out, |graph| {
-            let summary = summarize(graph);
-            if json { to_json(&summary) } else { table(&summary) }
-        }),
-        Command::Ir(args) => lowered(&args, color, &mut out, cnnc_ir::print),
-        Command::Dot(args) => lowered(&args, color, &mut out, cnnc_ir::dot),
+        Command::Summary { model, passes, json } => summary(&model, &passes, json, color, &mut out),
+        Command::Ir { model, passes } => graph_view(&model, &passes, View::Ir, color, &mut out),
+        Command::Dot { model, passes } => graph_view(&model, &passes, View::Dot, color, &mut out),
         Command::Explain { code } => explain::run(code.as_deref(), &mut out).map_err(Failure::Usage),
         Command::Init { model, seed, output } => init(&model, seed, &output, color, &mut out),
         Command::Run(args) => run(&args, color, &mut out),
@@ -330,16 +396,51 @@ fn check_file(file: &SourceFile, options: &Options, color: bool, out: &mut Strin
     Ok(checked.models)
 }
 
-/// Lowers the one selected model and prints what `show` makes of it.
-fn lowered(
-    args: &ModelArgs,
-    color: bool,
-    out: &mut String,
-    show: impl FnOnce(&Graph) -> String,
-) -> Result<(), Failure> {
+/// `cnnc summary`: the source model's table (or JSON) with the fusion groups and the memory
+/// plan after the passes (all of them by default).
+fn summary(args: &ModelArgs, passes: &PassArgs, json: bool, color: bool, out: &mut String) -> Result<(), Failure> {
     let graph = lower_one(args, color)?;
-    out.push_str(&show(&graph));
+    let summary = summarize_optimized(&graph, &passes.passes(Pass::ALL), passes.mode()).map_err(pass_failure)?;
+    out.push_str(&if json { to_json(&summary) } else { table(&summary) });
     Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum View {
+    Ir,
+    Dot,
+}
+
+/// `cnnc ir` and `cnnc dot`. With no pass (the default) the lowered graph as it is; otherwise
+/// the IR after the passes, or the source graph's DOT with the fused groups as clusters, and
+/// what the passes did on stderr (stdout stays plain IR text or DOT).
+fn graph_view(args: &ModelArgs, passes: &PassArgs, view: View, color: bool, out: &mut String) -> Result<(), Failure> {
+    let graph = lower_one(args, color)?;
+    let chosen = passes.passes(&[]);
+    if chosen.is_empty() {
+        if passes.train && passes.passes.is_none() {
+            notify(&["note: --train changes nothing without --passes (try `--passes all --train`)".to_string()]);
+        }
+        out.push_str(&match view {
+            View::Ir => cnnc_ir::print(&graph),
+            View::Dot => cnnc_ir::dot(&graph),
+        });
+        return Ok(());
+    }
+    // Only the graph is shown, so no weights are needed: BN folding changes the graph alone.
+    let opt = cnnc_driver::optimize(&graph, None, &chosen, passes.mode()).map_err(pass_failure)?;
+    notify(&cnnc_driver::pass_report(&opt));
+    out.push_str(&match view {
+        View::Ir => opt.print(),
+        View::Dot => cnnc_driver::dot_fused(&graph, &opt),
+    });
+    Ok(())
+}
+
+/// A pass that cannot run on a graph that lowered is a bug in cnnc, not in the source: it is
+/// reported as such, with exit code 2.
+fn pass_failure(e: cnnc_driver::PassError) -> Failure {
+    Failure::Usage(e.to_string())
 }
 
 /// Loads and lowers the one selected model, printing its warnings.
@@ -417,7 +518,17 @@ fn run(args: &RunArgs, color: bool, out: &mut String) -> Result<(), Failure> {
             execute::init_weights(&graph, args.seed)
         }
     };
-    let output = execute::run(&graph, &params, &input, args.backend.backend())?;
+    let output = match &args.passes {
+        Some(PassList(passes)) if !passes.is_empty() => {
+            // Weights were checked against the source graph; the passes rewrite them to fit
+            // the optimised one (BN folded into the conv before it).
+            let opt = cnnc_driver::optimize(&graph, Some(&params), passes, Mode::Inference).map_err(pass_failure)?;
+            notify(&cnnc_driver::pass_report(&opt));
+            let weights = opt.weights.as_ref().unwrap_or(&params);
+            execute::run(&opt.graph, weights, &input, args.backend.backend())?
+        }
+        _ => execute::run(&graph, &params, &input, args.backend.backend())?,
+    };
     if let Some(path) = &args.output {
         execute::save_output(path, &output)?;
     }
@@ -521,7 +632,9 @@ fn demo(color: bool, out: &mut String) -> Result<(), Failure> {
         out.push_str(&format!("\n== {} ==\n", file.name));
         for graph in check_file(&file, &Options::default(), color, out)? {
             out.push('\n');
-            out.push_str(&table(&summarize(&graph)));
+            // What `cnnc summary` prints: the fused layers and the memory plan included.
+            let summary = summarize_optimized(&graph, Pass::ALL, Mode::Inference).map_err(pass_failure)?;
+            out.push_str(&table(&summary));
         }
     }
     Ok(())
@@ -572,6 +685,23 @@ mod tests {
             assert!(Cli::try_parse_from(args).is_err(), "{missing} is required");
         }
         assert!(Cli::try_parse_from(["cnnc", "init", "m.cnn"]).is_err(), "init needs -o");
+    }
+
+    #[test]
+    fn pass_arguments() {
+        let cli = Cli::try_parse_from(["cnnc", "summary", "m.cnn", "--passes", "fold-bn, dce", "--train"]).expect("ok");
+        let Some(Command::Summary { passes, .. }) = cli.command else { panic!("summary expected") };
+        assert_eq!(passes.passes(Pass::ALL), vec![Pass::Dce, Pass::FoldBn], "pipeline order");
+        assert_eq!(passes.mode(), Mode::Training);
+        let cli = Cli::try_parse_from(["cnnc", "ir", "m.cnn"]).expect("ok");
+        let Some(Command::Ir { passes, .. }) = cli.command else { panic!("ir expected") };
+        assert_eq!((passes.passes(&[]), passes.mode()), (vec![], Mode::Inference), "the caller's default");
+        let err = Cli::try_parse_from(["cnnc", "dot", "m.cnn", "--passes", "layuot"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("unknown pass `layuot` (did you mean `layout`?); valid passes: all, none,"));
+        // run takes --passes but not --train: it always runs at inference.
+        assert!(Cli::try_parse_from(["cnnc", "run", "m.cnn", "--input", "x", "--passes", "all"]).is_ok());
+        assert!(Cli::try_parse_from(["cnnc", "run", "m.cnn", "--input", "x", "--train"]).is_err());
     }
 
     #[test]

@@ -121,7 +121,8 @@ fn summary_json_matches_published_parameter_counts() {
 fn summary_json_has_the_documented_layout() {
     let json = summary_json(&root().join("examples/resnet50.cnn"), &[]);
     let keys: Vec<&str> = json.as_object().expect("object").keys().map(String::as_str).collect();
-    assert_eq!(keys, ["input", "layers", "macs", "model", "params"]);
+    // serde_json sorts the keys of a parsed object; the raw text's order is checked below.
+    assert_eq!(keys, ["fused", "input", "layers", "macs", "model", "params", "unplanned_bytes", "workspace_bytes"]);
     assert_eq!(json["input"], serde_json::json!([3, 224, 224]));
     let layers = json["layers"].as_array().expect("layers");
     let conv1 = &layers[0];
@@ -148,6 +149,10 @@ fn summary_json_has_the_documented_layout() {
         text.starts_with(r#"{"model":"resnet50","input":[3,224,224],"params":25557032,"macs":4089184256,"layers":["#)
     );
     assert!(text.contains(r#""bn1.weight":[64],"bn1.bias":[64],"bn1.running_mean":[64],"bn1.running_var":[64]"#));
+    // The optimisation pipeline's three keys come last, after the layers.
+    assert!(text.contains(r#""fc.bias":[1000]}}],"fused":[["conv1","bn1","relu1"],"#), "{text}");
+    assert!(text.contains(r#"]],"workspace_bytes":"#) && text.contains(r#","unplanned_bytes":"#), "{text}");
+    assert!(text.ends_with("}\n"));
 }
 
 #[test]
@@ -364,6 +369,7 @@ fn demo_runs_the_built_in_examples_with_no_files() {
         assert!(out.contains("ok: model `lenet5`: 61,706 parameters, output [10]\n"), "{out}");
         assert!(out.contains("ok: model `resnet18`: 11,689,512 parameters, output [1000]\n"), "{out}");
         assert!(out.contains("model resnet18, input [3, 224, 224]"), "{out}");
+        assert!(out.contains("\n  layer1.0.conv2 <- layer1.0.bn2, layer1.0.add1, layer1.0.relu2\n"), "{out}");
         assert!(stderr(&o).is_empty(), "{}", stderr(&o));
     }
 }

@@ -1,7 +1,8 @@
-//! cnnc's front door: the one place that loads sources, runs the phases in order and turns
-//! their typed results into text for people (rendered diagnostics, summary tables, JSON), and
-//! the one place that runs a model on data files for a front door ([`execute`]: weights,
-//! `.npy` inputs and targets, forward, loss and gradients).
+//! cnnc's front door: the one place that loads sources, runs the phases in order (the
+//! optimisation passes included, [`optimize`]) and turns their typed results into text for
+//! people (rendered diagnostics, summary tables, JSON), and the one place that runs a model on
+//! data files for a front door ([`execute`]: weights, `.npy` inputs and targets, forward, loss
+//! and gradients).
 //!
 //! The CLI is a thin shell over this crate, and the REPL and the `cnn!` macro will be too, so
 //! that every front door reports the same things in the same words. The phases below it never
@@ -10,6 +11,7 @@
 mod compile;
 pub mod examples;
 pub mod execute;
+mod optimize;
 mod render;
 mod shape_arg;
 mod summary;
@@ -17,6 +19,12 @@ mod summary;
 pub use cnnc_lower::Options;
 pub use compile::{Checked, DriverError, MAX_SOURCE_BYTES, check_models, check_source, load, lower_source};
 pub use execute::{Backend, ErrorKind, ExecError, ExecWarning, GradOutcome, Loss, Target, render_exec_error};
+pub use optimize::{
+    Mode, Optimized, Pass, PassError, dot_fused, mode_name, optimize, parse_passes, pass_report, passes_help,
+    valid_pass_names,
+};
 pub use render::{render, summary_line};
 pub use shape_arg::{ShapeArgError, parse_shape};
-pub use summary::{LayerSummary, Summary, human_bytes, summarize, table, thousands, to_json};
+pub use summary::{
+    LayerSummary, PassSummary, Summary, human_bytes, summarize, summarize_optimized, table, thousands, to_json,
+};

@@ -1,6 +1,9 @@
 //! `cnnc summary`: per-layer statistics of a lowered model as a table for people and as JSON for
-//! tools. The numbers come from `cnnc_ir::stats`; this module only arranges and formats them.
+//! tools. The numbers come from `cnnc_ir::stats` and, for the fusion groups and the memory
+//! plan, from the optimisation pipeline (`cnnc_passes`); this module only arranges and formats
+//! them.
 
+use crate::optimize::{Mode, Optimized, Pass, PassError, names, optimize};
 use cnnc_ir::{Graph, Op, node_stats, totals};
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
@@ -8,19 +11,25 @@ use serde::ser::{SerializeMap, Serializer};
 /// A model's summary. Serialised, it is exactly the JSON of `cnnc summary --json`; fields are
 /// written in declaration order, so the key order is stable.
 ///
-/// To extend the JSON (the passes will add `fused`, `workspace_bytes`, ...), add a field here
-/// in the place it should print; fields marked `#[serde(skip)]` feed the table only.
+/// To extend the JSON, add a field here in the place it should print; fields marked
+/// `#[serde(skip)]` feed the table only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Summary {
     pub model: String,
     /// The first model input's shape, `[C, H, W]` or `[F]`.
     pub input: Vec<usize>,
-    /// Trainable elements of the whole model.
+    /// Trainable elements of the whole model (of the source graph: folding a batch norm
+    /// changes how parameters are stored, not what the model has).
     pub params: u64,
     /// Multiply-accumulates for one sample.
     pub macs: u64,
     /// Every node except the inputs, in graph order.
     pub layers: Vec<LayerSummary>,
+    /// What the optimisation pipeline made of the model ([`summarize_optimized`]): the keys
+    /// `fused`, `workspace_bytes` and `unplanned_bytes`, after `layers`. Absent from a plain
+    /// [`summarize`].
+    #[serde(flatten)]
+    pub passes: Option<PassSummary>,
     /// Batch-norm running statistics (not trainable).
     #[serde(skip)]
     pub buffers: u64,
@@ -30,6 +39,47 @@ pub struct Summary {
     /// Output shapes, for the table's last line.
     #[serde(skip)]
     pub outputs: Vec<Vec<usize>>,
+}
+
+/// The optimisation pipeline's part of a [`Summary`]. Serialised, it is exactly the three keys
+/// `"fused"`, `"workspace_bytes"` and `"unplanned_bytes"`; the other fields feed the table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PassSummary {
+    /// Each fused group as source layer names: the surviving layer first, then the layers it
+    /// absorbed (`["layer1.0.conv3", "layer1.0.bn3", "layer1.0.add1", "layer1.0.relu3"]`), in
+    /// the optimised graph's order.
+    pub fused: Vec<Vec<String>>,
+    /// The memory plan's arena at batch 1: every intermediate tensor of the optimised graph
+    /// placed in one buffer, reused once dead (bytes, f32).
+    pub workspace_bytes: u64,
+    /// What the same tensors take with one buffer each, at batch 1 (bytes, f32).
+    pub unplanned_bytes: u64,
+    #[serde(skip)]
+    pub mode: Mode,
+    /// The passes that ran, in pipeline order.
+    #[serde(skip)]
+    pub ran: Vec<Pass>,
+    /// The passes asked for but skipped (inference-only passes in training mode).
+    #[serde(skip)]
+    pub skipped: Vec<Pass>,
+    /// Node counts of the graph before and after the passes.
+    #[serde(skip)]
+    pub nodes: (usize, usize),
+}
+
+impl PassSummary {
+    /// The part of an optimisation result the summary shows.
+    pub fn new(opt: &Optimized) -> PassSummary {
+        PassSummary {
+            fused: opt.fused.clone(),
+            workspace_bytes: opt.plan.workspace_bytes(1),
+            unplanned_bytes: opt.plan.unplanned_bytes(1),
+            mode: opt.plan.mode,
+            ran: opt.ran.iter().map(|r| r.pass).collect(),
+            skipped: opt.skipped.clone(),
+            nodes: (opt.nodes_before, opt.graph.len()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -87,10 +137,19 @@ pub fn summarize(graph: &Graph) -> Summary {
         params: sums.params,
         macs: sums.macs,
         layers,
+        passes: None,
         buffers: sums.buffers,
         activation_bytes: sums.activation_bytes,
         outputs: graph.outputs.iter().map(|&o| graph[o].shape.0.clone()).collect(),
     }
+}
+
+/// [`summarize`], with the fusion groups and the memory plan of the graph after `passes` in
+/// `mode` (`cnnc summary` runs every pass at inference). Only the graph is optimised: the
+/// per-layer rows and the totals stay those of the source model.
+pub fn summarize_optimized(graph: &Graph, passes: &[Pass], mode: Mode) -> Result<Summary, PassError> {
+    let opt = optimize(graph, None, passes, mode)?;
+    Ok(Summary { passes: Some(PassSummary::new(&opt)), ..summarize(graph) })
 }
 
 /// The summary as one line of JSON, newline-terminated.
@@ -199,16 +258,67 @@ pub fn table(summary: &Summary) -> String {
     }
     out.push('\n');
     let outputs: Vec<String> = summary.outputs.iter().map(|o| dims(o)).collect();
-    let stats = [
+    let mut stats = vec![
         ("output", outputs.join(", ")),
         ("parameters", format!("{} trainable, {} buffers", thousands(summary.params), thousands(summary.buffers))),
         ("MACs", format!("{} per sample", thousands(summary.macs))),
         ("activations", format!("{} at batch 1 (f32, every layer's output)", human_bytes(summary.activation_bytes))),
     ];
+    if let Some(p) = &summary.passes {
+        stats.push(("memory", memory_line(p)));
+        stats.push(("fusion", fusion_line(p)));
+    }
     for (key, value) in stats {
         out.push_str(&format!("{:<12} {value}\n", format!("{key}:")));
     }
+    if let Some(p) = &summary.passes {
+        for (head, absorbed) in p.fused.iter().filter_map(|group| group.split_first()) {
+            out.push_str(&format!("  {head} <- {}\n", absorbed.join(", ")));
+        }
+    }
     out
+}
+
+/// `5.0 MiB workspace (planned) vs 44.0 MiB of intermediates (unplanned) at batch 1: 11.3%`
+fn memory_line(p: &PassSummary) -> String {
+    let mut line = format!(
+        "{} workspace (planned) vs {} of intermediates (unplanned) at batch 1",
+        human_bytes(p.workspace_bytes),
+        human_bytes(p.unplanned_bytes),
+    );
+    if p.unplanned_bytes > 0 {
+        line.push_str(&format!(": {:.1}%", p.workspace_bytes as f64 * 100.0 / p.unplanned_bytes as f64));
+    }
+    if p.mode == Mode::Training {
+        line.push_str(" (training: forward and backward)");
+    }
+    line
+}
+
+/// `53 fused groups, 176 -> 60 nodes after 8 passes (inference):`, the mode saying what was
+/// skipped in training.
+fn fusion_line(p: &PassSummary) -> String {
+    let groups = match p.fused.len() {
+        0 => "no fused group".to_string(),
+        1 => "1 fused group".to_string(),
+        n => format!("{n} fused groups"),
+    };
+    let mut line = format!(
+        "{groups}, {} -> {} nodes after {} pass{}",
+        p.nodes.0,
+        p.nodes.1,
+        p.ran.len(),
+        if p.ran.len() == 1 { "" } else { "es" }
+    );
+    match p.mode {
+        Mode::Inference => line.push_str(" (inference)"),
+        Mode::Training if p.skipped.is_empty() => line.push_str(" (training)"),
+        Mode::Training => line.push_str(&format!(" (training; skipped {})", names(&p.skipped))),
+    }
+    if !p.fused.is_empty() {
+        line.push(':');
+    }
+    line
 }
 
 #[cfg(test)]
@@ -285,6 +395,50 @@ mod tests {
         let layer_keys: Vec<&String> = value["layers"][0].as_object().expect("object").keys().collect();
         assert_eq!(layer_keys, ["macs", "name", "op", "output", "params", "receptive_field", "weights"]);
         assert_eq!(value["layers"][2]["weights"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn optimized_summary_adds_exactly_three_keys_after_layers() {
+        let plain = summarize(&small());
+        let s = summarize_optimized(&small(), Pass::ALL, Mode::Inference).expect("optimises");
+        // The source model's numbers are untouched.
+        assert_eq!((&s.layers, s.params, s.macs), (&plain.layers, plain.params, plain.macs));
+        let p = s.passes.as_ref().expect("passes ran");
+        let group = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(p.fused, vec![group(&["features.conv", "features.bn", "features.relu"])]);
+        assert!(0 < p.workspace_bytes && p.workspace_bytes <= p.unplanned_bytes, "{p:?}");
+        let json = to_json(&s);
+        let at = json.find(r#"}}],"fused":[["features.conv","features.bn","features.relu"]],"workspace_bytes":"#);
+        assert!(at.is_some(), "{json}");
+        assert!(json.ends_with(&format!(",\"unplanned_bytes\":{}}}\n", p.unplanned_bytes)), "{json}");
+        let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+        let keys: Vec<&String> = value.as_object().expect("object").keys().collect();
+        let mut expected =
+            ["fused", "input", "layers", "macs", "model", "params", "unplanned_bytes", "workspace_bytes"];
+        expected.sort();
+        assert_eq!(keys, expected);
+        // No pass: no group, and the plan of the source graph.
+        let none = summarize_optimized(&small(), &[], Mode::Inference).expect("plans");
+        let p = none.passes.expect("plan");
+        assert!(p.fused.is_empty() && p.ran.is_empty() && p.nodes == (7, 7), "{p:?}");
+        assert!(to_json(&summarize_optimized(&small(), &[], Mode::Inference).unwrap()).contains(r#""fused":[],"#));
+    }
+
+    #[test]
+    fn table_with_passes() {
+        insta::assert_snapshot!(table(&summarize_optimized(&small(), Pass::ALL, Mode::Inference).expect("ok")));
+    }
+
+    #[test]
+    fn table_with_passes_in_training() {
+        let text = table(&summarize_optimized(&small(), Pass::ALL, Mode::Training).expect("ok"));
+        let tail: Vec<&str> = text.lines().rev().take(2).collect();
+        assert!(tail[0].starts_with("fusion:      no fused group, 7 -> "), "{text}");
+        assert!(tail[0].ends_with("(training; skipped remove-dropout, fold-bn)"), "{text}");
+        assert!(
+            tail[1].starts_with("memory:      ") && tail[1].ends_with("(training: forward and backward)"),
+            "{text}"
+        );
     }
 
     #[test]
