@@ -3,24 +3,10 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+mod common;
+
+use common::{cnnc, root, stderr, stdout};
 use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Runs `cnnc` from the repository root, so example paths read as in the README.
-fn cnnc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cnnc")).args(args).current_dir(root()).output().expect("cnnc runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).expect("UTF-8 stdout")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).expect("UTF-8 stderr")
-}
 
 /// A source written to a scratch file named `name`; returns its path.
 fn scratch(name: &str, text: &str) -> String {

@@ -7,25 +7,11 @@ use cnnc_driver::{Options, load, lower_source};
 use cnnc_ir::Graph;
 use cnnc_runtime::{Rng, Tensor, TensorMap, check_weights, load_safetensors, save_safetensors, write_npy};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use common::{cnnc, root, stderr, stdout};
+use std::process::Output;
 use std::sync::OnceLock;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Runs `cnnc` from the repository root, so example paths read as in the README.
-fn cnnc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cnnc")).args(args).current_dir(root()).output().expect("cnnc runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).expect("UTF-8 stdout")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).expect("UTF-8 stderr")
-}
 
 fn ok(o: &Output) -> String {
     assert_eq!(o.status.code(), Some(0), "stdout: {}\nstderr: {}", stdout(o), stderr(o));
