@@ -98,9 +98,10 @@ pub fn check_models(file: &SourceFile, options: &Options) -> Checked {
         }
     };
     let mut checked = Checked::default();
+    let mut budget = cnnc_lower::Budget::default();
     for model in names {
         let options = Options { model, ..options.clone() };
-        match cnnc_lower::lower(&ast, &options) {
+        match cnnc_lower::lower_within(&ast, &options, &mut budget) {
             Ok(lowered) => {
                 checked.models.push(lowered.graph);
                 checked.diagnostics.extend(lowered.warnings);

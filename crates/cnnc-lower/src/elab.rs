@@ -17,6 +17,20 @@ use std::collections::{HashMap, HashSet};
 pub const MAX_NODES: usize = 200_000;
 pub const MAX_ITERATIONS: usize = 1_000_000;
 pub const MAX_BLOCK_DEPTH: usize = 64;
+
+/// What elaboration may still spend: shared by every model of a file, so that a file of many
+/// models cannot multiply the limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub nodes: usize,
+    pub iterations: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget { nodes: MAX_NODES, iterations: MAX_ITERATIONS }
+    }
+}
 /// Largest parameter tensor accepted, in elements.
 pub const MAX_PARAM_ELEMENTS: usize = 1 << 40;
 
@@ -83,12 +97,13 @@ pub struct Elab<'a> {
     pub diags: Vec<Diagnostic>,
     scopes: Vec<NameScope>,
     node_names: HashMap<String, Span>,
-    iterations: usize,
+    /// What is left to spend; see [`Budget`].
+    pub budget: Budget,
     depth: usize,
 }
 
 impl<'a> Elab<'a> {
-    pub fn new(file: &'a File, model: &Item) -> Elab<'a> {
+    pub fn new(file: &'a File, model: &Item, budget: Budget) -> Elab<'a> {
         let blocks =
             file.items.iter().filter(|i| i.kind == ItemKind::Block).map(|i| (i.name.name.as_str(), i)).collect();
         Elab {
@@ -97,7 +112,7 @@ impl<'a> Elab<'a> {
             diags: Vec::new(),
             scopes: Vec::new(),
             node_names: HashMap::new(),
-            iterations: 0,
+            budget,
             depth: 0,
         }
     }
@@ -748,11 +763,11 @@ impl<'a> Elab<'a> {
                 let scoped = self.open_labeled(step, in_loop, body);
                 let mut result = Ok(x);
                 for v in values {
-                    self.iterations += 1;
-                    if self.iterations > MAX_ITERATIONS {
+                    if self.budget.iterations == 0 {
                         result = Err(self.too_large(step.span, format!("more than {MAX_ITERATIONS} loop iterations")));
                         break;
                     }
+                    self.budget.iterations -= 1;
                     env.frames.push(HashMap::new());
                     env.bind(var, v, false);
                     let current = result.and_then(|x| self.apply_steps(env, body, x, true));
@@ -1041,7 +1056,7 @@ impl<'a> Elab<'a> {
 
     /// Adds a node: checks its name is new, runs its shape rule, reports what it finds.
     fn add_node(&mut self, op: Op, inputs: Vec<NodeId>, name: String, span: Span, operand_spans: &[Span]) -> R<NodeId> {
-        if self.graph.len() >= MAX_NODES {
+        if self.budget.nodes == 0 {
             return Err(self.too_large(span, format!("more than {MAX_NODES} layers")));
         }
         if let Some(&first) = self.node_names.get(&name) {
@@ -1075,6 +1090,7 @@ impl<'a> Elab<'a> {
         }
         match self.graph.add(op, inputs, name.clone(), span) {
             Ok((id, warnings)) => {
+                self.budget.nodes -= 1;
                 for w in &warnings {
                     self.diags.push(shape_diag::warning(w, &site));
                 }

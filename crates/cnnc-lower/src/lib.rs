@@ -15,7 +15,7 @@ use cnnc_ir::{Graph, NodeId};
 use cnnc_syntax::ast::{File, Item, ItemKind};
 use elab::Elab;
 
-pub use elab::{MAX_BLOCK_DEPTH, MAX_ITERATIONS, MAX_NODES};
+pub use elab::{Budget, MAX_BLOCK_DEPTH, MAX_ITERATIONS, MAX_NODES};
 pub use value::Value;
 
 #[derive(Clone, Debug, Default)]
@@ -43,6 +43,12 @@ pub fn model_names(file: &File) -> Vec<&str> {
 
 /// Lowers the chosen model. On failure, every diagnostic found (errors and warnings).
 pub fn lower(file: &File, options: &Options) -> Result<Lowered, Vec<Diagnostic>> {
+    lower_within(file, options, &mut Budget::default())
+}
+
+/// Lowers the chosen model, spending from a budget shared with other models of the same file
+/// (a file of many models must not multiply the elaboration limits).
+pub fn lower_within(file: &File, options: &Options, budget: &mut Budget) -> Result<Lowered, Vec<Diagnostic>> {
     let mut diags = checks::check_file(file);
     if has_errors(&diags) {
         return Err(sorted(diags));
@@ -54,7 +60,7 @@ pub fn lower(file: &File, options: &Options) -> Result<Lowered, Vec<Diagnostic>>
             return Err(diags);
         }
     };
-    let (graph, more) = elaborate(file, model, options);
+    let (graph, more) = elaborate(file, model, options, budget);
     diags.extend(more);
     match graph {
         Some(graph) if !has_errors(&diags) => Ok(Lowered { graph, warnings: sorted(diags) }),
@@ -67,16 +73,18 @@ pub fn lower(file: &File, options: &Options) -> Result<Lowered, Vec<Diagnostic>>
 pub fn check(file: &File) -> Vec<Diagnostic> {
     let mut diags = checks::check_file(file);
     if !has_errors(&diags) {
+        let mut budget = Budget::default();
         for model in file.items.iter().filter(|i| i.kind == ItemKind::Model) {
-            diags.extend(elaborate(file, model, &Options::default()).1);
+            diags.extend(elaborate(file, model, &Options::default(), &mut budget).1);
         }
     }
     sorted(diags)
 }
 
-fn elaborate(file: &File, model: &Item, options: &Options) -> (Option<Graph>, Vec<Diagnostic>) {
-    let mut elab = Elab::new(file, model);
+fn elaborate(file: &File, model: &Item, options: &Options, budget: &mut Budget) -> (Option<Graph>, Vec<Diagnostic>) {
+    let mut elab = Elab::new(file, model, *budget);
     let ok = elab.model(model, options.input_shape.as_deref(), &options.overrides).is_ok();
+    *budget = elab.budget;
     let graph = ok.then(|| prune_dead(&elab.graph));
     (graph, elab.diags)
 }

@@ -135,7 +135,9 @@ fn automatic_names_skip_only_labels_of_their_own_scope() {
 
 #[test]
 fn command_line_overrides_replace_parameter_defaults() {
-    let (file, _) = cnnc_syntax::parse("model m(classes = 1000, k = 3) { input x: [3, 8, 8] x -> conv(4, k=k) -> flatten -> fc(classes) }");
+    let (file, _) = cnnc_syntax::parse(
+        "model m(classes = 1000, k = 3) { input x: [3, 8, 8] x -> conv(4, k=k) -> flatten -> fc(classes) }",
+    );
     let set = |pairs: &[(&str, &str)]| cnnc_lower::Options {
         overrides: pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
         ..Default::default()
@@ -151,4 +153,18 @@ fn command_line_overrides_replace_parameter_defaults() {
     assert_eq!(e[0].message, "cannot use `10 +` as the value of `classes`");
     let e = cnnc_lower::lower(&file, &set(&[("classes", "nope")])).unwrap_err();
     assert_eq!(e.len(), 1, "{e:?}");
+}
+
+#[test]
+fn the_elaboration_budget_is_shared_by_every_model_of_a_file() {
+    let src: String =
+        (0..10).map(|i| format!("model m{i} {{ input x: [1, 1, 1] x -> for i in 0..150000 {{ relu }} }}\n")).collect();
+    let (file, _) = cnnc_syntax::parse(&src);
+    let start = std::time::Instant::now();
+    let diags = cnnc_lower::check(&file);
+    // The first model fits (150,000 layers); the second runs out of the file's budget; the rest
+    // stop at once.
+    let too_large: Vec<_> = diags.iter().filter(|d| d.code == cnnc_diag::Code::TOO_LARGE).collect();
+    assert_eq!(too_large.len(), 9, "{diags:#?}");
+    assert!(start.elapsed().as_secs_f64() < 10.0, "took {:?}", start.elapsed());
 }
