@@ -102,14 +102,16 @@ fn err_snapshots_cover_every_code() {
     assert!(unknown.is_empty(), "err snapshots show codes missing from the registry: {unknown:?}");
 }
 
-/// The one way left to ask for a zero-sized tensor, a library caller's input shape, is an error
-/// (of whichever code), not a graph with an empty tensor in it.
+/// The one way left to ask for a zero-sized tensor, a library caller's input shape, is E0304
+/// (the CLI's `--shape` parser already refuses zeros), not a graph with an empty tensor in it.
 #[test]
 fn zero_sized_input_shape_through_the_api_is_an_error() {
     let file = cnnc_diag::SourceFile::new("zero.cnn", "model m {\n    input x: [3, 8, 8]\n    x -> relu\n}\n");
     let options = cnnc_driver::Options { input_shape: Some(vec![3, 0, 8]), ..Default::default() };
     let diags = cnnc_driver::lower_source(&file, &options).expect_err("a zero dimension is an error");
     assert!(has_errors(&diags), "{diags:?}");
+    assert_eq!(diags[0].code, cnnc_diag::Code::SHAPE_ZERO, "{diags:?}");
+    assert_eq!(diags[0].message, "the requested input shape [3, 0, 8] has a zero dimension");
 }
 
 /// A snapshot whose source was renamed or deleted would otherwise linger unnoticed.

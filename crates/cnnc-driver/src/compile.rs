@@ -112,8 +112,11 @@ pub fn check_models(file: &SourceFile, options: &Options) -> Checked {
     // File-level checks run once per model, so a problem in a shared block would repeat.
     // Code, place and message identify a problem; hashing them keeps this linear.
     let mut seen = HashSet::new();
-    let mut unique: Vec<Diagnostic> =
-        checked.diagnostics.into_iter().filter(|d| seen.insert((d.code, d.primary.span, d.message.clone()))).collect();
+    let mut unique: Vec<Diagnostic> = checked
+        .diagnostics
+        .into_iter()
+        .filter(|d| seen.insert((d.code, d.primary.span, d.message.clone(), d.primary.message.clone())))
+        .collect();
     // Stable: diagnostics at the same place keep the order their phase gave them.
     unique.sort_by_key(|d| d.primary.span.start);
     checked.diagnostics = unique;

@@ -304,6 +304,9 @@ fn map(shape: &Shape) -> Result<[usize; 3], ShapeError> {
     }
 }
 
+/// The largest kernel, stride, padding or dilation a window may have.
+pub const MAX_WINDOW: usize = 1 << 16;
+
 /// Output size of a sliding window on each axis: `floor((W + 2P - D*(F-1) - 1) / S) + 1`
 /// (or the ceiling, in ceil mode), warning when the windows stop short of the input's end.
 pub fn window_output(
@@ -318,6 +321,14 @@ pub fn window_output(
         if k == 0 || s == 0 || d == 0 {
             return Err(ShapeError::BadConfig(format!(
                 "kernel, stride and dilation must be at least 1 (the {} axis has kernel {k}, stride {s}, dilation {d})",
+                AXES[a]
+            )));
+        }
+        // A window wider than any real input is a mistake, and bounding it keeps every back
+        // end's loops and padded buffers finite.
+        if k.max(s).max(p).max(d) > MAX_WINDOW {
+            return Err(ShapeError::BadConfig(format!(
+                "kernel, stride, padding and dilation are limited to {MAX_WINDOW} (the {} axis has kernel {k}, stride {s}, padding {p}, dilation {d})",
                 AXES[a]
             )));
         }

@@ -353,13 +353,14 @@ mod tests {
 
     #[test]
     fn huge_strides_saturate_instead_of_overflowing() {
-        // Each layer keeps a 3x3 map (huge padding) but multiplies the jump by 2^40.
-        let w = window(1, 1 << 40, 1 << 40);
+        // Each layer keeps a 3x3 map (large padding) but multiplies the jump by 2^16, the
+        // largest stride a window may have: four of them overflow 64 bits.
+        let w = window(1, 1 << 16, 1 << 16);
         let big = || Op::Conv(Conv { out_channels: 1, window: w, groups: 1, bias: false });
-        let (g, s) = chain(&[1, 1, 1], vec![big(), big(), conv(1, 3, 1, 0, false), big()]);
+        let (g, s) = chain(&[1, 1, 1], vec![big(), big(), big(), big(), conv(1, 3, 1, 0, false), big()]);
         assert_eq!(g[NodeId::from_index(1)].shape.0, vec![1, 3, 3]);
-        assert_eq!(s[2].jump, [usize::MAX, usize::MAX]);
-        assert_eq!(s[3].receptive_field, [usize::MAX, usize::MAX]);
+        assert_eq!(s[4].jump, [usize::MAX, usize::MAX]);
+        assert_eq!(s[5].receptive_field, [usize::MAX, usize::MAX]);
     }
 
     #[test]

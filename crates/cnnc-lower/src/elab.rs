@@ -380,17 +380,25 @@ impl<'a> Elab<'a> {
                 let shape = Shape(dims);
                 match self.graph.add_input(name.name.clone(), shape.clone(), span) {
                     Ok(id) => Ok(Value::Tensor(id)),
-                    Err(_) => {
-                        let from = if shape_override.is_some() { "given by `--shape`" } else { "declared" };
-                        Err(self.error(
+                    Err(err) => {
+                        let from = if shape_override.is_some() { "requested" } else { "declared" };
+                        let d = if matches!(err, cnnc_ir::ShapeError::Zero { .. }) {
+                            Diagnostic::error(
+                                Code::SHAPE_ZERO,
+                                format!("the {from} input shape {shape} has a zero dimension"),
+                                e.span,
+                                "every dimension must be at least 1",
+                            )
+                        } else {
                             Diagnostic::error(
                                 Code::SHAPE_OVERFLOW,
-                                format!("the input shape {shape} ({from}) is too large"),
+                                format!("the {from} input shape {shape} is too large"),
                                 e.span,
                                 "more than 2^48 elements",
                             )
-                            .with_hint("tensors are limited to 2^48 elements; use a smaller input"),
-                        ))
+                            .with_hint("tensors are limited to 2^48 elements; use a smaller input")
+                        };
+                        Err(self.error(d))
                     }
                 }
             }
@@ -606,7 +614,11 @@ impl<'a> Elab<'a> {
                 if ids.len() < min {
                     return Err(self.error(Diagnostic::error(
                         Code::MISSING_ARGUMENT,
-                        format!("`{keyword}` needs at least {min} tensors, given {}", ids.len()),
+                        format!(
+                            "`{keyword}` needs at least {min} tensor{}, given {}",
+                            if min == 1 { "" } else { "s" },
+                            ids.len()
+                        ),
                         span,
                         "too few tensors",
                     )));
@@ -903,6 +915,19 @@ impl<'a> Elab<'a> {
                 }
                 None => {
                     positional += 1;
+                    if params.is_empty() {
+                        failed = true;
+                        self.error(
+                            Diagnostic::error(
+                                Code::DUPLICATE_ARGUMENT,
+                                format!("`{}` takes no arguments", callee.name),
+                                arg.value.span,
+                                "unexpected argument",
+                            )
+                            .with_hint(format!("write it without arguments: `{}`", callee.name)),
+                        );
+                        continue;
+                    }
                     if positional > params.len() {
                         failed = true;
                         self.error(
@@ -972,11 +997,6 @@ impl<'a> Elab<'a> {
         for (i, def) in sig.iter().enumerate() {
             if def.default == Dflt::Required && !bound.is_set(i) {
                 failed = true;
-                let example = match def.name {
-                    "k" => "k=3",
-                    "out" => "64",
-                    _ => "...",
-                };
                 self.error(
                     Diagnostic::error(
                         Code::MISSING_ARGUMENT,
@@ -984,7 +1004,7 @@ impl<'a> Elab<'a> {
                         name.span,
                         format!("`{}` missing", def.name),
                     )
-                    .with_hint(format!("e.g. `{}({example})`; see `docs/language.md` for its arguments", name.name)),
+                    .with_hint(format!("`{}` takes {}", name.name, signature_text(sig))),
                 );
             }
         }
@@ -1100,6 +1120,19 @@ impl<'a> Elab<'a> {
             Err(e) => Err(self.error(shape_diag::error(&e, &site))),
         }
     }
+}
+
+/// A signature as a user writes it: `out, k, stride=1, pad=0, ...`.
+fn signature_text(sig: &[ParamDef]) -> String {
+    let render = |d: &ParamDef| match d.default {
+        Dflt::Required => d.name.to_string(),
+        Dflt::Int(v) => format!("{}={v}", d.name),
+        Dflt::Number(v) => format!("{}={v}", d.name),
+        Dflt::Bool(v) => format!("{}={v}", d.name),
+        Dflt::Like(other) => format!("{}={other}", d.name),
+        Dflt::Sizes(v) => format!("{}={v:?}", d.name),
+    };
+    sig.iter().map(render).collect::<Vec<_>>().join(", ")
 }
 
 fn number(v: &Value) -> f64 {

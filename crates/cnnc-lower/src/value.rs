@@ -46,7 +46,7 @@ impl fmt::Display for Value {
             Value::Bool(v) => write!(f, "{v}"),
             Value::Tuple(items) => seq(f, "(", items, ")"),
             Value::List(items) => seq(f, "[", items, "]"),
-            Value::Tensor(id) => write!(f, "tensor {id}"),
+            Value::Tensor(_) => write!(f, "a tensor"),
         }
     }
 }
