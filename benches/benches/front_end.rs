@@ -3,7 +3,7 @@
 //! on top of reading the text, independent of the machine's speed.
 
 use cnnc_benches::EXAMPLES;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 
 fn front_end(c: &mut Criterion) {
