@@ -3,6 +3,8 @@
 //! - `tests/data/ok/NAME.cnn` must compile. Two snapshots pin it: `snapshots/ok/NAME@ast.snap`
 //!   (the AST outline, `cnnc_syntax::print`) and `snapshots/ok/NAME@ir.snap` (the IR of every
 //!   model in the file, each lowered by name, with its rendered warnings if any).
+//! - `examples/NAME.cnn`, the shipped models, are pinned like the ok sources, in
+//!   `snapshots/examples/`.
 //! - `tests/data/err/NAME.cnn` must fail. `snapshots/err/NAME.snap` pins what `cnnc check`
 //!   prints for it (every model checked, diagnostics rendered without colour).
 //!
@@ -16,8 +18,12 @@ use cnnc_tests::{UNREACHABLE_CODES, cnn_files, codes_in, err_output, load, ok_as
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
+/// Where the sources of a kind live: `tests/data/{ok,err}`, or the shipped `examples/`.
 fn data_dir(kind: &str) -> PathBuf {
-    workspace_root().join("tests/data").join(kind)
+    match kind {
+        "examples" => workspace_root().join("examples"),
+        _ => workspace_root().join("tests/data").join(kind),
+    }
 }
 
 fn snapshot_dir(kind: &str) -> PathBuf {
@@ -58,13 +64,23 @@ fn for_each_file(kind: &str, check: impl Fn(&Path)) {
 
 #[test]
 fn ok_sources_parse_and_lower() {
-    for_each_file("ok", |path| {
+    pin_ast_and_ir("ok");
+}
+
+/// The shipped examples are pinned the same way, in `snapshots/examples/`.
+#[test]
+fn shipped_examples_parse_and_lower() {
+    pin_ast_and_ir("examples");
+}
+
+fn pin_ast_and_ir(kind: &str) {
+    for_each_file(kind, |path| {
         let file = load(path);
         let name = stem(path);
         let ast = ok_ast(&file);
-        settings("ok", path, Some("ast")).bind(|| insta::assert_snapshot!(name.clone(), ast));
+        settings(kind, path, Some("ast")).bind(|| insta::assert_snapshot!(name.clone(), ast));
         let ir = ok_ir(&file);
-        settings("ok", path, Some("ir")).bind(|| insta::assert_snapshot!(name, ir));
+        settings(kind, path, Some("ir")).bind(|| insta::assert_snapshot!(name, ir));
     });
 }
 
@@ -118,7 +134,7 @@ fn zero_sized_input_shape_through_the_api_is_an_error() {
 #[test]
 fn every_snapshot_has_its_source() {
     let mut orphans = Vec::new();
-    for kind in ["ok", "err"] {
+    for kind in ["ok", "err", "examples"] {
         let Ok(entries) = std::fs::read_dir(snapshot_dir(kind)) else { continue };
         for entry in entries {
             let path = entry.expect("entry").path();
