@@ -11,7 +11,7 @@ use crate::ops::norm::{
     batch_stats, bn_affine_backward, bn_apply, bn_running_update, bn_train_backward, lrn_backward, lrn_forward,
 };
 use crate::ops::pool::{Bins, pool_backward, pool_forward};
-use cnnc_ir::{Conv, Epilogue, FusedBase, Gemm, Graph, Node, NodeId, Op, ParamSpec, PoolKind, Window};
+use cnnc_ir::{Conv, Epilogue, FusedBase, Gemm, Graph, Node, NodeId, Op, PoolKind, Window};
 use std::collections::BTreeMap;
 
 /// Inference or training semantics for batch norm and dropout.
@@ -132,61 +132,26 @@ fn malformed(msg: impl Into<String>) -> InterpError {
     InterpError::Malformed(msg.into())
 }
 
-/// Checks what `Graph::add` guarantees (topological order, shapes following each op's rule,
-/// registered inputs) so a hand-edited graph is an error, not a panic. Returns each node's
-/// position in `graph.inputs` (for input nodes).
+/// Checks what `Graph::add` guarantees (with the IR's verifier: topological order, registered
+/// inputs, shapes following each op's rule, unique parameter names) so that a hand-edited
+/// graph is an error, not a panic. Values nobody reads are fine here: the interpreter computes
+/// them anyway. Returns each node's position in `graph.inputs` (for input nodes).
 fn check_graph(graph: &Graph) -> Result<Vec<Option<usize>>, InterpError> {
+    if let Err(errors) = cnnc_ir::verify::verify(graph) {
+        let fatal: Vec<String> = errors
+            .iter()
+            .filter(|e| !matches!(e, cnnc_ir::verify::VerifyError::DeadNode { .. }))
+            .map(ToString::to_string)
+            .collect();
+        if !fatal.is_empty() {
+            return Err(malformed(fatal.join("; ")));
+        }
+    }
     let mut position = vec![None; graph.len()];
     for (k, &id) in graph.inputs.iter().enumerate() {
-        match (id.index() < graph.len()).then(|| &graph[id]) {
-            Some(node) if node.op == Op::Input => {
-                if position[id.index()].replace(k).is_some() {
-                    return Err(malformed(format!("input {id} is listed twice")));
-                }
-            }
-            Some(_) => return Err(malformed(format!("graph input {id} is not an input node"))),
-            None => return Err(malformed(format!("graph input {id} does not exist"))),
-        }
+        position[id.index()] = Some(k);
     }
-    for &id in &graph.outputs {
-        if id.index() >= graph.len() {
-            return Err(malformed(format!("graph output {id} does not exist")));
-        }
-    }
-    let mut owners: BTreeMap<String, NodeId> = BTreeMap::new();
-    for (id, node) in graph.iter() {
-        if let Some(bad) = node.inputs.iter().find(|i| i.index() >= id.index()) {
-            return Err(malformed(format!("node {id} (`{}`) reads {bad}, which does not come before it", node.name)));
-        }
-        if node.op == Op::Input {
-            if position[id.index()].is_none() {
-                return Err(malformed(format!("input node {id} (`{}`) is not in graph.inputs", node.name)));
-            }
-            if !node.inputs.is_empty() || !(node.shape.rank() == 1 || node.shape.rank() == 3) {
-                return Err(malformed(format!("input node {id} (`{}`) is not a [C, H, W] or [F] input", node.name)));
-            }
-        } else {
-            let shapes = graph.input_shapes(id);
-            match cnnc_ir::shape::infer(&node.op, &shapes) {
-                Ok((shape, _)) if shape == node.shape => {}
-                Ok((shape, _)) => {
-                    return Err(malformed(format!(
-                        "node {id} (`{}`) has shape {}, but its op gives {shape}",
-                        node.name, node.shape
-                    )));
-                }
-                Err(e) => return Err(malformed(format!("node {id} (`{}`): {e}", node.name))),
-            }
-        }
-        if node.shape.checked_elements().is_none() {
-            return Err(InterpError::Overflow { layer: node.name.clone() });
-        }
-        for spec in graph.params(id) {
-            let name = param_name(node, &spec);
-            if let Some(other) = owners.insert(name.clone(), id) {
-                return Err(malformed(format!("nodes {other} and {id} both own parameter `{name}`")));
-            }
-        }
+    for (_, node) in graph.iter() {
         check_attributes(node)?;
     }
     Ok(position)
@@ -226,10 +191,6 @@ fn check_attributes(node: &Node) -> Result<(), InterpError> {
         | Op::ConcatInPlace => {}
     }
     Ok(())
-}
-
-fn param_name(node: &Node, spec: &ParamSpec) -> String {
-    format!("{}.{}", node.name, spec.suffix)
 }
 
 /// `[batch] ++ dims`.
