@@ -16,7 +16,7 @@ pub use npy::{
     write_npy, write_npy_labels,
 };
 pub use rng::Rng;
-pub use tensor::Tensor;
+pub use tensor::{Tensor, TensorError};
 pub use weights::{NUM_BATCHES_TRACKED, WeightsError, check_weights, load_safetensors, save_safetensors};
 
 /// Named tensors: a model's parameters and buffers, or their gradients, keyed by full name
