@@ -31,7 +31,7 @@ codes! {
     SYNTAX = "E0100", "syntax error";
     NESTING_TOO_DEEP = "E0101", "brackets nested too deeply";
     BAD_NUMBER = "E0102", "number literal out of range";
-    UNCLOSED_DELIMITER = "E0103", "unclosed or mismatched bracket";
+    UNCLOSED_DELIMITER = "E0103", "unclosed or mismatched bracket, or unterminated comment";
     // Names and arguments (E02xx).
     UNKNOWN_LAYER = "E0200", "unknown layer or block";
     UNKNOWN_ARGUMENT = "E0201", "unknown argument";

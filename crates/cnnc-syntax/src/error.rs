@@ -30,6 +30,9 @@ pub enum SyntaxError {
         span: Span,
         found: char,
     },
+    UnterminatedComment {
+        span: Span,
+    },
     MismatchedBracket {
         open: Span,
         close: Span,
@@ -64,7 +67,8 @@ impl SyntaxError {
             | SyntaxError::ExpressionTooDeep { span, .. }
             | SyntaxError::BadNumber { span }
             | SyntaxError::UnclosedBracket { span, .. }
-            | SyntaxError::UnopenedBracket { span, .. } => *span,
+            | SyntaxError::UnopenedBracket { span, .. }
+            | SyntaxError::UnterminatedComment { span } => *span,
             SyntaxError::MismatchedBracket { close, .. } => *close,
         }
     }
@@ -110,6 +114,12 @@ impl SyntaxError {
                 "unclosed bracket",
                 *span,
                 format!("this is never closed by `{expected}`"),
+            ),
+            SyntaxError::UnterminatedComment { span } => Diagnostic::error(
+                Code::UNCLOSED_DELIMITER,
+                "unterminated block comment",
+                *span,
+                "this comment is never closed by `*/`",
             ),
             SyntaxError::UnopenedBracket { span, found } => Diagnostic::error(
                 Code::UNCLOSED_DELIMITER,

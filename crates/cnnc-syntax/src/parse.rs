@@ -114,13 +114,16 @@ fn skip_comment(bytes: &[u8], i: usize) -> Option<usize> {
     }
 }
 
-/// Rejects bracket nesting deeper than [`MAX_NESTING`] and unbalanced brackets, before the
-/// recursive-descent parser could overflow its stack on them.
+/// Rejects unterminated block comments, bracket nesting deeper than [`MAX_NESTING`] and
+/// unbalanced brackets, before the recursive-descent parser could overflow its stack on them.
 fn check_nesting(src: &str) -> Result<(), SyntaxError> {
     let bytes = src.as_bytes();
     let mut stack: Vec<(u8, usize)> = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
+        if bytes[i..].starts_with(b"/*") && !bytes[i + 2..].windows(2).any(|w| w == b"*/") {
+            return Err(SyntaxError::UnterminatedComment { span: Span::new(i, i + 2) });
+        }
         if let Some(end) = skip_comment(bytes, i) {
             i = end;
             continue;

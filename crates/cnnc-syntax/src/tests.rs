@@ -96,8 +96,13 @@ fn hostile_inputs_are_errors_not_crashes() {
     assert!(first_error("model m(a = 99999999999999999999) { input x: [1, 1, 1] x }").contains("out of range"));
     assert_eq!(first_error("model m { input x: [1, 1, 1] x ]"), "mismatched closing bracket: expected `}`, found `]`");
     assert_eq!(first_error("model m { input x: [1, 1, 1] x"), "unclosed bracket");
-    for src in ["", "   ", "// only a comment", "model", "model m", "block b(", "/* unterminated"] {
-        let _ = parse(src);
+    for src in ["", "   ", "// only a comment", "/* closed */"] {
+        let (file, errors) = parse(src);
+        assert!(file.items.is_empty() && errors.is_empty(), "{src:?}: {errors:?}");
+    }
+    for src in ["model", "model m", "block b(", "model m { input x: [1, 1, 1] x -> }", "/* unterminated"] {
+        let (file, errors) = parse(src);
+        assert!(file.items.is_empty() && errors.len() == 1, "{src:?}: {errors:?}");
     }
 }
 
