@@ -150,7 +150,8 @@ pub fn pipeline(src: &str) -> Outcome {
         }
         outcome.printed += cnnc_ir::print::print(graph).len();
         let stats = cnnc_ir::node_stats(graph);
-        let _ = cnnc_ir::totals(graph, &stats);
+        let totals = cnnc_ir::totals(graph, &stats);
+        assert_eq!(totals.macs, stats.iter().fold(0u64, |acc, s| acc.saturating_add(s.macs)), "{}", graph.name);
     }
     outcome.graphs = checked.models.len();
     // `cnnc check` on the file as a whole (item checks, every model at its declared shape).

@@ -198,12 +198,14 @@ impl<'a> Elab<'a> {
                 self.error(d);
                 continue;
             }
+            // Spans inside `text` do not point into the file, so what evaluation reports is
+            // replaced by one diagnostic about the whole setting.
+            let mark = self.diags.len();
             let value = match cnnc_syntax::parse_expr(text) {
                 Ok(expr) => self.eval(&mut Env::new(), &expr).ok(),
                 Err(_) => None,
             };
-            // Spans inside `text` do not point into the file, so drop what evaluation reported.
-            self.diags.retain(|d| d.primary.span.end as usize > text.len() || d.primary.span == at);
+            self.diags.truncate(mark);
             match value {
                 Some(v) => {
                     values.insert(name.clone(), v);
