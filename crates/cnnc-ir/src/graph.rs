@@ -141,6 +141,22 @@ impl Graph {
         users
     }
 
+    /// For each node, whether some output depends on it (a model input that nothing reads is
+    /// not live). A worklist rather than one reverse sweep, so that it stays correct on graphs
+    /// that are out of order or hold dangling handles, which the verifier must look at too.
+    pub fn live(&self) -> Vec<bool> {
+        let mut live = vec![false; self.nodes.len()];
+        let in_range = |id: &&NodeId| id.index() < self.nodes.len();
+        let mut work: Vec<NodeId> = self.outputs.iter().filter(in_range).copied().collect();
+        while let Some(id) = work.pop() {
+            if std::mem::replace(&mut live[id.index()], true) {
+                continue;
+            }
+            work.extend(self[id].inputs.iter().filter(in_range));
+        }
+        live
+    }
+
     /// Mutable access for passes; they must leave the graph verifiable (see [`crate::verify()`]).
     pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
         &mut self.nodes[id.index()]

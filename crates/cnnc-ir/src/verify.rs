@@ -345,7 +345,7 @@ fn check_concat_in_place(graph: &Graph, errors: &mut Vec<VerifyError>) {
 /// Nodes other than model inputs whose value reaches no output. Skipped when there is no
 /// valid output at all, where every node would be reported.
 fn check_dead(graph: &Graph, errors: &mut Vec<VerifyError>) {
-    let live = live_nodes(graph);
+    let live = graph.live();
     if !live.contains(&true) {
         return;
     }
@@ -354,21 +354,6 @@ fn check_dead(graph: &Graph, errors: &mut Vec<VerifyError>) {
             errors.push(VerifyError::DeadNode { node: id, name: node.name.clone() });
         }
     }
-}
-
-/// Which nodes some output depends on. A worklist rather than one reverse sweep, so that it
-/// stays correct on graphs that are out of order.
-fn live_nodes(graph: &Graph) -> Vec<bool> {
-    let mut live = vec![false; graph.len()];
-    let in_range = |id: &&NodeId| id.index() < graph.len();
-    let mut work: Vec<NodeId> = graph.outputs.iter().filter(in_range).copied().collect();
-    while let Some(id) = work.pop() {
-        if std::mem::replace(&mut live[id.index()], true) {
-            continue;
-        }
-        work.extend(graph[id].inputs.iter().filter(in_range));
-    }
-    live
 }
 
 #[cfg(test)]

@@ -117,17 +117,8 @@ fn choose_model<'f>(file: &'f File, wanted: Option<&str>) -> Result<&'f Item, Di
 
 /// The graph without nodes whose values reach no output (the unused values were warned about).
 fn prune_dead(graph: &Graph) -> Graph {
-    let mut live = vec![false; graph.len()];
-    for &o in &graph.outputs {
-        live[o.index()] = true;
-    }
-    for (id, node) in graph.iter().collect::<Vec<_>>().into_iter().rev() {
-        if live[id.index()] {
-            for &i in &node.inputs {
-                live[i.index()] = true;
-            }
-        }
-    }
+    // Model inputs stay even when unused: they are the model's signature.
+    let mut live = graph.live();
     for &i in &graph.inputs {
         live[i.index()] = true;
     }

@@ -154,21 +154,7 @@ impl<'a> Rebuild<'a> {
 
 /// Which nodes some output depends on; model inputs always count as live.
 pub(crate) fn live(graph: &Graph) -> Vec<bool> {
-    let mut live = vec![false; graph.len()];
-    for &o in &graph.outputs {
-        if let Some(slot) = live.get_mut(o.index()) {
-            *slot = true;
-        }
-    }
-    for (id, node) in graph.iter().collect::<Vec<_>>().into_iter().rev() {
-        if live[id.index()] {
-            for &i in &node.inputs {
-                if let Some(slot) = live.get_mut(i.index()) {
-                    *slot = true;
-                }
-            }
-        }
-    }
+    let mut live = graph.live();
     for &i in &graph.inputs {
         if let Some(slot) = live.get_mut(i.index()) {
             *slot = true;
