@@ -465,9 +465,9 @@ impl<'a> Elab<'a> {
         }
     }
 
-    fn eval_all(&mut self, env: &mut Env, items: &[Expr]) -> R<Vec<Value>> {
+    fn eval_all<'e>(&mut self, env: &mut Env, items: impl IntoIterator<Item = &'e Expr>) -> R<Vec<Value>> {
         // Evaluate every item even after an error, so that each gets reported.
-        let results: Vec<R<Value>> = items.iter().map(|i| self.eval(env, i)).collect();
+        let results: Vec<R<Value>> = items.into_iter().map(|i| self.eval(env, i)).collect();
         results.into_iter().collect()
     }
 
@@ -599,13 +599,13 @@ impl<'a> Elab<'a> {
                 "unexpected name",
             )));
         }
-        let exprs: Vec<Expr> = args.iter().map(|a| a.value.clone()).collect();
+        let exprs: Vec<&Expr> = args.iter().map(|a| &a.value).collect();
         let spans: Vec<Span> = exprs.iter().map(|e| e.span).collect();
         match func.name.as_str() {
             "add" | "concat" => {
                 let (op, keyword, min) =
                     if func.name == "add" { (Op::Add, "add", 2) } else { (Op::Concat, "concat", 1) };
-                let values = self.eval_all(env, &exprs)?;
+                let values = self.eval_all(env, exprs.iter().copied())?;
                 let mut ids = Vec::new();
                 for (v, e) in values.iter().zip(&exprs) {
                     match v {
@@ -649,7 +649,7 @@ impl<'a> Elab<'a> {
                 }
             }
             "min" | "max" => {
-                let values = self.eval_all(env, &exprs)?;
+                let values = self.eval_all(env, exprs.iter().copied())?;
                 if values.is_empty() {
                     return Err(self.arity(func, 1, 0, span));
                 }
