@@ -525,7 +525,7 @@ fn run(args: &RunArgs, color: bool, out: &mut String) -> Result<(), Failure> {
             let opt = cnnc_driver::optimize(&graph, Some(&params), passes, Mode::Inference).map_err(pass_failure)?;
             notify(&cnnc_driver::pass_report(&opt));
             let weights = opt.weights.as_ref().unwrap_or(&params);
-            execute::run(&opt.graph, weights, &input, args.backend.backend())?
+            execute::run(opt.graph(), weights, &input, args.backend.backend())?
         }
         _ => execute::run(&graph, &params, &input, args.backend.backend())?,
     };

@@ -13,7 +13,7 @@
 //! gradient with respect to the input batch.
 
 use cnnc_diag::SourceFile;
-use cnnc_interp::{InterpError, Mode, Options};
+use cnnc_interp::{InterpError, Options};
 use cnnc_ir::{Graph, Op};
 use cnnc_lower::Options as LowerOptions;
 use cnnc_runtime::{NpyArray, NpyError, WeightsError, check_weights};
@@ -54,6 +54,17 @@ pub enum Loss {
 }
 
 impl Loss {
+    /// The loss as the training graph computes it.
+    pub fn to_ir(self) -> cnnc_ir::Loss {
+        match self {
+            Loss::CrossEntropy => cnnc_ir::Loss::CrossEntropy,
+            Loss::Mse => cnnc_ir::Loss::Mse,
+            Loss::L1 => cnnc_ir::Loss::L1,
+            Loss::Huber => cnnc_ir::Loss::Huber { delta: 1.0 },
+            Loss::Hinge => cnnc_ir::Loss::Hinge { margin: 1.0, form: cnnc_ir::HingeForm::MeanOverClasses },
+        }
+    }
+
     /// The name `cnnc grad --loss` takes.
     pub fn name(self) -> &'static str {
         match self {
@@ -158,6 +169,9 @@ pub enum ExecError {
     /// channel, say).
     #[error("{0}")]
     Backend(#[from] InterpError),
+    /// The training graph could not be built (a model with several outputs, say).
+    #[error("{0}")]
+    Training(cnnc_passes::PassError),
 }
 
 impl ExecError {
@@ -176,7 +190,8 @@ impl ExecError {
             | ExecError::NotAClassifier { .. }
             | ExecError::TargetShape { .. }
             | ExecError::TargetOutOfRange { .. }
-            | ExecError::Backend(_) => ErrorKind::Data,
+            | ExecError::Backend(_)
+            | ExecError::Training(_) => ErrorKind::Data,
         }
     }
 
@@ -224,7 +239,8 @@ impl ExecError {
             ExecError::Npy(_)
             | ExecError::WeightsFile(_)
             | ExecError::DropoutNeedsSeed { .. }
-            | ExecError::Backend(_) => None,
+            | ExecError::Backend(_)
+            | ExecError::Training(_) => None,
         }
     }
 }
@@ -544,16 +560,25 @@ fn dropout_layers(graph: &Graph) -> Vec<String> {
     graph.iter().filter(|(_, n)| matches!(n.op, Op::Dropout { p } if p > 0.0)).map(|(_, n)| n.name.clone()).collect()
 }
 
-/// The interpreter's options for `cnnc grad`: inference, or training (batch norm on batch
-/// statistics, dropout with masks drawn from `seed`). A model with dropout needs the seed.
-pub fn grad_options(graph: &Graph, train: bool, seed: Option<u64>) -> Result<Options, ExecError> {
+/// How `cnnc grad` differentiates the model: as deployed, or as it trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GradMode {
+    /// Batch norm on batch statistics and dropout active (`--train`).
+    pub train: bool,
+    /// The seed of the dropout masks.
+    pub seed: u64,
+}
+
+/// The mode of `cnnc grad`: inference, or training (batch norm on batch statistics, dropout
+/// with masks drawn from `seed`). A model with dropout needs the seed.
+pub fn grad_options(graph: &Graph, train: bool, seed: Option<u64>) -> Result<GradMode, ExecError> {
     if !train {
-        return Ok(Options::inference());
+        return Ok(GradMode { train: false, seed: 0 });
     }
     let layers = dropout_layers(graph);
     match seed {
-        Some(seed) => Ok(Options::training(seed)),
-        None if layers.is_empty() => Ok(Options::training(0)),
+        Some(seed) => Ok(GradMode { train: true, seed }),
+        None if layers.is_empty() => Ok(GradMode { train: true, seed: 0 }),
         None => Err(ExecError::DropoutNeedsSeed { layers }),
     }
 }
@@ -563,8 +588,9 @@ pub fn run(graph: &Graph, params: &TensorMap, input: &Tensor, backend: Backend) 
     io_shapes(graph)?;
     match backend {
         Backend::Interp => {
-            let trace = cnnc_interp::forward(graph, params, std::slice::from_ref(input), Options::inference())?;
-            Ok(trace.outputs::<Tensor>().remove(0))
+            let mut state = params.clone();
+            let result = cnnc_interp::run(graph, &mut state, std::slice::from_ref(input), &Options::new())?;
+            Ok(result.output(0).expect("a model's output is a value"))
         }
     }
 }
@@ -593,24 +619,39 @@ pub fn grad(
     input: &Tensor,
     target: &Target,
     loss: Loss,
-    options: Options,
+    mode: GradMode,
     backend: Backend,
 ) -> Result<GradOutcome, ExecError> {
     io_shapes(graph)?;
+    let options = cnnc_passes::TrainingOptions {
+        batch_stats: mode.train,
+        input_grads: true,
+        ..cnnc_passes::TrainingOptions::new(loss.to_ir())
+    };
+    let training = cnnc_passes::training_graph(graph, &options).map_err(ExecError::Training)?;
+    let target = match target {
+        Target::Classes(labels) => {
+            Tensor { shape: vec![labels.len()], data: labels.iter().map(|&l| l as f32).collect() }
+        }
+        Target::Values(t) => t.clone(),
+    };
     match backend {
         Backend::Interp => {
-            let trace = cnnc_interp::forward(graph, params, std::slice::from_ref(input), options)?;
-            let output: Tensor = trace.outputs::<Tensor>().remove(0);
-            let (value, grad_output) = apply_loss(&output, target, loss)?;
-            let gradients = cnnc_interp::backward(graph, &trace, &[grad_output])?;
-            let mut grads: TensorMap = gradients.params.into_iter().collect();
-            if let Some(input_grad) = gradients.inputs.into_iter().next() {
+            let mut state = params.clone();
+            let inputs = [input.clone(), target];
+            let result = cnnc_interp::run(&training.graph, &mut state, &inputs, &Options::new().with_seed(mode.seed))?;
+            let g = cnnc_interp::gradients::<Tensor>(&training.outputs, &result);
+            let value = g.loss.expect("a training graph computes its loss");
+            let output = g.outputs.into_iter().next().expect("the model has one output");
+            let mut grads: TensorMap = g.params;
+            if let Some(input_grad) = g.inputs.into_values().next() {
                 grads.insert(INPUT_KEY.to_owned(), input_grad);
             }
-            let batch_norms_trained = match options.mode {
-                Mode::Inference => 0,
-                Mode::Training { .. } => trace.running_stats::<Tensor>().len() / 2,
-            };
+            let batch_norms_trained = training
+                .graph
+                .iter()
+                .filter(|(_, n)| matches!(n.op, Op::Train(cnnc_ir::TrainOp::BnRunningUpdate { .. })))
+                .count();
             let warnings = if value.is_finite() {
                 Vec::new()
             } else {
@@ -618,22 +659,6 @@ pub fn grad(
             };
             Ok(GradOutcome { loss: value, output, grads, batch_norms_trained, warnings })
         }
-    }
-}
-
-fn apply_loss(output: &Tensor, target: &Target, loss: Loss) -> Result<(f64, Tensor), InterpError> {
-    use cnnc_interp::loss as l;
-    match (loss, target) {
-        (Loss::CrossEntropy, Target::Classes(t)) => l::cross_entropy(output, t),
-        (Loss::Hinge, Target::Classes(t)) => l::multi_margin(output, t),
-        (Loss::Mse, Target::Values(t)) => l::mse(output, t),
-        (Loss::L1, Target::Values(t)) => l::l1(output, t),
-        (Loss::Huber, Target::Values(t)) => l::huber(output, t),
-        (loss, _) => Err(InterpError::LossShape(format!(
-            "loss `{}` was given {} targets",
-            loss.name(),
-            if loss.takes_classes() { "tensor" } else { "class" }
-        ))),
     }
 }
 
@@ -754,15 +779,15 @@ mod tests {
     #[test]
     fn training_options_need_a_seed_only_with_dropout() {
         let g = flat(3, false);
-        assert_eq!(grad_options(&g, false, None).unwrap(), Options::inference());
-        assert_eq!(grad_options(&g, true, None).unwrap(), Options::training(0));
+        assert_eq!(grad_options(&g, false, None).unwrap(), GradMode { train: false, seed: 0 });
+        assert_eq!(grad_options(&g, true, None).unwrap(), GradMode { train: true, seed: 0 });
         let mut d = Graph::new("d");
         let x = d.add_input("x", Shape(vec![4]), Default::default()).unwrap();
         let (y, _) = d.add(Op::Dropout { p: 0.5 }, vec![x], "drop", Default::default()).unwrap();
         d.outputs.push(y);
         let e = grad_options(&d, true, None).unwrap_err();
         assert!(matches!(&e, ExecError::DropoutNeedsSeed { layers } if layers == &["drop"]), "{e}");
-        assert_eq!(grad_options(&d, true, Some(3)).unwrap(), Options::training(3));
-        assert_eq!(grad_options(&d, false, None).unwrap(), Options::inference());
+        assert_eq!(grad_options(&d, true, Some(3)).unwrap(), GradMode { train: true, seed: 3 });
+        assert_eq!(grad_options(&d, false, None).unwrap(), GradMode { train: false, seed: 0 });
     }
 }

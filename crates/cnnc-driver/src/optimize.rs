@@ -7,15 +7,21 @@
 //! answer) and turns its report into words: the `note:` lines on stderr and the clusters of
 //! `cnnc dot --passes`.
 
-use cnnc_ir::Graph;
+use cnnc_ir::{Graph, Loss, Optimizer, Sgd};
 use cnnc_runtime::TensorMap;
 
-pub use cnnc_passes::{Mode, Optimized, Pass, PassError, PassOptions, parse_passes, valid_pass_names};
+pub use cnnc_passes::{
+    Mode, Optimized, Pass, PassError, PassOptions, TrainingOptions, parse_passes, valid_pass_names,
+};
 
 /// Runs `passes` (in pipeline order, whatever their order here) in `mode` on a copy of `graph`,
 /// and of `weights` when given (BN folding rewrites them; without weights only the graph
 /// changes, which is all `cnnc ir`, `dot` and `summary` show). The verifier runs after every
 /// pass, in release builds too.
+///
+/// In training mode the result is the training step (`--train` on `ir`, `dot`, `summary`):
+/// the training graph of [`default_training`], with the passes that hold in training before
+/// the transform and the others after it.
 pub fn optimize(
     graph: &Graph,
     weights: Option<&TensorMap>,
@@ -23,7 +29,22 @@ pub fn optimize(
     mode: Mode,
 ) -> Result<Optimized, PassError> {
     let options = PassOptions { verify: true, ..PassOptions::all().with_passes(passes.to_vec()).with_mode(mode) };
-    cnnc_passes::optimize(graph, weights, &options)
+    match mode {
+        Mode::Inference => cnnc_passes::optimize(graph, weights, &options),
+        Mode::Training => cnnc_passes::optimize_training(graph, weights, &options, &default_training(graph)),
+    }
+}
+
+/// The training step `--train` shows: softmax cross-entropy for a classifier (an output of
+/// class scores), mean squared error otherwise; SGD with momentum 0.9; batch statistics.
+pub fn default_training(graph: &Graph) -> TrainingOptions {
+    let classifier = graph.outputs.len() == 1 && {
+        let shape = &graph[graph.outputs[0]].shape.0;
+        matches!(shape[..], [c] | [c, 1, 1] if c >= 2)
+    };
+    let loss = if classifier { Loss::CrossEntropy } else { Loss::Mse };
+    let sgd = Sgd { momentum: 0.9, weight_decay: 0.0, nesterov: false };
+    TrainingOptions { optimizer: Some(Optimizer::Sgd(sgd)), ..TrainingOptions::new(loss) }
 }
 
 /// What the pipeline did, as `note:` lines for stderr: the passes that ran, with how often
@@ -40,10 +61,10 @@ pub fn pass_report(opt: &Optimized) -> Vec<String> {
         .collect();
     let mut lines = vec![format!(
         "note: passes ({}): {}; {} -> {} nodes, {} fused group{}",
-        mode_name(opt.plan.mode),
+        mode_name(opt.mode),
         if ran.is_empty() { "none ran".to_string() } else { ran.join(", ") },
         opt.nodes_before,
-        opt.graph.len(),
+        opt.graph().len(),
         opt.fused.len(),
         if opt.fused.len() == 1 { "" } else { "s" },
     )];
@@ -126,7 +147,7 @@ mod tests {
             report[0].starts_with("note: passes (inference): dce, remove-dropout x1, cse, fold-bn x1,"),
             "{report:?}"
         );
-        assert!(report[0].ends_with(&format!("; 5 -> {} nodes, 1 fused group", opt.graph.len())), "{report:?}");
+        assert!(report[0].ends_with(&format!("; 5 -> {} nodes, 1 fused group", opt.graph().len())), "{report:?}");
         let dot = dot_fused(&small(), &opt);
         assert!(dot.contains("subgraph cluster_0 {\n    label=\"fused: conv\";"), "{dot}");
     }

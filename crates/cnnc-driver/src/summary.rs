@@ -74,10 +74,10 @@ impl PassSummary {
             fused: opt.fused.clone(),
             workspace_bytes: opt.plan.workspace_bytes(1),
             unplanned_bytes: opt.plan.unplanned_bytes(1),
-            mode: opt.plan.mode,
+            mode: opt.mode,
             ran: opt.ran.iter().map(|r| r.pass).collect(),
             skipped: opt.skipped.clone(),
-            nodes: (opt.nodes_before, opt.graph.len()),
+            nodes: (opt.nodes_before, opt.graph().len()),
         }
     }
 }

@@ -49,23 +49,14 @@ pub enum InterpError {
     #[error("layer `{layer}`: the tensor size overflows")]
     Overflow { layer: String },
 
-    /// `backward` was given a trace recorded for a different graph.
-    #[error("the trace does not belong to this graph: {0}")]
-    TraceMismatch(String),
+    /// A class label that is not an integer in `0..classes`.
+    #[error("label {value} of sample {sample} is not a class index in 0..{classes}")]
+    BadLabel { sample: usize, value: f64, classes: usize },
 
-    #[error("expected {expected} output gradient(s), found {found}")]
-    GradOutputCount { expected: usize, found: usize },
-
-    #[error("output gradient {index} must have shape {expected:?}, found {found:?}")]
-    GradOutputShape { index: usize, expected: Vec<usize>, found: Vec<usize> },
-
-    /// A loss was given an output and target that do not fit together.
-    #[error("loss: {0}")]
-    LossShape(String),
-
-    /// A class target outside `0..classes`.
-    #[error("loss: target {target} of sample {sample} is out of range for {classes} classes")]
-    TargetOutOfRange { sample: usize, target: usize, classes: usize },
+    /// The plan cannot be run as asked (f64 storage in the physical mode, a plan whose tables
+    /// do not fit its graph).
+    #[error("cannot run the plan: {0}")]
+    Plan(String),
 }
 
 fn join(dims: &[usize]) -> String {

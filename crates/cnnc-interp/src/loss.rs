@@ -1,87 +1,82 @@
-//! Losses on a model's output, each returning `(value, d value / d output)`, computed in f64.
+//! Losses on a model's output, each giving `(value, d value / d output)`, computed in f64.
 //!
 //! All are means over the batch, matching PyTorch's default `reduction = "mean"`:
 //!
 //! | loss | value | PyTorch |
 //! |------|-------|---------|
-//! | [`cross_entropy`] | `1/N sum_n (logsumexp(x_n) - x_n[y_n])` | `CrossEntropyLoss()` |
-//! | [`mse`] | `1/E sum_i (x_i - t_i)^2` | `MSELoss()` |
-//! | [`l1`] | `1/E sum_i abs(x_i - t_i)` | `L1Loss()` |
-//! | [`huber`] | `1/E sum_i h(x_i - t_i)`, `h(d) = d^2/2` if `abs(d) < 1` else `abs(d) - 1/2` | `HuberLoss(delta=1)` |
-//! | [`multi_margin`] | `1/N sum_n 1/C sum_{j != y_n} max(0, 1 - x_n[y_n] + x_n[j])` | `MultiMarginLoss()` |
+//! | cross-entropy | `1/N sum_n (logsumexp(x_n) - x_n[y_n])` | `CrossEntropyLoss()` |
+//! | mse | `1/E sum_i (x_i - t_i)^2` | `MSELoss()` |
+//! | l1 | `1/E sum_i abs(x_i - t_i)` | `L1Loss()` |
+//! | huber | `1/E sum_i h(x_i - t_i)`, `h(d) = d^2/2` if `abs(d) < delta` else `delta (abs(d) - delta/2)` | `HuberLoss(delta)` |
+//! | hinge (sum) | `1/N sum_n sum_{j != y_n} max(0, margin - x_n[y_n] + x_n[j])` | (CS231n's multiclass SVM) |
+//! | hinge (mean over classes) | the same, each sample's sum divided by `C` | `MultiMarginLoss(margin=margin)` |
 //!
 //! `E` is the total number of elements (batch included), so for the regression losses the
 //! mean over elements is also the mean over the batch of per-sample means. Class losses take
-//! outputs `[N, C]` (or `[N, C, 1, 1]`, the output of a global pool) and one class index in
-//! `0..C` per sample; an index out of range is an error.
+//! outputs `[N, C]` (or `[N, C, 1, 1]`, the output of a global pool) and one class label per
+//! sample, checked at the graph's boundary to be an integer in `0..C`.
 //!
-//! Gradients at kinks follow PyTorch: `sign(0) = 0` for L1, the hinge is active only where
-//! `1 - x_y + x_j > 0`.
+//! Gradients at kinks follow PyTorch: `sign(0) = 0` for L1, a hinge term is active only where
+//! `margin - x_y + x_j > 0`.
 
-use crate::buf::{Buf, TensorLike, checked_buf};
-use crate::error::InterpError;
+use crate::buf::Buf;
+use cnnc_ir::{HingeForm, Loss};
 
-/// Checks a class-loss output (`[N, C]`, trailing 1s allowed) against its targets; returns
-/// `(N, C)` and the output as f64.
-fn class_output<T: TensorLike>(output: &T, targets: &[usize]) -> Result<(usize, usize, Buf), InterpError> {
-    let x = checked_buf(|| "loss output".into(), output)?;
-    let shape = &x.shape;
-    if shape.len() < 2 || shape[2..].iter().any(|&d| d != 1) || shape[0] == 0 || shape[1] == 0 {
-        return Err(InterpError::LossShape(format!(
-            "expected an output of shape [N, C] (or [N, C, 1, 1]) with N, C >= 1, found {shape:?}"
-        )));
+/// The loss of `x` against `target` and its gradient with respect to `x` (shapes checked by
+/// the graph's shape rules, labels at its boundary).
+pub(crate) fn evaluate(loss: &Loss, x: &Buf, target: &Buf) -> (f64, Buf) {
+    match *loss {
+        Loss::CrossEntropy => cross_entropy(x, target),
+        Loss::Mse => elementwise(x, target, |d| (d * d, 2.0 * d)),
+        Loss::L1 => elementwise(x, target, |d| (d.abs(), sign(d))),
+        Loss::Huber { delta } => elementwise(x, target, |d| {
+            let value = if d.abs() < delta { 0.5 * d * d } else { delta * (d.abs() - 0.5 * delta) };
+            (value, d.clamp(-delta, delta))
+        }),
+        Loss::Hinge { margin, form } => hinge(x, target, margin, form),
     }
-    let (n, c) = (shape[0], shape[1]);
-    if targets.len() != n {
-        return Err(InterpError::LossShape(format!("{} targets for a batch of {n}", targets.len())));
-    }
-    if let Some((sample, &target)) = targets.iter().enumerate().find(|&(_, &t)| t >= c) {
-        return Err(InterpError::TargetOutOfRange { sample, target, classes: c });
-    }
-    Ok((n, c, x))
 }
 
-/// Checks that a regression output and target have the same shape and data; returns both.
-fn pair<T: TensorLike>(output: &T, target: &T) -> Result<(Buf, Buf), InterpError> {
-    let x = checked_buf(|| "loss output".into(), output)?;
-    let t = checked_buf(|| "loss target".into(), target)?;
-    if x.shape != t.shape {
-        return Err(InterpError::LossShape(format!(
-            "output shape {:?} differs from target shape {:?}",
-            x.shape, t.shape
-        )));
+fn sign(d: f64) -> f64 {
+    if d > 0.0 {
+        1.0
+    } else if d < 0.0 {
+        -1.0
+    } else {
+        0.0
     }
-    if x.is_empty() {
-        return Err(InterpError::LossShape(format!("empty output of shape {:?}", x.shape)));
-    }
-    Ok((x, t))
 }
 
-/// Softmax cross-entropy on logits with class-index targets:
+/// `(N, C)` of a class output.
+fn classes(x: &Buf) -> (usize, usize) {
+    (x.shape[0], x.shape[1])
+}
+
+/// Softmax cross-entropy on logits with class labels:
 /// `1/N sum_n (log sum_c exp(x_n[c]) - x_n[y_n])`, gradient `(softmax(x_n) - onehot(y_n)) / N`.
 /// The log-sum-exp subtracts the row maximum first.
-pub fn cross_entropy<T: TensorLike>(logits: &T, targets: &[usize]) -> Result<(f64, T), InterpError> {
-    let (n, c, x) = class_output(logits, targets)?;
+fn cross_entropy(x: &Buf, labels: &Buf) -> (f64, Buf) {
+    let (n, c) = classes(x);
     let mut grad = Buf::zeros(&x.shape);
     let mut total = 0.0;
     for b in 0..n {
+        let y = labels.data[b] as usize;
         let row = &x.data[b * c..][..c];
         let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
         let lse = max + sum.ln();
-        total += lse - row[targets[b]];
+        total += lse - row[y];
         for j in 0..c {
             let p = (row[j] - lse).exp();
-            let onehot = if j == targets[b] { 1.0 } else { 0.0 };
+            let onehot = if j == y { 1.0 } else { 0.0 };
             grad.data[b * c + j] = (p - onehot) / n as f64;
         }
     }
-    Ok((total / n as f64, T::from_buf(&grad)))
+    (total / n as f64, grad)
 }
 
 /// Elementwise loss `f(d)` with derivative `f'(d)`, `d = x - t`, averaged over all elements.
-fn elementwise<T: TensorLike>(output: &T, target: &T, f: impl Fn(f64) -> (f64, f64)) -> Result<(f64, T), InterpError> {
-    let (x, t) = pair(output, target)?;
+fn elementwise(x: &Buf, t: &Buf, f: impl Fn(f64) -> (f64, f64)) -> (f64, Buf) {
     let e = x.len() as f64;
     let mut grad = Buf::zeros(&x.shape);
     let mut total = 0.0;
@@ -90,53 +85,25 @@ fn elementwise<T: TensorLike>(output: &T, target: &T, f: impl Fn(f64) -> (f64, f
         total += value;
         grad.data[i] = slope / e;
     }
-    Ok((total / e, T::from_buf(&grad)))
+    (total / e, grad)
 }
 
-/// Mean squared error: `1/E sum (x - t)^2`, gradient `2 (x - t) / E`.
-pub fn mse<T: TensorLike>(output: &T, target: &T) -> Result<(f64, T), InterpError> {
-    elementwise(output, target, |d| (d * d, 2.0 * d))
-}
-
-/// Mean absolute error: `1/E sum abs(x - t)`, gradient `sign(x - t) / E` (0 at 0).
-pub fn l1<T: TensorLike>(output: &T, target: &T) -> Result<(f64, T), InterpError> {
-    elementwise(output, target, |d| {
-        let sign = if d > 0.0 {
-            1.0
-        } else if d < 0.0 {
-            -1.0
-        } else {
-            0.0
-        };
-        (d.abs(), sign)
-    })
-}
-
-/// Huber loss with delta 1: `h(d) = d^2 / 2` for `abs(d) < 1`, `abs(d) - 1/2` otherwise,
-/// averaged over all elements; gradient `clamp(d, -1, 1) / E`.
-pub fn huber<T: TensorLike>(output: &T, target: &T) -> Result<(f64, T), InterpError> {
-    elementwise(output, target, |d| {
-        let value = if d.abs() < 1.0 { 0.5 * d * d } else { d.abs() - 0.5 };
-        (value, d.clamp(-1.0, 1.0))
-    })
-}
-
-/// Multi-class hinge (PyTorch `MultiMarginLoss(p=1, margin=1)`):
-/// `1/N sum_n 1/C sum_{j != y_n} max(0, 1 - x_n[y_n] + x_n[j])`. Each active term
-/// (`1 - x_y + x_j > 0`) adds `1/(N C)` to the gradient of `x_j` and subtracts it from `x_y`.
-pub fn multi_margin<T: TensorLike>(output: &T, targets: &[usize]) -> Result<(f64, T), InterpError> {
-    let (n, c, x) = class_output(output, targets)?;
+/// Multi-class hinge: each active term (`margin - x_y + x_j > 0`, `j != y`) adds `scale` to
+/// the gradient of `x_j` and subtracts it from `x_y`, with `scale = 1/N` for the sum form and
+/// `1/(N C)` for the mean over classes.
+fn hinge(x: &Buf, labels: &Buf, margin: f64, form: HingeForm) -> (f64, Buf) {
+    let (n, c) = classes(x);
     let mut grad = Buf::zeros(&x.shape);
     let mut total = 0.0;
-    let scale = 1.0 / (n * c) as f64;
+    let scale = match form {
+        HingeForm::Sum => 1.0 / n as f64,
+        HingeForm::MeanOverClasses => 1.0 / (n * c) as f64,
+    };
     for b in 0..n {
         let row = &x.data[b * c..][..c];
-        let y = targets[b];
-        for j in 0..c {
-            if j == y {
-                continue;
-            }
-            let z = 1.0 - row[y] + row[j];
+        let y = labels.data[b] as usize;
+        for j in (0..c).filter(|&j| j != y) {
+            let z = margin - row[y] + row[j];
             if z > 0.0 {
                 total += z;
                 grad.data[b * c + j] += scale;
@@ -144,5 +111,5 @@ pub fn multi_margin<T: TensorLike>(output: &T, targets: &[usize]) -> Result<(f64
             }
         }
     }
-    Ok((total * scale, T::from_buf(&grad)))
+    (total * scale, grad)
 }

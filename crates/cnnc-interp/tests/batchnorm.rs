@@ -2,8 +2,9 @@
 
 mod common;
 
-use cnnc_interp::{Buf, BufMap, Options, Precision, backward, forward};
+use cnnc_interp::{Buf, BufMap, Options, Precision, gradients, run};
 use cnnc_ir::{BatchNorm, Op};
+use cnnc_passes::training_forward;
 use cnnc_runtime::{Tensor, TensorMap};
 use common::*;
 
@@ -31,11 +32,14 @@ fn running_stats_update_matches_hand_computation() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let input = buf(&[2, 2, 1, 2], &[1., 2., 0., 0., 3., 6., 2., 2.]);
-    let opts = Options::training(0).with_precision(Precision::F64);
-    let trace = forward(&g, &params, std::slice::from_ref(&input), opts).unwrap();
-    let stats: BufMap = trace.running_stats();
+    let opts = Options::new().with_precision(Precision::F64);
+    let t = training_forward(&g).unwrap();
+    let mut stats = params.clone();
+    let result = run(&t.graph, &mut stats, std::slice::from_ref(&input), &opts).unwrap();
     let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-14);
-    assert_eq!(stats.keys().collect::<Vec<_>>(), ["l1.running_mean", "l1.running_var"]);
+    // The weight and bias are untouched; the running statistics are updated.
+    assert_eq!(stats["l1.weight"], params["l1.weight"]);
+    assert_eq!(stats["l1.bias"], params["l1.bias"]);
     assert!(close(&stats["l1.running_mean"].data, &[1.2, -0.8]), "{:?}", stats["l1.running_mean"]);
     assert!(
         close(&stats["l1.running_var"].data, &[1.8 + 7.0 / 15.0, 0.45 + 2.0 / 15.0]),
@@ -45,17 +49,18 @@ fn running_stats_update_matches_hand_computation() {
     // The output normalises with the batch statistics and the biased variance:
     // channel 0: (x - 3) / sqrt(3.5); channel 1: 2 (x - 1) / 1 + 0.5.
     let s = 3.5f64.sqrt();
-    let out: Vec<Buf> = trace.outputs();
+    let out = gradients::<Buf>(&t.outputs, &result).outputs;
     let expected = [-2. / s, -1. / s, -1.5, -1.5, 0., 3. / s, 2.5, 2.5];
     assert!(close(&out[0].data, &expected), "{:?}", out[0]);
-    // The caller's parameters are untouched, and inference mode reports no new statistics.
-    assert_eq!(params["l1.running_mean"].data, vec![1., -1.]);
-    let inference = forward(&g, &params, std::slice::from_ref(&input), Options::inference()).unwrap();
-    assert!(inference.running_stats::<Tensor>().is_empty());
+    // Inference changes no statistics.
+    let mut unchanged = params.clone();
+    run(&g, &mut unchanged, std::slice::from_ref(&input), &opts).unwrap();
+    assert_eq!(unchanged, params);
     // The gradient w.r.t. an input that only shifts a channel is zero: sum of training-mode
     // batch-norm input gradients over a channel vanishes.
-    let grads = backward(&g, &trace, &[buf(&[2, 2, 1, 2], &[1., 2., 3., 4., 5., 6., 7., 8.])]).unwrap();
-    let gx = &grads.inputs[0].data;
+    let gy = buf(&[2, 2, 1, 2], &[1., 2., 3., 4., 5., 6., 7., 8.]);
+    let grads = vjp(&g, TRAIN, &params, std::slice::from_ref(&input), &[gy], Precision::F64);
+    let gx = &grads.inputs[&0].data;
     assert!((gx[0] + gx[1] + gx[4] + gx[5]).abs() < 1e-12);
     assert!((gx[2] + gx[3] + gx[6] + gx[7]).abs() < 1e-12);
 }
@@ -78,8 +83,9 @@ fn running_stats_for_feature_vectors_in_f32() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let trace = forward(&g, &params, &[t(&[3, 1], &[1., 2., 6.])], Options::training(0)).unwrap();
-    let stats: TensorMap = trace.running_stats();
+    let training = training_forward(&g).unwrap();
+    let mut stats = params.clone();
+    run(&training.graph, &mut stats, &[t(&[3, 1], &[1., 2., 6.])], &Options::new()).unwrap();
     assert_eq!(stats["l1.running_mean"].data, vec![1.5]);
     assert_eq!(stats["l1.running_var"].data, vec![4.0]);
 }

@@ -2,10 +2,16 @@
 
 mod common;
 
-use cnnc_interp::{Buf, BufMap, InterpError, Options, backward, forward, loss};
-use cnnc_ir::{BatchNorm, Op};
+use cnnc_interp::{InterpError, Options, Run};
+use cnnc_ir::{BatchNorm, Graph, Loss, Op};
+use cnnc_passes::{TrainingOptions, training_forward, training_graph};
 use cnnc_runtime::{Tensor, TensorMap};
 use common::*;
+
+/// Runs `g` in inference mode on a copy of `params`.
+fn forward(g: &Graph, params: &TensorMap, inputs: &[Tensor]) -> Result<Run, InterpError> {
+    cnnc_interp::run(g, &mut params.clone(), inputs, &Options::new())
+}
 
 fn conv_graph() -> cnnc_ir::Graph {
     let mut b = Builder::new();
@@ -24,7 +30,7 @@ fn conv_params() -> TensorMap {
 fn input_shape_and_count() {
     let g = conv_graph();
     let p = conv_params();
-    let e = forward(&g, &p, &[Tensor::zeros(&[2, 3, 5, 4])], Options::inference()).unwrap_err();
+    let e = forward(&g, &p, &[Tensor::zeros(&[2, 3, 5, 4])]).unwrap_err();
     assert_eq!(
         e,
         InterpError::InputShape { index: 0, name: "in0".into(), expected: vec![3, 5, 5], found: vec![2, 3, 5, 4] }
@@ -32,14 +38,14 @@ fn input_shape_and_count() {
     assert!(e.to_string().contains("[N, 3, 5, 5]") && e.to_string().contains("[2, 3, 5, 4]"), "{e}");
     // Batch 0 and a missing batch axis are shape errors too.
     for shape in [vec![0, 3, 5, 5], vec![3, 5, 5]] {
-        let e = forward(&g, &p, &[Tensor::zeros(&shape)], Options::inference()).unwrap_err();
+        let e = forward(&g, &p, &[Tensor::zeros(&shape)]).unwrap_err();
         assert!(matches!(e, InterpError::InputShape { .. }), "{e}");
     }
-    let e = forward::<Tensor>(&g, &p, &[], Options::inference()).unwrap_err();
+    let e = forward(&g, &p, &[]).unwrap_err();
     assert_eq!(e, InterpError::InputCount { expected: 1, found: 0 });
     // Data that does not fill the shape.
     let bad = Tensor { shape: vec![1, 3, 5, 5], data: vec![0.0; 10] };
-    let e = forward(&g, &p, &[bad], Options::inference()).unwrap_err();
+    let e = forward(&g, &p, &[bad]).unwrap_err();
     assert!(matches!(e, InterpError::DataLength { .. }), "{e}");
 }
 
@@ -50,7 +56,7 @@ fn batch_sizes_must_agree() {
     let y = b.input(&[2]);
     let s = b.add(Op::Add, &[x, y]);
     let g = b.finish(&[s]);
-    let e = forward(&g, &TensorMap::new(), &[Tensor::zeros(&[2, 2]), Tensor::zeros(&[3, 2])], Options::inference())
+    let e = forward(&g, &TensorMap::new(), &[Tensor::zeros(&[2, 2]), Tensor::zeros(&[3, 2])])
         .unwrap_err();
     assert_eq!(e, InterpError::BatchMismatch { index: 1, name: "in1".into(), expected: 2, found: 3 });
 }
@@ -61,11 +67,11 @@ fn parameters_missing_or_misshapen() {
     let x = [Tensor::zeros(&[1, 3, 5, 5])];
     let mut p = conv_params();
     p.remove("l1.bias");
-    let e = forward(&g, &p, &x, Options::inference()).unwrap_err();
+    let e = forward(&g, &p, &x).unwrap_err();
     assert_eq!(e, InterpError::MissingParam { name: "l1.bias".into(), expected: vec![4] });
     let mut p = conv_params();
     p.insert("l1.weight".into(), Tensor::zeros(&[4, 3, 1, 3]));
-    let e = forward(&g, &p, &x, Options::inference()).unwrap_err();
+    let e = forward(&g, &p, &x).unwrap_err();
     assert_eq!(
         e,
         InterpError::ParamShape { name: "l1.weight".into(), expected: vec![4, 3, 3, 3], found: vec![4, 3, 1, 3] }
@@ -74,29 +80,46 @@ fn parameters_missing_or_misshapen() {
     // Extra entries are ignored.
     let mut p = conv_params();
     p.insert("l1.num_batches_tracked".into(), Tensor::zeros(&[]));
-    assert!(forward(&g, &p, &x, Options::inference()).is_ok());
+    assert!(forward(&g, &p, &x).is_ok());
 }
 
 #[test]
-fn gradient_outputs_and_traces_are_checked() {
+fn training_graphs_check_their_extra_inputs() {
     let g = conv_graph();
     let p = conv_params();
-    let trace = forward(&g, &p, &[Tensor::zeros(&[2, 3, 5, 5])], Options::inference()).unwrap();
-    let e = backward::<Tensor>(&g, &trace, &[]).unwrap_err();
-    assert_eq!(e, InterpError::GradOutputCount { expected: 1, found: 0 });
-    let e = backward(&g, &trace, &[Tensor::zeros(&[1, 4, 3, 3])]).unwrap_err();
-    assert_eq!(e, InterpError::GradOutputShape { index: 0, expected: vec![2, 4, 3, 3], found: vec![1, 4, 3, 3] });
-    // A trace of another graph.
-    let mut b = Builder::new();
-    let x = b.input(&[3, 5, 5]);
-    let y = b.add(relu(), &[x]);
-    let other = b.finish(&[y]);
-    let e = backward(&other, &trace, &[Tensor::zeros(&[2, 3, 5, 5])]).unwrap_err();
-    assert!(matches!(e, InterpError::TraceMismatch(_)), "{e}");
+    let t = training_graph(&g, &TrainingOptions { input_grads: true, ..TrainingOptions::new(Loss::Mse) }).unwrap();
+    // The target is an input like the model's: its shape and batch are checked.
+    let e = forward(&t.graph, &p, &[Tensor::zeros(&[2, 3, 5, 5])]).unwrap_err();
+    assert_eq!(e, InterpError::InputCount { expected: 2, found: 1 });
+    let e = forward(&t.graph, &p, &[Tensor::zeros(&[2, 3, 5, 5]), Tensor::zeros(&[1, 4, 3, 3])]).unwrap_err();
+    assert_eq!(e, InterpError::BatchMismatch { index: 1, name: "target".into(), expected: 2, found: 1 });
     // The right call works and names every trainable parameter.
-    let grads = backward(&g, &trace, &[Tensor::zeros(&[2, 4, 3, 3])]).unwrap();
+    let r = forward(&t.graph, &p, &[Tensor::zeros(&[2, 3, 5, 5]), Tensor::zeros(&[2, 4, 3, 3])]).unwrap();
+    let grads = cnnc_interp::gradients::<Tensor>(&t.outputs, &r);
     assert_eq!(grads.params.keys().collect::<Vec<_>>(), ["l1.bias", "l1.weight"]);
-    assert_eq!(grads.inputs[0].shape, vec![2, 3, 5, 5]);
+    assert_eq!(grads.inputs[&0].shape, vec![2, 3, 5, 5]);
+    assert_eq!(grads.loss, Some(0.0));
+}
+
+#[test]
+fn labels_are_class_indices() {
+    let mut b = Builder::new();
+    let x = b.input(&[3]);
+    let g = b.finish(&[x]);
+    let t = training_graph(&g, &TrainingOptions::new(Loss::CrossEntropy)).unwrap();
+    let x = Tensor::zeros(&[2, 3]);
+    for (labels, sample, value) in [([0.0, 3.0], 1, 3.0), ([-1.0, 0.0], 0, -1.0), ([0.5, 0.0], 0, 0.5)] {
+        let y = Tensor::from_vec(&[2], labels.to_vec()).unwrap();
+        let e = forward(&t.graph, &TensorMap::new(), &[x.clone(), y]).unwrap_err();
+        assert_eq!(e, InterpError::BadLabel { sample, value, classes: 3 });
+    }
+    let e = InterpError::BadLabel { sample: 1, value: 3.0, classes: 3 };
+    assert_eq!(e.to_string(), "label 3 of sample 1 is not a class index in 0..3");
+    // A model whose output is no class vector cannot take a class loss.
+    let mut b = Builder::new();
+    let x = b.input(&[3, 2, 2]);
+    let e = training_graph(&b.finish(&[x]), &TrainingOptions::new(Loss::CrossEntropy)).unwrap_err();
+    assert!(e.to_string().contains("expects a [classes] (or [classes, 1, 1]) input"), "{e}");
 }
 
 #[test]
@@ -105,7 +128,7 @@ fn bad_attributes_and_degenerate_batch_norm() {
     let x = b.input(&[4]);
     let y = b.add(Op::Dropout { p: 1.5 }, &[x]);
     let g = b.finish(&[y]);
-    let e = forward(&g, &TensorMap::new(), &[Tensor::zeros(&[1, 4])], Options::inference()).unwrap_err();
+    let e = forward(&g, &TensorMap::new(), &[Tensor::zeros(&[1, 4])]).unwrap_err();
     assert!(matches!(e, InterpError::BadAttribute { ref layer, .. } if layer == "l1"), "{e}");
 
     let mut b = Builder::new();
@@ -116,35 +139,24 @@ fn bad_attributes_and_degenerate_batch_norm() {
         .iter()
         .map(|s| (format!("l1.{s}"), Tensor::zeros(&[2])))
         .collect();
-    let e = forward(&g, &params, &[Tensor::zeros(&[1, 2])], Options::training(0)).unwrap_err();
+    let t = training_forward(&g).unwrap();
+    let e = forward(&t.graph, &params, &[Tensor::zeros(&[1, 2])]).unwrap_err();
     assert_eq!(e, InterpError::BatchNormTooFewValues { layer: "l1".into(), values: 1 });
-    assert!(forward(&g, &params, &[Tensor::zeros(&[1, 2])], Options::inference()).is_ok());
+    assert!(forward(&g, &params, &[Tensor::zeros(&[1, 2])]).is_ok());
 }
 
 #[test]
 fn malformed_graphs() {
     let mut g = conv_graph();
     g.node_mut(cnnc_ir::NodeId::from_index(1)).shape = cnnc_ir::Shape(vec![4, 2, 2]);
-    let e = forward(&g, &conv_params(), &[Tensor::zeros(&[1, 3, 5, 5])], Options::inference()).unwrap_err();
+    let e = forward(&g, &conv_params(), &[Tensor::zeros(&[1, 3, 5, 5])]).unwrap_err();
     assert!(matches!(e, InterpError::Malformed(_)), "{e}");
     let mut g = conv_graph();
     g.inputs.clear();
-    let e = forward::<Tensor>(&g, &conv_params(), &[], Options::inference()).unwrap_err();
+    let e = forward(&g, &conv_params(), &[]).unwrap_err();
     assert!(matches!(e, InterpError::Malformed(_)), "{e}");
     let mut g = conv_graph();
     g.outputs.push(cnnc_ir::NodeId::from_index(7));
-    let e = forward(&g, &conv_params(), &[Tensor::zeros(&[1, 3, 5, 5])], Options::inference()).unwrap_err();
+    let e = forward(&g, &conv_params(), &[Tensor::zeros(&[1, 3, 5, 5])]).unwrap_err();
     assert!(matches!(e, InterpError::Malformed(_)), "{e}");
-}
-
-#[test]
-fn loss_inputs() {
-    let x = Buf::zeros(&[2, 3]);
-    let e = loss::cross_entropy(&x, &[0, 3]).unwrap_err();
-    assert_eq!(e, InterpError::TargetOutOfRange { sample: 1, target: 3, classes: 3 });
-    assert!(matches!(loss::multi_margin(&x, &[5, 0]), Err(InterpError::TargetOutOfRange { sample: 0, .. })));
-    assert!(matches!(loss::cross_entropy(&x, &[0]), Err(InterpError::LossShape(_))));
-    assert!(matches!(loss::cross_entropy(&Buf::zeros(&[2, 3, 2, 1]), &[0, 0]), Err(InterpError::LossShape(_))));
-    assert!(matches!(loss::mse(&x, &Buf::zeros(&[3, 2])), Err(InterpError::LossShape(_))));
-    let _: BufMap = BufMap::new();
 }

@@ -2,11 +2,12 @@
 //! `tests/golden/gen.py`, see `tests/golden/README.md`) is run here and compared.
 //!
 //! A layer case builds a one-op graph (`Graph::add_input` per input, one `Graph::add` of the op
-//! named in the JSON, that node the only output), runs [`forward`] on the stored inputs and
-//! parameters, then [`backward`] with the stored `grad_output`, and compares the output, the
-//! updated running statistics (training-mode batch norm), the input gradients and the gradient of
-//! every trainable parameter. A loss case calls the `loss` module and compares the value and the
-//! gradient with respect to the prediction.
+//! named in the JSON, that node the only output) and its training graph backpropagating the
+//! stored `grad_output` (`Objective::OutputGradients`, batch statistics for the training-mode
+//! cases), runs it on the stored inputs and parameters, and compares the output, the updated
+//! running statistics (training-mode batch norm), the input gradients and the gradient of every
+//! trainable parameter. A loss case runs the training graph of the identity model under that
+//! loss and compares the value and the gradient with respect to the prediction.
 //!
 //! # Tolerances
 //!
@@ -21,8 +22,9 @@
 //! Every case runs and every mismatch is collected; the test fails once at the end listing them
 //! all (at most a few elements per tensor, plus a count).
 
-use cnnc_interp::{Options, backward, forward, loss};
-use cnnc_ir::{Activation, BatchNorm, Conv, Fc, Graph, Lrn, Op, PoolKind, Shape, Window};
+use cnnc_interp::{Gradients, Options, gradients, run};
+use cnnc_ir::{Activation, BatchNorm, Conv, Fc, Graph, HingeForm, Loss, Lrn, Op, PoolKind, Shape, TrainOp, Window};
+use cnnc_passes::{Objective, TrainingOptions, training_graph};
 use cnnc_runtime::{Tensor, TensorMap};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{Map, Value};
@@ -231,8 +233,9 @@ fn required_keywords() -> Vec<&'static str> {
     fn covered(op: &Op) -> bool {
         match op {
             // Optimiser ops are compositions of covered ones; tests/optimiser_ops.rs checks
-            // them against those compositions.
-            Op::Input | Op::Gemm(_) | Op::Fused { .. } | Op::Reorder(_) | Op::ConcatInPlace => false,
+            // them against those compositions. Training ops are what every layer case's
+            // backward runs through.
+            Op::Input | Op::Gemm(_) | Op::Fused { .. } | Op::Reorder(_) | Op::ConcatInPlace | Op::Train(_) => false,
             Op::Conv(_)
             | Op::Pool { .. }
             | Op::GlobalPool(_)
@@ -354,9 +357,9 @@ fn run_layer_case(case: &Map<String, Value>, name: &str, file: &CaseFile, out: &
         .iter()
         .map(|v| usizes(v).ok_or("an input shape is not a list of sizes"))
         .collect::<Result<_, _>>()?;
-    let options = match case.get("mode").and_then(Value::as_str) {
-        Some("inference") => Options::inference(),
-        Some("training") => Options::training(0),
+    let batch_stats = match case.get("mode").and_then(Value::as_str) {
+        Some("inference") => false,
+        Some("training") => true,
         other => return Err(format!("unknown mode {other:?}")),
     };
 
@@ -379,28 +382,45 @@ fn run_layer_case(case: &Map<String, Value>, name: &str, file: &CaseFile, out: &
 
     let inputs: Vec<Tensor> =
         (0..input_shapes.len()).map(|k| file.get(&format!("input.{k}")).cloned()).collect::<Result<_, _>>()?;
-    let params = file.with_prefix("param.");
-    let trace = forward(&graph, &params, &inputs, options).map_err(|e| format!("forward: {e}"))?;
-    let outputs: Vec<Tensor> = trace.outputs();
-    compare(out, name, "output", &outputs[0], file.get("output")?, FORWARD_RTOL);
+    let mut state = file.with_prefix("param.");
+    let options = TrainingOptions {
+        objective: Objective::OutputGradients,
+        batch_stats,
+        input_grads: true,
+        ..TrainingOptions::new(Loss::Mse)
+    };
+    let t = training_graph(&graph, &options).map_err(|e| format!("training graph: {e}"))?;
+    let mut all = inputs.clone();
+    all.push(file.get("grad_output")?.clone());
+    let result = run(&t.graph, &mut state, &all, &Options::new()).map_err(|e| format!("run: {e}"))?;
+    let grads: Gradients<Tensor> = gradients(&t.outputs, &result);
+    compare(out, name, "output", &grads.outputs[0], file.get("output")?, FORWARD_RTOL);
 
     let expected_running = file.with_prefix("running.");
-    let running: TensorMap = trace.running_stats();
+    let running: TensorMap = t
+        .graph
+        .iter()
+        .filter(|(_, n)| matches!(n.op, Op::Train(TrainOp::BnRunningUpdate { .. })))
+        .flat_map(|(_, n)| ["running_mean", "running_var"].map(|s| format!("{}.{s}", n.name)))
+        .map(|stat| {
+            let value = state[&stat].clone();
+            (stat, value)
+        })
+        .collect();
     for (stat, expected) in &expected_running {
         match running.get(stat) {
             Some(actual) => compare(out, name, &format!("running {stat}"), actual, expected, FORWARD_RTOL),
-            None => out.push(format!("{name}: the trace has no updated running statistic `{stat}`")),
+            None => out.push(format!("{name}: the run has no updated running statistic `{stat}`")),
         }
     }
     for stat in running.keys().filter(|k| !expected_running.contains_key(*k)) {
-        out.push(format!("{name}: the trace updates `{stat}`, which PyTorch does not"));
+        out.push(format!("{name}: the run updates `{stat}`, which PyTorch does not"));
     }
 
-    let grads = backward(&graph, &trace, &[file.get("grad_output")?.clone()]).map_err(|e| format!("backward: {e}"))?;
     if grads.inputs.len() != inputs.len() {
         out.push(format!("{name}: {} input gradients for {} inputs", grads.inputs.len(), inputs.len()));
     }
-    for (k, g) in grads.inputs.iter().enumerate() {
+    for (k, g) in &grads.inputs {
         compare(out, name, &format!("grad.input.{k}"), g, file.get(&format!("grad.input.{k}"))?, GRAD_RTOL);
     }
     let expected_params = file.with_prefix("grad.param.");
@@ -419,17 +439,30 @@ fn run_layer_case(case: &Map<String, Value>, name: &str, file: &CaseFile, out: &
 fn run_loss_case(case: &Map<String, Value>, name: &str, file: &CaseFile, out: &mut Vec<String>) -> Result<(), String> {
     let kind = case.get("loss").and_then(Value::as_str).ok_or("no `loss`")?;
     let x = file.get("input.0")?;
-    let (value, grad) = match kind {
-        "cross_entropy" => loss::cross_entropy(x, &file.class_targets()?),
-        "multi_margin" => loss::multi_margin(x, &file.class_targets()?),
-        "mse" => loss::mse(x, file.get("target")?),
-        "l1" => loss::l1(x, file.get("target")?),
-        "huber" => loss::huber(x, file.get("target")?),
+    let labels = || -> Result<Tensor, String> {
+        let t = file.class_targets()?;
+        Ok(Tensor { shape: vec![t.len()], data: t.iter().map(|&c| c as f32).collect() })
+    };
+    let (loss, target) = match kind {
+        "cross_entropy" => (Loss::CrossEntropy, labels()?),
+        "multi_margin" => (Loss::Hinge { margin: 1.0, form: HingeForm::MeanOverClasses }, labels()?),
+        "mse" => (Loss::Mse, file.get("target")?.clone()),
+        "l1" => (Loss::L1, file.get("target")?.clone()),
+        "huber" => (Loss::Huber { delta: 1.0 }, file.get("target")?.clone()),
         other => return Err(format!("unknown loss `{other}`: teach run_loss_case in golden.rs to run it")),
-    }
-    .map_err(|e| format!("{kind}: {e}"))?;
+    };
+    // The identity model: its output is its input, so the loss applies to the stored values.
+    let mut graph = Graph::new(name);
+    let input = graph.add_input("x", Shape(x.shape[1..].to_vec()), Default::default()).map_err(|e| e.to_string())?;
+    graph.outputs = vec![input];
+    let t = training_graph(&graph, &TrainingOptions { input_grads: true, ..TrainingOptions::new(loss) })
+        .map_err(|e| format!("training graph: {e}"))?;
+    let result = run(&t.graph, &mut TensorMap::new(), &[x.clone(), target], &Options::new())
+        .map_err(|e| format!("{kind}: {e}"))?;
+    let grads: Gradients<Tensor> = gradients(&t.outputs, &result);
+    let value = grads.loss.ok_or("the training graph has no loss")?;
     compare(out, name, "loss", &scalar(value), file.get("loss")?, FORWARD_RTOL);
-    compare(out, name, "grad.input.0", &grad, file.get("grad.input.0")?, GRAD_RTOL);
+    compare(out, name, "grad.input.0", &grads.inputs[&0], file.get("grad.input.0")?, GRAD_RTOL);
     Ok(())
 }
 

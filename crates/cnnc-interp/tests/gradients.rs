@@ -3,8 +3,9 @@
 
 mod common;
 
-use cnnc_interp::{Buf, Rng, loss};
-use cnnc_ir::{Activation, BatchNorm, Conv, Fc, Lrn, Op, PoolKind, Window};
+use cnnc_interp::{Buf, BufMap, Options, Precision, Rng, gradients, run};
+use cnnc_ir::{Activation, BatchNorm, Conv, Fc, HingeForm, Loss, Lrn, Op, PoolKind, Window};
+use cnnc_passes::{TrainingOptions, training_graph};
 use common::*;
 
 fn win(kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2], dilation: [usize; 2], ceil_mode: bool) -> Window {
@@ -227,9 +228,9 @@ fn nary_add_with_a_repeated_input() {
 
 // ---- whole graphs ----
 
-/// conv-bn-relu-conv-bn + projection shortcut, add, relu, global pool, dropout, fc; two
-/// outputs, one of them an intermediate node that also feeds later nodes.
-fn residual_block() -> cnnc_ir::Graph {
+/// conv-bn-relu-conv-bn + projection shortcut, add, relu, global pool, dropout, fc; with
+/// `two_outputs`, also an intermediate node that feeds later nodes as a second output.
+fn residual_block(two_outputs: bool) -> cnnc_ir::Graph {
     let mut b = Builder::new();
     let x = b.input(&[3, 7, 6]);
     let c1 = b.add(conv_op(5, win([3, 3], [2, 2], [1, 1], [1, 1], false), 1, false), &[x]);
@@ -245,12 +246,12 @@ fn residual_block() -> cnnc_ir::Graph {
     let f = b.add(Op::Flatten, &[gp]);
     let d = b.add(Op::Dropout { p: 0.25 }, &[f]);
     let fc = b.add(Op::Fc(Fc { out_features: 3, bias: true }), &[d]);
-    b.finish(&[fc, r1])
+    if two_outputs { b.finish(&[fc, r1]) } else { b.finish(&[fc]) }
 }
 
 #[test]
 fn residual_block_in_training_and_inference() {
-    let g = residual_block();
+    let g = residual_block(true);
     gradcheck(&g, TRAIN, 3, 210);
     gradcheck(&g, INFER, 2, 211);
 }
@@ -272,19 +273,20 @@ fn inception_style_branches_with_lrn_and_softmax() {
 // ---- losses ----
 
 /// Central-difference check of a loss's gradient w.r.t. its input.
-fn check_loss(f: impl Fn(&Buf) -> (f64, Buf), x: &Buf) {
-    let (_, grad) = f(x);
+fn check_loss(loss: Loss, x: &Buf, target: &Buf) {
+    let (_, grad) = loss_and_grad(loss, x, target);
     for i in 0..x.len() {
         let at = |delta: f64| {
             let mut y = x.clone();
             y.data[i] += delta;
-            f(&y).0
+            loss_and_grad(loss, &y, target).0
         };
         let numeric = (at(1e-6) - at(-1e-6)) / 2e-6;
         let analytic = grad.data[i];
         assert!(
             (numeric - analytic).abs() <= 1e-5 * numeric.abs().max(analytic.abs()) + 1e-9,
-            "element {i}: analytic {analytic}, numeric {numeric}"
+            "{}: element {i}: analytic {analytic}, numeric {numeric}",
+            loss.name()
         );
     }
 }
@@ -294,41 +296,46 @@ fn loss_gradients() {
     let mut rng = Rng::new(230);
     let x = random_buf(&mut rng, &[4, 5], -2.0, 2.0);
     let t = random_buf(&mut rng, &[4, 5], -2.0, 2.0);
-    let targets = [0, 4, 2, 2];
-    check_loss(|x| loss::cross_entropy(x, &targets).unwrap(), &x);
-    check_loss(|x| loss::multi_margin(x, &targets).unwrap(), &x);
-    check_loss(|x| loss::mse(x, &t).unwrap(), &x);
-    check_loss(|x| loss::l1(x, &t).unwrap(), &x);
-    check_loss(|x| loss::huber(x, &t).unwrap(), &x);
+    let labels = Buf { shape: vec![4], data: vec![0.0, 4.0, 2.0, 2.0] };
+    check_loss(Loss::CrossEntropy, &x, &labels);
+    for form in [HingeForm::Sum, HingeForm::MeanOverClasses] {
+        for margin in [1.0, 0.5] {
+            check_loss(Loss::Hinge { margin, form }, &x, &labels);
+        }
+    }
+    check_loss(Loss::Mse, &x, &t);
+    check_loss(Loss::L1, &x, &t);
+    for delta in [1.0, 0.3] {
+        check_loss(Loss::Huber { delta }, &x, &t);
+    }
     // [N, C, 1, 1] outputs are accepted by the class losses.
     let x4 = Buf { shape: vec![4, 5, 1, 1], data: x.data.clone() };
-    check_loss(|x| loss::cross_entropy(x, &targets).unwrap(), &x4);
+    check_loss(Loss::CrossEntropy, &x4, &labels);
 }
 
 #[test]
 fn loss_through_a_model() {
-    // d loss / d params by backward(loss gradient) matches finite differences of the loss.
-    let g = residual_block();
+    // The loss's parameter gradients from the training graph match finite differences of the
+    // loss itself, in training mode (batch statistics, dropout masks).
+    let g = residual_block(false);
     let mut rng = Rng::new(240);
     let params = random_params(&g, &mut rng);
     let x = random_buf(&mut rng, &[2, 3, 7, 6], -1.0, 1.0);
-    let opts = cnnc_interp::Options { mode: TRAIN, precision: cnnc_interp::Precision::F64 };
-    let targets = [2, 0];
-    let loss_at = |params: &cnnc_interp::BufMap| {
-        let trace = cnnc_interp::forward(&g, params, std::slice::from_ref(&x), opts).unwrap();
-        let outs: Vec<Buf> = trace.outputs();
-        let (l, grad) = loss::cross_entropy(&outs[0], &targets).unwrap();
-        (l, trace, grad, outs[1].shape.clone())
+    let labels = Buf { shape: vec![2], data: vec![2.0, 0.0] };
+    let t = training_graph(&g, &TrainingOptions::new(Loss::CrossEntropy)).unwrap();
+    let opts = Options::new().with_precision(Precision::F64).with_seed(SEED);
+    let loss_at = |params: &BufMap| {
+        let r = run(&t.graph, &mut params.clone(), &[x.clone(), labels.clone()], &opts).unwrap();
+        gradients::<Buf>(&t.outputs, &r)
     };
-    let (_, trace, grad, r1_shape) = loss_at(&params);
-    let grads = cnnc_interp::backward(&g, &trace, &[grad, Buf::zeros(&r1_shape)]).unwrap();
+    let grads = loss_at(&params);
     let name = "l1.weight";
     for i in [0, 7, 44, 100] {
         let mut p = params.clone();
         p.get_mut(name).unwrap().data[i] += 1e-6;
-        let up = loss_at(&p).0;
+        let up = loss_at(&p).loss.unwrap();
         p.get_mut(name).unwrap().data[i] -= 2e-6;
-        let down = loss_at(&p).0;
+        let down = loss_at(&p).loss.unwrap();
         let numeric = (up - down) / 2e-6;
         let analytic = grads.params[name].data[i];
         assert!(

@@ -4,8 +4,8 @@
 
 mod common;
 
-use cnnc_interp::{Buf, BufMap, Options, Precision, SELU_ALPHA, SELU_SCALE, dropout_mask, forward, loss};
-use cnnc_ir::{Activation, BatchNorm, Conv, Fc, Lrn, Op, PoolKind, Window};
+use cnnc_interp::{Buf, BufMap, Options, Precision, SELU_ALPHA, SELU_SCALE, dropout_mask};
+use cnnc_ir::{Activation, BatchNorm, Conv, Fc, HingeForm, Loss, Lrn, Op, PoolKind, Window};
 use cnnc_runtime::{Tensor, TensorMap};
 use common::*;
 
@@ -15,17 +15,17 @@ fn buf(shape: &[usize], data: &[f64]) -> Buf {
 
 /// Runs a one-op graph on one input in f64 inference mode and returns its output.
 fn run(op: Op, x: &Buf, params: &[(&str, Buf)]) -> Buf {
-    run_with(op, x, params, Options::inference().with_precision(Precision::F64))
+    run_in(op, x, params, INFER)
 }
 
-fn run_with(op: Op, x: &Buf, params: &[(&str, Buf)], opts: Options) -> Buf {
+/// As [`run`], in `mode` (the forward pass of training, with dropout seed [`SEED`]).
+fn run_in(op: Op, x: &Buf, params: &[(&str, Buf)], mode: Mode) -> Buf {
     let mut b = Builder::new();
     let i = b.input(&x.shape[1..]);
     let y = b.add(op, &[i]);
     let g = b.finish(&[y]);
     let params: BufMap = params.iter().map(|(k, v)| (format!("l1.{k}"), v.clone())).collect();
-    let trace = forward(&g, &params, std::slice::from_ref(x), opts).unwrap();
-    trace.outputs::<Buf>().remove(0)
+    forward_outputs(&g, mode, &params, std::slice::from_ref(x), Precision::F64).remove(0)
 }
 
 fn assert_close(found: &Buf, expected_shape: &[usize], expected: &[f64]) {
@@ -273,18 +273,20 @@ fn fc_batch_norm_and_lrn() {
 #[test]
 fn dropout_masks() {
     let x = buf(&[2, 50], &[1.; 100]);
-    let train = Options::training(9).with_precision(Precision::F64);
     // p = 0: identity; p = 1: all zero.
-    assert_eq!(run_with(Op::Dropout { p: 0.0 }, &x, &[], train), x);
-    assert_eq!(run_with(Op::Dropout { p: 1.0 }, &x, &[], train).data, vec![0.0; 100]);
-    // p = 0.5: every element 0 or 2, deterministic in the seed, and the same as dropout_mask.
-    let y = run_with(Op::Dropout { p: 0.5 }, &x, &[], train);
+    assert_eq!(run_in(Op::Dropout { p: 0.0 }, &x, &[], TRAIN), x);
+    assert_eq!(run_in(Op::Dropout { p: 1.0 }, &x, &[], TRAIN).data, vec![0.0; 100]);
+    // p = 0.5: every element 0 or 2, deterministic in the seed, the layer's name and the step,
+    // and the same as dropout_mask.
+    let y = run_in(Op::Dropout { p: 0.5 }, &x, &[], TRAIN);
     assert!(y.data.iter().all(|&v| v == 0.0 || v == 2.0));
     let kept = y.data.iter().filter(|&&v| v == 2.0).count();
     assert!((30..=70).contains(&kept), "{kept}");
-    assert_eq!(y.data, dropout_mask(9, 1, 100, 0.5));
-    assert_eq!(run_with(Op::Dropout { p: 0.5 }, &x, &[], train), y);
-    assert_ne!(run_with(Op::Dropout { p: 0.5 }, &x, &[], Options::training(10)).data, y.data);
+    assert_eq!(y.data, dropout_mask(SEED, "l1", 1, 100, 0.5));
+    assert_eq!(run_in(Op::Dropout { p: 0.5 }, &x, &[], TRAIN), y);
+    assert_ne!(dropout_mask(SEED + 1, "l1", 1, 100, 0.5), y.data);
+    assert_ne!(dropout_mask(SEED, "l2", 1, 100, 0.5), y.data);
+    assert_ne!(dropout_mask(SEED, "l1", 2, 100, 0.5), y.data);
     // Inference: identity.
     assert_eq!(run(Op::Dropout { p: 0.5 }, &x, &[]), x);
 }
@@ -293,31 +295,49 @@ fn dropout_masks() {
 fn losses_by_hand() {
     // Cross-entropy, logits [[0, 0], [0, ln 3]], targets [0, 1]: softmaxes [1/2, 1/2] and
     // [1/4, 3/4], losses ln 2 and ln(4/3), mean ln(8/3) / 2; gradient (p - onehot) / 2.
+    let labels = |l: &[f64]| buf(&[l.len()], l);
     let x = buf(&[2, 2], &[0., 0., 0., 3f64.ln()]);
-    let (l, g) = loss::cross_entropy(&x, &[0, 1]).unwrap();
+    let (l, g) = loss_and_grad(Loss::CrossEntropy, &x, &labels(&[0., 1.]));
     assert!((l - (8f64 / 3.).ln() / 2.).abs() < 1e-15, "{l}");
     assert_close(&g, &[2, 2], &[-0.25, 0.25, 0.125, -0.125]);
     // MSE: differences [1, 0, -2, 0], squares sum 5, mean 1.25; gradient 2 d / 4.
     let out = buf(&[2, 2], &[1., 2., 3., 4.]);
     let target = buf(&[2, 2], &[0., 2., 5., 4.]);
-    let (l, g) = loss::mse(&out, &target).unwrap();
+    let (l, g) = loss_and_grad(Loss::Mse, &out, &target);
     assert_eq!(l, 1.25);
     assert_close(&g, &[2, 2], &[0.5, 0., -1., 0.]);
     // L1: |d| sums to 3, mean 0.75; gradient sign(d) / 4 (0 at 0).
-    let (l, g) = loss::l1(&out, &target).unwrap();
+    let (l, g) = loss_and_grad(Loss::L1, &out, &target);
     assert_eq!(l, 0.75);
     assert_close(&g, &[2, 2], &[0.25, 0., -0.25, 0.]);
     // Huber: d = [0.5, 0, -2, 3] gives 0.125, 0, 1.5, 2.5; mean 1.03125; gradient clamp(d) / 4.
-    let (l, g) = loss::huber(&buf(&[2, 2], &[0.5, 0., -2., 3.]), &Buf::zeros(&[2, 2])).unwrap();
+    let d = buf(&[2, 2], &[0.5, 0., -2., 3.]);
+    let (l, g) = loss_and_grad(Loss::Huber { delta: 1.0 }, &d, &Buf::zeros(&[2, 2]));
     assert_eq!(l, 1.03125);
     assert_close(&g, &[2, 2], &[0.125, 0., -0.25, 0.25]);
+    // Huber with delta 2: 0.125, 0, 2 (quadratic up to 2), 2 * (3 - 1) = 4; mean 1.53125;
+    // gradient clamp(d, -2, 2) / 4.
+    let (l, g) = loss_and_grad(Loss::Huber { delta: 2.0 }, &d, &Buf::zeros(&[2, 2]));
+    assert_eq!(l, 1.53125);
+    assert_close(&g, &[2, 2], &[0.125, 0., -0.5, 0.5]);
     // Hinge: sample 0, x = [0.1, 0.2, 0.4], y = 2: (0.7 + 0.8) / 3 = 0.5; sample 1,
     // x = [3, 0, 0.5], y = 0: both margins negative, 0. Mean 0.25. Gradient 1 / (2 * 3) per
     // active term on x_j, minus that on x_y.
     let x = buf(&[2, 3], &[0.1, 0.2, 0.4, 3., 0., 0.5]);
-    let (l, g) = loss::multi_margin(&x, &[2, 0]).unwrap();
+    let multi_margin = Loss::Hinge { margin: 1.0, form: HingeForm::MeanOverClasses };
+    let (l, g) = loss_and_grad(multi_margin, &x, &labels(&[2., 0.]));
     assert!((l - 0.25).abs() < 1e-15, "{l}");
     assert_close(&g, &[2, 3], &[1. / 6., 1. / 6., -1. / 3., 0., 0., 0.]);
+    // The course's (Weston-Watkins) hinge sums over the classes: sample 0 gives 1.5, sample 1
+    // 0, mean 0.75; each active term moves 1/2 (the batch mean alone).
+    let svm = Loss::Hinge { margin: 1.0, form: HingeForm::Sum };
+    let (l, g) = loss_and_grad(svm, &x, &labels(&[2., 0.]));
+    assert!((l - 0.75).abs() < 1e-15, "{l}");
+    assert_close(&g, &[2, 3], &[0.5, 0.5, -1., 0., 0., 0.]);
+    // Margin 3 on sample 1 (x = [3, 0, 0.5], y = 0): 3 - 3 + 0 = 0 (inactive), 3 - 3 + 0.5 =
+    // 0.5; sample 0: 3 - 0.4 + 0.1 = 2.7 and 2.8. Sum form: (5.5 + 0.5) / 2 = 3.
+    let (l, _) = loss_and_grad(Loss::Hinge { margin: 3.0, form: HingeForm::Sum }, &x, &labels(&[2., 0.]));
+    assert!((l - 3.0).abs() < 1e-12, "{l}");
 }
 
 #[test]
@@ -331,11 +351,12 @@ fn f32_mode_rounds_each_stored_value() {
     let c = b.add(conv_op(2, plain(3, 1, 1), 1, false), &[i]);
     let t = b.add(Op::Activation(Activation::Tanh), &[c]);
     let g = b.finish(&[c, t]);
-    let params: TensorMap = [("l1.weight".to_string(), w)].into_iter().collect();
-    let t32 = forward(&g, &params, std::slice::from_ref(&x32), Options::inference()).unwrap();
-    let t64 =
-        forward(&g, &params, std::slice::from_ref(&x32), Options::inference().with_precision(Precision::F64)).unwrap();
-    let (o32, o64): (Vec<Tensor>, Vec<Tensor>) = (t32.outputs(), t64.outputs());
+    let mut params: TensorMap = [("l1.weight".to_string(), w)].into_iter().collect();
+    let input = std::slice::from_ref(&x32);
+    let t32 = cnnc_interp::run(&g, &mut params, input, &Options::new()).unwrap();
+    let t64 = cnnc_interp::run(&g, &mut params, input, &Options::new().with_precision(Precision::F64)).unwrap();
+    let outputs = |r: &cnnc_interp::Run| -> Vec<Tensor> { r.outputs().into_iter().flatten().collect() };
+    let (o32, o64) = (outputs(&t32), outputs(&t64));
     // The conv output is the f64 sum rounded once, so both modes agree exactly.
     assert_eq!(o32[0], o64[0]);
     // tanh reads the rounded conv output in F32 mode: again exactly tanh-then-round.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use cnnc_interp::{Buf, BufMap, Options, Precision, Rng, backward, forward};
+use cnnc_interp::{Buf, BufMap, Precision, Rng};
 use cnnc_ir::{Activation, Conv, Epilogue, Fc, FusedBase, Gemm, Graph, Layout, NodeId, Op, Shape};
 use common::*;
 
@@ -49,14 +49,13 @@ fn optimiser_ops_pass_gradient_checks() {
 
 /// Forward outputs and every gradient of two graphs with the same parameters and inputs.
 fn run(g: &Graph, params: &BufMap, inputs: &[Buf]) -> (Vec<Buf>, BufMap, Vec<Buf>) {
-    let trace = forward(g, params, inputs, Options::training(1).with_precision(Precision::F64)).unwrap();
-    let outs: Vec<Buf> = trace.outputs();
+    let outs = forward_outputs(g, TRAIN, params, inputs, Precision::F64);
     let seeds: Vec<Buf> = outs
         .iter()
         .map(|o| Buf { shape: o.shape.clone(), data: (0..o.len()).map(|i| (i % 7) as f64 - 3.0).collect() })
         .collect();
-    let grads = backward(g, &trace, &seeds).unwrap();
-    (outs, grads.params, grads.inputs)
+    let grads = vjp(g, TRAIN, params, inputs, &seeds, Precision::F64);
+    (grads.outputs, grads.params, grads.inputs.into_values().collect())
 }
 
 fn assert_same(a: &(Vec<Buf>, BufMap, Vec<Buf>), b: &(Vec<Buf>, BufMap, Vec<Buf>)) {

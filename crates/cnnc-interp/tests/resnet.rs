@@ -4,8 +4,9 @@
 
 mod common;
 
-use cnnc_interp::{Options, Rng, backward, forward, loss};
-use cnnc_ir::{BatchNorm, Conv, Fc, Graph, NodeId, Op, PoolKind, Shape};
+use cnnc_interp::{Options, Rng, gradients, run};
+use cnnc_ir::{BatchNorm, Conv, Fc, Graph, Loss, NodeId, Op, PoolKind, Shape, TrainOp};
+use cnnc_passes::{TrainingOptions, training_graph};
 use cnnc_runtime::{Tensor, TensorMap};
 use common::*;
 
@@ -82,17 +83,22 @@ fn resnet18_forward_and_backward() {
         Tensor::from_vec(&[2, 3, 64, 64], (0..2 * 3 * 64 * 64).map(|_| uniform(&mut rng, -1.0, 1.0) as f32).collect())
             .unwrap();
 
+    let labels = Tensor::from_vec(&[2], vec![3.0, 7.0]).unwrap();
+    let options = TrainingOptions { input_grads: true, ..TrainingOptions::new(Loss::CrossEntropy) };
+    let t = training_graph(&g, &options).unwrap();
     let start = std::time::Instant::now();
-    let trace = forward(&g, &params, &[x], Options::training(5)).unwrap();
-    let logits: Vec<Tensor> = trace.outputs();
-    let (value, grad) = loss::cross_entropy(&logits[0], &[3, 7]).unwrap();
-    let grads = backward(&g, &trace, &[grad]).unwrap();
+    let mut state = params.clone();
+    let result = run(&t.graph, &mut state, &[x, labels], &Options::new().with_seed(5)).unwrap();
+    let grads = gradients::<Tensor>(&t.outputs, &result);
     eprintln!("resnet-18 64x64 batch 2 forward + backward: {:?}", start.elapsed());
 
+    let value = grads.loss.unwrap();
     assert!(value.is_finite() && value > 0.0);
-    assert_eq!(trace.running_stats::<Tensor>().len(), 2 * 20);
+    let updates = t.graph.iter().filter(|(_, n)| matches!(n.op, Op::Train(TrainOp::BnRunningUpdate { .. }))).count();
+    assert_eq!(updates, 20);
+    assert!(state.iter().any(|(name, v)| name.ends_with("running_mean") && v != &params[name]));
     assert_eq!(grads.params.len(), g.named_params().iter().filter(|(_, s)| s.trainable()).count());
     assert!(grads.params.values().all(|t| t.data.iter().all(|v| v.is_finite())));
     assert!(grads.params["conv1.weight"].data.iter().any(|&v| v != 0.0));
-    assert_eq!(grads.inputs[0].shape, vec![2, 3, 64, 64]);
+    assert_eq!(grads.inputs[&0].shape, vec![2, 3, 64, 64]);
 }

@@ -3,7 +3,7 @@
 //! A node is shaped when it is added (its op's shape rule runs in [`Graph::add`]), so a graph
 //! never holds an unshaped value; [`crate::verify()`] re-checks every invariant after a pass.
 
-use crate::op::Op;
+use crate::op::{Op, TrainOp};
 use crate::param::{ParamSpec, params};
 use crate::shape::{Shape, ShapeError, ShapeWarning, check_valid, infer};
 use cnnc_diag::Span;
@@ -64,6 +64,18 @@ impl Graph {
         check_valid(&shape)?;
         let id =
             self.push(Node { op: Op::Input, inputs: Vec::new(), shape, name: name.into(), span, absorbed: Vec::new() });
+        self.inputs.push(id);
+        Ok(id)
+    }
+
+    /// Adds a model input of class labels (one index in `0..classes` per sample), the target
+    /// of a class loss in a training graph.
+    pub fn add_labels(&mut self, name: impl Into<String>, classes: usize, span: Span) -> Result<NodeId, ShapeError> {
+        if classes == 0 {
+            return Err(ShapeError::BadConfig("labels need at least one class".into()));
+        }
+        let op = Op::Train(TrainOp::Labels { classes });
+        let id = self.push(Node { op, inputs: Vec::new(), shape: Shape(Vec::new()), name: name.into(), span, absorbed: Vec::new() });
         self.inputs.push(id);
         Ok(id)
     }

@@ -1,15 +1,23 @@
-//! Physical layouts of activations, derived from the graph rather than stored.
+//! Physical layouts of activations and weights, derived from the graph rather than stored.
 //!
 //! Shapes stay logical (`[C, H, W]`). Model inputs are plain (`nchw`); a `reorder` produces
-//! the layout it names; every other op either follows its operands (which must agree) or needs
-//! plain operands ([`LayoutRule`]). Channels blocked by 16 need a `[C, H, W]` value whose `C`
-//! is a multiple of 16, so no padding is ever stored. Back ends pick kernels by the layout of a
-//! node's operands; convolutions on blocked data use blocked weights (`OIhw16i16o`), which the
-//! back end derives too (the stored weights stay OIHW).
+//! the layout it names; every other op either follows its operands (which must agree), needs
+//! plain operands, or reduces its operands (of any one layout) to a whole-batch value
+//! ([`LayoutRule`]). Layouts concern batched values only: whole-batch values (parameter
+//! gradients, batch statistics, the loss) and effects are plain and constrain nothing. A
+//! blocked value whose channel count is not a multiple of 16 is stored padded to a whole block
+//! ([`stored_elements`]).
+//!
+//! Convolutions and matrix products reading blocked data use blocked weights
+//! ([`weight_layout`]); the weights as stored in a checkpoint stay OIHW, and the execution
+//! plan packs them once at load (`cnnc_ir::plan::WeightTransform::Pack`). [`WeightLayout::offset`]
+//! defines each packed layout, element by element.
 
-use crate::graph::Graph;
+use crate::facts::{ValueKind, value_kind};
+use crate::graph::{Graph, NodeId};
 use crate::op::{FusedBase, Layout, Op};
 use crate::shape::Shape;
+use crate::train::TrainOp;
 
 /// How an op treats layouts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,16 +26,19 @@ pub enum LayoutRule {
     Source,
     /// Produces the given layout from an operand of any layout.
     Converts(Layout),
-    /// Works in either layout; its operands must agree and its output has theirs.
+    /// Works in either layout; its batched operands must agree and its output has theirs.
     Follows,
     /// Needs plain operands; produces plain output.
     PlainOnly,
+    /// Reads batched operands of any one layout; its value is whole-batch (plain) or none.
+    Reduces,
 }
 
 /// The op's rule. `operand` is its first operand's shape (matrix products follow on maps,
 /// need plain vectors).
 pub fn rule(op: &Op, operand: Option<&Shape>) -> LayoutRule {
     let on_map = operand.is_some_and(|s| s.rank() == 3);
+    let gemm_rule = if on_map { LayoutRule::Follows } else { LayoutRule::PlainOnly };
     match op {
         Op::Input => LayoutRule::Source,
         Op::Reorder(to) => LayoutRule::Converts(*to),
@@ -44,14 +55,34 @@ pub fn rule(op: &Op, operand: Option<&Shape>) -> LayoutRule {
         | Op::Concat
         | Op::ConcatInPlace
         | Op::Add => LayoutRule::Follows,
-        Op::Gemm(_) | Op::Fused { base: FusedBase::Gemm(_), .. } => {
-            if on_map {
-                LayoutRule::Follows
-            } else {
+        Op::Gemm(_) | Op::Fused { base: FusedBase::Gemm(_), .. } => gemm_rule,
+        Op::Flatten | Op::Fc(_) | Op::Softmax | Op::Spp { .. } => LayoutRule::PlainOnly,
+        Op::Train(t) => match t {
+            TrainOp::Labels { .. } => LayoutRule::Source,
+            TrainOp::BnNormalize(_)
+            | TrainOp::DropoutMask { .. }
+            | TrainOp::Mul
+            | TrainOp::PoolArgmax(_)
+            | TrainOp::PoolBackward { .. }
+            | TrainOp::ConvBackwardData { .. }
+            | TrainOp::ActivationBackward { .. }
+            | TrainOp::PreluBackwardData
+            | TrainOp::BnBackwardData { .. }
+            | TrainOp::LrnBackward(_)
+            | TrainOp::Slice { .. } => LayoutRule::Follows,
+            TrainOp::GemmBackwardData { .. } => gemm_rule,
+            TrainOp::Loss(_) | TrainOp::LossGrad(_) | TrainOp::SoftmaxBackward | TrainOp::Reshape(_) => {
                 LayoutRule::PlainOnly
             }
-        }
-        Op::Flatten | Op::Fc(_) | Op::Softmax | Op::Spp { .. } => LayoutRule::PlainOnly,
+            TrainOp::BnStats
+            | TrainOp::BnRunningUpdate { .. }
+            | TrainOp::ConvBackwardWeight(_)
+            | TrainOp::GemmBackwardWeight(_)
+            | TrainOp::BiasGrad
+            | TrainOp::PreluBackwardWeight
+            | TrainOp::BnGammaGrad { .. }
+            | TrainOp::Update(_) => LayoutRule::Reduces,
+        },
     }
 }
 
@@ -79,57 +110,229 @@ pub fn stored_elements(layout: Layout, shape: &Shape) -> usize {
     }
 }
 
+/// The position of logical element `(c, h, w)` of one image of a `[C, H, W]` value (or `(f, 0,
+/// 0)` of a `[F]` one) in its stored form, in elements from the image's start.
+pub fn element_offset(layout: Layout, shape: &Shape, [c, h, w]: [usize; 3]) -> usize {
+    match (layout, &shape.0[..]) {
+        (Layout::Plain, [_, hh, ww]) => (c * hh + h) * ww + w,
+        (Layout::Blocked16, [_, hh, ww]) => (((c / 16) * hh + h) * ww + w) * 16 + c % 16,
+        // Vectors (and whole-batch values) are flat in either layout.
+        (_, _) => c,
+    }
+}
+
 /// Each node's layout, and a message for each node whose operands break its rule. Meant for
 /// graphs whose handles are in range and in order (the verifier checks layouts last).
-pub fn layouts(graph: &Graph) -> (Vec<Layout>, Vec<(crate::NodeId, String)>) {
+pub fn layouts(graph: &Graph) -> (Vec<Layout>, Vec<(NodeId, String)>) {
     let mut out: Vec<Layout> = Vec::with_capacity(graph.len());
     let mut errors = Vec::new();
     for (id, node) in graph.iter() {
-        let operand_layouts: Vec<Layout> =
-            node.inputs.iter().map(|i| out.get(i.index()).copied().unwrap_or(Layout::Plain)).collect();
+        let batched = |i: &NodeId| i.index() < graph.len() && value_kind(&graph[*i].op) == ValueKind::Batched;
+        let operand_layouts: Vec<(usize, Layout)> = node
+            .inputs
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| batched(i))
+            .map(|(k, i)| (k, out.get(i.index()).copied().unwrap_or(Layout::Plain)))
+            .collect();
         let first = node.inputs.first().filter(|i| i.index() < graph.len()).map(|&i| &graph[i].shape);
+        let agree = |errors: &mut Vec<(NodeId, String)>| {
+            let l = operand_layouts.first().map_or(Layout::Plain, |&(_, l)| l);
+            if operand_layouts.iter().any(|&(_, o)| o != l) {
+                let names: Vec<&str> = operand_layouts.iter().map(|(_, o)| o.name()).collect();
+                errors.push((id, format!("its operands' layouts differ ({})", names.join(", "))));
+            }
+            l
+        };
         let layout = match rule(&node.op, first) {
             LayoutRule::Source => Layout::Plain,
             LayoutRule::Converts(to) => to,
-            LayoutRule::Follows => {
-                let l = operand_layouts.first().copied().unwrap_or(Layout::Plain);
-                if operand_layouts.iter().any(|&o| o != l) {
-                    let names: Vec<&str> = operand_layouts.iter().map(|o| o.name()).collect();
-                    errors.push((id, format!("its operands' layouts differ ({})", names.join(", "))));
-                }
-                l
+            LayoutRule::Follows => agree(&mut errors),
+            LayoutRule::Reduces => {
+                agree(&mut errors);
+                Layout::Plain
             }
             LayoutRule::PlainOnly => {
-                if let Some(k) = operand_layouts.iter().position(|&o| o != Layout::Plain) {
+                if let Some(&(k, l)) = operand_layouts.iter().find(|&&(_, o)| o != Layout::Plain) {
                     errors.push((
                         id,
-                        format!(
-                            "`{}` needs plain operands, but operand {k} is {}",
-                            node.op.keyword(),
-                            operand_layouts[k].name()
-                        ),
+                        format!("`{}` needs plain operands, but operand {k} is {}", node.op.keyword(), l.name()),
                     ));
                 }
                 Layout::Plain
             }
         };
+        if value_kind(&node.op) != ValueKind::Batched {
+            out.push(Layout::Plain);
+            continue;
+        }
         if !fits(layout, &node.shape) {
             errors.push((id, format!("its value {} cannot be stored as {}", node.shape, layout.name())));
-        } else if layout == Layout::Blocked16
-            && matches!(node.op, Op::Concat | Op::ConcatInPlace)
-            && let Some(k) = node.inputs.iter().position(|&i| !graph[i].shape.channels().is_multiple_of(16))
-        {
-            errors.push((
-                id,
-                format!(
-                    "a blocked concatenation needs whole blocks, but operand {k} has {} channels",
-                    graph[node.inputs[k]].shape.channels()
-                ),
-            ));
+        } else if layout == Layout::Blocked16 {
+            if let Some(message) = blocked_channel_rule(graph, node) {
+                errors.push((id, message));
+            }
         }
         out.push(layout);
     }
     (out, errors)
+}
+
+/// What a blocked concatenation or channel slice needs: whole blocks.
+fn blocked_channel_rule(graph: &Graph, node: &crate::Node) -> Option<String> {
+    if matches!(node.op, Op::Concat | Op::ConcatInPlace) {
+        let k = node.inputs.iter().position(|&i| !graph[i].shape.channels().is_multiple_of(16))?;
+        return Some(format!(
+            "a blocked concatenation needs whole blocks, but operand {k} has {} channels",
+            graph[node.inputs[k]].shape.channels()
+        ));
+    }
+    if let Op::Train(TrainOp::Slice { start, len }) = node.op
+        && (!start.is_multiple_of(16) || !len.is_multiple_of(16))
+    {
+        return Some(format!("a blocked slice needs whole blocks, but it takes channels {start}..{}", start + len));
+    }
+    None
+}
+
+/// The physical layout of a convolution's or matrix product's weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WeightLayout {
+    /// Plain convolution weights `[O, I/g, KH, KW]` (as stored in a checkpoint).
+    Oihw,
+    /// `[O/16][I/16][KH][KW][16 i][16 o]`, zero-padded: for blocked activations, one group.
+    OIhw16i16o,
+    /// Per group `g`, `[g][O_g/16][I_g/16][KH][KW][16 i][16 o]` (grouped convolution whose
+    /// per-group channels are whole blocks).
+    GOIhw16i16o,
+    /// Groups blocked by 16: `[g/16][O_g][I_g][KH][KW][16 g]`, zero-padded (depthwise-style).
+    Goihw16g,
+    /// A plain matrix `[O, I]` (gemm on plain data, fc).
+    Oi,
+    /// `[O/16][I/16][16 i][16 o]`, zero-padded (gemm on blocked maps).
+    OI16i16o,
+}
+
+impl WeightLayout {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightLayout::Oihw => "oihw",
+            WeightLayout::OIhw16i16o => "OIhw16i16o",
+            WeightLayout::GOIhw16i16o => "gOIhw16i16o",
+            WeightLayout::Goihw16g => "Goihw16g",
+            WeightLayout::Oi => "oi",
+            WeightLayout::OI16i16o => "OI16i16o",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<WeightLayout> {
+        use WeightLayout::*;
+        [Oihw, OIhw16i16o, GOIhw16i16o, Goihw16g, Oi, OI16i16o].into_iter().find(|l| l.name() == name)
+    }
+
+    /// Whether the stored bytes are the checkpoint's own (`[O, I, KH, KW]` or `[O, I]`
+    /// row-major): no packing needed.
+    pub fn is_plain(self) -> bool {
+        match self {
+            WeightLayout::Oihw | WeightLayout::Oi => true,
+            WeightLayout::OIhw16i16o | WeightLayout::GOIhw16i16o | WeightLayout::Goihw16g | WeightLayout::OI16i16o => {
+                false
+            }
+        }
+    }
+
+    /// Elements as stored for a logical weight of `dims` (`[O, I/g, KH, KW]`, or `[O, I]`),
+    /// padding included.
+    pub fn stored_len(self, dims: &[usize], groups: usize) -> usize {
+        let (o, i, kh, kw) = weight_dims(dims);
+        let r16 = |x: usize| x.div_ceil(16) * 16;
+        match self {
+            WeightLayout::Oihw | WeightLayout::Oi => o * i * kh * kw,
+            WeightLayout::OIhw16i16o | WeightLayout::OI16i16o => r16(o) * r16(i) * kh * kw,
+            WeightLayout::GOIhw16i16o => groups * r16(o / groups) * r16(i) * kh * kw,
+            WeightLayout::Goihw16g => r16(groups) * (o / groups) * i * kh * kw,
+        }
+    }
+
+    /// Where logical element `[o, i, kh, kw]` (`i` within its group) of a weight of `dims` with
+    /// `groups` groups is stored. The definition of every packed layout.
+    pub fn offset(self, dims: &[usize], groups: usize, [o, i, y, x]: [usize; 4]) -> usize {
+        let (oo, ii, kh, kw) = weight_dims(dims);
+        let r16 = |v: usize| v.div_ceil(16) * 16;
+        match self {
+            WeightLayout::Oihw | WeightLayout::Oi => ((o * ii + i) * kh + y) * kw + x,
+            WeightLayout::OIhw16i16o | WeightLayout::OI16i16o => {
+                let blocks_i = r16(ii) / 16;
+                ((((o / 16) * blocks_i + i / 16) * kh + y) * kw + x) * 256 + (i % 16) * 16 + o % 16
+            }
+            WeightLayout::GOIhw16i16o => {
+                let og = oo / groups;
+                let (g, o) = (o / og, o % og);
+                let per_group = r16(og) * r16(ii) * kh * kw;
+                let blocks_i = r16(ii) / 16;
+                g * per_group + ((((o / 16) * blocks_i + i / 16) * kh + y) * kw + x) * 256 + (i % 16) * 16 + o % 16
+            }
+            WeightLayout::Goihw16g => {
+                let og = oo / groups;
+                let (g, o) = (o / og, o % og);
+                ((((g / 16) * og + o) * ii + i) * kh + y) * kw * 16 + x * 16 + g % 16
+            }
+        }
+    }
+}
+
+/// `(O, I, KH, KW)` of a convolution weight, `(O, I, 1, 1)` of a matrix.
+fn weight_dims(dims: &[usize]) -> (usize, usize, usize, usize) {
+    match dims {
+        [o, i, kh, kw] => (*o, *i, *kh, *kw),
+        [o, i] => (*o, *i, 1, 1),
+        _ => (dims.iter().product(), 1, 1, 1),
+    }
+}
+
+/// The weight layout of a convolution or matrix product node (forward or backward), given
+/// the graph's layouts; `None` for nodes without a weight of their own.
+pub fn weight_layout(graph: &Graph, layouts: &[Layout], id: NodeId) -> Option<WeightLayout> {
+    let node = &graph[id];
+    let blocked = node.inputs.first().is_some_and(|&x| layouts[x.index()] == Layout::Blocked16);
+    let conv = match &node.op {
+        Op::Conv(conv) | Op::Fused { base: FusedBase::Conv(conv), .. } => conv,
+        Op::Gemm(_) | Op::Fused { base: FusedBase::Gemm(_), .. } => {
+            return Some(if blocked { WeightLayout::OI16i16o } else { WeightLayout::Oi });
+        }
+        Op::Fc(_) => return Some(WeightLayout::Oi),
+        Op::Input
+        | Op::Pool { .. }
+        | Op::GlobalPool(_)
+        | Op::AdaptivePool { .. }
+        | Op::Spp { .. }
+        | Op::Flatten
+        | Op::Activation(_)
+        | Op::Prelu
+        | Op::Softmax
+        | Op::BatchNorm(_)
+        | Op::Lrn(_)
+        | Op::Dropout { .. }
+        | Op::Concat
+        | Op::Add
+        | Op::Reorder(_)
+        | Op::ConcatInPlace
+        | Op::Train(_) => return None,
+    };
+    if !blocked {
+        return Some(WeightLayout::Oihw);
+    }
+    let per_group_in = graph[node.inputs[0]].shape.channels() / conv.groups;
+    let per_group_out = conv.out_channels / conv.groups;
+    Some(if conv.groups == 1 {
+        WeightLayout::OIhw16i16o
+    } else if per_group_in.is_multiple_of(16) && per_group_out.is_multiple_of(16) {
+        WeightLayout::GOIhw16i16o
+    } else if conv.groups.is_multiple_of(16) {
+        WeightLayout::Goihw16g
+    } else {
+        WeightLayout::Oihw
+    })
 }
 
 #[cfg(test)]

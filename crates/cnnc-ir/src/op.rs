@@ -1,7 +1,12 @@
 //! The operations a graph node performs, each with its typed attributes.
 //!
 //! Every `match` over [`Op`] in the compiler is exhaustive (no `_ =>` arm), so adding an op here
-//! turns into a list of compile errors across every phase and back end.
+//! turns into a list of compile errors across every phase and back end. The ops of training
+//! graphs are one variant, [`Op::Train`], holding a [`TrainOp`] (defined in [`crate::train`]):
+//! code that never sees a training graph handles them in one arm, and code that does matches
+//! `TrainOp` exhaustively in turn.
+
+pub use crate::train::TrainOp;
 
 /// A `(height, width)` pair: kernel sizes, strides, paddings and dilations may be asymmetric.
 pub type Pair = [usize; 2];
@@ -190,6 +195,10 @@ pub enum Op {
     /// buffer: it moves no data. Each operand is read by this node only, once, and is neither
     /// a model input nor a model output (checked by the verifier).
     ConcatInPlace,
+    /// An op of a training graph: the loss, a backward op, an optimiser update, or the
+    /// training form of batch norm and dropout (see [`crate::train`]). Made by the training
+    /// transform, never written in a source.
+    Train(TrainOp),
 }
 
 impl Op {
@@ -229,6 +238,7 @@ impl Op {
             Op::Fused { base: FusedBase::Gemm(_), .. } => "fused_gemm",
             Op::Reorder(_) => "reorder",
             Op::ConcatInPlace => "concat_in_place",
+            Op::Train(op) => op.keyword(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The parameters and buffers each op owns, named as PyTorch's `state_dict` names them.
 
-use crate::op::{FusedBase, Op};
+use crate::op::{FusedBase, Op, TrainOp};
 use crate::shape::Shape;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -12,6 +12,9 @@ pub enum ParamRole {
     /// Batch-norm running statistics: buffers, not trained by gradient descent.
     RunningMean,
     RunningVar,
+    /// An optimiser's per-parameter state (momentum, Adam's moments), owned by the parameter's
+    /// update op in a training graph; zero before the first step.
+    OptimizerState,
 }
 
 /// One tensor a layer owns: its full name is `<layer name>.<suffix>`.
@@ -26,7 +29,7 @@ impl ParamSpec {
     pub fn trainable(&self) -> bool {
         match self.role {
             ParamRole::Weight | ParamRole::Bias => true,
-            ParamRole::RunningMean | ParamRole::RunningVar => false,
+            ParamRole::RunningMean | ParamRole::RunningVar | ParamRole::OptimizerState => false,
         }
     }
 
@@ -69,7 +72,7 @@ pub fn params(op: &Op, inputs: &[&Shape]) -> Vec<ParamSpec> {
             }
             out
         }
-        Op::BatchNorm(_) => {
+        Op::BatchNorm(_) | Op::Train(TrainOp::BnNormalize(_)) => {
             let c = inputs[0].channels();
             vec![
                 spec("weight", vec![c], ParamRole::Weight),
@@ -79,6 +82,34 @@ pub fn params(op: &Op, inputs: &[&Shape]) -> Vec<ParamSpec> {
             ]
         }
         Op::Prelu => vec![spec("weight", vec![inputs[0].channels()], ParamRole::Weight)],
+        Op::Train(TrainOp::Update(optimizer)) => {
+            optimizer.state().iter().map(|&suffix| spec(suffix, inputs[0].0.clone(), ParamRole::OptimizerState)).collect()
+        }
+        Op::Train(
+            TrainOp::Labels { .. }
+            | TrainOp::Loss(_)
+            | TrainOp::LossGrad(_)
+            | TrainOp::BnStats
+            | TrainOp::BnRunningUpdate { .. }
+            | TrainOp::DropoutMask { .. }
+            | TrainOp::Mul
+            | TrainOp::PoolArgmax(_)
+            | TrainOp::PoolBackward { .. }
+            | TrainOp::ConvBackwardData { .. }
+            | TrainOp::ConvBackwardWeight(_)
+            | TrainOp::GemmBackwardData { .. }
+            | TrainOp::GemmBackwardWeight(_)
+            | TrainOp::BiasGrad
+            | TrainOp::ActivationBackward { .. }
+            | TrainOp::PreluBackwardData
+            | TrainOp::PreluBackwardWeight
+            | TrainOp::SoftmaxBackward
+            | TrainOp::BnBackwardData { .. }
+            | TrainOp::BnGammaGrad { .. }
+            | TrainOp::LrnBackward(_)
+            | TrainOp::Reshape(_)
+            | TrainOp::Slice { .. },
+        ) => Vec::new(),
         Op::Input
         | Op::Pool { .. }
         | Op::GlobalPool(_)

@@ -24,6 +24,7 @@
 
 use crate::graph::{Graph, Node, NodeId};
 use crate::op::{Activation, BatchNorm, Conv, FusedBase, Gemm, Lrn, Op, Pair, PoolKind, Window};
+use crate::train::{Loss, Optimizer, PoolGeometry, SavedSide, TrainOp};
 use std::fmt;
 
 /// The text form of the whole graph, ending in a newline.
@@ -135,8 +136,115 @@ pub fn attrs(op: &Op) -> Vec<(&'static str, String)> {
         Op::BatchNorm(bn) => bn_attrs(bn, &mut out),
         Op::Lrn(lrn) => lrn_attrs(lrn, &mut out),
         Op::Dropout { p } => out.push(("p", float(*p))),
+        Op::Train(t) => train_attrs(t, &mut out),
     }
     out
+}
+
+fn train_attrs(op: &TrainOp, out: &mut Vec<(&'static str, String)>) {
+    match op {
+        TrainOp::Labels { classes } => out.push(("classes", classes.to_string())),
+        TrainOp::Loss(loss) | TrainOp::LossGrad(loss) => loss_attrs(loss, out),
+        TrainOp::BnStats | TrainOp::Mul | TrainOp::BiasGrad | TrainOp::PreluBackwardData => {}
+        TrainOp::PreluBackwardWeight | TrainOp::SoftmaxBackward => {}
+        TrainOp::BnNormalize(bn) => bn_attrs(bn, out),
+        TrainOp::BnRunningUpdate { bn, spatial } => {
+            bn_attrs(bn, out);
+            out.push(("spatial", spatial.to_string()));
+        }
+        TrainOp::DropoutMask { p } => out.push(("p", float(*p))),
+        TrainOp::PoolArgmax(geometry) => geometry_attrs(geometry, out),
+        TrainOp::PoolBackward { kind, geometry, input } => {
+            out.push(("kind", pool_kind_name(kind).into()));
+            geometry_attrs(geometry, out);
+            kind_attrs(kind, out);
+            out.push(("input", dims(input)));
+        }
+        TrainOp::ConvBackwardData { conv, input, mask } => {
+            conv_attrs(conv, out);
+            out.push(("input", dims(input)));
+            if let Some(mask) = mask {
+                out.push(("mask", mask.keyword().into()));
+            }
+        }
+        TrainOp::ConvBackwardWeight(conv) => conv_attrs(conv, out),
+        TrainOp::GemmBackwardData { gemm, input } => {
+            gemm_attrs(gemm, out);
+            out.push(("input", input.to_string()));
+        }
+        TrainOp::GemmBackwardWeight(gemm) => gemm_attrs(gemm, out),
+        TrainOp::ActivationBackward { activation, from } => {
+            out.push(("act", activation.keyword().into()));
+            activation_attrs(activation, out);
+            if *from == SavedSide::Output {
+                out.push(("from", "output".into()));
+            }
+        }
+        TrainOp::BnBackwardData { bn, batch_stats } | TrainOp::BnGammaGrad { bn, batch_stats } => {
+            if bn.eps != 1e-5 {
+                out.push(("eps", float(bn.eps)));
+            }
+            if !batch_stats {
+                out.push(("stats", "running".into()));
+            }
+        }
+        TrainOp::LrnBackward(lrn) => lrn_attrs(lrn, out),
+        TrainOp::Reshape(to) => out.push(("to", dims(to))),
+        TrainOp::Slice { start, len } => {
+            out.push(("start", start.to_string()));
+            out.push(("len", len.to_string()));
+        }
+        TrainOp::Update(optimizer) => optimizer_attrs(optimizer, out),
+    }
+}
+
+fn loss_attrs(loss: &Loss, out: &mut Vec<(&'static str, String)>) {
+    out.push(("loss", loss.name().into()));
+    match loss {
+        Loss::CrossEntropy | Loss::Mse | Loss::L1 => {}
+        Loss::Huber { delta } => out.push(("delta", float(*delta))),
+        Loss::Hinge { margin, .. } => out.push(("margin", float(*margin))),
+    }
+}
+
+fn geometry_attrs(geometry: &PoolGeometry, out: &mut Vec<(&'static str, String)>) {
+    match geometry {
+        PoolGeometry::Window(window) => window_attrs(window, true, out),
+        PoolGeometry::Global => out.push(("global", "true".into())),
+        PoolGeometry::Adaptive(output) => out.push(("output", pair(*output))),
+        PoolGeometry::Pyramid(levels) => out.push(("levels", dims(levels))),
+    }
+}
+
+fn optimizer_attrs(optimizer: &Optimizer, out: &mut Vec<(&'static str, String)>) {
+    let mut push = |key, value: f64| out.push((key, float(value)));
+    match optimizer {
+        Optimizer::Sgd(sgd) => {
+            push("momentum", sgd.momentum);
+            push("weight_decay", sgd.weight_decay);
+            if sgd.nesterov {
+                out.push(("nesterov", "true".into()));
+            }
+        }
+        Optimizer::Adam(adam) => {
+            push("beta1", adam.beta1);
+            push("beta2", adam.beta2);
+            push("eps", adam.eps);
+            push("weight_decay", adam.weight_decay);
+        }
+        Optimizer::RmsProp(rms) => {
+            push("alpha", rms.alpha);
+            push("eps", rms.eps);
+            push("momentum", rms.momentum);
+            push("weight_decay", rms.weight_decay);
+        }
+    }
+}
+
+/// `[2, 3, 4]`.
+fn dims(values: &[usize]) -> String {
+    let parts: Vec<String> = values.iter().map(usize::to_string).collect();
+    format!("[{}]", parts.join(", "))
 }
 
 fn conv_attrs(conv: &Conv, out: &mut Vec<(&'static str, String)>) {

@@ -19,6 +19,11 @@ impl Shape {
         self.0[0]
     }
 
+    /// Channels (or features), or a rank error for a shape of rank 0.
+    pub fn channels_checked(&self) -> Result<usize, ShapeError> {
+        self.0.first().copied().ok_or_else(|| ShapeError::Rank { expected: "a shape of rank 1 or more", found: self.clone() })
+    }
+
     /// Number of elements, or `None` on overflow.
     pub fn checked_elements(&self) -> Option<usize> {
         self.0.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
@@ -239,6 +244,7 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<(Shape, Vec<ShapeWarning>), S
             dims[0] = channels;
             Shape(dims)
         }
+        Op::Train(t) => crate::train::infer_train(t, inputs)?,
         Op::Add => {
             if inputs.len() < 2 {
                 return Err(ShapeError::Arity { expected: "at least 2", found: inputs.len() });

@@ -20,7 +20,8 @@
 //!   pinned at the maximum is better than a panic.
 
 use crate::graph::{Graph, Node};
-use crate::op::{FusedBase, Op, Pair, Window};
+use crate::op::{Conv, FusedBase, Op, Pair, Window};
+use crate::train::TrainOp;
 use crate::shape::Shape;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -108,6 +109,7 @@ fn macs(graph: &Graph, node: &Node) -> u64 {
             let in_features = first_input(graph, node).map_or(0, elements);
             in_features.saturating_mul(fc.out_features as u64)
         }
+        Op::Train(t) => train_macs(graph, node, t),
         Op::Input
         | Op::Pool { .. }
         | Op::GlobalPool(_)
@@ -124,6 +126,51 @@ fn macs(graph: &Graph, node: &Node) -> u64 {
         | Op::Add
         | Op::Reorder(_)
         | Op::ConcatInPlace => 0,
+    }
+}
+
+/// A backward product costs what its forward does: one multiply-accumulate per element of the
+/// forward output (the gradient operand) and input channel in the window.
+fn train_macs(graph: &Graph, node: &Node, op: &TrainOp) -> u64 {
+    let operand = |k: usize| node.inputs.get(k).filter(|i| i.index() < graph.len()).map(|&i| &graph[i].shape);
+    let window = |conv: &Conv, in_channels: usize| {
+        let [kh, kw] = conv.window.kernel;
+        product(&[in_channels.checked_div(conv.groups).unwrap_or(0), kh, kw])
+    };
+    match op {
+        TrainOp::ConvBackwardData { conv, input, .. } => {
+            operand(0).map_or(0, elements).saturating_mul(window(conv, input[0]))
+        }
+        TrainOp::ConvBackwardWeight(conv) => {
+            let in_channels = operand(0).and_then(|s| s.0.first().copied()).unwrap_or(0);
+            operand(1).map_or(0, elements).saturating_mul(window(conv, in_channels))
+        }
+        TrainOp::GemmBackwardData { input, .. } => operand(0).map_or(0, elements).saturating_mul(*input as u64),
+        TrainOp::GemmBackwardWeight(_) => {
+            let in_channels = operand(0).and_then(|s| s.0.first().copied()).unwrap_or(0);
+            operand(1).map_or(0, elements).saturating_mul(in_channels as u64)
+        }
+        TrainOp::Labels { .. }
+        | TrainOp::Loss(_)
+        | TrainOp::LossGrad(_)
+        | TrainOp::BnStats
+        | TrainOp::BnNormalize(_)
+        | TrainOp::BnRunningUpdate { .. }
+        | TrainOp::DropoutMask { .. }
+        | TrainOp::Mul
+        | TrainOp::PoolArgmax(_)
+        | TrainOp::PoolBackward { .. }
+        | TrainOp::BiasGrad
+        | TrainOp::ActivationBackward { .. }
+        | TrainOp::PreluBackwardData
+        | TrainOp::PreluBackwardWeight
+        | TrainOp::SoftmaxBackward
+        | TrainOp::BnBackwardData { .. }
+        | TrainOp::BnGammaGrad { .. }
+        | TrainOp::LrnBackward(_)
+        | TrainOp::Reshape(_)
+        | TrainOp::Slice { .. }
+        | TrainOp::Update(_) => 0,
     }
 }
 
@@ -179,6 +226,9 @@ fn receptive_field(graph: &Graph, node: &Node, done: &[NodeStats]) -> Field {
         | Op::Lrn(_)
         | Op::Dropout { .. }
         | Op::Reorder(_) => first,
+        // Training ops are not on a path from the input to the model's output: the field
+        // passes through unchanged, and no summary shows it.
+        Op::Train(_) => first,
         Op::Concat | Op::ConcatInPlace | Op::Add => fields.fold(first, |acc, f| Field {
             r: [0, 1].map(|a| acc.r[a].max(f.r[a])),
             j: [0, 1].map(|a| acc.j[a].max(f.j[a])),

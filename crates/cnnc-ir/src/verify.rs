@@ -12,7 +12,9 @@
 //! check) is not shape-checked: its errors would only echo the first one.
 
 use crate::graph::{Graph, Node, NodeId};
-use crate::op::Op;
+use crate::facts::{ValueKind, is_source, param_name, param_reads, value_kind, whole_batch_operands};
+use crate::op::{Op, TrainOp};
+use crate::param::ParamSpec;
 use crate::shape::{Shape, ShapeError, check_valid, infer};
 use std::collections::HashMap;
 use std::fmt;
@@ -93,6 +95,22 @@ pub enum VerifyError {
         operand: NodeId,
         reason: &'static str,
     },
+    /// The node reads a parameter no node owns, or an update's gradient does not fit its
+    /// parameter.
+    ParamRead {
+        node: NodeId,
+        name: String,
+        param: String,
+        problem: String,
+    },
+    /// An operand of the wrong kind: an effect (which has no value), or a whole-batch value
+    /// where a batched one is expected, or the reverse.
+    OperandKind {
+        node: NodeId,
+        name: String,
+        operand: NodeId,
+        problem: &'static str,
+    },
     /// The node's operands break its layout rule (see [`crate::layout`]).
     Layout {
         node: NodeId,
@@ -116,6 +134,8 @@ impl VerifyError {
             | VerifyError::DuplicateParam { node, .. }
             | VerifyError::DeadNode { node, .. }
             | VerifyError::ConcatInPlaceOperand { node, .. }
+            | VerifyError::ParamRead { node, .. }
+            | VerifyError::OperandKind { node, .. }
             | VerifyError::Layout { node, .. } => Some(*node),
             VerifyError::InputList { .. } | VerifyError::NoOutputs | VerifyError::OutputOutOfRange { .. } => None,
         }
@@ -185,6 +205,12 @@ impl fmt::Display for VerifyError {
             VerifyError::ConcatInPlaceOperand { node, name, operand, reason } => {
                 write!(f, "{} cannot be written in place by its operand {operand}: {reason}", Who(*node, name))
             }
+            VerifyError::ParamRead { node, name, param, problem } => {
+                write!(f, "{} reads parameter `{}`, which {problem}", Who(*node, name), param.escape_debug())
+            }
+            VerifyError::OperandKind { node, name, operand, problem } => {
+                write!(f, "{} reads {operand}, {problem}", Who(*node, name))
+            }
             VerifyError::Layout { node, name, message } => {
                 write!(f, "{} breaks its layout rule: {message}", Who(*node, name))
             }
@@ -207,6 +233,7 @@ pub fn verify(graph: &Graph) -> Result<(), Vec<VerifyError>> {
         sound.push(ok);
     }
     check_param_names(graph, &sound, &mut errors);
+    check_param_reads(graph, &sound, &mut errors);
     check_dead(graph, &mut errors);
     if errors.is_empty() {
         check_concat_in_place(graph, &mut errors);
@@ -218,7 +245,7 @@ pub fn verify(graph: &Graph) -> Result<(), Vec<VerifyError>> {
 }
 
 fn check_input_list(graph: &Graph, errors: &mut Vec<VerifyError>) {
-    let actual: Vec<NodeId> = graph.iter().filter(|(_, n)| n.op == Op::Input).map(|(id, _)| id).collect();
+    let actual: Vec<NodeId> = graph.iter().filter(|(_, n)| is_source(&n.op)).map(|(id, _)| id).collect();
     if graph.inputs != actual {
         errors.push(VerifyError::InputList { declared: graph.inputs.clone(), actual });
     }
@@ -246,6 +273,12 @@ fn check_node(graph: &Graph, id: NodeId, node: &Node, sound: &[bool], errors: &m
     }
     if node.op == Op::Input {
         return check_input_node(id, node, errors);
+    }
+    if let Op::Train(TrainOp::Labels { .. }) = node.op {
+        return check_labels_node(id, node, errors);
+    }
+    if !check_operand_kinds(graph, id, node, errors) {
+        return false;
     }
     // An operand that failed its own check has an untrustworthy shape (possibly of a rank the
     // shape rules would index out of bounds), so the node is skipped rather than blamed.
@@ -293,6 +326,65 @@ fn check_input_node(id: NodeId, node: &Node, errors: &mut Vec<VerifyError>) -> b
         errors.push(VerifyError::InvalidShape { node: id, name: name(), error });
     }
     errors.len() == before
+}
+
+fn check_labels_node(id: NodeId, node: &Node, errors: &mut Vec<VerifyError>) -> bool {
+    let before = errors.len();
+    if !node.inputs.is_empty() {
+        errors.push(VerifyError::InputWithOperands { node: id, name: node.name.clone() });
+    }
+    if node.shape.rank() != 0 {
+        errors.push(VerifyError::InputRank { node: id, name: node.name.clone(), shape: node.shape.clone() });
+    }
+    errors.len() == before
+}
+
+/// Effects are never read; whole-batch values are read exactly where the op expects them.
+fn check_operand_kinds(graph: &Graph, id: NodeId, node: &Node, errors: &mut Vec<VerifyError>) -> bool {
+    let whole = whole_batch_operands(&node.op);
+    let mut ok = true;
+    for (k, &operand) in node.inputs.iter().enumerate() {
+        let problem = match (value_kind(&graph[operand].op), whole.contains(&k)) {
+            (ValueKind::Effect, _) => Some("an effect, which has no value"),
+            (ValueKind::Batched, true) => Some("a batched value where the op takes a whole-batch one"),
+            (ValueKind::WholeBatch, false) => Some("a whole-batch value where the op takes a batched one"),
+            (ValueKind::Batched, false) | (ValueKind::WholeBatch, true) => None,
+        };
+        if let Some(problem) = problem {
+            errors.push(VerifyError::OperandKind { node: id, name: node.name.clone(), operand, problem });
+            ok = false;
+        }
+    }
+    ok
+}
+
+/// Every parameter a node reads without owning it is owned by some node; an update's
+/// gradient has its parameter's shape, and the parameter is trainable.
+fn check_param_reads(graph: &Graph, sound: &[bool], errors: &mut Vec<VerifyError>) {
+    let mut owned: HashMap<String, ParamSpec> = HashMap::new();
+    for (id, node) in graph.iter().filter(|(id, _)| sound[id.index()]) {
+        for spec in graph.params(id) {
+            owned.insert(format!("{}.{}", node.name, spec.suffix), spec);
+        }
+    }
+    for (id, node) in graph.iter().filter(|(id, _)| sound[id.index()]) {
+        for suffix in param_reads(&node.op) {
+            let param = param_name(&node.name, suffix);
+            let problem = match (owned.get(&param), &node.op) {
+                (None, _) => Some("no node owns".to_string()),
+                (Some(spec), Op::Train(TrainOp::Update(_))) if !spec.trainable() => {
+                    Some("is not trainable".to_string())
+                }
+                (Some(spec), Op::Train(TrainOp::Update(_))) if graph[node.inputs[0]].shape.0 != spec.dims => {
+                    Some(format!("has shape {:?}, but the gradient is {}", spec.dims, graph[node.inputs[0]].shape))
+                }
+                (Some(_), _) => None,
+            };
+            if let Some(problem) = problem {
+                errors.push(VerifyError::ParamRead { node: id, name: node.name.clone(), param, problem });
+            }
+        }
+    }
 }
 
 /// Full parameter names (`layer.suffix`) are unique. Only sound nodes are asked for their
@@ -350,7 +442,7 @@ fn check_dead(graph: &Graph, errors: &mut Vec<VerifyError>) {
         return;
     }
     for (id, node) in graph.iter() {
-        if !live[id.index()] && node.op != Op::Input {
+        if !live[id.index()] && !is_source(&node.op) {
             errors.push(VerifyError::DeadNode { node: id, name: node.name.clone() });
         }
     }

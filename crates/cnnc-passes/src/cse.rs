@@ -56,7 +56,9 @@ fn mergeable_key(graph: &Graph, id: NodeId) -> Option<String> {
     // Writing into a String cannot fail.
     let mut put = |x: &dyn std::fmt::Debug| write!(key, ":{x:?}").unwrap_or(());
     match op {
-        Op::Input | Op::Dropout { .. } => return None,
+        // Training ops are made once per need by the training transform; effects and random
+        // masks must never merge.
+        Op::Input | Op::Dropout { .. } | Op::Train(_) => return None,
         // Owners of parameters returned above; listed so that a new op is a compile error here.
         Op::Conv(_) | Op::Fc(_) | Op::BatchNorm(_) | Op::Prelu | Op::Gemm(_) | Op::Fused { .. } => return None,
         // Its operands are private to it: no other node can read the same ones.

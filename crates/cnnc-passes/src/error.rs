@@ -17,10 +17,10 @@ pub enum PassError {
     Broken { pass: &'static str, errors: Vec<VerifyError> },
     /// A pass rebuilt a node whose shape rule rejects it: a bug in the pass.
     Shape { pass: &'static str, node: String, error: ShapeError },
-    /// A pass that rewrites weights did not find a tensor it needs.
-    MissingWeight { pass: &'static str, name: String },
-    /// A weight tensor whose shape is not the one the graph declares.
-    WeightShape { pass: &'static str, name: String, expected: Vec<usize>, found: Vec<usize> },
+    /// A pass that rewrites weights could not (a tensor is missing or misshapen).
+    Weights { pass: &'static str, error: cnnc_runtime::TransformError },
+    /// The training transform was asked for something the graph cannot give.
+    Training(String),
 }
 
 impl fmt::Display for PassError {
@@ -50,12 +50,8 @@ impl fmt::Display for PassError {
             PassError::Shape { pass, node, error } => {
                 write!(f, "internal error: pass `{pass}` built an ill-shaped node `{node}`: {error}")
             }
-            PassError::MissingWeight { pass, name } => {
-                write!(f, "pass `{pass}` needs the weight `{name}`, which is missing")
-            }
-            PassError::WeightShape { pass, name, expected, found } => {
-                write!(f, "pass `{pass}`: weight `{name}` has shape {found:?}, but the graph declares {expected:?}")
-            }
+            PassError::Weights { pass, error } => write!(f, "pass `{pass}`: {error}"),
+            PassError::Training(message) => f.write_str(message),
         }
     }
 }

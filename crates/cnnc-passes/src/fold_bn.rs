@@ -10,18 +10,20 @@
 //! b'[o]      = (b[o] - mean[o]) * s[o] + beta[o]      (b = 0 for a producer without bias)
 //! ```
 //!
-//! computed in f64 and rounded once to f32. A producer without bias gains one
-//! (`<conv>.bias`); the batch norm's four tensors (and a `num_batches_tracked` entry, if any)
-//! leave the weight map. The folded node keeps the producer's name and records the batch norm
-//! as absorbed.
+//! computed in f64 and rounded once to f32 (`cnnc_runtime::fold_bn`). A producer without bias
+//! gains one (`<conv>.bias`); the batch norm's four tensors (and a `num_batches_tracked` entry,
+//! if any) leave the weight map. The pass records each fold as a weight transform of the plan
+//! (`WeightTransform::FoldBn`), so a back end loading a checkpoint applies the same folds; it
+//! rewrites the weights it is given the same way. The folded node keeps the producer's name
+//! and records the batch norm as absorbed.
 //!
 //! The pattern fires only when the batch norm is the producer's only user and the producer's
 //! value is not a model output: otherwise the unnormalised value is still needed.
 
 use crate::error::PassError;
 use crate::rewrite::{Ctx, Rebuild};
-use cnnc_ir::{BatchNorm, Graph, NodeId, Op};
-use cnnc_runtime::{NUM_BATCHES_TRACKED, Tensor, TensorMap};
+use cnnc_ir::plan::WeightTransform;
+use cnnc_ir::{Graph, NodeId, Op};
 
 const PASS: &str = "fold-bn";
 
@@ -50,9 +52,12 @@ pub fn run(cx: &mut Ctx) -> Result<usize, PassError> {
             Op::Gemm(gemm) => Op::Gemm(cnnc_ir::Gemm { bias: true, ..*gemm }),
             other => unreachable!("foldable_into admits conv, fc and gemm only, not {}", other.keyword()),
         };
+        let transform = WeightTransform::FoldBn { layer: graph[producer].name.clone(), bn: node.name.clone(), eps: bn.eps };
         if let Some(weights) = cx.weights.as_deref_mut() {
-            fold_weights(graph, producer, id, bn, weights)?;
+            cnnc_runtime::apply_transforms(std::slice::from_ref(&transform), weights)
+                .map_err(|error| PassError::Weights { pass: PASS, error })?;
         }
+        cx.transforms.push(transform);
         let new = b.emit(producer, op, &graph[producer].inputs.clone(), &[id])?;
         b.forward(id, producer);
         debug_assert_eq!(b.mapped(id), new);
@@ -73,47 +78,4 @@ fn foldable_into(graph: &Graph, users: &[Vec<NodeId>], id: NodeId) -> Option<Nod
         [only] if matches!(graph[only].op, Op::BatchNorm(_)) => Some(only),
         _ => None,
     }
-}
-
-/// Rewrites the producer's weight and bias in `weights` and removes the batch norm's tensors.
-fn fold_weights(
-    graph: &Graph,
-    producer: NodeId,
-    bn_id: NodeId,
-    bn: BatchNorm,
-    weights: &mut TensorMap,
-) -> Result<(), PassError> {
-    let p = &graph[producer].name;
-    let n = &graph[bn_id].name;
-    let channels = graph[producer].shape.channels();
-    let get = |name: String, dims: Vec<usize>| -> Result<Vec<f64>, PassError> {
-        let t = weights.get(&name).ok_or_else(|| PassError::MissingWeight { pass: PASS, name: name.clone() })?;
-        if t.shape != dims {
-            return Err(PassError::WeightShape { pass: PASS, name, expected: dims, found: t.shape.clone() });
-        }
-        Ok(t.data.iter().map(|&x| f64::from(x)).collect())
-    };
-    let specs = graph.params(producer);
-    let w_dims =
-        specs.iter().find(|s| s.suffix == "weight").map(|s| s.dims.clone()).expect("conv, fc and gemm own a weight");
-    let has_bias = specs.iter().any(|s| s.suffix == "bias");
-    let w = get(format!("{p}.weight"), w_dims.clone())?;
-    let bias = if has_bias { get(format!("{p}.bias"), vec![channels])? } else { vec![0.0; channels] };
-    let gamma = get(format!("{n}.weight"), vec![channels])?;
-    let beta = get(format!("{n}.bias"), vec![channels])?;
-    let mean = get(format!("{n}.running_mean"), vec![channels])?;
-    let var = get(format!("{n}.running_var"), vec![channels])?;
-
-    let scale: Vec<f64> = (0..channels).map(|c| gamma[c] / (var[c] + bn.eps).sqrt()).collect();
-    let per_channel = w.len() / channels;
-    let new_w: Vec<f32> = w.iter().enumerate().map(|(i, &x)| (x * scale[i / per_channel]) as f32).collect();
-    let new_b: Vec<f32> = (0..channels).map(|c| ((bias[c] - mean[c]) * scale[c] + beta[c]) as f32).collect();
-
-    weights.insert(format!("{p}.weight"), Tensor { shape: w_dims, data: new_w });
-    weights.insert(format!("{p}.bias"), Tensor { shape: vec![channels], data: new_b });
-    for suffix in ["weight", "bias", "running_mean", "running_var"] {
-        weights.remove(&format!("{n}.{suffix}"));
-    }
-    weights.remove(&format!("{n}{NUM_BATCHES_TRACKED}"));
-    Ok(())
 }

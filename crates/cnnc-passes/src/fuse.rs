@@ -12,16 +12,16 @@
 //!
 //! Fc layers fuse as matrix products (`fused_gemm`), their weights unchanged. In training
 //! only activations whose derivative is a function of their output fuse (relu, sigmoid,
-//! tanh: see [`crate::memory::activation_backward_from_output`]), so the backward pass never
+//! tanh: see [`cnnc_ir::facts::backward_from_output`]), so the backward pass never
 //! needs the pre-activation value, which is not stored.
 //!
 //! The fused node keeps the producer's name and parameters, takes the place of the last node
 //! it absorbs (its operands all come earlier), and lists the absorbed layers.
 
 use crate::error::PassError;
-use crate::memory::activation_backward_from_output;
 use crate::pipeline::Mode;
 use crate::rewrite::{Ctx, Rebuild};
+use cnnc_ir::facts::backward_from_output;
 use cnnc_ir::{Activation, Epilogue, FusedBase, Gemm, Graph, NodeId, Op};
 use std::collections::HashMap;
 
@@ -86,7 +86,24 @@ fn base_of(op: &Op) -> Option<FusedBase> {
         Op::Conv(conv) => Some(FusedBase::Conv(*conv)),
         Op::Gemm(gemm) => Some(FusedBase::Gemm(*gemm)),
         Op::Fc(fc) => Some(FusedBase::Gemm(Gemm { out: fc.out_features, bias: fc.bias })),
-        _ => None,
+        Op::Input
+        | Op::Pool { .. }
+        | Op::GlobalPool(_)
+        | Op::AdaptivePool { .. }
+        | Op::Spp { .. }
+        | Op::Flatten
+        | Op::Activation(_)
+        | Op::Prelu
+        | Op::Softmax
+        | Op::BatchNorm(_)
+        | Op::Lrn(_)
+        | Op::Dropout { .. }
+        | Op::Concat
+        | Op::Add
+        | Op::Fused { .. }
+        | Op::Reorder(_)
+        | Op::ConcatInPlace
+        | Op::Train(_) => None,
     }
 }
 
@@ -124,7 +141,7 @@ fn find_groups(graph: &Graph, mode: Mode) -> Vec<Group> {
         let mut activation = None;
         if let Some(next) = sole_user(graph, &users, head)
             && let Op::Activation(a) = graph[next].op
-            && (mode == Mode::Inference || activation_backward_from_output(&a))
+            && (mode == Mode::Inference || backward_from_output(&a))
         {
             activation = Some((next, a));
             head = next;

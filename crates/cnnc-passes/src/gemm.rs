@@ -19,7 +19,25 @@ pub fn run(cx: &mut Ctx) -> Result<usize, PassError> {
             Op::Fused { base: FusedBase::Conv(conv), epilogue } => {
                 as_gemm(conv).map(|gemm| Op::Fused { base: FusedBase::Gemm(gemm), epilogue: *epilogue })
             }
-            _ => None,
+            Op::Fused { base: FusedBase::Gemm(_), .. }
+            | Op::Input
+            | Op::Pool { .. }
+            | Op::GlobalPool(_)
+            | Op::AdaptivePool { .. }
+            | Op::Spp { .. }
+            | Op::Flatten
+            | Op::Activation(_)
+            | Op::Prelu
+            | Op::Softmax
+            | Op::BatchNorm(_)
+            | Op::Lrn(_)
+            | Op::Dropout { .. }
+            | Op::Concat
+            | Op::Add
+            | Op::Gemm(_)
+            | Op::Reorder(_)
+            | Op::ConcatInPlace
+            | Op::Train(_) => None,
         };
         match op {
             Some(op) => {

@@ -21,39 +21,10 @@
 
 use crate::error::PassError;
 use crate::rewrite::{Ctx, Rebuild};
-use cnnc_ir::layout::{LayoutRule, layouts, rule, stored_channels, stored_elements};
-use cnnc_ir::{FusedBase, Graph, Layout, NodeId, Op, Shape};
+use cnnc_ir::facts::{ValueKind, computes_products, value_kind};
+use cnnc_ir::layout::{LayoutRule, WeightLayout, layouts, rule, stored_channels, stored_elements, weight_layout};
+use cnnc_ir::{Graph, Layout, NodeId, Op, Shape, TrainOp};
 use std::collections::HashMap;
-
-/// The physical layout of a convolution's or matrix product's weights.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum WeightLayout {
-    /// Plain convolution weights `[O, I, KH, KW]` (as stored).
-    Oihw,
-    /// Blocked by 16 input and 16 output channels, for blocked activations and one group.
-    OIhw16i16o,
-    /// Per group, blocked by 16 input and output channels (grouped convolution).
-    GOIhw16i16o,
-    /// Depthwise-style groups blocked by 16 groups.
-    Goihw16g,
-    /// A plain matrix `[O, I]` (gemm on plain data, fc).
-    Oi,
-    /// A matrix blocked by 16 input and 16 output channels (gemm on blocked maps).
-    OI16i16o,
-}
-
-impl WeightLayout {
-    pub fn name(self) -> &'static str {
-        match self {
-            WeightLayout::Oihw => "oihw",
-            WeightLayout::OIhw16i16o => "OIhw16i16o",
-            WeightLayout::GOIhw16i16o => "gOIhw16i16o",
-            WeightLayout::Goihw16g => "Goihw16g",
-            WeightLayout::Oi => "oi",
-            WeightLayout::OI16i16o => "OI16i16o",
-        }
-    }
-}
 
 /// Chooses layouts and inserts reorders; returns how many reorders the graph holds after.
 pub fn run(cx: &mut Ctx) -> Result<usize, PassError> {
@@ -83,24 +54,28 @@ pub fn run(cx: &mut Ctx) -> Result<usize, PassError> {
         let first = node.inputs.first().map(|&i| &graph[i].shape);
         let wanted = match rule(&node.op, first) {
             LayoutRule::Source | LayoutRule::Converts(_) => None,
-            LayoutRule::Follows => Some(own),
+            LayoutRule::Follows | LayoutRule::Reduces => Some(own),
             LayoutRule::PlainOnly => Some(Layout::Plain),
         };
         let mut inputs = Vec::with_capacity(node.inputs.len());
         for &x in &node.inputs {
+            let batched = value_kind(&graph[x].op) == ValueKind::Batched;
             let x = b.mapped(x);
             inputs.push(match wanted {
-                Some(to) => reorder(&mut b, &mut layout_of, x, to)?,
-                None => x,
+                Some(to) if batched => reorder(&mut b, &mut layout_of, x, to)?,
+                Some(_) | None => x,
             });
         }
         b.emit_mapped(id, node.op.clone(), inputs, &[])?;
-        layout_of.push(own);
+        // Only batched values have layouts; the rest count as plain.
+        let batched = value_kind(&node.op) == ValueKind::Batched;
+        layout_of.push(if batched { own } else { Layout::Plain });
     }
     let mut outputs = Vec::with_capacity(graph.outputs.len());
     for &o in &graph.outputs {
+        let batched = value_kind(&graph[o].op) == ValueKind::Batched;
         let o = b.mapped(o);
-        outputs.push(reorder(&mut b, &mut layout_of, o, Layout::Plain)?);
+        outputs.push(if batched { reorder(&mut b, &mut layout_of, o, Layout::Plain)? } else { o });
     }
     let rebuilt = b.finish_with_outputs(outputs)?;
     let count = rebuilt.0.iter().filter(|(_, n)| matches!(n.op, Op::Reorder(_))).count();
@@ -140,12 +115,16 @@ pub fn blocked_nodes(graph: &Graph) -> Vec<bool> {
         .iter()
         .map(|(_, node)| {
             let first = node.inputs.first().map(|&i| &graph[i].shape);
-            let whole_blocks = !matches!(node.op, Op::Concat | Op::ConcatInPlace)
-                || node.inputs.iter().all(|&i| graph[i].shape.channels().is_multiple_of(16));
-            rule(&node.op, first) == LayoutRule::Follows
-                && worth_blocking(&node.shape)
-                && node.inputs.iter().all(|&i| worth_blocking(&graph[i].shape))
-                && whole_blocks
+            let batched = |i: &&NodeId| value_kind(&graph[**i].op) == ValueKind::Batched;
+            let operands_fit = node.inputs.iter().filter(batched).all(|&i| worth_blocking(&graph[i].shape));
+            match rule(&node.op, first) {
+                LayoutRule::Follows => {
+                    worth_blocking(&node.shape) && operands_fit && whole_blocks(graph, node)
+                }
+                // A reduction's value is whole-batch: only its operands' layout is chosen.
+                LayoutRule::Reduces => operands_fit && node.inputs.iter().any(|i| batched(&i)),
+                LayoutRule::Source | LayoutRule::Converts(_) | LayoutRule::PlainOnly => false,
+            }
         })
         .collect();
     // Connected regions of candidates (union-find over candidate-to-candidate edges).
@@ -181,7 +160,18 @@ pub fn blocked_nodes(graph: &Graph) -> Vec<bool> {
 }
 
 fn computes(op: &Op) -> bool {
-    matches!(op, Op::Conv(_) | Op::Gemm(_) | Op::Fused { .. })
+    computes_products(op) && !matches!(op, Op::Fc(_))
+}
+
+/// A blocked concatenation or channel slice moves whole blocks only.
+fn whole_blocks(graph: &Graph, node: &cnnc_ir::Node) -> bool {
+    if matches!(node.op, Op::Concat | Op::ConcatInPlace) {
+        return node.inputs.iter().all(|&i| graph[i].shape.channels().is_multiple_of(16));
+    }
+    if let Op::Train(TrainOp::Slice { start, len }) = node.op {
+        return start.is_multiple_of(16) && len.is_multiple_of(16);
+    }
+    true
 }
 
 /// Moves region edges past nodes where that makes the reorders no larger: a blocked pooling
@@ -191,7 +181,13 @@ fn computes(op: &Op) -> bool {
 /// the pooled map, a quarter of the size. Convolutions and matrix products stay blocked.
 fn shrink(graph: &Graph, blocked: &mut [bool]) {
     let users = graph.users();
-    let size = |id: NodeId| stored_elements(Layout::Blocked16, &graph[id].shape);
+    let mut is_output = vec![false; graph.len()];
+    for o in &graph.outputs {
+        is_output[o.index()] = true;
+    }
+    let batched = |id: NodeId| value_kind(&graph[id].op) == ValueKind::Batched;
+    // Reorders move batched values only: a whole-batch value costs nothing to "convert".
+    let size = |id: NodeId| if batched(id) { stored_elements(Layout::Blocked16, &graph[id].shape) } else { 0 };
     loop {
         let mut changed = false;
         for (id, node) in graph.iter() {
@@ -199,9 +195,10 @@ fn shrink(graph: &Graph, blocked: &mut [bool]) {
                 continue;
             }
             let readers_blocked = users[id.index()].iter().any(|u| blocked[u.index()]);
-            let readers_plain = graph.outputs.contains(&id) || users[id.index()].iter().any(|u| !blocked[u.index()]);
+            let readers_plain = is_output[id.index()] || users[id.index()].iter().any(|u| !blocked[u.index()]);
             let operands: Vec<NodeId> = {
-                let mut v = node.inputs.clone();
+                let mut v: Vec<NodeId> = node.inputs.iter().copied().filter(|&x| batched(x)).collect();
+                v.sort();
                 v.dedup();
                 v
             };
@@ -221,35 +218,6 @@ fn shrink(graph: &Graph, blocked: &mut [bool]) {
             break;
         }
     }
-}
-
-/// The weight layout of a convolution or matrix product node, given the graph's layouts
-/// (`cnnc_ir::layout::layouts`); `None` for other nodes.
-pub fn weight_layout(graph: &Graph, layouts: &[Layout], id: NodeId) -> Option<WeightLayout> {
-    let node = &graph[id];
-    let blocked = node.inputs.first().is_some_and(|&x| layouts[x.index()] == Layout::Blocked16);
-    let conv = match &node.op {
-        Op::Conv(conv) | Op::Fused { base: FusedBase::Conv(conv), .. } => conv,
-        Op::Gemm(_) | Op::Fused { base: FusedBase::Gemm(_), .. } => {
-            return Some(if blocked { WeightLayout::OI16i16o } else { WeightLayout::Oi });
-        }
-        Op::Fc(_) => return Some(WeightLayout::Oi),
-        _ => return None,
-    };
-    if !blocked {
-        return Some(WeightLayout::Oihw);
-    }
-    let per_group_in = graph[node.inputs[0]].shape.channels() / conv.groups;
-    let per_group_out = conv.out_channels / conv.groups;
-    Some(if conv.groups == 1 {
-        WeightLayout::OIhw16i16o
-    } else if per_group_in.is_multiple_of(16) && per_group_out % 16 == 0 {
-        WeightLayout::GOIhw16i16o
-    } else if conv.groups % 16 == 0 {
-        WeightLayout::Goihw16g
-    } else {
-        WeightLayout::Oihw
-    })
 }
 
 /// Every weight-owning node's weight layout, by layer name, in node order.

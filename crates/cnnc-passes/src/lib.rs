@@ -98,34 +98,43 @@ pub mod dropout;
 mod error;
 pub mod fold_bn;
 pub mod fuse;
+pub mod fuse_backward;
 pub mod gemm;
+pub mod grad;
 pub mod layout;
 pub mod memory;
 pub mod pipeline;
+pub mod plan;
 pub mod rewrite;
 
 pub use error::PassError;
-pub use memory::{MemoryPlan, PlanOptions, plan};
+pub use grad::{Objective, TrainingGraph, TrainingOptions, training_forward, training_graph};
+pub use memory::PlanOptions;
 pub use pipeline::{Mode, Pass, PassOptions, PassRun, parse_passes, valid_pass_names};
 pub use rewrite::Ctx;
 
+use cnnc_ir::plan::{OutputRole, Plan};
 use cnnc_ir::{Graph, NodeId};
 use cnnc_runtime::TensorMap;
 
-/// The result of [`optimize`].
+/// The result of [`optimize`] and [`optimize_training`].
 #[derive(Clone, Debug)]
 pub struct Optimized {
-    pub graph: Graph,
-    /// The weights for `graph` (BN folded in), when weights were given.
+    /// Inference, or training (a training graph, or the forward pass of training).
+    pub mode: Mode,
+    /// The optimised graph's execution plan (the graph itself is `plan.graph`).
+    pub plan: Plan,
+    /// The weights for the plan's graph (BN folded in, not yet packed), when weights were
+    /// given.
     pub weights: Option<TensorMap>,
-    /// Each fusion group, as the source layer names it stands for: the surviving node's own
-    /// name first, then the layers it absorbed, in order (`["conv1", "bn1"]`). Groups are in
-    /// the optimised graph's node order.
+    /// Each fusion group of forward layers, as the source layer names it stands for: the
+    /// surviving node's own name first, then the layers it absorbed, in order (`["conv1",
+    /// "bn1"]`). Groups are in the optimised graph's node order.
     pub fused: Vec<Vec<String>>,
-    /// For each node of `graph`, the nodes of the input graph it stands for (itself first).
+    /// For each node of the plan's graph, the nodes of the input graph it stands for (itself
+    /// first); empty for nodes made by a pass (reorders) or the training transform (the loss,
+    /// backward ops).
     pub origins: Vec<Vec<NodeId>>,
-    /// The memory plan of `graph` in the chosen mode.
-    pub plan: MemoryPlan,
     /// What each pass did, in the order they ran.
     pub ran: Vec<PassRun>,
     /// Passes that were asked for but skipped (inference-only passes in training mode).
@@ -135,22 +144,26 @@ pub struct Optimized {
 }
 
 impl Optimized {
+    pub fn graph(&self) -> &Graph {
+        &self.plan.graph
+    }
+
     /// The optimised graph's text form (`cnnc ir`): each node that absorbed layers lists them
     /// after its name (`  %5 = fused_conv(%4) {...} -> [64, 56, 56]  // conv1 <- bn1, relu1`).
     pub fn print(&self) -> String {
-        cnnc_ir::print(&self.graph)
+        cnnc_ir::print(self.graph())
     }
 
     /// Every convolution's and matrix product's weight layout, by layer name.
-    pub fn weight_layouts(&self) -> Vec<(String, layout::WeightLayout)> {
-        layout::weight_layouts(&self.graph)
+    pub fn weight_layouts(&self) -> Vec<(String, cnnc_ir::WeightLayout)> {
+        layout::weight_layouts(self.graph())
     }
 
     /// The fusion groups as clusters of the *input* graph, for
     /// `cnnc_ir::dot_with_clusters(original, &opt.clusters())`: each labelled with the name of
     /// the node that survives, holding the original nodes it absorbed.
     pub fn clusters(&self) -> Vec<(String, Vec<NodeId>)> {
-        self.graph
+        self.graph()
             .iter()
             .zip(&self.origins)
             .filter(|(_, origins)| origins.len() > 1)
@@ -159,17 +172,75 @@ impl Optimized {
     }
 }
 
-/// Runs the chosen passes on a copy of `graph` (and of `weights`), then plans its memory.
+/// Runs the chosen passes on a copy of `graph` (and of `weights`), then plans it. In
+/// [`Mode::Training`] the planned graph is the forward pass of training
+/// ([`training_forward`]: batch statistics, dropout masks, running-statistics updates).
 pub fn optimize(graph: &Graph, weights: Option<&TensorMap>, options: &PassOptions) -> Result<Optimized, PassError> {
     let mut weights = weights.cloned();
     let mut cx = Ctx::new(graph.clone(), weights.as_mut(), options.mode);
-    let (ran, skipped) = pipeline::run_passes(&mut cx, options)?;
-    let Ctx { graph: optimized, origins, .. } = cx;
+    let (mut ran, mut skipped) = match options.mode {
+        Mode::Inference => pipeline::run_passes(&mut cx, options)?,
+        Mode::Training => pipeline::run_some(&mut cx, options, Pass::before_training_transform)?,
+    };
+    let outputs = match options.mode {
+        Mode::Inference => (0..cx.graph.outputs.len()).map(OutputRole::Model).collect(),
+        Mode::Training => {
+            let t = training_forward(&cx.graph)?;
+            let outputs = install_training(&mut cx, t);
+            let (r, s) = pipeline::run_some(&mut cx, options, |p| !p.before_training_transform())?;
+            ran.extend(r);
+            skipped.extend(s);
+            outputs
+        }
+    };
+    let Ctx { graph: optimized, origins, transforms, .. } = cx;
+    let mut opt = finish(optimized, origins, transforms, outputs, weights, (ran, skipped), graph.len());
+    opt.mode = options.mode;
+    Ok(opt)
+}
+
+/// Runs the forward passes chosen in `options` (those that hold in training), the training
+/// transform ([`training_graph`]), then the passes for training graphs, and plans the result.
+pub fn optimize_training(
+    graph: &Graph,
+    weights: Option<&TensorMap>,
+    options: &PassOptions,
+    training: &TrainingOptions,
+) -> Result<Optimized, PassError> {
+    let options = &PassOptions { mode: Mode::Training, ..options.clone() };
+    let mut weights = weights.cloned();
+    let mut cx = Ctx::new(graph.clone(), weights.as_mut(), Mode::Training);
+    let (mut ran, mut skipped) = pipeline::run_some(&mut cx, options, Pass::before_training_transform)?;
+    let t = training_graph(&cx.graph, training)?;
+    let outputs = install_training(&mut cx, t);
+    let (r, s) = pipeline::run_some(&mut cx, options, |p| !p.before_training_transform())?;
+    ran.extend(r);
+    skipped.extend(s);
+    let Ctx { graph: optimized, origins, transforms, .. } = cx;
+    Ok(finish(optimized, origins, transforms, outputs, weights, (ran, skipped), graph.len()))
+}
+
+/// Puts a training graph in the context, its origins mapped through the forward graph's.
+fn install_training(cx: &mut Ctx, t: TrainingGraph) -> Vec<OutputRole> {
+    let origins = t.forward_origin.iter().map(|o| o.map_or_else(Vec::new, |f| cx.origins[f.index()].clone())).collect();
+    cx.install((t.graph, origins));
+    t.outputs
+}
+
+fn finish(
+    optimized: Graph,
+    origins: Vec<Vec<NodeId>>,
+    transforms: Vec<cnnc_ir::plan::WeightTransform>,
+    outputs: Vec<OutputRole>,
+    weights: Option<TensorMap>,
+    (ran, skipped): (Vec<PassRun>, Vec<Pass>),
+    nodes_before: usize,
+) -> Optimized {
     let fused = optimized
         .iter()
-        .filter(|(_, n)| !n.absorbed.is_empty())
+        .filter(|(_, n)| !n.absorbed.is_empty() && !matches!(n.op, cnnc_ir::Op::Train(_)))
         .map(|(_, n)| std::iter::once(n.name.clone()).chain(n.absorbed.iter().cloned()).collect())
         .collect();
-    let plan = memory::plan(&optimized, &PlanOptions::new(options.mode));
-    Ok(Optimized { graph: optimized, weights, fused, origins, plan, ran, skipped, nodes_before: graph.len() })
+    let plan = plan::build(optimized, outputs, transforms, &PlanOptions::default());
+    Optimized { mode: Mode::Training, plan, weights, fused, origins, ran, skipped, nodes_before }
 }

@@ -7,7 +7,7 @@
 
 use crate::error::PassError;
 use crate::rewrite::Ctx;
-use crate::{concat, cse, dce, dropout, fold_bn, fuse, gemm, layout};
+use crate::{concat, cse, dce, dropout, fold_bn, fuse, fuse_backward, gemm, layout};
 use cnnc_ir::{Graph, VerifyError, verify};
 
 /// Inference (the deployed model) or training (forward and backward, batch statistics,
@@ -34,6 +34,9 @@ pub enum Pass {
     ToGemm,
     /// Conv or gemm + residual add + activation become one node ([`crate::fuse`]).
     FuseEpilogue,
+    /// Training graphs: an activation's derivative folds into the convolution backward-data
+    /// op before it ([`crate::fuse_backward`]).
+    FuseBackward,
     /// Concats whose operands can write their slices directly move no data ([`crate::concat`]).
     ConcatInPlace,
     /// Blocked `nChw16c` activations where the kernels want them, reorders at the edges
@@ -53,6 +56,7 @@ impl Pass {
         Pass::FoldBn,
         Pass::ToGemm,
         Pass::FuseEpilogue,
+        Pass::FuseBackward,
         Pass::ConcatInPlace,
         Pass::Layout,
     ];
@@ -66,6 +70,7 @@ impl Pass {
             Pass::FoldBn => "fold-bn",
             Pass::ToGemm => "to-gemm",
             Pass::FuseEpilogue => "fuse-epilogue",
+            Pass::FuseBackward => "fuse-backward",
             Pass::ConcatInPlace => "concat-in-place",
             Pass::Layout => "layout",
         }
@@ -80,6 +85,7 @@ impl Pass {
             Pass::FoldBn => "fold batch norm into the preceding conv or fc (inference)",
             Pass::ToGemm => "turn 1x1 convolutions and fc layers into matrix products",
             Pass::FuseEpilogue => "fuse residual add and activation into the conv or gemm before them",
+            Pass::FuseBackward => "fold activation derivatives into the convolution backward before them (training)",
             Pass::ConcatInPlace => "write concat operands straight into their channel slices",
             Pass::Layout => "choose nChw16c layouts for the conv regions, reorders at the edges",
         }
@@ -89,7 +95,23 @@ impl Pass {
     pub fn inference_only(self) -> bool {
         match self {
             Pass::RemoveDropout | Pass::FoldBn => true,
-            Pass::Dce | Pass::Cse | Pass::ToGemm | Pass::FuseEpilogue | Pass::ConcatInPlace | Pass::Layout => false,
+            Pass::Dce
+            | Pass::Cse
+            | Pass::ToGemm
+            | Pass::FuseEpilogue
+            | Pass::FuseBackward
+            | Pass::ConcatInPlace
+            | Pass::Layout => false,
+        }
+    }
+
+    /// Whether the pass runs on the forward graph before the training transform (the others
+    /// run on the training graph, once its backward ops exist: in-place concatenation and
+    /// layouts must see every reader of a value).
+    pub fn before_training_transform(self) -> bool {
+        match self {
+            Pass::Dce | Pass::RemoveDropout | Pass::Cse | Pass::FoldBn | Pass::ToGemm | Pass::FuseEpilogue => true,
+            Pass::FuseBackward | Pass::ConcatInPlace | Pass::Layout => false,
         }
     }
 
@@ -105,6 +127,7 @@ impl Pass {
             Pass::FoldBn => fold_bn::run(cx),
             Pass::ToGemm => gemm::run(cx),
             Pass::FuseEpilogue => fuse::run(cx),
+            Pass::FuseBackward => fuse_backward::run(cx),
             Pass::ConcatInPlace => concat::run(cx),
             Pass::Layout => layout::run(cx),
         }
@@ -207,12 +230,21 @@ pub struct PassRun {
 /// Runs the chosen passes in pipeline order on `cx`, verifying after each when asked.
 /// Returns what ran and what was skipped (inference-only passes in training mode).
 pub fn run_passes(cx: &mut Ctx, options: &PassOptions) -> Result<(Vec<PassRun>, Vec<Pass>), PassError> {
+    run_some(cx, options, |_| true)
+}
+
+/// As [`run_passes`], for the passes `which` admits.
+pub(crate) fn run_some(
+    cx: &mut Ctx,
+    options: &PassOptions,
+    which: impl Fn(Pass) -> bool,
+) -> Result<(Vec<PassRun>, Vec<Pass>), PassError> {
     if options.verify {
         check_input(&cx.graph)?;
     }
     let mut ran = Vec::new();
     let mut skipped = Vec::new();
-    for &pass in Pass::ALL.iter().filter(|p| options.passes.contains(p)) {
+    for &pass in Pass::ALL.iter().filter(|p| options.passes.contains(p) && which(**p)) {
         if cx.mode == Mode::Training && pass.inference_only() {
             skipped.push(pass);
             continue;

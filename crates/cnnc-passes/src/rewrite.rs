@@ -9,7 +9,8 @@
 use crate::error::PassError;
 use crate::pipeline::Mode;
 use cnnc_diag::Span;
-use cnnc_ir::{Graph, NodeId, Op, Shape};
+use cnnc_ir::plan::WeightTransform;
+use cnnc_ir::{Graph, NodeId, Op, Shape, TrainOp};
 use cnnc_runtime::TensorMap;
 
 /// What the pipeline threads through the passes.
@@ -24,12 +25,14 @@ pub struct Ctx<'w> {
     /// stands for: itself first, then every layer it absorbed (BN folding, fusion), in order.
     /// A node made by a pass from nothing (a reorder) has an empty list.
     pub origins: Vec<Vec<NodeId>>,
+    /// The weight transforms the passes relied on so far (BN folds), in order: the plan's.
+    pub transforms: Vec<WeightTransform>,
 }
 
 impl<'w> Ctx<'w> {
     pub fn new(graph: Graph, weights: Option<&'w mut TensorMap>, mode: Mode) -> Ctx<'w> {
         let origins = graph.ids().map(|id| vec![id]).collect();
-        Ctx { graph, weights, mode, origins }
+        Ctx { graph, weights, mode, origins, transforms: Vec::new() }
     }
 
     /// Installs the result of a rebuild.
@@ -122,7 +125,8 @@ impl<'a> Rebuild<'a> {
         self.map[id.index()] = Some(self.mapped(to));
     }
 
-    /// Adds a node; `shape` is used for model inputs only (other shapes are inferred).
+    /// Adds a node; `shape` is used for model inputs only (other shapes are inferred, labels
+    /// have none).
     fn push(
         &mut self,
         name: &str,
@@ -134,6 +138,8 @@ impl<'a> Rebuild<'a> {
         let shape_error = |error| PassError::Shape { pass: self.pass, node: name.to_string(), error };
         if op == Op::Input {
             self.new.add_input(name, shape.clone(), span).map_err(shape_error)
+        } else if let Op::Train(TrainOp::Labels { classes }) = op {
+            self.new.add_labels(name, classes, span).map_err(shape_error)
         } else {
             self.new.add(op, inputs, name, span).map(|(id, _)| id).map_err(shape_error)
         }

@@ -24,7 +24,7 @@
 use crate::TensorMap;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
-use cnnc_ir::{Epilogue, FusedBase, Graph, NodeId, Op, ParamRole, ParamSpec};
+use cnnc_ir::{Epilogue, FusedBase, Graph, NodeId, Op, ParamRole, ParamSpec, TrainOp};
 
 /// The distribution of a convolution or fc weight.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -103,7 +103,8 @@ fn fans(graph: &Graph, id: NodeId) -> Option<(usize, usize)> {
         | Op::Concat
         | Op::Add
         | Op::Reorder(_)
-        | Op::ConcatInPlace => None,
+        | Op::ConcatInPlace
+        | Op::Train(_) => None,
     }
 }
 
@@ -128,7 +129,11 @@ fn feeds_relu(graph: &Graph, users: &[Vec<NodeId>], id: NodeId) -> bool {
             Op::Prelu => return true,
             // Per-channel affine maps, identity at inference, and the residual sum: the
             // activation after them still sees this layer's output (shifted and scaled).
-            Op::BatchNorm(_) | Op::Dropout { .. } | Op::Add | Op::Reorder(_) => current = next,
+            Op::BatchNorm(_)
+            | Op::Dropout { .. }
+            | Op::Add
+            | Op::Reorder(_)
+            | Op::Train(TrainOp::BnNormalize(_) | TrainOp::Mul) => current = next,
             Op::Fused { epilogue, .. } if epilogue.residual && graph[next].inputs.get(1) == Some(&current) => {
                 match epilogue.activation {
                     Some(activation) => return activation.is_relu_family(),
@@ -146,7 +151,8 @@ fn feeds_relu(graph: &Graph, users: &[Vec<NodeId>], id: NodeId) -> bool {
             | Op::Flatten
             | Op::Softmax
             | Op::Lrn(_)
-            | Op::Concat => return false,
+            | Op::Concat
+            | Op::Train(_) => return false,
         }
     }
 }
@@ -162,7 +168,7 @@ fn init_tensor(graph: &Graph, users: &[Vec<NodeId>], id: NodeId, spec: &ParamSpe
                 let data = (0..spec.elements()).map(|_| (std * rng.normal()) as f32).collect();
                 Tensor { shape: spec.dims.clone(), data }
             }
-            Op::BatchNorm(_) => fill(1.0),
+            Op::BatchNorm(_) | Op::Train(TrainOp::BnNormalize(_)) => fill(1.0),
             Op::Prelu => fill(0.25),
             op @ (Op::Input
             | Op::Pool { .. }
@@ -177,12 +183,13 @@ fn init_tensor(graph: &Graph, users: &[Vec<NodeId>], id: NodeId, spec: &ParamSpe
             | Op::Concat
             | Op::Add
             | Op::Reorder(_)
-            | Op::ConcatInPlace) => unreachable!(
+            | Op::ConcatInPlace
+            | Op::Train(_)) => unreachable!(
                 "cnnc_ir::params gives `{}` no weight; a new weight needs a rule in init_tensor",
                 op.keyword()
             ),
         },
-        ParamRole::Bias | ParamRole::RunningMean => fill(0.0),
+        ParamRole::Bias | ParamRole::RunningMean | ParamRole::OptimizerState => fill(0.0),
         ParamRole::RunningVar => fill(1.0),
     }
 }

@@ -7,6 +7,7 @@ mod init;
 mod npy;
 pub mod rng;
 mod tensor;
+mod transform;
 mod weights;
 
 pub use atomic::write_atomic;
@@ -17,6 +18,7 @@ pub use npy::{
 };
 pub use rng::Rng;
 pub use tensor::{Tensor, TensorError};
+pub use transform::{TransformError, apply_transforms, fold_bn, pack, unpack};
 pub use weights::{NUM_BATCHES_TRACKED, WeightsError, check_weights, load_safetensors, save_safetensors};
 
 /// Named tensors: a model's parameters and buffers, or their gradients, keyed by full name

@@ -123,9 +123,40 @@ pub(crate) fn activation_forward(a: Activation, x: &Buf) -> Buf {
     Buf { shape: x.shape.clone(), data: x.data.iter().map(|&v| activation(a, v)).collect() }
 }
 
+/// `dx = gy * f'(x)` from the activation's operand `x`.
 pub(crate) fn activation_backward(a: Activation, x: &Buf, gy: &Buf) -> Buf {
     let data = x.data.iter().zip(&gy.data).map(|(&v, &g)| g * activation_grad(a, v)).collect();
     Buf { shape: x.shape.clone(), data }
+}
+
+/// The derivative of an activation from its output `y`, for those whose derivative is a
+/// function of it (`cnnc_ir::facts::backward_from_output`): ReLU `y > 0` (PyTorch's
+/// `threshold_backward`), sigmoid `y (1 - y)`, tanh `1 - y^2`. `None` for the others.
+pub(crate) fn activation_grad_from_output(a: Activation, y: f64) -> Option<f64> {
+    match a {
+        Activation::Relu => Some(if y > 0.0 { 1.0 } else { 0.0 }),
+        Activation::Sigmoid => Some(y * (1.0 - y)),
+        Activation::Tanh => Some(1.0 - y * y),
+        Activation::LeakyRelu { .. }
+        | Activation::Elu { .. }
+        | Activation::Selu
+        | Activation::HardTanh { .. }
+        | Activation::Softsign
+        | Activation::Softplus { .. } => None,
+    }
+}
+
+/// Per-channel sums of `gy` over the batch and the spatial axes (the gradient of a bias, of
+/// batch norm's beta).
+pub(crate) fn channel_sums(gy: &Buf) -> Buf {
+    let (n, c, s) = ncs(&gy.shape);
+    let mut out = Buf::zeros(&[c]);
+    for b in 0..n {
+        for ch in 0..c {
+            out.data[ch] += gy.data[(b * c + ch) * s..][..s].iter().sum::<f64>();
+        }
+    }
+    out
 }
 
 /// PReLU: `x > 0 ? x : slope[c] * x` with one slope per channel (feature, for `[N, F]`).
@@ -186,11 +217,10 @@ pub(crate) fn softmax_forward(x: &Buf) -> Buf {
     y
 }
 
-/// Softmax backward: `dx_c = y_c * (g_c - sum_c' g_c' * y_c')`, with `y` recomputed in f64.
-pub(crate) fn softmax_backward(x: &Buf, gy: &Buf) -> Buf {
-    let y = softmax_forward(x);
-    let (n, c, s) = ncs(&x.shape);
-    let mut gx = Buf::zeros(&x.shape);
+/// Softmax backward from its output: `dx_c = y_c * (g_c - sum_c' g_c' * y_c')`.
+pub(crate) fn softmax_backward(y: &Buf, gy: &Buf) -> Buf {
+    let (n, c, s) = ncs(&y.shape);
+    let mut gx = Buf::zeros(&y.shape);
     for b in 0..n {
         for p in 0..s {
             let at = |ch: usize| (b * c + ch) * s + p;
@@ -203,14 +233,21 @@ pub(crate) fn softmax_backward(x: &Buf, gy: &Buf) -> Buf {
     gx
 }
 
-/// The multiplier of each element of inverted dropout: `1 / (1 - p)` where kept, 0 where
-/// dropped. Element `i` (row-major over the full `[N, ...]` shape) is dropped when the `i`-th
-/// draw of [`Rng::for_node`]`(seed, node_index)` is below `p`, so `p = 0` keeps everything
-/// (mask 1) and `p = 1` drops everything (mask 0, no division by zero).
-pub fn dropout_mask(seed: u64, node_index: usize, len: usize, p: f64) -> Vec<f64> {
-    let mut rng = Rng::for_node(seed, node_index);
+/// Inverted dropout's mask for layer `layer` at training step `step`: each element is
+/// `1 / (1 - p)` (kept) or 0 (dropped). Counter-based, so any back end can draw element `i`
+/// on its own: with `s = seed ^ fnv1a64(layer) ^ step * 0xD1B5_4A32_D192_ED03` (wrapping),
+/// element `i` (row-major over the full `[N, ...]` shape) is dropped when
+/// `(splitmix64_mix(s + (i + 1) * 0x9E37_79B9_7F4A_7C15) >> 11) * 2^-53 < p`, which is the
+/// `i`-th output of a SplitMix64 generator seeded with `s` ([`Rng`]).
+pub fn dropout_mask(seed: u64, layer: &str, step: u64, len: usize, p: f64) -> Vec<f64> {
+    let mut rng = Rng::for_layer(seed, layer, step);
     let keep = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
     (0..len).map(|_| if rng.uniform() < p { 0.0 } else { keep }).collect()
+}
+
+/// FNV-1a over the bytes of a name: how a layer's name enters its dropout stream.
+pub fn fnv1a64(name: &str) -> u64 {
+    name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3))
 }
 
 /// SplitMix64, the interpreter's only source of randomness (dropout masks). Documented exactly
@@ -225,12 +262,9 @@ impl Rng {
         Rng { state: seed }
     }
 
-    /// The generator for the node at `node_index`: seeded with
-    /// `seed ^ (node_index + 1) * 0xD1B5_4A32_D192_ED03` (wrapping), then one draw discarded.
-    pub fn for_node(seed: u64, node_index: usize) -> Rng {
-        let mut rng = Rng::new(seed ^ (node_index as u64).wrapping_add(1).wrapping_mul(0xD1B5_4A32_D192_ED03));
-        rng.next_u64();
-        rng
+    /// The stream of layer `layer` at step `step` (see [`dropout_mask`]).
+    pub fn for_layer(seed: u64, layer: &str, step: u64) -> Rng {
+        Rng::new(seed ^ fnv1a64(layer) ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03))
     }
 
     /// The next SplitMix64 output.

@@ -105,45 +105,64 @@ pub(crate) fn conv_forward(conv: &Conv, x: &Buf, weight: &Buf, bias: Option<&Buf
     y
 }
 
-/// Gradients of a convolution: `(d input, d weight, d bias)`, the bias gradient only when the
-/// layer has a bias.
-pub(crate) fn conv_backward(conv: &Conv, x: &Buf, weight: &Buf, gy: &Buf) -> (Buf, Buf, Option<Buf>) {
-    let g = geometry(conv, &x.shape, &gy.shape);
-    let mut gx = Buf::zeros(&x.shape);
-    let mut gw = Buf::zeros(&weight.shape);
-    let mut gb = conv.bias.then(|| Buf::zeros(&[g.o]));
+/// The gradient of a convolution's input, of shape `x_shape` (`[N, C, H, W]`), from the
+/// output gradient `gy` and the weight.
+pub(crate) fn conv_backward_data(conv: &Conv, gy: &Buf, weight: &Buf, x_shape: &[usize]) -> Buf {
+    let g = geometry(conv, x_shape, &gy.shape);
+    let mut gx = Buf::zeros(x_shape);
     for n in 0..g.n {
         for o in 0..g.o {
             let group = o / g.og;
             let gout = &gy.data[(n * g.o + o) * g.oh * g.ow..][..g.oh * g.ow];
-            if let Some(gb) = &mut gb {
-                gb.data[o] += gout.iter().sum::<f64>();
-            }
             for ci in 0..g.cg {
                 let ic = group * g.cg + ci;
-                let plane_start = (n * g.c + ic) * g.h * g.w;
+                let plane = &mut gx.data[(n * g.c + ic) * g.h * g.w..][..g.h * g.w];
                 for ky in 0..g.kh {
                     for kx in 0..g.kw {
-                        let widx = ((o * g.cg + ci) * g.kh + ky) * g.kw + kx;
-                        let wv = weight.data[widx];
-                        let mut gw_acc = 0.0;
+                        let wv = weight.data[((o * g.cg + ci) * g.kh + ky) * g.kw + kx];
                         for oy in 0..g.oh {
                             let Some(iy) = g.rows[ky * g.oh + oy] else { continue };
                             for ox in 0..g.ow {
                                 let Some(ix) = g.cols[kx * g.ow + ox] else { continue };
-                                let go = gout[oy * g.ow + ox];
-                                let xi = plane_start + iy * g.w + ix;
-                                gx.data[xi] += wv * go;
-                                gw_acc += x.data[xi] * go;
+                                plane[iy * g.w + ix] += wv * gout[oy * g.ow + ox];
                             }
                         }
-                        gw.data[widx] += gw_acc;
                     }
                 }
             }
         }
     }
-    (gx, gw, gb)
+    gx
+}
+
+/// The gradient of a convolution's weight (`weight_shape`, OIHW), summed over the batch.
+pub(crate) fn conv_backward_weight(conv: &Conv, x: &Buf, gy: &Buf, weight_shape: &[usize]) -> Buf {
+    let g = geometry(conv, &x.shape, &gy.shape);
+    let mut gw = Buf::zeros(weight_shape);
+    for n in 0..g.n {
+        for o in 0..g.o {
+            let group = o / g.og;
+            let gout = &gy.data[(n * g.o + o) * g.oh * g.ow..][..g.oh * g.ow];
+            for ci in 0..g.cg {
+                let ic = group * g.cg + ci;
+                let plane = &x.data[(n * g.c + ic) * g.h * g.w..][..g.h * g.w];
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let mut acc = 0.0;
+                        for oy in 0..g.oh {
+                            let Some(iy) = g.rows[ky * g.oh + oy] else { continue };
+                            for ox in 0..g.ow {
+                                let Some(ix) = g.cols[kx * g.ow + ox] else { continue };
+                                acc += plane[iy * g.w + ix] * gout[oy * g.ow + ox];
+                            }
+                        }
+                        gw.data[((o * g.cg + ci) * g.kh + ky) * g.kw + kx] += acc;
+                    }
+                }
+            }
+        }
+    }
+    gw
 }
 
 /// Fully connected: `out[n, o] = bias[o] + sum_i w[o, i] * in[n, i]`, weight `[O, I]`.
@@ -165,24 +184,34 @@ pub(crate) fn fc_forward(x: &Buf, weight: &Buf, bias: Option<&Buf>) -> Buf {
     y
 }
 
-/// Gradients of a fully connected layer: `(d input, d weight, d bias)`.
-pub(crate) fn fc_backward(x: &Buf, weight: &Buf, has_bias: bool, gy: &Buf) -> (Buf, Buf, Option<Buf>) {
-    let (n, i_len) = (x.shape[0], x.shape[1]);
-    let o_len = weight.shape[0];
-    let mut gx = Buf::zeros(&x.shape);
-    let mut gw = Buf::zeros(&weight.shape);
-    let mut gb = has_bias.then(|| Buf::zeros(&[o_len]));
+/// The gradient of a fully connected layer's input `[N, I]`, weight `[O, I]`.
+pub(crate) fn fc_backward_data(gy: &Buf, weight: &Buf) -> Buf {
+    let (n, o_len) = (gy.shape[0], gy.shape[1]);
+    let i_len = weight.shape[1];
+    let mut gx = Buf::zeros(&[n, i_len]);
     for b in 0..n {
         for o in 0..o_len {
             let go = gy.data[b * o_len + o];
-            if let Some(gb) = &mut gb {
-                gb.data[o] += go;
-            }
             for i in 0..i_len {
                 gx.data[b * i_len + i] += weight.data[o * i_len + i] * go;
+            }
+        }
+    }
+    gx
+}
+
+/// The gradient of a fully connected layer's weight `[O, I]`, summed over the batch.
+pub(crate) fn fc_backward_weight(x: &Buf, gy: &Buf) -> Buf {
+    let (n, i_len) = (x.shape[0], x.shape[1]);
+    let o_len = gy.shape[1];
+    let mut gw = Buf::zeros(&[o_len, i_len]);
+    for b in 0..n {
+        for o in 0..o_len {
+            let go = gy.data[b * o_len + o];
+            for i in 0..i_len {
                 gw.data[o * i_len + i] += x.data[b * i_len + i] * go;
             }
         }
     }
-    (gx, gw, gb)
+    gw
 }

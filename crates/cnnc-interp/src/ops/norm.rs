@@ -55,45 +55,46 @@ pub(crate) fn bn_running_update(
     (new_mean, new_var)
 }
 
-/// Gradients `(d input, d weight, d bias)` of [`bn_apply`] with `mean` and `var` held fixed
-/// (inference mode: the running statistics are constants).
-pub(crate) fn bn_affine_backward(
-    x: &Buf,
-    eps: f64,
-    mean: &[f64],
-    var: &[f64],
-    weight: &Buf,
-    gy: &Buf,
-) -> (Buf, Buf, Buf) {
+/// The input gradient of [`bn_apply`] with the statistics held fixed (the running ones, at
+/// inference): `dx = g * weight * inv`, `inv = 1 / sqrt(var + eps)`.
+pub(crate) fn bn_affine_backward_data(eps: f64, var: &[f64], weight: &Buf, gy: &Buf) -> Buf {
+    let (n, c, s) = ncs(&gy.shape);
+    let mut gx = Buf::zeros(&gy.shape);
+    for b in 0..n {
+        for ch in 0..c {
+            let scale = weight.data[ch] / (var[ch] + eps).sqrt();
+            for i in (b * c + ch) * s..(b * c + ch + 1) * s {
+                gx.data[i] = gy.data[i] * scale;
+            }
+        }
+    }
+    gx
+}
+
+/// Gamma's gradient: `sum g * x^` per channel, `x^ = (x - mean) / sqrt(var + eps)`, with the
+/// given statistics (batch or running).
+pub(crate) fn bn_gamma_grad(x: &Buf, eps: f64, mean: &[f64], var: &[f64], gy: &Buf) -> Buf {
     let (n, c, s) = ncs(&x.shape);
-    let mut gx = Buf::zeros(&x.shape);
     let mut gw = Buf::zeros(&[c]);
-    let mut gb = Buf::zeros(&[c]);
     for b in 0..n {
         for ch in 0..c {
             let inv = 1.0 / (var[ch] + eps).sqrt();
             for i in (b * c + ch) * s..(b * c + ch + 1) * s {
-                let g = gy.data[i];
-                gx.data[i] = g * weight.data[ch] * inv;
-                gw.data[ch] += g * (x.data[i] - mean[ch]) * inv;
-                gb.data[ch] += g;
+                gw.data[ch] += gy.data[i] * (x.data[i] - mean[ch]) * inv;
             }
         }
     }
-    (gx, gw, gb)
+    gw
 }
 
-/// Gradients `(d input, d weight, d bias)` of training-mode batch norm, where the mean and
-/// variance are functions of the input: with `m` values per channel, `x^ = (x - mean) * inv`,
-/// `inv = 1 / sqrt(var + eps)`,
+/// The input gradient of training-mode batch norm, where the mean and variance (`mean`,
+/// `var`: the batch's, as the forward computed them) are functions of the input: with `m`
+/// values per channel, `x^ = (x - mean) * inv`, `inv = 1 / sqrt(var + eps)`,
 /// `dx = weight * inv / m * (m * g - sum(g) - x^ * sum(g * x^))`.
-pub(crate) fn bn_train_backward(x: &Buf, eps: f64, weight: &Buf, gy: &Buf) -> (Buf, Buf, Buf) {
-    let (mean, var) = batch_stats(x);
+pub(crate) fn bn_train_backward_data(x: &Buf, eps: f64, mean: &[f64], var: &[f64], weight: &Buf, gy: &Buf) -> Buf {
     let (n, c, s) = ncs(&x.shape);
     let m = (n * s) as f64;
     let mut gx = Buf::zeros(&x.shape);
-    let mut gw = Buf::zeros(&[c]);
-    let mut gb = Buf::zeros(&[c]);
     for ch in 0..c {
         let inv = 1.0 / (var[ch] + eps).sqrt();
         let idx = || (0..n).flat_map(move |b| (b * c + ch) * s..(b * c + ch + 1) * s);
@@ -107,10 +108,8 @@ pub(crate) fn bn_train_backward(x: &Buf, eps: f64, weight: &Buf, gy: &Buf) -> (B
             let xhat = (x.data[i] - mean[ch]) * inv;
             gx.data[i] = weight.data[ch] * inv / m * (m * gy.data[i] - sum_g - xhat * sum_gxhat);
         }
-        gw.data[ch] = sum_gxhat;
-        gb.data[ch] = sum_g;
     }
-    (gx, gw, gb)
+    gx
 }
 
 /// The channels LRN sums over for output channel `ch` of `c`: `ch - size/2 ..= ch + (size-1)/2`

@@ -6,16 +6,17 @@
 //! column taps. Then one routine per kind does the work:
 //!
 //! * Max: the largest tap (padding counts as -inf, so it never wins over a real element);
-//!   NaN propagates as in PyTorch. The gradient goes to the first maximum in window order
-//!   (rows outer, columns inner).
+//!   NaN propagates as in PyTorch. The training forward records the first maximum in window
+//!   order (rows outer, columns inner), where the backward sends the gradient.
 //! * Avg: the sum of the taps divided by the padded window size (`include_pad`, PyTorch's
 //!   default) or by the number of real taps. As PyTorch, in ceil mode a window running past the
 //!   padded input is clipped to it before counting.
 //! * L2: `sqrt(sum of squares)` over the taps (padding contributes 0), gradient `x / out`
-//!   (0 where `out` is 0).
+//!   from the saved output (0 where `out` is 0).
 
 use crate::buf::Buf;
 use cnnc_ir::{PoolKind, Window};
+
 
 /// The windows of one spatial axis.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,7 +79,7 @@ impl Bins {
         })
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.taps.len()
     }
 }
@@ -149,9 +150,74 @@ fn l2(plane: &[f64], w: usize, rows: &[usize], cols: &[usize]) -> f64 {
     sum.sqrt()
 }
 
-/// Adds the gradient of [`pool_forward`] (output gradient read at the same place it wrote) to
-/// `gx`, which has `x`'s shape.
-pub(crate) fn pool_backward(kind: PoolKind, x: &Buf, bins: &[Bins; 2], gy: &Buf, offset: usize, gx: &mut Buf) {
+/// Writes, where [`pool_forward`] with `PoolKind::Max` writes each maximum, its flat index
+/// `h * W + w` in the input plane (as an f64 integer); -1 for a window without taps (which no
+/// valid shape has).
+pub(crate) fn pool_argmax(x: &Buf, bins: &[Bins; 2], y: &mut Buf, offset: usize) {
+    let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let (oh, ow) = (bins[0].len(), bins[1].len());
+    let per_sample = y.data.len() / n;
+    for b in 0..n {
+        for ch in 0..c {
+            let plane = &x.data[(b * c + ch) * h * w..][..h * w];
+            let out = &mut y.data[b * per_sample + offset + ch * oh * ow..][..oh * ow];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    out[oy * ow + ox] = argmax(plane, w, &bins[0].taps[oy], &bins[1].taps[ox]).map_or(-1.0, |i| i as f64);
+                }
+            }
+        }
+    }
+}
+
+/// Max pooling's backward from the recorded argmax (as [`pool_argmax`] writes it): each
+/// output gradient goes to its window's maximum. `gx` has the input's shape.
+pub(crate) fn pool_backward_max(argmax: &Buf, gy: &Buf, oh_ow: usize, offset: usize, gx: &mut Buf) {
+    let (n, c) = (gx.shape[0], gx.shape[1]);
+    let plane = gx.data.len() / (n * c);
+    let per_sample = gy.data.len() / n;
+    for b in 0..n {
+        for ch in 0..c {
+            let at = b * per_sample + offset + ch * oh_ow;
+            let gplane = &mut gx.data[(b * c + ch) * plane..][..plane];
+            for k in 0..oh_ow {
+                let i = argmax.data[at + k];
+                if i >= 0.0 && (i as usize) < plane {
+                    gplane[i as usize] += gy.data[at + k];
+                }
+            }
+        }
+    }
+}
+
+/// Average pooling's backward: each output gradient shared over its window. `gx` has the
+/// input's shape.
+pub(crate) fn pool_backward_avg(include_pad: bool, bins: &[Bins; 2], gy: &Buf, offset: usize, gx: &mut Buf) {
+    let (n, c, w) = (gx.shape[0], gx.shape[1], gx.shape[3]);
+    let plane = gx.shape[2] * w;
+    let (oh, ow) = (bins[0].len(), bins[1].len());
+    let per_sample = gy.data.len() / n;
+    for b in 0..n {
+        for ch in 0..c {
+            let gplane = &mut gx.data[(b * c + ch) * plane..][..plane];
+            let gout = &gy.data[b * per_sample + offset + ch * oh * ow..][..oh * ow];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let share = gout[oy * ow + ox] / avg_divisor(include_pad, bins, oy, ox);
+                    for &iy in &bins[0].taps[oy] {
+                        for &ix in &bins[1].taps[ox] {
+                            gplane[iy * w + ix] += share;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// L2 pooling's backward from its operand `x` and output `y`: `dx += dy * x / y` over each
+/// window (nothing where `y` is 0).
+pub(crate) fn pool_backward_l2(x: &Buf, y: &Buf, bins: &[Bins; 2], gy: &Buf, offset: usize, gx: &mut Buf) {
     let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
     let (oh, ow) = (bins[0].len(), bins[1].len());
     let per_sample = gy.data.len() / n;
@@ -160,34 +226,15 @@ pub(crate) fn pool_backward(kind: PoolKind, x: &Buf, bins: &[Bins; 2], gy: &Buf,
             let base = (b * c + ch) * h * w;
             let plane = &x.data[base..][..h * w];
             let gplane = &mut gx.data[base..][..h * w];
-            let gout = &gy.data[b * per_sample + offset + ch * oh * ow..][..oh * ow];
+            let at = b * per_sample + offset + ch * oh * ow;
             for oy in 0..oh {
-                let rows = &bins[0].taps[oy];
                 for ox in 0..ow {
-                    let cols = &bins[1].taps[ox];
-                    let g = gout[oy * ow + ox];
-                    match kind {
-                        PoolKind::Max => {
-                            if let Some(i) = argmax(plane, w, rows, cols) {
-                                gplane[i] += g;
-                            }
-                        }
-                        PoolKind::Avg { include_pad } => {
-                            let share = g / avg_divisor(include_pad, bins, oy, ox);
-                            for &iy in rows {
-                                for &ix in cols {
-                                    gplane[iy * w + ix] += share;
-                                }
-                            }
-                        }
-                        PoolKind::L2 => {
-                            let out = l2(plane, w, rows, cols);
-                            if out > 0.0 {
-                                for &iy in rows {
-                                    for &ix in cols {
-                                        gplane[iy * w + ix] += g * plane[iy * w + ix] / out;
-                                    }
-                                }
+                    let out = y.data[at + oy * ow + ox];
+                    if out > 0.0 {
+                        let g = gy.data[at + oy * ow + ox];
+                        for &iy in &bins[0].taps[oy] {
+                            for &ix in &bins[1].taps[ox] {
+                                gplane[iy * w + ix] += g * plane[iy * w + ix] / out;
                             }
                         }
                     }

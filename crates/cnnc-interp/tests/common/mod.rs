@@ -2,8 +2,64 @@
 
 #![allow(dead_code)]
 
-use cnnc_interp::{Buf, BufMap, Mode, Options, Precision, Rng, backward, forward};
-use cnnc_ir::{Activation, BatchNorm, Conv, Graph, NodeId, Op, ParamRole, PoolKind, Shape, Window};
+use cnnc_interp::{Buf, BufMap, Gradients, Options, Precision, Rng, gradients, run};
+use cnnc_ir::{Activation, BatchNorm, Conv, Graph, Loss, NodeId, Op, ParamRole, PoolKind, Shape, Window};
+use cnnc_passes::{Objective, TrainingGraph, TrainingOptions, training_forward, training_graph};
+
+/// How a graph is differentiated: as deployed (batch norm on running statistics, dropout the
+/// identity) or as it trains (batch statistics, dropout masks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Inference,
+    Training,
+}
+
+/// The seed of dropout masks in the tests' training runs.
+pub const SEED: u64 = 42;
+
+/// The vector-Jacobian graph of `g`: the output gradients are inputs after the model's, every
+/// parameter gradient and the input gradients are outputs.
+pub fn vjp_graph(g: &Graph, mode: Mode) -> TrainingGraph {
+    let options = TrainingOptions {
+        objective: Objective::OutputGradients,
+        batch_stats: mode == Mode::Training,
+        input_grads: true,
+        ..TrainingOptions::new(Loss::Mse)
+    };
+    training_graph(g, &options).expect("the training transform accepts the test graph")
+}
+
+/// The model's outputs in `mode` (the forward pass of training in training mode).
+pub fn forward_outputs(g: &Graph, mode: Mode, params: &BufMap, inputs: &[Buf], precision: Precision) -> Vec<Buf> {
+    let opts = Options::new().with_precision(precision).with_seed(SEED);
+    let mut state = params.clone();
+    match mode {
+        Mode::Inference => run(g, &mut state, inputs, &opts).expect("forward").outputs().into_iter().flatten().collect(),
+        Mode::Training => {
+            let t = training_forward(g).expect("training forward");
+            let r = run(&t.graph, &mut state, inputs, &opts).expect("forward");
+            let g: Gradients<Buf> = gradients(&t.outputs, &r);
+            g.outputs
+        }
+    }
+}
+
+/// The outputs and gradients of `g` at `params` and `inputs`, backpropagating `grad_outputs`.
+pub fn vjp(
+    g: &Graph,
+    mode: Mode,
+    params: &BufMap,
+    inputs: &[Buf],
+    grad_outputs: &[Buf],
+    precision: Precision,
+) -> Gradients<Buf> {
+    let t = vjp_graph(g, mode);
+    let mut state = params.clone();
+    let all: Vec<Buf> = inputs.iter().chain(grad_outputs).cloned().collect();
+    let opts = Options::new().with_precision(precision).with_seed(SEED);
+    let r = run(&t.graph, &mut state, &all, &opts).expect("the training graph runs");
+    gradients(&t.outputs, &r)
+}
 
 /// A graph under construction, naming layers `l0`, `l1`, ...
 pub struct Builder {
@@ -71,6 +127,7 @@ pub fn random_params(g: &Graph, rng: &mut Rng) -> BufMap {
                 ParamRole::Weight | ParamRole::Bias => (-1.0, 1.0),
                 ParamRole::RunningMean => (-0.5, 0.5),
                 ParamRole::RunningVar => (0.5, 1.5),
+                ParamRole::OptimizerState => (0.0, 0.0),
             };
             (name, random_buf(rng, &spec.dims, lo, hi))
         })
@@ -79,9 +136,7 @@ pub fn random_params(g: &Graph, rng: &mut Rng) -> BufMap {
 
 /// `sum_k <r_k, y_k>`: a random projection of the outputs to one scalar.
 fn objective(g: &Graph, params: &BufMap, inputs: &[Buf], mode: Mode, r: &[Buf]) -> f64 {
-    let opts = Options { mode, precision: Precision::F64 };
-    let trace = forward(g, params, inputs, opts).expect("forward");
-    let outs: Vec<Buf> = trace.outputs();
+    let outs = forward_outputs(g, mode, params, inputs, Precision::F64);
     outs.iter().zip(r).map(|(y, r)| y.data.iter().zip(&r.data).map(|(a, b)| a * b).sum::<f64>()).sum()
 }
 
@@ -123,11 +178,9 @@ pub fn gradcheck(g: &Graph, mode: Mode, batch: usize, seed: u64) {
 /// As [`gradcheck`], at the given parameters and inputs.
 pub fn gradcheck_at(g: &Graph, mode: Mode, params: &BufMap, inputs: &[Buf], seed: u64) {
     let mut rng = Rng::new(seed ^ 0x5555);
-    let opts = Options { mode, precision: Precision::F64 };
-    let trace = forward(g, params, inputs, opts).expect("forward");
-    let outs: Vec<Buf> = trace.outputs();
+    let outs = forward_outputs(g, mode, params, inputs, Precision::F64);
     let r: Vec<Buf> = outs.iter().map(|y| random_buf(&mut rng, &y.shape, -1.0, 1.0)).collect();
-    let grads = backward(g, &trace, &r).expect("backward");
+    let grads = vjp(g, mode, params, inputs, &r, Precision::F64);
     let base = objective(g, params, inputs, mode, &r);
     let scale = 1.0 + base.abs();
 
@@ -141,7 +194,7 @@ pub fn gradcheck_at(g: &Graph, mode: Mode, params: &BufMap, inputs: &[Buf], seed
     let mut failures = Vec::new();
     let mut checked = 0;
     for (k, x) in inputs.iter().enumerate() {
-        assert_eq!(grads.inputs[k].shape, x.shape);
+        assert_eq!(grads.inputs[&k].shape, x.shape);
         for i in chosen(x.len(), &mut rng) {
             let at = |delta: f64| {
                 let mut xs = inputs.to_vec();
@@ -149,7 +202,7 @@ pub fn gradcheck_at(g: &Graph, mode: Mode, params: &BufMap, inputs: &[Buf], seed
                 objective(g, params, &xs, mode, &r)
             };
             let numeric = (at(EPS) - at(-EPS)) / (2.0 * EPS);
-            let analytic = grads.inputs[k].data[i];
+            let analytic = grads.inputs[&k].data[i];
             checked += 1;
             if !close(analytic, numeric, scale) {
                 failures.push(format!("input {k}[{i}]: analytic {analytic:.9e}, numeric {numeric:.9e}"));
@@ -186,4 +239,19 @@ pub fn check_op(op: Op, dims: &[usize], batch: usize, mode: Mode, seed: u64) {
 }
 
 pub const INFER: Mode = Mode::Inference;
-pub const TRAIN: Mode = Mode::Training { seed: 42 };
+pub const TRAIN: Mode = Mode::Training;
+
+/// A loss and its gradient with respect to the model's output, through a training graph of
+/// the identity model (its output is its input), in f64.
+pub fn loss_and_grad(loss: Loss, x: &Buf, target: &Buf) -> (f64, Buf) {
+    let mut b = Builder::new();
+    let input = b.input(&x.shape[1..]);
+    let g = b.finish(&[input]);
+    let options = TrainingOptions { input_grads: true, ..TrainingOptions::new(loss) };
+    let t = training_graph(&g, &options).unwrap();
+    let opts = Options::new().with_precision(Precision::F64);
+    let r = run(&t.graph, &mut BufMap::new(), &[x.clone(), target.clone()], &opts).unwrap();
+    let grads: Gradients<Buf> = gradients(&t.outputs, &r);
+    (grads.loss.unwrap(), grads.inputs[&0].clone())
+}
+

@@ -1,0 +1,168 @@
+//! The weight transforms of an execution plan, applied to a checkpoint's tensors: batch-norm
+//! folding and packing into the kernels' layouts. The one implementation: the passes use it to
+//! fold weights, every back end to load them, and checkpoints are written back through
+//! [`unpack`].
+
+use crate::TensorMap;
+use crate::weights::NUM_BATCHES_TRACKED;
+use crate::tensor::Tensor;
+use cnnc_ir::WeightLayout;
+use cnnc_ir::plan::WeightTransform;
+
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransformError {
+    #[error("weight `{name}` is missing")]
+    Missing { name: String },
+    #[error("weight `{name}` has shape {found:?}, expected {expected}")]
+    Shape { name: String, expected: String, found: Vec<usize> },
+}
+
+/// Applies `transforms` to `weights` in order.
+pub fn apply_transforms(transforms: &[WeightTransform], weights: &mut TensorMap) -> Result<(), TransformError> {
+    for t in transforms {
+        match t {
+            WeightTransform::FoldBn { layer, bn, eps } => fold_bn(weights, layer, bn, *eps)?,
+            WeightTransform::Pack { param, layout, groups } => {
+                let tensor = weights.get(param).ok_or_else(|| TransformError::Missing { name: param.clone() })?;
+                let packed = pack(tensor, *layout, *groups);
+                weights.insert(param.clone(), packed);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Folds batch norm `bn` into the convolution or matrix product `layer`, per output channel
+/// `o`: `w'[o, ...] = w[o, ...] * s[o]`, `b'[o] = (b[o] - mean[o]) * s[o] + beta[o]` with
+/// `s = gamma / sqrt(var + eps)`, in f64 and rounded once to f32. `layer` gains a bias if it
+/// had none; `bn`'s tensors (and a `num_batches_tracked` entry) leave the map.
+pub fn fold_bn(weights: &mut TensorMap, layer: &str, bn: &str, eps: f64) -> Result<(), TransformError> {
+    let weight_name = format!("{layer}.weight");
+    let w = weights.get(&weight_name).ok_or_else(|| TransformError::Missing { name: weight_name.clone() })?;
+    let Some(&channels) = w.shape.first() else {
+        return Err(TransformError::Shape { name: weight_name, expected: "[out, ...]".into(), found: w.shape.clone() });
+    };
+    let get = |name: String| -> Result<Vec<f64>, TransformError> {
+        let t = weights.get(&name).ok_or_else(|| TransformError::Missing { name: name.clone() })?;
+        if t.shape != [channels] {
+            return Err(TransformError::Shape { name, expected: format!("[{channels}]"), found: t.shape.clone() });
+        }
+        Ok(t.data.iter().map(|&x| f64::from(x)).collect())
+    };
+    let bias_name = format!("{layer}.bias");
+    let bias = if weights.contains_key(&bias_name) { get(bias_name.clone())? } else { vec![0.0; channels] };
+    let gamma = get(format!("{bn}.weight"))?;
+    let beta = get(format!("{bn}.bias"))?;
+    let mean = get(format!("{bn}.running_mean"))?;
+    let var = get(format!("{bn}.running_var"))?;
+
+    let scale: Vec<f64> = (0..channels).map(|c| gamma[c] / (var[c] + eps).sqrt()).collect();
+    let w = &weights[&weight_name];
+    let per_channel = w.data.len() / channels;
+    let new_w: Vec<f32> = w.data.iter().enumerate().map(|(i, &x)| (f64::from(x) * scale[i / per_channel]) as f32).collect();
+    let new_b: Vec<f32> = (0..channels).map(|c| ((bias[c] - mean[c]) * scale[c] + beta[c]) as f32).collect();
+    let shape = w.shape.clone();
+    weights.insert(weight_name, Tensor { shape, data: new_w });
+    weights.insert(bias_name, Tensor { shape: vec![channels], data: new_b });
+    for suffix in ["weight", "bias", "running_mean", "running_var"] {
+        weights.remove(&format!("{bn}.{suffix}"));
+    }
+    weights.remove(&format!("{bn}{NUM_BATCHES_TRACKED}"));
+    Ok(())
+}
+
+/// A weight of logical shape `tensor.shape` stored in `layout` (zero padding included), as a
+/// flat tensor of [`WeightLayout::stored_len`] elements; a plain layout copies it unchanged.
+pub fn pack(tensor: &Tensor, layout: WeightLayout, groups: usize) -> Tensor {
+    if layout.is_plain() {
+        return tensor.clone();
+    }
+    let dims = &tensor.shape;
+    let mut data = vec![0.0; layout.stored_len(dims, groups)];
+    for_each_index(dims, |index, flat| data[layout.offset(dims, groups, index)] = tensor.data[flat]);
+    Tensor { shape: vec![data.len()], data }
+}
+
+/// The inverse of [`pack`]: the logical `[O, I, KH, KW]` (or `[O, I]`) tensor of `dims`.
+pub fn unpack(stored: &[f32], dims: &[usize], layout: WeightLayout, groups: usize) -> Tensor {
+    if layout.is_plain() {
+        return Tensor { shape: dims.to_vec(), data: stored.to_vec() };
+    }
+    let mut data = vec![0.0; dims.iter().product()];
+    for_each_index(dims, |index, flat| data[flat] = stored[layout.offset(dims, groups, index)]);
+    Tensor { shape: dims.to_vec(), data }
+}
+
+/// Calls `f([o, i, kh, kw], row-major position)` for every element of a weight of `dims`.
+fn for_each_index(dims: &[usize], mut f: impl FnMut([usize; 4], usize)) {
+    let (o, i, kh, kw) = match dims {
+        [o, i, kh, kw] => (*o, *i, *kh, *kw),
+        [o, i] => (*o, *i, 1, 1),
+        _ => (dims.iter().product(), 1, 1, 1),
+    };
+    let mut flat = 0;
+    for a in 0..o {
+        for b in 0..i {
+            for y in 0..kh {
+                for x in 0..kw {
+                    f([a, b, y, x], flat);
+                    flat += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ramp(shape: &[usize]) -> Tensor {
+        let n: usize = shape.iter().product();
+        Tensor { shape: shape.to_vec(), data: (0..n).map(|i| i as f32 + 1.0).collect() }
+    }
+
+    #[test]
+    fn packing_round_trips_and_pads_with_zeros() {
+        for (layout, dims, groups) in [
+            (WeightLayout::OIhw16i16o, vec![20, 3, 3, 3], 1),
+            (WeightLayout::OI16i16o, vec![17, 33], 1),
+            (WeightLayout::GOIhw16i16o, vec![64, 16, 3, 3], 2),
+            (WeightLayout::Goihw16g, vec![40, 1, 3, 3], 20),
+        ] {
+            let w = ramp(&dims);
+            let packed = pack(&w, layout, groups);
+            assert_eq!(packed.data.len(), layout.stored_len(&dims, groups), "{}", layout.name());
+            let nonzero = packed.data.iter().filter(|&&x| x != 0.0).count();
+            assert_eq!(nonzero, w.data.len(), "every element lands in its own slot: {}", layout.name());
+            assert_eq!(unpack(&packed.data, &dims, layout, groups), w, "{}", layout.name());
+        }
+    }
+
+    #[test]
+    fn oihw16i16o_puts_output_channels_innermost() {
+        let dims = [32, 16, 1, 1];
+        let l = WeightLayout::OIhw16i16o;
+        assert_eq!(l.offset(&dims, 1, [0, 0, 0, 0]), 0);
+        assert_eq!(l.offset(&dims, 1, [1, 0, 0, 0]), 1);
+        assert_eq!(l.offset(&dims, 1, [0, 1, 0, 0]), 16);
+        assert_eq!(l.offset(&dims, 1, [16, 0, 0, 0]), 256);
+    }
+
+    #[test]
+    fn folding_scales_weights_and_moves_the_shift_into_the_bias() {
+        let mut w = TensorMap::new();
+        w.insert("c.weight".into(), Tensor { shape: vec![2, 1, 1, 1], data: vec![1.0, 2.0] });
+        w.insert("b.weight".into(), Tensor { shape: vec![2], data: vec![2.0, 1.0] });
+        w.insert("b.bias".into(), Tensor { shape: vec![2], data: vec![0.5, 0.0] });
+        w.insert("b.running_mean".into(), Tensor { shape: vec![2], data: vec![1.0, -1.0] });
+        w.insert("b.running_var".into(), Tensor { shape: vec![2], data: vec![3.0, 0.0] });
+        fold_bn(&mut w, "c", "b", 1.0).unwrap();
+        assert_eq!(w["c.weight"].data, vec![1.0, 2.0]);
+        assert_eq!(w["c.bias"].data, vec![-0.5, 1.0]);
+        assert!(!w.contains_key("b.weight"));
+        let e = fold_bn(&mut w, "c", "b", 1.0).unwrap_err();
+        assert_eq!(e.to_string(), "weight `b.weight` is missing");
+    }
+}
