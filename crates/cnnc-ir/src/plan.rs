@@ -132,6 +132,29 @@ impl Memory {
             Some(Storage::Input(_) | Storage::Nothing) | None => None,
         }
     }
+
+    /// The pairs `(node, operand)` where the node's value is written over the operand's.
+    pub fn in_place(&self) -> Vec<(NodeId, NodeId)> {
+        self.aliases(|a| if let Alias::InPlace(of) = a { Some(of) } else { None })
+    }
+
+    /// The concatenation operands written into their concatenation's buffer:
+    /// `(operand, concat)`.
+    pub fn slices(&self) -> Vec<(NodeId, NodeId)> {
+        self.aliases(|a| if let Alias::Slice(of) = a { Some(of) } else { None })
+    }
+
+    /// The views and what they view: `(view, viewed)`.
+    pub fn views(&self) -> Vec<(NodeId, NodeId)> {
+        self.aliases(|a| if let Alias::View(of) = a { Some(of) } else { None })
+    }
+
+    fn aliases(&self, of: impl Fn(Alias) -> Option<NodeId>) -> Vec<(NodeId, NodeId)> {
+        (0..self.storage.len())
+            .map(NodeId::from_index)
+            .filter_map(|id| Some((id, of(self.place(id)?.alias)?)))
+            .collect()
+    }
 }
 
 /// One parameter, buffer or optimiser state tensor of the planned graph, as the back end
@@ -259,7 +282,11 @@ impl Plan {
                 Storage::Input(k) => write!(out, " input {k}")?,
                 Storage::Nothing => write!(out, " effect")?,
                 Storage::Arena(p) => {
-                    write!(out, " {} buf{}", self.layouts[id.index()].name(), p.buffer)?;
+                    let what = match m.buffers[p.buffer].region {
+                        Region::Batched => self.layouts[id.index()].name(),
+                        Region::WholeBatch => "whole-batch",
+                    };
+                    write!(out, " {what} buf{}", p.buffer)?;
                     if p.image_offset != 0 {
                         write!(out, "+{}", p.image_offset)?;
                     }

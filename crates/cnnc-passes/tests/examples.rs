@@ -1,11 +1,21 @@
-//! Every example through the whole pipeline: IR snapshots before and after, valid memory
-//! plans in both modes, and the numbers the issue asks for.
+//! Every example through the whole pipeline: IR snapshots before and after, the execution
+//! plans of inference and of a training step (checked by the independent checker and pinned by
+//! snapshots), and the numbers the issue asks for.
 
 mod common;
 
-use cnnc_passes::memory::{PlanOptions, plan};
-use cnnc_passes::{Mode, PassOptions, optimize};
+use cnnc_ir::{Loss, Optimizer, Sgd};
+use cnnc_passes::memory::check;
+use cnnc_passes::{Mode, PassOptions, TrainingOptions, optimize, optimize_training};
 use common::*;
+
+/// A training step: cross-entropy for classifiers, MSE otherwise; SGD with momentum.
+fn training(g: &cnnc_ir::Graph) -> TrainingOptions {
+    let shape = &g[g.outputs[0]].shape.0;
+    let loss = if matches!(shape[..], [_] | [_, 1, 1]) { Loss::CrossEntropy } else { Loss::Mse };
+    let sgd = Sgd { momentum: 0.9, weight_decay: 5e-4, nesterov: false };
+    TrainingOptions { optimizer: Some(Optimizer::Sgd(sgd)), ..TrainingOptions::new(loss) }
+}
 
 #[test]
 fn every_example_optimises_with_valid_plans() {
@@ -17,26 +27,35 @@ fn every_example_optimises_with_valid_plans() {
         let mut summary = String::new();
         let mut after = String::new();
         for mode in [Mode::Inference, Mode::Training] {
-            let opt = optimize(&g, None, &PassOptions::all().with_mode(mode))
-                .unwrap_or_else(|e| panic!("{file} {mode:?}: {e}"));
-            cnnc_ir::verify(&opt.graph).unwrap();
-            opt.plan.check(&opt.graph).unwrap_or_else(|e| panic!("{file} {mode:?}: {e}"));
-            plan(&g, &PlanOptions::new(mode)).check(&g).unwrap_or_else(|e| panic!("{file} {mode:?} unoptimised: {e}"));
+            let opt = match mode {
+                Mode::Inference => optimize(&g, None, &PassOptions::all()),
+                Mode::Training => optimize_training(&g, None, &PassOptions::all(), &training(&g)),
+            }
+            .unwrap_or_else(|e| panic!("{file} {mode:?}: {e}"));
+            cnnc_ir::verify(opt.graph()).unwrap();
+            check(opt.graph(), &opt.plan.memory).unwrap_or_else(|e| panic!("{file} {mode:?}: {e}"));
             assert!(opt.plan.workspace_bytes(1) <= opt.plan.unplanned_bytes(1), "{file}");
             summary += &format!(
                 "{mode:?}: {} -> {} nodes, {} fusion groups, batch-1 workspace {} bytes of {} unplanned; skipped {:?}\n",
                 opt.nodes_before,
-                opt.graph.len(),
+                opt.graph().len(),
                 opt.fused.len(),
                 opt.plan.workspace_bytes(1),
                 opt.plan.unplanned_bytes(1),
                 opt.skipped.iter().map(|p| p.name()).collect::<Vec<_>>(),
             );
-            if mode == Mode::Inference {
-                after = opt.print();
-            } else {
-                assert!(opt.skipped.contains(&cnnc_passes::Pass::FoldBn));
-            }
+            let name = match mode {
+                Mode::Inference => {
+                    after = opt.print();
+                    "inference"
+                }
+                Mode::Training => {
+                    assert!(opt.skipped.contains(&cnnc_passes::Pass::FoldBn));
+                    insta::assert_snapshot!(format!("{stem}_training_ir"), opt.print());
+                    "training"
+                }
+            };
+            insta::assert_snapshot!(format!("{stem}_plan_{name}"), opt.plan.render());
         }
         insta::assert_snapshot!(format!("{stem}_before"), cnnc_ir::print(&g));
         insta::assert_snapshot!(format!("{stem}_after"), format!("{summary}\n{after}"));

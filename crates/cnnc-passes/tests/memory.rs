@@ -1,20 +1,14 @@
-//! The memory planner on hand-built graphs, random graphs and the examples.
+//! The memory planner on hand-built graphs, their training graphs, random graphs and the
+//! examples.
 
 mod common;
 
+use cnnc_ir::plan::{Alias, Plan};
 use cnnc_ir::{Activation, Graph, NodeId, Op};
-use cnnc_passes::memory::{Alias, PlanOptions, Value, plan};
-use cnnc_passes::{MemoryPlan, Mode};
+use cnnc_passes::memory::check;
+use cnnc_passes::Mode;
 use cnnc_runtime::Rng;
 use common::*;
-
-fn checked(g: &Graph, options: PlanOptions) -> MemoryPlan {
-    let p = plan(g, &options);
-    if let Err(e) = p.check(g) {
-        panic!("{e}\n{}\n{}", cnnc_ir::print(g), p.render(g));
-    }
-    p
-}
 
 /// `x -> conv -> relu -> conv -> relu -> conv`.
 fn chain() -> Graph {
@@ -36,43 +30,45 @@ fn id(i: usize) -> NodeId {
 #[test]
 fn a_chain_ping_pongs_between_two_buffers_with_relus_in_place() {
     let g = chain();
-    let p = checked(&g, PlanOptions::new(Mode::Inference));
-    // Each map is 8 * 8 * 8 * 4 = 2048 bytes per item; five of them, two alive at once.
+    let p = plan_of(&g, true);
+    // Each map is 8 * 8 * 8 * 4 = 2048 bytes per image; five of them, two alive at once.
     assert_eq!(p.unplanned_bytes(1), 5 * 2048);
     assert_eq!(p.workspace_bytes(1), 2 * 2048);
     assert_eq!(p.workspace_bytes(3), 3 * 2 * 2048);
-    assert_eq!(p.in_place(), vec![(id(2), id(1)), (id(4), id(3))]);
-    insta::assert_snapshot!("plan_chain", p.render(&g));
+    assert_eq!(p.memory.in_place(), vec![(id(2), id(1)), (id(4), id(3))]);
+    insta::assert_snapshot!("plan_chain", p.render());
 
-    let p = checked(&g, PlanOptions::no_in_place(Mode::Inference));
-    assert!(p.in_place().is_empty());
+    let p = plan_of(&g, false);
+    assert!(p.memory.in_place().is_empty());
     assert_eq!(p.workspace_bytes(1), 2 * 2048);
 }
 
 #[test]
-fn training_keeps_what_the_backward_pass_reads() {
-    let g = chain();
-    let p = checked(&g, PlanOptions::new(Mode::Training));
-    // Relus save their outputs, convs their operands: r1 and r2 stay alive into the backward
-    // pass, c1 and c2 are overwritten by the relus (nothing reads them backwards).
-    assert_eq!(p.in_place(), vec![(id(2), id(1)), (id(4), id(3))]);
-    let r1 = p.placement(Value::Output(id(2))).unwrap();
-    // Alive until the relu's own backward step (its conv reader's backward comes earlier).
-    assert_eq!((r1.first, r1.last), (2, 2 * 6 - 1 - 2));
-    assert_eq!(p.steps, 12);
-    // Five outputs and five gradients of 2048 bytes.
-    assert_eq!(p.unplanned_bytes(1), 10 * 2048);
-    insta::assert_snapshot!("plan_chain_training", p.render(&g));
+fn training_graphs_keep_what_the_backward_pass_reads() {
+    let t = mse_training(&chain());
+    let p = plan_of(&t, true);
+    // The relus' backward reads their outputs, the convs' weight gradients their operands:
+    // r1 and r2 stay alive into the backward pass, while c1 and c2 are still overwritten by
+    // the relus (nothing reads them backwards).
+    let r1 = p.memory.place(id(2)).unwrap();
+    let reader = t.iter().filter(|(_, n)| n.inputs.contains(&id(2))).map(|(i, _)| i.index()).max().unwrap();
+    assert_eq!((r1.first, r1.last), (2, reader));
+    assert!(r1.last > 6, "r1 lives into the backward pass");
+    assert!(p.memory.in_place().contains(&(id(2), id(1))) && p.memory.in_place().contains(&(id(4), id(3))));
+    // Parameter gradients are whole-batch values: a region of their own, whatever the batch.
+    assert!(p.memory.whole_batch_bytes >= 3 * (8 * 4 * 9 + 8) * 4);
+    assert_eq!(p.workspace_bytes(2) - p.workspace_bytes(1), p.memory.per_image_bytes);
+    insta::assert_snapshot!("plan_chain_training", format!("{}\n{}", cnnc_ir::print(&t), p.render()));
 
-    // An activation that saves its operand cannot overwrite it in training.
+    // An activation whose backward reads its operand cannot overwrite it in training.
     let mut g = Graph::new("leaky");
     let x = input(&mut g, "x", &[4, 8, 8]);
     let c = add(&mut g, conv(4, 3, 1, 1, true), &[x], "c");
     let l = add(&mut g, Op::Activation(Activation::LeakyRelu { slope: 0.1 }), &[c], "l");
     let c2 = add(&mut g, conv(4, 3, 1, 1, true), &[l], "c2");
     g.outputs = vec![c2];
-    assert!(checked(&g, PlanOptions::new(Mode::Training)).in_place().is_empty());
-    assert_eq!(checked(&g, PlanOptions::new(Mode::Inference)).in_place(), vec![(l, c)]);
+    assert!(!plan_of(&mse_training(&g), true).memory.in_place().contains(&(l, c)));
+    assert_eq!(plan_of(&g, true).memory.in_place(), vec![(l, c)]);
 }
 
 #[test]
@@ -86,8 +82,8 @@ fn residual_add_and_relu_run_in_place() {
     let s = add(&mut g, Op::Add, &[c2, c0], "add");
     let r = add(&mut g, relu(), &[s], "relu");
     g.outputs = vec![r];
-    let p = checked(&g, PlanOptions::new(Mode::Inference));
-    assert_eq!(p.in_place(), vec![(r1, c1), (s, c2), (r, s)]);
+    let p = plan_of(&g, true);
+    assert_eq!(p.memory.in_place(), vec![(r1, c1), (s, c2), (r, s)]);
     // c0 (the shortcut) and the branch: three maps at most.
     assert_eq!(p.workspace_bytes(1), 3 * 2048);
 }
@@ -102,8 +98,7 @@ fn values_that_are_read_later_or_returned_are_not_overwritten() {
     let s = add(&mut g, Op::Add, &[r1, c], "s"); // both operands die here: one is reused
     let r2 = add(&mut g, relu(), &[s], "r2"); // s is a model output
     g.outputs = vec![r2, s];
-    let p = checked(&g, PlanOptions::new(Mode::Inference));
-    assert_eq!(p.in_place(), vec![(s, r1)]);
+    assert_eq!(plan_of(&g, true).memory.in_place(), vec![(s, r1)]);
 }
 
 /// An Inception-like module: three branches concatenated.
@@ -129,29 +124,32 @@ fn inception() -> Graph {
 #[test]
 fn concat_operands_are_written_into_their_slices() {
     let g = inception();
-    let p = checked(&g, PlanOptions::new(Mode::Inference));
+    let p = plan_of(&g, true);
     let cat = id(11);
     // Each branch's last conv writes its slice; the relu after it runs in place there.
-    assert_eq!(p.concat_slices(), vec![(id(2), cat), (id(6), cat), (id(9), cat)]);
-    assert_eq!(p.in_place(), vec![(id(3), id(2)), (id(5), id(4)), (id(7), id(6)), (id(10), id(9))]);
-    let slice = |i| p.placement(Value::Output(id(i))).unwrap().channel_offset;
-    assert_eq!([slice(2), slice(3), slice(6), slice(7), slice(9), slice(10)], [0, 0, 8, 8, 16, 16]);
-    let concat_buffer = p.placement(Value::Output(cat)).unwrap().buffer;
+    assert_eq!(p.memory.slices(), vec![(id(2), cat), (id(6), cat), (id(9), cat)]);
+    assert_eq!(p.memory.in_place(), vec![(id(3), id(2)), (id(5), id(4)), (id(7), id(6)), (id(10), id(9))]);
+    // Slices start at channels 0, 8 and 16 of 8x8 floats, with the concat's batch stride.
+    let offset = |i| p.memory.place(id(i)).unwrap().image_offset;
+    let channel = 8 * 8 * 4;
+    assert_eq!([offset(2), offset(3), offset(6), offset(7), offset(9), offset(10)], [0, 0, 8, 8, 16, 16].map(|c| c * channel));
+    let concat = p.memory.place(cat).unwrap();
     for i in [2, 3, 6, 7, 9, 10] {
-        assert_eq!(p.placement(Value::Output(id(i))).unwrap().buffer, concat_buffer);
+        let slice = p.memory.place(id(i)).unwrap();
+        assert_eq!((slice.buffer, slice.batch_stride), (concat.buffer, concat.batch_stride));
+        assert!(slice.bytes < slice.batch_stride);
     }
-    insta::assert_snapshot!("plan_inception", p.render(&g));
+    // Image 1 of the middle slice: one whole concat image further on.
+    let (at0, at1) = (p.image_offset(id(6), 2, 0).unwrap(), p.image_offset(id(6), 2, 1).unwrap());
+    assert_eq!(at1 - at0, 20 * channel);
+    insta::assert_snapshot!("plan_inception", p.render());
     let mut copying = g.clone();
     copying.node_mut(cat).op = Op::Concat;
-    let plain = checked(&copying, PlanOptions::new(Mode::Inference));
-    assert!(plain.concat_slices().is_empty());
+    let plain = plan_of(&copying, true);
+    assert!(plain.memory.slices().is_empty());
     // Slices remove the copy; they need not lower the peak (the concat's buffer is alive from
     // its first operand on), and here they do not.
     assert_eq!((p.workspace_bytes(1), plain.workspace_bytes(1)), (13312, 13312));
-
-    let t = checked(&g, PlanOptions::new(Mode::Training));
-    // Relus save their outputs: the slices stay, the convs are still overwritten in place.
-    assert_eq!(t.concat_slices().len(), 3);
 }
 
 #[test]
@@ -166,17 +164,18 @@ fn nested_concats_nest_their_slices() {
     let k2 = add(&mut g, Op::ConcatInPlace, &[r, k1], "k2");
     g.outputs = vec![k2];
     cnnc_ir::verify(&g).unwrap();
-    let p = checked(&g, PlanOptions::new(Mode::Inference));
-    assert_eq!(p.concat_slices(), vec![(a, k1), (b, k1), (c, k2), (k1, k2)]);
+    let p = plan_of(&g, true);
+    assert_eq!(p.memory.slices(), vec![(a, k1), (b, k1), (c, k2), (k1, k2)]);
     // k1 sits after r's 4 channels, and b after a inside k1.
-    let offset = |v| p.placement(Value::Output(v)).unwrap().channel_offset;
+    let channel = 8 * 8 * 4;
+    let offset = |v| p.memory.place(v).unwrap().image_offset / channel;
     assert_eq!([offset(c), offset(r), offset(k1), offset(a), offset(b)], [0, 0, 4, 4, 8]);
     // One buffer for everything: 12 channels of 8x8 floats.
-    assert_eq!(p.workspace_bytes(1), 12 * 64 * 4);
+    assert_eq!(p.workspace_bytes(1), 12 * channel);
 }
 
 #[test]
-fn flatten_is_a_view() {
+fn flatten_reshape_and_slices_are_views() {
     let mut g = Graph::new("flat");
     let x = input(&mut g, "x", &[4, 4, 4]);
     let c = add(&mut g, conv(4, 1, 1, 0, true), &[x], "c");
@@ -184,20 +183,37 @@ fn flatten_is_a_view() {
     let r = add(&mut g, relu(), &[f], "r");
     let y = add(&mut g, fc(3, true), &[r], "fc");
     g.outputs = vec![y];
-    let p = checked(&g, PlanOptions::new(Mode::Inference));
-    assert_eq!(p.placement(Value::Output(f)).unwrap().alias, Alias::View(Value::Output(c)));
-    assert_eq!(p.in_place(), vec![(r, f)]);
+    let p = plan_of(&g, true);
+    assert_eq!(p.memory.place(f).unwrap().alias, Alias::View(c));
+    assert_eq!(p.memory.in_place(), vec![(r, f)]);
+    // In the training graph, the flatten's backward (a reshape) and the concat's backward
+    // (channel slices of the incoming gradient) move no data either.
+    let mut g = Graph::new("cat");
+    let x = input(&mut g, "x", &[4, 4, 4]);
+    let a = add(&mut g, conv(4, 1, 1, 0, true), &[x], "a");
+    let b = add(&mut g, conv(4, 1, 1, 0, true), &[x], "b");
+    let k = add(&mut g, Op::Concat, &[a, b], "k");
+    let f = add(&mut g, Op::Flatten, &[k], "f");
+    let y = add(&mut g, fc(3, true), &[f], "fc");
+    g.outputs = vec![y];
+    let t = mse_training(&g);
+    let p = plan_of(&t, true);
+    let views: Vec<(&str, &str)> =
+        p.memory.views().into_iter().map(|(v, of)| (t[v].op.keyword(), t[of].op.keyword())).collect();
+    assert_eq!(views, [("flatten", "concat"), ("reshape", "gemm_backward_data"), ("slice", "reshape"), ("slice", "reshape")]);
+    let second = p.memory.views()[3].0;
+    assert_eq!(p.memory.place(second).unwrap().image_offset, 4 * 16 * 4);
 }
 
 #[test]
 fn the_checker_catches_overlaps() {
     let g = chain();
-    let mut p = plan(&g, &PlanOptions::new(Mode::Inference));
+    let mut p: Plan = plan_of(&g, true);
     // Put c2's buffer on top of r1's, which c2 reads.
-    let r1 = p.placement(Value::Output(id(2))).unwrap().buffer;
-    let c2 = p.placement(Value::Output(id(3))).unwrap().buffer;
-    p.buffers[c2].offset = p.buffers[r1].offset;
-    assert_eq!(p.check(&g).unwrap_err(), "%3 is written at step 3 over %2, which is alive in steps 2..=3");
+    let r1 = p.memory.place(id(2)).unwrap().buffer;
+    let c2 = p.memory.place(id(3)).unwrap().buffer;
+    p.memory.buffers[c2].offset = p.memory.buffers[r1].offset;
+    assert_eq!(check(&p.graph, &p.memory).unwrap_err(), "%3 is written at step 3 over %2, which is alive in steps 2..=3");
 }
 
 /// A random DAG of convs, relus, batch norms, pools, adds and concats over `[C, 6, 6]` maps.
@@ -243,34 +259,65 @@ fn random_graphs_get_valid_plans() {
     for seed in 0..300 {
         let g = random_graph(seed);
         cnnc_ir::verify(&g).unwrap();
-        for mode in [Mode::Inference, Mode::Training] {
-            for options in [PlanOptions::new(mode), PlanOptions::no_in_place(mode)] {
-                let p = checked(&g, options);
-                assert!(p.workspace_bytes(1) <= p.unplanned_bytes(1) + 64 * p.values.len() as u64);
+        let t = cnnc_passes::training_graph(
+            &g,
+            &cnnc_passes::TrainingOptions {
+                objective: cnnc_passes::Objective::OutputGradients,
+                ..cnnc_passes::TrainingOptions::new(cnnc_ir::Loss::Mse)
+            },
+        )
+        .unwrap()
+        .graph;
+        for graph in [&g, &t] {
+            for in_place in [true, false] {
+                let p = plan_of(graph, in_place);
+                let buffers = p.memory.buffers.len() as u64;
+                assert!(p.workspace_bytes(1) <= p.unplanned_bytes(1) + 64 * buffers);
             }
         }
     }
 }
 
 #[test]
+fn large_graphs_are_planned_best_fit_in_time_order() {
+    // More buffers than the greedy search takes: a chain of convolutions (no in-place
+    // writes), planned by the linear-logarithmic allocator, still reuses two buffers.
+    let mut g = Graph::new("deep");
+    let mut h = input(&mut g, "x", &[4, 2, 2]);
+    for k in 0..(cnnc_passes::memory::GREEDY_LIMIT + 10) {
+        h = add(&mut g, conv(4, 1, 1, 0, true), &[h], &format!("c{k}"));
+    }
+    g.outputs = vec![h];
+    let p = plan_of(&g, true);
+    assert!(p.memory.buffers.len() > cnnc_passes::memory::GREEDY_LIMIT);
+    assert_eq!(p.workspace_bytes(1), 2 * 64);
+}
+
+#[test]
 fn resnet50_needs_less_than_half_of_the_unplanned_memory() {
     let g = lower_example("resnet50.cnn", None);
     for mode in [Mode::Inference, Mode::Training] {
-        let before = checked(&g, PlanOptions::new(mode));
-        let opt = optimize_all(&g, mode);
-        let after = checked(&opt.graph, PlanOptions::new(mode));
-        assert_eq!(after, opt.plan);
+        let opt = match mode {
+            Mode::Inference => optimize_all(&g, mode),
+            Mode::Training => cnnc_passes::optimize_training(
+                &g,
+                None,
+                &cnnc_passes::PassOptions::all(),
+                &cnnc_passes::TrainingOptions::new(cnnc_ir::Loss::CrossEntropy),
+            )
+            .unwrap(),
+        };
+        check(opt.graph(), &opt.plan.memory).unwrap();
         eprintln!(
-            "resnet50 {mode:?}: {} -> {} nodes; unoptimised graph: workspace {} of {} bytes; optimised: workspace {} of {} bytes",
+            "resnet50 {mode:?}: {} -> {} nodes; workspace {} of {} bytes per image, {} of {} whole-batch",
             g.len(),
-            opt.graph.len(),
-            before.workspace_bytes(1),
-            before.unplanned_bytes(1),
-            after.workspace_bytes(1),
-            after.unplanned_bytes(1)
+            opt.graph().len(),
+            opt.plan.memory.per_image_bytes,
+            opt.plan.memory.unplanned_per_image,
+            opt.plan.memory.whole_batch_bytes,
+            opt.plan.memory.unplanned_whole_batch,
         );
-        assert!(2 * after.workspace_bytes(1) < after.unplanned_bytes(1));
-        assert!(2 * before.workspace_bytes(1) < before.unplanned_bytes(1));
+        assert!(2 * opt.plan.workspace_bytes(1) < opt.plan.unplanned_bytes(1));
     }
 }
 
@@ -288,6 +335,5 @@ fn a_fused_node_never_overwrites_what_its_base_reads() {
     let b = add(&mut g, conv(8, 3, 1, 1, true), &[f], "b");
     let h = add(&mut g, Op::Fused { base, epilogue }, &[f, b], "h");
     g.outputs = vec![h];
-    let p = checked(&g, PlanOptions::new(Mode::Inference));
-    assert_eq!(p.in_place(), vec![(h, b)]);
+    assert_eq!(plan_of(&g, true).memory.in_place(), vec![(h, b)]);
 }

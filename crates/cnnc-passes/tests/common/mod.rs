@@ -80,3 +80,20 @@ pub fn run_one(
 pub fn optimize_all(graph: &Graph, mode: Mode) -> cnnc_passes::Optimized {
     optimize(graph, None, &PassOptions::all().with_mode(mode)).unwrap()
 }
+
+/// The plan of a hand-built graph (its outputs the model's), with or without in-place writes,
+/// checked by the independent checker.
+pub fn plan_of(graph: &Graph, in_place: bool) -> cnnc_ir::plan::Plan {
+    let roles = (0..graph.outputs.len()).map(cnnc_ir::plan::OutputRole::Model).collect();
+    let plan = cnnc_passes::plan::build(graph.clone(), roles, Vec::new(), &cnnc_passes::PlanOptions { in_place });
+    if let Err(e) = cnnc_passes::memory::check(&plan.graph, &plan.memory) {
+        panic!("{e}\n{}\n{}", cnnc_ir::print(graph), plan.render());
+    }
+    plan
+}
+
+/// The training graph of `graph` under an MSE loss (gradients as outputs, no optimiser).
+pub fn mse_training(graph: &Graph) -> Graph {
+    let options = cnnc_passes::TrainingOptions::new(cnnc_ir::Loss::Mse);
+    cnnc_passes::training_graph(graph, &options).unwrap().graph
+}
