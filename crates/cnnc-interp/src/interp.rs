@@ -31,12 +31,16 @@ pub struct Options {
     pub step: u64,
     /// The learning rate of optimiser updates.
     pub lr: f64,
+    /// Keep every node's value in the [`Run`] (for inspection and dumps); otherwise each
+    /// value is dropped after its last reader, as an executor's memory plan would, and only
+    /// the graph's outputs remain.
+    pub keep_values: bool,
 }
 
 impl Options {
     /// f32 storage, seed 0, step 1, learning rate 0.
     pub fn new() -> Options {
-        Options { precision: Precision::F32, seed: 0, step: 1, lr: 0.0 }
+        Options { precision: Precision::F32, seed: 0, step: 1, lr: 0.0, keep_values: false }
     }
 
     pub fn with_precision(self, precision: Precision) -> Options {
@@ -53,6 +57,10 @@ impl Options {
 
     pub fn with_lr(self, lr: f64) -> Options {
         Options { lr, ..self }
+    }
+
+    pub fn keeping_values(self) -> Options {
+        Options { keep_values: true, ..self }
     }
 }
 
@@ -76,7 +84,8 @@ impl Run {
         self.batch
     }
 
-    /// The value of any node (full shape: `[N] ++ shape` when batched); `None` for effects.
+    /// The value of any node (full shape: `[N] ++ shape` when batched); `None` for effects,
+    /// and for values dropped after their last use (unless [`Options::keep_values`]).
     pub fn value(&self, id: NodeId) -> Option<&Buf> {
         self.values.get(id.index()).and_then(Option::as_ref)
     }
@@ -256,6 +265,33 @@ pub(crate) fn round_if(precision: Precision, mut buf: Buf) -> Buf {
     buf
 }
 
+/// For each step, the values whose last reader it is (none when every value is kept; graph
+/// outputs are always kept).
+pub(crate) fn last_uses(graph: &Graph, keep_all: bool) -> Vec<Vec<NodeId>> {
+    let mut dying = vec![Vec::new(); graph.len()];
+    if keep_all {
+        return dying;
+    }
+    let mut is_output = vec![false; graph.len()];
+    for o in &graph.outputs {
+        is_output[o.index()] = true;
+    }
+    let mut last: Vec<Option<usize>> = vec![None; graph.len()];
+    for (id, node) in graph.iter() {
+        for i in &node.inputs {
+            last[i.index()] = Some(id.index());
+        }
+    }
+    for (k, l) in last.into_iter().enumerate() {
+        if let Some(step) = l
+            && !is_output[k]
+        {
+            dying[step].push(NodeId::from_index(k));
+        }
+    }
+    dying
+}
+
 /// Parameters as logical f64 tensors in a map.
 pub(crate) struct MapParams(pub BufMap);
 
@@ -290,6 +326,7 @@ pub fn run<T: TensorLike>(
     }
     let mut values: Vec<Option<Buf>> = Vec::with_capacity(graph.len());
     let mut written: Vec<String> = Vec::new();
+    let dying = last_uses(graph, options.keep_values);
     for (id, node) in graph.iter() {
         if is_source(&node.op) {
             let k = position[id.index()].ok_or_else(|| malformed("unregistered input"))?;
@@ -310,6 +347,9 @@ pub fn run<T: TensorLike>(
                 }
                 values.push(None);
             }
+        }
+        for &dead in &dying[id.index()] {
+            values[dead.index()] = None;
         }
     }
     for name in written {

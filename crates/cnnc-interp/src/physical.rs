@@ -3,7 +3,8 @@
 //!
 //! Every value is written where the plan places it, in its layout (`nChw16c` values really
 //! blocked, padding lanes zeroed), with its batch stride; concatenation operands are written
-//! into their slices and the `concat_in_place` moves nothing; views move nothing; in-place
+//! into their slices and the `concat_in_place` moves nothing; values the plan places as views
+//! of others move nothing (a view op without one copies); in-place
 //! nodes overwrite their operand's bytes; weights are loaded through the plan's transforms
 //! (BN folds, packing) and read back through the packed layouts; optimiser updates run on the
 //! packed parameters and state. Each node's operands are read back from the arena, so a wrong
@@ -13,11 +14,11 @@
 use crate::buf::Buf;
 use crate::error::InterpError;
 use crate::eval::{Ctx, Output, Params, eval, full_shape};
-use crate::interp::{Options, Precision, Run, check_graph, check_inputs, malformed};
+use crate::interp::{Options, Precision, Run, check_graph, check_inputs, last_uses, malformed};
 use crate::update::update;
-use cnnc_ir::facts::{ValueKind, View, is_source, param_name, value_kind, view};
+use cnnc_ir::facts::{ValueKind, is_source, param_name, value_kind};
 use cnnc_ir::layout::element_offset;
-use cnnc_ir::plan::{ParamPlan, Plan, Storage};
+use cnnc_ir::plan::{Alias, ParamPlan, Plan, Storage};
 use cnnc_ir::{Layout, NodeId, Op, ParamRole, Shape, TrainOp};
 use cnnc_runtime::{Tensor, TensorMap, apply_transforms, pack, unpack};
 use std::borrow::Cow;
@@ -39,9 +40,11 @@ pub fn run_plan(plan: &Plan, state: &mut TensorMap, inputs: &[Tensor], options: 
     let stored = load_params(plan, state)?;
     let bytes = plan.workspace_bytes(batch);
     let len = usize::try_from(bytes / 4).map_err(|_| InterpError::Plan(format!("a {bytes}-byte arena")))?;
-    let mut m = Machine { plan, batch, arena: vec![f32::NAN; len], inputs: input_bufs, stored, written: Vec::new() };
+    let logical = stored.keys().map(|name| (name.clone(), logical_param(plan, &stored, name))).collect();
+    let mut m = Machine { plan, batch, arena: vec![f32::NAN; len], inputs: input_bufs, stored, logical, written: Vec::new() };
     let cx = Ctx { batch, seed: options.seed, step: options.step, lr: options.lr };
     let mut values: Vec<Option<Buf>> = Vec::with_capacity(graph.len());
+    let dying = last_uses(graph, options.keep_values);
     for (id, node) in graph.iter() {
         if is_source(&node.op) {
             values.push(Some(m.read(id)?));
@@ -64,10 +67,14 @@ pub fn run_plan(plan: &Plan, state: &mut TensorMap, inputs: &[Tensor], options: 
                 for (name, mut buf) in writes {
                     buf.round_to_f32();
                     m.stored.insert(name.clone(), buf.to_tensor());
+                    m.logical.insert(name.clone(), buf);
                     m.written.push(name);
                 }
                 values.push(None);
             }
+        }
+        for &dead in &dying[id.index()] {
+            values[dead.index()] = None;
         }
     }
     for name in std::mem::take(&mut m.written) {
@@ -111,24 +118,32 @@ fn unpack_param(p: &ParamPlan, data: &[f32]) -> Tensor {
     }
 }
 
+/// A stored parameter read back through its layout as a logical tensor.
+fn logical_param(plan: &Plan, stored: &TensorMap, name: &str) -> Buf {
+    let t = &stored[name];
+    match plan.param(name) {
+        Some(p) if p.layout.is_some() => Buf::from_tensor(&unpack_param(p, &t.data)),
+        Some(_) | None => Buf::from_tensor(t),
+    }
+}
+
 /// The arena and the stored parameters while a plan runs.
 struct Machine<'p> {
     plan: &'p Plan,
     batch: usize,
     arena: Vec<f32>,
     inputs: Vec<Buf>,
+    /// Parameters as the plan stores them (packed where it says so): what updates change.
     stored: TensorMap,
+    /// The same read back through their layouts, once per load or update, for the ops.
+    logical: crate::buf::BufMap,
     /// Parameters and state written by effects, in order.
     written: Vec<String>,
 }
 
 impl Params for Machine<'_> {
     fn get(&self, name: &str) -> Result<Cow<'_, Buf>, InterpError> {
-        let t = self.stored.get(name).ok_or_else(|| InterpError::MissingParam { name: name.into(), expected: vec![] })?;
-        Ok(Cow::Owned(match self.plan.param(name) {
-            Some(p) if p.layout.is_some() => Buf::from_tensor(&unpack_param(p, &t.data)),
-            Some(_) | None => Buf::from_tensor(t),
-        }))
+        self.logical.get(name).map(Cow::Borrowed).ok_or_else(|| InterpError::MissingParam { name: name.into(), expected: vec![] })
     }
 
     fn get_or_zeros(&self, name: &str, _dims: &[usize]) -> Result<Buf, InterpError> {
@@ -182,13 +197,11 @@ impl Machine<'_> {
     /// move nothing: their bytes must already hold the value, which is checked.
     fn write(&mut self, id: NodeId, v: &Buf) -> Result<(), InterpError> {
         let node = &self.plan.graph[id];
-        if view(&node.op).is_some() || node.op == Op::ConcatInPlace {
+        let is_view = self.plan.memory.place(id).is_some_and(|p| matches!(p.alias, Alias::View(_)));
+        if is_view || node.op == Op::ConcatInPlace {
             let found = self.read(id)?;
             if found.data.iter().zip(&v.data).any(|(a, b)| a.to_bits() != b.to_bits()) {
-                let what = match view(&node.op) {
-                    Some(View::Whole | View::Channels { .. }) => "view",
-                    None => "in-place concatenation",
-                };
+                let what = if is_view { "view" } else { "in-place concatenation" };
                 return Err(InterpError::Plan(format!(
                     "the {what} `{}` ({id}) does not find its value where the plan puts it",
                     node.name
@@ -248,6 +261,8 @@ impl Machine<'_> {
         for (name, data) in std::iter::once((param, p)).chain(names.into_iter().zip(state)) {
             let t = self.stored.get_mut(&name).expect("loaded");
             t.data = data.into_iter().map(|v| v as f32).collect();
+            let fresh = logical_param(self.plan, &self.stored, &name);
+            self.logical.insert(name.clone(), fresh);
             self.written.push(name);
         }
         Ok(())

@@ -254,6 +254,18 @@ impl WeightLayout {
         }
     }
 
+    /// How far apart, in stored elements, two kernel taps next to each other (`x` and `x + 1`,
+    /// or the last of a row and the first of the next) of one `(o, i)` pair are: the taps of a
+    /// pair are evenly spaced in every layout, so `offset(o, i, y, x) = offset(o, i, 0, 0) +
+    /// (y * KW + x) * tap_stride()`.
+    pub fn tap_stride(self) -> usize {
+        match self {
+            WeightLayout::Oihw | WeightLayout::Oi => 1,
+            WeightLayout::Goihw16g => 16,
+            WeightLayout::OIhw16i16o | WeightLayout::GOIhw16i16o | WeightLayout::OI16i16o => 256,
+        }
+    }
+
     /// Where logical element `[o, i, kh, kw]` (`i` within its group) of a weight of `dims` with
     /// `groups` groups is stored. The definition of every packed layout.
     pub fn offset(self, dims: &[usize], groups: usize, [o, i, y, x]: [usize; 4]) -> usize {
@@ -344,6 +356,30 @@ mod tests {
 
     fn relu() -> Op {
         Op::Activation(Activation::Relu)
+    }
+
+    #[test]
+    fn the_taps_of_a_weight_pair_are_tap_stride_apart() {
+        use WeightLayout::*;
+        for (layout, dims, groups) in [
+            (Oihw, vec![4, 3, 3, 2], 1),
+            (OIhw16i16o, vec![20, 17, 3, 2], 1),
+            (GOIhw16i16o, vec![64, 16, 3, 2], 2),
+            (Goihw16g, vec![40, 2, 3, 2], 20),
+        ] {
+            for o in 0..dims[0] {
+                for i in 0..dims[1] {
+                    let base = layout.offset(&dims, groups, [o, i, 0, 0]);
+                    for y in 0..3 {
+                        for x in 0..2 {
+                            let direct = layout.offset(&dims, groups, [o, i, y, x]);
+                            assert_eq!(direct, base + (y * 2 + x) * layout.tap_stride(), "{}", layout.name());
+                            assert!(direct < layout.stored_len(&dims, groups));
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

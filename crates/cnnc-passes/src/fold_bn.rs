@@ -24,6 +24,7 @@ use crate::error::PassError;
 use crate::rewrite::{Ctx, Rebuild};
 use cnnc_ir::plan::WeightTransform;
 use cnnc_ir::{Graph, NodeId, Op};
+use cnnc_runtime::{TensorMap, TransformError};
 
 const PASS: &str = "fold-bn";
 
@@ -54,6 +55,7 @@ pub fn run(cx: &mut Ctx) -> Result<usize, PassError> {
         };
         let transform = WeightTransform::FoldBn { layer: graph[producer].name.clone(), bn: node.name.clone(), eps: bn.eps };
         if let Some(weights) = cx.weights.as_deref_mut() {
+            check_producer_weight(graph, producer, weights)?;
             cnnc_runtime::apply_transforms(std::slice::from_ref(&transform), weights)
                 .map_err(|error| PassError::Weights { pass: PASS, error })?;
         }
@@ -77,5 +79,18 @@ fn foldable_into(graph: &Graph, users: &[Vec<NodeId>], id: NodeId) -> Option<Nod
     match users[id.index()][..] {
         [only] if matches!(graph[only].op, Op::BatchNorm(_)) => Some(only),
         _ => None,
+    }
+}
+
+/// The producer's weight has the shape the graph declares (the fold reads it row by row).
+fn check_producer_weight(graph: &Graph, producer: NodeId, weights: &TensorMap) -> Result<(), PassError> {
+    let name = format!("{}.weight", graph[producer].name);
+    let dims = graph.params(producer).into_iter().find(|s| s.suffix == "weight").map(|s| s.dims);
+    match (weights.get(&name), dims) {
+        (Some(t), Some(dims)) if t.shape != dims => Err(PassError::Weights {
+            pass: PASS,
+            error: TransformError::Shape { name, expected: format!("{dims:?}"), found: t.shape.clone() },
+        }),
+        _ => Ok(()),
     }
 }

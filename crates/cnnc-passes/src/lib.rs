@@ -1,9 +1,14 @@
-//! Graph optimisation passes and the memory planner.
+//! Graph optimisation passes, the training transform, the memory planner and the execution
+//! plan.
 //!
-//! # Entry point
+//! # Entry points
 //!
 //! [`optimize`] runs the chosen passes ([`PassOptions`]) in pipeline order on a copy of a graph
-//! and its weights, and plans the result's memory:
+//! and its weights and plans the result: an inference graph, or (in [`Mode::Training`]) the
+//! forward pass of training. [`optimize_training`] makes a training step: the forward passes
+//! that hold in training, the training transform ([`grad`]: loss, backward ops, optimiser
+//! updates), then the passes for training graphs. Both return the execution plan
+//! ([`cnnc_ir::plan::Plan`]) every back end runs:
 //!
 //! ```
 //! # use cnnc_ir::{Graph, Op, Shape, Conv, Window, BatchNorm};
@@ -17,9 +22,11 @@
 //! let options = PassOptions::all().with_passes(parse_passes("all")?).with_mode(Mode::Inference);
 //! let weights = cnnc_runtime::init_params(&g, 1);
 //! let opt = optimize(&g, Some(&weights), &options)?;
-//! assert_eq!(opt.graph.len(), 2); // conv (now with a bias) absorbed the batch norm
+//! assert_eq!(opt.graph().len(), 2); // conv (now with a bias) absorbed the batch norm
 //! assert_eq!(opt.fused, vec![vec!["conv".to_string(), "bn".to_string()]]);
 //! assert!(opt.weights.unwrap().contains_key("conv.bias"));
+//! // The plan says how to load a checkpoint: fold the batch norm into the conv.
+//! assert!(matches!(&opt.plan.transforms[0], cnnc_ir::plan::WeightTransform::FoldBn { layer, .. } if layer == "conv"));
 //! assert!(opt.plan.workspace_bytes(1) <= opt.plan.unplanned_bytes(1));
 //! # Ok::<(), cnnc_passes::PassError>(())
 //! ```
@@ -32,13 +39,14 @@
 //! ([`rewrite`]), which re-runs every shape rule and removes whatever the pass orphaned. With
 //! [`PassOptions::verify`] (the default in debug builds and tests) [`cnnc_ir::verify()`] checks
 //! the input and the graph after every pass. Weights travel with the graph as an optional
-//! `TensorMap`: passes that change parameters (BN folding) rewrite it when present and change
-//! only the graph when it is absent (`cnnc ir`).
+//! `TensorMap`: passes that change parameters (BN folding) record a weight transform
+//! ([`Ctx::transforms`], which the plan carries) and apply it to the weights when present.
 //!
 //! Modes: at [`Mode::Inference`] every pass applies; in [`Mode::Training`] the passes that
 //! change semantics ([`Pass::inference_only`]: BN folding, dropout removal) are skipped and
-//! reported in [`Optimized::skipped`]; fusion still applies, and the memory plan keeps every
-//! tensor the backward pass reads ([`memory::saved_for_backward`]).
+//! reported in [`Optimized::skipped`]; in-place concatenation and layouts run after the
+//! training transform ([`Pass::before_training_transform`]), since backward ops read forward
+//! values too.
 //!
 //! # The passes, in pipeline order
 //!
@@ -50,6 +58,8 @@
 //! | `fold-bn` | [`fold_bn`] | batch norm into the preceding conv or fc (inference only) |
 //! | `to-gemm` | [`gemm`] | 1x1 stride-1 unpadded convolutions and fc layers become `gemm` |
 //! | `fuse-epilogue` | [`fuse`] | conv or gemm + residual add + activation become one node |
+//! | (training transform) | [`grad`] | the loss, the backward ops and the updates (training only) |
+//! | `fuse-backward` | [`fuse_backward`] | an activation's derivative into the conv backward-data before it |
 //! | `concat-in-place` | [`concat`](mod@concat) | concat operands write their channel slices directly |
 //! | `layout` | [`layout`] | `nChw16c` regions around the convolutions, reorders at the edges |
 //!
@@ -73,23 +83,20 @@
 //!
 //! **Layout.** Shapes in the IR stay logical. A node's physical layout is derived, not stored
 //! (`cnnc_ir::layout`): inputs are plain, `Op::Reorder(layout)` converts, every other op
-//! either follows its operands' layout or needs plain operands, and the verifier checks the
-//! rules. A blocked value whose channel count is not a multiple of 16 is stored padded to a
-//! whole block, and the memory plan counts the padding. The interpreter treats reorders as
-//! the identity, so semantic tests compare logical tensors. Weight layouts follow from the
-//! operand's layout ([`layout::weight_layout`]).
+//! follows its operands' layout, needs plain operands, or reduces them to a whole-batch
+//! value, and the verifier checks the rules. A blocked value whose channel count is not a
+//! multiple of 16 is stored padded to a whole block, and the memory plan counts the padding.
+//! Weights of products on blocked data are packed ([`plan`]: `WeightTransform::Pack`).
 //!
 //! **Concat in place.** A memory-plan decision made visible in the IR: `Op::ConcatInPlace`
 //! is a concat whose operands are each read by it alone, once, and are neither model inputs
 //! nor outputs (verifier-checked); the planner places every operand in its channel slice of
 //! the concat's buffer, so the node moves no data.
 //!
-//! **Memory plan.** An analysis ([`memory`]), not a pass: liveness over the node order (and,
-//! in training, the reversed backward pass, with every value the backward reads kept alive
-//! until then), in-place writes for elementwise nodes and fused residuals, views for flatten,
-//! slices for `concat_in_place`, then greedy-by-size offsets in one arena. It is computed for
-//! every [`optimize`] result; [`MemoryPlan::workspace_bytes`] and
-//! [`MemoryPlan::unplanned_bytes`] scale linearly with the batch.
+//! **Memory plan.** An analysis ([`memory`]), not a pass: liveness over the node order of any
+//! graph (a training graph's backward ops are nodes like any other), in-place writes for
+//! elementwise nodes, views for flatten, reshape and channel slices, slices for
+//! `concat_in_place`, then offsets in one arena with a batched and a whole-batch region.
 
 pub mod concat;
 pub mod cse;

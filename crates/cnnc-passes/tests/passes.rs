@@ -205,14 +205,14 @@ fn fold_bn_reports_missing_and_misshapen_weights() {
     weights.remove("bn.running_var");
     let mut cx = cnnc_passes::Ctx::new(g.clone(), Some(&mut weights), Mode::Inference);
     let e = fold_bn::run(&mut cx).unwrap_err();
-    assert_eq!(e.to_string(), "pass `fold-bn` needs the weight `bn.running_var`, which is missing");
+    assert_eq!(e.to_string(), "pass `fold-bn`: weight `bn.running_var` is missing");
     let mut weights = random_weights(&g, 1);
     weights.insert("conv.weight".into(), Tensor::zeros(&[6, 3, 3, 3]));
     let mut cx = cnnc_passes::Ctx::new(g, Some(&mut weights), Mode::Inference);
     let e = fold_bn::run(&mut cx).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "pass `fold-bn`: weight `conv.weight` has shape [6, 3, 3, 3], but the graph declares [6, 1, 3, 3]"
+        "pass `fold-bn`: weight `conv.weight` has shape [6, 3, 3, 3], expected [6, 1, 3, 3]"
     );
 }
 
@@ -330,12 +330,13 @@ mod reference {
 
 // ---------------------------------------------------------------- shared by the passes below
 
-/// Runs `graph` and `after` on the interpreter (f64, inference or training) with the same
-/// weights and input, and checks outputs (and, in training, every gradient) agree.
+/// Runs `graph` and `after` on the interpreter (f64) with the same weights and input, and
+/// checks the outputs agree; in training, through their training graphs (batch statistics,
+/// dropout masks, fixed output gradients), every gradient too.
 fn same_numbers(graph: &Graph, after: &Graph, weights: &TensorMap, mode: Mode) {
-    use cnnc_interp::{Buf, BufMap, Options, Precision, backward, forward};
+    use cnnc_interp::{Buf, BufMap, Gradients, Options, Precision, gradients, run};
+    use cnnc_passes::{Objective, TrainingOptions, training_graph};
     let weights: BufMap = weights.iter().map(|(k, v)| (k.clone(), Buf::from_tensor(v))).collect();
-    let weights = &weights;
     let x: Vec<Buf> = graph
         .inputs
         .iter()
@@ -346,42 +347,48 @@ fn same_numbers(graph: &Graph, after: &Graph, weights: &TensorMap, mode: Mode) {
             Buf::from_tensor(&random_input(&shape, 50 + k as u64))
         })
         .collect();
-    let opts = match mode {
-        Mode::Inference => Options::inference(),
-        Mode::Training => Options::training(1),
-    }
-    .with_precision(Precision::F64);
-    let run = |g: &Graph| {
-        let trace = forward(g, weights, &x, opts).unwrap();
-        let out: Vec<Buf> = trace.outputs();
-        let grads = (mode == Mode::Training).then(|| {
-            let seeds: Vec<Buf> = out
-                .iter()
-                .map(|o| Buf { shape: o.shape.clone(), data: (0..o.len()).map(|i| (i % 5) as f64 - 2.0).collect() })
-                .collect();
-            backward(g, &trace, &seeds).unwrap()
-        });
-        (out, grads)
+    let opts = Options::new().with_precision(Precision::F64).with_seed(1);
+    let vjp = TrainingOptions {
+        objective: Objective::OutputGradients,
+        input_grads: true,
+        ..TrainingOptions::new(cnnc_ir::Loss::Mse)
     };
-    let (want, want_grads) = run(graph);
-    let (got, got_grads) = run(after);
+    let run_on = |g: &Graph| -> Gradients<Buf> {
+        match mode {
+            Mode::Inference => {
+                let r = run(g, &mut weights.clone(), &x, &opts).unwrap();
+                let outputs = r.outputs().into_iter().flatten().collect();
+                Gradients { loss: None, outputs, params: Default::default(), inputs: Default::default() }
+            }
+            Mode::Training => {
+                let t = training_graph(g, &vjp).unwrap();
+                let mut inputs = x.clone();
+                for &o in &g.outputs {
+                    let mut shape = vec![2];
+                    shape.extend_from_slice(&g[o].shape.0);
+                    let n: usize = shape.iter().product();
+                    inputs.push(Buf { shape, data: (0..n).map(|i| (i % 5) as f64 - 2.0).collect() });
+                }
+                gradients(&t.outputs, &run(&t.graph, &mut weights.clone(), &inputs, &opts).unwrap())
+            }
+        }
+    };
+    let (want, got) = (run_on(graph), run_on(after));
     let close = |a: &Buf, b: &Buf, what: &str| {
         let scale = b.data.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-300);
         for (p, q) in a.data.iter().zip(&b.data) {
             assert!((p - q).abs() <= 1e-10 * scale, "{what}: {p} vs {q}");
         }
     };
-    for (a, b) in got.iter().zip(&want) {
+    for (a, b) in got.outputs.iter().zip(&want.outputs) {
         close(a, b, "output");
     }
-    if let (Some(a), Some(b)) = (got_grads, want_grads) {
-        assert_eq!(a.params.keys().collect::<Vec<_>>(), b.params.keys().collect::<Vec<_>>());
-        for (k, v) in &b.params {
-            close(&a.params[k], v, k);
-        }
-        for (p, q) in a.inputs.iter().zip(&b.inputs) {
-            close(p, q, "input gradient");
-        }
+    assert_eq!(got.params.keys().collect::<Vec<_>>(), want.params.keys().collect::<Vec<_>>());
+    for (k, v) in &want.params {
+        close(&got.params[k], v, k);
+    }
+    for (p, q) in got.inputs.values().zip(want.inputs.values()) {
+        close(p, q, "input gradient");
     }
 }
 
@@ -546,9 +553,8 @@ fn concat_in_place_fires_when_every_operand_is_private() {
     insta::assert_snapshot!("concat_in_place", before_after(&g, &after));
     let weights = random_weights(&g, 5);
     same_numbers(&g, &after, &weights, Mode::Training);
-    let plan = cnnc_passes::plan(&after, &cnnc_passes::PlanOptions::new(Mode::Inference));
-    plan.check(&after).unwrap();
-    assert_eq!(plan.concat_slices().len(), 3);
+    let plan = plan_of(&after, true);
+    assert_eq!(plan.memory.slices().len(), 3);
 }
 
 #[test]
@@ -615,9 +621,9 @@ fn layout_blocks_the_conv_region_and_reorders_at_its_edges() {
     let (again, _) = run_one(&after, None, Mode::Inference, cnnc_passes::layout::run);
     assert_eq!(again, after);
     // The 24-channel value is stored padded to 32 channels.
-    let plan = cnnc_passes::plan(&after, &cnnc_passes::PlanOptions::new(Mode::Inference));
+    let plan = plan_of(&after, true);
     let conv2 = after.iter().find(|(_, n)| n.name == "conv2").unwrap().0;
-    assert_eq!(plan.placement(cnnc_passes::memory::Value::Output(conv2)).unwrap().bytes, 32 * 8 * 8 * 4);
+    assert_eq!(plan.memory.place(conv2).unwrap().bytes, 32 * 8 * 8 * 4);
 }
 
 #[test]

@@ -24,7 +24,7 @@ fn inference_runs_everything_training_skips_what_changes_semantics() {
     let g = small();
     let opt = optimize(&g, None, &PassOptions::all()).unwrap();
     // x, fused_conv (conv <- bn, relu), flatten, gemm (the fc).
-    assert_eq!(opt.graph.len(), 4, "{}", opt.print());
+    assert_eq!(opt.graph().len(), 4, "{}", opt.print());
     assert_eq!(opt.fused, vec![vec!["conv".to_string(), "bn".to_string(), "relu".to_string()]]);
     assert!(opt.skipped.is_empty());
     let ran: Vec<(Pass, usize)> = opt.ran.iter().map(|r| (r.pass, r.rewrites)).collect();
@@ -37,19 +37,25 @@ fn inference_runs_everything_training_skips_what_changes_semantics() {
             (Pass::FoldBn, 1),
             (Pass::ToGemm, 1),
             (Pass::FuseEpilogue, 1),
+            (Pass::FuseBackward, 0),
             (Pass::ConcatInPlace, 0),
             (Pass::Layout, 0)
         ]
     );
 
     // Training: no folding, no dropout removal; the fc still becomes a gemm, and the relu
-    // cannot fuse across the batch norm.
+    // cannot fuse across the batch norm. The planned graph is the forward pass of training:
+    // batch statistics with their running update, a dropout mask.
     let opt = optimize(&g, None, &PassOptions::all().with_mode(Mode::Training)).unwrap();
     assert_eq!(opt.skipped, vec![Pass::RemoveDropout, Pass::FoldBn]);
     assert!(opt.fused.is_empty());
-    assert_eq!(opt.graph.len(), g.len());
-    assert_eq!(opt.graph[cnnc_ir::NodeId::from_index(6)].op, Op::Gemm(cnnc_ir::Gemm { out: 10, bias: true }));
-    assert_eq!(opt.plan.mode, Mode::Training);
+    assert_eq!(opt.mode, Mode::Training);
+    let ops: Vec<&str> = opt.graph().iter().map(|(_, n)| n.op.keyword()).collect();
+    assert_eq!(
+        ops,
+        ["input", "conv", "bn_stats", "bn_normalize", "bn_running_update", "relu", "flatten", "dropout_mask", "mul", "gemm"]
+    );
+    assert_eq!(opt.graph()[cnnc_ir::NodeId::from_index(9)].op, Op::Gemm(cnnc_ir::Gemm { out: 10, bias: true }));
 }
 
 #[test]
@@ -59,7 +65,7 @@ fn chosen_passes_run_in_pipeline_order() {
     let opt = optimize(&g, None, &options).unwrap();
     assert_eq!(opt.ran.iter().map(|r| r.pass).collect::<Vec<_>>(), vec![Pass::RemoveDropout, Pass::FoldBn]);
     let opt = optimize(&g, None, &PassOptions::none()).unwrap();
-    assert_eq!(opt.graph, g);
+    assert_eq!(opt.graph(), &g);
     assert!(opt.ran.is_empty());
     assert!(opt.plan.workspace_bytes(1) > 0);
 }
@@ -71,7 +77,7 @@ fn dead_inputs_are_cleaned_and_broken_inputs_rejected() {
     assert!(cnnc_ir::verify(&g).is_err());
     let opt = optimize(&g, None, &PassOptions::all()).unwrap();
     assert_eq!(opt.ran[0].rewrites, 1);
-    assert_eq!(opt.graph.len(), 4);
+    assert_eq!(opt.graph().len(), 4);
 
     let mut g = small();
     g.node_mut(cnnc_ir::NodeId::from_index(2)).shape = Shape(vec![3, 3, 3]);
@@ -86,7 +92,7 @@ fn weights_follow_the_graph_and_clusters_name_original_nodes() {
     let weights = cnnc_runtime::init_params(&g, 3);
     let opt = optimize(&g, Some(&weights), &PassOptions::all()).unwrap();
     let new = opt.weights.as_ref().unwrap();
-    cnnc_runtime::check_weights(&opt.graph, new).unwrap();
+    cnnc_runtime::check_weights(opt.graph(), new).unwrap();
     assert!(new.contains_key("conv.bias") && !new.contains_key("bn.weight"));
     // The caller's map is untouched.
     assert!(weights.contains_key("bn.weight"));
@@ -107,7 +113,7 @@ fn resnet50_weights_fold_and_check() {
     let g = lower_example("resnet50.cnn", Some(vec![3, 64, 64]));
     let weights = cnnc_runtime::init_params(&g, 1);
     let opt = optimize(&g, Some(&weights), &PassOptions::all()).unwrap();
-    cnnc_runtime::check_weights(&opt.graph, opt.weights.as_ref().unwrap()).unwrap();
+    cnnc_runtime::check_weights(opt.graph(), opt.weights.as_ref().unwrap()).unwrap();
     assert_eq!(opt.fused.len(), 53);
     // Every bottleneck's last conv absorbed its batch norm, the add and the relu.
     let last = opt.fused.iter().find(|f| f[0] == "layer3.5.conv3").unwrap();

@@ -1,12 +1,14 @@
-//! Random graphs through the whole pipeline: the result verifies, its memory plan checks, and
-//! the interpreter (f64) computes the same outputs and, in training, the same gradients.
+//! Random graphs through the whole pipeline: the result verifies, its memory plan checks, the
+//! interpreter (f64) computes the same outputs and, through the training graphs, the same
+//! gradients; and each plan, run physically, equals its graph run logically, bit for bit.
 
 mod common;
 
-use cnnc_interp::{Buf, BufMap, Options, Precision, backward, forward};
-use cnnc_ir::{Activation, Graph, NodeId, Op, PoolKind, Shape};
-use cnnc_passes::{Mode, PassOptions, optimize};
-use cnnc_runtime::{Rng, init_params};
+use cnnc_interp::{Buf, BufMap, Options, Precision, gradients, run, run_plan};
+use cnnc_ir::{Activation, Graph, Loss, NodeId, Op, PoolKind, Shape};
+use cnnc_passes::memory::check;
+use cnnc_passes::{Objective, PassOptions, TrainingOptions, optimize, optimize_training, training_graph};
+use cnnc_runtime::{Rng, Tensor, TensorMap, init_params};
 use common::*;
 
 struct Gen {
@@ -149,63 +151,111 @@ fn close(a: &Buf, b: &Buf, rtol: f64, what: &str) {
     }
 }
 
+/// The outputs and the gradients (vector-Jacobian product with fixed seeds) of a graph,
+/// logically, in f64; and the training graph's plan for a physical run.
+fn vjp_options() -> TrainingOptions {
+    TrainingOptions { objective: Objective::OutputGradients, input_grads: true, ..TrainingOptions::new(Loss::Mse) }
+}
+
+fn seeds(outputs: &[Buf]) -> Vec<Buf> {
+    outputs
+        .iter()
+        .map(|o| Buf { shape: o.shape.clone(), data: (0..o.len()).map(|i| (i % 3) as f64 - 1.0).collect() })
+        .collect()
+}
+
+fn outputs_of(r: &cnnc_interp::Run) -> Vec<Buf> {
+    r.outputs().into_iter().flatten().collect()
+}
+
 #[test]
 fn random_graphs_keep_their_numbers() {
     let mut fired = std::collections::BTreeMap::<&str, usize>::new();
     for seed in 0..200 {
-        let mut g = random_graph(seed);
+        let g = random_graph(seed);
         if let Err(e) = cnnc_ir::verify(&g) {
             assert!(e.iter().all(|e| matches!(e, cnnc_ir::VerifyError::DeadNode { .. })), "{e:?}");
         }
         let w = weights(&g, seed);
-        let tensors: cnnc_runtime::TensorMap = w.iter().map(|(k, v)| (k.clone(), v.to_tensor())).collect();
+        let tensors: TensorMap = w.iter().map(|(k, v)| (k.clone(), v.to_tensor())).collect();
         let mut rng = Rng::seed_from_u64(seed + 1000);
         let x = vec![Buf { shape: vec![2, 3, 6, 6], data: (0..216).map(|_| rng.normal()).collect() }];
-        for mode in [Mode::Inference, Mode::Training] {
-            if mode == Mode::Training {
-                // Dropout masks are drawn per node index, which passes change.
-                for id in g.ids() {
-                    if let Op::Dropout { .. } = g[id].op {
-                        g.node_mut(id).op = Op::Dropout { p: 0.0 };
-                    }
-                }
-            }
-            let opt = optimize(&g, Some(&tensors), &PassOptions::all().with_mode(mode))
-                .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{}", cnnc_ir::print(&g)));
-            opt.plan.check(&opt.graph).unwrap_or_else(|e| panic!("seed {seed} {mode:?}: {e}\n{}", opt.print()));
-            for run in &opt.ran {
-                *fired.entry(run.pass.name()).or_default() += run.rewrites;
-            }
-            let new_w: BufMap =
-                opt.weights.as_ref().unwrap().iter().map(|(k, v)| (k.clone(), Buf::from_tensor(v))).collect();
-            let opts = match mode {
-                Mode::Inference => Options::inference(),
-                Mode::Training => Options::training(5),
-            }
-            .with_precision(Precision::F64);
-            let before = forward(&g, &w, &x, opts).unwrap();
-            let after = forward(&opt.graph, &new_w, &x, opts).unwrap();
-            let (want, got): (Vec<Buf>, Vec<Buf>) = (before.outputs(), after.outputs());
-            for (k, (a, b)) in got.iter().zip(&want).enumerate() {
-                let rtol = if mode == Mode::Inference { 1e-6 } else { 1e-10 };
-                close(a, b, rtol, &format!("seed {seed} {mode:?} output {k}\n{}", opt.print()));
-            }
-            if mode == Mode::Training {
-                let seeds: Vec<Buf> = want
-                    .iter()
-                    .map(|o| Buf { shape: o.shape.clone(), data: (0..o.len()).map(|i| (i % 3) as f64 - 1.0).collect() })
-                    .collect();
-                let gw = backward(&g, &before, &seeds).unwrap();
-                let ga = backward(&opt.graph, &after, &seeds).unwrap();
-                for (k, v) in &gw.params {
-                    close(&ga.params[k], v, 1e-10, &format!("seed {seed} gradient of {k}"));
-                }
-                close(&ga.inputs[0], &gw.inputs[0], 1e-10, &format!("seed {seed} input gradient"));
-            }
+        let f64_options = Options::new().with_precision(Precision::F64).with_seed(5);
+
+        // Inference: the optimised graph's outputs.
+        let opt = optimize(&g, Some(&tensors), &PassOptions::all())
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{}", cnnc_ir::print(&g)));
+        check(opt.graph(), &opt.plan.memory).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{}", opt.print()));
+        let new_w: BufMap = opt.weights.as_ref().unwrap().iter().map(|(k, v)| (k.clone(), Buf::from_tensor(v))).collect();
+        let want = outputs_of(&run(&g, &mut w.clone(), &x, &f64_options).unwrap());
+        let got = outputs_of(&run(opt.graph(), &mut new_w.clone(), &x, &f64_options).unwrap());
+        for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+            close(a, b, 1e-6, &format!("seed {seed} inference output {k}\n{}", opt.print()));
         }
+        record(&mut fired, &opt);
+        let x32: Vec<Tensor> = x.iter().map(Buf::to_tensor).collect();
+        physical_equals_logical(seed, &opt, &tensors, &x32);
+
+        // Training: the vector-Jacobian graph of the source and the optimised one, with
+        // batch statistics and dropout masks (keyed by layer name and step: the passes
+        // cannot change them).
+        let source = training_graph(&g, &vjp_options()).unwrap();
+        let opt = optimize_training(&g, Some(&tensors), &PassOptions::all(), &vjp_options())
+            .unwrap_or_else(|e| panic!("seed {seed} training: {e}\n{}", cnnc_ir::print(&g)));
+        check(opt.graph(), &opt.plan.memory).unwrap_or_else(|e| panic!("seed {seed} training: {e}\n{}", opt.print()));
+        record(&mut fired, &opt);
+        let mut inputs = x.clone();
+        inputs.extend(seeds(&want));
+        let before = gradients::<Buf>(&source.outputs, &run(&source.graph, &mut w.clone(), &inputs, &f64_options).unwrap());
+        let after = gradients::<Buf>(&opt.plan.outputs, &run(opt.graph(), &mut w.clone(), &inputs, &f64_options).unwrap());
+        for (k, (a, b)) in after.outputs.iter().zip(&before.outputs).enumerate() {
+            close(a, b, 1e-10, &format!("seed {seed} training output {k}"));
+        }
+        assert_eq!(after.params.keys().collect::<Vec<_>>(), before.params.keys().collect::<Vec<_>>());
+        for (k, v) in &before.params {
+            close(&after.params[k], v, 1e-10, &format!("seed {seed} gradient of {k}"));
+        }
+        close(&after.inputs[&0], &before.inputs[&0], 1e-10, &format!("seed {seed} input gradient"));
+        let inputs32: Vec<Tensor> = inputs.iter().map(Buf::to_tensor).collect();
+        physical_equals_logical(seed, &opt, &tensors, &inputs32);
     }
     // Every pass found something to do somewhere.
     for pass in cnnc_passes::Pass::ALL {
         assert!(fired.get(pass.name()).copied().unwrap_or(0) > 0, "{pass} never fired: {fired:?}");
+    }
+}
+
+fn record(fired: &mut std::collections::BTreeMap<&'static str, usize>, opt: &cnnc_passes::Optimized) {
+    for run in &opt.ran {
+        *fired.entry(run.pass.name()).or_default() += run.rewrites;
+    }
+}
+
+/// The plan run physically equals its graph run logically, bit for bit, at batch 2 (the
+/// inputs') and batch 1 where batch norm allows it.
+fn physical_equals_logical(seed: u64, opt: &cnnc_passes::Optimized, source: &TensorMap, inputs: &[Tensor]) {
+    let options = Options::new().with_seed(5);
+    for batch in [inputs[0].shape[0], 1] {
+        let inputs: Vec<Tensor> = inputs
+            .iter()
+            .map(|t| {
+                let per = t.data.len() / t.shape[0];
+                let mut shape = t.shape.clone();
+                shape[0] = batch;
+                Tensor { shape, data: t.data[..per * batch].to_vec() }
+            })
+            .collect();
+        let mut state = opt.weights.clone().unwrap();
+        let logical = match run(opt.graph(), &mut state, &inputs, &options) {
+            Ok(r) => r,
+            Err(cnnc_interp::InterpError::BatchNormTooFewValues { .. }) => continue,
+            Err(e) => panic!("seed {seed}: {e}"),
+        };
+        let physical = run_plan(&opt.plan, &mut source.clone(), &inputs, &options)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{}", opt.plan.render()));
+        let bits = |t: &Option<Tensor>| t.as_ref().map(|t| t.data.iter().map(|v| v.to_bits()).collect::<Vec<u32>>());
+        for (k, (p, l)) in physical.outputs::<Tensor>().iter().zip(logical.outputs::<Tensor>()).enumerate() {
+            assert_eq!(bits(p), bits(&l), "seed {seed} batch {batch}: output {k} differs physically\n{}", opt.plan.render());
+        }
     }
 }

@@ -80,7 +80,12 @@ pub fn pack(tensor: &Tensor, layout: WeightLayout, groups: usize) -> Tensor {
     }
     let dims = &tensor.shape;
     let mut data = vec![0.0; layout.stored_len(dims, groups)];
-    for_each_index(dims, |index, flat| data[layout.offset(dims, groups, index)] = tensor.data[flat]);
+    for_each_pair(dims, layout, groups, |stored, flat, taps| {
+        let stride = layout.tap_stride();
+        for t in 0..taps {
+            data[stored + t * stride] = tensor.data[flat + t];
+        }
+    });
     Tensor { shape: vec![data.len()], data }
 }
 
@@ -90,26 +95,27 @@ pub fn unpack(stored: &[f32], dims: &[usize], layout: WeightLayout, groups: usiz
         return Tensor { shape: dims.to_vec(), data: stored.to_vec() };
     }
     let mut data = vec![0.0; dims.iter().product()];
-    for_each_index(dims, |index, flat| data[flat] = stored[layout.offset(dims, groups, index)]);
+    for_each_pair(dims, layout, groups, |at, flat, taps| {
+        let stride = layout.tap_stride();
+        for t in 0..taps {
+            data[flat + t] = stored[at + t * stride];
+        }
+    });
     Tensor { shape: dims.to_vec(), data }
 }
 
-/// Calls `f([o, i, kh, kw], row-major position)` for every element of a weight of `dims`.
-fn for_each_index(dims: &[usize], mut f: impl FnMut([usize; 4], usize)) {
-    let (o, i, kh, kw) = match dims {
-        [o, i, kh, kw] => (*o, *i, *kh, *kw),
-        [o, i] => (*o, *i, 1, 1),
-        _ => (dims.iter().product(), 1, 1, 1),
+/// Calls `f(stored offset of tap 0, row-major offset of tap 0, taps)` for every `(o, i)` pair
+/// of a weight of `dims`: its `KH * KW` taps lie `tap_stride` apart when stored and next to
+/// each other in the checkpoint's layout.
+fn for_each_pair(dims: &[usize], layout: WeightLayout, groups: usize, mut f: impl FnMut(usize, usize, usize)) {
+    let (o, i, taps) = match dims {
+        [o, i, kh, kw] => (*o, *i, kh * kw),
+        [o, i] => (*o, *i, 1),
+        _ => (dims.iter().product(), 1, 1),
     };
-    let mut flat = 0;
     for a in 0..o {
         for b in 0..i {
-            for y in 0..kh {
-                for x in 0..kw {
-                    f([a, b, y, x], flat);
-                    flat += 1;
-                }
-            }
+            f(layout.offset(dims, groups, [a, b, 0, 0]), (a * i + b) * taps, taps);
         }
     }
 }

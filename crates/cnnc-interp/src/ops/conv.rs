@@ -25,30 +25,43 @@ struct Geometry {
     cg: usize,
     /// Output channels per group.
     og: usize,
-    /// `rows[ky * oh + y]`: the input row read by kernel row `ky` at output row `y`, if any.
-    rows: Vec<Option<usize>>,
-    cols: Vec<Option<usize>>,
+    /// Per kernel row `ky`: the output rows whose tap lies inside the input (a contiguous
+    /// range, since the input row `oy * stride - pad + ky * dilation` grows with `oy`).
+    rows: Vec<Taps>,
+    cols: Vec<Taps>,
 }
 
-/// For each kernel tap `k` and output position `o`, the input coordinate
-/// `o * stride - pad + k * dilation` when it lies inside `0..size` (`None` in the padding).
-/// Indexed `[k * out + o]`.
-pub(crate) fn axis_taps(
-    out: usize,
-    size: usize,
-    kernel: usize,
+/// The outputs `lo..hi` of one kernel tap that read the input, and where: output `o` reads
+/// input `o * stride + offset` (`offset` may be negative: the padding).
+#[derive(Clone, Copy)]
+struct Taps {
+    lo: usize,
+    hi: usize,
     stride: usize,
-    pad: usize,
-    dilation: usize,
-) -> Vec<Option<usize>> {
-    let mut taps = Vec::with_capacity(kernel * out);
-    for k in 0..kernel {
-        for o in 0..out {
-            let pos = (o * stride + k * dilation).checked_sub(pad);
-            taps.push(pos.filter(|&p| p < size));
-        }
+    offset: isize,
+}
+
+impl Taps {
+    fn input(&self, o: usize) -> usize {
+        ((o * self.stride) as isize + self.offset) as usize
     }
-    taps
+}
+
+/// For each kernel tap `k` of one axis, the outputs whose input coordinate
+/// `o * stride - pad + k * dilation` lies inside `0..size`.
+fn axis_taps(out: usize, size: usize, kernel: usize, stride: usize, pad: usize, dilation: usize) -> Vec<Taps> {
+    (0..kernel)
+        .map(|k| {
+            let offset = (k * dilation) as isize - pad as isize;
+            let inside = |o: usize| {
+                let i = (o * stride) as isize + offset;
+                i >= 0 && (i as usize) < size
+            };
+            let lo = (0..out).find(|&o| inside(o)).unwrap_or(out);
+            let hi = (lo..out).find(|&o| !inside(o)).unwrap_or(out);
+            Taps { lo, hi, stride, offset }
+        })
+        .collect()
 }
 
 fn geometry(conv: &Conv, x: &[usize], y: &[usize]) -> Geometry {
@@ -87,14 +100,14 @@ pub(crate) fn conv_forward(conv: &Conv, x: &Buf, weight: &Buf, bias: Option<&Buf
             for ci in 0..g.cg {
                 let ic = group * g.cg + ci;
                 let plane = &x.data[(n * g.c + ic) * g.h * g.w..][..g.h * g.w];
-                for ky in 0..g.kh {
-                    for kx in 0..g.kw {
+                for (ky, rows) in g.rows.iter().enumerate() {
+                    for (kx, cols) in g.cols.iter().enumerate() {
                         let wv = weight.data[((o * g.cg + ci) * g.kh + ky) * g.kw + kx];
-                        for oy in 0..g.oh {
-                            let Some(iy) = g.rows[ky * g.oh + oy] else { continue };
-                            for ox in 0..g.ow {
-                                let Some(ix) = g.cols[kx * g.ow + ox] else { continue };
-                                out[oy * g.ow + ox] += wv * plane[iy * g.w + ix];
+                        for oy in rows.lo..rows.hi {
+                            let input = &plane[rows.input(oy) * g.w..][..g.w];
+                            let output = &mut out[oy * g.ow..][..g.ow];
+                            for ox in cols.lo..cols.hi {
+                                output[ox] += wv * input[cols.input(ox)];
                             }
                         }
                     }
@@ -117,14 +130,14 @@ pub(crate) fn conv_backward_data(conv: &Conv, gy: &Buf, weight: &Buf, x_shape: &
             for ci in 0..g.cg {
                 let ic = group * g.cg + ci;
                 let plane = &mut gx.data[(n * g.c + ic) * g.h * g.w..][..g.h * g.w];
-                for ky in 0..g.kh {
-                    for kx in 0..g.kw {
+                for (ky, rows) in g.rows.iter().enumerate() {
+                    for (kx, cols) in g.cols.iter().enumerate() {
                         let wv = weight.data[((o * g.cg + ci) * g.kh + ky) * g.kw + kx];
-                        for oy in 0..g.oh {
-                            let Some(iy) = g.rows[ky * g.oh + oy] else { continue };
-                            for ox in 0..g.ow {
-                                let Some(ix) = g.cols[kx * g.ow + ox] else { continue };
-                                plane[iy * g.w + ix] += wv * gout[oy * g.ow + ox];
+                        for oy in rows.lo..rows.hi {
+                            let input = &mut plane[rows.input(oy) * g.w..][..g.w];
+                            let output = &gout[oy * g.ow..][..g.ow];
+                            for ox in cols.lo..cols.hi {
+                                input[cols.input(ox)] += wv * output[ox];
                             }
                         }
                     }
@@ -146,14 +159,14 @@ pub(crate) fn conv_backward_weight(conv: &Conv, x: &Buf, gy: &Buf, weight_shape:
             for ci in 0..g.cg {
                 let ic = group * g.cg + ci;
                 let plane = &x.data[(n * g.c + ic) * g.h * g.w..][..g.h * g.w];
-                for ky in 0..g.kh {
-                    for kx in 0..g.kw {
+                for (ky, rows) in g.rows.iter().enumerate() {
+                    for (kx, cols) in g.cols.iter().enumerate() {
                         let mut acc = 0.0;
-                        for oy in 0..g.oh {
-                            let Some(iy) = g.rows[ky * g.oh + oy] else { continue };
-                            for ox in 0..g.ow {
-                                let Some(ix) = g.cols[kx * g.ow + ox] else { continue };
-                                acc += plane[iy * g.w + ix] * gout[oy * g.ow + ox];
+                        for oy in rows.lo..rows.hi {
+                            let input = &plane[rows.input(oy) * g.w..][..g.w];
+                            let output = &gout[oy * g.ow..][..g.ow];
+                            for ox in cols.lo..cols.hi {
+                                acc += input[cols.input(ox)] * output[ox];
                             }
                         }
                         gw.data[((o * g.cg + ci) * g.kh + ky) * g.kw + kx] += acc;
