@@ -22,8 +22,7 @@ fn count_op(ir: &str, op: &str) -> usize {
     ir.lines().filter(|l| l.split_once(" = ").is_some_and(|(_, rest)| rest.starts_with(&format!("{op}(")))).count()
 }
 
-const VALID: &str =
-    "valid passes: all, none, dce, remove-dropout, cse, fold-bn, to-gemm, fuse-epilogue, concat-in-place, layout";
+const VALID: &str = "valid passes: all, none, dce, remove-dropout, cse, fold-bn, to-gemm, fuse-epilogue, fuse-backward, concat-in-place, layout";
 
 #[test]
 fn ir_without_passes_is_the_lowered_graph() {
@@ -73,7 +72,12 @@ fn ir_after_every_pass_lists_what_each_fused_node_absorbed() {
 fn training_mode_keeps_batch_norms() {
     let (ir, err) = ok(&["ir", "examples/resnet50.cnn", "--passes", "all", "--train"]);
     assert!(ir.starts_with("graph resnet50\n"), "{ir}");
-    assert_eq!(count_op(&ir, "bn"), 53, "fold-bn is skipped in training");
+    // The training step: batch norms normalise with batch statistics (nothing folded), and
+    // every layer has its backward ops.
+    assert_eq!(count_op(&ir, "bn"), 0, "{ir}");
+    assert_eq!(count_op(&ir, "bn_normalize"), 53, "fold-bn is skipped in training");
+    assert_eq!(count_op(&ir, "bn_backward_data"), 53, "{ir}");
+    assert_eq!(count_op(&ir, "loss"), 1, "{ir}");
     assert!(err.contains("note: passes (training): dce, cse, to-gemm"), "{err}");
     assert!(err.contains("--train skips the inference-only passes remove-dropout, fold-bn"), "{err}");
     // Asking for fold-bn alone in training: nothing runs, and it says why.
@@ -171,7 +175,7 @@ fn summary_table_has_a_fusion_section_and_a_memory_line() {
     let (table, _) = ok(&["summary", "examples/resnet50.cnn", "--train"]);
     assert!(
         table.contains(
-            "fusion:      no fused group, 176 -> 178 nodes after 6 passes (training; skipped remove-dropout, fold-bn)\n"
+            "fusion:      no fused group, 176 -> 770 nodes after 7 passes (training; skipped remove-dropout, fold-bn)\n"
         ),
         "{table}"
     );

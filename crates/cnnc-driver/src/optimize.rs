@@ -10,9 +10,7 @@
 use cnnc_ir::{Graph, Loss, Optimizer, Sgd};
 use cnnc_runtime::TensorMap;
 
-pub use cnnc_passes::{
-    Mode, Optimized, Pass, PassError, PassOptions, TrainingOptions, parse_passes, valid_pass_names,
-};
+pub use cnnc_passes::{Mode, Optimized, Pass, PassError, PassOptions, TrainingOptions, parse_passes, valid_pass_names};
 
 /// Runs `passes` (in pipeline order, whatever their order here) in `mode` on a copy of `graph`,
 /// and of `weights` when given (BN folding rewrites them; without weights only the graph

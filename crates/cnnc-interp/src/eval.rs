@@ -100,11 +100,11 @@ pub(crate) fn eval(node: &Node, x: &[&Buf], params: &impl Params, cx: &Ctx) -> R
     Ok(Output::Value(value))
 }
 
-fn train<'p>(
+fn train(
     node: &Node,
     op: &TrainOp,
     x: &[&Buf],
-    params: &'p impl Params,
+    params: &impl Params,
     cx: &Ctx,
     out_shape: &[usize],
 ) -> Result<Output, InterpError> {
@@ -129,8 +129,10 @@ fn train<'p>(
             let (mean, var) = stats(x[0]);
             let (rm, rv) = (param("running_mean")?, param("running_var")?);
             let (new_mean, new_var) = bn_running_update(bn, &rm, &rv, mean, var, cx.batch * spatial);
-            let writes =
-                vec![(param_name(&node.name, "running_mean"), new_mean), (param_name(&node.name, "running_var"), new_var)];
+            let writes = vec![
+                (param_name(&node.name, "running_mean"), new_mean),
+                (param_name(&node.name, "running_var"), new_var),
+            ];
             return Ok(Output::Writes(writes));
         }
         TrainOp::DropoutMask { p } => {
@@ -159,7 +161,8 @@ fn train<'p>(
             let mut gx = conv_backward_data(conv, x[0], &*param("weight")?, &full_shape(cx.batch, input));
             if let Some(a) = mask {
                 for (g, &y) in gx.data.iter_mut().zip(&x[1].data) {
-                    *g *= activation_grad_from_output(*a, y).expect("masks are activations differentiable from their output");
+                    *g *= activation_grad_from_output(*a, y)
+                        .expect("masks are activations differentiable from their output");
                 }
             }
             gx
@@ -210,7 +213,7 @@ fn train<'p>(
             bn_train_backward_data(x[0], bn.eps, mean, var, &*param("weight")?, x[2])
         }
         TrainOp::BnBackwardData { bn, batch_stats: false } => {
-            bn_affine_backward_data(bn.eps, &*param("running_var")?.data, &*param("weight")?, x[0])
+            bn_affine_backward_data(bn.eps, &param("running_var")?.data, &*param("weight")?, x[0])
         }
         TrainOp::BnGammaGrad { bn, batch_stats: true } => {
             let (mean, var) = stats(x[1]);

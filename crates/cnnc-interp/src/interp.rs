@@ -203,7 +203,12 @@ pub(crate) fn check_inputs<T: TensorLike>(
         if k == 0 {
             batch = found[0];
         } else if found[0] != batch {
-            return Err(InterpError::BatchMismatch { index: k, name: node.name.clone(), expected: batch, found: found[0] });
+            return Err(InterpError::BatchMismatch {
+                index: k,
+                name: node.name.clone(),
+                expected: batch,
+                found: found[0],
+            });
         }
         let buf = round_if(precision, checked_buf(|| format!("input {k} (`{}`)", node.name), tensor)?);
         if let Op::Train(TrainOp::Labels { classes }) = node.op
@@ -297,7 +302,10 @@ pub(crate) struct MapParams(pub BufMap);
 
 impl Params for MapParams {
     fn get(&self, name: &str) -> Result<Cow<'_, Buf>, InterpError> {
-        self.0.get(name).map(Cow::Borrowed).ok_or_else(|| InterpError::MissingParam { name: name.into(), expected: vec![] })
+        self.0
+            .get(name)
+            .map(Cow::Borrowed)
+            .ok_or_else(|| InterpError::MissingParam { name: name.into(), expected: vec![] })
     }
 
     fn get_or_zeros(&self, name: &str, dims: &[usize]) -> Result<Buf, InterpError> {

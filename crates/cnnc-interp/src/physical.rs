@@ -41,7 +41,8 @@ pub fn run_plan(plan: &Plan, state: &mut TensorMap, inputs: &[Tensor], options: 
     let bytes = plan.workspace_bytes(batch);
     let len = usize::try_from(bytes / 4).map_err(|_| InterpError::Plan(format!("a {bytes}-byte arena")))?;
     let logical = stored.keys().map(|name| (name.clone(), logical_param(plan, &stored, name))).collect();
-    let mut m = Machine { plan, batch, arena: vec![f32::NAN; len], inputs: input_bufs, stored, logical, written: Vec::new() };
+    let mut m =
+        Machine { plan, batch, arena: vec![f32::NAN; len], inputs: input_bufs, stored, logical, written: Vec::new() };
     let cx = Ctx { batch, seed: options.seed, step: options.step, lr: options.lr };
     let mut values: Vec<Option<Buf>> = Vec::with_capacity(graph.len());
     let dying = last_uses(graph, options.keep_values);
@@ -98,7 +99,11 @@ fn load_params(plan: &Plan, state: &TensorMap) -> Result<TensorMap, InterpError>
         match stored.get(&p.name) {
             Some(t) if t.data.len() == p.stored_len() && (p.layout.is_some() || t.shape == p.dims) => {}
             Some(t) => {
-                return Err(InterpError::ParamShape { name: p.name.clone(), expected: p.dims.clone(), found: t.shape.clone() });
+                return Err(InterpError::ParamShape {
+                    name: p.name.clone(),
+                    expected: p.dims.clone(),
+                    found: t.shape.clone(),
+                });
             }
             None if p.role == ParamRole::OptimizerState => {
                 let zeros = vec![0.0; p.stored_len()];
@@ -143,7 +148,10 @@ struct Machine<'p> {
 
 impl Params for Machine<'_> {
     fn get(&self, name: &str) -> Result<Cow<'_, Buf>, InterpError> {
-        self.logical.get(name).map(Cow::Borrowed).ok_or_else(|| InterpError::MissingParam { name: name.into(), expected: vec![] })
+        self.logical
+            .get(name)
+            .map(Cow::Borrowed)
+            .ok_or_else(|| InterpError::MissingParam { name: name.into(), expected: vec![] })
     }
 
     fn get_or_zeros(&self, name: &str, _dims: &[usize]) -> Result<Buf, InterpError> {
@@ -187,7 +195,9 @@ impl Machine<'_> {
             Storage::Arena(_) => {
                 let shape = full_shape(self.batch, &node.shape.0);
                 let mut data = Vec::with_capacity(shape.iter().product());
-                for_each_element(&node.shape, self.batch, |n, chw| data.push(f64::from(self.arena[self.index(id, n, chw)])));
+                for_each_element(&node.shape, self.batch, |n, chw| {
+                    data.push(f64::from(self.arena[self.index(id, n, chw)]))
+                });
                 Ok(Buf { shape, data })
             }
         }
@@ -226,7 +236,10 @@ impl Machine<'_> {
             k += 1;
         });
         // A blocked value's padding lanes hold zeros, as every back end's producers write.
-        if self.plan.layouts[id.index()] == Layout::Blocked16 && shape.rank() == 3 && shape.channels() % 16 != 0 {
+        if self.plan.layouts[id.index()] == Layout::Blocked16
+            && shape.rank() == 3
+            && !shape.channels().is_multiple_of(16)
+        {
             let (c, h, w) = (shape.0[0], shape.0[1], shape.0[2]);
             for n in 0..self.batch {
                 for ch in c..c.div_ceil(16) * 16 {
@@ -246,7 +259,8 @@ impl Machine<'_> {
     fn update(&mut self, id: NodeId, optimizer: &cnnc_ir::Optimizer, cx: &Ctx) -> Result<(), InterpError> {
         let node = &self.plan.graph[id];
         let grad = node.inputs[0];
-        let base = self.plan.image_offset(grad, self.batch, 0).ok_or_else(|| malformed("an unplaced gradient"))? as usize / 4;
+        let base =
+            self.plan.image_offset(grad, self.batch, 0).ok_or_else(|| malformed("an unplaced gradient"))? as usize / 4;
         let param = node.name.clone();
         let len = self.stored.get(&param).map_or(0, |t| t.data.len());
         let g: Vec<f64> = self.arena[base..base + len].iter().map(|&v| f64::from(v)).collect();

@@ -56,8 +56,7 @@ fn batch_sizes_must_agree() {
     let y = b.input(&[2]);
     let s = b.add(Op::Add, &[x, y]);
     let g = b.finish(&[s]);
-    let e = forward(&g, &TensorMap::new(), &[Tensor::zeros(&[2, 2]), Tensor::zeros(&[3, 2])])
-        .unwrap_err();
+    let e = forward(&g, &TensorMap::new(), &[Tensor::zeros(&[2, 2]), Tensor::zeros(&[3, 2])]).unwrap_err();
     assert_eq!(e, InterpError::BatchMismatch { index: 1, name: "in1".into(), expected: 2, found: 3 });
 }
 

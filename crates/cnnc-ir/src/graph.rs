@@ -75,7 +75,14 @@ impl Graph {
             return Err(ShapeError::BadConfig("labels need at least one class".into()));
         }
         let op = Op::Train(TrainOp::Labels { classes });
-        let id = self.push(Node { op, inputs: Vec::new(), shape: Shape(Vec::new()), name: name.into(), span, absorbed: Vec::new() });
+        let id = self.push(Node {
+            op,
+            inputs: Vec::new(),
+            shape: Shape(Vec::new()),
+            name: name.into(),
+            span,
+            absorbed: Vec::new(),
+        });
         self.inputs.push(id);
         Ok(id)
     }

@@ -168,10 +168,10 @@ pub fn layouts(graph: &Graph) -> (Vec<Layout>, Vec<(NodeId, String)>) {
         }
         if !fits(layout, &node.shape) {
             errors.push((id, format!("its value {} cannot be stored as {}", node.shape, layout.name())));
-        } else if layout == Layout::Blocked16 {
-            if let Some(message) = blocked_channel_rule(graph, node) {
-                errors.push((id, message));
-            }
+        } else if layout == Layout::Blocked16
+            && let Some(message) = blocked_channel_rule(graph, node)
+        {
+            errors.push((id, message));
         }
         out.push(layout);
     }

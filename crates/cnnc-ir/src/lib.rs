@@ -13,9 +13,9 @@ pub mod plan;
 pub mod print;
 pub mod shape;
 pub mod stats;
-pub mod train;
 #[cfg(test)]
 mod testutil;
+pub mod train;
 pub mod verify;
 
 pub use dot::{dot, dot_with_clusters};

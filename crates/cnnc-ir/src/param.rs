@@ -82,9 +82,11 @@ pub fn params(op: &Op, inputs: &[&Shape]) -> Vec<ParamSpec> {
             ]
         }
         Op::Prelu => vec![spec("weight", vec![inputs[0].channels()], ParamRole::Weight)],
-        Op::Train(TrainOp::Update(optimizer)) => {
-            optimizer.state().iter().map(|&suffix| spec(suffix, inputs[0].0.clone(), ParamRole::OptimizerState)).collect()
-        }
+        Op::Train(TrainOp::Update(optimizer)) => optimizer
+            .state()
+            .iter()
+            .map(|&suffix| spec(suffix, inputs[0].0.clone(), ParamRole::OptimizerState))
+            .collect(),
         Op::Train(
             TrainOp::Labels { .. }
             | TrainOp::Loss(_)

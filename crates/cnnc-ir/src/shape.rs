@@ -21,7 +21,10 @@ impl Shape {
 
     /// Channels (or features), or a rank error for a shape of rank 0.
     pub fn channels_checked(&self) -> Result<usize, ShapeError> {
-        self.0.first().copied().ok_or_else(|| ShapeError::Rank { expected: "a shape of rank 1 or more", found: self.clone() })
+        self.0
+            .first()
+            .copied()
+            .ok_or_else(|| ShapeError::Rank { expected: "a shape of rank 1 or more", found: self.clone() })
     }
 
     /// Number of elements, or `None` on overflow.

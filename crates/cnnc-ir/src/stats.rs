@@ -21,8 +21,8 @@
 
 use crate::graph::{Graph, Node};
 use crate::op::{Conv, FusedBase, Op, Pair, Window};
-use crate::train::TrainOp;
 use crate::shape::Shape;
+use crate::train::TrainOp;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeStats {

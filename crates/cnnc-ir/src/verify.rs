@@ -11,8 +11,8 @@
 //! A node whose operands are broken (out of range, later in the list, or themselves failing a
 //! check) is not shape-checked: its errors would only echo the first one.
 
-use crate::graph::{Graph, Node, NodeId};
 use crate::facts::{ValueKind, is_source, param_name, param_reads, value_kind, whole_batch_operands};
+use crate::graph::{Graph, Node, NodeId};
 use crate::op::{Op, TrainOp};
 use crate::param::ParamSpec;
 use crate::shape::{Shape, ShapeError, check_valid, infer};

@@ -53,7 +53,8 @@ pub fn run(cx: &mut Ctx) -> Result<usize, PassError> {
             Op::Gemm(gemm) => Op::Gemm(cnnc_ir::Gemm { bias: true, ..*gemm }),
             other => unreachable!("foldable_into admits conv, fc and gemm only, not {}", other.keyword()),
         };
-        let transform = WeightTransform::FoldBn { layer: graph[producer].name.clone(), bn: node.name.clone(), eps: bn.eps };
+        let transform =
+            WeightTransform::FoldBn { layer: graph[producer].name.clone(), bn: node.name.clone(), eps: bn.eps };
         if let Some(weights) = cx.weights.as_deref_mut() {
             check_producer_weight(graph, producer, weights)?;
             cnnc_runtime::apply_transforms(std::slice::from_ref(&transform), weights)

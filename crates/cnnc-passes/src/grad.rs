@@ -132,7 +132,9 @@ pub fn training_graph(forward: &Graph, options: &TrainingOptions) -> Result<Trai
             } else {
                 b.graph.add_input("target", out_shape, Span::DUMMY)
             }
-            .map_err(|e| PassError::Training(format!("the {} loss cannot take this model's output: {e}", loss.name())))?;
+            .map_err(|e| {
+                PassError::Training(format!("the {} loss cannot take this model's output: {e}", loss.name()))
+            })?;
             b.origin.push(None);
             let value = b.add(TrainOp::Loss(loss), vec![out, target], "loss")?;
             let loss_grad = b.add(TrainOp::LossGrad(loss), vec![out, target], "loss")?;
@@ -242,10 +244,11 @@ impl<'f> Builder<'f> {
     }
 
     fn add_op(&mut self, op: Op, inputs: Vec<NodeId>, name: &str) -> Result<NodeId, PassError> {
-        let (id, _) = self
-            .graph
-            .add(op, inputs, name, Span::DUMMY)
-            .map_err(|error| PassError::Shape { pass: "training", node: name.to_string(), error })?;
+        let (id, _) = self.graph.add(op, inputs, name, Span::DUMMY).map_err(|error| PassError::Shape {
+            pass: "training",
+            node: name.to_string(),
+            error,
+        })?;
         self.origin.push(self.current);
         Ok(id)
     }
@@ -335,7 +338,8 @@ impl<'f> Builder<'f> {
         let wants = |k: usize| node.inputs.get(k).is_some_and(|i| needs[i.index()]);
         let trains = |suffix: &str| {
             let full = format!("{name}.{suffix}");
-            self.forward.params(id).iter().any(|p| p.suffix == suffix && p.trainable()) && !options.frozen.contains(&full)
+            self.forward.params(id).iter().any(|p| p.suffix == suffix && p.trainable())
+                && !options.frozen.contains(&full)
         };
         let (train_weight, train_bias) = (trains("weight"), trains("bias"));
         let in_shape = |k: usize| self.forward[node.inputs[k]].shape.clone();
@@ -352,10 +356,16 @@ impl<'f> Builder<'f> {
             Op::Conv(conv) => {
                 if wants(0) {
                     let input = map3(&in_shape(0))?;
-                    dx.push((0, self.add(TrainOp::ConvBackwardData { conv: *conv, input, mask: None }, vec![gy], name)?));
+                    dx.push((
+                        0,
+                        self.add(TrainOp::ConvBackwardData { conv: *conv, input, mask: None }, vec![gy], name)?,
+                    ));
                 }
                 if train_weight {
-                    dp.push(("weight", self.add(TrainOp::ConvBackwardWeight(*conv), vec![x.expect("operand"), gy], name)?));
+                    dp.push((
+                        "weight",
+                        self.add(TrainOp::ConvBackwardWeight(*conv), vec![x.expect("operand"), gy], name)?,
+                    ));
                 }
                 if conv.bias && train_bias {
                     dp.push(("bias", self.add(TrainOp::BiasGrad, vec![gy], name)?));
@@ -363,10 +373,30 @@ impl<'f> Builder<'f> {
             }
             Op::Fc(fc) => {
                 let gemm = Gemm { out: fc.out_features, bias: fc.bias };
-                self.gemm_backward(&gemm, x.expect("operand"), gy, in_shape(0).channels(), wants(0), (train_weight, train_bias), name, &mut dx, &mut dp)?;
+                self.gemm_backward(
+                    &gemm,
+                    x.expect("operand"),
+                    gy,
+                    in_shape(0).channels(),
+                    wants(0),
+                    (train_weight, train_bias),
+                    name,
+                    &mut dx,
+                    &mut dp,
+                )?;
             }
             Op::Gemm(gemm) => {
-                self.gemm_backward(gemm, x.expect("operand"), gy, in_shape(0).channels(), wants(0), (train_weight, train_bias), name, &mut dx, &mut dp)?;
+                self.gemm_backward(
+                    gemm,
+                    x.expect("operand"),
+                    gy,
+                    in_shape(0).channels(),
+                    wants(0),
+                    (train_weight, train_bias),
+                    name,
+                    &mut dx,
+                    &mut dp,
+                )?;
             }
             Op::Fused { base, epilogue } => {
                 let g_pre = match (epilogue.activation, rec.pre_activation) {
@@ -397,7 +427,17 @@ impl<'f> Builder<'f> {
                     }
                     FusedBase::Gemm(gemm) => {
                         let flags = (train_weight, train_bias);
-                        self.gemm_backward(gemm, x, g_pre, in_shape(0).channels(), wants(0), flags, name, &mut dx, &mut dp)?;
+                        self.gemm_backward(
+                            gemm,
+                            x,
+                            g_pre,
+                            in_shape(0).channels(),
+                            wants(0),
+                            flags,
+                            name,
+                            &mut dx,
+                            &mut dp,
+                        )?;
                     }
                 }
                 if epilogue.residual && wants(1) {
@@ -408,7 +448,9 @@ impl<'f> Builder<'f> {
                 if wants(0) {
                     let geometry = geometry(&node.op).expect("pooling ops have a geometry");
                     let operands = match kind {
-                        PoolKind::Max => vec![gy, rec.argmax.expect("max pooling on the gradient path records its argmax")],
+                        PoolKind::Max => {
+                            vec![gy, rec.argmax.expect("max pooling on the gradient path records its argmax")]
+                        }
                         PoolKind::Avg { .. } => vec![gy],
                         PoolKind::L2 => vec![x.expect("operand"), y, gy],
                     };

@@ -118,9 +118,7 @@ pub fn blocked_nodes(graph: &Graph) -> Vec<bool> {
             let batched = |i: &&NodeId| value_kind(&graph[**i].op) == ValueKind::Batched;
             let operands_fit = node.inputs.iter().filter(batched).all(|&i| worth_blocking(&graph[i].shape));
             match rule(&node.op, first) {
-                LayoutRule::Follows => {
-                    worth_blocking(&node.shape) && operands_fit && whole_blocks(graph, node)
-                }
+                LayoutRule::Follows => worth_blocking(&node.shape) && operands_fit && whole_blocks(graph, node),
                 // A reduction's value is whole-batch: only its operands' layout is chosen.
                 LayoutRule::Reduces => operands_fit && node.inputs.iter().any(|i| batched(&i)),
                 LayoutRule::Source | LayoutRule::Converts(_) | LayoutRule::PlainOnly => false,

@@ -464,8 +464,7 @@ impl FreeList {
 /// only when its node reads that value elementwise. Values placed as views write nothing
 /// (a view op that owns its buffer copies, and writes). Quadratic in the values: for tests.
 pub fn check(graph: &Graph, memory: &Memory) -> Result<(), String> {
-    let places: Vec<(NodeId, &Place)> =
-        graph.ids().filter_map(|id| memory.place(id).map(|p| (id, p))).collect();
+    let places: Vec<(NodeId, &Place)> = graph.ids().filter_map(|id| memory.place(id).map(|p| (id, p))).collect();
     for &(id, p) in &places {
         let b = &memory.buffers[p.buffer];
         let region_size = match b.region {
@@ -490,7 +489,10 @@ pub fn check(graph: &Graph, memory: &Memory) -> Result<(), String> {
             }
             let in_place = up.last == t && up.first < t && overwrites_legally(graph, memory, w, u);
             if !in_place {
-                return Err(format!("{w} is written at step {t} over {u}, which is alive in steps {}..={}", up.first, up.last));
+                return Err(format!(
+                    "{w} is written at step {t} over {u}, which is alive in steps {}..={}",
+                    up.first, up.last
+                ));
             }
         }
     }
@@ -525,4 +527,3 @@ fn overwrites_legally(graph: &Graph, memory: &Memory, w: NodeId, u: NodeId) -> b
     let elementwise = elementwise_operands(&n.op, n.inputs.len());
     related && n.inputs.iter().enumerate().all(|(k, &i)| i != over || elementwise.contains(&k))
 }
-

@@ -249,6 +249,10 @@ pub(crate) fn run_some(
             skipped.push(pass);
             continue;
         }
+        // Nothing to do without backward ops: not run, and not worth a mention.
+        if cx.mode == Mode::Inference && pass == Pass::FuseBackward {
+            continue;
+        }
         let rewrites = pass.run(cx)?;
         debug_assert_eq!(cx.origins.len(), cx.graph.len(), "pass `{pass}` lost track of origins");
         if options.verify {

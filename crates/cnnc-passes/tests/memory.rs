@@ -5,8 +5,8 @@ mod common;
 
 use cnnc_ir::plan::{Alias, Plan};
 use cnnc_ir::{Activation, Graph, NodeId, Op};
-use cnnc_passes::memory::check;
 use cnnc_passes::Mode;
+use cnnc_passes::memory::check;
 use cnnc_runtime::Rng;
 use common::*;
 
@@ -132,7 +132,10 @@ fn concat_operands_are_written_into_their_slices() {
     // Slices start at channels 0, 8 and 16 of 8x8 floats, with the concat's batch stride.
     let offset = |i| p.memory.place(id(i)).unwrap().image_offset;
     let channel = 8 * 8 * 4;
-    assert_eq!([offset(2), offset(3), offset(6), offset(7), offset(9), offset(10)], [0, 0, 8, 8, 16, 16].map(|c| c * channel));
+    assert_eq!(
+        [offset(2), offset(3), offset(6), offset(7), offset(9), offset(10)],
+        [0, 0, 8, 8, 16, 16].map(|c| c * channel)
+    );
     let concat = p.memory.place(cat).unwrap();
     for i in [2, 3, 6, 7, 9, 10] {
         let slice = p.memory.place(id(i)).unwrap();
@@ -200,7 +203,10 @@ fn flatten_reshape_and_slices_are_views() {
     let p = plan_of(&t, true);
     let views: Vec<(&str, &str)> =
         p.memory.views().into_iter().map(|(v, of)| (t[v].op.keyword(), t[of].op.keyword())).collect();
-    assert_eq!(views, [("flatten", "concat"), ("reshape", "gemm_backward_data"), ("slice", "reshape"), ("slice", "reshape")]);
+    assert_eq!(
+        views,
+        [("flatten", "concat"), ("reshape", "gemm_backward_data"), ("slice", "reshape"), ("slice", "reshape")]
+    );
     let second = p.memory.views()[3].0;
     assert_eq!(p.memory.place(second).unwrap().image_offset, 4 * 16 * 4);
 }
@@ -213,7 +219,10 @@ fn the_checker_catches_overlaps() {
     let r1 = p.memory.place(id(2)).unwrap().buffer;
     let c2 = p.memory.place(id(3)).unwrap().buffer;
     p.memory.buffers[c2].offset = p.memory.buffers[r1].offset;
-    assert_eq!(check(&p.graph, &p.memory).unwrap_err(), "%3 is written at step 3 over %2, which is alive in steps 2..=3");
+    assert_eq!(
+        check(&p.graph, &p.memory).unwrap_err(),
+        "%3 is written at step 3 over %2, which is alive in steps 2..=3"
+    );
 }
 
 /// A random DAG of convs, relus, batch norms, pools, adds and concats over `[C, 6, 6]` maps.

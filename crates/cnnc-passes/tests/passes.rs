@@ -210,10 +210,7 @@ fn fold_bn_reports_missing_and_misshapen_weights() {
     weights.insert("conv.weight".into(), Tensor::zeros(&[6, 3, 3, 3]));
     let mut cx = cnnc_passes::Ctx::new(g, Some(&mut weights), Mode::Inference);
     let e = fold_bn::run(&mut cx).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "pass `fold-bn`: weight `conv.weight` has shape [6, 3, 3, 3], expected [6, 1, 3, 3]"
-    );
+    assert_eq!(e.to_string(), "pass `fold-bn`: weight `conv.weight` has shape [6, 3, 3, 3], expected [6, 1, 3, 3]");
 }
 
 fn random_input(shape: &[usize], seed: u64) -> Tensor {

@@ -186,7 +186,8 @@ fn random_graphs_keep_their_numbers() {
         let opt = optimize(&g, Some(&tensors), &PassOptions::all())
             .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{}", cnnc_ir::print(&g)));
         check(opt.graph(), &opt.plan.memory).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{}", opt.print()));
-        let new_w: BufMap = opt.weights.as_ref().unwrap().iter().map(|(k, v)| (k.clone(), Buf::from_tensor(v))).collect();
+        let new_w: BufMap =
+            opt.weights.as_ref().unwrap().iter().map(|(k, v)| (k.clone(), Buf::from_tensor(v))).collect();
         let want = outputs_of(&run(&g, &mut w.clone(), &x, &f64_options).unwrap());
         let got = outputs_of(&run(opt.graph(), &mut new_w.clone(), &x, &f64_options).unwrap());
         for (k, (a, b)) in got.iter().zip(&want).enumerate() {
@@ -206,8 +207,10 @@ fn random_graphs_keep_their_numbers() {
         record(&mut fired, &opt);
         let mut inputs = x.clone();
         inputs.extend(seeds(&want));
-        let before = gradients::<Buf>(&source.outputs, &run(&source.graph, &mut w.clone(), &inputs, &f64_options).unwrap());
-        let after = gradients::<Buf>(&opt.plan.outputs, &run(opt.graph(), &mut w.clone(), &inputs, &f64_options).unwrap());
+        let before =
+            gradients::<Buf>(&source.outputs, &run(&source.graph, &mut w.clone(), &inputs, &f64_options).unwrap());
+        let after =
+            gradients::<Buf>(&opt.plan.outputs, &run(opt.graph(), &mut w.clone(), &inputs, &f64_options).unwrap());
         for (k, (a, b)) in after.outputs.iter().zip(&before.outputs).enumerate() {
             close(a, b, 1e-10, &format!("seed {seed} training output {k}"));
         }
@@ -255,7 +258,12 @@ fn physical_equals_logical(seed: u64, opt: &cnnc_passes::Optimized, source: &Ten
             .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{}", opt.plan.render()));
         let bits = |t: &Option<Tensor>| t.as_ref().map(|t| t.data.iter().map(|v| v.to_bits()).collect::<Vec<u32>>());
         for (k, (p, l)) in physical.outputs::<Tensor>().iter().zip(logical.outputs::<Tensor>()).enumerate() {
-            assert_eq!(bits(p), bits(&l), "seed {seed} batch {batch}: output {k} differs physically\n{}", opt.plan.render());
+            assert_eq!(
+                bits(p),
+                bits(&l),
+                "seed {seed} batch {batch}: output {k} differs physically\n{}",
+                opt.plan.render()
+            );
         }
     }
 }

@@ -92,7 +92,14 @@ fn logical(opt: &Optimized, inputs: &[Tensor], options: &Options) -> Logical {
 
 /// The plan, run physically on the source's weights, gives the logical run of its graph
 /// (`want`, on the same inputs) bit for bit: outputs and the state its effects write.
-fn physical_equals_logical(what: &str, opt: &Optimized, source_weights: &TensorMap, inputs: &[Tensor], options: &Options, want: &Logical) {
+fn physical_equals_logical(
+    what: &str,
+    opt: &Optimized,
+    source_weights: &TensorMap,
+    inputs: &[Tensor],
+    options: &Options,
+    want: &Logical,
+) {
     let logical = &want.outputs;
     let logical_state = &want.state;
     let mut physical_state = source_weights.clone();
@@ -104,7 +111,11 @@ fn physical_equals_logical(what: &str, opt: &Optimized, source_weights: &TensorM
             (Some(p), Some(l)) => bits_equal(p, l),
             (p, l) => p.is_none() && l.is_none(),
         };
-        assert!(same, "{what}: output {k} ({:?}) differs between the physical and the logical run", opt.plan.outputs[k]);
+        assert!(
+            same,
+            "{what}: output {k} ({:?}) differs between the physical and the logical run",
+            opt.plan.outputs[k]
+        );
     }
     // What the effects wrote (no plan with effects folds batch norms, so the names agree).
     let before = opt.weights.as_ref().expect("weights were given");
@@ -160,7 +171,14 @@ fn check_example(file: &str, shape: &[usize], overrides: &[(&str, &str)]) {
     for (k, (a, b)) in got.iter().zip(&want).enumerate() {
         worst = worst.max(check(&format!("{file} inference output {k}"), a, b));
     }
-    physical_equals_logical(&format!("{file} inference at batch {batch}"), &opt, &weights, &[x.clone()], &options, &got_run);
+    physical_equals_logical(
+        &format!("{file} inference at batch {batch}"),
+        &opt,
+        &weights,
+        std::slice::from_ref(&x),
+        &options,
+        &got_run,
+    );
     let x1 = [batch_of(shape, 1, 12)];
     let want1 = logical(&opt, &x1, &options);
     physical_equals_logical(&format!("{file} inference at batch 1"), &opt, &weights, &x1, &options, &want1);
@@ -195,7 +213,14 @@ fn check_example(file: &str, shape: &[usize], overrides: &[(&str, &str)]) {
     for (name, want) in &dw {
         worst = worst.max(check(&format!("{file} change of {name}"), &dg[name], want));
     }
-    physical_equals_logical(&format!("{file} training at batch {batch}"), &opt, &weights, &inputs, &options, &got_logical);
+    physical_equals_logical(
+        &format!("{file} training at batch {batch}"),
+        &opt,
+        &weights,
+        &inputs,
+        &options,
+        &got_logical,
+    );
     // Batch norm on batch statistics needs two values per channel: where a map is 1x1 (a
     // ResNet's last stage at this resolution) the smallest batch is 2, not 1.
     let n = if bn_on_one_pixel(&g) { 2 } else { 1 };

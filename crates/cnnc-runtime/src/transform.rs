@@ -4,11 +4,10 @@
 //! [`unpack`].
 
 use crate::TensorMap;
-use crate::weights::NUM_BATCHES_TRACKED;
 use crate::tensor::Tensor;
+use crate::weights::NUM_BATCHES_TRACKED;
 use cnnc_ir::WeightLayout;
 use cnnc_ir::plan::WeightTransform;
-
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TransformError {
@@ -60,7 +59,8 @@ pub fn fold_bn(weights: &mut TensorMap, layer: &str, bn: &str, eps: f64) -> Resu
     let scale: Vec<f64> = (0..channels).map(|c| gamma[c] / (var[c] + eps).sqrt()).collect();
     let w = &weights[&weight_name];
     let per_channel = w.data.len() / channels;
-    let new_w: Vec<f32> = w.data.iter().enumerate().map(|(i, &x)| (f64::from(x) * scale[i / per_channel]) as f32).collect();
+    let new_w: Vec<f32> =
+        w.data.iter().enumerate().map(|(i, &x)| (f64::from(x) * scale[i / per_channel]) as f32).collect();
     let new_b: Vec<f32> = (0..channels).map(|c| ((bias[c] - mean[c]) * scale[c] + beta[c]) as f32).collect();
     let shape = w.shape.clone();
     weights.insert(weight_name, Tensor { shape, data: new_w });

@@ -17,7 +17,6 @@
 use crate::buf::Buf;
 use cnnc_ir::{PoolKind, Window};
 
-
 /// The windows of one spatial axis.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Bins {
@@ -163,7 +162,8 @@ pub(crate) fn pool_argmax(x: &Buf, bins: &[Bins; 2], y: &mut Buf, offset: usize)
             let out = &mut y.data[b * per_sample + offset + ch * oh * ow..][..oh * ow];
             for oy in 0..oh {
                 for ox in 0..ow {
-                    out[oy * ow + ox] = argmax(plane, w, &bins[0].taps[oy], &bins[1].taps[ox]).map_or(-1.0, |i| i as f64);
+                    out[oy * ow + ox] =
+                        argmax(plane, w, &bins[0].taps[oy], &bins[1].taps[ox]).map_or(-1.0, |i| i as f64);
                 }
             }
         }

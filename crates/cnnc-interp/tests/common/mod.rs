@@ -34,7 +34,9 @@ pub fn forward_outputs(g: &Graph, mode: Mode, params: &BufMap, inputs: &[Buf], p
     let opts = Options::new().with_precision(precision).with_seed(SEED);
     let mut state = params.clone();
     match mode {
-        Mode::Inference => run(g, &mut state, inputs, &opts).expect("forward").outputs().into_iter().flatten().collect(),
+        Mode::Inference => {
+            run(g, &mut state, inputs, &opts).expect("forward").outputs().into_iter().flatten().collect()
+        }
         Mode::Training => {
             let t = training_forward(g).expect("training forward");
             let r = run(&t.graph, &mut state, inputs, &opts).expect("forward");
@@ -254,4 +256,3 @@ pub fn loss_and_grad(loss: Loss, x: &Buf, target: &Buf) -> (f64, Buf) {
     let grads: Gradients<Buf> = gradients(&t.outputs, &r);
     (grads.loss.unwrap(), grads.inputs[&0].clone())
 }
-
