@@ -326,10 +326,7 @@ pub(crate) fn infer_train(op: &TrainOp, inputs: &[&Shape]) -> Result<Shape, Shap
             } else {
                 same(out, target)?;
             }
-            match op {
-                TrainOp::Loss(_) => Shape(Vec::new()),
-                _ => out.clone(),
-            }
+            if let TrainOp::Loss(_) = op { Shape(Vec::new()) } else { out.clone() }
         }
         TrainOp::BnStats => {
             arity(1, "1")?;
@@ -423,16 +420,13 @@ pub(crate) fn infer_train(op: &TrainOp, inputs: &[&Shape]) -> Result<Shape, Shap
             }
         }
         TrainOp::BiasGrad | TrainOp::PreluBackwardWeight => {
-            let gy = match op {
-                TrainOp::BiasGrad => {
-                    arity(1, "1 (gradient)")?;
-                    inputs[0]
-                }
-                _ => {
-                    arity(2, "2 (operand and gradient)")?;
-                    same(inputs[0], inputs[1])?;
-                    inputs[1]
-                }
+            let gy = if let TrainOp::BiasGrad = op {
+                arity(1, "1 (gradient)")?;
+                inputs[0]
+            } else {
+                arity(2, "2 (operand and gradient)")?;
+                same(inputs[0], inputs[1])?;
+                inputs[1]
             };
             Shape(vec![gy.channels_checked()?])
         }

@@ -103,6 +103,14 @@ pub enum VerifyError {
         param: String,
         problem: String,
     },
+    /// A parameter written by an effect before another node reads it, or written twice: the
+    /// value a reader sees would depend on where a back end schedules it.
+    ParamWrite {
+        node: NodeId,
+        name: String,
+        param: String,
+        problem: String,
+    },
     /// An operand of the wrong kind: an effect (which has no value), or a whole-batch value
     /// where a batched one is expected, or the reverse.
     OperandKind {
@@ -135,6 +143,7 @@ impl VerifyError {
             | VerifyError::DeadNode { node, .. }
             | VerifyError::ConcatInPlaceOperand { node, .. }
             | VerifyError::ParamRead { node, .. }
+            | VerifyError::ParamWrite { node, .. }
             | VerifyError::OperandKind { node, .. }
             | VerifyError::Layout { node, .. } => Some(*node),
             VerifyError::InputList { .. } | VerifyError::NoOutputs | VerifyError::OutputOutOfRange { .. } => None,
@@ -208,6 +217,9 @@ impl fmt::Display for VerifyError {
             VerifyError::ParamRead { node, name, param, problem } => {
                 write!(f, "{} reads parameter `{}`, which {problem}", Who(*node, name), param.escape_debug())
             }
+            VerifyError::ParamWrite { node, name, param, problem } => {
+                write!(f, "{} writes parameter `{}` {problem}", Who(*node, name), param.escape_debug())
+            }
             VerifyError::OperandKind { node, name, operand, problem } => {
                 write!(f, "{} reads {operand}, {problem}", Who(*node, name))
             }
@@ -234,6 +246,7 @@ pub fn verify(graph: &Graph) -> Result<(), Vec<VerifyError>> {
     }
     check_param_names(graph, &sound, &mut errors);
     check_param_reads(graph, &sound, &mut errors);
+    check_param_writes(graph, &sound, &mut errors);
     check_dead(graph, &mut errors);
     if errors.is_empty() {
         check_concat_in_place(graph, &mut errors);
@@ -382,6 +395,57 @@ fn check_param_reads(graph: &Graph, sound: &[bool], errors: &mut Vec<VerifyError
             };
             if let Some(problem) = problem {
                 errors.push(VerifyError::ParamRead { node: id, name: node.name.clone(), param, problem });
+            }
+        }
+    }
+}
+
+/// The parameters an effect writes: an update its parameter and state, a running-statistics
+/// update the running mean and variance.
+fn param_writes(graph: &Graph, id: NodeId) -> Vec<String> {
+    let node = &graph[id];
+    if let Op::Train(TrainOp::Update(optimizer)) = &node.op {
+        return std::iter::once(node.name.clone())
+            .chain(optimizer.state().iter().map(|s| param_name(&node.name, s)))
+            .collect();
+    }
+    if let Op::Train(TrainOp::BnRunningUpdate { .. }) = node.op {
+        return ["running_mean", "running_var"].iter().map(|s| param_name(&node.name, s)).collect();
+    }
+    Vec::new()
+}
+
+/// Each parameter is written at most once, after every other node that reads it.
+fn check_param_writes(graph: &Graph, sound: &[bool], errors: &mut Vec<VerifyError>) {
+    let mut written: HashMap<String, NodeId> = HashMap::new();
+    for (id, node) in graph.iter().filter(|(id, _)| sound[id.index()]) {
+        let writes = param_writes(graph, id);
+        for param in &writes {
+            let problem = if let Some(first) = written.get(param) {
+                Some(format!("again ({first} wrote it before)"))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                errors.push(VerifyError::ParamWrite {
+                    node: id,
+                    name: node.name.clone(),
+                    param: param.clone(),
+                    problem,
+                });
+            }
+            written.insert(param.clone(), id);
+        }
+        let owned = graph.params(id).into_iter().map(|spec| format!("{}.{}", node.name, spec.suffix));
+        let read = param_reads(&node.op).iter().map(|s| param_name(&node.name, s));
+        for param in owned.chain(read).filter(|p| !writes.contains(p)) {
+            if let Some(&writer) = written.get(&param) {
+                errors.push(VerifyError::ParamWrite {
+                    node: writer,
+                    name: graph[writer].name.clone(),
+                    param: param.clone(),
+                    problem: format!("before {id} reads it"),
+                });
             }
         }
     }
@@ -610,6 +674,48 @@ mod tests {
         let e = errors(&g);
         assert_eq!(e, vec![VerifyError::DeadNode { node: id(6), name: "orphan".into() }]);
         assert_eq!(e[0].node(), Some(id(6)));
+    }
+
+    #[test]
+    fn training_ops_read_owned_parameters_and_effects_write_them_last() {
+        use crate::train::{Optimizer, Sgd, TrainOp};
+        let mut g = Graph::new("t");
+        let x = input(&mut g, "x", &[2, 4, 4]);
+        let c = add(&mut g, conv(3, 3, 1, 1, false), &[x], "c");
+        let Op::Conv(cv) = g[c].op else { unreachable!() };
+        let dw = add(&mut g, Op::Train(TrainOp::ConvBackwardWeight(cv)), &[x, c], "c");
+        let sgd = Optimizer::Sgd(Sgd { momentum: 0.9, weight_decay: 0.0, nesterov: false });
+        let up = add(&mut g, Op::Train(TrainOp::Update(sgd)), &[dw], "c.weight");
+        let data = Op::Train(TrainOp::ConvBackwardData { conv: cv, input: [2, 4, 4], mask: None });
+        let dx = add(&mut g, data.clone(), &[c], "c");
+        g.outputs = vec![up, dx];
+        let e = errors(&g);
+        assert_eq!(
+            e.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["%3 (c.weight) writes parameter `c.weight` before %4 reads it"]
+        );
+        // A backward op named after a layer that owns no weight; an update of a gradient of
+        // another shape; an effect read as a value.
+        let mut g = Graph::new("t");
+        let x = input(&mut g, "x", &[2, 4, 4]);
+        let c = add(&mut g, conv(3, 3, 1, 1, false), &[x], "c");
+        let dx = add(&mut g, data, &[c], "nobody");
+        let bias = add(&mut g, Op::Train(TrainOp::BiasGrad), &[c], "c");
+        let up = add(&mut g, Op::Train(TrainOp::Update(sgd)), &[bias], "c.weight");
+        g.outputs = vec![dx, up];
+        let text: Vec<String> = errors(&g).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "%2 (nobody) reads parameter `nobody.weight`, which no node owns",
+                "%4 (c.weight) reads parameter `c.weight`, which has shape [3, 2, 3, 3], but the gradient is [3]",
+            ]
+        );
+        let r = add(&mut g, Op::Activation(Activation::Relu), &[up], "r");
+        g.outputs.push(r);
+        let e = errors(&g);
+        let problem = "an effect, which has no value";
+        assert!(e.contains(&VerifyError::OperandKind { node: r, name: "r".into(), operand: up, problem }), "{e:?}");
     }
 
     #[test]

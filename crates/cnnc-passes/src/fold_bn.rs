@@ -51,7 +51,24 @@ pub fn run(cx: &mut Ctx) -> Result<usize, PassError> {
             Op::Conv(conv) => Op::Conv(cnnc_ir::Conv { bias: true, ..*conv }),
             Op::Fc(fc) => Op::Fc(cnnc_ir::Fc { bias: true, ..*fc }),
             Op::Gemm(gemm) => Op::Gemm(cnnc_ir::Gemm { bias: true, ..*gemm }),
-            other => unreachable!("foldable_into admits conv, fc and gemm only, not {}", other.keyword()),
+            Op::Input
+            | Op::Pool { .. }
+            | Op::GlobalPool(_)
+            | Op::AdaptivePool { .. }
+            | Op::Spp { .. }
+            | Op::Flatten
+            | Op::Activation(_)
+            | Op::Prelu
+            | Op::Softmax
+            | Op::BatchNorm(_)
+            | Op::Lrn(_)
+            | Op::Dropout { .. }
+            | Op::Concat
+            | Op::Add
+            | Op::Fused { .. }
+            | Op::Reorder(_)
+            | Op::ConcatInPlace
+            | Op::Train(_) => unreachable!("foldable_into admits conv, fc and gemm only"),
         };
         let transform =
             WeightTransform::FoldBn { layer: graph[producer].name.clone(), bn: node.name.clone(), eps: bn.eps };

@@ -299,16 +299,33 @@ impl<'f> Builder<'f> {
                 // Its operands may now have other readers (their backward ops): whether the
                 // concatenation can stay in place is decided again on the training graph.
                 Op::ConcatInPlace => self.add_op(Op::Concat, x.clone(), name)?,
-                op => {
-                    let y = self.add_op(op.clone(), x.clone(), name)?;
-                    if let Some(geometry) = max_pool_geometry(op)
-                        && node.inputs.first().is_some_and(|i| needs[i.index()])
+                Op::Pool { .. } | Op::GlobalPool(_) | Op::AdaptivePool { .. } | Op::Spp { .. } => {
+                    let y = self.add_op(node.op.clone(), x.clone(), name)?;
+                    if let Some(geometry) = max_pool_geometry(&node.op)
+                        && needs[node.inputs[0].index()]
                     {
                         let argmax = self.add(TrainOp::PoolArgmax(geometry), vec![x[0]], name)?;
                         self.recorded[id.index()].argmax = Some(argmax);
                     }
                     y
                 }
+                // The same op: its training semantics are its inference semantics (or, for
+                // batch norm and dropout above, the model is differentiated as deployed).
+                Op::Conv(_)
+                | Op::Fc(_)
+                | Op::Flatten
+                | Op::Activation(_)
+                | Op::Prelu
+                | Op::Softmax
+                | Op::BatchNorm(_)
+                | Op::Lrn(_)
+                | Op::Dropout { .. }
+                | Op::Concat
+                | Op::Add
+                | Op::Gemm(_)
+                | Op::Fused { .. }
+                | Op::Reorder(_) => self.add_op(node.op.clone(), x.clone(), name)?,
+                Op::Train(_) => unreachable!("Builder::new refuses training graphs"),
             };
             self.value.push(value);
         }
