@@ -65,6 +65,9 @@ pub struct PassSummary {
     /// Node counts of the graph before and after the passes.
     #[serde(skip)]
     pub nodes: (usize, usize),
+    /// What the memory holds by kind at batch 1 (the table's `training:` line).
+    #[serde(skip)]
+    pub breakdown: cnnc_passes::MemoryBreakdown,
 }
 
 impl PassSummary {
@@ -78,6 +81,7 @@ impl PassSummary {
             ran: opt.ran.iter().map(|r| r.pass).collect(),
             skipped: opt.skipped.clone(),
             nodes: (opt.nodes_before, opt.graph().len()),
+            breakdown: opt.memory_breakdown(1),
         }
     }
 }
@@ -266,6 +270,9 @@ pub fn table(summary: &Summary) -> String {
     ];
     if let Some(p) = &summary.passes {
         stats.push(("memory", memory_line(p)));
+        if p.mode == Mode::Training {
+            stats.push(("training", training_line(&p.breakdown)));
+        }
         stats.push(("fusion", fusion_line(p)));
     }
     for (key, value) in stats {
@@ -290,9 +297,24 @@ fn memory_line(p: &PassSummary) -> String {
         line.push_str(&format!(": {:.1}%", p.workspace_bytes as f64 * 100.0 / p.unplanned_bytes as f64));
     }
     if p.mode == Mode::Training {
-        line.push_str(" (training: forward and backward)");
+        line.push_str(" (training step: forward, loss, backward, updates)");
     }
     line
+}
+
+/// What a training step's memory holds: `145.0 MiB forward values, 137.6 MiB backward values,
+/// 97.5 MiB parameter gradients (one buffer each); 97.7 MiB parameters, 97.5 MiB optimiser
+/// state`.
+fn training_line(b: &cnnc_passes::MemoryBreakdown) -> String {
+    format!(
+        "{} forward values, {} backward values, {} parameter gradients (one buffer each); {} parameters, {} \
+         optimiser state",
+        human_bytes(b.forward),
+        human_bytes(b.backward),
+        human_bytes(b.gradients),
+        human_bytes(b.parameters),
+        human_bytes(b.optimizer_state)
+    )
 }
 
 /// `53 fused groups, 176 -> 60 nodes after 8 passes (inference):`, the mode saying what was
@@ -432,11 +454,13 @@ mod tests {
     #[test]
     fn table_with_passes_in_training() {
         let text = table(&summarize_optimized(&small(), Pass::ALL, Mode::Training).expect("ok"));
-        let tail: Vec<&str> = text.lines().rev().take(2).collect();
+        let tail: Vec<&str> = text.lines().rev().take(3).collect();
         assert!(tail[0].starts_with("fusion:      no fused group, 7 -> "), "{text}");
         assert!(tail[0].ends_with("(training; skipped remove-dropout, fold-bn)"), "{text}");
+        assert!(tail[1].starts_with("training:    ") && tail[1].ends_with(" optimiser state"), "{text}");
         assert!(
-            tail[1].starts_with("memory:      ") && tail[1].ends_with("(training: forward and backward)"),
+            tail[2].starts_with("memory:      ")
+                && tail[2].ends_with("(training step: forward, loss, backward, updates)"),
             "{text}"
         );
     }

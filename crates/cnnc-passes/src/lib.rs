@@ -166,6 +166,42 @@ impl Optimized {
         layout::weight_layouts(self.graph())
     }
 
+    /// What the plan's memory holds, by kind, at batch `batch` (see [`MemoryBreakdown`]).
+    pub fn memory_breakdown(&self, batch: usize) -> MemoryBreakdown {
+        let graph = self.graph();
+        let memory = &self.plan.memory;
+        // Forward nodes stand for nodes of the input graph; a reorder belongs with its operand.
+        let mut forward = vec![false; graph.len()];
+        for (id, node) in graph.iter() {
+            forward[id.index()] = !self.origins[id.index()].is_empty()
+                || (matches!(node.op, cnnc_ir::Op::Reorder(_)) && node.inputs.iter().all(|i| forward[i.index()]));
+        }
+        let mut b = MemoryBreakdown { workspace: self.plan.workspace_bytes(batch), ..MemoryBreakdown::default() };
+        for (id, _) in graph.iter() {
+            let Some(place) = memory.place(id) else { continue };
+            let whole = memory.buffers[place.buffer].region == cnnc_ir::plan::Region::WholeBatch;
+            let bytes = if whole { place.bytes } else { place.bytes * batch as u64 };
+            if whole && plan::grad_param(graph, id).is_some() {
+                b.gradients += bytes;
+            } else if forward[id.index()] {
+                b.forward += bytes;
+            } else {
+                b.backward += bytes;
+            }
+        }
+        for p in &self.plan.params {
+            let bytes = p.stored_len() as u64 * cnnc_ir::plan::ELEMENT_BYTES;
+            match p.role {
+                cnnc_ir::ParamRole::OptimizerState => b.optimizer_state += bytes,
+                cnnc_ir::ParamRole::Weight
+                | cnnc_ir::ParamRole::Bias
+                | cnnc_ir::ParamRole::RunningMean
+                | cnnc_ir::ParamRole::RunningVar => b.parameters += bytes,
+            }
+        }
+        b
+    }
+
     /// The fusion groups as clusters of the *input* graph, for
     /// `cnnc_ir::dot_with_clusters(original, &opt.clusters())`: each labelled with the name of
     /// the node that survives, holding the original nodes it absorbed.
@@ -177,6 +213,26 @@ impl Optimized {
             .map(|((_, node), origins)| (format!("fused: {}", node.name), origins.clone()))
             .collect()
     }
+}
+
+/// What a plan's memory holds at one batch size, in bytes: the arena, and the values it
+/// places by kind (each value counted once, at its own size, as if it had its own buffer),
+/// then the tensors that live outside it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryBreakdown {
+    /// The planned arena.
+    pub workspace: u64,
+    /// Values of the forward pass (the model's layers, batch statistics, dropout masks,
+    /// argmaxes, the loss).
+    pub forward: u64,
+    /// Values of the backward pass (gradients of activations).
+    pub backward: u64,
+    /// Parameter gradients (whole-batch values in the arena).
+    pub gradients: u64,
+    /// Parameters and buffers, as stored (packed weights include their padding).
+    pub parameters: u64,
+    /// The optimiser's state (momentum, Adam's moments), as stored.
+    pub optimizer_state: u64,
 }
 
 /// Runs the chosen passes on a copy of `graph` (and of `weights`), then plans it. In

@@ -308,13 +308,14 @@ fn resnet50_needs_less_than_half_of_the_unplanned_memory() {
     for mode in [Mode::Inference, Mode::Training] {
         let opt = match mode {
             Mode::Inference => optimize_all(&g, mode),
-            Mode::Training => cnnc_passes::optimize_training(
-                &g,
-                None,
-                &cnnc_passes::PassOptions::all(),
-                &cnnc_passes::TrainingOptions::new(cnnc_ir::Loss::CrossEntropy),
-            )
-            .unwrap(),
+            Mode::Training => {
+                let sgd = cnnc_ir::Sgd { momentum: 0.9, weight_decay: 1e-4, nesterov: false };
+                let training = cnnc_passes::TrainingOptions {
+                    optimizer: Some(cnnc_ir::Optimizer::Sgd(sgd)),
+                    ..cnnc_passes::TrainingOptions::new(cnnc_ir::Loss::CrossEntropy)
+                };
+                cnnc_passes::optimize_training(&g, None, &cnnc_passes::PassOptions::all(), &training).unwrap()
+            }
         };
         check(opt.graph(), &opt.plan.memory).unwrap();
         eprintln!(
@@ -327,6 +328,18 @@ fn resnet50_needs_less_than_half_of_the_unplanned_memory() {
             opt.plan.memory.unplanned_whole_batch,
         );
         assert!(2 * opt.plan.workspace_bytes(1) < opt.plan.unplanned_bytes(1));
+        let b = opt.memory_breakdown(1);
+        assert_eq!(b.forward + b.backward + b.gradients, opt.plan.unplanned_bytes(1));
+        eprintln!("resnet50 {mode:?} at batch 1: {b:?}");
+        match mode {
+            Mode::Inference => assert_eq!((b.backward, b.gradients, b.optimizer_state), (0, 0, 0)),
+            Mode::Training => {
+                // torchvision's parameters and buffers as f32 (packing pads none of them),
+                // and SGD's momentum: one buffer per trainable parameter.
+                assert_eq!(b.parameters, (25_557_032 + 53_120) * 4);
+                assert_eq!(b.optimizer_state, 25_557_032 * 4);
+            }
+        }
     }
 }
 
