@@ -1,8 +1,10 @@
 //! Data-driven snapshot tests, in the style of rust-analyzer's and ruff's.
 //!
-//! - `tests/data/ok/NAME.cnn` must compile. Two snapshots pin it: `snapshots/ok/NAME@ast.snap`
-//!   (the AST outline, `cnnc_syntax::print`) and `snapshots/ok/NAME@ir.snap` (the IR of every
-//!   model in the file, each lowered by name, with its rendered warnings if any).
+//! - `tests/data/ok/NAME.cnn` must compile. Three snapshots pin it: `snapshots/ok/NAME@ast.snap`
+//!   (the AST outline, `cnnc_syntax::print`), `snapshots/ok/NAME@ir.snap` (the IR of every
+//!   model in the file, each lowered by name, with its rendered warnings if any) and
+//!   `snapshots/ok/NAME@plan.snap` (each model's optimised IR and execution plan, at inference
+//!   and for a training step). The examples' plans are pinned by `cnnc-passes`' tests.
 //! - `examples/NAME.cnn`, the shipped models, are pinned like the ok sources, in
 //!   `snapshots/examples/`.
 //! - `tests/data/err/NAME.cnn` must fail. `snapshots/err/NAME.snap` pins what `cnnc check`
@@ -14,7 +16,7 @@
 //! Each test runs every file and reports every mismatch at once.
 
 use cnnc_diag::{CODES, has_errors};
-use cnnc_tests::{UNREACHABLE_CODES, cnn_files, codes_in, err_output, load, ok_ast, ok_ir, workspace_root};
+use cnnc_tests::{UNREACHABLE_CODES, cnn_files, codes_in, err_output, load, ok_ast, ok_ir, ok_plans, workspace_root};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
@@ -65,6 +67,15 @@ fn for_each_file(kind: &str, check: impl Fn(&Path)) {
 #[test]
 fn ok_sources_parse_and_lower() {
     pin_ast_and_ir("ok");
+}
+
+#[test]
+fn ok_sources_optimise_and_plan() {
+    for_each_file("ok", |path| {
+        let file = load(path);
+        let plans = ok_plans(&file);
+        settings("ok", path, Some("plan")).bind(|| insta::assert_snapshot!(stem(path), plans));
+    });
 }
 
 /// The shipped examples are pinned the same way, in `snapshots/examples/`.

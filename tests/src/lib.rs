@@ -90,6 +90,26 @@ pub fn ok_ir(file: &SourceFile) -> String {
     out
 }
 
+/// The optimised IR and the execution plan of every model of a source that must compile, at
+/// inference and for a training step (`cnnc ir --passes all [--train]`): what every pass and
+/// the planner make of it, pinned so that a change to any of them is a reviewed diff.
+pub fn ok_plans(file: &SourceFile) -> String {
+    let (ast, _) = cnnc_syntax::parse(&file.text);
+    let mut out = String::new();
+    for name in cnnc_lower::model_names(&ast) {
+        let options = Options { model: Some(name.to_string()), ..Options::default() };
+        let (graph, _) = cnnc_driver::lower_source(file, &options).expect("ok sources compile");
+        for mode in [cnnc_driver::Mode::Inference, cnnc_driver::Mode::Training] {
+            let opt = cnnc_driver::optimize(&graph, None, cnnc_driver::Pass::ALL, mode)
+                .unwrap_or_else(|e| panic!("{}: model `{name}` does not optimise: {e}", file.name));
+            out.push_str(&format!("=== {name}, {} ===\n", cnnc_driver::mode_name(mode)));
+            out.push_str(&opt.print());
+            out.push_str(&opt.plan.render());
+        }
+    }
+    out
+}
+
 /// What `cnnc check` reports for a source (every model lowered at its declared shape), rendered
 /// without colour. The source must have at least one error... or be meant as a warnings case,
 /// which the caller decides.

@@ -10,7 +10,9 @@
 use cnnc_ir::{Graph, Loss, Optimizer, Sgd};
 use cnnc_runtime::TensorMap;
 
-pub use cnnc_passes::{Mode, Optimized, Pass, PassError, PassOptions, TrainingOptions, parse_passes, valid_pass_names};
+pub use cnnc_passes::{
+    Mode, Objective, Optimized, Pass, PassError, PassOptions, TrainingOptions, parse_passes, valid_pass_names,
+};
 
 /// Runs `passes` (in pipeline order, whatever their order here) in `mode` on a copy of `graph`,
 /// and of `weights` when given (BN folding rewrites them; without weights only the graph
@@ -34,7 +36,8 @@ pub fn optimize(
 }
 
 /// The training step `--train` shows: softmax cross-entropy for a classifier (an output of
-/// class scores), mean squared error otherwise; SGD with momentum 0.9; batch statistics.
+/// class scores), mean squared error for another single output, and for a model with several
+/// outputs their gradients as inputs; SGD with momentum 0.9; batch statistics.
 pub fn default_training(graph: &Graph) -> TrainingOptions {
     let classifier = graph.outputs.len() == 1 && {
         let shape = &graph[graph.outputs[0]].shape.0;
@@ -42,7 +45,11 @@ pub fn default_training(graph: &Graph) -> TrainingOptions {
     };
     let loss = if classifier { Loss::CrossEntropy } else { Loss::Mse };
     let sgd = Sgd { momentum: 0.9, weight_decay: 0.0, nesterov: false };
-    TrainingOptions { optimizer: Some(Optimizer::Sgd(sgd)), ..TrainingOptions::new(loss) }
+    let mut options = TrainingOptions { optimizer: Some(Optimizer::Sgd(sgd)), ..TrainingOptions::new(loss) };
+    if graph.outputs.len() != 1 {
+        options.objective = Objective::OutputGradients;
+    }
+    options
 }
 
 /// What the pipeline did, as `note:` lines for stderr: the passes that ran, with how often
