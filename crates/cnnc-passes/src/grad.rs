@@ -219,6 +219,8 @@ struct Builder<'f> {
     effects: Vec<(NodeId, OutputRole)>,
     /// The forward node being translated (the origin of what is added).
     current: Option<NodeId>,
+    /// Where the layer being translated or differentiated is written in the source.
+    span: Span,
 }
 
 impl<'f> Builder<'f> {
@@ -240,11 +242,12 @@ impl<'f> Builder<'f> {
             origin: Vec::new(),
             effects: Vec::new(),
             current: None,
+            span: Span::DUMMY,
         })
     }
 
     fn add_op(&mut self, op: Op, inputs: Vec<NodeId>, name: &str) -> Result<NodeId, PassError> {
-        let (id, _) = self.graph.add(op, inputs, name, Span::DUMMY).map_err(|error| PassError::Shape {
+        let (id, _) = self.graph.add(op, inputs, name, self.span).map_err(|error| PassError::Shape {
             pass: "training",
             node: name.to_string(),
             error,
@@ -263,6 +266,7 @@ impl<'f> Builder<'f> {
     fn forward_pass(&mut self, needs: &[bool]) -> Result<(), PassError> {
         for (id, node) in self.forward.iter() {
             self.current = Some(id);
+            self.span = node.span;
             let x: Vec<NodeId> = node.inputs.iter().map(|i| self.value[i.index()]).collect();
             let name = node.name.as_str();
             let value = match &node.op {
@@ -327,9 +331,14 @@ impl<'f> Builder<'f> {
                 | Op::Reorder(_) => self.add_op(node.op.clone(), x.clone(), name)?,
                 Op::Train(_) => unreachable!("Builder::new refuses training graphs"),
             };
+            // The layers the optimiser merged into this one stay listed on it (on the fused
+            // base when its activation was split off).
+            let primary = self.recorded[id.index()].pre_activation.unwrap_or(value);
+            self.graph.node_mut(primary).absorbed = node.absorbed.clone();
             self.value.push(value);
         }
         self.current = None;
+        self.span = Span::DUMMY;
         Ok(())
     }
 
@@ -343,6 +352,7 @@ impl<'f> Builder<'f> {
     ) -> Result<(), PassError> {
         let node = &self.forward[id];
         let name = node.name.as_str();
+        self.span = node.span;
         let gy = match std::mem::take(&mut grads.contributions[id.index()])[..] {
             [] => return Ok(()),
             [one] => one,
