@@ -257,7 +257,8 @@ impl WeightLayout {
     /// How far apart, in stored elements, two kernel taps next to each other (`x` and `x + 1`,
     /// or the last of a row and the first of the next) of one `(o, i)` pair are: the taps of a
     /// pair are evenly spaced in every layout, so `offset(o, i, y, x) = offset(o, i, 0, 0) +
-    /// (y * KW + x) * tap_stride()`.
+    /// (y * KW + x) * tap_stride()`. (And `offset(o, i, 0, 0)` is a function of `o` plus one of
+    /// `i`: `offset(o, 0, 0, 0) + offset(0, i, 0, 0) - offset(0, 0, 0, 0)`.)
     pub fn tap_stride(self) -> usize {
         match self {
             WeightLayout::Oihw | WeightLayout::Oi => 1,
@@ -370,6 +371,10 @@ mod tests {
             for o in 0..dims[0] {
                 for i in 0..dims[1] {
                     let base = layout.offset(&dims, groups, [o, i, 0, 0]);
+                    // Separable in `o` and `i` (what fast packing relies on).
+                    let (row, col) =
+                        (layout.offset(&dims, groups, [o, 0, 0, 0]), layout.offset(&dims, groups, [0, i, 0, 0]));
+                    assert_eq!(base + layout.offset(&dims, groups, [0, 0, 0, 0]), row + col, "{}", layout.name());
                     for y in 0..3 {
                         for x in 0..2 {
                             let direct = layout.offset(&dims, groups, [o, i, y, x]);

@@ -421,12 +421,7 @@ fn check_param_writes(graph: &Graph, sound: &[bool], errors: &mut Vec<VerifyErro
     for (id, node) in graph.iter().filter(|(id, _)| sound[id.index()]) {
         let writes = param_writes(graph, id);
         for param in &writes {
-            let problem = if let Some(first) = written.get(param) {
-                Some(format!("again ({first} wrote it before)"))
-            } else {
-                None
-            };
-            if let Some(problem) = problem {
+            if let Some(problem) = written.get(param).map(|first| format!("again ({first} wrote it before)")) {
                 errors.push(VerifyError::ParamWrite {
                     node: id,
                     name: node.name.clone(),

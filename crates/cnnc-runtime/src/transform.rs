@@ -113,9 +113,14 @@ fn for_each_pair(dims: &[usize], layout: WeightLayout, groups: usize, mut f: imp
         [o, i] => (*o, *i, 1),
         _ => (dims.iter().product(), 1, 1),
     };
-    for a in 0..o {
-        for b in 0..i {
-            f(layout.offset(dims, groups, [a, b, 0, 0]), (a * i + b) * taps, taps);
+    // Every layout's offset of a pair is a function of `o` plus a function of `i`
+    // (`WeightLayout::offset`): two tables instead of one offset computation per pair.
+    let zero = layout.offset(dims, groups, [0, 0, 0, 0]);
+    let rows: Vec<usize> = (0..o).map(|a| layout.offset(dims, groups, [a, 0, 0, 0])).collect();
+    let cols: Vec<usize> = (0..i).map(|b| layout.offset(dims, groups, [0, b, 0, 0]) - zero).collect();
+    for (a, &row) in rows.iter().enumerate() {
+        for (b, &col) in cols.iter().enumerate() {
+            f(row + col, (a * i + b) * taps, taps);
         }
     }
 }

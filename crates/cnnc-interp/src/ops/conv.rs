@@ -86,31 +86,95 @@ fn geometry(conv: &Conv, x: &[usize], y: &[usize]) -> Geometry {
     }
 }
 
-/// Forward convolution; `out_shape` is the full output shape `[N, O, OH, OW]`.
+/// `c[i][..n] += sum_p a[i][p] * b[p][..n]` for row-major `a` (`m x k`), `b` (`k x n`) and `c`
+/// (`m x n`): the one matrix product the convolutions are written with (the innermost loop runs
+/// along a row of `b` and `c`, which the compiler vectorises).
+fn gemm(m: usize, n: usize, k: usize, a: &[f64], b: &[f64], c: &mut [f64]) {
+    for i in 0..m {
+        let row = &mut c[i * n..][..n];
+        for p in 0..k {
+            let s = a[i * k + p];
+            if s != 0.0 {
+                for (c, &b) in row.iter_mut().zip(&b[p * n..][..n]) {
+                    *c += s * b;
+                }
+            }
+        }
+    }
+}
+
+/// The patches of image `n`, group `group`: row `p` (output pixel `oy * OW + ox`) holds the
+/// `Cg * KH * KW` inputs its window reads, in weight order (`ci`, `ky`, `kx`), zero in the
+/// padding.
+fn im2col(g: &Geometry, x: &[f64], n: usize, group: usize) -> Vec<f64> {
+    let k = g.cg * g.kh * g.kw;
+    let mut cols = vec![0.0; g.oh * g.ow * k];
+    for ci in 0..g.cg {
+        let plane = &x[(n * g.c + group * g.cg + ci) * g.h * g.w..][..g.h * g.w];
+        for (ky, rows) in g.rows.iter().enumerate() {
+            for (kx, taps) in g.cols.iter().enumerate() {
+                let column = (ci * g.kh + ky) * g.kw + kx;
+                for oy in rows.lo..rows.hi {
+                    let input = &plane[rows.input(oy) * g.w..][..g.w];
+                    for ox in taps.lo..taps.hi {
+                        cols[(oy * g.ow + ox) * k + column] = input[taps.input(ox)];
+                    }
+                }
+            }
+        }
+    }
+    cols
+}
+
+/// The inverse scatter of [`im2col`]: every patch entry added back to the input it came from.
+fn col2im(g: &Geometry, cols: &[f64], dx: &mut [f64], n: usize, group: usize) {
+    let k = g.cg * g.kh * g.kw;
+    for ci in 0..g.cg {
+        let plane = &mut dx[(n * g.c + group * g.cg + ci) * g.h * g.w..][..g.h * g.w];
+        for (ky, rows) in g.rows.iter().enumerate() {
+            for (kx, taps) in g.cols.iter().enumerate() {
+                let column = (ci * g.kh + ky) * g.kw + kx;
+                for oy in rows.lo..rows.hi {
+                    let input = &mut plane[rows.input(oy) * g.w..][..g.w];
+                    for ox in taps.lo..taps.hi {
+                        input[taps.input(ox)] += cols[(oy * g.ow + ox) * k + column];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `sum a[j] * b[j]` with four running partial sums (independent, so the loop pipelines and
+/// vectorises), added in a fixed order.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..4 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// Forward convolution; `out_shape` is the full output shape `[N, O, OH, OW]`: per image and
+/// group, each output the dot product of its patch and its row of the OIHW weight.
 pub(crate) fn conv_forward(conv: &Conv, x: &Buf, weight: &Buf, bias: Option<&Buf>, out_shape: &[usize]) -> Buf {
     let g = geometry(conv, &x.shape, out_shape);
+    let (k, pixels) = (g.cg * g.kh * g.kw, g.oh * g.ow);
     let mut y = Buf::zeros(out_shape);
-    for n in 0..g.n {
-        for o in 0..g.o {
-            let group = o / g.og;
-            let out = &mut y.data[(n * g.o + o) * g.oh * g.ow..][..g.oh * g.ow];
-            if let Some(bias) = bias {
-                out.fill(bias.data[o]);
-            }
-            for ci in 0..g.cg {
-                let ic = group * g.cg + ci;
-                let plane = &x.data[(n * g.c + ic) * g.h * g.w..][..g.h * g.w];
-                for (ky, rows) in g.rows.iter().enumerate() {
-                    for (kx, cols) in g.cols.iter().enumerate() {
-                        let wv = weight.data[((o * g.cg + ci) * g.kh + ky) * g.kw + kx];
-                        for oy in rows.lo..rows.hi {
-                            let input = &plane[rows.input(oy) * g.w..][..g.w];
-                            let output = &mut out[oy * g.ow..][..g.ow];
-                            for ox in cols.lo..cols.hi {
-                                output[ox] += wv * input[cols.input(ox)];
-                            }
-                        }
-                    }
+    for group in 0..g.o / g.og {
+        for n in 0..g.n {
+            let cols = im2col(&g, &x.data, n, group);
+            for o in 0..g.og {
+                let channel = group * g.og + o;
+                let w = &weight.data[channel * k..][..k];
+                let b = bias.map_or(0.0, |b| b.data[channel]);
+                let plane = &mut y.data[(n * g.o + channel) * pixels..][..pixels];
+                for (p, v) in plane.iter_mut().enumerate() {
+                    *v = dot(&cols[p * k..][..k], w) + b;
                 }
             }
         }
@@ -118,61 +182,54 @@ pub(crate) fn conv_forward(conv: &Conv, x: &Buf, weight: &Buf, bias: Option<&Buf
     y
 }
 
+/// The output gradient of image `n`, group `group`, as the `pixels x Og` matrix.
+fn gy_matrix(g: &Geometry, gy: &[f64], n: usize, group: usize) -> Vec<f64> {
+    let pixels = g.oh * g.ow;
+    let mut m = vec![0.0; pixels * g.og];
+    for o in 0..g.og {
+        let plane = &gy[(n * g.o + group * g.og + o) * pixels..][..pixels];
+        for (p, &v) in plane.iter().enumerate() {
+            m[p * g.og + o] = v;
+        }
+    }
+    m
+}
+
 /// The gradient of a convolution's input, of shape `x_shape` (`[N, C, H, W]`), from the
-/// output gradient `gy` and the weight.
+/// output gradient `gy` and the weight: per image and group, the patches' gradient (output
+/// gradient times weights) scattered back.
 pub(crate) fn conv_backward_data(conv: &Conv, gy: &Buf, weight: &Buf, x_shape: &[usize]) -> Buf {
     let g = geometry(conv, x_shape, &gy.shape);
+    let (k, pixels) = (g.cg * g.kh * g.kw, g.oh * g.ow);
     let mut gx = Buf::zeros(x_shape);
-    for n in 0..g.n {
-        for o in 0..g.o {
-            let group = o / g.og;
-            let gout = &gy.data[(n * g.o + o) * g.oh * g.ow..][..g.oh * g.ow];
-            for ci in 0..g.cg {
-                let ic = group * g.cg + ci;
-                let plane = &mut gx.data[(n * g.c + ic) * g.h * g.w..][..g.h * g.w];
-                for (ky, rows) in g.rows.iter().enumerate() {
-                    for (kx, cols) in g.cols.iter().enumerate() {
-                        let wv = weight.data[((o * g.cg + ci) * g.kh + ky) * g.kw + kx];
-                        for oy in rows.lo..rows.hi {
-                            let input = &mut plane[rows.input(oy) * g.w..][..g.w];
-                            let output = &gout[oy * g.ow..][..g.ow];
-                            for ox in cols.lo..cols.hi {
-                                input[cols.input(ox)] += wv * output[ox];
-                            }
-                        }
-                    }
-                }
-            }
+    for group in 0..g.o / g.og {
+        let w = &weight.data[group * g.og * k..][..g.og * k];
+        for n in 0..g.n {
+            let gm = gy_matrix(&g, &gy.data, n, group);
+            let mut cols = vec![0.0; pixels * k];
+            gemm(pixels, k, g.og, &gm, w, &mut cols);
+            col2im(&g, &cols, &mut gx.data, n, group);
         }
     }
     gx
 }
 
-/// The gradient of a convolution's weight (`weight_shape`, OIHW), summed over the batch.
+/// The gradient of a convolution's weight (`weight_shape`, OIHW), summed over the batch: per
+/// image and group, the output gradient (transposed) times the patches.
 pub(crate) fn conv_backward_weight(conv: &Conv, x: &Buf, gy: &Buf, weight_shape: &[usize]) -> Buf {
     let g = geometry(conv, &x.shape, &gy.shape);
+    let (k, pixels) = (g.cg * g.kh * g.kw, g.oh * g.ow);
     let mut gw = Buf::zeros(weight_shape);
-    for n in 0..g.n {
-        for o in 0..g.o {
-            let group = o / g.og;
-            let gout = &gy.data[(n * g.o + o) * g.oh * g.ow..][..g.oh * g.ow];
-            for ci in 0..g.cg {
-                let ic = group * g.cg + ci;
-                let plane = &x.data[(n * g.c + ic) * g.h * g.w..][..g.h * g.w];
-                for (ky, rows) in g.rows.iter().enumerate() {
-                    for (kx, cols) in g.cols.iter().enumerate() {
-                        let mut acc = 0.0;
-                        for oy in rows.lo..rows.hi {
-                            let input = &plane[rows.input(oy) * g.w..][..g.w];
-                            let output = &gout[oy * g.ow..][..g.ow];
-                            for ox in cols.lo..cols.hi {
-                                acc += input[cols.input(ox)] * output[ox];
-                            }
-                        }
-                        gw.data[((o * g.cg + ci) * g.kh + ky) * g.kw + kx] += acc;
-                    }
-                }
-            }
+    for group in 0..g.o / g.og {
+        let out = &mut gw.data[group * g.og * k..][..g.og * k];
+        for n in 0..g.n {
+            let cols = im2col(&g, &x.data, n, group);
+            let gyt: Vec<f64> = {
+                // [Og x pixels]: this image's output gradient rows of the group.
+                let start = (n * g.o + group * g.og) * pixels;
+                gy.data[start..start + g.og * pixels].to_vec()
+            };
+            gemm(g.og, k, pixels, &gyt, &cols, out);
         }
     }
     gw
