@@ -47,29 +47,7 @@ pub fn run(cx: &mut Ctx) -> Result<usize, PassError> {
             b.copy(id)?;
             continue;
         }
-        let op = match &graph[producer].op {
-            Op::Conv(conv) => Op::Conv(cnnc_ir::Conv { bias: true, ..*conv }),
-            Op::Fc(fc) => Op::Fc(cnnc_ir::Fc { bias: true, ..*fc }),
-            Op::Gemm(gemm) => Op::Gemm(cnnc_ir::Gemm { bias: true, ..*gemm }),
-            Op::Input
-            | Op::Pool { .. }
-            | Op::GlobalPool(_)
-            | Op::AdaptivePool { .. }
-            | Op::Spp { .. }
-            | Op::Flatten
-            | Op::Activation(_)
-            | Op::Prelu
-            | Op::Softmax
-            | Op::BatchNorm(_)
-            | Op::Lrn(_)
-            | Op::Dropout { .. }
-            | Op::Concat
-            | Op::Add
-            | Op::Fused { .. }
-            | Op::Reorder(_)
-            | Op::ConcatInPlace
-            | Op::Train(_) => unreachable!("foldable_into admits conv, fc and gemm only"),
-        };
+        let op = with_bias(&graph[producer].op).expect("foldable_into admits conv, fc and gemm only");
         let transform =
             WeightTransform::FoldBn { layer: graph[producer].name.clone(), bn: node.name.clone(), eps: bn.eps };
         if let Some(weights) = cx.weights.as_deref_mut() {
@@ -88,10 +66,37 @@ pub fn run(cx: &mut Ctx) -> Result<usize, PassError> {
     Ok(folded)
 }
 
+/// The producers a batch norm folds into (conv, fc, gemm), with a bias.
+fn with_bias(op: &Op) -> Option<Op> {
+    match op {
+        Op::Conv(conv) => Some(Op::Conv(cnnc_ir::Conv { bias: true, ..*conv })),
+        Op::Fc(fc) => Some(Op::Fc(cnnc_ir::Fc { bias: true, ..*fc })),
+        Op::Gemm(gemm) => Some(Op::Gemm(cnnc_ir::Gemm { bias: true, ..*gemm })),
+        Op::Input
+        | Op::Pool { .. }
+        | Op::GlobalPool(_)
+        | Op::AdaptivePool { .. }
+        | Op::Spp { .. }
+        | Op::Flatten
+        | Op::Activation(_)
+        | Op::Prelu
+        | Op::Softmax
+        | Op::BatchNorm(_)
+        | Op::Lrn(_)
+        | Op::Dropout { .. }
+        | Op::Concat
+        | Op::Add
+        | Op::Fused { .. }
+        | Op::Reorder(_)
+        | Op::ConcatInPlace
+        | Op::Train(_) => None,
+    }
+}
+
 /// The batch norm `id` (a conv or fc) folds into, if any: its only user, a batch norm, with
 /// `id`'s value not a model output.
 fn foldable_into(graph: &Graph, users: &[Vec<NodeId>], id: NodeId) -> Option<NodeId> {
-    if !matches!(graph[id].op, Op::Conv(_) | Op::Fc(_) | Op::Gemm(_)) || graph.outputs.contains(&id) {
+    if with_bias(&graph[id].op).is_none() || graph.outputs.contains(&id) {
         return None;
     }
     match users[id.index()][..] {

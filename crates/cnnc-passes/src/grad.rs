@@ -305,7 +305,7 @@ impl<'f> Builder<'f> {
                 Op::ConcatInPlace => self.add_op(Op::Concat, x.clone(), name)?,
                 Op::Pool { .. } | Op::GlobalPool(_) | Op::AdaptivePool { .. } | Op::Spp { .. } => {
                     let y = self.add_op(node.op.clone(), x.clone(), name)?;
-                    if let Some(geometry) = max_pool_geometry(&node.op)
+                    if let Some((PoolKind::Max, geometry)) = pooling(&node.op)
                         && needs[node.inputs[0].index()]
                     {
                         let argmax = self.add(TrainOp::PoolArgmax(geometry), vec![x[0]], name)?;
@@ -473,7 +473,7 @@ impl<'f> Builder<'f> {
             }
             Op::Pool { kind, .. } | Op::GlobalPool(kind) | Op::AdaptivePool { kind, .. } | Op::Spp { kind, .. } => {
                 if wants(0) {
-                    let geometry = geometry(&node.op).expect("pooling ops have a geometry");
+                    let (_, geometry) = pooling(&node.op).expect("pooling ops have a geometry");
                     let operands = match kind {
                         PoolKind::Max => {
                             vec![gy, rec.argmax.expect("max pooling on the gradient path records its argmax")]
@@ -638,13 +638,13 @@ fn map3(shape: &Shape) -> Result<[usize; 3], PassError> {
     }
 }
 
-/// Where a pooling op's windows lie.
-fn geometry(op: &Op) -> Option<PoolGeometry> {
+/// A pooling op's kind and where its windows lie.
+fn pooling(op: &Op) -> Option<(PoolKind, PoolGeometry)> {
     match op {
-        Op::Pool { window, .. } => Some(PoolGeometry::Window(*window)),
-        Op::GlobalPool(_) => Some(PoolGeometry::Global),
-        Op::AdaptivePool { output, .. } => Some(PoolGeometry::Adaptive(*output)),
-        Op::Spp { levels, .. } => Some(PoolGeometry::Pyramid(levels.clone())),
+        Op::Pool { kind, window } => Some((*kind, PoolGeometry::Window(*window))),
+        Op::GlobalPool(kind) => Some((*kind, PoolGeometry::Global)),
+        Op::AdaptivePool { kind, output } => Some((*kind, PoolGeometry::Adaptive(*output))),
+        Op::Spp { kind, levels } => Some((*kind, PoolGeometry::Pyramid(levels.clone()))),
         Op::Input
         | Op::Conv(_)
         | Op::Fc(_)
@@ -663,29 +663,4 @@ fn geometry(op: &Op) -> Option<PoolGeometry> {
         | Op::ConcatInPlace
         | Op::Train(_) => None,
     }
-}
-
-/// The geometry of a max pooling op (any form), whose backward reads the argmax.
-fn max_pool_geometry(op: &Op) -> Option<PoolGeometry> {
-    let kind = match op {
-        Op::Pool { kind, .. } | Op::GlobalPool(kind) | Op::AdaptivePool { kind, .. } | Op::Spp { kind, .. } => kind,
-        Op::Input
-        | Op::Conv(_)
-        | Op::Fc(_)
-        | Op::Flatten
-        | Op::Activation(_)
-        | Op::Prelu
-        | Op::Softmax
-        | Op::BatchNorm(_)
-        | Op::Lrn(_)
-        | Op::Dropout { .. }
-        | Op::Concat
-        | Op::Add
-        | Op::Gemm(_)
-        | Op::Fused { .. }
-        | Op::Reorder(_)
-        | Op::ConcatInPlace
-        | Op::Train(_) => return None,
-    };
-    if *kind == PoolKind::Max { geometry(op) } else { None }
 }
