@@ -39,11 +39,17 @@ pub fn add(g: &mut Graph, op: Op, inputs: &[NodeId], name: &str) -> NodeId {
 
 /// Lowers `examples/<file>` at its declared shape or the given one.
 pub fn lower_example(file: &str, shape: Option<Vec<usize>>) -> Graph {
+    lower_example_with(file, shape, &[])
+}
+
+/// [`lower_example`] with model parameters set as `--set NAME=VALUE` sets them.
+pub fn lower_example_with(file: &str, shape: Option<Vec<usize>>, settings: &[(&str, &str)]) -> Graph {
     let path = format!("{}/../../examples/{file}", env!("CARGO_MANIFEST_DIR"));
     let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let (parsed, errors) = cnnc_syntax::parse(&src);
     assert!(errors.is_empty(), "{file}: {errors:?}");
-    let options = cnnc_lower::Options { input_shape: shape, ..Default::default() };
+    let overrides = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let options = cnnc_lower::Options { input_shape: shape, overrides, ..Default::default() };
     match cnnc_lower::lower(&parsed, &options) {
         Ok(l) => l.graph,
         Err(d) => panic!("{file}: {d:#?}"),
