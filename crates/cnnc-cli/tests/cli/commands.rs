@@ -1,11 +1,9 @@
 //! End-to-end tests of the `cnnc` binary: exit codes, rendered diagnostics, and the summary
 //! numbers of the shipped examples against the figures their papers and torchvision give.
 
+use crate::common::{cnnc, root, stderr, stdout};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-mod common;
-
-use common::{cnnc, root, stderr, stdout};
 use std::process::{Command, Output};
 
 /// A source written to a scratch file named `name`; returns its path.

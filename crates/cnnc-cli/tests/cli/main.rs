@@ -1,0 +1,15 @@
+//! The `cnnc` binary's end-to-end tests, in one test binary (one link, one process start for
+//! the whole suite): each module runs the built `cnnc` from the repository root and checks exit
+//! codes, stderr and stdout.
+//!
+//! - [`commands`]: `check`, `summary`, `ir`, `dot`, `explain`, `demo`; exit codes, diagnostics,
+//!   and the example zoo's published numbers;
+//! - [`passes`]: `--passes` and `--train`;
+//! - [`run_grad`]: `init`, `run` and `grad`, and the errors for data that does not fit;
+//! - [`golden_models`]: whole models against PyTorch's outputs and gradients.
+
+mod commands;
+mod common;
+mod golden_models;
+mod passes;
+mod run_grad;
