@@ -21,6 +21,9 @@ pub struct Summary {
     /// Trainable elements of the whole model (of the source graph: folding a batch norm
     /// changes how parameters are stored, not what the model has).
     pub params: u64,
+    /// Buffer elements of the whole model: batch-norm running statistics, loaded and saved
+    /// with the weights but not trainable (`running_mean`, `running_var`).
+    pub buffers: u64,
     /// Multiply-accumulates for one sample.
     pub macs: u64,
     /// Every node except the inputs, in graph order.
@@ -30,9 +33,6 @@ pub struct Summary {
     /// [`summarize`].
     #[serde(flatten)]
     pub passes: Option<PassSummary>,
-    /// Batch-norm running statistics (not trainable).
-    #[serde(skip)]
-    pub buffers: u64,
     /// Every node's output at batch 1 in f32, the model inputs included.
     #[serde(skip)]
     pub activation_bytes: u64,
@@ -135,10 +135,10 @@ pub fn summarize(graph: &Graph) -> Summary {
         model: graph.name.clone(),
         input: graph.inputs.first().map(|&i| graph[i].shape.0.clone()).unwrap_or_default(),
         params: sums.params,
+        buffers: sums.buffers,
         macs: sums.macs,
         layers,
         passes: None,
-        buffers: sums.buffers,
         activation_bytes: sums.activation_bytes,
         outputs: graph.outputs.iter().map(|&o| graph[o].shape.0.clone()).collect(),
     }
@@ -389,7 +389,8 @@ mod tests {
         assert!(json.contains(r#""weights":{"features.bn.weight":[4],"features.bn.bias":[4],"features.bn.running_mean":[4],"features.bn.running_var":[4]}"#), "{json}");
         let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
         let keys: Vec<&String> = value.as_object().expect("object").keys().collect();
-        let mut expected = ["input", "layers", "macs", "model", "params"];
+        assert!(json.contains(r#""params":766,"buffers":8,"macs":7552,"layers":"#), "{json}");
+        let mut expected = ["buffers", "input", "layers", "macs", "model", "params"];
         expected.sort();
         assert_eq!(keys, expected);
         let layer_keys: Vec<&String> = value["layers"][0].as_object().expect("object").keys().collect();
@@ -414,7 +415,7 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
         let keys: Vec<&String> = value.as_object().expect("object").keys().collect();
         let mut expected =
-            ["fused", "input", "layers", "macs", "model", "params", "unplanned_bytes", "workspace_bytes"];
+            ["buffers", "fused", "input", "layers", "macs", "model", "params", "unplanned_bytes", "workspace_bytes"];
         expected.sort();
         assert_eq!(keys, expected);
         // No pass: no group, and the plan of the source graph.
