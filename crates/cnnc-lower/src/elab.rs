@@ -447,7 +447,7 @@ impl<'a> Elab<'a> {
                 }
             }
             ExprKind::Binary(op, a, b) => self.binary(env, *op, a, b, e.span),
-            ExprKind::Call { func, args } => self.call(env, func, args, e.span),
+            ExprKind::Call { label, func, args } => self.call(env, label.as_ref(), func, args, e.span),
             ExprKind::Tuple(items) => Ok(Value::Tuple(self.eval_all(env, items)?)),
             ExprKind::List(items) => Ok(Value::List(self.eval_all(env, items)?)),
             ExprKind::If { cond, then, otherwise } => {
@@ -590,7 +590,26 @@ impl<'a> Elab<'a> {
     }
 
     /// Functions in value position: `add`, `concat`, `channels`, `height`, `width`, `min`, `max`.
-    fn call(&mut self, env: &mut Env, func: &Ident, args: &[Arg], span: Span) -> R<Value> {
+    /// Only the two that make a layer, `add` and `concat`, take a label (`a1: add(x, y)`).
+    fn call(&mut self, env: &mut Env, label: Option<&Ident>, func: &Ident, args: &[Arg], span: Span) -> R<Value> {
+        // A label on a layer or an unknown function is reported below, as the call is.
+        if let Some(label) = label
+            && VALUE_FUNCTIONS.contains(&func.name.as_str())
+            && !matches!(func.name.as_str(), "add" | "concat")
+        {
+            return Err(self.error(
+                Diagnostic::error(
+                    Code::TYPE_MISMATCH,
+                    format!("`{}` computes a number, not a layer, so it takes no label", func.name),
+                    label.span,
+                    "a label names a layer",
+                )
+                .with_hint(format!(
+                    "labels name layers: `{0}: conv(...)` in a chain, or `{0}: add(a, b)`; remove `{0}:` here",
+                    label.name
+                )),
+            ));
+        }
         if let Some(named) = args.iter().find_map(|a| a.name.as_ref()) {
             return Err(self.error(Diagnostic::error(
                 Code::UNKNOWN_ARGUMENT,
@@ -625,7 +644,11 @@ impl<'a> Elab<'a> {
                         "too few tensors",
                     )));
                 }
-                let name = self.auto_name(keyword);
+                // A label names the layer in the current scope, taking no index (as `add<n>`).
+                let name = match label {
+                    Some(label) => format!("{}{}", self.scope().prefix, label.name),
+                    None => self.auto_name(keyword),
+                };
                 self.add_node(op, ids, name, span, &spans).map(Value::Tensor)
             }
             "channels" | "height" | "width" => {

@@ -68,8 +68,10 @@ pub enum ExprKind {
     Name(String),
     Unary(UnOp, Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
-    /// A function in value position: `concat(a, b)`, `add(a, b)`, `channels(x)`, `max(a, b)`.
+    /// A function in value position: `concat(a, b)`, `add(a, b)`, `channels(x)`, `max(a, b)`;
+    /// `label` names the layer an `add` or a `concat` makes (`a1: add(x, y)`).
     Call {
+        label: Option<Ident>,
         func: Ident,
         args: Vec<Arg>,
     },

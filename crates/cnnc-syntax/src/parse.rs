@@ -338,10 +338,13 @@ impl Builder {
             Rule::boolean => ExprKind::Bool(pair.as_str() == "true"),
             Rule::name => ExprKind::Name(pair.as_str().to_string()),
             Rule::call => {
-                let mut inner = pair.into_inner();
+                let mut inner = pair.into_inner().peekable();
+                let label = inner
+                    .next_if(|p| p.as_rule() == Rule::label)
+                    .map(|p| self.ident(p.into_inner().next().expect("label name")));
                 let func = self.ident(inner.next().expect("function name"));
                 let args = self.args(inner.next().expect("argument list"), depth)?;
-                ExprKind::Call { func, args }
+                ExprKind::Call { label, func, args }
             }
             Rule::paren => {
                 let mut is_tuple = false;
