@@ -5,6 +5,9 @@ use cnnc_diag::Span;
 #[derive(Clone, Debug, PartialEq)]
 pub struct File {
     pub items: Vec<Item>,
+    /// The whole text up to its last non-blank character, so that a problem of the file as a
+    /// whole (no model in it) can point at its end.
+    pub span: Span,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

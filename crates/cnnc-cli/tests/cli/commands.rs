@@ -279,13 +279,19 @@ fn every_model_of_a_file_is_checked() {
     );
     let o = cnnc(&["check", &path, "--model", "b"]);
     assert_eq!(stdout(&o), "ok: model `b`: 20 parameters, output [2, 6, 6]\n");
-    // Commands that need one model ask which; the whole-file error has no source snippet.
+    // Commands that need one model ask which, at the end of the file, showing the models.
     let o = cnnc(&["summary", &path]);
     assert_clean_failure(&o, 1);
     let err = stderr(&o);
     assert!(err.starts_with("error[E0211]: the file defines 2 models; choose one\n"), "{err}");
-    assert!(!err.contains("-->"), "{err}");
+    assert!(err.contains(&format!("--> {path}:2:50\n")), "{err}");
+    assert!(err.contains("^ which model?") && err.matches("a model of this file").count() == 2, "{err}");
     assert!(err.contains("= help: pass `--model NAME`, one of: a, b"), "{err}");
+    // Every rejection carries a line and column, an empty file's too.
+    let empty = scratch("empty.cnn", "");
+    let o = cnnc(&["check", &empty]);
+    assert_clean_failure(&o, 1);
+    assert!(stderr(&o).contains(&format!("--> {empty}:1:1\n")), "{}", stderr(&o));
 }
 
 #[test]
