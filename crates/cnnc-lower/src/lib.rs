@@ -6,6 +6,7 @@
 
 mod checks;
 mod elab;
+mod foreign;
 pub mod layers;
 mod shape_diag;
 mod value;
