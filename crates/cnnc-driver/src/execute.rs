@@ -164,9 +164,13 @@ impl ExecError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ExecError::Npy(NpyError::Read { .. } | NpyError::Write { .. }) => ErrorKind::Io,
-            ExecError::Npy(NpyError::Format { .. } | NpyError::Kind { .. } | NpyError::ShapeMismatch { .. }) => {
-                ErrorKind::Data
-            }
+            ExecError::Npy(
+                NpyError::Format { .. }
+                | NpyError::Kind { .. }
+                | NpyError::ShapeMismatch { .. }
+                | NpyError::TooLarge { .. }
+                | NpyError::Allocation { .. },
+            ) => ErrorKind::Data,
             ExecError::WeightsFile(WeightsError::Read { .. } | WeightsError::Write { .. }) => ErrorKind::Io,
             ExecError::WeightsFile(_) => ErrorKind::Data,
             ExecError::DropoutNeedsSeed { .. } => ErrorKind::Usage,
