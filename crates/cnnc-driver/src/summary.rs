@@ -5,6 +5,9 @@
 
 use crate::optimize::{Mode, Optimized, Pass, PassError, names, optimize};
 use cnnc_ir::{Graph, Op, node_stats, totals};
+/// Bytes in binary units with one decimal (`512 B`, `1.5 KiB`, `102.3 MiB`), as the runtime's
+/// messages give them.
+pub use cnnc_runtime::human_bytes;
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
@@ -171,22 +174,6 @@ pub fn thousands(n: u64) -> String {
         out.push(c);
     }
     out
-}
-
-/// Bytes in binary units with one decimal: `512 B`, `1.5 KiB`, `102.3 MiB`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    // Move up while the value would print as 1024.0 or more in this unit.
-    while value >= 1023.95 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 fn dims(d: &[usize]) -> String {

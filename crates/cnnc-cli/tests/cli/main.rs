@@ -6,10 +6,13 @@
 //!   and the example zoo's published numbers;
 //! - [`passes`]: `--passes` and `--train`;
 //! - [`run_grad`]: `init`, `run` and `grad`, and the errors for data that does not fit;
-//! - [`golden_models`]: whole models against PyTorch's outputs and gradients.
+//! - [`golden_models`]: whole models against PyTorch's outputs and gradients;
+//! - [`hostile`]: bad inputs (too large for the memory, special files, outputs over inputs,
+//!   corrupt safetensors, extra weights, missing arguments) and `grad --json`.
 
 mod commands;
 mod common;
 mod golden_models;
+mod hostile;
 mod passes;
 mod run_grad;
