@@ -612,7 +612,7 @@ fn run(args: &RunArgs, budget: &MemoryBudget, color: bool, out: &mut String) -> 
     let (input, warnings) = load_input(&graph, &file, &args.model, &args.input, budget)?;
     warn(&warnings);
     let passes = args.passes.as_ref().map_or(&[][..], |p| &p.0[..]);
-    let task = Task::Run { batch: input.shape[0], init: args.weights.is_none(), passes: !passes.is_empty() };
+    let task = Task::Run { batch: input.shape[0], passes: !passes.is_empty() };
     check_memory(&graph, task, budget)?;
     let params = weights_or_init(&graph, args.weights.as_deref(), args.allow_extra_weights, args.seed, budget)?;
     let output = if passes.is_empty() {
@@ -700,7 +700,7 @@ fn grad(args: &GradArgs, budget: &MemoryBudget, color: bool, out: &mut String) -
     let batch = input.shape[0];
     let (target, warnings) = execute::load_target(&graph, &args.target, loss, batch, budget)?;
     warn(&warnings);
-    check_memory(&graph, Task::Grad { batch, init: args.weights.is_none() }, budget)?;
+    check_memory(&graph, Task::Grad { batch }, budget)?;
     let init_seed = args.seed.unwrap_or(0);
     let params = weights_or_init(&graph, args.weights.as_deref(), args.allow_extra_weights, init_seed, budget)?;
     let outcome = execute::grad(&graph, &params, &input, &target, loss, options, args.backend.backend())?;

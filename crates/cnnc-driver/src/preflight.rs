@@ -20,11 +20,11 @@ use thiserror::Error;
 pub enum Task {
     /// Initialise every parameter and write them to a file.
     Init,
-    /// A forward pass on a batch; `init` when the weights are initialised rather than loaded,
+    /// A forward pass on a batch (the weights loaded or initialised take the same memory);
     /// `passes` when the optimised graph runs (BN-folded weights are a second copy).
-    Run { batch: usize, init: bool, passes: bool },
+    Run { batch: usize, passes: bool },
     /// A forward and a backward pass on a batch.
-    Grad { batch: usize, init: bool },
+    Grad { batch: usize },
 }
 
 /// How much memory a task needs, in bytes, and what for.
@@ -64,7 +64,7 @@ fn what(model: &str, task: Task) -> String {
     match task {
         Task::Init => format!("initialising model `{model}`"),
         Task::Run { batch, .. } => format!("running model `{model}` on a batch of {batch}"),
-        Task::Grad { batch, .. } => format!("the gradients of model `{model}` on a batch of {batch}"),
+        Task::Grad { batch } => format!("the gradients of model `{model}` on a batch of {batch}"),
     }
 }
 
@@ -94,7 +94,7 @@ pub fn estimate(graph: &Graph, task: Task) -> Estimate {
             (times(values, 12 + folded), times(times(elements, batch as u64), 8))
         }
         // The same, with an f64 gradient of every output and parameter and the f32 results.
-        Task::Grad { batch, .. } => (times(values, 24), times(times(elements, batch as u64), 16)),
+        Task::Grad { batch } => (times(values, 24), times(times(elements, batch as u64), 16)),
     };
     Estimate { values, params, activations }
 }
@@ -157,12 +157,12 @@ mod tests {
         // 4 * 3 weights and 3 biases; 4 + 3 output elements per image.
         let g = fc(4, 3);
         assert_eq!(estimate(&g, Task::Init), Estimate { values: 15, params: 120, activations: 0 });
-        let run = estimate(&g, Task::Run { batch: 2, init: false, passes: false });
+        let run = estimate(&g, Task::Run { batch: 2, passes: false });
         assert_eq!(run, Estimate { values: 15, params: 180, activations: 2 * 7 * 8 });
-        assert_eq!(estimate(&g, Task::Run { batch: 2, init: true, passes: true }).params, 15 * 16);
-        assert_eq!(estimate(&g, Task::Grad { batch: 2, init: false }).total(), 15 * 24 + 2 * 7 * 16);
+        assert_eq!(estimate(&g, Task::Run { batch: 2, passes: true }).params, 15 * 16);
+        assert_eq!(estimate(&g, Task::Grad { batch: 2 }).total(), 15 * 24 + 2 * 7 * 16);
         // Absurd sizes saturate instead of overflowing.
-        let e = estimate(&g, Task::Grad { batch: usize::MAX, init: false });
+        let e = estimate(&g, Task::Grad { batch: usize::MAX });
         assert_eq!(e.activations, u64::MAX);
     }
 
@@ -176,13 +176,12 @@ mod tests {
             "initialising model `wide` needs about 512.0 GiB of memory (512.0 GiB for its 68,719,542,272 parameter \
              values and the file that holds them), more than the 1.0 GiB allowed by --memory-limit"
         );
-        let e =
-            check_memory(&fc(10, 10), Task::Run { batch: 1 << 30, init: false, passes: false }, &budget).unwrap_err();
+        let e = check_memory(&fc(10, 10), Task::Run { batch: 1 << 30, passes: false }, &budget).unwrap_err();
         assert!(
             e.to_string().starts_with("running model `wide` on a batch of 1073741824 needs about 160.0 GiB"),
             "{e}"
         );
-        assert!(check_memory(&fc(10, 10), Task::Grad { batch: 8, init: true }, &budget).is_ok());
+        assert!(check_memory(&fc(10, 10), Task::Grad { batch: 8 }, &budget).is_ok());
     }
 
     #[test]
