@@ -5,14 +5,17 @@
 //! unreadable or unwritable file, unknown code).
 
 mod explain;
+mod usage;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use cnnc_diag::{Diagnostic, SourceFile};
 use cnnc_driver::execute::{self, INPUT_KEY, MAX_LISTED_IMAGES};
 use cnnc_driver::{
-    ErrorKind, ExecError, ExecWarning, Mode, Options, Pass, check_models, examples, lower_source, render,
-    render_exec_error, summarize, summarize_optimized, table, thousands, to_json,
+    ErrorKind, ExecError, ExecWarning, GradReport, Mode, Options, Pass, PreflightError, Task, WeightsOptions,
+    check_memory, check_models, check_output, examples, lower_source, path_text, render, render_exec_error, summarize,
+    summarize_optimized, table, thousands, to_json,
 };
+use cnnc_driver::{MemoryBudget, is_stdout};
 use cnnc_ir::Graph;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -30,6 +33,11 @@ struct Cli {
     /// When to colour diagnostics: `auto` colours them only when stderr is a terminal.
     #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
     color: Color,
+    /// The memory `init`, `run` and `grad` may use, such as 8G or 512M: a model or a file that
+    /// needs more is refused before anything is allocated. By default, what the machine has
+    /// available (MemAvailable, within this process's cgroup limit).
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_limit, env = "CNNC_MEMORY_LIMIT", global = true)]
+    memory_limit: Option<u64>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -97,7 +105,8 @@ enum Command {
         /// The seed: the same seed gives the same weights, byte for byte.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Where to write the weights (safetensors, PyTorch state_dict names).
+        /// Where to write the weights (safetensors, PyTorch state_dict names); `-` for standard
+        /// output.
         #[arg(short, long, value_name = "W.safetensors")]
         output: PathBuf,
     },
@@ -125,10 +134,14 @@ struct RunArgs {
     /// initialised from --seed as `cnnc init` does.
     #[arg(long, value_name = "W.safetensors")]
     weights: Option<PathBuf>,
+    /// Ignore tensors of the weights file the model does not have (a checkpoint's heads or
+    /// optimiser state), listing them in a warning, instead of refusing the file.
+    #[arg(long, requires = "weights")]
+    allow_extra_weights: bool,
     /// The input batch: float32 (or float64) .npy of shape [N, C, H, W], or [N, F].
     #[arg(long, value_name = "X.npy")]
     input: PathBuf,
-    /// Where to write the output batch (float32 .npy).
+    /// Where to write the output batch (float32 .npy); `-` for standard output.
     #[arg(short, long, value_name = "Y.npy")]
     output: Option<PathBuf>,
     /// The seed of the initial weights when no --weights is given.
@@ -147,9 +160,14 @@ struct RunArgs {
 struct GradArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// The weights (safetensors, PyTorch state_dict names).
+    /// The weights (safetensors, PyTorch state_dict names); without it, the parameters are
+    /// initialised from --seed (0 by default) as `cnnc init` does.
     #[arg(long, value_name = "W.safetensors")]
-    weights: PathBuf,
+    weights: Option<PathBuf>,
+    /// Ignore tensors of the weights file the model does not have (a checkpoint's heads or
+    /// optimiser state), listing them in a warning, instead of refusing the file.
+    #[arg(long, requires = "weights")]
+    allow_extra_weights: bool,
     /// The input batch: float32 (or float64) .npy of shape [N, C, H, W], or [N, F].
     #[arg(long, value_name = "X.npy")]
     input: PathBuf,
@@ -160,16 +178,21 @@ struct GradArgs {
     /// The loss, a mean over the batch.
     #[arg(long, value_enum)]
     loss: LossArg,
-    /// Where to write the gradients (safetensors: the weights' names, plus `input`).
+    /// Where to write the gradients (safetensors: the weights' names, plus `input`); `-` for
+    /// standard output.
     #[arg(short, long, value_name = "G.safetensors")]
     output: Option<PathBuf>,
     /// Run batch norm on batch statistics and dropout with random masks, as in training
     /// (nothing is written back to the weights).
     #[arg(long)]
     train: bool,
-    /// The seed of the dropout masks with --train.
+    /// The seed of the initial weights without --weights, and of the dropout masks with
+    /// --train.
     #[arg(long)]
     seed: Option<u64>,
+    /// Print the loss and the files read and written as one line of JSON instead of text.
+    #[arg(long)]
+    json: bool,
     /// The back end that runs the model.
     #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
     backend: BackendArg,
@@ -314,9 +337,25 @@ impl From<ExecError> for Failure {
     }
 }
 
+impl From<PreflightError> for Failure {
+    fn from(e: PreflightError) -> Failure {
+        Failure::Exec(e.into())
+    }
+}
+
+fn parse_memory_limit(arg: &str) -> Result<u64, String> {
+    cnnc_driver::parse_size(arg)
+}
+
 fn main() -> ExitCode {
-    // `--help` and `--version` exit 0 through clap; argument errors exit 2, as ours do.
-    let cli = Cli::parse();
+    // `--help` and `--version` exit 0 through clap; argument errors exit 2, as ours do, and a
+    // missing argument is reported in our words, with an example.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => return argument_error(&e, &args),
+    };
+    let budget = cli.memory_limit.map_or_else(MemoryBudget::detect, MemoryBudget::set);
     let color = match cli.color {
         Color::Always => true,
         Color::Never => false,
@@ -330,9 +369,9 @@ fn main() -> ExitCode {
         Command::Ir { model, passes } => graph_view(&model, &passes, View::Ir, color, &mut out),
         Command::Dot { model, passes } => graph_view(&model, &passes, View::Dot, color, &mut out),
         Command::Explain { code } => explain::run(code.as_deref(), &mut out).map_err(Failure::Usage),
-        Command::Init { model, seed, output } => init(&model, seed, &output, color, &mut out),
-        Command::Run(args) => run(&args, color, &mut out),
-        Command::Grad(args) => grad(&args, color, &mut out),
+        Command::Init { model, seed, output } => init(&model, seed, &output, &budget, color, &mut out),
+        Command::Run(args) => run(&args, &budget, color, &mut out),
+        Command::Grad(args) => grad(&args, &budget, color, &mut out),
         Command::Demo => demo(color, &mut out),
     };
     // Whatever was produced goes out even when a later step failed.
@@ -359,6 +398,18 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Prints a command-line error and gives its exit code: a missing argument in our words, with
+/// an example ([`usage::missing_arguments`]), anything else as clap words it (`--help` and
+/// `--version` print to stdout and exit 0).
+fn argument_error(error: &clap::Error, args: &[std::ffi::OsString]) -> ExitCode {
+    if let Some(message) = usage::missing_arguments(error, args) {
+        let _ = std::io::stderr().lock().write_all(message.as_bytes());
+        return ExitCode::from(2);
+    }
+    let _ = error.print();
+    ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2))
 }
 
 fn load(path: &Path) -> Result<SourceFile, Failure> {
@@ -473,20 +524,45 @@ fn warn(warnings: &[ExecWarning]) {
     notify(&warnings.iter().map(|w| format!("warning: {w}")).collect::<Vec<_>>());
 }
 
-fn init(args: &ModelArgs, seed: u64, output: &Path, color: bool, out: &mut String) -> Result<(), Failure> {
+fn init(
+    args: &ModelArgs,
+    seed: u64,
+    output: &Path,
+    budget: &MemoryBudget,
+    color: bool,
+    out: &mut String,
+) -> Result<(), Failure> {
     let graph = lower_one(args, color)?;
-    let weights = execute::init_weights(&graph, seed);
+    check_output(output, &[("the source FILE", &args.file)])?;
+    check_memory(&graph, Task::Init, budget)?;
+    let weights = execute::init_weights(&graph, seed)?;
     execute::save_tensors(output, &weights)?;
     let summary = summarize(&graph);
-    out.push_str(&format!(
-        "wrote `{}`: {} tensors of model `{}`, {} parameters and {} buffer values (seed {seed})\n",
-        output.display(),
+    let report = format!(
+        "wrote {}: {} tensors of model `{}`, {} parameters and {} buffer values (seed {seed})\n",
+        destination_text(output),
         weights.len(),
         graph.name,
         thousands(summary.params),
         thousands(summary.buffers),
-    ));
+    );
+    say(Some(output), report, out);
     Ok(())
+}
+
+/// `` `out.npy` ``, or `standard output` for `-o -`.
+fn destination_text(path: &Path) -> String {
+    if is_stdout(path) { "standard output".to_string() } else { format!("`{}`", path.display()) }
+}
+
+/// The command's report: on stdout, unless the command's output file goes there (`-o -`), in
+/// which case the report goes to stderr so that stdout holds the file alone.
+fn say(output: Option<&Path>, text: String, out: &mut String) {
+    if output.is_some_and(is_stdout) {
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    } else {
+        out.push_str(&text);
+    }
 }
 
 /// Reads the input batch; a wrong size is checked against the model at the input's size, so the
@@ -496,51 +572,72 @@ fn load_input(
     file: &SourceFile,
     args: &ModelArgs,
     path: &Path,
+    budget: &MemoryBudget,
 ) -> Result<(cnnc_driver::execute::Tensor, Vec<ExecWarning>), Failure> {
-    execute::load_input(graph, path).map_err(|e| Failure::Exec(execute::check_input_size(e, file, &args.options())))
+    execute::load_input(graph, path, budget)
+        .map_err(|e| Failure::Exec(execute::check_input_size(e, file, &args.options())))
 }
 
-fn run(args: &RunArgs, color: bool, out: &mut String) -> Result<(), Failure> {
-    let (graph, file) = lower_with_source(&args.model, color)?;
-    let (input, warnings) = load_input(&graph, &file, &args.model, &args.input)?;
-    warn(&warnings);
-    let params = match &args.weights {
+/// Loads the weights file, or initialises the parameters from `seed` (saying so) without one.
+fn weights_or_init(
+    graph: &Graph,
+    weights: Option<&Path>,
+    allow_extra: bool,
+    seed: u64,
+    budget: &MemoryBudget,
+) -> Result<execute::TensorMap, Failure> {
+    match weights {
         Some(path) => {
-            let (params, warnings) = execute::load_weights(&graph, path)?;
+            let options = WeightsOptions { allow_extra, limit: budget.bytes };
+            let (params, warnings) = execute::load_weights(graph, path, options)?;
             warn(&warnings);
-            params
+            Ok(params)
         }
         None => {
             notify(&[format!(
-                "note: no --weights given: parameters initialised from seed {} (He/Xavier, as `cnnc init --seed {}`)",
-                args.seed, args.seed
+                "note: no --weights given: parameters initialised from seed {seed} (He/Xavier, as `cnnc init --seed {seed}`)"
             )]);
-            execute::init_weights(&graph, args.seed)
+            Ok(execute::init_weights(graph, seed)?)
         }
-    };
-    let output = match &args.passes {
-        Some(PassList(passes)) if !passes.is_empty() => {
-            // Weights were checked against the source graph; the passes rewrite them to fit
-            // the optimised one (BN folded into the conv before it).
-            let opt = cnnc_driver::optimize(&graph, Some(&params), passes, Mode::Inference).map_err(pass_failure)?;
-            notify(&cnnc_driver::pass_report(&opt));
-            let weights = opt.weights.as_ref().unwrap_or(&params);
-            execute::run(opt.graph(), weights, &input, args.backend.backend())?
-        }
-        _ => execute::run(&graph, &params, &input, args.backend.backend())?,
+    }
+}
+
+fn run(args: &RunArgs, budget: &MemoryBudget, color: bool, out: &mut String) -> Result<(), Failure> {
+    let (graph, file) = lower_with_source(&args.model, color)?;
+    if let Some(output) = &args.output {
+        let mut inputs = vec![("the source FILE", args.model.file.as_path()), ("--input", args.input.as_path())];
+        inputs.extend(args.weights.as_deref().map(|w| ("--weights", w)));
+        check_output(output, &inputs)?;
+    }
+    let (input, warnings) = load_input(&graph, &file, &args.model, &args.input, budget)?;
+    warn(&warnings);
+    let passes = args.passes.as_ref().map_or(&[][..], |p| &p.0[..]);
+    let task = Task::Run { batch: input.shape[0], passes: !passes.is_empty() };
+    check_memory(&graph, task, budget)?;
+    let params = weights_or_init(&graph, args.weights.as_deref(), args.allow_extra_weights, args.seed, budget)?;
+    let output = if passes.is_empty() {
+        execute::run(&graph, &params, &input, args.backend.backend())?
+    } else {
+        // Weights were checked against the source graph; the passes rewrite them to fit
+        // the optimised one (BN folded into the conv before it).
+        let opt = cnnc_driver::optimize(&graph, Some(&params), passes, Mode::Inference).map_err(pass_failure)?;
+        notify(&cnnc_driver::pass_report(&opt));
+        let weights = opt.weights.as_ref().unwrap_or(&params);
+        execute::run(opt.graph(), weights, &input, args.backend.backend())?
     };
     if let Some(path) = &args.output {
         execute::save_output(path, &output)?;
     }
-    out.push_str(&format!("output: {:?}", output.shape));
+    let mut text = format!("output: {:?}", output.shape);
     if let Some(path) = &args.output {
-        out.push_str(&format!(", written to `{}`", path.display()));
+        text.push_str(&format!(", written to {}", destination_text(path)));
     }
-    out.push('\n');
+    text.push('\n');
     match execute::top_classes(&graph, &output, 5) {
-        Some(top) => print_top_classes(&top, execute::ends_in_softmax(&graph), out),
-        None => print_stats(&output.data, out),
+        Some(top) => print_top_classes(&top, execute::ends_in_softmax(&graph), &mut text),
+        None => print_stats(&output.data, &mut text),
     }
+    say(args.output.as_deref(), text, out);
     Ok(())
 }
 
@@ -579,18 +676,33 @@ fn print_stats(data: &[f32], out: &mut String) {
     out.push('\n');
 }
 
-fn grad(args: &GradArgs, color: bool, out: &mut String) -> Result<(), Failure> {
+fn grad(args: &GradArgs, budget: &MemoryBudget, color: bool, out: &mut String) -> Result<(), Failure> {
     let (graph, file) = lower_with_source(&args.model, color)?;
     let loss = args.loss.loss();
     // Every file and argument is checked before the (possibly long) computation starts.
+    if let Some(output) = &args.output {
+        if args.json && is_stdout(output) {
+            return Err(Failure::Usage(
+                "--json and `-o -` would both write to standard output: write the gradients to a file".into(),
+            ));
+        }
+        let mut inputs = vec![
+            ("the source FILE", args.model.file.as_path()),
+            ("--input", args.input.as_path()),
+            ("--target", args.target.as_path()),
+        ];
+        inputs.extend(args.weights.as_deref().map(|w| ("--weights", w)));
+        check_output(output, &inputs)?;
+    }
     let options = execute::grad_options(&graph, args.train, args.seed)?;
-    let (input, warnings) = load_input(&graph, &file, &args.model, &args.input)?;
+    let (input, warnings) = load_input(&graph, &file, &args.model, &args.input, budget)?;
     warn(&warnings);
     let batch = input.shape[0];
-    let (target, warnings) = execute::load_target(&graph, &args.target, loss, batch)?;
+    let (target, warnings) = execute::load_target(&graph, &args.target, loss, batch, budget)?;
     warn(&warnings);
-    let (params, warnings) = execute::load_weights(&graph, &args.weights)?;
-    warn(&warnings);
+    check_memory(&graph, Task::Grad { batch }, budget)?;
+    let init_seed = args.seed.unwrap_or(0);
+    let params = weights_or_init(&graph, args.weights.as_deref(), args.allow_extra_weights, init_seed, budget)?;
     let outcome = execute::grad(&graph, &params, &input, &target, loss, options, args.backend.backend())?;
     warn(&outcome.warnings);
     if let Some(path) = &args.output {
@@ -604,23 +716,45 @@ fn grad(args: &GradArgs, color: bool, out: &mut String) -> Result<(), Failure> {
         )]);
     }
     let params = outcome.grads.len() - usize::from(outcome.grads.contains_key(INPUT_KEY));
-    out.push_str(&format!("output: {:?}\n", outcome.output.shape));
-    out.push_str(&format!(
+    if args.json {
+        let report = GradReport {
+            model: graph.name.clone(),
+            mode: if args.train { "training" } else { "inference" },
+            batch,
+            output: outcome.output.shape.clone(),
+            loss: outcome.loss.is_finite().then_some(outcome.loss),
+            loss_fn: loss.name(),
+            source: path_text(&args.model.file),
+            weights: args.weights.as_deref().map(path_text),
+            seed: if args.weights.is_none() { Some(init_seed) } else { args.seed.filter(|_| args.train) },
+            input: path_text(&args.input),
+            target: path_text(&args.target),
+            gradients: args.output.as_deref().map(path_text),
+            parameter_tensors: params,
+            batch_norms_trained: outcome.batch_norms_trained,
+        };
+        out.push_str(&report.to_json());
+        return Ok(());
+    }
+    let mut text = format!("output: {:?}\n", outcome.output.shape);
+    // The f64 loss in full: the shortest decimal that reads back as the same number.
+    text.push_str(&format!(
         "loss: {} ({}, mean over {batch} image{}{})\n",
-        outcome.loss as f32,
+        outcome.loss,
         loss.name(),
         if batch == 1 { "" } else { "s" },
         if args.train { ", training mode" } else { "" }
     ));
     match &args.output {
-        Some(path) => out.push_str(&format!(
-            "gradients: {params} parameter tensors and `{INPUT_KEY}` written to `{}`\n",
-            path.display()
+        Some(path) => text.push_str(&format!(
+            "gradients: {params} parameter tensors and `{INPUT_KEY}` written to {}\n",
+            destination_text(path)
         )),
-        None => out.push_str(&format!(
+        None => text.push_str(&format!(
             "gradients: {params} parameter tensors and `{INPUT_KEY}` (pass -o G.safetensors to save them)\n"
         )),
     }
+    say(args.output.as_deref(), text, out);
     Ok(())
 }
 
@@ -677,8 +811,14 @@ mod tests {
         let cli = Cli::try_parse_from(grad).expect("ok");
         let Some(Command::Grad(args)) = cli.command else { panic!("grad expected") };
         assert_eq!(args.loss.loss(), execute::Loss::Huber);
-        assert!(!args.train && args.seed.is_none() && args.output.is_none());
-        for missing in ["--weights", "--input", "--target", "--loss"] {
+        assert!(!args.train && args.seed.is_none() && args.output.is_none() && !args.json);
+        // Without --weights the parameters are initialised, as `run` does.
+        let no_weights = ["cnnc", "grad", "m.cnn", "--input", "x", "--target", "t", "--loss", "ce"];
+        assert!(Cli::try_parse_from(no_weights).expect("ok").command.is_some());
+        // --allow-extra-weights makes sense only with a weights file.
+        let extra = ["cnnc", "run", "m.cnn", "--input", "x", "--allow-extra-weights"];
+        assert!(Cli::try_parse_from(extra).is_err());
+        for missing in ["--input", "--target", "--loss"] {
             let i = grad.iter().position(|a| *a == missing).expect("present");
             let args: Vec<&str> =
                 grad.iter().enumerate().filter(|(j, _)| *j != i && *j != i + 1).map(|(_, a)| *a).collect();

@@ -12,11 +12,12 @@
 //! every trainable parameter under the same name as the weights, plus [`INPUT_KEY`] for the
 //! gradient with respect to the input batch.
 
+use crate::preflight::PreflightError;
 use cnnc_diag::SourceFile;
 use cnnc_interp::{InterpError, Options};
 use cnnc_ir::{Graph, Op};
 use cnnc_lower::Options as LowerOptions;
-use cnnc_runtime::{NpyArray, NpyError, WeightsError, check_weights};
+use cnnc_runtime::{InitError, MemoryBudget, NpyArray, NpyError, WeightsError, check_weights};
 pub use cnnc_runtime::{Tensor, TensorMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -172,18 +173,32 @@ pub enum ExecError {
     /// The training graph could not be built (a model with several outputs, say).
     #[error("{0}")]
     Training(cnnc_passes::PassError),
+    /// A check before allocating or writing anything failed: not enough memory for the task,
+    /// or an output that would overwrite an input.
+    #[error("{0}")]
+    Preflight(#[from] PreflightError),
+    /// Memory ran out while initialising parameters, despite the estimate.
+    #[error("{0}")]
+    OutOfMemory(#[from] InitError),
 }
 
 impl ExecError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ExecError::Npy(NpyError::Read { .. } | NpyError::Write { .. }) => ErrorKind::Io,
-            ExecError::Npy(NpyError::Format { .. } | NpyError::Kind { .. } | NpyError::ShapeMismatch { .. }) => {
-                ErrorKind::Data
-            }
+            ExecError::Npy(
+                NpyError::Format { .. }
+                | NpyError::Kind { .. }
+                | NpyError::ShapeMismatch { .. }
+                | NpyError::TooLarge { .. }
+                | NpyError::Allocation { .. },
+            ) => ErrorKind::Data,
             ExecError::WeightsFile(WeightsError::Read { .. } | WeightsError::Write { .. }) => ErrorKind::Io,
             ExecError::WeightsFile(_) => ErrorKind::Data,
-            ExecError::DropoutNeedsSeed { .. } => ErrorKind::Usage,
+            ExecError::DropoutNeedsSeed { .. } | ExecError::Preflight(PreflightError::OutputIsInput { .. }) => {
+                ErrorKind::Usage
+            }
+            ExecError::Preflight(PreflightError::Memory { .. }) | ExecError::OutOfMemory(_) => ErrorKind::Data,
             ExecError::Weights { .. }
             | ExecError::InputShape { .. }
             | ExecError::Arity { .. }
@@ -236,6 +251,15 @@ impl ExecError {
                     .into(),
             ),
             ExecError::Arity { .. } => Some("multi-input models can be run from Rust through cnnc-interp".into()),
+            ExecError::Preflight(PreflightError::Memory { .. }) | ExecError::OutOfMemory(_) => Some(MEMORY_HINT.into()),
+            ExecError::Npy(NpyError::TooLarge { .. }) | ExecError::WeightsFile(WeightsError::TooLarge { .. }) => Some(
+                "is it the right file? If the machine has the memory, raise the limit with `--memory-limit SIZE` (or \
+                 CNNC_MEMORY_LIMIT)"
+                    .into(),
+            ),
+            ExecError::Preflight(PreflightError::OutputIsInput { .. }) => {
+                Some("write the output to another file (copy the input first to replace it)".into())
+            }
             ExecError::Npy(_)
             | ExecError::WeightsFile(_)
             | ExecError::DropoutNeedsSeed { .. }
@@ -244,6 +268,10 @@ impl ExecError {
         }
     }
 }
+
+/// What to do when a model needs more memory than there is.
+const MEMORY_HINT: &str = "make the model or its input smaller (`--shape`, `--set`) or the batch; if the estimate is \
+                           wrong for this machine, raise the limit with `--memory-limit SIZE` (or CNNC_MEMORY_LIMIT)";
 
 impl From<WeightsError> for ExecError {
     fn from(e: WeightsError) -> ExecError {
@@ -271,7 +299,9 @@ fn weights_hint(problems: &[WeightsError]) -> String {
     if prefixed {
         "the names start with `module.` (saved from nn.DataParallel): save `model.module.state_dict()` instead".into()
     } else if only_unexpected {
-        "the file holds tensors the model does not have: is it the right model, or another `--model`?".into()
+        "the file holds tensors the model does not have: is it the right model, or another `--model`? To use a \
+         checkpoint that also holds other tensors (heads, optimiser state), pass `--allow-extra-weights`"
+            .into()
     } else {
         "`cnnc summary FILE --json` lists every tensor the model needs; `cnnc init FILE -o W.safetensors` writes a \
          matching file"
@@ -361,7 +391,12 @@ pub enum ExecWarning {
     SoftmaxBeforeCrossEntropy { model: String },
     /// The loss came out NaN or infinite.
     NonFiniteLoss { value: String },
+    /// `--allow-extra-weights`: tensors of the weights file the model does not use, ignored.
+    ExtraWeights { path: PathBuf, names: Vec<String> },
 }
+
+/// How many extra tensor names a warning lists before it only counts the rest.
+const LISTED_EXTRAS: usize = 10;
 
 impl fmt::Display for ExecWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -387,6 +422,18 @@ impl fmt::Display for ExecWarning {
                  not logits (drop the final softmax to train with `ce`)"
             ),
             ExecWarning::NonFiniteLoss { value } => write!(f, "the loss is {value}"),
+            ExecWarning::ExtraWeights { path, names } => {
+                let listed: Vec<String> = names.iter().take(LISTED_EXTRAS).map(|n| format!("`{n}`")).collect();
+                let more = names.len().saturating_sub(LISTED_EXTRAS);
+                write!(
+                    f,
+                    "weights file `{}` holds {} the model does not use, ignored (--allow-extra-weights): {}{}",
+                    path.display(),
+                    count(names.len(), "tensor"),
+                    listed.join(", "),
+                    if more > 0 { format!(" and {more} more") } else { String::new() }
+                )
+            }
         }
     }
 }
@@ -421,9 +468,10 @@ pub fn output_shape(graph: &Graph) -> Result<Vec<usize>, ExecError> {
 
 /// Every parameter and buffer of the model, initialised from `seed` as the course teaches:
 /// He for layers feeding a ReLU-family activation, Xavier otherwise, zero biases, batch norm
-/// as the identity. The same seed gives the same values on every machine.
-pub fn init_weights(graph: &Graph, seed: u64) -> TensorMap {
-    cnnc_runtime::init_params(graph, seed)
+/// as the identity. The same seed gives the same values on every machine. Memory for each
+/// tensor is reserved before it is filled (check the whole with [`crate::check_memory`] first).
+pub fn init_weights(graph: &Graph, seed: u64) -> Result<TensorMap, ExecError> {
+    Ok(cnnc_runtime::try_init_params(graph, seed)?)
 }
 
 /// Saves weights (or gradients) as an F32 safetensors file, atomically.
@@ -436,27 +484,58 @@ pub fn save_output(path: &Path, output: &Tensor) -> Result<(), ExecError> {
     cnnc_runtime::write_npy(path, output).map_err(ExecError::Npy)
 }
 
+/// How weights files are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WeightsOptions {
+    /// Tensors the model does not have are dropped with a warning instead of being an error
+    /// (`--allow-extra-weights`: checkpoints that also hold heads or optimiser state).
+    pub allow_extra: bool,
+    /// Files larger than this many bytes are refused before their data is read.
+    pub limit: u64,
+}
+
 /// Loads a safetensors weights file and checks it against the model: every missing, extra and
-/// mis-shaped tensor is reported at once. PyTorch's `num_batches_tracked` entries are ignored.
-pub fn load_weights(graph: &Graph, path: &Path) -> Result<(TensorMap, Vec<ExecWarning>), ExecError> {
-    let weights = cnnc_runtime::load_safetensors(path)?;
-    check_weights(graph, &weights).map_err(|problems| ExecError::Weights {
-        path: path.to_path_buf(),
-        model: graph.name.clone(),
-        problems,
-    })?;
+/// mis-shaped tensor is reported at once (extras only without `allow_extra`; with it they are
+/// dropped and listed in one warning). PyTorch's `num_batches_tracked` entries are ignored.
+pub fn load_weights(
+    graph: &Graph,
+    path: &Path,
+    options: WeightsOptions,
+) -> Result<(TensorMap, Vec<ExecWarning>), ExecError> {
+    let mut weights = cnnc_runtime::load_safetensors_within(path, options.limit)?;
     let mut warnings = Vec::new();
+    if let Err(mut problems) = check_weights(graph, &weights) {
+        if options.allow_extra {
+            let mut extras = Vec::new();
+            problems.retain(|p| match p {
+                WeightsError::Unexpected { name, .. } => {
+                    extras.push(name.clone());
+                    false
+                }
+                _ => true,
+            });
+            for name in &extras {
+                weights.remove(name);
+            }
+            if !extras.is_empty() {
+                warnings.push(ExecWarning::ExtraWeights { path: path.to_path_buf(), names: extras });
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ExecError::Weights { path: path.to_path_buf(), model: graph.name.clone(), problems });
+        }
+    }
     for (name, tensor) in &weights {
         warnings.extend(non_finite(|| format!("weight `{name}` in `{}`", path.display()), &tensor.data));
     }
     Ok((weights, warnings))
 }
 
-/// Reads an input batch (float32 or float64 `.npy`) and checks it is `[N] ++ the model's
-/// input shape` with N >= 1.
-pub fn load_input(graph: &Graph, path: &Path) -> Result<(Tensor, Vec<ExecWarning>), ExecError> {
+/// Reads an input batch (float32 or float64 `.npy`, at most `budget` bytes) and checks it is
+/// `[N] ++ the model's input shape` with N >= 1.
+pub fn load_input(graph: &Graph, path: &Path, budget: &MemoryBudget) -> Result<(Tensor, Vec<ExecWarning>), ExecError> {
     let (expected, _) = io_shapes(graph)?;
-    let input = cnnc_runtime::read_npy_f32(path)?;
+    let input = cnnc_runtime::read_npy_f32_within(path, budget.bytes)?;
     let fits = input.shape.len() == expected.len() + 1 && input.shape[0] >= 1 && input.shape[1..] == *expected;
     if !fits {
         return Err(ExecError::InputShape {
@@ -489,6 +568,7 @@ pub fn load_target(
     path: &Path,
     loss: Loss,
     batch: usize,
+    budget: &MemoryBudget,
 ) -> Result<(Target, Vec<ExecWarning>), ExecError> {
     let (_, output) = io_shapes(graph)?;
     let mut warnings = Vec::new();
@@ -501,7 +581,7 @@ pub fn load_target(
         if loss == Loss::CrossEntropy && ends_in_softmax(graph) {
             warnings.push(ExecWarning::SoftmaxBeforeCrossEntropy { model: graph.name.clone() });
         }
-        let (shape, labels) = cnnc_runtime::read_npy_labels(path)?;
+        let (shape, labels) = cnnc_runtime::read_npy_labels_within(path, budget.bytes)?;
         if shape != [batch] {
             return Err(ExecError::TargetShape {
                 path: path.to_path_buf(),
@@ -522,7 +602,7 @@ pub fn load_target(
         }
         Ok((Target::Classes(targets), warnings))
     } else {
-        let target = match cnnc_runtime::read_npy(path).map_err(ExecError::Npy)? {
+        let target = match cnnc_runtime::read_npy_within(path, budget.bytes).map_err(ExecError::Npy)? {
             NpyArray::F32(t) => t,
             NpyArray::I64 { .. } => {
                 return Err(ExecError::Npy(NpyError::Kind {

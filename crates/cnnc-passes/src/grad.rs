@@ -618,13 +618,8 @@ impl<'f> Builder<'f> {
     fn finish(mut self, outputs: Vec<(NodeId, OutputRole)>) -> Result<TrainingGraph, PassError> {
         let (nodes, roles): (Vec<NodeId>, Vec<OutputRole>) = outputs.into_iter().unzip();
         self.graph.outputs = nodes;
-        let live = crate::rewrite::live(&self.graph);
-        let (graph, origins) = if live.iter().all(|&l| l) {
-            (self.graph, self.origin.into_iter().map(|o| o.into_iter().collect()).collect())
-        } else {
-            let origins: Vec<Vec<NodeId>> = self.origin.iter().map(|o| o.iter().copied().collect()).collect();
-            crate::rewrite::prune("training", &self.graph, &origins)?
-        };
+        let origins: Vec<Vec<NodeId>> = self.origin.into_iter().map(|o| o.into_iter().collect()).collect();
+        let (graph, origins) = crate::rewrite::prune("training", self.graph, origins)?;
         let forward_origin = origins.into_iter().map(|o: Vec<NodeId>| o.first().copied()).collect();
         Ok(TrainingGraph { graph, outputs: roles, forward_origin })
     }

@@ -10,10 +10,16 @@
 //! header become an error that names what is wrong. Every length is checked against the bytes
 //! actually present before anything is allocated, so no file (truncated, corrupt, lying about
 //! its shape) can make the reader panic or allocate more than the file's own size.
+//!
+//! Files are read with a size bound ([`read_npy_within`]): the header is read first, and the
+//! data it announces must fit the bound before any of it is read, so a special file
+//! (`/dev/zero`, a pipe that never ends) or a huge array is an error, not a process that reads
+//! until memory runs out.
 
 use crate::atomic::write_atomic;
+use crate::budget::{MemoryBudget, human_bytes};
 use crate::tensor::Tensor;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -109,6 +115,11 @@ pub enum NpyFormatError {
     #[error("its shape {shape} has more elements than this machine can address")]
     Overflow { shape: String },
     #[error(
+        "its shape {shape:?} of {dtype} needs {expected} bytes of data after the header, but more follow (it is \
+         not a regular file, and does not end there)"
+    )]
+    TrailingData { shape: Vec<usize>, dtype: &'static str, expected: u64 },
+    #[error(
         "its shape {shape:?} of {dtype} needs {expected} bytes of data after the header, but {found} \
          follow ({})",
         data_length_note(*.found, *.expected)
@@ -123,6 +134,15 @@ pub enum NpyError {
     Read { path: PathBuf, source: io::Error },
     #[error("cannot read `{}`: {source}", .path.display())]
     Format { path: PathBuf, source: NpyFormatError },
+    #[error(
+        "`{}` holds {} of data, more than the {} of memory cnnc may use",
+        .path.display(),
+        human_bytes(*.needed),
+        human_bytes(*.limit)
+    )]
+    TooLarge { path: PathBuf, needed: u64, limit: u64 },
+    #[error("not enough memory to read `{}`: its array takes {}", .path.display(), human_bytes(*.bytes))]
+    Allocation { path: PathBuf, bytes: u64 },
     #[error("`{}` holds {found} values, but {expected} values are needed here{hint}", .path.display())]
     Kind { path: PathBuf, expected: &'static str, found: &'static str, hint: &'static str },
     #[error("cannot write `{}`: {source}", .path.display())]
@@ -143,17 +163,65 @@ fn element_count(n: Option<usize>) -> String {
     n.map_or_else(|| "more than 2^64".to_owned(), |n| n.to_string())
 }
 
-/// Reads a `.npy` file (format 1.0, 2.0 or 3.0; float32, float64, int32 or int64; C order).
+/// Reads a `.npy` file (format 1.0, 2.0 or 3.0; float32, float64, int32 or int64; C order),
+/// within the memory this machine has available.
 pub fn read_npy(path: impl AsRef<Path>) -> Result<NpyArray, NpyError> {
+    read_npy_within(path, MemoryBudget::detect().bytes)
+}
+
+/// Reads a `.npy` file of at most `limit` bytes. The header comes first: the data it announces
+/// must fit before any of it is read.
+pub fn read_npy_within(path: impl AsRef<Path>, limit: u64) -> Result<NpyArray, NpyError> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| NpyError::Read { path: path.to_path_buf(), source })?;
-    read_npy_bytes(&bytes).map_err(|source| NpyError::Format { path: path.to_path_buf(), source })
+    let read_error = |source| NpyError::Read { path: path.to_path_buf(), source };
+    let format = |source| NpyError::Format { path: path.to_path_buf(), source };
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    if meta.is_dir() {
+        return Err(read_error(io::Error::new(io::ErrorKind::IsADirectory, "it is a directory")));
+    }
+    // The prefix (at most 12 bytes in version 2.0 and 3.0) and the longest header accepted.
+    let mut bytes = Vec::new();
+    (&mut file).take(12 + MAX_HEADER_LEN as u64).read_to_end(&mut bytes).map_err(read_error)?;
+    // A wrong header, or a file that ends inside it, is an error before any data is read.
+    let Prefix { data_start, elem, shape, .. } = parse_prefix(&bytes).map_err(format)?;
+    let data = data_bytes(elem, &shape).map_err(format)?;
+    let total = (data_start as u64).saturating_add(data);
+    if total > limit {
+        return Err(NpyError::TooLarge { path: path.to_path_buf(), needed: total, limit });
+    }
+    // One byte more than announced tells a file that goes on from one that ends there.
+    let wanted = usize::try_from(total + 1).unwrap_or(usize::MAX);
+    if meta.is_file() && meta.len() < total {
+        // A truncated file is found from its length, before its data is allocated.
+        let found = meta.len().saturating_sub(data_start as u64);
+        return Err(format(NpyFormatError::DataLength { shape, dtype: elem.name(), expected: data, found }));
+    }
+    bytes
+        .try_reserve_exact(wanted.saturating_sub(bytes.len()))
+        .map_err(|_| NpyError::Allocation { path: path.to_path_buf(), bytes: total })?;
+    let rest = (total + 1).saturating_sub(bytes.len() as u64);
+    (&mut file).take(rest).read_to_end(&mut bytes).map_err(read_error)?;
+    if bytes.len() as u64 > total && !meta.is_file() {
+        return Err(format(NpyFormatError::TrailingData { shape, dtype: elem.name(), expected: data }));
+    }
+    if bytes.len() as u64 > total {
+        // A regular file says how long it is, so the message can give the real count.
+        let found = meta.len().saturating_sub(data_start as u64);
+        return Err(format(NpyFormatError::DataLength { shape, dtype: elem.name(), expected: data, found }));
+    }
+    read_npy_bytes(&bytes).map_err(format)
 }
 
 /// Reads a `.npy` file that must hold floats (a batch of inputs, say).
 pub fn read_npy_f32(path: impl AsRef<Path>) -> Result<Tensor, NpyError> {
+    read_npy_f32_within(path, MemoryBudget::detect().bytes)
+}
+
+/// [`read_npy_f32`] of at most `limit` bytes.
+pub fn read_npy_f32_within(path: impl AsRef<Path>, limit: u64) -> Result<Tensor, NpyError> {
     let path = path.as_ref();
-    match read_npy(path)? {
+    match read_npy_within(path, limit)? {
         NpyArray::F32(t) => Ok(t),
         array @ NpyArray::I64 { .. } => Err(NpyError::Kind {
             path: path.to_path_buf(),
@@ -166,8 +234,13 @@ pub fn read_npy_f32(path: impl AsRef<Path>) -> Result<Tensor, NpyError> {
 
 /// Reads a `.npy` file that must hold integer class labels; returns the shape and the labels.
 pub fn read_npy_labels(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<i64>), NpyError> {
+    read_npy_labels_within(path, MemoryBudget::detect().bytes)
+}
+
+/// [`read_npy_labels`] of at most `limit` bytes.
+pub fn read_npy_labels_within(path: impl AsRef<Path>, limit: u64) -> Result<(Vec<usize>, Vec<i64>), NpyError> {
     let path = path.as_ref();
-    match read_npy(path)? {
+    match read_npy_within(path, limit)? {
         NpyArray::I64 { shape, data } => Ok((shape, data)),
         array @ NpyArray::F32(_) => Err(NpyError::Kind {
             path: path.to_path_buf(),
@@ -207,6 +280,36 @@ impl Elem {
 
 /// Decodes the bytes of a whole `.npy` file.
 pub fn read_npy_bytes(bytes: &[u8]) -> Result<NpyArray, NpyFormatError> {
+    let Prefix { data_start, elem, big_endian, shape } = parse_prefix(bytes)?;
+    let data = &bytes[data_start..];
+    let expected = data_bytes(elem, &shape)?;
+    if data.len() as u64 != expected {
+        return Err(NpyFormatError::DataLength { shape, dtype: elem.name(), expected, found: data.len() as u64 });
+    }
+    // Only now, with the length proven, is anything the size of the data allocated.
+    Ok(decode(elem, big_endian, shape, data))
+}
+
+/// What the start of a file says: where the data starts and what it holds.
+struct Prefix {
+    data_start: usize,
+    elem: Elem,
+    big_endian: bool,
+    shape: Vec<usize>,
+}
+
+/// The bytes of data an array of this element type and shape needs.
+fn data_bytes(elem: Elem, shape: &[usize]) -> Result<u64, NpyFormatError> {
+    let elements = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    elements
+        .and_then(|n| n.checked_mul(elem.size()))
+        .map(|n| n as u64)
+        .ok_or_else(|| NpyFormatError::Overflow { shape: format!("{shape:?}") })
+}
+
+/// Validates the magic, version and header at the start of a file: where the data starts, its
+/// element type and its shape.
+fn parse_prefix(bytes: &[u8]) -> Result<Prefix, NpyFormatError> {
     let found = bytes.len() as u64;
     let start = &bytes[..bytes.len().min(MAGIC.len())];
     if !MAGIC.starts_with(start) {
@@ -245,23 +348,7 @@ pub fn read_npy_bytes(bytes: &[u8]) -> Result<NpyArray, NpyFormatError> {
         raw_header.iter().map(|&b| char::from(b)).collect()
     };
     let (elem, big_endian, shape) = parse_header(&header)?;
-
-    let data = &bytes[data_start..];
-    let elements = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-    let expected = elements.and_then(|n| n.checked_mul(elem.size()));
-    let Some(expected) = expected else {
-        return Err(NpyFormatError::Overflow { shape: format!("{shape:?}") });
-    };
-    if data.len() != expected {
-        return Err(NpyFormatError::DataLength {
-            shape,
-            dtype: elem.name(),
-            expected: expected as u64,
-            found: data.len() as u64,
-        });
-    }
-    // Only now, with the length proven, is anything the size of the data allocated.
-    Ok(decode(elem, big_endian, shape, data))
+    Ok(Prefix { data_start, elem, big_endian, shape })
 }
 
 fn decode(elem: Elem, big_endian: bool, shape: Vec<usize>, data: &[u8]) -> NpyArray {
@@ -798,5 +885,59 @@ mod tests {
         let e = header_error(&h);
         assert!(e.len() < 600, "{}", e.len());
         assert!(e.ends_with("...\""), "{e}");
+    }
+
+    #[test]
+    fn reading_is_bounded_by_the_header_and_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.npy");
+        let t = Tensor { shape: vec![2, 3], data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0] };
+        write_npy(&path, &t).unwrap();
+        assert_eq!(read_npy_within(&path, 128 + 24).unwrap(), NpyArray::F32(t.clone()));
+        // One byte less than the file needs: refused before the data is read.
+        let e = read_npy_within(&path, 128 + 23).unwrap_err();
+        assert!(matches!(e, NpyError::TooLarge { needed: 152, limit: 151, .. }), "{e}");
+        assert!(e.to_string().ends_with("holds 152 B of data, more than the 151 B of memory cnnc may use"), "{e}");
+        // A header announcing 8 TB over a file of a few bytes: refused from the header alone.
+        let huge = golden("<f4", "(2000000, 1000000)", 0, &[0; 8]);
+        std::fs::write(&path, &huge).unwrap();
+        let e = read_npy_within(&path, 1 << 30).unwrap_err();
+        assert!(matches!(e, NpyError::TooLarge { needed, .. } if needed == 128 + 8_000_000_000_000), "{e}");
+        // Extra bytes in a regular file are counted exactly.
+        let mut long = encode_f32(&[2], &[1.0, 2.0]);
+        long.extend_from_slice(&[0; 100]);
+        std::fs::write(&path, &long).unwrap();
+        let e = read_npy_within(&path, 1 << 20).unwrap_err();
+        assert!(e.to_string().contains("needs 8 bytes of data after the header, but 108 follow"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn special_files_are_errors_not_endless_reads() {
+        // /dev/zero is no .npy file: its first bytes say so.
+        let e = read_npy_within("/dev/zero", 1 << 40).unwrap_err();
+        assert!(e.to_string().contains("does not start with the .npy magic string"), "{e}");
+        let e = read_npy_within("/", 1 << 40).unwrap_err();
+        assert!(matches!(e, NpyError::Read { .. }), "{e}");
+        // A pipe that goes on after the data it announced is read no further than one byte.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.npy");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if !made.is_ok_and(|s| s.success()) {
+            return;
+        }
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                let mut out = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+                let _ = out.write_all(&encode_f32(&[2], &[1.0, 2.0]));
+                // Then endless zeros, until the reader hangs up.
+                let zeros = [0u8; 4096];
+                while out.write_all(&zeros).is_ok() {}
+            })
+        };
+        let e = read_npy_within(&fifo, 1 << 30).unwrap_err();
+        assert!(matches!(e, NpyError::Format { source: NpyFormatError::TrailingData { expected: 8, .. }, .. }), "{e}");
+        writer.join().unwrap();
     }
 }

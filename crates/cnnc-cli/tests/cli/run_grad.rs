@@ -3,13 +3,11 @@
 //! names and shapes, a finite-difference check of a gradient through the CLI, and the error
 //! messages and exit codes for data that does not fit.
 
+use crate::common::{cnnc, root, stderr, stdout};
 use cnnc_driver::{Options, load, lower_source};
 use cnnc_ir::Graph;
 use cnnc_runtime::{Rng, Tensor, TensorMap, check_weights, load_safetensors, save_safetensors, write_npy};
 use std::path::{Path, PathBuf};
-mod common;
-
-use common::{cnnc, root, stderr, stdout};
 use std::process::Output;
 use std::sync::OnceLock;
 

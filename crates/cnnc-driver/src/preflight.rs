@@ -1,0 +1,215 @@
+//! Checks made before `cnnc init`, `run` and `grad` allocate or write anything: whether the
+//! memory the command will need fits the budget ([`check_memory`]), and whether an output would
+//! overwrite one of the command's own inputs ([`check_output`]).
+//!
+//! The memory estimate follows what the reference interpreter and the runtime hold at the peak:
+//! parameters as f32 (loaded or initialised) and as the interpreter's f64 copy, every layer's
+//! output in f64 for the whole batch (the forward pass keeps them all for the backward pass),
+//! and, for `grad`, a gradient of each of those and of each parameter. `init` holds the
+//! parameters and the bytes of the file it writes. It is an estimate, meant to catch the
+//! hundreds of gigabytes a typo asks for, not to predict the last megabyte; `--memory-limit`
+//! overrides the budget when it is wrong.
+
+use cnnc_ir::Graph;
+use cnnc_runtime::{MemoryBudget, human_bytes};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// What a command is about to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Task {
+    /// Initialise every parameter and write them to a file.
+    Init,
+    /// A forward pass on a batch (the weights loaded or initialised take the same memory);
+    /// `passes` when the optimised graph runs (BN-folded weights are a second copy).
+    Run { batch: usize, passes: bool },
+    /// A forward and a backward pass on a batch.
+    Grad { batch: usize },
+}
+
+/// How much memory a task needs, in bytes, and what for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Estimate {
+    /// Parameter and buffer values of the model.
+    pub values: u64,
+    /// Bytes held for the parameters (every copy).
+    pub params: u64,
+    /// Bytes held for the activations (and their gradients) of the whole batch.
+    pub activations: u64,
+}
+
+impl Estimate {
+    pub fn total(&self) -> u64 {
+        self.params.saturating_add(self.activations)
+    }
+}
+
+/// A check that failed before anything was allocated or written.
+#[derive(Debug, Error)]
+pub enum PreflightError {
+    #[error(
+        "{} needs about {} of memory ({}), more than the {} {}",
+        what(.model, *.task),
+        human_bytes(.estimate.total()),
+        breakdown(.estimate, *.task),
+        human_bytes(.budget.bytes),
+        .budget.source
+    )]
+    Memory { model: String, task: Task, estimate: Estimate, budget: MemoryBudget },
+    #[error("`-o {}` is the file given as {flag}: cnnc does not write over its own inputs", .output.display())]
+    OutputIsInput { output: PathBuf, flag: &'static str },
+}
+
+fn what(model: &str, task: Task) -> String {
+    match task {
+        Task::Init => format!("initialising model `{model}`"),
+        Task::Run { batch, .. } => format!("running model `{model}` on a batch of {batch}"),
+        Task::Grad { batch } => format!("the gradients of model `{model}` on a batch of {batch}"),
+    }
+}
+
+fn breakdown(estimate: &Estimate, task: Task) -> String {
+    let params =
+        format!("{} for its {} parameter values", human_bytes(estimate.params), crate::thousands(estimate.values));
+    match task {
+        Task::Init => format!("{params} and the file that holds them"),
+        Task::Run { .. } | Task::Grad { .. } => {
+            format!("{params}, {} for the outputs of its layers", human_bytes(estimate.activations))
+        }
+    }
+}
+
+/// The memory `task` needs on `graph` (see the module documentation), saturating rather than
+/// overflowing on absurd sizes.
+pub fn estimate(graph: &Graph, task: Task) -> Estimate {
+    let values: u64 = graph.named_params().iter().map(|(_, spec)| spec.elements() as u64).fold(0, u64::saturating_add);
+    let elements: u64 = graph.iter().map(|(_, n)| n.shape.elements() as u64).fold(0, u64::saturating_add);
+    let times = |a: u64, b: u64| a.saturating_mul(b);
+    let (params, activations) = match task {
+        // The f32 tensors, and the file's bytes, built in memory before they are written.
+        Task::Init => (times(values, 8), 0),
+        // f32 (loaded or initialised) and the interpreter's f64 copy; every output in f64.
+        Task::Run { batch, passes, .. } => {
+            let folded = if passes { 4 } else { 0 };
+            (times(values, 12 + folded), times(times(elements, batch as u64), 8))
+        }
+        // The same, with an f64 gradient of every output and parameter and the f32 results.
+        Task::Grad { batch } => (times(values, 24), times(times(elements, batch as u64), 16)),
+    };
+    Estimate { values, params, activations }
+}
+
+/// An error when `task` on `graph` needs more memory than `budget` allows.
+pub fn check_memory(graph: &Graph, task: Task, budget: &MemoryBudget) -> Result<(), PreflightError> {
+    let estimate = estimate(graph, task);
+    if budget.allows(estimate.total()) {
+        Ok(())
+    } else {
+        Err(PreflightError::Memory { model: graph.name.clone(), task, estimate, budget: *budget })
+    }
+}
+
+/// An error when `output` is one of the files the command reads (`inputs`: the flag that
+/// names each, with its path): `cnnc grad -o w.safetensors --weights w.safetensors` would
+/// replace the weights with their gradients. Standard output and files that do not exist yet
+/// are never inputs.
+pub fn check_output(output: &Path, inputs: &[(&'static str, &Path)]) -> Result<(), PreflightError> {
+    if cnnc_runtime::is_stdout(output) {
+        return Ok(());
+    }
+    match inputs.iter().find(|(_, input)| same_file(output, input)) {
+        Some((flag, _)) => Err(PreflightError::OutputIsInput { output: output.to_path_buf(), flag }),
+        None => Ok(()),
+    }
+}
+
+/// Whether two paths name the same existing file (through links, `./`, `..`).
+fn same_file(a: &Path, b: &Path) -> bool {
+    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else { return false };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        ma.dev() == mb.dev() && ma.ino() == mb.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (ma, mb);
+        matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(x), Ok(y)) if x == y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cnnc_ir::{Fc, Op, Shape};
+
+    /// input [F] -> fc(out).
+    fn fc(features: usize, out: usize) -> Graph {
+        let mut g = Graph::new("wide");
+        let x = g.add_input("x", Shape(vec![features]), Default::default()).unwrap();
+        let (y, _) = g.add(Op::Fc(Fc { out_features: out, bias: true }), vec![x], "fc", Default::default()).unwrap();
+        g.outputs.push(y);
+        g
+    }
+
+    #[test]
+    fn estimates_count_every_copy() {
+        // 4 * 3 weights and 3 biases; 4 + 3 output elements per image.
+        let g = fc(4, 3);
+        assert_eq!(estimate(&g, Task::Init), Estimate { values: 15, params: 120, activations: 0 });
+        let run = estimate(&g, Task::Run { batch: 2, passes: false });
+        assert_eq!(run, Estimate { values: 15, params: 180, activations: 2 * 7 * 8 });
+        assert_eq!(estimate(&g, Task::Run { batch: 2, passes: true }).params, 15 * 16);
+        assert_eq!(estimate(&g, Task::Grad { batch: 2 }).total(), 15 * 24 + 2 * 7 * 16);
+        // Absurd sizes saturate instead of overflowing.
+        let e = estimate(&g, Task::Grad { batch: usize::MAX });
+        assert_eq!(e.activations, u64::MAX);
+    }
+
+    #[test]
+    fn too_much_is_an_error_that_says_how_much() {
+        let g = fc(1 << 20, 1 << 16);
+        let budget = MemoryBudget::set(1 << 30);
+        let e = check_memory(&g, Task::Init, &budget).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "initialising model `wide` needs about 512.0 GiB of memory (512.0 GiB for its 68,719,542,272 parameter \
+             values and the file that holds them), more than the 1.0 GiB allowed by --memory-limit"
+        );
+        let e = check_memory(&fc(10, 10), Task::Run { batch: 1 << 30, passes: false }, &budget).unwrap_err();
+        assert!(
+            e.to_string().starts_with("running model `wide` on a batch of 1073741824 needs about 160.0 GiB"),
+            "{e}"
+        );
+        assert!(check_memory(&fc(10, 10), Task::Grad { batch: 8 }, &budget).is_ok());
+    }
+
+    #[test]
+    fn outputs_over_inputs_are_refused() {
+        let dir = tempfile_dir();
+        let w = dir.join("w.safetensors");
+        std::fs::write(&w, b"w").unwrap();
+        let same = dir.join(".").join("w.safetensors");
+        let e = check_output(&same, &[("--input", Path::new("x.npy")), ("--weights", &w)]).unwrap_err();
+        assert!(
+            e.to_string().ends_with("is the file given as --weights: cnnc does not write over its own inputs"),
+            "{e}"
+        );
+        assert!(check_output(&dir.join("g.safetensors"), &[("--weights", &w)]).is_ok(), "a new file");
+        assert!(check_output(Path::new("-"), &[("--weights", Path::new("-"))]).is_ok(), "standard output");
+        #[cfg(unix)]
+        {
+            let link = dir.join("link.safetensors");
+            std::os::unix::fs::symlink(&w, &link).unwrap();
+            assert!(check_output(&link, &[("--weights", &w)]).is_err(), "through a symlink");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("cnnc-preflight-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
