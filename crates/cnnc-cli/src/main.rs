@@ -171,13 +171,19 @@ struct GradArgs {
     /// The input batch: float32 (or float64) .npy of shape [N, C, H, W], or [N, F].
     #[arg(long, value_name = "X.npy")]
     input: PathBuf,
-    /// The targets: int64 or int32 class indices of shape [N] for ce and hinge, a float tensor
+    /// The targets: int64 or int32 class indices of shape [N] for ce and the hinges, a float tensor
     /// shaped like the output ([N, ...]) for mse, l1 and huber.
     #[arg(long, value_name = "T.npy")]
     target: PathBuf,
     /// The loss, a mean over the batch.
     #[arg(long, value_enum)]
     loss: LossArg,
+    /// The margin of `hinge` and `multi-margin` [default: 1].
+    #[arg(long, value_parser = parse_positive)]
+    margin: Option<f64>,
+    /// The delta of `huber`, where the loss turns from quadratic to linear [default: 1].
+    #[arg(long, value_parser = parse_positive)]
+    delta: Option<f64>,
     /// Where to write the gradients (safetensors: the weights' names, plus `input`); `-` for
     /// standard output.
     #[arg(short, long, value_name = "G.safetensors")]
@@ -221,20 +227,36 @@ enum LossArg {
     Mse,
     /// Mean absolute error (a target shaped like the output).
     L1,
-    /// Huber loss with delta 1 (a target shaped like the output).
+    /// Huber loss, quadratic within --delta of the target (a target shaped like the output).
     Huber,
-    /// Multi-class hinge, PyTorch's MultiMarginLoss (class indices).
+    /// Multi-class SVM (CS231n): the sum over the wrong classes of max(0, s_j - s_y + margin)
+    /// (class indices).
     Hinge,
+    /// PyTorch's MultiMarginLoss: the same sum divided by the number of classes (class indices).
+    MultiMargin,
 }
 
 impl LossArg {
-    fn loss(self) -> execute::Loss {
+    /// The loss with its constant; a constant the loss does not have is a usage error.
+    fn with(self, margin: Option<f64>, delta: Option<f64>) -> Result<execute::Loss, Failure> {
+        let takes_margin = matches!(self, LossArg::Hinge | LossArg::MultiMargin);
+        if margin.is_some() && !takes_margin {
+            return Err(Failure::Usage("--margin belongs to `--loss hinge` and `--loss multi-margin`".into()));
+        }
+        if delta.is_some() && self != LossArg::Huber {
+            return Err(Failure::Usage("--delta belongs to `--loss huber`".into()));
+        }
+        Ok(self.loss(margin.unwrap_or(1.0), delta.unwrap_or(1.0)))
+    }
+
+    fn loss(self, margin: f64, delta: f64) -> execute::Loss {
         match self {
             LossArg::Ce => execute::Loss::CrossEntropy,
             LossArg::Mse => execute::Loss::Mse,
             LossArg::L1 => execute::Loss::L1,
-            LossArg::Huber => execute::Loss::Huber,
-            LossArg::Hinge => execute::Loss::Hinge,
+            LossArg::Huber => execute::Loss::Huber { delta },
+            LossArg::Hinge => execute::Loss::Hinge { margin, form: execute::HingeForm::Sum },
+            LossArg::MultiMargin => execute::Loss::Hinge { margin, form: execute::HingeForm::MeanOverClasses },
         }
     }
 }
@@ -340,6 +362,15 @@ impl From<ExecError> for Failure {
 impl From<PreflightError> for Failure {
     fn from(e: PreflightError) -> Failure {
         Failure::Exec(e.into())
+    }
+}
+
+/// A finite number above zero: a margin or a delta.
+fn parse_positive(arg: &str) -> Result<f64, String> {
+    match arg.trim().parse::<f64>() {
+        Ok(value) if value.is_finite() && value > 0.0 => Ok(value),
+        Ok(_) => Err("must be a finite number above zero".into()),
+        Err(_) => Err(format!("`{arg}` is not a number")),
     }
 }
 
@@ -678,7 +709,7 @@ fn print_stats(data: &[f32], out: &mut String) {
 
 fn grad(args: &GradArgs, budget: &MemoryBudget, color: bool, out: &mut String) -> Result<(), Failure> {
     let (graph, file) = lower_with_source(&args.model, color)?;
-    let loss = args.loss.loss();
+    let loss = args.loss.with(args.margin, args.delta)?;
     // Every file and argument is checked before the (possibly long) computation starts.
     if let Some(output) = &args.output {
         if args.json && is_stdout(output) {
@@ -810,7 +841,15 @@ mod tests {
         let grad = ["cnnc", "grad", "m.cnn", "--weights", "w", "--input", "x", "--target", "t", "--loss", "huber"];
         let cli = Cli::try_parse_from(grad).expect("ok");
         let Some(Command::Grad(args)) = cli.command else { panic!("grad expected") };
-        assert_eq!(args.loss.loss(), execute::Loss::Huber);
+        assert_eq!(args.loss.with(None, None).ok(), Some(execute::Loss::Huber { delta: 1.0 }));
+        assert!(args.loss.with(Some(2.0), None).is_err(), "huber has no margin");
+        let hinge = LossArg::Hinge.with(Some(0.5), None).ok();
+        assert_eq!(hinge, Some(execute::Loss::Hinge { margin: 0.5, form: execute::HingeForm::Sum }));
+        let multi = LossArg::MultiMargin.with(None, None).ok();
+        assert_eq!(multi, Some(execute::Loss::Hinge { margin: 1.0, form: execute::HingeForm::MeanOverClasses }));
+        assert!(LossArg::Hinge.with(None, Some(2.0)).is_err(), "hinge has no delta");
+        let bad = ["cnnc", "grad", "m.cnn", "--input", "x", "--target", "t", "--loss", "hinge", "--margin", "-1"];
+        assert!(Cli::try_parse_from(bad).is_err(), "a margin is positive");
         assert!(!args.train && args.seed.is_none() && args.output.is_none() && !args.json);
         // Without --weights the parameters are initialised, as `run` does.
         let no_weights = ["cnnc", "grad", "m.cnn", "--input", "x", "--target", "t", "--loss", "ce"];

@@ -12,10 +12,10 @@ const ARGUMENTS: &[(&str, &str, &str)] = &[
     (
         "--target",
         "--target T.npy",
-        "the targets: int64 class indices of shape [N] for ce and hinge, a float tensor shaped like the output for \
+        "the targets: int64 class indices of shape [N] for ce and the hinges, a float tensor shaped like the output for \
          mse, l1 and huber",
     ),
-    ("--loss", "--loss ce", "the loss: ce, mse, l1, huber or hinge"),
+    ("--loss", "--loss ce", "the loss: ce, mse, l1, huber, hinge or multi-margin"),
     ("--output", "-o W.safetensors", "where to write the weights (`-` for standard output)"),
 ];
 

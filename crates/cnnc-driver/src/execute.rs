@@ -39,52 +39,10 @@ pub enum Backend {
     Interp,
 }
 
-/// The losses of `cnnc grad`, all means over the batch (PyTorch's `reduction="mean"`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Loss {
-    /// Softmax cross-entropy on logits, class-index targets (`nn.CrossEntropyLoss`).
-    CrossEntropy,
-    /// Mean squared error against a tensor shaped like the output (`nn.MSELoss`).
-    Mse,
-    /// Mean absolute error (`nn.L1Loss`).
-    L1,
-    /// Huber loss with delta 1 (`nn.HuberLoss`).
-    Huber,
-    /// Multi-class hinge, class-index targets (`nn.MultiMarginLoss`).
-    Hinge,
-}
-
-impl Loss {
-    /// The loss as the training graph computes it.
-    pub fn to_ir(self) -> cnnc_ir::Loss {
-        match self {
-            Loss::CrossEntropy => cnnc_ir::Loss::CrossEntropy,
-            Loss::Mse => cnnc_ir::Loss::Mse,
-            Loss::L1 => cnnc_ir::Loss::L1,
-            Loss::Huber => cnnc_ir::Loss::Huber { delta: 1.0 },
-            Loss::Hinge => cnnc_ir::Loss::Hinge { margin: 1.0, form: cnnc_ir::HingeForm::MeanOverClasses },
-        }
-    }
-
-    /// The name `cnnc grad --loss` takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            Loss::CrossEntropy => "ce",
-            Loss::Mse => "mse",
-            Loss::L1 => "l1",
-            Loss::Huber => "huber",
-            Loss::Hinge => "hinge",
-        }
-    }
-
-    /// Whether the targets are class indices (rather than a tensor shaped like the output).
-    pub fn takes_classes(self) -> bool {
-        match self {
-            Loss::CrossEntropy | Loss::Hinge => true,
-            Loss::Mse | Loss::L1 | Loss::Huber => false,
-        }
-    }
-}
+/// The losses of `cnnc grad` (and training): the IR's, all means over the batch (PyTorch's
+/// `reduction="mean"`). `ce` and both hinge forms take class labels, the others a tensor shaped
+/// like the output.
+pub use cnnc_ir::{HingeForm, Loss};
 
 /// The targets of a loss, checked against the model's output and the batch.
 #[derive(Clone, Debug, PartialEq)]
@@ -231,7 +189,7 @@ impl ExecError {
             ExecError::NotAClassifier { .. } => {
                 Some("use `--loss mse`, `l1` or `huber` with a target shaped like the output".into())
             }
-            ExecError::TargetShape { loss, found, expected, .. } => Some(if loss.takes_classes() {
+            ExecError::TargetShape { loss, found, expected, .. } => Some(if loss.takes_labels() {
                 if found.len() == 2 && found.get(1) == expected.first() {
                     "class targets are indices, not one-hot rows: use `y.argmax(1)`".into()
                 } else {
@@ -572,13 +530,13 @@ pub fn load_target(
 ) -> Result<(Target, Vec<ExecWarning>), ExecError> {
     let (_, output) = io_shapes(graph)?;
     let mut warnings = Vec::new();
-    if loss.takes_classes() {
+    if loss.takes_labels() {
         let classes = class_count(output).ok_or_else(|| ExecError::NotAClassifier {
             loss,
             model: graph.name.clone(),
             output: output.to_vec(),
         })?;
-        if loss == Loss::CrossEntropy && ends_in_softmax(graph) {
+        if matches!(loss, Loss::CrossEntropy) && ends_in_softmax(graph) {
             warnings.push(ExecWarning::SoftmaxBeforeCrossEntropy { model: graph.name.clone() });
         }
         let (shape, labels) = cnnc_runtime::read_npy_labels_within(path, budget.bytes)?;
@@ -610,7 +568,7 @@ pub fn load_target(
                     expected: "floating-point",
                     found: "integer",
                     hint: " (the target of mse, l1 and huber is a tensor shaped like the output; class labels go \
-                           with `--loss ce` or `--loss hinge`)",
+                           with `--loss ce`, `hinge` or `multi-margin`)",
                 }));
             }
         };
@@ -706,7 +664,7 @@ pub fn grad(
     let options = cnnc_passes::TrainingOptions {
         batch_stats: mode.train,
         input_grads: true,
-        ..cnnc_passes::TrainingOptions::new(loss.to_ir())
+        ..cnnc_passes::TrainingOptions::new(loss)
     };
     let training = cnnc_passes::training_graph(graph, &options).map_err(ExecError::Training)?;
     let target = match target {
