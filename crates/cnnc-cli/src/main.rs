@@ -12,8 +12,8 @@ use cnnc_diag::{Diagnostic, SourceFile};
 use cnnc_driver::execute::{self, INPUT_KEY, MAX_LISTED_IMAGES};
 use cnnc_driver::{
     ErrorKind, ExecError, ExecWarning, GradReport, Mode, Options, Pass, PreflightError, Task, WeightsOptions,
-    check_memory, check_models, check_output, examples, lower_source, path_text, render, render_exec_error, summarize,
-    summarize_optimized, table, thousands, to_json,
+    check_memory, check_models, check_output, check_outputs, examples, lower_source, path_text, render,
+    render_exec_error, summarize, summarize_optimized, table, thousands, to_json,
 };
 use cnnc_driver::{MemoryBudget, is_stdout};
 use cnnc_ir::Graph;
@@ -144,9 +144,22 @@ struct RunArgs {
     /// Where to write the output batch (float32 .npy); `-` for standard output.
     #[arg(short, long, value_name = "Y.npy")]
     output: Option<PathBuf>,
-    /// The seed of the initial weights when no --weights is given.
-    #[arg(long, default_value_t = 0, conflicts_with = "weights")]
-    seed: u64,
+    /// Run batch norm on batch statistics (updating the running statistics) and dropout with
+    /// random masks, as in training.
+    #[arg(long)]
+    train: bool,
+    /// With --train, where to write the full state after the step: the weights, with each batch
+    /// norm's running statistics updated from this batch (safetensors).
+    #[arg(long, value_name = "S.safetensors", requires = "train")]
+    state_out: Option<PathBuf>,
+    /// Where to write every layer's output, batch first, by layer name (safetensors): to find
+    /// where two runs part ways.
+    #[arg(long, value_name = "D.safetensors")]
+    dump: Option<PathBuf>,
+    /// The seed of the initial weights without --weights (0 by default), and of the dropout
+    /// masks with --train.
+    #[arg(long)]
+    seed: Option<u64>,
     /// The back end that runs the model.
     #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
     backend: BackendArg,
@@ -189,9 +202,17 @@ struct GradArgs {
     #[arg(short, long, value_name = "G.safetensors")]
     output: Option<PathBuf>,
     /// Run batch norm on batch statistics and dropout with random masks, as in training
-    /// (nothing is written back to the weights).
+    /// (nothing is written back to the weights; see --state-out).
     #[arg(long)]
     train: bool,
+    /// With --train, where to write the full state after the step: the weights, with each batch
+    /// norm's running statistics updated from this batch (safetensors).
+    #[arg(long, value_name = "S.safetensors", requires = "train")]
+    state_out: Option<PathBuf>,
+    /// Where to write every layer's output and gradient (safetensors): `<layer>` and
+    /// `<layer>.grad`, and `<parameter>.grad` for each parameter.
+    #[arg(long, value_name = "D.safetensors")]
+    dump: Option<PathBuf>,
     /// The seed of the initial weights without --weights, and of the dropout masks with
     /// --train.
     #[arg(long)]
@@ -589,7 +610,12 @@ fn destination_text(path: &Path) -> String {
 /// The command's report: on stdout, unless the command's output file goes there (`-o -`), in
 /// which case the report goes to stderr so that stdout holds the file alone.
 fn say(output: Option<&Path>, text: String, out: &mut String) {
-    if output.is_some_and(is_stdout) {
+    say_where(output.is_some_and(is_stdout), text, out);
+}
+
+/// The report goes to stderr when standard output carries a file.
+fn say_where(stdout_is_taken: bool, text: String, out: &mut String) {
+    if stdout_is_taken {
         let _ = std::io::stderr().lock().write_all(text.as_bytes());
     } else {
         out.push_str(&text);
@@ -635,30 +661,35 @@ fn weights_or_init(
 
 fn run(args: &RunArgs, budget: &MemoryBudget, color: bool, out: &mut String) -> Result<(), Failure> {
     let (graph, file) = lower_with_source(&args.model, color)?;
-    if let Some(output) = &args.output {
-        let mut inputs = vec![("the source FILE", args.model.file.as_path()), ("--input", args.input.as_path())];
-        inputs.extend(args.weights.as_deref().map(|w| ("--weights", w)));
-        check_output(output, &inputs)?;
+    if args.weights.is_some() && args.seed.is_some() && !args.train {
+        return Err(Failure::Usage(
+            "--seed initialises the weights, or with --train seeds the dropout masks; with --weights and no --train \
+             it has nothing to do"
+                .into(),
+        ));
     }
+    let outputs = [("-o", &args.output), ("--dump", &args.dump), ("--state-out", &args.state_out)];
+    let outputs: Vec<(&'static str, &Path)> =
+        outputs.iter().filter_map(|(flag, path)| path.as_deref().map(|p| (*flag, p))).collect();
+    let mut inputs = vec![("the source FILE", args.model.file.as_path()), ("--input", args.input.as_path())];
+    inputs.extend(args.weights.as_deref().map(|w| ("--weights", w)));
+    check_outputs(&outputs, &inputs)?;
+    let mode = execute::exec_mode(&graph, args.train, args.seed)?;
     let (input, warnings) = load_input(&graph, &file, &args.model, &args.input, budget)?;
     warn(&warnings);
     let passes = args.passes.as_ref().map_or(&[][..], |p| &p.0[..]);
-    let task = Task::Run { batch: input.shape[0], passes: !passes.is_empty() };
+    let task = Task::Run { batch: input.shape[0], passes: !passes.is_empty(), dump: args.dump.is_some() };
     check_memory(&graph, task, budget)?;
-    let params = weights_or_init(&graph, args.weights.as_deref(), args.allow_extra_weights, args.seed, budget)?;
-    let output = if passes.is_empty() {
-        execute::run(&graph, &params, &input, args.backend.backend())?
-    } else {
-        // Weights were checked against the source graph; the passes rewrite them to fit
-        // the optimised one (BN folded into the conv before it).
-        let opt = cnnc_driver::optimize(&graph, Some(&params), passes, Mode::Inference).map_err(pass_failure)?;
-        notify(&cnnc_driver::pass_report(&opt));
-        let weights = opt.weights.as_ref().unwrap_or(&params);
-        execute::run(opt.graph(), weights, &input, args.backend.backend())?
-    };
+    let init_seed = args.seed.unwrap_or(0);
+    let params = weights_or_init(&graph, args.weights.as_deref(), args.allow_extra_weights, init_seed, budget)?;
+    let outcome = execute::run(&graph, &params, &input, mode, passes, args.dump.is_some(), args.backend.backend())
+        .map_err(run_failure)?;
+    notify(&outcome.pass_notes);
+    let output = outcome.output;
     if let Some(path) = &args.output {
         execute::save_output(path, &output)?;
     }
+    save_extras(args.dump.as_deref(), outcome.dump.as_ref(), args.state_out.as_deref(), outcome.state.as_ref())?;
     let mut text = format!("output: {:?}", output.shape);
     if let Some(path) = &args.output {
         text.push_str(&format!(", written to {}", destination_text(path)));
@@ -668,8 +699,68 @@ fn run(args: &RunArgs, budget: &MemoryBudget, color: bool, out: &mut String) -> 
         Some(top) => print_top_classes(&top, execute::ends_in_softmax(&graph), &mut text),
         None => print_stats(&output.data, &mut text),
     }
-    say(args.output.as_deref(), text, out);
+    describe_extras(
+        &args.dump,
+        outcome.dump.as_ref(),
+        &args.state_out,
+        outcome.batch_norms_trained,
+        args.train,
+        &mut text,
+    );
+    say_where(outputs.iter().any(|(_, p)| is_stdout(p)), text, out);
     Ok(())
+}
+
+/// A pass that cannot run is a usage error (as in `cnnc ir`); every other failure keeps its
+/// kind.
+fn run_failure(e: ExecError) -> Failure {
+    match e {
+        ExecError::Passes(e) => pass_failure(e),
+        other => Failure::Exec(other),
+    }
+}
+
+/// Writes `--dump` and `--state-out` files (each atomically), when asked for.
+fn save_extras(
+    dump_path: Option<&Path>,
+    dump: Option<&execute::TensorMap>,
+    state_path: Option<&Path>,
+    state: Option<&execute::TensorMap>,
+) -> Result<(), Failure> {
+    if let (Some(path), Some(dump)) = (dump_path, dump) {
+        execute::save_tensors(path, dump)?;
+    }
+    if let (Some(path), Some(state)) = (state_path, state) {
+        execute::save_tensors(path, state)?;
+    }
+    Ok(())
+}
+
+/// The report's lines about the dump and the running statistics.
+fn describe_extras(
+    dump_path: &Option<PathBuf>,
+    dump: Option<&execute::TensorMap>,
+    state_path: &Option<PathBuf>,
+    batch_norms_trained: usize,
+    train: bool,
+    text: &mut String,
+) {
+    if let (Some(path), Some(dump)) = (dump_path, dump) {
+        text.push_str(&format!("dump: {} tensors written to {}\n", dump.len(), destination_text(path)));
+    }
+    if !train || batch_norms_trained == 0 {
+        return;
+    }
+    let layers = format!("{batch_norms_trained} batch-norm layer{}", if batch_norms_trained == 1 { "" } else { "s" });
+    match state_path {
+        Some(path) => text.push_str(&format!(
+            "running statistics: {layers} updated, the full state written to {}\n",
+            destination_text(path)
+        )),
+        None => text.push_str(&format!(
+            "running statistics: {layers} updated from this batch (pass --state-out S.safetensors to save them)\n"
+        )),
+    }
 }
 
 fn print_top_classes(top: &[execute::TopClasses], softmax_output: bool, out: &mut String) {
@@ -711,41 +802,40 @@ fn grad(args: &GradArgs, budget: &MemoryBudget, color: bool, out: &mut String) -
     let (graph, file) = lower_with_source(&args.model, color)?;
     let loss = args.loss.with(args.margin, args.delta)?;
     // Every file and argument is checked before the (possibly long) computation starts.
-    if let Some(output) = &args.output {
-        if args.json && is_stdout(output) {
-            return Err(Failure::Usage(
-                "--json and `-o -` would both write to standard output: write the gradients to a file".into(),
-            ));
-        }
-        let mut inputs = vec![
-            ("the source FILE", args.model.file.as_path()),
-            ("--input", args.input.as_path()),
-            ("--target", args.target.as_path()),
-        ];
-        inputs.extend(args.weights.as_deref().map(|w| ("--weights", w)));
-        check_output(output, &inputs)?;
+    let outputs = [("-o", &args.output), ("--dump", &args.dump), ("--state-out", &args.state_out)];
+    let outputs: Vec<(&'static str, &Path)> =
+        outputs.iter().filter_map(|(flag, path)| path.as_deref().map(|p| (*flag, p))).collect();
+    let on_stdout = outputs.iter().find(|(_, p)| is_stdout(p));
+    let stdout_is_taken = on_stdout.is_some();
+    if let (true, Some((flag, path))) = (args.json, on_stdout) {
+        return Err(Failure::Usage(format!(
+            "--json and `{flag} {}` would both write to standard output: write the tensors to a file",
+            path.display()
+        )));
     }
-    let options = execute::grad_options(&graph, args.train, args.seed)?;
+    let mut inputs = vec![
+        ("the source FILE", args.model.file.as_path()),
+        ("--input", args.input.as_path()),
+        ("--target", args.target.as_path()),
+    ];
+    inputs.extend(args.weights.as_deref().map(|w| ("--weights", w)));
+    check_outputs(&outputs, &inputs)?;
+    let mode = execute::exec_mode(&graph, args.train, args.seed)?;
     let (input, warnings) = load_input(&graph, &file, &args.model, &args.input, budget)?;
     warn(&warnings);
     let batch = input.shape[0];
     let (target, warnings) = execute::load_target(&graph, &args.target, loss, batch, budget)?;
     warn(&warnings);
-    check_memory(&graph, Task::Grad { batch }, budget)?;
+    check_memory(&graph, Task::Grad { batch, dump: args.dump.is_some() }, budget)?;
     let init_seed = args.seed.unwrap_or(0);
     let params = weights_or_init(&graph, args.weights.as_deref(), args.allow_extra_weights, init_seed, budget)?;
-    let outcome = execute::grad(&graph, &params, &input, &target, loss, options, args.backend.backend())?;
+    let dump = args.dump.is_some();
+    let outcome = execute::grad(&graph, &params, &input, &target, loss, mode, dump, args.backend.backend())?;
     warn(&outcome.warnings);
     if let Some(path) = &args.output {
         execute::save_tensors(path, &outcome.grads)?;
     }
-    if outcome.batch_norms_trained > 0 {
-        notify(&[format!(
-            "note: --train: {} batch-norm layer{} used batch statistics; the updated running statistics are not saved",
-            outcome.batch_norms_trained,
-            if outcome.batch_norms_trained == 1 { "" } else { "s" }
-        )]);
-    }
+    save_extras(args.dump.as_deref(), outcome.dump.as_ref(), args.state_out.as_deref(), outcome.state.as_ref())?;
     let params = outcome.grads.len() - usize::from(outcome.grads.contains_key(INPUT_KEY));
     if args.json {
         let report = GradReport {
@@ -761,6 +851,8 @@ fn grad(args: &GradArgs, budget: &MemoryBudget, color: bool, out: &mut String) -
             input: path_text(&args.input),
             target: path_text(&args.target),
             gradients: args.output.as_deref().map(path_text),
+            dump: args.dump.as_deref().map(path_text),
+            state: args.state_out.as_deref().map(path_text),
             parameter_tensors: params,
             batch_norms_trained: outcome.batch_norms_trained,
         };
@@ -785,7 +877,15 @@ fn grad(args: &GradArgs, budget: &MemoryBudget, color: bool, out: &mut String) -
             "gradients: {params} parameter tensors and `{INPUT_KEY}` (pass -o G.safetensors to save them)\n"
         )),
     }
-    say(args.output.as_deref(), text, out);
+    describe_extras(
+        &args.dump,
+        outcome.dump.as_ref(),
+        &args.state_out,
+        outcome.batch_norms_trained,
+        args.train,
+        &mut text,
+    );
+    say_where(stdout_is_taken, text, out);
     Ok(())
 }
 
@@ -829,11 +929,12 @@ mod tests {
     fn run_and_grad_arguments() {
         let cli = Cli::try_parse_from(["cnnc", "run", "m.cnn", "--input", "x.npy", "--shape", "3x8x8"]).expect("ok");
         let Some(Command::Run(args)) = cli.command else { panic!("run expected") };
-        assert_eq!((args.seed, args.backend, args.weights), (0, BackendArg::Interp, None));
+        assert_eq!((args.seed, args.backend, args.weights), (None, BackendArg::Interp, None));
+        assert!(!args.train && args.dump.is_none() && args.state_out.is_none());
         assert_eq!(args.model.options().input_shape, Some(vec![3, 8, 8]));
-        // --seed initialises weights, so it makes no sense with --weights.
-        let err = Cli::try_parse_from(["cnnc", "run", "m.cnn", "--input", "x", "--weights", "w", "--seed", "1"]);
-        assert_eq!(err.unwrap_err().exit_code(), 2);
+        // --state-out saves what --train changed.
+        let state = ["cnnc", "run", "m.cnn", "--input", "x", "--state-out", "s"];
+        assert_eq!(Cli::try_parse_from(state).unwrap_err().exit_code(), 2);
         assert!(Cli::try_parse_from(["cnnc", "run", "m.cnn"]).is_err(), "--input is required");
         let err = Cli::try_parse_from(["cnnc", "run", "m.cnn", "--input", "x", "--backend", "jit"]).unwrap_err();
         assert!(err.to_string().contains("possible values: interp"), "{err}");
@@ -878,9 +979,11 @@ mod tests {
         let err = Cli::try_parse_from(["cnnc", "dot", "m.cnn", "--passes", "layuot"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("unknown pass `layuot` (did you mean `layout`?); valid passes: all, none,"));
-        // run takes --passes but not --train: it always runs at inference.
+        // run takes --passes, and --train to run the forward pass of training.
         assert!(Cli::try_parse_from(["cnnc", "run", "m.cnn", "--input", "x", "--passes", "all"]).is_ok());
-        assert!(Cli::try_parse_from(["cnnc", "run", "m.cnn", "--input", "x", "--train"]).is_err());
+        let train = ["cnnc", "run", "m.cnn", "--input", "x", "--train", "--passes", "all"];
+        let Some(Command::Run(args)) = Cli::try_parse_from(train).expect("ok").command else { panic!("run") };
+        assert!(args.train);
     }
 
     #[test]

@@ -14,8 +14,9 @@
 
 use crate::preflight::PreflightError;
 use cnnc_diag::SourceFile;
+use cnnc_interp::TensorLike;
 use cnnc_interp::{InterpError, Options};
-use cnnc_ir::{Graph, Op};
+use cnnc_ir::{Graph, NodeId, Op, TrainOp};
 use cnnc_lower::Options as LowerOptions;
 use cnnc_runtime::{InitError, MemoryBudget, NpyArray, NpyError, WeightsError, check_weights};
 pub use cnnc_runtime::{Tensor, TensorMap};
@@ -128,9 +129,10 @@ pub enum ExecError {
     /// channel, say).
     #[error("{0}")]
     Backend(#[from] InterpError),
-    /// The training graph could not be built (a model with several outputs, say).
+    /// The passes or the training transform could not run (a loss on a model with several
+    /// outputs, say).
     #[error("{0}")]
-    Training(cnnc_passes::PassError),
+    Passes(cnnc_passes::PassError),
     /// A check before allocating or writing anything failed: not enough memory for the task,
     /// or an output that would overwrite an input.
     #[error("{0}")]
@@ -153,9 +155,12 @@ impl ExecError {
             ) => ErrorKind::Data,
             ExecError::WeightsFile(WeightsError::Read { .. } | WeightsError::Write { .. }) => ErrorKind::Io,
             ExecError::WeightsFile(_) => ErrorKind::Data,
-            ExecError::DropoutNeedsSeed { .. } | ExecError::Preflight(PreflightError::OutputIsInput { .. }) => {
-                ErrorKind::Usage
-            }
+            ExecError::DropoutNeedsSeed { .. }
+            | ExecError::Preflight(
+                PreflightError::OutputIsInput { .. }
+                | PreflightError::SameOutput { .. }
+                | PreflightError::TwoOnStdout { .. },
+            ) => ErrorKind::Usage,
             ExecError::Preflight(PreflightError::Memory { .. }) | ExecError::OutOfMemory(_) => ErrorKind::Data,
             ExecError::Weights { .. }
             | ExecError::InputShape { .. }
@@ -164,7 +169,7 @@ impl ExecError {
             | ExecError::TargetShape { .. }
             | ExecError::TargetOutOfRange { .. }
             | ExecError::Backend(_)
-            | ExecError::Training(_) => ErrorKind::Data,
+            | ExecError::Passes(_) => ErrorKind::Data,
         }
     }
 
@@ -220,9 +225,10 @@ impl ExecError {
             }
             ExecError::Npy(_)
             | ExecError::WeightsFile(_)
+            | ExecError::Preflight(PreflightError::SameOutput { .. } | PreflightError::TwoOnStdout { .. })
             | ExecError::DropoutNeedsSeed { .. }
             | ExecError::Backend(_)
-            | ExecError::Training(_) => None,
+            | ExecError::Passes(_) => None,
         }
     }
 }
@@ -598,39 +604,158 @@ fn dropout_layers(graph: &Graph) -> Vec<String> {
     graph.iter().filter(|(_, n)| matches!(n.op, Op::Dropout { p } if p > 0.0)).map(|(_, n)| n.name.clone()).collect()
 }
 
-/// How `cnnc grad` differentiates the model: as deployed, or as it trains.
+/// How `cnnc run` and `cnnc grad` treat batch norm and dropout: as deployed, or as in training.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GradMode {
-    /// Batch norm on batch statistics and dropout active (`--train`).
+pub struct ExecMode {
+    /// Batch norm on batch statistics (the running statistics updated) and dropout active
+    /// (`--train`).
     pub train: bool,
     /// The seed of the dropout masks.
     pub seed: u64,
 }
 
-/// The mode of `cnnc grad`: inference, or training (batch norm on batch statistics, dropout
-/// with masks drawn from `seed`). A model with dropout needs the seed.
-pub fn grad_options(graph: &Graph, train: bool, seed: Option<u64>) -> Result<GradMode, ExecError> {
+/// The mode of `--train` (or not): inference, or training with dropout masks drawn from
+/// `seed`. A model with dropout needs the seed.
+pub fn exec_mode(graph: &Graph, train: bool, seed: Option<u64>) -> Result<ExecMode, ExecError> {
     if !train {
-        return Ok(GradMode { train: false, seed: 0 });
+        return Ok(ExecMode { train: false, seed: 0 });
     }
     let layers = dropout_layers(graph);
     match seed {
-        Some(seed) => Ok(GradMode { train: true, seed }),
-        None if layers.is_empty() => Ok(GradMode { train: true, seed: 0 }),
+        Some(seed) => Ok(ExecMode { train: true, seed }),
+        None if layers.is_empty() => Ok(ExecMode { train: true, seed: 0 }),
         None => Err(ExecError::DropoutNeedsSeed { layers }),
     }
 }
 
-/// Runs the model forward in inference mode on a checked input batch; the output, batch first.
-pub fn run(graph: &Graph, params: &TensorMap, input: &Tensor, backend: Backend) -> Result<Tensor, ExecError> {
+/// What [`run`] computed.
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    /// The model's output, batch first.
+    pub output: Tensor,
+    /// In training mode, the full state after the step: the parameters given, with each
+    /// batch norm's running statistics updated from this batch (`--state-out`).
+    pub state: Option<TensorMap>,
+    /// In training mode, the number of batch-norm layers that used batch statistics.
+    pub batch_norms_trained: usize,
+    /// With `dump`: each layer's output (batch first), by layer name; see [`dump_key`].
+    pub dump: Option<TensorMap>,
+    /// What the passes did, as `note:` lines, when passes ran.
+    pub pass_notes: Vec<String>,
+}
+
+/// Runs the model forward on a checked input batch: as deployed, or with `mode.train` as in
+/// training (batch statistics, dropout masks from `mode.seed`; the updated running statistics
+/// come back in [`RunOutcome::state`]). With `passes`, the optimised graph runs (in training
+/// mode, the optimised forward pass of training). With `dump`, every layer's output is kept:
+/// in an optimised graph, a fused node's output is the last layer it absorbed (`conv1 <- bn1,
+/// relu1` gives `relu1`), and the layers fused away have none.
+pub fn run(
+    graph: &Graph,
+    params: &TensorMap,
+    input: &Tensor,
+    mode: ExecMode,
+    passes: &[cnnc_passes::Pass],
+    dump: bool,
+    backend: Backend,
+) -> Result<RunOutcome, ExecError> {
     io_shapes(graph)?;
+    let pass_mode = if mode.train { cnnc_passes::Mode::Training } else { cnnc_passes::Mode::Inference };
+    // The graph that runs, its weights, what its outputs are (the model's first), and for
+    // each source layer the node of it that holds the layer's output.
+    let (runs, weights, taps, pass_notes): (std::borrow::Cow<'_, Graph>, std::borrow::Cow<'_, TensorMap>, _, _) =
+        if !passes.is_empty() {
+            // Weights were checked against the source graph; the passes rewrite them to fit the
+            // optimised one (BN folded into the conv before it).
+            let opt = crate::optimize::optimize_forward(graph, params, passes, pass_mode).map_err(ExecError::Passes)?;
+            let taps = taps_by_origin(graph, opt.graph(), &opt.origins);
+            let notes = crate::optimize::pass_report(&opt);
+            let weights = opt.weights.clone().unwrap_or_else(|| params.clone());
+            (std::borrow::Cow::Owned(opt.plan.graph), std::borrow::Cow::Owned(weights), taps, notes)
+        } else if mode.train {
+            let t = cnnc_passes::training_forward(graph).map_err(ExecError::Passes)?;
+            (std::borrow::Cow::Owned(t.graph), std::borrow::Cow::Borrowed(params), t.values, Vec::new())
+        } else {
+            let taps = graph.ids().map(Some).collect();
+            (std::borrow::Cow::Borrowed(graph), std::borrow::Cow::Borrowed(params), taps, Vec::new())
+        };
     match backend {
         Backend::Interp => {
-            let mut state = params.clone();
-            let result = cnnc_interp::run(graph, &mut state, std::slice::from_ref(input), &Options::new())?;
-            Ok(result.output(0).expect("a model's output is a value"))
+            let mut state = weights.into_owned();
+            let mut options = Options::new().with_seed(mode.seed);
+            if dump {
+                options = options.keeping_values();
+            }
+            let result = cnnc_interp::run(&runs, &mut state, std::slice::from_ref(input), &options)?;
+            let output = result.output(0).expect("a model's first output is a value");
+            let dump = dump.then(|| dump_values(graph, &taps, |id| result.value(id).map(Tensor::from_buf)));
+            let trained = running_statistics(&runs);
+            let state = mode.train.then(|| updated_state(params, &state, &trained));
+            Ok(RunOutcome { output, state, batch_norms_trained: trained.len(), dump, pass_notes })
         }
     }
+}
+
+/// For each source layer, the node of an optimised graph holding the layer's output: the last
+/// node whose latest origin is the layer and whose shape is the layer's (so a batch norm's statistics or a dropout mask, made from the layer too, are
+/// passed over). Later nodes win: a reorder after its producer holds the same logical value.
+fn taps_by_origin(source: &Graph, optimised: &Graph, origins: &[Vec<NodeId>]) -> Vec<Option<NodeId>> {
+    let mut taps = vec![None; source.len()];
+    for (id, node) in optimised.iter() {
+        let Some(&layer) = origins.get(id.index()).and_then(|o| o.iter().max()) else { continue };
+        if node.shape == source[layer].shape && !is_effect(&node.op) {
+            taps[layer.index()] = Some(id);
+        }
+    }
+    taps
+}
+
+/// Whether a node writes state instead of producing a value.
+fn is_effect(op: &Op) -> bool {
+    matches!(op, Op::Train(TrainOp::BnRunningUpdate { .. } | TrainOp::Update(_)))
+}
+
+/// The batch-norm layers whose running statistics a graph updates, by layer name.
+fn running_statistics(graph: &Graph) -> Vec<String> {
+    graph
+        .iter()
+        .filter(|(_, n)| matches!(n.op, Op::Train(TrainOp::BnRunningUpdate { .. })))
+        .map(|(_, n)| n.name.clone())
+        .collect()
+}
+
+/// The parameters given, with the running statistics the step wrote (`after` holds them).
+fn updated_state(params: &TensorMap, after: &TensorMap, trained: &[String]) -> TensorMap {
+    let mut state = params.clone();
+    for layer in trained {
+        for suffix in ["running_mean", "running_var"] {
+            let name = format!("{layer}.{suffix}");
+            if let Some(value) = after.get(&name) {
+                state.insert(name, value.clone());
+            }
+        }
+    }
+    state
+}
+
+/// The key of a tensor in a dump: the name itself, or `name#k` for the `k`-th repeat of a
+/// name already taken (loop bodies without labels repeat their layers' names).
+pub fn dump_key(dump: &TensorMap, name: &str) -> String {
+    if !dump.contains_key(name) {
+        return name.to_string();
+    }
+    (1..).map(|k| format!("{name}#{k}")).find(|key| !dump.contains_key(key)).expect("some suffix is free")
+}
+
+/// Each source layer's output that `value` can give, by layer name, in layer order.
+fn dump_values(graph: &Graph, taps: &[Option<NodeId>], value: impl Fn(NodeId) -> Option<Tensor>) -> TensorMap {
+    let mut dump = TensorMap::new();
+    for (id, node) in graph.iter() {
+        if let Some(tensor) = taps[id.index()].and_then(&value) {
+            dump.insert(dump_key(&dump, &node.name), tensor);
+        }
+    }
+    dump
 }
 
 /// What [`grad`] computed.
@@ -643,21 +768,28 @@ pub struct GradOutcome {
     /// d loss / d every trainable parameter (by its weights name) and d loss / d input
     /// (under [`INPUT_KEY`], the input's full shape).
     pub grads: TensorMap,
-    /// Training mode: the number of batch-norm layers that used batch statistics (their
-    /// updated running statistics are computed but not kept).
+    /// In training mode, the full state after the step: the parameters given, with each
+    /// batch norm's running statistics updated from this batch (`--state-out`).
+    pub state: Option<TensorMap>,
+    /// In training mode, the number of batch-norm layers that used batch statistics.
     pub batch_norms_trained: usize,
+    /// With `dump`: each layer's output under its name, the loss's gradient with respect to
+    /// it under `<layer>.grad`, and each parameter's under `<parameter>.grad`.
+    pub dump: Option<TensorMap>,
     pub warnings: Vec<ExecWarning>,
 }
 
 /// The loss of the model's output on a checked batch and its gradient with respect to every
-/// trainable parameter and the input.
+/// trainable parameter and the input; with `dump`, every layer's output and gradient too.
+#[allow(clippy::too_many_arguments)] // each is one of `cnnc grad`'s independent inputs
 pub fn grad(
     graph: &Graph,
     params: &TensorMap,
     input: &Tensor,
     target: &Target,
     loss: Loss,
-    mode: GradMode,
+    mode: ExecMode,
+    dump: bool,
     backend: Backend,
 ) -> Result<GradOutcome, ExecError> {
     io_shapes(graph)?;
@@ -666,7 +798,7 @@ pub fn grad(
         input_grads: true,
         ..cnnc_passes::TrainingOptions::new(loss)
     };
-    let training = cnnc_passes::training_graph(graph, &options).map_err(ExecError::Training)?;
+    let training = cnnc_passes::training_graph(graph, &options).map_err(ExecError::Passes)?;
     let target = match target {
         Target::Classes(labels) => {
             Tensor { shape: vec![labels.len()], data: labels.iter().map(|&l| l as f32).collect() }
@@ -677,7 +809,11 @@ pub fn grad(
         Backend::Interp => {
             let mut state = params.clone();
             let inputs = [input.clone(), target];
-            let result = cnnc_interp::run(&training.graph, &mut state, &inputs, &Options::new().with_seed(mode.seed))?;
+            let mut run_options = Options::new().with_seed(mode.seed);
+            if dump {
+                run_options = run_options.keeping_values();
+            }
+            let result = cnnc_interp::run(&training.graph, &mut state, &inputs, &run_options)?;
             let g = cnnc_interp::gradients::<Tensor>(&training.outputs, &result);
             let value = g.loss.expect("a training graph computes its loss");
             let output = g.outputs.into_iter().next().expect("the model has one output");
@@ -685,17 +821,27 @@ pub fn grad(
             if let Some(input_grad) = g.inputs.into_values().next() {
                 grads.insert(INPUT_KEY.to_owned(), input_grad);
             }
-            let batch_norms_trained = training
-                .graph
-                .iter()
-                .filter(|(_, n)| matches!(n.op, Op::Train(cnnc_ir::TrainOp::BnRunningUpdate { .. })))
-                .count();
+            let dump = dump.then(|| {
+                let value_of = |id: NodeId| result.value(id).map(Tensor::from_buf);
+                let mut dump = dump_values(graph, &training.values, value_of);
+                for (id, node) in graph.iter() {
+                    if let Some(tensor) = training.value_grads[id.index()].and_then(value_of) {
+                        dump.insert(dump_key(&dump, &format!("{}.grad", node.name)), tensor);
+                    }
+                }
+                for (name, tensor) in grads.iter().filter(|(name, _)| *name != INPUT_KEY) {
+                    dump.insert(dump_key(&dump, &format!("{name}.grad")), tensor.clone());
+                }
+                dump
+            });
+            let trained = running_statistics(&training.graph);
+            let state = mode.train.then(|| updated_state(params, &state, &trained));
             let warnings = if value.is_finite() {
                 Vec::new()
             } else {
                 vec![ExecWarning::NonFiniteLoss { value: value.to_string() }]
             };
-            Ok(GradOutcome { loss: value, output, grads, batch_norms_trained, warnings })
+            Ok(GradOutcome { loss: value, output, grads, state, batch_norms_trained: trained.len(), dump, warnings })
         }
     }
 }
@@ -817,15 +963,15 @@ mod tests {
     #[test]
     fn training_options_need_a_seed_only_with_dropout() {
         let g = flat(3, false);
-        assert_eq!(grad_options(&g, false, None).unwrap(), GradMode { train: false, seed: 0 });
-        assert_eq!(grad_options(&g, true, None).unwrap(), GradMode { train: true, seed: 0 });
+        assert_eq!(exec_mode(&g, false, None).unwrap(), ExecMode { train: false, seed: 0 });
+        assert_eq!(exec_mode(&g, true, None).unwrap(), ExecMode { train: true, seed: 0 });
         let mut d = Graph::new("d");
         let x = d.add_input("x", Shape(vec![4]), Default::default()).unwrap();
         let (y, _) = d.add(Op::Dropout { p: 0.5 }, vec![x], "drop", Default::default()).unwrap();
         d.outputs.push(y);
-        let e = grad_options(&d, true, None).unwrap_err();
+        let e = exec_mode(&d, true, None).unwrap_err();
         assert!(matches!(&e, ExecError::DropoutNeedsSeed { layers } if layers == &["drop"]), "{e}");
-        assert_eq!(grad_options(&d, true, Some(3)).unwrap(), GradMode { train: true, seed: 3 });
-        assert_eq!(grad_options(&d, false, None).unwrap(), GradMode { train: false, seed: 0 });
+        assert_eq!(exec_mode(&d, true, Some(3)).unwrap(), ExecMode { train: true, seed: 3 });
+        assert_eq!(exec_mode(&d, false, None).unwrap(), ExecMode { train: false, seed: 0 });
     }
 }

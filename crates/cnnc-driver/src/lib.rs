@@ -23,13 +23,14 @@ pub use cnnc_lower::Options;
 pub use cnnc_runtime::{BudgetSource, MemoryBudget, is_stdout, parse_size};
 pub use compile::{Checked, DriverError, MAX_SOURCE_BYTES, check_models, check_source, load, lower_source};
 pub use execute::{
-    Backend, ErrorKind, ExecError, ExecWarning, GradOutcome, Loss, Target, WeightsOptions, render_exec_error,
+    Backend, ErrorKind, ExecError, ExecMode, ExecWarning, GradOutcome, Loss, RunOutcome, Target, WeightsOptions,
+    render_exec_error,
 };
 pub use optimize::{
-    Mode, Optimized, Pass, PassError, dot_fused, mode_name, optimize, parse_passes, pass_report, passes_help,
-    valid_pass_names,
+    Mode, Optimized, Pass, PassError, dot_fused, mode_name, optimize, optimize_forward, parse_passes, pass_report,
+    passes_help, valid_pass_names,
 };
-pub use preflight::{Estimate, PreflightError, Task, check_memory, check_output, estimate};
+pub use preflight::{Estimate, PreflightError, Task, check_memory, check_output, check_outputs, estimate};
 pub use render::{render, summary_line};
 pub use report::{GradReport, path_text};
 pub use shape_arg::{ShapeArgError, parse_shape};

@@ -5,7 +5,8 @@
 //! The memory estimate follows what the reference interpreter and the runtime hold at the peak:
 //! parameters as f32 (loaded or initialised) and as the interpreter's f64 copy, every layer's
 //! output in f64 for the whole batch (the forward pass keeps them all for the backward pass),
-//! and, for `grad`, a gradient of each of those and of each parameter. `init` holds the
+//! and, for `grad`, a gradient of each of those and of each parameter; `--dump` adds an f32 copy
+//! of everything it saves. `init` holds the
 //! parameters and the bytes of the file it writes. It is an estimate, meant to catch the
 //! hundreds of gigabytes a typo asks for, not to predict the last megabyte; `--memory-limit`
 //! overrides the budget when it is wrong.
@@ -21,10 +22,12 @@ pub enum Task {
     /// Initialise every parameter and write them to a file.
     Init,
     /// A forward pass on a batch (the weights loaded or initialised take the same memory);
-    /// `passes` when the optimised graph runs (BN-folded weights are a second copy).
-    Run { batch: usize, passes: bool },
-    /// A forward and a backward pass on a batch.
-    Grad { batch: usize },
+    /// `passes` when the optimised graph runs (BN-folded weights are a second copy), `dump`
+    /// when every layer's output is kept and saved.
+    Run { batch: usize, passes: bool, dump: bool },
+    /// A forward and a backward pass on a batch; `dump` when every layer's output and
+    /// gradient is kept and saved.
+    Grad { batch: usize, dump: bool },
 }
 
 /// How much memory a task needs, in bytes, and what for.
@@ -56,15 +59,19 @@ pub enum PreflightError {
         .budget.source
     )]
     Memory { model: String, task: Task, estimate: Estimate, budget: MemoryBudget },
-    #[error("`-o {}` is the file given as {flag}: cnnc does not write over its own inputs", .output.display())]
-    OutputIsInput { output: PathBuf, flag: &'static str },
+    #[error("`{output_flag} {}` is the file given as {flag}: cnnc does not write over its own inputs", .output.display())]
+    OutputIsInput { output_flag: &'static str, output: PathBuf, flag: &'static str },
+    #[error("{first} and {second} both name `{}`: each output needs its own file", .output.display())]
+    SameOutput { first: &'static str, second: &'static str, output: PathBuf },
+    #[error("{first} and {second} would both write to standard output: give one of them a file")]
+    TwoOnStdout { first: &'static str, second: &'static str },
 }
 
 fn what(model: &str, task: Task) -> String {
     match task {
         Task::Init => format!("initialising model `{model}`"),
         Task::Run { batch, .. } => format!("running model `{model}` on a batch of {batch}"),
-        Task::Grad { batch } => format!("the gradients of model `{model}` on a batch of {batch}"),
+        Task::Grad { batch, .. } => format!("the gradients of model `{model}` on a batch of {batch}"),
     }
 }
 
@@ -89,12 +96,18 @@ pub fn estimate(graph: &Graph, task: Task) -> Estimate {
         // The f32 tensors, and the file's bytes, built in memory before they are written.
         Task::Init => (times(values, 8), 0),
         // f32 (loaded or initialised) and the interpreter's f64 copy; every output in f64.
-        Task::Run { batch, passes, .. } => {
+        // A dump adds an f32 copy of every output.
+        Task::Run { batch, passes, dump } => {
             let folded = if passes { 4 } else { 0 };
-            (times(values, 12 + folded), times(times(elements, batch as u64), 8))
+            let per_element = if dump { 12 } else { 8 };
+            (times(values, 12 + folded), times(times(elements, batch as u64), per_element))
         }
-        // The same, with an f64 gradient of every output and parameter and the f32 results.
-        Task::Grad { batch } => (times(values, 24), times(times(elements, batch as u64), 16)),
+        // The same, with an f64 gradient of every output and parameter and the f32 results; a
+        // dump adds f32 copies of the outputs, their gradients and the parameters' gradients.
+        Task::Grad { batch, dump } => {
+            let (param_bytes, per_element) = if dump { (28, 24) } else { (24, 16) };
+            (times(values, param_bytes), times(times(elements, batch as u64), per_element))
+        }
     };
     Estimate { values, params, activations }
 }
@@ -109,18 +122,42 @@ pub fn check_memory(graph: &Graph, task: Task, budget: &MemoryBudget) -> Result<
     }
 }
 
-/// An error when `output` is one of the files the command reads (`inputs`: the flag that
-/// names each, with its path): `cnnc grad -o w.safetensors --weights w.safetensors` would
+/// An error when `output` (`-o`) is one of the files the command reads (`inputs`: the flag
+/// that names each, with its path): `cnnc grad -o w.safetensors --weights w.safetensors` would
 /// replace the weights with their gradients. Standard output and files that do not exist yet
 /// are never inputs.
 pub fn check_output(output: &Path, inputs: &[(&'static str, &Path)]) -> Result<(), PreflightError> {
-    if cnnc_runtime::is_stdout(output) {
-        return Ok(());
+    check_outputs(&[("-o", output)], inputs)
+}
+
+/// [`check_output`] for every output of a command (each with its flag), and that no two
+/// outputs are the same file and at most one is standard output.
+pub fn check_outputs(
+    outputs: &[(&'static str, &Path)],
+    inputs: &[(&'static str, &Path)],
+) -> Result<(), PreflightError> {
+    for (k, &(output_flag, output)) in outputs.iter().enumerate() {
+        for &(first, earlier) in &outputs[..k] {
+            match (cnnc_runtime::is_stdout(earlier), cnnc_runtime::is_stdout(output)) {
+                (true, true) => return Err(PreflightError::TwoOnStdout { first, second: output_flag }),
+                (false, false) if earlier == output || same_file(earlier, output) => {
+                    return Err(PreflightError::SameOutput {
+                        first,
+                        second: output_flag,
+                        output: output.to_path_buf(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        if cnnc_runtime::is_stdout(output) {
+            continue;
+        }
+        if let Some((flag, _)) = inputs.iter().find(|(_, input)| same_file(output, input)) {
+            return Err(PreflightError::OutputIsInput { output_flag, output: output.to_path_buf(), flag });
+        }
     }
-    match inputs.iter().find(|(_, input)| same_file(output, input)) {
-        Some((flag, _)) => Err(PreflightError::OutputIsInput { output: output.to_path_buf(), flag }),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 /// Whether two paths name the same existing file (through links, `./`, `..`).
@@ -157,12 +194,14 @@ mod tests {
         // 4 * 3 weights and 3 biases; 4 + 3 output elements per image.
         let g = fc(4, 3);
         assert_eq!(estimate(&g, Task::Init), Estimate { values: 15, params: 120, activations: 0 });
-        let run = estimate(&g, Task::Run { batch: 2, passes: false });
+        let run = estimate(&g, Task::Run { batch: 2, passes: false, dump: false });
         assert_eq!(run, Estimate { values: 15, params: 180, activations: 2 * 7 * 8 });
-        assert_eq!(estimate(&g, Task::Run { batch: 2, passes: true }).params, 15 * 16);
-        assert_eq!(estimate(&g, Task::Grad { batch: 2 }).total(), 15 * 24 + 2 * 7 * 16);
+        assert_eq!(estimate(&g, Task::Run { batch: 2, passes: true, dump: false }).params, 15 * 16);
+        assert_eq!(estimate(&g, Task::Run { batch: 2, passes: false, dump: true }).activations, 2 * 7 * 12);
+        assert_eq!(estimate(&g, Task::Grad { batch: 2, dump: false }).total(), 15 * 24 + 2 * 7 * 16);
+        assert_eq!(estimate(&g, Task::Grad { batch: 2, dump: true }).total(), 15 * 28 + 2 * 7 * 24);
         // Absurd sizes saturate instead of overflowing.
-        let e = estimate(&g, Task::Grad { batch: usize::MAX });
+        let e = estimate(&g, Task::Grad { batch: usize::MAX, dump: false });
         assert_eq!(e.activations, u64::MAX);
     }
 
@@ -176,12 +215,13 @@ mod tests {
             "initialising model `wide` needs about 512.0 GiB of memory (512.0 GiB for its 68,719,542,272 parameter \
              values and the file that holds them), more than the 1.0 GiB allowed by --memory-limit"
         );
-        let e = check_memory(&fc(10, 10), Task::Run { batch: 1 << 30, passes: false }, &budget).unwrap_err();
+        let e =
+            check_memory(&fc(10, 10), Task::Run { batch: 1 << 30, passes: false, dump: false }, &budget).unwrap_err();
         assert!(
             e.to_string().starts_with("running model `wide` on a batch of 1073741824 needs about 160.0 GiB"),
             "{e}"
         );
-        assert!(check_memory(&fc(10, 10), Task::Grad { batch: 8 }, &budget).is_ok());
+        assert!(check_memory(&fc(10, 10), Task::Grad { batch: 8, dump: true }, &budget).is_ok());
     }
 
     #[test]
@@ -203,6 +243,14 @@ mod tests {
             std::os::unix::fs::symlink(&w, &link).unwrap();
             assert!(check_output(&link, &[("--weights", &w)]).is_err(), "through a symlink");
         }
+        let (g, d) = (dir.join("g.safetensors"), dir.join("d.safetensors"));
+        assert!(check_outputs(&[("-o", &g), ("--dump", &d)], &[("--weights", &w)]).is_ok());
+        let e = check_outputs(&[("-o", &g), ("--dump", &g)], &[]).unwrap_err();
+        assert!(e.to_string().starts_with("-o and --dump both name `"), "{e}");
+        let e = check_outputs(&[("-o", Path::new("-")), ("--dump", Path::new("/dev/stdout"))], &[]).unwrap_err();
+        assert!(e.to_string().starts_with("-o and --dump would both write to standard output"), "{e}");
+        let e = check_outputs(&[("-o", &g), ("--state-out", &w)], &[("--weights", &w)]).unwrap_err();
+        assert!(e.to_string().starts_with("`--state-out "), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -35,6 +35,10 @@ pub struct GradReport {
     pub input: String,
     pub target: String,
     pub gradients: Option<String>,
+    /// The `--dump` file.
+    pub dump: Option<String>,
+    /// The `--state-out` file.
+    pub state: Option<String>,
     /// Parameter tensors in the gradient file (the input's gradient not counted).
     pub parameter_tensors: usize,
     /// Batch-norm layers that used batch statistics (`--train`).
@@ -74,6 +78,8 @@ mod tests {
             input: "x.npy".into(),
             target: "y.npy".into(),
             gradients: Some(path_text(Path::new("g.safetensors"))),
+            dump: None,
+            state: None,
             parameter_tensors: 10,
             batch_norms_trained: 0,
         }
@@ -87,7 +93,8 @@ mod tests {
             json,
             "{\"model\":\"lenet5\",\"mode\":\"inference\",\"batch\":3,\"output\":[3,10],\"loss\":2.3200132846832275,\
              \"loss_fn\":\"ce\",\"source\":\"examples/lenet5.cnn\",\"weights\":null,\"seed\":1,\"input\":\"x.npy\",\
-             \"target\":\"y.npy\",\"gradients\":\"g.safetensors\",\"parameter_tensors\":10,\"batch_norms_trained\":0}\n"
+             \"target\":\"y.npy\",\"gradients\":\"g.safetensors\",\"dump\":null,\"state\":null,\"parameter_tensors\":10,\
+             \"batch_norms_trained\":0}\n"
         );
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(value["loss"].as_f64(), Some(loss), "the loss reads back exactly");
