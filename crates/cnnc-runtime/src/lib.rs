@@ -23,7 +23,8 @@ pub use rng::Rng;
 pub use tensor::{Tensor, TensorError};
 pub use transform::{TransformError, apply_transforms, fold_bn, pack, unpack};
 pub use weights::{
-    NUM_BATCHES_TRACKED, WeightsError, check_weights, load_safetensors, load_safetensors_within, save_safetensors,
+    Metadata, NUM_BATCHES_TRACKED, WeightsError, check_weights, load_safetensors,
+    load_safetensors_with_metadata_within, load_safetensors_within, save_safetensors, save_safetensors_with_metadata,
 };
 
 /// Named tensors: a model's parameters and buffers, or their gradients, keyed by full name

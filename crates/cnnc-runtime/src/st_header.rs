@@ -40,6 +40,8 @@ pub struct Entry {
 pub struct Header {
     pub entries: Vec<Entry>,
     pub data_len: u64,
+    /// The `__metadata__` strings (empty when the file has none).
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// What is wrong with a header. Messages read as a continuation of "`w.safetensors` is not a
@@ -61,7 +63,7 @@ pub enum HeaderError {
     NotAnObject { found: &'static str },
     #[error("its header lists tensor `{name}` twice")]
     Duplicate { name: String },
-    #[error("its `__metadata__` is not an object of strings")]
+    #[error("its `__metadata__` is not an object of strings with distinct keys")]
     Metadata,
     #[error("tensor `{name}`: {problem}")]
     Entry { name: String, problem: String },
@@ -115,20 +117,25 @@ pub fn parse(json: &[u8]) -> Result<Header, HeaderError> {
     };
     let mut seen = std::collections::HashSet::new();
     let mut entries = Vec::with_capacity(items.len());
+    let mut metadata = std::collections::BTreeMap::new();
     for (name, value) in items {
         if !seen.insert(name.clone()) {
             return Err(HeaderError::Duplicate { name });
         }
         if name == METADATA {
-            match value {
-                Json::Object(pairs) if pairs.iter().all(|(_, v)| matches!(v, Json::String(_))) => continue,
-                _ => return Err(HeaderError::Metadata),
+            let Json::Object(pairs) = value else { return Err(HeaderError::Metadata) };
+            for (key, value) in pairs {
+                let Json::String(value) = value else { return Err(HeaderError::Metadata) };
+                if metadata.insert(key, value).is_some() {
+                    return Err(HeaderError::Metadata);
+                }
             }
+            continue;
         }
         entries.push(entry(name, value)?);
     }
     let data_len = check_tiling(&entries)?;
-    Ok(Header { entries, data_len })
+    Ok(Header { entries, data_len, metadata })
 }
 
 /// One tensor's entry, checked on its own.
@@ -428,7 +435,7 @@ mod tests {
         let names: Vec<&str> = h.entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["c1.bias", "c1.weight", "c3.bias", "c3.weight"]);
         assert_eq!(h.entries[1].shape, [6, 1, 5, 5]);
-        assert_eq!(parse(b"{}").unwrap(), Header { entries: vec![], data_len: 0 });
+        assert_eq!(parse(b"{}").unwrap(), Header { entries: vec![], data_len: 0, metadata: Default::default() });
         // Padding spaces after the JSON, as the format allows.
         assert!(parse(format!("{}    ", lenet(None)).as_bytes()).is_ok());
     }
@@ -497,7 +504,14 @@ mod tests {
             err(r#"{"w":[1,2]}"#),
             "tensor `w`: its entry is a list, not an object with dtype, shape and data_offsets"
         );
-        assert_eq!(err(r#"{"__metadata__":{"format":1}}"#), "its `__metadata__` is not an object of strings");
+        assert_eq!(
+            err(r#"{"__metadata__":{"format":1}}"#),
+            "its `__metadata__` is not an object of strings with distinct keys"
+        );
+        let twice = r#"{"__metadata__":{"a":"1","a":"2"}}"#;
+        assert_eq!(err(twice), "its `__metadata__` is not an object of strings with distinct keys");
+        let header = parse(br#"{"__metadata__":{"format":"pt","cnnc.x":"1.5"}}"#).unwrap();
+        assert_eq!(header.metadata.get("cnnc.x").map(String::as_str), Some("1.5"));
         assert_eq!(err("[1]"), "its header is not a JSON object of tensors (it is a list)");
     }
 

@@ -84,6 +84,19 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> Result<TensorMap, WeightsErro
 /// [`load_safetensors`] of a file of at most `limit` bytes: the header is read and checked
 /// first, and the data it describes must fit before any of it is read.
 pub fn load_safetensors_within(path: impl AsRef<Path>, limit: u64) -> Result<TensorMap, WeightsError> {
+    load_safetensors_with_metadata_within(path, limit).map(|(tensors, _)| tensors)
+}
+
+/// The metadata of a safetensors file (its header's `__metadata__` strings: `format`, and
+/// what cnnc stores beside trained weights, such as the input normalisation), read with the
+/// tensors.
+pub type Metadata = std::collections::BTreeMap<String, String>;
+
+/// [`load_safetensors_within`], with the file's [`Metadata`].
+pub fn load_safetensors_with_metadata_within(
+    path: impl AsRef<Path>,
+    limit: u64,
+) -> Result<(TensorMap, Metadata), WeightsError> {
     let path = path.as_ref();
     let read_error = |source| WeightsError::Read { path: path.to_path_buf(), source };
     let file = std::fs::File::open(path).map_err(read_error)?;
@@ -96,7 +109,12 @@ pub fn load_safetensors_within(path: impl AsRef<Path>, limit: u64) -> Result<Ten
 
 /// Reads a safetensors file from `input`, named `path` in messages; `length` is the file's, when
 /// known (a regular file), so that a truncated one is found before its data is allocated.
-fn read_from(mut file: impl Read, path: &Path, limit: u64, length: Option<u64>) -> Result<TensorMap, WeightsError> {
+fn read_from(
+    mut file: impl Read,
+    path: &Path,
+    limit: u64,
+    length: Option<u64>,
+) -> Result<(TensorMap, Metadata), WeightsError> {
     let read_error = |source| WeightsError::Read { path: path.to_path_buf(), source };
     let corrupt = |problem| WeightsError::Format { path: path.to_path_buf(), problem };
     let too_large = |needed| WeightsError::TooLarge { path: path.to_path_buf(), needed, limit };
@@ -141,7 +159,7 @@ fn read_from(mut file: impl Read, path: &Path, limit: u64, length: Option<u64>) 
         std::cmp::Ordering::Greater => return Err(corrupt(HeaderError::TrailingBytes { expected: header.data_len })),
         std::cmp::Ordering::Equal => {}
     }
-    tensors_of(&header, &data, path)
+    Ok((tensors_of(&header, &data, path)?, header.metadata))
 }
 
 /// The F32 tensors of a validated header, from the data it describes.
@@ -199,13 +217,22 @@ impl View for F32View<'_> {
 /// Saves the tensors as an F32 safetensors file, atomically (the old file survives any error).
 /// The header carries `"format": "pt"`, which Hugging Face loaders expect of PyTorch weights.
 pub fn save_safetensors(path: impl AsRef<Path>, weights: &TensorMap) -> Result<(), WeightsError> {
+    save_safetensors_with_metadata(path, weights, &Metadata::new())
+}
+
+/// [`save_safetensors`] with `metadata` in the header beside `"format": "pt"`.
+pub fn save_safetensors_with_metadata(
+    path: impl AsRef<Path>,
+    weights: &TensorMap,
+    metadata: &Metadata,
+) -> Result<(), WeightsError> {
     let path = path.as_ref();
-    bytes_of(weights, path).and_then(|bytes| {
+    bytes_of(weights, metadata, path).and_then(|bytes| {
         write_bytes_atomic(path, &bytes).map_err(|source| WeightsError::Write { path: path.to_path_buf(), source })
     })
 }
 
-fn bytes_of(weights: &TensorMap, path: &Path) -> Result<Vec<u8>, WeightsError> {
+fn bytes_of(weights: &TensorMap, metadata: &Metadata, path: &Path) -> Result<Vec<u8>, WeightsError> {
     for (name, t) in weights {
         if t.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) != Some(t.data.len()) {
             return Err(WeightsError::Inconsistent {
@@ -216,7 +243,8 @@ fn bytes_of(weights: &TensorMap, path: &Path) -> Result<Vec<u8>, WeightsError> {
             });
         }
     }
-    let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    let mut metadata: HashMap<String, String> = metadata.clone().into_iter().collect();
+    metadata.insert("format".to_owned(), "pt".to_owned());
     let views = weights.iter().map(|(name, t)| (name.as_str(), F32View(t)));
     safetensors::serialize(views, Some(metadata))
         .map_err(|source| WeightsError::Serialize { path: path.to_path_buf(), source })
@@ -264,7 +292,7 @@ mod tests {
 
     /// The tensors of a whole file's bytes.
     fn decode(bytes: &[u8], path: &Path) -> Result<TensorMap, WeightsError> {
-        read_from(bytes, path, u64::MAX, Some(bytes.len() as u64))
+        read_from(bytes, path, u64::MAX, Some(bytes.len() as u64)).map(|(tensors, _)| tensors)
     }
 
     fn sample() -> TensorMap {
@@ -321,7 +349,7 @@ mod tests {
 
     #[test]
     fn truncated_and_corrupted_files_are_errors() {
-        let bytes = bytes_of(&sample(), Path::new("x")).unwrap();
+        let bytes = bytes_of(&sample(), &Metadata::new(), Path::new("x")).unwrap();
         assert!(decode(&bytes, Path::new("x")).is_ok());
         for cut in 0..bytes.len() {
             let e = decode(&bytes[..cut], Path::new("cut.safetensors")).unwrap_err();
@@ -390,7 +418,7 @@ mod tests {
 
     #[test]
     fn a_moved_or_repeated_tensor_is_named() {
-        let mut bytes = bytes_of(&sample(), Path::new("x")).unwrap();
+        let mut bytes = bytes_of(&sample(), &Metadata::new(), Path::new("x")).unwrap();
         let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         let header = String::from_utf8(bytes[8..8 + header_len].to_vec()).unwrap();
         // `conv1.weight` (16 bytes) moved 4 bytes on, over its neighbour: it is named.
@@ -488,5 +516,19 @@ mod tests {
         assert_eq!(errors.len(), 14);
         let e = errors.iter().find(|e| matches!(e, WeightsError::Unexpected { name, .. } if name == "module.fc.bias"));
         assert!(e.unwrap().to_string().ends_with("did you mean `fc.bias`?"), "{errors:?}");
+    }
+
+    #[test]
+    fn metadata_round_trips_beside_the_format() {
+        let dir = std::env::temp_dir().join(format!("cnnc-weights-meta-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.safetensors");
+        let metadata = Metadata::from([("cnnc.normalize.mean".to_owned(), "0.5,0.25".to_owned())]);
+        save_safetensors_with_metadata(&path, &sample(), &metadata).unwrap();
+        let (tensors, read) = load_safetensors_with_metadata_within(&path, u64::MAX).unwrap();
+        assert_eq!(tensors, sample());
+        assert_eq!(read.get("cnnc.normalize.mean").map(String::as_str), Some("0.5,0.25"));
+        assert_eq!(read.get("format").map(String::as_str), Some("pt"), "Hugging Face loaders expect it");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
