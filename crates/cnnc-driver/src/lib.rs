@@ -17,6 +17,7 @@ mod render;
 mod report;
 mod shape_arg;
 mod summary;
+pub mod train;
 
 pub use cnnc_lower::Options;
 /// The memory budget and the output rules the front doors apply (from the runtime).
