@@ -9,6 +9,7 @@
 //! render: they hand back `Diagnostic` values and this crate's [`render()`] prints them.
 
 mod compile;
+mod curves;
 pub mod examples;
 pub mod execute;
 mod optimize;
@@ -23,6 +24,7 @@ pub use cnnc_lower::Options;
 /// The memory budget and the output rules the front doors apply (from the runtime).
 pub use cnnc_runtime::{BudgetSource, MemoryBudget, is_stdout, parse_size};
 pub use compile::{Checked, DriverError, MAX_SOURCE_BYTES, check_models, check_source, load, lower_source};
+pub use curves::curves_svg;
 pub use execute::{
     Backend, ErrorKind, ExecError, ExecMode, ExecWarning, GradOutcome, Loss, RunOutcome, Target, WeightsOptions,
     render_exec_error,
