@@ -414,7 +414,7 @@ fn non_finite(what: impl FnOnce() -> String, data: &[f32]) -> Option<ExecWarning
 
 /// The one input node's shape (without the batch) and the one output node's, or why the model
 /// cannot be run by `cnnc run` and `cnnc grad`.
-fn io_shapes(graph: &Graph) -> Result<(&[usize], &[usize]), ExecError> {
+pub(crate) fn io_shapes(graph: &Graph) -> Result<(&[usize], &[usize]), ExecError> {
     match (&graph.inputs[..], &graph.outputs[..]) {
         ([input], [output]) => Ok((&graph[*input].shape.0, &graph[*output].shape.0)),
         _ => Err(ExecError::Arity {
@@ -516,7 +516,7 @@ pub fn load_input(graph: &Graph, path: &Path, budget: &MemoryBudget) -> Result<(
 
 /// The number of classes when the output is a vector of class scores: `[C]`, or `[C, 1, 1]`
 /// (a global pool's output), with C >= 1.
-fn class_count(output: &[usize]) -> Option<usize> {
+pub(crate) fn class_count(output: &[usize]) -> Option<usize> {
     match output {
         [c] => Some(*c),
         [c, 1, 1] => Some(*c),

@@ -12,6 +12,7 @@ mod compile;
 mod curves;
 pub mod examples;
 pub mod execute;
+pub mod gradcheck;
 mod optimize;
 mod preflight;
 mod render;
