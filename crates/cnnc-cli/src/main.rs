@@ -5,6 +5,7 @@
 //! unreadable or unwritable file, unknown code).
 
 mod explain;
+mod tools;
 mod usage;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -121,6 +122,14 @@ enum Command {
     /// The loss is the mean over the batch. The gradient file holds every trainable parameter
     /// under its weights name, and `input`.
     Grad(GradArgs),
+    /// Check a model's backward pass against central finite differences on random data: the
+    /// worst relative error of each parameter tensor's gradient (and the input's).
+    ///
+    /// Exit 1 when a gradient is wrong (a relative error of 1e-3 or more).
+    Gradcheck(tools::GradcheckArgs),
+    /// Use a trained network as a feature extractor: the output of one layer for each image of
+    /// a batch, saved as .npy (the layers after it are not run).
+    Features(tools::FeaturesArgs),
     /// Check and summarise the built-in examples (LeNet-5, ResNet-18), as `cnnc summary` does:
     /// needs no files.
     Demo,
@@ -236,6 +245,13 @@ impl BackendArg {
     fn backend(self) -> execute::Backend {
         match self {
             BackendArg::Interp => execute::Backend::Interp,
+        }
+    }
+
+    /// The `--backend` name.
+    fn name(self) -> &'static str {
+        match self {
+            BackendArg::Interp => "interp",
         }
     }
 }
@@ -372,6 +388,9 @@ enum Failure {
     Usage(String),
     /// Running the model on data failed; rendered with its details and hint, exit code by kind.
     Exec(ExecError),
+    /// The report already says what failed (a gradient check that found a wrong gradient):
+    /// only the exit code is left.
+    Quiet(u8),
 }
 
 impl From<ExecError> for Failure {
@@ -424,6 +443,8 @@ fn main() -> ExitCode {
         Command::Init { model, seed, output } => init(&model, seed, &output, &budget, color, &mut out),
         Command::Run(args) => run(&args, &budget, color, &mut out),
         Command::Grad(args) => grad(&args, &budget, color, &mut out),
+        Command::Gradcheck(args) => tools::gradcheck(&args, &budget, color, &mut out),
+        Command::Features(args) => tools::features(&args, &budget, color, &mut out),
         Command::Demo => demo(color, &mut out),
     };
     // Whatever was produced goes out even when a later step failed.
@@ -437,6 +458,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Diagnostics) => ExitCode::from(1),
+        Err(Failure::Quiet(code)) => ExitCode::from(code),
         Err(Failure::Usage(message)) => {
             // `eprintln!` would panic if stderr were closed; the exit code still tells.
             let _ = writeln!(std::io::stderr(), "error: {message}");

@@ -123,6 +123,8 @@ pub enum ExecError {
     )]
     TargetOutOfRange { path: PathBuf, sample: usize, label: i64, classes: usize },
     /// `--train` on a model with dropout, without a seed for the masks.
+    #[error("model `{model}` has no layer `{layer}`")]
+    UnknownLayer { layer: String, model: String, suggestion: Option<String> },
     #[error("--train runs dropout in training mode, and the dropout masks need a seed: pass `--seed N`")]
     DropoutNeedsSeed { layers: Vec<String> },
     /// The back end refused to run (a training-mode batch norm with a single value per
@@ -156,6 +158,7 @@ impl ExecError {
             ExecError::WeightsFile(WeightsError::Read { .. } | WeightsError::Write { .. }) => ErrorKind::Io,
             ExecError::WeightsFile(_) => ErrorKind::Data,
             ExecError::DropoutNeedsSeed { .. }
+            | ExecError::UnknownLayer { .. }
             | ExecError::Preflight(
                 PreflightError::OutputIsInput { .. }
                 | PreflightError::SameOutput { .. }
@@ -213,6 +216,10 @@ impl ExecError {
                 "in training mode batch norm needs several values per channel: use a larger batch, or drop --train"
                     .into(),
             ),
+            ExecError::UnknownLayer { suggestion: Some(name), .. } => Some(format!("did you mean `{name}`?")),
+            ExecError::UnknownLayer { suggestion: None, model, .. } => {
+                Some(format!("`cnnc summary` lists the layers of `{model}` by name"))
+            }
             ExecError::Arity { .. } => Some("multi-input models can be run from Rust through cnnc-interp".into()),
             ExecError::Preflight(PreflightError::Memory { .. }) | ExecError::OutOfMemory(_) => Some(MEMORY_HINT.into()),
             ExecError::Npy(NpyError::TooLarge { .. }) | ExecError::WeightsFile(WeightsError::TooLarge { .. }) => Some(
@@ -844,6 +851,37 @@ pub fn grad(
             Ok(GradOutcome { loss: value, output, grads, state, batch_norms_trained: trained.len(), dump, warnings })
         }
     }
+}
+
+/// The output of layer `layer` for each image of a checked input batch, in inference mode: the
+/// model cut after that layer (what comes after it is not run), for `cnnc features`.
+pub fn features(
+    graph: &Graph,
+    params: &TensorMap,
+    input: &Tensor,
+    layer: &str,
+    backend: Backend,
+) -> Result<Tensor, ExecError> {
+    io_shapes(graph)?;
+    let Some((id, _)) = graph.iter().find(|(_, n)| n.name == layer) else {
+        let names: Vec<&str> = graph.iter().map(|(_, n)| n.name.as_str()).collect();
+        let suggestion = cnnc_diag::did_you_mean(layer, names.iter().copied()).map(str::to_owned);
+        return Err(ExecError::UnknownLayer { layer: layer.to_owned(), model: graph.name.clone(), suggestion });
+    };
+    let mut cut = graph.clone();
+    cut.outputs = vec![id];
+    let pruned = crate::optimize::optimize(&cut, Some(params), &[cnnc_passes::Pass::Dce], cnnc_passes::Mode::Inference)
+        .map_err(ExecError::Passes)?;
+    let weights = pruned.weights.as_ref().unwrap_or(params);
+    // Only the parameters of the layers before the cut are read; the rest are left out.
+    let kept: TensorMap = pruned
+        .graph()
+        .named_params()
+        .into_iter()
+        .filter_map(|(name, _)| weights.get(&name).map(|t| (name, t.clone())))
+        .collect();
+    let mode = ExecMode { train: false, seed: 0 };
+    Ok(run(pruned.graph(), &kept, input, mode, &[], false, backend)?.output)
 }
 
 /// One image's most likely classes, most likely first: `(class, probability)`.

@@ -3,7 +3,8 @@
 //!
 //! The analytic gradients come from the back end under test (the training graph run on it);
 //! the numeric ones from the reference interpreter in f64, `(L(p + h) - L(p - h)) / 2h` at
-//! `h = 1e-6 * max(1, |p|)`, for a sample of each parameter tensor's elements and of the
+//! `h = 1e-5 * max(1, |p|)` (the step CS231n recommends: a smaller one loses more to rounding
+//! than it gains in truncation), for a sample of each parameter tensor's elements and of the
 //! input's. Each element's error is relative, `|a - n| / max(|a|, |n|)`, except where both
 //! values are below what a central difference can resolve (about `100 eps |L| / h`): those
 //! count as agreeing zeros (the gradient of a bias before training-mode batch norm is zero in
@@ -54,10 +55,19 @@ pub struct Gradcheck {
     pub value: f64,
     /// The input first, then each trainable parameter in name order.
     pub tensors: Vec<TensorCheck>,
+    /// In training mode, the batch norms that normalise fewer than [`FEW_VALUES`] values per
+    /// channel (batch x height x width), with that count: their output hardly depends on
+    /// their input, so gradients through them are tiny or huge and finite differences are
+    /// unreliable there.
+    pub few_values: Vec<(String, usize)>,
 }
 
+/// Below this many values per channel, training-mode batch norm makes finite differences
+/// unreliable (two values normalise to -1 and 1 whatever they are).
+pub const FEW_VALUES: usize = 16;
+
 /// Finite-difference step relative to the parameter's magnitude.
-const STEP: f64 = 1e-6;
+const STEP: f64 = 1e-5;
 
 /// Checks the backward pass of `graph` at `params` (see the module documentation).
 pub fn gradcheck(
@@ -132,7 +142,17 @@ pub fn gradcheck(
         };
         tensors.push(compare(name, grad, &picks, floor, numeric)?);
     }
-    Ok(Gradcheck { loss, value, tensors })
+    let few_values = if options.train {
+        graph
+            .iter()
+            .filter(|(_, n)| matches!(n.op, cnnc_ir::Op::BatchNorm(_)))
+            .map(|(_, n)| (n.name.clone(), batch * n.shape.0.iter().skip(1).product::<usize>()))
+            .filter(|&(_, values)| values < FEW_VALUES)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Gradcheck { loss, value, tensors, few_values })
 }
 
 /// The worst relative error of `grad` over the elements `picks` against `numeric`; where both
@@ -229,6 +249,7 @@ mod tests {
             let options = GradcheckOptions { batch: 3, samples: 12, seed: 9, train };
             let check = gradcheck(&g, &params, options, Backend::Interp).unwrap();
             assert_eq!(check.loss, Loss::CrossEntropy);
+            assert!(check.few_values.is_empty(), "3 x 7 x 7 values per channel are plenty");
             assert!(check.value.is_finite());
             let names: Vec<&str> = check.tensors.iter().map(|t| t.name.as_str()).collect();
             assert_eq!(names, ["input", "bn.bias", "bn.weight", "conv.bias", "conv.weight", "fc.bias", "fc.weight"]);
@@ -244,6 +265,26 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn batch_norm_on_few_values_is_flagged() {
+        let g = model();
+        let params = cnnc_runtime::init_params(&g, 4);
+        let options = GradcheckOptions { batch: 1, samples: 1, seed: 1, train: false };
+        assert!(gradcheck(&g, &params, options, Backend::Interp).unwrap().few_values.is_empty(), "inference mode");
+        // Training mode on a batch of 1 takes 49 values per channel; shrink the map instead.
+        let mut small = Graph::new("small");
+        let x = small.add_input("x", Shape(vec![2, 1, 1]), Span::DUMMY).unwrap();
+        let (b, _) =
+            small.add(Op::BatchNorm(BatchNorm { eps: 1e-5, momentum: 0.1 }), vec![x], "bn", Span::DUMMY).unwrap();
+        let (f, _) = small.add(Op::Flatten, vec![b], "flatten", Span::DUMMY).unwrap();
+        let (y, _) = small.add(Op::Fc(Fc { out_features: 3, bias: true }), vec![f], "fc", Span::DUMMY).unwrap();
+        small.outputs.push(y);
+        let params = cnnc_runtime::init_params(&small, 4);
+        let options = GradcheckOptions { batch: 2, samples: 2, seed: 1, train: true };
+        let check = gradcheck(&small, &params, options, Backend::Interp).unwrap();
+        assert_eq!(check.few_values, [("bn".to_string(), 2)]);
     }
 
     #[test]

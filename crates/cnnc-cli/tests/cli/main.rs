@@ -6,6 +6,7 @@
 //!   and the example zoo's published numbers;
 //! - [`passes`]: `--passes` and `--train`;
 //! - [`run_grad`]: `init`, `run` and `grad`, and the errors for data that does not fit;
+//! - [`tools`]: `gradcheck` and `features`;
 //! - [`training_mode`]: `run --train`, `--state-out` and `--dump`;
 //! - [`golden_models`]: whole models against PyTorch's outputs and gradients;
 //! - [`hostile`]: bad inputs (too large for the memory, special files, outputs over inputs,
@@ -17,4 +18,5 @@ mod golden_models;
 mod hostile;
 mod passes;
 mod run_grad;
+mod tools;
 mod training_mode;
