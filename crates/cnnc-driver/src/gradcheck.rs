@@ -8,9 +8,10 @@
 //! input's. Each element's error is relative, `|a - n| / max(|a|, |n|)`, except where both
 //! values are below what a central difference can resolve (about `100 eps |L| / h`): those
 //! count as agreeing zeros (the gradient of a bias before training-mode batch norm is zero in
-//! exact arithmetic and rounding noise in practice). Dropout masks are fixed by the seed, so the loss is a deterministic
-//! function of the parameters; inputs are random normals, so ReLU and max-pooling kinks are
-//! rarely within `h` (a kink shows as one element's large error in an otherwise clean tensor).
+//! exact arithmetic and rounding noise in practice). Dropout masks are fixed by the seed, so
+//! the loss is a deterministic function of the parameters; inputs are random normals, so ReLU
+//! and max-pooling kinks are rarely within `h` (a kink shows as one element's large error in
+//! an otherwise clean tensor).
 
 use crate::execute::{Backend, ExecError, Loss, TensorMap};
 use cnnc_interp::{Buf, BufMap, Options, Precision};
