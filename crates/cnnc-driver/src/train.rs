@@ -545,6 +545,72 @@ pub fn model_tensors(graph: &Graph, state: &TensorMap) -> TensorMap {
     graph.named_params().into_iter().filter_map(|(name, _)| state.get(&name).map(|t| (name, t.clone()))).collect()
 }
 
+/// What `--init-from` took from a weights file.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InitFrom {
+    /// Tensors loaded from the file, by name.
+    pub loaded: Vec<String>,
+    /// The model's tensors the file lacks, initialised from the seed.
+    pub initialised: Vec<String>,
+    /// The model's tensors the file holds with another shape (a new head with another class
+    /// count, say), initialised from the seed: name, the file's shape, the model's.
+    pub reshaped: Vec<(String, Vec<usize>, Vec<usize>)>,
+    /// The file's tensors the model has no use for.
+    pub ignored: Vec<String>,
+}
+
+/// The starting parameters of transfer learning: every tensor of `weights` whose name and
+/// shape fit the model, the rest initialised from `seed` as `cnnc init` does; what came from
+/// where is reported.
+pub fn init_from(graph: &Graph, weights: &TensorMap, seed: u64) -> Result<(TensorMap, InitFrom), ExecError> {
+    let mut params = cnnc_runtime::try_init_params(graph, seed)?;
+    let mut report = InitFrom::default();
+    for (name, tensor) in params.iter_mut() {
+        match weights.get(name) {
+            Some(w) if w.shape == tensor.shape => {
+                *tensor = w.clone();
+                report.loaded.push(name.clone());
+            }
+            Some(w) => report.reshaped.push((name.clone(), w.shape.clone(), tensor.shape.clone())),
+            None => report.initialised.push(name.clone()),
+        }
+    }
+    report.ignored = weights.keys().filter(|k| !params.contains_key(*k)).cloned().collect();
+    Ok((params, report))
+}
+
+/// A `--freeze` name that names no layer.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("--freeze `{name}`: model `{model}` has no layer `{name}` and no layer inside it{}", match .suggestion { Some(s) => format!(" (did you mean `{s}`?)"), None => String::new() })]
+pub struct UnknownFreeze {
+    pub name: String,
+    pub model: String,
+    pub suggestion: Option<String>,
+}
+
+/// The full names of the parameters `--freeze` names: each name is a layer (`conv1`) or a
+/// prefix of layer names at a dot (`layer1` freezes `layer1.0.conv1` and everything else in
+/// `layer1`), as `freeze` in the language reads it.
+pub fn frozen_params(graph: &Graph, names: &[String]) -> Result<BTreeSet<String>, UnknownFreeze> {
+    let mut frozen = BTreeSet::new();
+    for name in names {
+        let within =
+            |layer: &str| layer == name || layer.strip_prefix(name.as_str()).is_some_and(|r| r.starts_with('.'));
+        let layers: Vec<_> = graph.iter().filter(|(_, n)| within(&n.name)).collect();
+        if layers.is_empty() {
+            let candidates: Vec<&str> = graph.iter().map(|(_, n)| n.name.as_str()).collect();
+            let suggestion = cnnc_diag::did_you_mean(name, candidates.iter().copied()).map(str::to_owned);
+            return Err(UnknownFreeze { name: name.clone(), model: graph.name.clone(), suggestion });
+        }
+        for (id, node) in layers {
+            frozen.extend(
+                graph.params(id).iter().filter(|p| p.trainable()).map(|p| format!("{}.{}", node.name, p.suffix)),
+            );
+        }
+    }
+    Ok(frozen)
+}
+
 /// `Loss` as text in a checkpoint's settings (`ce`, `huber:1`, `hinge:1`...).
 mod loss_text {
     use super::Loss;
@@ -882,6 +948,54 @@ mod tests {
         assert!(matches!(e, TrainError::NonFinite { epoch: 1, checkpoint: None, .. }), "{e:?}");
         assert!(!path.exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn init_from_takes_what_fits_and_says_what_it_did() {
+        let g = mlp();
+        let mut weights = cnnc_runtime::init_params(&g, 9);
+        weights.insert("fc2.weight".into(), Tensor::zeros(&[5, 8]));
+        weights.remove("fc2.bias");
+        weights.insert("head.weight".into(), Tensor::zeros(&[2]));
+        let (params, report) = init_from(&g, &weights, 1).unwrap();
+        assert_eq!(report.loaded, ["fc1.bias", "fc1.weight"]);
+        assert_eq!(report.initialised, ["fc2.bias"]);
+        assert_eq!(report.reshaped, [("fc2.weight".to_string(), vec![5, 8], vec![3, 8])]);
+        assert_eq!(report.ignored, ["head.weight"]);
+        assert_eq!(params["fc1.weight"], weights["fc1.weight"]);
+        assert_eq!(params["fc2.weight"], cnnc_runtime::init_params(&g, 1)["fc2.weight"]);
+    }
+
+    #[test]
+    fn freeze_names_layers_and_prefixes() {
+        let g = mlp();
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let frozen = frozen_params(&g, &names(&["fc1"])).unwrap();
+        assert_eq!(frozen.into_iter().collect::<Vec<_>>(), ["fc1.bias", "fc1.weight"]);
+        assert!(frozen_params(&g, &names(&["relu"])).unwrap().is_empty(), "a layer without parameters");
+        let e = frozen_params(&g, &names(&["fc3"])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--freeze `fc3`: model `mlp` has no layer `fc3` and no layer inside it (did you mean `fc1`?)"
+        );
+        assert!(frozen_params(&g, &names(&["fc"])).is_err(), "a prefix stops at a dot: `fc` is not `fc1`");
+        // Frozen parameters keep their values through training; the others move.
+        let data = Points::new(8, 3);
+        let settings = TrainSettings { frozen: frozen_params(&g, &names(&["fc1"])).unwrap(), ..settings(2, 0.1) };
+        let init = cnnc_runtime::init_params(&g, 3);
+        let trained = train(
+            &mut stepper(&settings, init.clone()),
+            &data,
+            "mlp",
+            &settings,
+            Start::default(),
+            None,
+            &mut Watch::default(),
+        )
+        .unwrap();
+        assert_eq!(trained.state["fc1.weight"], init["fc1.weight"]);
+        assert_ne!(trained.state["fc2.weight"], init["fc2.weight"]);
+        assert!(!trained.state.contains_key("fc1.weight.momentum_buffer"), "no optimiser state for a frozen one");
     }
 
     #[test]
