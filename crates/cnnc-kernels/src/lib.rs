@@ -1,0 +1,16 @@
+//! cnnc's compute kernels.
+
+pub mod act;
+pub mod conv;
+pub mod conv_task;
+pub mod cpu;
+pub mod error;
+pub mod pack;
+pub mod par;
+pub mod reorder;
+pub mod simd;
+pub mod threads;
+pub mod tile;
+pub mod view;
+pub mod vmath;
+pub mod x86;

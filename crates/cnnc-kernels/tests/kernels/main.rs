@@ -1,0 +1,7 @@
+//! The kernel tests: every kernel against the reference interpreter on every instruction set
+//! this CPU supports, over proptest-generated configurations, on guard-paged buffers.
+
+mod conv;
+mod guard;
+mod oracle;
+mod util;

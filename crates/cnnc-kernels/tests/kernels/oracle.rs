@@ -1,0 +1,105 @@
+//! The reference interpreter as plain functions on logical NCHW f32 data: the only module of
+//! the kernel tests that knows the interpreter's API (single-node graphs, `forward`,
+//! `backward`), so that only this file changes when that API does.
+
+use cnnc_interp::{Options, backward, forward};
+use cnnc_ir::{Activation, BatchNorm, Conv, Graph, NodeId, Op, Shape, Window};
+use cnnc_runtime::{Tensor, TensorMap};
+
+/// A convolution's configuration, in the interpreter's terms.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvCfg {
+    pub n: usize,
+    pub ic: usize,
+    pub ih: usize,
+    pub iw: usize,
+    pub oc: usize,
+    pub k: [usize; 2],
+    pub stride: [usize; 2],
+    pub pad: [usize; 2],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+}
+
+impl ConvCfg {
+    pub fn out_hw(&self) -> [usize; 2] {
+        let o = |a: usize| {
+            let extent = self.dilation[a] * (self.k[a] - 1) + 1;
+            ([self.ih, self.iw][a] + 2 * self.pad[a] - extent) / self.stride[a] + 1
+        };
+        [o(0), o(1)]
+    }
+
+    fn op(&self, bias: bool) -> Op {
+        let window =
+            Window { kernel: self.k, stride: self.stride, pad: self.pad, dilation: self.dilation, ceil_mode: false };
+        Op::Conv(Conv { out_channels: self.oc, window, groups: self.groups, bias })
+    }
+}
+
+/// The epilogue applied after a convolution: per-channel scale and shift, residual, activation.
+#[derive(Clone, Debug, Default)]
+pub struct Post<'a> {
+    pub scale_shift: Option<(&'a [f32], &'a [f32])>,
+    pub residual: Option<&'a [f32]>,
+    pub act: Option<Activation>,
+}
+
+fn tensor(shape: &[usize], data: &[f32]) -> Tensor {
+    Tensor::from_vec(shape, data.to_vec()).expect("oracle tensor shape")
+}
+
+fn add(g: &mut Graph, op: Op, inputs: Vec<NodeId>, name: &str) -> NodeId {
+    g.add(op, inputs, name, Default::default()).expect("oracle graph").0
+}
+
+/// Convolution forward with bias and the epilogue: `x` is `[n, ic, ih, iw]`, `w` `[oc, ic /
+/// groups, kh, kw]`; returns `[n, oc, oh, ow]`.
+pub fn conv_forward(cfg: &ConvCfg, x: &[f32], w: &[f32], bias: Option<&[f32]>, post: &Post<'_>) -> Vec<f32> {
+    let [oh, ow] = cfg.out_hw();
+    let mut g = Graph::new("conv");
+    let xi = g.add_input("x", Shape(vec![cfg.ic, cfg.ih, cfg.iw]), Default::default()).expect("input");
+    let mut inputs = vec![tensor(&[cfg.n, cfg.ic, cfg.ih, cfg.iw], x)];
+    let mut params = TensorMap::new();
+    params.insert("conv.weight".into(), tensor(&[cfg.oc, cfg.ic / cfg.groups, cfg.k[0], cfg.k[1]], w));
+    if let Some(b) = bias {
+        params.insert("conv.bias".into(), tensor(&[cfg.oc], b));
+    }
+    let mut y = add(&mut g, cfg.op(bias.is_some()), vec![xi], "conv");
+    if let Some((scale, shift)) = post.scale_shift {
+        // Batch norm with mean 0, variance 1 and eps 0 is exactly `* scale + shift`.
+        y = add(&mut g, Op::BatchNorm(BatchNorm { eps: 0.0, momentum: 0.1 }), vec![y], "bn");
+        params.insert("bn.weight".into(), tensor(&[cfg.oc], scale));
+        params.insert("bn.bias".into(), tensor(&[cfg.oc], shift));
+        params.insert("bn.running_mean".into(), Tensor::zeros(&[cfg.oc]));
+        params.insert("bn.running_var".into(), tensor(&[cfg.oc], &vec![1.0; cfg.oc]));
+    }
+    if let Some(r) = post.residual {
+        let ri = g.add_input("r", Shape(vec![cfg.oc, oh, ow]), Default::default()).expect("input");
+        inputs.push(tensor(&[cfg.n, cfg.oc, oh, ow], r));
+        y = add(&mut g, Op::Add, vec![y, ri], "add");
+    }
+    if let Some(a) = post.act {
+        y = add(&mut g, Op::Activation(a), vec![y], "act");
+    }
+    g.outputs = vec![y];
+    let trace = forward(&g, &params, &inputs, Options::inference()).expect("oracle forward");
+    trace.outputs::<Tensor>().remove(0).data
+}
+
+/// Convolution gradients for output gradient `gy`: `(dx, dw, db)`.
+#[allow(dead_code)]
+pub fn conv_backward(cfg: &ConvCfg, x: &[f32], w: &[f32], gy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut g = Graph::new("conv");
+    let xi = g.add_input("x", Shape(vec![cfg.ic, cfg.ih, cfg.iw]), Default::default()).expect("input");
+    let y = add(&mut g, cfg.op(true), vec![xi], "conv");
+    g.outputs = vec![y];
+    let mut params = TensorMap::new();
+    params.insert("conv.weight".into(), tensor(&[cfg.oc, cfg.ic / cfg.groups, cfg.k[0], cfg.k[1]], w));
+    params.insert("conv.bias".into(), Tensor::zeros(&[cfg.oc]));
+    let inputs = [tensor(&[cfg.n, cfg.ic, cfg.ih, cfg.iw], x)];
+    let trace = forward(&g, &params, &inputs, Options::training(0)).expect("oracle forward");
+    let [oh, ow] = cfg.out_hw();
+    let grads = backward(&g, &trace, &[tensor(&[cfg.n, cfg.oc, oh, ow], gy)]).expect("oracle backward");
+    (grads.inputs[0].data.clone(), grads.params["conv.weight"].data.clone(), grads.params["conv.bias"].data.clone())
+}
