@@ -1,0 +1,98 @@
+//! Kernel speed at batch 1 on all threads, against the machine's own limits measured in the
+//! same run: `cargo bench -p cnnc-benches --bench kernels` runs the criterion groups and then
+//! prints the summary; `-- --report` prints only the summary (faster: medians of short runs)
+//! with one JSON line per result, for the closing table beside `../shared/tools/ort_layers.py`.
+
+use cnnc_benches::layers::{self, Pass};
+use cnnc_benches::peak;
+use cnnc_kernels::par::Parallel;
+use cnnc_kernels::threads::ThreadPool;
+use criterion::{Criterion, Throughput};
+use std::time::Instant;
+
+fn pool() -> &'static ThreadPool {
+    ThreadPool::global()
+}
+
+fn criterion_groups(c: &mut Criterion) {
+    let mut group = c.benchmark_group("conv_forward");
+    for layer in layers::table() {
+        let mut p = layers::prepare(&layer, Pass::Forward, pool());
+        group.throughput(Throughput::Elements(p.flop as u64));
+        group.bench_function(layer.name, |b| b.iter(|| p.run()));
+    }
+    group.finish();
+    let mut group = c.benchmark_group("dispatch");
+    group.bench_function("empty_tasks", |b| b.iter(|| pool().run(pool().threads() * 4, &|_, _| {})));
+    group.finish();
+}
+
+/// Median microseconds of one run of `tasks` empty tasks through the pool.
+fn dispatch_us(tasks: usize) -> f64 {
+    let reps = 20_000;
+    let mut t = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        pool().run(tasks, &|_, _| {});
+        t.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    t.sort_by(f64::total_cmp);
+    t[reps / 2]
+}
+
+fn report() {
+    let threads = pool().threads();
+    let p = peak::measure(threads);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    println!("cpu: {cpu}, {threads} threads, kernels: {}", cnnc_kernels::cpu::active().isa().name());
+    let row = |name: &str, w: Option<[f64; 2]>| match w {
+        Some([a, b]) => println!("peak {name:>7}: {a:7.1} GFLOP/s 1 thread, {b:7.1} all threads"),
+        None => println!("peak {name:>7}: not supported"),
+    };
+    row("512-bit", p.w512);
+    row("256-bit", p.w256);
+    row("128-bit", p.w128);
+    println!(
+        "read bandwidth {:.1} / {:.1} GB/s, triad {:.1} / {:.1} GB/s (1 / all threads)",
+        p.read[0], p.read[1], p.triad[0], p.triad[1]
+    );
+    let peak_all = p.all_threads();
+    println!(
+        "{{\"tool\":\"cnnc_kernels_peak\",\"threads\":{threads},\"peak_gflops\":{peak_all:.1},\"read_gbs\":{:.1},\"triad_gbs\":{:.1}}}",
+        p.read[1], p.triad[1]
+    );
+    for pass in [Pass::Forward] {
+        for layer in layers::table() {
+            let mut prep = layers::prepare(&layer, pass, pool());
+            let secs = prep.median_secs(200);
+            let gflops = prep.flop / secs / 1e9;
+            println!(
+                "{{\"tool\":\"cnnc_kernels\",\"layer\":\"{}\",\"pass\":\"{pass:?}\",\"median_ms\":{:.4},\"gflops\":{gflops:.1},\"pct_peak\":{:.1}}}",
+                layer.name,
+                secs * 1e3,
+                100.0 * gflops / peak_all
+            );
+        }
+    }
+    for tasks in [threads, 8 * threads] {
+        println!("{{\"tool\":\"cnnc_kernels_dispatch\",\"tasks\":{tasks},\"median_us\":{:.2}}}", dispatch_us(tasks));
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--report") {
+        report();
+        return;
+    }
+    let mut c = Criterion::default().configure_from_args();
+    criterion_groups(&mut c);
+    c.final_summary();
+    report();
+}
