@@ -406,47 +406,102 @@ impl ConvPlan {
     /// band copies and a fixed cost per task.
     fn split(&mut self, threads: usize) {
         let s = self.shape;
-        let images = s.n * s.groups;
-        let oc_units = self.ocb / self.k;
-        let col_tiles = self.cols.div_ceil(self.nw);
         // Cycles per output pixel x block at the FMA peak (32 MACs a cycle, 16 per block).
         let unit = (self.icb * 16 * s.kh * s.kw) as f64 / 2.0;
-        let mut best = (f64::INFINITY, 1, 1, 1);
-        for n_oc in (1..=oc_units).filter(|d| oc_units.is_multiple_of(*d)) {
-            let oc_chunk = oc_units / n_oc * self.k;
-            for rc in 1..=self.rows {
-                let n_rows = self.rows.div_ceil(rc);
-                if rc > 1 && self.rows.div_ceil(rc - 1) == n_rows {
-                    continue; // the same chunk count with smaller chunks is better balanced
+        let (band, ow, icb) = (self.band, self.ow, self.icb);
+        let copy_row = match band {
+            Band::Direct => 0.0,
+            Band::Padded => (icb * (s.iw + 2 * s.pad[1])) as f64,
+            Band::Taps => (icb * s.kw * ow) as f64,
+        };
+        let plan = &*self;
+        let cost = |rc: usize, cc: usize, oc_chunk: usize| {
+            unit * (rc * cc * oc_chunk) as f64 + 1.5 * copy_row * plan.rows_for(rc) as f64
+        };
+        let sp = best_split(s.n * s.groups, self.ocb / self.k, self.rows, self.cols, self.nw, threads, &cost, self.k);
+        self.n_oc = sp.n_oc;
+        self.oc_chunk = sp.oc_chunk;
+        self.row_chunk = sp.row_chunk;
+        self.n_rows = sp.n_rows;
+        self.col_chunk = sp.col_chunk;
+        self.n_cols = sp.n_cols;
+        self.tasks = sp.tasks;
+        self.set_band();
+    }
+}
+
+/// A split of `images x oc blocks x rows x columns` into equal tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Split {
+    pub n_oc: usize,
+    pub oc_chunk: usize,
+    pub row_chunk: usize,
+    pub n_rows: usize,
+    pub col_chunk: usize,
+    pub n_cols: usize,
+    pub tasks: usize,
+}
+
+/// The split with the fewest rounds of tasks over `threads` (`cost(rows, cols, blocks)`
+/// estimating a task's cycles, plus a fixed 2000 per task): output-channel units (of `k`
+/// blocks) divided evenly, rows and column tiles (of `nw`) in chunks.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn best_split(
+    images: usize,
+    oc_units: usize,
+    rows: usize,
+    cols: usize,
+    nw: usize,
+    threads: usize,
+    cost: &dyn Fn(usize, usize, usize) -> f64,
+    k: usize,
+) -> Split {
+    let col_tiles = cols.div_ceil(nw);
+    let mut best = (
+        f64::INFINITY,
+        Split {
+            n_oc: 1,
+            oc_chunk: oc_units * k,
+            row_chunk: rows,
+            n_rows: 1,
+            col_chunk: cols,
+            n_cols: 1,
+            tasks: images,
+        },
+    );
+    for n_oc in (1..=oc_units).filter(|d| oc_units.is_multiple_of(*d)) {
+        let oc_chunk = oc_units / n_oc * k;
+        for rc in 1..=rows {
+            let n_rows = rows.div_ceil(rc);
+            if rc > 1 && rows.div_ceil(rc - 1) == n_rows {
+                continue; // the same chunk count with smaller chunks is better balanced
+            }
+            for ct in 1..=col_tiles {
+                let n_cols = col_tiles.div_ceil(ct);
+                if ct > 1 && col_tiles.div_ceil(ct - 1) == n_cols {
+                    continue;
                 }
-                for ct in 1..=col_tiles {
-                    let n_cols = col_tiles.div_ceil(ct);
-                    let cc = (ct * self.nw).min(self.cols);
-                    let tasks = images * n_oc * n_rows * n_cols;
-                    let rounds = tasks.div_ceil(threads) as f64;
-                    let compute = unit * (rc * cc * oc_chunk) as f64;
-                    let copy = match self.band {
-                        Band::Direct => 0.0,
-                        Band::Padded => (self.icb * self.rows_for(rc) * (s.iw + 2 * s.pad[1])) as f64,
-                        Band::Taps => (self.icb * self.rows_for(rc) * s.kw * self.ow) as f64,
+                let cc = (ct * nw).min(cols);
+                let tasks = images * n_oc * n_rows * n_cols;
+                let rounds = tasks.div_ceil(threads) as f64;
+                let total = rounds * (cost(rc, cc, oc_chunk) + 2000.0);
+                if total < best.0 * 0.999 {
+                    let col_chunk = cc;
+                    let split = Split {
+                        n_oc,
+                        oc_chunk,
+                        row_chunk: rc,
+                        n_rows,
+                        col_chunk,
+                        n_cols: cols.div_ceil(col_chunk),
+                        tasks: 0,
                     };
-                    let cost = rounds * (compute + 1.5 * copy + 2000.0);
-                    if cost < best.0 * 0.999 {
-                        best = (cost, n_oc, rc, ct);
-                    }
+                    best = (total, Split { tasks: images * n_oc * n_rows * split.n_cols, ..split });
                 }
             }
         }
-        let (_, n_oc, rc, ct) = best;
-        self.n_oc = n_oc;
-        self.oc_chunk = oc_units / n_oc * self.k;
-        self.row_chunk = rc;
-        self.n_rows = self.rows.div_ceil(rc);
-        self.col_chunk = (ct * self.nw).min(self.cols);
-        self.n_cols = self.cols.div_ceil(self.col_chunk);
-        self.tasks = images * self.n_oc * self.n_rows * self.n_cols;
-        self.set_band();
     }
+    best.1
 }
 
 /// The tile shape: the block count (4, 2 or 1, dividing `ocb`) and widest tile that minimise

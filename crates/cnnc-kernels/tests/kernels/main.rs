@@ -2,6 +2,7 @@
 //! this CPU supports, over proptest-generated configurations, on guard-paged buffers.
 
 mod conv;
+mod conv_bwd;
 mod guard;
 mod oracle;
 mod util;

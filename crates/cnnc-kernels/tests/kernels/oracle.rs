@@ -88,7 +88,6 @@ pub fn conv_forward(cfg: &ConvCfg, x: &[f32], w: &[f32], bias: Option<&[f32]>, p
 }
 
 /// Convolution gradients for output gradient `gy`: `(dx, dw, db)`.
-#[allow(dead_code)]
 pub fn conv_backward(cfg: &ConvCfg, x: &[f32], w: &[f32], gy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut g = Graph::new("conv");
     let xi = g.add_input("x", Shape(vec![cfg.ic, cfg.ih, cfg.iw]), Default::default()).expect("input");
