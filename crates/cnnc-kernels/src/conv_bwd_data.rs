@@ -19,7 +19,7 @@ use super::error::{KernelError, check_len, check_min_len, product};
 use super::par::{Parallel, SyncPtr};
 use super::simd::{Cpu, Isa};
 use super::tile::{self, Out, Reduce};
-use super::view::{Layout, View, check_apart, check_same_or_apart, pad16};
+use super::view::{Layout, View, check_apart, pad16};
 
 /// What the backward-data pass does besides the transposed convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
