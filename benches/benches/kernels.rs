@@ -22,6 +22,15 @@ fn criterion_groups(c: &mut Criterion) {
         group.bench_function(layer.name, |b| b.iter(|| p.run()));
     }
     group.finish();
+    for (pass, name) in [(Pass::BackwardData, "conv_backward_data"), (Pass::BackwardWeights, "conv_backward_weights")] {
+        let mut group = c.benchmark_group(name);
+        for layer in layers::backward_table() {
+            let mut p = layers::prepare(&layer, pass, pool());
+            group.throughput(Throughput::Elements(p.flop as u64));
+            group.bench_function(layer.name, |b| b.iter(|| p.run()));
+        }
+        group.finish();
+    }
     let mut group = c.benchmark_group("dispatch");
     group.bench_function("empty_tasks", |b| b.iter(|| pool().run(pool().threads() * 4, &|_, _| {})));
     group.finish();
@@ -68,13 +77,20 @@ fn report() {
         "{{\"tool\":\"cnnc_kernels_peak\",\"threads\":{threads},\"peak_gflops\":{peak_all:.1},\"read_gbs\":{:.1},\"triad_gbs\":{:.1}}}",
         p.read[1], p.triad[1]
     );
-    for pass in [Pass::Forward] {
-        for layer in layers::table() {
+    for pass in [Pass::Forward, Pass::BackwardData, Pass::BackwardWeights] {
+        let list = if pass == Pass::Forward { layers::table() } else { layers::backward_table() };
+        for layer in list {
             let mut prep = layers::prepare(&layer, pass, pool());
-            let secs = prep.median_secs(200);
+            let secs = prep.median_secs(if prep.bytes > 1e8 { 40 } else { 200 });
             let gflops = prep.flop / secs / 1e9;
+            let bw = if prep.bytes > 0.0 {
+                let gbs = prep.bytes / secs / 1e9;
+                format!(",\"gbs\":{gbs:.1},\"pct_read_bw\":{:.1}", 100.0 * gbs / p.read[1])
+            } else {
+                String::new()
+            };
             println!(
-                "{{\"tool\":\"cnnc_kernels\",\"layer\":\"{}\",\"pass\":\"{pass:?}\",\"median_ms\":{:.4},\"gflops\":{gflops:.1},\"pct_peak\":{:.1}}}",
+                "{{\"tool\":\"cnnc_kernels\",\"layer\":\"{}\",\"pass\":\"{pass:?}\",\"median_ms\":{:.4},\"gflops\":{gflops:.1},\"pct_peak\":{:.1}{bw}}}",
                 layer.name,
                 secs * 1e3,
                 100.0 * gflops / peak_all

@@ -7,6 +7,7 @@ pub mod conv_bwd_weights;
 pub mod conv_task;
 pub mod cpu;
 pub mod error;
+pub mod fc;
 pub mod pack;
 pub mod par;
 pub mod reorder;

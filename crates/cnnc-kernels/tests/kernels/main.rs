@@ -3,6 +3,7 @@
 
 mod conv;
 mod conv_bwd;
+mod fc;
 mod guard;
 mod oracle;
 mod util;

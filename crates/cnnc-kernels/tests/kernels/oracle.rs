@@ -3,7 +3,7 @@
 //! `backward`), so that only this file changes when that API does.
 
 use cnnc_interp::{Options, backward, forward};
-use cnnc_ir::{Activation, BatchNorm, Conv, Graph, NodeId, Op, Shape, Window};
+use cnnc_ir::{Activation, BatchNorm, Conv, Fc, Graph, NodeId, Op, Shape, Window};
 use cnnc_runtime::{Tensor, TensorMap};
 
 /// A convolution's configuration, in the interpreter's terms.
@@ -101,4 +101,39 @@ pub fn conv_backward(cfg: &ConvCfg, x: &[f32], w: &[f32], gy: &[f32]) -> (Vec<f3
     let [oh, ow] = cfg.out_hw();
     let grads = backward(&g, &trace, &[tensor(&[cfg.n, cfg.oc, oh, ow], gy)]).expect("oracle backward");
     (grads.inputs[0].data.clone(), grads.params["conv.weight"].data.clone(), grads.params["conv.bias"].data.clone())
+}
+
+fn fc_graph(i: usize, o: usize, act: Option<Activation>) -> Graph {
+    let mut g = Graph::new("fc");
+    let x = g.add_input("x", Shape(vec![i]), Default::default()).expect("input");
+    let mut y = add(&mut g, Op::Fc(Fc { out_features: o, bias: true }), vec![x], "fc");
+    if let Some(a) = act {
+        y = add(&mut g, Op::Activation(a), vec![y], "act");
+    }
+    g.outputs = vec![y];
+    g
+}
+
+fn fc_params(i: usize, o: usize, w: &[f32], b: &[f32]) -> TensorMap {
+    let mut params = TensorMap::new();
+    params.insert("fc.weight".into(), tensor(&[o, i], w));
+    params.insert("fc.bias".into(), tensor(&[o], b));
+    params
+}
+
+/// Fully connected forward: `x` `[n, i]`, `w` `[o, i]`, bias `[o]`, then the activation.
+pub fn fc_forward(n: usize, i: usize, o: usize, x: &[f32], w: &[f32], b: &[f32], act: Option<Activation>) -> Vec<f32> {
+    let g = fc_graph(i, o, act);
+    let trace =
+        forward(&g, &fc_params(i, o, w, b), &[tensor(&[n, i], x)], Options::inference()).expect("oracle forward");
+    trace.outputs::<Tensor>().remove(0).data
+}
+
+/// Fully connected gradients `(dx, dw, db)` for output gradient `gy` `[n, o]`.
+pub fn fc_backward(n: usize, i: usize, o: usize, x: &[f32], w: &[f32], gy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let g = fc_graph(i, o, None);
+    let params = fc_params(i, o, w, &vec![0.0; o]);
+    let trace = forward(&g, &params, &[tensor(&[n, i], x)], Options::training(0)).expect("oracle forward");
+    let grads = backward(&g, &trace, &[tensor(&[n, o], gy)]).expect("oracle backward");
+    (grads.inputs[0].data.clone(), grads.params["fc.weight"].data.clone(), grads.params["fc.bias"].data.clone())
 }
