@@ -6,6 +6,7 @@ use cnnc_kernels::act::Act;
 use cnnc_kernels::conv::{self, ConvIo, ConvPlan, ConvShape, Epilogue};
 use cnnc_kernels::conv_bwd_data::{self, BwdDataIo, BwdDataOptions, BwdDataPlan};
 use cnnc_kernels::conv_bwd_weights::{self, BwdWeightsIo, BwdWeightsPlan};
+use cnnc_kernels::conv_plain::{self, PlainConvPlan};
 use cnnc_kernels::cpu;
 use cnnc_kernels::fc::{self, FcPlan};
 use cnnc_kernels::par::Parallel;
@@ -25,6 +26,8 @@ pub enum Pass {
 #[derive(Clone, Copy, Debug)]
 pub enum Kind {
     Conv(ConvShape),
+    /// A convolution of a plain (`nchw`) input to a blocked output (the stem).
+    PlainConv(ConvShape),
     /// A fully connected layer at batch 1: `i` features to `o`.
     Fc {
         i: usize,
@@ -47,6 +50,7 @@ pub fn table() -> Vec<Layer> {
         conv("conv3x3_64-64_56", ConvShape::simple(1, 64, [56, 56], 64, 3, 1, 1)),
         conv("conv3x3_256-256_14", ConvShape::simple(1, 256, [14, 14], 256, 3, 1, 1)),
         conv("conv1x1_256-64_56", ConvShape::simple(1, 256, [56, 56], 64, 1, 1, 0)),
+        Layer { name: "conv7x7s2_3-64_224", kind: Kind::PlainConv(ConvShape::simple(1, 3, [224, 224], 64, 7, 2, 3)) },
         Layer { name: "fc_4096-4096", kind: Kind::Fc { i: 4096, o: 4096 } },
         Layer { name: "fc_25088-4096", kind: Kind::Fc { i: 25088, o: 4096 } },
     ]
@@ -139,6 +143,24 @@ pub fn conv_backward_weights(shape: ConvShape, pool: &'static ThreadPool) -> Pre
     Prepared { flop: 2.0 * shape.macs(), bytes: 0.0, run }
 }
 
+/// Sets up a plain-input convolution with bias (the stem).
+pub fn plain_conv_forward(shape: ConvShape, pool: &'static ThreadPool) -> Prepared {
+    let epi = Epilogue { bias: true, scale_shift: false, residual: false, act: Act::NONE };
+    let plan = PlainConvPlan::new(shape, epi, Layout::NChw16c, cpu::active(), pool.threads()).expect("plan");
+    let [oh, ow] = plan.out_hw();
+    let x = View::dense(0, shape.n, shape.ic, shape.ih, shape.iw, Layout::Nchw);
+    let y = View::dense(x.end().unwrap(), shape.n, shape.oc, oh, ow, Layout::NChw16c);
+    let mut arena = pseudo(y.end().unwrap(), 10);
+    let weights = pseudo(conv_plain::packed_weight_len(&shape).unwrap(), 11);
+    let bias = pseudo(shape.oc, 12);
+    let mut scratch = vec![0.0f32; plan.scratch_len(pool.threads())];
+    let run = Box::new(move || {
+        let io = ConvIo { x, y, residual: None, weights: &weights, bias: Some(&bias), scale: None, shift: None };
+        conv_plain::forward(pool, &plan, &mut arena, &io, &mut scratch).expect("run");
+    });
+    Prepared { flop: 2.0 * shape.macs(), bytes: 0.0, run }
+}
+
 /// Sets up an fc layer with bias at batch 1.
 pub fn fc_forward(i: usize, o: usize, pool: &'static ThreadPool) -> Prepared {
     let plan = FcPlan::new(1, i, o, true, Act::NONE, cpu::active(), pool.threads()).expect("plan");
@@ -154,6 +176,7 @@ pub fn prepare(layer: &Layer, pass: Pass, pool: &'static ThreadPool) -> Prepared
         (Kind::Conv(s), Pass::Forward) => conv_forward(s, pool),
         (Kind::Conv(s), Pass::BackwardData) => conv_backward_data(s, pool),
         (Kind::Conv(s), Pass::BackwardWeights) => conv_backward_weights(s, pool),
+        (Kind::PlainConv(s), _) => plain_conv_forward(s, pool),
         (Kind::Fc { i, o }, _) => fc_forward(i, o, pool),
     }
 }

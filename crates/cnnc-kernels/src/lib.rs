@@ -4,6 +4,7 @@ pub mod act;
 pub mod conv;
 pub mod conv_bwd_data;
 pub mod conv_bwd_weights;
+pub mod conv_plain;
 pub mod conv_task;
 pub mod cpu;
 pub mod error;

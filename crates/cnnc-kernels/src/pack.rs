@@ -8,6 +8,7 @@
 //! | `IOhw16o16i` (backward data) | `G x IB x OB x KH x KW x 256` | `[g][ib][ob][KH-1-y][KW-1-x][o][i]`, the same element |
 //! | `Goihw16g` (depthwise) | `GB x KH x KW x 16` | `[gb][y][x][g]` = `w[gb*16 + g][0][y][x]` |
 //! | `OI16i16o` (1x1, gemm on maps) | as `OIhw16i16o` with `KH = KW = 1` | |
+//! | `Oihw16o` (plain-input convolution) | `OB x I x KH x KW x 16` | `[ob][i][y][x][o]` = `w[ob*16 + o][i][y][x]` |
 //!
 //! `OB = ceil(Og / 16)`, `IB = ceil(Ig / 16)` per group; every padded position is zero, which is
 //! what makes the padding lanes of blocked activations harmless.
@@ -103,6 +104,42 @@ pub fn unpack(s: &WeightShape, layout: Blocked, src: &[f32], dst: &mut [f32]) ->
                     k += 1;
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Floats of `Oihw16o` weights (plain-input convolutions): `ceil(O/16) x I x KH x KW x 16`.
+pub fn plain_input_len(s: &WeightShape) -> Result<usize, KernelError> {
+    if s.groups != 1 {
+        return Err(KernelError::Unsupported { what: "plain-input convolution with groups" });
+    }
+    s.check()?;
+    product("packed weights", &[s.o.div_ceil(16), s.i, s.kh, s.kw, 16])
+}
+
+/// Packs `oihw` into `Oihw16o` (`[ob][i][y][x][o]`, zero past `O`).
+pub fn pack_plain_input(s: &WeightShape, src: &[f32], dst: &mut [f32]) -> Result<(), KernelError> {
+    check_len("plain weights", src.len(), s.plain_len()?)?;
+    check_len("packed weights", dst.len(), plain_input_len(s)?)?;
+    dst.fill(0.0);
+    let taps = s.kh * s.kw;
+    for o in 0..s.o {
+        for it in 0..s.i * taps {
+            dst[((o / 16) * s.i * taps + it) * 16 + o % 16] = src[o * s.i * taps + it];
+        }
+    }
+    Ok(())
+}
+
+/// Unpacks `Oihw16o` back to `oihw`.
+pub fn unpack_plain_input(s: &WeightShape, src: &[f32], dst: &mut [f32]) -> Result<(), KernelError> {
+    check_len("packed weights", src.len(), plain_input_len(s)?)?;
+    check_len("plain weights", dst.len(), s.plain_len()?)?;
+    let taps = s.kh * s.kw;
+    for o in 0..s.o {
+        for it in 0..s.i * taps {
+            dst[o * s.i * taps + it] = src[((o / 16) * s.i * taps + it) * 16 + o % 16];
         }
     }
     Ok(())

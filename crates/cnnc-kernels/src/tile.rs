@@ -11,7 +11,8 @@
 //! this loop with other strides. Then the epilogue ([`Out`]) runs on the tile before it is
 //! written once: `+ C` (accumulate), `+ bias`, `* scale + shift`, `+ residual`, activation.
 //!
-//! The column stride `AC` (16: pixels of a blocked map; 1: consecutive floats) is a
+//! The column stride `AC` (16: pixels of a blocked map; 1: consecutive floats; 2: every other
+//! float, for stride-2 convolutions on plain maps) is a
 //! compile-time constant so that every broadcast is one instruction with a constant
 //! displacement. The tile bodies are unrolled in the source (macro-generated statements with
 //! literal indices, no loop over columns or blocks: LLVM vectorised such loops wrongly, see
@@ -141,6 +142,8 @@ pub struct Tiles {
     pub a16: TileSet,
     /// Columns 1 float apart.
     pub a1: TileSet,
+    /// Columns 2 floats apart (stride-2 convolutions reading a plain map).
+    pub a2: TileSet,
 }
 
 /// The tile tables of an instruction set. Portable tables exist on every target; asking for an
@@ -414,6 +417,12 @@ macro_rules! tile_tables {
                 k1: table!($f, 1, [$($k1)*]),
                 k2: table!($f, 1, [$($k2)*]),
                 k4: table!($f, 1, [$($k4)*]),
+            },
+            a2: TileSet {
+                regs_per_vector: $regs,
+                k1: table!($f, 2, [$($k1)*]),
+                k2: table!($f, 2, [$($k2)*]),
+                k4: table!($f, 2, [$($k4)*]),
             },
         };
     };

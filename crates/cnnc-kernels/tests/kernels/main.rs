@@ -3,6 +3,7 @@
 
 mod conv;
 mod conv_bwd;
+mod conv_plain;
 mod fc;
 mod guard;
 mod oracle;
