@@ -7,6 +7,7 @@ pub mod conv_bwd_weights;
 pub mod conv_plain;
 pub mod conv_task;
 pub mod cpu;
+pub mod depthwise;
 pub mod error;
 pub mod fc;
 pub mod pack;

@@ -373,7 +373,7 @@ isa_fn! {
     ///
     /// # Safety
     /// As `finish_generic`; `isa` supported by the CPU.
-    unsafe fn finish(buf: *const f32, nw: usize, kk: usize, o: &Out) = finish_generic;
+    pub unsafe fn finish(buf: *const f32, nw: usize, kk: usize, o: &Out) = finish_generic;
 }
 
 #[cfg(target_arch = "x86_64")]

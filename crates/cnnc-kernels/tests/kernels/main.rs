@@ -4,6 +4,7 @@
 mod conv;
 mod conv_bwd;
 mod conv_plain;
+mod depthwise;
 mod fc;
 mod guard;
 mod oracle;
