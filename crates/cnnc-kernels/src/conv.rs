@@ -76,9 +76,6 @@ impl ConvShape {
             if extent > padded {
                 return Err(KernelError::Shape { what: "the kernel is larger than the padded input" });
             }
-            if p >= extent {
-                return Err(KernelError::Shape { what: "padding reaches a whole kernel past the input" });
-            }
             Ok((padded - extent) / s + 1)
         };
         let oh = axis(self.ih, self.kh, self.stride[0], self.pad[0], self.dilation[0])?;

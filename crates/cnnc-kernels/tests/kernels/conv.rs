@@ -52,8 +52,8 @@ pub fn conv_cfg() -> impl Strategy<Value = ConvCfg> {
         .prop_map(|((n, ic, oc, groups), (ih, iw, kh, kw), (sh, sw, ph, pw, dh, dw))| {
             let (ic, oc) = if groups == 2 { (32 * ic.div_ceil(20), 16 * oc.div_ceil(20) * 2) } else { (ic, oc) };
             let extent = |k: usize, d: usize| d * (k - 1) + 1;
-            // The kernel must fit the padded input, and padding must stay below the extent.
-            let (ph, pw) = (ph.min(extent(kh, dh) - 1), pw.min(extent(kw, dw) - 1));
+            // Padding up to one past the kernel's extent (rows and columns with no tap at all).
+            let (ph, pw) = (ph.min(extent(kh, dh)), pw.min(extent(kw, dw)));
             let mut cfg = ConvCfg {
                 n,
                 ic,
@@ -66,13 +66,17 @@ pub fn conv_cfg() -> impl Strategy<Value = ConvCfg> {
                 dilation: [dh, dw],
                 groups,
             };
-            while macs(&cfg) > 2_000_000 && (cfg.ih > extent(kh, dh) || cfg.iw > extent(kw, dw) || cfg.n > 1) {
+            // Shrink the batch, then the larger reducible spatial side, until small enough.
+            while macs(&cfg) > 2_000_000 {
+                let (can_h, can_w) = (cfg.ih > extent(kh, dh), cfg.iw > extent(kw, dw));
                 if cfg.n > 1 {
                     cfg.n -= 1;
-                } else if cfg.ih >= cfg.iw && cfg.ih > extent(kh, dh) {
+                } else if can_h && (cfg.ih >= cfg.iw || !can_w) {
                     cfg.ih -= 1;
+                } else if can_w {
+                    cfg.iw -= 1;
                 } else {
-                    cfg.iw = (cfg.iw - 1).max(extent(kw, dw));
+                    break;
                 }
             }
             cfg

@@ -7,5 +7,8 @@ mod conv_plain;
 mod depthwise;
 mod fc;
 mod guard;
+mod norm;
 mod oracle;
+mod pool;
+mod softmax;
 mod util;

@@ -137,3 +137,56 @@ pub fn fc_backward(n: usize, i: usize, o: usize, x: &[f32], w: &[f32], gy: &[f32
     let grads = backward(&g, &trace, &[tensor(&[n, o], gy)]).expect("oracle backward");
     (grads.inputs[0].data.clone(), grads.params["fc.weight"].data.clone(), grads.params["fc.bias"].data.clone())
 }
+
+/// A single-op graph on a `[c, h, w]` (or `[f]`) input, forward then backward with `gy`:
+/// `(y, dx)`. `params` are the op's parameters by suffix (`weight`, `bias`, ...).
+pub fn unary(
+    op: Op,
+    dims: &[usize],
+    n: usize,
+    x: &[f32],
+    params: &[(&str, &[usize], &[f32])],
+    gy: Option<&[f32]>,
+    train: bool,
+) -> (Vec<f32>, Option<Vec<f32>>, TensorMap) {
+    let mut g = Graph::new("op");
+    let xi = g.add_input("x", Shape(dims.to_vec()), Default::default()).expect("input");
+    let y = add(&mut g, op, vec![xi], "op");
+    g.outputs = vec![y];
+    let mut pm = TensorMap::new();
+    for (suffix, shape, data) in params {
+        pm.insert(format!("op.{suffix}"), tensor(shape, data));
+    }
+    let mut full = vec![n];
+    full.extend_from_slice(dims);
+    let options = if train { Options::training(0) } else { Options::inference() };
+    let trace = forward(&g, &pm, &[tensor(&full, x)], options).expect("oracle forward");
+    let out: Tensor = trace.outputs::<Tensor>().remove(0);
+    let grads = gy.map(|gy| backward(&g, &trace, &[tensor(&out.shape, gy)]).expect("oracle backward"));
+    let dx = grads.as_ref().map(|gr| gr.inputs[0].data.clone());
+    let mut dparams = grads.map(|gr| gr.params).unwrap_or_default();
+    for (k, v) in trace.running_stats::<Tensor>() {
+        dparams.insert(format!("stats:{k}"), v);
+    }
+    (out.data, dx, dparams)
+}
+
+/// `a + b` through the interpreter's `add`.
+pub fn add2(dims: &[usize], n: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
+    let mut g = Graph::new("add");
+    let ai = g.add_input("a", Shape(dims.to_vec()), Default::default()).expect("input");
+    let bi = g.add_input("b", Shape(dims.to_vec()), Default::default()).expect("input");
+    let y = add(&mut g, Op::Add, vec![ai, bi], "add");
+    g.outputs = vec![y];
+    let mut full = vec![n];
+    full.extend_from_slice(dims);
+    let trace =
+        forward(&g, &TensorMap::new(), &[tensor(&full, a), tensor(&full, b)], Options::inference()).expect("oracle");
+    trace.outputs::<Tensor>().remove(0).data
+}
+
+/// Softmax cross-entropy `(mean loss, d logits)` of `[n, c]` logits.
+pub fn cross_entropy(n: usize, c: usize, logits: &[f32], targets: &[usize]) -> (f32, Vec<f32>) {
+    let (v, g) = cnnc_interp::loss::cross_entropy(&tensor(&[n, c], logits), targets).expect("oracle loss");
+    (v as f32, g.data)
+}
