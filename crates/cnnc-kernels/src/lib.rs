@@ -13,6 +13,7 @@ pub mod eltwise;
 pub mod error;
 pub mod fc;
 pub mod lrn;
+pub mod optim;
 pub mod pack;
 pub mod par;
 pub mod pool;

@@ -13,7 +13,7 @@
 //! `exp(-|x|)`, `log1p(y) = ln(u) * y / (u - 1)` with `u = 1 + y` (exact when `u` rounds).
 //! Overflow gives infinity, underflow zero or the correctly scaled subnormal, NaN stays NaN.
 
-use super::simd::{Portable, Simd};
+use super::simd::{Cpu, Portable, Simd, isa_fn};
 
 const LOG2E: f32 = core::f32::consts::LOG2_E;
 /// `ln 2` to 9 significant bits: `n * LN2_HI` is exact for `|n| < 2^15`.
@@ -84,7 +84,9 @@ pub fn expm1<S: Simd>(s: S, x: S::V) -> S::V {
     let t = s.ldexp(one, n);
     let small = s.fmadd(t, p, s.sub(t, one));
     let large = s.sub(s.ldexp(s.add(p, one), n), one);
-    s.select(s.lt(s.splat(20.0), n), large, small)
+    let r = s.select(s.lt(s.splat(20.0), n), large, small);
+    // expm1(-0) = -0: the sum above would round it to +0.
+    s.select(s.eq(x, s.zero()), x, r)
 }
 
 /// Natural logarithm: `-inf` at 0, NaN below 0, `inf` at `inf`.
@@ -139,6 +141,54 @@ pub fn sigmoid<S: Simd>(s: S, x: S::V) -> S::V {
     let e = exp(s, s.sub(s.zero(), s.abs(x)));
     let num = s.select(s.le(s.zero(), x), s.splat(1.0), e);
     s.div(num, s.add(s.splat(1.0), e))
+}
+
+/// The functions, for [`eval`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Func {
+    Exp,
+    Expm1,
+    Ln,
+    Log1p,
+    Tanh,
+    Sigmoid,
+}
+
+/// # Safety
+/// `x` readable and `y` writable for `len` floats.
+#[inline(always)]
+unsafe fn eval_generic<S: Simd>(s: S, f: Func, x: *const f32, y: *mut f32, len: usize) {
+    let mut i = 0;
+    while i < len {
+        let m = (len - i).min(16);
+        // SAFETY: i + m <= len.
+        unsafe {
+            let v = s.load_n(x.add(i), m);
+            let r = match f {
+                Func::Exp => exp(s, v),
+                Func::Expm1 => expm1(s, v),
+                Func::Ln => ln(s, v),
+                Func::Log1p => log1p(s, v),
+                Func::Tanh => tanh(s, v),
+                Func::Sigmoid => sigmoid(s, v),
+            };
+            s.store_n(y.add(i), m, r);
+        }
+        i += m;
+    }
+}
+
+isa_fn! {
+    /// # Safety
+    /// As `eval_generic`; `isa` supported.
+    unsafe fn eval_raw(f: Func, x: *const f32, y: *mut f32, len: usize) = eval_generic;
+}
+
+/// `y[i] = f(x[i])` with `cpu`'s instruction set (the vectors every kernel uses).
+pub fn eval(cpu: Cpu, f: Func, x: &[f32], y: &mut [f32]) {
+    let len = x.len().min(y.len());
+    // SAFETY: both slices hold len floats; the instruction set comes from a Cpu token.
+    unsafe { eval_raw(cpu.isa(), f, x.as_ptr(), y.as_mut_ptr(), len) }
 }
 
 /// The same functions on one `f32` (portable code, lane 0), for scalar tails and tests.
