@@ -62,6 +62,7 @@ enum Rule {
 /// (`s1`: momentum buffer / first moment / square average; `s2`: second moment / momentum
 /// buffer; `s3`: centred gradient average), `g` for reading.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn update_generic<S: Simd>(
     s: S,
     rule: &Rule,
