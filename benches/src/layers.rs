@@ -6,6 +6,7 @@ use cnnc_kernels::act::Act;
 use cnnc_kernels::conv::{self, ConvIo, ConvPlan, ConvShape, Epilogue};
 use cnnc_kernels::conv_bwd_data::{self, BwdDataIo, BwdDataOptions, BwdDataPlan};
 use cnnc_kernels::conv_bwd_weights::{self, BwdWeightsIo, BwdWeightsPlan};
+use cnnc_kernels::conv_fwd;
 use cnnc_kernels::conv_plain::{self, PlainConvPlan};
 use cnnc_kernels::cpu;
 use cnnc_kernels::fc::{self, FcPlan};
@@ -106,7 +107,7 @@ pub fn conv_forward(shape: ConvShape, pool: &'static ThreadPool) -> Prepared {
     let flop = 2.0 * shape.macs();
     let run = Box::new(move || {
         let io = ConvIo { x, y, residual: None, weights: &weights, bias: Some(&bias), scale: None, shift: None };
-        conv::forward(pool, &plan, &mut arena, &io, &mut scratch).expect("benchmark layer run");
+        conv_fwd::forward(pool, &plan, &mut arena, &io, &mut scratch).expect("benchmark layer run");
     });
     Prepared { flop, bytes: 0.0, run }
 }

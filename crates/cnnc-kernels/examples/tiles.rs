@@ -49,7 +49,7 @@ fn main() {
                 let run = |scratch: &mut [f32]| {
                     for t in 0..plan.tasks() {
                         // SAFETY: buffers sized from the plan's shape above.
-                        unsafe { conv::forward_task(&plan, &args, t, scratch.as_mut_ptr()) };
+                        unsafe { cnnc_kernels::conv_fwd::forward_task(&plan, &args, t, scratch.as_mut_ptr()) };
                     }
                 };
                 run(&mut scratch);

@@ -10,6 +10,7 @@
 //! Channel vectors are `c` floats; padding lanes of a blocked result are written as zeros.
 
 use super::error::{KernelError, check_len};
+use super::fmath::sqrt64;
 use super::par::{Parallel, SyncPtr};
 use super::view::{Layout, View, check_same_or_apart};
 
@@ -203,7 +204,7 @@ pub fn affine(
         check_len(what, l, c)?;
     }
     for ch in 0..c {
-        let inv = 1.0 / (var[ch] as f64 + eps as f64).sqrt();
+        let inv = 1.0 / sqrt64(var[ch] as f64 + eps as f64);
         scale[ch] = (gamma[ch] as f64 * inv) as f32;
         shift[ch] = (beta[ch] as f64 - mean[ch] as f64 * gamma[ch] as f64 * inv) as f32;
     }
@@ -312,7 +313,7 @@ fn backward(
             Some((m, v)) => {
                 for ch in blk * 16..(blk * 16 + 16).min(s.c) {
                     mean[ch % 16] = m[ch] as f64;
-                    inv[ch % 16] = 1.0 / (v[ch] as f64 + eps as f64).sqrt();
+                    inv[ch % 16] = 1.0 / sqrt64(v[ch] as f64 + eps as f64);
                 }
             }
             None => {
@@ -324,7 +325,7 @@ fn backward(
                     let d = xv(n, w) - mean[ch % 16];
                     sq[ch % 16] += d * d;
                 });
-                inv = core::array::from_fn(|l| 1.0 / (sq[l] / s.count() + eps as f64).sqrt());
+                inv = core::array::from_fn(|l| 1.0 / sqrt64(sq[l] / s.count() + eps as f64));
             }
         }
         let (mut sg, mut sgx) = ([0.0f64; 16], [0.0f64; 16]);

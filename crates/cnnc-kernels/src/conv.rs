@@ -3,7 +3,7 @@
 //! epilogue (bias, unfolded batch-norm scale and shift, residual, activation).
 //!
 //! A [`ConvPlan`] is made once per layer (all checks, the tile shape and the split into tasks);
-//! [`forward_task`] then runs one task: a range of output rows (or, for 1x1 stride-1
+//! `conv_fwd.rs` runs it (`forward`, or `forward_task` for one task): a range of output rows (or, for 1x1 stride-1
 //! convolutions whose pixels are one flat row, a range of pixels) x a range of output-channel
 //! blocks of one image and group. Each output tile is one call of the batch-reduce
 //! microkernel (`tile.rs`) over input blocks x kernel rows x kernel columns.
@@ -17,12 +17,10 @@
 //! directly. The copy is a few percent of a task's input traffic and brings it into cache.
 
 use super::act::Act;
-pub use super::conv_task::forward_task;
-use super::error::{KernelError, check_len, check_min_len, product};
-use super::par::{Parallel, SyncPtr};
+use super::error::{KernelError, product};
 use super::simd::{Cpu, Isa};
 use super::tile;
-use super::view::{Layout, View, check_apart, check_same_or_apart, pad16};
+use super::view::{View, pad16};
 
 /// The shape of a convolution (cross-correlation, as PyTorch): input `n x ic x ih x iw`,
 /// `oc` filters of `ic / groups x kh x kw`, zero padding `pad` on both sides of each axis.
@@ -190,72 +188,6 @@ pub struct ConvIo<'a> {
     pub bias: Option<&'a [f32]>,
     pub scale: Option<&'a [f32]>,
     pub shift: Option<&'a [f32]>,
-}
-
-/// Runs a forward convolution on `par`'s threads after checking every operand against the
-/// plan: views inside `arena` with the plan's dimensions and layout, the output apart from the
-/// input (the residual may be the output itself, or apart from it), slice lengths, scratch of
-/// [`ConvPlan::scratch_len`]`(par.threads())` floats.
-pub fn forward(
-    par: &dyn Parallel,
-    plan: &ConvPlan,
-    arena: &mut [f32],
-    io: &ConvIo<'_>,
-    scratch: &mut [f32],
-) -> Result<(), KernelError> {
-    let s = &plan.shape;
-    let len = arena.len();
-    io.x.check_in("input", len)?;
-    io.y.check_in("output", len)?;
-    io.x.expect("input", [s.n, s.ic, s.ih, s.iw], Layout::NChw16c)?;
-    io.y.expect("output", [s.n, s.oc, plan.oh, plan.ow], Layout::NChw16c)?;
-    check_apart(("output", &io.y), &[("input", &io.x)])?;
-    let e = &plan.epilogue;
-    check_len("weights", io.weights.len(), packed_weight_len(s)?)?;
-    let vector = |what: &'static str, v: Option<&[f32]>, wanted: bool| -> Result<*const f32, KernelError> {
-        match (v, wanted) {
-            (Some(v), true) => check_len(what, v.len(), s.oc).map(|_| v.as_ptr()),
-            (None, false) => Ok(core::ptr::null()),
-            _ => Err(KernelError::View { what }),
-        }
-    };
-    let bias = vector("bias", io.bias, e.bias)?;
-    let scale = vector("scale", io.scale, e.scale_shift)?;
-    let shift = vector("shift", io.shift, e.scale_shift)?;
-    let (res_off, res_bs) = match (io.residual, e.residual) {
-        (Some(r), true) => {
-            r.check_in("residual", len)?;
-            r.expect("residual", [s.n, s.oc, plan.oh, plan.ow], Layout::NChw16c)?;
-            check_same_or_apart(("residual", &r), ("output", &io.y))?;
-            (r.offset, r.batch_stride)
-        }
-        (None, false) => (0, 0),
-        _ => return Err(KernelError::View { what: "residual" }),
-    };
-    check_min_len("scratch", scratch.len(), plan.scratch_len(par.threads()))?;
-    let base = arena.as_mut_ptr();
-    let args = ConvArgs {
-        x: base.wrapping_add(io.x.offset),
-        x_bs: io.x.batch_stride,
-        w: io.weights.as_ptr(),
-        bias,
-        scale,
-        shift,
-        res: if e.residual { base.wrapping_add(res_off) } else { core::ptr::null() },
-        res_bs,
-        y: base.wrapping_add(io.y.offset),
-        y_bs: io.y.batch_stride,
-    };
-    let scratch = SyncPtr(scratch.as_mut_ptr());
-    let per = plan.scratch;
-    par.run(plan.tasks, &|task, thread| {
-        // SAFETY: every view and slice was checked against the plan above; the output is
-        // apart from the input and weights (a separate slice); each task writes its own output
-        // tiles and uses the scratch of its thread, which no other running task uses
-        // (Parallel's contract), and the scratch holds per floats for every thread.
-        unsafe { forward_task(plan, &args, task, scratch.get().wrapping_add(thread * per)) }
-    });
-    Ok(())
 }
 
 /// Floats of packed weights the plan reads: `groups x ocb x icb x kh x kw x 256`.

@@ -12,6 +12,7 @@
 //! Vectorised over 16 lanes, split over threads in chunks; the gradient is only read.
 
 use super::error::{KernelError, check_len};
+use super::fmath::{powi64, sqrt64};
 use super::par::{Parallel, SyncPtr};
 use super::simd::{Cpu, Simd, isa_fn};
 
@@ -195,10 +196,10 @@ pub fn adam(
     for (what, l) in [("gradient", grad.len()), ("first moment", m.len()), ("second moment", v.len())] {
         check_len(what, l, params.len())?;
     }
-    let t = step.min(i32::MAX as u64) as i32;
-    let bc1 = 1.0 - (o.beta1 as f64).powi(t);
-    let bc2 = 1.0 - (o.beta2 as f64).powi(t);
-    let rule = Rule::Adam { o: *o, step_size: (o.lr as f64 / bc1) as f32, bc2_sqrt: bc2.sqrt() as f32 };
+    let t = step.min(u32::MAX as u64) as u32;
+    let bc1 = 1.0 - powi64(o.beta1 as f64, t);
+    let bc2 = 1.0 - powi64(o.beta2 as f64, t);
+    let rule = Rule::Adam { o: *o, step_size: (o.lr as f64 / bc1) as f32, bc2_sqrt: sqrt64(bc2) as f32 };
     run(par, cpu, rule, params, grad, [m, v, &mut []]);
     Ok(())
 }

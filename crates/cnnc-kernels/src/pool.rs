@@ -303,7 +303,7 @@ unsafe fn forward_plain(p: &PoolPlan, a: &PoolArgs, task: usize) {
                 let out = match p.kind {
                     PoolKind::Max => acc,
                     PoolKind::Avg | PoolKind::AvgExcludePad => acc / p.divisor(by, bx),
-                    PoolKind::L2 => acc.sqrt(),
+                    PoolKind::L2 => super::fmath::sqrt32(acc),
                 };
                 // SAFETY: inside the output (and argmax) plane.
                 unsafe {
@@ -386,5 +386,3 @@ pub fn forward(
     });
     Ok(())
 }
-
-pub use super::pool_bwd::{PoolBwdArgs, PoolBwdIo, backward, backward_task};

@@ -209,7 +209,7 @@ pub fn backward(par: &dyn Parallel, p: &PoolPlan, arena: &mut [f32], io: &PoolBw
         let plane = (p.ih * p.iw) as f32;
         let ok = (0..p.n).all(|n| {
             let image = &arena[m.offset + n * m.batch_stride..][..m.image_len().unwrap_or(0)];
-            image.iter().all(|&v| v == -1.0 || (v >= 0.0 && v < plane && v.fract() == 0.0))
+            image.iter().all(|&v| v == -1.0 || (v >= 0.0 && v < plane && super::fmath::is_whole(v)))
         });
         if !ok {
             return Err(KernelError::View { what: "argmax (an entry is not an index into its plane)" });

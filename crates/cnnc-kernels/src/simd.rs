@@ -236,7 +236,7 @@ impl Simd for Portable {
     }
     #[inline(always)]
     fn sqrt(self, a: [f32; 16]) -> [f32; 16] {
-        lanes(|i| a[i].sqrt())
+        lanes(|i| super::fmath::sqrt32(a[i]))
     }
     #[inline(always)]
     fn abs(self, a: [f32; 16]) -> [f32; 16] {
@@ -248,7 +248,7 @@ impl Simd for Portable {
     }
     #[inline(always)]
     fn round(self, a: [f32; 16]) -> [f32; 16] {
-        lanes(|i| a[i].round_ties_even())
+        lanes(|i| super::fmath::round_ties_even(a[i]))
     }
     #[inline(always)]
     fn ldexp(self, a: [f32; 16], n: [f32; 16]) -> [f32; 16] {

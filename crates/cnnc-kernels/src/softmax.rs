@@ -194,7 +194,7 @@ pub fn cross_entropy(
         // SAFETY: out holds c floats; the instruction set comes from a Cpu token.
         let sum = unsafe { exp_sum(cpu.isa(), out.as_mut_ptr(), c, max) };
         let t = targets[b] as usize;
-        total += max as f64 + sum.ln() - row[t] as f64;
+        total += max as f64 + vmath::scalar::ln(sum as f32) as f64 - row[t] as f64;
         let scale = (1.0 / (sum * n as f64)) as f32;
         for v in out.iter_mut() {
             *v *= scale;

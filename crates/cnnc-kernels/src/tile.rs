@@ -123,7 +123,7 @@ impl TileSet {
             (_, 1) => (2 * w, 12.0, 0.92),
             (_, _) => (2 * k * w, 12.0, 0.9),
         };
-        base * (regs as f64 / target).sqrt().min(1.0)
+        base * super::fmath::sqrt64(regs as f64 / target).min(1.0)
     }
 
     fn blocks(&self, k: usize) -> &'static [TileFn] {

@@ -4,7 +4,8 @@ use super::oracle::{self, ConvCfg, Post};
 use super::util::{Arena, Rng, close, cpus, from_blocked, guarded, par, to_blocked};
 use cnnc_ir::Activation;
 use cnnc_kernels::act::{Act, ActKind};
-use cnnc_kernels::conv::{self, ConvIo, ConvPlan, ConvShape, Epilogue};
+use cnnc_kernels::conv::{ConvIo, ConvPlan, ConvShape, Epilogue};
+use cnnc_kernels::conv_fwd;
 use cnnc_kernels::pack::{self, Blocked, WeightShape};
 use cnnc_kernels::view::Layout;
 use proptest::prelude::*;
@@ -175,7 +176,8 @@ fn check_forward(cfg: ConvCfg, e: EpiCase, seed: u64) -> Result<(), String> {
             shift: e.scale_shift.then_some(shift_g.as_slice()),
         };
         let mut scratch = guarded(&vec![0.0; plan.scratch_len(par.threads())]);
-        conv::forward(par, &plan, arena.buf.as_mut_slice(), &io, scratch.as_mut_slice()).map_err(|e| e.to_string())?;
+        conv_fwd::forward(par, &plan, arena.buf.as_mut_slice(), &io, scratch.as_mut_slice())
+            .map_err(|e| e.to_string())?;
         let got = arena.part(yi);
         let what = format!("{:?} {cfg:?} {e:?} plan tile {:?} band {:?}", cpu.isa(), plan.tile(), plan.band());
         close(&what, &from_blocked(got, cfg.n, cfg.oc, ohw), &want, 1e-4)?;

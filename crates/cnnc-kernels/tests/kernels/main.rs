@@ -13,5 +13,6 @@ mod optim;
 mod oracle;
 mod pool;
 mod softmax;
+mod source;
 mod util;
 mod vmath;

@@ -4,7 +4,8 @@
 use super::oracle;
 use super::util::{Arena, Rng, close, cpus, from_blocked, par, to_blocked};
 use cnnc_ir::{Op, PoolKind as IrKind, Window};
-use cnnc_kernels::pool::{self, PoolBwdIo, PoolKind, PoolPlan, PoolWindow};
+use cnnc_kernels::pool::{self, PoolKind, PoolPlan, PoolWindow};
+use cnnc_kernels::pool_bwd::{self, PoolBwdIo};
 use cnnc_kernels::view::Layout;
 use proptest::prelude::*;
 
@@ -108,7 +109,7 @@ fn check_pool(t: PoolCase, layout: Layout, accumulate: bool, seed: u64) -> Resul
             argmax: max.then_some(mv),
             accumulate,
         };
-        pool::backward(par, &plan, arena.buf.as_mut_slice(), &io).map_err(|e| e.to_string())?;
+        pool_bwd::backward(par, &plan, arena.buf.as_mut_slice(), &io).map_err(|e| e.to_string())?;
         close(&format!("dx {what}"), &back(arena.part(4), t.h * t.w), &dx_want, 1e-3)?;
         if !arena.gaps_intact() {
             return Err(format!("{what}: wrote outside its tensors"));
@@ -166,6 +167,6 @@ fn forged_argmax_is_rejected() {
         argmax: Some(v(0)),
         accumulate: false,
     };
-    let e = pool::backward(&cnnc_kernels::par::Serial, &plan, &mut arena, &io).unwrap_err();
+    let e = pool_bwd::backward(&cnnc_kernels::par::Serial, &plan, &mut arena, &io).unwrap_err();
     assert!(e.to_string().contains("argmax"), "{e}");
 }

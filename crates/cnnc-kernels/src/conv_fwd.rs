@@ -1,8 +1,78 @@
-//! Running the tasks of a forward-convolution plan: the band copy, the output rows and their
-//! tiles (see `conv.rs` for the plan and the halo strategy).
+//! Running a forward-convolution plan: the checked safe entry [`forward`], and the raw
+//! [`forward_task`] with the band copy, the output rows and their tiles (see `conv.rs` for the
+//! plan and the halo strategy).
 
-use super::conv::{Band, ConvArgs, ConvPlan};
+use super::conv::{Band, ConvArgs, ConvIo, ConvPlan, packed_weight_len};
+use super::error::{KernelError, check_len, check_min_len};
+use super::par::{Parallel, SyncPtr};
 use super::tile::{self, Out, Reduce};
+use super::view::{Layout, check_apart, check_same_or_apart};
+
+/// Runs a forward convolution on `par`'s threads after checking every operand against the
+/// plan: views inside `arena` with the plan's dimensions and layout, the output apart from the
+/// input (the residual may be the output itself, or apart from it), slice lengths, scratch of
+/// [`ConvPlan::scratch_len`]`(par.threads())` floats.
+pub fn forward(
+    par: &dyn Parallel,
+    plan: &ConvPlan,
+    arena: &mut [f32],
+    io: &ConvIo<'_>,
+    scratch: &mut [f32],
+) -> Result<(), KernelError> {
+    let s = &plan.shape;
+    let len = arena.len();
+    io.x.check_in("input", len)?;
+    io.y.check_in("output", len)?;
+    io.x.expect("input", [s.n, s.ic, s.ih, s.iw], Layout::NChw16c)?;
+    io.y.expect("output", [s.n, s.oc, plan.oh, plan.ow], Layout::NChw16c)?;
+    check_apart(("output", &io.y), &[("input", &io.x)])?;
+    let e = &plan.epilogue;
+    check_len("weights", io.weights.len(), packed_weight_len(s)?)?;
+    let vector = |what: &'static str, v: Option<&[f32]>, wanted: bool| -> Result<*const f32, KernelError> {
+        match (v, wanted) {
+            (Some(v), true) => check_len(what, v.len(), s.oc).map(|_| v.as_ptr()),
+            (None, false) => Ok(core::ptr::null()),
+            _ => Err(KernelError::View { what }),
+        }
+    };
+    let bias = vector("bias", io.bias, e.bias)?;
+    let scale = vector("scale", io.scale, e.scale_shift)?;
+    let shift = vector("shift", io.shift, e.scale_shift)?;
+    let (res_off, res_bs) = match (io.residual, e.residual) {
+        (Some(r), true) => {
+            r.check_in("residual", len)?;
+            r.expect("residual", [s.n, s.oc, plan.oh, plan.ow], Layout::NChw16c)?;
+            check_same_or_apart(("residual", &r), ("output", &io.y))?;
+            (r.offset, r.batch_stride)
+        }
+        (None, false) => (0, 0),
+        _ => return Err(KernelError::View { what: "residual" }),
+    };
+    check_min_len("scratch", scratch.len(), plan.scratch_len(par.threads()))?;
+    let base = arena.as_mut_ptr();
+    let args = ConvArgs {
+        x: base.wrapping_add(io.x.offset),
+        x_bs: io.x.batch_stride,
+        w: io.weights.as_ptr(),
+        bias,
+        scale,
+        shift,
+        res: if e.residual { base.wrapping_add(res_off) } else { core::ptr::null() },
+        res_bs,
+        y: base.wrapping_add(io.y.offset),
+        y_bs: io.y.batch_stride,
+    };
+    let scratch = SyncPtr(scratch.as_mut_ptr());
+    let per = plan.scratch;
+    par.run(plan.tasks, &|task, thread| {
+        // SAFETY: every view and slice was checked against the plan above; the output is
+        // apart from the input and weights (a separate slice); each task writes its own output
+        // tiles and uses the scratch of its thread, which no other running task uses
+        // (Parallel's contract), and the scratch holds per floats for every thread.
+        unsafe { forward_task(plan, &args, task, scratch.get().wrapping_add(thread * per)) }
+    });
+    Ok(())
+}
 
 /// Per-block copies of the epilogue vectors of blocks `o0 / 16 ..` (zero-padded past `oc`).
 struct EpiVectors {
