@@ -97,6 +97,26 @@ fn report() {
             );
         }
     }
+    let mut total = 0.0;
+    for layer in layers::resnet50() {
+        let mut prep = layers::prepare_net(&layer, pool());
+        let secs = prep.median_secs(200);
+        total += secs * layer.count as f64;
+        println!(
+            "{{\"tool\":\"cnnc_kernels_resnet50\",\"layer\":\"{}\",\"count\":{},\"median_ms\":{:.4},\"gflops\":{:.1}}}",
+            layer.name,
+            layer.count,
+            secs * 1e3,
+            prep.flop / secs / 1e9
+        );
+    }
+    let gflop = 2.0 * 4_089_184_256.0 / 1e9;
+    println!(
+        "{{\"tool\":\"cnnc_kernels_resnet50_sum\",\"batch\":1,\"sum_ms\":{:.3},\"gflop\":{gflop:.3},\"gflops\":{:.1},\"pct_peak\":{:.1}}}",
+        total * 1e3,
+        gflop / total,
+        100.0 * gflop / total / peak_all
+    );
     for tasks in [threads, 8 * threads] {
         println!("{{\"tool\":\"cnnc_kernels_dispatch\",\"tasks\":{tasks},\"median_us\":{:.2}}}", dispatch_us(tasks));
     }

@@ -42,6 +42,7 @@ pub mod depthwise;
 pub mod eltwise;
 pub mod error;
 pub mod fc;
+pub mod ffi;
 pub mod fmath;
 pub mod lrn;
 pub mod optim;

@@ -7,6 +7,7 @@ mod conv_plain;
 mod depthwise;
 mod eltwise;
 mod fc;
+mod ffi;
 mod guard;
 mod norm;
 mod optim;
