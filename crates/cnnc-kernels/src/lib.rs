@@ -36,6 +36,7 @@ pub mod conv;
 pub mod conv_bwd_data;
 pub mod conv_bwd_weights;
 pub mod conv_fwd;
+pub mod conv_generic;
 pub mod conv_plain;
 pub mod cpu;
 pub mod depthwise;

@@ -60,6 +60,7 @@ pub fn files() -> &'static [Source] {
         conv_fwd: Core [conv error par tile view];
         conv_bwd_data: Core [conv error par simd tile view];
         conv_bwd_weights: Core [conv error par simd tile view];
+        conv_generic: Core [act conv error par simd view];
         conv_plain: Core [act conv error par simd tile view];
         depthwise: Core [conv error pack par simd tile view x86];
         fc: Core [act error par simd tile x86];

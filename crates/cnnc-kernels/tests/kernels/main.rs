@@ -3,6 +3,7 @@
 
 mod conv;
 mod conv_bwd;
+mod conv_generic;
 mod conv_plain;
 mod depthwise;
 mod eltwise;
