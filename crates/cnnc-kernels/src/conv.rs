@@ -359,6 +359,15 @@ impl ConvPlan {
     }
 }
 
+/// Candidate chunk sizes for `len` items: every size up to 64 and the sizes giving up to 64
+/// chunks (the smallest size for each count, so chunks are as even as they can be), a bounded
+/// set however large `len` is.
+fn chunk_sizes(len: usize) -> impl Iterator<Item = usize> {
+    let small = 1..=len.min(64);
+    let by_count = (1..=len.min(64)).map(move |count| len.div_ceil(count)).filter(|&c| c > 64);
+    small.chain(by_count).filter(move |&c| c == 1 || len.div_ceil(c - 1) != len.div_ceil(c))
+}
+
 /// A split of `images x oc blocks x rows x columns` into equal tasks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Split {
@@ -398,34 +407,20 @@ pub(crate) fn best_split(
             tasks: images,
         },
     );
-    for n_oc in (1..=oc_units).filter(|d| oc_units.is_multiple_of(*d)) {
+    for n_oc in (1..=oc_units.min(256)).filter(|d| oc_units.is_multiple_of(*d)) {
         let oc_chunk = oc_units / n_oc * k;
-        for rc in 1..=rows {
+        for rc in chunk_sizes(rows) {
             let n_rows = rows.div_ceil(rc);
-            if rc > 1 && rows.div_ceil(rc - 1) == n_rows {
-                continue; // the same chunk count with smaller chunks is better balanced
-            }
-            for ct in 1..=col_tiles {
+            for ct in chunk_sizes(col_tiles) {
                 let n_cols = col_tiles.div_ceil(ct);
-                if ct > 1 && col_tiles.div_ceil(ct - 1) == n_cols {
-                    continue;
-                }
                 let cc = (ct * nw).min(cols);
-                let tasks = images * n_oc * n_rows * n_cols;
+                let tasks = images.saturating_mul(n_oc).saturating_mul(n_rows).saturating_mul(n_cols);
                 let rounds = tasks.div_ceil(threads) as f64;
                 let total = rounds * (cost(rc, cc, oc_chunk) + 2000.0);
                 if total < best.0 * 0.999 {
-                    let col_chunk = cc;
-                    let split = Split {
-                        n_oc,
-                        oc_chunk,
-                        row_chunk: rc,
-                        n_rows,
-                        col_chunk,
-                        n_cols: cols.div_ceil(col_chunk),
-                        tasks: 0,
-                    };
-                    best = (total, Split { tasks: images * n_oc * n_rows * split.n_cols, ..split });
+                    let n_cols = cols.div_ceil(cc);
+                    let tasks = images * n_oc * n_rows * n_cols;
+                    best = (total, Split { n_oc, oc_chunk, row_chunk: rc, n_rows, col_chunk: cc, n_cols, tasks });
                 }
             }
         }

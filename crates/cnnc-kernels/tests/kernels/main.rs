@@ -1,6 +1,7 @@
 //! The kernel tests: every kernel against the reference interpreter on every instruction set
 //! this CPU supports, over proptest-generated configurations, on guard-paged buffers.
 
+mod checks;
 mod conv;
 mod conv_bwd;
 mod conv_generic;
