@@ -161,6 +161,11 @@ pub(crate) struct Memory {
     pub params: Buffer,
     pub inputs: Vec<Buffer>,
     pub aux: Buffer,
+    /// Derived weights native kernels read.
+    pub extra: Vec<Buffer>,
+    /// Kernel plans and argument blocks the code points at (boxed: they never move); only
+    /// held, never read here.
+    pub _keep: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 /// The pool a model's code runs on: the process-wide one, or its own.

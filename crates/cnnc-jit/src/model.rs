@@ -26,6 +26,7 @@ pub struct CompiledModel {
     compile_ms: f64,
     param_at: BTreeMap<String, (usize, usize)>,
     adam: Vec<(u64, f64, f64)>,
+    repacks: Vec<crate::lower::Repack>,
     /// The node each step belongs to.
     step_nodes: Vec<NodeId>,
     inner: Mutex<Inner>,
@@ -175,11 +176,11 @@ impl CompiledModel {
             pool.get().threads()
         };
         let mut m = module(options.mode)?;
-        let program = lower(plan, batch, threads, &addrs, &mut m, pool.addr())?;
+        let program = lower(plan, batch, threads, options.mode, guard, &addrs, &mut m, pool.addr())?;
         let mut aux = Buffer::new(program.aux.len(), guard)?;
         aux.bytes_mut().copy_from_slice(&program.aux);
         let steps: Vec<_> = program.steps.iter().map(|&(f, t, _)| (f, t)).collect();
-        let memory = Memory { arena, params, inputs, aux };
+        let memory = Memory { arena, params, inputs, aux, extra: program.extra, _keep: program.keep };
         let code = seal(m, program.driver, &steps, memory, pool)?;
         Ok(CompiledModel {
             plan: plan.clone(),
@@ -188,6 +189,7 @@ impl CompiledModel {
             compile_ms: start.elapsed().as_secs_f64() * 1e3,
             param_at,
             adam: program.adam,
+            repacks: program.repacks,
             step_nodes: program.steps.iter().map(|&(_, _, n)| n).collect(),
             inner: Mutex::new(Inner { code, loaded: false }),
         })
@@ -246,6 +248,16 @@ impl CompiledModel {
                 None if p.role == ParamRole::OptimizerState => dst.fill(0.0),
                 None => return Err(JitError::Param { name: p.name.clone(), message: "missing".into() }),
             }
+        }
+        for r in &self.repacks {
+            let (off, len) = self.param_at[&r.param];
+            let src = inner.code.memory.params.f32s(off, len).to_vec();
+            let s = &r.shape;
+            let ws = cnnc_kernels::pack::WeightShape { o: s.oc, i: s.ic, kh: s.kh, kw: s.kw, groups: 1 };
+            let buf = &mut inner.code.memory.extra[r.buffer];
+            let n = buf.len() / 4;
+            cnnc_kernels::pack::pack_plain_input(&ws, &src, buf.f32s_mut(0, n))
+                .map_err(|e| JitError::Param { name: r.param.clone(), message: e.to_string() })?;
         }
         inner.loaded = true;
         Ok(())

@@ -133,6 +133,15 @@ pub(crate) fn forward(
     let (w, wp) = lx.param(id, "weight")?;
     let bias = if conv.bias { Some(lx.param(id, "bias")?.0) } else { None };
     let g = Geo::new(conv, &x, &y);
+    if lx.mode == crate::options::Mode::Native {
+        let unit = g.kh == 1 && g.kw == 1 && g.stride == [1, 1] && g.pad == [0, 0] && g.groups == 1;
+        if unit && x.h * x.w == 1 && super::native::fc(lx, x, y, (w, &wp), bias, act, residual)? {
+            return Ok(());
+        }
+        if super::native::conv(lx, &g, x, y, res, (w, &wp), bias, act)? {
+            return Ok(());
+        }
+    }
     general_forward(lx, &g, x, y, res, (w, &wp), bias, act)
 }
 

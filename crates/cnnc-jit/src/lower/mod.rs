@@ -11,6 +11,7 @@
 mod conv;
 mod eltwise;
 mod gemm;
+mod native;
 mod norm;
 mod pool;
 mod reduce;
@@ -19,7 +20,8 @@ mod update;
 
 use crate::emit::{Fx, I64};
 use crate::error::{JitError, plan_err};
-use crate::exec::parallel_for_addr;
+use crate::exec::{Buffer, parallel_for_addr};
+use crate::options::Mode;
 use cnnc_ir::facts::param_name;
 use cnnc_ir::layout::stored_elements;
 use cnnc_ir::plan::{ParamPlan, Plan, Region, Storage};
@@ -137,6 +139,16 @@ pub(crate) struct Lx<'a> {
     pub steps: Vec<(FuncId, usize, NodeId)>,
     /// Adam updates: `(aux offset of their two per-step scalars, beta1, beta2)`.
     pub adam: Vec<(u64, f64, f64)>,
+    /// The kernel mode.
+    pub mode: Mode,
+    /// The thread pool's address (native kernels run their tasks on it).
+    pub pool: u64,
+    /// Kernel plans and argument blocks the code points at.
+    pub keep: Vec<Box<dyn std::any::Any + Send>>,
+    /// Buffers of derived weights (written at load).
+    pub extra: Vec<Buffer>,
+    pub repacks: Vec<Repack>,
+    guard: bool,
     /// The node being lowered.
     node: NodeId,
 }
@@ -147,12 +159,26 @@ pub(crate) struct Program {
     pub steps: Vec<(FuncId, usize, NodeId)>,
     pub aux: Vec<u8>,
     pub adam: Vec<(u64, f64, f64)>,
+    pub keep: Vec<Box<dyn std::any::Any + Send>>,
+    pub extra: Vec<Buffer>,
+    pub repacks: Vec<Repack>,
 }
 
+/// A weight the native kernels read in a layout of their own (`Oihw16o` for plain-input
+/// convolutions): repacked from the parameter into `extra[buffer]` whenever weights load.
+pub(crate) struct Repack {
+    pub param: String,
+    pub buffer: usize,
+    pub shape: cnnc_kernels::conv::ConvShape,
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn lower(
     plan: &Plan,
     batch: usize,
     threads: usize,
+    mode: Mode,
+    guard: bool,
     addrs: &Addrs,
     module: &mut JITModule,
     pool_addr: u64,
@@ -169,6 +195,12 @@ pub(crate) fn lower(
         aux: vec![0; ARGS_END],
         steps: Vec::new(),
         adam: Vec::new(),
+        mode,
+        pool: pool_addr,
+        keep: Vec::new(),
+        extra: Vec::new(),
+        repacks: Vec::new(),
+        guard,
         node: NodeId::from_index(0),
     };
     for (id, _) in plan.graph.iter() {
@@ -176,7 +208,15 @@ pub(crate) fn lower(
         lower_node(&mut lx, id)?;
     }
     let driver = lx.driver(pool_addr)?;
-    Ok(Program { driver, steps: lx.steps, aux: lx.aux, adam: lx.adam })
+    Ok(Program {
+        driver,
+        steps: lx.steps,
+        aux: lx.aux,
+        adam: lx.adam,
+        keep: lx.keep,
+        extra: lx.extra,
+        repacks: lx.repacks,
+    })
 }
 
 fn lower_node(lx: &mut Lx, id: NodeId) -> Result<(), JitError> {
@@ -302,6 +342,14 @@ impl Lx<'_> {
         let off = self.aux.len().div_ceil(64) * 64;
         self.aux.resize(off + bytes.div_ceil(64) * 64, 0);
         off as u64
+    }
+
+    /// A buffer of its own (`bytes` zeroed): its index and address.
+    pub fn buffer(&mut self, bytes: usize) -> Result<(usize, u64), JitError> {
+        let b = Buffer::new(bytes, self.guard)?;
+        let addr = b.addr();
+        self.extra.push(b);
+        Ok((self.extra.len() - 1, addr))
     }
 
     /// A table of integers in the auxiliary buffer.

@@ -103,6 +103,9 @@ pub(crate) fn forward(
 ) -> Result<(), JitError> {
     let x = lx.val(lx.plan.graph[id].inputs[0])?;
     let y = lx.val(id)?;
+    if lx.mode == crate::options::Mode::Native && !argmax && super::native::pool(lx, id, kind, geometry, x, y)? {
+        return Ok(());
+    }
     let blocked = x.layout == Layout::Blocked16;
     let (ty, nq) = if blocked { (F32X4, x.c.div_ceil(16) * 4) } else { (F32, x.c) };
     for (ra, ca, level_off) in levels(geometry, x.c, x.h, x.w)? {
