@@ -28,10 +28,10 @@ fn check_example(file: &str, shape: &[usize], train_batch: usize, overrides: &[(
     let opt = optimize_training(&g, Some(&weights), &PassOptions::all(), &training).unwrap();
     let cnnc_passes::Objective::Loss(loss) = training.objective else { unreachable!() };
     let inputs = [batch_of(shape, train_batch, 12), target(&g, &loss, train_batch)];
-    for mode in MODES {
-        worst =
-            worst.max(jit_equals_interp(&format!("{file} training"), &opt.plan, &weights, &inputs, mode, RTOL_GRAD));
-    }
+    // One training step per example, the modes alternating over the list (the backward
+    // kernels are the same in both; the forward ones differ and are checked in both above).
+    let mode = MODES[example_files().iter().position(|f| f == file).unwrap_or(0) % 2];
+    worst = worst.max(jit_equals_interp(&format!("{file} training"), &opt.plan, &weights, &inputs, mode, RTOL_GRAD));
     eprintln!("{file} at {shape:?}: worst relative error {worst:e}");
 }
 
@@ -71,8 +71,8 @@ examples! {
     resnet50: "resnet50.cnn" at [3, 16, 16], batch 2;
     resnet101: "resnet101.cnn" at [3, 16, 16], batch 2;
     resnet152: "resnet152.cnn" at [3, 16, 16], batch 2;
-    vgg11: "vgg11.cnn" at [3, 32, 32], batch 2, "hidden" = "64";
-    vgg13: "vgg13.cnn" at [3, 32, 32], batch 2, "hidden" = "64";
-    vgg16: "vgg16.cnn" at [3, 32, 32], batch 2, "hidden" = "64";
-    vgg19: "vgg19.cnn" at [3, 32, 32], batch 2, "hidden" = "64";
+    vgg11: "vgg11.cnn" at [3, 32, 32], batch 1, "hidden" = "64";
+    vgg13: "vgg13.cnn" at [3, 32, 32], batch 1, "hidden" = "64";
+    vgg16: "vgg16.cnn" at [3, 32, 32], batch 1, "hidden" = "64";
+    vgg19: "vgg19.cnn" at [3, 32, 32], batch 1, "hidden" = "64";
 }
