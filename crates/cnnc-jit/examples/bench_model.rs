@@ -19,6 +19,27 @@ fn main() {
     assert!(errors.is_empty(), "{errors:?}");
     let graph = cnnc_lower::lower(&parsed, &cnnc_lower::Options::default()).expect("the model lowers").graph;
     let weights = cnnc_runtime::init_params(&graph, 1);
+    if args.iter().any(|a| a == "--train") {
+        // The compile time of a training step (cross-entropy, SGD with momentum).
+        let sgd = cnnc_ir::Sgd { momentum: 0.9, weight_decay: 0.0, nesterov: false };
+        let t = cnnc_passes::TrainingOptions {
+            optimizer: Some(cnnc_ir::Optimizer::Sgd(sgd)),
+            ..cnnc_passes::TrainingOptions::new(cnnc_ir::Loss::CrossEntropy)
+        };
+        let t0 = Instant::now();
+        let opt = cnnc_passes::optimize_training(&graph, Some(&weights), &PassOptions::all(), &t).expect("passes");
+        let passes_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let model = CompiledModel::compile(&opt.plan, &Options::new(batch).with_mode(mode)).expect("compiles");
+        println!(
+            "{{\"model\": \"{}\", \"training_step\": true, \"batch\": {batch}, \"mode\": \"{}\", \"nodes\": {}, \"passes_ms\": {passes_ms:.2}, \"compile_ms\": {:.2}, \"steps\": {}}}",
+            graph.name,
+            mode.name(),
+            opt.plan.graph.len(),
+            model.compile_ms(),
+            model.steps()
+        );
+        return;
+    }
     let t0 = Instant::now();
     let opt = optimize(&graph, Some(&weights), &PassOptions::all()).expect("passes");
     let passes_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -28,7 +49,8 @@ fn main() {
     let mut full = vec![batch];
     full.extend_from_slice(shape);
     let n: usize = full.iter().product();
-    let x = cnnc_runtime::Tensor { shape: full, data: (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect() };
+    let x =
+        cnnc_runtime::Tensor { shape: full, data: (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect() };
     let inputs = [x];
     if layers {
         let r = cnnc_jit::bench::report(&model, &inputs, runs, 0.0).expect("runs");

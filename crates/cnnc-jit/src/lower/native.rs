@@ -124,7 +124,8 @@ pub(crate) fn conv(
         y: y.addr as *mut f32,
         y_bs: (y.bs / 4) as usize,
     };
-    let blocked_weights = matches!(wp.layout, Some(WeightLayout::OIhw16i16o | WeightLayout::GOIhw16i16o | WeightLayout::OI16i16o));
+    let blocked_weights =
+        matches!(wp.layout, Some(WeightLayout::OIhw16i16o | WeightLayout::GOIhw16i16o | WeightLayout::OI16i16o));
     if x.layout == Layout::Blocked16 && y.layout == Layout::Blocked16 && blocked_weights {
         let Ok(plan) = ConvPlan::new(s, epi, cpu, lx.threads) else { return Ok(false) };
         let scratch = lx.alloc(plan.scratch_len(lx.threads) * 4);
@@ -134,7 +135,8 @@ pub(crate) fn conv(
         return Ok(true);
     }
     let plain_weights = wp.layout.is_none_or(|l| l == WeightLayout::Oihw) && g.groups == 1;
-    if x.layout == Layout::Plain && plain_weights && !updated(lx, &wp.name) && res.is_none_or(|r| r.layout == y.layout) {
+    if x.layout == Layout::Plain && plain_weights && !updated(lx, &wp.name) && res.is_none_or(|r| r.layout == y.layout)
+    {
         let out = if y.layout == Layout::Plain { KLayout::Nchw } else { KLayout::NChw16c };
         let Ok(plan) = PlainConvPlan::new(s, epi, out, cpu, lx.threads) else { return Ok(false) };
         let Ok(len) = cnnc_kernels::conv_plain::packed_weight_len(&s) else { return Ok(false) };
@@ -151,7 +153,15 @@ pub(crate) fn conv(
 }
 
 /// A fully connected layer (`gemm` on vectors) through the kernels.
-pub(crate) fn fc(lx: &mut Lx, x: Val, y: Val, (w, wp): (u64, &ParamPlan), bias: Option<u64>, a: Option<Activation>, residual: bool) -> Result<bool, JitError> {
+pub(crate) fn fc(
+    lx: &mut Lx,
+    x: Val,
+    y: Val,
+    (w, wp): (u64, &ParamPlan),
+    bias: Option<u64>,
+    a: Option<Activation>,
+    residual: bool,
+) -> Result<bool, JitError> {
     let dense = x.bs == 4 * x.c as u64 && y.bs == 4 * y.c as u64;
     if residual || !dense || x.layout != Layout::Plain || wp.layout.is_some_and(|l| l != WeightLayout::Oi) {
         return Ok(false);
@@ -161,13 +171,21 @@ pub(crate) fn fc(lx: &mut Lx, x: Val, y: Val, (w, wp): (u64, &ParamPlan), bias: 
     };
     let p = keep(lx, plan);
     let f = cnnc_kernels::ffi::cnnc_fc_forward as *const () as u64;
-    let args = [Arg::Abs(p), Arg::Abs(x.addr), Arg::Abs(w), Arg::Abs(bias.unwrap_or(0)), Arg::Abs(y.addr), Arg::Abs(lx.pool)];
+    let args =
+        [Arg::Abs(p), Arg::Abs(x.addr), Arg::Abs(w), Arg::Abs(bias.unwrap_or(0)), Arg::Abs(y.addr), Arg::Abs(lx.pool)];
     call(lx, f, &args)?;
     Ok(true)
 }
 
 /// Pooling forward (no argmax) through the kernels.
-pub(crate) fn pool(lx: &mut Lx, _id: NodeId, kind: PoolKind, geometry: &PoolGeometry, x: Val, y: Val) -> Result<bool, JitError> {
+pub(crate) fn pool(
+    lx: &mut Lx,
+    _id: NodeId,
+    kind: PoolKind,
+    geometry: &PoolGeometry,
+    x: Val,
+    y: Val,
+) -> Result<bool, JitError> {
     let k = match kind {
         PoolKind::Max => cnnc_kernels::pool::PoolKind::Max,
         PoolKind::Avg { include_pad: true } => cnnc_kernels::pool::PoolKind::Avg,
