@@ -1,5 +1,9 @@
-//! Shared helpers for cnnc's benchmarks: the example sources, loaded at compile time, and
-//! generated sources of deep models for measuring how the pipeline scales.
+//! Shared helpers for cnnc's benchmarks: the example sources, loaded at compile time;
+//! generated sources of deep models for measuring how the pipeline scales; the machine's
+//! measured limits (`peak`) and the kernel benchmark layers (`layers`).
+
+pub mod layers;
+pub mod peak;
 
 /// The example networks benchmarked end to end, by file name.
 pub const EXAMPLES: &[(&str, &str)] = &[("resnet50", include_str!("../../examples/resnet50.cnn"))];

@@ -16,7 +16,14 @@ const ARGUMENTS: &[(&str, &str, &str)] = &[
          mse, l1 and huber",
     ),
     ("--loss", "--loss ce", "the loss: ce, mse, l1, huber, hinge or multi-margin"),
-    ("--output", "-o W.safetensors", "where to write the weights (`-` for standard output)"),
+    ("--weights", "--weights W.safetensors", "the trained weights (safetensors, PyTorch state_dict names)"),
+    ("--layer", "--layer NAME", "the layer whose output is saved (`cnnc summary` lists the layers by name)"),
+];
+
+/// What `-o` is, which depends on the command.
+const OUTPUTS: &[(&str, &str, &str)] = &[
+    ("init", "-o W.safetensors", "where to write the weights (`-` for standard output)"),
+    ("features", "-o F.npy", "where to write the layer's output for each image (`-` for standard output)"),
 ];
 
 /// A command that works, for each subcommand.
@@ -32,6 +39,8 @@ const EXAMPLES: &[(&str, &str)] = &[
         "cnnc grad examples/lenet5.cnn --weights lenet5.safetensors --input x.npy --target y.npy --loss ce -o \
          grads.safetensors",
     ),
+    ("gradcheck", "cnnc gradcheck examples/lenet5.cnn --train"),
+    ("features", "cnnc features examples/lenet5.cnn --weights lenet5.safetensors --layer f6 --input x.npy -o f6.npy"),
 ];
 
 /// The message for a clap error about missing required arguments, given the command line
@@ -53,8 +62,9 @@ pub fn missing_arguments(error: &clap::Error, args: &[OsString]) -> Option<Strin
         .map(|m| {
             // clap writes `--input <X.npy>` for options and `<FILE>` for positionals.
             let key = m.split_whitespace().next().unwrap_or(m);
-            match ARGUMENTS.iter().find(|(k, _, _)| *k == key) {
-                Some((_, written, what)) => format!("  - `{written}`: {what}\n"),
+            let output = OUTPUTS.iter().find(|(c, _, _)| key == "--output" && *c == command).map(|(_, w, t)| (*w, *t));
+            match output.or_else(|| ARGUMENTS.iter().find(|(k, _, _)| *k == key).map(|(_, w, t)| (*w, *t))) {
+                Some((written, what)) => format!("  - `{written}`: {what}\n"),
                 None => format!("  - `{m}`\n"),
             }
         })
@@ -90,6 +100,10 @@ mod tests {
             (&["cnnc", "run", "m.cnn"], &["`--input X.npy`: the input batch"]),
             (&["cnnc", "grad", "m.cnn", "--input", "x.npy"], &["2 arguments", "`--target T.npy`", "`--loss ce`"]),
             (&["cnnc", "grad"], &["4 arguments", "`FILE.cnn`", "`--input X.npy`"]),
+            (
+                &["cnnc", "features", "m.cnn"],
+                &["4 arguments", "`--weights W.safetensors`", "`--layer NAME`", "`-o F.npy`"],
+            ),
         ];
         for (args, needles) in cases {
             let text = message(args).unwrap_or_else(|| panic!("{args:?}: no message"));
