@@ -78,13 +78,13 @@ pub(crate) fn gradcheck(
             t.worst,
             t.analytic,
             t.numeric,
-            gradcheck::verdict(t.worst)
+            gradcheck::verdict(t.worst, check.f32_gradients)
         ));
     }
     let worst = check.tensors.iter().map(|t| t.worst).fold(0.0, f64::max);
     let wrong: Vec<&str> =
-        check.tensors.iter().filter(|t| gradcheck::verdict(t.worst) == "WRONG").map(|t| t.name.as_str()).collect();
-    text.push_str(&match (gradcheck::verdict(worst), wrong.is_empty()) {
+        check.tensors.iter().filter(|t| gradcheck::verdict(t.worst, check.f32_gradients) == "WRONG").map(|t| t.name.as_str()).collect();
+    text.push_str(&match (gradcheck::verdict(worst, check.f32_gradients), wrong.is_empty()) {
         ("ok", _) => format!("every gradient agrees with central differences (worst relative error {worst:.1e})\n"),
         (_, true) => format!(
             "the gradients agree to {worst:.1e} at worst: above 1e-5, which a ReLU or max-pooling kink within the \

@@ -16,6 +16,7 @@ use crate::preflight::PreflightError;
 use cnnc_diag::SourceFile;
 use cnnc_interp::TensorLike;
 use cnnc_interp::{InterpError, Options};
+use cnnc_ir::plan::OutputRole;
 use cnnc_ir::{Graph, NodeId, Op, TrainOp};
 use cnnc_lower::Options as LowerOptions;
 use cnnc_runtime::{InitError, MemoryBudget, NpyArray, NpyError, WeightsError, check_weights};
@@ -31,13 +32,25 @@ pub const INPUT_KEY: &str = "input";
 /// How many images `cnnc run` lists the top classes of.
 pub const MAX_LISTED_IMAGES: usize = 8;
 
-/// Where a model is run. The reference interpreter is the only one for now; the code generator
-/// and the JIT will be added here.
+/// Where a model is run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
     /// `cnnc-interp`: plain loops, f32 storage with f64 accumulation.
     #[default]
     Interp,
+    /// `cnnc-jit`: the plan compiled to machine code for the batch, in a kernel mode
+    /// (portable Cranelift loops, or native around the `cnnc-kernels` microkernels).
+    Jit(cnnc_jit::Mode),
+}
+
+impl Backend {
+    /// The `--backend` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Interp => "interp",
+            Backend::Jit(_) => "jit",
+        }
+    }
 }
 
 /// The losses of `cnnc grad` (and training): the IR's, all means over the batch (PyTorch's
@@ -135,6 +148,9 @@ pub enum ExecError {
     /// outputs, say).
     #[error("{0}")]
     Passes(cnnc_passes::PassError),
+    /// The JIT could not compile or run the plan.
+    #[error("{0}")]
+    Jit(#[from] cnnc_jit::JitError),
     /// A check before allocating or writing anything failed: not enough memory for the task,
     /// or an output that would overwrite an input.
     #[error("{0}")]
@@ -172,6 +188,7 @@ impl ExecError {
             | ExecError::TargetShape { .. }
             | ExecError::TargetOutOfRange { .. }
             | ExecError::Backend(_)
+            | ExecError::Jit(_)
             | ExecError::Passes(_) => ErrorKind::Data,
         }
     }
@@ -235,6 +252,7 @@ impl ExecError {
             | ExecError::Preflight(PreflightError::SameOutput { .. } | PreflightError::TwoOnStdout { .. })
             | ExecError::DropoutNeedsSeed { .. }
             | ExecError::Backend(_)
+            | ExecError::Jit(_)
             | ExecError::Passes(_) => None,
         }
     }
@@ -668,6 +686,38 @@ pub fn run(
 ) -> Result<RunOutcome, ExecError> {
     io_shapes(graph)?;
     let pass_mode = if mode.train { cnnc_passes::Mode::Training } else { cnnc_passes::Mode::Inference };
+    if let Backend::Jit(jit_mode) = backend {
+        // The JIT runs a plan: the optimised graph (or, without passes, the source graph's
+        // own plan), with every dumped value kept to the end as an extra output.
+        let opt = crate::optimize::optimize_forward(graph, params, passes, pass_mode).map_err(ExecError::Passes)?;
+        let notes = if passes.is_empty() { Vec::new() } else { crate::optimize::pass_report(&opt) };
+        let weights = opt.weights.clone().unwrap_or_else(|| params.clone());
+        let taps = taps_by_origin(graph, opt.graph(), &opt.origins);
+        let tapped: Vec<(NodeId, NodeId)> =
+            graph.ids().filter_map(|id| taps[id.index()].map(|node| (id, node))).collect();
+        let plan = if dump {
+            cnnc_passes::plan::with_taps(&opt.plan, &tapped.iter().map(|&(_, node)| node).collect::<Vec<_>>())
+        } else {
+            opt.plan.clone()
+        };
+        let model = compile(&plan, input.shape[0], jit_mode, &weights)?;
+        let args = cnnc_jit::StepArgs { lr: 0.0, step: 1, seed: mode.seed };
+        let result = model.run(std::slice::from_ref(input), &args)?;
+        let mut outputs = result.outputs.into_iter();
+        let output = outputs.next().ok_or_else(|| cnnc_jit::JitError::Usage("the plan has no output".into()))?;
+        let models = plan.outputs.iter().filter(|r| matches!(r, OutputRole::Model(_))).count() - tapped.len();
+        let tap_values: Vec<Tensor> = outputs.skip(models - 1).collect();
+        let dump = dump.then(|| {
+            let mut map = TensorMap::new();
+            for ((layer, _), tensor) in tapped.iter().zip(tap_values) {
+                map.insert(dump_key(&map, &graph[*layer].name), tensor);
+            }
+            map
+        });
+        let trained = running_statistics(opt.graph());
+        let state = mode.train.then(|| updated_state(params, &model.state(), &trained));
+        return Ok(RunOutcome { output, state, batch_norms_trained: trained.len(), dump, pass_notes: notes });
+    }
     // The graph that runs, its weights, what its outputs are (the model's first), and for
     // each source layer the node of it that holds the layer's output.
     let (runs, weights, taps, pass_notes): (std::borrow::Cow<'_, Graph>, std::borrow::Cow<'_, TensorMap>, _, _) =
@@ -686,21 +736,29 @@ pub fn run(
             let taps = graph.ids().map(Some).collect();
             (std::borrow::Cow::Borrowed(graph), std::borrow::Cow::Borrowed(params), taps, Vec::new())
         };
-    match backend {
-        Backend::Interp => {
-            let mut state = weights.into_owned();
-            let mut options = Options::new().with_seed(mode.seed);
-            if dump {
-                options = options.keeping_values();
-            }
-            let result = cnnc_interp::run(&runs, &mut state, std::slice::from_ref(input), &options)?;
-            let output = result.output(0).expect("a model's first output is a value");
-            let dump = dump.then(|| dump_values(graph, &taps, |id| result.value(id).map(Tensor::from_buf)));
-            let trained = running_statistics(&runs);
-            let state = mode.train.then(|| updated_state(params, &state, &trained));
-            Ok(RunOutcome { output, state, batch_norms_trained: trained.len(), dump, pass_notes })
-        }
+    let mut state = weights.into_owned();
+    let mut options = Options::new().with_seed(mode.seed);
+    if dump {
+        options = options.keeping_values();
     }
+    let result = cnnc_interp::run(&runs, &mut state, std::slice::from_ref(input), &options)?;
+    let output = result.output(0).expect("a model's first output is a value");
+    let dump = dump.then(|| dump_values(graph, &taps, |id| result.value(id).map(Tensor::from_buf)));
+    let trained = running_statistics(&runs);
+    let state = mode.train.then(|| updated_state(params, &state, &trained));
+    Ok(RunOutcome { output, state, batch_norms_trained: trained.len(), dump, pass_notes })
+}
+
+/// `plan` compiled by the JIT for `batch` samples, with `weights` loaded.
+pub fn compile(
+    plan: &cnnc_ir::plan::Plan,
+    batch: usize,
+    mode: cnnc_jit::Mode,
+    weights: &TensorMap,
+) -> Result<cnnc_jit::CompiledModel, ExecError> {
+    let model = cnnc_jit::CompiledModel::compile(plan, &cnnc_jit::Options::new(batch).with_mode(mode))?;
+    model.load_weights(weights)?;
+    Ok(model)
 }
 
 /// For each source layer, the node of an optimised graph holding the layer's output: the last
@@ -813,6 +871,7 @@ pub fn grad(
         Target::Values(t) => t.clone(),
     };
     match backend {
+        Backend::Jit(jit_mode) => grad_on_jit(graph, params, input, target, &training, &options, mode, dump, jit_mode),
         Backend::Interp => {
             let mut state = params.clone();
             let inputs = [input.clone(), target];
@@ -851,6 +910,74 @@ pub fn grad(
             Ok(GradOutcome { loss: value, output, grads, state, batch_norms_trained: trained.len(), dump, warnings })
         }
     }
+}
+
+/// [`grad`] on the JIT: the optimised training plan; with `dump`, the training graph's own
+/// plan (no passes, so that every layer's value and gradient is a node) with each of them
+/// kept to the end as an extra output.
+#[allow(clippy::too_many_arguments)] // grad's arguments, resolved
+fn grad_on_jit(
+    graph: &Graph,
+    params: &TensorMap,
+    input: &Tensor,
+    target: Tensor,
+    training: &cnnc_passes::TrainingGraph,
+    options: &cnnc_passes::TrainingOptions,
+    mode: ExecMode,
+    dump: bool,
+    jit_mode: cnnc_jit::Mode,
+) -> Result<GradOutcome, ExecError> {
+    let batch = input.shape[0];
+    // Per tap: the source layer and whether it is the layer's gradient.
+    let mut taps: Vec<(NodeId, bool, NodeId)> = Vec::new();
+    let (plan, weights) = if dump {
+        for (id, _) in graph.iter() {
+            taps.extend(training.values[id.index()].map(|node| (id, false, node)));
+        }
+        for (id, _) in graph.iter() {
+            taps.extend(training.value_grads[id.index()].map(|node| (id, true, node)));
+        }
+        let own = cnnc_passes::plan::build(
+            training.graph.clone(),
+            training.outputs.clone(),
+            Vec::new(),
+            &cnnc_passes::PlanOptions::default(),
+        );
+        let nodes: Vec<NodeId> = taps.iter().map(|&(_, _, node)| node).collect();
+        (cnnc_passes::plan::with_taps(&own, &nodes), params.clone())
+    } else {
+        let passes = cnnc_passes::PassOptions { verify: true, ..cnnc_passes::PassOptions::all() };
+        let opt = cnnc_passes::optimize_training(graph, Some(params), &passes, options).map_err(ExecError::Passes)?;
+        let weights = opt.weights.clone().unwrap_or_else(|| params.clone());
+        (opt.plan, weights)
+    };
+    let model = compile(&plan, batch, jit_mode, &weights)?;
+    let args = cnnc_jit::StepArgs { lr: 0.0, step: 1, seed: mode.seed };
+    let result = model.run(&[input.clone(), target], &args)?;
+    let value = result.loss.map_or(f64::NAN, f64::from);
+    let mut outputs = result.outputs.into_iter();
+    let output = outputs.next().ok_or_else(|| cnnc_jit::JitError::Usage("the plan has no model output".into()))?;
+    let mut grads: TensorMap = result.param_grads;
+    if let Some(input_grad) = result.input_grads.into_values().next() {
+        grads.insert(INPUT_KEY.to_owned(), input_grad);
+    }
+    let dump = dump.then(|| {
+        let mut map = TensorMap::new();
+        for (&(layer, is_grad, _), tensor) in taps.iter().zip(outputs) {
+            let name = &graph[layer].name;
+            let key = if is_grad { format!("{name}.grad") } else { name.clone() };
+            map.insert(dump_key(&map, &key), tensor);
+        }
+        for (name, tensor) in grads.iter().filter(|(name, _)| *name != INPUT_KEY) {
+            map.insert(dump_key(&map, &format!("{name}.grad")), tensor.clone());
+        }
+        map
+    });
+    let trained = running_statistics(&plan.graph);
+    let state = mode.train.then(|| updated_state(params, &model.state(), &trained));
+    let warnings =
+        if value.is_finite() { Vec::new() } else { vec![ExecWarning::NonFiniteLoss { value: value.to_string() }] };
+    Ok(GradOutcome { loss: value, output, grads, state, batch_norms_trained: trained.len(), dump, warnings })
 }
 
 /// The output of layer `layer` for each image of a checked input batch, in inference mode: the

@@ -692,3 +692,32 @@ fn training_graph_maps_each_layer_to_its_value_and_gradient() {
     let input_grad = gradients::<Buf>(&t.outputs, &training).inputs.remove(&0).unwrap();
     assert_eq!(training.value(t.value_grads[x.index()].unwrap()).unwrap().data, input_grad.data);
 }
+
+// ---------------------------------------------------------------- taps
+
+/// A plan with taps runs the same graph and also returns the tapped values, which are the
+/// logical run's values of those nodes (in the physical mode, through the replanned arena).
+#[test]
+fn taps_keep_values_to_the_end_without_changing_the_numbers() {
+    use cnnc_interp::{Options, TensorLike, run, run_plan};
+    let g = conv_bn_fc_bn(true);
+    let weights = random_weights(&g, 8);
+    let opt = cnnc_passes::optimize(&g, Some(&weights), &cnnc_passes::PassOptions::all()).unwrap();
+    let plan = &opt.plan;
+    let taps: Vec<cnnc_ir::NodeId> = plan.graph.ids().filter(|&id| plan.graph[id].op != Op::Input).collect();
+    assert!(taps.len() >= 3, "{}", plan.render());
+    let tapped = cnnc_passes::plan::with_taps(plan, &taps);
+    assert_eq!(tapped.graph.outputs.len(), plan.graph.outputs.len() + taps.len());
+    assert_eq!(tapped.transforms, plan.transforms, "the same weights, packed once");
+    cnnc_passes::memory::check(&tapped.graph, &tapped.memory).unwrap();
+    let x = random_input(&[2, 3, 9, 9], 5);
+    let physical = run_plan(&tapped, &mut weights.clone(), std::slice::from_ref(&x), &Options::new()).unwrap();
+    let mut folded = opt.weights.clone().unwrap();
+    let logical = run(&plan.graph, &mut folded, std::slice::from_ref(&x), &Options::new().keeping_values()).unwrap();
+    let model = plan.graph.outputs.len();
+    for (k, &tap) in taps.iter().enumerate() {
+        let got: Tensor = physical.output(model + k).unwrap();
+        let want = Tensor::from_buf(logical.value(tap).unwrap());
+        assert_eq!(got, want, "{}", plan.graph[tap].name);
+    }
+}
