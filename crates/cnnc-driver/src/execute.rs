@@ -593,7 +593,7 @@ pub fn load_target(
     } else {
         let target = match cnnc_runtime::read_npy_within(path, budget.bytes).map_err(ExecError::Npy)? {
             NpyArray::F32(t) => t,
-            NpyArray::I64 { .. } => {
+            NpyArray::I64 { .. } | NpyArray::U8 { .. } => {
                 return Err(ExecError::Npy(NpyError::Kind {
                     path: path.to_path_buf(),
                     expected: "floating-point",

@@ -17,7 +17,7 @@ pub use budget::{BudgetSource, FALLBACK_BYTES, MemoryBudget, human_bytes, parse_
 pub use init::{InitError, WeightInit, init_params, try_init_params, weight_init};
 pub use npy::{
     MAX_HEADER_LEN, NpyArray, NpyError, NpyFormatError, read_npy, read_npy_bytes, read_npy_f32, read_npy_f32_within,
-    read_npy_labels, read_npy_labels_within, read_npy_within, write_npy, write_npy_labels,
+    read_npy_labels, read_npy_labels_within, read_npy_within, write_npy, write_npy_labels, write_npy_u8,
 };
 pub use rng::Rng;
 pub use tensor::{Tensor, TensorError};

@@ -1,4 +1,4 @@
-//! Reading and writing NumPy `.npy` files: float inputs and integer class labels.
+//! Reading and writing NumPy `.npy` files: float inputs, integer class labels, uint8 images.
 //!
 //! The format (numpy's `numpy/lib/format.py`): the magic `\x93NUMPY`, a major and minor version
 //! byte, the header length (u16 little-endian in 1.0, u32 in 2.0 and 3.0), then the header: a
@@ -51,13 +51,16 @@ pub enum NpyArray {
     F32(Tensor),
     /// From `int64`, or `int32` widened.
     I64 { shape: Vec<usize>, data: Vec<i64> },
+    /// From `uint8` (images as stored, 0..=255), kept as bytes: a data set of them is a quarter
+    /// of its size as floats, and whoever reads them decides how to scale them.
+    U8 { shape: Vec<usize>, data: Vec<u8> },
 }
 
 impl NpyArray {
     pub fn shape(&self) -> &[usize] {
         match self {
             NpyArray::F32(t) => &t.shape,
-            NpyArray::I64 { shape, .. } => shape,
+            NpyArray::I64 { shape, .. } | NpyArray::U8 { shape, .. } => shape,
         }
     }
 
@@ -65,7 +68,7 @@ impl NpyArray {
     pub fn kind(&self) -> &'static str {
         match self {
             NpyArray::F32(_) => "floating-point",
-            NpyArray::I64 { .. } => "integer",
+            NpyArray::I64 { .. } | NpyArray::U8 { .. } => "integer",
         }
     }
 }
@@ -99,7 +102,7 @@ pub enum NpyFormatError {
     DuplicateKey { key: String },
     #[error(
         "its dtype {descr} is not supported: cnnc reads float32 ('<f4'), float64 ('<f8', rounded to \
-         float32), int32 ('<i4') and int64 ('<i8'); convert with `a.astype(np.float32)` or \
+         float32), int32 ('<i4'), int64 ('<i8') and uint8 ('|u1'); convert with `a.astype(np.float32)` or \
          `a.astype(np.int64)` before `np.save`"
     )]
     Dtype { descr: String },
@@ -229,10 +232,18 @@ pub fn read_npy_f32_within(path: impl AsRef<Path>, limit: u64) -> Result<Tensor,
             found: array.kind(),
             hint: " (is this the labels file? convert inputs with `a.astype(np.float32)`)",
         }),
+        array @ NpyArray::U8 { .. } => Err(NpyError::Kind {
+            path: path.to_path_buf(),
+            expected: "floating-point",
+            found: array.kind(),
+            hint: " (uint8 pixels: scale and convert them as the model was trained, such as \
+                   `(a / 255).astype(np.float32)`)",
+        }),
     }
 }
 
-/// Reads a `.npy` file that must hold integer class labels; returns the shape and the labels.
+/// Reads a `.npy` file that must hold integer class labels (int64, int32 or uint8); returns the
+/// shape and the labels.
 pub fn read_npy_labels(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<i64>), NpyError> {
     read_npy_labels_within(path, MemoryBudget::detect().bytes)
 }
@@ -242,6 +253,8 @@ pub fn read_npy_labels_within(path: impl AsRef<Path>, limit: u64) -> Result<(Vec
     let path = path.as_ref();
     match read_npy_within(path, limit)? {
         NpyArray::I64 { shape, data } => Ok((shape, data)),
+        // uint8 labels are common (MNIST converted with numpy keeps its bytes).
+        NpyArray::U8 { shape, data } => Ok((shape, data.into_iter().map(i64::from).collect())),
         array @ NpyArray::F32(_) => Err(NpyError::Kind {
             path: path.to_path_buf(),
             expected: "integer",
@@ -258,11 +271,13 @@ enum Elem {
     F64,
     I32,
     I64,
+    U8,
 }
 
 impl Elem {
     fn size(self) -> usize {
         match self {
+            Elem::U8 => 1,
             Elem::F32 | Elem::I32 => 4,
             Elem::F64 | Elem::I64 => 8,
         }
@@ -274,6 +289,7 @@ impl Elem {
             Elem::F64 => "float64",
             Elem::I32 => "int32",
             Elem::I64 => "int64",
+            Elem::U8 => "uint8",
         }
     }
 }
@@ -375,6 +391,7 @@ fn decode(elem: Elem, big_endian: bool, shape: Vec<usize>, data: &[u8]) -> NpyAr
             data: words::<4>(data, big_endian).map(|w| i64::from(i32::from_le_bytes(w))).collect(),
         },
         Elem::I64 => NpyArray::I64 { shape, data: words::<8>(data, big_endian).map(i64::from_le_bytes).collect() },
+        Elem::U8 => NpyArray::U8 { shape, data: data.to_vec() },
     }
 }
 
@@ -495,6 +512,10 @@ fn string_literal(text: &str) -> Option<&str> {
 fn parse_descr(value: &str) -> Result<(Elem, bool), NpyFormatError> {
     let unsupported = || NpyFormatError::Dtype { descr: quote(value) };
     let descr = string_literal(value).ok_or_else(unsupported)?;
+    // numpy writes single bytes with '|' (no byte order); either order mark means the same.
+    if matches!(descr, "|u1" | "<u1" | ">u1") {
+        return Ok((Elem::U8, false));
+    }
     let (big_endian, code) = match descr.as_bytes().first() {
         Some(b'<') => (false, &descr[1..]),
         Some(b'>') => (true, &descr[1..]),
@@ -619,6 +640,14 @@ pub fn write_npy_labels(path: impl AsRef<Path>, shape: &[usize], labels: &[i64])
     let path = path.as_ref();
     check_write(path, shape, labels.len())?;
     write_atomic(path, |out| write_array(out, "<i8", shape, labels, i64::to_le_bytes))
+        .map_err(|source| NpyError::Write { path: path.to_path_buf(), source })
+}
+
+/// Writes uint8 values (images as stored) as a `.npy` file (format 1.0, C order), atomically.
+pub fn write_npy_u8(path: impl AsRef<Path>, shape: &[usize], data: &[u8]) -> Result<(), NpyError> {
+    let path = path.as_ref();
+    check_write(path, shape, data.len())?;
+    write_atomic(path, |out| write_array(out, "|u1", shape, data, |b: u8| [b]))
         .map_err(|source| NpyError::Write { path: path.to_path_buf(), source })
 }
 
@@ -763,6 +792,28 @@ mod tests {
         );
         // The failed write left the earlier file alone.
         assert_eq!(read_npy_labels(&y).unwrap().1.len(), 4);
+    }
+
+    #[test]
+    fn uint8_arrays_are_read_as_bytes_and_widen_as_labels() {
+        // np.save(f, np.array([[0, 7, 255]], dtype=np.uint8)): numpy's own descr is '|u1'.
+        let bytes = golden("|u1", "(1, 3)", 20, &[0, 7, 255]);
+        assert_eq!(read_npy_bytes(&bytes).unwrap(), NpyArray::U8 { shape: vec![1, 3], data: vec![0, 7, 255] });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u8.npy");
+        write_npy_u8(&path, &[1, 3], &[0, 7, 255]).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "written as numpy writes it");
+        assert_eq!(read_npy_labels(&path).unwrap(), (vec![1, 3], vec![0, 7, 255]));
+        let e = read_npy_f32(&path).unwrap_err();
+        assert!(
+            e.to_string().contains("holds integer values, but floating-point values are needed here (uint8"),
+            "{e}"
+        );
+        // One byte per element in the length checks too.
+        let e = read_npy_bytes(&golden("|u1", "(1, 3)", 20, &[0, 7])).unwrap_err();
+        assert!(e.to_string().contains("uint8 needs 3 bytes of data after the header, but 2 follow"), "{e}");
+        let e = header_error("{'descr': '|i1', 'fortran_order': False, 'shape': (1,), }");
+        assert!(e.contains("int64 ('<i8') and uint8 ('|u1')"), "{e}");
     }
 
     #[test]
