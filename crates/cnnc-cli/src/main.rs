@@ -6,6 +6,7 @@
 
 mod explain;
 mod tools;
+mod train;
 mod usage;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -127,6 +128,14 @@ enum Command {
     ///
     /// Exit 1 when a gradient is wrong (a relative error of 1e-3 or more).
     Gradcheck(tools::GradcheckArgs),
+    /// Train a model on a data set: the built-in digits by default, or MNIST-style IDX files,
+    /// CIFAR-10 binary batches or .npy pairs.
+    ///
+    /// A progress bar shows the loss, accuracy and images per second; the test set is
+    /// evaluated after each epoch; a checkpoint is written after each epoch and on Ctrl-C
+    /// (`--resume` continues from it); at the end the weights (with the input normalisation in
+    /// their metadata) and an SVG of the curves are written.
+    Train(train::TrainArgs),
     /// Use a trained network as a feature extractor: the output of one layer for each image of
     /// a batch, saved as .npy (the layers after it are not run).
     Features(tools::FeaturesArgs),
@@ -150,6 +159,10 @@ struct RunArgs {
     /// The input batch: float32 (or float64) .npy of shape [N, C, H, W], or [N, F].
     #[arg(long, value_name = "X.npy")]
     input: PathBuf,
+    /// Feed the input as it is, even when the weights record the normalisation they were
+    /// trained with (by default the raw input is normalised as in training).
+    #[arg(long)]
+    no_normalize: bool,
     /// Where to write the output batch (float32 .npy); `-` for standard output.
     #[arg(short, long, value_name = "Y.npy")]
     output: Option<PathBuf>,
@@ -169,11 +182,10 @@ struct RunArgs {
     /// masks with --train.
     #[arg(long)]
     seed: Option<u64>,
-    /// The back end that runs the model.
-    #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
-    backend: BackendArg,
-    /// Run the graph after these inference passes (BN folded into the weights, layers fused);
-    /// `none` by default. See `cnnc ir --help` for the list.
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Run the graph after these passes (BN folded into the weights, layers fused): `all` by
+    /// default on the JIT, `none` on the interpreter. See `cnnc ir --help` for the list.
     #[arg(long, value_name = "all|none|LIST", value_parser = parse_pass_list)]
     passes: Option<PassList>,
 }
@@ -193,6 +205,10 @@ struct GradArgs {
     /// The input batch: float32 (or float64) .npy of shape [N, C, H, W], or [N, F].
     #[arg(long, value_name = "X.npy")]
     input: PathBuf,
+    /// Feed the input as it is, even when the weights record the normalisation they were
+    /// trained with (by default the raw input is normalised as in training).
+    #[arg(long)]
+    no_normalize: bool,
     /// The targets: int64 or int32 class indices of shape [N] for ce and the hinges, a float tensor
     /// shaped like the output ([N, ...]) for mse, l1 and huber.
     #[arg(long, value_name = "T.npy")]
@@ -229,30 +245,54 @@ struct GradArgs {
     /// Print the loss and the files read and written as one line of JSON instead of text.
     #[arg(long)]
     json: bool,
-    /// The back end that runs the model.
-    #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
-    backend: BackendArg,
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 /// Where the model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum BackendArg {
+    /// The Cranelift JIT: the optimised plan compiled to machine code for the batch.
+    Jit,
     /// The reference interpreter (f32 storage, f64 accumulation).
     Interp,
 }
 
-impl BackendArg {
+/// The JIT's kernel mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ModeArg {
+    /// Every loop in Cranelift IR with 128-bit vectors (any Cranelift target).
+    Portable,
+    /// Cranelift loop nests around cnnc-kernels' AVX-512/AVX2 microkernels.
+    Native,
+}
+
+/// `--backend` and `--mode`, shared by every command that runs a model.
+#[derive(Args, Debug, Clone, Copy)]
+struct BackendArgs {
+    /// The back end that runs the model.
+    #[arg(long = "backend", value_enum, default_value_t = BackendArg::Jit)]
+    kind: BackendArg,
+    /// The JIT's kernel mode [default: native where the CPU has AVX2 or AVX-512].
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+}
+
+impl BackendArgs {
     fn backend(self) -> execute::Backend {
-        match self {
+        match self.kind {
             BackendArg::Interp => execute::Backend::Interp,
+            BackendArg::Jit => execute::Backend::Jit(match self.mode {
+                Some(ModeArg::Portable) => execute::JitMode::Portable,
+                Some(ModeArg::Native) => execute::JitMode::Native,
+                None => execute::JitMode::host_default(),
+            }),
         }
     }
 
     /// The `--backend` name.
     fn name(self) -> &'static str {
-        match self {
-            BackendArg::Interp => "interp",
-        }
+        self.backend().name()
     }
 }
 
@@ -445,6 +485,7 @@ fn main() -> ExitCode {
         Command::Grad(args) => grad(&args, &budget, color, &mut out),
         Command::Gradcheck(args) => tools::gradcheck(&args, &budget, color, &mut out),
         Command::Features(args) => tools::features(&args, &budget, color, &mut out),
+        Command::Train(args) => train::train(&args, &budget, color, &mut out),
         Command::Demo => demo(color, &mut out),
     };
     // Whatever was produced goes out even when a later step failed.
@@ -665,20 +706,52 @@ fn weights_or_init(
     seed: u64,
     budget: &MemoryBudget,
 ) -> Result<execute::TensorMap, Failure> {
+    weights_and_normalization(graph, weights, allow_extra, seed, budget).map(|(params, _)| params)
+}
+
+/// [`weights_or_init`], with the input normalisation the weights file records (`cnnc train`
+/// stores it), if any.
+fn weights_and_normalization(
+    graph: &Graph,
+    weights: Option<&Path>,
+    allow_extra: bool,
+    seed: u64,
+    budget: &MemoryBudget,
+) -> Result<(execute::TensorMap, Option<cnnc_data::Normalization>), Failure> {
     match weights {
         Some(path) => {
             let options = WeightsOptions { allow_extra, limit: budget.bytes };
-            let (params, warnings) = execute::load_weights(graph, path, options)?;
+            let (params, metadata, warnings) = execute::load_weights_with_metadata(graph, path, options)?;
             warn(&warnings);
-            Ok(params)
+            let normalization = execute::input_normalization(graph, path, &metadata)?;
+            Ok((params, normalization))
         }
         None => {
             notify(&[format!(
                 "note: no --weights given: parameters initialised from seed {seed} (He/Xavier, as `cnnc init --seed {seed}`)"
             )]);
-            Ok(execute::init_weights(graph, seed)?)
+            Ok((execute::init_weights(graph, seed)?, None))
         }
     }
+}
+
+/// Normalises the raw input batch as the weights were trained, unless told not to, saying so.
+fn normalize(
+    normalization: Option<&cnnc_data::Normalization>,
+    raw: bool,
+    input: &mut execute::Tensor,
+    weights: Option<&Path>,
+) {
+    let (Some(n), false) = (normalization, raw) else { return };
+    execute::normalize_input(n, input);
+    let list = |v: &[f32]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ");
+    notify(&[format!(
+        "note: the input is normalised as `{}` was trained: x * {} - mean [{}], / std [{}] (--no-normalize feeds it as it is)",
+        weights.map_or(String::new(), |p| p.display().to_string()),
+        n.scale,
+        list(&n.mean),
+        list(&n.std)
+    )]);
 }
 
 fn run(args: &RunArgs, budget: &MemoryBudget, color: bool, out: &mut String) -> Result<(), Failure> {
@@ -699,14 +772,24 @@ fn run(args: &RunArgs, budget: &MemoryBudget, color: bool, out: &mut String) -> 
     let mode = execute::exec_mode(&graph, args.train, args.seed)?;
     let (input, warnings) = load_input(&graph, &file, &args.model, &args.input, budget)?;
     warn(&warnings);
-    let passes = args.passes.as_ref().map_or(&[][..], |p| &p.0[..]);
+    // The JIT runs the optimised plan unless told otherwise; the interpreter the source graph.
+    let passes: &[Pass] = match (&args.passes, args.backend.kind) {
+        (Some(list), _) => &list.0,
+        (None, BackendArg::Jit) => Pass::ALL,
+        (None, BackendArg::Interp) => &[],
+    };
     let task = Task::Run { batch: input.shape[0], passes: !passes.is_empty(), dump: args.dump.is_some() };
     check_memory(&graph, task, budget)?;
     let init_seed = args.seed.unwrap_or(0);
-    let params = weights_or_init(&graph, args.weights.as_deref(), args.allow_extra_weights, init_seed, budget)?;
+    let (params, normalization) =
+        weights_and_normalization(&graph, args.weights.as_deref(), args.allow_extra_weights, init_seed, budget)?;
+    let mut input = input;
+    normalize(normalization.as_ref(), args.no_normalize, &mut input, args.weights.as_deref());
     let outcome = execute::run(&graph, &params, &input, mode, passes, args.dump.is_some(), args.backend.backend())
         .map_err(run_failure)?;
-    notify(&outcome.pass_notes);
+    if args.passes.is_some() {
+        notify(&outcome.pass_notes);
+    }
     let output = outcome.output;
     if let Some(path) = &args.output {
         execute::save_output(path, &output)?;
@@ -850,7 +933,10 @@ fn grad(args: &GradArgs, budget: &MemoryBudget, color: bool, out: &mut String) -
     warn(&warnings);
     check_memory(&graph, Task::Grad { batch, dump: args.dump.is_some() }, budget)?;
     let init_seed = args.seed.unwrap_or(0);
-    let params = weights_or_init(&graph, args.weights.as_deref(), args.allow_extra_weights, init_seed, budget)?;
+    let (params, normalization) =
+        weights_and_normalization(&graph, args.weights.as_deref(), args.allow_extra_weights, init_seed, budget)?;
+    let mut input = input;
+    normalize(normalization.as_ref(), args.no_normalize, &mut input, args.weights.as_deref());
     let dump = args.dump.is_some();
     let outcome = execute::grad(&graph, &params, &input, &target, loss, mode, dump, args.backend.backend())?;
     warn(&outcome.warnings);
@@ -951,15 +1037,18 @@ mod tests {
     fn run_and_grad_arguments() {
         let cli = Cli::try_parse_from(["cnnc", "run", "m.cnn", "--input", "x.npy", "--shape", "3x8x8"]).expect("ok");
         let Some(Command::Run(args)) = cli.command else { panic!("run expected") };
-        assert_eq!((args.seed, args.backend, args.weights), (None, BackendArg::Interp, None));
+        assert_eq!((args.seed, args.backend.kind, args.weights), (None, BackendArg::Jit, None));
         assert!(!args.train && args.dump.is_none() && args.state_out.is_none());
         assert_eq!(args.model.options().input_shape, Some(vec![3, 8, 8]));
         // --state-out saves what --train changed.
         let state = ["cnnc", "run", "m.cnn", "--input", "x", "--state-out", "s"];
         assert_eq!(Cli::try_parse_from(state).unwrap_err().exit_code(), 2);
         assert!(Cli::try_parse_from(["cnnc", "run", "m.cnn"]).is_err(), "--input is required");
-        let err = Cli::try_parse_from(["cnnc", "run", "m.cnn", "--input", "x", "--backend", "jit"]).unwrap_err();
-        assert!(err.to_string().contains("possible values: interp"), "{err}");
+        let err = Cli::try_parse_from(["cnnc", "run", "m.cnn", "--input", "x", "--backend", "gpu"]).unwrap_err();
+        assert!(err.to_string().contains("possible values: jit, interp"), "{err}");
+        let portable = ["cnnc", "run", "m.cnn", "--input", "x", "--mode", "portable"];
+        let Some(Command::Run(args)) = Cli::try_parse_from(portable).expect("ok").command else { panic!("run") };
+        assert_eq!(args.backend.backend(), execute::Backend::Jit(execute::JitMode::Portable));
 
         let grad = ["cnnc", "grad", "m.cnn", "--weights", "w", "--input", "x", "--target", "t", "--loss", "huber"];
         let cli = Cli::try_parse_from(grad).expect("ok");

@@ -2,8 +2,8 @@
 //! `cnnc features` (a trained network as a feature extractor).
 
 use crate::{
-    BackendArg, Failure, ModelArgs, check_outputs, destination_text, load_input, lower_with_source, say,
-    weights_or_init,
+    BackendArgs, Failure, ModelArgs, check_outputs, destination_text, load_input, lower_with_source, say,
+    weights_and_normalization, weights_or_init,
 };
 use clap::Args;
 use cnnc_driver::gradcheck::{self, GradcheckOptions};
@@ -33,10 +33,8 @@ pub(crate) struct GradcheckArgs {
     /// Check the backward pass of training: batch norm on batch statistics, dropout active.
     #[arg(long)]
     train: bool,
-    /// The back end whose gradients are checked (finite differences always run on the
-    /// reference interpreter in f64).
-    #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
-    backend: BackendArg,
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 /// Checks the gradients; exit 1 when one is wrong.
@@ -82,8 +80,12 @@ pub(crate) fn gradcheck(
         ));
     }
     let worst = check.tensors.iter().map(|t| t.worst).fold(0.0, f64::max);
-    let wrong: Vec<&str> =
-        check.tensors.iter().filter(|t| gradcheck::verdict(t.worst, check.f32_gradients) == "WRONG").map(|t| t.name.as_str()).collect();
+    let wrong: Vec<&str> = check
+        .tensors
+        .iter()
+        .filter(|t| gradcheck::verdict(t.worst, check.f32_gradients) == "WRONG")
+        .map(|t| t.name.as_str())
+        .collect();
     text.push_str(&match (gradcheck::verdict(worst, check.f32_gradients), wrong.is_empty()) {
         ("ok", _) => format!("every gradient agrees with central differences (worst relative error {worst:.1e})\n"),
         (_, true) => format!(
@@ -120,13 +122,15 @@ pub(crate) struct FeaturesArgs {
     /// The input batch: float32 (or float64) .npy of shape [N, C, H, W], or [N, F].
     #[arg(long, value_name = "X.npy")]
     input: PathBuf,
+    /// Feed the input as it is, even when the weights record a normalisation.
+    #[arg(long)]
+    no_normalize: bool,
     /// Where to write the features, [N, ...the layer's shape] (float32 .npy); `-` for standard
     /// output.
     #[arg(short, long, value_name = "F.npy")]
     output: PathBuf,
-    /// The back end that runs the model.
-    #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
-    backend: BackendArg,
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 /// Runs the model up to `--layer` and saves that layer's output.
@@ -146,7 +150,10 @@ pub(crate) fn features(
     let (input, warnings) = load_input(&graph, &file, &args.model, &args.input, budget)?;
     crate::warn(&warnings);
     check_memory(&graph, Task::Run { batch: input.shape[0], passes: false, dump: false }, budget)?;
-    let params = weights_or_init(&graph, Some(args.weights.as_path()), args.allow_extra_weights, 0, budget)?;
+    let (params, normalization) =
+        weights_and_normalization(&graph, Some(args.weights.as_path()), args.allow_extra_weights, 0, budget)?;
+    let mut input = input;
+    crate::normalize(normalization.as_ref(), args.no_normalize, &mut input, Some(&args.weights));
     let features = execute::features(&graph, &params, &input, &args.layer, args.backend.backend())?;
     execute::save_output(&args.output, &features)?;
     let text = format!(

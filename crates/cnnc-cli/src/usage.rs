@@ -40,6 +40,7 @@ const EXAMPLES: &[(&str, &str)] = &[
          grads.safetensors",
     ),
     ("gradcheck", "cnnc gradcheck examples/lenet5.cnn --train"),
+    ("train", "cnnc train examples/digits.cnn"),
     ("features", "cnnc features examples/lenet5.cnn --weights lenet5.safetensors --layer f6 --input x.npy -o f6.npy"),
 ];
 
@@ -127,7 +128,7 @@ mod tests {
     #[test]
     fn other_errors_are_left_to_clap() {
         let args: Vec<OsString> =
-            ["cnnc", "run", "m.cnn", "--input", "x", "--backend", "jit"].map(OsString::from).into();
+            ["cnnc", "run", "m.cnn", "--input", "x", "--backend", "gpu"].map(OsString::from).into();
         let error = Cli::try_parse_from(&args).unwrap_err();
         assert!(missing_arguments(&error, &args).is_none());
     }

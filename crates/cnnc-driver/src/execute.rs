@@ -32,6 +32,9 @@ pub const INPUT_KEY: &str = "input";
 /// How many images `cnnc run` lists the top classes of.
 pub const MAX_LISTED_IMAGES: usize = 8;
 
+/// The JIT's kernel mode (portable Cranelift loops, or native around the kernels).
+pub use cnnc_jit::Mode as JitMode;
+
 /// Where a model is run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
@@ -151,6 +154,9 @@ pub enum ExecError {
     /// The JIT could not compile or run the plan.
     #[error("{0}")]
     Jit(#[from] cnnc_jit::JitError),
+    /// A data set that cannot be read, or does not fit the model.
+    #[error("{0}")]
+    Data(#[from] cnnc_data::DataError),
     /// A check before allocating or writing anything failed: not enough memory for the task,
     /// or an output that would overwrite an input.
     #[error("{0}")]
@@ -190,6 +196,8 @@ impl ExecError {
             | ExecError::Backend(_)
             | ExecError::Jit(_)
             | ExecError::Passes(_) => ErrorKind::Data,
+            ExecError::Data(cnnc_data::DataError::Io { .. }) => ErrorKind::Io,
+            ExecError::Data(_) => ErrorKind::Data,
         }
     }
 
@@ -254,6 +262,7 @@ impl ExecError {
             | ExecError::Backend(_)
             | ExecError::Jit(_)
             | ExecError::Passes(_) => None,
+            ExecError::Data(e) => e.hint(),
         }
     }
 }
@@ -491,7 +500,17 @@ pub fn load_weights(
     path: &Path,
     options: WeightsOptions,
 ) -> Result<(TensorMap, Vec<ExecWarning>), ExecError> {
-    let mut weights = cnnc_runtime::load_safetensors_within(path, options.limit)?;
+    load_weights_with_metadata(graph, path, options).map(|(weights, _, warnings)| (weights, warnings))
+}
+
+/// [`load_weights`], with the file's metadata (`cnnc train` stores the input normalisation
+/// there: see [`input_normalization`]).
+pub fn load_weights_with_metadata(
+    graph: &Graph,
+    path: &Path,
+    options: WeightsOptions,
+) -> Result<(TensorMap, cnnc_runtime::Metadata, Vec<ExecWarning>), ExecError> {
+    let (mut weights, metadata) = cnnc_runtime::load_safetensors_with_metadata_within(path, options.limit)?;
     let mut warnings = Vec::new();
     if let Err(mut problems) = check_weights(graph, &weights) {
         if options.allow_extra {
@@ -517,7 +536,42 @@ pub fn load_weights(
     for (name, tensor) in &weights {
         warnings.extend(non_finite(|| format!("weight `{name}` in `{}`", path.display()), &tensor.data));
     }
-    Ok((weights, warnings))
+    Ok((weights, metadata, warnings))
+}
+
+/// The input normalisation a weights file's metadata records (`cnnc train` writes it), checked
+/// against the model's input channels; `None` when the file has none.
+pub fn input_normalization(
+    graph: &Graph,
+    path: &Path,
+    metadata: &cnnc_runtime::Metadata,
+) -> Result<Option<cnnc_data::Normalization>, ExecError> {
+    let map = metadata.clone().into_iter().collect();
+    let Some(normalization) = cnnc_data::Normalization::from_metadata(&map)? else { return Ok(None) };
+    let (input, _) = io_shapes(graph)?;
+    let channels = if input.len() == 3 { input[0] } else { input.iter().product() };
+    let found = normalization.mean.len();
+    if !((found == channels || found == 1) && normalization.std.len() == found) {
+        return Err(ExecError::Data(cnnc_data::DataError::NormalizationChannels {
+            name: path.display().to_string(),
+            channels,
+            found,
+        }));
+    }
+    Ok(Some(normalization))
+}
+
+/// Normalises a raw input batch in place as training did (`x * scale - mean) / std` per
+/// channel, or per feature for a flat model).
+pub fn normalize_input(normalization: &cnnc_data::Normalization, input: &mut Tensor) {
+    let shape = match input.shape[1..] {
+        [c, h, w] => [c, h, w],
+        ref flat => [flat.iter().product(), 1, 1],
+    };
+    let per = shape.iter().product::<usize>().max(1);
+    for image in input.data.chunks_mut(per) {
+        normalization.apply(image, shape);
+    }
 }
 
 /// Reads an input batch (float32 or float64 `.npy`, at most `budget` bytes) and checks it is
@@ -541,6 +595,15 @@ pub fn load_input(graph: &Graph, path: &Path, budget: &MemoryBudget) -> Result<(
 
 /// The number of classes when the output is a vector of class scores: `[C]`, or `[C, 1, 1]`
 /// (a global pool's output), with C >= 1.
+/// The number of classes of a classifier (a model whose one output is a vector of at least two
+/// class scores), `None` for other models.
+pub fn classes_of(graph: &Graph) -> Option<usize> {
+    match &graph.outputs[..] {
+        [output] => class_count(&graph[*output].shape.0),
+        _ => None,
+    }
+}
+
 pub(crate) fn class_count(output: &[usize]) -> Option<usize> {
     match output {
         [c] => Some(*c),
@@ -691,7 +754,6 @@ pub fn run(
         // own plan), with every dumped value kept to the end as an extra output.
         let opt = crate::optimize::optimize_forward(graph, params, passes, pass_mode).map_err(ExecError::Passes)?;
         let notes = if passes.is_empty() { Vec::new() } else { crate::optimize::pass_report(&opt) };
-        let weights = opt.weights.clone().unwrap_or_else(|| params.clone());
         let taps = taps_by_origin(graph, opt.graph(), &opt.origins);
         let tapped: Vec<(NodeId, NodeId)> =
             graph.ids().filter_map(|id| taps[id.index()].map(|node| (id, node))).collect();
@@ -700,13 +762,16 @@ pub fn run(
         } else {
             opt.plan.clone()
         };
-        let model = compile(&plan, input.shape[0], jit_mode, &weights)?;
+        // The JIT takes checkpoint weights and applies the plan's transforms (BN folding,
+        // packing) itself.
+        let model = compile(&plan, input.shape[0], jit_mode, params)?;
         let args = cnnc_jit::StepArgs { lr: 0.0, step: 1, seed: mode.seed };
         let result = model.run(std::slice::from_ref(input), &args)?;
         let mut outputs = result.outputs.into_iter();
         let output = outputs.next().ok_or_else(|| cnnc_jit::JitError::Usage("the plan has no output".into()))?;
-        let models = plan.outputs.iter().filter(|r| matches!(r, OutputRole::Model(_))).count() - tapped.len();
-        let tap_values: Vec<Tensor> = outputs.skip(models - 1).collect();
+        // The model's own outputs come first (one of them taken above), then the taps.
+        let models = opt.plan.outputs.iter().filter(|r| matches!(r, OutputRole::Model(_))).count();
+        let tap_values: Vec<Tensor> = outputs.skip(models.saturating_sub(1)).collect();
         let dump = dump.then(|| {
             let mut map = TensorMap::new();
             for ((layer, _), tensor) in tapped.iter().zip(tap_values) {
@@ -749,7 +814,8 @@ pub fn run(
     Ok(RunOutcome { output, state, batch_norms_trained: trained.len(), dump, pass_notes })
 }
 
-/// `plan` compiled by the JIT for `batch` samples, with `weights` loaded.
+/// `plan` compiled by the JIT for `batch` samples, with `weights` loaded: checkpoint weights
+/// (the source graph's names and layouts), to which the JIT applies the plan's transforms.
 pub fn compile(
     plan: &cnnc_ir::plan::Plan,
     batch: usize,
@@ -930,7 +996,7 @@ fn grad_on_jit(
     let batch = input.shape[0];
     // Per tap: the source layer and whether it is the layer's gradient.
     let mut taps: Vec<(NodeId, bool, NodeId)> = Vec::new();
-    let (plan, weights) = if dump {
+    let plan = if dump {
         for (id, _) in graph.iter() {
             taps.extend(training.values[id.index()].map(|node| (id, false, node)));
         }
@@ -944,14 +1010,12 @@ fn grad_on_jit(
             &cnnc_passes::PlanOptions::default(),
         );
         let nodes: Vec<NodeId> = taps.iter().map(|&(_, _, node)| node).collect();
-        (cnnc_passes::plan::with_taps(&own, &nodes), params.clone())
+        cnnc_passes::plan::with_taps(&own, &nodes)
     } else {
         let passes = cnnc_passes::PassOptions { verify: true, ..cnnc_passes::PassOptions::all() };
-        let opt = cnnc_passes::optimize_training(graph, Some(params), &passes, options).map_err(ExecError::Passes)?;
-        let weights = opt.weights.clone().unwrap_or_else(|| params.clone());
-        (opt.plan, weights)
+        cnnc_passes::optimize_training(graph, None, &passes, options).map_err(ExecError::Passes)?.plan
     };
-    let model = compile(&plan, batch, jit_mode, &weights)?;
+    let model = compile(&plan, batch, jit_mode, params)?;
     let args = cnnc_jit::StepArgs { lr: 0.0, step: 1, seed: mode.seed };
     let result = model.run(&[input.clone(), target], &args)?;
     let value = result.loss.map_or(f64::NAN, f64::from);

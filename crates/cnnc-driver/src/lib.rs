@@ -20,6 +20,7 @@ mod report;
 mod shape_arg;
 mod summary;
 pub mod train;
+pub mod train_data;
 
 pub use cnnc_lower::Options;
 /// The memory budget and the output rules the front doors apply (from the runtime).

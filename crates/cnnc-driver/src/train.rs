@@ -539,6 +539,122 @@ fn step_of(roles: &[OutputRole], run: &cnnc_interp::Run) -> Step {
     Step { loss, output }
 }
 
+/// Training steps on the JIT: the optimised training plan compiled once per batch size (the
+/// last batch of an epoch may be smaller), and the loss-only plan for evaluations. The newest
+/// state lives in the model that ran the last step; switching batch sizes moves it across.
+pub struct JitStepper {
+    mode: cnnc_jit::Mode,
+    training: cnnc_ir::plan::Plan,
+    evaluation: cnnc_ir::plan::Plan,
+    trainers: std::collections::BTreeMap<usize, cnnc_jit::CompiledModel>,
+    /// Evaluation models, with the step count whose state they hold.
+    evaluators: std::collections::BTreeMap<usize, (cnnc_jit::CompiledModel, u64)>,
+    /// The batch size of the trainer holding the newest state (`None`: `state` is newest).
+    live: Option<usize>,
+    state: TensorMap,
+    steps: u64,
+    compile_ms: f64,
+}
+
+impl JitStepper {
+    /// The stepper of `graph` trained as `settings` says, from `state`, in kernel mode `mode`.
+    pub fn new(
+        graph: &Graph,
+        settings: &TrainSettings,
+        state: TensorMap,
+        mode: cnnc_jit::Mode,
+    ) -> Result<JitStepper, ExecError> {
+        let options = TrainingOptions {
+            objective: Objective::Loss(settings.loss),
+            optimizer: Some(settings.optimizer),
+            batch_stats: true,
+            frozen: settings.frozen.clone(),
+            input_grads: false,
+        };
+        let passes = cnnc_passes::PassOptions::all();
+        let training = cnnc_passes::optimize_training(graph, None, &passes, &options).map_err(ExecError::Passes)?;
+        let all: BTreeSet<String> = graph.named_params().into_iter().map(|(name, _)| name).collect();
+        let loss_only = TrainingOptions { optimizer: None, batch_stats: false, frozen: all, ..options };
+        let evaluation = cnnc_passes::optimize_training(graph, None, &passes, &loss_only).map_err(ExecError::Passes)?;
+        Ok(JitStepper {
+            mode,
+            training: training.plan,
+            evaluation: evaluation.plan,
+            trainers: Default::default(),
+            evaluators: Default::default(),
+            live: None,
+            state,
+            steps: 0,
+            compile_ms: 0.0,
+        })
+    }
+
+    /// Milliseconds spent compiling so far (every plan, every batch size).
+    pub fn compile_ms(&self) -> f64 {
+        self.compile_ms
+    }
+
+    fn model(
+        plan: &cnnc_ir::plan::Plan,
+        batch: usize,
+        mode: cnnc_jit::Mode,
+    ) -> Result<cnnc_jit::CompiledModel, ExecError> {
+        Ok(cnnc_jit::CompiledModel::compile(plan, &cnnc_jit::Options::new(batch).with_mode(mode))?)
+    }
+
+    /// The trainer for `batch`, holding the newest state.
+    fn trainer(&mut self, batch: usize) -> Result<&cnnc_jit::CompiledModel, ExecError> {
+        if self.live != Some(batch) {
+            let state = self.state();
+            if !self.trainers.contains_key(&batch) {
+                let model = Self::model(&self.training, batch, self.mode)?;
+                self.compile_ms += model.compile_ms();
+                self.trainers.insert(batch, model);
+            }
+            self.trainers[&batch].load_weights(&state)?;
+            self.state = state;
+            self.live = Some(batch);
+        }
+        Ok(&self.trainers[&batch])
+    }
+}
+
+impl Stepper for JitStepper {
+    fn step(&mut self, x: &Tensor, target: &Tensor, args: StepArgs) -> Result<Step, ExecError> {
+        let batch = x.shape.first().copied().unwrap_or(0);
+        let jit_args = cnnc_jit::StepArgs { lr: args.lr, step: args.step, seed: args.seed };
+        let result = self.trainer(batch)?.train_step(&[x.clone(), target.clone()], &jit_args)?;
+        self.steps += 1;
+        let output = result.outputs.into_iter().next().unwrap_or_else(|| Tensor::zeros(&[0]));
+        Ok(Step { loss: result.loss.map_or(f64::NAN, f64::from), output })
+    }
+
+    fn evaluate(&mut self, x: &Tensor, target: &Tensor) -> Result<Step, ExecError> {
+        let batch = x.shape.first().copied().unwrap_or(0);
+        if !self.evaluators.contains_key(&batch) {
+            let model = Self::model(&self.evaluation, batch, self.mode)?;
+            self.compile_ms += model.compile_ms();
+            self.evaluators.insert(batch, (model, u64::MAX));
+        }
+        if self.evaluators[&batch].1 != self.steps {
+            let state = self.state();
+            let (model, at) = self.evaluators.get_mut(&batch).expect("inserted above");
+            model.load_weights(&state)?;
+            *at = self.steps;
+        }
+        let result = self.evaluators[&batch].0.run(&[x.clone(), target.clone()], &cnnc_jit::StepArgs::default())?;
+        let output = result.outputs.into_iter().next().unwrap_or_else(|| Tensor::zeros(&[0]));
+        Ok(Step { loss: result.loss.map_or(f64::NAN, f64::from), output })
+    }
+
+    fn state(&self) -> TensorMap {
+        match self.live.and_then(|b| self.trainers.get(&b)) {
+            Some(model) => model.state(),
+            None => self.state.clone(),
+        }
+    }
+}
+
 /// The model's own tensors of a training state (parameters and buffers, no optimiser state):
 /// what `cnnc train -o` writes and `cnnc run --weights` reads.
 pub fn model_tensors(graph: &Graph, state: &TensorMap) -> TensorMap {
@@ -948,6 +1064,45 @@ mod tests {
         assert!(matches!(e, TrainError::NonFinite { epoch: 1, checkpoint: None, .. }), "{e:?}");
         assert!(!path.exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_jit_trains_as_the_interpreter_does() {
+        // 60 points in batches of 8: the last batch of each epoch holds 4 (a second trainer).
+        let data = Points::new(8, 3);
+        let settings = settings(3, 0.1);
+        let init = cnnc_runtime::init_params(&mlp(), 1);
+        let interp = train(
+            &mut stepper(&settings, init.clone()),
+            &data,
+            "mlp",
+            &settings,
+            Start::default(),
+            None,
+            &mut Watch::default(),
+        )
+        .unwrap();
+        for mode in [cnnc_jit::Mode::Portable, cnnc_jit::Mode::host_default()] {
+            let mut jit = JitStepper::new(&mlp(), &settings, init.clone(), mode).unwrap();
+            let trained =
+                train(&mut jit, &data, "mlp", &settings, Start::default(), None, &mut Watch::default()).unwrap();
+            assert!(jit.compile_ms() > 0.0);
+            for (name, want) in model_tensors(&mlp(), &interp.state) {
+                let got = &trained.state[&name];
+                let scale = want.data.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                for (a, b) in got.data.iter().zip(&want.data) {
+                    assert!((a - b).abs() <= 1e-3 * scale, "{mode:?} {name}: {a} vs {b}");
+                }
+            }
+            for (j, i) in trained.history.iter().zip(&interp.history) {
+                assert!(
+                    (j.train_loss - i.train_loss).abs() <= 1e-4 * i.train_loss.max(1e-3),
+                    "{mode:?} epoch {}",
+                    j.epoch
+                );
+                assert_eq!(j.test_accuracy, i.test_accuracy, "{mode:?} epoch {}", j.epoch);
+            }
+        }
     }
 
     #[test]

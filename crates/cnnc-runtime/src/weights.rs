@@ -246,8 +246,33 @@ fn bytes_of(weights: &TensorMap, metadata: &Metadata, path: &Path) -> Result<Vec
     let mut metadata: HashMap<String, String> = metadata.clone().into_iter().collect();
     metadata.insert("format".to_owned(), "pt".to_owned());
     let views = weights.iter().map(|(name, t)| (name.as_str(), F32View(t)));
-    safetensors::serialize(views, Some(metadata))
-        .map_err(|source| WeightsError::Serialize { path: path.to_path_buf(), source })
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|source| WeightsError::Serialize { path: path.to_path_buf(), source })?;
+    Ok(sorted_header(bytes))
+}
+
+/// The same file with its header's keys in sorted order: the `safetensors` crate writes the
+/// metadata in a `HashMap`'s order, which differs between processes, and the same weights
+/// must give the same bytes. The data does not move: the header keeps its length class (it is
+/// padded with spaces to the 8-byte boundary the data starts at, as the format requires).
+fn sorted_header(bytes: Vec<u8>) -> Vec<u8> {
+    let Some(len) = bytes.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes) else {
+        return bytes;
+    };
+    let Some(end) = usize::try_from(len).ok().and_then(|l| l.checked_add(8)).filter(|&e| e <= bytes.len()) else {
+        return bytes;
+    };
+    // serde_json's maps are sorted (no `preserve_order`): parsing and printing sorts the keys.
+    let Ok(header) = serde_json::from_slice::<serde_json::Value>(&bytes[8..end]) else { return bytes };
+    let Ok(mut json) = serde_json::to_vec(&header) else { return bytes };
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - end);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[end..]);
+    out
 }
 
 /// Checks weights against the parameters the graph declares (`Graph::named_params`): every
@@ -516,6 +541,18 @@ mod tests {
         assert_eq!(errors.len(), 14);
         let e = errors.iter().find(|e| matches!(e, WeightsError::Unexpected { name, .. } if name == "module.fc.bias"));
         assert!(e.unwrap().to_string().ends_with("did you mean `fc.bias`?"), "{errors:?}");
+    }
+
+    #[test]
+    fn the_same_tensors_and_metadata_give_the_same_bytes() {
+        let metadata: Metadata = (0..20).map(|k| (format!("cnnc.key{k}"), k.to_string())).collect();
+        let first = bytes_of(&sample(), &metadata, Path::new("x")).unwrap();
+        for _ in 0..5 {
+            assert_eq!(bytes_of(&sample(), &metadata, Path::new("x")).unwrap(), first);
+        }
+        let header_len = u64::from_le_bytes(first[..8].try_into().unwrap()) as usize;
+        assert_eq!((8 + header_len) % 8, 0, "the data starts on an 8-byte boundary");
+        assert_eq!(decode(&first, Path::new("x")).unwrap(), sample());
     }
 
     #[test]

@@ -103,7 +103,8 @@ fn the_memory_limit_can_be_set() {
     weights.insert("optimizer.state".into(), Tensor::zeros(&[1 << 20]));
     let checkpoint = dir.join("checkpoint.safetensors");
     save_safetensors(&checkpoint, &weights).unwrap();
-    let run = ["run", LENET, "--weights", &s(&checkpoint), "--input", &s(&x), "--allow-extra-weights"];
+    let run =
+        ["run", LENET, "--weights", &s(&checkpoint), "--input", &s(&x), "--allow-extra-weights", "--backend", "interp"];
     ok(&cnnc(&run));
     let o = cnnc(&[&run[..], &["--memory-limit", "1M"]].concat());
     fails(&o, 1, &["holds 4.2 MiB of tensors, more than the 1.0 MiB of memory cnnc may use", "is it the right file?"]);

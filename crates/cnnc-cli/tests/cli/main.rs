@@ -7,6 +7,7 @@
 //! - [`passes`]: `--passes` and `--train`;
 //! - [`run_grad`]: `init`, `run` and `grad`, and the errors for data that does not fit;
 //! - [`tools`]: `gradcheck` and `features`;
+//! - [`train`]: `cnnc train` on the built-in digits;
 //! - [`training_mode`]: `run --train`, `--state-out` and `--dump`;
 //! - [`golden_models`]: whole models against PyTorch's outputs and gradients;
 //! - [`hostile`]: bad inputs (too large for the memory, special files, outputs over inputs,
@@ -19,4 +20,5 @@ mod hostile;
 mod passes;
 mod run_grad;
 mod tools;
+mod train;
 mod training_mode;

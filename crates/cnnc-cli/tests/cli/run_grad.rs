@@ -6,7 +6,9 @@
 use crate::common::{cnnc, root, stderr, stdout};
 use cnnc_driver::{Options, load, lower_source};
 use cnnc_ir::Graph;
-use cnnc_runtime::{Rng, Tensor, TensorMap, check_weights, load_safetensors, save_safetensors, write_npy};
+use cnnc_runtime::{
+    Rng, Tensor, TensorMap, check_weights, load_safetensors, read_npy_f32, save_safetensors, write_npy,
+};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::OnceLock;
@@ -157,10 +159,17 @@ fn run_lenet5_prints_the_shape_and_the_top_5_classes() {
     // Without --weights: initialised from --seed (0 by default), said on stderr, the same
     // numbers as `cnnc init --seed 0`'s file.
     let y0 = dir.join("y0.npy");
-    let o = cnnc(&["run", LENET, "--input", &s(&x), "-o", &s(&y0)]);
+    let o = cnnc(&["run", LENET, "--input", &s(&x), "-o", &s(&y0), "--backend", "interp"]);
     ok(&o);
     assert!(stderr(&o).starts_with("note: no --weights given: parameters initialised from seed 0"), "{}", stderr(&o));
     assert_eq!(std::fs::read(&y).expect("y"), std::fs::read(&y0).expect("y0"));
+    // The JIT (the default back end) computes the same output to f32 rounding.
+    let yj = dir.join("yj.npy");
+    ok(&cnnc(&["run", LENET, "--weights", &s(&w), "--input", &s(&x), "-o", &s(&yj)]));
+    let (jit, interp) = (read_npy_f32(&yj).expect("jit"), read_npy_f32(&y).expect("interp"));
+    for (a, b) in jit.data.iter().zip(&interp.data) {
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "jit {a} vs interp {b}");
+    }
     let o = cnnc(&["run", LENET, "--input", &s(&x), "--seed", "5"]);
     assert!(stderr(&o).contains("from seed 5"), "{}", stderr(&o));
     assert_ne!(ok(&o), ok(&cnnc(&["run", LENET, "--input", &s(&x)])));

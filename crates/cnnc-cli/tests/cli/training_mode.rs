@@ -181,7 +181,7 @@ fn dump_holds_every_layer_and_every_gradient() {
     random_npy(&x, &[2, 1, 32, 32], 3);
     cnnc_runtime::write_npy_labels(&t, &[2], &[4, 9]).expect("labels");
     let (y, dump, opt_dump) = (dir.join("y.npy"), dir.join("d.safetensors"), dir.join("d_opt.safetensors"));
-    let out = ok(&cnnc(&["run", LENET, "--input", &s(&x), "-o", &s(&y), "--dump", &s(&dump)]));
+    let out = ok(&cnnc(&["run", LENET, "--input", &s(&x), "-o", &s(&y), "--dump", &s(&dump), "--backend", "interp"]));
     let names = layer_names(LENET);
     assert!(out.contains(&format!("dump: {} tensors written to", names.len())), "{out}");
     let d = load_safetensors(&dump).expect("dump");
@@ -191,17 +191,24 @@ fn dump_holds_every_layer_and_every_gradient() {
     assert_eq!(d[names.last().expect("layers")], read_npy_f32(&y).expect("output"), "the last layer is the output");
     assert_eq!(d[&names[0]], read_npy_f32(&x).expect("input"), "the first is the input");
 
-    // The optimised graph's dump: fewer layers (fused ones end at their last layer), same values.
-    ok(&cnnc(&["run", LENET, "--input", &s(&x), "--passes", "all", "--dump", &s(&opt_dump)]));
-    let o = load_safetensors(&opt_dump).expect("dump");
-    assert!(!o.is_empty() && o.len() < d.len(), "{} of {} layers", o.len(), d.len());
-    for (name, tensor) in &o {
-        assert_close(&format!("optimised {name}"), tensor, &d[name], 1e-5);
+    // The optimised graph's dump, on the interpreter and on the JIT in both kernel modes:
+    // fewer layers (fused ones end at their last layer), the same values.
+    let (x_text, opt_dump_text) = (s(&x), s(&opt_dump));
+    for backend in [&["--backend", "interp"][..], &["--mode", "portable"], &["--mode", "native"]] {
+        let mut args = vec!["run", LENET, "--input", &x_text, "--passes", "all", "--dump", &opt_dump_text];
+        args.extend(backend);
+        ok(&cnnc(&args));
+        let o = load_safetensors(&opt_dump).expect("dump");
+        assert!(!o.is_empty() && o.len() < d.len(), "{backend:?}: {} of {} layers", o.len(), d.len());
+        for (name, tensor) in &o {
+            assert_close(&format!("{backend:?} optimised {name}"), tensor, &d[name], 1e-4);
+        }
     }
 
     // grad's dump: each layer, its gradient, and each parameter's gradient.
     let (g, grad_dump) = (dir.join("g.safetensors"), dir.join("gd.safetensors"));
-    let args = ["grad", LENET, "--input", &s(&x), "--target", &s(&t), "--loss", "ce", "-o", &s(&g)];
+    let args =
+        ["grad", LENET, "--input", &s(&x), "--target", &s(&t), "--loss", "ce", "-o", &s(&g), "--backend", "interp"];
     let mut with_dump = args.to_vec();
     let grad_dump_text = s(&grad_dump);
     with_dump.extend(["--dump", &grad_dump_text, "--json"]);
@@ -217,6 +224,15 @@ fn dump_holds_every_layer_and_every_gradient() {
     }
     assert_eq!(gd[&format!("{}.grad", names[0])], grads["input"], "the input's gradient");
     assert_eq!(gd.len(), 2 * names.len() + grads.len() - 1);
+    // The JIT's dump of the same gradients: the same tensors, to f32 rounding.
+    let jit_dump = dir.join("gd_jit.safetensors");
+    let args = ["grad", LENET, "--input", &s(&x), "--target", &s(&t), "--loss", "ce", "--dump", &s(&jit_dump)];
+    ok(&cnnc(&args));
+    let jd = load_safetensors(&jit_dump).expect("dump");
+    assert_eq!(jd.keys().collect::<Vec<_>>(), gd.keys().collect::<Vec<_>>());
+    for (name, tensor) in &jd {
+        assert_close(&format!("jit {name}"), tensor, &gd[name], 1e-3);
+    }
     // Through a tanh the gradient is scaled by 1 - y^2 (y its output).
     let tanh = names.iter().position(|n| n.starts_with("tanh")).expect("LeNet has a tanh");
     let (producer, tanh) = (&names[tanh - 1], &names[tanh]);

@@ -64,6 +64,7 @@ examples! {
     alexnet: "alexnet.cnn" at [3, 63, 63], batch 2, "hidden" = "64";
     allcnnc: "allcnnc.cnn" at [3, 16, 16], batch 2;
     cifar_simple: "cifar_simple.cnn" at [3, 32, 32], batch 2;
+    digits: "digits.cnn" at [1, 8, 8], batch 8;
     googlenet: "googlenet.cnn" at [3, 64, 64], batch 2;
     lenet5: "lenet5.cnn" at [1, 32, 32], batch 2;
     resnet18: "resnet18.cnn" at [3, 16, 16], batch 8;
