@@ -1,6 +1,7 @@
 //! Shared helpers for cnnc's benchmarks: the example sources, loaded at compile time; the
 //! machine's measured limits (`peak`) and the kernel benchmark layers (`layers`).
 
+pub mod idle;
 pub mod layers;
 pub mod peak;
 
