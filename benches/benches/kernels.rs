@@ -35,14 +35,31 @@ fn criterion_groups(c: &mut Criterion) {
     }
     let mut group = c.benchmark_group("dispatch");
     group.bench_function("empty_tasks", |b| b.iter(|| pool().run(pool().threads() * 4, &|_, _| {})));
+    group.bench_function("empty_tasks_after_2ms_idle", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                std::thread::sleep(Duration::from_millis(2));
+                let t0 = Instant::now();
+                pool().run(pool().threads() * 4, &|_, _| {});
+                total += t0.elapsed();
+            }
+            total
+        })
+    });
     group.finish();
 }
 
-/// Median microseconds of one run of `tasks` empty tasks through the pool.
-fn dispatch_us(tasks: usize) -> f64 {
-    let reps = 20_000;
+/// Median microseconds of one run of `tasks` empty tasks through the pool, back to back
+/// (workers spinning) or after `gap` of idleness (workers asleep once it exceeds the spin
+/// window, `CNNC_SPIN_US`, 200 us by default).
+fn dispatch_us(tasks: usize, gap: Duration) -> f64 {
+    let reps = if gap.is_zero() { 20_000 } else { 300 };
     let mut t = Vec::with_capacity(reps);
     for _ in 0..reps {
+        if !gap.is_zero() {
+            std::thread::sleep(gap);
+        }
         let t0 = Instant::now();
         pool().run(tasks, &|_, _| {});
         t.push(t0.elapsed().as_secs_f64() * 1e6);
@@ -132,8 +149,11 @@ fn report() {
         gflop / total,
         100.0 * gflop / total / peak_all
     );
-    for tasks in [threads, 8 * threads] {
-        println!("{{\"tool\":\"cnnc_kernels_dispatch\",\"tasks\":{tasks},\"median_us\":{:.2}}}", dispatch_us(tasks));
+    for (tasks, gap_us) in [(threads, 0), (8 * threads, 0), (8 * threads, 100), (8 * threads, 2000)] {
+        let us = dispatch_us(tasks, Duration::from_micros(gap_us));
+        println!(
+            "{{\"tool\":\"cnnc_kernels_dispatch\",\"tasks\":{tasks},\"idle_before_us\":{gap_us},\"median_us\":{us:.2}}}"
+        );
     }
 }
 
