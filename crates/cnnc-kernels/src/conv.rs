@@ -3,10 +3,11 @@
 //! epilogue (bias, unfolded batch-norm scale and shift, residual, activation).
 //!
 //! A [`ConvPlan`] is made once per layer (all checks, the tile shape and the split into tasks);
-//! `conv_fwd.rs` runs it (`forward`, or `forward_task` for one task): a range of output rows (or, for 1x1 stride-1
-//! convolutions whose pixels are one flat row, a range of pixels) x a range of output-channel
-//! blocks of one image and group. Each output tile is one call of the batch-reduce
-//! microkernel (`tile.rs`) over input blocks x kernel rows x kernel columns.
+//! `conv_fwd.rs` runs it (`forward`, or `forward_task` for one task). A task is a range of
+//! output rows (or, for 1x1 stride-1 convolutions whose pixels are one flat row, a range of
+//! pixels) x a range of output-channel blocks of one image and group. Each output tile is one
+//! call of the batch-reduce microkernel (`tile.rs`) over input blocks x kernel rows x kernel
+//! columns.
 //!
 //! The halo: rows outside the input are skipped by clipping the kernel-row loop per output
 //! row. Columns are made branch-free by a per-task copy of the input rows the task reads (its
@@ -14,7 +15,7 @@
 //! (`Padded`); with a column stride the band holds, for each kernel column, the input pixels
 //! that output columns read through it, compacted (`Taps`), so that a tile's columns are
 //! always 16 floats apart. Layers with neither padding nor column stride read the input
-//! directly. The copy is a few percent of a task's input traffic and brings it into cache.
+//! directly. The copy costs about 1 % of a task's time and brings its input into cache.
 
 use super::act::Act;
 use super::error::{KernelError, product};
