@@ -3,10 +3,11 @@
 //! epilogue (bias, unfolded batch-norm scale and shift, residual, activation).
 //!
 //! A [`ConvPlan`] is made once per layer (all checks, the tile shape and the split into tasks);
-//! `conv_fwd.rs` runs it (`forward`, or `forward_task` for one task): a range of output rows (or, for 1x1 stride-1
-//! convolutions whose pixels are one flat row, a range of pixels) x a range of output-channel
-//! blocks of one image and group. Each output tile is one call of the batch-reduce
-//! microkernel (`tile.rs`) over input blocks x kernel rows x kernel columns.
+//! `conv_fwd.rs` runs it (`forward`, or `forward_task` for one task). A task is a range of
+//! output rows (or, for 1x1 stride-1 convolutions whose pixels are one flat row, a range of
+//! pixels) x a range of output-channel blocks of one image and group. Each output tile is one
+//! call of the batch-reduce microkernel (`tile.rs`) over input blocks x kernel rows x kernel
+//! columns.
 //!
 //! The halo: rows outside the input are skipped by clipping the kernel-row loop per output
 //! row. Columns are made branch-free by a per-task copy of the input rows the task reads (its
@@ -14,7 +15,7 @@
 //! (`Padded`); with a column stride the band holds, for each kernel column, the input pixels
 //! that output columns read through it, compacted (`Taps`), so that a tile's columns are
 //! always 16 floats apart. Layers with neither padding nor column stride read the input
-//! directly. The copy is a few percent of a task's input traffic and brings it into cache.
+//! directly. The copy costs about 1 % of a task's time and brings its input into cache.
 
 use super::act::Act;
 use super::error::{KernelError, product};
@@ -272,6 +273,21 @@ impl ConvPlan {
         self
     }
 
+    /// The same plan with `row_chunk` output rows and `oc_chunk` blocks per task (clamped; the
+    /// blocks rounded to the tile's): for tuning the split.
+    pub fn with_split(mut self, row_chunk: usize, oc_chunk: usize) -> ConvPlan {
+        let units = self.ocb / self.k;
+        let want = (oc_chunk / self.k).clamp(1, units);
+        let per = (1..=want).rev().find(|d| units.is_multiple_of(*d)).unwrap_or(1);
+        self.oc_chunk = per * self.k;
+        self.n_oc = units / per;
+        self.row_chunk = row_chunk.clamp(1, self.rows);
+        self.n_rows = self.rows.div_ceil(self.row_chunk);
+        self.tasks = self.shape.n * self.shape.groups * self.n_oc * self.n_rows * self.n_cols;
+        self.set_band();
+        self
+    }
+
     /// Scratch floats for running the plan on `threads` threads.
     pub fn scratch_len(&self, threads: usize) -> usize {
         self.scratch * threads
@@ -301,6 +317,10 @@ impl ConvPlan {
     /// How the tasks read the input.
     pub fn band(&self) -> Band {
         self.band
+    }
+    /// The task split: `(rows per task, pixels per task, blocks per task)`.
+    pub fn split_info(&self) -> (usize, usize, usize) {
+        (self.row_chunk, self.col_chunk, self.oc_chunk)
     }
 
     /// Input rows a band holds for `rc` output rows.

@@ -158,3 +158,23 @@ fn plans_of_huge_images_are_made_quickly() {
     }
     assert!(t0.elapsed().as_secs() < 5, "planning took {:?}", t0.elapsed());
 }
+
+#[test]
+fn the_isa_switch_forces_each_supported_set() {
+    use cnnc_kernels::cpu;
+    use cnnc_kernels::simd::Isa;
+    // No other test reads the process-wide default (they pass each Cpu explicitly).
+    for c in cpu::all_supported() {
+        cpu::force(Some(c.isa())).unwrap();
+        assert_eq!(cpu::active(), c);
+    }
+    cpu::force(None).unwrap();
+    assert!(cpu::supports(cpu::active().isa()));
+    assert_eq!(cpu::best().isa(), *cpu::all_supported().iter().map(|c| c.isa()).collect::<Vec<_>>().last().unwrap());
+    assert!(cpu::supports(Isa::Portable));
+    if !cpu::supports(Isa::Avx512) {
+        assert!(cpu::force(Some(Isa::Avx512)).is_err());
+    }
+    assert_eq!(Isa::from_name("avx2"), Some(Isa::Avx2));
+    assert_eq!(Isa::from_name("sse"), None);
+}
