@@ -254,6 +254,7 @@ examples! {
     alexnet: "alexnet.cnn" at [3, 63, 63], "hidden" = "64";
     allcnnc: "allcnnc.cnn" at [3, 16, 16];
     cifar_simple: "cifar_simple.cnn" at [3, 32, 32];
+    digits: "digits.cnn" at [1, 8, 8];
     googlenet: "googlenet.cnn" at [3, 64, 64];
     lenet5: "lenet5.cnn" at [1, 32, 32];
     resnet18: "resnet18.cnn" at [3, 16, 16];

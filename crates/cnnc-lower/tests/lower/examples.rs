@@ -115,6 +115,19 @@ fn cifar_simple() {
 }
 
 #[test]
+fn digits() {
+    // conv 1->32, 32->32, 32->64 (3x3 with bias), three batch norms, fc 256->10.
+    let conv = |i: usize, o: usize| i * o * 9 + o;
+    let g = lower("digits.cnn", None);
+    assert_eq!(trainable(&g), conv(1, 32) + conv(32, 32) + conv(32, 64) + 2 * (32 + 32 + 64) + 64 * 2 * 2 * 10 + 10);
+    assert_eq!(trainable(&g), 30_890);
+    assert_eq!(node(&g, "pool1").shape.0, [32, 4, 4]);
+    assert_eq!(node(&g, "pool2").shape.0, [64, 2, 2]);
+    assert_eq!(dims(&g, "fc.weight"), [10, 256]);
+    assert_eq!(output(&g), [10]);
+}
+
+#[test]
 fn allcnnc() {
     // All-CNN-C, by layer: 3x3 convs 3->96, 96->96, 96->96 (stride 2), 96->192, 192->192,
     // 192->192 (stride 2), 192->192 (valid), then 1x1 convs 192->192 and 192->10, all with bias.
@@ -393,6 +406,7 @@ fn every_example_is_tested() {
     let tested = [
         "lenet5.cnn",
         "cifar_simple.cnn",
+        "digits.cnn",
         "allcnnc.cnn",
         "alexnet.cnn",
         "vgg11.cnn",
