@@ -166,6 +166,15 @@ fn hostile_inputs() {
         format!("model m(a = {}1) {{ input x: [1] x }}", "-".repeat(10_000)),
         format!("model m(a = {}true) {{ input x: [1] x }}", "!".repeat(255)),
         deep_blocks,
+        // Every instance resolves its own `freeze` paths: each must cost its own layers, not
+        // the whole model's; a model-level path over 100,000 layers, and many unknown paths.
+        "block b { input x  freeze c, r  x -> c: conv(1, k=1) -> r: relu }\n\
+         model m { input x: [1, 1, 1]  freeze layers  x -> layers: for i in 0..50000 { b } }"
+            .into(),
+        format!(
+            "model m {{ input x: [1, 1, 1]  freeze {}  x -> for i in 0..100000 {{ relu }} }}",
+            (0..2_000).map(|i| format!("layer{i}")).collect::<Vec<_>>().join(",\n")
+        ),
         "/* unterminated".into(),
         "model m { input x: [1, 8, 8] x -> relu } \u{0}\u{feff}é".into(),
     ];

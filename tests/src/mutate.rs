@@ -7,7 +7,7 @@
 
 /// Keywords, names, layer names, numbers (ordinary and hostile), brackets and operators.
 pub fn vocabulary() -> Vec<String> {
-    const WORDS: &str = "model block input let if else for in true false x y a b n i conv1 layer1 features \
+    const WORDS: &str = "model block input let freeze if else for in true false x y a b n i conv1 layer1 features \
                          k out stride pad dilation groups depthwise bias ceil levels p eps include_pad";
     const PUNCTUATION: &str = "( ) [ ] { } , : ; = -> .. + - * / % == != < <= > >= && || ! _";
     let mut v: Vec<String> = WORDS.split_whitespace().map(str::to_string).collect();

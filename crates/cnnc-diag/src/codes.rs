@@ -47,6 +47,7 @@ codes! {
     NO_MODEL = "E0211", "no model to compile";
     SHADOWED_BUILTIN = "E0212", "block named like a built-in layer";
     ARITHMETIC = "E0213", "arithmetic error in a parameter expression";
+    UNKNOWN_FREEZE_PATH = "E0214", "`freeze` path that names no layer";
     // Shapes (E03xx).
     KERNEL_TOO_LARGE = "E0300", "kernel larger than the padded input";
     SHAPE_MISMATCH_ADD = "E0301", "add of tensors with different shapes";
@@ -60,6 +61,7 @@ codes! {
     TOO_LARGE = "E0400", "model too large to elaborate";
     // Warnings (W0xxx).
     UNUSED_VALUE = "W0200", "value computed but never used";
+    FREEZES_NOTHING = "W0201", "`freeze` of layers without trainable parameters";
     STRIDE_REMAINDER = "W0300", "stride leaves input rows or columns unused";
 }
 

@@ -22,8 +22,11 @@ pub struct Summary {
     /// The first model input's shape, `[C, H, W]` or `[F]`.
     pub input: Vec<usize>,
     /// Trainable elements of the whole model (of the source graph: folding a batch norm
-    /// changes how parameters are stored, not what the model has).
+    /// changes how parameters are stored, not what the model has), frozen ones included.
     pub params: u64,
+    /// Of `params`, the elements the model freezes (its `freeze` statements): training
+    /// changes `params - frozen` of them.
+    pub frozen: u64,
     /// Buffer elements of the whole model: batch-norm running statistics, loaded and saved
     /// with the weights but not trainable (`running_mean`, `running_var`).
     pub buffers: u64,
@@ -142,6 +145,7 @@ pub fn summarize(graph: &Graph) -> Summary {
         model: graph.name.clone(),
         input: graph.inputs.first().map(|&i| graph[i].shape.0.clone()).unwrap_or_default(),
         params: sums.params,
+        frozen: sums.frozen,
         buffers: sums.buffers,
         macs: sums.macs,
         layers,
@@ -251,7 +255,7 @@ pub fn table(summary: &Summary) -> String {
     let outputs: Vec<String> = summary.outputs.iter().map(|o| dims(o)).collect();
     let mut stats = vec![
         ("output", outputs.join(", ")),
-        ("parameters", format!("{} trainable, {} buffers", thousands(summary.params), thousands(summary.buffers))),
+        ("parameters", parameters_line(summary)),
         ("MACs", format!("{} per sample", thousands(summary.macs))),
         ("activations", format!("{} at batch 1 (f32, every layer's output)", human_bytes(summary.activation_bytes))),
     ];
@@ -271,6 +275,22 @@ pub fn table(summary: &Summary) -> String {
         }
     }
     out
+}
+
+/// `61,706 trainable, 0 buffers`; with frozen parameters, the total and how it splits:
+/// `61,706 (58,000 trainable, 3,706 frozen), 0 buffers`.
+fn parameters_line(s: &Summary) -> String {
+    let buffers = thousands(s.buffers);
+    if s.frozen == 0 {
+        return format!("{} trainable, {buffers} buffers", thousands(s.params));
+    }
+    let trained = s.params.saturating_sub(s.frozen);
+    format!(
+        "{} ({} trainable, {} frozen), {buffers} buffers",
+        thousands(s.params),
+        thousands(trained),
+        thousands(s.frozen)
+    )
 }
 
 /// `5.0 MiB workspace (planned) vs 44.0 MiB of intermediates (unplanned) at batch 1: 11.3%`
@@ -398,8 +418,8 @@ mod tests {
         assert!(json.contains(r#""weights":{"features.bn.weight":[4],"features.bn.bias":[4],"features.bn.running_mean":[4],"features.bn.running_var":[4]}"#), "{json}");
         let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
         let keys: Vec<&String> = value.as_object().expect("object").keys().collect();
-        assert!(json.contains(r#""params":766,"buffers":8,"macs":7552,"layers":"#), "{json}");
-        let mut expected = ["buffers", "input", "layers", "macs", "model", "params"];
+        assert!(json.contains(r#""params":766,"frozen":0,"buffers":8,"macs":7552,"layers":"#), "{json}");
+        let mut expected = ["buffers", "frozen", "input", "layers", "macs", "model", "params"];
         expected.sort();
         assert_eq!(keys, expected);
         let layer_keys: Vec<&String> = value["layers"][0].as_object().expect("object").keys().collect();
@@ -423,8 +443,18 @@ mod tests {
         assert!(json.ends_with(&format!(",\"unplanned_bytes\":{}}}\n", p.unplanned_bytes)), "{json}");
         let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
         let keys: Vec<&String> = value.as_object().expect("object").keys().collect();
-        let mut expected =
-            ["buffers", "fused", "input", "layers", "macs", "model", "params", "unplanned_bytes", "workspace_bytes"];
+        let mut expected = [
+            "buffers",
+            "frozen",
+            "fused",
+            "input",
+            "layers",
+            "macs",
+            "model",
+            "params",
+            "unplanned_bytes",
+            "workspace_bytes",
+        ];
         expected.sort();
         assert_eq!(keys, expected);
         // No pass: no group, and the plan of the source graph.
@@ -451,6 +481,17 @@ mod tests {
                 && tail[2].ends_with("(training step: forward, loss, backward, updates)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn frozen_parameters_are_counted_and_shown() {
+        let mut g = small();
+        g.frozen = ["features.conv.weight", "features.bn.weight", "features.bn.bias"].map(String::from).into();
+        let s = summarize(&g);
+        assert_eq!((s.params, s.frozen), (766, 108 + 8));
+        assert!(to_json(&s).contains(r#""params":766,"frozen":116,"buffers":8,"#));
+        assert!(table(&s).contains("\nparameters:  766 (650 trainable, 116 frozen), 8 buffers\n"), "{}", table(&s));
+        assert!(table(&summarize(&small())).contains("\nparameters:  766 trainable, 8 buffers\n"));
     }
 
     #[test]

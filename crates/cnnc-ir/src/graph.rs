@@ -7,6 +7,7 @@ use crate::op::{Op, TrainOp};
 use crate::param::{ParamSpec, params};
 use crate::shape::{Shape, ShapeError, ShapeWarning, check_valid, infer};
 use cnnc_diag::Span;
+use std::collections::{BTreeSet, HashSet};
 
 /// A handle to a node of one graph. Handles are indices: cheap to copy, compare and hash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -49,6 +50,12 @@ pub struct Graph {
     nodes: Vec<Node>,
     pub inputs: Vec<NodeId>,
     pub outputs: Vec<NodeId>,
+    /// The parameters training leaves unchanged, by full name (`layer1.0.conv1.weight`): the
+    /// model's `freeze` statements, and in a training graph also what its options froze. Only
+    /// trainable parameters (weights and biases) that some node owns; the verifier checks it.
+    /// A pass that rebuilds the graph carries the set over and drops the names whose parameter
+    /// it removed ([`Graph::retain_frozen`]).
+    pub frozen: BTreeSet<String>,
 }
 
 impl Graph {
@@ -147,6 +154,23 @@ impl Graph {
             .collect()
     }
 
+    /// Whether the parameter of this full name is frozen ([`Graph::frozen`]).
+    pub fn is_frozen(&self, param: &str) -> bool {
+        self.frozen.contains(param)
+    }
+
+    /// Drops the frozen names that are no trainable parameter of the graph (any more): those
+    /// of layers a pass removed or a rebuild did not copy (a batch norm folded into its
+    /// convolution takes its parameters, and their marks, with it).
+    pub fn retain_frozen(&mut self) {
+        if self.frozen.is_empty() {
+            return;
+        }
+        let trainable: HashSet<String> =
+            self.named_params().into_iter().filter(|(_, p)| p.trainable()).map(|(name, _)| name).collect();
+        self.frozen.retain(|name| trainable.contains(name));
+    }
+
     /// For each node, the nodes that read it, each once and in node order (a side table: the
     /// graph stores only inputs). Linear in the number of edges, however many readers a value
     /// has.
@@ -239,5 +263,16 @@ mod tests {
         // A handle past the end is ignored, as the verifier reports it.
         g.outputs.push(NodeId::from_index(9));
         assert_eq!(g.output_flags(), [false, false, true, true]);
+    }
+
+    #[test]
+    fn retain_frozen_keeps_the_trainable_parameters_of_the_graph() {
+        let mut g = crate::testutil::small_cnn();
+        let names = ["features.conv.weight", "features.bn.running_mean", "removed.weight", "classifier.bias"];
+        g.frozen = names.map(String::from).into();
+        g.retain_frozen();
+        let kept: Vec<&str> = g.frozen.iter().map(String::as_str).collect();
+        assert_eq!(kept, ["classifier.bias", "features.conv.weight"]);
+        assert!(g.is_frozen("classifier.bias") && !g.is_frozen("classifier.weight"));
     }
 }

@@ -21,6 +21,10 @@
 //! `fused_gemm` with their base's attributes then `residual: true` and `act: relu` (followed by
 //! the activation's own attributes), `reorder {to: nChw16c}`, `concat_in_place`. A node that
 //! absorbed source layers lists them after its name: `// layer1.0.conv3 <- layer1.0.bn3, ...`.
+//!
+//! A graph with frozen parameters ([`Graph::frozen`]) lists them, sorted, on a line of their own
+//! before the nodes: `  frozen: conv1.weight, layer1.0.bn1.bias, ...`. Without any the line is
+//! left out.
 
 use crate::graph::{Graph, Node, NodeId};
 use crate::op::{Activation, BatchNorm, Conv, FusedBase, Gemm, Lrn, Op, Pair, PoolKind, Window};
@@ -36,6 +40,10 @@ impl fmt::Display for Graph {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Names are escaped so that a stray newline cannot break the one-line-per-node rule.
         writeln!(f, "graph {}", self.name.escape_debug())?;
+        if !self.frozen.is_empty() {
+            let names: Vec<String> = self.frozen.iter().map(|p| p.escape_debug().to_string()).collect();
+            writeln!(f, "  frozen: {}", names.join(", "))?;
+        }
         for (id, node) in self.iter() {
             write_node(f, id, node)?;
         }
@@ -488,6 +496,22 @@ mod tests {
             assert_eq!(text.parse::<f64>(), Ok(x));
         }
         assert_eq!(float(20.0), "20");
+    }
+
+    #[test]
+    fn frozen_parameters_print_before_the_nodes() {
+        let mut g = small_cnn();
+        g.frozen = ["features.conv.weight", "features.bn.bias", "features.bn.weight"].map(String::from).into();
+        let text = print(&g);
+        let lines: Vec<&str> = text.lines().take(3).collect();
+        assert_eq!(
+            lines,
+            [
+                "graph small",
+                "  frozen: features.bn.bias, features.bn.weight, features.conv.weight",
+                "  %0 = input -> [3, 32, 32]  // x"
+            ]
+        );
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! receptive field.
 //!
 //! Conventions:
-//! - `params` counts trainable elements (weights, biases, batch-norm gamma and beta);
-//!   `buffers` counts batch-norm running statistics.
+//! - `params` counts trainable elements (weights, biases, batch-norm gamma and beta), frozen or
+//!   not; `frozen` counts those of them the graph freezes ([`Graph::frozen`]), so `params -
+//!   frozen` are trained; `buffers` counts batch-norm running statistics.
 //! - MACs: a convolution does `out_elements * (in_channels / groups) * kh * kw`, an fc layer
 //!   `in_features * out_features`. Biases, batch norm, pooling and activations count 0.
 //! - The receptive field `r` and jump `j` (the distance in model-input pixels between
@@ -28,6 +29,8 @@ use crate::train::TrainOp;
 pub struct NodeStats {
     /// Trainable elements: weights, biases, batch-norm gamma and beta.
     pub params: u64,
+    /// Of `params`, the elements of frozen parameters.
+    pub frozen: u64,
     /// Non-trainable elements: batch-norm running mean and variance.
     pub buffers: u64,
     /// Multiply-accumulates for one sample.
@@ -42,6 +45,8 @@ pub struct NodeStats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
     pub params: u64,
+    /// Of `params`, the elements of frozen parameters.
+    pub frozen: u64,
     pub buffers: u64,
     pub macs: u64,
     /// Every node's output (inputs included) at 4 bytes an element.
@@ -53,9 +58,10 @@ pub struct Totals {
 pub fn node_stats(graph: &Graph) -> Vec<NodeStats> {
     let mut stats: Vec<NodeStats> = Vec::with_capacity(graph.len());
     for (id, node) in graph.iter() {
-        let (params, buffers) = param_counts(graph, id);
+        let (params, frozen, buffers) = param_counts(graph, id);
         let field = receptive_field(graph, node, &stats);
-        stats.push(NodeStats { params, buffers, macs: macs(graph, node), receptive_field: field.r, jump: field.j });
+        let macs = macs(graph, node);
+        stats.push(NodeStats { params, frozen, buffers, macs, receptive_field: field.r, jump: field.j });
     }
     stats
 }
@@ -65,6 +71,7 @@ pub fn totals(graph: &Graph, stats: &[NodeStats]) -> Totals {
     let mut t = Totals::default();
     for s in stats {
         t.params = t.params.saturating_add(s.params);
+        t.frozen = t.frozen.saturating_add(s.frozen);
         t.buffers = t.buffers.saturating_add(s.buffers);
         t.macs = t.macs.saturating_add(s.macs);
     }
@@ -74,18 +81,24 @@ pub fn totals(graph: &Graph, stats: &[NodeStats]) -> Totals {
     t
 }
 
-/// `(trainable, buffer)` element counts of the node's parameters.
-fn param_counts(graph: &Graph, id: crate::NodeId) -> (u64, u64) {
-    let (mut params, mut buffers) = (0u64, 0u64);
+/// `(trainable, frozen, buffer)` element counts of the node's parameters, the frozen ones
+/// among the trainable.
+fn param_counts(graph: &Graph, id: crate::NodeId) -> (u64, u64, u64) {
+    let (mut params, mut frozen, mut buffers) = (0u64, 0u64, 0u64);
+    // Most graphs freeze nothing: no name to build then.
+    let any_frozen = !graph.frozen.is_empty();
     for spec in graph.params(id) {
         let n = product(&spec.dims);
         if spec.trainable() {
             params = params.saturating_add(n);
+            if any_frozen && graph.is_frozen(&format!("{}.{}", graph[id].name, spec.suffix)) {
+                frozen = frozen.saturating_add(n);
+            }
         } else {
             buffers = buffers.saturating_add(n);
         }
     }
-    (params, buffers)
+    (params, frozen, buffers)
 }
 
 fn macs(graph: &Graph, node: &Node) -> u64 {
@@ -306,6 +319,18 @@ mod tests {
     fn batch_norm_has_two_params_and_two_buffers_per_channel() {
         let s = single(&[64, 4, 4], bn());
         assert_eq!((s.params, s.buffers, s.macs), (128, 128, 0));
+    }
+
+    #[test]
+    fn frozen_elements_are_counted_among_the_params() {
+        let mut g = small_cnn();
+        g.frozen = ["features.conv.weight", "features.bn.bias"].map(String::from).into();
+        let stats = node_stats(&g);
+        let frozen: Vec<u64> = stats.iter().map(|s| s.frozen).collect();
+        assert_eq!(frozen, [0, 16 * 3 * 9, 16, 0, 0, 0, 0]);
+        let t = totals(&g, &stats);
+        assert_eq!((t.frozen, t.params), (16 * 3 * 9 + 16, 16 * 3 * 9 + 32 + 4096 * 10 + 10));
+        assert_eq!(totals(&small_cnn(), &node_stats(&small_cnn())).frozen, 0);
     }
 
     #[test]

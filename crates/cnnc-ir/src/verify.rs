@@ -16,7 +16,7 @@ use crate::graph::{Graph, Node, NodeId};
 use crate::op::{Op, TrainOp};
 use crate::param::ParamSpec;
 use crate::shape::{Shape, ShapeError, check_valid, infer};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,6 +125,16 @@ pub enum VerifyError {
         name: String,
         message: String,
     },
+    /// A name in [`Graph::frozen`] that no node owns as a trainable parameter.
+    FrozenNotParam {
+        param: String,
+    },
+    /// An update writes a frozen parameter, which training must leave unchanged.
+    FrozenUpdated {
+        node: NodeId,
+        name: String,
+        param: String,
+    },
 }
 
 impl VerifyError {
@@ -145,8 +155,12 @@ impl VerifyError {
             | VerifyError::ParamRead { node, .. }
             | VerifyError::ParamWrite { node, .. }
             | VerifyError::OperandKind { node, .. }
-            | VerifyError::Layout { node, .. } => Some(*node),
-            VerifyError::InputList { .. } | VerifyError::NoOutputs | VerifyError::OutputOutOfRange { .. } => None,
+            | VerifyError::Layout { node, .. }
+            | VerifyError::FrozenUpdated { node, .. } => Some(*node),
+            VerifyError::InputList { .. }
+            | VerifyError::NoOutputs
+            | VerifyError::OutputOutOfRange { .. }
+            | VerifyError::FrozenNotParam { .. } => None,
         }
     }
 }
@@ -226,6 +240,12 @@ impl fmt::Display for VerifyError {
             VerifyError::Layout { node, name, message } => {
                 write!(f, "{} breaks its layout rule: {message}", Who(*node, name))
             }
+            VerifyError::FrozenNotParam { param } => {
+                write!(f, "frozen parameter `{}` is no trainable parameter of the graph", param.escape_debug())
+            }
+            VerifyError::FrozenUpdated { node, name, param } => {
+                write!(f, "{} updates parameter `{}`, which is frozen", Who(*node, name), param.escape_debug())
+            }
         }
     }
 }
@@ -233,8 +253,9 @@ impl fmt::Display for VerifyError {
 impl std::error::Error for VerifyError {}
 
 /// Every invariant violation in the graph, in a deterministic order (graph-level checks, then
-/// nodes in order, then parameter names, then dead nodes, then what the optimiser's ops need:
-/// in-place concatenation and layouts, checked only when everything else holds).
+/// nodes in order, then parameter names, reads and writes, then frozen parameters, then dead
+/// nodes, then what the optimiser's ops need: in-place concatenation and layouts, checked only
+/// when everything else holds).
 pub fn verify(graph: &Graph) -> Result<(), Vec<VerifyError>> {
     let mut errors = Vec::new();
     check_input_list(graph, &mut errors);
@@ -247,6 +268,7 @@ pub fn verify(graph: &Graph) -> Result<(), Vec<VerifyError>> {
     check_param_names(graph, &sound, &mut errors);
     check_param_reads(graph, &sound, &mut errors);
     check_param_writes(graph, &sound, &mut errors);
+    check_frozen(graph, &sound, &mut errors);
     check_dead(graph, &mut errors);
     if errors.is_empty() {
         check_concat_in_place(graph, &mut errors);
@@ -442,6 +464,30 @@ fn check_param_writes(graph: &Graph, sound: &[bool], errors: &mut Vec<VerifyErro
                     problem: format!("before {id} reads it"),
                 });
             }
+        }
+    }
+}
+
+/// Every frozen name is a trainable parameter some node owns, and no update writes one. Names
+/// are checked only when every node is sound: a broken node's parameters are unknown.
+fn check_frozen(graph: &Graph, sound: &[bool], errors: &mut Vec<VerifyError>) {
+    if graph.frozen.is_empty() {
+        return;
+    }
+    if sound.iter().all(|&ok| ok) {
+        let trainable: HashSet<String> = graph
+            .iter()
+            .flat_map(|(id, node)| {
+                graph.params(id).into_iter().filter(ParamSpec::trainable).map(|p| format!("{}.{}", node.name, p.suffix))
+            })
+            .collect();
+        for param in graph.frozen.iter().filter(|p| !trainable.contains(*p)) {
+            errors.push(VerifyError::FrozenNotParam { param: param.clone() });
+        }
+    }
+    for (id, node) in graph.iter().filter(|(id, _)| sound[id.index()]) {
+        if matches!(node.op, Op::Train(TrainOp::Update(_))) && graph.is_frozen(&node.name) {
+            errors.push(VerifyError::FrozenUpdated { node: id, name: node.name.clone(), param: node.name.clone() });
         }
     }
 }
@@ -723,6 +769,38 @@ mod tests {
         let e = errors(&g);
         let problem = "an effect, which has no value";
         assert!(e.contains(&VerifyError::OperandKind { node: r, name: "r".into(), operand: up, problem }), "{e:?}");
+    }
+
+    #[test]
+    fn frozen_names_are_trainable_parameters_no_update_writes() {
+        let mut g = small_cnn();
+        g.frozen = ["features.conv.weight", "features.bn.weight", "features.bn.bias"].map(String::from).into();
+        assert_eq!(verify(&g), Ok(()));
+        // A parameterless layer, a buffer and a bias the conv does not have are no parameters
+        // to freeze.
+        for param in ["features.relu.weight", "features.bn.running_mean", "features.conv.bias"] {
+            let mut g = small_cnn();
+            g.frozen.insert(param.into());
+            let e = errors(&g);
+            assert_eq!(e, vec![VerifyError::FrozenNotParam { param: param.into() }]);
+            assert_eq!(e[0].node(), None);
+            assert_eq!(e[0].to_string(), format!("frozen parameter `{param}` is no trainable parameter of the graph"));
+        }
+        // A training graph must not update what is frozen.
+        use crate::train::{Optimizer, Sgd, TrainOp};
+        let mut g = Graph::new("t");
+        let x = input(&mut g, "x", &[2, 4, 4]);
+        let c = add(&mut g, conv(3, 3, 1, 1, false), &[x], "c");
+        let Op::Conv(cv) = g[c].op else { unreachable!() };
+        let dw = add(&mut g, Op::Train(TrainOp::ConvBackwardWeight(cv)), &[x, c], "c");
+        let sgd = Optimizer::Sgd(Sgd { momentum: 0.9, weight_decay: 0.0, nesterov: false });
+        let up = add(&mut g, Op::Train(TrainOp::Update(sgd)), &[dw], "c.weight");
+        g.outputs = vec![c, up];
+        assert_eq!(verify(&g), Ok(()));
+        g.frozen.insert("c.weight".into());
+        let e = errors(&g);
+        assert_eq!(e, vec![VerifyError::FrozenUpdated { node: up, name: "c.weight".into(), param: "c.weight".into() }]);
+        assert_eq!(e[0].to_string(), "%3 (c.weight) updates parameter `c.weight`, which is frozen");
     }
 
     #[test]

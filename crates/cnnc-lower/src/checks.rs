@@ -121,6 +121,7 @@ fn stmt_calls<'a>(stmt: &'a Stmt, out: &mut Vec<&'a Ident>) {
         Stmt::Input { shape, .. } => shape.iter().for_each(|e| expr_calls(e, out)),
         Stmt::Let { value, .. } => expr_calls(value, out),
         Stmt::Expr(e) => expr_calls(e, out),
+        Stmt::Freeze { .. } => {}
     }
 }
 
@@ -177,7 +178,7 @@ pub fn labels(stmts: &[Stmt]) -> Vec<String> {
     for stmt in stmts {
         match stmt {
             Stmt::Let { value, .. } | Stmt::Expr(value) => expr_labels(value, &mut out),
-            Stmt::Input { .. } => {}
+            Stmt::Input { .. } | Stmt::Freeze { .. } => {}
         }
     }
     out

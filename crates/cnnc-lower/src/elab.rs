@@ -12,7 +12,7 @@ use crate::value::Value;
 use cnnc_diag::{Code, Diagnostic, Span, did_you_mean};
 use cnnc_ir::{Graph, NodeId, Op, Shape};
 use cnnc_syntax::ast::*;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Limits that keep hostile sources from exhausting time or memory.
 pub const MAX_NODES: usize = 200_000;
@@ -34,6 +34,12 @@ impl Default for Budget {
 }
 /// Largest parameter tensor accepted, in elements.
 pub const MAX_PARAM_ELEMENTS: usize = 1 << 40;
+
+/// Candidate names "did you mean" may compare unknown `freeze` paths with, over one model: a
+/// ResNet has about a thousand, so this suggests for hundreds of mistakes, while a hostile
+/// source of thousands of unknown paths over a model at the layer limit stays fast (the later
+/// errors go without a suggestion).
+const FREEZE_SUGGESTION_BUDGET: usize = 1_000_000;
 
 /// How a diagnostic from inside a block points at the use of the block: `in this use of
 /// `residual` (width = 64, stride = 2)`.
@@ -114,7 +120,13 @@ pub struct Elab<'a> {
     pub graph: Graph,
     pub diags: Vec<Diagnostic>,
     scopes: Vec<NameScope>,
-    node_names: HashMap<String, Span>,
+    /// Every layer by full name, with where it is written: names are unique, and `freeze`
+    /// finds the layers inside a scope as one range of this sorted map.
+    node_names: BTreeMap<String, (NodeId, Span)>,
+    /// `freeze` paths already warned about: a block used many times warns once.
+    warned_freezes: HashSet<Span>,
+    /// What is left of [`FREEZE_SUGGESTION_BUDGET`].
+    freeze_suggestions: usize,
     /// What is left to spend; see [`Budget`].
     pub budget: Budget,
     depth: usize,
@@ -129,7 +141,9 @@ impl<'a> Elab<'a> {
             graph: Graph::new(model.name.name.clone()),
             diags: Vec::new(),
             scopes: Vec::new(),
-            node_names: HashMap::new(),
+            node_names: BTreeMap::new(),
+            warned_freezes: HashSet::new(),
+            freeze_suggestions: FREEZE_SUGGESTION_BUDGET,
             budget,
             depth: 0,
         }
@@ -255,6 +269,9 @@ impl<'a> Elab<'a> {
         let mut input_seen: Option<Span> = None;
         let mut result = None;
         let mut failed = false;
+        let mut freezes: Vec<&LayerPath> = Vec::new();
+        // `freeze` statements may follow the result: they are resolved after the whole body.
+        let result_at = item.body.iter().rposition(|s| !matches!(s, Stmt::Freeze { .. }));
         for (i, stmt) in item.body.iter().enumerate() {
             match stmt {
                 Stmt::Input { name, shape, span } => {
@@ -288,7 +305,8 @@ impl<'a> Elab<'a> {
                         failed = true;
                     }
                 },
-                Stmt::Expr(e) if i + 1 < item.body.len() => {
+                Stmt::Freeze { paths, .. } => freezes.extend(paths),
+                Stmt::Expr(e) if Some(i) != result_at => {
                     failed = true;
                     self.error(
                         Diagnostic::error(
@@ -332,6 +350,7 @@ impl<'a> Elab<'a> {
         if failed {
             return Err(Reported);
         }
+        self.freeze(&freezes)?;
         result.ok_or_else(|| {
             self.error(
                 Diagnostic::error(
@@ -435,6 +454,109 @@ impl<'a> Elab<'a> {
                 }
             }
         }
+    }
+
+    /// Resolves the `freeze` paths of a body whose layers all exist, relative to its scope (a
+    /// block's to its instance). A path names the layer of that name and every layer inside
+    /// the scope of that name, at a dot: `layer1` is `layer1.0.conv1` and the rest of
+    /// `layer1`, never `layer10`. Their trainable parameters join the graph's frozen set. A
+    /// path that names no layer is an error (E0214); one whose layers own no trainable
+    /// parameter freezes nothing, a warning (W0201).
+    fn freeze(&mut self, paths: &[&LayerPath]) -> R<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let prefix = self.scope().prefix.clone();
+        let mut candidates: Option<BTreeSet<String>> = None;
+        let mut failed = false;
+        for path in paths {
+            let full = format!("{prefix}{}", path.text);
+            let layers = self.layers_in(&full);
+            if layers.is_empty() {
+                failed = true;
+                let candidates = candidates.get_or_insert_with(|| self.freeze_candidates(&prefix));
+                let close = if candidates.len() <= self.freeze_suggestions {
+                    self.freeze_suggestions -= candidates.len();
+                    did_you_mean(&path.text, candidates.iter().map(String::as_str))
+                } else {
+                    None
+                };
+                let mut d = Diagnostic::error(
+                    Code::UNKNOWN_FREEZE_PATH,
+                    format!("no layer named `{}` to freeze", path.text),
+                    path.span,
+                    "names no layer",
+                );
+                if !prefix.is_empty() {
+                    d = d.with_note(format!(
+                        "paths in a block are relative to its instance: this one stands for `{full}`"
+                    ));
+                }
+                d = match close {
+                    Some(close) => d.with_hint(format!("did you mean `{close}`?")),
+                    None => d.with_hint(
+                        "write a layer's name as `cnnc summary` lists it, or the name of a scope of layers \
+                         (`layer1` freezes every layer inside `layer1`)",
+                    ),
+                };
+                self.error(d);
+                continue;
+            }
+            let params: Vec<String> = layers
+                .iter()
+                .flat_map(|&id| {
+                    let layer = &self.graph[id].name;
+                    let trainable = self.graph.params(id).into_iter().filter(|p| p.trainable());
+                    trainable.map(move |p| format!("{layer}.{}", p.suffix))
+                })
+                .collect();
+            let froze_something = !params.is_empty();
+            self.graph.frozen.extend(params);
+            if !froze_something && self.warned_freezes.insert(path.span) {
+                let message = match layers[..] {
+                    [one] => format!(
+                        "`{}` ({}) has no trainable parameters, so freezing it changes nothing",
+                        path.text,
+                        self.graph[one].op.keyword()
+                    ),
+                    _ => format!(
+                        "none of the {} layers in `{}` has trainable parameters, so freezing them changes nothing",
+                        layers.len(),
+                        path.text
+                    ),
+                };
+                self.diags.push(
+                    Diagnostic::warning(Code::FREEZES_NOTHING, message, path.span, "freezes nothing")
+                        .with_note("only conv, fc, bn and prelu layers have parameters that training changes")
+                        .with_hint(format!("remove `{}` from the `freeze` list", path.text)),
+                );
+            }
+        }
+        if failed { Err(Reported) } else { Ok(()) }
+    }
+
+    /// The layer named `full` and every layer inside the scope `full`, in name order.
+    fn layers_in(&self, full: &str) -> Vec<NodeId> {
+        let inside = format!("{full}.");
+        let exact = self.node_names.get(full).map(|&(id, _)| id);
+        let below = self.node_names.range(inside.clone()..).take_while(|(name, _)| name.starts_with(&inside));
+        exact.into_iter().chain(below.map(|(_, &(id, _))| id)).collect()
+    }
+
+    /// What a `freeze` path in the scope `prefix` could have meant: the names, relative to the
+    /// scope, of its layers and of the scopes holding them (`layer1`, `layer1.0`,
+    /// `layer1.0.conv1`), sorted so that the suggestion does not depend on hashing.
+    fn freeze_candidates(&self, prefix: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let names = self.node_names.range(prefix.to_string()..).map(|(name, _)| name);
+        for name in names.take_while(|name| name.starts_with(prefix)) {
+            let relative = &name[prefix.len()..];
+            for (dot, _) in relative.match_indices('.') {
+                out.insert(relative[..dot].to_string());
+            }
+            out.insert(relative.to_string());
+        }
+        out
     }
 
     fn warn_unused(&mut self, env: &Env) {
@@ -1185,7 +1307,7 @@ impl<'a> Elab<'a> {
         if self.budget.nodes == 0 {
             return Err(self.too_large(span, format!("more than {MAX_NODES} layers")));
         }
-        if let Some(&first) = self.node_names.get(&name) {
+        if let Some(&(_, first)) = self.node_names.get(&name) {
             return Err(self.error(
                 Diagnostic::error(
                     Code::DUPLICATE_LAYER_NAME,
@@ -1220,7 +1342,7 @@ impl<'a> Elab<'a> {
                 for w in &warnings {
                     self.diags.push(shape_diag::warning(w, &site));
                 }
-                self.node_names.insert(name, span);
+                self.node_names.insert(name, (id, span));
                 Ok(id)
             }
             Err(e) => Err(self.error(shape_diag::error(&e, &site))),

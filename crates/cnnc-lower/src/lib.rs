@@ -152,6 +152,9 @@ fn prune_dead(graph: &Graph) -> Graph {
         map[id.index()] = Some(new);
     }
     out.outputs = graph.outputs.iter().map(|o| map[o.index()].expect("outputs are live")).collect();
+    // The layers of an unused value (warned about) leave with their frozen marks.
+    out.frozen = graph.frozen.clone();
+    out.retain_frozen();
     out
 }
 

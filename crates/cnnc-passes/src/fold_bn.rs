@@ -19,6 +19,12 @@
 //!
 //! The pattern fires only when the batch norm is the producer's only user and the producer's
 //! value is not a model output: otherwise the unnormalised value is still needed.
+//!
+//! Frozen parameters ([`cnnc_ir::Graph::frozen`]) mean nothing at inference, the only mode this
+//! pass runs in (training skips it: batch norm trains on batch statistics there). The folded
+//! graph keeps the marks of the parameters it still has: the producer's weight (and bias) stay
+//! marked as they were; the batch norm's marks leave with its parameters; a bias the producer
+//! gains is not marked.
 
 use crate::error::PassError;
 use crate::rewrite::{Ctx, Rebuild};

@@ -25,6 +25,18 @@
 //! Only what the loss needs is built: a node gets a backward op when a trainable parameter
 //! (not frozen) or a model input whose gradient is wanted lies at or above it.
 //!
+//! # Frozen parameters
+//!
+//! The parameters frozen are those the model freezes ([`Graph::frozen`], from its `freeze`
+//! statements) and those [`TrainingOptions::frozen`] names (`--freeze`), together; the training
+//! graph records that union as its own `frozen` set. A frozen parameter gets no gradient and no
+//! update, and nothing upstream of frozen layers is differentiated unless something trainable
+//! lies there; a frozen layer still passes gradients through to trainable layers before it.
+//! A frozen batch norm still updates its running statistics when it trains on batch
+//! statistics, as PyTorch's batch norm does in train mode with `requires_grad` off: freezing
+//! stops gradient descent, not the statistics (keep them as they are by differentiating the
+//! deployed model, [`TrainingOptions::batch_stats`] off).
+//!
 //! # Names and outputs
 //!
 //! Every node is named after the forward layer it belongs to (a backward op reads that layer's
@@ -66,7 +78,9 @@ pub struct TrainingOptions {
     /// Batch norm on batch statistics (with running-statistics updates) and dropout active:
     /// training. Otherwise the model's inference semantics are differentiated.
     pub batch_stats: bool,
-    /// Parameters that are not trained, by full name: no gradient, no update.
+    /// Parameters that are not trained, by full name: no gradient, no update. Added to the
+    /// graph's own [`Graph::frozen`]; names that are no trainable parameter of the graph are
+    /// ignored.
     pub frozen: BTreeSet<String>,
     /// Whether the gradient of each model input is an output.
     pub input_grads: bool,
@@ -116,8 +130,12 @@ pub fn training_forward(forward: &Graph) -> Result<TrainingGraph, PassError> {
 
 /// The training graph of `forward` (see the module documentation).
 pub fn training_graph(forward: &Graph, options: &TrainingOptions) -> Result<TrainingGraph, PassError> {
+    let frozen = forward.frozen.union(&options.frozen).cloned().collect();
+    let options = &TrainingOptions { frozen, ..options.clone() };
     let needs = needs_gradient(forward, options);
     let mut b = Builder::new(forward, options.batch_stats)?;
+    // What this graph leaves untrained; `finish` drops names that are no parameter of it.
+    b.graph.frozen = options.frozen.clone();
     b.forward_pass(&needs)?;
     let mut grads = Grads { contributions: vec![Vec::new(); forward.len()], params: Vec::new(), inputs: Vec::new() };
     let mut outputs = Vec::new();
@@ -240,11 +258,13 @@ impl<'f> Builder<'f> {
                 node.op.keyword()
             )));
         }
+        let mut graph = Graph::new(forward.name.clone());
+        graph.frozen = forward.frozen.clone();
         Ok(Builder {
             forward,
             forward_layouts: layouts(forward).0,
             batch_stats,
-            graph: Graph::new(forward.name.clone()),
+            graph,
             value: Vec::with_capacity(forward.len()),
             value_grad: vec![None; forward.len()],
             recorded: vec![Recorded::default(); forward.len()],

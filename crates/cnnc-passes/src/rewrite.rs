@@ -4,7 +4,8 @@
 //! it walks the old graph in order and builds a new one with a `Rebuild`, deciding for each old
 //! node whether to copy it, emit a changed node in its place, forward its uses to another node,
 //! or drop it. `Rebuild::finish` remaps the outputs and removes whatever became dead, so no
-//! pass leaves an orphan behind (the verifier rejects dead nodes).
+//! pass leaves an orphan behind (the verifier rejects dead nodes). The graph's frozen
+//! parameters ride along; those of layers the pass removed (a folded batch norm's) are dropped.
 
 use crate::error::PassError;
 use crate::pipeline::Mode;
@@ -54,14 +55,11 @@ pub(crate) struct Rebuild<'a> {
 
 impl<'a> Rebuild<'a> {
     pub fn new(pass: &'static str, old: &'a Graph, old_origins: &'a [Vec<NodeId>]) -> Rebuild<'a> {
-        Rebuild {
-            pass,
-            old,
-            old_origins,
-            new: Graph::new(old.name.clone()),
-            origins: Vec::with_capacity(old.len()),
-            map: vec![None; old.len()],
-        }
+        let mut new = Graph::new(old.name.clone());
+        // Parameters keep their names through every pass; `finish` drops the marks of those
+        // the pass removed.
+        new.frozen = old.frozen.clone();
+        Rebuild { pass, old, old_origins, new, origins: Vec::with_capacity(old.len()), map: vec![None; old.len()] }
     }
 
     /// The new node standing for old node `id`, which must have been copied, emitted or
@@ -171,13 +169,15 @@ pub(crate) fn live(graph: &Graph) -> Vec<bool> {
 }
 
 /// The graph without its dead nodes (and their origins); the graph itself when nothing is dead.
+/// Either way its frozen names are those of parameters it still has ([`Graph::retain_frozen`]).
 pub(crate) fn prune(
     pass: &'static str,
-    graph: Graph,
+    mut graph: Graph,
     origins: Vec<Vec<NodeId>>,
 ) -> Result<(Graph, Vec<Vec<NodeId>>), PassError> {
     let live = live(&graph);
     if live.iter().all(|&l| l) {
+        graph.retain_frozen();
         return Ok((graph, origins));
     }
     let mut b = Rebuild::new(pass, &graph, &origins);
@@ -187,5 +187,6 @@ pub(crate) fn prune(
         }
     }
     b.new.outputs = graph.outputs.iter().map(|&o| b.mapped(o)).collect();
+    b.new.retain_frozen();
     Ok((b.new, b.origins))
 }

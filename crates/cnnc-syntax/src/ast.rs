@@ -44,17 +44,31 @@ pub enum Stmt {
     Input { name: Ident, shape: Option<Expr>, span: Span },
     /// `let name = expr`.
     Let { name: Ident, value: Expr, span: Span },
-    /// An expression: the item's result when it is the last statement.
+    /// `freeze conv1, layer1.0`: the layers whose parameters training leaves unchanged. Lowering
+    /// resolves the paths once the body's layers exist, so it may stand anywhere in the body.
+    Freeze { paths: Vec<LayerPath>, span: Span },
+    /// An expression: the item's result when it is the last statement (`freeze` statements
+    /// aside).
     Expr(Expr),
 }
 
 impl Stmt {
     pub fn span(&self) -> Span {
         match self {
-            Stmt::Input { span, .. } | Stmt::Let { span, .. } => *span,
+            Stmt::Input { span, .. } | Stmt::Let { span, .. } | Stmt::Freeze { span, .. } => *span,
             Stmt::Expr(e) => e.span,
         }
     }
+}
+
+/// A layer's name, or the name of a scope holding layers, as written after `freeze`:
+/// `layer1.0.conv1`, `layer1`, `features.3`. Dot-separated identifiers and indices, relative to
+/// the body's scope (a block's paths to the block instance).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerPath {
+    /// The path as written, without spaces: `layer1.0.conv1`.
+    pub text: String,
+    pub span: Span,
 }
 
 #[derive(Clone, Debug, PartialEq)]

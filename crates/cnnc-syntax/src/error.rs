@@ -161,9 +161,11 @@ fn describe(rule: &Rule) -> &'static str {
         Rule::param_list => "a parameter list",
         Rule::param => "a parameter",
         Rule::body => "`{`",
-        Rule::stmt | Rule::input_stmt | Rule::let_stmt | Rule::expr_stmt => "a statement",
+        Rule::stmt | Rule::input_stmt | Rule::let_stmt | Rule::freeze_stmt | Rule::expr_stmt => "a statement",
         Rule::kw_input => "`input`",
         Rule::kw_let => "`let`",
+        Rule::kw_freeze => "`freeze`",
+        Rule::layer_path | Rule::path_segment => "a layer name",
         Rule::expr | Rule::value | Rule::unary | Rule::primary | Rule::prefix_op | Rule::neg | Rule::not => {
             "an expression"
         }
@@ -201,6 +203,10 @@ fn describe(rule: &Rule) -> &'static str {
 
 fn hint_for(expected: &[&str], found: &str) -> Option<String> {
     match found {
+        // `freeze layer1.*`: the glob of other tools, which a path does not need.
+        "`*`" if expected.contains(&"a layer name") => {
+            Some("`freeze layer1` already freezes every layer inside `layer1`; write the path without `.*`".into())
+        }
         "`=`" => Some("to name a value write `let name = ...`; to name a layer write `name: layer(...)`".into()),
         "`:`" => Some("a layer name goes right before the layer in a chain: `x -> conv1: conv(64, k=3)`".into()),
         "`,`" if expected.contains(&"a layer") => Some("separate the layers of a chain with `->`".into()),

@@ -233,6 +233,11 @@ impl Builder {
                 let value = self.expr(inner.next().expect("let value"), 0)?;
                 Stmt::Let { name, value, span }
             }
+            Rule::freeze_stmt => {
+                inner.next(); // `freeze`
+                let paths = inner.map(|p| LayerPath { text: p.as_str().to_string(), span: self.span(&p) }).collect();
+                Stmt::Freeze { paths, span }
+            }
             Rule::expr_stmt => Stmt::Expr(self.expr(inner.next().expect("expression"), 0)?),
             other => unreachable!("unexpected {other:?} as a statement"),
         })

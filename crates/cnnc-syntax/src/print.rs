@@ -81,6 +81,10 @@ impl Printer {
                 self.labelled_expr(indent, &format!("input {}:", name.name), shape)
             }
             Stmt::Let { name, value, .. } => self.labelled_expr(indent, &format!("let {} =", name.name), value),
+            Stmt::Freeze { paths, .. } => {
+                let paths: Vec<&str> = paths.iter().map(|p| p.text.as_str()).collect();
+                self.line(indent, &format!("freeze {}", paths.join(", ")));
+            }
             Stmt::Expr(e) => self.labelled_expr(indent, "expr", e),
         }
     }
@@ -368,6 +372,15 @@ mod tests {
         else
           -> selu
 ",
+        );
+    }
+
+    #[test]
+    fn freeze_prints_its_paths_on_one_line() {
+        let text = outline("model m { input x: [1, 4, 4]  freeze conv1, layer1.0  x -> conv1: conv(4, k=1) }");
+        insta_like(
+            &text,
+            "model m\n  input x: [1, 4, 4]\n  freeze conv1, layer1.0\n  expr\n    chain\n      x\n      -> conv1: conv(4, k=1)\n",
         );
     }
 

@@ -131,3 +131,36 @@ fn calls_take_an_optional_label() {
     // A label needs a call after it.
     assert!(!first_error("model m { input x: [1, 2, 2]  let s = sum: x  s }").is_empty());
 }
+
+#[test]
+fn freeze_takes_comma_separated_layer_paths() {
+    let src = "block b { input x  freeze conv1;  x -> conv1: conv(4, k=1) }\n\
+               model m { input x: [1, 4, 4]  freeze stem, layer1, layer2.0.conv1, features.3  x -> b }";
+    let file = parse_ok(src);
+    let Stmt::Freeze { paths, span } = &file.items[0].body[1] else { panic!("freeze in a block") };
+    assert_eq!(paths.iter().map(|p| p.text.as_str()).collect::<Vec<_>>(), ["conv1"]);
+    assert_eq!(&src[span.range()], "freeze conv1;");
+    let Stmt::Freeze { paths, span } = &file.items[1].body[1] else { panic!("freeze in a model") };
+    let texts: Vec<&str> = paths.iter().map(|p| p.text.as_str()).collect();
+    assert_eq!(texts, ["stem", "layer1", "layer2.0.conv1", "features.3"]);
+    for path in paths {
+        assert_eq!(&src[path.span.range()], path.text, "a path's span covers it exactly");
+    }
+    assert_eq!(&src[span.range()], "freeze stem, layer1, layer2.0.conv1, features.3");
+    // Words that merely start with the keyword are names.
+    parse_ok("model m { input x: [1, 4, 4]  freeze freezer  x -> freezer: relu }");
+}
+
+#[test]
+fn freeze_is_a_keyword_and_paths_are_one_token() {
+    assert!(first_error("model m { input x: [1, 4, 4]  let freeze = x  freeze }").contains("found `freeze`"));
+    assert_eq!(first_error("model m { input x: [1, 4, 4]  x  freeze }"), "expected a layer name, found `}`");
+    // No spaces around the dots: `layer1 .0` is the path `layer1` and a stray `.0`.
+    assert!(first_error("model m { input x: [1, 4, 4]  freeze layer1 .0  x }").contains("found `.`"));
+    assert!(first_error("model m { input x: [1, 4, 4]  freeze layer1.  x }").starts_with("expected a layer name"));
+    assert!(first_error("model m { input x: [1, 4, 4]  freeze a, , b  x }").starts_with("expected a layer name"));
+    let (_, errors) = parse("model m { input x: [1, 4, 4]  freeze layer1.*  x }");
+    let d = errors[0].diagnostic();
+    assert_eq!(d.message, "expected a layer name, found `*`");
+    assert!(d.hint.as_deref().is_some_and(|h| h.contains("without `.*`")), "{d:?}");
+}

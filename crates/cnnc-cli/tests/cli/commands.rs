@@ -116,7 +116,18 @@ fn summary_json_has_the_documented_layout() {
     // serde_json sorts the keys of a parsed object; the raw text's order is checked below.
     assert_eq!(
         keys,
-        ["buffers", "fused", "input", "layers", "macs", "model", "params", "unplanned_bytes", "workspace_bytes"]
+        [
+            "buffers",
+            "frozen",
+            "fused",
+            "input",
+            "layers",
+            "macs",
+            "model",
+            "params",
+            "unplanned_bytes",
+            "workspace_bytes"
+        ]
     );
     assert_eq!(json["input"], serde_json::json!([3, 224, 224]));
     let layers = json["layers"].as_array().expect("layers");
@@ -141,13 +152,34 @@ fn summary_json_has_the_documented_layout() {
     let o = cnnc(&["summary", "examples/resnet50.cnn", "--json"]);
     let text = stdout(&o);
     assert!(text.starts_with(
-        r#"{"model":"resnet50","input":[3,224,224],"params":25557032,"buffers":53120,"macs":4089184256,"layers":["#
+        r#"{"model":"resnet50","input":[3,224,224],"params":25557032,"frozen":0,"buffers":53120,"macs":4089184256,"layers":["#
     ));
     assert!(text.contains(r#""bn1.weight":[64],"bn1.bias":[64],"bn1.running_mean":[64],"bn1.running_var":[64]"#));
     // The optimisation pipeline's three keys come last, after the layers.
     assert!(text.contains(r#""fc.bias":[1000]}}],"fused":[["conv1","bn1","relu1"],"#), "{text}");
     assert!(text.contains(r#"]],"workspace_bytes":"#) && text.contains(r#","unplanned_bytes":"#), "{text}");
     assert!(text.ends_with("}\n"));
+}
+
+/// The transfer-learning recipe of `docs/language.md`: AlexNet with its features frozen.
+#[test]
+fn frozen_features_are_counted_and_printed() {
+    let alexnet = std::fs::read_to_string(root().join("examples/alexnet.cnn")).expect("alexnet.cnn");
+    let frozen = alexnet.replace("    input x: [3, 224, 224]\n", "    input x: [3, 224, 224]\n    freeze features\n");
+    assert_ne!(frozen, alexnet, "the example's input line moved");
+    let file = scratch("alexnet_frozen.cnn", &frozen);
+    let json = summary_json(Path::new(&file), &["--set", "classes=10"]);
+    assert_eq!((json["params"].as_u64(), json["frozen"].as_u64()), (Some(57_044_810), Some(2_469_696)));
+    let o = cnnc(&["summary", &file, "--set", "classes=10"]);
+    let table = stdout(&o);
+    assert!(
+        table.contains("\nparameters:  57,044,810 (54,575,114 trainable, 2,469,696 frozen), 0 buffers\n"),
+        "{table}"
+    );
+    let o = cnnc(&["ir", &file]);
+    let ir = stdout(&o);
+    let second = ir.lines().nth(1).unwrap_or_default();
+    assert!(second.starts_with("  frozen: features.0.bias, features.0.weight, features.10.bias,"), "{ir}");
 }
 
 #[test]
