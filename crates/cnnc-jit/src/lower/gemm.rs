@@ -24,7 +24,7 @@ pub(crate) fn backward_data(lx: &mut Lx, id: NodeId, gemm: &Gemm) -> Result<(), 
     let gx = lx.val(id)?;
     let (w, wp) = lx.param(id, "weight")?;
     let g = Geo::new(&unit_conv(gemm.out, gemm.bias), &gx, &gy);
-    conv::general_backward_data(lx, &g, gy, gx, None, (w, &wp), None)
+    conv::data_grad(lx, &g, gy, gx, None, (w, &wp), None)
 }
 
 /// `dW = sum_n gy x^T`, in the weight's layout.

@@ -12,6 +12,7 @@ mod conv;
 mod eltwise;
 mod gemm;
 mod native;
+mod native_bwd;
 mod norm;
 mod pool;
 mod reduce;

@@ -23,7 +23,7 @@ use cnnc_kernels::view::Layout as KLayout;
 use cranelift_codegen::ir::{AbiParam, InstBuilder};
 
 /// The kernels' activation for an IR activation.
-fn act(a: Option<Activation>) -> Act {
+pub(super) fn act(a: Option<Activation>) -> Act {
     match a {
         None => Act::NONE,
         Some(a) => match a {
@@ -41,7 +41,7 @@ fn act(a: Option<Activation>) -> Act {
 }
 
 /// Keeps a plan or argument block alive as long as the code, at a fixed address.
-fn keep<T: Send + 'static>(lx: &mut Lx, v: T) -> u64 {
+pub(super) fn keep<T: Send + 'static>(lx: &mut Lx, v: T) -> u64 {
     let b = Box::new(v);
     let addr = &*b as *const T as u64;
     lx.keep.push(b);
@@ -50,33 +50,40 @@ fn keep<T: Send + 'static>(lx: &mut Lx, v: T) -> u64 {
 
 /// An argument of a kernel call: `ctx`-relative, absolute, or null.
 #[derive(Clone, Copy)]
-enum Arg {
+pub(super) enum Arg {
     Aux(u64),
     Abs(u64),
 }
 
 /// A single-task step that calls the C-ABI function at `f` with `args`.
-fn call(lx: &mut Lx, f: u64, args: &[Arg]) -> Result<(), JitError> {
-    let args = args.to_vec();
+pub(super) fn call(lx: &mut Lx, f: u64, args: &[Arg]) -> Result<(), JitError> {
+    calls(lx, &[(f, args)])
+}
+
+/// A single-task step that calls each C-ABI function in turn with its arguments.
+pub(super) fn calls(lx: &mut Lx, list: &[(u64, &[Arg])]) -> Result<(), JitError> {
+    let list: Vec<(u64, Vec<Arg>)> = list.iter().map(|(f, a)| (*f, a.to_vec())).collect();
     lx.kernel(1, |fx| {
-        let mut sig = cranelift_codegen::ir::Signature::new(cranelift_codegen::isa::CallConv::SystemV);
-        for _ in 0..args.len() {
-            sig.params.push(AbiParam::new(I64));
+        for (f, args) in &list {
+            let mut sig = cranelift_codegen::ir::Signature::new(cranelift_codegen::isa::CallConv::SystemV);
+            for _ in 0..args.len() {
+                sig.params.push(AbiParam::new(I64));
+            }
+            let sref = fx.b.import_signature(sig);
+            let vals: Vec<_> = args
+                .iter()
+                .map(|a| match *a {
+                    Arg::Aux(off) => fx.aux(off),
+                    Arg::Abs(v) => fx.abs(v),
+                })
+                .collect();
+            let callee = fx.abs(*f);
+            fx.b.ins().call_indirect(sref, callee, &vals);
         }
-        let sref = fx.b.import_signature(sig);
-        let vals: Vec<_> = args
-            .iter()
-            .map(|a| match *a {
-                Arg::Aux(off) => fx.aux(off),
-                Arg::Abs(v) => fx.abs(v),
-            })
-            .collect();
-        let callee = fx.abs(f);
-        fx.b.ins().call_indirect(sref, callee, &vals);
     })
 }
 
-fn shape(g: &Geo, n: usize) -> ConvShape {
+pub(super) fn shape(g: &Geo, n: usize) -> ConvShape {
     ConvShape {
         n,
         ic: g.c,
