@@ -289,7 +289,11 @@ pub(crate) fn data_grad(
     (w, wp): (u64, &ParamPlan),
     mask: Option<Activation>,
 ) -> Result<(), JitError> {
-    if lx.mode == crate::options::Mode::Native && super::native_bwd::conv_backward_data(lx, g, gy, gx, (w, wp))? {
+    let native = lx.mode == crate::options::Mode::Native;
+    if native
+        && (super::native_bwd::conv_backward_data(lx, g, gy, gx, (w, wp))?
+            || super::native_plain::backward_data(lx, g, gy, gx, (w, wp))?)
+    {
         if let (Some(a), Some(m)) = (mask, my) {
             super::eltwise::flat(lx, &[gx, m], gx, |fx, ty, v| {
                 let d = vmath::activation_grad_from_output(fx, ty, a, v[1])
@@ -413,7 +417,11 @@ pub(crate) fn backward_weight(lx: &mut Lx, id: NodeId, conv: &Conv) -> Result<()
     let gw = lx.val(id)?;
     let (_, wp) = lx.param(id, "weight")?;
     let g = Geo::new(conv, &x, &gy);
-    if lx.mode == crate::options::Mode::Native && super::native_bwd::conv_backward_weights(lx, &g, x, gy, gw, &wp)? {
+    let native = lx.mode == crate::options::Mode::Native;
+    if native
+        && (super::native_bwd::conv_backward_weights(lx, &g, x, gy, gw, &wp)?
+            || super::native_plain::backward_weights(lx, &g, x, gy, gw, &wp)?)
+    {
         return Ok(());
     }
     general_backward_weight(lx, &g, x, gy, gw, &wp)

@@ -13,6 +13,7 @@ mod eltwise;
 mod gemm;
 mod native;
 mod native_bwd;
+mod native_plain;
 mod norm;
 mod pool;
 mod reduce;

@@ -5,8 +5,8 @@
 //! buffer, so the generated code passes `ctx`-relative pointers. The kernel runs its tasks on
 //! the same pool. Blocked convolutions and matrix products on maps (`OIhw16i16o`,
 //! `gOIhw16i16o`, `OI16i16o` weights: the plan's own packed layouts), plain-input convolutions
-//! (weights repacked to the kernel's `Oihw16o` when loaded, for parameters no node of the plan
-//! updates), fully connected layers and pooling forward.
+//! (weights repacked to the kernel's `Oihw16o` when loaded, or before every run for parameters
+//! the plan updates), fully connected layers and pooling forward.
 
 use super::conv::Geo;
 use super::{Lx, Val};
@@ -142,14 +142,18 @@ pub(crate) fn conv(
         return Ok(true);
     }
     let plain_weights = wp.layout.is_none_or(|l| l == WeightLayout::Oihw) && g.groups == 1;
-    if x.layout == Layout::Plain && plain_weights && !updated(lx, &wp.name) && res.is_none_or(|r| r.layout == y.layout)
-    {
+    if x.layout == Layout::Plain && plain_weights && res.is_none_or(|r| r.layout == y.layout) {
         let out = if y.layout == Layout::Plain { KLayout::Nchw } else { KLayout::NChw16c };
         let Ok(plan) = PlainConvPlan::new(s, epi, out, cpu, lx.threads) else { return Ok(false) };
         let Ok(len) = cnnc_kernels::conv_plain::packed_weight_len(&s) else { return Ok(false) };
-        // The weights in the kernel's layout, in a buffer of their own written at load.
+        // The weights in the kernel's layout, in a buffer of their own: written at load, or
+        // before every run when the optimiser updates them.
         let packed = lx.buffer(len * 4)?;
-        lx.repacks.push(super::Repack { param: wp.name.clone(), buffer: packed.0, shape: s });
+        if updated(lx, &wp.name) {
+            super::native_plain::repack(lx, w, [g.o, g.c, g.kh, g.kw], packed.1, false)?;
+        } else {
+            lx.repacks.push(super::Repack { param: wp.name.clone(), buffer: packed.0, shape: s });
+        }
         let scratch = lx.alloc(plan.scratch_len(lx.threads) * 4);
         let (p, ar) = (keep(lx, plan), keep(lx, args(packed.1)));
         let f = cnnc_kernels::ffi::cnnc_conv_plain_forward as *const () as u64;

@@ -96,3 +96,45 @@ pub(crate) fn conv_backward_weights(
     calls(lx, &[(f, &[Arg::Abs(p), Arg::Abs(a), Arg::Abs(lx.pool)])])?;
     Ok(true)
 }
+
+/// Whether a fully connected layer's operands are dense plain vectors and its weight plain
+/// `oi` (what the fc kernels take).
+fn fc_fits(x: &Val, y: &Val, wp: &ParamPlan) -> bool {
+    let dense = |v: &Val| v.layout == Layout::Plain && v.hw() == 1 && v.bs == 4 * v.c as u64;
+    dense(x) && dense(y) && wp.layout.is_none_or(|l| matches!(l, WeightLayout::Oi | WeightLayout::Oihw))
+}
+
+/// `gx = gy w` of a fully connected layer (a matrix product on vectors).
+pub(crate) fn fc_backward_data(lx: &mut Lx, gy: Val, gx: Val, (w, wp): (u64, &ParamPlan)) -> Result<bool, JitError> {
+    if !fc_fits(&gx, &gy, wp) || wp.stored_len() != gx.c * gy.c {
+        return Ok(false);
+    }
+    let cpu = cnnc_kernels::cpu::best();
+    let act = cnnc_kernels::act::Act::NONE;
+    let Ok(plan) = cnnc_kernels::fc::FcPlan::new(gx.n, gx.c, gy.c, false, act, cpu, lx.threads) else {
+        return Ok(false);
+    };
+    let scratch = lx.alloc(plan.backward_scratch_len() * 4);
+    let p = keep(lx, plan);
+    let f = cnnc_kernels::ffi::cnnc_fc_backward_data as *const () as u64;
+    let args = [Arg::Abs(p), Arg::Abs(gy.addr), Arg::Abs(w), Arg::Abs(gx.addr), Arg::Aux(scratch), Arg::Abs(lx.pool)];
+    calls(lx, &[(f, &args)])?;
+    Ok(true)
+}
+
+/// `gw = gy^T x` of a fully connected layer, in the weight's `oi` order.
+pub(crate) fn fc_backward_weights(lx: &mut Lx, x: Val, gy: Val, gw: Val, wp: &ParamPlan) -> Result<bool, JitError> {
+    if !fc_fits(&x, &gy, wp) || wp.stored_len() != x.c * gy.c || gw.bytes < 4 * (x.c * gy.c) as u64 {
+        return Ok(false);
+    }
+    let cpu = cnnc_kernels::cpu::best();
+    let act = cnnc_kernels::act::Act::NONE;
+    let Ok(plan) = cnnc_kernels::fc::FcPlan::new(x.n, x.c, gy.c, false, act, cpu, lx.threads) else {
+        return Ok(false);
+    };
+    let p = keep(lx, plan);
+    let f = cnnc_kernels::ffi::cnnc_fc_backward_weights as *const () as u64;
+    let args = [Arg::Abs(p), Arg::Abs(gy.addr), Arg::Abs(x.addr), Arg::Abs(gw.addr), Arg::Abs(0), Arg::Abs(lx.pool)];
+    calls(lx, &[(f, &args)])?;
+    Ok(true)
+}

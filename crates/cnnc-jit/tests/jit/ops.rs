@@ -115,3 +115,30 @@ fn lrn_both_conventions() {
         check_graph(&g, 2);
     }
 }
+
+/// Convolutions on plain maps (few channels, as LeNet): native mode's plain-input kernel
+/// forward with weights repacked every step, the input gradient as a convolution of the
+/// gradient (stride 1, with padding and dilation) or the portable code (stride 2), the weight
+/// gradient through patch rows; rectangular kernels, odd sizes, a 1x1 output.
+#[test]
+fn plain_convolutions() {
+    // (channels, input, out, kernel, stride, pad, dilation)
+    type Case = (usize, [usize; 2], usize, [usize; 2], [usize; 2], [usize; 2], [usize; 2]);
+    let cases: &[Case] = &[
+        (1, [12, 12], 6, [5, 5], [1, 1], [0, 0], [1, 1]),
+        (6, [9, 7], 10, [3, 2], [1, 1], [1, 0], [1, 1]),
+        (3, [11, 11], 5, [3, 3], [1, 1], [2, 1], [2, 1]),
+        (5, [9, 10], 7, [3, 3], [2, 2], [1, 1], [1, 1]),
+        (4, [5, 5], 9, [5, 5], [1, 1], [0, 0], [1, 1]),
+    ];
+    for (k, &(c, hw, o, kernel, stride, pad, dilation)) in cases.iter().enumerate() {
+        let mut g = Graph::new(format!("plain{k}"));
+        let x = g.add_input("x", Shape(vec![c, hw[0], hw[1]]), Default::default()).unwrap();
+        let window = Window { kernel, stride, pad, dilation, ceil_mode: false };
+        let c1 = add(&mut g, Op::Conv(Conv { out_channels: o, window, groups: 1, bias: true }), &[x], "c1");
+        let t = add(&mut g, Op::Activation(Activation::Tanh), &[c1], "tanh");
+        let c2 = add(&mut g, conv(3, 1, 1, 0), &[t], "c2");
+        g.outputs = vec![c2];
+        check_graph(&g, 3);
+    }
+}
