@@ -115,7 +115,9 @@ impl PoolPlan {
             }
             let span = padded - eff;
             let mut o = if win.ceil_mode { span.div_ceil(s) + 1 } else { span / s + 1 };
-            if win.ceil_mode && (o - 1) * s >= hw[a] + p {
+            // A last window starting in the right padding is dropped (checked: with hostile
+            // sizes the product overflows, and such a window starts past the input too).
+            if win.ceil_mode && (o - 1).checked_mul(s).is_none_or(|start| start >= hw[a] + p) {
                 o -= 1;
             }
             out[a] = o;
