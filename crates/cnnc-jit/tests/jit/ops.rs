@@ -142,3 +142,26 @@ fn plain_convolutions() {
         check_graph(&g, 3);
     }
 }
+
+/// Pooling on plain maps, wide enough for the vector columns and with edge columns on both
+/// sides: every kind, strides 1 and 2, padding, ceil mode, rectangular inputs; inference and
+/// a training step (max pooling's value and argmax in one pass).
+#[test]
+fn plain_pooling() {
+    let kinds =
+        [PoolKind::Max, PoolKind::Avg { include_pad: true }, PoolKind::Avg { include_pad: false }, PoolKind::L2];
+    let cases =
+        [(3, 2, 0, false, [9, 23]), (3, 2, 1, true, [11, 33]), (2, 2, 0, false, [8, 16]), (3, 1, 1, false, [5, 19])];
+    for (k, &(kernel, stride, pad, ceil_mode, hw)) in cases.iter().enumerate() {
+        for kind in kinds {
+            let mut g = Graph::new(format!("pp{k}"));
+            let x = g.add_input("x", Shape(vec![2, hw[0], hw[1]]), Default::default()).unwrap();
+            let c = add(&mut g, conv(5, 3, 1, 1), &[x], "conv");
+            let window = Window { ceil_mode, ..win(kernel, stride, pad) };
+            let p = add(&mut g, Op::Pool { kind, window }, &[c], "pool");
+            let y = add(&mut g, conv(3, 1, 1, 0), &[p], "head");
+            g.outputs = vec![y];
+            check_graph(&g, 2);
+        }
+    }
+}
