@@ -65,11 +65,6 @@ pub(super) fn calls(lx: &mut Lx, list: &[(u64, &[Arg])]) -> Result<(), JitError>
     let list: Vec<(u64, Vec<Arg>)> = list.iter().map(|(f, a)| (*f, a.to_vec())).collect();
     lx.kernel(1, |fx| {
         for (f, args) in &list {
-            let mut sig = cranelift_codegen::ir::Signature::new(cranelift_codegen::isa::CallConv::SystemV);
-            for _ in 0..args.len() {
-                sig.params.push(AbiParam::new(I64));
-            }
-            let sref = fx.b.import_signature(sig);
             let vals: Vec<_> = args
                 .iter()
                 .map(|a| match *a {
@@ -77,10 +72,27 @@ pub(super) fn calls(lx: &mut Lx, list: &[(u64, &[Arg])]) -> Result<(), JitError>
                     Arg::Abs(v) => fx.abs(v),
                 })
                 .collect();
-            let callee = fx.abs(*f);
-            fx.b.ins().call_indirect(sref, callee, &vals);
+            emit_call(fx, *f, &vals);
         }
     })
+}
+
+/// A call, from generated code, of the C-ABI function at `f` with pointer-sized arguments.
+pub(super) fn emit_call(fx: &mut crate::emit::Fx, f: u64, vals: &[cranelift_codegen::ir::Value]) {
+    let mut sig = cranelift_codegen::ir::Signature::new(cranelift_codegen::isa::CallConv::SystemV);
+    for _ in vals {
+        sig.params.push(AbiParam::new(I64));
+    }
+    let sref = fx.b.import_signature(sig);
+    let callee = fx.abs(f);
+    fx.b.ins().call_indirect(sref, callee, vals);
+}
+
+/// Keeps `items` alive with the code; the address of the first (they are contiguous).
+pub(super) fn keep_all<T: Send + 'static>(lx: &mut Lx, items: Vec<T>) -> u64 {
+    let addr = items.as_ptr() as u64;
+    lx.keep.push(Box::new(items));
+    addr
 }
 
 pub(super) fn shape(g: &Geo, n: usize) -> ConvShape {

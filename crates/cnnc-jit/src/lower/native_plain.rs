@@ -11,14 +11,15 @@
 //!   rows (`gy` by channel, the images one after the other) and the input's patches (`im2col`)
 //!   are copied into buffers of the node's, each row padded with zeros to a multiple of 16,
 //!   and the fully connected kernel's dot products (`y[n][o] = sum_i w[o][i] x[n][i]` with
-//!   `x` the gradient rows, `w` the patch rows) give `dw` in the weight's `oihw` order. The
-//!   patch positions that fall in the padding are never written, so they stay zero.
+//!   `x` the gradient rows, `w` the patch rows) give `dw` in the weight's `oihw` order, chunk
+//!   of images by chunk. The patch positions that fall in the padding are never written, so
+//!   they stay zero.
 //!
 //! Each function returns `false` when the node does not fit, and the caller lowers the
 //! portable code instead.
 
 use super::conv::Geo;
-use super::native::{Arg, call, keep};
+use super::native::{Arg, call, emit_call, keep};
 use super::{Lx, Val};
 use crate::emit::{F32, F32X4, Fx, I32, I64};
 use crate::error::JitError;
@@ -30,8 +31,11 @@ use cnnc_kernels::fc::FcPlan;
 use cnnc_kernels::view::Layout as KLayout;
 use cranelift_codegen::ir::{InstBuilder, Value};
 
-/// The most bytes the weight gradient's two copies may take.
+/// The most bytes the weight gradient's row copies may take.
 const MAX_COPIES: usize = 64 << 20;
+/// Bytes of one chunk's patch and gradient rows: what a core's second-level cache holds
+/// while the kernel reads them again for every output channel.
+const CACHE_BUDGET: usize = 512 << 10;
 
 /// Whether a parameter is stored as plain `oihw` (or `oi`).
 fn plain_weights(wp: &ParamPlan) -> bool {
@@ -198,7 +202,10 @@ fn copy_run(fx: &mut Fx, dst: Value, src: Value, lo: Value, hi: Value, step: i64
 }
 
 /// `gw` (plain `oihw`) of a one-group convolution through patch rows and the fully
-/// connected kernel (see the module comment). Any layout of `x` and `gy`.
+/// connected kernel (see the module comment), any layout of `x` and `gy`. The batch is cut
+/// into chunks of images, one task each: the task copies its images' patch and gradient rows
+/// (sized to stay in the core's cache), then runs the kernel on them serially, writing a
+/// partial gradient; a last step sums the partials (one chunk writes `gw` itself).
 pub(crate) fn backward_weights(
     lx: &mut Lx,
     g: &Geo,
@@ -210,74 +217,86 @@ pub(crate) fn backward_weights(
     let taps = g.kh * g.kw;
     let k = g.c * taps;
     let ohw = g.oh * g.ow;
-    let pixels = x.n * ohw;
-    let row = pixels.div_ceil(16) * 16;
-    if g.groups != 1 || !plain_weights(wp) || gw.bytes < (4 * g.o * k) as u64 || (k + g.o) * row * 4 > MAX_COPIES {
+    let ipc = (CACHE_BUDGET / ((k + g.o) * ohw * 4)).clamp(1, x.n).min(x.n.div_ceil(lx.threads));
+    let chunks = x.n.div_ceil(ipc);
+    let row = (ipc * ohw).div_ceil(16) * 16;
+    let copies = chunks * (k + g.o) * row * 4;
+    if g.groups != 1 || !plain_weights(wp) || gw.bytes < (4 * g.o * k) as u64 || copies > MAX_COPIES {
         return Ok(false);
     }
     let cpu = cnnc_kernels::cpu::best();
     let Ok(plan) = FcPlan::new(g.o, row, k, false, cnnc_kernels::act::Act::NONE, cpu, lx.threads) else {
         return Ok(false);
     };
-    let (_, cols) = lx.buffer(k * row * 4)?;
-    let (_, rows) = lx.buffer(g.o * row * 4)?;
+    let (_, cols) = lx.buffer(chunks * k * row * 4)?;
+    let (_, rows) = lx.buffer(chunks * g.o * row * 4)?;
+    let parts = if chunks > 1 { lx.buffer(chunks * g.o * k * 4)?.1 } else { gw.addr };
     let ys = lx.table(&valid_outputs(g.oh, g.h, g.kh, g.stride[0], g.pad[0], g.dil[0]));
     let xs = lx.table(&valid_outputs(g.ow, g.w, g.kw, g.stride[1], g.pad[1], g.dil[1]));
-    let g = *g;
-    // The patch rows: one task per few rows of `k`.
-    let tasks = lx.tasks(k, (k * pixels) as f64);
-    lx.kernel(tasks, |fx| {
-        let (lo, hi) = fx.task_range(k, tasks);
+    let p = keep(lx, plan);
+    let (g, pool, n) = (*g, lx.pool, x.n);
+    let f = cnnc_kernels::ffi::cnnc_fc_forward as *const () as u64;
+    lx.kernel(chunks, |fx| {
+        let q = fx.task;
+        let n0 = fx.muli(q, ipc as i64);
+        let n1 = fx.addi(n0, ipc as i64);
+        let nn = fx.int(n as i64);
+        let n1 = fx.smin(n1, nn);
         let (yt, xt) = (fx.aux(ys), fx.aux(xs));
         let cb = fx.abs(cols);
-        fx.for_range(lo, hi, 1, |fx, r| {
+        let colq = fx.index(cb, q, (k * row * 4) as i64);
+        let rb = fx.abs(rows);
+        let rowq = fx.index(rb, q, (g.o * row * 4) as i64);
+        // The patch rows of the chunk's images.
+        fx.for_n(0, k as i64, |fx, r| {
             let ch = fx.udiv(r, taps as i64);
             let t = fx.urem(r, taps as i64);
             let ky = fx.udiv(t, g.kw as i64);
             let kx = fx.urem(t, g.kw as i64);
             let (oy_lo, oy_hi) = load_pair(fx, yt, ky);
             let (ox_lo, ox_hi) = load_pair(fx, xt, kx);
-            let dst_row = fx.index(cb, r, (row * 4) as i64);
-            // Input column of output column 0 through this tap (may be negative).
+            let dst_row = fx.index(colq, r, (row * 4) as i64);
+            // Input column and row of output (0, 0) through this tap (may be negative).
             let kxd = fx.muli(kx, g.dil[1] as i64);
             let ix0 = fx.addi(kxd, -(g.pad[1] as i64));
             let kyd = fx.muli(ky, g.dil[0] as i64);
             let iy0 = fx.addi(kyd, -(g.pad[0] as i64));
-            fx.for_n(0, x.n as i64, |fx, n| {
-                let plane = x.plane(fx, n, ch);
-                let img = fx.muli(n, ohw as i64);
+            fx.for_range(n0, n1, 1, |fx, img| {
+                let plane = x.plane(fx, img, ch);
+                let local = fx.sub(img, n0);
+                let first = fx.muli(local, ohw as i64);
                 fx.for_range(oy_lo, oy_hi, 1, |fx, oy| {
                     let iy = fx.mad(oy, g.stride[0] as i64, iy0);
                     let src_row = fx.index(plane, iy, (g.w as i64) * 4 * x.es());
-                    // src(ox) = src_row + (ox * sw + ix0) * es floats: shift the base so that
+                    // src(ox) = src_row + (ox * sw + ix0) * es floats: the base shifted so that
                     // the copy indexes by ox.
                     let shift = fx.muli(ix0, 4 * x.es());
                     let src = fx.add(src_row, shift);
-                    let p0 = fx.mad(oy, g.ow as i64, img);
+                    let p0 = fx.mad(oy, g.ow as i64, first);
                     let dst = fx.index(dst_row, p0, 4);
                     copy_run(fx, dst, src, ox_lo, ox_hi, g.stride[1] as i64 * x.es());
                 });
             });
         });
-    })?;
-    // The gradient rows: one task per few output channels.
-    let tasks = lx.tasks(g.o, (g.o * pixels) as f64);
-    lx.kernel(tasks, |fx| {
-        let (lo, hi) = fx.task_range(g.o, tasks);
-        let rb = fx.abs(rows);
-        fx.for_range(lo, hi, 1, |fx, o| {
-            let dst_row = fx.index(rb, o, (row * 4) as i64);
-            fx.for_n(0, gy.n as i64, |fx, n| {
-                let src = gy.plane(fx, n, o);
-                let p0 = fx.muli(n, ohw as i64);
+        // The gradient rows of the chunk's images.
+        fx.for_n(0, g.o as i64, |fx, o| {
+            let dst_row = fx.index(rowq, o, (row * 4) as i64);
+            fx.for_range(n0, n1, 1, |fx, img| {
+                let src = gy.plane(fx, img, o);
+                let local = fx.sub(img, n0);
+                let p0 = fx.muli(local, ohw as i64);
                 let dst = fx.index(dst_row, p0, 4);
                 let (zero, end) = (fx.int(0), fx.int(ohw as i64));
                 copy_run(fx, dst, src, zero, end, gy.es());
             });
         });
+        let pb = fx.abs(parts);
+        let out = fx.index(pb, q, (g.o * k * 4) as i64);
+        let (pp, zero, pl) = (fx.abs(p), fx.int(0), fx.abs(pool));
+        emit_call(fx, f, &[pp, rowq, colq, zero, out, pl]);
     })?;
-    let p = keep(lx, plan);
-    let f = cnnc_kernels::ffi::cnnc_fc_forward as *const () as u64;
-    call(lx, f, &[Arg::Abs(p), Arg::Abs(rows), Arg::Abs(cols), Arg::Abs(0), Arg::Abs(gw.addr), Arg::Abs(lx.pool)])?;
+    if chunks > 1 {
+        super::native_bwd::sum_parts(lx, parts, chunks, g.o * k, gw.addr)?;
+    }
     Ok(true)
 }
