@@ -17,6 +17,7 @@ use super::conv_bwd_weights::{BwdWeightsArgs, BwdWeightsPlan};
 use super::conv_plain::PlainConvPlan;
 use super::depthwise::DepthwisePlan;
 use super::fc::FcPlan;
+use super::pack::{WeightShape, forward_to_backward_data_task, forward_to_backward_data_tasks};
 use super::par::{Parallel, SyncPtr};
 use super::pool::{PoolArgs, PoolPlan};
 use super::pool_bwd::PoolBwdArgs;
@@ -105,6 +106,33 @@ pub unsafe extern "C" fn cnnc_conv_backward_data(
     };
 }
 
+/// The backward-data weights of `plan` from packed forward weights (`src`, `gOIhw16i16o`) into
+/// `dst` (`gIOhw16o16i`, rotated), one task per group and output block: what a training step
+/// runs before [`cnnc_conv_backward_data`] once its weights have changed.
+///
+/// # Safety
+/// `plan` from [`BwdDataPlan::new`]; `src` readable and `dst` writable for the plan's packed
+/// weight length, apart; `pool` live.
+pub unsafe extern "C" fn cnnc_conv_backward_data_weights(
+    plan: *const BwdDataPlan,
+    src: *const f32,
+    dst: *mut f32,
+    pool: *const ThreadPool,
+) {
+    // SAFETY: common contract.
+    let s = unsafe { &(*plan).shape };
+    let ws = WeightShape { o: s.oc, i: s.ic / s.groups, kh: s.kh, kw: s.kw, groups: s.groups };
+    // The plan checked the shape, so the count exists.
+    let tasks = forward_to_backward_data_tasks(&ws).unwrap_or(0);
+    let (sp, dp) = (SyncPtr(src as *mut f32), SyncPtr(dst));
+    // SAFETY: the caller's contract; tasks write disjoint blocks of dst.
+    unsafe {
+        on_pool(pool, tasks, core::ptr::null_mut(), 0, &|t, _| {
+            forward_to_backward_data_task(&ws, sp.get(), dp.get(), t)
+        })
+    };
+}
+
 /// Convolution backward-weights (and bias).
 ///
 /// # Safety
@@ -144,6 +172,62 @@ pub unsafe extern "C" fn cnnc_fc_forward(
     unsafe {
         on_pool(pool, p.tasks(), core::ptr::null_mut(), 0, &|t, _| {
             super::fc::forward_task(p, xp.get(), wp.get(), bp.get(), yp.get(), t)
+        })
+    };
+}
+
+/// Fully connected backward-data: `dx = gy w` (overwritten), `gy` transposed into `scratch`
+/// first.
+///
+/// # Safety
+/// See the module's common contract ([`super::fc::backward_data_task`]): `gy` holds `n x o`,
+/// `w` `o x i`, `dx` `n x i` floats, `scratch` [`FcPlan::backward_scratch_len`], all apart.
+pub unsafe extern "C" fn cnnc_fc_backward_data(
+    plan: *const FcPlan,
+    gy: *const f32,
+    w: *const f32,
+    dx: *mut f32,
+    scratch: *mut f32,
+    pool: *const ThreadPool,
+) {
+    // SAFETY: common contract.
+    let p = unsafe { &*plan };
+    for n in 0..p.n {
+        for o in 0..p.o {
+            // SAFETY: n < p.n, o < p.o: inside gy and the scratch.
+            unsafe { *scratch.add(o * p.n + n) = *gy.add(n * p.o + o) };
+        }
+    }
+    let (gt, wp, dp) = (SyncPtr(scratch), SyncPtr(w as *mut f32), SyncPtr(dx));
+    // SAFETY: common contract; tasks write disjoint columns of dx.
+    unsafe {
+        on_pool(pool, p.backward_tasks(), core::ptr::null_mut(), 0, &|t, _| {
+            super::fc::backward_data_task(p, gt.get(), wp.get(), dp.get(), false, t)
+        })
+    };
+}
+
+/// Fully connected backward-weights: `dw = gy^T x` and, with a bias, `db` (both overwritten;
+/// `db` null without one).
+///
+/// # Safety
+/// See the module's common contract ([`super::fc::backward_weights_task`]): `gy` holds
+/// `n x o`, `x` `n x i`, `dw` `o x i` and `db` `o` floats, outputs apart from inputs.
+pub unsafe extern "C" fn cnnc_fc_backward_weights(
+    plan: *const FcPlan,
+    gy: *const f32,
+    x: *const f32,
+    dw: *mut f32,
+    db: *mut f32,
+    pool: *const ThreadPool,
+) {
+    // SAFETY: common contract.
+    let p = unsafe { &*plan };
+    let (gp, xp, wp, bp) = (SyncPtr(gy as *mut f32), SyncPtr(x as *mut f32), SyncPtr(dw), SyncPtr(db));
+    // SAFETY: common contract; tasks write disjoint columns of dw, task 0 alone db.
+    unsafe {
+        on_pool(pool, p.backward_tasks(), core::ptr::null_mut(), 0, &|t, _| {
+            super::fc::backward_weights_task(p, gp.get(), xp.get(), wp.get(), bp.get(), false, t)
         })
     };
 }

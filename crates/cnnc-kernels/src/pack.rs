@@ -11,7 +11,8 @@
 //! | `Oihw16o` (plain-input convolution) | `OB x I x KH x KW x 16` | `[ob][i][y][x][o]` = `w[ob*16 + o][i][y][x]` |
 //!
 //! `OB = ceil(Og / 16)`, `IB = ceil(Ig / 16)` per group; every padded position is zero, which is
-//! what makes the padding lanes of blocked activations harmless.
+//! what makes the padding lanes of blocked activations harmless. Training rewrites the forward
+//! form as the backward-data form each step ([`forward_to_backward_data`]).
 
 use super::error::{KernelError, check_len, product};
 
@@ -107,6 +108,58 @@ pub fn unpack(s: &WeightShape, layout: Blocked, src: &[f32], dst: &mut [f32]) ->
         }
     }
     Ok(())
+}
+
+/// Tasks of [`forward_to_backward_data_task`]: one per group and output block.
+pub fn forward_to_backward_data_tasks(s: &WeightShape) -> Result<usize, KernelError> {
+    let (_, ob, _) = s.check()?;
+    product("weight blocks", &[s.groups, ob])
+}
+
+/// Rewrites packed forward weights (`gOIhw16i16o`) as backward-data weights (`gIOhw16o16i`,
+/// kernel rotated), block by block without the plain layout in between: a back end that
+/// trains keeps the forward form, which the optimiser updates, and remakes this one from it
+/// each step.
+pub fn forward_to_backward_data(s: &WeightShape, src: &[f32], dst: &mut [f32]) -> Result<(), KernelError> {
+    let len = s.blocked_len()?;
+    check_len("packed weights", src.len(), len)?;
+    check_len("backward-data weights", dst.len(), len)?;
+    for task in 0..forward_to_backward_data_tasks(s)? {
+        // SAFETY: both slices hold the blocked length, checked above; one task at a time.
+        unsafe { forward_to_backward_data_task(s, src.as_ptr(), dst.as_mut_ptr(), task) };
+    }
+    Ok(())
+}
+
+/// One task of [`forward_to_backward_data`]: every block of group and output block `task`
+/// (`task = g * OB + ob`), each 16 x 16 block transposed and moved to its rotated tap.
+///
+/// # Safety
+/// `s` valid (`blocked_len` succeeds), `task < forward_to_backward_data_tasks(s)`, `src` readable
+/// and `dst` writable for `s.blocked_len()` floats, apart; no other running task has this
+/// `task` (tasks write disjoint blocks).
+pub unsafe fn forward_to_backward_data_task(s: &WeightShape, src: *const f32, dst: *mut f32, task: usize) {
+    let og = s.o / s.groups;
+    let (ob_n, ib_n) = (og.div_ceil(16), s.i.div_ceil(16));
+    let taps = s.kh * s.kw;
+    let (g, ob) = (task / ob_n, task % ob_n);
+    for ib in 0..ib_n {
+        for t in 0..taps {
+            let from = (((g * ob_n + ob) * ib_n + ib) * taps + t) * 256;
+            let to = (((g * ib_n + ib) * ob_n + ob) * taps + (taps - 1 - t)) * 256;
+            let mut block = [0.0f32; 256];
+            // SAFETY: both blocks lie inside the packed tensors (indices below blocked_len).
+            unsafe { core::ptr::copy_nonoverlapping(src.add(from), block.as_mut_ptr(), 256) };
+            let mut out = [0.0f32; 256];
+            for (i, row) in block.chunks_exact(16).enumerate() {
+                for (o, &v) in row.iter().enumerate() {
+                    out[o * 16 + i] = v;
+                }
+            }
+            // SAFETY: as above; this task's block.
+            unsafe { core::ptr::copy_nonoverlapping(out.as_ptr(), dst.add(to), 256) };
+        }
+    }
 }
 
 /// Floats of `Oihw16o` weights (plain-input convolutions): `ceil(O/16) x I x KH x KW x 16`.

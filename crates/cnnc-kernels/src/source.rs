@@ -74,7 +74,7 @@ pub fn files() -> &'static [Source] {
         reorder: Core [error par view];
         cpu: Std [error simd];
         threads: Std [par];
-        ffi: Std [conv conv_bwd_data conv_bwd_weights conv_fwd conv_plain depthwise fc par pool pool_bwd threads];
+        ffi: Std [conv conv_bwd_data conv_bwd_weights conv_fwd conv_plain depthwise fc pack par pool pool_bwd threads];
         source: Crate [];
     }
 }

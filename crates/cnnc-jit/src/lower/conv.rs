@@ -274,7 +274,36 @@ pub(crate) fn backward_data(lx: &mut Lx, id: NodeId, conv: &Conv, mask: Option<A
     let gx = lx.val(id)?;
     let (w, wp) = lx.param(id, "weight")?;
     let g = Geo::new(conv, &gx, &gy);
-    general_backward_data(lx, &g, gy, gx, my, (w, &wp), mask)
+    data_grad(lx, &g, gy, gx, my, (w, &wp), mask)
+}
+
+/// The input gradient through the kernels where they fit (the activation mask then applied
+/// to the result in place, a pass over memory the kernel has just written), else the general
+/// loops.
+pub(crate) fn data_grad(
+    lx: &mut Lx,
+    g: &Geo,
+    gy: Val,
+    gx: Val,
+    my: Option<Val>,
+    (w, wp): (u64, &ParamPlan),
+    mask: Option<Activation>,
+) -> Result<(), JitError> {
+    let native = lx.mode == crate::options::Mode::Native;
+    if native
+        && (super::native_bwd::conv_backward_data(lx, g, gy, gx, (w, wp))?
+            || super::native_plain::backward_data(lx, g, gy, gx, (w, wp))?)
+    {
+        if let (Some(a), Some(m)) = (mask, my) {
+            super::eltwise::flat(lx, &[gx, m], gx, |fx, ty, v| {
+                let d = vmath::activation_grad_from_output(fx, ty, a, v[1])
+                    .unwrap_or_else(|| vmath::activation_grad(fx, ty, a, v[1]));
+                fx.fmul(v[0], d)
+            })?;
+        }
+        return Ok(());
+    }
+    general_backward_data(lx, g, gy, gx, my, (w, wp), mask)
 }
 
 pub(crate) fn general_backward_data(
@@ -388,6 +417,13 @@ pub(crate) fn backward_weight(lx: &mut Lx, id: NodeId, conv: &Conv) -> Result<()
     let gw = lx.val(id)?;
     let (_, wp) = lx.param(id, "weight")?;
     let g = Geo::new(conv, &x, &gy);
+    let native = lx.mode == crate::options::Mode::Native;
+    if native
+        && (super::native_bwd::conv_backward_weights(lx, &g, x, gy, gw, &wp)?
+            || super::native_plain::backward_weights(lx, &g, x, gy, gw, &wp)?)
+    {
+        return Ok(());
+    }
     general_backward_weight(lx, &g, x, gy, gw, &wp)
 }
 

@@ -12,8 +12,11 @@ mod conv;
 mod eltwise;
 mod gemm;
 mod native;
+mod native_bwd;
+mod native_plain;
 mod norm;
 mod pool;
+mod pool_plain;
 mod reduce;
 mod softmax;
 mod update;
@@ -151,6 +154,8 @@ pub(crate) struct Lx<'a> {
     guard: bool,
     /// The node being lowered.
     node: NodeId,
+    /// Nodes whose values an earlier node's step already writes (see [`Lx::early_ok`]).
+    pub written: std::collections::HashSet<NodeId>,
 }
 
 /// What lowering produces.
@@ -202,6 +207,7 @@ pub(crate) fn lower(
         repacks: Vec::new(),
         guard,
         node: NodeId::from_index(0),
+        written: Default::default(),
     };
     for (id, _) in plan.graph.iter() {
         lx.node = id;
@@ -323,6 +329,34 @@ impl Lx<'_> {
             return Err(plan_err(format!("value {id} (`{}`) lies outside its buffer", node.name)));
         }
         Ok(Val { addr, bs, layout, c, h, w, n, bytes })
+    }
+
+    /// The bytes of the arena a value may occupy (all its images), or `None` outside the arena.
+    fn arena_span(&self, id: NodeId) -> Option<(u64, u64)> {
+        let place = self.plan.memory.place(id)?;
+        let first = self.plan.image_offset(id, self.batch, 0)?;
+        let last = self.plan.image_offset(id, self.batch, self.batch - 1)?;
+        Some((first, last.max(first) + place.bytes))
+    }
+
+    /// Whether the value of `id` may be written by the step of the earlier node `at`: no other
+    /// value alive at any step from `at` to `id` (the ones `at` reads and writes included)
+    /// shares its bytes. Then one kernel can produce both nodes' values (a pooling and its
+    /// argmax, say).
+    pub fn early_ok(&self, id: NodeId, at: NodeId) -> bool {
+        let (Some(place), Some((lo, hi))) = (self.plan.memory.place(id), self.arena_span(id)) else { return false };
+        if at.index() >= id.index() || place.first != id.index() {
+            return false;
+        }
+        self.plan.graph.iter().all(|(v, _)| {
+            if v == id {
+                return true;
+            }
+            let Some(p) = self.plan.memory.place(v) else { return true };
+            let alive = p.first < id.index() && p.last >= at.index();
+            let Some((a, b)) = self.arena_span(v) else { return true };
+            !alive || b <= lo || hi <= a
+        })
     }
 
     /// The parameter `<node name>.<suffix>`: its address and plan. Its buffer slot holds its

@@ -5,8 +5,8 @@
 //! buffer, so the generated code passes `ctx`-relative pointers. The kernel runs its tasks on
 //! the same pool. Blocked convolutions and matrix products on maps (`OIhw16i16o`,
 //! `gOIhw16i16o`, `OI16i16o` weights: the plan's own packed layouts), plain-input convolutions
-//! (weights repacked to the kernel's `Oihw16o` when loaded, for parameters no node of the plan
-//! updates), fully connected layers and pooling forward.
+//! (weights repacked to the kernel's `Oihw16o` when loaded, or before every run for parameters
+//! the plan updates), fully connected layers and pooling forward.
 
 use super::conv::Geo;
 use super::{Lx, Val};
@@ -23,7 +23,7 @@ use cnnc_kernels::view::Layout as KLayout;
 use cranelift_codegen::ir::{AbiParam, InstBuilder};
 
 /// The kernels' activation for an IR activation.
-fn act(a: Option<Activation>) -> Act {
+pub(super) fn act(a: Option<Activation>) -> Act {
     match a {
         None => Act::NONE,
         Some(a) => match a {
@@ -41,7 +41,7 @@ fn act(a: Option<Activation>) -> Act {
 }
 
 /// Keeps a plan or argument block alive as long as the code, at a fixed address.
-fn keep<T: Send + 'static>(lx: &mut Lx, v: T) -> u64 {
+pub(super) fn keep<T: Send + 'static>(lx: &mut Lx, v: T) -> u64 {
     let b = Box::new(v);
     let addr = &*b as *const T as u64;
     lx.keep.push(b);
@@ -50,33 +50,52 @@ fn keep<T: Send + 'static>(lx: &mut Lx, v: T) -> u64 {
 
 /// An argument of a kernel call: `ctx`-relative, absolute, or null.
 #[derive(Clone, Copy)]
-enum Arg {
+pub(super) enum Arg {
     Aux(u64),
     Abs(u64),
 }
 
 /// A single-task step that calls the C-ABI function at `f` with `args`.
-fn call(lx: &mut Lx, f: u64, args: &[Arg]) -> Result<(), JitError> {
-    let args = args.to_vec();
+pub(super) fn call(lx: &mut Lx, f: u64, args: &[Arg]) -> Result<(), JitError> {
+    calls(lx, &[(f, args)])
+}
+
+/// A single-task step that calls each C-ABI function in turn with its arguments.
+pub(super) fn calls(lx: &mut Lx, list: &[(u64, &[Arg])]) -> Result<(), JitError> {
+    let list: Vec<(u64, Vec<Arg>)> = list.iter().map(|(f, a)| (*f, a.to_vec())).collect();
     lx.kernel(1, |fx| {
-        let mut sig = cranelift_codegen::ir::Signature::new(cranelift_codegen::isa::CallConv::SystemV);
-        for _ in 0..args.len() {
-            sig.params.push(AbiParam::new(I64));
+        for (f, args) in &list {
+            let vals: Vec<_> = args
+                .iter()
+                .map(|a| match *a {
+                    Arg::Aux(off) => fx.aux(off),
+                    Arg::Abs(v) => fx.abs(v),
+                })
+                .collect();
+            emit_call(fx, *f, &vals);
         }
-        let sref = fx.b.import_signature(sig);
-        let vals: Vec<_> = args
-            .iter()
-            .map(|a| match *a {
-                Arg::Aux(off) => fx.aux(off),
-                Arg::Abs(v) => fx.abs(v),
-            })
-            .collect();
-        let callee = fx.abs(f);
-        fx.b.ins().call_indirect(sref, callee, &vals);
     })
 }
 
-fn shape(g: &Geo, n: usize) -> ConvShape {
+/// A call, from generated code, of the C-ABI function at `f` with pointer-sized arguments.
+pub(super) fn emit_call(fx: &mut crate::emit::Fx, f: u64, vals: &[cranelift_codegen::ir::Value]) {
+    let mut sig = cranelift_codegen::ir::Signature::new(cranelift_codegen::isa::CallConv::SystemV);
+    for _ in vals {
+        sig.params.push(AbiParam::new(I64));
+    }
+    let sref = fx.b.import_signature(sig);
+    let callee = fx.abs(f);
+    fx.b.ins().call_indirect(sref, callee, vals);
+}
+
+/// Keeps `items` alive with the code; the address of the first (they are contiguous).
+pub(super) fn keep_all<T: Send + 'static>(lx: &mut Lx, items: Vec<T>) -> u64 {
+    let addr = items.as_ptr() as u64;
+    lx.keep.push(Box::new(items));
+    addr
+}
+
+pub(super) fn shape(g: &Geo, n: usize) -> ConvShape {
     ConvShape {
         n,
         ic: g.c,
@@ -135,14 +154,18 @@ pub(crate) fn conv(
         return Ok(true);
     }
     let plain_weights = wp.layout.is_none_or(|l| l == WeightLayout::Oihw) && g.groups == 1;
-    if x.layout == Layout::Plain && plain_weights && !updated(lx, &wp.name) && res.is_none_or(|r| r.layout == y.layout)
-    {
+    if x.layout == Layout::Plain && plain_weights && res.is_none_or(|r| r.layout == y.layout) {
         let out = if y.layout == Layout::Plain { KLayout::Nchw } else { KLayout::NChw16c };
         let Ok(plan) = PlainConvPlan::new(s, epi, out, cpu, lx.threads) else { return Ok(false) };
         let Ok(len) = cnnc_kernels::conv_plain::packed_weight_len(&s) else { return Ok(false) };
-        // The weights in the kernel's layout, in a buffer of their own written at load.
+        // The weights in the kernel's layout, in a buffer of their own: written at load, or
+        // before every run when the optimiser updates them.
         let packed = lx.buffer(len * 4)?;
-        lx.repacks.push(super::Repack { param: wp.name.clone(), buffer: packed.0, shape: s });
+        if updated(lx, &wp.name) {
+            super::native_plain::repack(lx, w, [g.o, g.c, g.kh, g.kw], packed.1, false)?;
+        } else {
+            lx.repacks.push(super::Repack { param: wp.name.clone(), buffer: packed.0, shape: s });
+        }
         let scratch = lx.alloc(plan.scratch_len(lx.threads) * 4);
         let (p, ar) = (keep(lx, plan), keep(lx, args(packed.1)));
         let f = cnnc_kernels::ffi::cnnc_conv_plain_forward as *const () as u64;

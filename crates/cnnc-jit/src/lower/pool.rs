@@ -4,20 +4,21 @@
 //! window positions lie in the input or its padding (the `include_pad` divisor), exactly as
 //! the interpreter's `Bins`. Blocked maps pool four channels at once (one vector per pixel).
 
+use super::pool_plain::Outs;
 use super::{Lx, Val};
 use crate::emit::{F32, F32X4, Fx, I32};
 use crate::error::{JitError, plan_err};
-use cnnc_ir::{Layout, NodeId, PoolGeometry, PoolKind, Window};
+use cnnc_ir::{Layout, NodeId, Op, PoolGeometry, PoolKind, TrainOp, Window};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 /// One axis: for each output index `(start, count, padded)`; taps are `start + k * step`.
-struct Axis {
-    entries: Vec<[i32; 3]>,
-    step: usize,
+pub(super) struct Axis {
+    pub entries: Vec<[i32; 3]>,
+    pub step: usize,
 }
 
-fn sliding(out: usize, size: usize, kernel: usize, stride: usize, pad: usize, dilation: usize) -> Axis {
+pub(super) fn sliding(out: usize, size: usize, kernel: usize, stride: usize, pad: usize, dilation: usize) -> Axis {
     let mut entries = Vec::with_capacity(out);
     for o in 0..out {
         let (mut first, mut count, mut padded) = (None, 0, 0);
@@ -73,18 +74,18 @@ fn levels(geometry: &PoolGeometry, c: usize, h: usize, w: usize) -> Result<Vec<(
     })
 }
 
-fn window_out(win: &Window, h: usize, w: usize) -> Result<[usize; 2], JitError> {
+pub(super) fn window_out(win: &Window, h: usize, w: usize) -> Result<[usize; 2], JitError> {
     let shape = cnnc_ir::Shape(vec![1, h, w]);
     cnnc_ir::shape::window_output(win, [h, w], &shape, &mut Vec::new()).map_err(|e| plan_err(e.to_string()))
 }
 
 /// A table of `(start, count, padded)` triples in the auxiliary buffer.
-fn table(lx: &mut Lx, a: &Axis) -> u64 {
+pub(super) fn table(lx: &mut Lx, a: &Axis) -> u64 {
     let flat: Vec<i32> = a.entries.iter().flatten().copied().collect();
     lx.table(&flat)
 }
 
-fn load3(fx: &mut Fx, tab: Value, i: Value) -> [Value; 3] {
+pub(super) fn load3(fx: &mut Fx, tab: Value, i: Value) -> [Value; 3] {
     let at = fx.index(tab, i, 12);
     [0, 4, 8].map(|o| {
         let v = fx.load_ro(I32, at, o);
@@ -103,6 +104,20 @@ pub(crate) fn forward(
 ) -> Result<(), JitError> {
     let x = lx.val(lx.plan.graph[id].inputs[0])?;
     let y = lx.val(id)?;
+    if let PoolGeometry::Window(win) = geometry
+        && super::pool_plain::fits(win, &x)
+    {
+        if lx.written.contains(&id) {
+            return Ok(());
+        }
+        let outs = if argmax {
+            Outs { y: None, argmax: Some(y) }
+        } else {
+            let sibling = if kind == PoolKind::Max { argmax_sibling(lx, id, win)? } else { None };
+            Outs { y: Some(y), argmax: sibling }
+        };
+        return super::pool_plain::forward(lx, kind, win, x, outs);
+    }
     if lx.mode == crate::options::Mode::Native && !argmax && super::native::pool(lx, id, kind, geometry, x, y)? {
         return Ok(());
     }
@@ -201,8 +216,27 @@ pub(crate) fn forward(
     Ok(())
 }
 
+/// The argmax node of max pooling `id` (same input and window, a few nodes on, as the
+/// training transform makes it), when its value can be written with the pooled one: its
+/// value, and the node recorded as written.
+fn argmax_sibling(lx: &mut Lx, id: NodeId, win: &Window) -> Result<Option<Val>, JitError> {
+    let graph = &lx.plan.graph;
+    let input = graph[id].inputs[0];
+    let next = (id.index() + 1..(id.index() + 4).min(graph.len())).map(NodeId::from_index).find(|&j| {
+        matches!(&graph[j].op, Op::Train(TrainOp::PoolArgmax(PoolGeometry::Window(w))) if w == win)
+            && graph[j].inputs[0] == input
+    });
+    match next {
+        Some(j) if lx.early_ok(j, id) => {
+            lx.written.insert(j);
+            Ok(Some(lx.val(j)?))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The divisor of an average window, `max(1, ...)`, as f32.
-fn divisor(fx: &mut Fx, include_pad: bool, [rc, cc, rp, cp]: [Value; 4]) -> Value {
+pub(super) fn divisor(fx: &mut Fx, include_pad: bool, [rc, cc, rp, cp]: [Value; 4]) -> Value {
     let d = if include_pad { fx.mul(rp, cp) } else { fx.mul(rc, cc) };
     let one = fx.int(1);
     let d = fx.smax(d, one);

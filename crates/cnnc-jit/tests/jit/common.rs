@@ -107,6 +107,23 @@ pub fn compile(plan: &Plan, batch: usize, mode: Mode, weights: &TensorMap) -> Co
     m
 }
 
+/// What the interpreter computed for a plan: the outputs by role and the state afterwards.
+pub struct Reference {
+    want: cnnc_interp::Gradients<Tensor>,
+    state: TensorMap,
+}
+
+/// The step arguments every comparison runs with.
+const ARGS: StepArgs = StepArgs { lr: 0.1, step: 2, seed: 5 };
+
+/// The interpreter's physical run of `plan` (the reference for [`jit_equals`]).
+pub fn reference(plan: &Plan, weights: &TensorMap, inputs: &[Tensor]) -> Reference {
+    let mut state = weights.clone();
+    let options = IOptions::new().with_seed(ARGS.seed).with_lr(ARGS.lr).with_step(ARGS.step);
+    let run = run_plan(plan, &mut state, inputs, &options).unwrap();
+    Reference { want: cnnc_interp::gradients(&plan.outputs, &run), state }
+}
+
 /// Runs `plan` on the JIT and on the interpreter (physical mode) and compares every output,
 /// and (for plans with effects) every tensor of the state afterwards. Returns the worst error.
 pub fn jit_equals_interp(
@@ -117,14 +134,29 @@ pub fn jit_equals_interp(
     mode: Mode,
     rtol: f64,
 ) -> f64 {
-    let args = StepArgs { lr: 0.1, step: 2, seed: 5 };
+    jit_equals(what, plan, weights, inputs, mode, rtol, &reference(plan, weights, inputs))
+}
+
+/// [`jit_equals_interp`] in both modes against one interpreter run.
+pub fn jit_equals_interp_both(what: &str, plan: &Plan, weights: &TensorMap, inputs: &[Tensor], rtol: f64) -> f64 {
+    let r = reference(plan, weights, inputs);
+    MODES.iter().map(|&mode| jit_equals(what, plan, weights, inputs, mode, rtol, &r)).fold(0.0, f64::max)
+}
+
+/// The JIT's run of `plan` in `mode` against the interpreter's (`reference`).
+pub fn jit_equals(
+    what: &str,
+    plan: &Plan,
+    weights: &TensorMap,
+    inputs: &[Tensor],
+    mode: Mode,
+    rtol: f64,
+    reference: &Reference,
+) -> f64 {
     let batch = inputs[0].shape[0];
     let model = compile(plan, batch, mode, weights);
-    let got = model.run(inputs, &args).unwrap_or_else(|e| panic!("{what}: {e}"));
-    let mut state = weights.clone();
-    let options = IOptions::new().with_seed(args.seed).with_lr(args.lr).with_step(args.step);
-    let want = run_plan(plan, &mut state, inputs, &options).unwrap();
-    let want_g: cnnc_interp::Gradients<Tensor> = cnnc_interp::gradients(&plan.outputs, &want);
+    let got = model.run(inputs, &ARGS).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let (want_g, state) = (&reference.want, &reference.state);
     let mut worst = 0f64;
     for (k, (a, b)) in got.outputs.iter().zip(&want_g.outputs).enumerate() {
         worst = worst.max(check(&format!("{what} ({mode:?}): output {k}"), a, b, rtol));
@@ -148,7 +180,7 @@ pub fn jit_equals_interp(
         let changes: Vec<Tensor> =
             state.iter().filter_map(|(n, w)| Some(delta(w, weights.get(n).filter(|b| b.shape == w.shape)?))).collect();
         let floor = 1e-3 * changes.iter().flat_map(|t| t.data.iter()).fold(0f64, |m, &v| m.max(f64::from(v).abs()));
-        for (name, want) in &state {
+        for (name, want) in state {
             let Some(got) = jit_state.get(name) else { continue };
             // Compare the change of each tensor (updates are small next to the weights).
             let before = weights.get(name);

@@ -19,9 +19,7 @@ pub fn check_graph(g: &Graph, batch: usize) {
     let x: Vec<_> = g.inputs.iter().enumerate().map(|(k, &i)| batch_of(&g[i].shape.0, batch, 20 + k as u64)).collect();
     for passes in [PassOptions::all(), PassOptions::none()] {
         let opt = optimize(g, Some(&weights), &passes).unwrap();
-        for mode in MODES {
-            jit_equals_interp(&format!("{} inference", g.name), &opt.plan, &weights, &x, mode, RTOL_FORWARD);
-        }
+        jit_equals_interp_both(&format!("{} inference", g.name), &opt.plan, &weights, &x, RTOL_FORWARD);
     }
     let mut training = sgd_step(g);
     training.input_grads = true;
@@ -35,16 +33,7 @@ pub fn check_graph(g: &Graph, batch: usize) {
         let cnnc_passes::Objective::Loss(loss) = t.objective else { unreachable!() };
         let mut inputs = x.clone();
         inputs.push(target(g, &loss, batch));
-        for mode in MODES {
-            jit_equals_interp(
-                &format!("{} training ({opt_name})", g.name),
-                &opt.plan,
-                &weights,
-                &inputs,
-                mode,
-                RTOL_GRAD,
-            );
-        }
+        jit_equals_interp_both(&format!("{} training ({opt_name})", g.name), &opt.plan, &weights, &inputs, RTOL_GRAD);
     }
 }
 
@@ -124,5 +113,55 @@ fn lrn_both_conventions() {
         let y = add(&mut g, conv(4, 1, 1, 0), &[l], "head");
         g.outputs = vec![y];
         check_graph(&g, 2);
+    }
+}
+
+/// Convolutions on plain maps (few channels, as LeNet): native mode's plain-input kernel
+/// forward with weights repacked every step, the input gradient as a convolution of the
+/// gradient (stride 1, with padding and dilation) or the portable code (stride 2), the weight
+/// gradient through patch rows; rectangular kernels, odd sizes, a 1x1 output.
+#[test]
+fn plain_convolutions() {
+    // (channels, input, out, kernel, stride, pad, dilation)
+    type Case = (usize, [usize; 2], usize, [usize; 2], [usize; 2], [usize; 2], [usize; 2]);
+    let cases: &[Case] = &[
+        (1, [12, 12], 6, [5, 5], [1, 1], [0, 0], [1, 1]),
+        (6, [9, 7], 10, [3, 2], [1, 1], [1, 0], [1, 1]),
+        (3, [11, 11], 5, [3, 3], [1, 1], [2, 1], [2, 1]),
+        (5, [9, 10], 7, [3, 3], [2, 2], [1, 1], [1, 1]),
+        (4, [5, 5], 9, [5, 5], [1, 1], [0, 0], [1, 1]),
+    ];
+    for (k, &(c, hw, o, kernel, stride, pad, dilation)) in cases.iter().enumerate() {
+        let mut g = Graph::new(format!("plain{k}"));
+        let x = g.add_input("x", Shape(vec![c, hw[0], hw[1]]), Default::default()).unwrap();
+        let window = Window { kernel, stride, pad, dilation, ceil_mode: false };
+        let c1 = add(&mut g, Op::Conv(Conv { out_channels: o, window, groups: 1, bias: true }), &[x], "c1");
+        let t = add(&mut g, Op::Activation(Activation::Tanh), &[c1], "tanh");
+        let c2 = add(&mut g, conv(3, 1, 1, 0), &[t], "c2");
+        g.outputs = vec![c2];
+        check_graph(&g, 3);
+    }
+}
+
+/// Pooling on plain maps, wide enough for the vector columns and with edge columns on both
+/// sides: every kind, strides 1 and 2, padding, ceil mode, rectangular inputs; inference and
+/// a training step (max pooling's value and argmax in one pass).
+#[test]
+fn plain_pooling() {
+    let kinds =
+        [PoolKind::Max, PoolKind::Avg { include_pad: true }, PoolKind::Avg { include_pad: false }, PoolKind::L2];
+    let cases =
+        [(3, 2, 0, false, [9, 23]), (3, 2, 1, true, [11, 33]), (2, 2, 0, false, [8, 16]), (3, 1, 1, false, [5, 19])];
+    for (k, &(kernel, stride, pad, ceil_mode, hw)) in cases.iter().enumerate() {
+        for kind in kinds {
+            let mut g = Graph::new(format!("pp{k}"));
+            let x = g.add_input("x", Shape(vec![2, hw[0], hw[1]]), Default::default()).unwrap();
+            let c = add(&mut g, conv(5, 3, 1, 1), &[x], "conv");
+            let window = Window { ceil_mode, ..win(kernel, stride, pad) };
+            let p = add(&mut g, Op::Pool { kind, window }, &[c], "pool");
+            let y = add(&mut g, conv(3, 1, 1, 0), &[p], "head");
+            g.outputs = vec![y];
+            check_graph(&g, 2);
+        }
     }
 }

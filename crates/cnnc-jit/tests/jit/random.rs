@@ -14,15 +14,11 @@ fn run_both(g: &Graph, batch: usize) {
     let weights = random_weights(g, 9);
     let x = batch_of(&g[g.inputs[0]].shape.0, batch, 31);
     let opt = optimize(g, Some(&weights), &PassOptions::all()).unwrap();
-    for mode in MODES {
-        jit_equals_interp("random inference", &opt.plan, &weights, std::slice::from_ref(&x), mode, RTOL_FORWARD);
-    }
+    jit_equals_interp_both("random inference", &opt.plan, &weights, std::slice::from_ref(&x), RTOL_FORWARD);
     let t = TrainingOptions { input_grads: true, ..TrainingOptions::new(Loss::Mse) };
     let opt = optimize_training(g, Some(&weights), &PassOptions::all(), &t).unwrap();
     let inputs = [x.clone(), target(g, &Loss::Mse, batch)];
-    for mode in MODES {
-        jit_equals_interp("random training", &opt.plan, &weights, &inputs, mode, RTOL_GRAD);
-    }
+    jit_equals_interp_both("random training", &opt.plan, &weights, &inputs, RTOL_GRAD);
 }
 
 #[derive(Debug, Clone)]

@@ -1,6 +1,6 @@
 //! The C-ABI entry points the JIT calls give exactly what the safe functions give.
 
-use super::util::{Rng, cpus, pool};
+use super::util::{Rng, cpus, guarded, pool};
 use cnnc_kernels::act::Act;
 use cnnc_kernels::conv::{self, ConvArgs, ConvIo, ConvPlan, ConvShape, Epilogue};
 use cnnc_kernels::conv_fwd;
@@ -67,4 +67,106 @@ fn parallel_for_runs_every_task_once() {
         ffi::cnnc_parallel_for(pool(), 100, count, &total as *const AtomicUsize as *const u8);
     }
     assert_eq!(total.into_inner(), 5050);
+}
+
+/// The backward-data weights made from packed forward weights equal those packed from the
+/// plain ones, through the safe function and the C-ABI entry point, over groups, partial
+/// blocks and kernel sizes.
+#[test]
+fn backward_data_weights_from_forward_equal_packing_from_plain() {
+    use cnnc_kernels::conv_bwd_data::{BwdDataOptions, BwdDataPlan};
+    use cnnc_kernels::pack::{self, Blocked, WeightShape};
+    for (k, &(ic, oc, kh, kw, groups)) in
+        [(3, 5, 3, 3, 1), (20, 40, 3, 1, 1), (32, 64, 1, 1, 2), (64, 16, 7, 7, 1), (17, 33, 2, 3, 1)].iter().enumerate()
+    {
+        let ws = WeightShape { o: oc, i: ic / groups, kh, kw, groups };
+        let mut rng = Rng::new(k as u64);
+        let plain = rng.vec(ws.plain_len().unwrap());
+        let len = ws.blocked_len().unwrap();
+        let (mut fwd, mut want) = (vec![0.0; len], vec![0.0; len]);
+        pack::pack(&ws, Blocked::Forward, &plain, &mut fwd).unwrap();
+        pack::pack(&ws, Blocked::BackwardData, &plain, &mut want).unwrap();
+        let mut got = vec![f32::NAN; len];
+        pack::forward_to_backward_data(&ws, &fwd, &mut got).unwrap();
+        assert_eq!(got, want, "safe {ws:?}");
+        let shape = ConvShape { groups, ..ConvShape::simple(1, ic, [kh + 2, kw + 2], oc, 1, 1, 0) };
+        let shape = ConvShape { kh, kw, ..shape };
+        for cpu in cpus() {
+            let plan = BwdDataPlan::new(shape, BwdDataOptions::default(), cpu, pool().threads()).unwrap();
+            let mut got = guarded(&vec![f32::NAN; len]);
+            let src = guarded(&fwd);
+            // SAFETY: the plan came from BwdDataPlan::new for these weights; both buffers hold
+            // the packed length and are apart; the pool is live.
+            unsafe {
+                ffi::cnnc_conv_backward_data_weights(
+                    &plan,
+                    src.as_slice().as_ptr(),
+                    got.as_mut_slice().as_mut_ptr(),
+                    pool(),
+                )
+            };
+            assert_eq!(got.as_slice(), &want[..], "C ABI {ws:?} {:?}", cpu.isa());
+        }
+    }
+    let bad = WeightShape { o: 3, i: 1, kh: 1, kw: 1, groups: 2 };
+    assert!(pack::forward_to_backward_data(&bad, &[], &mut []).is_err());
+}
+
+/// The fc backward passes through the C ABI equal the safe function's.
+#[test]
+fn fc_backward_through_the_c_abi_equals_the_safe_call() {
+    use cnnc_kernels::fc::{self, FcPlan};
+    for (k, &(n, i, o, bias)) in [(64, 120, 84, true), (3, 20, 10, false), (1, 300, 17, true)].iter().enumerate() {
+        let mut rng = Rng::new(10 + k as u64);
+        let (x, w, gy) = (rng.vec(n * i), rng.vec(o * i), rng.vec(n * o));
+        for cpu in cpus() {
+            let plan = FcPlan::new(n, i, o, bias, Act::NONE, cpu, pool().threads()).unwrap();
+            let (mut dx, mut dw, mut db) = (vec![0.0; n * i], vec![0.0; o * i], vec![0.0; o]);
+            let mut scratch = vec![0.0; plan.backward_scratch_len()];
+            fc::backward(
+                pool(),
+                &plan,
+                &x,
+                &w,
+                &gy,
+                Some(&mut dx),
+                &mut dw,
+                bias.then_some(&mut db[..]),
+                false,
+                &mut scratch,
+            )
+            .unwrap();
+            let mut dx2 = guarded(&vec![f32::NAN; n * i]);
+            let mut dw2 = guarded(&vec![f32::NAN; o * i]);
+            let mut db2 = guarded(&vec![f32::NAN; o]);
+            let mut scratch2 = guarded(&vec![f32::NAN; plan.backward_scratch_len()]);
+            let (xg, wg, gyg) = (guarded(&x), guarded(&w), guarded(&gy));
+            let db_ptr = if bias { db2.as_mut_slice().as_mut_ptr() } else { std::ptr::null_mut() };
+            // SAFETY: the plan came from FcPlan::new for these sizes; every buffer holds what the
+            // entry points' contracts ask, outputs apart from inputs; the pool is live.
+            unsafe {
+                ffi::cnnc_fc_backward_data(
+                    &plan,
+                    gyg.as_slice().as_ptr(),
+                    wg.as_slice().as_ptr(),
+                    dx2.as_mut_slice().as_mut_ptr(),
+                    scratch2.as_mut_slice().as_mut_ptr(),
+                    pool(),
+                );
+                ffi::cnnc_fc_backward_weights(
+                    &plan,
+                    gyg.as_slice().as_ptr(),
+                    xg.as_slice().as_ptr(),
+                    dw2.as_mut_slice().as_mut_ptr(),
+                    db_ptr,
+                    pool(),
+                );
+            }
+            assert_eq!(dx2.as_slice(), &dx[..], "dx n {n} i {i} o {o} {:?}", cpu.isa());
+            assert_eq!(dw2.as_slice(), &dw[..], "dw n {n} i {i} o {o} {:?}", cpu.isa());
+            if bias {
+                assert_eq!(db2.as_slice(), &db[..], "db n {n} i {i} o {o} {:?}", cpu.isa());
+            }
+        }
+    }
 }
