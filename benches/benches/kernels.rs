@@ -1,0 +1,134 @@
+//! Kernel speed at batch 1 on all threads, against the machine's own limits measured in the
+//! same run: `cargo bench -p cnnc-benches --bench kernels` runs the criterion groups and then
+//! prints the summary; `-- --report` prints only the summary (faster: medians of short runs)
+//! with one JSON line per result, for the closing table beside `../shared/tools/ort_layers.py`.
+
+use cnnc_benches::layers::{self, Pass};
+use cnnc_benches::peak;
+use cnnc_kernels::par::Parallel;
+use cnnc_kernels::threads::ThreadPool;
+use criterion::{Criterion, Throughput};
+use std::time::Instant;
+
+fn pool() -> &'static ThreadPool {
+    ThreadPool::global()
+}
+
+fn criterion_groups(c: &mut Criterion) {
+    let mut group = c.benchmark_group("conv_forward");
+    for layer in layers::table() {
+        let mut p = layers::prepare(&layer, Pass::Forward, pool());
+        group.throughput(Throughput::Elements(p.flop as u64));
+        group.bench_function(layer.name, |b| b.iter(|| p.run()));
+    }
+    group.finish();
+    for (pass, name) in [(Pass::BackwardData, "conv_backward_data"), (Pass::BackwardWeights, "conv_backward_weights")] {
+        let mut group = c.benchmark_group(name);
+        for layer in layers::backward_table() {
+            let mut p = layers::prepare(&layer, pass, pool());
+            group.throughput(Throughput::Elements(p.flop as u64));
+            group.bench_function(layer.name, |b| b.iter(|| p.run()));
+        }
+        group.finish();
+    }
+    let mut group = c.benchmark_group("dispatch");
+    group.bench_function("empty_tasks", |b| b.iter(|| pool().run(pool().threads() * 4, &|_, _| {})));
+    group.finish();
+}
+
+/// Median microseconds of one run of `tasks` empty tasks through the pool.
+fn dispatch_us(tasks: usize) -> f64 {
+    let reps = 20_000;
+    let mut t = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        pool().run(tasks, &|_, _| {});
+        t.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    t.sort_by(f64::total_cmp);
+    t[reps / 2]
+}
+
+fn report() {
+    let threads = pool().threads();
+    let p = peak::measure(threads);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    println!("cpu: {cpu}, {threads} threads, kernels: {}", cnnc_kernels::cpu::active().isa().name());
+    let row = |name: &str, w: Option<[f64; 2]>| match w {
+        Some([a, b]) => println!("peak {name:>7}: {a:7.1} GFLOP/s 1 thread, {b:7.1} all threads"),
+        None => println!("peak {name:>7}: not supported"),
+    };
+    row("512-bit", p.w512);
+    row("256-bit", p.w256);
+    row("128-bit", p.w128);
+    println!(
+        "read bandwidth {:.1} / {:.1} GB/s, triad {:.1} / {:.1} GB/s (1 / all threads)",
+        p.read[0], p.read[1], p.triad[0], p.triad[1]
+    );
+    let peak_all = p.all_threads();
+    println!(
+        "{{\"tool\":\"cnnc_kernels_peak\",\"threads\":{threads},\"peak_gflops\":{peak_all:.1},\"read_gbs\":{:.1},\"triad_gbs\":{:.1}}}",
+        p.read[1], p.triad[1]
+    );
+    for pass in [Pass::Forward, Pass::BackwardData, Pass::BackwardWeights] {
+        let list = if pass == Pass::Forward { layers::table() } else { layers::backward_table() };
+        for layer in list {
+            let mut prep = layers::prepare(&layer, pass, pool());
+            let secs = prep.median_secs(if prep.bytes > 1e8 { 40 } else { 200 });
+            let gflops = prep.flop / secs / 1e9;
+            let bw = if prep.bytes > 0.0 {
+                let gbs = prep.bytes / secs / 1e9;
+                format!(",\"gbs\":{gbs:.1},\"pct_read_bw\":{:.1}", 100.0 * gbs / p.read[1])
+            } else {
+                String::new()
+            };
+            println!(
+                "{{\"tool\":\"cnnc_kernels\",\"layer\":\"{}\",\"pass\":\"{pass:?}\",\"median_ms\":{:.4},\"gflops\":{gflops:.1},\"pct_peak\":{:.1}{bw}}}",
+                layer.name,
+                secs * 1e3,
+                100.0 * gflops / peak_all
+            );
+        }
+    }
+    let mut total = 0.0;
+    for layer in layers::resnet50() {
+        let mut prep = layers::prepare_net(&layer, pool());
+        let secs = prep.median_secs(200);
+        total += secs * layer.count as f64;
+        println!(
+            "{{\"tool\":\"cnnc_kernels_resnet50\",\"layer\":\"{}\",\"count\":{},\"median_ms\":{:.4},\"gflops\":{:.1}}}",
+            layer.name,
+            layer.count,
+            secs * 1e3,
+            prep.flop / secs / 1e9
+        );
+    }
+    let gflop = 2.0 * 4_089_184_256.0 / 1e9;
+    println!(
+        "{{\"tool\":\"cnnc_kernels_resnet50_sum\",\"batch\":1,\"sum_ms\":{:.3},\"gflop\":{gflop:.3},\"gflops\":{:.1},\"pct_peak\":{:.1}}}",
+        total * 1e3,
+        gflop / total,
+        100.0 * gflop / total / peak_all
+    );
+    for tasks in [threads, 8 * threads] {
+        println!("{{\"tool\":\"cnnc_kernels_dispatch\",\"tasks\":{tasks},\"median_us\":{:.2}}}", dispatch_us(tasks));
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--report") {
+        report();
+        return;
+    }
+    let mut c = Criterion::default().configure_from_args();
+    criterion_groups(&mut c);
+    c.final_summary();
+    report();
+}

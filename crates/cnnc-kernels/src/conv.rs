@@ -1,0 +1,451 @@
+//! Direct convolution forward on blocked maps: `nChw16c` in, `nChw16c` out, weights
+//! `OIhw16i16o` (one group) or `gOIhw16i16o` (groups of whole blocks), with the fused
+//! epilogue (bias, unfolded batch-norm scale and shift, residual, activation).
+//!
+//! A [`ConvPlan`] is made once per layer (all checks, the tile shape and the split into tasks);
+//! `conv_fwd.rs` runs it (`forward`, or `forward_task` for one task): a range of output rows (or, for 1x1 stride-1
+//! convolutions whose pixels are one flat row, a range of pixels) x a range of output-channel
+//! blocks of one image and group. Each output tile is one call of the batch-reduce
+//! microkernel (`tile.rs`) over input blocks x kernel rows x kernel columns.
+//!
+//! The halo: rows outside the input are skipped by clipping the kernel-row loop per output
+//! row. Columns are made branch-free by a per-task copy of the input rows the task reads (its
+//! "band", in per-thread scratch): with stride 1 each row is copied between zero columns
+//! (`Padded`); with a column stride the band holds, for each kernel column, the input pixels
+//! that output columns read through it, compacted (`Taps`), so that a tile's columns are
+//! always 16 floats apart. Layers with neither padding nor column stride read the input
+//! directly. The copy is a few percent of a task's input traffic and brings it into cache.
+
+use super::act::Act;
+use super::error::{KernelError, product};
+use super::simd::{Cpu, Isa};
+use super::tile;
+use super::view::{View, pad16};
+
+/// The shape of a convolution (cross-correlation, as PyTorch): input `n x ic x ih x iw`,
+/// `oc` filters of `ic / groups x kh x kw`, zero padding `pad` on both sides of each axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct ConvShape {
+    pub n: usize,
+    pub ic: usize,
+    pub ih: usize,
+    pub iw: usize,
+    pub oc: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: [usize; 2],
+    pub pad: [usize; 2],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+}
+
+impl ConvShape {
+    /// A convolution with square kernel, stride and padding, no dilation, one group.
+    pub fn simple(n: usize, ic: usize, hw: [usize; 2], oc: usize, k: usize, stride: usize, pad: usize) -> ConvShape {
+        ConvShape {
+            n,
+            ic,
+            ih: hw[0],
+            iw: hw[1],
+            oc,
+            kh: k,
+            kw: k,
+            stride: [stride; 2],
+            pad: [pad; 2],
+            dilation: [1; 2],
+            groups: 1,
+        }
+    }
+
+    /// The output height and width, or an error when the shape is not a valid convolution.
+    pub fn out_hw(&self) -> Result<[usize; 2], KernelError> {
+        let dims = [self.n, self.ic, self.ih, self.iw, self.oc, self.kh, self.kw, self.groups];
+        if dims.contains(&0) || self.stride.contains(&0) || self.dilation.contains(&0) {
+            return Err(KernelError::Shape { what: "a convolution size, stride or dilation is zero" });
+        }
+        if !self.ic.is_multiple_of(self.groups) || !self.oc.is_multiple_of(self.groups) {
+            return Err(KernelError::Shape { what: "channels are not a multiple of the groups" });
+        }
+        let axis = |size: usize, k: usize, s: usize, p: usize, d: usize| -> Result<usize, KernelError> {
+            let over = KernelError::Overflow { what: "convolution geometry" };
+            let padded = p.checked_mul(2).and_then(|p2| size.checked_add(p2)).ok_or(over)?;
+            let extent = (k - 1).checked_mul(d).and_then(|e| e.checked_add(1)).ok_or(over)?;
+            if extent > padded {
+                return Err(KernelError::Shape { what: "the kernel is larger than the padded input" });
+            }
+            Ok((padded - extent) / s + 1)
+        };
+        let oh = axis(self.ih, self.kh, self.stride[0], self.pad[0], self.dilation[0])?;
+        let ow = axis(self.iw, self.kw, self.stride[1], self.pad[1], self.dilation[1])?;
+        Ok([oh, ow])
+    }
+
+    /// Multiply-accumulates of the whole batch.
+    pub fn macs(&self) -> f64 {
+        let [oh, ow] = self.out_hw().unwrap_or([0, 0]);
+        (self.n * self.oc * oh * ow) as f64 * (self.ic / self.groups.max(1) * self.kh * self.kw) as f64
+    }
+}
+
+/// What a convolution or matrix product does to its result before storing it, in this order:
+/// `+ bias[o]`, `* scale[o] + shift[o]`, `+ residual` (a tensor of the output's shape and
+/// layout, possibly the output's own memory), then the activation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct Epilogue {
+    pub bias: bool,
+    pub scale_shift: bool,
+    pub residual: bool,
+    pub act: Act,
+}
+
+impl Epilogue {
+    pub const NONE: Epilogue = Epilogue { bias: false, scale_shift: false, residual: false, act: Act::NONE };
+}
+
+/// How a task's tiles read the input (see the module comment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Band {
+    /// Straight from the input tensor.
+    Direct = 0,
+    /// A copy of the task's input rows between `pad` zero columns.
+    Padded = 1,
+    /// A copy per kernel column of the pixels each output column reads through it.
+    Taps = 2,
+}
+
+/// A checked forward convolution on blocked maps and how it is split into tasks. Made by
+/// [`ConvPlan::new`] only (the fields are private): the raw entry points trust every field.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct ConvPlan {
+    pub(crate) shape: ConvShape,
+    pub(crate) epilogue: Epilogue,
+    pub(crate) isa: Isa,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
+    /// Input and output channel blocks per group.
+    pub(crate) icb: usize,
+    pub(crate) ocb: usize,
+    pub(crate) band: Band,
+    /// The tiled output: `rows x cols` pixels (`1 x oh*ow` when flattened).
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    /// Blocks per tile and the widest tile.
+    pub(crate) k: usize,
+    pub(crate) nw: usize,
+    /// Task sizes (rows, pixels, blocks) and counts.
+    pub(crate) row_chunk: usize,
+    pub(crate) col_chunk: usize,
+    pub(crate) oc_chunk: usize,
+    pub(crate) n_rows: usize,
+    pub(crate) n_cols: usize,
+    pub(crate) n_oc: usize,
+    pub(crate) tasks: usize,
+    /// Band geometry (floats): rows it can hold, its strides, the A distance between taps.
+    pub(crate) band_rows: usize,
+    pub(crate) band_row: usize,
+    pub(crate) band_icb: usize,
+    pub(crate) tap_stride: usize,
+    /// Scratch floats each thread needs.
+    pub(crate) scratch: usize,
+}
+
+/// The operands of one convolution run, as raw pointers (the C-ABI form; null when absent).
+/// Batch strides are in floats.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct ConvArgs {
+    pub x: *const f32,
+    pub x_bs: usize,
+    pub w: *const f32,
+    pub bias: *const f32,
+    pub scale: *const f32,
+    pub shift: *const f32,
+    pub res: *const f32,
+    pub res_bs: usize,
+    pub y: *mut f32,
+    pub y_bs: usize,
+}
+
+// SAFETY: ConvArgs is plain pointers; the tasks sharing one only read its inputs and write
+// disjoint parts of its output (forward_task's contract).
+unsafe impl Sync for ConvArgs {}
+// SAFETY: as above.
+unsafe impl Send for ConvArgs {}
+
+/// The operands of a forward convolution in a workspace arena: input, output and optional
+/// residual views (blocked maps), packed weights ([`packed_weight_len`] floats) and the
+/// per-channel vectors of the epilogue (`oc` floats each).
+#[derive(Clone, Copy, Debug)]
+pub struct ConvIo<'a> {
+    pub x: View,
+    pub y: View,
+    pub residual: Option<View>,
+    pub weights: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub scale: Option<&'a [f32]>,
+    pub shift: Option<&'a [f32]>,
+}
+
+/// Floats of packed weights the plan reads: `groups x ocb x icb x kh x kw x 256`.
+pub fn packed_weight_len(shape: &ConvShape) -> Result<usize, KernelError> {
+    let g = shape.groups.max(1);
+    let (ocb, icb) = ((shape.oc / g).div_ceil(16), (shape.ic / g).div_ceil(16));
+    product("packed weights", &[g, ocb, icb, shape.kh, shape.kw, 256])
+}
+
+impl ConvPlan {
+    /// Checks the shape and chooses tiles and tasks for `threads` threads.
+    pub fn new(shape: ConvShape, epilogue: Epilogue, cpu: Cpu, threads: usize) -> Result<ConvPlan, KernelError> {
+        let isa = cpu.isa();
+        let [oh, ow] = shape.out_hw()?;
+        if shape.groups > 1
+            && (!(shape.ic / shape.groups).is_multiple_of(16) || !(shape.oc / shape.groups).is_multiple_of(16))
+        {
+            return Err(KernelError::Unsupported {
+                what: "blocked grouped convolution needs whole blocks per group (use the depthwise or plain kernel)",
+            });
+        }
+        if !epilogue.act.is_valid() {
+            return Err(KernelError::Shape { what: "activation parameters" });
+        }
+        packed_weight_len(&shape)?;
+        let elems = |c: usize, h: usize, w: usize| product("tensor", &[shape.n, pad16(c), h, w]);
+        elems(shape.ic, shape.ih, shape.iw)?;
+        elems(shape.oc, oh, ow)?;
+        let g = shape.groups;
+        let (icb, ocb) = ((shape.ic / g).div_ceil(16), (shape.oc / g).div_ceil(16));
+        let [sh, sw] = shape.stride;
+        let [ph, pw] = shape.pad;
+        let flat = shape.kh == 1 && shape.kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0;
+        let band = if pw == 0 && sw == 1 {
+            Band::Direct
+        } else if sw == 1 {
+            Band::Padded
+        } else {
+            Band::Taps
+        };
+        let (rows, cols) = if flat { (1, oh * ow) } else { (oh, ow) };
+        let tiles = tile::tiles(isa);
+        let (k, nw) = choose_tile(&tiles.a16, ocb, cols);
+        let mut plan = ConvPlan {
+            shape,
+            epilogue,
+            isa,
+            oh,
+            ow,
+            icb,
+            ocb,
+            band,
+            rows,
+            cols,
+            k,
+            nw,
+            row_chunk: rows,
+            col_chunk: cols,
+            oc_chunk: ocb,
+            n_rows: 1,
+            n_cols: 1,
+            n_oc: 1,
+            tasks: 0,
+            band_rows: 0,
+            band_row: 0,
+            band_icb: 0,
+            tap_stride: 0,
+            scratch: 0,
+        };
+        plan.split(threads.max(1));
+        Ok(plan)
+    }
+
+    /// The same plan with the tile shape forced to `k` blocks x at most `nw` columns (both
+    /// clamped to what the instruction set has), re-split for `threads`: for tuning.
+    pub fn with_tile(mut self, k: usize, nw: usize, threads: usize) -> ConvPlan {
+        let set = &tile::tiles(self.isa).a16;
+        let k = if self.ocb.is_multiple_of(k) && set.max_width(k) > 0 { k } else { 1 };
+        self.k = k;
+        self.nw = nw.clamp(1, set.max_width(k));
+        self.split(threads.max(1));
+        self
+    }
+
+    /// Scratch floats for running the plan on `threads` threads.
+    pub fn scratch_len(&self, threads: usize) -> usize {
+        self.scratch * threads
+    }
+
+    pub fn shape(&self) -> &ConvShape {
+        &self.shape
+    }
+    pub fn epilogue(&self) -> &Epilogue {
+        &self.epilogue
+    }
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+    /// Output height and width.
+    pub fn out_hw(&self) -> [usize; 2] {
+        [self.oh, self.ow]
+    }
+    /// Blocks per tile and the widest tile.
+    pub fn tile(&self) -> (usize, usize) {
+        (self.k, self.nw)
+    }
+    /// The number of tasks of one run.
+    pub fn tasks(&self) -> usize {
+        self.tasks
+    }
+    /// How the tasks read the input.
+    pub fn band(&self) -> Band {
+        self.band
+    }
+
+    /// Input rows a band holds for `rc` output rows.
+    fn rows_for(&self, rc: usize) -> usize {
+        let s = &self.shape;
+        ((rc - 1) * s.stride[0] + (s.kh - 1) * s.dilation[0] + 1).min(s.ih)
+    }
+
+    /// Sets the band geometry for the chosen row chunk.
+    fn set_band(&mut self) {
+        let s = self.shape;
+        match self.band {
+            Band::Direct => {
+                self.band_rows = 0;
+                self.band_row = s.iw * 16;
+                self.band_icb = s.ih * s.iw * 16;
+                self.tap_stride = s.dilation[1] * 16;
+                self.scratch = 0;
+            }
+            Band::Padded | Band::Taps => {
+                self.band_rows = self.rows_for(self.row_chunk);
+                self.band_row =
+                    if self.band == Band::Padded { (s.iw + 2 * s.pad[1]) * 16 } else { s.kw * self.ow * 16 };
+                self.band_icb = self.band_rows * self.band_row;
+                self.tap_stride = if self.band == Band::Padded { s.dilation[1] * 16 } else { self.ow * 16 };
+                self.scratch = self.icb * self.band_icb;
+            }
+        }
+    }
+
+    /// Chooses the task split: the fewest rounds of equal tasks over `threads`, counting the
+    /// band copies and a fixed cost per task.
+    fn split(&mut self, threads: usize) {
+        let s = self.shape;
+        // Cycles per output pixel x block at the FMA peak (32 MACs a cycle, 16 per block).
+        let unit = (self.icb * 16 * s.kh * s.kw) as f64 / 2.0;
+        let (band, ow, icb) = (self.band, self.ow, self.icb);
+        let copy_row = match band {
+            Band::Direct => 0.0,
+            Band::Padded => (icb * (s.iw + 2 * s.pad[1])) as f64,
+            Band::Taps => (icb * s.kw * ow) as f64,
+        };
+        let plan = &*self;
+        let cost = |rc: usize, cc: usize, oc_chunk: usize| {
+            unit * (rc * cc * oc_chunk) as f64 + 1.5 * copy_row * plan.rows_for(rc) as f64
+        };
+        let sp = best_split(s.n * s.groups, self.ocb / self.k, self.rows, self.cols, self.nw, threads, &cost, self.k);
+        self.n_oc = sp.n_oc;
+        self.oc_chunk = sp.oc_chunk;
+        self.row_chunk = sp.row_chunk;
+        self.n_rows = sp.n_rows;
+        self.col_chunk = sp.col_chunk;
+        self.n_cols = sp.n_cols;
+        self.tasks = sp.tasks;
+        self.set_band();
+    }
+}
+
+/// Candidate chunk sizes for `len` items: every size up to 64 and the sizes giving up to 64
+/// chunks (the smallest size for each count, so chunks are as even as they can be), a bounded
+/// set however large `len` is.
+fn chunk_sizes(len: usize) -> impl Iterator<Item = usize> {
+    let small = 1..=len.min(64);
+    let by_count = (1..=len.min(64)).map(move |count| len.div_ceil(count)).filter(|&c| c > 64);
+    small.chain(by_count).filter(move |&c| c == 1 || len.div_ceil(c - 1) != len.div_ceil(c))
+}
+
+/// A split of `images x oc blocks x rows x columns` into equal tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Split {
+    pub n_oc: usize,
+    pub oc_chunk: usize,
+    pub row_chunk: usize,
+    pub n_rows: usize,
+    pub col_chunk: usize,
+    pub n_cols: usize,
+    pub tasks: usize,
+}
+
+/// The split with the fewest rounds of tasks over `threads` (`cost(rows, cols, blocks)`
+/// estimating a task's cycles, plus a fixed 2000 per task): output-channel units (of `k`
+/// blocks) divided evenly, rows and column tiles (of `nw`) in chunks.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn best_split(
+    images: usize,
+    oc_units: usize,
+    rows: usize,
+    cols: usize,
+    nw: usize,
+    threads: usize,
+    cost: &dyn Fn(usize, usize, usize) -> f64,
+    k: usize,
+) -> Split {
+    let col_tiles = cols.div_ceil(nw);
+    let mut best = (
+        f64::INFINITY,
+        Split {
+            n_oc: 1,
+            oc_chunk: oc_units * k,
+            row_chunk: rows,
+            n_rows: 1,
+            col_chunk: cols,
+            n_cols: 1,
+            tasks: images,
+        },
+    );
+    for n_oc in (1..=oc_units.min(256)).filter(|d| oc_units.is_multiple_of(*d)) {
+        let oc_chunk = oc_units / n_oc * k;
+        for rc in chunk_sizes(rows) {
+            let n_rows = rows.div_ceil(rc);
+            for ct in chunk_sizes(col_tiles) {
+                let n_cols = col_tiles.div_ceil(ct);
+                let cc = (ct * nw).min(cols);
+                let tasks = images.saturating_mul(n_oc).saturating_mul(n_rows).saturating_mul(n_cols);
+                let rounds = tasks.div_ceil(threads) as f64;
+                let total = rounds * (cost(rc, cc, oc_chunk) + 2000.0);
+                if total < best.0 * 0.999 {
+                    let n_cols = cols.div_ceil(cc);
+                    let tasks = images * n_oc * n_rows * n_cols;
+                    best = (total, Split { n_oc, oc_chunk, row_chunk: rc, n_rows, col_chunk: cc, n_cols, tasks });
+                }
+            }
+        }
+    }
+    best.1
+}
+
+/// The tile shape: the block count (4, 2 or 1, dividing `ocb`) and widest tile that minimise
+/// the time of a row of `cols` pixels, by the set's measured [`tile::TileSet::efficiency`]
+/// (the row is cut into balanced widths).
+pub fn choose_tile(set: &tile::TileSet, ocb: usize, cols: usize) -> (usize, usize) {
+    let mut best = (f64::INFINITY, 1, 1);
+    for k in [2, 4, 1] {
+        if !ocb.is_multiple_of(k) || set.max_width(k) == 0 {
+            continue;
+        }
+        let max_w = set.max_width(k).min(cols);
+        let ntiles = cols.div_ceil(max_w);
+        let (wide, narrow) = (cols.div_ceil(ntiles), cols / ntiles);
+        let n_wide = cols % ntiles;
+        let time = (n_wide * wide) as f64 / set.efficiency(k, wide)
+            + ((ntiles - n_wide) * narrow) as f64 / set.efficiency(k, narrow);
+        if time < best.0 * 0.99 {
+            best = (time, k, wide);
+        }
+    }
+    (best.1, best.2)
+}

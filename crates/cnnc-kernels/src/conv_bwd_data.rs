@@ -1,0 +1,387 @@
+//! Convolution backward-data on blocked maps: `dx = conv_transpose(gy, w)`, with an optional
+//! ReLU-mask prologue (`gy * (y > 0)` from the forward output `y`, applied while the gradient
+//! is copied in), optional accumulation into `dx`, any stride, padding, dilation and groups of
+//! whole blocks. Weights are packed `gIOhw16o16i` rotated ([`pack::Blocked::BackwardData`]).
+//!
+//! A strided convolution's input gradient splits into `sh x sw` phases: the input rows
+//! `iy = ry + sh * q` receive gradient from the kernel rows `kh` with `(ry + ph - kh dh)`
+//! divisible by `sh`, an arithmetic progression, through output rows `q - const`. Each phase is
+//! thus a stride-1 correlation of `gy` with a sub-kernel, run by the same tile kernel as the
+//! forward pass: tile columns are consecutive input columns of one phase (written `sw * 16`
+//! floats apart), the reduction runs over output blocks x the phase's kernel rows x its kernel
+//! columns, reading a per-task band of `gy` rows between zero columns. Phases with no taps
+//! (a 1x1 stride-2 layer's odd rows) come out as zero from an empty reduction.
+//!
+//! [`pack::Blocked::BackwardData`]: super::pack::Blocked::BackwardData
+
+use super::conv::{ConvShape, best_split, choose_tile};
+use super::error::{KernelError, check_len, check_min_len, product};
+use super::par::{Parallel, SyncPtr};
+use super::simd::{Cpu, Isa};
+use super::tile::{self, Out, Reduce};
+use super::view::{Layout, View, check_apart, pad16};
+
+/// What the backward-data pass does besides the transposed convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct BwdDataOptions {
+    /// Multiply `gy` by `y > 0` (the forward output) while reading it: the ReLU of a fused
+    /// conv + ReLU.
+    pub relu_mask: bool,
+    /// Add to `dx` instead of overwriting it (gradients of a tensor with several consumers).
+    pub accumulate: bool,
+}
+
+/// A checked backward-data pass and its split into tasks (made by [`BwdDataPlan::new`] only).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct BwdDataPlan {
+    pub(crate) shape: ConvShape,
+    pub(crate) options: BwdDataOptions,
+    pub(crate) isa: Isa,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
+    /// Input (dx) and output (gy) blocks per group.
+    pub(crate) icb: usize,
+    pub(crate) ocb: usize,
+    pub(crate) k: usize,
+    pub(crate) nw: usize,
+    /// Zero columns on each side of a band row.
+    pub(crate) pad_cols: usize,
+    pub(crate) band_row: usize,
+    pub(crate) band_rows: usize,
+    pub(crate) band_ocb: usize,
+    pub(crate) row_chunk: usize,
+    pub(crate) n_rows: usize,
+    pub(crate) ib_chunk: usize,
+    pub(crate) n_ib: usize,
+    pub(crate) tasks: usize,
+    pub(crate) scratch: usize,
+}
+
+/// Raw operands (null where absent), batch strides in floats.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BwdDataArgs {
+    pub gy: *const f32,
+    pub gy_bs: usize,
+    /// The forward output, for the ReLU mask.
+    pub y: *const f32,
+    pub y_bs: usize,
+    pub w: *const f32,
+    pub dx: *mut f32,
+    pub dx_bs: usize,
+}
+
+// SAFETY: plain pointers; tasks only read gy, y and w and write disjoint rows of dx.
+unsafe impl Sync for BwdDataArgs {}
+// SAFETY: as above.
+unsafe impl Send for BwdDataArgs {}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// The taps of one phase along one axis: kernel indices `k` with `(r + p - k d) % s == 0`,
+/// largest first (the rotated weights' order), and the output offset of each.
+struct Taps {
+    /// Largest kernel index of the phase (`None`: no taps).
+    first: Option<usize>,
+    /// Kernel-index step between taps, and the output-index step it makes.
+    step: usize,
+    out_step: usize,
+    count: usize,
+}
+
+fn taps(r: usize, p: usize, k: usize, d: usize, s: usize) -> Taps {
+    let step = s / gcd(s, d);
+    let first = (0..k).rev().find(|&kk| ((r + p) as isize - (kk * d) as isize).rem_euclid(s as isize) == 0);
+    let count = first.map_or(0, |f| f / step + 1);
+    Taps { first, step, out_step: step * d / s, count }
+}
+
+impl BwdDataPlan {
+    pub fn new(
+        shape: ConvShape,
+        options: BwdDataOptions,
+        cpu: Cpu,
+        threads: usize,
+    ) -> Result<BwdDataPlan, KernelError> {
+        let [oh, ow] = shape.out_hw()?;
+        let g = shape.groups;
+        if g > 1 && (!(shape.ic / g).is_multiple_of(16) || !(shape.oc / g).is_multiple_of(16)) {
+            return Err(KernelError::Unsupported { what: "blocked grouped convolution needs whole blocks per group" });
+        }
+        super::conv::packed_weight_len(&shape)?;
+        product("tensor", &[shape.n, pad16(shape.ic), shape.ih, shape.iw])?;
+        product("tensor", &[shape.n, pad16(shape.oc), oh, ow])?;
+        let isa = cpu.isa();
+        let (icb, ocb) = ((shape.ic / g).div_ceil(16), (shape.oc / g).div_ceil(16));
+        let [sh, sw] = shape.stride;
+        let cols = shape.iw.div_ceil(sw);
+        let (k, nw) = choose_tile(&tile::tiles(isa).a16, icb, cols);
+        let pad_cols = ((shape.kw - 1) * shape.dilation[1] + shape.pad[1]).div_ceil(sw) + 1;
+        let band_row = (ow + 2 * pad_cols) * 16;
+        let mut plan = BwdDataPlan {
+            shape,
+            options,
+            isa,
+            oh,
+            ow,
+            icb,
+            ocb,
+            k,
+            nw,
+            pad_cols,
+            band_row,
+            band_rows: 0,
+            band_ocb: 0,
+            row_chunk: shape.ih,
+            n_rows: 1,
+            ib_chunk: icb,
+            n_ib: 1,
+            tasks: 0,
+            scratch: 0,
+        };
+        let unit = (ocb * 16 * shape.kh * shape.kw) as f64 / (2.0 * (sh * sw) as f64);
+        let p = &plan;
+        let cost = |rc: usize, _cc: usize, blocks: usize| {
+            unit * (rc * shape.iw * blocks) as f64 + 1.5 * (ocb * p.gy_rows(rc) * (ow + 2 * pad_cols)) as f64
+        };
+        let sp = best_split(shape.n * g, icb / k, shape.ih, 1, 1, threads.max(1), &cost, k);
+        plan.row_chunk = sp.row_chunk;
+        plan.n_rows = sp.n_rows;
+        plan.ib_chunk = sp.oc_chunk;
+        plan.n_ib = sp.n_oc;
+        plan.tasks = sp.tasks;
+        plan.band_rows = plan.gy_rows(plan.row_chunk);
+        plan.band_ocb = plan.band_rows * band_row;
+        plan.scratch = ocb * plan.band_ocb;
+        Ok(plan)
+    }
+
+    /// Output-gradient rows a task of `rc` input rows reads (at most).
+    fn gy_rows(&self, rc: usize) -> usize {
+        let s = &self.shape;
+        ((rc - 1 + (s.kh - 1) * s.dilation[0]) / s.stride[0] + 2).min(self.oh)
+    }
+
+    pub fn scratch_len(&self, threads: usize) -> usize {
+        self.scratch * threads
+    }
+    pub fn tasks(&self) -> usize {
+        self.tasks
+    }
+    pub fn shape(&self) -> &ConvShape {
+        &self.shape
+    }
+    pub fn tile(&self) -> (usize, usize) {
+        (self.k, self.nw)
+    }
+}
+
+/// The operands of a backward-data pass in an arena: `gy` and `dx` (and `y` for the mask)
+/// blocked views; packed `gIOhw16o16i` weights.
+#[derive(Clone, Copy, Debug)]
+pub struct BwdDataIo<'a> {
+    pub gy: View,
+    pub y: Option<View>,
+    pub dx: View,
+    pub weights: &'a [f32],
+}
+
+/// Runs a backward-data pass after checking every operand against the plan.
+pub fn backward_data(
+    par: &dyn Parallel,
+    plan: &BwdDataPlan,
+    arena: &mut [f32],
+    io: &BwdDataIo<'_>,
+    scratch: &mut [f32],
+) -> Result<(), KernelError> {
+    let s = &plan.shape;
+    let len = arena.len();
+    io.gy.check_in("output gradient", len)?;
+    io.dx.check_in("input gradient", len)?;
+    io.gy.expect("output gradient", [s.n, s.oc, plan.oh, plan.ow], Layout::NChw16c)?;
+    io.dx.expect("input gradient", [s.n, s.ic, s.ih, s.iw], Layout::NChw16c)?;
+    check_apart(("input gradient", &io.dx), &[("output gradient", &io.gy)])?;
+    let (y_off, y_bs) = match (io.y, plan.options.relu_mask) {
+        (Some(y), true) => {
+            y.check_in("forward output", len)?;
+            y.expect("forward output", [s.n, s.oc, plan.oh, plan.ow], Layout::NChw16c)?;
+            check_apart(("input gradient", &io.dx), &[("forward output", &y)])?;
+            (y.offset, y.batch_stride)
+        }
+        (None, false) => (0, 0),
+        _ => return Err(KernelError::View { what: "forward output (ReLU mask)" }),
+    };
+    check_len("weights", io.weights.len(), super::conv::packed_weight_len(s)?)?;
+    check_min_len("scratch", scratch.len(), plan.scratch_len(par.threads()))?;
+    let base = arena.as_mut_ptr();
+    let args = BwdDataArgs {
+        gy: base.wrapping_add(io.gy.offset),
+        gy_bs: io.gy.batch_stride,
+        y: if plan.options.relu_mask { base.wrapping_add(y_off) } else { core::ptr::null() },
+        y_bs,
+        w: io.weights.as_ptr(),
+        dx: base.wrapping_add(io.dx.offset),
+        dx_bs: io.dx.batch_stride,
+    };
+    let scratch = SyncPtr(scratch.as_mut_ptr());
+    let per = plan.scratch;
+    par.run(plan.tasks, &|task, thread| {
+        // SAFETY: views and slices checked above; dx apart from every input; each task writes
+        // its own rows and blocks of dx and uses its thread's scratch.
+        unsafe { backward_data_task(plan, &args, task, scratch.get().wrapping_add(thread * per)) }
+    });
+    Ok(())
+}
+
+/// Runs one task of a backward-data plan.
+///
+/// # Safety
+/// `plan` from [`BwdDataPlan::new`] on a CPU with its instruction set; `a` valid for the
+/// plan's shape (gy and y images of `pad16(oc) x oh x ow`, dx images of `pad16(ic) x ih x iw`,
+/// weights of `packed_weight_len`), dx apart from the inputs, `scratch` valid for
+/// `plan.scratch` floats and used by no other running task.
+pub unsafe fn backward_data_task(plan: &BwdDataPlan, a: &BwdDataArgs, task: usize, scratch: *mut f32) {
+    let s = &plan.shape;
+    let row_i = task % plan.n_rows;
+    let t = task / plan.n_rows;
+    let ib_i = t % plan.n_ib;
+    let t = t / plan.n_ib;
+    let (g, n) = (t % s.groups, t / s.groups);
+    let iy0 = row_i * plan.row_chunk;
+    let iy1 = (iy0 + plan.row_chunk).min(s.ih);
+    // SAFETY: forwarded contract; the band fits the scratch.
+    let oy_first = unsafe { copy_band(plan, a, n, g, iy0, iy1, scratch) };
+    let ib0 = g * plan.icb + ib_i * plan.ib_chunk;
+    for ib in (ib0..ib0 + plan.ib_chunk).step_by(plan.k) {
+        for iy in iy0..iy1 {
+            // SAFETY: forwarded contract.
+            unsafe { dx_row(plan, a, scratch, oy_first, n, ib, iy) };
+        }
+    }
+}
+
+/// Copies (and masks) the gy rows that dx rows `iy0..iy1` read; returns the first row.
+///
+/// # Safety
+/// As [`backward_data_task`].
+unsafe fn copy_band(
+    plan: &BwdDataPlan,
+    a: &BwdDataArgs,
+    n: usize,
+    g: usize,
+    iy0: usize,
+    iy1: usize,
+    band: *mut f32,
+) -> usize {
+    let s = &plan.shape;
+    let [sh, _] = s.stride;
+    let (ph, dh) = (s.pad[0], s.dilation[0]);
+    let reach = (s.kh - 1) * dh;
+    let first = (iy0 + ph).saturating_sub(reach).div_ceil(sh);
+    let last = ((iy1 - 1 + ph) / sh).min(plan.oh - 1);
+    let ohw16 = plan.oh * plan.ow * 16;
+    let pc = plan.pad_cols * 16;
+    for ob in 0..plan.ocb {
+        let blk = (g * plan.ocb + ob) * ohw16;
+        for oy in first..last + 1 {
+            let dst = band.wrapping_add(ob * plan.band_ocb + (oy - first) * plan.band_row);
+            let src = a.gy.wrapping_add(n * a.gy_bs + blk + oy * plan.ow * 16);
+            // SAFETY: the band row (2 pc + ow * 16 floats) is inside the scratch (gy_rows bounds
+            // last - first + 1); the source row is inside gy (oy < oh), y likewise.
+            unsafe {
+                dst.write_bytes(0, pc);
+                let body = dst.add(pc);
+                if plan.options.relu_mask {
+                    let y = a.y.wrapping_add(n * a.y_bs + blk + oy * plan.ow * 16);
+                    for i in 0..plan.ow * 16 {
+                        *body.add(i) = if *y.add(i) > 0.0 { *src.add(i) } else { 0.0 };
+                    }
+                } else {
+                    core::ptr::copy_nonoverlapping(src, body, plan.ow * 16);
+                }
+                body.add(plan.ow * 16).write_bytes(0, pc);
+            }
+        }
+    }
+    first
+}
+
+/// Every phase's tiles of dx row `iy`, blocks `ib .. ib + k`.
+///
+/// # Safety
+/// As [`backward_data_task`]; the band holds gy rows from `oy_first`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn dx_row(
+    plan: &BwdDataPlan,
+    a: &BwdDataArgs,
+    band: *const f32,
+    oy_first: usize,
+    n: usize,
+    ib: usize,
+    iy: usize,
+) {
+    let s = &plan.shape;
+    let [sh, sw] = s.stride;
+    let [ph, pw] = s.pad;
+    let [dh, dw] = s.dilation;
+    let taps_w_all = s.kh * s.kw * 256;
+    // Row taps of this row's phase, clipped to output rows inside gy.
+    let th = taps(iy % sh, ph, s.kh, dh, sh);
+    let (mut kh_first, mut count_h, mut oy_start) = (0, 0, 0);
+    if let Some(f) = th.first {
+        for t in 0..th.count {
+            let kh = f - t * th.step;
+            let num = (iy + ph) as isize - (kh * dh) as isize;
+            let oy = num.div_euclid(sh as isize);
+            if num >= 0 && (oy as usize) < plan.oh {
+                if count_h == 0 {
+                    kh_first = kh;
+                    oy_start = oy as usize;
+                }
+                count_h += 1;
+            }
+        }
+    }
+    let tiles = &tile::tiles(plan.isa).a16;
+    let ihw16 = (s.ih * s.iw * 16) as isize;
+    for rx in 0..sw.min(s.iw) {
+        let tw = taps(rx, pw, s.kw, dw, sw);
+        let cols = (s.iw - rx).div_ceil(sw);
+        let kw_first = tw.first.unwrap_or(0);
+        let count_w = tw.count;
+        let r = Reduce {
+            n: [plan.ocb, count_h, count_w],
+            a: [plan.band_ocb as isize, (th.out_step * plan.band_row) as isize, (tw.out_step * 16) as isize],
+            b: [taps_w_all as isize, (th.step * s.kw * 256) as isize, (tw.step * 256) as isize],
+            steps: 16,
+            a_step: 1,
+            b_step: 16,
+            b_blk: (plan.ocb * taps_w_all) as isize,
+        };
+        // Rotated weights: kernel row kh sits at KH - 1 - kh.
+        let (rh, rw) = (s.kh - 1 - kh_first, s.kw - 1 - kw_first);
+        let wp = a.w.wrapping_add((ib * plan.ocb) * taps_w_all + (rh * s.kw + rw) * 256);
+        let ntiles = cols.div_ceil(plan.nw);
+        let mut qx = 0;
+        for t in 0..ntiles {
+            let w = cols / ntiles + usize::from(t < cols % ntiles);
+            let ix = rx + sw * qx;
+            // gy column of the first tap, shifted by the band's zero columns (never negative:
+            // pad_cols covers the reach of the kernel).
+            let ox = ((ix + pw) as isize - (kw_first * dw) as isize).div_euclid(sw as isize);
+            let col = (ox + plan.pad_cols as isize) as usize;
+            let ap = band.wrapping_add(oy_start.saturating_sub(oy_first) * plan.band_row + col * 16);
+            let c = a.dx.wrapping_add(n * a.dx_bs + ib * (ihw16 as usize) + (iy * s.iw + ix) * 16);
+            let out = Out::plain(c, (sw * 16) as isize, ihw16, plan.options.accumulate);
+            // SAFETY: the reduction reads band rows oy_start.. (inside the band: the task's
+            // rows), band columns within the zero padding, weight vectors of this group; the
+            // tile writes w columns of this phase in dx row iy.
+            unsafe { tiles.get(plan.k, w)(ap, wp, &r, &out) };
+            qx += w;
+        }
+    }
+}

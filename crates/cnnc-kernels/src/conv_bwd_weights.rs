@@ -1,0 +1,265 @@
+//! Convolution backward-weights on blocked maps, with the bias gradient in the same run:
+//! `dw[o][i][kh][kw] = sum over n, oy, ox of gy[n][o][oy][ox] * x[n][i][iy][ix]` with
+//! `iy = oy sh - ph + kh dh`, written as packed `gOIhw16i16o` (the layout the forward pass and
+//! the optimiser read), optionally added to what is there; `db[o] = sum of gy[n][o]`.
+//!
+//! The tile kernel again: for one kernel tap and one pair (input block, `k` output blocks) a
+//! tile's columns are the 16 input channels of a pixel (one float apart), each step one output
+//! pixel (a broadcast of each input channel, one gy vector per output block), the reduction
+//! over images x output rows x output columns. The halo needs no copy here: for each tap the
+//! output pixels whose input pixel lies inside the image form a rectangle, and the reduction
+//! runs over exactly that rectangle. The padded positions of the packed gradient are written
+//! as zeros (the padding lanes of x and gy hold arbitrary finite values).
+
+use super::conv::{ConvShape, choose_tile, packed_weight_len};
+use super::error::{KernelError, check_len, product};
+use super::par::Parallel;
+use super::simd::{Cpu, Isa};
+use super::tile::{self, Out, Reduce};
+use super::view::{Layout, View, pad16};
+
+/// A checked backward-weights pass (made by [`BwdWeightsPlan::new`] only).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct BwdWeightsPlan {
+    pub(crate) shape: ConvShape,
+    pub(crate) isa: Isa,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
+    pub(crate) icb: usize,
+    pub(crate) ocb: usize,
+    pub(crate) k: usize,
+    pub(crate) nw: usize,
+    pub(crate) bias: bool,
+    pub(crate) accumulate: bool,
+    /// Weight tasks (group x output-block unit x input block), then one bias task per block.
+    pub(crate) w_tasks: usize,
+    pub(crate) tasks: usize,
+}
+
+/// Raw operands, batch strides in floats; `db` null without a bias.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BwdWeightsArgs {
+    pub x: *const f32,
+    pub x_bs: usize,
+    pub gy: *const f32,
+    pub gy_bs: usize,
+    pub dw: *mut f32,
+    pub db: *mut f32,
+}
+
+// SAFETY: plain pointers; tasks read x and gy and write disjoint blocks of dw and db.
+unsafe impl Sync for BwdWeightsArgs {}
+// SAFETY: as above.
+unsafe impl Send for BwdWeightsArgs {}
+
+impl BwdWeightsPlan {
+    /// `bias`: also compute the bias gradient; `accumulate`: add to `dw` (and `db`).
+    pub fn new(shape: ConvShape, bias: bool, accumulate: bool, cpu: Cpu) -> Result<BwdWeightsPlan, KernelError> {
+        let [oh, ow] = shape.out_hw()?;
+        let g = shape.groups;
+        if g > 1 && (!(shape.ic / g).is_multiple_of(16) || !(shape.oc / g).is_multiple_of(16)) {
+            return Err(KernelError::Unsupported { what: "blocked grouped convolution needs whole blocks per group" });
+        }
+        packed_weight_len(&shape)?;
+        product("tensor", &[shape.n, pad16(shape.ic), shape.ih, shape.iw])?;
+        product("tensor", &[shape.n, pad16(shape.oc), oh, ow])?;
+        let isa = cpu.isa();
+        let (icb, ocb) = ((shape.ic / g).div_ceil(16), (shape.oc / g).div_ceil(16));
+        let (k, nw) = choose_tile(&tile::tiles(isa).a1, ocb, 16);
+        let w_tasks = g * (ocb / k) * icb;
+        let tasks = w_tasks + if bias { g * ocb } else { 0 };
+        Ok(BwdWeightsPlan { shape, isa, oh, ow, icb, ocb, k, nw, bias, accumulate, w_tasks, tasks })
+    }
+
+    pub fn tasks(&self) -> usize {
+        self.tasks
+    }
+    pub fn shape(&self) -> &ConvShape {
+        &self.shape
+    }
+    pub fn tile(&self) -> (usize, usize) {
+        (self.k, self.nw)
+    }
+}
+
+/// The operands of a backward-weights pass: `x` and `gy` blocked views in an arena.
+#[derive(Clone, Copy, Debug)]
+pub struct BwdWeightsIo {
+    pub x: View,
+    pub gy: View,
+}
+
+/// Runs a backward-weights pass into `dw` (packed, [`packed_weight_len`] floats) and `db`
+/// (`oc` floats, when the plan has a bias) after checking every operand.
+pub fn backward_weights(
+    par: &dyn Parallel,
+    plan: &BwdWeightsPlan,
+    arena: &[f32],
+    io: &BwdWeightsIo,
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+) -> Result<(), KernelError> {
+    let s = &plan.shape;
+    io.x.check_in("input", arena.len())?;
+    io.gy.check_in("output gradient", arena.len())?;
+    io.x.expect("input", [s.n, s.ic, s.ih, s.iw], Layout::NChw16c)?;
+    io.gy.expect("output gradient", [s.n, s.oc, plan.oh, plan.ow], Layout::NChw16c)?;
+    check_len("weight gradient", dw.len(), packed_weight_len(s)?)?;
+    let db = match (db, plan.bias) {
+        (Some(db), true) => {
+            check_len("bias gradient", db.len(), s.oc)?;
+            db.as_mut_ptr()
+        }
+        (None, false) => core::ptr::null_mut(),
+        _ => return Err(KernelError::View { what: "bias gradient" }),
+    };
+    let base = arena.as_ptr();
+    let args = BwdWeightsArgs {
+        x: base.wrapping_add(io.x.offset),
+        x_bs: io.x.batch_stride,
+        gy: base.wrapping_add(io.gy.offset),
+        gy_bs: io.gy.batch_stride,
+        dw: dw.as_mut_ptr(),
+        db,
+    };
+    par.run(plan.tasks, &|task, _| {
+        // SAFETY: views and slices checked above; dw and db are separate slices written in
+        // disjoint blocks by the tasks.
+        unsafe { backward_weights_task(plan, &args, task) }
+    });
+    Ok(())
+}
+
+/// Runs one task of a backward-weights plan.
+///
+/// # Safety
+/// `plan` from [`BwdWeightsPlan::new`] on a CPU with its instruction set; `a` valid for the
+/// plan's shape (x and gy images as in the forward pass, `dw` of `packed_weight_len` floats,
+/// `db` of `oc` floats when the plan has a bias), `dw` and `db` apart from x and gy.
+pub unsafe fn backward_weights_task(plan: &BwdWeightsPlan, a: &BwdWeightsArgs, task: usize) {
+    if task >= plan.w_tasks {
+        // SAFETY: forwarded contract.
+        unsafe { bias_task(plan, a, task - plan.w_tasks) };
+        return;
+    }
+    let s = &plan.shape;
+    let ib = task % plan.icb;
+    let t = task / plan.icb;
+    let units = plan.ocb / plan.k;
+    let ob = (t % units) * plan.k;
+    let g = t / units;
+    let taps = s.kh * s.kw;
+    let tiles = &tile::tiles(plan.isa).a1;
+    let (ihw16, ohw16) = (s.ih * s.iw * 16, plan.oh * plan.ow * 16);
+    let c_blk = (plan.icb * taps * 256) as isize;
+    for kh in 0..s.kh {
+        let (oy_lo, oy_hi) = valid(plan.oh, s.ih, s.stride[0], s.pad[0], kh * s.dilation[0]);
+        for kw in 0..s.kw {
+            let (ox_lo, ox_hi) = valid(plan.ow, s.iw, s.stride[1], s.pad[1], kw * s.dilation[1]);
+            let rows = oy_hi.saturating_sub(oy_lo);
+            let cols = ox_hi.saturating_sub(ox_lo);
+            let r = Reduce {
+                n: [s.n, if cols == 0 { 0 } else { rows }, 1],
+                a: [a.x_bs as isize, (s.stride[0] * s.iw * 16) as isize, 0],
+                b: [a.gy_bs as isize, (plan.ow * 16) as isize, 0],
+                steps: cols,
+                a_step: (s.stride[1] * 16) as isize,
+                b_step: 16,
+                b_blk: ohw16 as isize,
+            };
+            let iy = (oy_lo * s.stride[0] + kh * s.dilation[0]).saturating_sub(s.pad[0]);
+            let ix = (ox_lo * s.stride[1] + kw * s.dilation[1]).saturating_sub(s.pad[1]);
+            let xa = a.x.wrapping_add((g * plan.icb + ib) * ihw16 + (iy * s.iw + ix) * 16);
+            let gb = a.gy.wrapping_add((g * plan.ocb + ob) * ohw16 + (oy_lo * plan.ow + ox_lo) * 16);
+            let blk = ((g * plan.ocb + ob) * plan.icb + ib) * taps + kh * s.kw + kw;
+            let ntiles = 16usize.div_ceil(plan.nw);
+            let mut i0 = 0;
+            for t in 0..ntiles {
+                let w = 16 / ntiles + usize::from(t < 16 % ntiles);
+                let out = Out::plain(a.dw.wrapping_add(blk * 256 + i0 * 16), 16, c_blk, plan.accumulate);
+                // SAFETY: for this tap the rectangle oy_lo..oy_hi x ox_lo..ox_hi maps into the
+                // input image, so every x float and gy vector read is inside its image; the
+                // tile writes rows i0..i0 + w of k blocks of dw.
+                unsafe { tiles.get(plan.k, w)(xa.wrapping_add(i0), gb, &r, &out) };
+                i0 += w;
+            }
+        }
+    }
+    // SAFETY: forwarded contract; the blocks are this task's.
+    unsafe { zero_padding(plan, a, g, ob, ib) };
+}
+
+/// Output positions `lo..hi` along one axis whose input position `o s - p + off` is inside
+/// `0..size`.
+fn valid(out: usize, size: usize, s: usize, p: usize, off: usize) -> (usize, usize) {
+    let lo = p.saturating_sub(off).div_ceil(s);
+    let hi = if size + p > off { ((size + p - off - 1) / s + 1).min(out) } else { 0 };
+    (lo.min(hi), hi)
+}
+
+/// Zeroes the padded rows (input channels past the group's) and lanes (output channels past
+/// it) of the blocks task `(g, ob.., ib)` wrote.
+///
+/// # Safety
+/// As [`backward_weights_task`].
+unsafe fn zero_padding(plan: &BwdWeightsPlan, a: &BwdWeightsArgs, g: usize, ob: usize, ib: usize) {
+    let s = &plan.shape;
+    let (ci, co) = (s.ic / s.groups, s.oc / s.groups);
+    let taps = s.kh * s.kw;
+    for b in ob..ob + plan.k {
+        let real_i = (ci - ib * 16).min(16);
+        let real_o = co.saturating_sub(b * 16).min(16);
+        if real_i == 16 && real_o == 16 {
+            continue;
+        }
+        let first = ((g * plan.ocb + b) * plan.icb + ib) * taps * 256;
+        for t in 0..taps {
+            for i in 0..16 {
+                for o in 0..16 {
+                    if i >= real_i || o >= real_o {
+                        // SAFETY: inside the block this task wrote.
+                        unsafe { *a.dw.add(first + (t * 16 + i) * 16 + o) = 0.0 };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `db` for output block `task` (of all groups): the sum of gy over images and pixels, row
+/// sums first to keep the f32 sums short.
+///
+/// # Safety
+/// As [`backward_weights_task`].
+unsafe fn bias_task(plan: &BwdWeightsPlan, a: &BwdWeightsArgs, task: usize) {
+    let ohw = plan.oh * plan.ow;
+    let mut total = [0.0f64; 16];
+    for n in 0..plan.shape.n {
+        let blk = a.gy.wrapping_add(n * a.gy_bs + task * ohw * 16);
+        for y in 0..plan.oh {
+            let mut row = [0.0f32; 16];
+            for x in 0..plan.ow {
+                for (l, r) in row.iter_mut().enumerate() {
+                    // SAFETY: pixel (y, x) of block `task` of image n is inside gy.
+                    *r += unsafe { *blk.add((y * plan.ow + x) * 16 + l) };
+                }
+            }
+            for (t, r) in total.iter_mut().zip(row) {
+                *t += r as f64;
+            }
+        }
+    }
+    let oc = plan.shape.oc;
+    for (l, t) in total.iter().enumerate() {
+        let o = task * 16 + l;
+        if o < oc {
+            // SAFETY: o < oc, and db holds oc floats; block `task` is this task's alone.
+            unsafe {
+                let p = a.db.add(o);
+                *p = if plan.accumulate { *p + *t as f32 } else { *t as f32 };
+            }
+        }
+    }
+}

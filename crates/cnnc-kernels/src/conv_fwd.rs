@@ -1,0 +1,274 @@
+//! Running a forward-convolution plan: the checked safe entry [`forward`], and the raw
+//! [`forward_task`] with the band copy, the output rows and their tiles (see `conv.rs` for the
+//! plan and the halo strategy).
+
+use super::conv::{Band, ConvArgs, ConvIo, ConvPlan, packed_weight_len};
+use super::error::{KernelError, check_len, check_min_len};
+use super::par::{Parallel, SyncPtr};
+use super::tile::{self, Out, Reduce};
+use super::view::{Layout, check_apart, check_same_or_apart};
+
+/// Runs a forward convolution on `par`'s threads after checking every operand against the
+/// plan: views inside `arena` with the plan's dimensions and layout, the output apart from the
+/// input (the residual may be the output itself, or apart from it), slice lengths, scratch of
+/// [`ConvPlan::scratch_len`]`(par.threads())` floats.
+pub fn forward(
+    par: &dyn Parallel,
+    plan: &ConvPlan,
+    arena: &mut [f32],
+    io: &ConvIo<'_>,
+    scratch: &mut [f32],
+) -> Result<(), KernelError> {
+    let s = &plan.shape;
+    let len = arena.len();
+    io.x.check_in("input", len)?;
+    io.y.check_in("output", len)?;
+    io.x.expect("input", [s.n, s.ic, s.ih, s.iw], Layout::NChw16c)?;
+    io.y.expect("output", [s.n, s.oc, plan.oh, plan.ow], Layout::NChw16c)?;
+    check_apart(("output", &io.y), &[("input", &io.x)])?;
+    let e = &plan.epilogue;
+    check_len("weights", io.weights.len(), packed_weight_len(s)?)?;
+    let vector = |what: &'static str, v: Option<&[f32]>, wanted: bool| -> Result<*const f32, KernelError> {
+        match (v, wanted) {
+            (Some(v), true) => check_len(what, v.len(), s.oc).map(|_| v.as_ptr()),
+            (None, false) => Ok(core::ptr::null()),
+            _ => Err(KernelError::View { what }),
+        }
+    };
+    let bias = vector("bias", io.bias, e.bias)?;
+    let scale = vector("scale", io.scale, e.scale_shift)?;
+    let shift = vector("shift", io.shift, e.scale_shift)?;
+    let (res_off, res_bs) = match (io.residual, e.residual) {
+        (Some(r), true) => {
+            r.check_in("residual", len)?;
+            r.expect("residual", [s.n, s.oc, plan.oh, plan.ow], Layout::NChw16c)?;
+            check_same_or_apart(("residual", &r), ("output", &io.y))?;
+            (r.offset, r.batch_stride)
+        }
+        (None, false) => (0, 0),
+        _ => return Err(KernelError::View { what: "residual" }),
+    };
+    check_min_len("scratch", scratch.len(), plan.scratch_len(par.threads()))?;
+    let base = arena.as_mut_ptr();
+    let args = ConvArgs {
+        x: base.wrapping_add(io.x.offset),
+        x_bs: io.x.batch_stride,
+        w: io.weights.as_ptr(),
+        bias,
+        scale,
+        shift,
+        res: if e.residual { base.wrapping_add(res_off) } else { core::ptr::null() },
+        res_bs,
+        y: base.wrapping_add(io.y.offset),
+        y_bs: io.y.batch_stride,
+    };
+    let scratch = SyncPtr(scratch.as_mut_ptr());
+    let per = plan.scratch;
+    par.run(plan.tasks, &|task, thread| {
+        // SAFETY: every view and slice was checked against the plan above; the output is
+        // apart from the input and weights (a separate slice); each task writes its own output
+        // tiles and uses the scratch of its thread, which no other running task uses
+        // (Parallel's contract), and the scratch holds per floats for every thread.
+        unsafe { forward_task(plan, &args, task, scratch.get().wrapping_add(thread * per)) }
+    });
+    Ok(())
+}
+
+/// Per-block copies of the epilogue vectors of blocks `o0 / 16 ..` (zero-padded past `oc`).
+struct EpiVectors {
+    bias: [f32; 64],
+    scale: [f32; 64],
+    shift: [f32; 64],
+}
+
+impl EpiVectors {
+    /// # Safety
+    /// Non-null pointers must be valid for `oc` floats.
+    unsafe fn load(a: &ConvArgs, o0: usize, k: usize, oc: usize) -> EpiVectors {
+        let mut e = EpiVectors { bias: [0.0; 64], scale: [0.0; 64], shift: [0.0; 64] };
+        for i in 0..(16 * k).min(oc.saturating_sub(o0)) {
+            // SAFETY: o0 + i < oc and the pointers hold oc floats (caller).
+            unsafe {
+                if !a.bias.is_null() {
+                    e.bias[i] = *a.bias.add(o0 + i);
+                }
+                if !a.scale.is_null() {
+                    e.scale[i] = *a.scale.add(o0 + i);
+                    e.shift[i] = *a.shift.add(o0 + i);
+                }
+            }
+        }
+        e
+    }
+}
+
+/// Runs task `task` of `plan`.
+///
+/// # Safety
+/// `plan` must come from [`ConvPlan::new`] with an instruction set the CPU supports; `a` must
+/// hold valid pointers for `plan.shape` (input `n` images of `pad16(ic) x ih x iw` floats at
+/// `x + i * x_bs`, packed weights of [`packed_weight_len`] floats, per-channel vectors of `oc`
+/// floats where the epilogue has them, output and residual images of `pad16(oc) x oh x ow`
+/// floats), the output must not overlap the input or the weights (the residual may be the
+/// output itself), no other task of the same run may be writing what this one reads, and
+/// `scratch` must be valid for `plan.scratch` floats used by no other running task.
+pub unsafe fn forward_task(plan: &ConvPlan, a: &ConvArgs, task: usize, scratch: *mut f32) {
+    let s = &plan.shape;
+    let mut t = task;
+    let col_i = t % plan.n_cols;
+    t /= plan.n_cols;
+    let row_i = t % plan.n_rows;
+    t /= plan.n_rows;
+    let oc_i = t % plan.n_oc;
+    t /= plan.n_oc;
+    let g = t % s.groups;
+    let n = t / s.groups;
+    let oy0 = row_i * plan.row_chunk;
+    let oy1 = (oy0 + plan.row_chunk).min(plan.rows);
+    let c0 = col_i * plan.col_chunk;
+    let c1 = (c0 + plan.col_chunk).min(plan.cols);
+    let (x, row0) = match plan.band {
+        // SAFETY: the image and group offsets stay inside the input (caller's contract).
+        Band::Direct => (a.x.wrapping_add(n * a.x_bs + g * plan.icb * s.ih * s.iw * 16), 0),
+        // SAFETY: the band fits plan.scratch floats; the rows copied are inside the input.
+        Band::Padded | Band::Taps => unsafe { copy_band(plan, a, n, g, oy0, oy1, scratch) },
+    };
+    let kk = plan.k;
+    let ob0 = g * plan.ocb + oc_i * plan.oc_chunk;
+    let ohw16 = (plan.oh * plan.ow * 16) as isize;
+    let w_ocb = plan.icb * s.kh * s.kw * 256;
+    for ob in (ob0..ob0 + plan.oc_chunk).step_by(kk) {
+        // SAFETY: the vectors hold oc floats (caller).
+        // Groups hold whole blocks, so block ob's first channel is ob * 16.
+        let e = unsafe { EpiVectors::load(a, ob * 16, kk, s.oc) };
+        let wb = a.w.wrapping_add(ob * w_ocb);
+        let pix0 = n * a.y_bs + ob * plan.oh * plan.ow * 16;
+        let mut out = Out::plain(a.y.wrapping_add(pix0), 16, ohw16, false);
+        out.act = plan.epilogue.act;
+        if plan.epilogue.bias {
+            out.bias = e.bias.as_ptr();
+        }
+        if plan.epilogue.scale_shift {
+            out.scale = e.scale.as_ptr();
+            out.shift = e.shift.as_ptr();
+        }
+        for oy in oy0..oy1 {
+            // SAFETY: forwarded contract; the row's tiles lie inside the output.
+            unsafe { row(plan, a, &out, x, row0, wb, n, ob, oy, c0, c1) };
+        }
+    }
+}
+
+/// The tiles of output row `oy`, pixels `c0..c1`, blocks `ob .. ob + k`.
+///
+/// # Safety
+/// As [`forward_task`]; `x` is the band (or the input image) whose first row is input row
+/// `row0`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn row(
+    plan: &ConvPlan,
+    a: &ConvArgs,
+    base: &Out,
+    x: *const f32,
+    row0: usize,
+    wb: *const f32,
+    n: usize,
+    ob: usize,
+    oy: usize,
+    c0: usize,
+    c1: usize,
+) {
+    let s = &plan.shape;
+    let sh = s.stride[0];
+    let dh = s.dilation[0];
+    // Kernel rows whose input row is inside the image.
+    let top = (oy * sh) as isize - s.pad[0] as isize;
+    let kh_lo = if top >= 0 { 0 } else { ((-top) as usize).div_ceil(dh) };
+    let kh_hi = s.kh.min(((s.ih as isize - top + dh as isize - 1) / dh as isize).max(0) as usize);
+    let pix_row = oy * plan.cols;
+    let r = Reduce {
+        n: [plan.icb, kh_hi.saturating_sub(kh_lo), s.kw],
+        a: [plan.band_icb as isize, (dh * plan.band_row) as isize, plan.tap_stride as isize],
+        b: [(s.kh * s.kw * 256) as isize, (s.kw * 256) as isize, 256],
+        steps: 16,
+        a_step: 1,
+        b_step: 16,
+        b_blk: (plan.icb * s.kh * s.kw * 256) as isize,
+    };
+    let in_row = (top + (kh_lo * dh) as isize).max(0) as usize - row0;
+    let tiles = &tile::tiles(plan.isa).a16;
+    let ntiles = (c1 - c0).div_ceil(plan.nw);
+    let mut ox = c0;
+    for t in 0..ntiles {
+        // Balanced widths: the first (c1 - c0) % ntiles tiles are one column wider.
+        let w = (c1 - c0) / ntiles + usize::from(t < (c1 - c0) % ntiles);
+        // Every band mode puts output column ox's first tap at column ox (stride 1 or Taps).
+        let ap = x.wrapping_add(in_row * plan.band_row + ox * 16);
+        let mut out = *base;
+        let at = (pix_row + ox) * 16;
+        out.c = base.c.wrapping_add(at);
+        if plan.epilogue.residual {
+            out.res = a.res.wrapping_add(n * a.res_bs + ob * plan.oh * plan.ow * 16 + at);
+            out.res_col = 16;
+            out.res_blk = base.c_blk;
+        }
+        // SAFETY: the reduction visits band (or input) floats and weight vectors inside their
+        // buffers, the tile's output and residual vectors lie in the output row (caller).
+        unsafe { tiles.get(plan.k, w)(ap, wb.wrapping_add(kh_lo * s.kw * 256), &r, &out) };
+        ox += w;
+    }
+}
+
+/// Copies the input rows that output rows `oy0..oy1` read into the band at `band`; returns the
+/// band and its first input row.
+///
+/// # Safety
+/// As [`forward_task`].
+unsafe fn copy_band(
+    plan: &ConvPlan,
+    a: &ConvArgs,
+    n: usize,
+    g: usize,
+    oy0: usize,
+    oy1: usize,
+    band: *mut f32,
+) -> (*const f32, usize) {
+    let s = &plan.shape;
+    let [sh, sw] = s.stride;
+    let [ph, pw] = s.pad;
+    let first = (oy0 * sh).saturating_sub(ph);
+    let last = ((oy1 - 1) * sh + (s.kh - 1) * s.dilation[0]).saturating_sub(ph).min(s.ih - 1);
+    let x = a.x.wrapping_add(n * a.x_bs + g * plan.icb * s.ih * s.iw * 16);
+    for icb in 0..plan.icb {
+        for iy in first..=last {
+            let src = x.wrapping_add((icb * s.ih + iy) * s.iw * 16);
+            let dst = band.wrapping_add(icb * plan.band_icb + (iy - first) * plan.band_row);
+            // SAFETY: iy < ih, so the source row is inside the input image; the destination
+            // row is inside the band (rows_for bounds last - first + 1 by band_rows).
+            unsafe {
+                match plan.band {
+                    Band::Padded => {
+                        dst.write_bytes(0, pw * 16);
+                        core::ptr::copy_nonoverlapping(src, dst.add(pw * 16), s.iw * 16);
+                        dst.add((pw + s.iw) * 16).write_bytes(0, pw * 16);
+                    }
+                    Band::Taps => {
+                        for kx in 0..s.kw {
+                            for ox in 0..plan.ow {
+                                let d = dst.add((kx * plan.ow + ox) * 16);
+                                let ix = (ox * sw + kx * s.dilation[1]) as isize - pw as isize;
+                                if ix >= 0 && (ix as usize) < s.iw {
+                                    core::ptr::copy_nonoverlapping(src.add(ix as usize * 16), d, 16);
+                                } else {
+                                    d.write_bytes(0, 16);
+                                }
+                            }
+                        }
+                    }
+                    Band::Direct => {}
+                }
+            }
+        }
+    }
+    (band, first)
+}

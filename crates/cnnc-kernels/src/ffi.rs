@@ -1,0 +1,199 @@
+//! C-ABI entry points for the Cranelift JIT (std: they run on the thread pool): each takes a
+//! plan made by this crate's `new` functions, a `#[repr(C)]` struct of operand pointers, the
+//! scratch memory and the pool, all by pointer, and runs every task of the plan. The JIT checks
+//! shapes and views once when it compiles a model (by building the plans and laying out its
+//! arena) and then calls these directly; [`cnnc_parallel_for`] lends the pool to the JIT's own
+//! loops.
+//!
+//! Common contract (`# Safety` of every function here): the plan pointer points at a plan
+//! made by the corresponding `Plan::new` (so on an instruction set this CPU supports); the
+//! argument struct's pointers satisfy the matching `*_task` function's preconditions for every
+//! task; `scratch` holds `plan.scratch_len(pool.threads())` floats (or is unused when that is
+//! 0); `pool` points at a live [`ThreadPool`]; nothing else writes the operands during the call.
+
+use super::conv::{ConvArgs, ConvPlan};
+use super::conv_bwd_data::{BwdDataArgs, BwdDataPlan};
+use super::conv_bwd_weights::{BwdWeightsArgs, BwdWeightsPlan};
+use super::conv_plain::PlainConvPlan;
+use super::depthwise::DepthwisePlan;
+use super::fc::FcPlan;
+use super::par::{Parallel, SyncPtr};
+use super::pool::{PoolArgs, PoolPlan};
+use super::pool_bwd::PoolBwdArgs;
+use super::threads::ThreadPool;
+
+/// Runs `f(task, thread)` for every task of a plan on the pool, `scratch` split per thread.
+///
+/// # Safety
+/// `pool` live; `f` sound for every task with its thread's scratch.
+unsafe fn on_pool(
+    pool: *const ThreadPool,
+    tasks: usize,
+    scratch: *mut f32,
+    per: usize,
+    f: &(dyn Fn(usize, *mut f32) + Sync),
+) {
+    // SAFETY: the caller guarantees a live pool.
+    let pool = unsafe { &*pool };
+    let s = SyncPtr(scratch);
+    pool.run(tasks, &|t, thread| f(t, s.get().wrapping_add(thread * per)));
+}
+
+/// Forward convolution on blocked maps.
+///
+/// # Safety
+/// See the module's common contract ([`super::conv_fwd::forward_task`]'s preconditions).
+pub unsafe extern "C" fn cnnc_conv_forward(
+    plan: *const ConvPlan,
+    args: *const ConvArgs,
+    scratch: *mut f32,
+    pool: *const ThreadPool,
+) {
+    // SAFETY: common contract.
+    let (p, a) = unsafe { (&*plan, &*args) };
+    // SAFETY: common contract; each task uses its thread's scratch.
+    unsafe { on_pool(pool, p.tasks(), scratch, p.scratch, &|t, s| super::conv_fwd::forward_task(p, a, t, s)) };
+}
+
+/// Plain-input convolution (the stem).
+///
+/// # Safety
+/// See the module's common contract ([`super::conv_plain::forward_task`]).
+pub unsafe extern "C" fn cnnc_conv_plain_forward(
+    plan: *const PlainConvPlan,
+    args: *const ConvArgs,
+    scratch: *mut f32,
+    pool: *const ThreadPool,
+) {
+    // SAFETY: common contract.
+    let (p, a) = unsafe { (&*plan, &*args) };
+    // SAFETY: common contract.
+    unsafe { on_pool(pool, p.tasks(), scratch, p.scratch, &|t, s| super::conv_plain::forward_task(p, a, t, s)) };
+}
+
+/// Depthwise convolution.
+///
+/// # Safety
+/// See the module's common contract ([`super::depthwise::forward_task`]).
+pub unsafe extern "C" fn cnnc_depthwise_forward(
+    plan: *const DepthwisePlan,
+    args: *const ConvArgs,
+    scratch: *mut f32,
+    pool: *const ThreadPool,
+) {
+    // SAFETY: common contract.
+    let (p, a) = unsafe { (&*plan, &*args) };
+    // SAFETY: common contract.
+    unsafe { on_pool(pool, p.tasks(), scratch, p.scratch, &|t, s| super::depthwise::forward_task(p.isa, p, a, t, s)) };
+}
+
+/// Convolution backward-data.
+///
+/// # Safety
+/// See the module's common contract ([`super::conv_bwd_data::backward_data_task`]).
+pub unsafe extern "C" fn cnnc_conv_backward_data(
+    plan: *const BwdDataPlan,
+    args: *const BwdDataArgs,
+    scratch: *mut f32,
+    pool: *const ThreadPool,
+) {
+    // SAFETY: common contract.
+    let (p, a) = unsafe { (&*plan, &*args) };
+    // SAFETY: common contract.
+    unsafe {
+        on_pool(pool, p.tasks(), scratch, p.scratch, &|t, s| super::conv_bwd_data::backward_data_task(p, a, t, s))
+    };
+}
+
+/// Convolution backward-weights (and bias).
+///
+/// # Safety
+/// See the module's common contract ([`super::conv_bwd_weights::backward_weights_task`]; no
+/// scratch).
+pub unsafe extern "C" fn cnnc_conv_backward_weights(
+    plan: *const BwdWeightsPlan,
+    args: *const BwdWeightsArgs,
+    pool: *const ThreadPool,
+) {
+    // SAFETY: common contract.
+    let (p, a) = unsafe { (&*plan, &*args) };
+    // SAFETY: common contract.
+    unsafe {
+        on_pool(pool, p.tasks(), core::ptr::null_mut(), 0, &|t, _| {
+            super::conv_bwd_weights::backward_weights_task(p, a, t)
+        })
+    };
+}
+
+/// Fully connected forward (`bias` null without one).
+///
+/// # Safety
+/// See the module's common contract ([`super::fc::forward_task`]).
+pub unsafe extern "C" fn cnnc_fc_forward(
+    plan: *const FcPlan,
+    x: *const f32,
+    w: *const f32,
+    bias: *const f32,
+    y: *mut f32,
+    pool: *const ThreadPool,
+) {
+    // SAFETY: common contract.
+    let p = unsafe { &*plan };
+    let (xp, wp, bp, yp) = (SyncPtr(x as *mut f32), SyncPtr(w as *mut f32), SyncPtr(bias as *mut f32), SyncPtr(y));
+    // SAFETY: common contract.
+    unsafe {
+        on_pool(pool, p.tasks(), core::ptr::null_mut(), 0, &|t, _| {
+            super::fc::forward_task(p, xp.get(), wp.get(), bp.get(), yp.get(), t)
+        })
+    };
+}
+
+/// Pooling forward.
+///
+/// # Safety
+/// See the module's common contract ([`super::pool::forward_task`]; no scratch).
+pub unsafe extern "C" fn cnnc_pool_forward(plan: *const PoolPlan, args: *const PoolArgs, pool: *const ThreadPool) {
+    // SAFETY: common contract.
+    let (p, a) = unsafe { (&*plan, &*args) };
+    // SAFETY: common contract.
+    unsafe { on_pool(pool, p.tasks(), core::ptr::null_mut(), 0, &|t, _| super::pool::forward_task(p, a, t)) };
+}
+
+/// Pooling backward.
+///
+/// # Safety
+/// See the module's common contract ([`super::pool_bwd::backward_task`]: the argmax indices
+/// must be the forward pass's).
+pub unsafe extern "C" fn cnnc_pool_backward(plan: *const PoolPlan, args: *const PoolBwdArgs, pool: *const ThreadPool) {
+    // SAFETY: common contract.
+    let (p, a) = unsafe { (&*plan, &*args) };
+    // SAFETY: common contract.
+    unsafe { on_pool(pool, p.tasks(), core::ptr::null_mut(), 0, &|t, _| super::pool_bwd::backward_task(p, a, t)) };
+}
+
+/// Runs `f(ctx, task, thread)` for `tasks` tasks on the pool (the JIT's own parallel loops).
+///
+/// # Safety
+/// `pool` live; `f` sound when called concurrently for different tasks with different
+/// `thread` numbers (`< pool.threads()`) and the same `ctx`.
+pub unsafe extern "C" fn cnnc_parallel_for(
+    pool: *const ThreadPool,
+    tasks: usize,
+    f: unsafe extern "C" fn(*const u8, usize, usize),
+    ctx: *const u8,
+) {
+    // SAFETY: the caller guarantees a live pool.
+    let pool = unsafe { &*pool };
+    let c = SyncPtr(ctx as *mut u8);
+    // SAFETY: the caller guarantees f is sound this way.
+    pool.run(tasks, &|t, thread| unsafe { f(c.get(), t, thread) });
+}
+
+/// The number of threads of a pool (for sizing scratch).
+///
+/// # Safety
+/// `pool` live.
+pub unsafe extern "C" fn cnnc_pool_threads(pool: *const ThreadPool) -> usize {
+    // SAFETY: the caller guarantees a live pool.
+    unsafe { (*pool).threads() }
+}

@@ -1,0 +1,182 @@
+//! Weight packing: PyTorch's `oihw` (`[O][I/groups][KH][KW]`) to each blocked layout the
+//! kernels read and back (the back end packs once at load, and unpacks to save checkpoints and
+//! to report weight gradients).
+//!
+//! | layout | floats | element |
+//! | --- | --- | --- |
+//! | `OIhw16i16o` / `gOIhw16i16o` | `G x OB x IB x KH x KW x 256` | `[g][ob][ib][y][x][i][o]` = `w[g*Og + ob*16 + o][ib*16 + i][y][x]` |
+//! | `IOhw16o16i` (backward data) | `G x IB x OB x KH x KW x 256` | `[g][ib][ob][KH-1-y][KW-1-x][o][i]`, the same element |
+//! | `Goihw16g` (depthwise) | `GB x KH x KW x 16` | `[gb][y][x][g]` = `w[gb*16 + g][0][y][x]` |
+//! | `OI16i16o` (1x1, gemm on maps) | as `OIhw16i16o` with `KH = KW = 1` | |
+//! | `Oihw16o` (plain-input convolution) | `OB x I x KH x KW x 16` | `[ob][i][y][x][o]` = `w[ob*16 + o][i][y][x]` |
+//!
+//! `OB = ceil(Og / 16)`, `IB = ceil(Ig / 16)` per group; every padded position is zero, which is
+//! what makes the padding lanes of blocked activations harmless.
+
+use super::error::{KernelError, check_len, product};
+
+/// The logical shape of a convolution's weights: `o` filters of `i` (per group) x `kh` x `kw`,
+/// in `groups` groups (`o` is the total over groups).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WeightShape {
+    pub o: usize,
+    pub i: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub groups: usize,
+}
+
+impl WeightShape {
+    fn check(&self) -> Result<(usize, usize, usize), KernelError> {
+        if [self.o, self.i, self.kh, self.kw, self.groups].contains(&0) || !self.o.is_multiple_of(self.groups) {
+            return Err(KernelError::Shape { what: "weight shape" });
+        }
+        let og = self.o / self.groups;
+        Ok((og, og.div_ceil(16), self.i.div_ceil(16)))
+    }
+
+    /// Floats of the plain `oihw` tensor.
+    pub fn plain_len(&self) -> Result<usize, KernelError> {
+        product("weights", &[self.o, self.i, self.kh, self.kw])
+    }
+
+    /// Floats of the blocked layouts (`gOIhw16i16o`, `IOhw16o16i`).
+    pub fn blocked_len(&self) -> Result<usize, KernelError> {
+        let (_, ob, ib) = self.check()?;
+        product("packed weights", &[self.groups, ob, ib, self.kh, self.kw, 256])
+    }
+}
+
+/// Which blocked layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blocked {
+    /// `gOIhw16i16o` (forward; `OIhw16i16o` for one group).
+    Forward,
+    /// `gIOhw16o16i` with the kernel rotated 180 degrees (backward data).
+    BackwardData,
+}
+
+/// The packed index of plain element `(o, i, y, x)` in `layout`.
+fn blocked_index(s: &WeightShape, layout: Blocked, o: usize, i: usize, y: usize, x: usize) -> usize {
+    let og = s.o / s.groups;
+    let (ob_n, ib_n) = (og.div_ceil(16), s.i.div_ceil(16));
+    let (g, oo) = (o / og, o % og);
+    let (ob, ol, ib, il) = (oo / 16, oo % 16, i / 16, i % 16);
+    let taps = s.kh * s.kw;
+    match layout {
+        Blocked::Forward => ((((g * ob_n + ob) * ib_n + ib) * taps + y * s.kw + x) * 16 + il) * 16 + ol,
+        Blocked::BackwardData => {
+            let (ry, rx) = (s.kh - 1 - y, s.kw - 1 - x);
+            ((((g * ib_n + ib) * ob_n + ob) * taps + ry * s.kw + rx) * 16 + ol) * 16 + il
+        }
+    }
+}
+
+/// Packs plain `oihw` weights into `layout`, zero-filling the padding.
+pub fn pack(s: &WeightShape, layout: Blocked, src: &[f32], dst: &mut [f32]) -> Result<(), KernelError> {
+    check_len("plain weights", src.len(), s.plain_len()?)?;
+    check_len("packed weights", dst.len(), s.blocked_len()?)?;
+    dst.fill(0.0);
+    let mut k = 0;
+    for o in 0..s.o {
+        for i in 0..s.i {
+            for y in 0..s.kh {
+                for x in 0..s.kw {
+                    dst[blocked_index(s, layout, o, i, y, x)] = src[k];
+                    k += 1;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Unpacks `layout` back to plain `oihw` (the padding is dropped).
+pub fn unpack(s: &WeightShape, layout: Blocked, src: &[f32], dst: &mut [f32]) -> Result<(), KernelError> {
+    check_len("packed weights", src.len(), s.blocked_len()?)?;
+    check_len("plain weights", dst.len(), s.plain_len()?)?;
+    let mut k = 0;
+    for o in 0..s.o {
+        for i in 0..s.i {
+            for y in 0..s.kh {
+                for x in 0..s.kw {
+                    dst[k] = src[blocked_index(s, layout, o, i, y, x)];
+                    k += 1;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Floats of `Oihw16o` weights (plain-input convolutions): `ceil(O/16) x I x KH x KW x 16`.
+pub fn plain_input_len(s: &WeightShape) -> Result<usize, KernelError> {
+    if s.groups != 1 {
+        return Err(KernelError::Unsupported { what: "plain-input convolution with groups" });
+    }
+    s.check()?;
+    product("packed weights", &[s.o.div_ceil(16), s.i, s.kh, s.kw, 16])
+}
+
+/// Packs `oihw` into `Oihw16o` (`[ob][i][y][x][o]`, zero past `O`).
+pub fn pack_plain_input(s: &WeightShape, src: &[f32], dst: &mut [f32]) -> Result<(), KernelError> {
+    check_len("plain weights", src.len(), s.plain_len()?)?;
+    check_len("packed weights", dst.len(), plain_input_len(s)?)?;
+    dst.fill(0.0);
+    let taps = s.kh * s.kw;
+    for o in 0..s.o {
+        for it in 0..s.i * taps {
+            dst[((o / 16) * s.i * taps + it) * 16 + o % 16] = src[o * s.i * taps + it];
+        }
+    }
+    Ok(())
+}
+
+/// Unpacks `Oihw16o` back to `oihw`.
+pub fn unpack_plain_input(s: &WeightShape, src: &[f32], dst: &mut [f32]) -> Result<(), KernelError> {
+    check_len("packed weights", src.len(), plain_input_len(s)?)?;
+    check_len("plain weights", dst.len(), s.plain_len()?)?;
+    let taps = s.kh * s.kw;
+    for o in 0..s.o {
+        for it in 0..s.i * taps {
+            dst[o * s.i * taps + it] = src[((o / 16) * s.i * taps + it) * 16 + o % 16];
+        }
+    }
+    Ok(())
+}
+
+/// Floats of depthwise `Goihw16g` weights for `channels` channels of `kh x kw`.
+pub fn depthwise_len(channels: usize, kh: usize, kw: usize) -> Result<usize, KernelError> {
+    product("depthwise weights", &[channels.div_ceil(16), kh, kw, 16])
+}
+
+/// Packs depthwise weights (`[C][1][KH][KW]`) into `Goihw16g`.
+pub fn pack_depthwise(channels: usize, kh: usize, kw: usize, src: &[f32], dst: &mut [f32]) -> Result<(), KernelError> {
+    check_len("plain weights", src.len(), product("weights", &[channels, kh, kw])?)?;
+    check_len("packed weights", dst.len(), depthwise_len(channels, kh, kw)?)?;
+    dst.fill(0.0);
+    for c in 0..channels {
+        for t in 0..kh * kw {
+            dst[((c / 16) * kh * kw + t) * 16 + c % 16] = src[c * kh * kw + t];
+        }
+    }
+    Ok(())
+}
+
+/// Unpacks `Goihw16g` back to `[C][1][KH][KW]`.
+pub fn unpack_depthwise(
+    channels: usize,
+    kh: usize,
+    kw: usize,
+    src: &[f32],
+    dst: &mut [f32],
+) -> Result<(), KernelError> {
+    check_len("packed weights", src.len(), depthwise_len(channels, kh, kw)?)?;
+    check_len("plain weights", dst.len(), product("weights", &[channels, kh, kw])?)?;
+    for c in 0..channels {
+        for t in 0..kh * kw {
+            dst[c * kh * kw + t] = src[((c / 16) * kh * kw + t) * 16 + c % 16];
+        }
+    }
+    Ok(())
+}

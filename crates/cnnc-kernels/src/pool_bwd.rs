@@ -1,0 +1,238 @@
+//! Pooling backward (see `pool.rs`): max scatters `gy` to the saved argmax, average spreads
+//! `gy / divisor` over each window, L2 adds `gy * x / y` where `y > 0`. Each task owns whole
+//! planes (an image x 16-channel block), so overlapping windows accumulate without races;
+//! `dx` is cleared first unless the pass accumulates.
+
+use super::error::KernelError;
+use super::par::Parallel;
+use super::pool::{PoolKind, PoolPlan, check_views, planes};
+use super::simd::{Simd, isa_fn};
+use super::view::{Layout, View, check_apart};
+
+/// Raw operands of a backward pass (image strides in floats); `x` and `y` for L2, `argmax`
+/// for max, null otherwise.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct PoolBwdArgs {
+    pub gy: *const f32,
+    pub gy_bs: usize,
+    pub x: *const f32,
+    pub x_bs: usize,
+    pub y: *const f32,
+    pub y_bs: usize,
+    pub argmax: *const f32,
+    pub argmax_bs: usize,
+    pub dx: *mut f32,
+    pub dx_bs: usize,
+    pub accumulate: bool,
+}
+
+// SAFETY: plain pointers; tasks read the inputs and write their own planes of dx.
+unsafe impl Sync for PoolBwdArgs {}
+// SAFETY: as above.
+unsafe impl Send for PoolBwdArgs {}
+
+/// Backward of one task with 16 lanes per vector (blocked).
+///
+/// # Safety
+/// As [`backward_task`], blocked layout.
+#[inline(always)]
+unsafe fn backward_blocked<S: Simd>(s: S, p: &PoolPlan, a: &PoolBwdArgs, task: usize) {
+    let (n, _, ip, op) = planes(p, task, 0);
+    let dx = a.dx.wrapping_add(n * a.dx_bs);
+    let gy = a.gy.wrapping_add(n * a.gy_bs);
+    if !a.accumulate {
+        for i in 0..p.ih * p.iw {
+            // SAFETY: pixel i of this task's input plane.
+            unsafe { s.store(dx.add(ip.base + i * 16), s.zero()) };
+        }
+    }
+    for oy in 0..p.oh {
+        let by = p.bin(0, oy);
+        for ox in 0..p.ow {
+            let bx = p.bin(1, ox);
+            // SAFETY: (oy, ox) inside the output planes; taps inside the input planes; the
+            // argmax of a real window is the flat index of an input pixel (or -1: no tap).
+            unsafe {
+                let g = s.load(gy.add(op.at(oy, ox)));
+                match p.kind {
+                    PoolKind::Max => {
+                        let m = s.v_to_array(s.load(a.argmax.add(n * a.argmax_bs + op.at(oy, ox))));
+                        let gv = s.v_to_array(g);
+                        for l in 0..16 {
+                            if m[l] >= 0.0 {
+                                *dx.add(ip.base + m[l] as usize * 16 + l) += gv[l];
+                            }
+                        }
+                    }
+                    PoolKind::Avg | PoolKind::AvgExcludePad => {
+                        let share = s.div(g, s.splat(p.divisor(by, bx)));
+                        for ty in 0..by.count {
+                            for tx in 0..bx.count {
+                                let d = dx.add(ip.at(by.first + ty * by.step, bx.first + tx * bx.step));
+                                s.store(d, s.add(s.load(d), share));
+                            }
+                        }
+                    }
+                    PoolKind::L2 => {
+                        let yv = s.load(a.y.add(n * a.y_bs + op.at(oy, ox)));
+                        let positive = s.lt(s.zero(), yv);
+                        let scale = s.select(positive, s.div(g, yv), s.zero());
+                        for ty in 0..by.count {
+                            for tx in 0..bx.count {
+                                let at = ip.at(by.first + ty * by.step, bx.first + tx * bx.step);
+                                let d = dx.add(at);
+                                let xv = s.load(a.x.add(n * a.x_bs + at));
+                                s.store(d, s.fmadd(xv, scale, s.load(d)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Backward of one task on plain planes.
+///
+/// # Safety
+/// As [`backward_task`], plain layout.
+unsafe fn backward_plain(p: &PoolPlan, a: &PoolBwdArgs, task: usize) {
+    for lane in 0..16 {
+        let (n, c, ip, op) = planes(p, task, lane);
+        if c >= p.c {
+            break;
+        }
+        let dx = a.dx.wrapping_add(n * a.dx_bs);
+        // SAFETY (whole block): every index below is inside this channel's planes, as above.
+        unsafe {
+            if !a.accumulate {
+                dx.add(ip.base).write_bytes(0, p.ih * p.iw);
+            }
+            for oy in 0..p.oh {
+                let by = p.bin(0, oy);
+                for ox in 0..p.ow {
+                    let bx = p.bin(1, ox);
+                    let g = *a.gy.add(n * a.gy_bs + op.at(oy, ox));
+                    match p.kind {
+                        PoolKind::Max => {
+                            let m = *a.argmax.add(n * a.argmax_bs + op.at(oy, ox));
+                            if m >= 0.0 {
+                                *dx.add(ip.base + m as usize) += g;
+                            }
+                        }
+                        PoolKind::Avg | PoolKind::AvgExcludePad => {
+                            let share = g / p.divisor(by, bx);
+                            for ty in 0..by.count {
+                                for tx in 0..bx.count {
+                                    *dx.add(ip.at(by.first + ty * by.step, bx.first + tx * bx.step)) += share;
+                                }
+                            }
+                        }
+                        PoolKind::L2 => {
+                            let y = *a.y.add(n * a.y_bs + op.at(oy, ox));
+                            if y > 0.0 {
+                                for ty in 0..by.count {
+                                    for tx in 0..bx.count {
+                                        let at = ip.at(by.first + ty * by.step, bx.first + tx * bx.step);
+                                        *dx.add(at) += g * *a.x.add(n * a.x_bs + at) / y;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+isa_fn! {
+    /// # Safety
+    /// As [`backward_task`].
+    unsafe fn backward_blocked_isa(p: &PoolPlan, a: &PoolBwdArgs, task: usize) = backward_blocked;
+}
+
+/// Runs backward task `task` (one image x 16-channel block).
+///
+/// # Safety
+/// `p` from [`PoolPlan::new`] on a CPU with its instruction set; the pointers valid for the
+/// plan's images (gy, y, argmax: output shape; x, dx: input shape; the layout's padding lanes
+/// included), `argmax` (max) holding what the forward pass wrote, dx apart from the inputs.
+pub unsafe fn backward_task(p: &PoolPlan, a: &PoolBwdArgs, task: usize) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match p.layout {
+            Layout::NChw16c => backward_blocked_isa(p.isa, p, a, task),
+            Layout::Nchw => backward_plain(p, a, task),
+        }
+    }
+}
+
+/// The operands of a pooling backward pass: `gy` and `dx`, plus `argmax` (max) or `x` and `y`
+/// (L2), all views of the plan's shapes and layout.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolBwdIo {
+    pub gy: View,
+    pub dx: View,
+    pub x: Option<View>,
+    pub y: Option<View>,
+    pub argmax: Option<View>,
+    pub accumulate: bool,
+}
+
+/// Runs a pooling backward pass after checking the operands. The argmax must come from the
+/// forward pass of the same plan on the same input (its entries index the input planes).
+pub fn backward(par: &dyn Parallel, p: &PoolPlan, arena: &mut [f32], io: &PoolBwdIo) -> Result<(), KernelError> {
+    let len = arena.len();
+    check_views(p, len, &io.dx, &io.gy, ("input gradient", "output gradient"))?;
+    check_apart(("input gradient", &io.dx), &[("output gradient", &io.gy)])?;
+    let need =
+        |v: Option<View>, wanted: bool, what: &'static str, dims: [usize; 2]| -> Result<Option<View>, KernelError> {
+            match (v, wanted) {
+                (Some(v), true) => {
+                    v.check_in(what, len)?;
+                    v.expect(what, [p.n, p.c, dims[0], dims[1]], p.layout)?;
+                    check_apart(("input gradient", &io.dx), &[(what, &v)])?;
+                    Ok(Some(v))
+                }
+                (None, false) => Ok(None),
+                _ => Err(KernelError::View { what }),
+            }
+        };
+    let l2 = p.kind == PoolKind::L2;
+    let x = need(io.x, l2, "input", [p.ih, p.iw])?;
+    let y = need(io.y, l2, "output", [p.oh, p.ow])?;
+    let m = need(io.argmax, p.kind == PoolKind::Max, "argmax", [p.oh, p.ow])?;
+    if let Some(m) = m {
+        // The scatter trusts every index: check them once (finite, whole, inside the plane).
+        let plane = (p.ih * p.iw) as f32;
+        let ok = (0..p.n).all(|n| {
+            let image = &arena[m.offset + n * m.batch_stride..][..m.image_len().unwrap_or(0)];
+            image.iter().all(|&v| v == -1.0 || (v >= 0.0 && v < plane && super::fmath::is_whole(v)))
+        });
+        if !ok {
+            return Err(KernelError::View { what: "argmax (an entry is not an index into its plane)" });
+        }
+    }
+    let base = arena.as_mut_ptr();
+    let ptr = |v: Option<View>| v.map_or(core::ptr::null(), |v| base.wrapping_add(v.offset) as *const f32);
+    let args = PoolBwdArgs {
+        gy: base.wrapping_add(io.gy.offset),
+        gy_bs: io.gy.batch_stride,
+        x: ptr(x),
+        x_bs: x.map_or(0, |v| v.batch_stride),
+        y: ptr(y),
+        y_bs: y.map_or(0, |v| v.batch_stride),
+        argmax: ptr(m),
+        argmax_bs: m.map_or(0, |v| v.batch_stride),
+        dx: base.wrapping_add(io.dx.offset),
+        dx_bs: io.dx.batch_stride,
+        accumulate: io.accumulate,
+    };
+    par.run(p.tasks(), &|t, _| {
+        // SAFETY: views checked above, argmax entries checked; tasks write their own planes.
+        unsafe { backward_task(p, &args, t) }
+    });
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! Forward convolution on blocked maps with the fused epilogue, against the interpreter.
+
+use super::oracle::{self, ConvCfg, Post};
+use super::util::{Arena, Rng, close, cpus, from_blocked, guarded, par, to_blocked};
+use cnnc_ir::Activation;
+use cnnc_kernels::act::{Act, ActKind};
+use cnnc_kernels::conv::{ConvIo, ConvPlan, ConvShape, Epilogue};
+use cnnc_kernels::conv_fwd;
+use cnnc_kernels::pack::{self, Blocked, WeightShape};
+use cnnc_kernels::view::Layout;
+use proptest::prelude::*;
+
+/// Every activation with its interpreter twin.
+pub fn activations() -> Vec<(Act, Activation)> {
+    vec![
+        (Act::RELU, Activation::Relu),
+        (Act::leaky_relu(0.1), Activation::LeakyRelu { slope: 0.1f32 as f64 }),
+        (Act::elu(0.7), Activation::Elu { alpha: 0.7f32 as f64 }),
+        (Act::new(ActKind::Selu), Activation::Selu),
+        (Act::new(ActKind::Sigmoid), Activation::Sigmoid),
+        (Act::new(ActKind::Tanh), Activation::Tanh),
+        (Act::hardtanh(-0.5, 0.75), Activation::HardTanh { min: -0.5, max: 0.75 }),
+        (Act::new(ActKind::Softsign), Activation::Softsign),
+        (Act::softplus(2.0, 1.5), Activation::Softplus { beta: 2.0, threshold: 1.5 }),
+    ]
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Residual {
+    None,
+    Apart,
+    InPlace,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct EpiCase {
+    pub bias: bool,
+    pub scale_shift: bool,
+    pub residual: Residual,
+    /// Index into [`activations`], or none.
+    pub act: Option<usize>,
+}
+
+/// Random convolutions: sizes 1..40, channels not multiples of 16, strides 1..3, padding,
+/// dilation, two groups of whole blocks, batch 1..5; spatial size scaled down so that a case
+/// stays under about two million multiply-accumulates.
+pub fn conv_cfg() -> impl Strategy<Value = ConvCfg> {
+    (
+        (1usize..=5, 1usize..=40, 1usize..=40, prop_oneof![Just(1usize), Just(2)]),
+        (1usize..=40, 1usize..=40, 1usize..=5, 1usize..=5),
+        (1usize..=3, 1usize..=3, 0usize..=3, 0usize..=3, 1usize..=2, 1usize..=2),
+    )
+        .prop_map(|((n, ic, oc, groups), (ih, iw, kh, kw), (sh, sw, ph, pw, dh, dw))| {
+            let (ic, oc) = if groups == 2 { (32 * ic.div_ceil(20), 16 * oc.div_ceil(20) * 2) } else { (ic, oc) };
+            let extent = |k: usize, d: usize| d * (k - 1) + 1;
+            // Padding up to one past the kernel's extent (rows and columns with no tap at all).
+            let (ph, pw) = (ph.min(extent(kh, dh)), pw.min(extent(kw, dw)));
+            let mut cfg = ConvCfg {
+                n,
+                ic,
+                ih: ih.max(extent(kh, dh).saturating_sub(2 * ph)).max(1),
+                iw: iw.max(extent(kw, dw).saturating_sub(2 * pw)).max(1),
+                oc,
+                k: [kh, kw],
+                stride: [sh, sw],
+                pad: [ph, pw],
+                dilation: [dh, dw],
+                groups,
+            };
+            // Shrink the batch, then the larger reducible spatial side, until small enough.
+            while macs(&cfg) > 2_000_000 {
+                let (can_h, can_w) = (cfg.ih > extent(kh, dh), cfg.iw > extent(kw, dw));
+                if cfg.n > 1 {
+                    cfg.n -= 1;
+                } else if can_h && (cfg.ih >= cfg.iw || !can_w) {
+                    cfg.ih -= 1;
+                } else if can_w {
+                    cfg.iw -= 1;
+                } else {
+                    break;
+                }
+            }
+            cfg
+        })
+}
+
+fn macs(c: &ConvCfg) -> usize {
+    let [oh, ow] = c.out_hw();
+    c.n * c.oc * oh * ow * c.ic / c.groups * c.k[0] * c.k[1]
+}
+
+pub fn epi_case() -> impl Strategy<Value = EpiCase> {
+    (any::<bool>(), any::<bool>(), 0usize..3, proptest::option::of(0usize..9)).prop_map(|(bias, ss, r, act)| EpiCase {
+        bias,
+        scale_shift: ss,
+        residual: [Residual::None, Residual::Apart, Residual::InPlace][r],
+        act,
+    })
+}
+
+pub fn shape_of(c: &ConvCfg) -> ConvShape {
+    ConvShape {
+        n: c.n,
+        ic: c.ic,
+        ih: c.ih,
+        iw: c.iw,
+        oc: c.oc,
+        kh: c.k[0],
+        kw: c.k[1],
+        stride: c.stride,
+        pad: c.pad,
+        dilation: c.dilation,
+        groups: c.groups,
+    }
+}
+
+pub fn weight_shape(c: &ConvCfg) -> WeightShape {
+    WeightShape { o: c.oc, i: c.ic / c.groups, kh: c.k[0], kw: c.k[1], groups: c.groups }
+}
+
+fn check_forward(cfg: ConvCfg, e: EpiCase, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let [oh, ow] = cfg.out_hw();
+    let (ihw, ohw) = (cfg.ih * cfg.iw, oh * ow);
+    let x = rng.vec(cfg.n * cfg.ic * ihw);
+    let w = rng.vec(cfg.oc * cfg.ic / cfg.groups * cfg.k[0] * cfg.k[1]);
+    let bias = rng.vec(cfg.oc);
+    let (scale, shift) = (rng.vec(cfg.oc), rng.vec(cfg.oc));
+    let res = rng.vec(cfg.n * cfg.oc * ohw);
+    let acts = activations();
+    let post = Post {
+        scale_shift: e.scale_shift.then_some((&scale[..], &shift[..])),
+        residual: (!matches!(e.residual, Residual::None)).then_some(&res[..]),
+        act: e.act.map(|i| acts[i].1),
+    };
+    let want = oracle::conv_forward(&cfg, &x, &w, e.bias.then_some(&bias[..]), &post);
+    let ws = weight_shape(&cfg);
+    let mut packed = vec![0.0; ws.blocked_len().unwrap()];
+    pack::pack(&ws, Blocked::Forward, &w, &mut packed).unwrap();
+    let packed = guarded(&packed);
+    let (bias_g, scale_g, shift_g) = (guarded(&bias), guarded(&scale), guarded(&shift));
+    let epilogue = Epilogue {
+        bias: e.bias,
+        scale_shift: e.scale_shift,
+        residual: !matches!(e.residual, Residual::None),
+        act: e.act.map_or(Act::NONE, |i| acts[i].0),
+    };
+    let xb = to_blocked(&x, cfg.n, cfg.ic, ihw, 3.5);
+    let rb = to_blocked(&res, cfg.n, cfg.oc, ohw, -2.0);
+    for cpu in cpus() {
+        let par = par(seed);
+        let plan = ConvPlan::new(shape_of(&cfg), epilogue, cpu, par.threads()).map_err(|e| e.to_string())?;
+        let y0 = match e.residual {
+            Residual::InPlace => rb.clone(),
+            _ => vec![9.0; rb.len()],
+        };
+        let mut arena = match e.residual {
+            Residual::Apart => Arena::new(&[&xb, &rb, &y0]),
+            _ => Arena::new(&[&xb, &y0]),
+        };
+        let yi = arena.offsets.len() - 1;
+        let xv = arena.view(0, cfg.n, cfg.ic, cfg.ih, cfg.iw, Layout::NChw16c);
+        let yv = arena.view(yi, cfg.n, cfg.oc, oh, ow, Layout::NChw16c);
+        let rv = match e.residual {
+            Residual::None => None,
+            Residual::Apart => Some(arena.view(1, cfg.n, cfg.oc, oh, ow, Layout::NChw16c)),
+            Residual::InPlace => Some(yv),
+        };
+        let io = ConvIo {
+            x: xv,
+            y: yv,
+            residual: rv,
+            weights: packed.as_slice(),
+            bias: e.bias.then_some(bias_g.as_slice()),
+            scale: e.scale_shift.then_some(scale_g.as_slice()),
+            shift: e.scale_shift.then_some(shift_g.as_slice()),
+        };
+        let mut scratch = guarded(&vec![0.0; plan.scratch_len(par.threads())]);
+        conv_fwd::forward(par, &plan, arena.buf.as_mut_slice(), &io, scratch.as_mut_slice())
+            .map_err(|e| e.to_string())?;
+        let got = arena.part(yi);
+        let what = format!("{:?} {cfg:?} {e:?} plan tile {:?} band {:?}", cpu.isa(), plan.tile(), plan.band());
+        close(&what, &from_blocked(got, cfg.n, cfg.oc, ohw), &want, 1e-4)?;
+        if !got.iter().all(|v| v.is_finite()) {
+            return Err(format!("{what}: a padding lane is not finite"));
+        }
+        if !arena.gaps_intact() || !scratch.sentinels_intact() {
+            return Err(format!("{what}: wrote outside its tensors"));
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn forward_matches_interpreter(cfg in conv_cfg(), e in epi_case(), seed in any::<u64>()) {
+        check_forward(cfg, e, seed).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// The layers of the benchmarks, scaled down in width, with each epilogue piece.
+#[test]
+fn benchmark_shapes_match_interpreter() {
+    let shapes = [
+        (
+            ConvCfg {
+                n: 1,
+                ic: 64,
+                ih: 12,
+                iw: 30,
+                oc: 64,
+                k: [3, 3],
+                stride: [1, 1],
+                pad: [1, 1],
+                dilation: [1, 1],
+                groups: 1,
+            },
+            1,
+        ),
+        (
+            ConvCfg {
+                n: 1,
+                ic: 48,
+                ih: 14,
+                iw: 14,
+                oc: 48,
+                k: [1, 1],
+                stride: [1, 1],
+                pad: [0, 0],
+                dilation: [1, 1],
+                groups: 1,
+            },
+            2,
+        ),
+        (
+            ConvCfg {
+                n: 2,
+                ic: 32,
+                ih: 15,
+                iw: 15,
+                oc: 64,
+                k: [3, 3],
+                stride: [2, 2],
+                pad: [1, 1],
+                dilation: [1, 1],
+                groups: 1,
+            },
+            3,
+        ),
+        (
+            ConvCfg {
+                n: 1,
+                ic: 16,
+                ih: 7,
+                iw: 7,
+                oc: 128,
+                k: [3, 3],
+                stride: [1, 1],
+                pad: [1, 1],
+                dilation: [1, 1],
+                groups: 1,
+            },
+            4,
+        ),
+    ];
+    for (cfg, seed) in shapes {
+        for act in [None, Some(0), Some(5)] {
+            let e = EpiCase { bias: true, scale_shift: seed % 2 == 0, residual: Residual::InPlace, act };
+            check_forward(cfg, e, seed).unwrap();
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Convolution backward-data (with the ReLU-mask prologue and accumulation) and
+//! backward-weights (with the bias gradient) against the interpreter's backward pass.
+
+use super::conv::{conv_cfg, shape_of, weight_shape};
+use super::oracle::{self, ConvCfg};
+use super::util::{Arena, Rng, close, cpus, from_blocked, guarded, par, to_blocked};
+use cnnc_kernels::conv_bwd_data::{self, BwdDataIo, BwdDataOptions, BwdDataPlan};
+use cnnc_kernels::conv_bwd_weights::{self, BwdWeightsIo, BwdWeightsPlan};
+use cnnc_kernels::pack::{self, Blocked};
+use cnnc_kernels::view::Layout;
+use proptest::prelude::*;
+
+fn check_backward(cfg: ConvCfg, relu_mask: bool, accumulate: bool, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let [oh, ow] = cfg.out_hw();
+    let (ihw, ohw) = (cfg.ih * cfg.iw, oh * ow);
+    let x = rng.vec(cfg.n * cfg.ic * ihw);
+    let w = rng.vec(cfg.oc * cfg.ic / cfg.groups * cfg.k[0] * cfg.k[1]);
+    let gy = rng.vec(cfg.n * cfg.oc * ohw);
+    let y = rng.vec(gy.len());
+    let masked: Vec<f32> =
+        if relu_mask { gy.iter().zip(&y).map(|(g, y)| if *y > 0.0 { *g } else { 0.0 }).collect() } else { gy.clone() };
+    let (mut dx_want, mut dw_want, mut db_want) = oracle::conv_backward(&cfg, &x, &w, &masked);
+    let dx0 = rng.vec(dx_want.len());
+    let dw0 = rng.vec(dw_want.len());
+    let db0 = rng.vec(db_want.len());
+    if accumulate {
+        dx_want.iter_mut().zip(&dx0).for_each(|(a, b)| *a += b);
+        dw_want.iter_mut().zip(&dw0).for_each(|(a, b)| *a += b);
+        db_want.iter_mut().zip(&db0).for_each(|(a, b)| *a += b);
+    }
+    let ws = weight_shape(&cfg);
+    let mut wb = vec![0.0; ws.blocked_len().unwrap()];
+    pack::pack(&ws, Blocked::BackwardData, &w, &mut wb).unwrap();
+    let wb = guarded(&wb);
+    let mut dw_packed_want = vec![0.0; wb.as_slice().len()];
+    pack::pack(&ws, Blocked::Forward, &dw_want, &mut dw_packed_want).unwrap();
+    let mut dw_init = vec![0.0; dw_packed_want.len()];
+    pack::pack(&ws, Blocked::Forward, &dw0, &mut dw_init).unwrap();
+    let gyb = to_blocked(&gy, cfg.n, cfg.oc, ohw, 1.25);
+    let yb = to_blocked(&y, cfg.n, cfg.oc, ohw, -0.5);
+    let xb = to_blocked(&x, cfg.n, cfg.ic, ihw, 0.75);
+    let dxb0 = if accumulate { to_blocked(&dx0, cfg.n, cfg.ic, ihw, 0.0) } else { vec![f32::NAN; xb.len()] };
+    let options = BwdDataOptions { relu_mask, accumulate };
+    for cpu in cpus() {
+        let par = par(seed);
+        let what = format!("{:?} {cfg:?} mask {relu_mask} accumulate {accumulate}", cpu.isa());
+        // Backward data.
+        let plan = BwdDataPlan::new(shape_of(&cfg), options, cpu, par.threads()).map_err(|e| e.to_string())?;
+        let mut arena = Arena::new(&[&gyb, &yb, &dxb0]);
+        let io = BwdDataIo {
+            gy: arena.view(0, cfg.n, cfg.oc, oh, ow, Layout::NChw16c),
+            y: relu_mask.then(|| arena.view(1, cfg.n, cfg.oc, oh, ow, Layout::NChw16c)),
+            dx: arena.view(2, cfg.n, cfg.ic, cfg.ih, cfg.iw, Layout::NChw16c),
+            weights: wb.as_slice(),
+        };
+        let mut scratch = guarded(&vec![0.0; plan.scratch_len(par.threads())]);
+        conv_bwd_data::backward_data(par, &plan, arena.buf.as_mut_slice(), &io, scratch.as_mut_slice())
+            .map_err(|e| e.to_string())?;
+        let dx = arena.part(2);
+        close(&format!("dx {what} tile {:?}", plan.tile()), &from_blocked(dx, cfg.n, cfg.ic, ihw), &dx_want, 1e-3)?;
+        if !dx.iter().all(|v| v.is_finite()) {
+            return Err(format!("dx {what}: a padding lane is not finite"));
+        }
+        if !arena.gaps_intact() || !scratch.sentinels_intact() {
+            return Err(format!("dx {what}: wrote outside its tensors"));
+        }
+        // Backward weights, on the masked gradient (what the back end passes after the split).
+        let plan = BwdWeightsPlan::new(shape_of(&cfg), true, accumulate, cpu).map_err(|e| e.to_string())?;
+        let gmb = to_blocked(&masked, cfg.n, cfg.oc, ohw, -1.5);
+        let arena = Arena::new(&[&xb, &gmb]);
+        let io = BwdWeightsIo {
+            x: arena.view(0, cfg.n, cfg.ic, cfg.ih, cfg.iw, Layout::NChw16c),
+            gy: arena.view(1, cfg.n, cfg.oc, oh, ow, Layout::NChw16c),
+        };
+        let mut dw = guarded(if accumulate { &dw_init } else { &dw_packed_want });
+        if !accumulate {
+            dw.as_mut_slice().fill(f32::NAN);
+        }
+        let mut db = guarded(if accumulate { &db0 } else { &db_want });
+        conv_bwd_weights::backward_weights(
+            par,
+            &plan,
+            arena.buf.as_slice(),
+            &io,
+            dw.as_mut_slice(),
+            Some(db.as_mut_slice()),
+        )
+        .map_err(|e| e.to_string())?;
+        close(
+            &format!("dw (packed, padding included) {what} tile {:?}", plan.tile()),
+            dw.as_slice(),
+            &dw_packed_want,
+            1e-3,
+        )?;
+        close(&format!("db {what}"), db.as_slice(), &db_want, 1e-3)?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    #[test]
+    fn backward_matches_interpreter(cfg in conv_cfg(), mask in any::<bool>(), acc in any::<bool>(), seed in any::<u64>()) {
+        check_backward(cfg, mask, acc, seed).map_err(TestCaseError::fail)?;
+    }
+}
+
+#[test]
+fn backward_of_strided_and_benchmark_shapes() {
+    let c = |ic, hw, oc, k, s, p| ConvCfg {
+        n: 1,
+        ic,
+        ih: hw,
+        iw: hw,
+        oc,
+        k: [k, k],
+        stride: [s, s],
+        pad: [p, p],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    for (cfg, seed) in [
+        (c(64, 14, 64, 3, 1, 1), 1),
+        (c(32, 15, 48, 3, 2, 1), 2),
+        (c(64, 14, 32, 1, 2, 0), 3),
+        (c(3, 23, 16, 7, 2, 3), 4),
+    ] {
+        check_backward(cfg, seed % 2 == 0, false, seed).unwrap();
+    }
+}

@@ -1,0 +1,70 @@
+//! Fully connected layers, forward (with bias and activation) and backward, against the
+//! interpreter.
+
+use super::conv::activations;
+use super::oracle;
+use super::util::{Rng, close, cpus, guarded, par};
+use cnnc_kernels::act::Act;
+use cnnc_kernels::fc::{self, FcPlan};
+use proptest::prelude::*;
+
+fn check_fc(n: usize, i: usize, o: usize, act: Option<usize>, accumulate: bool, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (x, w, b, gy) = (rng.vec(n * i), rng.vec(o * i), rng.vec(o), rng.vec(n * o));
+    let acts = activations();
+    let want = oracle::fc_forward(n, i, o, &x, &w, &b, act.map(|a| acts[a].1));
+    let (mut dx_want, mut dw_want, mut db_want) = oracle::fc_backward(n, i, o, &x, &w, &gy);
+    let (dx0, dw0, db0) = (rng.vec(n * i), rng.vec(o * i), rng.vec(o));
+    if accumulate {
+        for (want, init) in [(&mut dx_want, &dx0), (&mut dw_want, &dw0), (&mut db_want, &db0)] {
+            want.iter_mut().zip(init).for_each(|(a, b)| *a += b);
+        }
+    }
+    let (xg, wg, bg, gyg) = (guarded(&x), guarded(&w), guarded(&b), guarded(&gy));
+    for cpu in cpus() {
+        let par = par(seed);
+        let what = format!("{:?} fc n {n} i {i} o {o} act {act:?} acc {accumulate}", cpu.isa());
+        let plan = FcPlan::new(n, i, o, true, act.map_or(Act::NONE, |a| acts[a].0), cpu, par.threads())
+            .map_err(|e| e.to_string())?;
+        let mut y = guarded(&vec![f32::NAN; n * o]);
+        fc::forward(par, &plan, xg.as_slice(), wg.as_slice(), Some(bg.as_slice()), y.as_mut_slice())
+            .map_err(|e| e.to_string())?;
+        close(&what, y.as_slice(), &want, 1e-4)?;
+        let init = |v: &[f32]| guarded(&if accumulate { v.to_vec() } else { vec![f32::NAN; v.len()] });
+        let (mut dx, mut dw, mut db) = (init(&dx0), init(&dw0), init(&db0));
+        let mut scratch = guarded(&vec![0.0; plan.backward_scratch_len()]);
+        fc::backward(
+            par,
+            &plan,
+            xg.as_slice(),
+            wg.as_slice(),
+            gyg.as_slice(),
+            Some(dx.as_mut_slice()),
+            dw.as_mut_slice(),
+            Some(db.as_mut_slice()),
+            accumulate,
+            scratch.as_mut_slice(),
+        )
+        .map_err(|e| e.to_string())?;
+        close(&format!("dx {what}"), dx.as_slice(), &dx_want, 1e-3)?;
+        close(&format!("dw {what}"), dw.as_slice(), &dw_want, 1e-3)?;
+        close(&format!("db {what}"), db.as_slice(), &db_want, 1e-3)?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn fc_matches_interpreter(n in 1usize..=5, i in 1usize..=300, o in 1usize..=40, act in proptest::option::of(0usize..9), acc in any::<bool>(), seed in any::<u64>()) {
+        check_fc(n, i, o, act, acc, seed).map_err(TestCaseError::fail)?;
+    }
+}
+
+#[test]
+fn fc_of_lenet_and_wide_layers() {
+    for (k, (n, i, o)) in [(1, 400, 120), (64, 120, 84), (3, 84, 10), (1, 2048, 67)].into_iter().enumerate() {
+        check_fc(n, i, o, Some(0), k % 2 == 1, k as u64).unwrap();
+    }
+}
