@@ -418,7 +418,7 @@ fn cx_init_no_std(used: &[&str]) -> TokenStream {
     quote!(Cx { #(#fields),* })
 }
 
-pub fn api_training(g: &Gen<'_>, struct_name: &str, used: &[&str]) -> Result<TokenStream, CodegenError> {
+pub fn api_training(g: &Gen<'_>, struct_name: &str, used: &[&str], options: &Options) -> Result<TokenStream, CodegenError> {
     let name = ident(struct_name);
     let ins = inputs(g);
     let (checks, copies) = take_inputs(&ins, &quote!(&mut ws.arena));
@@ -441,6 +441,7 @@ pub fn api_training(g: &Gen<'_>, struct_name: &str, used: &[&str]) -> Result<Tok
         quote!()
     };
     let cx = cx_init(used, quote!(&mut self.params), quote!(&self.derived), true);
+    let args = ident(if ["lr", "step", "seed"].iter().any(|f| used.contains(f)) { "args" } else { "_args" });
     let loss = g.plan.outputs.iter().position(|r| *r == OutputRole::Loss);
     let (ret_ty, ret) = match loss {
         Some(k) => {
@@ -513,6 +514,7 @@ pub fn api_training(g: &Gen<'_>, struct_name: &str, used: &[&str]) -> Result<Tok
             Ok(#name { params, #derived_init threads: super::Threads::new(0), workspace: None })
         },
     );
+    let inspect = if options.inspect { inspect(g) } else { quote!() };
     let doc = format!(
         " Model `{}` training: each `step` runs the forward pass in its training form, the loss, the backward ops and the optimiser's updates of the plan, on parameters and optimiser state it keeps.",
         graph.name
@@ -534,7 +536,7 @@ pub fn api_training(g: &Gen<'_>, struct_name: &str, used: &[&str]) -> Result<Tok
             /// One training step on a batch of `batch` images: returns the loss (the mean over
             /// the batch). Parameters, optimiser state and running statistics are updated in
             /// place. Every length is checked first, and every label.
-            pub fn step(&mut self, #(#params,)* batch: usize, args: &super::StepArgs) -> Result<#ret_ty, Error> {
+            pub fn step(&mut self, #(#params,)* batch: usize, #args: &super::StepArgs) -> Result<#ret_ty, Error> {
                 #checks
                 let par = self.threads.par();
                 if self.workspace.as_ref().is_none_or(|w| w.n != batch) {
@@ -552,6 +554,7 @@ pub fn api_training(g: &Gen<'_>, struct_name: &str, used: &[&str]) -> Result<Tok
 
             #gradient
             #(#readers)*
+            #inspect
 
             /// A stored tensor (parameter, running statistic, optimiser state) in its
             /// checkpoint layout.
@@ -578,4 +581,48 @@ pub fn api_training(g: &Gen<'_>, struct_name: &str, used: &[&str]) -> Result<Tok
             }
         }
     })
+}
+
+/// `value(node)`: a batched value of the last step by node index, recorded right after its
+/// node ran (tests only).
+fn inspect(g: &Gen<'_>) -> TokenStream {
+    let _ = g;
+    quote! {
+        /// The value of node `node` of the plan's graph in the last step, right after it was
+        /// computed (batched values only), in logical order.
+        pub fn value(&self, node: usize) -> Option<::std::vec::Vec<f32>> {
+            RECORDED.with(|r| r.borrow().get(node).cloned().flatten())
+        }
+    }
+}
+
+/// What `run` adds after each layer in inspect mode: the values it wrote, copied out.
+pub fn record(g: &Gen<'_>) -> TokenStream {
+    let places = g.mem.values.iter().map(|v| match v {
+        Value::Batched(p) => {
+            let t = crate::context::place_tokens(p);
+            quote!(Some(#t))
+        }
+        Value::Whole { .. } | Value::Labels { .. } | Value::Nothing => quote!(None),
+    });
+    quote! {
+        ::std::thread_local! {
+            static RECORDED: ::core::cell::RefCell<::std::vec::Vec<Option<::std::vec::Vec<f32>>>> =
+                const { ::core::cell::RefCell::new(::std::vec::Vec::new()) };
+        }
+
+        /// Copies node `node`'s value out of the arena (inspect mode).
+        fn record(cx: &Cx<'_>, node: usize) {
+            const PLACES: &[Option<Place>] = &[#(#places),*];
+            RECORDED.with(|r| {
+                let mut r = r.borrow_mut();
+                r.resize(PLACES.len(), None);
+                r[node] = PLACES[node].map(|p| {
+                    let mut out = ::std::vec![0.0; cx.n * p.c * p.h * p.w];
+                    super::read_place(cx.arena, p, cx.n, &mut out);
+                    out
+                });
+            });
+        }
+    }
 }

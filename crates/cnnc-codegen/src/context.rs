@@ -2,7 +2,7 @@
 //! derived weights the layers ask for, and the helpers every op family uses to name them in
 //! the generated text.
 
-use crate::checkpoint::{ParamSpec, TensorSpec};
+use crate::checkpoint::ParamSpec;
 use crate::error::CodegenError;
 use crate::kplan::{KPlan, lit};
 use crate::memory::{Memory, Place};
@@ -43,7 +43,6 @@ pub struct PlanField {
 
 pub struct Gen<'a> {
     pub plan: &'a Plan,
-    pub specs: &'a [TensorSpec],
     pub mem: Memory,
     pub params: Vec<ParamSpec>,
     pub params_len: usize,
@@ -71,7 +70,6 @@ pub struct Gen<'a> {
 impl<'a> Gen<'a> {
     pub fn new(
         plan: &'a Plan,
-        specs: &'a [TensorSpec],
         mem: Memory,
         params: Vec<ParamSpec>,
         params_len: usize,
@@ -100,7 +98,6 @@ impl<'a> Gen<'a> {
         let logical_len = params.iter().map(|p| p.dims.iter().product::<usize>()).max().unwrap_or(0);
         Gen {
             plan,
-            specs,
             mem,
             params,
             params_len,

@@ -46,7 +46,7 @@ pub fn entry(
     if kind == Kind::Training && !options.std {
         return Err(CodegenError::Unsupported("training steps need std (allocation, threads)".into()));
     }
-    let mut g = Gen::new(plan, &specs, mem, params, params_len, kind == Kind::Training);
+    let mut g = Gen::new(plan, mem, params, params_len, kind == Kind::Training);
     let mut layers = Vec::new();
     let mut calls = Vec::new();
     for (id, node) in plan.graph.iter() {
@@ -62,6 +62,10 @@ pub fn entry(
             }
         });
         calls.push(quote!(#f(cx)?;));
+        if options.inspect && kind == Kind::Training {
+            let k = crate::kplan::lit(id.index());
+            calls.push(quote!(record(cx, #k);));
+        }
     }
     let module = ident(&crate::names::snake(struct_name));
     let plans = plans_struct(&g);
@@ -69,10 +73,11 @@ pub fn entry(
     let cx = cx_struct(&g, &used);
     let api = match kind {
         Kind::Inference => api_inference(&g, struct_name, &used, options)?,
-        Kind::Training => api_training(&g, struct_name, &used)?,
+        Kind::Training => api_training(&g, struct_name, &used, options)?,
     };
     let mentioned = [&plans, &api].iter().map(|t| t.to_string()).chain(layers.iter().map(|t| t.to_string())).collect::<Vec<_>>().join("\n");
     let tables = tables(&g, &specs, &mentioned)?;
+    let record = if options.inspect && kind == Kind::Training { crate::api::record(&g) } else { quote!() };
     let doc = entry_doc(plan, struct_name, kind);
     let tokens = quote! {
         #(#[doc = #doc])*
@@ -84,6 +89,7 @@ pub fn entry(
             #plans
             #cx
             #api
+            #record
 
             /// Every layer in the plan's order.
             fn run(cx: &mut Cx<'_>) -> Result<(), Error> {
@@ -368,7 +374,8 @@ fn plans_struct(g: &Gen<'_>) -> TokenStream {
         ident(&if used { name.to_string() } else { format!("_{name}") })
     };
     let (n, cpu, threads) = (arg("n"), arg("cpu"), arg("threads"));
-    let scratch_threads = ident(if scratch.is_empty() { "_threads" } else { "threads" });
+    let scratch_text: String = scratch.iter().map(|t| t.to_string()).collect();
+    let scratch_threads = ident(if crate::support::mentions_word(&scratch_text, "threads") { "threads" } else { "_threads" });
     let scratch_body = if scratch.is_empty() {
         quote!(0)
     } else {

@@ -136,7 +136,7 @@ impl KPlan {
 /// An `f32` literal (or the named constant for a non-finite value).
 pub fn f32_lit(v: f32) -> TokenStream {
     if v.is_finite() {
-        let l = Literal::f32_suffixed(v);
+        let l = Literal::f32_unsuffixed(v);
         quote!(#l)
     } else if v.is_nan() {
         quote!(::core::f32::NAN)
@@ -150,7 +150,7 @@ pub fn f32_lit(v: f32) -> TokenStream {
 /// An `f64` literal (or the named constant for a non-finite value).
 pub fn f64_lit(v: f64) -> TokenStream {
     if v.is_finite() {
-        let l = Literal::f64_suffixed(v);
+        let l = Literal::f64_unsuffixed(v);
         quote!(#l)
     } else if v.is_nan() {
         quote!(::core::f64::NAN)

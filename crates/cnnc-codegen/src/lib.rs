@@ -69,11 +69,14 @@ pub struct Options {
     /// `cnnc_kernels::source::module_text`), as an absolute path such as
     /// `crate::cnnc_kernels`, so that several generated modules in one crate share one copy.
     pub kernels: Option<String>,
+    /// Adds `value(node)` to training structs: any node's value after a step, by its index in
+    /// the plan's graph, in logical order (for tests that compare intermediate values).
+    pub inspect: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { source: None, std: true, kernels: None }
+        Options { source: None, std: true, kernels: None, inspect: false }
     }
 }
 

@@ -21,20 +21,6 @@ pub struct Place {
 }
 
 impl Place {
-    /// Stored floats of one image.
-    pub fn image_len(&self) -> usize {
-        let c = match self.layout {
-            Layout::Plain => self.c,
-            Layout::Blocked16 => self.c.div_ceil(16) * 16,
-        };
-        c * self.h * self.w
-    }
-
-    /// Whether images follow each other with no gap (then a batch is one dense range).
-    pub fn dense(&self) -> bool {
-        self.stride == self.image_len()
-    }
-
     /// The same memory seen with other dimensions (a plain value as a flat vector).
     pub fn with_dims(self, c: usize, h: usize, w: usize) -> Place {
         Place { c, h, w, ..self }

@@ -44,8 +44,10 @@ fn data(
     let layout = g.param_spec(&w_name)?.layout;
     let (gyv, dxv) = (g.view(node.inputs[0])?, g.view(id)?);
     let ok = check();
-    let relu = mask == Some(Activation::Relu);
-    let options = BwdDataOptions { relu_mask: relu, accumulate: false };
+    // The kernels' ReLU mask multiplies `gy` by the conv's own output's mask (a ReLU after
+    // the convolution); the IR's mask is the derivative of an activation *before* it, applied
+    // to `dx` from that activation's output: done after the pass, elementwise.
+    let options = BwdDataOptions { relu_mask: false, accumulate: false };
     let plan = KPlan::BwdData { shape, options };
     let blocked = gy.layout == Layout::Blocked16
         && blocked_weight(layout)
@@ -54,17 +56,11 @@ fn data(
     let after = if blocked {
         let plan = g.kernel_plan(id, "", plan)?;
         let w = g.derived(&w_name, Relayout::BackwardData)?;
-        let y = if relu {
-            let yv = g.view(node.inputs[1])?;
-            quote!(Some(#yv))
-        } else {
-            quote!(None)
-        };
         calls.push(quote! {
-            let io = k::conv_bwd_data::BwdDataIo { gy: #gyv, y: #y, dx: #dxv, weights: #w };
+            let io = k::conv_bwd_data::BwdDataIo { gy: #gyv, y: None, dx: #dxv, weights: #w };
             k::conv_bwd_data::backward_data(cx.par, #plan, cx.arena, &io, cx.scratch) #ok;
         });
-        mask.filter(|_| !relu)
+        mask
     } else {
         let w = logical_weight(g, &w_name)?;
         let s = crate::kplan::conv_shape(&shape);

@@ -22,6 +22,7 @@ fn main() {
         let options = cnnc_codegen::Options {
             source: Some(cnnc_codegen::Source { name: name.into(), text: models::source(&case) }),
             kernels: Some("crate::cnnc_kernels".into()),
+            inspect: true,
             ..cnnc_codegen::Options::default()
         };
         let text = cnnc_codegen::emit(&program, &options).unwrap_or_else(|e| panic!("{}: {e}", case.module));

@@ -3,7 +3,7 @@
 //! Small resolutions and widths keep both the generated code and the interpreter runs cheap.
 
 use cnnc_ir::plan::Plan;
-use cnnc_ir::{Adam, Graph, HingeForm, Loss, Optimizer, Sgd};
+use cnnc_ir::{Adam, Graph, HingeForm, Loss, Optimizer, RmsProp, Sgd};
 use cnnc_passes::{PassOptions, TrainingOptions, optimize, optimize_training};
 
 /// A training plan a case compiles, as the struct `name`.
@@ -26,26 +26,56 @@ pub struct Case {
 }
 
 pub const SGD: Optimizer = Optimizer::Sgd(Sgd { momentum: 0.9, weight_decay: 1e-3, nesterov: false });
-pub const ADAM: Optimizer = Optimizer::Adam(Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-4 });
+/// Adam with `eps` 1e-6: with 1e-8, the first step moves every weight by about `lr *
+/// sign(g)`, and a gradient element near zero flips sign under f32 rounding.
+pub const ADAM: Optimizer = Optimizer::Adam(Adam { beta1: 0.9, beta2: 0.999, eps: 1e-6, weight_decay: 1e-4 });
 
 fn grads(loss: Loss) -> Training {
     Training { name: "Grads", loss, optimizer: None }
 }
 
+fn step(name: &'static str, loss: Loss, optimizer: Optimizer) -> Training {
+    Training { name, loss, optimizer: Some(optimizer) }
+}
+
+fn case(module: &'static str, file: &'static str, shape: Option<&'static [usize]>, training: Vec<Training>) -> Case {
+    Case { module, file, model: None, shape, overrides: &[], training }
+}
+
 pub fn cases() -> Vec<Case> {
     let ce = Loss::CrossEntropy;
+    let huber = Loss::Huber { delta: 0.5 };
+    let nesterov = Optimizer::Sgd(Sgd { momentum: 0.8, weight_decay: 1e-3, nesterov: true });
+    let rmsprop = Optimizer::RmsProp(RmsProp { alpha: 0.99, eps: 1e-6, momentum: 0.5, weight_decay: 0.0 });
     vec![
+        case(
+            "lenet5",
+            "examples/lenet5.cnn",
+            None,
+            vec![grads(ce), step("Sgd", ce, SGD), step("Adam", ce, ADAM)],
+        ),
+        case("cifar_simple", "examples/cifar_simple.cnn", None, vec![grads(MULTI_MARGIN)]),
+        case("allcnnc", "examples/allcnnc.cnn", Some(&[3, 16, 16]), vec![grads(ce), step("Sgd", ce, SGD)]),
+        case("resnet18", "examples/resnet18.cnn", Some(&[3, 64, 64]), vec![step("Sgd", ce, SGD)]),
+        Case { overrides: &[("hidden", "64")], ..case("vgg11", "examples/vgg11.cnn", Some(&[3, 32, 32]), vec![grads(ce)]) },
+        case("inception", "tests/data/ok/inception.cnn", Some(&[192, 8, 8]), vec![grads(Loss::Mse)]),
+        case("tiny_resnet", "tests/data/ok/residual_projection.cnn", None, vec![grads(ce), step("Sgd", ce, SGD), step("Adam", ce, ADAM)]),
+        case("activations", "tests/data/ok/layer_activations.cnn", None, vec![grads(Loss::Mse)]),
+        case("pools", "tests/data/ok/layer_pool.cnn", None, vec![grads(Loss::L1)]),
+        case("ceil_pools", "tests/data/ok/layer_pool_ceil.cnn", None, vec![]),
+        case("pyramid", "tests/data/ok/layer_spp.cnn", None, vec![grads(huber)]),
+        case("norms", "tests/data/ok/layer_norm_dropout.cnn", None, vec![step("Sgd", Loss::Mse, SGD)]),
+        case("mobile", "tests/data/ok/conv_depthwise_grouped.cnn", None, vec![grads(Loss::Mse)]),
+        case("heads", "tests/data/ok/layer_global_adaptive.cnn", None, vec![grads(Loss::Mse)]),
+        case("conv_zoo", "tests/data/ok/layer_conv.cnn", None, vec![grads(Loss::Mse)]),
         Case {
-            module: "lenet5",
-            file: "examples/lenet5.cnn",
-            model: None,
-            shape: None,
-            overrides: &[],
-            training: vec![
-                grads(ce),
-                Training { name: "Sgd", loss: ce, optimizer: Some(SGD) },
-                Training { name: "Adam", loss: ce, optimizer: Some(ADAM) },
-            ],
+            model: Some("mlp"),
+            ..case(
+                "mlp",
+                "tests/data/ok/layer_fc_flatten.cnn",
+                None,
+                vec![grads(HINGE), step("Nesterov", ce, nesterov), step("RmsProp", ce, rmsprop)],
+            )
         },
     ]
 }
@@ -86,5 +116,6 @@ pub fn training(g: &Graph, t: &Training) -> Plan {
     optimize_training(g, None, &PassOptions::all(), &training_options(t)).expect("the passes run").plan
 }
 
-/// The hinge forms, for loss coverage.
+/// The two hinge forms, for loss coverage.
 pub const HINGE: Loss = Loss::Hinge { margin: 1.0, form: HingeForm::Sum };
+pub const MULTI_MARGIN: Loss = Loss::Hinge { margin: 0.5, form: HingeForm::MeanOverClasses };

@@ -28,4 +28,21 @@ macro_rules! forward {
     )*};
 }
 
-forward!(lenet5);
+forward!(
+    lenet5,
+    cifar_simple,
+    allcnnc,
+    resnet18,
+    vgg11,
+    inception,
+    tiny_resnet,
+    activations,
+    pools,
+    ceil_pools,
+    pyramid,
+    norms,
+    mobile,
+    heads,
+    conv_zoo,
+    mlp,
+);
