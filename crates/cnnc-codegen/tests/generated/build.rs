@@ -30,6 +30,16 @@ fn main() {
         std::fs::write(&path, text).expect("OUT_DIR is writable");
         writeln!(declarations, "#[path = {:?}]\npub mod {};", path.display().to_string(), case.module).unwrap();
     }
+    // LeNet-5 without std (core only: caller's storage and workspace, portable kernels).
+    let lenet = models::cases().into_iter().find(|c| c.module == "lenet5").expect("the LeNet-5 case");
+    let graph = models::lower(&lenet);
+    let inference = models::inference(&graph);
+    let options = cnnc_codegen::Options { std: false, kernels: Some("crate::cnnc_kernels".into()), ..cnnc_codegen::Options::default() };
+    let text = cnnc_codegen::emit(&cnnc_codegen::Program::inference(&graph, &inference), &options)
+        .unwrap_or_else(|e| panic!("lenet5 without std: {e}"));
+    let path = out.join("lenet5_no_std.rs");
+    std::fs::write(&path, text).expect("OUT_DIR is writable");
+    writeln!(declarations, "#[path = {:?}]\npub mod lenet5_no_std;", path.display().to_string()).unwrap();
     let modules: Vec<&str> =
         cnnc_kernels::source::files().iter().filter(|f| f.module != "source").map(|f| f.module).collect();
     std::fs::write(out.join("kernels.rs"), cnnc_kernels::source::module_text(&modules)).expect("OUT_DIR is writable");
