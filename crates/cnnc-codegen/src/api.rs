@@ -4,8 +4,8 @@
 //! loss, backward and updates, then gradients, outputs and checkpoints).
 
 use crate::Options;
-use crate::error::CodegenError;
 use crate::context::Gen;
+use crate::error::CodegenError;
 use crate::kplan::lit;
 use crate::memory::Value;
 use crate::names::{Names, constant, ident};
@@ -307,7 +307,8 @@ fn api_no_std(g: &Gen<'_>, struct_name: &str, used: &[&str]) -> Result<TokenStre
     let (out_params, out_checks, reads) = outputs(g, &quote!(&*arena))?;
     let has = |f: &str| used.contains(&f);
     let wl = lit(workspace_len(g)?);
-    let mut split = vec![quote!(let (arena, rest) = workspace.split_at_mut(super::batch_len(batch, ARENA_PER_IMAGE)?);)];
+    let mut split =
+        vec![quote!(let (arena, rest) = workspace.split_at_mut(super::batch_len(batch, ARENA_PER_IMAGE)?);)];
     for (f, len) in [
         ("whole", quote!(WHOLE_LEN)),
         ("tmp", quote!(super::batch_len(batch, TMP_PER_IMAGE)? + TMP_FIXED)),
@@ -418,7 +419,12 @@ fn cx_init_no_std(used: &[&str]) -> TokenStream {
     quote!(Cx { #(#fields),* })
 }
 
-pub fn api_training(g: &Gen<'_>, struct_name: &str, used: &[&str], options: &Options) -> Result<TokenStream, CodegenError> {
+pub fn api_training(
+    g: &Gen<'_>,
+    struct_name: &str,
+    used: &[&str],
+    options: &Options,
+) -> Result<TokenStream, CodegenError> {
     let name = ident(struct_name);
     let ins = inputs(g);
     let (checks, copies) = take_inputs(&ins, &quote!(&mut ws.arena));
@@ -426,11 +432,8 @@ pub fn api_training(g: &Gen<'_>, struct_name: &str, used: &[&str], options: &Opt
     let graph = g.graph();
     let has_derived = !g.derived.is_empty();
     let ws = workspace(used);
-    let derived_field = if has_derived {
-        quote!(derived: ::std::vec::Vec<f32>, logical: ::std::vec::Vec<f32>,)
-    } else {
-        quote!()
-    };
+    let derived_field =
+        if has_derived { quote!(derived: ::std::vec::Vec<f32>, logical: ::std::vec::Vec<f32>,) } else { quote!() };
     let derived_init = if has_derived { quote!(derived, logical,) } else { quote!() };
     let derive = if has_derived {
         quote! {
@@ -486,11 +489,17 @@ pub fn api_training(g: &Gen<'_>, struct_name: &str, used: &[&str], options: &Opt
     let mut readers = Vec::new();
     for (k, role) in g.plan.outputs.iter().enumerate() {
         let (fname, doc) = match role {
-            OutputRole::Model(0) => ("output", " The model's output of the last step (`batch` times `OUTPUT_0_LEN` floats)."),
+            OutputRole::Model(0) => {
+                ("output", " The model's output of the last step (`batch` times `OUTPUT_0_LEN` floats).")
+            }
             OutputRole::InputGrad(0) => {
                 ("input_gradient", " The gradient of input 0 from the last step (`batch` times `INPUT_0_LEN` floats).")
             }
-            OutputRole::Model(_) | OutputRole::InputGrad(_) | OutputRole::Loss | OutputRole::ParamGrad(_) | OutputRole::Update(_) => {
+            OutputRole::Model(_)
+            | OutputRole::InputGrad(_)
+            | OutputRole::Loss
+            | OutputRole::ParamGrad(_)
+            | OutputRole::Update(_) => {
                 continue;
             }
         };

@@ -176,7 +176,8 @@ pub fn params(plan: &Plan, specs: &[TensorSpec]) -> Result<(Vec<ParamSpec>, usiz
                     .get_mut(&weight)
                     .ok_or_else(|| CodegenError::Plan(format!("fold_bn folds into `{weight}`, which is missing")))?;
                 w.folds.push(fold(false)?);
-                let bias = map.entry(format!("{layer}.bias")).or_insert(Recipe { src: None, folds: Vec::new(), packed: None });
+                let bias =
+                    map.entry(format!("{layer}.bias")).or_insert(Recipe { src: None, folds: Vec::new(), packed: None });
                 bias.folds.push(fold(true)?);
                 for suffix in ["weight", "bias", "running_mean", "running_var"] {
                     map.remove(&format!("{bn}.{suffix}"));
@@ -196,9 +197,9 @@ pub fn params(plan: &Plan, specs: &[TensorSpec]) -> Result<(Vec<ParamSpec>, usiz
     let mut out = Vec::with_capacity(plan.params.len());
     let mut offset = 0;
     for p in &plan.params {
-        let recipe = map
-            .get(&p.name)
-            .ok_or_else(|| CodegenError::Plan(format!("the plan stores `{}`, which no checkpoint tensor gives", p.name)))?;
+        let recipe = map.get(&p.name).ok_or_else(|| {
+            CodegenError::Plan(format!("the plan stores `{}`, which no checkpoint tensor gives", p.name))
+        })?;
         let packed = recipe.packed.filter(|(l, _)| !l.is_plain()).map(|(l, _)| l);
         let wanted = p.layout.filter(|l| !l.is_plain());
         // Optimiser state is stored like its parameter, which the plan packs without a

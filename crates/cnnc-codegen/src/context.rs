@@ -68,13 +68,7 @@ pub struct Gen<'a> {
 }
 
 impl<'a> Gen<'a> {
-    pub fn new(
-        plan: &'a Plan,
-        mem: Memory,
-        params: Vec<ParamSpec>,
-        params_len: usize,
-        training: bool,
-    ) -> Gen<'a> {
+    pub fn new(plan: &'a Plan, mem: Memory, params: Vec<ParamSpec>, params_len: usize, training: bool) -> Gen<'a> {
         let mut names = Names::default();
         // Reserve the names of the entry's own items in the node namespace.
         for own in ["place", "param", "whole", "derived", "plans", "layers", "workspace"] {

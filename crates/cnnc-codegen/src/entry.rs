@@ -5,8 +5,8 @@
 
 use crate::Options;
 use crate::checkpoint::{self, Init, ParamSpec, TensorSpec};
-use crate::error::CodegenError;
 use crate::context::{Gen, Relayout, place_tokens};
+use crate::error::CodegenError;
 use crate::kplan::{f32_lit, f64_lit, lit};
 use crate::memory::{self, Value};
 use crate::names::{constant, ident};
@@ -75,7 +75,12 @@ pub fn entry(
         Kind::Inference => api_inference(&g, struct_name, &used, options)?,
         Kind::Training => api_training(&g, struct_name, &used, options)?,
     };
-    let mentioned = [&plans, &api].iter().map(|t| t.to_string()).chain(layers.iter().map(|t| t.to_string())).collect::<Vec<_>>().join("\n");
+    let mentioned = [&plans, &api]
+        .iter()
+        .map(|t| t.to_string())
+        .chain(layers.iter().map(|t| t.to_string()))
+        .collect::<Vec<_>>()
+        .join("\n");
     let tables = tables(&g, &specs, &mentioned)?;
     let record = if options.inspect && kind == Kind::Training { crate::api::record(&g) } else { quote!() };
     let doc = entry_doc(plan, struct_name, kind);
@@ -125,7 +130,10 @@ fn doc(plan: &Plan, id: NodeId, options: &Options) -> Vec<String> {
     let node = &g[id];
     let mut name = format!("`{}`", node.name);
     if !node.absorbed.is_empty() {
-        name.push_str(&format!(" (absorbing {})", node.absorbed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")));
+        name.push_str(&format!(
+            " (absorbing {})",
+            node.absorbed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")
+        ));
     }
     let inputs: Vec<String> = node.inputs.iter().map(|&i| g[i].shape.to_string()).collect();
     let mut lines = vec![
@@ -133,7 +141,11 @@ fn doc(plan: &Plan, id: NodeId, options: &Options) -> Vec<String> {
         String::new(),
         format!(
             " Shapes (per image): {} -> `{}`.",
-            if inputs.is_empty() { "()".into() } else { inputs.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ") },
+            if inputs.is_empty() {
+                "()".into()
+            } else {
+                inputs.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+            },
             node.shape
         ),
     ];
@@ -251,18 +263,17 @@ fn tables(g: &Gen<'_>, specs: &[TensorSpec], mentioned: &str) -> Result<TokenStr
             "place",
             " Where every batched value lives (floats; image `i` of a batch of `n` at `buf * n + off + i * stride`), from the memory plan.",
             places,
-            quote!(use super::{k, Place};),
+            quote!(
+                use super::{k, Place};
+            ),
         ),
         module("whole", " Where every whole-batch value lives in the whole-batch region.", wholes, quote!()),
         module("param", " Where every parameter lives in the parameter storage.", param_consts.collect(), quote!()),
         module("derived", " Where every derived copy lives.", derived_consts.collect(), quote!()),
     ];
     let modules = quote!(#(#modules)*);
-    let tensor_count = if mentioned.contains("TENSOR_COUNT") {
-        quote!(const TENSOR_COUNT: usize = #n_tensors;)
-    } else {
-        quote!()
-    };
+    let tensor_count =
+        if mentioned.contains("TENSOR_COUNT") { quote!(const TENSOR_COUNT: usize = #n_tensors;) } else { quote!() };
     Ok(quote! {
         /// The checkpoint's tensors (PyTorch's `state_dict` names and shapes), sorted by name:
         /// what `from_safetensors` reads and `from_seed` draws.
@@ -303,7 +314,8 @@ fn param_tokens(p: &ParamSpec) -> TokenStream {
         None => quote!(None),
     };
     let folds = p.folds.iter().map(|f| {
-        let (bias, gamma, beta, mean, var, eps) = (f.bias, lit(f.gamma), lit(f.beta), lit(f.mean), lit(f.var), f64_lit(f.eps));
+        let (bias, gamma, beta, mean, var, eps) =
+            (f.bias, lit(f.gamma), lit(f.beta), lit(f.mean), lit(f.var), f64_lit(f.eps));
         quote!(super::Fold { bias: #bias, gamma: #gamma, beta: #beta, mean: #mean, var: #var, eps: #eps })
     });
     quote!(super::ParamSpec {
@@ -375,12 +387,10 @@ fn plans_struct(g: &Gen<'_>) -> TokenStream {
     };
     let (n, cpu, threads) = (arg("n"), arg("cpu"), arg("threads"));
     let scratch_text: String = scratch.iter().map(|t| t.to_string()).collect();
-    let scratch_threads = ident(if crate::support::mentions_word(&scratch_text, "threads") { "threads" } else { "_threads" });
-    let scratch_body = if scratch.is_empty() {
-        quote!(0)
-    } else {
-        quote!([#(#scratch),*].into_iter().max().unwrap_or(0))
-    };
+    let scratch_threads =
+        ident(if crate::support::mentions_word(&scratch_text, "threads") { "threads" } else { "_threads" });
+    let scratch_body =
+        if scratch.is_empty() { quote!(0) } else { quote!([#(#scratch),*].into_iter().max().unwrap_or(0)) };
     quote! {
         /// The kernels' plan of every layer for one batch size (checked once, tiles and tasks
         /// chosen for the instruction set and the threads).

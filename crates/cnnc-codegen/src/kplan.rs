@@ -40,7 +40,9 @@ impl KPlan {
             KPlan::PlainConv { shape, epi, out } => {
                 PlainConvPlan::new(with_n(&shape), epi, out, cpu, threads)?.scratch_len(threads)
             }
-            KPlan::Depthwise { shape, epi } => DepthwisePlan::new(with_n(&shape), epi, cpu, threads)?.scratch_len(threads),
+            KPlan::Depthwise { shape, epi } => {
+                DepthwisePlan::new(with_n(&shape), epi, cpu, threads)?.scratch_len(threads)
+            }
             KPlan::Pool { c, hw, kind, win, layout } => {
                 PoolPlan::new(n, c, hw, kind, win, layout, cpu)?;
                 0
@@ -167,9 +169,22 @@ pub fn lit(v: usize) -> Literal {
 }
 
 pub fn conv_shape(s: &ConvShape) -> TokenStream {
-    let [ic, ih, iw, oc, kh, kw, sh, sw, ph, pw, dh, dw, groups] =
-        [s.ic, s.ih, s.iw, s.oc, s.kh, s.kw, s.stride[0], s.stride[1], s.pad[0], s.pad[1], s.dilation[0], s.dilation[1], s.groups]
-            .map(lit);
+    let [ic, ih, iw, oc, kh, kw, sh, sw, ph, pw, dh, dw, groups] = [
+        s.ic,
+        s.ih,
+        s.iw,
+        s.oc,
+        s.kh,
+        s.kw,
+        s.stride[0],
+        s.stride[1],
+        s.pad[0],
+        s.pad[1],
+        s.dilation[0],
+        s.dilation[1],
+        s.groups,
+    ]
+    .map(lit);
     quote!(k::conv::ConvShape {
         n,
         ic: #ic,

@@ -31,9 +31,9 @@
 
 mod api;
 mod checkpoint;
+mod context;
 mod entry;
 mod error;
-mod context;
 mod kplan;
 mod memory;
 mod names;
@@ -159,7 +159,10 @@ pub fn emit(program: &Program<'_>, options: &Options) -> Result<String, CodegenE
         None => support::kernels_text(&kernel_modules),
         Some(path) => format!("use {path};\n"),
     };
-    Ok(format!("{}{body}\n// ---- support code (cnnc-codegen's src/support) ----\n{support}\n// ---- the kernels (cnnc-kernels, verbatim) ----\n{kernels}", header(program, options)))
+    Ok(format!(
+        "{}{body}\n// ---- support code (cnnc-codegen's src/support) ----\n{support}\n// ---- the kernels (cnnc-kernels, verbatim) ----\n{kernels}",
+        header(program, options)
+    ))
 }
 
 /// The module's doc comment and its one lint allowance.

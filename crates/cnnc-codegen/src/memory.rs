@@ -32,9 +32,14 @@ impl Place {
 pub enum Value {
     Batched(Place),
     /// Floats `start .. start + len` of the whole-batch region.
-    Whole { start: usize, len: usize },
+    Whole {
+        start: usize,
+        len: usize,
+    },
     /// The caller's class labels (one `u32` per image).
-    Labels { classes: usize },
+    Labels {
+        classes: usize,
+    },
     /// An effect: no value.
     Nothing,
 }
@@ -77,15 +82,16 @@ pub fn layout(plan: &Plan) -> Result<Memory, CodegenError> {
         let (c, h, w) = chw(&node.shape.0);
         let value = match &m.storage[id.index()] {
             Storage::Nothing => Value::Nothing,
-            Storage::Input(_) => match node.op {
-                Op::Train(TrainOp::Labels { classes }) => Value::Labels { classes },
-                _ => {
+            Storage::Input(_) => {
+                if let Op::Train(TrainOp::Labels { classes }) = node.op {
+                    Value::Labels { classes }
+                } else {
                     let stride = (c * h * w).div_ceil(16) * 16;
                     let place = Place { buf: cursor, off: 0, stride, c, h, w, layout: Layout::Plain };
                     cursor += stride;
                     Value::Batched(place)
                 }
-            },
+            }
             Storage::Arena(p) => {
                 let buffer = m
                     .buffers

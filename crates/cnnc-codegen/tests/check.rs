@@ -72,6 +72,11 @@ fn no_std_modules_compile_in_a_no_std_crate() {
         modules.push((file.trim_end_matches(".cnn").to_string(), common::emit(file, None, false)));
     }
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("codegen-check-no-std");
-    write_crate(&dir, "generated_no_std", "//! Generated modules without std.\n#![no_std]\n#![deny(warnings)]\n", &modules);
+    write_crate(
+        &dir,
+        "generated_no_std",
+        "//! Generated modules without std.\n#![no_std]\n#![deny(warnings)]\n",
+        &modules,
+    );
     cargo_check(&dir);
 }

@@ -25,7 +25,8 @@ pub fn lower(file: &str) -> (String, Graph) {
     let text = std::fs::read_to_string(workspace().join("examples").join(file)).unwrap();
     let (parsed, errors) = cnnc_syntax::parse(&text);
     assert!(errors.is_empty(), "{file}: {errors:?}");
-    let g = cnnc_lower::lower(&parsed, &cnnc_lower::Options::default()).unwrap_or_else(|d| panic!("{file}: {d:?}")).graph;
+    let g =
+        cnnc_lower::lower(&parsed, &cnnc_lower::Options::default()).unwrap_or_else(|d| panic!("{file}: {d:?}")).graph;
     (text, g)
 }
 

@@ -6,8 +6,8 @@
 
 use super::check;
 use super::conv::{conv_shape, gemm_conv};
-use crate::error::CodegenError;
 use crate::context::{Gen, Relayout};
+use crate::error::CodegenError;
 use crate::kplan::{KPlan, lit};
 use crate::memory::Place;
 use cnnc_ir::facts::param_name;
@@ -104,7 +104,9 @@ fn weight(g: &mut Gen<'_>, id: NodeId, conv: &Conv) -> Result<Option<TokenStream
     let dw = g.whole(id)?;
     let ok = check();
     let plan = KPlan::BwdWeights { shape, bias: false, accumulate: false };
-    if x.layout == Layout::Blocked16 && blocked_weight(layout) && plan.check(1, cnnc_kernels::simd::Cpu::PORTABLE, 1).is_ok()
+    if x.layout == Layout::Blocked16
+        && blocked_weight(layout)
+        && plan.check(1, cnnc_kernels::simd::Cpu::PORTABLE, 1).is_ok()
     {
         let plan = g.kernel_plan(id, "", plan)?;
         return Ok(Some(quote! {

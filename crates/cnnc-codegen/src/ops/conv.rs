@@ -5,11 +5,11 @@
 //! epilogue (bias, residual, activation) of the node.
 
 use super::{act, check};
-use crate::error::CodegenError;
 use crate::context::{Gen, Relayout, kernel_layout};
+use crate::error::CodegenError;
 use crate::kplan::{KPlan, epilogue};
 use cnnc_ir::facts::param_name;
-use cnnc_ir::{Conv, Epilogue, FusedBase, Layout, NodeId, Window, WeightLayout};
+use cnnc_ir::{Conv, Epilogue, FusedBase, Layout, NodeId, WeightLayout, Window};
 use cnnc_kernels::conv::{ConvShape, Epilogue as KEpilogue};
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -77,7 +77,10 @@ pub fn forward(
             Kernel::Blocked
         }
         Some(WeightLayout::Goihw16g)
-            if blocked && conv.groups == x.c && conv.out_channels == x.c && plan_ok(KPlan::Depthwise { shape, epi: kepi }) =>
+            if blocked
+                && conv.groups == x.c
+                && conv.out_channels == x.c
+                && plan_ok(KPlan::Depthwise { shape, epi: kepi }) =>
         {
             Kernel::Depthwise
         }

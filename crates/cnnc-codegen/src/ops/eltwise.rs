@@ -4,8 +4,8 @@
 //! `nChw16c`, dropout masks and products.
 
 use super::{act, check};
-use crate::error::CodegenError;
 use crate::context::{Gen, place_tokens};
+use crate::error::CodegenError;
 use crate::kplan::f64_lit;
 use crate::memory::Place;
 use cnnc_ir::facts::param_name;
@@ -105,7 +105,9 @@ pub fn add(g: &mut Gen<'_>, id: NodeId) -> Result<Option<TokenStream>, CodegenEr
     }
     for b in rest {
         let (a, bt) = (place_tokens(&acc), place_tokens(b));
-        calls.push(quote!(k::eltwise::add(cx.par, cx.cpu, cx.arena, #a.view(cx.n), #bt.view(cx.n), #yt.view(cx.n)) #ok;));
+        calls.push(
+            quote!(k::eltwise::add(cx.par, cx.cpu, cx.arena, #a.view(cx.n), #bt.view(cx.n), #yt.view(cx.n)) #ok;),
+        );
         acc = y;
     }
     Ok(Some(quote! {

@@ -2,8 +2,8 @@
 //! the regression losses and both hinge forms in the support code (the kernels have none).
 
 use super::check;
-use crate::error::CodegenError;
 use crate::context::Gen;
+use crate::error::CodegenError;
 use crate::kplan::f64_lit;
 use crate::memory::Value;
 use cnnc_ir::{HingeForm, Loss, NodeId};

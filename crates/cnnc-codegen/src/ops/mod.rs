@@ -10,8 +10,8 @@ mod norm;
 mod pool;
 mod update;
 
-use crate::error::CodegenError;
 use crate::context::Gen;
+use crate::error::CodegenError;
 use cnnc_ir::{Activation, Epilogue, Fc, FusedBase, Gemm, NodeId, Op, PoolGeometry, TrainOp};
 use cnnc_kernels::act::{Act, ActKind};
 use proc_macro2::TokenStream;
@@ -61,9 +61,7 @@ pub fn body(g: &mut Gen<'_>, id: NodeId) -> Result<Option<TokenStream>, CodegenE
             TrainOp::GemmBackwardData { gemm, input } => backward::gemm_data(g, id, gemm, *input),
             TrainOp::GemmBackwardWeight(gemm) => backward::gemm_weight(g, id, gemm),
             TrainOp::BiasGrad => backward::bias_grad(g, id),
-            TrainOp::ActivationBackward { activation, from } => {
-                eltwise::activation_backward(g, id, *activation, *from)
-            }
+            TrainOp::ActivationBackward { activation, from } => eltwise::activation_backward(g, id, *activation, *from),
             TrainOp::PreluBackwardData => eltwise::prelu_backward(g, id, false),
             TrainOp::PreluBackwardWeight => eltwise::prelu_backward(g, id, true),
             TrainOp::SoftmaxBackward => eltwise::softmax_backward(g, id),

@@ -4,8 +4,8 @@
 //! backward.
 
 use super::check;
-use crate::error::CodegenError;
 use crate::context::{Gen, kernel_layout, place_tokens};
+use crate::error::CodegenError;
 use crate::kplan::{KPlan, f32_lit, lit};
 use crate::memory::Place;
 use cnnc_ir::facts::param_name;
@@ -79,14 +79,22 @@ pub fn running_update(
     let s_id = node.inputs[0];
     let (_, len) = g.mem.whole(s_id)?;
     let s = g.whole(s_id)?;
-    let (rm, rv) =
-        (g.param_range(&param_name(&node.name, "running_mean"))?, g.param_range(&param_name(&node.name, "running_var"))?);
-    let (c, spatial, momentum) = (lit(len / 2), lit(spatial), f32_lit(bn.momentum as f32));
+    let (rm, rv) = (
+        g.param_range(&param_name(&node.name, "running_mean"))?,
+        g.param_range(&param_name(&node.name, "running_var"))?,
+    );
+    let values = if spatial == 1 {
+        quote!(cx.n)
+    } else {
+        let s = lit(spatial);
+        quote!(cx.n * #s)
+    };
+    let (c, momentum) = (lit(len / 2), f32_lit(bn.momentum as f32));
     let ok = check();
     Ok(Some(quote! {
         let (mean, var) = cx.whole[#s].split_at(#c);
         let [rm, rv] = super::disjoint_mut(cx.params, [#rm, #rv]) #ok;
-        k::bn::update_running(rm, rv, mean, var, #momentum, cx.n * #spatial) #ok;
+        k::bn::update_running(rm, rv, mean, var, #momentum, #values) #ok;
         Ok(())
     }))
 }

@@ -3,8 +3,8 @@
 //! the flattened output); the argmax of max pooling for training; the backward passes.
 
 use super::check;
-use crate::error::CodegenError;
 use crate::context::{Gen, kernel_layout, place_tokens};
+use crate::error::CodegenError;
 use crate::kplan::KPlan;
 use crate::memory::Place;
 use cnnc_ir::{Layout, NodeId, PoolGeometry, PoolKind};
@@ -116,9 +116,9 @@ pub fn forward(
     let xv = g.view(node.inputs[0])?;
     let ok = check();
     let runs = plans(g, id, x, y, kind_of(kind), geometry)?;
-    let calls = runs.iter().map(|(plan, place)| {
-        quote!(k::pool::forward(cx.par, #plan, cx.arena, #xv, #place.view(cx.n), None) #ok;)
-    });
+    let calls = runs
+        .iter()
+        .map(|(plan, place)| quote!(k::pool::forward(cx.par, #plan, cx.arena, #xv, #place.view(cx.n), None) #ok;));
     Ok(Some(quote! {
         #(#calls)*
         Ok(())

@@ -3,8 +3,8 @@
 //! (which the kernels lack) in the support code.
 
 use super::check;
-use crate::error::CodegenError;
 use crate::context::Gen;
+use crate::error::CodegenError;
 use crate::kplan::f32_lit;
 use cnnc_ir::facts::param_name;
 use cnnc_ir::{NodeId, Optimizer};

@@ -273,9 +273,9 @@ fn hinge_loss(
     let c = x.len();
     let scale = if mean_over_classes { 1.0 / (n * c) as f64 } else { 1.0 / n as f64 };
     let mut total = 0.0f64;
-    for b in 0..n {
+    for (b, &label) in labels.iter().enumerate().take(n) {
         let at = |p: Place, j: usize| p.buf * n + p.off + b * p.stride + p.at(j, 0, 0);
-        let y = labels[b] as usize;
+        let y = label as usize;
         let sy = f64::from(arena[at(x, y)]);
         let mut active = 0usize;
         for j in (0..c).filter(|&j| j != y) {

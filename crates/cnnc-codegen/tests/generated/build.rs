@@ -34,7 +34,11 @@ fn main() {
     let lenet = models::cases().into_iter().find(|c| c.module == "lenet5").expect("the LeNet-5 case");
     let graph = models::lower(&lenet);
     let inference = models::inference(&graph);
-    let options = cnnc_codegen::Options { std: false, kernels: Some("crate::cnnc_kernels".into()), ..cnnc_codegen::Options::default() };
+    let options = cnnc_codegen::Options {
+        std: false,
+        kernels: Some("crate::cnnc_kernels".into()),
+        ..cnnc_codegen::Options::default()
+    };
     let text = cnnc_codegen::emit(&cnnc_codegen::Program::inference(&graph, &inference), &options)
         .unwrap_or_else(|e| panic!("lenet5 without std: {e}"));
     let path = out.join("lenet5_no_std.rs");

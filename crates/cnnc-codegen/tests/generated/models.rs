@@ -48,18 +48,21 @@ pub fn cases() -> Vec<Case> {
     let nesterov = Optimizer::Sgd(Sgd { momentum: 0.8, weight_decay: 1e-3, nesterov: true });
     let rmsprop = Optimizer::RmsProp(RmsProp { alpha: 0.99, eps: 1e-6, momentum: 0.5, weight_decay: 0.0 });
     vec![
-        case(
-            "lenet5",
-            "examples/lenet5.cnn",
-            None,
-            vec![grads(ce), step("Sgd", ce, SGD), step("Adam", ce, ADAM)],
-        ),
+        case("lenet5", "examples/lenet5.cnn", None, vec![grads(ce), step("Sgd", ce, SGD), step("Adam", ce, ADAM)]),
         case("cifar_simple", "examples/cifar_simple.cnn", None, vec![grads(MULTI_MARGIN)]),
         case("allcnnc", "examples/allcnnc.cnn", Some(&[3, 16, 16]), vec![grads(ce), step("Sgd", ce, SGD)]),
         case("resnet18", "examples/resnet18.cnn", Some(&[3, 64, 64]), vec![step("Sgd", ce, SGD)]),
-        Case { overrides: &[("hidden", "64")], ..case("vgg11", "examples/vgg11.cnn", Some(&[3, 32, 32]), vec![grads(ce)]) },
+        Case {
+            overrides: &[("hidden", "64")],
+            ..case("vgg11", "examples/vgg11.cnn", Some(&[3, 32, 32]), vec![grads(ce)])
+        },
         case("inception", "tests/data/ok/inception.cnn", Some(&[192, 8, 8]), vec![grads(Loss::Mse)]),
-        case("tiny_resnet", "tests/data/ok/residual_projection.cnn", None, vec![grads(ce), step("Sgd", ce, SGD), step("Adam", ce, ADAM)]),
+        case(
+            "tiny_resnet",
+            "tests/data/ok/residual_projection.cnn",
+            None,
+            vec![grads(ce), step("Sgd", ce, SGD), step("Adam", ce, ADAM)],
+        ),
         case("activations", "tests/data/ok/layer_activations.cnn", None, vec![grads(Loss::Mse)]),
         case("pools", "tests/data/ok/layer_pool.cnn", None, vec![grads(Loss::L1)]),
         case("ceil_pools", "tests/data/ok/layer_pool_ceil.cnn", None, vec![]),

@@ -26,7 +26,9 @@ fn handmade(w: &TensorMap, extra: &[(&str, &str, &[usize], Vec<u8>)]) -> Vec<u8>
     let mut data = Vec::new();
     let mut entries: Vec<(String, String, Vec<usize>, Vec<u8>)> = w
         .iter()
-        .map(|(k, t)| (k.clone(), "F32".to_string(), t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .map(|(k, t)| {
+            (k.clone(), "F32".to_string(), t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        })
         .collect();
     entries.extend(extra.iter().map(|(k, d, s, b)| (k.to_string(), d.to_string(), s.to_vec(), b.clone())));
     for (i, (name, dtype, shape, bytes)) in entries.iter().enumerate() {

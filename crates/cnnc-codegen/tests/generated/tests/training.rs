@@ -7,15 +7,15 @@
 mod common;
 
 use cnnc_codegen_generated as generated;
-use common::*;
 use cnnc_runtime::{Tensor, TensorMap};
+use common::*;
 
 const RTOL: f64 = 1e-3;
 
 fn batches(g: &cnnc_ir::Graph) -> [usize; 2] {
-    let one_pixel_bn = g.iter().any(|(_, n)| {
-        matches!(n.op, cnnc_ir::Op::BatchNorm(_)) && n.shape.0.iter().skip(1).product::<usize>() == 1
-    });
+    let one_pixel_bn = g
+        .iter()
+        .any(|(_, n)| matches!(n.op, cnnc_ir::Op::BatchNorm(_)) && n.shape.0.iter().skip(1).product::<usize>() == 1);
     if one_pixel_bn { [2, 3] } else { [1, 3] }
 }
 

@@ -150,13 +150,11 @@ pub fn decision_flips(
         let count = m
             .iter()
             .zip(&t)
-            .filter(|&(&a, &b)| {
-                if argmax {
-                    a != b
-                } else {
-                    (a == 0.0) != (b == 0.0) && a.abs().max(b.abs()) <= 1e-4 * scale
-                }
-            })
+            .filter(
+                |&(&a, &b)| {
+                    if argmax { a != b } else { (a == 0.0) != (b == 0.0) && a.abs().max(b.abs()) <= 1e-4 * scale }
+                },
+            )
             .count();
         if count > 0 {
             flips.push(format!("{id} `{}` ({}): {count}", node.name, node.op.keyword()));
