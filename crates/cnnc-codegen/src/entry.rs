@@ -41,7 +41,8 @@ pub fn entry(
 ) -> Result<(Ident, TokenStream), CodegenError> {
     let specs = checkpoint::checkpoint(source, plan);
     let (params, params_len) = checkpoint::params(plan, &specs)?;
-    let mem = memory::layout(plan)?;
+    let mut mem = memory::layout(plan)?;
+    let elided = memory::fuse_blocked_stems(plan, &mut mem);
     let kind = kind(plan);
     if kind == Kind::Training && !options.std {
         return Err(CodegenError::Unsupported("training steps need std (allocation, threads)".into()));
@@ -50,6 +51,9 @@ pub fn entry(
     let mut layers = Vec::new();
     let mut calls = Vec::new();
     for (id, node) in plan.graph.iter() {
+        if elided.contains(&id) {
+            continue;
+        }
         let Some(body) = ops::body(&mut g, id)? else { continue };
         let f = ident(&g.fns[id.index()]);
         let doc = doc(plan, id, options);

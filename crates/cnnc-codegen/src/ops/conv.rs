@@ -69,6 +69,7 @@ pub fn forward(
     let kepi = KEpilogue { bias: conv.bias, scale_shift: false, residual: epi.residual, act: act(epi.activation) };
     let layout = g.param_spec(&w_name)?.layout;
     let blocked = x.layout == Layout::Blocked16;
+    let y = g.mem.batched(id)?;
     let plan_ok = |p: KPlan| p.check(1, cnnc_kernels::simd::Cpu::PORTABLE, 1).is_ok();
     let kernel = match layout {
         Some(WeightLayout::OIhw16i16o | WeightLayout::GOIhw16i16o | WeightLayout::OI16i16o)
@@ -86,7 +87,7 @@ pub fn forward(
         }
         _ if !blocked
             && conv.groups == 1
-            && plan_ok(KPlan::PlainConv { shape, epi: kepi, out: cnnc_kernels::view::Layout::Nchw }) =>
+            && plan_ok(KPlan::PlainConv { shape, epi: kepi, out: kernel_layout(y.layout) }) =>
         {
             Kernel::Plain
         }
@@ -131,7 +132,8 @@ pub fn forward(
             call(g.param(&w_name)?, quote!(k::depthwise::forward), plan)
         }
         Kernel::Plain => {
-            let out = kernel_layout(Layout::Plain);
+            // Plain output as the plan says, or blocked in a fused stem.
+            let out = kernel_layout(y.layout);
             let plan = g.kernel_plan(id, "", KPlan::PlainConv { shape, epi: kepi, out })?;
             let w = g.derived(&w_name, Relayout::PlainInput)?;
             call(w, quote!(k::conv_plain::forward), plan)

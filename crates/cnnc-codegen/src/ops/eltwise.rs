@@ -119,6 +119,7 @@ pub fn add(g: &mut Gen<'_>, id: NodeId) -> Result<Option<TokenStream>, CodegenEr
 pub fn reorder(g: &mut Gen<'_>, id: NodeId) -> Result<Option<TokenStream>, CodegenError> {
     let node = &g.graph()[id];
     let (x, y) = (g.mem.batched(node.inputs[0])?, g.mem.batched(id)?);
+    // Same layouts: a fused stem already computed the value blocked.
     if x.layout == y.layout {
         return copy(g, id);
     }
