@@ -7,7 +7,7 @@
 //! the sections and the registry match one to one, that each erroneous example produces its
 //! code and exactly the text shown, and that each fixed example compiles cleanly.
 //!
-//! `CNNC_BLESS=1 cargo test -p cnnc-tests --test error_index` rewrites the text blocks with what
+//! `CNNC_BLESS=1 cargo test -p cnnc-tests -- error_index` rewrites the text blocks with what
 //! cnnc prints now; review the diff before committing it.
 
 use cnnc_diag::{CODES, Diagnostic, SourceFile, has_errors};

@@ -11,7 +11,7 @@
 //!   prints for it (every model checked, diagnostics rendered without colour).
 //!
 //! To add a case, drop a `.cnn` file in one of the directories and run
-//! `INSTA_UPDATE=always cargo test -p cnnc-tests --test snapshots` (or `cargo insta review`),
+//! `INSTA_UPDATE=always cargo test -p cnnc-tests -- snapshots` (or `cargo insta review`),
 //! then read the new snapshot. With `CI=true` a missing snapshot is a failure, so commit them.
 //! Each test runs every file and reports every mismatch at once.
 

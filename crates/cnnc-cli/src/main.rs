@@ -5,14 +5,18 @@
 //! unreadable or unwritable file, unknown code).
 
 mod explain;
+mod tools;
+mod usage;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use cnnc_diag::{Diagnostic, SourceFile};
 use cnnc_driver::execute::{self, INPUT_KEY, MAX_LISTED_IMAGES};
 use cnnc_driver::{
-    ErrorKind, ExecError, ExecWarning, Mode, Options, Pass, check_models, examples, lower_source, render,
+    ErrorKind, ExecError, ExecWarning, GradReport, Mode, Options, Pass, PreflightError, Task, WeightsOptions,
+    check_memory, check_models, check_output, check_outputs, examples, lower_source, path_text, render,
     render_exec_error, summarize, summarize_optimized, table, thousands, to_json,
 };
+use cnnc_driver::{MemoryBudget, is_stdout};
 use cnnc_ir::Graph;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -30,6 +34,11 @@ struct Cli {
     /// When to colour diagnostics: `auto` colours them only when stderr is a terminal.
     #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
     color: Color,
+    /// The memory `init`, `run` and `grad` may use, such as 8G or 512M: a model or a file that
+    /// needs more is refused before anything is allocated. By default, what the machine has
+    /// available (MemAvailable, within this process's cgroup limit).
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_limit, env = "CNNC_MEMORY_LIMIT", global = true)]
+    memory_limit: Option<u64>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -97,7 +106,8 @@ enum Command {
         /// The seed: the same seed gives the same weights, byte for byte.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Where to write the weights (safetensors, PyTorch state_dict names).
+        /// Where to write the weights (safetensors, PyTorch state_dict names); `-` for standard
+        /// output.
         #[arg(short, long, value_name = "W.safetensors")]
         output: PathBuf,
     },
@@ -112,6 +122,14 @@ enum Command {
     /// The loss is the mean over the batch. The gradient file holds every trainable parameter
     /// under its weights name, and `input`.
     Grad(GradArgs),
+    /// Check a model's backward pass against central finite differences on random data: the
+    /// worst relative error of each parameter tensor's gradient (and the input's).
+    ///
+    /// Exit 1 when a gradient is wrong (a relative error of 1e-3 or more).
+    Gradcheck(tools::GradcheckArgs),
+    /// Use a trained network as a feature extractor: the output of one layer for each image of
+    /// a batch, saved as .npy (the layers after it are not run).
+    Features(tools::FeaturesArgs),
     /// Check and summarise the built-in examples (LeNet-5, ResNet-18), as `cnnc summary` does:
     /// needs no files.
     Demo,
@@ -125,15 +143,32 @@ struct RunArgs {
     /// initialised from --seed as `cnnc init` does.
     #[arg(long, value_name = "W.safetensors")]
     weights: Option<PathBuf>,
+    /// Ignore tensors of the weights file the model does not have (a checkpoint's heads or
+    /// optimiser state), listing them in a warning, instead of refusing the file.
+    #[arg(long, requires = "weights")]
+    allow_extra_weights: bool,
     /// The input batch: float32 (or float64) .npy of shape [N, C, H, W], or [N, F].
     #[arg(long, value_name = "X.npy")]
     input: PathBuf,
-    /// Where to write the output batch (float32 .npy).
+    /// Where to write the output batch (float32 .npy); `-` for standard output.
     #[arg(short, long, value_name = "Y.npy")]
     output: Option<PathBuf>,
-    /// The seed of the initial weights when no --weights is given.
-    #[arg(long, default_value_t = 0, conflicts_with = "weights")]
-    seed: u64,
+    /// Run batch norm on batch statistics (updating the running statistics) and dropout with
+    /// random masks, as in training.
+    #[arg(long)]
+    train: bool,
+    /// With --train, where to write the full state after the step: the weights, with each batch
+    /// norm's running statistics updated from this batch (safetensors).
+    #[arg(long, value_name = "S.safetensors", requires = "train")]
+    state_out: Option<PathBuf>,
+    /// Where to write every layer's output, batch first, by layer name (safetensors): to find
+    /// where two runs part ways.
+    #[arg(long, value_name = "D.safetensors")]
+    dump: Option<PathBuf>,
+    /// The seed of the initial weights without --weights (0 by default), and of the dropout
+    /// masks with --train.
+    #[arg(long)]
+    seed: Option<u64>,
     /// The back end that runs the model.
     #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
     backend: BackendArg,
@@ -147,29 +182,53 @@ struct RunArgs {
 struct GradArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// The weights (safetensors, PyTorch state_dict names).
+    /// The weights (safetensors, PyTorch state_dict names); without it, the parameters are
+    /// initialised from --seed (0 by default) as `cnnc init` does.
     #[arg(long, value_name = "W.safetensors")]
-    weights: PathBuf,
+    weights: Option<PathBuf>,
+    /// Ignore tensors of the weights file the model does not have (a checkpoint's heads or
+    /// optimiser state), listing them in a warning, instead of refusing the file.
+    #[arg(long, requires = "weights")]
+    allow_extra_weights: bool,
     /// The input batch: float32 (or float64) .npy of shape [N, C, H, W], or [N, F].
     #[arg(long, value_name = "X.npy")]
     input: PathBuf,
-    /// The targets: int64 or int32 class indices of shape [N] for ce and hinge, a float tensor
+    /// The targets: int64 or int32 class indices of shape [N] for ce and the hinges, a float tensor
     /// shaped like the output ([N, ...]) for mse, l1 and huber.
     #[arg(long, value_name = "T.npy")]
     target: PathBuf,
     /// The loss, a mean over the batch.
     #[arg(long, value_enum)]
     loss: LossArg,
-    /// Where to write the gradients (safetensors: the weights' names, plus `input`).
+    /// The margin of `hinge` and `multi-margin` [default: 1].
+    #[arg(long, value_parser = parse_positive)]
+    margin: Option<f64>,
+    /// The delta of `huber`, where the loss turns from quadratic to linear [default: 1].
+    #[arg(long, value_parser = parse_positive)]
+    delta: Option<f64>,
+    /// Where to write the gradients (safetensors: the weights' names, plus `input`); `-` for
+    /// standard output.
     #[arg(short, long, value_name = "G.safetensors")]
     output: Option<PathBuf>,
     /// Run batch norm on batch statistics and dropout with random masks, as in training
-    /// (nothing is written back to the weights).
+    /// (nothing is written back to the weights; see --state-out).
     #[arg(long)]
     train: bool,
-    /// The seed of the dropout masks with --train.
+    /// With --train, where to write the full state after the step: the weights, with each batch
+    /// norm's running statistics updated from this batch (safetensors).
+    #[arg(long, value_name = "S.safetensors", requires = "train")]
+    state_out: Option<PathBuf>,
+    /// Where to write every layer's output and gradient (safetensors): `<layer>` and
+    /// `<layer>.grad`, and `<parameter>.grad` for each parameter.
+    #[arg(long, value_name = "D.safetensors")]
+    dump: Option<PathBuf>,
+    /// The seed of the initial weights without --weights, and of the dropout masks with
+    /// --train.
     #[arg(long)]
     seed: Option<u64>,
+    /// Print the loss and the files read and written as one line of JSON instead of text.
+    #[arg(long)]
+    json: bool,
     /// The back end that runs the model.
     #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
     backend: BackendArg,
@@ -188,6 +247,13 @@ impl BackendArg {
             BackendArg::Interp => execute::Backend::Interp,
         }
     }
+
+    /// The `--backend` name.
+    fn name(self) -> &'static str {
+        match self {
+            BackendArg::Interp => "interp",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -198,20 +264,36 @@ enum LossArg {
     Mse,
     /// Mean absolute error (a target shaped like the output).
     L1,
-    /// Huber loss with delta 1 (a target shaped like the output).
+    /// Huber loss, quadratic within --delta of the target (a target shaped like the output).
     Huber,
-    /// Multi-class hinge, PyTorch's MultiMarginLoss (class indices).
+    /// Multi-class SVM (CS231n): the sum over the wrong classes of max(0, s_j - s_y + margin)
+    /// (class indices).
     Hinge,
+    /// PyTorch's MultiMarginLoss: the same sum divided by the number of classes (class indices).
+    MultiMargin,
 }
 
 impl LossArg {
-    fn loss(self) -> execute::Loss {
+    /// The loss with its constant; a constant the loss does not have is a usage error.
+    fn with(self, margin: Option<f64>, delta: Option<f64>) -> Result<execute::Loss, Failure> {
+        let takes_margin = matches!(self, LossArg::Hinge | LossArg::MultiMargin);
+        if margin.is_some() && !takes_margin {
+            return Err(Failure::Usage("--margin belongs to `--loss hinge` and `--loss multi-margin`".into()));
+        }
+        if delta.is_some() && self != LossArg::Huber {
+            return Err(Failure::Usage("--delta belongs to `--loss huber`".into()));
+        }
+        Ok(self.loss(margin.unwrap_or(1.0), delta.unwrap_or(1.0)))
+    }
+
+    fn loss(self, margin: f64, delta: f64) -> execute::Loss {
         match self {
             LossArg::Ce => execute::Loss::CrossEntropy,
             LossArg::Mse => execute::Loss::Mse,
             LossArg::L1 => execute::Loss::L1,
-            LossArg::Huber => execute::Loss::Huber,
-            LossArg::Hinge => execute::Loss::Hinge,
+            LossArg::Huber => execute::Loss::Huber { delta },
+            LossArg::Hinge => execute::Loss::Hinge { margin, form: execute::HingeForm::Sum },
+            LossArg::MultiMargin => execute::Loss::Hinge { margin, form: execute::HingeForm::MeanOverClasses },
         }
     }
 }
@@ -306,6 +388,9 @@ enum Failure {
     Usage(String),
     /// Running the model on data failed; rendered with its details and hint, exit code by kind.
     Exec(ExecError),
+    /// The report already says what failed (a gradient check that found a wrong gradient):
+    /// only the exit code is left.
+    Quiet(u8),
 }
 
 impl From<ExecError> for Failure {
@@ -314,9 +399,34 @@ impl From<ExecError> for Failure {
     }
 }
 
+impl From<PreflightError> for Failure {
+    fn from(e: PreflightError) -> Failure {
+        Failure::Exec(e.into())
+    }
+}
+
+/// A finite number above zero: a margin or a delta.
+fn parse_positive(arg: &str) -> Result<f64, String> {
+    match arg.trim().parse::<f64>() {
+        Ok(value) if value.is_finite() && value > 0.0 => Ok(value),
+        Ok(_) => Err("must be a finite number above zero".into()),
+        Err(_) => Err(format!("`{arg}` is not a number")),
+    }
+}
+
+fn parse_memory_limit(arg: &str) -> Result<u64, String> {
+    cnnc_driver::parse_size(arg)
+}
+
 fn main() -> ExitCode {
-    // `--help` and `--version` exit 0 through clap; argument errors exit 2, as ours do.
-    let cli = Cli::parse();
+    // `--help` and `--version` exit 0 through clap; argument errors exit 2, as ours do, and a
+    // missing argument is reported in our words, with an example.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => return argument_error(&e, &args),
+    };
+    let budget = cli.memory_limit.map_or_else(MemoryBudget::detect, MemoryBudget::set);
     let color = match cli.color {
         Color::Always => true,
         Color::Never => false,
@@ -330,9 +440,11 @@ fn main() -> ExitCode {
         Command::Ir { model, passes } => graph_view(&model, &passes, View::Ir, color, &mut out),
         Command::Dot { model, passes } => graph_view(&model, &passes, View::Dot, color, &mut out),
         Command::Explain { code } => explain::run(code.as_deref(), &mut out).map_err(Failure::Usage),
-        Command::Init { model, seed, output } => init(&model, seed, &output, color, &mut out),
-        Command::Run(args) => run(&args, color, &mut out),
-        Command::Grad(args) => grad(&args, color, &mut out),
+        Command::Init { model, seed, output } => init(&model, seed, &output, &budget, color, &mut out),
+        Command::Run(args) => run(&args, &budget, color, &mut out),
+        Command::Grad(args) => grad(&args, &budget, color, &mut out),
+        Command::Gradcheck(args) => tools::gradcheck(&args, &budget, color, &mut out),
+        Command::Features(args) => tools::features(&args, &budget, color, &mut out),
         Command::Demo => demo(color, &mut out),
     };
     // Whatever was produced goes out even when a later step failed.
@@ -346,6 +458,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Diagnostics) => ExitCode::from(1),
+        Err(Failure::Quiet(code)) => ExitCode::from(code),
         Err(Failure::Usage(message)) => {
             // `eprintln!` would panic if stderr were closed; the exit code still tells.
             let _ = writeln!(std::io::stderr(), "error: {message}");
@@ -359,6 +472,18 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Prints a command-line error and gives its exit code: a missing argument in our words, with
+/// an example ([`usage::missing_arguments`]), anything else as clap words it (`--help` and
+/// `--version` print to stdout and exit 0).
+fn argument_error(error: &clap::Error, args: &[std::ffi::OsString]) -> ExitCode {
+    if let Some(message) = usage::missing_arguments(error, args) {
+        let _ = std::io::stderr().lock().write_all(message.as_bytes());
+        return ExitCode::from(2);
+    }
+    let _ = error.print();
+    ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2))
 }
 
 fn load(path: &Path) -> Result<SourceFile, Failure> {
@@ -473,20 +598,50 @@ fn warn(warnings: &[ExecWarning]) {
     notify(&warnings.iter().map(|w| format!("warning: {w}")).collect::<Vec<_>>());
 }
 
-fn init(args: &ModelArgs, seed: u64, output: &Path, color: bool, out: &mut String) -> Result<(), Failure> {
+fn init(
+    args: &ModelArgs,
+    seed: u64,
+    output: &Path,
+    budget: &MemoryBudget,
+    color: bool,
+    out: &mut String,
+) -> Result<(), Failure> {
     let graph = lower_one(args, color)?;
-    let weights = execute::init_weights(&graph, seed);
+    check_output(output, &[("the source FILE", &args.file)])?;
+    check_memory(&graph, Task::Init, budget)?;
+    let weights = execute::init_weights(&graph, seed)?;
     execute::save_tensors(output, &weights)?;
     let summary = summarize(&graph);
-    out.push_str(&format!(
-        "wrote `{}`: {} tensors of model `{}`, {} parameters and {} buffer values (seed {seed})\n",
-        output.display(),
+    let report = format!(
+        "wrote {}: {} tensors of model `{}`, {} parameters and {} buffer values (seed {seed})\n",
+        destination_text(output),
         weights.len(),
         graph.name,
         thousands(summary.params),
         thousands(summary.buffers),
-    ));
+    );
+    say(Some(output), report, out);
     Ok(())
+}
+
+/// `` `out.npy` ``, or `standard output` for `-o -`.
+fn destination_text(path: &Path) -> String {
+    if is_stdout(path) { "standard output".to_string() } else { format!("`{}`", path.display()) }
+}
+
+/// The command's report: on stdout, unless the command's output file goes there (`-o -`), in
+/// which case the report goes to stderr so that stdout holds the file alone.
+fn say(output: Option<&Path>, text: String, out: &mut String) {
+    say_where(output.is_some_and(is_stdout), text, out);
+}
+
+/// The report goes to stderr when standard output carries a file.
+fn say_where(stdout_is_taken: bool, text: String, out: &mut String) {
+    if stdout_is_taken {
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    } else {
+        out.push_str(&text);
+    }
 }
 
 /// Reads the input batch; a wrong size is checked against the model at the input's size, so the
@@ -496,52 +651,138 @@ fn load_input(
     file: &SourceFile,
     args: &ModelArgs,
     path: &Path,
+    budget: &MemoryBudget,
 ) -> Result<(cnnc_driver::execute::Tensor, Vec<ExecWarning>), Failure> {
-    execute::load_input(graph, path).map_err(|e| Failure::Exec(execute::check_input_size(e, file, &args.options())))
+    execute::load_input(graph, path, budget)
+        .map_err(|e| Failure::Exec(execute::check_input_size(e, file, &args.options())))
 }
 
-fn run(args: &RunArgs, color: bool, out: &mut String) -> Result<(), Failure> {
-    let (graph, file) = lower_with_source(&args.model, color)?;
-    let (input, warnings) = load_input(&graph, &file, &args.model, &args.input)?;
-    warn(&warnings);
-    let params = match &args.weights {
+/// Loads the weights file, or initialises the parameters from `seed` (saying so) without one.
+fn weights_or_init(
+    graph: &Graph,
+    weights: Option<&Path>,
+    allow_extra: bool,
+    seed: u64,
+    budget: &MemoryBudget,
+) -> Result<execute::TensorMap, Failure> {
+    match weights {
         Some(path) => {
-            let (params, warnings) = execute::load_weights(&graph, path)?;
+            let options = WeightsOptions { allow_extra, limit: budget.bytes };
+            let (params, warnings) = execute::load_weights(graph, path, options)?;
             warn(&warnings);
-            params
+            Ok(params)
         }
         None => {
             notify(&[format!(
-                "note: no --weights given: parameters initialised from seed {} (He/Xavier, as `cnnc init --seed {}`)",
-                args.seed, args.seed
+                "note: no --weights given: parameters initialised from seed {seed} (He/Xavier, as `cnnc init --seed {seed}`)"
             )]);
-            execute::init_weights(&graph, args.seed)
+            Ok(execute::init_weights(graph, seed)?)
         }
-    };
-    let output = match &args.passes {
-        Some(PassList(passes)) if !passes.is_empty() => {
-            // Weights were checked against the source graph; the passes rewrite them to fit
-            // the optimised one (BN folded into the conv before it).
-            let opt = cnnc_driver::optimize(&graph, Some(&params), passes, Mode::Inference).map_err(pass_failure)?;
-            notify(&cnnc_driver::pass_report(&opt));
-            let weights = opt.weights.as_ref().unwrap_or(&params);
-            execute::run(opt.graph(), weights, &input, args.backend.backend())?
-        }
-        _ => execute::run(&graph, &params, &input, args.backend.backend())?,
-    };
+    }
+}
+
+fn run(args: &RunArgs, budget: &MemoryBudget, color: bool, out: &mut String) -> Result<(), Failure> {
+    let (graph, file) = lower_with_source(&args.model, color)?;
+    if args.weights.is_some() && args.seed.is_some() && !args.train {
+        return Err(Failure::Usage(
+            "--seed initialises the weights, or with --train seeds the dropout masks; with --weights and no --train \
+             it has nothing to do"
+                .into(),
+        ));
+    }
+    let outputs = [("-o", &args.output), ("--dump", &args.dump), ("--state-out", &args.state_out)];
+    let outputs: Vec<(&'static str, &Path)> =
+        outputs.iter().filter_map(|(flag, path)| path.as_deref().map(|p| (*flag, p))).collect();
+    let mut inputs = vec![("the source FILE", args.model.file.as_path()), ("--input", args.input.as_path())];
+    inputs.extend(args.weights.as_deref().map(|w| ("--weights", w)));
+    check_outputs(&outputs, &inputs)?;
+    let mode = execute::exec_mode(&graph, args.train, args.seed)?;
+    let (input, warnings) = load_input(&graph, &file, &args.model, &args.input, budget)?;
+    warn(&warnings);
+    let passes = args.passes.as_ref().map_or(&[][..], |p| &p.0[..]);
+    let task = Task::Run { batch: input.shape[0], passes: !passes.is_empty(), dump: args.dump.is_some() };
+    check_memory(&graph, task, budget)?;
+    let init_seed = args.seed.unwrap_or(0);
+    let params = weights_or_init(&graph, args.weights.as_deref(), args.allow_extra_weights, init_seed, budget)?;
+    let outcome = execute::run(&graph, &params, &input, mode, passes, args.dump.is_some(), args.backend.backend())
+        .map_err(run_failure)?;
+    notify(&outcome.pass_notes);
+    let output = outcome.output;
     if let Some(path) = &args.output {
         execute::save_output(path, &output)?;
     }
-    out.push_str(&format!("output: {:?}", output.shape));
+    save_extras(args.dump.as_deref(), outcome.dump.as_ref(), args.state_out.as_deref(), outcome.state.as_ref())?;
+    let mut text = format!("output: {:?}", output.shape);
     if let Some(path) = &args.output {
-        out.push_str(&format!(", written to `{}`", path.display()));
+        text.push_str(&format!(", written to {}", destination_text(path)));
     }
-    out.push('\n');
+    text.push('\n');
     match execute::top_classes(&graph, &output, 5) {
-        Some(top) => print_top_classes(&top, execute::ends_in_softmax(&graph), out),
-        None => print_stats(&output.data, out),
+        Some(top) => print_top_classes(&top, execute::ends_in_softmax(&graph), &mut text),
+        None => print_stats(&output.data, &mut text),
+    }
+    describe_extras(
+        &args.dump,
+        outcome.dump.as_ref(),
+        &args.state_out,
+        outcome.batch_norms_trained,
+        args.train,
+        &mut text,
+    );
+    say_where(outputs.iter().any(|(_, p)| is_stdout(p)), text, out);
+    Ok(())
+}
+
+/// A pass that cannot run is a usage error (as in `cnnc ir`); every other failure keeps its
+/// kind.
+fn run_failure(e: ExecError) -> Failure {
+    match e {
+        ExecError::Passes(e) => pass_failure(e),
+        other => Failure::Exec(other),
+    }
+}
+
+/// Writes `--dump` and `--state-out` files (each atomically), when asked for.
+fn save_extras(
+    dump_path: Option<&Path>,
+    dump: Option<&execute::TensorMap>,
+    state_path: Option<&Path>,
+    state: Option<&execute::TensorMap>,
+) -> Result<(), Failure> {
+    if let (Some(path), Some(dump)) = (dump_path, dump) {
+        execute::save_tensors(path, dump)?;
+    }
+    if let (Some(path), Some(state)) = (state_path, state) {
+        execute::save_tensors(path, state)?;
     }
     Ok(())
+}
+
+/// The report's lines about the dump and the running statistics.
+fn describe_extras(
+    dump_path: &Option<PathBuf>,
+    dump: Option<&execute::TensorMap>,
+    state_path: &Option<PathBuf>,
+    batch_norms_trained: usize,
+    train: bool,
+    text: &mut String,
+) {
+    if let (Some(path), Some(dump)) = (dump_path, dump) {
+        text.push_str(&format!("dump: {} tensors written to {}\n", dump.len(), destination_text(path)));
+    }
+    if !train || batch_norms_trained == 0 {
+        return;
+    }
+    let layers = format!("{batch_norms_trained} batch-norm layer{}", if batch_norms_trained == 1 { "" } else { "s" });
+    match state_path {
+        Some(path) => text.push_str(&format!(
+            "running statistics: {layers} updated, the full state written to {}\n",
+            destination_text(path)
+        )),
+        None => text.push_str(&format!(
+            "running statistics: {layers} updated from this batch (pass --state-out S.safetensors to save them)\n"
+        )),
+    }
 }
 
 fn print_top_classes(top: &[execute::TopClasses], softmax_output: bool, out: &mut String) {
@@ -579,48 +820,94 @@ fn print_stats(data: &[f32], out: &mut String) {
     out.push('\n');
 }
 
-fn grad(args: &GradArgs, color: bool, out: &mut String) -> Result<(), Failure> {
+fn grad(args: &GradArgs, budget: &MemoryBudget, color: bool, out: &mut String) -> Result<(), Failure> {
     let (graph, file) = lower_with_source(&args.model, color)?;
-    let loss = args.loss.loss();
+    let loss = args.loss.with(args.margin, args.delta)?;
     // Every file and argument is checked before the (possibly long) computation starts.
-    let options = execute::grad_options(&graph, args.train, args.seed)?;
-    let (input, warnings) = load_input(&graph, &file, &args.model, &args.input)?;
+    let outputs = [("-o", &args.output), ("--dump", &args.dump), ("--state-out", &args.state_out)];
+    let outputs: Vec<(&'static str, &Path)> =
+        outputs.iter().filter_map(|(flag, path)| path.as_deref().map(|p| (*flag, p))).collect();
+    let on_stdout = outputs.iter().find(|(_, p)| is_stdout(p));
+    let stdout_is_taken = on_stdout.is_some();
+    if let (true, Some((flag, path))) = (args.json, on_stdout) {
+        return Err(Failure::Usage(format!(
+            "--json and `{flag} {}` would both write to standard output: write the tensors to a file",
+            path.display()
+        )));
+    }
+    let mut inputs = vec![
+        ("the source FILE", args.model.file.as_path()),
+        ("--input", args.input.as_path()),
+        ("--target", args.target.as_path()),
+    ];
+    inputs.extend(args.weights.as_deref().map(|w| ("--weights", w)));
+    check_outputs(&outputs, &inputs)?;
+    let mode = execute::exec_mode(&graph, args.train, args.seed)?;
+    let (input, warnings) = load_input(&graph, &file, &args.model, &args.input, budget)?;
     warn(&warnings);
     let batch = input.shape[0];
-    let (target, warnings) = execute::load_target(&graph, &args.target, loss, batch)?;
+    let (target, warnings) = execute::load_target(&graph, &args.target, loss, batch, budget)?;
     warn(&warnings);
-    let (params, warnings) = execute::load_weights(&graph, &args.weights)?;
-    warn(&warnings);
-    let outcome = execute::grad(&graph, &params, &input, &target, loss, options, args.backend.backend())?;
+    check_memory(&graph, Task::Grad { batch, dump: args.dump.is_some() }, budget)?;
+    let init_seed = args.seed.unwrap_or(0);
+    let params = weights_or_init(&graph, args.weights.as_deref(), args.allow_extra_weights, init_seed, budget)?;
+    let dump = args.dump.is_some();
+    let outcome = execute::grad(&graph, &params, &input, &target, loss, mode, dump, args.backend.backend())?;
     warn(&outcome.warnings);
     if let Some(path) = &args.output {
         execute::save_tensors(path, &outcome.grads)?;
     }
-    if outcome.batch_norms_trained > 0 {
-        notify(&[format!(
-            "note: --train: {} batch-norm layer{} used batch statistics; the updated running statistics are not saved",
-            outcome.batch_norms_trained,
-            if outcome.batch_norms_trained == 1 { "" } else { "s" }
-        )]);
-    }
+    save_extras(args.dump.as_deref(), outcome.dump.as_ref(), args.state_out.as_deref(), outcome.state.as_ref())?;
     let params = outcome.grads.len() - usize::from(outcome.grads.contains_key(INPUT_KEY));
-    out.push_str(&format!("output: {:?}\n", outcome.output.shape));
-    out.push_str(&format!(
+    if args.json {
+        let report = GradReport {
+            model: graph.name.clone(),
+            mode: if args.train { "training" } else { "inference" },
+            batch,
+            output: outcome.output.shape.clone(),
+            loss: outcome.loss.is_finite().then_some(outcome.loss),
+            loss_fn: loss.name(),
+            source: path_text(&args.model.file),
+            weights: args.weights.as_deref().map(path_text),
+            seed: if args.weights.is_none() { Some(init_seed) } else { args.seed.filter(|_| args.train) },
+            input: path_text(&args.input),
+            target: path_text(&args.target),
+            gradients: args.output.as_deref().map(path_text),
+            dump: args.dump.as_deref().map(path_text),
+            state: args.state_out.as_deref().map(path_text),
+            parameter_tensors: params,
+            batch_norms_trained: outcome.batch_norms_trained,
+        };
+        out.push_str(&report.to_json());
+        return Ok(());
+    }
+    let mut text = format!("output: {:?}\n", outcome.output.shape);
+    // The f64 loss in full: the shortest decimal that reads back as the same number.
+    text.push_str(&format!(
         "loss: {} ({}, mean over {batch} image{}{})\n",
-        outcome.loss as f32,
+        outcome.loss,
         loss.name(),
         if batch == 1 { "" } else { "s" },
         if args.train { ", training mode" } else { "" }
     ));
     match &args.output {
-        Some(path) => out.push_str(&format!(
-            "gradients: {params} parameter tensors and `{INPUT_KEY}` written to `{}`\n",
-            path.display()
+        Some(path) => text.push_str(&format!(
+            "gradients: {params} parameter tensors and `{INPUT_KEY}` written to {}\n",
+            destination_text(path)
         )),
-        None => out.push_str(&format!(
+        None => text.push_str(&format!(
             "gradients: {params} parameter tensors and `{INPUT_KEY}` (pass -o G.safetensors to save them)\n"
         )),
     }
+    describe_extras(
+        &args.dump,
+        outcome.dump.as_ref(),
+        &args.state_out,
+        outcome.batch_norms_trained,
+        args.train,
+        &mut text,
+    );
+    say_where(stdout_is_taken, text, out);
     Ok(())
 }
 
@@ -664,11 +951,12 @@ mod tests {
     fn run_and_grad_arguments() {
         let cli = Cli::try_parse_from(["cnnc", "run", "m.cnn", "--input", "x.npy", "--shape", "3x8x8"]).expect("ok");
         let Some(Command::Run(args)) = cli.command else { panic!("run expected") };
-        assert_eq!((args.seed, args.backend, args.weights), (0, BackendArg::Interp, None));
+        assert_eq!((args.seed, args.backend, args.weights), (None, BackendArg::Interp, None));
+        assert!(!args.train && args.dump.is_none() && args.state_out.is_none());
         assert_eq!(args.model.options().input_shape, Some(vec![3, 8, 8]));
-        // --seed initialises weights, so it makes no sense with --weights.
-        let err = Cli::try_parse_from(["cnnc", "run", "m.cnn", "--input", "x", "--weights", "w", "--seed", "1"]);
-        assert_eq!(err.unwrap_err().exit_code(), 2);
+        // --state-out saves what --train changed.
+        let state = ["cnnc", "run", "m.cnn", "--input", "x", "--state-out", "s"];
+        assert_eq!(Cli::try_parse_from(state).unwrap_err().exit_code(), 2);
         assert!(Cli::try_parse_from(["cnnc", "run", "m.cnn"]).is_err(), "--input is required");
         let err = Cli::try_parse_from(["cnnc", "run", "m.cnn", "--input", "x", "--backend", "jit"]).unwrap_err();
         assert!(err.to_string().contains("possible values: interp"), "{err}");
@@ -676,9 +964,23 @@ mod tests {
         let grad = ["cnnc", "grad", "m.cnn", "--weights", "w", "--input", "x", "--target", "t", "--loss", "huber"];
         let cli = Cli::try_parse_from(grad).expect("ok");
         let Some(Command::Grad(args)) = cli.command else { panic!("grad expected") };
-        assert_eq!(args.loss.loss(), execute::Loss::Huber);
-        assert!(!args.train && args.seed.is_none() && args.output.is_none());
-        for missing in ["--weights", "--input", "--target", "--loss"] {
+        assert_eq!(args.loss.with(None, None).ok(), Some(execute::Loss::Huber { delta: 1.0 }));
+        assert!(args.loss.with(Some(2.0), None).is_err(), "huber has no margin");
+        let hinge = LossArg::Hinge.with(Some(0.5), None).ok();
+        assert_eq!(hinge, Some(execute::Loss::Hinge { margin: 0.5, form: execute::HingeForm::Sum }));
+        let multi = LossArg::MultiMargin.with(None, None).ok();
+        assert_eq!(multi, Some(execute::Loss::Hinge { margin: 1.0, form: execute::HingeForm::MeanOverClasses }));
+        assert!(LossArg::Hinge.with(None, Some(2.0)).is_err(), "hinge has no delta");
+        let bad = ["cnnc", "grad", "m.cnn", "--input", "x", "--target", "t", "--loss", "hinge", "--margin", "-1"];
+        assert!(Cli::try_parse_from(bad).is_err(), "a margin is positive");
+        assert!(!args.train && args.seed.is_none() && args.output.is_none() && !args.json);
+        // Without --weights the parameters are initialised, as `run` does.
+        let no_weights = ["cnnc", "grad", "m.cnn", "--input", "x", "--target", "t", "--loss", "ce"];
+        assert!(Cli::try_parse_from(no_weights).expect("ok").command.is_some());
+        // --allow-extra-weights makes sense only with a weights file.
+        let extra = ["cnnc", "run", "m.cnn", "--input", "x", "--allow-extra-weights"];
+        assert!(Cli::try_parse_from(extra).is_err());
+        for missing in ["--input", "--target", "--loss"] {
             let i = grad.iter().position(|a| *a == missing).expect("present");
             let args: Vec<&str> =
                 grad.iter().enumerate().filter(|(j, _)| *j != i && *j != i + 1).map(|(_, a)| *a).collect();
@@ -699,9 +1001,11 @@ mod tests {
         let err = Cli::try_parse_from(["cnnc", "dot", "m.cnn", "--passes", "layuot"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("unknown pass `layuot` (did you mean `layout`?); valid passes: all, none,"));
-        // run takes --passes but not --train: it always runs at inference.
+        // run takes --passes, and --train to run the forward pass of training.
         assert!(Cli::try_parse_from(["cnnc", "run", "m.cnn", "--input", "x", "--passes", "all"]).is_ok());
-        assert!(Cli::try_parse_from(["cnnc", "run", "m.cnn", "--input", "x", "--train"]).is_err());
+        let train = ["cnnc", "run", "m.cnn", "--input", "x", "--train", "--passes", "all"];
+        let Some(Command::Run(args)) = Cli::try_parse_from(train).expect("ok").command else { panic!("run") };
+        assert!(args.train);
     }
 
     #[test]

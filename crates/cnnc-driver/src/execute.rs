@@ -12,11 +12,14 @@
 //! every trainable parameter under the same name as the weights, plus [`INPUT_KEY`] for the
 //! gradient with respect to the input batch.
 
+use crate::preflight::PreflightError;
 use cnnc_diag::SourceFile;
+use cnnc_interp::TensorLike;
 use cnnc_interp::{InterpError, Options};
-use cnnc_ir::{Graph, Op};
+use cnnc_ir::plan::OutputRole;
+use cnnc_ir::{Graph, NodeId, Op, TrainOp};
 use cnnc_lower::Options as LowerOptions;
-use cnnc_runtime::{NpyArray, NpyError, WeightsError, check_weights};
+use cnnc_runtime::{InitError, MemoryBudget, NpyArray, NpyError, WeightsError, check_weights};
 pub use cnnc_runtime::{Tensor, TensorMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -29,61 +32,31 @@ pub const INPUT_KEY: &str = "input";
 /// How many images `cnnc run` lists the top classes of.
 pub const MAX_LISTED_IMAGES: usize = 8;
 
-/// Where a model is run. The reference interpreter is the only one for now; the code generator
-/// and the JIT will be added here.
+/// Where a model is run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
     /// `cnnc-interp`: plain loops, f32 storage with f64 accumulation.
     #[default]
     Interp,
+    /// `cnnc-jit`: the plan compiled to machine code for the batch, in a kernel mode
+    /// (portable Cranelift loops, or native around the `cnnc-kernels` microkernels).
+    Jit(cnnc_jit::Mode),
 }
 
-/// The losses of `cnnc grad`, all means over the batch (PyTorch's `reduction="mean"`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Loss {
-    /// Softmax cross-entropy on logits, class-index targets (`nn.CrossEntropyLoss`).
-    CrossEntropy,
-    /// Mean squared error against a tensor shaped like the output (`nn.MSELoss`).
-    Mse,
-    /// Mean absolute error (`nn.L1Loss`).
-    L1,
-    /// Huber loss with delta 1 (`nn.HuberLoss`).
-    Huber,
-    /// Multi-class hinge, class-index targets (`nn.MultiMarginLoss`).
-    Hinge,
-}
-
-impl Loss {
-    /// The loss as the training graph computes it.
-    pub fn to_ir(self) -> cnnc_ir::Loss {
-        match self {
-            Loss::CrossEntropy => cnnc_ir::Loss::CrossEntropy,
-            Loss::Mse => cnnc_ir::Loss::Mse,
-            Loss::L1 => cnnc_ir::Loss::L1,
-            Loss::Huber => cnnc_ir::Loss::Huber { delta: 1.0 },
-            Loss::Hinge => cnnc_ir::Loss::Hinge { margin: 1.0, form: cnnc_ir::HingeForm::MeanOverClasses },
-        }
-    }
-
-    /// The name `cnnc grad --loss` takes.
+impl Backend {
+    /// The `--backend` name.
     pub fn name(self) -> &'static str {
         match self {
-            Loss::CrossEntropy => "ce",
-            Loss::Mse => "mse",
-            Loss::L1 => "l1",
-            Loss::Huber => "huber",
-            Loss::Hinge => "hinge",
-        }
-    }
-
-    /// Whether the targets are class indices (rather than a tensor shaped like the output).
-    pub fn takes_classes(self) -> bool {
-        match self {
-            Loss::CrossEntropy | Loss::Hinge => true,
-            Loss::Mse | Loss::L1 | Loss::Huber => false,
+            Backend::Interp => "interp",
+            Backend::Jit(_) => "jit",
         }
     }
 }
+
+/// The losses of `cnnc grad` (and training): the IR's, all means over the batch (PyTorch's
+/// `reduction="mean"`). `ce` and both hinge forms take class labels, the others a tensor shaped
+/// like the output.
+pub use cnnc_ir::{HingeForm, Loss};
 
 /// The targets of a loss, checked against the model's output and the batch.
 #[derive(Clone, Debug, PartialEq)]
@@ -163,27 +136,51 @@ pub enum ExecError {
     )]
     TargetOutOfRange { path: PathBuf, sample: usize, label: i64, classes: usize },
     /// `--train` on a model with dropout, without a seed for the masks.
+    #[error("model `{model}` has no layer `{layer}`")]
+    UnknownLayer { layer: String, model: String, suggestion: Option<String> },
     #[error("--train runs dropout in training mode, and the dropout masks need a seed: pass `--seed N`")]
     DropoutNeedsSeed { layers: Vec<String> },
     /// The back end refused to run (a training-mode batch norm with a single value per
     /// channel, say).
     #[error("{0}")]
     Backend(#[from] InterpError),
-    /// The training graph could not be built (a model with several outputs, say).
+    /// The passes or the training transform could not run (a loss on a model with several
+    /// outputs, say).
     #[error("{0}")]
-    Training(cnnc_passes::PassError),
+    Passes(cnnc_passes::PassError),
+    /// The JIT could not compile or run the plan.
+    #[error("{0}")]
+    Jit(#[from] cnnc_jit::JitError),
+    /// A check before allocating or writing anything failed: not enough memory for the task,
+    /// or an output that would overwrite an input.
+    #[error("{0}")]
+    Preflight(#[from] PreflightError),
+    /// Memory ran out while initialising parameters, despite the estimate.
+    #[error("{0}")]
+    OutOfMemory(#[from] InitError),
 }
 
 impl ExecError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ExecError::Npy(NpyError::Read { .. } | NpyError::Write { .. }) => ErrorKind::Io,
-            ExecError::Npy(NpyError::Format { .. } | NpyError::Kind { .. } | NpyError::ShapeMismatch { .. }) => {
-                ErrorKind::Data
-            }
+            ExecError::Npy(
+                NpyError::Format { .. }
+                | NpyError::Kind { .. }
+                | NpyError::ShapeMismatch { .. }
+                | NpyError::TooLarge { .. }
+                | NpyError::Allocation { .. },
+            ) => ErrorKind::Data,
             ExecError::WeightsFile(WeightsError::Read { .. } | WeightsError::Write { .. }) => ErrorKind::Io,
             ExecError::WeightsFile(_) => ErrorKind::Data,
-            ExecError::DropoutNeedsSeed { .. } => ErrorKind::Usage,
+            ExecError::DropoutNeedsSeed { .. }
+            | ExecError::UnknownLayer { .. }
+            | ExecError::Preflight(
+                PreflightError::OutputIsInput { .. }
+                | PreflightError::SameOutput { .. }
+                | PreflightError::TwoOnStdout { .. },
+            ) => ErrorKind::Usage,
+            ExecError::Preflight(PreflightError::Memory { .. }) | ExecError::OutOfMemory(_) => ErrorKind::Data,
             ExecError::Weights { .. }
             | ExecError::InputShape { .. }
             | ExecError::Arity { .. }
@@ -191,7 +188,8 @@ impl ExecError {
             | ExecError::TargetShape { .. }
             | ExecError::TargetOutOfRange { .. }
             | ExecError::Backend(_)
-            | ExecError::Training(_) => ErrorKind::Data,
+            | ExecError::Jit(_)
+            | ExecError::Passes(_) => ErrorKind::Data,
         }
     }
 
@@ -216,7 +214,7 @@ impl ExecError {
             ExecError::NotAClassifier { .. } => {
                 Some("use `--loss mse`, `l1` or `huber` with a target shaped like the output".into())
             }
-            ExecError::TargetShape { loss, found, expected, .. } => Some(if loss.takes_classes() {
+            ExecError::TargetShape { loss, found, expected, .. } => Some(if loss.takes_labels() {
                 if found.len() == 2 && found.get(1) == expected.first() {
                     "class targets are indices, not one-hot rows: use `y.argmax(1)`".into()
                 } else {
@@ -235,15 +233,34 @@ impl ExecError {
                 "in training mode batch norm needs several values per channel: use a larger batch, or drop --train"
                     .into(),
             ),
+            ExecError::UnknownLayer { suggestion: Some(name), .. } => Some(format!("did you mean `{name}`?")),
+            ExecError::UnknownLayer { suggestion: None, model, .. } => {
+                Some(format!("`cnnc summary` lists the layers of `{model}` by name"))
+            }
             ExecError::Arity { .. } => Some("multi-input models can be run from Rust through cnnc-interp".into()),
+            ExecError::Preflight(PreflightError::Memory { .. }) | ExecError::OutOfMemory(_) => Some(MEMORY_HINT.into()),
+            ExecError::Npy(NpyError::TooLarge { .. }) | ExecError::WeightsFile(WeightsError::TooLarge { .. }) => Some(
+                "is it the right file? If the machine has the memory, raise the limit with `--memory-limit SIZE` (or \
+                 CNNC_MEMORY_LIMIT)"
+                    .into(),
+            ),
+            ExecError::Preflight(PreflightError::OutputIsInput { .. }) => {
+                Some("write the output to another file (copy the input first to replace it)".into())
+            }
             ExecError::Npy(_)
             | ExecError::WeightsFile(_)
+            | ExecError::Preflight(PreflightError::SameOutput { .. } | PreflightError::TwoOnStdout { .. })
             | ExecError::DropoutNeedsSeed { .. }
             | ExecError::Backend(_)
-            | ExecError::Training(_) => None,
+            | ExecError::Jit(_)
+            | ExecError::Passes(_) => None,
         }
     }
 }
+
+/// What to do when a model needs more memory than there is.
+const MEMORY_HINT: &str = "make the model or its input smaller (`--shape`, `--set`) or the batch; if the estimate is \
+                           wrong for this machine, raise the limit with `--memory-limit SIZE` (or CNNC_MEMORY_LIMIT)";
 
 impl From<WeightsError> for ExecError {
     fn from(e: WeightsError) -> ExecError {
@@ -271,7 +288,9 @@ fn weights_hint(problems: &[WeightsError]) -> String {
     if prefixed {
         "the names start with `module.` (saved from nn.DataParallel): save `model.module.state_dict()` instead".into()
     } else if only_unexpected {
-        "the file holds tensors the model does not have: is it the right model, or another `--model`?".into()
+        "the file holds tensors the model does not have: is it the right model, or another `--model`? To use a \
+         checkpoint that also holds other tensors (heads, optimiser state), pass `--allow-extra-weights`"
+            .into()
     } else {
         "`cnnc summary FILE --json` lists every tensor the model needs; `cnnc init FILE -o W.safetensors` writes a \
          matching file"
@@ -361,7 +380,12 @@ pub enum ExecWarning {
     SoftmaxBeforeCrossEntropy { model: String },
     /// The loss came out NaN or infinite.
     NonFiniteLoss { value: String },
+    /// `--allow-extra-weights`: tensors of the weights file the model does not use, ignored.
+    ExtraWeights { path: PathBuf, names: Vec<String> },
 }
+
+/// How many extra tensor names a warning lists before it only counts the rest.
+const LISTED_EXTRAS: usize = 10;
 
 impl fmt::Display for ExecWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -387,6 +411,18 @@ impl fmt::Display for ExecWarning {
                  not logits (drop the final softmax to train with `ce`)"
             ),
             ExecWarning::NonFiniteLoss { value } => write!(f, "the loss is {value}"),
+            ExecWarning::ExtraWeights { path, names } => {
+                let listed: Vec<String> = names.iter().take(LISTED_EXTRAS).map(|n| format!("`{n}`")).collect();
+                let more = names.len().saturating_sub(LISTED_EXTRAS);
+                write!(
+                    f,
+                    "weights file `{}` holds {} the model does not use, ignored (--allow-extra-weights): {}{}",
+                    path.display(),
+                    count(names.len(), "tensor"),
+                    listed.join(", "),
+                    if more > 0 { format!(" and {more} more") } else { String::new() }
+                )
+            }
         }
     }
 }
@@ -403,7 +439,7 @@ fn non_finite(what: impl FnOnce() -> String, data: &[f32]) -> Option<ExecWarning
 
 /// The one input node's shape (without the batch) and the one output node's, or why the model
 /// cannot be run by `cnnc run` and `cnnc grad`.
-fn io_shapes(graph: &Graph) -> Result<(&[usize], &[usize]), ExecError> {
+pub(crate) fn io_shapes(graph: &Graph) -> Result<(&[usize], &[usize]), ExecError> {
     match (&graph.inputs[..], &graph.outputs[..]) {
         ([input], [output]) => Ok((&graph[*input].shape.0, &graph[*output].shape.0)),
         _ => Err(ExecError::Arity {
@@ -421,9 +457,10 @@ pub fn output_shape(graph: &Graph) -> Result<Vec<usize>, ExecError> {
 
 /// Every parameter and buffer of the model, initialised from `seed` as the course teaches:
 /// He for layers feeding a ReLU-family activation, Xavier otherwise, zero biases, batch norm
-/// as the identity. The same seed gives the same values on every machine.
-pub fn init_weights(graph: &Graph, seed: u64) -> TensorMap {
-    cnnc_runtime::init_params(graph, seed)
+/// as the identity. The same seed gives the same values on every machine. Memory for each
+/// tensor is reserved before it is filled (check the whole with [`crate::check_memory`] first).
+pub fn init_weights(graph: &Graph, seed: u64) -> Result<TensorMap, ExecError> {
+    Ok(cnnc_runtime::try_init_params(graph, seed)?)
 }
 
 /// Saves weights (or gradients) as an F32 safetensors file, atomically.
@@ -436,27 +473,58 @@ pub fn save_output(path: &Path, output: &Tensor) -> Result<(), ExecError> {
     cnnc_runtime::write_npy(path, output).map_err(ExecError::Npy)
 }
 
+/// How weights files are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WeightsOptions {
+    /// Tensors the model does not have are dropped with a warning instead of being an error
+    /// (`--allow-extra-weights`: checkpoints that also hold heads or optimiser state).
+    pub allow_extra: bool,
+    /// Files larger than this many bytes are refused before their data is read.
+    pub limit: u64,
+}
+
 /// Loads a safetensors weights file and checks it against the model: every missing, extra and
-/// mis-shaped tensor is reported at once. PyTorch's `num_batches_tracked` entries are ignored.
-pub fn load_weights(graph: &Graph, path: &Path) -> Result<(TensorMap, Vec<ExecWarning>), ExecError> {
-    let weights = cnnc_runtime::load_safetensors(path)?;
-    check_weights(graph, &weights).map_err(|problems| ExecError::Weights {
-        path: path.to_path_buf(),
-        model: graph.name.clone(),
-        problems,
-    })?;
+/// mis-shaped tensor is reported at once (extras only without `allow_extra`; with it they are
+/// dropped and listed in one warning). PyTorch's `num_batches_tracked` entries are ignored.
+pub fn load_weights(
+    graph: &Graph,
+    path: &Path,
+    options: WeightsOptions,
+) -> Result<(TensorMap, Vec<ExecWarning>), ExecError> {
+    let mut weights = cnnc_runtime::load_safetensors_within(path, options.limit)?;
     let mut warnings = Vec::new();
+    if let Err(mut problems) = check_weights(graph, &weights) {
+        if options.allow_extra {
+            let mut extras = Vec::new();
+            problems.retain(|p| match p {
+                WeightsError::Unexpected { name, .. } => {
+                    extras.push(name.clone());
+                    false
+                }
+                _ => true,
+            });
+            for name in &extras {
+                weights.remove(name);
+            }
+            if !extras.is_empty() {
+                warnings.push(ExecWarning::ExtraWeights { path: path.to_path_buf(), names: extras });
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ExecError::Weights { path: path.to_path_buf(), model: graph.name.clone(), problems });
+        }
+    }
     for (name, tensor) in &weights {
         warnings.extend(non_finite(|| format!("weight `{name}` in `{}`", path.display()), &tensor.data));
     }
     Ok((weights, warnings))
 }
 
-/// Reads an input batch (float32 or float64 `.npy`) and checks it is `[N] ++ the model's
-/// input shape` with N >= 1.
-pub fn load_input(graph: &Graph, path: &Path) -> Result<(Tensor, Vec<ExecWarning>), ExecError> {
+/// Reads an input batch (float32 or float64 `.npy`, at most `budget` bytes) and checks it is
+/// `[N] ++ the model's input shape` with N >= 1.
+pub fn load_input(graph: &Graph, path: &Path, budget: &MemoryBudget) -> Result<(Tensor, Vec<ExecWarning>), ExecError> {
     let (expected, _) = io_shapes(graph)?;
-    let input = cnnc_runtime::read_npy_f32(path)?;
+    let input = cnnc_runtime::read_npy_f32_within(path, budget.bytes)?;
     let fits = input.shape.len() == expected.len() + 1 && input.shape[0] >= 1 && input.shape[1..] == *expected;
     if !fits {
         return Err(ExecError::InputShape {
@@ -473,7 +541,7 @@ pub fn load_input(graph: &Graph, path: &Path) -> Result<(Tensor, Vec<ExecWarning
 
 /// The number of classes when the output is a vector of class scores: `[C]`, or `[C, 1, 1]`
 /// (a global pool's output), with C >= 1.
-fn class_count(output: &[usize]) -> Option<usize> {
+pub(crate) fn class_count(output: &[usize]) -> Option<usize> {
     match output {
         [c] => Some(*c),
         [c, 1, 1] => Some(*c),
@@ -489,19 +557,20 @@ pub fn load_target(
     path: &Path,
     loss: Loss,
     batch: usize,
+    budget: &MemoryBudget,
 ) -> Result<(Target, Vec<ExecWarning>), ExecError> {
     let (_, output) = io_shapes(graph)?;
     let mut warnings = Vec::new();
-    if loss.takes_classes() {
+    if loss.takes_labels() {
         let classes = class_count(output).ok_or_else(|| ExecError::NotAClassifier {
             loss,
             model: graph.name.clone(),
             output: output.to_vec(),
         })?;
-        if loss == Loss::CrossEntropy && ends_in_softmax(graph) {
+        if matches!(loss, Loss::CrossEntropy) && ends_in_softmax(graph) {
             warnings.push(ExecWarning::SoftmaxBeforeCrossEntropy { model: graph.name.clone() });
         }
-        let (shape, labels) = cnnc_runtime::read_npy_labels(path)?;
+        let (shape, labels) = cnnc_runtime::read_npy_labels_within(path, budget.bytes)?;
         if shape != [batch] {
             return Err(ExecError::TargetShape {
                 path: path.to_path_buf(),
@@ -522,15 +591,15 @@ pub fn load_target(
         }
         Ok((Target::Classes(targets), warnings))
     } else {
-        let target = match cnnc_runtime::read_npy(path).map_err(ExecError::Npy)? {
+        let target = match cnnc_runtime::read_npy_within(path, budget.bytes).map_err(ExecError::Npy)? {
             NpyArray::F32(t) => t,
-            NpyArray::I64 { .. } => {
+            NpyArray::I64 { .. } | NpyArray::U8 { .. } => {
                 return Err(ExecError::Npy(NpyError::Kind {
                     path: path.to_path_buf(),
                     expected: "floating-point",
                     found: "integer",
                     hint: " (the target of mse, l1 and huber is a tensor shaped like the output; class labels go \
-                           with `--loss ce` or `--loss hinge`)",
+                           with `--loss ce`, `hinge` or `multi-margin`)",
                 }));
             }
         };
@@ -560,39 +629,198 @@ fn dropout_layers(graph: &Graph) -> Vec<String> {
     graph.iter().filter(|(_, n)| matches!(n.op, Op::Dropout { p } if p > 0.0)).map(|(_, n)| n.name.clone()).collect()
 }
 
-/// How `cnnc grad` differentiates the model: as deployed, or as it trains.
+/// How `cnnc run` and `cnnc grad` treat batch norm and dropout: as deployed, or as in training.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GradMode {
-    /// Batch norm on batch statistics and dropout active (`--train`).
+pub struct ExecMode {
+    /// Batch norm on batch statistics (the running statistics updated) and dropout active
+    /// (`--train`).
     pub train: bool,
     /// The seed of the dropout masks.
     pub seed: u64,
 }
 
-/// The mode of `cnnc grad`: inference, or training (batch norm on batch statistics, dropout
-/// with masks drawn from `seed`). A model with dropout needs the seed.
-pub fn grad_options(graph: &Graph, train: bool, seed: Option<u64>) -> Result<GradMode, ExecError> {
+/// The mode of `--train` (or not): inference, or training with dropout masks drawn from
+/// `seed`. A model with dropout needs the seed.
+pub fn exec_mode(graph: &Graph, train: bool, seed: Option<u64>) -> Result<ExecMode, ExecError> {
     if !train {
-        return Ok(GradMode { train: false, seed: 0 });
+        return Ok(ExecMode { train: false, seed: 0 });
     }
     let layers = dropout_layers(graph);
     match seed {
-        Some(seed) => Ok(GradMode { train: true, seed }),
-        None if layers.is_empty() => Ok(GradMode { train: true, seed: 0 }),
+        Some(seed) => Ok(ExecMode { train: true, seed }),
+        None if layers.is_empty() => Ok(ExecMode { train: true, seed: 0 }),
         None => Err(ExecError::DropoutNeedsSeed { layers }),
     }
 }
 
-/// Runs the model forward in inference mode on a checked input batch; the output, batch first.
-pub fn run(graph: &Graph, params: &TensorMap, input: &Tensor, backend: Backend) -> Result<Tensor, ExecError> {
+/// What [`run`] computed.
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    /// The model's output, batch first.
+    pub output: Tensor,
+    /// In training mode, the full state after the step: the parameters given, with each
+    /// batch norm's running statistics updated from this batch (`--state-out`).
+    pub state: Option<TensorMap>,
+    /// In training mode, the number of batch-norm layers that used batch statistics.
+    pub batch_norms_trained: usize,
+    /// With `dump`: each layer's output (batch first), by layer name; see [`dump_key`].
+    pub dump: Option<TensorMap>,
+    /// What the passes did, as `note:` lines, when passes ran.
+    pub pass_notes: Vec<String>,
+}
+
+/// Runs the model forward on a checked input batch: as deployed, or with `mode.train` as in
+/// training (batch statistics, dropout masks from `mode.seed`; the updated running statistics
+/// come back in [`RunOutcome::state`]). With `passes`, the optimised graph runs (in training
+/// mode, the optimised forward pass of training). With `dump`, every layer's output is kept:
+/// in an optimised graph, a fused node's output is the last layer it absorbed (`conv1 <- bn1,
+/// relu1` gives `relu1`), and the layers fused away have none.
+pub fn run(
+    graph: &Graph,
+    params: &TensorMap,
+    input: &Tensor,
+    mode: ExecMode,
+    passes: &[cnnc_passes::Pass],
+    dump: bool,
+    backend: Backend,
+) -> Result<RunOutcome, ExecError> {
     io_shapes(graph)?;
-    match backend {
-        Backend::Interp => {
-            let mut state = params.clone();
-            let result = cnnc_interp::run(graph, &mut state, std::slice::from_ref(input), &Options::new())?;
-            Ok(result.output(0).expect("a model's output is a value"))
+    let pass_mode = if mode.train { cnnc_passes::Mode::Training } else { cnnc_passes::Mode::Inference };
+    if let Backend::Jit(jit_mode) = backend {
+        // The JIT runs a plan: the optimised graph (or, without passes, the source graph's
+        // own plan), with every dumped value kept to the end as an extra output.
+        let opt = crate::optimize::optimize_forward(graph, params, passes, pass_mode).map_err(ExecError::Passes)?;
+        let notes = if passes.is_empty() { Vec::new() } else { crate::optimize::pass_report(&opt) };
+        let weights = opt.weights.clone().unwrap_or_else(|| params.clone());
+        let taps = taps_by_origin(graph, opt.graph(), &opt.origins);
+        let tapped: Vec<(NodeId, NodeId)> =
+            graph.ids().filter_map(|id| taps[id.index()].map(|node| (id, node))).collect();
+        let plan = if dump {
+            cnnc_passes::plan::with_taps(&opt.plan, &tapped.iter().map(|&(_, node)| node).collect::<Vec<_>>())
+        } else {
+            opt.plan.clone()
+        };
+        let model = compile(&plan, input.shape[0], jit_mode, &weights)?;
+        let args = cnnc_jit::StepArgs { lr: 0.0, step: 1, seed: mode.seed };
+        let result = model.run(std::slice::from_ref(input), &args)?;
+        let mut outputs = result.outputs.into_iter();
+        let output = outputs.next().ok_or_else(|| cnnc_jit::JitError::Usage("the plan has no output".into()))?;
+        let models = plan.outputs.iter().filter(|r| matches!(r, OutputRole::Model(_))).count() - tapped.len();
+        let tap_values: Vec<Tensor> = outputs.skip(models - 1).collect();
+        let dump = dump.then(|| {
+            let mut map = TensorMap::new();
+            for ((layer, _), tensor) in tapped.iter().zip(tap_values) {
+                map.insert(dump_key(&map, &graph[*layer].name), tensor);
+            }
+            map
+        });
+        let trained = running_statistics(opt.graph());
+        let state = mode.train.then(|| updated_state(params, &model.state(), &trained));
+        return Ok(RunOutcome { output, state, batch_norms_trained: trained.len(), dump, pass_notes: notes });
+    }
+    // The graph that runs, its weights, what its outputs are (the model's first), and for
+    // each source layer the node of it that holds the layer's output.
+    let (runs, weights, taps, pass_notes): (std::borrow::Cow<'_, Graph>, std::borrow::Cow<'_, TensorMap>, _, _) =
+        if !passes.is_empty() {
+            // Weights were checked against the source graph; the passes rewrite them to fit the
+            // optimised one (BN folded into the conv before it).
+            let opt = crate::optimize::optimize_forward(graph, params, passes, pass_mode).map_err(ExecError::Passes)?;
+            let taps = taps_by_origin(graph, opt.graph(), &opt.origins);
+            let notes = crate::optimize::pass_report(&opt);
+            let weights = opt.weights.clone().unwrap_or_else(|| params.clone());
+            (std::borrow::Cow::Owned(opt.plan.graph), std::borrow::Cow::Owned(weights), taps, notes)
+        } else if mode.train {
+            let t = cnnc_passes::training_forward(graph).map_err(ExecError::Passes)?;
+            (std::borrow::Cow::Owned(t.graph), std::borrow::Cow::Borrowed(params), t.values, Vec::new())
+        } else {
+            let taps = graph.ids().map(Some).collect();
+            (std::borrow::Cow::Borrowed(graph), std::borrow::Cow::Borrowed(params), taps, Vec::new())
+        };
+    let mut state = weights.into_owned();
+    let mut options = Options::new().with_seed(mode.seed);
+    if dump {
+        options = options.keeping_values();
+    }
+    let result = cnnc_interp::run(&runs, &mut state, std::slice::from_ref(input), &options)?;
+    let output = result.output(0).expect("a model's first output is a value");
+    let dump = dump.then(|| dump_values(graph, &taps, |id| result.value(id).map(Tensor::from_buf)));
+    let trained = running_statistics(&runs);
+    let state = mode.train.then(|| updated_state(params, &state, &trained));
+    Ok(RunOutcome { output, state, batch_norms_trained: trained.len(), dump, pass_notes })
+}
+
+/// `plan` compiled by the JIT for `batch` samples, with `weights` loaded.
+pub fn compile(
+    plan: &cnnc_ir::plan::Plan,
+    batch: usize,
+    mode: cnnc_jit::Mode,
+    weights: &TensorMap,
+) -> Result<cnnc_jit::CompiledModel, ExecError> {
+    let model = cnnc_jit::CompiledModel::compile(plan, &cnnc_jit::Options::new(batch).with_mode(mode))?;
+    model.load_weights(weights)?;
+    Ok(model)
+}
+
+/// For each source layer, the node of an optimised graph holding the layer's output: the last
+/// node whose latest origin is the layer and whose shape is the layer's (so a batch norm's statistics or a dropout mask, made from the layer too, are
+/// passed over). Later nodes win: a reorder after its producer holds the same logical value.
+fn taps_by_origin(source: &Graph, optimised: &Graph, origins: &[Vec<NodeId>]) -> Vec<Option<NodeId>> {
+    let mut taps = vec![None; source.len()];
+    for (id, node) in optimised.iter() {
+        let Some(&layer) = origins.get(id.index()).and_then(|o| o.iter().max()) else { continue };
+        if node.shape == source[layer].shape && !is_effect(&node.op) {
+            taps[layer.index()] = Some(id);
         }
     }
+    taps
+}
+
+/// Whether a node writes state instead of producing a value.
+fn is_effect(op: &Op) -> bool {
+    matches!(op, Op::Train(TrainOp::BnRunningUpdate { .. } | TrainOp::Update(_)))
+}
+
+/// The batch-norm layers whose running statistics a graph updates, by layer name.
+fn running_statistics(graph: &Graph) -> Vec<String> {
+    graph
+        .iter()
+        .filter(|(_, n)| matches!(n.op, Op::Train(TrainOp::BnRunningUpdate { .. })))
+        .map(|(_, n)| n.name.clone())
+        .collect()
+}
+
+/// The parameters given, with the running statistics the step wrote (`after` holds them).
+fn updated_state(params: &TensorMap, after: &TensorMap, trained: &[String]) -> TensorMap {
+    let mut state = params.clone();
+    for layer in trained {
+        for suffix in ["running_mean", "running_var"] {
+            let name = format!("{layer}.{suffix}");
+            if let Some(value) = after.get(&name) {
+                state.insert(name, value.clone());
+            }
+        }
+    }
+    state
+}
+
+/// The key of a tensor in a dump: the name itself, or `name#k` for the `k`-th repeat of a
+/// name already taken (loop bodies without labels repeat their layers' names).
+pub fn dump_key(dump: &TensorMap, name: &str) -> String {
+    if !dump.contains_key(name) {
+        return name.to_string();
+    }
+    (1..).map(|k| format!("{name}#{k}")).find(|key| !dump.contains_key(key)).expect("some suffix is free")
+}
+
+/// Each source layer's output that `value` can give, by layer name, in layer order.
+fn dump_values(graph: &Graph, taps: &[Option<NodeId>], value: impl Fn(NodeId) -> Option<Tensor>) -> TensorMap {
+    let mut dump = TensorMap::new();
+    for (id, node) in graph.iter() {
+        if let Some(tensor) = taps[id.index()].and_then(&value) {
+            dump.insert(dump_key(&dump, &node.name), tensor);
+        }
+    }
+    dump
 }
 
 /// What [`grad`] computed.
@@ -605,30 +833,37 @@ pub struct GradOutcome {
     /// d loss / d every trainable parameter (by its weights name) and d loss / d input
     /// (under [`INPUT_KEY`], the input's full shape).
     pub grads: TensorMap,
-    /// Training mode: the number of batch-norm layers that used batch statistics (their
-    /// updated running statistics are computed but not kept).
+    /// In training mode, the full state after the step: the parameters given, with each
+    /// batch norm's running statistics updated from this batch (`--state-out`).
+    pub state: Option<TensorMap>,
+    /// In training mode, the number of batch-norm layers that used batch statistics.
     pub batch_norms_trained: usize,
+    /// With `dump`: each layer's output under its name, the loss's gradient with respect to
+    /// it under `<layer>.grad`, and each parameter's under `<parameter>.grad`.
+    pub dump: Option<TensorMap>,
     pub warnings: Vec<ExecWarning>,
 }
 
 /// The loss of the model's output on a checked batch and its gradient with respect to every
-/// trainable parameter and the input.
+/// trainable parameter and the input; with `dump`, every layer's output and gradient too.
+#[allow(clippy::too_many_arguments)] // each is one of `cnnc grad`'s independent inputs
 pub fn grad(
     graph: &Graph,
     params: &TensorMap,
     input: &Tensor,
     target: &Target,
     loss: Loss,
-    mode: GradMode,
+    mode: ExecMode,
+    dump: bool,
     backend: Backend,
 ) -> Result<GradOutcome, ExecError> {
     io_shapes(graph)?;
     let options = cnnc_passes::TrainingOptions {
         batch_stats: mode.train,
         input_grads: true,
-        ..cnnc_passes::TrainingOptions::new(loss.to_ir())
+        ..cnnc_passes::TrainingOptions::new(loss)
     };
-    let training = cnnc_passes::training_graph(graph, &options).map_err(ExecError::Training)?;
+    let training = cnnc_passes::training_graph(graph, &options).map_err(ExecError::Passes)?;
     let target = match target {
         Target::Classes(labels) => {
             Tensor { shape: vec![labels.len()], data: labels.iter().map(|&l| l as f32).collect() }
@@ -636,10 +871,15 @@ pub fn grad(
         Target::Values(t) => t.clone(),
     };
     match backend {
+        Backend::Jit(jit_mode) => grad_on_jit(graph, params, input, target, &training, &options, mode, dump, jit_mode),
         Backend::Interp => {
             let mut state = params.clone();
             let inputs = [input.clone(), target];
-            let result = cnnc_interp::run(&training.graph, &mut state, &inputs, &Options::new().with_seed(mode.seed))?;
+            let mut run_options = Options::new().with_seed(mode.seed);
+            if dump {
+                run_options = run_options.keeping_values();
+            }
+            let result = cnnc_interp::run(&training.graph, &mut state, &inputs, &run_options)?;
             let g = cnnc_interp::gradients::<Tensor>(&training.outputs, &result);
             let value = g.loss.expect("a training graph computes its loss");
             let output = g.outputs.into_iter().next().expect("the model has one output");
@@ -647,19 +887,128 @@ pub fn grad(
             if let Some(input_grad) = g.inputs.into_values().next() {
                 grads.insert(INPUT_KEY.to_owned(), input_grad);
             }
-            let batch_norms_trained = training
-                .graph
-                .iter()
-                .filter(|(_, n)| matches!(n.op, Op::Train(cnnc_ir::TrainOp::BnRunningUpdate { .. })))
-                .count();
+            let dump = dump.then(|| {
+                let value_of = |id: NodeId| result.value(id).map(Tensor::from_buf);
+                let mut dump = dump_values(graph, &training.values, value_of);
+                for (id, node) in graph.iter() {
+                    if let Some(tensor) = training.value_grads[id.index()].and_then(value_of) {
+                        dump.insert(dump_key(&dump, &format!("{}.grad", node.name)), tensor);
+                    }
+                }
+                for (name, tensor) in grads.iter().filter(|(name, _)| *name != INPUT_KEY) {
+                    dump.insert(dump_key(&dump, &format!("{name}.grad")), tensor.clone());
+                }
+                dump
+            });
+            let trained = running_statistics(&training.graph);
+            let state = mode.train.then(|| updated_state(params, &state, &trained));
             let warnings = if value.is_finite() {
                 Vec::new()
             } else {
                 vec![ExecWarning::NonFiniteLoss { value: value.to_string() }]
             };
-            Ok(GradOutcome { loss: value, output, grads, batch_norms_trained, warnings })
+            Ok(GradOutcome { loss: value, output, grads, state, batch_norms_trained: trained.len(), dump, warnings })
         }
     }
+}
+
+/// [`grad`] on the JIT: the optimised training plan; with `dump`, the training graph's own
+/// plan (no passes, so that every layer's value and gradient is a node) with each of them
+/// kept to the end as an extra output.
+#[allow(clippy::too_many_arguments)] // grad's arguments, resolved
+fn grad_on_jit(
+    graph: &Graph,
+    params: &TensorMap,
+    input: &Tensor,
+    target: Tensor,
+    training: &cnnc_passes::TrainingGraph,
+    options: &cnnc_passes::TrainingOptions,
+    mode: ExecMode,
+    dump: bool,
+    jit_mode: cnnc_jit::Mode,
+) -> Result<GradOutcome, ExecError> {
+    let batch = input.shape[0];
+    // Per tap: the source layer and whether it is the layer's gradient.
+    let mut taps: Vec<(NodeId, bool, NodeId)> = Vec::new();
+    let (plan, weights) = if dump {
+        for (id, _) in graph.iter() {
+            taps.extend(training.values[id.index()].map(|node| (id, false, node)));
+        }
+        for (id, _) in graph.iter() {
+            taps.extend(training.value_grads[id.index()].map(|node| (id, true, node)));
+        }
+        let own = cnnc_passes::plan::build(
+            training.graph.clone(),
+            training.outputs.clone(),
+            Vec::new(),
+            &cnnc_passes::PlanOptions::default(),
+        );
+        let nodes: Vec<NodeId> = taps.iter().map(|&(_, _, node)| node).collect();
+        (cnnc_passes::plan::with_taps(&own, &nodes), params.clone())
+    } else {
+        let passes = cnnc_passes::PassOptions { verify: true, ..cnnc_passes::PassOptions::all() };
+        let opt = cnnc_passes::optimize_training(graph, Some(params), &passes, options).map_err(ExecError::Passes)?;
+        let weights = opt.weights.clone().unwrap_or_else(|| params.clone());
+        (opt.plan, weights)
+    };
+    let model = compile(&plan, batch, jit_mode, &weights)?;
+    let args = cnnc_jit::StepArgs { lr: 0.0, step: 1, seed: mode.seed };
+    let result = model.run(&[input.clone(), target], &args)?;
+    let value = result.loss.map_or(f64::NAN, f64::from);
+    let mut outputs = result.outputs.into_iter();
+    let output = outputs.next().ok_or_else(|| cnnc_jit::JitError::Usage("the plan has no model output".into()))?;
+    let mut grads: TensorMap = result.param_grads;
+    if let Some(input_grad) = result.input_grads.into_values().next() {
+        grads.insert(INPUT_KEY.to_owned(), input_grad);
+    }
+    let dump = dump.then(|| {
+        let mut map = TensorMap::new();
+        for (&(layer, is_grad, _), tensor) in taps.iter().zip(outputs) {
+            let name = &graph[layer].name;
+            let key = if is_grad { format!("{name}.grad") } else { name.clone() };
+            map.insert(dump_key(&map, &key), tensor);
+        }
+        for (name, tensor) in grads.iter().filter(|(name, _)| *name != INPUT_KEY) {
+            map.insert(dump_key(&map, &format!("{name}.grad")), tensor.clone());
+        }
+        map
+    });
+    let trained = running_statistics(&plan.graph);
+    let state = mode.train.then(|| updated_state(params, &model.state(), &trained));
+    let warnings =
+        if value.is_finite() { Vec::new() } else { vec![ExecWarning::NonFiniteLoss { value: value.to_string() }] };
+    Ok(GradOutcome { loss: value, output, grads, state, batch_norms_trained: trained.len(), dump, warnings })
+}
+
+/// The output of layer `layer` for each image of a checked input batch, in inference mode: the
+/// model cut after that layer (what comes after it is not run), for `cnnc features`.
+pub fn features(
+    graph: &Graph,
+    params: &TensorMap,
+    input: &Tensor,
+    layer: &str,
+    backend: Backend,
+) -> Result<Tensor, ExecError> {
+    io_shapes(graph)?;
+    let Some((id, _)) = graph.iter().find(|(_, n)| n.name == layer) else {
+        let names: Vec<&str> = graph.iter().map(|(_, n)| n.name.as_str()).collect();
+        let suggestion = cnnc_diag::did_you_mean(layer, names.iter().copied()).map(str::to_owned);
+        return Err(ExecError::UnknownLayer { layer: layer.to_owned(), model: graph.name.clone(), suggestion });
+    };
+    let mut cut = graph.clone();
+    cut.outputs = vec![id];
+    let pruned = crate::optimize::optimize(&cut, Some(params), &[cnnc_passes::Pass::Dce], cnnc_passes::Mode::Inference)
+        .map_err(ExecError::Passes)?;
+    let weights = pruned.weights.as_ref().unwrap_or(params);
+    // Only the parameters of the layers before the cut are read; the rest are left out.
+    let kept: TensorMap = pruned
+        .graph()
+        .named_params()
+        .into_iter()
+        .filter_map(|(name, _)| weights.get(&name).map(|t| (name, t.clone())))
+        .collect();
+    let mode = ExecMode { train: false, seed: 0 };
+    Ok(run(pruned.graph(), &kept, input, mode, &[], false, backend)?.output)
 }
 
 /// One image's most likely classes, most likely first: `(class, probability)`.
@@ -779,15 +1128,15 @@ mod tests {
     #[test]
     fn training_options_need_a_seed_only_with_dropout() {
         let g = flat(3, false);
-        assert_eq!(grad_options(&g, false, None).unwrap(), GradMode { train: false, seed: 0 });
-        assert_eq!(grad_options(&g, true, None).unwrap(), GradMode { train: true, seed: 0 });
+        assert_eq!(exec_mode(&g, false, None).unwrap(), ExecMode { train: false, seed: 0 });
+        assert_eq!(exec_mode(&g, true, None).unwrap(), ExecMode { train: true, seed: 0 });
         let mut d = Graph::new("d");
         let x = d.add_input("x", Shape(vec![4]), Default::default()).unwrap();
         let (y, _) = d.add(Op::Dropout { p: 0.5 }, vec![x], "drop", Default::default()).unwrap();
         d.outputs.push(y);
-        let e = grad_options(&d, true, None).unwrap_err();
+        let e = exec_mode(&d, true, None).unwrap_err();
         assert!(matches!(&e, ExecError::DropoutNeedsSeed { layers } if layers == &["drop"]), "{e}");
-        assert_eq!(grad_options(&d, true, Some(3)).unwrap(), GradMode { train: true, seed: 3 });
-        assert_eq!(grad_options(&d, false, None).unwrap(), GradMode { train: false, seed: 0 });
+        assert_eq!(exec_mode(&d, true, Some(3)).unwrap(), ExecMode { train: true, seed: 3 });
+        assert_eq!(exec_mode(&d, false, None).unwrap(), ExecMode { train: false, seed: 0 });
     }
 }

@@ -9,21 +9,34 @@
 //! render: they hand back `Diagnostic` values and this crate's [`render()`] prints them.
 
 mod compile;
+mod curves;
 pub mod examples;
 pub mod execute;
+pub mod gradcheck;
 mod optimize;
+mod preflight;
 mod render;
+mod report;
 mod shape_arg;
 mod summary;
+pub mod train;
 
 pub use cnnc_lower::Options;
+/// The memory budget and the output rules the front doors apply (from the runtime).
+pub use cnnc_runtime::{BudgetSource, MemoryBudget, is_stdout, parse_size};
 pub use compile::{Checked, DriverError, MAX_SOURCE_BYTES, check_models, check_source, load, lower_source};
-pub use execute::{Backend, ErrorKind, ExecError, ExecWarning, GradOutcome, Loss, Target, render_exec_error};
-pub use optimize::{
-    Mode, Optimized, Pass, PassError, dot_fused, mode_name, optimize, parse_passes, pass_report, passes_help,
-    valid_pass_names,
+pub use curves::curves_svg;
+pub use execute::{
+    Backend, ErrorKind, ExecError, ExecMode, ExecWarning, GradOutcome, Loss, RunOutcome, Target, WeightsOptions,
+    render_exec_error,
 };
+pub use optimize::{
+    Mode, Optimized, Pass, PassError, dot_fused, mode_name, optimize, optimize_forward, parse_passes, pass_report,
+    passes_help, valid_pass_names,
+};
+pub use preflight::{Estimate, PreflightError, Task, check_memory, check_output, check_outputs, estimate};
 pub use render::{render, summary_line};
+pub use report::{GradReport, path_text};
 pub use shape_arg::{ShapeArgError, parse_shape};
 pub use summary::{
     LayerSummary, PassSummary, Summary, human_bytes, summarize, summarize_optimized, table, thousands, to_json,

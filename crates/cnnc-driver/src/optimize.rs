@@ -35,6 +35,19 @@ pub fn optimize(
     }
 }
 
+/// The forward graph optimised for `cnnc run`: the inference graph, or in training mode the
+/// forward pass of training (batch statistics, dropout masks; no loss), with `weights`
+/// rewritten to fit it.
+pub fn optimize_forward(
+    graph: &Graph,
+    weights: &TensorMap,
+    passes: &[Pass],
+    mode: Mode,
+) -> Result<Optimized, PassError> {
+    let options = PassOptions { verify: true, ..PassOptions::all().with_passes(passes.to_vec()).with_mode(mode) };
+    cnnc_passes::optimize(graph, Some(weights), &options)
+}
+
 /// The training step `--train` shows: softmax cross-entropy for a classifier (an output of
 /// class scores), mean squared error for another single output, and for a model with several
 /// outputs their gradients as inputs; SGD with momentum 0.9; batch statistics.

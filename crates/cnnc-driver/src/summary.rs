@@ -5,6 +5,9 @@
 
 use crate::optimize::{Mode, Optimized, Pass, PassError, names, optimize};
 use cnnc_ir::{Graph, Op, node_stats, totals};
+/// Bytes in binary units with one decimal (`512 B`, `1.5 KiB`, `102.3 MiB`), as the runtime's
+/// messages give them.
+pub use cnnc_runtime::human_bytes;
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
@@ -21,6 +24,9 @@ pub struct Summary {
     /// Trainable elements of the whole model (of the source graph: folding a batch norm
     /// changes how parameters are stored, not what the model has).
     pub params: u64,
+    /// Buffer elements of the whole model: batch-norm running statistics, loaded and saved
+    /// with the weights but not trainable (`running_mean`, `running_var`).
+    pub buffers: u64,
     /// Multiply-accumulates for one sample.
     pub macs: u64,
     /// Every node except the inputs, in graph order.
@@ -30,9 +36,6 @@ pub struct Summary {
     /// [`summarize`].
     #[serde(flatten)]
     pub passes: Option<PassSummary>,
-    /// Batch-norm running statistics (not trainable).
-    #[serde(skip)]
-    pub buffers: u64,
     /// Every node's output at batch 1 in f32, the model inputs included.
     #[serde(skip)]
     pub activation_bytes: u64,
@@ -139,10 +142,10 @@ pub fn summarize(graph: &Graph) -> Summary {
         model: graph.name.clone(),
         input: graph.inputs.first().map(|&i| graph[i].shape.0.clone()).unwrap_or_default(),
         params: sums.params,
+        buffers: sums.buffers,
         macs: sums.macs,
         layers,
         passes: None,
-        buffers: sums.buffers,
         activation_bytes: sums.activation_bytes,
         outputs: graph.outputs.iter().map(|&o| graph[o].shape.0.clone()).collect(),
     }
@@ -175,22 +178,6 @@ pub fn thousands(n: u64) -> String {
         out.push(c);
     }
     out
-}
-
-/// Bytes in binary units with one decimal: `512 B`, `1.5 KiB`, `102.3 MiB`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    // Move up while the value would print as 1024.0 or more in this unit.
-    while value >= 1023.95 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 fn dims(d: &[usize]) -> String {
@@ -411,7 +398,8 @@ mod tests {
         assert!(json.contains(r#""weights":{"features.bn.weight":[4],"features.bn.bias":[4],"features.bn.running_mean":[4],"features.bn.running_var":[4]}"#), "{json}");
         let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
         let keys: Vec<&String> = value.as_object().expect("object").keys().collect();
-        let mut expected = ["input", "layers", "macs", "model", "params"];
+        assert!(json.contains(r#""params":766,"buffers":8,"macs":7552,"layers":"#), "{json}");
+        let mut expected = ["buffers", "input", "layers", "macs", "model", "params"];
         expected.sort();
         assert_eq!(keys, expected);
         let layer_keys: Vec<&String> = value["layers"][0].as_object().expect("object").keys().collect();
@@ -436,7 +424,7 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
         let keys: Vec<&String> = value.as_object().expect("object").keys().collect();
         let mut expected =
-            ["fused", "input", "layers", "macs", "model", "params", "unplanned_bytes", "workspace_bytes"];
+            ["buffers", "fused", "input", "layers", "macs", "model", "params", "unplanned_bytes", "workspace_bytes"];
         expected.sort();
         assert_eq!(keys, expected);
         // No pass: no group, and the plan of the source graph.

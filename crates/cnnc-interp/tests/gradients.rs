@@ -183,11 +183,17 @@ fn batch_norm_training() {
 #[test]
 fn lrn_sizes() {
     for (i, size) in [1, 2, 3, 4, 5].into_iter().enumerate() {
-        let op = Op::Lrn(Lrn { size, alpha: 0.3, beta: 0.75, k: 1.5 });
+        let op = Op::Lrn(Lrn { size, alpha: 0.3, beta: 0.75, k: 1.5, alpha_over_size: true });
         check_op(op, &[7, 3, 2], 2, INFER, 150 + i as u64);
     }
     // Window wider than the channel count; k = 1 and beta != 0.75.
-    check_op(Op::Lrn(Lrn { size: 5, alpha: 1e-2, beta: 0.5, k: 1.0 }), &[3, 2, 3], 2, INFER, 160);
+    check_op(
+        Op::Lrn(Lrn { size: 5, alpha: 1e-2, beta: 0.5, k: 1.0, alpha_over_size: true }),
+        &[3, 2, 3],
+        2,
+        INFER,
+        160,
+    );
 }
 
 // ---- dropout, concat, add ----
@@ -260,7 +266,7 @@ fn residual_block_in_training_and_inference() {
 fn inception_style_branches_with_lrn_and_softmax() {
     let mut b = Builder::new();
     let x = b.input(&[4, 6, 6]);
-    let l = b.add(Op::Lrn(Lrn { size: 3, alpha: 0.2, beta: 0.75, k: 2.0 }), &[x]);
+    let l = b.add(Op::Lrn(Lrn { size: 3, alpha: 0.2, beta: 0.75, k: 2.0, alpha_over_size: true }), &[x]);
     let a = b.add(conv(3, 1, 1, 0), &[l]);
     let m = b.add(pool(PoolKind::Max, win([3, 3], [1, 1], [1, 1], [1, 1], false)), &[l]);
     let p = b.add(Op::Prelu, &[m]);

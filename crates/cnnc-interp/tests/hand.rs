@@ -262,11 +262,11 @@ fn fc_batch_norm_and_lrn() {
     assert_close(&run(bn, &buf(&[2, 1], &[1., 3.]), &stats), &[2, 1], &[0., 2.]);
     // LRN size 2, alpha 2 (alpha / size = 1), beta 1, k 1 on channels [1, 2]: the window of
     // channel 0 is {0}, of channel 1 {0, 1}: 1 / (1 + 1) and 2 / (1 + 1 + 4).
-    let lrn = Op::Lrn(Lrn { size: 2, alpha: 2.0, beta: 1.0, k: 1.0 });
+    let lrn = Op::Lrn(Lrn { size: 2, alpha: 2.0, beta: 1.0, k: 1.0, alpha_over_size: true });
     assert_close(&run(lrn, &buf(&[1, 2, 1, 1], &[1., 2.]), &[]), &[1, 2, 1, 1], &[0.5, 1. / 3.]);
     // Size 3, beta 0.5, k 0, alpha 3 on [3, 4, 0]: window sums 25, 25, 16:
     // 3 / 5, 4 / 5, 0.
-    let lrn = Op::Lrn(Lrn { size: 3, alpha: 3.0, beta: 0.5, k: 0.0 });
+    let lrn = Op::Lrn(Lrn { size: 3, alpha: 3.0, beta: 0.5, k: 0.0, alpha_over_size: true });
     assert_close(&run(lrn, &buf(&[1, 3, 1, 1], &[3., 4., 0.]), &[]), &[1, 3, 1, 1], &[0.6, 0.8, 0.]);
 }
 

@@ -147,17 +147,34 @@ impl Graph {
             .collect()
     }
 
-    /// For each node, the nodes that read it (a side table: the graph stores only inputs).
+    /// For each node, the nodes that read it, each once and in node order (a side table: the
+    /// graph stores only inputs). Linear in the number of edges, however many readers a value
+    /// has.
     pub fn users(&self) -> Vec<Vec<NodeId>> {
         let mut users = vec![Vec::new(); self.nodes.len()];
         for (id, node) in self.iter() {
             for &input in &node.inputs {
-                if !users[input.index()].contains(&id) {
-                    users[input.index()].push(id);
+                let readers: &mut Vec<NodeId> = &mut users[input.index()];
+                // Nodes are visited in order, so an operand `id` reads twice (`add(x, x)`) can
+                // only repeat the last entry.
+                if readers.last() != Some(&id) {
+                    readers.push(id);
                 }
             }
         }
         users
+    }
+
+    /// For each node, whether it is a model output (a side table, so that passes ask in
+    /// constant time).
+    pub fn output_flags(&self) -> Vec<bool> {
+        let mut flags = vec![false; self.nodes.len()];
+        for o in &self.outputs {
+            if let Some(flag) = flags.get_mut(o.index()) {
+                *flag = true;
+            }
+        }
+        flags
     }
 
     /// For each node, whether some output depends on it (a model input that nothing reads is
@@ -197,5 +214,30 @@ impl std::ops::Index<NodeId> for Graph {
 
     fn index(&self, id: NodeId) -> &Node {
         &self.nodes[id.index()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::op::{Activation, Op};
+    use crate::testutil::{add, input};
+    use crate::{Graph, NodeId};
+
+    #[test]
+    fn users_are_listed_once_each_in_node_order() {
+        let mut g = Graph::new("u");
+        let x = input(&mut g, "x", &[4, 2, 2]);
+        let a = add(&mut g, Op::Activation(Activation::Relu), &[x], "a");
+        let s = add(&mut g, Op::Add, &[x, x], "s");
+        let t = add(&mut g, Op::Add, &[a, x, a], "t");
+        g.outputs = vec![s, t];
+        let users = g.users();
+        assert_eq!(users[x.index()], [a, s, t]);
+        assert_eq!(users[a.index()], [t]);
+        assert!(users[s.index()].is_empty() && users[t.index()].is_empty());
+        assert_eq!(g.output_flags(), [false, false, true, true]);
+        // A handle past the end is ignored, as the verifier reports it.
+        g.outputs.push(NodeId::from_index(9));
+        assert_eq!(g.output_flags(), [false, false, true, true]);
     }
 }

@@ -102,11 +102,14 @@ pub fn stored_channels(layout: Layout, channels: usize) -> usize {
     }
 }
 
-/// Elements as stored (per batch item), padding included.
+/// Elements as stored (per batch item), padding included. Only `[C, H, W]` values can be
+/// blocked ([`fits`]); any other shape is stored as it is.
 pub fn stored_elements(layout: Layout, shape: &Shape) -> usize {
     match layout {
-        Layout::Plain => shape.elements(),
-        Layout::Blocked16 => shape.elements() / shape.channels() * stored_channels(layout, shape.channels()),
+        Layout::Blocked16 if shape.rank() == 3 => {
+            shape.elements() / shape.channels() * stored_channels(layout, shape.channels())
+        }
+        Layout::Plain | Layout::Blocked16 => shape.elements(),
     }
 }
 

@@ -87,14 +87,25 @@ pub struct BatchNorm {
     pub momentum: f64,
 }
 
-/// Local response normalisation across channels, as PyTorch and Caffe:
-/// `x / (k + alpha / size * sum(x^2 over size neighbouring channels))^beta`.
+/// Local response normalisation across channels:
+/// `x / (k + a * sum(x^2 over size neighbouring channels))^beta`, where `a` is `alpha / size`
+/// in PyTorch's and Caffe's convention (`alpha_over_size`, the default) and `alpha` itself in
+/// the AlexNet paper's (Krizhevsky et al. 2012; also TensorFlow's).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Lrn {
     pub size: usize,
     pub alpha: f64,
     pub beta: f64,
     pub k: f64,
+    /// Whether `alpha` is divided by `size` (PyTorch, Caffe) or used as given (the paper).
+    pub alpha_over_size: bool,
+}
+
+impl Lrn {
+    /// The factor of the sum of squares: `alpha / size` or `alpha`.
+    pub fn sum_factor(&self) -> f64 {
+        if self.alpha_over_size { self.alpha / self.size as f64 } else { self.alpha }
+    }
 }
 
 /// A matrix product, what the optimiser turns 1x1 convolutions (stride 1, no padding, one

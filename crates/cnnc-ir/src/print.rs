@@ -335,6 +335,10 @@ fn lrn_attrs(lrn: &Lrn, out: &mut Vec<(&'static str, String)>) {
     out.push(("alpha", float(lrn.alpha)));
     out.push(("beta", float(lrn.beta)));
     out.push(("k", float(lrn.k)));
+    // Printed only when it is not the default, so that PyTorch-convention graphs read as before.
+    if !lrn.alpha_over_size {
+        out.push(("alpha_over_size", "false".to_string()));
+    }
 }
 
 /// `3` for `[3, 3]`, `(3, 1)` for `[3, 1]` (height, width).
@@ -383,7 +387,7 @@ mod tests {
         let avg = PoolKind::Avg { include_pad: false };
         let p = add(&mut g, Op::Pool { kind: avg, window: pw }, &[sum], "p");
         let l2 = add(&mut g, Op::Pool { kind: PoolKind::L2, window: window(1, 1, 0) }, &[p], "l2");
-        let lrn = Lrn { size: 5, alpha: 1e-4, beta: 0.75, k: 2.0 };
+        let lrn = Lrn { size: 5, alpha: 1e-4, beta: 0.75, k: 2.0, alpha_over_size: true };
         let n = add(&mut g, Op::Lrn(lrn), &[l2], "lrn");
         let bn = Op::BatchNorm(BatchNorm { eps: 1e-3, momentum: 0.1 });
         let b = add(&mut g, bn, &[n], "bn");

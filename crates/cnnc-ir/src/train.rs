@@ -74,7 +74,7 @@ impl Loss {
             Loss::L1 => "l1",
             Loss::Huber { .. } => "huber",
             Loss::Hinge { form: HingeForm::Sum, .. } => "hinge",
-            Loss::Hinge { form: HingeForm::MeanOverClasses, .. } => "multi_margin",
+            Loss::Hinge { form: HingeForm::MeanOverClasses, .. } => "multi-margin",
         }
     }
 }

@@ -193,7 +193,9 @@ pub fn step_labels(steps: &[Step], out: &mut Vec<String>) {
             continue;
         }
         match &s.kind {
-            StepKind::Layer { .. } | StepKind::Group(_) => {}
+            // Arguments are evaluated in this scope: a labelled `add` in one is named here.
+            StepKind::Layer { args, .. } => args.iter().flatten().for_each(|a| expr_labels(&a.value, out)),
+            StepKind::Group(_) => {}
             StepKind::For { body, .. } => step_labels(body, out),
             StepKind::If { then, otherwise, .. } => {
                 step_labels(then, out);
@@ -213,7 +215,10 @@ fn expr_labels(e: &Expr, out: &mut Vec<String>) {
             expr_labels(then, out);
             expr_labels(otherwise, out);
         }
-        ExprKind::Call { args, .. } => args.iter().for_each(|a| expr_labels(&a.value, out)),
+        ExprKind::Call { label, args, .. } => {
+            out.extend(label.iter().map(|l| l.name.clone()));
+            args.iter().for_each(|a| expr_labels(&a.value, out));
+        }
         ExprKind::Tuple(items) | ExprKind::List(items) => items.iter().for_each(|i| expr_labels(i, out)),
         ExprKind::Int(_)
         | ExprKind::Float(_)

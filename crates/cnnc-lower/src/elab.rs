@@ -5,6 +5,7 @@
 //! (`Reported`); names it would have bound are poisoned so that one mistake gives one error.
 
 use crate::checks::{labels, step_labels};
+use crate::foreign;
 use crate::layers::{Bound, Dflt, LAYERS, ParamDef, VALUE_FUNCTIONS, build, signature};
 use crate::shape_diag::{self, Site};
 use crate::value::Value;
@@ -34,6 +35,20 @@ impl Default for Budget {
 /// Largest parameter tensor accepted, in elements.
 pub const MAX_PARAM_ELEMENTS: usize = 1 << 40;
 
+/// How a diagnostic from inside a block points at the use of the block: `in this use of
+/// `residual` (width = 64, stride = 2)`.
+const USE_LABEL: &str = "in this use of";
+/// Labels of nested uses kept on one diagnostic (the innermost ones): enough to find the
+/// instance, few enough to read.
+const MAX_USE_LABELS: usize = 3;
+
+/// A use of a block in a chain: its name, its arguments and the whole step.
+struct Call<'s> {
+    name: &'s Ident,
+    args: &'s [Arg],
+    span: Span,
+}
+
 /// An error was found and already pushed as a diagnostic.
 pub struct Reported;
 type R<T> = Result<T, Reported>;
@@ -51,11 +66,14 @@ struct Binding {
 struct Env {
     frames: Vec<HashMap<String, Binding>>,
     poisoned: HashSet<String>,
+    /// Set in a body without `input`: its unknown names are most likely the missing input, so
+    /// they are not errors of their own; the first is kept for the E0210 that reports the body.
+    missing_input: Option<Option<(String, Span)>>,
 }
 
 impl Env {
     fn new() -> Env {
-        Env { frames: vec![HashMap::new()], poisoned: HashSet::new() }
+        Env { frames: vec![HashMap::new()], poisoned: HashSet::new(), missing_input: None }
     }
 
     fn bind(&mut self, name: &Ident, value: Value, is_let: bool) {
@@ -231,6 +249,9 @@ impl<'a> Elab<'a> {
     }
 
     fn body(&mut self, env: &mut Env, item: &Item, input: BodyInput) -> R<Value> {
+        if !item.body.iter().any(|s| matches!(s, Stmt::Input { .. })) {
+            env.missing_input = Some(None);
+        }
         let mut input_seen: Option<Span> = None;
         let mut result = None;
         let mut failed = false;
@@ -287,16 +308,25 @@ impl<'a> Elab<'a> {
         }
         if input_seen.is_none() {
             failed = true;
-            let example = if item.kind == ItemKind::Model { "input x: [3, 224, 224]" } else { "input x" };
-            self.error(
-                Diagnostic::error(
-                    Code::BAD_INPUT_DECLARATION,
-                    format!("`{}` declares no input", item.name.name),
-                    item.name.span,
-                    "no `input` in this body",
-                )
-                .with_hint(format!("start the body with `{example}`")),
-            );
+            // The first unknown name is most likely the input: the hint declares it.
+            let used = env.missing_input.take().flatten();
+            let name = used.as_ref().map_or("x", |(n, _)| n.as_str());
+            let example = if item.kind == ItemKind::Model {
+                format!("input {name}: [3, 224, 224]")
+            } else {
+                format!("input {name}")
+            };
+            let mut d = Diagnostic::error(
+                Code::BAD_INPUT_DECLARATION,
+                format!("`{}` declares no input", item.name.name),
+                item.name.span,
+                "no `input` in this body",
+            )
+            .with_hint(format!("start the body with `{example}`"));
+            if let Some((name, span)) = used {
+                d = d.with_secondary(span, format!("`{name}` is used but never declared"));
+            }
+            self.error(d);
         }
         self.warn_unused(env);
         if failed {
@@ -447,7 +477,7 @@ impl<'a> Elab<'a> {
                 }
             }
             ExprKind::Binary(op, a, b) => self.binary(env, *op, a, b, e.span),
-            ExprKind::Call { func, args } => self.call(env, func, args, e.span),
+            ExprKind::Call { label, func, args } => self.call(env, label.as_ref(), func, args, e.span),
             ExprKind::Tuple(items) => Ok(Value::Tuple(self.eval_all(env, items)?)),
             ExprKind::List(items) => Ok(Value::List(self.eval_all(env, items)?)),
             ExprKind::If { cond, then, otherwise } => {
@@ -478,9 +508,15 @@ impl<'a> Elab<'a> {
         if env.poisoned.contains(name) {
             return Err(Reported);
         }
+        if let Some(first) = &mut env.missing_input {
+            first.get_or_insert_with(|| (name.to_string(), span));
+            return Err(Reported);
+        }
         let mut d = Diagnostic::error(Code::UNKNOWN_NAME, format!("unknown name `{name}`"), span, "not defined here");
         if signature(name).is_some() || self.blocks.contains_key(name) {
             d = d.with_hint(format!("`{name}` is a layer: apply it in a chain, `x -> {name}`"));
+        } else if let Some(hint) = foreign::value_hint(name) {
+            d = d.with_hint(hint);
         } else if let Some(close) = did_you_mean(name, env.names()) {
             d = d.with_hint(format!("did you mean `{close}`?"));
         }
@@ -590,7 +626,26 @@ impl<'a> Elab<'a> {
     }
 
     /// Functions in value position: `add`, `concat`, `channels`, `height`, `width`, `min`, `max`.
-    fn call(&mut self, env: &mut Env, func: &Ident, args: &[Arg], span: Span) -> R<Value> {
+    /// Only the two that make a layer, `add` and `concat`, take a label (`a1: add(x, y)`).
+    fn call(&mut self, env: &mut Env, label: Option<&Ident>, func: &Ident, args: &[Arg], span: Span) -> R<Value> {
+        // A label on a layer or an unknown function is reported below, as the call is.
+        if let Some(label) = label
+            && VALUE_FUNCTIONS.contains(&func.name.as_str())
+            && !matches!(func.name.as_str(), "add" | "concat")
+        {
+            return Err(self.error(
+                Diagnostic::error(
+                    Code::TYPE_MISMATCH,
+                    format!("`{}` computes a number, not a layer, so it takes no label", func.name),
+                    label.span,
+                    "a label names a layer",
+                )
+                .with_hint(format!(
+                    "labels name layers: `{0}: conv(...)` in a chain, or `{0}: add(a, b)`; remove `{0}:` here",
+                    label.name
+                )),
+            ));
+        }
         if let Some(named) = args.iter().find_map(|a| a.name.as_ref()) {
             return Err(self.error(Diagnostic::error(
                 Code::UNKNOWN_ARGUMENT,
@@ -625,7 +680,11 @@ impl<'a> Elab<'a> {
                         "too few tensors",
                     )));
                 }
-                let name = self.auto_name(keyword);
+                // A label names the layer in the current scope, taking no index (as `add<n>`).
+                let name = match label {
+                    Some(label) => format!("{}{}", self.scope().prefix, label.name),
+                    None => self.auto_name(keyword),
+                };
                 self.add_node(op, ids, name, span, &spans).map(Value::Tensor)
             }
             "channels" | "height" | "width" => {
@@ -681,6 +740,9 @@ impl<'a> Elab<'a> {
                         func.span,
                         "not a function",
                     );
+                    if let Some(hint) = foreign::layer_hint(name) {
+                        return Err(self.error(d.with_hint(hint)));
+                    }
                     match did_you_mean(name, VALUE_FUNCTIONS.iter().copied()) {
                         Some(close) => d.with_hint(format!("did you mean `{close}`?")),
                         None => d.with_hint(format!("the functions are {}", VALUE_FUNCTIONS.join(", "))),
@@ -758,7 +820,8 @@ impl<'a> Elab<'a> {
                     self.layer(env, name, sig, args.as_deref().unwrap_or_default(), x, full, step.span)
                 } else if let Some(&block) = self.blocks.get(name.name.as_str()) {
                     let full = self.step_name(step.label.as_ref(), &name.name, in_loop);
-                    self.instantiate(env, block, name, args.as_deref().unwrap_or_default(), x, full)
+                    let call = Call { name, args: args.as_deref().unwrap_or_default(), span: step.span };
+                    self.instantiate(env, block, call, x, full)
                 } else {
                     Err(self.unknown_layer(env, name))
                 }
@@ -861,6 +924,8 @@ impl<'a> Elab<'a> {
             d = d.with_hint(format!("`{n}` combines values: write it as an expression, e.g. `{n}(a, b) -> relu`"));
         } else if env.lookup(n).is_some() {
             d = d.with_hint(format!("`{n}` is a value, not a layer; a chain starts from a value: `{n} -> ...`"));
+        } else if let Some(hint) = foreign::layer_hint(n) {
+            d = d.with_hint(hint);
         } else {
             let candidates = LAYERS.iter().map(|(l, _)| *l).chain(self.blocks.keys().copied());
             if let Some(close) = did_you_mean(n, candidates) {
@@ -896,9 +961,14 @@ impl<'a> Elab<'a> {
                                 n.span,
                                 "unknown argument",
                             );
-                            d = match did_you_mean(&n.name, params.iter().copied()) {
-                                Some(close) => d.with_hint(format!("did you mean `{close}`?")),
-                                None => d.with_hint(format!("its arguments are: {}", params.join(", "))),
+                            let foreign = signature(&callee.name).and_then(|_| foreign::argument_hint(&n.name, params));
+                            d = match (foreign, did_you_mean(&n.name, params.iter().copied())) {
+                                (Some(hint), _) => d.with_hint(hint),
+                                (None, Some(close)) => d.with_hint(format!("did you mean `{close}`?")),
+                                (None, None) if params.is_empty() => {
+                                    d.with_hint(format!("`{}` takes no arguments", callee.name))
+                                }
+                                (None, None) => d.with_hint(format!("its arguments are: {}", params.join(", "))),
                             };
                             self.error(d);
                             continue;
@@ -1022,22 +1092,32 @@ impl<'a> Elab<'a> {
         self.add_node(op, vec![x], full, span, &[])
     }
 
-    fn instantiate(
-        &mut self,
-        caller: &mut Env,
-        block: &Item,
-        call: &Ident,
-        args: &[Arg],
-        x: NodeId,
-        full: String,
-    ) -> R<NodeId> {
+    fn instantiate(&mut self, caller: &mut Env, block: &Item, call: Call, x: NodeId, full: String) -> R<NodeId> {
         if self.depth >= MAX_BLOCK_DEPTH {
-            return Err(self.too_large(call.span, format!("blocks nested more than {MAX_BLOCK_DEPTH} deep")));
+            return Err(self.too_large(call.name.span, format!("blocks nested more than {MAX_BLOCK_DEPTH} deep")));
         }
         let params: Vec<&str> = block.params.iter().map(|p| p.name.name.as_str()).collect();
-        let given = self.match_args(caller, call, &params, args)?;
+        let given = self.match_args(caller, call.name, &params, call.args)?;
+        // What the block reports from here on (its defaults, its body) is labelled at this use.
+        let mark = self.diags.len();
+        let bound = self.bind_params(block, call.name, given);
+        let args = bound.as_ref().map(|(_, args)| args.clone()).unwrap_or_default();
+        let result = bound.and_then(|(mut env, _)| self.instance_body(&mut env, block, call.name, x, full));
+        self.label_instance(mark, block, call.span, &args);
+        result
+    }
+
+    /// A block's parameters bound to the given arguments or their defaults, and the bindings
+    /// as text (`width = 64, stride = 2`).
+    fn bind_params(
+        &mut self,
+        block: &Item,
+        call: &Ident,
+        given: Vec<Option<(Value, Span)>>,
+    ) -> Result<(Env, String), Reported> {
         let mut env = Env::new();
         let mut failed = false;
+        let mut bound = Vec::new();
         for (param, g) in block.params.iter().zip(given) {
             let value = match (g, &param.default) {
                 (Some((v, _)), _) => Ok(v),
@@ -1053,16 +1133,21 @@ impl<'a> Elab<'a> {
                 )),
             };
             match value {
-                Ok(v) => env.bind(&param.name, v, false),
+                Ok(v) => {
+                    bound.push(format!("{} = {v}", param.name.name));
+                    env.bind(&param.name, v, false);
+                }
                 Err(Reported) => failed = true,
             }
         }
-        if failed {
-            return Err(Reported);
-        }
+        if failed { Err(Reported) } else { Ok((env, bound.join(", "))) }
+    }
+
+    /// Elaborates a block's body in its own naming scope, on input `x`.
+    fn instance_body(&mut self, env: &mut Env, block: &Item, call: &Ident, x: NodeId, full: String) -> R<NodeId> {
         self.push_scope(format!("{full}."), labels(&block.body), false);
         self.depth += 1;
-        let result = self.body(&mut env, block, BodyInput::Block(x));
+        let result = self.body(env, block, BodyInput::Block(x));
         self.depth -= 1;
         self.scopes.pop();
         match result? {
@@ -1073,6 +1158,25 @@ impl<'a> Elab<'a> {
                 call.span,
                 "used as a layer here",
             ))),
+        }
+    }
+
+    /// Points every diagnostic reported since `mark` from inside `block` at the use that
+    /// instantiated it, with the arguments it was given (a problem inside a block often
+    /// depends on them). Nested uses stack their labels, innermost first, up to
+    /// [`MAX_USE_LABELS`] of them; a diagnostic about the use itself gets none.
+    fn label_instance(&mut self, mark: usize, block: &Item, span: Span, args: &str) {
+        let text = if args.is_empty() {
+            format!("{USE_LABEL} `{}`", block.name.name)
+        } else {
+            format!("{USE_LABEL} `{}` ({args})", block.name.name)
+        };
+        for d in &mut self.diags[mark..] {
+            let uses = d.secondary.iter().filter(|l| l.message.starts_with(USE_LABEL)).count();
+            if d.primary.span.start >= span.start && d.primary.span.end <= span.end || uses >= MAX_USE_LABELS {
+                continue;
+            }
+            d.secondary.push(cnnc_diag::Label { span, message: text.clone() });
         }
     }
 

@@ -87,8 +87,13 @@ const ELU: &[ParamDef] = &[p("alpha", Number, N(1.0))];
 const HARDTANH: &[ParamDef] = &[p("min", Number, N(-1.0)), p("max", Number, N(1.0))];
 const SOFTPLUS: &[ParamDef] = &[p("beta", Positive, N(1.0)), p("threshold", Number, N(20.0))];
 const BN: &[ParamDef] = &[p("eps", Positive, N(1e-5)), p("momentum", Fraction, N(0.1))];
-const LRN: &[ParamDef] =
-    &[p("size", Size, I(5)), p("alpha", Number, N(1e-4)), p("beta", Number, N(0.75)), p("k", Number, N(1.0))];
+const LRN: &[ParamDef] = &[
+    p("size", Size, I(5)),
+    p("alpha", Number, N(1e-4)),
+    p("beta", Number, N(0.75)),
+    p("k", Number, N(1.0)),
+    p("alpha_over_size", Bool, B(true)),
+];
 const DROPOUT: &[ParamDef] = &[p("p", Fraction, N(0.5))];
 
 /// Every built-in layer keyword with its signature, in the order the docs list them.
@@ -350,6 +355,7 @@ pub fn build(name: &str, args: &Bound, input: &Shape) -> Result<Op, Diagnostic> 
             alpha: args.number("alpha"),
             beta: args.number("beta"),
             k: args.number("k"),
+            alpha_over_size: args.flag("alpha_over_size"),
         })),
         "dropout" => Ok(Op::Dropout { p: args.number("p") }),
         other => unreachable!("`{other}` has a signature but no builder"),

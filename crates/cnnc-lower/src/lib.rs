@@ -6,6 +6,7 @@
 
 mod checks;
 mod elab;
+mod foreign;
 pub mod layers;
 mod shape_diag;
 mod value;
@@ -92,25 +93,39 @@ fn elaborate(file: &File, model: &Item, options: &Options, budget: &mut Budget) 
 fn choose_model<'f>(file: &'f File, wanted: Option<&str>) -> Result<&'f Item, Diagnostic> {
     let models: Vec<&Item> = file.items.iter().filter(|i| i.kind == ItemKind::Model).collect();
     let names: Vec<&str> = models.iter().map(|m| m.name.name.as_str()).collect();
-    let whole_file = Span::new(0, 0);
+    // Nothing in the file is the culprit, so the error points at its end.
+    let end = Span::new(file.span.end as usize, file.span.end as usize);
+    let with_models = |mut d: Diagnostic| {
+        for m in &models {
+            d = d.with_secondary(m.name.span, "a model of this file");
+        }
+        d
+    };
     match (wanted, models.as_slice()) {
         (Some(name), _) => models.iter().copied().find(|m| m.name.name == name).ok_or_else(|| {
-            let d = Diagnostic::error(Code::NO_MODEL, format!("no model named `{name}` in this file"), whole_file, "");
-            match did_you_mean(name, names.iter().copied()) {
+            let d = Diagnostic::error(
+                Code::NO_MODEL,
+                format!("no model named `{name}` in this file"),
+                end,
+                format!("the file ends without `model {name}`"),
+            );
+            with_models(match did_you_mean(name, names.iter().copied()) {
                 Some(close) => d.with_hint(format!("did you mean `{close}`?")),
                 None if names.is_empty() => d.with_hint("the file defines no model"),
                 None => d.with_hint(format!("the file defines: {}", names.join(", "))),
-            }
+            })
         }),
         (None, [one]) => Ok(one),
-        (None, []) => Err(Diagnostic::error(Code::NO_MODEL, "the file defines no model", whole_file, "")
-            .with_hint("add `model name { input x: [3, 32, 32] ... }`; blocks alone cannot be compiled")),
-        (None, many) => Err(Diagnostic::error(
+        (None, []) => {
+            Err(Diagnostic::error(Code::NO_MODEL, "the file defines no model", end, "the file ends without a `model`")
+                .with_hint("add `model name { input x: [3, 32, 32] ... }`; blocks alone cannot be compiled"))
+        }
+        (None, many) => Err(with_models(Diagnostic::error(
             Code::NO_MODEL,
             format!("the file defines {} models; choose one", many.len()),
-            whole_file,
-            "",
-        )
+            end,
+            "which model?",
+        ))
         .with_hint(format!("pass `--model NAME`, one of: {}", names.join(", ")))),
     }
 }

@@ -13,10 +13,11 @@ use cnnc_ir::{Graph, NodeId, Op};
 pub fn run(cx: &mut Ctx) -> Result<usize, PassError> {
     let graph = &cx.graph;
     let users = graph.users();
+    let is_output = graph.output_flags();
     let mut b = Rebuild::new("concat-in-place", graph, &cx.origins);
     let mut marked = 0;
     for (id, node) in graph.iter() {
-        if node.op == Op::Concat && node.inputs.iter().all(|&x| writable_in_place(graph, &users, id, x)) {
+        if node.op == Op::Concat && writable_in_place(graph, &users, &is_output, id) {
             b.emit(id, Op::ConcatInPlace, &node.inputs, &[])?;
             marked += 1;
         } else {
@@ -28,9 +29,16 @@ pub fn run(cx: &mut Ctx) -> Result<usize, PassError> {
     Ok(marked)
 }
 
-fn writable_in_place(graph: &Graph, users: &[Vec<NodeId>], concat: NodeId, x: NodeId) -> bool {
-    graph[x].op != Op::Input
-        && !graph.outputs.contains(&x)
-        && users[x.index()] == [concat]
-        && graph[concat].inputs.iter().filter(|&&i| i == x).count() == 1
+/// Whether every operand of `concat` may be written into its slice. Sorting the operands finds
+/// repeats in `O(k log k)` for `k` operands, where counting each one's occurrences would take
+/// `O(k^2)`.
+fn writable_in_place(graph: &Graph, users: &[Vec<NodeId>], is_output: &[bool], concat: NodeId) -> bool {
+    let operands = &graph[concat].inputs;
+    let private = |x: &NodeId| graph[*x].op != Op::Input && !is_output[x.index()] && users[x.index()] == [concat];
+    if !operands.iter().all(private) {
+        return false;
+    }
+    let mut sorted = operands.clone();
+    sorted.sort_unstable();
+    sorted.windows(2).all(|pair| pair[0] != pair[1])
 }

@@ -78,7 +78,13 @@ fn mergeable_key(graph: &Graph, id: NodeId) -> Option<String> {
             put(levels);
         }
         Op::Activation(a) => put(&activation_bits(a)),
-        Op::Lrn(lrn) => put(&[lrn.size as u64, lrn.alpha.to_bits(), lrn.beta.to_bits(), lrn.k.to_bits()]),
+        Op::Lrn(lrn) => put(&[
+            lrn.size as u64,
+            lrn.alpha.to_bits(),
+            lrn.beta.to_bits(),
+            lrn.k.to_bits(),
+            u64::from(lrn.alpha_over_size),
+        ]),
         Op::Flatten | Op::Softmax | Op::Concat | Op::Add => {}
     }
     Some(key)
@@ -111,4 +117,28 @@ fn activation_bits(a: &Activation) -> (&'static str, Vec<u64>) {
         Activation::Softplus { beta, threshold } => vec![beta.to_bits(), threshold.to_bits()],
     };
     (a.keyword(), bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::Mode;
+    use cnnc_ir::{Lrn, Shape};
+
+    #[test]
+    fn lrn_conventions_are_not_merged() {
+        let mut g = Graph::new("lrn");
+        let x = g.add_input("x", Shape(vec![4, 2, 2]), Default::default()).unwrap();
+        let lrn = |alpha_over_size| Op::Lrn(Lrn { size: 3, alpha: 1e-4, beta: 0.75, k: 2.0, alpha_over_size });
+        let mut add = |op: Op, name: &str| g.add(op, vec![x], name, Default::default()).unwrap().0;
+        let a = add(lrn(true), "a");
+        let b = add(lrn(false), "b");
+        let c = add(lrn(true), "c");
+        let (cat, _) = g.add(Op::Concat, vec![a, b, c], "cat", Default::default()).unwrap();
+        g.outputs = vec![cat];
+        let mut cx = Ctx::new(g, None, Mode::Inference);
+        assert_eq!(run(&mut cx).unwrap(), 1, "only `c` repeats `a`");
+        let names: Vec<&str> = cx.graph.iter().map(|(_, n)| n.name.as_str()).collect();
+        assert_eq!(names, ["x", "a", "b", "cat"]);
+    }
 }

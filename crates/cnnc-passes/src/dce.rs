@@ -11,8 +11,9 @@ use crate::rewrite::{Ctx, live, prune};
 pub fn run(cx: &mut Ctx) -> Result<usize, PassError> {
     let dead = live(&cx.graph).iter().filter(|&&l| !l).count();
     if dead > 0 {
-        let pruned = prune("dce", &cx.graph, &cx.origins)?;
-        cx.install(pruned);
+        let graph = std::mem::take(&mut cx.graph);
+        let origins = std::mem::take(&mut cx.origins);
+        cx.install(prune("dce", graph, origins)?);
     }
     Ok(dead)
 }

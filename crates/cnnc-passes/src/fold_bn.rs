@@ -32,18 +32,19 @@ const PASS: &str = "fold-bn";
 pub fn run(cx: &mut Ctx) -> Result<usize, PassError> {
     let graph = &cx.graph;
     let users = graph.users();
+    let is_output = graph.output_flags();
     let mut b = Rebuild::new(PASS, graph, &cx.origins);
     let mut folded = 0;
     for (id, node) in graph.iter() {
         let Op::BatchNorm(bn) = node.op else {
             // Producers are emitted when their batch norm is reached.
-            if foldable_into(graph, &users, id).is_none() {
+            if foldable_into(graph, &users, &is_output, id).is_none() {
                 b.copy(id)?;
             }
             continue;
         };
         let producer = node.inputs[0];
-        if foldable_into(graph, &users, producer) != Some(id) {
+        if foldable_into(graph, &users, &is_output, producer) != Some(id) {
             b.copy(id)?;
             continue;
         }
@@ -95,8 +96,8 @@ fn with_bias(op: &Op) -> Option<Op> {
 
 /// The batch norm `id` (a conv or fc) folds into, if any: its only user, a batch norm, with
 /// `id`'s value not a model output.
-fn foldable_into(graph: &Graph, users: &[Vec<NodeId>], id: NodeId) -> Option<NodeId> {
-    if with_bias(&graph[id].op).is_none() || graph.outputs.contains(&id) {
+fn foldable_into(graph: &Graph, users: &[Vec<NodeId>], is_output: &[bool], id: NodeId) -> Option<NodeId> {
+    if with_bias(&graph[id].op).is_none() || is_output[id.index()] {
         return None;
     }
     match users[id.index()][..] {

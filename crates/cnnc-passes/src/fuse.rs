@@ -107,23 +107,31 @@ fn base_of(op: &Op) -> Option<FusedBase> {
     }
 }
 
-/// The only reader of `id`, when `id` is not a model output.
-fn sole_user(graph: &Graph, users: &[Vec<NodeId>], id: NodeId) -> Option<NodeId> {
-    match users[id.index()][..] {
-        [only] if !graph.outputs.contains(&id) => Some(only),
-        _ => None,
+/// Side tables of the graph the pass reads: each node's readers, and whether it is an output.
+struct Uses {
+    users: Vec<Vec<NodeId>>,
+    is_output: Vec<bool>,
+}
+
+impl Uses {
+    /// The only reader of `id`, when `id` is not a model output.
+    fn sole_user(&self, id: NodeId) -> Option<NodeId> {
+        match self.users[id.index()][..] {
+            [only] if !self.is_output[id.index()] => Some(only),
+            _ => None,
+        }
     }
 }
 
 fn find_groups(graph: &Graph, mode: Mode) -> Vec<Group> {
-    let users = graph.users();
+    let uses = Uses { users: graph.users(), is_output: graph.output_flags() };
     let mut taken = vec![false; graph.len()];
     let mut groups = Vec::new();
     for (id, node) in graph.iter() {
         let Some(base) = base_of(&node.op) else { continue };
         let mut head = id;
         let mut add = None;
-        if let Some(next) = sole_user(graph, &users, head) {
+        if let Some(next) = uses.sole_user(head) {
             let next_node = &graph[next];
             if next_node.op == Op::Add && next_node.inputs.len() == 2 && !taken[next.index()] {
                 let other = if next_node.inputs[0] == id { next_node.inputs[1] } else { next_node.inputs[0] };
@@ -131,7 +139,7 @@ fn find_groups(graph: &Graph, mode: Mode) -> Vec<Group> {
                 // When both operands could fuse, the first one absorbs the add.
                 let first_claims = next_node.inputs[0] != id
                     && base_of(&graph[other].op).is_some()
-                    && sole_user(graph, &users, other) == Some(next);
+                    && uses.sole_user(other) == Some(next);
                 if other != id && !first_claims {
                     add = Some((next, other));
                     head = next;
@@ -139,7 +147,7 @@ fn find_groups(graph: &Graph, mode: Mode) -> Vec<Group> {
             }
         }
         let mut activation = None;
-        if let Some(next) = sole_user(graph, &users, head)
+        if let Some(next) = uses.sole_user(head)
             && let Op::Activation(a) = graph[next].op
             && (mode == Mode::Inference || backward_from_output(&a))
         {

@@ -94,6 +94,12 @@ pub struct TrainingGraph {
     /// copies and training forms of the forward ops); `None` for the target, the loss and the
     /// backward and update ops.
     pub forward_origin: Vec<Option<NodeId>>,
+    /// For each node of the forward graph, the node of `graph` holding its value (`None` when
+    /// nothing needs it). What `--dump` reads a layer's output from.
+    pub values: Vec<Option<NodeId>>,
+    /// For each node of the forward graph, the node of `graph` holding the gradient of the
+    /// objective with respect to its value (`None` where no gradient flows).
+    pub value_grads: Vec<Option<NodeId>>,
 }
 
 /// The forward pass of training alone (batch statistics with running-statistics updates,
@@ -214,6 +220,8 @@ struct Builder<'f> {
     graph: Graph,
     /// Per forward node, the training graph node holding its value.
     value: Vec<NodeId>,
+    /// Per forward node, the training graph node holding the gradient of its value.
+    value_grad: Vec<Option<NodeId>>,
     recorded: Vec<Recorded>,
     origin: Vec<Option<NodeId>>,
     effects: Vec<(NodeId, OutputRole)>,
@@ -238,6 +246,7 @@ impl<'f> Builder<'f> {
             batch_stats,
             graph: Graph::new(forward.name.clone()),
             value: Vec::with_capacity(forward.len()),
+            value_grad: vec![None; forward.len()],
             recorded: vec![Recorded::default(); forward.len()],
             origin: Vec::new(),
             effects: Vec::new(),
@@ -358,6 +367,7 @@ impl<'f> Builder<'f> {
             [one] => one,
             ref many => self.add_op(Op::Add, many.to_vec(), name)?,
         };
+        self.value_grad[id.index()] = Some(gy);
         let saved = saved_for_backward(&node.op, self.batch_stats).expect("forward graphs hold no training ops");
         let x = node.inputs.first().map(|i| self.value[i.index()]);
         let y = self.value[id.index()];
@@ -618,15 +628,20 @@ impl<'f> Builder<'f> {
     fn finish(mut self, outputs: Vec<(NodeId, OutputRole)>) -> Result<TrainingGraph, PassError> {
         let (nodes, roles): (Vec<NodeId>, Vec<OutputRole>) = outputs.into_iter().unzip();
         self.graph.outputs = nodes;
-        let live = crate::rewrite::live(&self.graph);
-        let (graph, origins) = if live.iter().all(|&l| l) {
-            (self.graph, self.origin.into_iter().map(|o| o.into_iter().collect()).collect())
-        } else {
-            let origins: Vec<Vec<NodeId>> = self.origin.iter().map(|o| o.iter().copied().collect()).collect();
-            crate::rewrite::prune("training", &self.graph, &origins)?
-        };
-        let forward_origin = origins.into_iter().map(|o: Vec<NodeId>| o.first().copied()).collect();
-        Ok(TrainingGraph { graph, outputs: roles, forward_origin })
+        // Each node's own id rides through the pruning as its origin: what survives, and where.
+        let before = self.graph.len();
+        let own_ids: Vec<Vec<NodeId>> = self.graph.ids().map(|id| vec![id]).collect();
+        let (graph, kept) = crate::rewrite::prune("training", self.graph, own_ids)?;
+        let mut moved_to = vec![None; before];
+        for (new, old) in kept.iter().enumerate() {
+            for o in old {
+                moved_to[o.index()] = Some(NodeId::from_index(new));
+            }
+        }
+        let forward_origin = kept.iter().map(|old| old.first().and_then(|o| self.origin[o.index()])).collect();
+        let values = self.value.iter().map(|v| moved_to[v.index()]).collect();
+        let value_grads = self.value_grad.iter().map(|g| g.and_then(|g| moved_to[g.index()])).collect();
+        Ok(TrainingGraph { graph, outputs: roles, forward_origin, values, value_grads })
     }
 }
 

@@ -24,7 +24,7 @@ use crate::rewrite::{Ctx, Rebuild};
 use cnnc_ir::facts::{ValueKind, computes_products, value_kind};
 use cnnc_ir::layout::{LayoutRule, WeightLayout, layouts, rule, stored_channels, stored_elements, weight_layout};
 use cnnc_ir::{Graph, Layout, NodeId, Op, Shape, TrainOp};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 /// Chooses layouts and inserts reorders; returns how many reorders the graph holds after.
 pub fn run(cx: &mut Ctx) -> Result<usize, PassError> {
@@ -177,44 +177,124 @@ fn whole_blocks(graph: &Graph, node: &cnnc_ir::Node) -> bool {
 /// operands in, its value out to blocked readers) are no larger than those it needs blocked
 /// (its plain operands in, its value out to plain readers): `conv1 -> relu -> maxpool` reorders
 /// the pooled map, a quarter of the size. Convolutions and matrix products stay blocked.
+///
+/// Unblocking a node only makes its neighbours' test easier to pass (their plain operands or
+/// plain readers grow, their blocked ones shrink), so the nodes that end up plain do not depend
+/// on the order they are looked at. A worklist re-examines only the neighbours of each node
+/// that changed, and running sums ([`Edges`]) keep each test constant-time, so the whole is
+/// linear in the edges. (Sweeping the graph until nothing changed moved a long chain's edge one
+/// node per sweep: quadratic.)
 fn shrink(graph: &Graph, blocked: &mut [bool]) {
-    let users = graph.users();
-    let mut is_output = vec![false; graph.len()];
-    for o in &graph.outputs {
-        is_output[o.index()] = true;
+    let mut edges = Edges::new(graph, blocked);
+    let movable = |id: NodeId, blocked: &[bool]| blocked[id.index()] && !computes(&graph[id].op);
+    let mut work: VecDeque<NodeId> = graph.ids().filter(|&id| movable(id, blocked)).collect();
+    let mut queued: Vec<bool> = graph.ids().map(|id| movable(id, blocked)).collect();
+    while let Some(id) = work.pop_front() {
+        queued[id.index()] = false;
+        if !movable(id, blocked) || !edges.cheaper_plain(id) {
+            continue;
+        }
+        blocked[id.index()] = false;
+        for x in edges.unblock(id) {
+            if movable(x, blocked) && !queued[x.index()] {
+                queued[x.index()] = true;
+                work.push_back(x);
+            }
+        }
     }
-    let batched = |id: NodeId| value_kind(&graph[id].op) == ValueKind::Batched;
-    // Reorders move batched values only: a whole-batch value costs nothing to "convert".
-    let size = |id: NodeId| if batched(id) { stored_elements(Layout::Blocked16, &graph[id].shape) } else { 0 };
-    loop {
-        let mut changed = false;
+}
+
+/// The reorder costs [`shrink`] weighs, kept up to date as nodes leave the blocked region.
+struct Edges {
+    /// Stored elements of each node's value in `nChw16c`.
+    size: Vec<usize>,
+    is_output: Vec<bool>,
+    /// Each node's distinct operands.
+    operands: Vec<Vec<NodeId>>,
+    /// For each node, its readers with how often each reads it, adjacent repeats of an operand
+    /// counted once (`add(x, x)` pays for one reorder of `x`).
+    readers: Vec<Vec<(NodeId, usize)>>,
+    /// Per node: the stored size of its plain operands, and of its blocked ones.
+    plain_in: Vec<usize>,
+    blocked_in: Vec<usize>,
+    /// Per node: how many of its distinct readers are blocked, and how many plain.
+    blocked_readers: Vec<usize>,
+    plain_readers: Vec<usize>,
+}
+
+impl Edges {
+    fn new(graph: &Graph, blocked: &[bool]) -> Edges {
+        let n = graph.len();
+        // Reorders move batched values only: a whole-batch value (a gradient, statistics)
+        // costs nothing to "convert" and constrains nobody.
+        let batched = |id: NodeId| value_kind(&graph[id].op) == ValueKind::Batched;
+        let size: Vec<usize> = graph
+            .iter()
+            .map(|(id, node)| if batched(id) { stored_elements(Layout::Blocked16, &node.shape) } else { 0 })
+            .collect();
+        let mut readers: Vec<Vec<(NodeId, usize)>> = vec![Vec::new(); n];
+        let mut operands = Vec::with_capacity(n);
         for (id, node) in graph.iter() {
-            if !blocked[id.index()] || computes(&node.op) {
-                continue;
+            let mut merged: Vec<NodeId> = node.inputs.iter().copied().filter(|&x| batched(x)).collect();
+            merged.dedup();
+            for &x in &merged {
+                match readers[x.index()].last_mut() {
+                    Some((u, count)) if *u == id => *count += 1,
+                    _ => readers[x.index()].push((id, 1)),
+                }
             }
-            let readers_blocked = users[id.index()].iter().any(|u| blocked[u.index()]);
-            let readers_plain = is_output[id.index()] || users[id.index()].iter().any(|u| !blocked[u.index()]);
-            let operands: Vec<NodeId> = {
-                let mut v: Vec<NodeId> = node.inputs.iter().copied().filter(|&x| batched(x)).collect();
-                v.sort();
-                v.dedup();
-                v
-            };
-            let in_cost: usize = operands.iter().filter(|x| !blocked[x.index()]).map(|&x| size(x)).sum();
-            let blocked_in_cost: usize = operands.iter().filter(|x| blocked[x.index()]).map(|&x| size(x)).sum();
-            // Reorder elements with the node blocked, and with it plain.
-            let now = in_cost + if readers_plain { size(id) } else { 0 };
-            let plain = blocked_in_cost + if readers_blocked { size(id) } else { 0 };
-            // Ties move the edge too: the node costs the same either way, and moving on may
-            // reach a pooling node that shrinks the reorder (`conv -> relu -> maxpool`).
-            if plain <= now {
-                blocked[id.index()] = false;
-                changed = true;
+            merged.sort_unstable();
+            merged.dedup();
+            operands.push(merged);
+        }
+        let mut edges = Edges {
+            size,
+            is_output: graph.output_flags(),
+            operands,
+            readers,
+            plain_in: vec![0; n],
+            blocked_in: vec![0; n],
+            blocked_readers: vec![0; n],
+            plain_readers: vec![0; n],
+        };
+        for x in 0..n {
+            for &(u, count) in &edges.readers[x] {
+                let inputs = if blocked[x] { &mut edges.blocked_in } else { &mut edges.plain_in };
+                inputs[u.index()] += count * edges.size[x];
+                let readers = if blocked[u.index()] { &mut edges.blocked_readers } else { &mut edges.plain_readers };
+                readers[x] += 1;
             }
         }
-        if !changed {
-            break;
+        edges
+    }
+
+    /// Whether blocked node `id` needs no more reorder elements plain than blocked. Ties move
+    /// the edge too: the node costs the same either way, and moving on may reach a pooling node
+    /// that shrinks the reorder (`conv -> relu -> maxpool`).
+    fn cheaper_plain(&self, id: NodeId) -> bool {
+        let i = id.index();
+        let readers_plain = self.is_output[i] || self.plain_readers[i] > 0;
+        let readers_blocked = self.blocked_readers[i] > 0;
+        let now = self.plain_in[i] + if readers_plain { self.size[i] } else { 0 };
+        let plain = self.blocked_in[i] + if readers_blocked { self.size[i] } else { 0 };
+        plain <= now
+    }
+
+    /// Records that `id` is now plain; returns its neighbours, whose costs changed.
+    fn unblock(&mut self, id: NodeId) -> Vec<NodeId> {
+        let i = id.index();
+        let mut changed = Vec::with_capacity(self.readers[i].len() + self.operands[i].len());
+        for &(u, count) in &self.readers[i] {
+            self.blocked_in[u.index()] -= count * self.size[i];
+            self.plain_in[u.index()] += count * self.size[i];
+            changed.push(u);
         }
+        for &x in &self.operands[i] {
+            self.blocked_readers[x.index()] -= 1;
+            self.plain_readers[x.index()] += 1;
+            changed.push(x);
+        }
+        changed
     }
 }
 
@@ -222,4 +302,107 @@ fn shrink(graph: &Graph, blocked: &mut [bool]) {
 pub fn weight_layouts(graph: &Graph) -> Vec<(String, WeightLayout)> {
     let (layouts, _) = layouts(graph);
     graph.ids().filter_map(|id| weight_layout(graph, &layouts, id).map(|w| (graph[id].name.clone(), w))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cnnc_ir::{Activation, Conv, PoolKind, Window};
+    use cnnc_runtime::Rng;
+
+    /// The edge moving as it was first written: sweep the graph until nothing changes. The
+    /// worklist must end where this ends.
+    fn shrink_by_sweeps(graph: &Graph, blocked: &mut [bool]) {
+        let users = graph.users();
+        let size = |id: NodeId| stored_elements(Layout::Blocked16, &graph[id].shape);
+        loop {
+            let mut changed = false;
+            for (id, node) in graph.iter() {
+                if !blocked[id.index()] || computes(&node.op) {
+                    continue;
+                }
+                let readers_blocked = users[id.index()].iter().any(|u| blocked[u.index()]);
+                let readers_plain =
+                    graph.outputs.contains(&id) || users[id.index()].iter().any(|u| !blocked[u.index()]);
+                let mut operands = node.inputs.clone();
+                operands.dedup();
+                let in_cost: usize = operands.iter().filter(|x| !blocked[x.index()]).map(|&x| size(x)).sum();
+                let blocked_in_cost: usize = operands.iter().filter(|x| blocked[x.index()]).map(|&x| size(x)).sum();
+                let now = in_cost + if readers_plain { size(id) } else { 0 };
+                let plain = blocked_in_cost + if readers_blocked { size(id) } else { 0 };
+                if plain <= now {
+                    blocked[id.index()] = false;
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+    }
+
+    /// A random DAG over `[16, 4, 4]` and `[16, 2, 2]` maps: convolutions, activations,
+    /// poolings, adds (repeated operands included) and concats.
+    fn random_graph(seed: u64) -> Graph {
+        let mut rng = Rng::seed_from_u64(seed);
+        let mut pick = |n: usize| (rng.next_u64() % n as u64) as usize;
+        let mut g = Graph::new("g");
+        let x = g.add_input("x", Shape(vec![16, 4, 4]), Default::default()).unwrap();
+        let mut nodes = vec![x];
+        let window = |k, s| Window { kernel: [k, k], stride: [s, s], pad: [0, 0], dilation: [1, 1], ceil_mode: false };
+        for i in 0..40 {
+            let a = nodes[pick(nodes.len())];
+            let shape = g[a].shape.clone();
+            let same: Vec<NodeId> = nodes.iter().copied().filter(|&n| g[n].shape == shape).collect();
+            let b = same[pick(same.len())];
+            let op_inputs = match pick(6) {
+                0 => (Op::Conv(Conv { out_channels: 16, window: window(1, 1), groups: 1, bias: false }), vec![a]),
+                1 => (Op::Activation(Activation::Relu), vec![a]),
+                2 if shape.0[1] == 4 => (Op::Pool { kind: PoolKind::Max, window: window(2, 2) }, vec![a]),
+                3 => (Op::Add, vec![a, b, a]),
+                4 => (Op::Add, vec![a, a]),
+                _ => (Op::Add, vec![a, b]),
+            };
+            let (id, _) = g.add(op_inputs.0, op_inputs.1, format!("n{i}"), Default::default()).unwrap();
+            nodes.push(id);
+        }
+        let users = g.users();
+        g.outputs = g.ids().filter(|&i| i != x && (users[i.index()].is_empty() || pick(8) == 0)).collect();
+        g
+    }
+
+    #[test]
+    fn the_worklist_ends_where_sweeping_ends() {
+        let mut moved = 0;
+        for seed in 0..200 {
+            let g = random_graph(seed);
+            let mut rng = Rng::seed_from_u64(seed ^ 0x5eed);
+            let start: Vec<bool> =
+                g.iter().map(|(_, n)| n.op != Op::Input && !rng.next_u64().is_multiple_of(4)).collect();
+            let (mut fast, mut slow) = (start.clone(), start.clone());
+            shrink(&g, &mut fast);
+            shrink_by_sweeps(&g, &mut slow);
+            assert_eq!(fast, slow, "seed {seed}\n{}", cnnc_ir::print(&g));
+            moved += start.iter().zip(&fast).filter(|(a, b)| a != b).count();
+        }
+        assert!(moved > 1000, "the graphs exercise the edge moves: {moved} nodes moved");
+    }
+
+    #[test]
+    fn a_long_chain_after_a_convolution_leaves_the_region_at_once() {
+        // conv -> 20,000 relus: every relu moves out of the blocked region (the output must
+        // be plain, and each relu is the same size), and quickly.
+        let mut g = Graph::new("chain");
+        let x = g.add_input("x", Shape(vec![16, 4, 4]), Default::default()).unwrap();
+        let w = Window { kernel: [3, 3], stride: [1, 1], pad: [1, 1], dilation: [1, 1], ceil_mode: false };
+        let conv = Op::Conv(Conv { out_channels: 16, window: w, groups: 1, bias: true });
+        let mut last = g.add(conv, vec![x], "conv", Default::default()).unwrap().0;
+        for i in 0..20_000 {
+            last = g.add(Op::Activation(Activation::Relu), vec![last], format!("r{i}"), Default::default()).unwrap().0;
+        }
+        g.outputs = vec![last];
+        let blocked = blocked_nodes(&g);
+        assert_eq!(blocked.iter().filter(|&&b| b).count(), 1, "only the convolution stays blocked");
+        assert!(blocked[1]);
+    }
 }

@@ -81,12 +81,17 @@ struct Planner<'g> {
     sizes: &'g [u64],
     options: PlanOptions,
     users: Vec<Vec<NodeId>>,
+    /// How many operand slots read each value, over every reader (`add(x, x)` counts 2).
+    uses: Vec<usize>,
     is_output: Vec<bool>,
     /// Per node: `(first, last)` step of its value (None: no value in the arena).
     life: Vec<Option<(usize, usize)>>,
     slot: Vec<Option<Slot>>,
     alias: Vec<Alias>,
     buffers: Vec<Buffer>,
+    /// Per buffer: whether it holds a graph output (kept beside `buffers` so that asking
+    /// costs no scan of a long in-place chain's values).
+    holds_output: Vec<bool>,
 }
 
 impl<'g> Planner<'g> {
@@ -96,16 +101,24 @@ impl<'g> Planner<'g> {
         for o in &graph.outputs {
             is_output[o.index()] = true;
         }
+        let mut uses = vec![0; n];
+        for (_, node) in graph.iter() {
+            for i in &node.inputs {
+                uses[i.index()] += 1;
+            }
+        }
         Planner {
             graph,
             sizes,
             options,
             users: graph.users(),
+            uses,
             is_output,
             life: vec![None; n],
             slot: vec![None; n],
             alias: vec![Alias::Own; n],
             buffers: Vec::new(),
+            holds_output: Vec::new(),
         }
     }
 
@@ -173,6 +186,7 @@ impl<'g> Planner<'g> {
         let (first, last) = self.life[root.index()].expect("placed values have lifetimes");
         let region = self.region(root);
         self.buffers.push(Buffer { region, offset: 0, size: align(self.bytes(root)), first, last, values: Vec::new() });
+        self.holds_output.push(false);
         self.buffers.len() - 1
     }
 
@@ -182,6 +196,7 @@ impl<'g> Planner<'g> {
         b.first = b.first.min(first);
         b.last = b.last.max(last);
         b.values.push(id);
+        self.holds_output[slot.buffer] |= self.is_output[id.index()];
         self.slot[id.index()] = Some(slot);
         self.alias[id.index()] = alias;
     }
@@ -193,7 +208,7 @@ impl<'g> Planner<'g> {
             && !self.is_output[x.index()]
             && self.slot[x.index()].is_none()
             && self.users[x.index()] == [reader]
-            && self.graph[reader].inputs.iter().filter(|&&i| i == x).count() == 1
+            && self.uses[x.index()] == 1
             && (!overwritten || self.life[x.index()].is_some_and(|(_, last)| last == reader.index()))
     }
 
@@ -263,9 +278,12 @@ impl<'g> Planner<'g> {
                 }
                 let candidates = elementwise_operands(&node.op, node.inputs.len());
                 // An operand also read at a position that is not elementwise (a fused node's
-                // base reading its own residual, `conv(x) + x`) must survive the node.
-                let elementwise_only =
-                    |x: NodeId| node.inputs.iter().enumerate().all(|(k, &i)| i != x || candidates.contains(&k));
+                // base reading its own residual, `conv(x) + x`) must survive the node. (An op
+                // elementwise in every operand, a many-way `add`, needs no look.)
+                let everywhere = candidates.len() == node.inputs.len();
+                let elementwise_only = |x: NodeId| {
+                    everywhere || node.inputs.iter().enumerate().all(|(k, &i)| i != x || candidates.contains(&k))
+                };
                 let found = candidates
                     .iter()
                     .map(|&k| node.inputs[k])
@@ -308,7 +326,7 @@ impl<'g> Planner<'g> {
             && buffer.size == align(self.bytes(x))
             && self.bytes(x) == self.bytes(id)
             && buffer.last <= id.index()
-            && !buffer.values.iter().any(|v| self.is_output[v.index()])
+            && !self.holds_output[b]
     }
 
     fn storage(&self) -> Vec<Storage> {

@@ -80,3 +80,21 @@ fn groups(op: &Op) -> usize {
 pub fn layout_name(layout: Option<WeightLayout>) -> &'static str {
     layout.map_or("plain", WeightLayout::name)
 }
+
+/// `plan` with the values of `taps` kept to the end and returned as extra model outputs
+/// (`OutputRole::Model(k)` numbered after the plan's own), its memory planned again: what a
+/// back end runs to show intermediate values (`--dump`) without changing what it computes.
+/// The graph, its fusions and layouts are the plan's; only the lifetimes of the tapped values
+/// grow.
+pub fn with_taps(plan: &Plan, taps: &[cnnc_ir::NodeId]) -> Plan {
+    let mut graph = plan.graph.clone();
+    let mut outputs = plan.outputs.clone();
+    let models = outputs.iter().filter(|r| matches!(r, OutputRole::Model(_))).count();
+    for (k, &tap) in taps.iter().enumerate() {
+        graph.outputs.push(tap);
+        outputs.push(OutputRole::Model(models + k));
+    }
+    // `build` packs every laid-out weight again; keep only the passes' own transforms.
+    let transforms = plan.transforms.iter().filter(|t| !matches!(t, WeightTransform::Pack { .. })).cloned().collect();
+    build(graph, outputs, transforms, &PlanOptions::default())
+}

@@ -92,14 +92,15 @@ impl<'a> Rebuild<'a> {
         inputs: Vec<NodeId>,
         absorbed: &[NodeId],
     ) -> Result<NodeId, PassError> {
+        let old: &'a Graph = self.old;
         let mut origins = self.old_origins[id.index()].clone();
-        let mut names = self.old[id].absorbed.clone();
+        let mut names = old[id].absorbed.clone();
         for &a in absorbed {
             origins.extend_from_slice(&self.old_origins[a.index()]);
-            names.push(self.old[a].name.clone());
-            names.extend(self.old[a].absorbed.iter().cloned());
+            names.push(old[a].name.clone());
+            names.extend(old[a].absorbed.iter().cloned());
         }
-        let like = self.old[id].clone();
+        let like = &old[id];
         let new = self.push(&like.name, &like.shape, like.span, op, inputs)?;
         self.new.node_mut(new).absorbed = names;
         self.origins.push(origins);
@@ -154,7 +155,7 @@ impl<'a> Rebuild<'a> {
     /// As [`Rebuild::finish`], with the new graph's outputs given.
     pub fn finish_with_outputs(mut self, outputs: Vec<NodeId>) -> Result<(Graph, Vec<Vec<NodeId>>), PassError> {
         self.new.outputs = outputs;
-        prune(self.pass, &self.new, &self.origins)
+        prune(self.pass, self.new, self.origins)
     }
 }
 
@@ -169,17 +170,17 @@ pub(crate) fn live(graph: &Graph) -> Vec<bool> {
     live
 }
 
-/// The graph without its dead nodes (and their origins); a copy when nothing is dead.
+/// The graph without its dead nodes (and their origins); the graph itself when nothing is dead.
 pub(crate) fn prune(
     pass: &'static str,
-    graph: &Graph,
-    origins: &[Vec<NodeId>],
+    graph: Graph,
+    origins: Vec<Vec<NodeId>>,
 ) -> Result<(Graph, Vec<Vec<NodeId>>), PassError> {
-    let live = live(graph);
+    let live = live(&graph);
     if live.iter().all(|&l| l) {
-        return Ok((graph.clone(), origins.to_vec()));
+        return Ok((graph, origins));
     }
-    let mut b = Rebuild::new(pass, graph, origins);
+    let mut b = Rebuild::new(pass, &graph, &origins);
     for id in graph.ids() {
         if live[id.index()] {
             b.copy(id)?;

@@ -634,3 +634,90 @@ fn layout_leaves_regions_without_convolutions_plain() {
     assert_eq!(reorders, 0);
     assert_eq!(after, g);
 }
+
+// ---------------------------------------------------------------- training graph maps
+
+/// `values` and `value_grads` name, for every forward layer, the training node holding its
+/// output and its output's gradient (what `--dump` reads): the values are the forward pass's
+/// own numbers, the gradient of the logits is softmax minus one-hot over N, and the input's is
+/// the graph's input-gradient output.
+#[test]
+fn training_graph_maps_each_layer_to_its_value_and_gradient() {
+    use cnnc_interp::{Buf, BufMap, Options, Precision, gradients, run};
+    use cnnc_passes::{TrainingOptions, training_graph};
+    let mut g = Graph::new("maps");
+    let x = input(&mut g, "x", &[3, 6, 6]);
+    let c = add(&mut g, conv(4, 3, 1, 1, true), &[x], "conv");
+    let b = add(&mut g, bn(), &[c], "bn");
+    let r = add(&mut g, relu(), &[b], "relu");
+    // Two uses: the gradient of `conv` is the sum of two contributions.
+    let sum = add(&mut g, Op::Add, &[r, c], "sum");
+    let p = add(&mut g, maxpool(2, 2, 0), &[sum], "pool");
+    let f = add(&mut g, Op::Flatten, &[p], "flatten");
+    let l = add(&mut g, fc(5, true), &[f], "fc");
+    g.outputs = vec![l];
+    let options =
+        TrainingOptions { batch_stats: false, input_grads: true, ..TrainingOptions::new(cnnc_ir::Loss::CrossEntropy) };
+    let t = training_graph(&g, &options).unwrap();
+    assert_eq!((t.values.len(), t.value_grads.len()), (g.len(), g.len()));
+    for (id, node) in g.iter() {
+        let value = t.values[id.index()].unwrap_or_else(|| panic!("{} has a value", node.name));
+        let grad = t.value_grads[id.index()].unwrap_or_else(|| panic!("{} has a gradient", node.name));
+        assert_eq!(t.graph[value].shape, node.shape, "{}", node.name);
+        assert_eq!(t.graph[grad].shape, node.shape, "{}'s gradient", node.name);
+    }
+
+    let weights: BufMap = random_weights(&g, 3).iter().map(|(k, v)| (k.clone(), Buf::from_tensor(v))).collect();
+    let xs = Buf::from_tensor(&random_input(&[2, 3, 6, 6], 4));
+    let labels = Buf { shape: vec![2], data: vec![4.0, 1.0] };
+    let opts = Options::new().with_precision(Precision::F64).keeping_values();
+    let inference = run(&g, &mut weights.clone(), std::slice::from_ref(&xs), &opts).unwrap();
+    let training = run(&t.graph, &mut weights.clone(), &[xs, labels.clone()], &opts).unwrap();
+    for (id, node) in g.iter() {
+        let want = inference.value(id).unwrap();
+        let got = training.value(t.values[id.index()].unwrap()).unwrap();
+        assert_eq!(got.data, want.data, "{}", node.name);
+    }
+    let logits = training.value(t.values[l.index()].unwrap()).unwrap();
+    let dlogits = training.value(t.value_grads[l.index()].unwrap()).unwrap();
+    for (n, row) in logits.data.chunks(5).enumerate() {
+        let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = row.iter().map(|v| (v - max).exp()).sum();
+        for (j, v) in row.iter().enumerate() {
+            let onehot = if j as f64 == labels.data[n] { 1.0 } else { 0.0 };
+            let want = ((v - max).exp() / z - onehot) / 2.0;
+            assert!((dlogits.data[n * 5 + j] - want).abs() < 1e-12, "d logits[{n}, {j}]");
+        }
+    }
+    let input_grad = gradients::<Buf>(&t.outputs, &training).inputs.remove(&0).unwrap();
+    assert_eq!(training.value(t.value_grads[x.index()].unwrap()).unwrap().data, input_grad.data);
+}
+
+// ---------------------------------------------------------------- taps
+
+/// A plan with taps runs the same graph and also returns the tapped values, which are the
+/// logical run's values of those nodes (in the physical mode, through the replanned arena).
+#[test]
+fn taps_keep_values_to_the_end_without_changing_the_numbers() {
+    use cnnc_interp::{Options, TensorLike, run, run_plan};
+    let g = conv_bn_fc_bn(true);
+    let weights = random_weights(&g, 8);
+    let opt = cnnc_passes::optimize(&g, Some(&weights), &cnnc_passes::PassOptions::all()).unwrap();
+    let plan = &opt.plan;
+    let taps: Vec<cnnc_ir::NodeId> = plan.graph.ids().filter(|&id| plan.graph[id].op != Op::Input).collect();
+    assert!(taps.len() >= 3, "{}", plan.render());
+    let tapped = cnnc_passes::plan::with_taps(plan, &taps);
+    assert_eq!(tapped.graph.outputs.len(), plan.graph.outputs.len() + taps.len());
+    assert_eq!(tapped.transforms, plan.transforms, "the same weights, packed once");
+    cnnc_passes::memory::check(&tapped.graph, &tapped.memory).unwrap();
+    let x = random_input(&[2, 3, 9, 9], 5);
+    let physical = run_plan(&tapped, &mut weights.clone(), std::slice::from_ref(&x), &Options::new()).unwrap();
+    let mut folded = opt.weights.clone().unwrap();
+    let logical = run(&plan.graph, &mut folded, std::slice::from_ref(&x), &Options::new().keeping_values()).unwrap();
+    let model = plan.graph.outputs.len();
+    for (k, &tap) in taps.iter().enumerate() {
+        let got: Tensor = physical.output(model + k).unwrap();
+        let want = Tensor::from_buf(logical.value(tap).unwrap());
+        assert_eq!(got, want, "{}", plan.graph[tap].name);
+    }
+}

@@ -46,17 +46,38 @@ impl WeightInit {
 
 /// Every parameter and buffer of the graph, initialised from `seed`; the names and shapes are
 /// exactly those of [`Graph::named_params`].
+///
+/// Panics when memory runs out; [`try_init_params`] reports it instead, for graphs whose size
+/// comes from a user.
 pub fn init_params(graph: &Graph, seed: u64) -> TensorMap {
+    try_init_params(graph, seed).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Not enough memory for a parameter tensor.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not enough memory for the {elements} values of parameter `{name}`")]
+pub struct InitError {
+    pub name: String,
+    pub elements: usize,
+}
+
+/// [`init_params`], with every tensor's memory reserved before it is filled, so that running
+/// out of memory is an error rather than an abort.
+pub fn try_init_params(graph: &Graph, seed: u64) -> Result<TensorMap, InitError> {
     let users = graph.users();
     let mut map = TensorMap::new();
     for (id, node) in graph.iter() {
         for spec in graph.params(id) {
             let name = format!("{}.{}", node.name, spec.suffix);
-            let tensor = init_tensor(graph, &users, id, &spec, &name, seed);
-            map.insert(name, tensor);
+            let mut data = Vec::new();
+            if data.try_reserve_exact(spec.elements()).is_err() {
+                return Err(InitError { name, elements: spec.elements() });
+            }
+            init_tensor(graph, &users, id, &spec, &name, seed, &mut data);
+            map.insert(name, Tensor { shape: spec.dims.clone(), data });
         }
     }
-    map
+    Ok(map)
 }
 
 /// How the weight of a convolution or fc node is drawn; `None` for every other node.
@@ -157,16 +178,24 @@ fn feeds_relu(graph: &Graph, users: &[Vec<NodeId>], id: NodeId) -> bool {
     }
 }
 
-fn init_tensor(graph: &Graph, users: &[Vec<NodeId>], id: NodeId, spec: &ParamSpec, name: &str, seed: u64) -> Tensor {
-    let fill = |value: f32| Tensor { shape: spec.dims.clone(), data: vec![value; spec.elements()] };
+/// Fills `data` (reserved, empty) with the initial values of one parameter tensor.
+fn init_tensor(
+    graph: &Graph,
+    users: &[Vec<NodeId>],
+    id: NodeId,
+    spec: &ParamSpec,
+    name: &str,
+    seed: u64,
+    data: &mut Vec<f32>,
+) {
+    let mut fill = |value: f32| data.resize(spec.elements(), value);
     match spec.role {
         ParamRole::Weight => match &graph[id].op {
             Op::Conv(_) | Op::Fc(_) | Op::Gemm(_) | Op::Fused { .. } => {
                 let init = weight_init_with(graph, users, id).expect("convolution and fc nodes have fans");
                 let std = init.std();
                 let mut rng = Rng::for_name(seed, name);
-                let data = (0..spec.elements()).map(|_| (std * rng.normal()) as f32).collect();
-                Tensor { shape: spec.dims.clone(), data }
+                data.extend((0..spec.elements()).map(|_| (std * rng.normal()) as f32));
             }
             Op::BatchNorm(_) | Op::Train(TrainOp::BnNormalize(_)) => fill(1.0),
             Op::Prelu => fill(0.25),

@@ -1,4 +1,4 @@
-//! Reading and writing NumPy `.npy` files: float inputs and integer class labels.
+//! Reading and writing NumPy `.npy` files: float inputs, integer class labels, uint8 images.
 //!
 //! The format (numpy's `numpy/lib/format.py`): the magic `\x93NUMPY`, a major and minor version
 //! byte, the header length (u16 little-endian in 1.0, u32 in 2.0 and 3.0), then the header: a
@@ -10,10 +10,16 @@
 //! header become an error that names what is wrong. Every length is checked against the bytes
 //! actually present before anything is allocated, so no file (truncated, corrupt, lying about
 //! its shape) can make the reader panic or allocate more than the file's own size.
+//!
+//! Files are read with a size bound ([`read_npy_within`]): the header is read first, and the
+//! data it announces must fit the bound before any of it is read, so a special file
+//! (`/dev/zero`, a pipe that never ends) or a huge array is an error, not a process that reads
+//! until memory runs out.
 
 use crate::atomic::write_atomic;
+use crate::budget::{MemoryBudget, human_bytes};
 use crate::tensor::Tensor;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -45,13 +51,16 @@ pub enum NpyArray {
     F32(Tensor),
     /// From `int64`, or `int32` widened.
     I64 { shape: Vec<usize>, data: Vec<i64> },
+    /// From `uint8` (images as stored, 0..=255), kept as bytes: a data set of them is a quarter
+    /// of its size as floats, and whoever reads them decides how to scale them.
+    U8 { shape: Vec<usize>, data: Vec<u8> },
 }
 
 impl NpyArray {
     pub fn shape(&self) -> &[usize] {
         match self {
             NpyArray::F32(t) => &t.shape,
-            NpyArray::I64 { shape, .. } => shape,
+            NpyArray::I64 { shape, .. } | NpyArray::U8 { shape, .. } => shape,
         }
     }
 
@@ -59,7 +68,7 @@ impl NpyArray {
     pub fn kind(&self) -> &'static str {
         match self {
             NpyArray::F32(_) => "floating-point",
-            NpyArray::I64 { .. } => "integer",
+            NpyArray::I64 { .. } | NpyArray::U8 { .. } => "integer",
         }
     }
 }
@@ -93,7 +102,7 @@ pub enum NpyFormatError {
     DuplicateKey { key: String },
     #[error(
         "its dtype {descr} is not supported: cnnc reads float32 ('<f4'), float64 ('<f8', rounded to \
-         float32), int32 ('<i4') and int64 ('<i8'); convert with `a.astype(np.float32)` or \
+         float32), int32 ('<i4'), int64 ('<i8') and uint8 ('|u1'); convert with `a.astype(np.float32)` or \
          `a.astype(np.int64)` before `np.save`"
     )]
     Dtype { descr: String },
@@ -109,6 +118,11 @@ pub enum NpyFormatError {
     #[error("its shape {shape} has more elements than this machine can address")]
     Overflow { shape: String },
     #[error(
+        "its shape {shape:?} of {dtype} needs {expected} bytes of data after the header, but more follow (it is \
+         not a regular file, and does not end there)"
+    )]
+    TrailingData { shape: Vec<usize>, dtype: &'static str, expected: u64 },
+    #[error(
         "its shape {shape:?} of {dtype} needs {expected} bytes of data after the header, but {found} \
          follow ({})",
         data_length_note(*.found, *.expected)
@@ -123,6 +137,15 @@ pub enum NpyError {
     Read { path: PathBuf, source: io::Error },
     #[error("cannot read `{}`: {source}", .path.display())]
     Format { path: PathBuf, source: NpyFormatError },
+    #[error(
+        "`{}` holds {} of data, more than the {} of memory cnnc may use",
+        .path.display(),
+        human_bytes(*.needed),
+        human_bytes(*.limit)
+    )]
+    TooLarge { path: PathBuf, needed: u64, limit: u64 },
+    #[error("not enough memory to read `{}`: its array takes {}", .path.display(), human_bytes(*.bytes))]
+    Allocation { path: PathBuf, bytes: u64 },
     #[error("`{}` holds {found} values, but {expected} values are needed here{hint}", .path.display())]
     Kind { path: PathBuf, expected: &'static str, found: &'static str, hint: &'static str },
     #[error("cannot write `{}`: {source}", .path.display())]
@@ -143,17 +166,65 @@ fn element_count(n: Option<usize>) -> String {
     n.map_or_else(|| "more than 2^64".to_owned(), |n| n.to_string())
 }
 
-/// Reads a `.npy` file (format 1.0, 2.0 or 3.0; float32, float64, int32 or int64; C order).
+/// Reads a `.npy` file (format 1.0, 2.0 or 3.0; float32, float64, int32 or int64; C order),
+/// within the memory this machine has available.
 pub fn read_npy(path: impl AsRef<Path>) -> Result<NpyArray, NpyError> {
+    read_npy_within(path, MemoryBudget::detect().bytes)
+}
+
+/// Reads a `.npy` file of at most `limit` bytes. The header comes first: the data it announces
+/// must fit before any of it is read.
+pub fn read_npy_within(path: impl AsRef<Path>, limit: u64) -> Result<NpyArray, NpyError> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| NpyError::Read { path: path.to_path_buf(), source })?;
-    read_npy_bytes(&bytes).map_err(|source| NpyError::Format { path: path.to_path_buf(), source })
+    let read_error = |source| NpyError::Read { path: path.to_path_buf(), source };
+    let format = |source| NpyError::Format { path: path.to_path_buf(), source };
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    if meta.is_dir() {
+        return Err(read_error(io::Error::new(io::ErrorKind::IsADirectory, "it is a directory")));
+    }
+    // The prefix (at most 12 bytes in version 2.0 and 3.0) and the longest header accepted.
+    let mut bytes = Vec::new();
+    (&mut file).take(12 + MAX_HEADER_LEN as u64).read_to_end(&mut bytes).map_err(read_error)?;
+    // A wrong header, or a file that ends inside it, is an error before any data is read.
+    let Prefix { data_start, elem, shape, .. } = parse_prefix(&bytes).map_err(format)?;
+    let data = data_bytes(elem, &shape).map_err(format)?;
+    let total = (data_start as u64).saturating_add(data);
+    if total > limit {
+        return Err(NpyError::TooLarge { path: path.to_path_buf(), needed: total, limit });
+    }
+    // One byte more than announced tells a file that goes on from one that ends there.
+    let wanted = usize::try_from(total + 1).unwrap_or(usize::MAX);
+    if meta.is_file() && meta.len() < total {
+        // A truncated file is found from its length, before its data is allocated.
+        let found = meta.len().saturating_sub(data_start as u64);
+        return Err(format(NpyFormatError::DataLength { shape, dtype: elem.name(), expected: data, found }));
+    }
+    bytes
+        .try_reserve_exact(wanted.saturating_sub(bytes.len()))
+        .map_err(|_| NpyError::Allocation { path: path.to_path_buf(), bytes: total })?;
+    let rest = (total + 1).saturating_sub(bytes.len() as u64);
+    (&mut file).take(rest).read_to_end(&mut bytes).map_err(read_error)?;
+    if bytes.len() as u64 > total && !meta.is_file() {
+        return Err(format(NpyFormatError::TrailingData { shape, dtype: elem.name(), expected: data }));
+    }
+    if bytes.len() as u64 > total {
+        // A regular file says how long it is, so the message can give the real count.
+        let found = meta.len().saturating_sub(data_start as u64);
+        return Err(format(NpyFormatError::DataLength { shape, dtype: elem.name(), expected: data, found }));
+    }
+    read_npy_bytes(&bytes).map_err(format)
 }
 
 /// Reads a `.npy` file that must hold floats (a batch of inputs, say).
 pub fn read_npy_f32(path: impl AsRef<Path>) -> Result<Tensor, NpyError> {
+    read_npy_f32_within(path, MemoryBudget::detect().bytes)
+}
+
+/// [`read_npy_f32`] of at most `limit` bytes.
+pub fn read_npy_f32_within(path: impl AsRef<Path>, limit: u64) -> Result<Tensor, NpyError> {
     let path = path.as_ref();
-    match read_npy(path)? {
+    match read_npy_within(path, limit)? {
         NpyArray::F32(t) => Ok(t),
         array @ NpyArray::I64 { .. } => Err(NpyError::Kind {
             path: path.to_path_buf(),
@@ -161,14 +232,29 @@ pub fn read_npy_f32(path: impl AsRef<Path>) -> Result<Tensor, NpyError> {
             found: array.kind(),
             hint: " (is this the labels file? convert inputs with `a.astype(np.float32)`)",
         }),
+        array @ NpyArray::U8 { .. } => Err(NpyError::Kind {
+            path: path.to_path_buf(),
+            expected: "floating-point",
+            found: array.kind(),
+            hint: " (uint8 pixels: scale and convert them as the model was trained, such as \
+                   `(a / 255).astype(np.float32)`)",
+        }),
     }
 }
 
-/// Reads a `.npy` file that must hold integer class labels; returns the shape and the labels.
+/// Reads a `.npy` file that must hold integer class labels (int64, int32 or uint8); returns the
+/// shape and the labels.
 pub fn read_npy_labels(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<i64>), NpyError> {
+    read_npy_labels_within(path, MemoryBudget::detect().bytes)
+}
+
+/// [`read_npy_labels`] of at most `limit` bytes.
+pub fn read_npy_labels_within(path: impl AsRef<Path>, limit: u64) -> Result<(Vec<usize>, Vec<i64>), NpyError> {
     let path = path.as_ref();
-    match read_npy(path)? {
+    match read_npy_within(path, limit)? {
         NpyArray::I64 { shape, data } => Ok((shape, data)),
+        // uint8 labels are common (MNIST converted with numpy keeps its bytes).
+        NpyArray::U8 { shape, data } => Ok((shape, data.into_iter().map(i64::from).collect())),
         array @ NpyArray::F32(_) => Err(NpyError::Kind {
             path: path.to_path_buf(),
             expected: "integer",
@@ -185,11 +271,13 @@ enum Elem {
     F64,
     I32,
     I64,
+    U8,
 }
 
 impl Elem {
     fn size(self) -> usize {
         match self {
+            Elem::U8 => 1,
             Elem::F32 | Elem::I32 => 4,
             Elem::F64 | Elem::I64 => 8,
         }
@@ -201,12 +289,43 @@ impl Elem {
             Elem::F64 => "float64",
             Elem::I32 => "int32",
             Elem::I64 => "int64",
+            Elem::U8 => "uint8",
         }
     }
 }
 
 /// Decodes the bytes of a whole `.npy` file.
 pub fn read_npy_bytes(bytes: &[u8]) -> Result<NpyArray, NpyFormatError> {
+    let Prefix { data_start, elem, big_endian, shape } = parse_prefix(bytes)?;
+    let data = &bytes[data_start..];
+    let expected = data_bytes(elem, &shape)?;
+    if data.len() as u64 != expected {
+        return Err(NpyFormatError::DataLength { shape, dtype: elem.name(), expected, found: data.len() as u64 });
+    }
+    // Only now, with the length proven, is anything the size of the data allocated.
+    Ok(decode(elem, big_endian, shape, data))
+}
+
+/// What the start of a file says: where the data starts and what it holds.
+struct Prefix {
+    data_start: usize,
+    elem: Elem,
+    big_endian: bool,
+    shape: Vec<usize>,
+}
+
+/// The bytes of data an array of this element type and shape needs.
+fn data_bytes(elem: Elem, shape: &[usize]) -> Result<u64, NpyFormatError> {
+    let elements = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    elements
+        .and_then(|n| n.checked_mul(elem.size()))
+        .map(|n| n as u64)
+        .ok_or_else(|| NpyFormatError::Overflow { shape: format!("{shape:?}") })
+}
+
+/// Validates the magic, version and header at the start of a file: where the data starts, its
+/// element type and its shape.
+fn parse_prefix(bytes: &[u8]) -> Result<Prefix, NpyFormatError> {
     let found = bytes.len() as u64;
     let start = &bytes[..bytes.len().min(MAGIC.len())];
     if !MAGIC.starts_with(start) {
@@ -245,23 +364,7 @@ pub fn read_npy_bytes(bytes: &[u8]) -> Result<NpyArray, NpyFormatError> {
         raw_header.iter().map(|&b| char::from(b)).collect()
     };
     let (elem, big_endian, shape) = parse_header(&header)?;
-
-    let data = &bytes[data_start..];
-    let elements = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-    let expected = elements.and_then(|n| n.checked_mul(elem.size()));
-    let Some(expected) = expected else {
-        return Err(NpyFormatError::Overflow { shape: format!("{shape:?}") });
-    };
-    if data.len() != expected {
-        return Err(NpyFormatError::DataLength {
-            shape,
-            dtype: elem.name(),
-            expected: expected as u64,
-            found: data.len() as u64,
-        });
-    }
-    // Only now, with the length proven, is anything the size of the data allocated.
-    Ok(decode(elem, big_endian, shape, data))
+    Ok(Prefix { data_start, elem, big_endian, shape })
 }
 
 fn decode(elem: Elem, big_endian: bool, shape: Vec<usize>, data: &[u8]) -> NpyArray {
@@ -288,6 +391,7 @@ fn decode(elem: Elem, big_endian: bool, shape: Vec<usize>, data: &[u8]) -> NpyAr
             data: words::<4>(data, big_endian).map(|w| i64::from(i32::from_le_bytes(w))).collect(),
         },
         Elem::I64 => NpyArray::I64 { shape, data: words::<8>(data, big_endian).map(i64::from_le_bytes).collect() },
+        Elem::U8 => NpyArray::U8 { shape, data: data.to_vec() },
     }
 }
 
@@ -408,6 +512,10 @@ fn string_literal(text: &str) -> Option<&str> {
 fn parse_descr(value: &str) -> Result<(Elem, bool), NpyFormatError> {
     let unsupported = || NpyFormatError::Dtype { descr: quote(value) };
     let descr = string_literal(value).ok_or_else(unsupported)?;
+    // numpy writes single bytes with '|' (no byte order); either order mark means the same.
+    if matches!(descr, "|u1" | "<u1" | ">u1") {
+        return Ok((Elem::U8, false));
+    }
     let (big_endian, code) = match descr.as_bytes().first() {
         Some(b'<') => (false, &descr[1..]),
         Some(b'>') => (true, &descr[1..]),
@@ -532,6 +640,14 @@ pub fn write_npy_labels(path: impl AsRef<Path>, shape: &[usize], labels: &[i64])
     let path = path.as_ref();
     check_write(path, shape, labels.len())?;
     write_atomic(path, |out| write_array(out, "<i8", shape, labels, i64::to_le_bytes))
+        .map_err(|source| NpyError::Write { path: path.to_path_buf(), source })
+}
+
+/// Writes uint8 values (images as stored) as a `.npy` file (format 1.0, C order), atomically.
+pub fn write_npy_u8(path: impl AsRef<Path>, shape: &[usize], data: &[u8]) -> Result<(), NpyError> {
+    let path = path.as_ref();
+    check_write(path, shape, data.len())?;
+    write_atomic(path, |out| write_array(out, "|u1", shape, data, |b: u8| [b]))
         .map_err(|source| NpyError::Write { path: path.to_path_buf(), source })
 }
 
@@ -679,6 +795,28 @@ mod tests {
     }
 
     #[test]
+    fn uint8_arrays_are_read_as_bytes_and_widen_as_labels() {
+        // np.save(f, np.array([[0, 7, 255]], dtype=np.uint8)): numpy's own descr is '|u1'.
+        let bytes = golden("|u1", "(1, 3)", 20, &[0, 7, 255]);
+        assert_eq!(read_npy_bytes(&bytes).unwrap(), NpyArray::U8 { shape: vec![1, 3], data: vec![0, 7, 255] });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u8.npy");
+        write_npy_u8(&path, &[1, 3], &[0, 7, 255]).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "written as numpy writes it");
+        assert_eq!(read_npy_labels(&path).unwrap(), (vec![1, 3], vec![0, 7, 255]));
+        let e = read_npy_f32(&path).unwrap_err();
+        assert!(
+            e.to_string().contains("holds integer values, but floating-point values are needed here (uint8"),
+            "{e}"
+        );
+        // One byte per element in the length checks too.
+        let e = read_npy_bytes(&golden("|u1", "(1, 3)", 20, &[0, 7])).unwrap_err();
+        assert!(e.to_string().contains("uint8 needs 3 bytes of data after the header, but 2 follow"), "{e}");
+        let e = header_error("{'descr': '|i1', 'fortran_order': False, 'shape': (1,), }");
+        assert!(e.contains("int64 ('<i8') and uint8 ('|u1')"), "{e}");
+    }
+
+    #[test]
     fn shapes_too_long_for_a_version_1_header_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("deep.npy");
@@ -798,5 +936,59 @@ mod tests {
         let e = header_error(&h);
         assert!(e.len() < 600, "{}", e.len());
         assert!(e.ends_with("...\""), "{e}");
+    }
+
+    #[test]
+    fn reading_is_bounded_by_the_header_and_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.npy");
+        let t = Tensor { shape: vec![2, 3], data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0] };
+        write_npy(&path, &t).unwrap();
+        assert_eq!(read_npy_within(&path, 128 + 24).unwrap(), NpyArray::F32(t.clone()));
+        // One byte less than the file needs: refused before the data is read.
+        let e = read_npy_within(&path, 128 + 23).unwrap_err();
+        assert!(matches!(e, NpyError::TooLarge { needed: 152, limit: 151, .. }), "{e}");
+        assert!(e.to_string().ends_with("holds 152 B of data, more than the 151 B of memory cnnc may use"), "{e}");
+        // A header announcing 8 TB over a file of a few bytes: refused from the header alone.
+        let huge = golden("<f4", "(2000000, 1000000)", 0, &[0; 8]);
+        std::fs::write(&path, &huge).unwrap();
+        let e = read_npy_within(&path, 1 << 30).unwrap_err();
+        assert!(matches!(e, NpyError::TooLarge { needed, .. } if needed == 128 + 8_000_000_000_000), "{e}");
+        // Extra bytes in a regular file are counted exactly.
+        let mut long = encode_f32(&[2], &[1.0, 2.0]);
+        long.extend_from_slice(&[0; 100]);
+        std::fs::write(&path, &long).unwrap();
+        let e = read_npy_within(&path, 1 << 20).unwrap_err();
+        assert!(e.to_string().contains("needs 8 bytes of data after the header, but 108 follow"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn special_files_are_errors_not_endless_reads() {
+        // /dev/zero is no .npy file: its first bytes say so.
+        let e = read_npy_within("/dev/zero", 1 << 40).unwrap_err();
+        assert!(e.to_string().contains("does not start with the .npy magic string"), "{e}");
+        let e = read_npy_within("/", 1 << 40).unwrap_err();
+        assert!(matches!(e, NpyError::Read { .. }), "{e}");
+        // A pipe that goes on after the data it announced is read no further than one byte.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.npy");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if !made.is_ok_and(|s| s.success()) {
+            return;
+        }
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                let mut out = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+                let _ = out.write_all(&encode_f32(&[2], &[1.0, 2.0]));
+                // Then endless zeros, until the reader hangs up.
+                let zeros = [0u8; 4096];
+                while out.write_all(&zeros).is_ok() {}
+            })
+        };
+        let e = read_npy_within(&fifo, 1 << 30).unwrap_err();
+        assert!(matches!(e, NpyError::Format { source: NpyFormatError::TrailingData { expected: 8, .. }, .. }), "{e}");
+        writer.join().unwrap();
     }
 }

@@ -2,8 +2,13 @@
 //!
 //! safetensors is the format PyTorch users export with `safetensors.torch.save_file(
 //! model.state_dict(), path)`: a JSON header naming each tensor's dtype, shape and byte range,
-//! then the raw little-endian data. The `safetensors` crate validates the header (size limits,
-//! offsets that tile the data exactly, no overflow), so a corrupt file is an error, not a panic.
+//! then the raw little-endian data. Reading validates the header here ([`crate::st_header`]):
+//! size limits, each tensor's dtype, shape and byte range, ranges that tile the data exactly,
+//! no repeated names; a corrupt file is an error naming the tensor that is wrong, never a
+//! panic. The header is read first, and the data it describes must fit the memory bound
+//! ([`load_safetensors_within`]) before any of it is read, so a huge file or a special one
+//! (`/dev/zero`) is an error, not a read until memory runs out. Writing uses the `safetensors`
+//! crate.
 //!
 //! PyTorch's batch-norm layers carry a `num_batches_tracked` counter (an int64 scalar) in their
 //! state_dict. cnnc has no use for it (it only matters for `momentum=None`, a cumulative
@@ -12,12 +17,14 @@
 
 use crate::TensorMap;
 use crate::atomic::write_bytes_atomic;
+use crate::budget::{MemoryBudget, human_bytes};
+use crate::st_header::{self, HeaderError, MAX_HEADER_BYTES};
 use crate::tensor::Tensor;
 use cnnc_ir::Graph;
 use safetensors::tensor::{Dtype, SafeTensorError, View};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -29,8 +36,17 @@ pub const NUM_BATCHES_TRACKED: &str = ".num_batches_tracked";
 pub enum WeightsError {
     #[error("cannot read weights file `{}`: {source}", .path.display())]
     Read { path: PathBuf, source: io::Error },
-    #[error("`{}` is not a valid safetensors file: {source}", .path.display())]
-    Format { path: PathBuf, source: SafeTensorError },
+    #[error("`{}` is not a valid safetensors file: {problem}", .path.display())]
+    Format { path: PathBuf, problem: HeaderError },
+    #[error(
+        "`{}` holds {} of tensors, more than the {} of memory cnnc may use",
+        .path.display(),
+        human_bytes(*.needed),
+        human_bytes(*.limit)
+    )]
+    TooLarge { path: PathBuf, needed: u64, limit: u64 },
+    #[error("not enough memory to read `{}`: its tensors take {}", .path.display(), human_bytes(*.bytes))]
+    Allocation { path: PathBuf, bytes: u64 },
     #[error(
         "tensor `{name}` in `{}` has dtype {dtype}, but cnnc reads only F32 weights; convert \
          before saving, e.g. `{{k: v.float() for k, v in state_dict.items()}}`",
@@ -58,36 +74,121 @@ fn did_you_mean(suggestion: &Option<String>) -> String {
     suggestion.as_ref().map_or_else(String::new, |s| format!("; did you mean `{s}`?"))
 }
 
-/// Loads every tensor of a safetensors file. Every tensor must be F32, except PyTorch's
-/// `*.num_batches_tracked` counters, which are skipped (see the module documentation).
+/// Loads every tensor of a safetensors file, within the memory this machine has available.
+/// Every tensor must be F32, except PyTorch's `*.num_batches_tracked` counters, which are
+/// skipped (see the module documentation).
 pub fn load_safetensors(path: impl AsRef<Path>) -> Result<TensorMap, WeightsError> {
-    let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| WeightsError::Read { path: path.to_path_buf(), source })?;
-    decode(&bytes, path)
+    load_safetensors_within(path, MemoryBudget::detect().bytes)
 }
 
-fn decode(bytes: &[u8], path: &Path) -> Result<TensorMap, WeightsError> {
-    let format = |source| WeightsError::Format { path: path.to_path_buf(), source };
-    let file = safetensors::SafeTensors::deserialize(bytes).map_err(format)?;
+/// [`load_safetensors`] of a file of at most `limit` bytes: the header is read and checked
+/// first, and the data it describes must fit before any of it is read.
+pub fn load_safetensors_within(path: impl AsRef<Path>, limit: u64) -> Result<TensorMap, WeightsError> {
+    load_safetensors_with_metadata_within(path, limit).map(|(tensors, _)| tensors)
+}
+
+/// The metadata of a safetensors file (its header's `__metadata__` strings: `format`, and
+/// what cnnc stores beside trained weights, such as the input normalisation), read with the
+/// tensors.
+pub type Metadata = std::collections::BTreeMap<String, String>;
+
+/// [`load_safetensors_within`], with the file's [`Metadata`].
+pub fn load_safetensors_with_metadata_within(
+    path: impl AsRef<Path>,
+    limit: u64,
+) -> Result<(TensorMap, Metadata), WeightsError> {
+    let path = path.as_ref();
+    let read_error = |source| WeightsError::Read { path: path.to_path_buf(), source };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    if meta.is_dir() {
+        return Err(read_error(io::Error::new(io::ErrorKind::IsADirectory, "it is a directory")));
+    }
+    read_from(file, path, limit, meta.is_file().then_some(meta.len()))
+}
+
+/// Reads a safetensors file from `input`, named `path` in messages; `length` is the file's, when
+/// known (a regular file), so that a truncated one is found before its data is allocated.
+fn read_from(
+    mut file: impl Read,
+    path: &Path,
+    limit: u64,
+    length: Option<u64>,
+) -> Result<(TensorMap, Metadata), WeightsError> {
+    let read_error = |source| WeightsError::Read { path: path.to_path_buf(), source };
+    let corrupt = |problem| WeightsError::Format { path: path.to_path_buf(), problem };
+    let too_large = |needed| WeightsError::TooLarge { path: path.to_path_buf(), needed, limit };
+    let mut prefix = Vec::with_capacity(8);
+    (&mut file).take(8).read_to_end(&mut prefix).map_err(read_error)?;
+    let Ok(len_bytes) = <[u8; 8]>::try_from(prefix.as_slice()) else {
+        return Err(corrupt(HeaderError::TooShort { found: prefix.len() as u64 }));
+    };
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > MAX_HEADER_BYTES {
+        return Err(corrupt(HeaderError::HeaderTooLarge { len: header_len }));
+    }
+    if 8 + header_len > limit {
+        return Err(too_large(8 + header_len));
+    }
+    let mut json = Vec::new();
+    (&mut file).take(header_len).read_to_end(&mut json).map_err(read_error)?;
+    if (json.len() as u64) < header_len {
+        return Err(corrupt(HeaderError::TruncatedHeader { len: header_len, found: 8 + json.len() as u64 }));
+    }
+    let header = st_header::parse(&json).map_err(corrupt)?;
+    let needed = (8 + header_len).saturating_add(header.data_len);
+    if needed > limit {
+        return Err(too_large(needed));
+    }
+    if let Some(length) = length
+        && length < needed
+    {
+        let found = length - 8 - header_len;
+        return Err(corrupt(HeaderError::DataTruncated { expected: header.data_len, found }));
+    }
+    let allocation = || WeightsError::Allocation { path: path.to_path_buf(), bytes: header.data_len };
+    let data_len = usize::try_from(header.data_len).map_err(|_| allocation())?;
+    let mut data = Vec::new();
+    data.try_reserve_exact(data_len.saturating_add(1)).map_err(|_| allocation())?;
+    // One byte more than described tells a file that goes on from one that ends there.
+    (&mut file).take(header.data_len + 1).read_to_end(&mut data).map_err(read_error)?;
+    match data.len().cmp(&data_len) {
+        std::cmp::Ordering::Less => {
+            return Err(corrupt(HeaderError::DataTruncated { expected: header.data_len, found: data.len() as u64 }));
+        }
+        std::cmp::Ordering::Greater => return Err(corrupt(HeaderError::TrailingBytes { expected: header.data_len })),
+        std::cmp::Ordering::Equal => {}
+    }
+    Ok((tensors_of(&header, &data, path)?, header.metadata))
+}
+
+/// The F32 tensors of a validated header, from the data it describes.
+fn tensors_of(header: &st_header::Header, data: &[u8], path: &Path) -> Result<TensorMap, WeightsError> {
     let mut map = TensorMap::new();
-    for (name, view) in file.iter() {
-        if name.ends_with(NUM_BATCHES_TRACKED) {
+    for entry in &header.entries {
+        if entry.name.ends_with(NUM_BATCHES_TRACKED) {
             continue;
         }
-        if view.dtype() != Dtype::F32 {
+        if entry.dtype != "F32" {
             return Err(WeightsError::Dtype {
                 path: path.to_path_buf(),
-                name: name.to_owned(),
-                dtype: format!("{:?}", view.dtype()),
+                name: entry.name.clone(),
+                dtype: entry.dtype.clone(),
             });
         }
-        let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        // The crate checked that the byte range matches shape and dtype; re-checking costs
-        // nothing and keeps a bug there from becoming a wrongly shaped tensor here.
-        let tensor = Tensor::from_vec(view.shape(), data).map_err(|_| {
-            format(SafeTensorError::InvalidTensorView(view.dtype(), view.shape().to_vec(), view.data().len()))
-        })?;
-        map.insert(name.to_owned(), tensor);
+        // The header's ranges were checked to lie in the data, each the length of its shape;
+        // should that ever fail, it is still an error rather than a panic.
+        let mismatch = || WeightsError::Format {
+            path: path.to_path_buf(),
+            problem: HeaderError::Entry {
+                name: entry.name.clone(),
+                problem: "its data does not match its shape".into(),
+            },
+        };
+        let bytes = data.get(entry.begin as usize..entry.end as usize).ok_or_else(mismatch)?;
+        let values = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let tensor = Tensor::from_vec(&entry.shape, values).map_err(|_| mismatch())?;
+        map.insert(entry.name.clone(), tensor);
     }
     Ok(map)
 }
@@ -116,13 +217,22 @@ impl View for F32View<'_> {
 /// Saves the tensors as an F32 safetensors file, atomically (the old file survives any error).
 /// The header carries `"format": "pt"`, which Hugging Face loaders expect of PyTorch weights.
 pub fn save_safetensors(path: impl AsRef<Path>, weights: &TensorMap) -> Result<(), WeightsError> {
+    save_safetensors_with_metadata(path, weights, &Metadata::new())
+}
+
+/// [`save_safetensors`] with `metadata` in the header beside `"format": "pt"`.
+pub fn save_safetensors_with_metadata(
+    path: impl AsRef<Path>,
+    weights: &TensorMap,
+    metadata: &Metadata,
+) -> Result<(), WeightsError> {
     let path = path.as_ref();
-    bytes_of(weights, path).and_then(|bytes| {
+    bytes_of(weights, metadata, path).and_then(|bytes| {
         write_bytes_atomic(path, &bytes).map_err(|source| WeightsError::Write { path: path.to_path_buf(), source })
     })
 }
 
-fn bytes_of(weights: &TensorMap, path: &Path) -> Result<Vec<u8>, WeightsError> {
+fn bytes_of(weights: &TensorMap, metadata: &Metadata, path: &Path) -> Result<Vec<u8>, WeightsError> {
     for (name, t) in weights {
         if t.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) != Some(t.data.len()) {
             return Err(WeightsError::Inconsistent {
@@ -133,7 +243,8 @@ fn bytes_of(weights: &TensorMap, path: &Path) -> Result<Vec<u8>, WeightsError> {
             });
         }
     }
-    let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    let mut metadata: HashMap<String, String> = metadata.clone().into_iter().collect();
+    metadata.insert("format".to_owned(), "pt".to_owned());
     let views = weights.iter().map(|(name, t)| (name.as_str(), F32View(t)));
     safetensors::serialize(views, Some(metadata))
         .map_err(|source| WeightsError::Serialize { path: path.to_path_buf(), source })
@@ -178,6 +289,11 @@ mod tests {
     use super::*;
     use cnnc_diag::Span;
     use cnnc_ir::{BatchNorm, Conv, Fc, Op, Shape, Window};
+
+    /// The tensors of a whole file's bytes.
+    fn decode(bytes: &[u8], path: &Path) -> Result<TensorMap, WeightsError> {
+        read_from(bytes, path, u64::MAX, Some(bytes.len() as u64)).map(|(tensors, _)| tensors)
+    }
 
     fn sample() -> TensorMap {
         TensorMap::from([
@@ -233,7 +349,7 @@ mod tests {
 
     #[test]
     fn truncated_and_corrupted_files_are_errors() {
-        let bytes = bytes_of(&sample(), Path::new("x")).unwrap();
+        let bytes = bytes_of(&sample(), &Metadata::new(), Path::new("x")).unwrap();
         assert!(decode(&bytes, Path::new("x")).is_ok());
         for cut in 0..bytes.len() {
             let e = decode(&bytes[..cut], Path::new("cut.safetensors")).unwrap_err();
@@ -260,6 +376,65 @@ mod tests {
         assert!(decode(&file(header, &[0; 4]), Path::new("x")).is_err());
         let header = r#"{"w":{"dtype":"F32","shape":[18446744073709551615,2],"data_offsets":[0,4]}}"#;
         assert!(decode(&file(header, &[0; 4]), Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn reading_is_bounded_by_the_header_and_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        save_safetensors(&path, &sample()).unwrap();
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(load_safetensors_within(&path, size).unwrap(), sample());
+        let e = load_safetensors_within(&path, size - 1).unwrap_err();
+        assert!(matches!(e, WeightsError::TooLarge { needed, .. } if needed == size), "{e}");
+        assert!(e.to_string().contains("of tensors, more than the"), "{e}");
+        // A header describing 4 TB of data over a small file: refused before reading it.
+        let header = r#"{"w":{"dtype":"F32","shape":[1000000000000],"data_offsets":[0,4000000000000]}}"#;
+        std::fs::write(&path, file(header, &[0; 16])).unwrap();
+        let e = load_safetensors_within(&path, 1 << 30).unwrap_err();
+        assert!(matches!(e, WeightsError::TooLarge { .. }), "{e}");
+        let e = load_safetensors_within(&path, u64::MAX).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("it is truncated: its header describes 4000000000000 bytes of data, but only 16 follow"),
+            "{e}"
+        );
+        // Bytes after the data.
+        let header = r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let e = decode(&file(header, &[0; 5]), Path::new("x")).unwrap_err();
+        assert!(e.to_string().ends_with("more bytes follow the 4 bytes of data its header describes"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn special_files_are_errors_not_endless_reads() {
+        let e = load_safetensors_within("/dev/zero", u64::MAX).unwrap_err();
+        assert!(
+            e.to_string().starts_with("`/dev/zero` is not a valid safetensors file: its header is not valid JSON"),
+            "{e}"
+        );
+        assert!(matches!(load_safetensors_within("/", u64::MAX), Err(WeightsError::Read { .. })));
+    }
+
+    #[test]
+    fn a_moved_or_repeated_tensor_is_named() {
+        let mut bytes = bytes_of(&sample(), &Metadata::new(), Path::new("x")).unwrap();
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = String::from_utf8(bytes[8..8 + header_len].to_vec()).unwrap();
+        // `conv1.weight` (16 bytes) moved 4 bytes on, over its neighbour: it is named.
+        let mut json: serde_json::Value = serde_json::from_str(&header).unwrap();
+        let offsets = &mut json["conv1.weight"]["data_offsets"];
+        let [begin, end] = [0, 1].map(|k| offsets[k].as_u64().unwrap());
+        *offsets = serde_json::json!([begin + 4, end + 4]);
+        let data = bytes.split_off(8 + header_len);
+        let e = decode(&file(&json.to_string(), &data), Path::new("m.safetensors")).unwrap_err().to_string();
+        assert!(
+            e.starts_with("`m.safetensors` is not a valid safetensors file: tensor `conv1.weight`: its data_offsets"),
+            "{e}"
+        );
+        let header = r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+        let e = decode(&file(header, &[0; 8]), Path::new("d.safetensors")).unwrap_err().to_string();
+        assert_eq!(e, "`d.safetensors` is not a valid safetensors file: its header lists tensor `w` twice");
     }
 
     #[test]
@@ -341,5 +516,19 @@ mod tests {
         assert_eq!(errors.len(), 14);
         let e = errors.iter().find(|e| matches!(e, WeightsError::Unexpected { name, .. } if name == "module.fc.bias"));
         assert!(e.unwrap().to_string().ends_with("did you mean `fc.bias`?"), "{errors:?}");
+    }
+
+    #[test]
+    fn metadata_round_trips_beside_the_format() {
+        let dir = std::env::temp_dir().join(format!("cnnc-weights-meta-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.safetensors");
+        let metadata = Metadata::from([("cnnc.normalize.mean".to_owned(), "0.5,0.25".to_owned())]);
+        save_safetensors_with_metadata(&path, &sample(), &metadata).unwrap();
+        let (tensors, read) = load_safetensors_with_metadata_within(&path, u64::MAX).unwrap();
+        assert_eq!(tensors, sample());
+        assert_eq!(read.get("cnnc.normalize.mean").map(String::as_str), Some("0.5,0.25"));
+        assert_eq!(read.get("format").map(String::as_str), Some("pt"), "Hugging Face loaders expect it");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,6 +5,9 @@ use cnnc_diag::Span;
 #[derive(Clone, Debug, PartialEq)]
 pub struct File {
     pub items: Vec<Item>,
+    /// The whole text up to its last non-blank character, so that a problem of the file as a
+    /// whole (no model in it) can point at its end.
+    pub span: Span,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,8 +71,10 @@ pub enum ExprKind {
     Name(String),
     Unary(UnOp, Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
-    /// A function in value position: `concat(a, b)`, `add(a, b)`, `channels(x)`, `max(a, b)`.
+    /// A function in value position: `concat(a, b)`, `add(a, b)`, `channels(x)`, `max(a, b)`;
+    /// `label` names the layer an `add` or a `concat` makes (`a1: add(x, y)`).
     Call {
+        label: Option<Ident>,
         func: Ident,
         args: Vec<Arg>,
     },

@@ -23,8 +23,9 @@ pub const MAX_EXPR_DEPTH: usize = 256;
 pub fn parse(src: &str) -> (File, Vec<SyntaxError>) {
     let mut items = Vec::new();
     let mut errors = Vec::new();
+    let span = Span::new(0, src.trim_end().len());
     if let Err(e) = check_nesting(src) {
-        return (File { items }, vec![e]);
+        return (File { items, span }, vec![e]);
     }
     for range in split_items(src) {
         match parse_item(src, range.clone()) {
@@ -32,7 +33,7 @@ pub fn parse(src: &str) -> (File, Vec<SyntaxError>) {
             Err(e) => errors.push(e),
         }
     }
-    (File { items }, errors)
+    (File { items, span }, errors)
 }
 
 /// Parses a lone expression, such as a value given on the command line. Spans are relative to
@@ -338,10 +339,13 @@ impl Builder {
             Rule::boolean => ExprKind::Bool(pair.as_str() == "true"),
             Rule::name => ExprKind::Name(pair.as_str().to_string()),
             Rule::call => {
-                let mut inner = pair.into_inner();
+                let mut inner = pair.into_inner().peekable();
+                let label = inner
+                    .next_if(|p| p.as_rule() == Rule::label)
+                    .map(|p| self.ident(p.into_inner().next().expect("label name")));
                 let func = self.ident(inner.next().expect("function name"));
                 let args = self.args(inner.next().expect("argument list"), depth)?;
-                ExprKind::Call { func, args }
+                ExprKind::Call { label, func, args }
             }
             Rule::paren => {
                 let mut is_tuple = false;

@@ -119,8 +119,9 @@ impl Printer {
                 self.expr(indent + 1, a);
                 self.expr(indent + 1, b);
             }
-            ExprKind::Call { func, args } => {
-                self.line(indent, &format!("call {}", func.name));
+            ExprKind::Call { label, func, args } => {
+                let label = label.as_ref().map(|l| format!("{}: ", l.name)).unwrap_or_default();
+                self.line(indent, &format!("call {label}{}", func.name));
                 self.args(indent + 1, args);
             }
             ExprKind::Tuple(items) | ExprKind::List(items) => {
@@ -242,7 +243,10 @@ fn write_inline(out: &mut String, e: &Expr) -> bool {
             out.push(')');
             ok
         }
-        ExprKind::Call { func, args } => {
+        ExprKind::Call { label, func, args } => {
+            if let Some(label) = label {
+                let _ = write!(out, "{}: ", label.name);
+            }
             out.push_str(&func.name);
             write_args(out, args)
         }

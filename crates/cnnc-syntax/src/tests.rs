@@ -116,3 +116,18 @@ fn spans_end_at_the_last_token() {
     assert_eq!(&src[span.range()], "x -> relu");
     assert_eq!(&src[steps[0].span.range()], "relu");
 }
+
+#[test]
+fn calls_take_an_optional_label() {
+    let file = parse_ok("model m { input x: [1, 2, 2]  let s = sum: add(x, x) -> relu  concat(s, x) }");
+    let Stmt::Let { value, .. } = &file.items[0].body[1] else { panic!("let") };
+    let ExprKind::Chain { head, .. } = &value.kind else { panic!("chain") };
+    let ExprKind::Call { label, func, args } = &head.kind else { panic!("call") };
+    assert_eq!((label.as_ref().map(|l| l.name.as_str()), func.name.as_str(), args.len()), (Some("sum"), "add", 2));
+    assert_eq!(head.span.range(), 38..52, "the span covers the label");
+    let Stmt::Expr(Expr { kind: ExprKind::Call { label: None, .. }, .. }) = &file.items[0].body[2] else {
+        panic!("unlabelled call")
+    };
+    // A label needs a call after it.
+    assert!(!first_error("model m { input x: [1, 2, 2]  let s = sum: x  s }").is_empty());
+}

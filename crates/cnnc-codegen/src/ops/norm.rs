@@ -179,7 +179,9 @@ fn lrn_plan(g: &mut Gen<'_>, id: NodeId, x: &Place, lrn: &Lrn) -> Result<TokenSt
         hw: [x.h, x.w],
         layout: kernel_layout(x.layout),
         size: lrn.size,
-        alpha: lrn.alpha as f32,
+        // The kernel divides alpha by the size (PyTorch's convention); the paper's alpha is
+        // used as given.
+        alpha: (lrn.sum_factor() * lrn.size as f64) as f32,
         beta: lrn.beta as f32,
         k: lrn.k as f32,
     };

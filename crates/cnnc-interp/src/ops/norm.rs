@@ -119,14 +119,15 @@ fn lrn_window(ch: usize, size: usize, c: usize) -> std::ops::Range<usize> {
     ch.saturating_sub(size / 2)..(ch + (size - 1) / 2 + 1).min(c)
 }
 
-/// `scale[c] = k + alpha / size * sum_{c' in window(c)} x[c']^2` for every channel of one
-/// `(n, position)` column.
+/// `scale[c] = k + a * sum_{c' in window(c)} x[c']^2` for every channel of one `(n, position)`
+/// column, `a` being `alpha / size` (PyTorch, Caffe) or `alpha` (the AlexNet paper):
+/// [`Lrn::sum_factor`].
 fn lrn_scales(lrn: &Lrn, column: &[f64]) -> Vec<f64> {
     let c = column.len();
     (0..c)
         .map(|ch| {
             let sum: f64 = lrn_window(ch, lrn.size, c).map(|j| column[j] * column[j]).sum();
-            lrn.k + lrn.alpha / lrn.size as f64 * sum
+            lrn.k + lrn.sum_factor() * sum
         })
         .collect()
 }
@@ -154,11 +155,12 @@ pub(crate) fn lrn_forward(lrn: &Lrn, x: &Buf) -> Buf {
 }
 
 /// LRN backward: `dx[j] = g[j] * scale[j]^-beta
-///   - 2 * alpha * beta / size * x[j] * sum_{c : j in window(c)} g[c] * x[c] * scale[c]^(-beta-1)`.
+///   - 2 * a * beta * x[j] * sum_{c : j in window(c)} g[c] * x[c] * scale[c]^(-beta-1)`, `a` as in
+///   [`lrn_scales`].
 pub(crate) fn lrn_backward(lrn: &Lrn, x: &Buf, gy: &Buf) -> Buf {
     let (n, c, s) = ncs(&x.shape);
     let mut gx = Buf::zeros(&x.shape);
-    let factor = 2.0 * lrn.alpha * lrn.beta / lrn.size as f64;
+    let factor = 2.0 * lrn.sum_factor() * lrn.beta;
     for b in 0..n {
         for p in 0..s {
             let col = column(x, b, p);

@@ -104,7 +104,7 @@ fn check_lrn(n: usize, c: usize, h: usize, w: usize, size: usize, layout: Layout
     let hw = h * w;
     let (x, gy) = (rng.vec(n * c * hw), rng.vec(n * c * hw));
     let (alpha, beta, k) = (1e-2f32, 0.75f32, 2.0f32);
-    let op = Op::Lrn(Lrn { size, alpha: alpha as f64, beta: beta as f64, k: k as f64 });
+    let op = Op::Lrn(Lrn { size, alpha: alpha as f64, beta: beta as f64, k: k as f64, alpha_over_size: true });
     let (want, dx_want, _) = oracle::unary(op, &[c, h, w], n, &x, &[], Some(&gy), false);
     let blocked = layout == Layout::NChw16c;
     let conv = |v: &[f32]| if blocked { to_blocked(v, n, c, hw, -0.5) } else { v.to_vec() };

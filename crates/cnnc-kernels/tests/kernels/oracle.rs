@@ -1,10 +1,46 @@
 //! The reference interpreter as plain functions on logical NCHW f32 data: the only module of
-//! the kernel tests that knows the interpreter's API (single-node graphs, `forward`,
-//! `backward`), so that only this file changes when that API does.
+//! the kernel tests that knows the interpreter's API (single-node graphs run with
+//! `cnnc_interp::run`, their gradients through the training transform with the output
+//! gradient as an input), so that only this file changes when that API does.
 
-use cnnc_interp::{Options, backward, forward};
-use cnnc_ir::{Activation, BatchNorm, Conv, Fc, Graph, NodeId, Op, Shape, Window};
+use cnnc_interp::{Options, gradients, run};
+use cnnc_ir::{Activation, BatchNorm, Conv, Fc, Graph, Loss, NodeId, Op, Shape, Window};
+use cnnc_passes::{Objective, TrainingOptions, training_graph};
 use cnnc_runtime::{Tensor, TensorMap};
+
+/// The graph's outputs in inference mode.
+fn forward(g: &Graph, params: &TensorMap, inputs: &[Tensor]) -> Vec<Tensor> {
+    let result = run(g, &mut params.clone(), inputs, &Options::new()).expect("oracle forward");
+    result.outputs::<Tensor>().into_iter().map(|o| o.expect("an output is a value")).collect()
+}
+
+/// What one vector-Jacobian product gives: the outputs, `d sum(y * gy)` for each input (by
+/// position) and parameter, and the state after the run (running statistics updated in
+/// training mode).
+struct Vjp {
+    outputs: Vec<Tensor>,
+    inputs: Vec<Tensor>,
+    params: TensorMap,
+    state: TensorMap,
+}
+
+/// The gradients of `sum(output * gy)` (one output), in training mode (batch statistics) or
+/// not.
+fn vjp(g: &Graph, params: &TensorMap, inputs: &[Tensor], gy: &Tensor, train: bool) -> Vjp {
+    let options = TrainingOptions {
+        objective: Objective::OutputGradients,
+        batch_stats: train,
+        input_grads: true,
+        ..TrainingOptions::new(Loss::Mse)
+    };
+    let t = training_graph(g, &options).expect("oracle training graph");
+    let mut all = inputs.to_vec();
+    all.push(gy.clone());
+    let mut state = params.clone();
+    let result = run(&t.graph, &mut state, &all, &Options::new()).expect("oracle backward");
+    let grads = gradients::<Tensor>(&t.outputs, &result);
+    Vjp { outputs: grads.outputs, inputs: grads.inputs.into_values().collect(), params: grads.params, state }
+}
 
 /// A convolution's configuration, in the interpreter's terms.
 #[derive(Clone, Copy, Debug)]
@@ -83,8 +119,7 @@ pub fn conv_forward(cfg: &ConvCfg, x: &[f32], w: &[f32], bias: Option<&[f32]>, p
         y = add(&mut g, Op::Activation(a), vec![y], "act");
     }
     g.outputs = vec![y];
-    let trace = forward(&g, &params, &inputs, Options::inference()).expect("oracle forward");
-    trace.outputs::<Tensor>().remove(0).data
+    forward(&g, &params, &inputs).remove(0).data
 }
 
 /// Convolution gradients for output gradient `gy`: `(dx, dw, db)`.
@@ -97,9 +132,8 @@ pub fn conv_backward(cfg: &ConvCfg, x: &[f32], w: &[f32], gy: &[f32]) -> (Vec<f3
     params.insert("conv.weight".into(), tensor(&[cfg.oc, cfg.ic / cfg.groups, cfg.k[0], cfg.k[1]], w));
     params.insert("conv.bias".into(), Tensor::zeros(&[cfg.oc]));
     let inputs = [tensor(&[cfg.n, cfg.ic, cfg.ih, cfg.iw], x)];
-    let trace = forward(&g, &params, &inputs, Options::training(0)).expect("oracle forward");
     let [oh, ow] = cfg.out_hw();
-    let grads = backward(&g, &trace, &[tensor(&[cfg.n, cfg.oc, oh, ow], gy)]).expect("oracle backward");
+    let grads = vjp(&g, &params, &inputs, &tensor(&[cfg.n, cfg.oc, oh, ow], gy), true);
     (grads.inputs[0].data.clone(), grads.params["conv.weight"].data.clone(), grads.params["conv.bias"].data.clone())
 }
 
@@ -124,17 +158,14 @@ fn fc_params(i: usize, o: usize, w: &[f32], b: &[f32]) -> TensorMap {
 /// Fully connected forward: `x` `[n, i]`, `w` `[o, i]`, bias `[o]`, then the activation.
 pub fn fc_forward(n: usize, i: usize, o: usize, x: &[f32], w: &[f32], b: &[f32], act: Option<Activation>) -> Vec<f32> {
     let g = fc_graph(i, o, act);
-    let trace =
-        forward(&g, &fc_params(i, o, w, b), &[tensor(&[n, i], x)], Options::inference()).expect("oracle forward");
-    trace.outputs::<Tensor>().remove(0).data
+    forward(&g, &fc_params(i, o, w, b), &[tensor(&[n, i], x)]).remove(0).data
 }
 
 /// Fully connected gradients `(dx, dw, db)` for output gradient `gy` `[n, o]`.
 pub fn fc_backward(n: usize, i: usize, o: usize, x: &[f32], w: &[f32], gy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let g = fc_graph(i, o, None);
     let params = fc_params(i, o, w, &vec![0.0; o]);
-    let trace = forward(&g, &params, &[tensor(&[n, i], x)], Options::training(0)).expect("oracle forward");
-    let grads = backward(&g, &trace, &[tensor(&[n, o], gy)]).expect("oracle backward");
+    let grads = vjp(&g, &params, &[tensor(&[n, i], x)], &tensor(&[n, o], gy), true);
     (grads.inputs[0].data.clone(), grads.params["fc.weight"].data.clone(), grads.params["fc.bias"].data.clone())
 }
 
@@ -159,16 +190,39 @@ pub fn unary(
     }
     let mut full = vec![n];
     full.extend_from_slice(dims);
-    let options = if train { Options::training(0) } else { Options::inference() };
-    let trace = forward(&g, &pm, &[tensor(&full, x)], options).expect("oracle forward");
-    let out: Tensor = trace.outputs::<Tensor>().remove(0);
-    let grads = gy.map(|gy| backward(&g, &trace, &[tensor(&out.shape, gy)]).expect("oracle backward"));
-    let dx = grads.as_ref().map(|gr| gr.inputs[0].data.clone());
-    let mut dparams = grads.map(|gr| gr.params).unwrap_or_default();
-    for (k, v) in trace.running_stats::<Tensor>() {
-        dparams.insert(format!("stats:{k}"), v);
+    let x = tensor(&full, x);
+    let Some(gy) = gy else {
+        if train {
+            // The forward pass of training: batch statistics, running statistics updated.
+            let t = cnnc_passes::training_forward(&g).expect("oracle training forward");
+            let mut state = pm.clone();
+            let result = run(&t.graph, &mut state, &[x], &Options::new()).expect("oracle forward");
+            let out = result.output::<Tensor>(0).expect("the output is a value");
+            return (out.data, None, running_stats(&state));
+        }
+        return (forward(&g, &pm, &[x]).remove(0).data, None, TensorMap::new());
+    };
+    let out_shape = {
+        let mut shape = vec![n];
+        shape.extend_from_slice(&g[y].shape.0);
+        shape
+    };
+    let grads = vjp(&g, &pm, &[x], &tensor(&out_shape, gy), train);
+    let mut dparams = grads.params;
+    if train {
+        dparams.extend(running_stats(&grads.state));
     }
-    (out.data, dx, dparams)
+    let out = grads.outputs.into_iter().next().expect("one output");
+    (out.data, grads.inputs.into_iter().next().map(|t| t.data), dparams)
+}
+
+/// The running statistics after a training-mode run, as `stats:<name>`.
+fn running_stats(after: &TensorMap) -> TensorMap {
+    after
+        .iter()
+        .filter(|(k, _)| k.ends_with(".running_mean") || k.ends_with(".running_var"))
+        .map(|(k, v)| (format!("stats:{k}"), v.clone()))
+        .collect()
 }
 
 /// `a + b` through the interpreter's `add`.
@@ -180,13 +234,21 @@ pub fn add2(dims: &[usize], n: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
     g.outputs = vec![y];
     let mut full = vec![n];
     full.extend_from_slice(dims);
-    let trace =
-        forward(&g, &TensorMap::new(), &[tensor(&full, a), tensor(&full, b)], Options::inference()).expect("oracle");
-    trace.outputs::<Tensor>().remove(0).data
+    forward(&g, &TensorMap::new(), &[tensor(&full, a), tensor(&full, b)]).remove(0).data
 }
 
 /// Softmax cross-entropy `(mean loss, d logits)` of `[n, c]` logits.
 pub fn cross_entropy(n: usize, c: usize, logits: &[f32], targets: &[usize]) -> (f32, Vec<f32>) {
-    let (v, g) = cnnc_interp::loss::cross_entropy(&tensor(&[n, c], logits), targets).expect("oracle loss");
-    (v as f32, g.data)
+    // The loss of the input itself: an input [c] that is the model's output.
+    let mut g = Graph::new("ce");
+    let x = g.add_input("x", Shape(vec![c]), Default::default()).expect("input");
+    g.outputs = vec![x];
+    let options = TrainingOptions { input_grads: true, ..TrainingOptions::new(Loss::CrossEntropy) };
+    let t = training_graph(&g, &options).expect("oracle loss graph");
+    let labels = Tensor { shape: vec![n], data: targets.iter().map(|&t| t as f32).collect() };
+    let inputs = [tensor(&[n, c], logits), labels];
+    let result = run(&t.graph, &mut TensorMap::new(), &inputs, &Options::new()).expect("oracle loss");
+    let grads = gradients::<Tensor>(&t.outputs, &result);
+    let loss = grads.loss.expect("a loss");
+    (loss as f32, grads.inputs.into_values().next().expect("the logits' gradient").data)
 }

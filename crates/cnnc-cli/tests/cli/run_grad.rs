@@ -3,13 +3,11 @@
 //! names and shapes, a finite-difference check of a gradient through the CLI, and the error
 //! messages and exit codes for data that does not fit.
 
+use crate::common::{cnnc, root, stderr, stdout};
 use cnnc_driver::{Options, load, lower_source};
 use cnnc_ir::Graph;
 use cnnc_runtime::{Rng, Tensor, TensorMap, check_weights, load_safetensors, save_safetensors, write_npy};
 use std::path::{Path, PathBuf};
-mod common;
-
-use common::{cnnc, root, stderr, stdout};
 use std::process::Output;
 use std::sync::OnceLock;
 
@@ -253,9 +251,57 @@ fn grad_lenet5_with_ce_and_mse() {
             ok(&cnnc(&["grad", LENET, "--weights", &s(&w), "--input", &s(&x), "--target", &s(&r), "--loss", loss]));
         assert!(out.contains("(pass -o G.safetensors to save them)"), "{out}");
     }
+    // The two hinge forms: CS231n's sums over the wrong classes, MultiMarginLoss divides that
+    // sum by the 10 classes (equal to f32 rounding: the loss is stored as f32); a wider margin makes more terms active and the loss larger.
+    let (w_text, x_text, t_text) = (s(&w), s(&x), s(&t));
+    let hinge_loss = |loss: &str, extra: &[&str]| -> f64 {
+        let mut args = vec!["grad", LENET, "--weights", &w_text, "--input", &x_text, "--target", &t_text];
+        args.extend(["--loss", loss, "--json"]);
+        args.extend(extra);
+        let out = ok(&cnnc(&args));
+        let json: serde_json::Value = serde_json::from_str(out.trim()).expect("one line of JSON");
+        assert_eq!(json["loss_fn"], loss, "{out}");
+        json["loss"].as_f64().expect("a finite loss")
+    };
+    let (sum, mean) = (hinge_loss("hinge", &[]), hinge_loss("multi-margin", &[]));
+    assert!(sum > 0.0 && (sum - 10.0 * mean).abs() <= 1e-6 * sum, "hinge {sum}, multi-margin {mean}");
+    let wide = hinge_loss("hinge", &["--margin", "3"]);
+    assert!(wide > sum, "margin 3 gives {wide}, margin 1 gives {sum}");
     let out =
-        ok(&cnnc(&["grad", LENET, "--weights", &s(&w), "--input", &s(&x), "--target", &s(&t), "--loss", "hinge"]));
-    assert!(out.contains(" (hinge, mean over 3 images)\n"), "{out}");
+        ok(&cnnc(&["grad", LENET, "--weights", &s(&w), "--input", &s(&x), "--target", &s(&r), "--loss", "huber"]));
+    let narrow = ok(&cnnc(&[
+        "grad",
+        LENET,
+        "--weights",
+        &s(&w),
+        "--input",
+        &s(&x),
+        "--target",
+        &s(&r),
+        "--loss",
+        "huber",
+        "--delta",
+        "0.01",
+    ]));
+    assert_ne!(out, narrow, "--delta changes the Huber loss");
+    fails(
+        &cnnc(&[
+            "grad",
+            LENET,
+            "--weights",
+            &s(&w),
+            "--input",
+            &s(&x),
+            "--target",
+            &s(&r),
+            "--loss",
+            "mse",
+            "--delta",
+            "2",
+        ]),
+        2,
+        &["--delta belongs to `--loss huber`"],
+    );
 }
 
 /// ResNet-18's initial weights (46 MB), written once for the tests that need them.
@@ -292,11 +338,11 @@ fn grad_resnet18_in_inference_and_training_mode() {
     let training = printed_loss(&out);
     assert!(out.contains("(ce, mean over 2 images, training mode)"), "{out}");
     assert!(
-        stderr(&o).contains(
-            "note: --train: 20 batch-norm layers used batch statistics; the updated running statistics are not saved"
+        out.contains(
+            "running statistics: 20 batch-norm layers updated from this batch (pass --state-out S.safetensors to save \
+             them)"
         ),
-        "{}",
-        stderr(&o)
+        "{out}"
     );
     assert!(inference.is_finite() && training.is_finite());
     assert!((inference - training).abs() > 1e-3 * inference.abs(), "{inference} vs {training}");
@@ -453,7 +499,11 @@ fn data_that_does_not_fit_is_an_error_with_shapes_and_hints() {
     fails(&grad(&w, &x, &r, "mse"), 1, &["has shape [2, 5], but loss `mse` on this batch needs [2, 10]"]);
 
     // A loss cnnc does not know is a usage error from the argument parser.
-    fails(&grad(&w, &x, &t, "nll"), 2, &["invalid value 'nll' for '--loss <LOSS>'", "ce, mse, l1, huber, hinge"]);
+    fails(
+        &grad(&w, &x, &t, "nll"),
+        2,
+        &["invalid value 'nll' for '--loss <LOSS>'", "ce, mse, l1, huber, hinge, multi-margin"],
+    );
     // A missing file is an I/O error; a truncated or non-.npy file is a data error.
     fails(&grad(&w, &dir.join("nope.npy"), &t, "ce"), 2, &["cannot read", "nope.npy"]);
     let trunc = dir.join("trunc.npy");

@@ -1,11 +1,9 @@
 //! End-to-end tests of the `cnnc` binary: exit codes, rendered diagnostics, and the summary
 //! numbers of the shipped examples against the figures their papers and torchvision give.
 
+use crate::common::{cnnc, root, stderr, stdout};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-mod common;
-
-use common::{cnnc, root, stderr, stdout};
 use std::process::{Command, Output};
 
 /// A source written to a scratch file named `name`; returns its path.
@@ -93,6 +91,14 @@ fn summary_json_matches_published_parameter_counts() {
             .map(|(_, dims)| dims.as_array().expect("dims").iter().map(|d| d.as_u64().expect("dim")).product::<u64>())
             .sum();
         assert_eq!(trainable, params, "{model}");
+        // "buffers" totals the running statistics, the rest of "weights".
+        let buffers: u64 = layers
+            .iter()
+            .flat_map(|l| l["weights"].as_object().expect("weights").iter())
+            .filter(|(name, _)| name.ends_with(".running_mean") || name.ends_with(".running_var"))
+            .map(|(_, dims)| dims.as_array().expect("dims").iter().map(|d| d.as_u64().expect("dim")).product::<u64>())
+            .sum();
+        assert_eq!(json["buffers"].as_u64(), Some(buffers), "{model} buffers");
     }
     // The examples the built-in demo embeds must be there; others may still be on their way.
     for needed in ["lenet5", "resnet18", "resnet50"] {
@@ -108,7 +114,10 @@ fn summary_json_has_the_documented_layout() {
     let json = summary_json(&root().join("examples/resnet50.cnn"), &[]);
     let keys: Vec<&str> = json.as_object().expect("object").keys().map(String::as_str).collect();
     // serde_json sorts the keys of a parsed object; the raw text's order is checked below.
-    assert_eq!(keys, ["fused", "input", "layers", "macs", "model", "params", "unplanned_bytes", "workspace_bytes"]);
+    assert_eq!(
+        keys,
+        ["buffers", "fused", "input", "layers", "macs", "model", "params", "unplanned_bytes", "workspace_bytes"]
+    );
     assert_eq!(json["input"], serde_json::json!([3, 224, 224]));
     let layers = json["layers"].as_array().expect("layers");
     let conv1 = &layers[0];
@@ -131,9 +140,9 @@ fn summary_json_has_the_documented_layout() {
     // The raw text keeps PyTorch's state_dict order inside "weights".
     let o = cnnc(&["summary", "examples/resnet50.cnn", "--json"]);
     let text = stdout(&o);
-    assert!(
-        text.starts_with(r#"{"model":"resnet50","input":[3,224,224],"params":25557032,"macs":4089184256,"layers":["#)
-    );
+    assert!(text.starts_with(
+        r#"{"model":"resnet50","input":[3,224,224],"params":25557032,"buffers":53120,"macs":4089184256,"layers":["#
+    ));
     assert!(text.contains(r#""bn1.weight":[64],"bn1.bias":[64],"bn1.running_mean":[64],"bn1.running_var":[64]"#));
     // The optimisation pipeline's three keys come last, after the layers.
     assert!(text.contains(r#""fc.bias":[1000]}}],"fused":[["conv1","bn1","relu1"],"#), "{text}");
@@ -270,13 +279,19 @@ fn every_model_of_a_file_is_checked() {
     );
     let o = cnnc(&["check", &path, "--model", "b"]);
     assert_eq!(stdout(&o), "ok: model `b`: 20 parameters, output [2, 6, 6]\n");
-    // Commands that need one model ask which; the whole-file error has no source snippet.
+    // Commands that need one model ask which, at the end of the file, showing the models.
     let o = cnnc(&["summary", &path]);
     assert_clean_failure(&o, 1);
     let err = stderr(&o);
     assert!(err.starts_with("error[E0211]: the file defines 2 models; choose one\n"), "{err}");
-    assert!(!err.contains("-->"), "{err}");
+    assert!(err.contains(&format!("--> {path}:2:50\n")), "{err}");
+    assert!(err.contains("^ which model?") && err.matches("a model of this file").count() == 2, "{err}");
     assert!(err.contains("= help: pass `--model NAME`, one of: a, b"), "{err}");
+    // Every rejection carries a line and column, an empty file's too.
+    let empty = scratch("empty.cnn", "");
+    let o = cnnc(&["check", &empty]);
+    assert_clean_failure(&o, 1);
+    assert!(stderr(&o).contains(&format!("--> {empty}:1:1\n")), "{}", stderr(&o));
 }
 
 #[test]

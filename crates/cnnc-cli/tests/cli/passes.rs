@@ -3,12 +3,10 @@
 //! JSON), `dot` with the fused groups as clusters, `run` on the optimised graph, and the errors
 //! for bad pass lists.
 
+use crate::common::{cnnc, root, stderr, stdout};
 use cnnc_runtime::{Tensor, read_npy_f32};
 use serde_json::Value;
 use std::path::Path;
-mod common;
-
-use common::{cnnc, root, stderr, stdout};
 
 /// Exit 0; returns (stdout, stderr).
 fn ok(args: &[&str]) -> (String, String) {

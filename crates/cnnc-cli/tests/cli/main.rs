@@ -1,0 +1,22 @@
+//! The `cnnc` binary's end-to-end tests, in one test binary (one link, one process start for
+//! the whole suite): each module runs the built `cnnc` from the repository root and checks exit
+//! codes, stderr and stdout.
+//!
+//! - [`commands`]: `check`, `summary`, `ir`, `dot`, `explain`, `demo`; exit codes, diagnostics,
+//!   and the example zoo's published numbers;
+//! - [`passes`]: `--passes` and `--train`;
+//! - [`run_grad`]: `init`, `run` and `grad`, and the errors for data that does not fit;
+//! - [`tools`]: `gradcheck` and `features`;
+//! - [`training_mode`]: `run --train`, `--state-out` and `--dump`;
+//! - [`golden_models`]: whole models against PyTorch's outputs and gradients;
+//! - [`hostile`]: bad inputs (too large for the memory, special files, outputs over inputs,
+//!   corrupt safetensors, extra weights, missing arguments) and `grad --json`.
+
+mod commands;
+mod common;
+mod golden_models;
+mod hostile;
+mod passes;
+mod run_grad;
+mod tools;
+mod training_mode;

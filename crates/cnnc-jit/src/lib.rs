@@ -1,0 +1,48 @@
+//! cnnc's Cranelift JIT: an execution plan (`cnnc_ir::plan::Plan`) of a forward or a training
+//! graph compiled to machine code at run time, specialised to its shapes and batch, behind a
+//! safe API.
+//!
+//! ```text
+//! CompiledModel::compile(&plan, &Options::new(batch))   lower every node to Cranelift IR,
+//!        |                                               finalize, allocate the memory
+//!   .load_weights(&checkpoint)                           the plan's transforms, packed params
+//!   .forward(&x) / .forward_into(..) / .run(..)          inference
+//!   .train_step(&[x, target], &StepArgs {lr, step, seed}) loss, outputs, gradients, updates
+//!   .state()                                             parameters and optimiser state back
+//!   .profile(..) / bench::report(..)                     per-layer times for `cnnc bench`
+//! ```
+//!
+//! # How a plan is compiled
+//!
+//! Every node becomes one or more kernel functions `fn(ctx, task, thread)` with every shape,
+//! trip count and address a constant (the batch included: recompiling for another batch
+//! takes milliseconds, and constant strides let every address fold into the instruction);
+//! a driver function calls them in schedule order, handing a kernel with several tasks to the
+//! thread pool of `cnnc-kernels` (`cnnc_parallel_for`). The arena is the plan's
+//! (`Plan::image_offset` is the addressing rule), parameters live in one buffer as the plan
+//! stores them (after `cnnc_runtime::apply_transforms`), inputs are copied into buffers of
+//! the model's own, and tables and run-time arguments sit in an auxiliary buffer passed as
+//! `ctx`. Two kernel modes ([`Mode`]): portable (every loop in Cranelift IR, F32X4) and
+//! native (loop nests around `cnnc-kernels` microkernels where one fits).
+//!
+//! # Safety
+//!
+//! All `unsafe` code is in [`exec`]: the buffers, the one audited function that turns the
+//! finalized module into a [`CompiledModel`]'s code, and the calls into it. Generated code only
+//! addresses the model's own buffers, each range checked by the lowering before it is emitted;
+//! the wrapper checks every shape, length and label before any generated code runs.
+
+#![deny(unsafe_code)]
+
+pub mod bench;
+mod emit;
+mod error;
+mod exec;
+mod lower;
+mod model;
+mod options;
+mod vmath;
+
+pub use error::JitError;
+pub use model::{CompiledModel, NodeTime, StepArgs, StepResult};
+pub use options::{Mode, Options};

@@ -1,0 +1,453 @@
+//! Lowering a plan to Cranelift IR: one or more kernel functions per node, in schedule order,
+//! and a driver that runs them (each on the thread pool when it has several tasks).
+//!
+//! Everything is a compile-time constant except the run-time arguments: shapes, the batch,
+//! every value's address (arena, parameters and inputs are allocated before lowering and never
+//! move), table contents. Auxiliary data (tables, per-node scratch, the run-time arguments)
+//! lives in one buffer addressed through the kernels' `ctx` argument, allocated once its size
+//! is known. Every address range a kernel touches is checked here against its buffer before
+//! the kernel is emitted ([`Lx::val`], [`Lx::param`], [`Lx::alloc`]).
+
+mod conv;
+mod eltwise;
+mod gemm;
+mod native;
+mod norm;
+mod pool;
+mod reduce;
+mod softmax;
+mod update;
+
+use crate::emit::{Fx, I64};
+use crate::error::{JitError, plan_err};
+use crate::exec::{Buffer, parallel_for_addr};
+use crate::options::Mode;
+use cnnc_ir::facts::param_name;
+use cnnc_ir::layout::stored_elements;
+use cnnc_ir::plan::{ParamPlan, Plan, Region, Storage};
+use cnnc_ir::{FusedBase, Layout, NodeId, Op, TrainOp};
+use cranelift_codegen::Context;
+use cranelift_codegen::ir::{AbiParam, InstBuilder, UserFuncName};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::JITModule;
+use cranelift_module::{FuncId, Linkage, Module};
+use std::collections::BTreeMap;
+
+/// Byte offsets in the auxiliary buffer of the run-time arguments.
+pub(crate) const ARG_SEED: u64 = 0;
+pub(crate) const ARG_STEP: u64 = 8;
+pub(crate) const ARG_LR: u64 = 16;
+/// The first free byte after the arguments.
+const ARGS_END: usize = 64;
+
+/// Where the buffers allocated before lowering are.
+pub(crate) struct Addrs {
+    pub arena: (u64, usize),
+    pub params: (u64, usize),
+    /// Byte offset in the parameter buffer and stored length of every parameter.
+    pub param_at: BTreeMap<String, (usize, usize)>,
+    pub inputs: Vec<(u64, usize)>,
+}
+
+/// A value as kernels address it: image `n` starts at `addr + n * bs`; `c x h x w` logical
+/// (vectors and whole-batch values as `c x 1 x 1`); `n` images (1 for whole-batch values).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Val {
+    pub addr: u64,
+    pub bs: u64,
+    pub layout: Layout,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub n: usize,
+    /// Bytes the value has as placed (per image when batched).
+    pub bytes: u64,
+}
+
+impl Val {
+    pub fn hw(&self) -> usize {
+        self.h * self.w
+    }
+
+    /// Stored floats per image.
+    pub fn stored(&self) -> usize {
+        match self.layout {
+            Layout::Plain => self.c * self.hw(),
+            Layout::Blocked16 => self.c.div_ceil(16) * 16 * self.hw(),
+        }
+    }
+
+    /// Float offset of logical `(c, y, x)` within an image.
+    pub fn at(&self, c: usize, y: usize, x: usize) -> usize {
+        match self.layout {
+            Layout::Plain => (c * self.h + y) * self.w + x,
+            Layout::Blocked16 => (((c / 16) * self.h + y) * self.w + x) * 16 + c % 16,
+        }
+    }
+
+    /// Floats between horizontally adjacent elements of one channel.
+    pub fn es(&self) -> i64 {
+        match self.layout {
+            Layout::Plain => 1,
+            Layout::Blocked16 => 16,
+        }
+    }
+
+    /// Address of image `n` (a value).
+    pub fn image(&self, fx: &mut Fx, n: cranelift_codegen::ir::Value) -> cranelift_codegen::ir::Value {
+        let base = fx.abs(self.addr);
+        fx.index(base, n, self.bs as i64)
+    }
+
+    /// Float offset (a value) of channel `c`'s plane start within an image.
+    pub fn chan_off(&self, fx: &mut Fx, c: cranelift_codegen::ir::Value) -> cranelift_codegen::ir::Value {
+        match self.layout {
+            Layout::Plain => fx.muli(c, self.hw() as i64),
+            Layout::Blocked16 => {
+                let blk = fx.b.ins().ushr_imm_s(c, 4);
+                let lane = fx.b.ins().band_imm_s(c, 15);
+                let o = fx.muli(blk, (self.hw() * 16) as i64);
+                fx.add(o, lane)
+            }
+        }
+    }
+
+    /// Address of `(n, c, 0, 0)`.
+    pub fn plane(
+        &self,
+        fx: &mut Fx,
+        n: cranelift_codegen::ir::Value,
+        c: cranelift_codegen::ir::Value,
+    ) -> cranelift_codegen::ir::Value {
+        let img = self.image(fx, n);
+        let off = self.chan_off(fx, c);
+        fx.index(img, off, 4)
+    }
+}
+
+/// The lowering context of one plan.
+pub(crate) struct Lx<'a> {
+    pub plan: &'a Plan,
+    pub batch: usize,
+    pub threads: usize,
+    addrs: &'a Addrs,
+    module: &'a mut JITModule,
+    ctx: Context,
+    fctx: FunctionBuilderContext,
+    /// The auxiliary buffer's initial contents (tables), grown by [`Lx::alloc`].
+    pub aux: Vec<u8>,
+    pub steps: Vec<(FuncId, usize, NodeId)>,
+    /// Adam updates: `(aux offset of their two per-step scalars, beta1, beta2)`.
+    pub adam: Vec<(u64, f64, f64)>,
+    /// The kernel mode.
+    pub mode: Mode,
+    /// The thread pool's address (native kernels run their tasks on it).
+    pub pool: u64,
+    /// Kernel plans and argument blocks the code points at.
+    pub keep: Vec<Box<dyn std::any::Any + Send>>,
+    /// Buffers of derived weights (written at load).
+    pub extra: Vec<Buffer>,
+    pub repacks: Vec<Repack>,
+    guard: bool,
+    /// The node being lowered.
+    node: NodeId,
+}
+
+/// What lowering produces.
+pub(crate) struct Program {
+    pub driver: FuncId,
+    pub steps: Vec<(FuncId, usize, NodeId)>,
+    pub aux: Vec<u8>,
+    pub adam: Vec<(u64, f64, f64)>,
+    pub keep: Vec<Box<dyn std::any::Any + Send>>,
+    pub extra: Vec<Buffer>,
+    pub repacks: Vec<Repack>,
+}
+
+/// A weight the native kernels read in a layout of their own (`Oihw16o` for plain-input
+/// convolutions): repacked from the parameter into `extra[buffer]` whenever weights load.
+pub(crate) struct Repack {
+    pub param: String,
+    pub buffer: usize,
+    pub shape: cnnc_kernels::conv::ConvShape,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn lower(
+    plan: &Plan,
+    batch: usize,
+    threads: usize,
+    mode: Mode,
+    guard: bool,
+    addrs: &Addrs,
+    module: &mut JITModule,
+    pool_addr: u64,
+) -> Result<Program, JitError> {
+    let ctx = module.make_context();
+    let mut lx = Lx {
+        plan,
+        batch,
+        threads: threads.max(1),
+        addrs,
+        module,
+        ctx,
+        fctx: FunctionBuilderContext::new(),
+        aux: vec![0; ARGS_END],
+        steps: Vec::new(),
+        adam: Vec::new(),
+        mode,
+        pool: pool_addr,
+        keep: Vec::new(),
+        extra: Vec::new(),
+        repacks: Vec::new(),
+        guard,
+        node: NodeId::from_index(0),
+    };
+    for (id, _) in plan.graph.iter() {
+        lx.node = id;
+        lower_node(&mut lx, id)?;
+    }
+    let driver = lx.driver(pool_addr)?;
+    Ok(Program {
+        driver,
+        steps: lx.steps,
+        aux: lx.aux,
+        adam: lx.adam,
+        keep: lx.keep,
+        extra: lx.extra,
+        repacks: lx.repacks,
+    })
+}
+
+fn lower_node(lx: &mut Lx, id: NodeId) -> Result<(), JitError> {
+    let node = &lx.plan.graph[id];
+    match &node.op {
+        Op::Input => Ok(()),
+        Op::Conv(conv) => conv::forward(lx, id, conv, None, false),
+        Op::Fused { base: FusedBase::Conv(conv), epilogue } => {
+            conv::forward(lx, id, conv, epilogue.activation, epilogue.residual)
+        }
+        Op::Gemm(g) => gemm::forward(lx, id, g, None, false),
+        Op::Fused { base: FusedBase::Gemm(g), epilogue } => {
+            gemm::forward(lx, id, g, epilogue.activation, epilogue.residual)
+        }
+        Op::Fc(fc) => gemm::forward(lx, id, &cnnc_ir::Gemm { out: fc.out_features, bias: fc.bias }, None, false),
+        Op::Pool { kind, window } => pool::forward(lx, id, *kind, &cnnc_ir::PoolGeometry::Window(*window), false),
+        Op::GlobalPool(kind) => pool::forward(lx, id, *kind, &cnnc_ir::PoolGeometry::Global, false),
+        Op::AdaptivePool { kind, output } => {
+            pool::forward(lx, id, *kind, &cnnc_ir::PoolGeometry::Adaptive(*output), false)
+        }
+        Op::Spp { kind, levels } => {
+            pool::forward(lx, id, *kind, &cnnc_ir::PoolGeometry::Pyramid(levels.clone()), false)
+        }
+        Op::Flatten => eltwise::view_or_copy(lx, id),
+        Op::Activation(a) => eltwise::activation(lx, id, *a),
+        Op::Prelu => eltwise::prelu(lx, id),
+        Op::Softmax => softmax::forward(lx, id),
+        Op::BatchNorm(bn) => norm::bn_inference(lx, id, bn),
+        Op::Lrn(lrn) => norm::lrn(lx, id, lrn),
+        Op::Dropout { .. } => eltwise::copy(lx, id),
+        Op::Concat => eltwise::concat(lx, id),
+        Op::Add => eltwise::add(lx, id),
+        Op::Reorder(_) => eltwise::reorder(lx, id),
+        Op::ConcatInPlace => Ok(()),
+        Op::Train(t) => lower_train(lx, id, t),
+    }
+}
+
+fn lower_train(lx: &mut Lx, id: NodeId, t: &TrainOp) -> Result<(), JitError> {
+    match t {
+        TrainOp::Labels { .. } => Ok(()),
+        TrainOp::Loss(loss) => softmax::loss(lx, id, loss, false),
+        TrainOp::LossGrad(loss) => softmax::loss(lx, id, loss, true),
+        TrainOp::BnStats => reduce::bn_stats(lx, id),
+        TrainOp::BnNormalize(bn) => norm::bn_normalize(lx, id, bn),
+        TrainOp::BnRunningUpdate { bn, spatial } => update::bn_running(lx, id, bn, *spatial),
+        TrainOp::DropoutMask { p } => eltwise::dropout_mask(lx, id, *p),
+        TrainOp::Mul => eltwise::mul(lx, id),
+        TrainOp::PoolArgmax(g) => pool::forward(lx, id, cnnc_ir::PoolKind::Max, g, true),
+        TrainOp::PoolBackward { kind, geometry, input } => pool::backward(lx, id, *kind, geometry, *input),
+        TrainOp::ConvBackwardData { conv, mask, .. } => conv::backward_data(lx, id, conv, *mask),
+        TrainOp::ConvBackwardWeight(conv) => conv::backward_weight(lx, id, conv),
+        TrainOp::GemmBackwardData { gemm, .. } => gemm::backward_data(lx, id, gemm),
+        TrainOp::GemmBackwardWeight(gemm) => gemm::backward_weight(lx, id, gemm),
+        TrainOp::BiasGrad => reduce::bias_grad(lx, id),
+        TrainOp::ActivationBackward { activation, from } => eltwise::activation_backward(lx, id, *activation, *from),
+        TrainOp::PreluBackwardData => eltwise::prelu_backward_data(lx, id),
+        TrainOp::PreluBackwardWeight => reduce::prelu_weight_grad(lx, id),
+        TrainOp::SoftmaxBackward => softmax::backward(lx, id),
+        TrainOp::BnBackwardData { bn, batch_stats: true } => reduce::bn_backward_train(lx, id, bn),
+        TrainOp::BnBackwardData { bn, batch_stats: false } => norm::bn_backward_affine(lx, id, bn),
+        TrainOp::BnGammaGrad { bn, batch_stats } => reduce::bn_gamma_grad(lx, id, bn, *batch_stats),
+        TrainOp::LrnBackward(lrn) => norm::lrn_backward(lx, id, lrn),
+        TrainOp::Reshape(_) | TrainOp::Slice { .. } => eltwise::view_or_copy(lx, id),
+        TrainOp::Update(opt) => update::optimizer(lx, id, opt),
+    }
+}
+
+impl Lx<'_> {
+    /// How a value is addressed, after checking that all its images lie in their buffer.
+    pub fn val(&self, id: NodeId) -> Result<Val, JitError> {
+        let plan = self.plan;
+        let node = &plan.graph[id];
+        let dims = &node.shape.0;
+        let elements: usize = dims.iter().product();
+        let (c, h, w) = match dims[..] {
+            [c, h, w] => (c, h, w),
+            _ => (elements.max(1), 1, 1),
+        };
+        let layout = plan.layouts[id.index()];
+        let stored = stored_elements(layout, &node.shape) as u64 * 4;
+        let (addr, bs, n, bytes, buffer) = match &plan.memory.storage[id.index()] {
+            Storage::Input(k) => {
+                let (base, len) = *self.addrs.inputs.get(*k).ok_or_else(|| plan_err(format!("input {k} of {id}")))?;
+                (base, elements as u64 * 4, self.batch, elements as u64 * 4, (base, len))
+            }
+            Storage::Nothing => return Err(plan_err(format!("{id} (`{}`) reads an effect", node.name))),
+            Storage::Arena(place) => {
+                let off = plan.image_offset(id, self.batch, 0).ok_or_else(|| plan_err(format!("{id} unplaced")))?;
+                let region = plan.memory.buffers.get(place.buffer).map(|b| b.region);
+                let (bs, n) = match region {
+                    Some(Region::Batched) => (place.batch_stride, self.batch),
+                    Some(Region::WholeBatch) => (0, 1),
+                    None => return Err(plan_err(format!("{id} names buffer {}", place.buffer))),
+                };
+                if place.bytes < stored || (n > 1 && bs < stored) {
+                    return Err(plan_err(format!("{id}: {} bytes placed (stride {bs}) for {stored}", place.bytes)));
+                }
+                (self.addrs.arena.0 + off, bs, n, place.bytes, self.addrs.arena)
+            }
+        };
+        let extent = (n as u64 - 1) * bs + bytes.max(stored);
+        if addr < buffer.0 || addr + extent > buffer.0 + buffer.1 as u64 {
+            return Err(plan_err(format!("value {id} (`{}`) lies outside its buffer", node.name)));
+        }
+        Ok(Val { addr, bs, layout, c, h, w, n, bytes })
+    }
+
+    /// The parameter `<node name>.<suffix>`: its address and plan. Its buffer slot holds its
+    /// stored length rounded up to a whole 16 floats (zeros past the end).
+    pub fn param(&self, id: NodeId, suffix: &str) -> Result<(u64, ParamPlan), JitError> {
+        let name = param_name(&self.plan.graph[id].name, suffix);
+        let p = self.plan.param(&name).ok_or_else(|| plan_err(format!("no parameter `{name}` in the plan")))?;
+        let &(off, len) = self.addrs.param_at.get(&name).ok_or_else(|| plan_err(format!("`{name}` unplaced")))?;
+        if len != p.stored_len() || off + len.div_ceil(16) * 64 > self.addrs.params.1 {
+            return Err(plan_err(format!("`{name}` does not fit its slot")));
+        }
+        Ok((self.addrs.params.0 + off as u64, p.clone()))
+    }
+
+    /// `bytes` of zeroed auxiliary memory (64-byte aligned): its offset from `ctx`.
+    pub fn alloc(&mut self, bytes: usize) -> u64 {
+        let off = self.aux.len().div_ceil(64) * 64;
+        self.aux.resize(off + bytes.div_ceil(64) * 64, 0);
+        off as u64
+    }
+
+    /// A buffer of its own (`bytes` zeroed): its index and address.
+    pub fn buffer(&mut self, bytes: usize) -> Result<(usize, u64), JitError> {
+        let b = Buffer::new(bytes, self.guard)?;
+        let addr = b.addr();
+        self.extra.push(b);
+        Ok((self.extra.len() - 1, addr))
+    }
+
+    /// A table of integers in the auxiliary buffer.
+    pub fn table(&mut self, data: &[i32]) -> u64 {
+        let off = self.alloc(data.len() * 4);
+        for (k, v) in data.iter().enumerate() {
+            let at = off as usize + 4 * k;
+            self.aux[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        off
+    }
+
+    /// Tasks for `work` units of roughly equal cost, each worth about `unit_cost` flops, at
+    /// most `max`: enough to keep every thread busy, none too small to pay for itself.
+    pub fn tasks(&self, max: usize, total_cost: f64) -> usize {
+        if self.threads <= 1 || max <= 1 || total_cost < 20_000.0 {
+            return 1;
+        }
+        let want = (total_cost / 20_000.0) as usize;
+        want.clamp(1, self.threads * 4).min(max)
+    }
+
+    /// Emits one kernel of the current node: `body` builds it; it runs as `tasks` tasks.
+    pub fn kernel(&mut self, tasks: usize, body: impl FnOnce(&mut Fx)) -> Result<(), JitError> {
+        let mut sig = self.module.make_signature();
+        for _ in 0..3 {
+            sig.params.push(AbiParam::new(I64));
+        }
+        let name = format!("n{}_{}", self.node.index(), self.steps.len());
+        let fid =
+            self.module.declare_function(&name, Linkage::Local, &sig).map_err(|e| JitError::Codegen(e.to_string()))?;
+        self.ctx.func.signature = sig;
+        self.ctx.func.name = UserFuncName::user(0, fid.as_u32());
+        let config = self.module.target_config();
+        {
+            let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+            let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            let p = b.block_params(entry).to_vec();
+            let mut fx = Fx { b, ctx: p[0], task: p[1], thread: p[2] };
+            body(&mut fx);
+            fx.b.ins().return_(&[]);
+            fx.b.seal_all_blocks();
+            fx.b.finalize(config);
+        }
+        self.module.define_function(fid, &mut self.ctx).map_err(|e| JitError::Codegen(format!("{name}: {e:?}")))?;
+        self.module.clear_context(&mut self.ctx);
+        self.steps.push((fid, tasks.max(1), self.node));
+        Ok(())
+    }
+
+    /// The driver: every step in order, on the pool when it has several tasks.
+    fn driver(&mut self, pool_addr: u64) -> Result<FuncId, JitError> {
+        let mut sig = self.module.make_signature();
+        sig.params.push(AbiParam::new(I64));
+        let fid = self
+            .module
+            .declare_function("driver", Linkage::Local, &sig)
+            .map_err(|e| JitError::Codegen(e.to_string()))?;
+        self.ctx.func.signature = sig;
+        self.ctx.func.name = UserFuncName::user(0, fid.as_u32());
+        let mut kernel_sig = self.module.make_signature();
+        for _ in 0..3 {
+            kernel_sig.params.push(AbiParam::new(I64));
+        }
+        let mut pf_sig = self.module.make_signature();
+        for _ in 0..4 {
+            pf_sig.params.push(AbiParam::new(I64));
+        }
+        let config = self.module.target_config();
+        {
+            let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+            let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            let ctx = b.block_params(entry)[0];
+            let pf = b.import_signature(pf_sig);
+            for &(f, tasks, _) in &self.steps {
+                let fref = self.module.declare_func_in_func(f, b.func);
+                if tasks <= 1 {
+                    let zero = b.ins().iconst(I64, 0);
+                    b.ins().call(fref, &[ctx, zero, zero]);
+                } else {
+                    let addr = b.ins().func_addr(I64, fref);
+                    let callee = b.ins().iconst(I64, parallel_for_addr() as i64);
+                    let pool = b.ins().iconst(I64, pool_addr as i64);
+                    let n = b.ins().iconst(I64, tasks as i64);
+                    b.ins().call_indirect(pf, callee, &[pool, n, addr, ctx]);
+                }
+            }
+            b.ins().return_(&[]);
+            b.seal_all_blocks();
+            b.finalize(config);
+        }
+        self.module.define_function(fid, &mut self.ctx).map_err(|e| JitError::Codegen(format!("driver: {e:?}")))?;
+        self.module.clear_context(&mut self.ctx);
+        let _ = kernel_sig;
+        Ok(fid)
+    }
+}

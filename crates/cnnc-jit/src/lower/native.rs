@@ -1,0 +1,227 @@
+//! Native mode: nodes that `cnnc-kernels` has a kernel for become a call from the JIT code
+//! into the kernel's C-ABI entry point (`cnnc_kernels::ffi`), with a plan made here at compile
+//! time (it checks the shape and chooses tiles and the split into tasks for the pool's
+//! threads) and an argument block of absolute addresses; both are copied into the auxiliary
+//! buffer, so the generated code passes `ctx`-relative pointers. The kernel runs its tasks on
+//! the same pool. Blocked convolutions and matrix products on maps (`OIhw16i16o`,
+//! `gOIhw16i16o`, `OI16i16o` weights: the plan's own packed layouts), plain-input convolutions
+//! (weights repacked to the kernel's `Oihw16o` when loaded, for parameters no node of the plan
+//! updates), fully connected layers and pooling forward.
+
+use super::conv::Geo;
+use super::{Lx, Val};
+use crate::emit::I64;
+use crate::error::JitError;
+use cnnc_ir::plan::ParamPlan;
+use cnnc_ir::{Activation, Layout, NodeId, Op, PoolGeometry, PoolKind, TrainOp, WeightLayout};
+use cnnc_kernels::act::{Act, ActKind};
+use cnnc_kernels::conv::{ConvArgs, ConvPlan, ConvShape, Epilogue};
+use cnnc_kernels::conv_plain::PlainConvPlan;
+use cnnc_kernels::fc::FcPlan;
+use cnnc_kernels::pool::{PoolArgs, PoolPlan, PoolWindow};
+use cnnc_kernels::view::Layout as KLayout;
+use cranelift_codegen::ir::{AbiParam, InstBuilder};
+
+/// The kernels' activation for an IR activation.
+fn act(a: Option<Activation>) -> Act {
+    match a {
+        None => Act::NONE,
+        Some(a) => match a {
+            Activation::Relu => Act::RELU,
+            Activation::LeakyRelu { slope } => Act::leaky_relu(slope as f32),
+            Activation::Elu { alpha } => Act::elu(alpha as f32),
+            Activation::Selu => Act::new(ActKind::Selu),
+            Activation::Sigmoid => Act::new(ActKind::Sigmoid),
+            Activation::Tanh => Act::new(ActKind::Tanh),
+            Activation::HardTanh { min, max } => Act::hardtanh(min as f32, max as f32),
+            Activation::Softsign => Act::new(ActKind::Softsign),
+            Activation::Softplus { beta, threshold } => Act::softplus(beta as f32, threshold as f32),
+        },
+    }
+}
+
+/// Keeps a plan or argument block alive as long as the code, at a fixed address.
+fn keep<T: Send + 'static>(lx: &mut Lx, v: T) -> u64 {
+    let b = Box::new(v);
+    let addr = &*b as *const T as u64;
+    lx.keep.push(b);
+    addr
+}
+
+/// An argument of a kernel call: `ctx`-relative, absolute, or null.
+#[derive(Clone, Copy)]
+enum Arg {
+    Aux(u64),
+    Abs(u64),
+}
+
+/// A single-task step that calls the C-ABI function at `f` with `args`.
+fn call(lx: &mut Lx, f: u64, args: &[Arg]) -> Result<(), JitError> {
+    let args = args.to_vec();
+    lx.kernel(1, |fx| {
+        let mut sig = cranelift_codegen::ir::Signature::new(cranelift_codegen::isa::CallConv::SystemV);
+        for _ in 0..args.len() {
+            sig.params.push(AbiParam::new(I64));
+        }
+        let sref = fx.b.import_signature(sig);
+        let vals: Vec<_> = args
+            .iter()
+            .map(|a| match *a {
+                Arg::Aux(off) => fx.aux(off),
+                Arg::Abs(v) => fx.abs(v),
+            })
+            .collect();
+        let callee = fx.abs(f);
+        fx.b.ins().call_indirect(sref, callee, &vals);
+    })
+}
+
+fn shape(g: &Geo, n: usize) -> ConvShape {
+    ConvShape {
+        n,
+        ic: g.c,
+        ih: g.h,
+        iw: g.w,
+        oc: g.o,
+        kh: g.kh,
+        kw: g.kw,
+        stride: g.stride,
+        pad: g.pad,
+        dilation: g.dil,
+        groups: g.groups,
+    }
+}
+
+/// Whether any node of the plan writes parameter `name` (an optimiser update).
+fn updated(lx: &Lx, name: &str) -> bool {
+    lx.plan.graph.iter().any(|(_, n)| matches!(n.op, Op::Train(TrainOp::Update(_))) && n.name == name)
+}
+
+/// A forward convolution (or matrix product on maps) through the kernels, when one fits.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv(
+    lx: &mut Lx,
+    g: &Geo,
+    x: Val,
+    y: Val,
+    res: Option<Val>,
+    (w, wp): (u64, &ParamPlan),
+    bias: Option<u64>,
+    a: Option<Activation>,
+) -> Result<bool, JitError> {
+    let epi = Epilogue { bias: bias.is_some(), scale_shift: false, residual: res.is_some(), act: act(a) };
+    let s = shape(g, x.n);
+    let cpu = cnnc_kernels::cpu::best();
+    let args = |w: u64| ConvArgs {
+        x: x.addr as *const f32,
+        x_bs: (x.bs / 4) as usize,
+        w: w as *const f32,
+        bias: bias.unwrap_or(0) as *const f32,
+        scale: std::ptr::null(),
+        shift: std::ptr::null(),
+        res: res.map_or(0, |r| r.addr) as *const f32,
+        res_bs: res.map_or(0, |r| (r.bs / 4) as usize),
+        y: y.addr as *mut f32,
+        y_bs: (y.bs / 4) as usize,
+    };
+    let blocked_weights =
+        matches!(wp.layout, Some(WeightLayout::OIhw16i16o | WeightLayout::GOIhw16i16o | WeightLayout::OI16i16o));
+    if x.layout == Layout::Blocked16 && y.layout == Layout::Blocked16 && blocked_weights {
+        let Ok(plan) = ConvPlan::new(s, epi, cpu, lx.threads) else { return Ok(false) };
+        let scratch = lx.alloc(plan.scratch_len(lx.threads) * 4);
+        let (p, ar) = (keep(lx, plan), keep(lx, args(w)));
+        let f = cnnc_kernels::ffi::cnnc_conv_forward as *const () as u64;
+        call(lx, f, &[Arg::Abs(p), Arg::Abs(ar), Arg::Aux(scratch), Arg::Abs(lx.pool)])?;
+        return Ok(true);
+    }
+    let plain_weights = wp.layout.is_none_or(|l| l == WeightLayout::Oihw) && g.groups == 1;
+    if x.layout == Layout::Plain && plain_weights && !updated(lx, &wp.name) && res.is_none_or(|r| r.layout == y.layout)
+    {
+        let out = if y.layout == Layout::Plain { KLayout::Nchw } else { KLayout::NChw16c };
+        let Ok(plan) = PlainConvPlan::new(s, epi, out, cpu, lx.threads) else { return Ok(false) };
+        let Ok(len) = cnnc_kernels::conv_plain::packed_weight_len(&s) else { return Ok(false) };
+        // The weights in the kernel's layout, in a buffer of their own written at load.
+        let packed = lx.buffer(len * 4)?;
+        lx.repacks.push(super::Repack { param: wp.name.clone(), buffer: packed.0, shape: s });
+        let scratch = lx.alloc(plan.scratch_len(lx.threads) * 4);
+        let (p, ar) = (keep(lx, plan), keep(lx, args(packed.1)));
+        let f = cnnc_kernels::ffi::cnnc_conv_plain_forward as *const () as u64;
+        call(lx, f, &[Arg::Abs(p), Arg::Abs(ar), Arg::Aux(scratch), Arg::Abs(lx.pool)])?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// A fully connected layer (`gemm` on vectors) through the kernels.
+pub(crate) fn fc(
+    lx: &mut Lx,
+    x: Val,
+    y: Val,
+    (w, wp): (u64, &ParamPlan),
+    bias: Option<u64>,
+    a: Option<Activation>,
+    residual: bool,
+) -> Result<bool, JitError> {
+    let dense = x.bs == 4 * x.c as u64 && y.bs == 4 * y.c as u64;
+    if residual || !dense || x.layout != Layout::Plain || wp.layout.is_some_and(|l| l != WeightLayout::Oi) {
+        return Ok(false);
+    }
+    let Ok(plan) = FcPlan::new(x.n, x.c, y.c, bias.is_some(), act(a), cnnc_kernels::cpu::best(), lx.threads) else {
+        return Ok(false);
+    };
+    let p = keep(lx, plan);
+    let f = cnnc_kernels::ffi::cnnc_fc_forward as *const () as u64;
+    let args =
+        [Arg::Abs(p), Arg::Abs(x.addr), Arg::Abs(w), Arg::Abs(bias.unwrap_or(0)), Arg::Abs(y.addr), Arg::Abs(lx.pool)];
+    call(lx, f, &args)?;
+    Ok(true)
+}
+
+/// Pooling forward (no argmax) through the kernels.
+pub(crate) fn pool(
+    lx: &mut Lx,
+    _id: NodeId,
+    kind: PoolKind,
+    geometry: &PoolGeometry,
+    x: Val,
+    y: Val,
+) -> Result<bool, JitError> {
+    let k = match kind {
+        PoolKind::Max => cnnc_kernels::pool::PoolKind::Max,
+        PoolKind::Avg { include_pad: true } => cnnc_kernels::pool::PoolKind::Avg,
+        PoolKind::Avg { include_pad: false } => cnnc_kernels::pool::PoolKind::AvgExcludePad,
+        PoolKind::L2 => cnnc_kernels::pool::PoolKind::L2,
+    };
+    let win = match geometry {
+        PoolGeometry::Window(w) => PoolWindow {
+            kernel: w.kernel,
+            stride: w.stride,
+            pad: w.pad,
+            dilation: w.dilation,
+            ceil_mode: w.ceil_mode,
+            adaptive: false,
+        },
+        PoolGeometry::Global => PoolWindow::adaptive(1, 1),
+        PoolGeometry::Adaptive(o) => PoolWindow::adaptive(o[0], o[1]),
+        PoolGeometry::Pyramid(_) => return Ok(false),
+    };
+    if y.layout != x.layout || y.h * y.w == 0 {
+        return Ok(false);
+    }
+    let layout = if x.layout == Layout::Plain { KLayout::Nchw } else { KLayout::NChw16c };
+    let Ok(plan) = PoolPlan::new(x.n, x.c, [x.h, x.w], k, win, layout, cnnc_kernels::cpu::best()) else {
+        return Ok(false);
+    };
+    let args = PoolArgs {
+        x: x.addr as *const f32,
+        x_bs: (x.bs / 4) as usize,
+        y: y.addr as *mut f32,
+        y_bs: (y.bs / 4) as usize,
+        argmax: std::ptr::null_mut(),
+        argmax_bs: 0,
+    };
+    let (p, ar) = (keep(lx, plan), keep(lx, args));
+    let f = cnnc_kernels::ffi::cnnc_pool_forward as *const () as u64;
+    call(lx, f, &[Arg::Abs(p), Arg::Abs(ar), Arg::Abs(lx.pool)])?;
+    Ok(true)
+}

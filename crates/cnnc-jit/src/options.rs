@@ -1,0 +1,65 @@
+//! What a compilation is for: the batch, the kernel mode, the threads, guard pages.
+
+/// How the hot loops are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Every loop, the register tiles included, in Cranelift IR with 128-bit vectors: runs on
+    /// any Cranelift target.
+    Portable,
+    /// Cranelift loop nests around calls to `cnnc-kernels`' microkernels where a kernel fits
+    /// the node (AVX-512 or AVX2 on x86-64); the rest as in portable mode.
+    Native,
+}
+
+impl Mode {
+    /// Native where the CPU has a SIMD kernel set (AVX2 + FMA or AVX-512), else portable.
+    pub fn host_default() -> Mode {
+        use cnnc_kernels::simd::Isa;
+        if cnnc_kernels::cpu::best().isa() == Isa::Portable { Mode::Portable } else { Mode::Native }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Portable => "portable",
+            Mode::Native => "native",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Mode> {
+        [Mode::Portable, Mode::Native].into_iter().find(|m| m.name() == name)
+    }
+}
+
+/// Options of [`crate::CompiledModel::compile`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// The batch size the code is specialised to (every address and trip count is a
+    /// constant); runs must bring exactly this many samples.
+    pub batch: usize,
+    pub mode: Mode,
+    /// Threads: `None` for the process-wide pool (`CNNC_THREADS` or every CPU), or a pool of
+    /// this many threads of the model's own.
+    pub threads: Option<usize>,
+    /// Allocate every buffer the code touches so that it ends at an inaccessible page: an
+    /// out-of-bounds access faults (for tests).
+    pub guard_pages: bool,
+}
+
+impl Options {
+    /// Batch `batch`, the host's default mode, the global pool, no guard pages.
+    pub fn new(batch: usize) -> Options {
+        Options { batch, mode: Mode::host_default(), threads: None, guard_pages: false }
+    }
+
+    pub fn with_mode(self, mode: Mode) -> Options {
+        Options { mode, ..self }
+    }
+
+    pub fn with_threads(self, threads: usize) -> Options {
+        Options { threads: Some(threads), ..self }
+    }
+
+    pub fn with_guard_pages(self, guard_pages: bool) -> Options {
+        Options { guard_pages, ..self }
+    }
+}
