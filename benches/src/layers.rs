@@ -135,12 +135,12 @@ pub fn conv_backward_weights(shape: ConvShape, pool: &'static ThreadPool) -> Pre
     let [oh, ow] = shape.out_hw().unwrap();
     let x = View::dense(0, shape.n, shape.ic, shape.ih, shape.iw, Layout::NChw16c);
     let gy = View::dense(x.end().unwrap(), shape.n, shape.oc, oh, ow, Layout::NChw16c);
-    let arena = pseudo(gy.end().unwrap(), 6);
+    let mut arena = pseudo(gy.end().unwrap(), 6);
     let mut dw = vec![0.0f32; conv::packed_weight_len(&shape).unwrap()];
     let mut db = vec![0.0f32; shape.oc];
     let run = Box::new(move || {
-        let io = BwdWeightsIo { x, gy };
-        conv_bwd_weights::backward_weights(pool, &plan, &arena, &io, &mut dw, Some(&mut db)).expect("run");
+        let io = BwdWeightsIo { x, gy, relu: None };
+        conv_bwd_weights::backward_weights(pool, &plan, &mut arena, &io, &mut dw, Some(&mut db)).expect("run");
     });
     Prepared { flop: 2.0 * shape.macs(), bytes: 0.0, run }
 }

@@ -26,7 +26,12 @@ fn main() {
         let b = vec![0.1f32; shape.oc];
         let mut y = vec![0.0f32; shape.n * shape.oc.div_ceil(16) * 16 * base.out_hw()[0] * base.out_hw()[1]];
         let flop = 2.0 * shape.macs();
-        println!("{name}: chosen (k, nw) = {:?}", base.tile());
+        println!(
+            "{name}: chosen (k, nw) = {:?}; 2-thread split {:?} tasks {}",
+            base.tile(),
+            ConvPlan::new(shape, epi, cpu, 2).unwrap().split_info(),
+            ConvPlan::new(shape, epi, cpu, 2).unwrap().tasks()
+        );
         for k in [1, 2, 4] {
             for nw in 1..=16 {
                 let plan = base.with_tile(k, nw, 1);

@@ -272,6 +272,21 @@ impl ConvPlan {
         self
     }
 
+    /// The same plan with `row_chunk` output rows and `oc_chunk` blocks per task (clamped; the
+    /// blocks rounded to the tile's): for tuning the split.
+    pub fn with_split(mut self, row_chunk: usize, oc_chunk: usize) -> ConvPlan {
+        let units = self.ocb / self.k;
+        let want = (oc_chunk / self.k).clamp(1, units);
+        let per = (1..=want).rev().find(|d| units.is_multiple_of(*d)).unwrap_or(1);
+        self.oc_chunk = per * self.k;
+        self.n_oc = units / per;
+        self.row_chunk = row_chunk.clamp(1, self.rows);
+        self.n_rows = self.rows.div_ceil(self.row_chunk);
+        self.tasks = self.shape.n * self.shape.groups * self.n_oc * self.n_rows * self.n_cols;
+        self.set_band();
+        self
+    }
+
     /// Scratch floats for running the plan on `threads` threads.
     pub fn scratch_len(&self, threads: usize) -> usize {
         self.scratch * threads
@@ -301,6 +316,10 @@ impl ConvPlan {
     /// How the tasks read the input.
     pub fn band(&self) -> Band {
         self.band
+    }
+    /// The task split: `(rows per task, pixels per task, blocks per task)`.
+    pub fn split_info(&self) -> (usize, usize, usize) {
+        (self.row_chunk, self.col_chunk, self.oc_chunk)
     }
 
     /// Input rows a band holds for `rc` output rows.

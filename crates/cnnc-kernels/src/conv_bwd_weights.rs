@@ -10,13 +10,20 @@
 //! output pixels whose input pixel lies inside the image form a rectangle, and the reduction
 //! runs over exactly that rectangle. The padded positions of the packed gradient are written
 //! as zeros (the padding lanes of x and gy hold arbitrary finite values).
+//!
+//! The backward of a fused conv + ReLU (+ residual) starts here: with a mask the run first
+//! writes `gy * (y > 0)` where the shortcut's gradient goes (the residual split), then reduces
+//! that; backward-data reads the same split gradient (or masks `gy` itself while copying it).
 
 use super::conv::{ConvShape, choose_tile, packed_weight_len};
 use super::error::{KernelError, check_len, product};
-use super::par::Parallel;
+use super::par::{Parallel, SyncPtr};
 use super::simd::{Cpu, Isa};
 use super::tile::{self, Out, Reduce};
-use super::view::{Layout, View, pad16};
+use super::view::{Layout, View, check_apart, check_same_or_apart, pad16};
+
+/// Floats per task of the masking pass.
+const MASK_CHUNK: usize = 1 << 15;
 
 /// A checked backward-weights pass (made by [`BwdWeightsPlan::new`] only).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -84,11 +91,16 @@ impl BwdWeightsPlan {
     }
 }
 
-/// The operands of a backward-weights pass: `x` and `gy` blocked views in an arena.
+/// The operands of a backward-weights pass: `x` and `gy` blocked views in an arena, and
+/// optionally the ReLU mask with the residual split: with `relu` = `(y, split)`, the pass first
+/// writes `gy * (y > 0)` (`y` the fused conv + ReLU's forward output) into `split` (the
+/// gradient the residual shortcut also receives; `split` may be `gy` itself), then computes
+/// the weight and bias gradients from it.
 #[derive(Clone, Copy, Debug)]
 pub struct BwdWeightsIo {
     pub x: View,
     pub gy: View,
+    pub relu: Option<(View, View)>,
 }
 
 /// Runs a backward-weights pass into `dw` (packed, [`packed_weight_len`] floats) and `db`
@@ -96,7 +108,7 @@ pub struct BwdWeightsIo {
 pub fn backward_weights(
     par: &dyn Parallel,
     plan: &BwdWeightsPlan,
-    arena: &[f32],
+    arena: &mut [f32],
     io: &BwdWeightsIo,
     dw: &mut [f32],
     db: Option<&mut [f32]>,
@@ -107,6 +119,19 @@ pub fn backward_weights(
     io.x.expect("input", [s.n, s.ic, s.ih, s.iw], Layout::NChw16c)?;
     io.gy.expect("output gradient", [s.n, s.oc, plan.oh, plan.ow], Layout::NChw16c)?;
     check_len("weight gradient", dw.len(), packed_weight_len(s)?)?;
+    let dims = [s.n, s.oc, plan.oh, plan.ow];
+    let gy = match io.relu {
+        Some((y, split)) => {
+            y.check_in("forward output", arena.len())?;
+            split.check_in("split gradient", arena.len())?;
+            y.expect("forward output", dims, Layout::NChw16c)?;
+            split.expect("split gradient", dims, Layout::NChw16c)?;
+            check_same_or_apart(("split gradient", &split), ("output gradient", &io.gy))?;
+            check_apart(("split gradient", &split), &[("forward output", &y), ("input", &io.x)])?;
+            split
+        }
+        None => io.gy,
+    };
     let db = match (db, plan.bias) {
         (Some(db), true) => {
             check_len("bias gradient", db.len(), s.oc)?;
@@ -115,12 +140,33 @@ pub fn backward_weights(
         (None, false) => core::ptr::null_mut(),
         _ => return Err(KernelError::View { what: "bias gradient" }),
     };
+    if let Some((y, split)) = io.relu {
+        let base = SyncPtr(arena.as_mut_ptr());
+        let (g, image) = (io.gy, io.gy.image_len().unwrap_or(0));
+        let chunks = image.div_ceil(MASK_CHUNK);
+        par.run(s.n * chunks, &|t, _| {
+            let (n, c) = (t / chunks, t % chunks);
+            let b = base.get();
+            for i in c * MASK_CHUNK..((c + 1) * MASK_CHUNK).min(image) {
+                // SAFETY: i is a stored float of image n of three views of one shape, checked
+                // above; split is gy itself or apart from it, apart from y; chunks are disjoint.
+                unsafe {
+                    let v = if *b.add(y.offset + n * y.batch_stride + i) > 0.0 {
+                        *b.add(g.offset + n * g.batch_stride + i)
+                    } else {
+                        0.0
+                    };
+                    *b.add(split.offset + n * split.batch_stride + i) = v;
+                }
+            }
+        });
+    }
     let base = arena.as_ptr();
     let args = BwdWeightsArgs {
         x: base.wrapping_add(io.x.offset),
         x_bs: io.x.batch_stride,
-        gy: base.wrapping_add(io.gy.offset),
-        gy_bs: io.gy.batch_stride,
+        gy: base.wrapping_add(gy.offset),
+        gy_bs: gy.batch_stride,
         dw: dw.as_mut_ptr(),
         db,
     };

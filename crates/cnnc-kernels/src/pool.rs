@@ -115,7 +115,9 @@ impl PoolPlan {
             }
             let span = padded - eff;
             let mut o = if win.ceil_mode { span.div_ceil(s) + 1 } else { span / s + 1 };
-            if win.ceil_mode && (o - 1) * s >= hw[a] + p {
+            // In ceil mode the last window must start inside the input or its left padding
+            // (a start past usize is past it too).
+            if win.ceil_mode && (o - 1).checked_mul(s).is_none_or(|start| start >= hw[a] + p) {
                 o -= 1;
             }
             out[a] = o;

@@ -65,13 +65,18 @@ fn check_backward(cfg: ConvCfg, relu_mask: bool, accumulate: bool, seed: u64) ->
         if !arena.gaps_intact() || !scratch.sentinels_intact() {
             return Err(format!("dx {what}: wrote outside its tensors"));
         }
-        // Backward weights, on the masked gradient (what the back end passes after the split).
+        // Backward weights: with the mask, the run writes the split gradient gy * (y > 0) (in
+        // place over gy when accumulating, apart otherwise) and reduces it.
         let plan = BwdWeightsPlan::new(shape_of(&cfg), true, accumulate, cpu).map_err(|e| e.to_string())?;
-        let gmb = to_blocked(&masked, cfg.n, cfg.oc, ohw, -1.5);
-        let arena = Arena::new(&[&xb, &gmb]);
+        let gin = if relu_mask { &gy } else { &masked };
+        let gmb = to_blocked(gin, cfg.n, cfg.oc, ohw, -1.5);
+        let mut arena = Arena::new(&[&xb, &gmb, &yb, &vec![f32::NAN; gmb.len()]]);
+        let gv = arena.view(1, cfg.n, cfg.oc, oh, ow, Layout::NChw16c);
+        let split = if accumulate { gv } else { arena.view(3, cfg.n, cfg.oc, oh, ow, Layout::NChw16c) };
         let io = BwdWeightsIo {
             x: arena.view(0, cfg.n, cfg.ic, cfg.ih, cfg.iw, Layout::NChw16c),
-            gy: arena.view(1, cfg.n, cfg.oc, oh, ow, Layout::NChw16c),
+            gy: gv,
+            relu: relu_mask.then(|| (arena.view(2, cfg.n, cfg.oc, oh, ow, Layout::NChw16c), split)),
         };
         let mut dw = guarded(if accumulate { &dw_init } else { &dw_packed_want });
         if !accumulate {
@@ -81,12 +86,19 @@ fn check_backward(cfg: ConvCfg, relu_mask: bool, accumulate: bool, seed: u64) ->
         conv_bwd_weights::backward_weights(
             par,
             &plan,
-            arena.buf.as_slice(),
+            arena.buf.as_mut_slice(),
             &io,
             dw.as_mut_slice(),
             Some(db.as_mut_slice()),
         )
         .map_err(|e| e.to_string())?;
+        if relu_mask {
+            let at = if accumulate { 1 } else { 3 };
+            close(&format!("split gradient {what}"), &from_blocked(arena.part(at), cfg.n, cfg.oc, ohw), &masked, 0.0)?;
+        }
+        if !arena.gaps_intact() {
+            return Err(format!("dw {what}: wrote outside its tensors"));
+        }
         close(
             &format!("dw (packed, padding included) {what} tile {:?}", plan.tile()),
             dw.as_slice(),
