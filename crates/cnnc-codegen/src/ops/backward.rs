@@ -110,7 +110,7 @@ fn weight(g: &mut Gen<'_>, id: NodeId, conv: &Conv) -> Result<Option<TokenStream
     {
         let plan = g.kernel_plan(id, "", plan)?;
         return Ok(Some(quote! {
-            let io = k::conv_bwd_weights::BwdWeightsIo { x: #xv, gy: #gyv };
+            let io = k::conv_bwd_weights::BwdWeightsIo { x: #xv, gy: #gyv, relu: None };
             k::conv_bwd_weights::backward_weights(cx.par, #plan, cx.arena, &io, &mut cx.whole[#dw], None) #ok;
             Ok(())
         }));
