@@ -12,6 +12,9 @@ pub struct Training {
     pub loss: Loss,
     /// `None`: gradients only.
     pub optimizer: Option<Optimizer>,
+    /// The vector-Jacobian product (gradients of the model's output as inputs) instead of a
+    /// loss.
+    pub vjp: bool,
 }
 
 /// One model: a `.cnn` file of the repository (from the workspace root), lowered at `shape`
@@ -31,11 +34,11 @@ pub const SGD: Optimizer = Optimizer::Sgd(Sgd { momentum: 0.9, weight_decay: 1e-
 pub const ADAM: Optimizer = Optimizer::Adam(Adam { beta1: 0.9, beta2: 0.999, eps: 1e-6, weight_decay: 1e-4 });
 
 fn grads(loss: Loss) -> Training {
-    Training { name: "Grads", loss, optimizer: None }
+    Training { name: "Grads", loss, optimizer: None, vjp: false }
 }
 
 fn step(name: &'static str, loss: Loss, optimizer: Optimizer) -> Training {
-    Training { name, loss, optimizer: Some(optimizer) }
+    Training { name, loss, optimizer: Some(optimizer), vjp: false }
 }
 
 fn case(module: &'static str, file: &'static str, shape: Option<&'static [usize]>, training: Vec<Training>) -> Case {
@@ -48,7 +51,17 @@ pub fn cases() -> Vec<Case> {
     let nesterov = Optimizer::Sgd(Sgd { momentum: 0.8, weight_decay: 1e-3, nesterov: true });
     let rmsprop = Optimizer::RmsProp(RmsProp { alpha: 0.99, eps: 1e-6, momentum: 0.5, weight_decay: 0.0 });
     vec![
-        case("lenet5", "examples/lenet5.cnn", None, vec![grads(ce), step("Sgd", ce, SGD), step("Adam", ce, ADAM)]),
+        case(
+            "lenet5",
+            "examples/lenet5.cnn",
+            None,
+            vec![
+                grads(ce),
+                step("Sgd", ce, SGD),
+                step("Adam", ce, ADAM),
+                Training { name: "Vjp", loss: ce, optimizer: None, vjp: true },
+            ],
+        ),
         case("cifar_simple", "examples/cifar_simple.cnn", None, vec![grads(MULTI_MARGIN)]),
         case("allcnnc", "examples/allcnnc.cnn", Some(&[3, 16, 16]), vec![grads(ce), step("Sgd", ce, SGD)]),
         case("resnet18", "examples/resnet18.cnn", Some(&[3, 64, 64]), vec![step("Sgd", ce, SGD)]),
@@ -111,7 +124,8 @@ pub fn inference(g: &Graph) -> Plan {
 }
 
 pub fn training_options(t: &Training) -> TrainingOptions {
-    TrainingOptions { optimizer: t.optimizer, input_grads: true, ..TrainingOptions::new(t.loss) }
+    let objective = if t.vjp { cnnc_passes::Objective::OutputGradients } else { cnnc_passes::Objective::Loss(t.loss) };
+    TrainingOptions { optimizer: t.optimizer, input_grads: true, objective, ..TrainingOptions::new(t.loss) }
 }
 
 /// A training plan: the passes that hold in training, the training transform, the rest.

@@ -139,3 +139,25 @@ training!(conv_zoo_mse: conv_zoo::Grads, tensor, gradients);
 training!(mlp_hinge: mlp::Grads, labels, gradients);
 training!(mlp_nesterov: mlp::Nesterov, labels, updates);
 training!(mlp_rmsprop: mlp::RmsProp, labels, updates);
+
+/// The vector-Jacobian product: the gradients of some scalar with respect to the model's
+/// output come in as an input (no loss); every parameter's and the input's gradient.
+#[test]
+fn lenet5_vjp() {
+    use generated::lenet5::{StepArgs, Vjp};
+    let case = case("lenet5");
+    let t = case.training.iter().find(|t| t.name == "Vjp").expect("the entry");
+    let g = models::lower(&case);
+    let weights = random_weights(&g, 7);
+    let mut vjp = Vjp::from_tensors(&named(&weights)).expect("weights load");
+    for batch in [1, 3] {
+        let x = input(&g, batch, 30 + batch as u64);
+        let gy = random_tensor(&[batch, 10], 40 + batch as u64);
+        let options = step_options();
+        let (want, after) = reference_step(&g, t, &weights, &[x.clone(), gy.clone()], &options);
+        let args = StepArgs { lr: 0.0, step: 1, seed: 0 };
+        vjp.step(&x.data, &gy.data, batch, &args).expect("the step runs");
+        let check = Check { what: format!("lenet5_vjp at batch {batch}"), want: &want, before: &weights, after: &after };
+        training!(@gradients check, vjp);
+    }
+}
