@@ -1,0 +1,230 @@
+//! Where each value of an entry lives in the generated module's memory, in floats: the plan's
+//! arena (the batched region and the whole-batch region, kept as two slices so that a kernel
+//! can read activations while it writes a gradient), then after the batched region the model
+//! inputs (copied in, since kernels read only the arena) and each node's temporaries.
+
+use crate::error::CodegenError;
+use cnnc_ir::facts::{ValueKind, value_kind};
+use cnnc_ir::plan::{Plan, Region, Storage};
+use cnnc_ir::{Layout, NodeId, Op, TrainOp};
+
+/// A batched value: image `i` of a batch of `n` at `buf * n + off + i * stride` floats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    pub buf: usize,
+    pub off: usize,
+    pub stride: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub layout: Layout,
+}
+
+impl Place {
+    /// The same memory seen with other dimensions (a plain value as a flat vector).
+    pub fn with_dims(self, c: usize, h: usize, w: usize) -> Place {
+        Place { c, h, w, ..self }
+    }
+}
+
+/// Where a node's value is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Value {
+    Batched(Place),
+    /// Floats `start .. start + len` of the whole-batch region.
+    Whole {
+        start: usize,
+        len: usize,
+    },
+    /// The caller's class labels (one `u32` per image).
+    Labels {
+        classes: usize,
+    },
+    /// An effect: no value.
+    Nothing,
+}
+
+/// The memory of one entry.
+pub struct Memory {
+    pub values: Vec<Value>,
+    /// Floats per image of the plan's batched region and the inputs: where temporaries start.
+    pub temp_base: usize,
+    /// Floats of the whole-batch region.
+    pub whole: usize,
+}
+
+/// `(c, h, w)` of a batched value's logical shape (`[F]` as `F x 1 x 1`).
+pub fn chw(dims: &[usize]) -> (usize, usize, usize) {
+    match *dims {
+        [c, h, w] => (c, h, w),
+        [f] => (f, 1, 1),
+        _ => (dims.iter().product(), 1, 1),
+    }
+}
+
+fn floats(bytes: u64) -> Result<usize, CodegenError> {
+    if !bytes.is_multiple_of(4) {
+        return Err(CodegenError::Plan(format!("an offset of {bytes} bytes is not whole floats")));
+    }
+    usize::try_from(bytes / 4).map_err(|_| CodegenError::Plan(format!("an offset of {bytes} bytes")))
+}
+
+/// Places every value of `plan`.
+pub fn layout(plan: &Plan) -> Result<Memory, CodegenError> {
+    let graph = &plan.graph;
+    let m = &plan.memory;
+    if m.storage.len() != graph.len() || plan.layouts.len() != graph.len() {
+        return Err(CodegenError::Plan("the plan's tables do not cover its graph".into()));
+    }
+    let mut cursor = floats(m.per_image_bytes)?;
+    let mut values = Vec::with_capacity(graph.len());
+    for (id, node) in graph.iter() {
+        let (c, h, w) = chw(&node.shape.0);
+        let value = match &m.storage[id.index()] {
+            Storage::Nothing => Value::Nothing,
+            Storage::Input(_) => {
+                if let Op::Train(TrainOp::Labels { classes }) = node.op {
+                    Value::Labels { classes }
+                } else {
+                    let stride = (c * h * w).div_ceil(16) * 16;
+                    let place = Place { buf: cursor, off: 0, stride, c, h, w, layout: Layout::Plain };
+                    cursor += stride;
+                    Value::Batched(place)
+                }
+            }
+            Storage::Arena(p) => {
+                let buffer = m
+                    .buffers
+                    .get(p.buffer)
+                    .ok_or_else(|| CodegenError::Plan(format!("{id} is in a buffer that does not exist")))?;
+                match buffer.region {
+                    Region::WholeBatch => {
+                        let start = floats(buffer.offset + p.image_offset)?;
+                        Value::Whole { start, len: floats(p.bytes)? }
+                    }
+                    Region::Batched => {
+                        if value_kind(&node.op) != ValueKind::Batched {
+                            return Err(CodegenError::Plan(format!("{id} is not batched but is placed per image")));
+                        }
+                        Value::Batched(Place {
+                            buf: floats(buffer.offset)?,
+                            off: floats(p.image_offset)?,
+                            stride: floats(p.batch_stride)?,
+                            c,
+                            h,
+                            w,
+                            layout: plan.layouts[id.index()],
+                        })
+                    }
+                }
+            }
+        };
+        values.push(value);
+    }
+    Ok(Memory { values, temp_base: cursor, whole: floats(m.whole_batch_bytes)? })
+}
+
+impl Memory {
+    pub fn batched(&self, id: NodeId) -> Result<Place, CodegenError> {
+        match self.values[id.index()] {
+            Value::Batched(p) => Ok(p),
+            other => Err(CodegenError::Plan(format!("{id} should be a batched value, it is {other:?}"))),
+        }
+    }
+
+    pub fn whole(&self, id: NodeId) -> Result<(usize, usize), CodegenError> {
+        match self.values[id.index()] {
+            Value::Whole { start, len } => Ok((start, len)),
+            other => Err(CodegenError::Plan(format!("{id} should be a whole-batch value, it is {other:?}"))),
+        }
+    }
+}
+
+/// A back-end fusion of the stem: a convolution of a plain input (the image) writes
+/// channel-blocked output when everything after it up to the plan's `reorder` to `nChw16c`
+/// is a chain of ops that run on either layout (pooling, LRN, activations), each value read by
+/// the next alone, every channel count a multiple of 16 (so a value's bytes are as many in
+/// either layout and it stays in its own buffer). The chain then runs blocked, its last value
+/// is written straight into the reorder's place, and the reorder moves nothing: the plain
+/// max pool of 112x112 maps (scalar) and the reorder of the stem's output are gone. Values
+/// outside the chain, and every value any other node reads, keep the plan's layouts.
+///
+/// Returns the reorders made redundant.
+pub fn fuse_blocked_stems(plan: &Plan, mem: &mut Memory) -> Vec<NodeId> {
+    let graph = &plan.graph;
+    let users = graph.users();
+    let mut elided = Vec::new();
+    for (r, node) in graph.iter() {
+        if node.op != Op::Reorder(Layout::Blocked16) {
+            continue;
+        }
+        let Some(chain) = stem_chain(plan, &users, node.inputs[0]) else { continue };
+        let Value::Batched(target) = mem.values[r.index()] else { continue };
+        for &id in &chain {
+            if let Value::Batched(p) = &mut mem.values[id.index()] {
+                p.layout = Layout::Blocked16;
+            }
+        }
+        // The last value goes straight into the reorder's place when nothing alive while it is
+        // computed uses that memory (the plan only promised it free from the reorder's step).
+        let last = chain[chain.len() - 1];
+        if free_during(plan, r, last) {
+            mem.values[last.index()] = Value::Batched(target);
+            elided.push(r);
+        }
+    }
+    elided
+}
+
+/// Whether the buffer of `r`'s value overlaps no value alive at `step`'s step except `r`'s.
+fn free_during(plan: &Plan, r: NodeId, step: NodeId) -> bool {
+    let m = &plan.memory;
+    let Some(target) = m.place(r) else { return false };
+    let tb = &m.buffers[target.buffer];
+    let (t0, t1) = (tb.offset, tb.offset + tb.size);
+    (0..plan.graph.len()).map(NodeId::from_index).all(|id| {
+        let Some(p) = m.place(id) else { return true };
+        let b = &m.buffers[p.buffer];
+        let alive = p.first <= step.index() && step.index() <= p.last;
+        id == r || !alive || b.region != tb.region || b.offset + b.size <= t0 || t1 <= b.offset
+    })
+}
+
+/// The chain ending at `last` (the reorder's operand), from the convolution that starts it.
+fn stem_chain(plan: &Plan, users: &[Vec<NodeId>], last: NodeId) -> Option<Vec<NodeId>> {
+    use cnnc_ir::plan::Alias;
+    let graph = &plan.graph;
+    let mut chain = vec![last];
+    let mut id = last;
+    loop {
+        let node = &graph[id];
+        if users[id.index()].len() != 1 || graph.outputs.contains(&id) || !node.shape.channels().is_multiple_of(16) {
+            return None;
+        }
+        let place = plan.memory.place(id)?;
+        let previous = node.inputs.first().copied();
+        match place.alias {
+            Alias::Own => {}
+            Alias::InPlace(of) if Some(of) == previous => {}
+            Alias::InPlace(_) | Alias::Slice(_) | Alias::View(_) => return None,
+        }
+        if plan.layouts[id.index()] != Layout::Plain {
+            return None;
+        }
+        if let Op::Conv(c)
+        | Op::Fused { base: cnnc_ir::FusedBase::Conv(c), epilogue: cnnc_ir::Epilogue { residual: false, .. } } =
+            &node.op
+            && c.groups == 1
+        {
+            // The convolution reads a plain input of any channels; it is the chain's start.
+            chain.reverse();
+            return Some(chain);
+        }
+        let follows = matches!(node.op, Op::Pool { .. } | Op::Lrn(_) | Op::Activation(_)) && node.inputs.len() == 1;
+        if !follows {
+            return None;
+        }
+        id = previous?;
+        chain.push(id);
+    }
+}
