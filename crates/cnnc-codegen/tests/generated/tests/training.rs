@@ -157,7 +157,8 @@ fn lenet5_vjp() {
         let (want, after) = reference_step(&g, t, &weights, &[x.clone(), gy.clone()], &options);
         let args = StepArgs { lr: 0.0, step: 1, seed: 0 };
         vjp.step(&x.data, &gy.data, batch, &args).expect("the step runs");
-        let check = Check { what: format!("lenet5_vjp at batch {batch}"), want: &want, before: &weights, after: &after };
+        let check =
+            Check { what: format!("lenet5_vjp at batch {batch}"), want: &want, before: &weights, after: &after };
         training!(@gradients check, vjp);
     }
 }
