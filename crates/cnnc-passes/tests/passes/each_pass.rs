@@ -1,12 +1,10 @@
 //! Each pass on small hand-built graphs: where its pattern fires, where it must not, and a
 //! focused snapshot of the IR before and after.
 
-mod common;
-
+use crate::common::*;
 use cnnc_ir::{Activation, Conv, Graph, Op, print};
 use cnnc_passes::{Mode, cse, dce, dropout, fold_bn};
 use cnnc_runtime::{Rng, Tensor, TensorMap, init_params};
-use common::*;
 
 fn before_after(before: &Graph, after: &Graph) -> String {
     format!("{}--- after ---\n{}", print(before), print(after))

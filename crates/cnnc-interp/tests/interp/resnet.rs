@@ -2,13 +2,11 @@
 //! training mode through the f32 `Tensor` API, as a usability check of the interpreter's speed
 //! and of a realistic graph.
 
-mod common;
-
+use crate::common::*;
 use cnnc_interp::{Options, Rng, gradients, run};
 use cnnc_ir::{BatchNorm, Conv, Fc, Graph, Loss, NodeId, Op, PoolKind, Shape, TrainOp};
 use cnnc_passes::{TrainingOptions, training_graph};
 use cnnc_runtime::{Tensor, TensorMap};
-use common::*;
 
 fn add(g: &mut Graph, op: Op, inputs: &[NodeId], name: &str) -> NodeId {
     g.add(op, inputs.to_vec(), name, Default::default()).unwrap().0

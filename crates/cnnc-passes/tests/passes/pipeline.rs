@@ -1,10 +1,8 @@
 //! The `optimize` entry point: modes, pass selection, verification, weights and clusters.
 
-mod common;
-
+use crate::common::*;
 use cnnc_ir::{Graph, Op, Shape};
 use cnnc_passes::{Mode, Pass, PassError, PassOptions, optimize, parse_passes};
-use common::*;
 
 fn small() -> Graph {
     let mut g = Graph::new("small");

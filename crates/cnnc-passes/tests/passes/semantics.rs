@@ -14,14 +14,12 @@
 //!   of a model with batch norm on a 1x1 map needs batch 2: one value per channel has no
 //!   variance).
 
-mod common;
-
+use crate::common::*;
 use cnnc_interp::{Gradients, Options, Run, gradients, run, run_plan};
 use cnnc_ir::plan::OutputRole;
 use cnnc_ir::{Graph, Loss, Op, Optimizer, Sgd};
 use cnnc_passes::{Optimized, PassOptions, TrainingOptions, optimize, optimize_training, training_graph};
 use cnnc_runtime::{Rng, Tensor, TensorMap, init_params};
-use common::*;
 
 /// He/Xavier weights from the initialiser; batch-norm statistics, gammas, betas and biases
 /// randomised so that folding has something to fold.

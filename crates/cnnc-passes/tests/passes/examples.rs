@@ -2,12 +2,10 @@
 //! plans of inference and of a training step (checked by the independent checker and pinned by
 //! snapshots), and the numbers the issue asks for.
 
-mod common;
-
+use crate::common::*;
 use cnnc_ir::{Loss, Optimizer, Sgd};
 use cnnc_passes::memory::check;
 use cnnc_passes::{Mode, PassOptions, TrainingOptions, optimize, optimize_training};
-use common::*;
 
 /// A training step: cross-entropy for classifiers, MSE otherwise; SGD with momentum.
 fn training(g: &cnnc_ir::Graph) -> TrainingOptions {

@@ -1,12 +1,10 @@
 //! Bad inputs are typed errors naming what was expected and found, never panics.
 
-mod common;
-
+use crate::common::*;
 use cnnc_interp::{InterpError, Options, Run};
 use cnnc_ir::{BatchNorm, Graph, Loss, Op};
 use cnnc_passes::{TrainingOptions, training_forward, training_graph};
 use cnnc_runtime::{Tensor, TensorMap};
-use common::*;
 
 /// Runs `g` in inference mode on a copy of `params`.
 fn forward(g: &Graph, params: &TensorMap, inputs: &[Tensor]) -> Result<Run, InterpError> {

@@ -2,11 +2,9 @@
 //! squares, the default) and the AlexNet paper's (`alpha` times it). Forward and backward by
 //! hand, then central differences for both.
 
-mod common;
-
+use crate::common::*;
 use cnnc_interp::{Buf, BufMap, Precision};
 use cnnc_ir::{Lrn, Op};
-use common::*;
 
 fn lrn(size: usize, alpha: f64, beta: f64, k: f64, alpha_over_size: bool) -> Op {
     Op::Lrn(Lrn { size, alpha, beta, k, alpha_over_size })

@@ -1,12 +1,10 @@
 //! Finite-difference gradient checks (f64, central differences) for every op, every parameter
 //! and every loss, at random inputs: batch > 1, odd sizes, channel counts off multiples of 8.
 
-mod common;
-
+use crate::common::*;
 use cnnc_interp::{Buf, BufMap, Options, Precision, Rng, gradients, run};
 use cnnc_ir::{Activation, BatchNorm, Conv, Fc, HingeForm, Loss, Lrn, Op, PoolKind, Window};
 use cnnc_passes::{TrainingOptions, training_graph};
-use common::*;
 
 fn win(kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2], dilation: [usize; 2], ceil_mode: bool) -> Window {
     Window { kernel, stride, pad, dilation, ceil_mode }

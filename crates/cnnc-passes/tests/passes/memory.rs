@@ -1,14 +1,12 @@
 //! The memory planner on hand-built graphs, their training graphs, random graphs and the
 //! examples.
 
-mod common;
-
+use crate::common::*;
 use cnnc_ir::plan::{Alias, Plan};
 use cnnc_ir::{Activation, Graph, NodeId, Op};
 use cnnc_passes::Mode;
 use cnnc_passes::memory::check;
 use cnnc_runtime::Rng;
-use common::*;
 
 /// `x -> conv -> relu -> conv -> relu -> conv`.
 fn chain() -> Graph {

@@ -2,14 +2,12 @@
 //! interpreter (f64) computes the same outputs and, through the training graphs, the same
 //! gradients; and each plan, run physically, equals its graph run logically, bit for bit.
 
-mod common;
-
+use crate::common::*;
 use cnnc_interp::{Buf, BufMap, Options, Precision, gradients, run, run_plan};
 use cnnc_ir::{Activation, Graph, Loss, NodeId, Op, PoolKind, Shape};
 use cnnc_passes::memory::check;
 use cnnc_passes::{Objective, PassOptions, TrainingOptions, optimize, optimize_training, training_graph};
 use cnnc_runtime::{Rng, Tensor, TensorMap, init_params};
-use common::*;
 
 struct Gen {
     g: Graph,

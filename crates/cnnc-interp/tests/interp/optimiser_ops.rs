@@ -1,11 +1,9 @@
 //! The optimiser's ops (`gemm`, `fused_conv`, `fused_gemm`, `reorder`, `concat_in_place`):
 //! finite-difference gradients, and equality with the source ops they replace.
 
-mod common;
-
+use crate::common::*;
 use cnnc_interp::{Buf, BufMap, Precision, Rng};
 use cnnc_ir::{Activation, Conv, Epilogue, Fc, FusedBase, Gemm, Graph, Layout, NodeId, Op, Shape};
-use common::*;
 
 fn fused(base: FusedBase, residual: bool, activation: Option<Activation>) -> Op {
     Op::Fused { base, epilogue: Epilogue { residual, activation } }

@@ -1,12 +1,10 @@
 //! Training-mode batch norm: the running-statistics update and the normalisation, by hand.
 
-mod common;
-
+use crate::common::*;
 use cnnc_interp::{Buf, BufMap, Options, Precision, gradients, run};
 use cnnc_ir::{BatchNorm, Op};
 use cnnc_passes::training_forward;
 use cnnc_runtime::{Tensor, TensorMap};
-use common::*;
 
 #[test]
 fn running_stats_update_matches_hand_computation() {

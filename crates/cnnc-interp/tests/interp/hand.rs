@@ -2,12 +2,10 @@
 //! cases computed by hand for padding, stride, dilation, groups, pooling edge rules, softmax,
 //! activations, LRN, batch norm, dropout and each loss.
 
-mod common;
-
+use crate::common::*;
 use cnnc_interp::{Buf, BufMap, Options, Precision, SELU_ALPHA, SELU_SCALE, dropout_mask};
 use cnnc_ir::{Activation, BatchNorm, Conv, Fc, HingeForm, Loss, Lrn, Op, PoolKind, Window};
 use cnnc_runtime::{Tensor, TensorMap};
-use common::*;
 
 fn buf(shape: &[usize], data: &[f64]) -> Buf {
     Buf::from_vec(shape, data.to_vec()).unwrap()
