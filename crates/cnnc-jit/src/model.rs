@@ -13,7 +13,7 @@ use cnnc_ir::{NodeId, Op, ParamRole, TrainOp};
 use cnnc_kernels::threads::ThreadPool;
 use cnnc_runtime::{Tensor, TensorMap, apply_transforms, unpack};
 use cranelift_codegen::settings::{self, Configurable};
-use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_jit::{ArenaMemoryProvider, JITBuilder, JITModule};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -96,8 +96,22 @@ fn module(mode: Mode) -> Result<JITModule, JitError> {
         .map_err(|e| JitError::Codegen(format!("unsupported host: {e}")))?
         .finish(settings::Flags::new(flags))
         .map_err(|e| JitError::Codegen(e.to_string()))?;
-    Ok(JITModule::new(JITBuilder::with_isa(isa, cranelift_module::default_libcall_names())))
+    // All code and data in one reserved region. The default provider maps each segment on
+    // its own, and on a large model (ResNet-101, in a test run among other processes) two
+    // segments landed more than 2 GiB apart, beyond the 32-bit PC-relative calls between our
+    // functions: cranelift-jit panics on such a relocation. Reserving address space commits no
+    // memory; a model whose code outgrows it gets an error from `define_function`.
+    let arena = ArenaMemoryProvider::new_with_size(JIT_ARENA_BYTES).map_err(|e| {
+        JitError::Codegen(format!("cannot reserve {JIT_ARENA_BYTES} bytes of address space for code: {e}"))
+    })?;
+    let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+    builder.memory_provider(Box::new(arena));
+    Ok(JITModule::new(builder))
 }
+
+/// The address space reserved for one model's code and constants (1 GiB): every call between
+/// two of its functions stays within the ±2 GiB reach of a 32-bit PC-relative offset.
+const JIT_ARENA_BYTES: usize = 1 << 30;
 
 /// Checks what the lowering relies on and the code cannot check itself.
 fn check_plan(plan: &Plan, batch: usize) -> Result<(), JitError> {
