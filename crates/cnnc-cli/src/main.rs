@@ -4,6 +4,7 @@
 //! the model (rendered on stderr), 2 the command itself could not run (bad arguments, an
 //! unreadable or unwritable file, unknown code).
 
+mod emit;
 mod explain;
 mod tools;
 mod train;
@@ -19,6 +20,7 @@ use cnnc_driver::{
 };
 use cnnc_driver::{MemoryBudget, is_stdout};
 use cnnc_ir::Graph;
+use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,7 +31,9 @@ use std::process::ExitCode;
     version,
     about = "A compiler for convolutional neural networks written in .cnn",
     long_about = "A compiler for convolutional neural networks written in .cnn.\n\n\
-                  With no command, runs `cnnc demo` on the built-in examples."
+                  With no command, runs `cnnc demo` on the built-in examples; `cnnc FILE.cnn -o model.rs` \
+                  (a file instead of a command) compiles a model to Rust, as `cnnc emit-rust` does.",
+    override_usage = "cnnc [OPTIONS] [COMMAND]\n       cnnc [OPTIONS] FILE.cnn [-o OUT.rs] [EMIT-RUST OPTIONS]"
 )]
 struct Cli {
     /// When to colour diagnostics: `auto` colours them only when stderr is a terminal.
@@ -139,9 +143,16 @@ enum Command {
     /// Use a trained network as a feature extractor: the output of one layer for each image of
     /// a batch, saved as .npy (the layers after it are not run).
     Features(tools::FeaturesArgs),
+    /// Compile a model to one self-contained Rust module (std only, or core with --no-std):
+    /// `Model` (weights from safetensors or a seed, `forward` on any batch) and, with --train,
+    /// `Trainer` (the training step). `cnnc FILE -o model.rs` is short for this.
+    EmitRust(emit::EmitRustArgs),
     /// Check and summarise the built-in examples (LeNet-5, ResNet-18), as `cnnc summary` does:
     /// needs no files.
     Demo,
+    /// `cnnc FILE ...`: short for `cnnc emit-rust FILE ...`.
+    #[command(external_subcommand)]
+    External(Vec<OsString>),
 }
 
 #[derive(Args, Debug)]
@@ -461,10 +472,14 @@ fn parse_memory_limit(arg: &str) -> Result<u64, String> {
 fn main() -> ExitCode {
     // `--help` and `--version` exit 0 through clap; argument errors exit 2, as ours do, and a
     // missing argument is reported in our words, with an example.
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let cli = match Cli::try_parse_from(&args) {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli = match parse(&args) {
         Ok(cli) => cli,
-        Err(e) => return argument_error(&e, &args),
+        Err(ParseFailure::Clap(e, args)) => return argument_error(&e, &args),
+        Err(ParseFailure::Usage(message)) => {
+            let _ = writeln!(std::io::stderr(), "error: {message}");
+            return ExitCode::from(2);
+        }
     };
     let budget = cli.memory_limit.map_or_else(MemoryBudget::detect, MemoryBudget::set);
     let color = match cli.color {
@@ -486,7 +501,10 @@ fn main() -> ExitCode {
         Command::Gradcheck(args) => tools::gradcheck(&args, &budget, color, &mut out),
         Command::Features(args) => tools::features(&args, &budget, color, &mut out),
         Command::Train(args) => train::train(&args, &budget, color, &mut out),
+        Command::EmitRust(args) => emit::emit_rust(&args, color, &mut out),
         Command::Demo => demo(color, &mut out),
+        // `parse` turns a bare FILE into `emit-rust`; a word it let through is no command.
+        Command::External(words) => Err(Failure::Usage(format!("unknown command {words:?}"))),
     };
     // Whatever was produced goes out even when a later step failed.
     if let Err(e) = std::io::stdout().lock().write_all(out.as_bytes()) {
@@ -515,10 +533,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// Why the command line was not understood: clap's error (with the arguments it parsed), or
+/// ours.
+enum ParseFailure {
+    Clap(clap::Error, Vec<OsString>),
+    Usage(String),
+}
+
+/// Parses the command line; `cnnc FILE ...` (a file where a command goes) is parsed as
+/// `cnnc emit-rust FILE ...`.
+fn parse(args: &[OsString]) -> Result<Cli, ParseFailure> {
+    let cli = Cli::try_parse_from(args).map_err(|e| ParseFailure::Clap(e, args.to_vec()))?;
+    let Some(Command::External(words)) = &cli.command else { return Ok(cli) };
+    let command = <Cli as clap::CommandFactory>::command();
+    let names: Vec<&str> = command.get_subcommands().map(|s| s.get_name()).collect();
+    let expanded = emit::expand_bare_file(args, words, &names).map_err(ParseFailure::Usage)?;
+    match Cli::try_parse_from(&expanded) {
+        Ok(cli) => Ok(cli),
+        Err(e) => Err(ParseFailure::Clap(e, expanded)),
+    }
+}
+
 /// Prints a command-line error and gives its exit code: a missing argument in our words, with
 /// an example ([`usage::missing_arguments`]), anything else as clap words it (`--help` and
 /// `--version` print to stdout and exit 0).
-fn argument_error(error: &clap::Error, args: &[std::ffi::OsString]) -> ExitCode {
+fn argument_error(error: &clap::Error, args: &[OsString]) -> ExitCode {
     if let Some(message) = usage::missing_arguments(error, args) {
         let _ = std::io::stderr().lock().write_all(message.as_bytes());
         return ExitCode::from(2);

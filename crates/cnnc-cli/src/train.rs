@@ -104,13 +104,24 @@ pub(crate) struct TrainArgs {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum OptimizerArg {
+pub(crate) enum OptimizerArg {
     /// Stochastic gradient descent, with --momentum and --weight-decay (torch.optim.SGD).
     Sgd,
     /// Adam (torch.optim.Adam: betas 0.9, 0.999, eps 1e-8).
     Adam,
     /// RMSprop (torch.optim.RMSprop: alpha 0.99, eps 1e-8, with --momentum).
     Rmsprop,
+}
+
+impl OptimizerArg {
+    /// The optimiser with PyTorch's defaults for what the command line does not set.
+    pub(crate) fn optimizer(self, momentum: f64, nesterov: bool, weight_decay: f64) -> Optimizer {
+        match self {
+            OptimizerArg::Sgd => Optimizer::Sgd(Sgd { momentum, weight_decay, nesterov }),
+            OptimizerArg::Adam => Optimizer::Adam(Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay }),
+            OptimizerArg::Rmsprop => Optimizer::RmsProp(RmsProp { alpha: 0.99, eps: 1e-8, momentum, weight_decay }),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -125,22 +136,7 @@ static STOP: AtomicBool = AtomicBool::new(false);
 
 impl TrainArgs {
     fn settings(&self, graph: &cnnc_ir::Graph) -> Result<TrainSettings, Failure> {
-        let optimizer = match self.optimizer {
-            OptimizerArg::Sgd => Optimizer::Sgd(Sgd {
-                momentum: self.momentum,
-                weight_decay: self.weight_decay,
-                nesterov: self.nesterov,
-            }),
-            OptimizerArg::Adam => {
-                Optimizer::Adam(Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: self.weight_decay })
-            }
-            OptimizerArg::Rmsprop => Optimizer::RmsProp(RmsProp {
-                alpha: 0.99,
-                eps: 1e-8,
-                momentum: self.momentum,
-                weight_decay: self.weight_decay,
-            }),
-        };
+        let optimizer = self.optimizer.optimizer(self.momentum, self.nesterov, self.weight_decay);
         let lr = self.lr.unwrap_or(match self.optimizer {
             OptimizerArg::Sgd => 0.05,
             OptimizerArg::Adam | OptimizerArg::Rmsprop => 1e-3,

@@ -42,6 +42,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("gradcheck", "cnnc gradcheck examples/lenet5.cnn --train"),
     ("train", "cnnc train examples/digits.cnn"),
     ("features", "cnnc features examples/lenet5.cnn --weights lenet5.safetensors --layer f6 --input x.npy -o f6.npy"),
+    ("emit-rust", "cnnc emit-rust examples/lenet5.cnn -o lenet5.rs"),
 ];
 
 /// The message for a clap error about missing required arguments, given the command line

@@ -2,7 +2,7 @@
 //! optimisation passes included, [`optimize`]) and turns their typed results into text for
 //! people (rendered diagnostics, summary tables, JSON), and the one place that runs a model on
 //! data files for a front door ([`execute`]: weights, `.npy` inputs and targets, forward, loss
-//! and gradients).
+//! and gradients), or compiles it to Rust ([`emit_rust()`]).
 //!
 //! The CLI is a thin shell over this crate, and the REPL and the `cnn!` macro will be too, so
 //! that every front door reports the same things in the same words. The phases below it never
@@ -10,6 +10,7 @@
 
 mod compile;
 mod curves;
+mod emit_rust;
 pub mod examples;
 pub mod execute;
 pub mod gradcheck;
@@ -27,13 +28,14 @@ pub use cnnc_lower::Options;
 pub use cnnc_runtime::{BudgetSource, MemoryBudget, is_stdout, parse_size};
 pub use compile::{Checked, DriverError, MAX_SOURCE_BYTES, check_models, check_source, load, lower_source};
 pub use curves::curves_svg;
+pub use emit_rust::{EmitError, GeneratedRust, RustOptions, emit_rust, write_rust};
 pub use execute::{
     Backend, ErrorKind, ExecError, ExecMode, ExecWarning, GradOutcome, Loss, RunOutcome, Target, WeightsOptions,
     render_exec_error,
 };
 pub use optimize::{
-    Mode, Optimized, Pass, PassError, dot_fused, mode_name, optimize, optimize_forward, parse_passes, pass_report,
-    passes_help, valid_pass_names,
+    Mode, Objective, Optimized, Pass, PassError, TrainingOptions, default_training, dot_fused, mode_name, optimize,
+    optimize_forward, parse_passes, pass_report, passes_help, valid_pass_names,
 };
 pub use preflight::{Estimate, PreflightError, Task, check_memory, check_output, check_outputs, estimate};
 pub use render::{render, summary_line};

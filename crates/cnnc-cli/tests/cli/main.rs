@@ -9,12 +9,15 @@
 //! - [`tools`]: `gradcheck` and `features`;
 //! - [`train`]: `cnnc train` on the built-in digits;
 //! - [`training_mode`]: `run --train`, `--state-out` and `--dump`;
+//! - [`emit_rust`]: `cnnc emit-rust` and `cnnc FILE -o model.rs`: the module, that it
+//!   compiles, and failures that leave no file;
 //! - [`golden_models`]: whole models against PyTorch's outputs and gradients;
 //! - [`hostile`]: bad inputs (too large for the memory, special files, outputs over inputs,
 //!   corrupt safetensors, extra weights, missing arguments) and `grad --json`.
 
 mod commands;
 mod common;
+mod emit_rust;
 mod golden_models;
 mod hostile;
 mod passes;
