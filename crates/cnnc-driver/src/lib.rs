@@ -8,12 +8,14 @@
 //! that every front door reports the same things in the same words. The phases below it never
 //! render: they hand back `Diagnostic` values and this crate's [`render()`] prints them.
 
+pub mod bench;
 mod compile;
 mod curves;
 pub mod examples;
 pub mod execute;
 pub mod gradcheck;
 mod optimize;
+pub mod peak_cache;
 mod preflight;
 mod render;
 mod report;

@@ -55,8 +55,16 @@ fn main() {
     model.load_weights(&weights).expect("weights");
     let inputs = [x];
     if layers {
-        let r = cnnc_jit::bench::report(&model, &inputs, runs, 0.0).expect("runs");
-        eprint!("{}", r.to_table());
+        let rounds = cnnc_jit::bench::Rounds::Fixed(runs);
+        let r = cnnc_jit::bench::report(&model, &inputs, &Default::default(), rounds, 0.0).expect("runs");
+        for l in &r.layers {
+            eprintln!("{:<48} {:>9.4} ms {:>8.1} GFLOP/s", l.name, l.median_ms, l.gflops);
+        }
+        eprintln!(
+            "layers sum {:.3} ms; whole {:.3} ms",
+            r.layers.iter().map(|l| l.median_ms).sum::<f64>(),
+            r.median_ms
+        );
     }
     model.time_runs(&inputs, &Default::default(), 3).expect("warm-up");
     let times = model.time_runs(&inputs, &Default::default(), runs).expect("runs");
