@@ -12,6 +12,8 @@
 //! {"compile_ms": f, "batch": n, "median_ms": f, "peak_gflops": f,
 //!  "layers": [{"name": str, "median_ms": f, "gflops": f, "op": str, "flops": f, "percent_of_peak": f}],
 //!  "model": str, "mode": str, "train": b, "threads": n, "rounds": n, "passes_ms": f,
+//!  "compile": {"setup_ms": f, "lower_ms": f, "codegen_ms": f, "codegen_threads": n,
+//!              "functions": n, "instructions": n, "finalize_ms": f},
 //!  "gflops": f, "percent_of_peak": f, "peak": {"isa": str, "cpu": str, "source": str}}
 //! ```
 
@@ -128,7 +130,17 @@ pub fn bench_table(b: &BenchOutcome) -> String {
         b.threads,
         if b.threads == 1 { "" } else { "s" }
     );
-    out.push_str(&format!("compile: {:.1} ms (JIT), passes {:.1} ms\n", r.compile_ms, b.passes_ms));
+    let c = &r.compile;
+    out.push_str(&format!(
+        "compile: {:.1} ms (JIT: lowering {:.1} ms, Cranelift {:.1} ms for {} functions on {} thread{}), passes {:.1} ms\n",
+        r.compile_ms,
+        c.lower_ms,
+        c.codegen.wall_ms,
+        c.codegen.functions,
+        c.codegen.threads,
+        if c.codegen.threads == 1 { "" } else { "s" },
+        b.passes_ms
+    ));
     let cache = match (&b.peak.file, b.peak.source) {
         (Some(file), peak_cache::PeakSource::Cached) => format!("cached in {}", file.display()),
         (Some(file), peak_cache::PeakSource::Measured) => format!("measured now, cached in {}", file.display()),
@@ -177,6 +189,18 @@ struct JsonLayer<'a> {
     percent_of_peak: f64,
 }
 
+/// Where the JIT's compile time went.
+#[derive(Serialize)]
+struct JsonCompile {
+    setup_ms: f64,
+    lower_ms: f64,
+    codegen_ms: f64,
+    codegen_threads: usize,
+    functions: usize,
+    instructions: usize,
+    finalize_ms: f64,
+}
+
 #[derive(Serialize)]
 struct JsonPeak<'a> {
     isa: &'a str,
@@ -198,6 +222,7 @@ struct JsonReport<'a> {
     threads: usize,
     rounds: usize,
     passes_ms: f64,
+    compile: JsonCompile,
     gflops: f64,
     percent_of_peak: f64,
     peak: JsonPeak<'a>,
@@ -231,6 +256,15 @@ pub fn bench_json(b: &BenchOutcome) -> String {
         threads: b.threads,
         rounds: r.rounds,
         passes_ms: finite(b.passes_ms),
+        compile: JsonCompile {
+            setup_ms: finite(r.compile.setup_ms),
+            lower_ms: finite(r.compile.lower_ms),
+            codegen_ms: finite(r.compile.codegen.wall_ms),
+            codegen_threads: r.compile.codegen.threads,
+            functions: r.compile.codegen.functions,
+            instructions: r.compile.codegen.insts,
+            finalize_ms: finite(r.compile.finalize_ms),
+        },
         gflops: finite(gflops),
         percent_of_peak: finite(percent(gflops, r.peak_gflops)),
         peak: JsonPeak { isa: &b.peak_key.isa, cpu: &b.peak_key.cpu, source: b.peak.source.name() },

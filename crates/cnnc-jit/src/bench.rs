@@ -28,6 +28,8 @@ pub struct LayerReport {
 #[derive(Clone, Debug, PartialEq)]
 pub struct BenchReport {
     pub compile_ms: f64,
+    /// Where the compile time went.
+    pub compile: crate::CompileTimes,
     pub batch: usize,
     /// Whole runs timed (and as many step-by-step runs for the layers), after one warm-up.
     pub rounds: usize,
@@ -106,6 +108,7 @@ pub fn report(
         .collect();
     Ok(BenchReport {
         compile_ms: model.compile_ms(),
+        compile: model.compile_times(),
         batch,
         rounds,
         median_ms: median(&whole) * 1e3,

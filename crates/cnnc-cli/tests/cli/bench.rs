@@ -82,6 +82,9 @@ fn json_has_the_issues_shape_and_adds_up() {
     let names: Vec<&str> = v["layers"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
     assert!(names.contains(&"c1") && names.contains(&"output"), "{names:?}");
     assert_eq!(v["peak"]["source"].as_str(), Some("measured"), "{v}");
+    let compile = &v["compile"];
+    assert!(compile["functions"].as_u64().is_some_and(|n| n > 0) && num(compile, "codegen_ms") > 0.0, "{v}");
+    assert!(num(compile, "lower_ms") + num(compile, "codegen_ms") <= num(&v, "compile_ms"), "{v}");
     // The peak is cached: the second run reads it, the same number, keyed by threads.
     let again = json(&bench(&dir, &[LENET, "--iters", "2", "--json"]));
     assert_eq!(again["peak"]["source"].as_str(), Some("cached"), "{again}");
@@ -118,7 +121,8 @@ fn the_table_names_every_layer_and_the_whole() {
     assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("model lenet5, inference, batch 1, "), "{out}");
-    assert!(lines[1].starts_with("compile: ") && lines[1].contains(" ms (JIT)"), "{out}");
+    assert!(lines[1].starts_with("compile: ") && lines[1].contains(" ms (JIT: lowering "), "{out}");
+    assert!(lines[1].contains(" functions on 1 thread), passes "), "a small program compiles on one: {out}");
     assert!(
         lines[2].starts_with("peak: ") && lines[2].contains("GFLOP/s") && lines[2].contains("measured now"),
         "{out}"
