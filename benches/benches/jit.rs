@@ -1,4 +1,5 @@
-//! The JIT's benchmarks: compile time of ResNet-50's inference plan and training step, and
+//! The JIT's benchmarks: compile time of ResNet-50's inference plan and training step (at
+//! batch 1 and 8; Cranelift on all threads and on one), with where it goes, and
 //! whole-model inference (ResNet-50, ResNet-18, VGG-16, GoogLeNet at batch 1 and 8) in native
 //! mode, portable mode (ResNet-18 at batch 1: its convolutions are the general loops), and the
 //! reference interpreter on the same plan (ResNet-18 at batch 1), each in this run. ONNX
@@ -50,10 +51,34 @@ fn compile_time(c: &mut Criterion) {
             b.iter(|| black_box(CompiledModel::compile(&inference, &Options::new(1).with_mode(mode)).unwrap()))
         });
     }
-    group.bench_function("resnet50_training_step_b8_native", |b| {
-        b.iter(|| black_box(CompiledModel::compile(&training, &Options::new(8).with_mode(Mode::Native)).unwrap()))
+    for batch in [1, 8] {
+        group.bench_function(format!("resnet50_training_step_b{batch}_native"), |b| {
+            b.iter(|| {
+                black_box(CompiledModel::compile(&training, &Options::new(batch).with_mode(Mode::Native)).unwrap())
+            })
+        });
+    }
+    // Cranelift on one thread: what compiling the functions in parallel saves.
+    group.bench_function("resnet50_training_step_b8_native_1thread", |b| {
+        let options = Options::new(8).with_mode(Mode::Native).with_threads(1);
+        b.iter(|| black_box(CompiledModel::compile(&training, &options).unwrap()))
     });
     group.finish();
+    // Where the time goes, once (stderr): lowering, Cranelift, finalizing.
+    for (name, plan, batch) in [("inference b1", &inference, 1), ("training step b8", &training, 8)] {
+        let t = CompiledModel::compile(plan, &Options::new(batch).with_mode(Mode::Native)).unwrap().compile_times();
+        eprintln!(
+            "resnet50 {name}: {:.1} ms = setup {:.1} + lowering {:.1} + Cranelift {:.1} ({} functions, {} instructions, {} threads) + finalize {:.1}",
+            t.total_ms,
+            t.setup_ms,
+            t.lower_ms,
+            t.codegen.wall_ms,
+            t.codegen.functions,
+            t.codegen.insts,
+            t.codegen.threads,
+            t.finalize_ms
+        );
+    }
 }
 
 fn model(file: &str, batch: usize, mode: Mode) -> (CompiledModel, Tensor, cnnc_ir::plan::Plan, TensorMap) {

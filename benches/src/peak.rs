@@ -1,8 +1,7 @@
-//! The machine's limits, measured by the benchmark itself in the same run as the kernels (the
-//! method of `../shared/tools/peak.c`): fp32 FMA GFLOP/s at 128, 256 and 512 bits on one and
-//! on all threads (a register-only loop of 12 independent FMA chains, the multiplier hidden
-//! from the optimiser by an empty `asm!`), and memory read bandwidth (a vectorised sum over
-//! 256 MiB as four sequential streams per thread) and triad bandwidth.
+//! The machine's limits, measured by the benchmark itself in the same run as the kernels: fp32
+//! FMA GFLOP/s at 128, 256 and 512 bits on one and on all threads (`cnnc_kernels::peak`, the
+//! probe `cnnc bench` uses), and memory read bandwidth (a vectorised sum over 256 MiB as four
+//! sequential streams per thread) and triad bandwidth.
 
 use std::time::Instant;
 
@@ -23,77 +22,6 @@ impl Peak {
     pub fn all_threads(&self) -> f64 {
         [self.w512, self.w256, self.w128].iter().flatten().map(|p| p[1]).fold(0.0, f64::max)
     }
-}
-
-const ITERS: u64 = 50_000_000;
-
-#[cfg(target_arch = "x86_64")]
-mod fma {
-    use std::arch::asm;
-    use std::arch::x86_64::*;
-
-    /// Twelve chains `a = a * m + c`; returns a lane so the work is kept.
-    macro_rules! chains {
-        ($name:ident, $feat:literal, $v:ty, $set1:ident, $fma:ident, $add:ident, $reg:ident, $cvt:expr) => {
-            #[target_feature(enable = $feat)]
-            pub unsafe fn $name(iters: u64) -> f32 {
-                let mut a: [$v; 12] = core::array::from_fn(|i| $set1(1.0 + i as f32 * 1e-3));
-                let mut m = $set1(0.999_999);
-                let c = $set1(1e-7);
-                for _ in 0..iters {
-                    a[0] = $fma(a[0], m, c);
-                    a[1] = $fma(a[1], m, c);
-                    a[2] = $fma(a[2], m, c);
-                    a[3] = $fma(a[3], m, c);
-                    a[4] = $fma(a[4], m, c);
-                    a[5] = $fma(a[5], m, c);
-                    a[6] = $fma(a[6], m, c);
-                    a[7] = $fma(a[7], m, c);
-                    a[8] = $fma(a[8], m, c);
-                    a[9] = $fma(a[9], m, c);
-                    a[10] = $fma(a[10], m, c);
-                    a[11] = $fma(a[11], m, c);
-                    // SAFETY: an empty template; it only makes `m` opaque to the optimiser.
-                    unsafe { asm!("/* {0} */", inout($reg) m, options(nomem, nostack, preserves_flags)) };
-                }
-                let mut s = a[0];
-                for v in &a[1..] {
-                    s = $add(s, *v);
-                }
-                $cvt(s)
-            }
-        };
-    }
-
-    chains!(
-        f512,
-        "avx512f",
-        __m512,
-        _mm512_set1_ps,
-        _mm512_fmadd_ps,
-        _mm512_add_ps,
-        zmm_reg,
-        |s| _mm512_reduce_add_ps(s)
-    );
-    chains!(f256, "avx2,fma", __m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, ymm_reg, |s| _mm256_cvtss_f32(s));
-    chains!(f128, "fma", __m128, _mm_set1_ps, _mm_fmadd_ps, _mm_add_ps, xmm_reg, |s| _mm_cvtss_f32(s));
-}
-
-/// GFLOP/s of `f` on `threads` threads at once: best of 3 runs.
-fn fma_rate(threads: usize, lanes: f64, f: unsafe fn(u64) -> f32) -> f64 {
-    let mut best = 0.0f64;
-    for _ in 0..3 {
-        let t0 = Instant::now();
-        std::thread::scope(|s| {
-            for _ in 0..threads {
-                // SAFETY: callers pass only functions whose features this CPU has.
-                s.spawn(move || std::hint::black_box(unsafe { f(ITERS) }));
-            }
-        });
-        let secs = t0.elapsed().as_secs_f64();
-        best = best.max(threads as f64 * ITERS as f64 * 12.0 * 2.0 * lanes / secs / 1e9);
-    }
-    best
 }
 
 /// Read bandwidth in GB/s: each thread sums its part of `data` as four sequential streams.
@@ -149,20 +77,18 @@ fn triad_rate(a: &mut [f64], b: &[f64], c: &[f64], threads: usize) -> f64 {
 
 /// Measures everything on 1 and on `threads` threads.
 pub fn measure(threads: usize) -> Peak {
+    use cnnc_kernels::peak::Width;
     let mut p = Peak { threads, ..Peak::default() };
-    #[cfg(target_arch = "x86_64")]
-    {
-        let both = |lanes: f64, f: unsafe fn(u64) -> f32| [fma_rate(1, lanes, f), fma_rate(threads, lanes, f)];
-        if is_x86_feature_detected!("avx512f") {
-            p.w512 = Some(both(16.0, fma::f512));
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            p.w256 = Some(both(8.0, fma::f256));
-        }
-        if is_x86_feature_detected!("fma") {
-            p.w128 = Some(both(4.0, fma::f128));
-        }
-    }
+    let cpu = cnnc_kernels::cpu::best();
+    // The kernels' probe, at each width this CPU has FMA for (a portable-only CPU has none).
+    let both = |width: Width| {
+        let rate = |t| cnnc_kernels::peak::measure(cpu, width, t);
+        let (one, all) = (rate(1), rate(threads));
+        (one.fused && one.width == width).then_some([one.gflops, all.gflops])
+    };
+    p.w512 = both(Width::W512);
+    p.w256 = both(Width::W256);
+    p.w128 = both(Width::W128);
     let n = 32 << 20; // 256 MiB of f64 per array
     let b: Vec<f64> = (0..n).map(|i| i as f64).collect();
     let c = b.clone();

@@ -4,6 +4,7 @@
 //! the model (rendered on stderr), 2 the command itself could not run (bad arguments, an
 //! unreadable or unwritable file, unknown code).
 
+mod bench;
 mod emit;
 mod explain;
 mod tools;
@@ -140,6 +141,14 @@ enum Command {
     /// (`--resume` continues from it); at the end the weights (with the input normalisation in
     /// their metadata) and an SVG of the curves are written.
     Train(train::TrainArgs),
+    /// Compile a model on the JIT and time it: the compile time, each layer's time, GFLOP/s
+    /// and share of the machine's peak, and the whole model's median.
+    ///
+    /// The model runs on seeded parameters and a seeded input. The peak is the FMA throughput
+    /// at the kernels' vector width on as many threads (128-bit for --mode portable), measured
+    /// once per CPU, instruction set and thread count and cached in `$CNNC_CACHE_DIR/peak.json`
+    /// (default: `$XDG_CACHE_HOME/cnnc` or `~/.cache/cnnc`); delete the file to measure again.
+    Bench(bench::BenchArgs),
     /// Use a trained network as a feature extractor: the output of one layer for each image of
     /// a batch, saved as .npy (the layers after it are not run).
     Features(tools::FeaturesArgs),
@@ -289,15 +298,20 @@ struct BackendArgs {
     mode: Option<ModeArg>,
 }
 
+/// The JIT mode `--mode` asks for, or the host's default.
+fn jit_mode(mode: Option<ModeArg>) -> execute::JitMode {
+    match mode {
+        Some(ModeArg::Portable) => execute::JitMode::Portable,
+        Some(ModeArg::Native) => execute::JitMode::Native,
+        None => execute::JitMode::host_default(),
+    }
+}
+
 impl BackendArgs {
     fn backend(self) -> execute::Backend {
         match self.kind {
             BackendArg::Interp => execute::Backend::Interp,
-            BackendArg::Jit => execute::Backend::Jit(match self.mode {
-                Some(ModeArg::Portable) => execute::JitMode::Portable,
-                Some(ModeArg::Native) => execute::JitMode::Native,
-                None => execute::JitMode::host_default(),
-            }),
+            BackendArg::Jit => execute::Backend::Jit(jit_mode(self.mode)),
         }
     }
 
@@ -500,6 +514,7 @@ fn main() -> ExitCode {
         Command::Grad(args) => grad(&args, &budget, color, &mut out),
         Command::Gradcheck(args) => tools::gradcheck(&args, &budget, color, &mut out),
         Command::Features(args) => tools::features(&args, &budget, color, &mut out),
+        Command::Bench(args) => bench::bench(&args, &budget, color, &mut out),
         Command::Train(args) => train::train(&args, &budget, color, &mut out),
         Command::EmitRust(args) => emit::emit_rust(&args, color, &mut out),
         Command::Demo => demo(color, &mut out),

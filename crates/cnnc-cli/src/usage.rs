@@ -41,6 +41,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ),
     ("gradcheck", "cnnc gradcheck examples/lenet5.cnn --train"),
     ("train", "cnnc train examples/digits.cnn"),
+    ("bench", "cnnc bench examples/resnet18.cnn --batch 1"),
     ("features", "cnnc features examples/lenet5.cnn --weights lenet5.safetensors --layer f6 --input x.npy -o f6.npy"),
     ("emit-rust", "cnnc emit-rust examples/lenet5.cnn -o lenet5.rs"),
 ];
@@ -102,6 +103,7 @@ mod tests {
             (&["cnnc", "run", "m.cnn"], &["`--input X.npy`: the input batch"]),
             (&["cnnc", "grad", "m.cnn", "--input", "x.npy"], &["2 arguments", "`--target T.npy`", "`--loss ce`"]),
             (&["cnnc", "grad"], &["4 arguments", "`FILE.cnn`", "`--input X.npy`"]),
+            (&["cnnc", "bench", "--json"], &["`FILE.cnn`", "cnnc bench examples/resnet18.cnn"]),
             (
                 &["cnnc", "features", "m.cnn"],
                 &["4 arguments", "`--weights W.safetensors`", "`--layer NAME`", "`-o F.npy`"],

@@ -8,6 +8,7 @@
 //! that every front door reports the same things in the same words. The phases below it never
 //! render: they hand back `Diagnostic` values and this crate's [`render()`] prints them.
 
+pub mod bench;
 mod compile;
 mod curves;
 mod emit_rust;
@@ -15,6 +16,7 @@ pub mod examples;
 pub mod execute;
 pub mod gradcheck;
 mod optimize;
+pub mod peak_cache;
 mod preflight;
 mod render;
 mod report;

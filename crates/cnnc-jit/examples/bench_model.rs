@@ -55,19 +55,28 @@ fn main() {
     model.load_weights(&weights).expect("weights");
     let inputs = [x];
     if layers {
-        let r = cnnc_jit::bench::report(&model, &inputs, runs, 0.0).expect("runs");
-        eprint!("{}", r.to_table());
+        let rounds = cnnc_jit::bench::Rounds::Fixed(runs);
+        let r = cnnc_jit::bench::report(&model, &inputs, &Default::default(), rounds, 0.0).expect("runs");
+        for l in &r.layers {
+            eprintln!("{:<48} {:>9.4} ms {:>8.1} GFLOP/s", l.name, l.median_ms, l.gflops);
+        }
+        eprintln!(
+            "layers sum {:.3} ms; whole {:.3} ms",
+            r.layers.iter().map(|l| l.median_ms).sum::<f64>(),
+            r.median_ms
+        );
     }
     model.time_runs(&inputs, &Default::default(), 3).expect("warm-up");
     let times = model.time_runs(&inputs, &Default::default(), runs).expect("runs");
     let median = cnnc_jit::bench::median(&times) * 1e3;
     let min = times.iter().copied().fold(f64::INFINITY, f64::min) * 1e3;
     println!(
-        "{{\"model\": \"{}\", \"batch\": {batch}, \"mode\": \"{}\", \"threads\": {}, \"passes_ms\": {passes_ms:.2}, \"compile_ms\": {:.2}, \"median_ms\": {median:.3}, \"min_ms\": {min:.3}, \"steps\": {}}}",
+        "{{\"model\": \"{}\", \"batch\": {batch}, \"mode\": \"{}\", \"threads\": {}, \"passes_ms\": {passes_ms:.2}, \"compile_ms\": {:.2}, \"compile\": {}, \"median_ms\": {median:.3}, \"min_ms\": {min:.3}, \"steps\": {}}}",
         graph.name,
         mode.name(),
         model.threads(),
         model.compile_ms(),
+        compile_json(&model.compile_times()),
         model.steps()
     );
 }
@@ -115,12 +124,27 @@ fn train(
     let median = cnnc_jit::bench::median(&times) * 1e3;
     let min = times.iter().copied().fold(f64::INFINITY, f64::min) * 1e3;
     println!(
-        "{{\"model\": \"{}\", \"training_step\": true, \"batch\": {batch}, \"mode\": \"{}\", \"threads\": {}, \"nodes\": {}, \"passes_ms\": {passes_ms:.2}, \"compile_ms\": {:.2}, \"median_ms\": {median:.3}, \"min_ms\": {min:.3}, \"steps\": {}}}",
+        "{{\"model\": \"{}\", \"training_step\": true, \"batch\": {batch}, \"mode\": \"{}\", \"threads\": {}, \"nodes\": {}, \"passes_ms\": {passes_ms:.2}, \"compile_ms\": {:.2}, \"compile\": {}, \"median_ms\": {median:.3}, \"min_ms\": {min:.3}, \"steps\": {}}}",
         graph.name,
         mode.name(),
         model.threads(),
         opt.plan.graph.len(),
         model.compile_ms(),
+        compile_json(&model.compile_times()),
         model.steps()
     );
+}
+
+/// Where the compile time went, as a JSON object.
+fn compile_json(t: &cnnc_jit::CompileTimes) -> String {
+    format!(
+        "{{\"setup_ms\": {:.2}, \"lower_ms\": {:.2}, \"codegen_ms\": {:.2}, \"codegen_cpu_ms\": {:.2}, \"functions\": {}, \"threads\": {}, \"finalize_ms\": {:.2}}}",
+        t.setup_ms,
+        t.lower_ms,
+        t.codegen.wall_ms,
+        t.codegen.cpu_ms,
+        t.codegen.functions,
+        t.codegen.threads,
+        t.finalize_ms
+    )
 }

@@ -1,127 +1,155 @@
-//! `cnnc bench`'s report: compile time, then per-layer time, GFLOP/s and share of the
-//! machine's peak, and the whole-model time, from a compiled model's own timing
-//! ([`CompiledModel::profile`], [`CompiledModel::time_runs`]).
-//!
-//! The JSON form is `{"compile_ms": f, "batch": n, "median_ms": f, "peak_gflops": f,
-//! "layers": [{"name": str, "median_ms": f, "gflops": f}]}` (written without serde: five
-//! fields and a list).
+//! `cnnc bench`'s measurements: the whole-model time, each layer's time and GFLOP/s, from a
+//! compiled model's own timing ([`CompiledModel::profile`], [`CompiledModel::time_runs`]), and
+//! the machine's FMA peak those figures are quoted against ([`peak_probe`]). Plain data: the
+//! driver renders it (table and JSON) and caches the peak.
 
 use crate::error::JitError;
 use crate::model::{CompiledModel, StepArgs};
+use crate::options::Mode;
+use cnnc_kernels::peak::Width;
 use cnnc_runtime::Tensor;
+use std::time::Duration;
 
 /// One layer (node) of the schedule.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerReport {
     pub name: String,
+    /// The node's op keyword (`conv`, `fused_conv`, `reorder`, ...).
+    pub op: String,
     pub median_ms: f64,
-    /// Multiply-accumulates x 2 of the whole batch per second, in billions (0 for layers
+    /// Floating-point operations of the whole batch: multiply-accumulates x 2 (0 for layers
     /// without products).
+    pub flops: f64,
+    /// `flops` per median second, in billions (0 without products).
     pub gflops: f64,
 }
 
-/// The whole report.
+/// The whole measurement.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BenchReport {
     pub compile_ms: f64,
+    /// Where the compile time went.
+    pub compile: crate::CompileTimes,
     pub batch: usize,
+    /// Whole runs timed (and as many step-by-step runs for the layers), after one warm-up.
+    pub rounds: usize,
     pub median_ms: f64,
-    /// The machine's peak the percentages refer to (measured by the caller, e.g. once and
-    /// cached).
+    /// Floating-point operations of one whole run (the layers' sum).
+    pub flops: f64,
+    /// The peak the caller quotes the figures against (measured by it, e.g. once and cached).
     pub peak_gflops: f64,
+    /// In schedule order; nodes without code (views, concatenation in place) are absent.
     pub layers: Vec<LayerReport>,
 }
 
-/// The median of a non-empty list.
+/// How many times [`report`] runs the model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rounds {
+    /// Exactly this many whole runs (at least one).
+    Fixed(usize),
+    /// As many whole runs as fit in about this long by the warm-up run's time, between
+    /// [`Rounds::MIN`] and [`Rounds::MAX`].
+    For(Duration),
+}
+
+impl Rounds {
+    pub const MIN: usize = 3;
+    pub const MAX: usize = 200;
+
+    /// The count for a model whose warm-up run took `warm_up` seconds.
+    pub fn count(self, warm_up: f64) -> usize {
+        match self {
+            Rounds::Fixed(n) => n.max(1),
+            Rounds::For(budget) => {
+                let n = (budget.as_secs_f64() / warm_up.max(1e-7)).ceil();
+                if n.is_finite() { (n as usize).clamp(Rounds::MIN, Rounds::MAX) } else { Rounds::MAX }
+            }
+        }
+    }
+}
+
+/// The median of a list (0 for an empty one).
 pub fn median(xs: &[f64]) -> f64 {
     let mut v = xs.to_vec();
     v.sort_by(f64::total_cmp);
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
-/// Times `model` on `inputs`: `rounds` whole runs (after one warm-up) and `rounds`
-/// step-by-step runs for the per-layer figures.
+/// Times `model` on `inputs` with `args` (a training plan's step arguments): one warm-up run,
+/// then `rounds` whole runs for the model's median and as many step-by-step runs for the
+/// layers' medians.
 pub fn report(
     model: &CompiledModel,
     inputs: &[Tensor],
-    rounds: usize,
+    args: &StepArgs,
+    rounds: Rounds,
     peak_gflops: f64,
 ) -> Result<BenchReport, JitError> {
-    let args = StepArgs::default();
-    let rounds = rounds.max(1);
-    model.time_runs(inputs, &args, 1)?;
-    let whole = model.time_runs(inputs, &args, rounds)?;
-    let per = model.profile(inputs, &args, rounds)?;
-    let stats = cnnc_ir::node_stats(&model.plan().graph);
+    let warm_up = model.time_runs(inputs, args, 1)?;
+    let rounds = rounds.count(warm_up.first().copied().unwrap_or(0.0));
+    let whole = model.time_runs(inputs, args, rounds)?;
+    let per = model.profile(inputs, args, rounds)?;
+    let graph = &model.plan().graph;
+    let stats = cnnc_ir::node_stats(graph);
     let batch = model.batch();
-    let layers = per
+    let layers: Vec<LayerReport> = per
         .iter()
         .map(|t| {
-            let s = median(&t.seconds);
+            let seconds = median(&t.seconds);
             let flops = 2.0 * stats[t.node.index()].macs as f64 * batch as f64;
             LayerReport {
                 name: t.name.clone(),
-                median_ms: s * 1e3,
-                gflops: if s > 0.0 { flops / s / 1e9 } else { 0.0 },
+                op: graph[t.node].op.keyword().to_string(),
+                median_ms: seconds * 1e3,
+                flops,
+                gflops: if seconds > 0.0 { flops / seconds / 1e9 } else { 0.0 },
             }
         })
         .collect();
-    Ok(BenchReport { compile_ms: model.compile_ms(), batch, median_ms: median(&whole) * 1e3, peak_gflops, layers })
+    Ok(BenchReport {
+        compile_ms: model.compile_ms(),
+        compile: model.compile_times(),
+        batch,
+        rounds,
+        median_ms: median(&whole) * 1e3,
+        flops: layers.iter().map(|l| l.flops).sum(),
+        peak_gflops,
+        layers,
+    })
 }
 
-fn num(x: f64) -> String {
-    if x.is_finite() { format!("{x:.4}") } else { "null".into() }
+/// What a mode's code can reach at most: FMA at the width of its widest vectors (native mode:
+/// the kernels' instruction set; portable mode: Cranelift's 128-bit vectors, fused where the
+/// host has FMA).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeakProbe {
+    cpu: cnnc_kernels::simd::Cpu,
+    width: Width,
 }
 
-fn string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+/// The probe of `mode` on this machine.
+pub fn peak_probe(mode: Mode) -> PeakProbe {
+    let cpu = cnnc_kernels::cpu::best();
+    let width = match mode {
+        Mode::Native => Width::of(cpu.isa()),
+        Mode::Portable => Width::W128,
+    };
+    PeakProbe { cpu, width }
 }
 
-impl BenchReport {
-    /// The JSON form (one line).
-    pub fn to_json(&self) -> String {
-        let layers: Vec<String> = self
-            .layers
-            .iter()
-            .map(|l| {
-                format!(
-                    "{{\"name\": {}, \"median_ms\": {}, \"gflops\": {}}}",
-                    string(&l.name),
-                    num(l.median_ms),
-                    num(l.gflops)
-                )
-            })
-            .collect();
-        format!(
-            "{{\"compile_ms\": {}, \"batch\": {}, \"median_ms\": {}, \"peak_gflops\": {}, \"layers\": [{}]}}",
-            num(self.compile_ms),
-            self.batch,
-            num(self.median_ms),
-            num(self.peak_gflops),
-            layers.join(", ")
-        )
+impl PeakProbe {
+    /// Names the instruction set and width, such as `avx512 512-bit fma` (a cache key).
+    pub fn isa(&self) -> String {
+        let fused = if self.cpu.isa() == cnnc_kernels::simd::Isa::Portable { "mul+add" } else { "fma" };
+        format!("{} {}-bit {fused}", self.cpu.isa().name(), self.width.bits())
     }
 
-    /// The table: one line per layer with its share of the peak, then the whole model.
-    pub fn to_table(&self) -> String {
-        let mut out = format!("compile: {:.1} ms, batch {}\n", self.compile_ms, self.batch);
-        out.push_str(&format!("{:<40} {:>10} {:>10} {:>8}\n", "layer", "ms", "GFLOP/s", "% peak"));
-        for l in &self.layers {
-            let pct = if self.peak_gflops > 0.0 { 100.0 * l.gflops / self.peak_gflops } else { 0.0 };
-            out.push_str(&format!("{:<40} {:>10.3} {:>10.1} {:>7.1}%\n", l.name, l.median_ms, l.gflops, pct));
-        }
-        let sum: f64 = self.layers.iter().map(|l| l.median_ms).sum();
-        out.push_str(&format!("model: {:.3} ms median (layers sum {:.3} ms)\n", self.median_ms, sum));
-        out
+    pub fn bits(&self) -> u32 {
+        self.width.bits()
+    }
+
+    /// Measures the peak on `threads` threads at once, in GFLOP/s (about half a second).
+    pub fn measure(&self, threads: usize) -> f64 {
+        cnnc_kernels::peak::measure(self.cpu, self.width, threads).gflops
     }
 }

@@ -56,6 +56,8 @@ unsafe impl Send for Buffer {}
 unsafe impl Sync for Buffer {}
 
 const PAGE: usize = 4096;
+/// Buffers from this size on are mapped rather than allocated: see [`Buffer::mapped`].
+const MAP_FROM: usize = 1 << 20;
 
 impl Buffer {
     /// `len` zeroed bytes, 64-byte aligned (or, with `guard`, ending at a protected page).
@@ -66,11 +68,39 @@ impl Buffer {
         if guard {
             return Buffer::guarded(len);
         }
+        if len >= MAP_FROM {
+            return Buffer::mapped(len);
+        }
         let layout = std::alloc::Layout::from_size_align(len, 64).map_err(|e| JitError::Memory(e.to_string()))?;
         // SAFETY: the layout has a non-zero size.
         let p = unsafe { std::alloc::alloc_zeroed(layout) };
         let ptr = NonNull::new(p).ok_or_else(|| JitError::Memory(format!("{len} bytes")))?;
         Ok(Buffer { ptr, len, alloc: Alloc::Heap(layout) })
+    }
+
+    /// A private anonymous mapping: the kernel hands out zeroed pages as they are first
+    /// touched, so a large arena or parameter buffer costs nothing until used (zeroing it
+    /// eagerly was most of a model's compile time).
+    fn mapped(len: usize) -> Result<Buffer, JitError> {
+        let total = len.div_ceil(PAGE) * PAGE;
+        // SAFETY: an anonymous private mapping, no address hint; checked below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                total,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(JitError::Memory(format!("mapping {total} bytes")));
+        }
+        let base = base.cast::<u8>();
+        let ptr = NonNull::new(base).ok_or_else(|| JitError::Memory("mmap gave a null address".into()))?;
+        // Page-aligned, so 64-byte aligned as `new` promises.
+        Ok(Buffer { ptr, len, alloc: Alloc::Mapped { base, total } })
     }
 
     fn guarded(len: usize) -> Result<Buffer, JitError> {
@@ -147,7 +177,7 @@ impl Drop for Buffer {
             // SAFETY: allocated with this layout by `new`.
             Alloc::Heap(layout) => unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) },
             Alloc::Mapped { base, total } => {
-                // SAFETY: the mapping made by `guarded`, unmapped once.
+                // SAFETY: the mapping made by `guarded` or `mapped`, unmapped once.
                 unsafe { libc::munmap(base.cast(), total) };
             }
             Alloc::Empty => {}

@@ -25,6 +25,12 @@
 //! `ctx`. Two kernel modes ([`Mode`]): portable (every loop in Cranelift IR, F32X4) and
 //! native (loop nests around `cnnc-kernels` microkernels where one fits).
 //!
+//! Compile time ([`CompiledModel::compile_times`]): lowering builds every kernel's IR, then
+//! Cranelift compiles the functions on the model's threads at once (`codegen`); the buffers
+//! are zero pages mapped on demand, so a large arena costs nothing until it is used. ResNet-50
+//! compiles in a few milliseconds for inference (native mode: loop nests around kernel
+//! calls), and its training step in tens.
+//!
 //! # Safety
 //!
 //! All `unsafe` code is in [`exec`]: the buffers, the one audited function that turns the
@@ -35,6 +41,7 @@
 #![deny(unsafe_code)]
 
 pub mod bench;
+mod codegen;
 mod emit;
 mod error;
 mod exec;
@@ -43,6 +50,7 @@ mod model;
 mod options;
 mod vmath;
 
+pub use codegen::CodegenTimes;
 pub use error::JitError;
-pub use model::{CompiledModel, NodeTime, StepArgs, StepResult};
+pub use model::{CompileTimes, CompiledModel, NodeTime, StepArgs, StepResult};
 pub use options::{Mode, Options};

@@ -23,7 +23,7 @@ pub struct CompiledModel {
     plan: Plan,
     batch: usize,
     mode: Mode,
-    compile_ms: f64,
+    times: CompileTimes,
     param_at: BTreeMap<String, (usize, usize)>,
     adam: Vec<(u64, f64, f64)>,
     repacks: Vec<crate::lower::Repack>,
@@ -70,6 +70,21 @@ pub struct StepResult {
     pub outputs: Vec<Tensor>,
     pub param_grads: BTreeMap<String, Tensor>,
     pub input_grads: BTreeMap<usize, Tensor>,
+}
+
+/// Where [`CompiledModel::compile`]'s time went, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CompileTimes {
+    /// The whole of `compile`.
+    pub total_ms: f64,
+    /// Checking the plan and allocating the buffers.
+    pub setup_ms: f64,
+    /// Lowering: every kernel's Cranelift IR built (and the driver compiled).
+    pub lower_ms: f64,
+    /// Cranelift compiling the kernels, on several threads.
+    pub codegen: crate::CodegenTimes,
+    /// Linking and making the code executable.
+    pub finalize_ms: f64,
 }
 
 /// Seconds each step of the schedule took, by node (steps of one node summed).
@@ -190,17 +205,28 @@ impl CompiledModel {
             pool.get().threads()
         };
         let mut m = module(options.mode)?;
-        let program = lower(plan, batch, threads, options.mode, guard, &addrs, &mut m, pool.addr())?;
-        let mut aux = Buffer::new(program.aux.len(), guard)?;
-        aux.bytes_mut().copy_from_slice(&program.aux);
+        let lowering = Instant::now();
+        let setup_ms = (lowering - start).as_secs_f64() * 1e3;
+        let mut program = lower(plan, batch, threads, options.mode, guard, &addrs, &mut m, pool.addr())?;
+        let lower_ms = lowering.elapsed().as_secs_f64() * 1e3;
+        // Compiling uses as many threads as running will.
+        let codegen = crate::codegen::compile_all(&mut m, std::mem::take(&mut program.pending), threads)?;
+        let finalizing = Instant::now();
+        let mut aux = Buffer::new(program.aux.len, guard)?;
+        for (off, table) in &program.aux.tables {
+            aux.bytes_mut()[*off..][..table.len()].copy_from_slice(table);
+        }
         let steps: Vec<_> = program.steps.iter().map(|&(f, t, _)| (f, t)).collect();
         let memory = Memory { arena, params, inputs, aux, extra: program.extra, _keep: program.keep };
         let code = seal(m, program.driver, &steps, memory, pool)?;
+        let finalize_ms = finalizing.elapsed().as_secs_f64() * 1e3;
+        let times =
+            CompileTimes { total_ms: start.elapsed().as_secs_f64() * 1e3, setup_ms, lower_ms, codegen, finalize_ms };
         Ok(CompiledModel {
             plan: plan.clone(),
             batch,
             mode: options.mode,
-            compile_ms: start.elapsed().as_secs_f64() * 1e3,
+            times,
             param_at,
             adam: program.adam,
             repacks: program.repacks,
@@ -223,7 +249,12 @@ impl CompiledModel {
 
     /// Milliseconds `compile` took (lowering, Cranelift, memory).
     pub fn compile_ms(&self) -> f64 {
-        self.compile_ms
+        self.times.total_ms
+    }
+
+    /// Where `compile`'s time went.
+    pub fn compile_times(&self) -> CompileTimes {
+        self.times
     }
 
     /// Kernel functions in the schedule.

@@ -29,6 +29,9 @@
 //! Every module except `source` is self-contained Rust that the code generator pastes into
 //! generated code ([`source::files`]); only `cpu` and `threads` need `std`. The crate has no
 //! dependencies.
+//!
+//! [`peak`] measures the machine's FMA peak at the kernels' vector width, for reports that
+//! quote a layer's speed as a share of it.
 
 pub mod act;
 pub mod bn;
@@ -49,6 +52,7 @@ pub mod lrn;
 pub mod optim;
 pub mod pack;
 pub mod par;
+pub mod peak;
 pub mod pool;
 pub mod pool_bwd;
 pub mod reorder;

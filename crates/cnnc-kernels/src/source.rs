@@ -75,6 +75,7 @@ pub fn files() -> &'static [Source] {
         cpu: Std [error simd];
         threads: Std [par];
         ffi: Std [conv conv_bwd_data conv_bwd_weights conv_fwd conv_plain depthwise fc pack par pool pool_bwd threads];
+        peak: Std [simd];
         source: Crate [];
     }
 }

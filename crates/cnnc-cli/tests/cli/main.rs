@@ -2,6 +2,7 @@
 //! the whole suite): each module runs the built `cnnc` from the repository root and checks exit
 //! codes, stderr and stdout.
 //!
+//! - [`bench`]: `bench`: its JSON, table, peak cache and bad arguments;
 //! - [`commands`]: `check`, `summary`, `ir`, `dot`, `explain`, `demo`; exit codes, diagnostics,
 //!   and the example zoo's published numbers;
 //! - [`passes`]: `--passes` and `--train`;
@@ -15,6 +16,7 @@
 //! - [`hostile`]: bad inputs (too large for the memory, special files, outputs over inputs,
 //!   corrupt safetensors, extra weights, missing arguments) and `grad --json`.
 
+mod bench;
 mod commands;
 mod common;
 mod emit_rust;

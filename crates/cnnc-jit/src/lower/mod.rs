@@ -21,6 +21,7 @@ mod reduce;
 mod softmax;
 mod update;
 
+use crate::codegen::Pending;
 use crate::emit::{Fx, I64};
 use crate::error::{JitError, plan_err};
 use crate::exec::{Buffer, parallel_for_addr};
@@ -137,8 +138,8 @@ pub(crate) struct Lx<'a> {
     module: &'a mut JITModule,
     ctx: Context,
     fctx: FunctionBuilderContext,
-    /// The auxiliary buffer's initial contents (tables), grown by [`Lx::alloc`].
-    pub aux: Vec<u8>,
+    /// The auxiliary buffer's layout, grown by [`Lx::alloc`].
+    pub aux: Aux,
     pub steps: Vec<(FuncId, usize, NodeId)>,
     /// Adam updates: `(aux offset of their two per-step scalars, beta1, beta2)`.
     pub adam: Vec<(u64, f64, f64)>,
@@ -156,17 +157,31 @@ pub(crate) struct Lx<'a> {
     node: NodeId,
     /// Nodes whose values an earlier node's step already writes (see [`Lx::early_ok`]).
     pub written: std::collections::HashSet<NodeId>,
+    /// Kernel functions built, compiled after lowering ([`crate::codegen`]).
+    pending: Vec<Pending>,
 }
 
 /// What lowering produces.
 pub(crate) struct Program {
     pub driver: FuncId,
     pub steps: Vec<(FuncId, usize, NodeId)>,
-    pub aux: Vec<u8>,
+    pub aux: Aux,
     pub adam: Vec<(u64, f64, f64)>,
     pub keep: Vec<Box<dyn std::any::Any + Send>>,
     pub extra: Vec<Buffer>,
     pub repacks: Vec<Repack>,
+    /// The kernel functions, built but not compiled.
+    pub pending: Vec<Pending>,
+}
+
+/// The auxiliary buffer: its size and the tables in it; every other byte starts at zero
+/// (scratch memory; the run-time arguments, written before each run). Kept sparse because
+/// scratch is most of it: the buffer is allocated zeroed and only the tables are copied in.
+#[derive(Default)]
+pub(crate) struct Aux {
+    pub len: usize,
+    /// `(byte offset, contents)`, in allocation order.
+    pub tables: Vec<(usize, Vec<u8>)>,
 }
 
 /// A weight the native kernels read in a layout of their own (`Oihw16o` for plain-input
@@ -197,7 +212,7 @@ pub(crate) fn lower(
         module,
         ctx,
         fctx: FunctionBuilderContext::new(),
-        aux: vec![0; ARGS_END],
+        aux: Aux { len: ARGS_END, tables: Vec::new() },
         steps: Vec::new(),
         adam: Vec::new(),
         mode,
@@ -208,6 +223,7 @@ pub(crate) fn lower(
         guard,
         node: NodeId::from_index(0),
         written: Default::default(),
+        pending: Vec::new(),
     };
     for (id, _) in plan.graph.iter() {
         lx.node = id;
@@ -222,6 +238,7 @@ pub(crate) fn lower(
         keep: lx.keep,
         extra: lx.extra,
         repacks: lx.repacks,
+        pending: lx.pending,
     })
 }
 
@@ -373,8 +390,8 @@ impl Lx<'_> {
 
     /// `bytes` of zeroed auxiliary memory (64-byte aligned): its offset from `ctx`.
     pub fn alloc(&mut self, bytes: usize) -> u64 {
-        let off = self.aux.len().div_ceil(64) * 64;
-        self.aux.resize(off + bytes.div_ceil(64) * 64, 0);
+        let off = self.aux.len.div_ceil(64) * 64;
+        self.aux.len = off + bytes.div_ceil(64) * 64;
         off as u64
     }
 
@@ -389,10 +406,8 @@ impl Lx<'_> {
     /// A table of integers in the auxiliary buffer.
     pub fn table(&mut self, data: &[i32]) -> u64 {
         let off = self.alloc(data.len() * 4);
-        for (k, v) in data.iter().enumerate() {
-            let at = off as usize + 4 * k;
-            self.aux[at..at + 4].copy_from_slice(&v.to_le_bytes());
-        }
+        let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.aux.tables.push((off as usize, bytes));
         off
     }
 
@@ -430,7 +445,9 @@ impl Lx<'_> {
             fx.b.seal_all_blocks();
             fx.b.finalize(config);
         }
-        self.module.define_function(fid, &mut self.ctx).map_err(|e| JitError::Codegen(format!("{name}: {e:?}")))?;
+        // Compiled later, with the others, in parallel.
+        let func = std::mem::replace(&mut self.ctx.func, cranelift_codegen::ir::Function::new());
+        self.pending.push(Pending { id: fid, name, func });
         self.module.clear_context(&mut self.ctx);
         self.steps.push((fid, tasks.max(1), self.node));
         Ok(())

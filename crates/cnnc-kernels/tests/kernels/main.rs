@@ -14,6 +14,7 @@ mod guard;
 mod norm;
 mod optim;
 mod oracle;
+mod peak;
 mod pool;
 mod softmax;
 mod source;
