@@ -4,6 +4,7 @@
 //! the model (rendered on stderr), 2 the command itself could not run (bad arguments, an
 //! unreadable or unwritable file, unknown code).
 
+mod demo;
 mod explain;
 mod tools;
 mod train;
@@ -14,7 +15,7 @@ use cnnc_diag::{Diagnostic, SourceFile};
 use cnnc_driver::execute::{self, INPUT_KEY, MAX_LISTED_IMAGES};
 use cnnc_driver::{
     ErrorKind, ExecError, ExecWarning, GradReport, Mode, Options, Pass, PreflightError, Task, WeightsOptions,
-    check_memory, check_models, check_output, check_outputs, examples, lower_source, path_text, render,
+    check_memory, check_models, check_output, check_outputs, lower_source, ok_line, path_text, render,
     render_exec_error, summarize, summarize_optimized, table, thousands, to_json,
 };
 use cnnc_driver::{MemoryBudget, is_stdout};
@@ -29,7 +30,7 @@ use std::process::ExitCode;
     version,
     about = "A compiler for convolutional neural networks written in .cnn",
     long_about = "A compiler for convolutional neural networks written in .cnn.\n\n\
-                  With no command, runs `cnnc demo` on the built-in examples."
+                  With no command, runs `cnnc demo`: the digits network trained on the built-in digits."
 )]
 struct Cli {
     /// When to colour diagnostics: `auto` colours them only when stderr is a terminal.
@@ -139,9 +140,11 @@ enum Command {
     /// Use a trained network as a feature extractor: the output of one layer for each image of
     /// a batch, saved as .npy (the layers after it are not run).
     Features(tools::FeaturesArgs),
-    /// Check and summarise the built-in examples (LeNet-5, ResNet-18), as `cnnc summary` does:
-    /// needs no files.
-    Demo,
+    /// The main job on built-in data, needing no files: the digits network checked,
+    /// summarised, JIT-compiled and trained on the built-in digits (with a progress bar), its
+    /// test accuracy, its weights and curves written, and the JIT's speed beside the
+    /// interpreter's on one batch.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Args, Debug)]
@@ -474,7 +477,7 @@ fn main() -> ExitCode {
         Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
     };
     let mut out = String::new();
-    let result = match cli.command.unwrap_or(Command::Demo) {
+    let result = match cli.command.unwrap_or_else(|| Command::Demo(demo::DemoArgs::default())) {
         Command::Check(args) => check(&args, color, &mut out),
         Command::Summary { model, passes, json } => summary(&model, &passes, json, color, &mut out),
         Command::Ir { model, passes } => graph_view(&model, &passes, View::Ir, color, &mut out),
@@ -486,7 +489,7 @@ fn main() -> ExitCode {
         Command::Gradcheck(args) => tools::gradcheck(&args, &budget, color, &mut out),
         Command::Features(args) => tools::features(&args, &budget, color, &mut out),
         Command::Train(args) => train::train(&args, &budget, color, &mut out),
-        Command::Demo => demo(color, &mut out),
+        Command::Demo(args) => demo::demo(&args, color),
     };
     // Whatever was produced goes out even when a later step failed.
     if let Err(e) = std::io::stdout().lock().write_all(out.as_bytes()) {
@@ -550,14 +553,7 @@ fn check_file(file: &SourceFile, options: &Options, color: bool, out: &mut Strin
     let checked = check_models(file, options);
     report(&checked.diagnostics, file, color)?;
     for graph in &checked.models {
-        let summary = summarize(graph);
-        let outputs: Vec<String> = graph.outputs.iter().map(|&o| graph[o].shape.to_string()).collect();
-        out.push_str(&format!(
-            "ok: model `{}`: {} parameters, output {}\n",
-            graph.name,
-            thousands(summary.params),
-            outputs.join(", ")
-        ));
+        out.push_str(&ok_line(graph));
     }
     Ok(checked.models)
 }
@@ -994,22 +990,6 @@ fn grad(args: &GradArgs, budget: &MemoryBudget, color: bool, out: &mut String) -
         &mut text,
     );
     say_where(stdout_is_taken, text, out);
-    Ok(())
-}
-
-/// The built-in job: check and summarise each embedded example.
-fn demo(color: bool, out: &mut String) -> Result<(), Failure> {
-    out.push_str("cnnc demo: the built-in examples, checked and summarised (no files needed)\n");
-    for example in examples::ALL {
-        let file = example.source_file();
-        out.push_str(&format!("\n== {} ==\n", file.name));
-        for graph in check_file(&file, &Options::default(), color, out)? {
-            out.push('\n');
-            // What `cnnc summary` prints: the fused layers and the memory plan included.
-            let summary = summarize_optimized(&graph, Pass::ALL, Mode::Inference).map_err(pass_failure)?;
-            out.push_str(&table(&summary));
-        }
-    }
     Ok(())
 }
 
