@@ -5,6 +5,7 @@
 //! unreadable or unwritable file, unknown code).
 
 mod bench;
+mod demo;
 mod emit;
 mod explain;
 mod tools;
@@ -16,7 +17,7 @@ use cnnc_diag::{Diagnostic, SourceFile};
 use cnnc_driver::execute::{self, INPUT_KEY, MAX_LISTED_IMAGES};
 use cnnc_driver::{
     ErrorKind, ExecError, ExecWarning, GradReport, Mode, Options, Pass, PreflightError, Task, WeightsOptions,
-    check_memory, check_models, check_output, check_outputs, examples, lower_source, path_text, render,
+    check_memory, check_models, check_output, check_outputs, lower_source, ok_line, path_text, render,
     render_exec_error, summarize, summarize_optimized, table, thousands, to_json,
 };
 use cnnc_driver::{MemoryBudget, is_stdout};
@@ -32,8 +33,9 @@ use std::process::ExitCode;
     version,
     about = "A compiler for convolutional neural networks written in .cnn",
     long_about = "A compiler for convolutional neural networks written in .cnn.\n\n\
-                  With no command, runs `cnnc demo` on the built-in examples; `cnnc FILE.cnn -o model.rs` \
-                  (a file instead of a command) compiles a model to Rust, as `cnnc emit-rust` does.",
+                  With no command, runs `cnnc demo`: the digits network trained on the built-in digits. \
+                  `cnnc FILE.cnn -o model.rs` (a file instead of a command) compiles a model to Rust, as \
+                  `cnnc emit-rust` does.",
     override_usage = "cnnc [OPTIONS] [COMMAND]\n       cnnc [OPTIONS] FILE.cnn [-o OUT.rs] [EMIT-RUST OPTIONS]"
 )]
 struct Cli {
@@ -156,9 +158,11 @@ enum Command {
     /// `Model` (weights from safetensors or a seed, `forward` on any batch) and, with --train,
     /// `Trainer` (the training step). `cnnc FILE -o model.rs` is short for this.
     EmitRust(emit::EmitRustArgs),
-    /// Check and summarise the built-in examples (LeNet-5, ResNet-18), as `cnnc summary` does:
-    /// needs no files.
-    Demo,
+    /// The main job on built-in data, needing no files: the digits network checked,
+    /// summarised, JIT-compiled and trained on the built-in digits (with a progress bar), its
+    /// test accuracy, its weights and curves written, and the JIT's speed beside the
+    /// interpreter's on one batch.
+    Demo(demo::DemoArgs),
     /// `cnnc FILE ...`: short for `cnnc emit-rust FILE ...`.
     #[command(external_subcommand)]
     External(Vec<OsString>),
@@ -503,7 +507,7 @@ fn main() -> ExitCode {
         Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
     };
     let mut out = String::new();
-    let result = match cli.command.unwrap_or(Command::Demo) {
+    let result = match cli.command.unwrap_or_else(|| Command::Demo(demo::DemoArgs::default())) {
         Command::Check(args) => check(&args, color, &mut out),
         Command::Summary { model, passes, json } => summary(&model, &passes, json, color, &mut out),
         Command::Ir { model, passes } => graph_view(&model, &passes, View::Ir, color, &mut out),
@@ -517,7 +521,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::bench(&args, &budget, color, &mut out),
         Command::Train(args) => train::train(&args, &budget, color, &mut out),
         Command::EmitRust(args) => emit::emit_rust(&args, color, &mut out),
-        Command::Demo => demo(color, &mut out),
+        Command::Demo(args) => demo::demo(&args, color),
         // `parse` turns a bare FILE into `emit-rust`; a word it let through is no command.
         Command::External(words) => Err(Failure::Usage(format!("unknown command {words:?}"))),
     };
@@ -604,14 +608,7 @@ fn check_file(file: &SourceFile, options: &Options, color: bool, out: &mut Strin
     let checked = check_models(file, options);
     report(&checked.diagnostics, file, color)?;
     for graph in &checked.models {
-        let summary = summarize(graph);
-        let outputs: Vec<String> = graph.outputs.iter().map(|&o| graph[o].shape.to_string()).collect();
-        out.push_str(&format!(
-            "ok: model `{}`: {} parameters, output {}\n",
-            graph.name,
-            thousands(summary.params),
-            outputs.join(", ")
-        ));
+        out.push_str(&ok_line(graph));
     }
     Ok(checked.models)
 }
@@ -1048,22 +1045,6 @@ fn grad(args: &GradArgs, budget: &MemoryBudget, color: bool, out: &mut String) -
         &mut text,
     );
     say_where(stdout_is_taken, text, out);
-    Ok(())
-}
-
-/// The built-in job: check and summarise each embedded example.
-fn demo(color: bool, out: &mut String) -> Result<(), Failure> {
-    out.push_str("cnnc demo: the built-in examples, checked and summarised (no files needed)\n");
-    for example in examples::ALL {
-        let file = example.source_file();
-        out.push_str(&format!("\n== {} ==\n", file.name));
-        for graph in check_file(&file, &Options::default(), color, out)? {
-            out.push('\n');
-            // What `cnnc summary` prints: the fused layers and the memory plan included.
-            let summary = summarize_optimized(&graph, Pass::ALL, Mode::Inference).map_err(pass_failure)?;
-            out.push_str(&table(&summary));
-        }
-    }
     Ok(())
 }
 

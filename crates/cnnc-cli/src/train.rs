@@ -7,10 +7,10 @@ use crate::{BackendArgs, Failure, LossArg, ModelArgs, check_outputs, destination
 use clap::{Args, ValueEnum};
 use cnnc_driver::train::{
     self, Checkpoint, EpochRecord, InterpStepper, JitStepper, Observer, Schedule, Start, StepProgress, TrainError,
-    TrainSettings,
+    TrainSettings, defaults,
 };
 use cnnc_driver::train_data::DataBatches;
-use cnnc_driver::{ExecError, MemoryBudget, Task, check_memory, execute, thousands};
+use cnnc_driver::{ExecError, MemoryBudget, Task, check_memory, execute};
 use cnnc_ir::{Adam, Optimizer, RmsProp, Sgd};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -28,10 +28,10 @@ pub(crate) struct TrainArgs {
     #[arg(long, value_name = "DIR|digits", default_value = "digits")]
     data: String,
     /// Passes over the training set.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, default_value_t = defaults::EPOCHS, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     epochs: u64,
     /// Images per step.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, default_value_t = defaults::BATCH, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     batch: u64,
     /// The base learning rate [default: 0.05 for sgd, 0.001 for adam and rmsprop].
     #[arg(long, value_parser = crate::parse_positive)]
@@ -39,13 +39,13 @@ pub(crate) struct TrainArgs {
     #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
     optimizer: OptimizerArg,
     /// Momentum of sgd and rmsprop (0 for none).
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = defaults::MOMENTUM)]
     momentum: f64,
     /// Nesterov momentum (sgd).
     #[arg(long)]
     nesterov: bool,
     /// L2 weight decay, added to each gradient as PyTorch's optimisers do.
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = defaults::WEIGHT_DECAY)]
     weight_decay: f64,
     /// How the learning rate changes: constant, step (times --gamma every --step-every epochs)
     /// or cosine (annealed to zero over all steps).
@@ -138,8 +138,8 @@ impl TrainArgs {
     fn settings(&self, graph: &cnnc_ir::Graph) -> Result<TrainSettings, Failure> {
         let optimizer = self.optimizer.optimizer(self.momentum, self.nesterov, self.weight_decay);
         let lr = self.lr.unwrap_or(match self.optimizer {
-            OptimizerArg::Sgd => 0.05,
-            OptimizerArg::Adam | OptimizerArg::Rmsprop => 1e-3,
+            OptimizerArg::Sgd => defaults::SGD_LR,
+            OptimizerArg::Adam | OptimizerArg::Rmsprop => defaults::ADAPTIVE_LR,
         });
         let epochs = usize::try_from(self.epochs).unwrap_or(usize::MAX);
         let schedule = match self.schedule {
@@ -242,11 +242,12 @@ pub(crate) fn train(args: &TrainArgs, budget: &MemoryBudget, color: bool, out: &
         execute::Backend::Jit(mode) => Box::new(JitStepper::new(&graph, &settings, state, mode)?),
     };
 
-    out.push_str(&header(&graph, &args.data, &data, &settings, args.backend.name()));
+    out.push_str(&settings.describe(&graph, &args.data, &data, args.backend.name()));
+    out.push('\n');
     flush(out);
     install_ctrl_c();
     let began = Instant::now();
-    let mut observer = Progress::new(settings.epochs, data.train.len());
+    let mut observer = Progress::new(settings.epochs);
     let result = train::train(
         stepper.as_mut(),
         &data,
@@ -333,44 +334,6 @@ fn init_from_notes(path: &Path, report: &train::InitFrom) -> Vec<String> {
     notes
 }
 
-fn header(
-    graph: &cnnc_ir::Graph,
-    data_name: &str,
-    data: &DataBatches,
-    settings: &TrainSettings,
-    backend: &str,
-) -> String {
-    let shape = data.train.shape;
-    let test =
-        data.test.as_ref().map_or(String::from("no test set"), |t| format!("{} test", thousands(t.len() as u64)));
-    let optimizer = match settings.optimizer {
-        Optimizer::Sgd(s) => format!(
-            "sgd (momentum {}{}, weight decay {})",
-            s.momentum,
-            if s.nesterov { ", nesterov" } else { "" },
-            s.weight_decay
-        ),
-        Optimizer::Adam(a) => format!("adam (weight decay {})", a.weight_decay),
-        Optimizer::RmsProp(r) => format!("rmsprop (momentum {}, weight decay {})", r.momentum, r.weight_decay),
-    };
-    let frozen =
-        if settings.frozen.is_empty() { String::new() } else { format!(", {} tensors frozen", settings.frozen.len()) };
-    format!(
-        "training `{}` on {data_name} ({} training and {test} images of {}x{}x{}) for {} epoch{} of batch {}: {} loss, {optimizer}, lr {} {}{frozen}, on the {backend} back end\n",
-        graph.name,
-        thousands(data.train.len() as u64),
-        shape[0],
-        shape[1],
-        shape[2],
-        settings.epochs,
-        if settings.epochs == 1 { "" } else { "s" },
-        settings.batch,
-        settings.loss.name(),
-        settings.lr,
-        settings.schedule.name(),
-    )
-}
-
 fn footer(
     history: &[EpochRecord],
     seconds: f64,
@@ -426,14 +389,14 @@ fn install_ctrl_c() {
     });
 }
 
-/// The progress bar on a terminal, one line per epoch otherwise.
-struct Progress {
+/// The progress bar on a terminal, one line per epoch otherwise (`cnnc demo`'s too).
+pub(crate) struct Progress {
     bar: Option<indicatif::ProgressBar>,
     epochs: usize,
 }
 
 impl Progress {
-    fn new(epochs: usize, _samples: usize) -> Progress {
+    pub(crate) fn new(epochs: usize) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new(0);
             let style = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
@@ -445,7 +408,7 @@ impl Progress {
         Progress { bar, epochs }
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }

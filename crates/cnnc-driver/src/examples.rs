@@ -15,8 +15,11 @@ pub const LENET5: Example = Example { file: "lenet5.cnn", source: include_str!("
 /// He et al. 2016, laid out as torchvision's `resnet18`.
 pub const RESNET18: Example = Example { file: "resnet18.cnn", source: include_str!("../../../examples/resnet18.cnn") };
 
+/// The LeNet-style network of the built-in digits, which `cnnc demo` trains.
+pub const DIGITS: Example = Example { file: "digits.cnn", source: include_str!("../../../examples/digits.cnn") };
+
 /// Every built-in example, smallest first.
-pub const ALL: &[Example] = &[LENET5, RESNET18];
+pub const ALL: &[Example] = &[DIGITS, LENET5, RESNET18];
 
 impl Example {
     /// The example as a source file, named `examples/<file>` as in the repository.

@@ -11,6 +11,7 @@
 pub mod bench;
 mod compile;
 mod curves;
+pub mod demo;
 mod emit_rust;
 pub mod examples;
 pub mod execute;
@@ -44,5 +45,5 @@ pub use render::{render, summary_line};
 pub use report::{GradReport, path_text};
 pub use shape_arg::{ShapeArgError, parse_shape};
 pub use summary::{
-    LayerSummary, PassSummary, Summary, human_bytes, summarize, summarize_optimized, table, thousands, to_json,
+    LayerSummary, PassSummary, Summary, human_bytes, ok_line, summarize, summarize_optimized, table, thousands, to_json,
 };

@@ -163,6 +163,18 @@ pub fn summarize_optimized(graph: &Graph, passes: &[Pass], mode: Mode) -> Result
     Ok(Summary { passes: Some(PassSummary::new(&opt)), ..summarize(graph) })
 }
 
+/// `cnnc check`'s line for a model free of errors: its name, trainable parameters and output
+/// shapes, newline-terminated.
+pub fn ok_line(graph: &Graph) -> String {
+    let outputs: Vec<String> = graph.outputs.iter().map(|&o| graph[o].shape.to_string()).collect();
+    format!(
+        "ok: model `{}`: {} parameters, output {}\n",
+        graph.name,
+        thousands(summarize(graph).params),
+        outputs.join(", ")
+    )
+}
+
 /// The summary as one line of JSON, newline-terminated.
 pub fn to_json(summary: &Summary) -> String {
     // Serialising plain strings, integers and lists into memory cannot fail.

@@ -392,20 +392,41 @@ fn explain_prints_the_section() {
 }
 
 #[test]
-fn demo_runs_the_built_in_examples_with_no_files() {
-    // Run from an empty directory: the demo must not read anything from disk.
+fn demo_trains_the_digits_with_no_files_and_overwrites_nothing() {
+    // Run from an empty directory: the demo reads nothing from disk, and by default writes into
+    // a new `cnnc-demo` directory there (`cnnc-demo-2` the second time).
     let empty = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cnnc-demo-cwd");
+    let _ = std::fs::remove_dir_all(&empty);
     std::fs::create_dir_all(&empty).expect("dir");
-    for args in [&[][..], &["demo"][..]] {
-        let o = Command::new(env!("CARGO_BIN_EXE_cnnc")).args(args).current_dir(&empty).output().expect("runs");
+    let demo = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cnnc")).arg("demo").args(args).current_dir(&empty).output().expect("runs")
+    };
+    for dir in ["cnnc-demo", "cnnc-demo-2"] {
+        let o = demo(&["--epochs", "1"]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         let out = stdout(&o);
-        assert!(out.contains("ok: model `lenet5`: 61,706 parameters, output [10]\n"), "{out}");
-        assert!(out.contains("ok: model `resnet18`: 11,689,512 parameters, output [1000]\n"), "{out}");
-        assert!(out.contains("model resnet18, input [3, 224, 224]"), "{out}");
-        assert!(out.contains("\n  layer1.0.conv2 <- layer1.0.bn2, layer1.0.add1, layer1.0.relu2\n"), "{out}");
-        assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+        assert!(out.contains("ok: model `digits`: 30,890 parameters, output [10]\n"), "{out}");
+        assert!(out.contains("model digits, input [1, 8, 8]"), "{out}");
+        assert!(out.contains("the JIT (native mode) compiled the training step") || out.contains("(portable mode)"));
+        assert!(out.contains("for 1 epoch of batch 32"), "{out}");
+        assert!(out.contains("test accuracy "), "{out}");
+        assert!(out.contains(&format!("curves:  {dir}/digits.curves.svg")), "{out}");
+        assert!(out.contains("\nJIT / interpreter "), "{out}");
+        assert!(
+            empty.join(dir).join("digits.safetensors").is_file() && empty.join(dir).join("digits.curves.svg").is_file()
+        );
+        assert!(stderr(&o).is_empty(), "no progress bar off a terminal: {}", stderr(&o));
     }
+    // -o DIR: files already there are never overwritten.
+    let o = demo(&["--epochs", "1", "-o", "cnnc-demo"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("error: `cnnc-demo/digits.safetensors` exists already, and the demo overwrites nothing"),
+        "{err}"
+    );
+    assert!(err.contains("help: pass another directory with `-o DIR`"), "{err}");
+    std::fs::remove_dir_all(&empty).expect("cleaned");
 }
 
 #[test]
