@@ -40,7 +40,7 @@ fn inline(tokens: TokenStream, options: &cnnc_emit::Options) -> TokenStream {
     let map = source_map::source_of(tokens);
     let name = format!("{} (cnn!)", Span::call_site().file());
     let source = SourceFile::new(name, map.text.clone());
-    match cnnc_emit::emit_rust(&source, options) {
+    match emit(&source, options) {
         Ok(emitted) => {
             let warnings = emitted.warnings.iter().map(|w| {
                 let span = map.spans(w.primary.span.start as usize, w.primary.span.end as usize).map(|s| s.0);
@@ -68,14 +68,14 @@ fn inline(tokens: TokenStream, options: &cnnc_emit::Options) -> TokenStream {
 
 /// A model read from `path` (relative to `CARGO_MANIFEST_DIR`); `span` is the string's.
 fn file(path: &str, span: Span, options: &cnnc_emit::Options) -> TokenStream {
-    let dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_default();
-    let full = dir.join(path);
+    let full = manifest_dir().join(path);
     let text = match read(&full) {
         Ok(text) => text,
         Err(reason) => {
+            // No absolute path in the message: it would differ between machines (and the UI
+            // tests pin the message).
             let message = format!(
-                "cannot read `{path}`: {reason}\n  = note: looked for `{}`\n  = help: `file` is relative to the crate's directory (CARGO_MANIFEST_DIR, where its Cargo.toml is)",
-                full.display()
+                "cannot read `{path}`: {reason}\n  = help: `file` is relative to the crate's directory, where its Cargo.toml is (CARGO_MANIFEST_DIR)"
             );
             return compile_error(&message, span, span);
         }
@@ -83,7 +83,7 @@ fn file(path: &str, span: Span, options: &cnnc_emit::Options) -> TokenStream {
     // The module includes the file, so cargo rebuilds the crate when it changes.
     let track = track(&full, span);
     let source = SourceFile::new(path, text);
-    match cnnc_emit::emit_rust(&source, options) {
+    match emit(&source, options) {
         Ok(emitted) => {
             let mut extra = track;
             if !emitted.warnings.is_empty() {
@@ -102,6 +102,29 @@ fn file(path: &str, span: Span, options: &cnnc_emit::Options) -> TokenStream {
             out
         }
     }
+}
+
+/// The directory `file` is relative to: `CARGO_MANIFEST_DIR`, which cargo sets for every
+/// crate it compiles. trybuild compiles its cases as a crate of its own under `target/`, so
+/// the UI tests name the real directory in `CNNC_MANIFEST_DIR_OVERRIDE` (trybuild's
+/// documented way out, dtolnay/trybuild#202).
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CNNC_MANIFEST_DIR_OVERRIDE")
+        .or_else(|| std::env::var_os("CARGO_MANIFEST_DIR"))
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// `cnnc_emit::emit_rust` with proc-macro2 in its own (fallback) mode, as in the CLI and the
+/// code generator's tests: the generator's token streams are then plain data rather than
+/// calls into rustc for every token (faster), and their `to_string` reads as the generator
+/// expects (it scans that text for the fields a layer uses, and rustc's printer spaces
+/// tokens differently; a module generated in rustc's mode lost those fields).
+fn emit(source: &SourceFile, options: &cnnc_emit::Options) -> Result<Emitted, EmitError> {
+    proc_macro2::fallback::force();
+    let result = cnnc_emit::emit_rust(source, options);
+    proc_macro2::fallback::unforce();
+    result
 }
 
 /// The file's text: size-limited, UTF-8 checked; the reason otherwise.

@@ -38,9 +38,9 @@ pub struct Input {
 }
 
 /// The optimisers' settings: those `cnnc train` uses by default.
-const SGD: Sgd = Sgd { momentum: 0.9, weight_decay: 0.0, nesterov: false };
-const ADAM: Adam = Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-const RMSPROP: RmsProp = RmsProp { alpha: 0.99, eps: 1e-8, momentum: 0.0, weight_decay: 0.0 };
+const SGD: Sgd = Sgd { momentum: 0.9, weight_decay: 5e-4, nesterov: false };
+const ADAM: Adam = Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 5e-4 };
+const RMSPROP: RmsProp = RmsProp { alpha: 0.99, eps: 1e-8, momentum: 0.9, weight_decay: 5e-4 };
 
 pub fn parse(input: TokenStream) -> Result<Input, OptionError> {
     let trees: Vec<TokenTree> = input.clone().into_iter().collect();
