@@ -75,7 +75,7 @@ fn file(path: &str, span: Span, options: &cnnc_emit::Options) -> TokenStream {
             // No absolute path in the message: it would differ between machines (and the UI
             // tests pin the message).
             let message = format!(
-                "cannot read `{path}`: {reason}\n  = help: `file` is relative to the crate's directory, where its Cargo.toml is (CARGO_MANIFEST_DIR)"
+                "cannot read `{path}`: {reason}\n= help: `file` is relative to the crate's directory, where its Cargo.toml is (CARGO_MANIFEST_DIR)"
             );
             return compile_error(&message, span, span);
         }
@@ -86,13 +86,22 @@ fn file(path: &str, span: Span, options: &cnnc_emit::Options) -> TokenStream {
     match emit(&source, options) {
         Ok(emitted) => {
             let mut extra = track;
-            if !emitted.warnings.is_empty() {
-                extra.extend(warning(&cnnc_render::render(&emitted.warnings, &source, false), span));
+            for w in &emitted.warnings {
+                extra.extend(warning(&rendered(w, &source), span));
             }
             module(&emitted, extra, span)
         }
         Err(EmitError::Source(diags)) => {
-            let mut out = compile_error(cnnc_render::render(&diags, &source, false).trim_end(), span, span);
+            let mut out: TokenStream = diags
+                .iter()
+                .map(|d| {
+                    if d.is_error() {
+                        compile_error(&rendered(d, &source), span, span)
+                    } else {
+                        warning(&rendered(d, &source), span)
+                    }
+                })
+                .collect();
             out.extend(track);
             out
         }
@@ -101,6 +110,21 @@ fn file(path: &str, span: Span, options: &cnnc_emit::Options) -> TokenStream {
             out.extend(track);
             out
         }
+    }
+}
+
+/// One diagnostic of a file as the CLI renders it, for the text of a compile error: without
+/// the closing summary (rustc has its own) and with `E0301: ` for `error[E0301]: ` (rustc
+/// prints `error: ` before it).
+fn rendered(d: &Diagnostic, source: &SourceFile) -> String {
+    let one = std::slice::from_ref(d);
+    let text = cnnc_render::render(one, source, false);
+    let summary = cnnc_render::summary_line(one, &source.name);
+    let text = text.trim_end().strip_suffix(summary.as_str()).unwrap_or(&text).trim_end();
+    let severity = if d.is_error() { "error" } else { "warning" };
+    match text.strip_prefix(&format!("{severity}[{}]: ", d.code)) {
+        Some(rest) => format!("{}: {rest}", d.code),
+        None => text.to_string(),
     }
 }
 
@@ -205,26 +229,27 @@ fn module_name(model: &str) -> Option<Ident> {
 }
 
 /// A diagnostic as the text of a compile error at its token: code and message, the labels
-/// (other places by line and column in the Rust file), the notes and the hint.
+/// (other places by line and column in the Rust file), the notes and the hint. rustc indents
+/// the lines after the first under it.
 fn inline_message(d: &Diagnostic, map: &SourceMap) -> String {
     let mut text = format!("{}: {}", d.code, d.message);
     if !d.primary.message.is_empty() {
-        text.push_str(&format!("\n  here: {}", d.primary.message));
+        text.push_str(&format!("\nhere: {}", d.primary.message));
     }
     for label in &d.secondary {
         match map.spans(label.span.start as usize, label.span.end as usize) {
             Some((at, _)) => {
                 let at = at.start();
-                text.push_str(&format!("\n  line {}, column {}: {}", at.line, at.column + 1, label.message))
+                text.push_str(&format!("\nline {}, column {}: {}", at.line, at.column + 1, label.message))
             }
-            None => text.push_str(&format!("\n  {}", label.message)),
+            None => text.push_str(&format!("\n{}", label.message)),
         }
     }
     for note in &d.notes {
-        text.push_str(&format!("\n  = note: {note}"));
+        text.push_str(&format!("\n= note: {note}"));
     }
     if let Some(hint) = &d.hint {
-        text.push_str(&format!("\n  = help: {hint}"));
+        text.push_str(&format!("\n= help: {hint}"));
     }
     text
 }
@@ -249,10 +274,7 @@ fn warning(message: &str, span: Span) -> TokenStream {
         [ident("deprecated", site), TokenTree::Group(Group::new(Delimiter::Parenthesis, note))].into_iter().collect();
     let allow: TokenStream = [
         ident("allow", site),
-        TokenTree::Group(Group::new(
-            Delimiter::Parenthesis,
-            TokenTree::from(ident("non_upper_case_globals", site)).into(),
-        )),
+        TokenTree::Group(Group::new(Delimiter::Parenthesis, ident("non_upper_case_globals", site).into())),
     ]
     .into_iter()
     .collect();
@@ -349,7 +371,8 @@ mod tests {
         let path = dir.join("bad.cnn");
         std::fs::write(&path, "model m {\n    input x: [1, 4, 4]\n    x -> conv(2, k=7)\n}\n").expect("write");
         let out = expand_text(&format!("file = {:?}", path.display().to_string()));
-        assert!(out.contains("error[E0300]"), "{out}");
+        assert!(out.contains("E0300: the kernel"), "{out}");
+        assert!(!out.contains("could not compile"), "rustc says that: {out}");
         assert!(out.contains(":3:10"), "file:line:col: {out}");
         assert!(out.contains("x -> conv(2, k=7)"), "the source line: {out}");
         assert!(out.contains("include_str"), "tracked even when it fails: {out}");

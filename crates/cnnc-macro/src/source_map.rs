@@ -35,8 +35,8 @@ impl SourceMap {
     pub fn spans(&self, start: usize, end: usize) -> Option<(Span, Span)> {
         let first = self.pieces.partition_point(|p| p.end <= start);
         let first = self.pieces.get(first).or(self.pieces.last())?;
-        let covered = self.pieces.iter().filter(|p| p.start < end.max(start + 1) && p.end > start);
-        let last = covered.last().unwrap_or(first);
+        let mut covered = self.pieces.iter().filter(|p| p.start < end.max(start + 1) && p.end > start);
+        let last = covered.next_back().unwrap_or(first);
         Some((first.span, last.span))
     }
 }
@@ -102,7 +102,7 @@ impl Writer {
         if line == self.line && col > self.col {
             self.text.extend(std::iter::repeat_n(' ', col - self.col));
             self.col = col;
-        } else if !(line == self.line && col == self.col) && !self.joint && !self.text.is_empty() {
+        } else if !(self.joint || self.text.is_empty() || line == self.line && col == self.col) {
             // Out of order or unknown: keep tokens apart.
             self.text.push(' ');
             self.col += 1;
