@@ -19,7 +19,6 @@ pub mod gradcheck;
 mod optimize;
 pub mod peak_cache;
 mod preflight;
-mod render;
 mod report;
 mod shape_arg;
 mod summary;
@@ -27,6 +26,8 @@ pub mod train;
 pub mod train_data;
 
 pub use cnnc_lower::Options;
+/// The renderer of diagnostics (`cnnc-render`), shared with the `cnn!` macro.
+pub use cnnc_render::{render, summary_line};
 /// The memory budget and the output rules the front doors apply (from the runtime).
 pub use cnnc_runtime::{BudgetSource, MemoryBudget, is_stdout, parse_size};
 pub use compile::{Checked, DriverError, MAX_SOURCE_BYTES, check_models, check_source, load, lower_source};
@@ -41,7 +42,6 @@ pub use optimize::{
     optimize_forward, parse_passes, pass_report, passes_help, valid_pass_names,
 };
 pub use preflight::{Estimate, PreflightError, Task, check_memory, check_output, check_outputs, estimate};
-pub use render::{render, summary_line};
 pub use report::{GradReport, path_text};
 pub use shape_arg::{ShapeArgError, parse_shape};
 pub use summary::{

@@ -61,11 +61,36 @@ const RULES: &[(&str, &[&str], &str)] = &[
 
 /// `(crate, the only dependencies it may have, why)`: crates whose place in the layering is a
 /// short list rather than a list of prohibitions.
-const ONLY: &[(&str, &[&str], &str)] = &[(
-    "cnnc-data",
-    &["cnnc-runtime", "thiserror"],
-    "the data sets sit beside the runtime: they may depend only on cnnc-runtime (and thiserror)",
-)];
+const ONLY: &[(&str, &[&str], &str)] = &[
+    (
+        "cnnc-data",
+        &["cnnc-runtime", "thiserror"],
+        "the data sets sit beside the runtime: they may depend only on cnnc-runtime (and thiserror)",
+    ),
+    ("cnnc-render", &["cnnc-diag", "codespan-reporting"], "the renderer knows diagnostics and nothing else"),
+    ("cnnc-model", &["cnnc-macro"], "the facade re-exports the macro; generated modules need nothing else"),
+];
+
+/// `(crate, crates its whole dependency tree must not hold, why)`: the `cnn!` macro runs
+/// inside rustc, so it builds the front end, the passes and the code generator and nothing of
+/// the driver's interpreter, JIT, data sets or file handling.
+const TREE_RULES: &[(&str, &[&str], &str)] = &[
+    (
+        "cnnc-macro",
+        &["cnnc-driver", "cnnc-interp", "cnnc-jit", "cnnc-data", "cnnc-cli", "cranelift"],
+        "the macro builds only what compiling a model to Rust needs",
+    ),
+    (
+        "cnnc-model",
+        &["cnnc-driver", "cnnc-interp", "cnnc-jit", "cnnc-data", "cnnc-cli", "cranelift"],
+        "a user of the macro builds only what compiling a model to Rust needs",
+    ),
+    (
+        "cnnc-emit",
+        &["cnnc-driver", "cnnc-interp", "cnnc-jit", "cnnc-data", "cnnc-cli", "cnnc-render", "codespan-reporting"],
+        "the entry point is IO-free and renders nothing",
+    ),
+];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -169,9 +194,9 @@ fn dependency_rules_hold() {
     }
     for krate in &all {
         let deps = deps_of(krate).unwrap_or_default();
-        // Diagnostics are data; only the driver turns them into text.
-        if krate != "cnnc-driver" && deps.contains("codespan-reporting") {
-            broken.push(format!("{krate} depends on codespan-reporting: only cnnc-driver renders diagnostics"));
+        // Diagnostics are data; only the renderer turns them into text.
+        if krate != "cnnc-render" && deps.contains("codespan-reporting") {
+            broken.push(format!("{krate} depends on codespan-reporting: only cnnc-render renders diagnostics"));
         }
         if krate == "cnnc-diag" && !deps.is_empty() {
             broken.push(format!("cnnc-diag depends on {deps:?}: the diagnostic data model has no dependencies"));
@@ -187,4 +212,39 @@ fn dependency_rules_hold() {
         }
     }
     assert!(broken.is_empty(), "architecture rules broken:\n{}", broken.join("\n"));
+}
+
+/// Every crate `krate` depends on, directly or through other workspace crates (normal and
+/// build dependencies; external crates are leaves here, which is enough: Cranelift enters the
+/// workspace only through cnnc-jit).
+fn tree_of(krate: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![krate.to_string()];
+    while let Some(k) = todo.pop() {
+        for dep in deps_of(&k).unwrap_or_default() {
+            if seen.insert(dep.clone()) {
+                todo.push(dep);
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn dependency_trees_exclude_what_they_must_not_build() {
+    let tree = tree_of("cnnc-macro");
+    assert!(
+        tree.contains("cnnc-codegen") && tree.contains("cnnc-lower"),
+        "the walk follows workspace crates: {tree:?}"
+    );
+    assert!(tree_of("cnnc-driver").contains("cranelift-jit"), "and reaches external crates");
+    let mut broken = Vec::new();
+    for (krate, forbidden, why) in TREE_RULES {
+        for dep in tree_of(krate) {
+            if forbidden.iter().any(|f| dep.starts_with(f)) {
+                broken.push(format!("{krate} depends (maybe indirectly) on {dep}: {why}"));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "dependency trees broken:\n{}", broken.join("\n"));
 }

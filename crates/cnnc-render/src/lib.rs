@@ -1,5 +1,7 @@
-//! Rendering diagnostics as text, rustc style, with codespan-reporting. This is the only place
-//! in cnnc that turns a `Diagnostic` into words on a screen.
+//! cnnc's renderer of diagnostics: text, rustc style, with codespan-reporting. This is the only
+//! place in cnnc that turns a `Diagnostic` into words on a screen; the driver (for the CLI and
+//! the REPL) and the `cnn!` macro (for a model read from a file) both call it, so every front
+//! door words a problem the same way. It depends on the diagnostic data model alone.
 //!
 //! ```text
 //! error[E0300]: kernel 7x7 is larger than the padded input 5x5

@@ -1,0 +1,3 @@
+cnnc_model::cnn!(file = "../../examples/lenet5.cnn", trian = sgd);
+
+fn main() {}
