@@ -5,6 +5,7 @@
 //! unreadable or unwritable file, unknown code).
 
 mod explain;
+mod repl;
 mod tools;
 mod train;
 mod usage;
@@ -139,6 +140,17 @@ enum Command {
     /// Use a trained network as a feature extractor: the output of one layer for each image of
     /// a batch, saved as .npy (the layers after it are not run).
     Features(tools::FeaturesArgs),
+    /// Build, inspect, run and train a network interactively: type .cnn a line at a time
+    /// and see each layer's shape, parameters, MACs and receptive field (`:help` inside).
+    ///
+    /// On a terminal: line editing, tab completion and a history kept between sessions (in
+    /// the user's data directory, or the file CNNC_HISTORY names; empty for none). A script
+    /// (a file, or piped standard input) runs the same inputs with no prompts and exits 1
+    /// when any of them failed.
+    Repl(repl::ReplArgs),
+    /// Draw a convolution's kernels (`filters`) or a layer's feature maps (`maps`) as PNG.
+    #[command(subcommand)]
+    Viz(repl::VizArgs),
     /// Check and summarise the built-in examples (LeNet-5, ResNet-18), as `cnnc summary` does:
     /// needs no files.
     Demo,
@@ -486,6 +498,8 @@ fn main() -> ExitCode {
         Command::Gradcheck(args) => tools::gradcheck(&args, &budget, color, &mut out),
         Command::Features(args) => tools::features(&args, &budget, color, &mut out),
         Command::Train(args) => train::train(&args, &budget, color, &mut out),
+        Command::Repl(args) => repl::repl(&args, &budget, color),
+        Command::Viz(args) => repl::viz(&args, &budget, color, &mut out),
         Command::Demo => demo(color, &mut out),
     };
     // Whatever was produced goes out even when a later step failed.

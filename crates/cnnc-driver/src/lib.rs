@@ -21,6 +21,7 @@ mod shape_arg;
 mod summary;
 pub mod train;
 pub mod train_data;
+pub mod viz;
 
 pub use cnnc_lower::Options;
 /// The memory budget and the output rules the front doors apply (from the runtime).
@@ -36,7 +37,7 @@ pub use optimize::{
     passes_help, valid_pass_names,
 };
 pub use preflight::{Estimate, PreflightError, Task, check_memory, check_output, check_outputs, estimate};
-pub use render::{render, summary_line};
+pub use render::{render, render_diagnostics, summary_line};
 pub use report::{GradReport, path_text};
 pub use shape_arg::{ShapeArgError, parse_shape};
 pub use summary::{
