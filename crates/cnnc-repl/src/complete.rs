@@ -61,8 +61,8 @@ pub fn complete(line: &str, pos: usize, vocab: &Vocabulary) -> Completion {
     }
     let mut all: Vec<String> = LAYERS.iter().map(|(name, _)| name.to_string()).collect();
     all.extend(KEYWORDS.iter().map(|k| k.to_string()));
+    // Model names are not layers: `:model` completes them.
     all.extend(vocab.blocks.iter().cloned());
-    all.extend(vocab.models.iter().cloned());
     words(all)
 }
 

@@ -204,6 +204,8 @@ pub fn viz(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
 pub(crate) enum Failure {
     Exec(ExecError),
     Viz(viz::VizError),
+    /// Already printed.
+    Reported,
 }
 
 impl From<ExecError> for Failure {
@@ -238,6 +240,7 @@ pub(crate) fn finish(result: Result<Status, Failure>, io: &mut dyn Io) -> Status
             io.err(&render_exec_error(&e));
             Status::Failed
         }
+        Err(Failure::Reported) => Status::Failed,
         Err(Failure::Viz(e)) => {
             let hint = e.hint().map_or(String::new(), |h| format!("  = help: {h}\n"));
             io.err(&format!("error: {e}\n{hint}"));
@@ -287,7 +290,21 @@ fn fits(graph: &Graph, x: &Tensor) -> bool {
 }
 
 fn load_input(session: &Session, graph: &Graph, path: &Path, io: &mut dyn Io) -> Result<Tensor, Failure> {
-    let (input, warnings) = execute::load_input(graph, path, &session.budget)?;
+    let (input, warnings) = match execute::load_input(graph, path, &session.budget) {
+        Ok(loaded) => loaded,
+        // The driver's hint names the CLI's `--shape`; here the input line sets the size.
+        Err(e @ ExecError::InputShape { .. }) => {
+            let ExecError::InputShape { found, .. } = &e else { unreachable!("matched above") };
+            let dims: Vec<String> = found.iter().skip(1).map(ToString::to_string).collect();
+            let name = &graph[graph.inputs[0]].name;
+            io.err(&format!(
+                "error: {e}\n  = help: to run the model at the input's size, change its input: `input {name}: [{}]`\n",
+                dims.join(", ")
+            ));
+            return Err(Failure::Reported);
+        }
+        Err(e) => return Err(e.into()),
+    };
     for w in warnings {
         io.err(&format!("warning: {w}\n"));
     }

@@ -180,7 +180,8 @@ impl Session {
         let had_layers = entries.iter().any(|e| e.kind == Kind::Layers);
         entries.retain(|e| !matches!(e.kind, Kind::Input { .. }));
         entries.push(Entry { piece, kind: Kind::Input { name } });
-        let Some(graph) = self.try_implicit(&entries, io) else { return Status::Failed };
+        // A new input size re-infers every layer: all its warnings count again.
+        let Some(graph) = self.try_implicit(&entries, None, io) else { return Status::Failed };
         let input = &graph[graph.inputs[0]];
         if had_layers {
             io.out(&format!("{}\n", one_line(&graph)));
@@ -203,7 +204,7 @@ impl Session {
         let changed = entry.piece.clone();
         let mut entries = self.entries.clone();
         entries.push(entry);
-        let Some(graph) = self.try_implicit(&entries, io) else { return Status::Failed };
+        let Some(graph) = self.try_implicit(&entries, Some(&changed.origin), io) else { return Status::Failed };
         if layers {
             let before = self.implicit.as_ref().map_or(0, |g| g.len());
             io.out(&layer_rows(&graph, before));
@@ -214,11 +215,15 @@ impl Session {
         Status::Ok
     }
 
-    /// Lowers the implicit model of `entries`, printing its diagnostics.
-    fn try_implicit(&self, entries: &[Entry], io: &mut dyn Io) -> Option<Graph> {
+    /// Lowers the implicit model of `entries`, printing its errors, and its warnings about
+    /// `new` (those about earlier lines were shown with them), or all of them.
+    fn try_implicit(&self, entries: &[Entry], new: Option<&Rc<SourceFile>>, io: &mut dyn Io) -> Option<Graph> {
         let layout = layout::assemble(entries);
         match lower(&layout, IMPLICIT) {
-            Ok((graph, warnings)) => {
+            Ok((graph, mut warnings)) => {
+                if let Some(new) = new {
+                    warnings.retain(|w| layout.origin_of(w.primary.span).is_none_or(|o| Rc::ptr_eq(o, new)));
+                }
                 io.err(&layout.render(&warnings, self.color));
                 Some(graph)
             }
