@@ -81,8 +81,10 @@ pub fn run_script(session: &mut Session, reader: impl BufRead, io: &mut dyn Io, 
 
 /// Runs an interactive session on the terminal until Ctrl-D or `:quit`.
 pub fn run_terminal(session: &mut Session, history: Option<PathBuf>) -> Result<(), ReadlineError> {
-    install_ctrl_c();
     let mut editor: Editor<ReplHelper, rustyline::history::DefaultHistory> = Editor::new()?;
+    // After the editor, whose terminal takes SIGINT for itself: at the prompt Ctrl-C is a key
+    // (raw mode), while a command runs it is this handler's signal.
+    install_ctrl_c();
     editor.set_helper(Some(ReplHelper { vocab: vocabulary(session), files: FilenameCompleter::new() }));
     if let Some(path) = &history {
         // A first session has no history yet.
@@ -145,7 +147,8 @@ fn save_history<H: Helper>(editor: &mut Editor<H, rustyline::history::DefaultHis
     let saved = editor
         .save_history(&temp)
         .map_err(|e| e.to_string())
-        .and_then(|()| std::fs::rename(&temp, path).map_err(|e| e.to_string()));
+        // An empty history writes no file, and leaves the old one as it is.
+        .and_then(|()| if temp.exists() { std::fs::rename(&temp, path).map_err(|e| e.to_string()) } else { Ok(()) });
     if let Err(e) = saved {
         let _ = std::fs::remove_file(&temp);
         eprintln!("warning: cannot save the history to `{}`: {e}", path.display());
