@@ -10,6 +10,7 @@
 //! - [`train`]: `cnnc train` on the built-in digits;
 //! - [`training_mode`]: `run --train`, `--state-out` and `--dump`;
 //! - [`golden_models`]: whole models against PyTorch's outputs and gradients;
+//! - [`repl_viz`]: `cnnc repl` on scripts and `cnnc viz`'s PNG files;
 //! - [`hostile`]: bad inputs (too large for the memory, special files, outputs over inputs,
 //!   corrupt safetensors, extra weights, missing arguments) and `grad --json`.
 
@@ -18,6 +19,7 @@ mod common;
 mod golden_models;
 mod hostile;
 mod passes;
+mod repl_viz;
 mod run_grad;
 mod tools;
 mod train;
