@@ -54,10 +54,8 @@ pub fn complete(line: &str, pos: usize, vocab: &Vocabulary) -> Completion {
             _ => Completion::Words { start, words: Vec::new() },
         };
     }
-    if let Some(layer) = open_call(before) {
-        if let Some(params) = signature(layer) {
-            return words(params.iter().map(|p| format!("{}=", p.name)).collect());
-        }
+    if let Some(params) = open_call(before).and_then(signature) {
+        return words(params.iter().map(|p| format!("{}=", p.name)).collect());
     }
     let mut all: Vec<String> = LAYERS.iter().map(|(name, _)| name.to_string()).collect();
     all.extend(KEYWORDS.iter().map(|k| k.to_string()));
