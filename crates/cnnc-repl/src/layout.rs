@@ -9,7 +9,7 @@
 //! far below a millisecond.
 
 use cnnc_diag::{Diagnostic, Label, SourceFile, Span};
-use cnnc_syntax::ast::ItemKind;
+use cnnc_syntax::ast::{Expr, ExprKind, Item, ItemKind, Stmt};
 use std::ops::Range;
 use std::rc::Rc;
 
@@ -154,6 +154,44 @@ impl Layout {
         let file = origin.map_or_else(|| SourceFile::new("<session>", ""), |o| (**o).clone());
         (file, moved)
     }
+}
+
+/// The entries of the implicit model when `item` (of the text `piece`) has its form, as `:save`
+/// writes it: `model repl` without parameters, an input, `let` and `freeze` statements, and a
+/// chain from the input; each step becomes a line of its own.
+pub fn implicit_entries(item: &Item, piece: &Piece) -> Option<Vec<Entry>> {
+    if item.kind != ItemKind::Model || item.name.name != IMPLICIT || !item.params.is_empty() {
+        return None;
+    }
+    let at = |span: Span| Piece {
+        origin: piece.origin.clone(),
+        range: piece.range.start + span.start as usize..piece.range.start + span.end as usize,
+    };
+    let (last, rest) = item.body.split_last()?;
+    let mut entries = Vec::new();
+    let mut input = None;
+    for stmt in rest {
+        match stmt {
+            Stmt::Input { name, span, .. } if input.is_none() => {
+                input = Some(name.name.clone());
+                entries.push(Entry { piece: at(*span), kind: Kind::Input { name: name.name.clone() } });
+            }
+            Stmt::Let { span, .. } | Stmt::Freeze { span, .. } => {
+                entries.push(Entry { piece: at(*span), kind: Kind::Stmt })
+            }
+            Stmt::Input { .. } | Stmt::Expr(_) => return None,
+        }
+    }
+    let input = input?;
+    let steps = match last {
+        Stmt::Expr(Expr { kind: ExprKind::Chain { head, steps }, .. }) => {
+            matches!(&head.kind, ExprKind::Name(n) if *n == input).then_some(steps.as_slice())?
+        }
+        Stmt::Expr(Expr { kind: ExprKind::Name(n), .. }) if *n == input => &[],
+        _ => return None,
+    };
+    entries.extend(steps.iter().map(|step| Entry { piece: at(step.span), kind: Kind::Layers }));
+    Some(entries)
 }
 
 /// The session's definitions as one `.cnn` file (`:save`): the definitions as written, then the

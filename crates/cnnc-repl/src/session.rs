@@ -132,6 +132,14 @@ impl Session {
         let mut added = Vec::new();
         for item in &ast.items {
             let name = item.name.name.clone();
+            // A saved session's `model repl` becomes the implicit model again.
+            if let Some(implicit) = layout::implicit_entries(item, &piece) {
+                let redefined = entries.iter().any(|e| !matches!(e.kind, Kind::Item { .. }));
+                entries.retain(|e| matches!(e.kind, Kind::Item { .. }));
+                entries.extend(implicit);
+                added.push((item.kind, name, 0, redefined));
+                continue;
+            }
             let redefined = entries.iter().any(|e| matches!(&e.kind, Kind::Item { name: n, .. } if *n == name));
             entries.retain(|e| !matches!(&e.kind, Kind::Item { name: n, .. } if *n == name));
             let range = piece.range.start + item.span.start as usize..piece.range.start + item.span.end as usize;
@@ -167,6 +175,9 @@ impl Session {
         self.commit(entries, &piece);
         if let Some((ItemKind::Model, name, ..)) = added.iter().rev().find(|a| a.0 == ItemKind::Model) {
             self.selected = Some(name.clone());
+        }
+        if added.iter().any(|a| a.1 == IMPLICIT) {
+            self.implicit = lower(&layout, IMPLICIT).ok().map(|(g, _)| g);
         }
         io.out(&lines);
         Status::Ok

@@ -90,6 +90,9 @@ model tiny {
 :reset
 :load $DIR/session.cnn
 :model
+softmax
+:undo
+:undo
 ",
         &dir,
     );
