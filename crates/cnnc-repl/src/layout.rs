@@ -3,10 +3,10 @@
 //! diagnostic points at what the user typed.
 //!
 //! Incremental lowering works on this text: the session keeps the source of every definition
-//! and of the implicit model's lines, and an input re-parses and re-lowers only the model it
-//! changes (the implicit model, or the model just defined); the other models are not
-//! elaborated again. A model is re-elaborated whole, which for the sizes typed at a prompt is
-//! far below a millisecond.
+//! and of the implicit model's lines, and an input re-parses the text and re-elaborates only
+//! the model it changes (the implicit model, the model just defined, or for a new block the
+//! whole-file checks and the implicit model that may use it); other models are not elaborated
+//! again. The model that changed is elaborated whole.
 
 use cnnc_diag::{Diagnostic, Label, SourceFile, Span};
 use cnnc_syntax::ast::{Expr, ExprKind, Item, ItemKind, Stmt};

@@ -149,7 +149,20 @@ impl Session {
         }
         let layout = layout::assemble(&entries);
         let mut lines = String::new();
-        let mut diags = cnnc_driver::check_source(&layout.file);
+        // Only what changed is elaborated: the new models (and the implicit model when a block
+        // it may use changed); blocks get the checks that need no evaluation.
+        let (file, syntax) = cnnc_syntax::parse(&layout.file.text);
+        let mut diags: Vec<Diagnostic> = syntax.iter().map(|e| e.diagnostic()).collect();
+        diags.extend(cnnc_lower::check_items(&file));
+        let block_changed = added.iter().any(|a| a.0 == ItemKind::Block);
+        let implicit = entries.iter().any(|e| matches!(e.kind, Kind::Input { .. }));
+        if block_changed
+            && implicit
+            && !has_errors(&diags)
+            && let Err(more) = lower(&layout, IMPLICIT)
+        {
+            diags.extend(more);
+        }
         for (kind, name, params, redefined) in &added {
             let again = if *redefined { " (replaces the earlier one)" } else { "" };
             match kind {

@@ -122,6 +122,11 @@ model broken {
 :undo
 :undo
 :undo
+input x: [1, 8, 8]
+block b(c) { input y  y -> conv(c, k=3) }
+b(4)
+block b(c) { input y  y -> conv(c, k=30) }
+:ir
 ",
         &dir,
     );
