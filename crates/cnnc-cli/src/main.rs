@@ -8,6 +8,7 @@ mod bench;
 mod demo;
 mod emit;
 mod explain;
+mod repl;
 mod tools;
 mod train;
 mod usage;
@@ -163,6 +164,17 @@ enum Command {
     /// test accuracy, its weights and curves written, and the JIT's speed beside the
     /// interpreter's on one batch.
     Demo(demo::DemoArgs),
+    /// Build, inspect, run and train a network interactively: type .cnn a line at a time
+    /// and see each layer's shape, parameters, MACs and receptive field (`:help` inside).
+    ///
+    /// On a terminal: line editing, tab completion and a history kept between sessions (in
+    /// the user's data directory, or the file CNNC_HISTORY names; empty for none). A script
+    /// (a file, or piped standard input) runs the same inputs with no prompts and exits 1
+    /// when any of them failed.
+    Repl(repl::ReplArgs),
+    /// Draw a convolution's kernels (`filters`) or a layer's feature maps (`maps`) as PNG.
+    #[command(subcommand)]
+    Viz(repl::VizArgs),
     /// `cnnc FILE ...`: short for `cnnc emit-rust FILE ...`.
     #[command(external_subcommand)]
     External(Vec<OsString>),
@@ -521,6 +533,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::bench(&args, &budget, color, &mut out),
         Command::Train(args) => train::train(&args, &budget, color, &mut out),
         Command::EmitRust(args) => emit::emit_rust(&args, color, &mut out),
+        Command::Repl(args) => repl::repl(&args, &budget, color),
+        Command::Viz(args) => repl::viz(&args, &budget, color, &mut out),
         Command::Demo(args) => demo::demo(&args, color),
         // `parse` turns a bare FILE into `emit-rust`; a word it let through is no command.
         Command::External(words) => Err(Failure::Usage(format!("unknown command {words:?}"))),

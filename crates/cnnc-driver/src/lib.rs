@@ -24,10 +24,11 @@ mod shape_arg;
 mod summary;
 pub mod train;
 pub mod train_data;
+pub mod viz;
 
 pub use cnnc_lower::Options;
 /// The renderer of diagnostics (`cnnc-render`), shared with the `cnn!` macro.
-pub use cnnc_render::{render, summary_line};
+pub use cnnc_render::{render, render_diagnostics, summary_line};
 /// The memory budget and the output rules the front doors apply (from the runtime).
 pub use cnnc_runtime::{BudgetSource, MemoryBudget, is_stdout, parse_size};
 pub use compile::{Checked, DriverError, MAX_SOURCE_BYTES, check_models, check_source, load, lower_source};

@@ -69,6 +69,12 @@ pub fn lower_within(file: &File, options: &Options, budget: &mut Budget) -> Resu
     }
 }
 
+/// The whole-file checks that need no evaluation (duplicate names, shadowed built-ins,
+/// recursive blocks), for a front door that elaborates one model at a time (the REPL).
+pub fn check_items(file: &File) -> Vec<Diagnostic> {
+    sorted(checks::check_file(file))
+}
+
 /// Checks a whole file: item-level checks, then every model elaborated at its declared shape.
 /// Blocks that no model uses are checked for syntax and recursion only.
 pub fn check(file: &File) -> Vec<Diagnostic> {

@@ -24,12 +24,7 @@ use codespan_reporting::term::{self, Chars, Config, termcolor};
 /// Renders every diagnostic, then a summary line when there is anything to sum up. The output is
 /// deterministic (snapshot tests pin it) and has ANSI colour codes only when `color` is set.
 pub fn render(diags: &[Diagnostic], file: &SourceFile, color: bool) -> String {
-    let files = SimpleFile::new(file.name.as_str(), file.text.as_str());
-    let config = config();
-    let mut out = String::new();
-    for diag in diags {
-        out.push_str(&render_one(&convert(diag, &file.text), &files, &config, color));
-    }
+    let mut out = render_diagnostics(diags, file, color);
     let summary = summary_line(diags, &file.name);
     if !summary.is_empty() {
         if color {
@@ -42,6 +37,14 @@ pub fn render(diags: &[Diagnostic], file: &SourceFile, color: bool) -> String {
         }
     }
     out
+}
+
+/// Renders every diagnostic without [`render`]'s closing summary line: for the REPL, where each
+/// input is its own small source and "could not compile" would say nothing new.
+pub fn render_diagnostics(diags: &[Diagnostic], file: &SourceFile, color: bool) -> String {
+    let files = SimpleFile::new(file.name.as_str(), file.text.as_str());
+    let config = config();
+    diags.iter().map(|diag| render_one(&convert(diag, &file.text), &files, &config, color)).collect()
 }
 
 /// The closing line, as rustc's: `error: could not compile `m.cnn` due to 2 previous errors; 1

@@ -13,6 +13,7 @@
 //! - [`emit_rust`]: `cnnc emit-rust` and `cnnc FILE -o model.rs`: the module, that it
 //!   compiles, and failures that leave no file;
 //! - [`golden_models`]: whole models against PyTorch's outputs and gradients;
+//! - [`repl_viz`]: `cnnc repl` on scripts and `cnnc viz`'s PNG files;
 //! - [`hostile`]: bad inputs (too large for the memory, special files, outputs over inputs,
 //!   corrupt safetensors, extra weights, missing arguments) and `grad --json`.
 
@@ -23,6 +24,7 @@ mod emit_rust;
 mod golden_models;
 mod hostile;
 mod passes;
+mod repl_viz;
 mod run_grad;
 mod tools;
 mod train;
