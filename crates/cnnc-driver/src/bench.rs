@@ -97,11 +97,11 @@ fn inputs(graph: &Graph, batch: usize, seed: u64) -> Vec<Tensor> {
             let mut shape = vec![batch];
             shape.extend_from_slice(&node.shape.0);
             let n: usize = shape.iter().product();
-            let data = match node.op {
-                Op::Train(TrainOp::Labels { classes }) => {
-                    (0..n).map(|_| (rng.next_u64() % classes.max(1) as u64) as f32).collect()
-                }
-                _ => (0..n).map(|_| (2.0 * rng.next_f64() - 1.0) as f32).collect(),
+            // Class labels for a label input, values in [-1, 1) for any other.
+            let data = if let Op::Train(TrainOp::Labels { classes }) = node.op {
+                (0..n).map(|_| (rng.next_u64() % classes.max(1) as u64) as f32).collect()
+            } else {
+                (0..n).map(|_| (2.0 * rng.next_f64() - 1.0) as f32).collect()
             };
             Tensor { shape, data }
         })

@@ -79,9 +79,9 @@ impl VizError {
 /// The weight tensor `[O, I, kh, kw]` of convolution `layer`, from `params`.
 pub fn conv_weight<'p>(graph: &Graph, params: &'p TensorMap, layer: &str) -> Result<&'p Tensor, VizError> {
     let node = find_layer(graph, layer)?;
-    match &graph[node].op {
-        Op::Conv(_) => {}
-        other => return Err(VizError::NotConv { layer: layer.into(), op: other.keyword().into() }),
+    let op = &graph[node].op;
+    if !matches!(op, Op::Conv(_)) {
+        return Err(VizError::NotConv { layer: layer.into(), op: op.keyword().into() });
     }
     let name = format!("{layer}.weight");
     params.get(&name).ok_or(VizError::MissingWeight { name })
