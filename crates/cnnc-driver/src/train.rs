@@ -67,7 +67,7 @@ impl Schedule {
 }
 
 /// `cnnc train`'s defaults, which `cnnc demo` trains with too. They suit small image
-/// classifiers trained from scratch (a LeNet-style network on the digits reaches 99.4 % in 30
+/// classifiers trained from scratch (a LeNet-style network on the digits reaches about 99 % in 30
 /// epochs); with SGD and momentum, a larger network or data set usually wants a rate nearer 0.1
 /// and more epochs.
 pub mod defaults {
