@@ -67,7 +67,7 @@ impl Schedule {
 }
 
 /// `cnnc train`'s defaults, which `cnnc demo` trains with too. They suit small image
-/// classifiers trained from scratch (a LeNet-style network on the digits reaches 99.4 % in 30
+/// classifiers trained from scratch (a LeNet-style network on the digits reaches about 99 % in 30
 /// epochs); with SGD and momentum, a larger network or data set usually wants a rate nearer 0.1
 /// and more epochs.
 pub mod defaults {
@@ -634,6 +634,7 @@ pub struct JitStepper {
     evaluators: std::collections::BTreeMap<usize, (cnnc_jit::CompiledModel, u64)>,
     /// The batch size of the trainer holding the newest state (`None`: `state` is newest).
     live: Option<usize>,
+    /// The state before the first step; empty once a trainer holds it.
     state: TensorMap,
     steps: u64,
     compile_ms: f64,
@@ -723,7 +724,9 @@ impl JitStepper {
             let state = self.state();
             self.compile_trainer(batch)?;
             self.trainers[&batch].load_weights(&state)?;
-            self.state = state;
+            // The live trainer holds the newest state now: a copy here too would double the
+            // memory of the parameters and the optimiser state for the whole run.
+            self.state = TensorMap::new();
             self.live = Some(batch);
         }
         Ok(&self.trainers[&batch])
