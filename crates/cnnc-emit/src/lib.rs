@@ -187,6 +187,13 @@ mod tests {
     }
 
     #[test]
+    fn a_core_only_module() {
+        let out = emit_rust(&file(SMALL), &Options { std: false, ..Options::default() }).expect("compiles");
+        assert!(out.text.contains("depends on nothing but core"), "{}", &out.text[..400]);
+        assert!(!out.text.contains("::std::"), "no std paths");
+    }
+
+    #[test]
     fn options_reach_lowering() {
         let lower = cnnc_lower::Options {
             input_shape: Some(vec![1, 12, 12]),

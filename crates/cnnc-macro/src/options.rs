@@ -137,6 +137,12 @@ fn option(item: &[TokenTree], options: &mut cnnc_emit::Options) -> Result<(), Op
                 _ => return Err(bad(value, "`std` takes true or false".into())),
             }
         }
+        "file" => {
+            return Err(OptionError {
+                message: "`file = \"...\"` comes first, as in `cnn!(file = \"models/x.cnn\", ...)`, and replaces an inline model".into(),
+                span: key.span(),
+            });
+        }
         _ => {
             let hint = cnnc_diag::did_you_mean(&name, KEYS.iter().copied())
                 .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
@@ -272,6 +278,8 @@ mod tests {
         assert!(e.message.contains("positive"), "{}", e.message);
         let e = input("file = models").unwrap_err();
         assert!(e.message.contains("string literal"), "{}", e.message);
+        let e = input(r#"#![options(file = "x.cnn")] model m {}"#).unwrap_err();
+        assert!(e.message.contains("comes first"), "{}", e.message);
         let e = input("#![derive(Debug)] model m {}").unwrap_err();
         assert!(e.message.contains("#![options(...)]"), "{}", e.message);
     }
