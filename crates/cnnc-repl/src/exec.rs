@@ -20,8 +20,8 @@ pub fn run(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
     let Some(graph) = session.current(io) else { return Status::Failed };
     let result = (|| {
         let input = match args {
-            [] => session.last_input.clone().filter(|x| fits(&graph, x)).unwrap_or_else(|| random_input(&graph)),
-            ["random"] => random_input(&graph),
+            [] => last_or_random(session, &graph)?,
+            ["random"] => random_input(session, &graph)?,
             [path] => load_input(session, &graph, Path::new(path), io)?,
             _ => return Ok(usage("expected one argument, X.npy or `random`", io)),
         };
@@ -72,7 +72,7 @@ pub fn bench(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
     };
     let Some(graph) = session.current(io) else { return Status::Failed };
     let result = (|| {
-        let input = session.last_input.clone().filter(|x| fits(&graph, x)).unwrap_or_else(|| random_input(&graph));
+        let input = last_or_random(session, &graph)?;
         check_memory(&graph, Task::Run { batch: input.shape[0], passes: true, dump: false }, &session.budget)?;
         let params = params_for(session, &graph, io)?;
         let x = normalized(session, &graph, &input);
@@ -104,7 +104,7 @@ pub fn grad(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
         _ => return usage("expected at most one argument, CLASS", io),
     };
     let result = (|| {
-        let input = session.last_input.clone().filter(|x| fits(&graph, x)).unwrap_or_else(|| random_input(&graph));
+        let input = last_or_random(session, &graph)?;
         let batch = input.shape[0];
         let Some(classes) = execute::classes_of(&graph) else {
             io.err("error: `:grad` takes a classifier (an output of class scores)\n");
@@ -164,6 +164,7 @@ pub fn viz(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
     };
     let Some(graph) = session.current(io) else { return Status::Failed };
     let result = (|| {
+        check_memory(&graph, Task::Init, &session.budget)?;
         let params = params_for(session, &graph, io)?;
         let (picture, said) = if what == "filters" {
             let weight = viz::conv_weight(&graph, &params, layer)?;
@@ -178,7 +179,7 @@ pub fn viz(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
                 Some(x) => x,
                 None => {
                     io.err("note: no input has run yet: using a random one (`:run X.npy` sets it)\n");
-                    random_input(&graph)
+                    random_input(session, &graph)?
                 }
             };
             let maps = layer_output(session, &graph, &params, &input, layer)?;
@@ -275,13 +276,23 @@ pub(crate) fn params_for(session: &mut Session, graph: &Graph, io: &mut dyn Io) 
     Ok(tensors)
 }
 
-/// One image of uniform noise in [0, 1), the same every time.
-pub(crate) fn random_input(graph: &Graph) -> Tensor {
+/// The last input when it still fits the model, else [`random_input`].
+fn last_or_random(session: &Session, graph: &Graph) -> Result<Tensor, Failure> {
+    match session.last_input.clone().filter(|x| fits(graph, x)) {
+        Some(x) => Ok(x),
+        None => random_input(session, graph),
+    }
+}
+
+/// One image of uniform noise in [0, 1), the same every time; refused, before anything is
+/// allocated, when the model cannot run on one image within the memory budget.
+pub(crate) fn random_input(session: &Session, graph: &Graph) -> Result<Tensor, Failure> {
+    check_memory(graph, Task::Run { batch: 1, passes: true, dump: false }, &session.budget)?;
     let mut shape = vec![1];
     shape.extend_from_slice(&graph[graph.inputs[0]].shape.0);
     let mut rng = Rng::seed_from_u64(SEED);
     let n: usize = shape.iter().product();
-    Tensor { shape, data: (0..n).map(|_| rng.next_f64() as f32).collect() }
+    Ok(Tensor { shape, data: (0..n).map(|_| rng.next_f64() as f32).collect() })
 }
 
 /// Whether a batch fits the model's input (an earlier input may not, after the model changed).
