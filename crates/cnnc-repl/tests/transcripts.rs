@@ -265,3 +265,20 @@ fn bench_reports_every_layer() {
     assert!(text.contains("ROUNDS is a whole number from 1 to 10000"), "{text}");
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+#[test]
+fn a_model_too_large_for_the_memory_is_refused_before_anything_is_allocated() {
+    let dir = temp_dir("memory");
+    let mut session = Session::new(false, cnnc_driver::MemoryBudget::set(1 << 30));
+    let mut io = Transcript::default();
+    let script = "input x: [1, 100000, 100000]\nconv(512, k=3)\n:run\n:bench\n:grad\n:viz maps conv1 $DIR/never.png\n:viz filters conv1 $DIR/small.png\n"
+        .replace("$DIR", &dir.display().to_string());
+    let status = run_script(&mut session, script.as_bytes(), &mut io, true);
+    assert_eq!(status, Status::Failed);
+    let refusals = io.text.matches("error: running model `repl` on a batch of 1 needs about").count();
+    assert_eq!(refusals, 4, "{}", io.text);
+    assert!(!dir.join("never.png").exists());
+    // The kernels themselves are small: drawing them is fine.
+    assert!(io.text.contains("small.png`: 512 kernels of `conv1`"), "{}", io.text);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
