@@ -40,6 +40,8 @@ pub struct Weights {
     pub model: String,
     pub tensors: TensorMap,
     pub normalization: Option<cnnc_data::Normalization>,
+    /// Changes whenever the tensors do, so a compiled model knows whether it is stale.
+    pub generation: u64,
 }
 
 /// What `:undo` restores.
@@ -70,6 +72,11 @@ pub struct Session {
     pub(crate) last_input: Option<Tensor>,
     /// The implicit model's graph after its last accepted line (to tell which layers are new).
     implicit: Option<Graph>,
+    /// The last weights generation handed out.
+    generations: u64,
+    /// The model `:run` or `:bench` compiled last, reused while its graph, batch and weights
+    /// stay the same.
+    pub(crate) compiled: Option<crate::exec::CachedModel>,
 }
 
 impl Session {
@@ -84,7 +91,15 @@ impl Session {
             weights: Default::default(),
             last_input: None,
             implicit: None,
+            generations: 0,
+            compiled: None,
         }
+    }
+
+    /// A new weights generation.
+    pub(crate) fn next_generation(&mut self) -> u64 {
+        self.generations += 1;
+        self.generations
     }
 
     /// Evaluates one complete input.

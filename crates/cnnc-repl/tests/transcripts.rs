@@ -151,10 +151,13 @@ conv(4, k=3, pad=1) -> relu -> maxpool(2) -> flatten -> fc(5)
 :grad 2
 :run $DIR/wrong.npy
 :weights $DIR/nothing.safetensors
+:run $DIR/x.npy
+softmax
+:run
 ",
         &dir,
     );
-    assert_eq!(status, Status::Failed, "the last two fail");
+    assert_eq!(status, Status::Failed, "`wrong.npy` and `nothing.safetensors` fail");
     insta::assert_snapshot!(text);
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
