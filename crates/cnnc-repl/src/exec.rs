@@ -20,8 +20,8 @@ pub fn run(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
     let Some(graph) = session.current(io) else { return Status::Failed };
     let result = (|| {
         let input = match args {
-            [] => session.last_input.clone().filter(|x| fits(&graph, x)).unwrap_or_else(|| random_input(&graph)),
-            ["random"] => random_input(&graph),
+            [] => last_or_random(session, &graph)?,
+            ["random"] => random_input(session, &graph)?,
             [path] => load_input(session, &graph, Path::new(path), io)?,
             _ => return Ok(usage("expected one argument, X.npy or `random`", io)),
         };
@@ -29,18 +29,15 @@ pub fn run(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
         check_memory(&graph, Task::Run { batch, passes: true, dump: false }, &session.budget)?;
         let params = params_for(session, &graph, io)?;
         let x = normalized(session, &graph, &input);
-        let began = Instant::now();
-        let opt =
-            cnnc_driver::optimize_forward(&graph, &params, Pass::ALL, Mode::Inference).map_err(ExecError::Passes)?;
-        let model = execute::compile(&opt.plan, batch, JitMode::host_default(), &params)?;
-        let compile_ms = began.elapsed().as_secs_f64() * 1e3;
+        let (model, compile_ms) = compiled(session, &graph, &params, batch)?;
         // The first run also starts the thread pool; the time shown is the second's.
         model.forward(&x)?;
         let began = Instant::now();
         let output = model.forward(&x)?;
         let run_ms = began.elapsed().as_secs_f64() * 1e3;
+        let compile = compile_ms.map_or_else(|| "compiled before".to_string(), |ms| format!("compile {ms:.1} ms"));
         let mut text = format!(
-            "output {:?}  (JIT {}: compile {compile_ms:.1} ms, run {run_ms:.3} ms after a warm-up)\n",
+            "output {:?}  (JIT {}: {compile}, run {run_ms:.3} ms after a warm-up)\n",
             output.shape,
             model.mode().name()
         );
@@ -105,7 +102,7 @@ pub fn grad(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
         _ => return usage("expected at most one argument, CLASS", io),
     };
     let result = (|| {
-        let input = session.last_input.clone().filter(|x| fits(&graph, x)).unwrap_or_else(|| random_input(&graph));
+        let input = last_or_random(session, &graph)?;
         let batch = input.shape[0];
         let Some(classes) = execute::classes_of(&graph) else {
             io.err("error: `:grad` takes a classifier (an output of class scores)\n");
@@ -151,7 +148,9 @@ pub fn weights(session: &mut Session, path: &Path, io: &mut dyn Io) -> Status {
             path.display(),
             if normalization.is_some() { ", with the input normalisation it was trained with" } else { "" }
         ));
-        session.weights.insert(graph.name.clone(), Weights { model: graph.name.clone(), tensors, normalization });
+        let generation = session.next_generation();
+        let weights = Weights { model: graph.name.clone(), tensors, normalization, generation };
+        session.weights.insert(graph.name.clone(), weights);
         Ok(Status::Ok)
     })();
     finish(result, io)
@@ -165,6 +164,7 @@ pub fn viz(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
     };
     let Some(graph) = session.current(io) else { return Status::Failed };
     let result = (|| {
+        check_memory(&graph, Task::Init, &session.budget)?;
         let params = params_for(session, &graph, io)?;
         let (picture, said) = if what == "filters" {
             let weight = viz::conv_weight(&graph, &params, layer)?;
@@ -179,7 +179,7 @@ pub fn viz(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
                 Some(x) => x,
                 None => {
                     io.err("note: no input has run yet: using a random one (`:run X.npy` sets it)\n");
-                    random_input(&graph)
+                    random_input(session, &graph)?
                 }
             };
             let maps = layer_output(session, &graph, &params, &input, layer)?;
@@ -253,36 +253,85 @@ pub(crate) fn finish(result: Result<Status, Failure>, io: &mut dyn Io) -> Status
 /// The session's weights for `graph`: those it has for the model, with any tensor they lack
 /// (a layer added since) initialised from the seed; or all of them from the seed the first time.
 pub(crate) fn params_for(session: &mut Session, graph: &Graph, io: &mut dyn Io) -> Result<TensorMap, ExecError> {
-    let (tensors, normalization) = match session.weights.get(&graph.name) {
+    let (tensors, normalization, unchanged) = match session.weights.get(&graph.name) {
+        // The weights fit as they are: nothing to draw.
+        Some(w) if cnnc_runtime::check_weights(graph, &w.tensors).is_ok() => {
+            (w.tensors.clone(), w.normalization.clone(), Some(w.generation))
+        }
         Some(w) => {
             let (tensors, report) = cnnc_driver::train::init_from(graph, &w.tensors, SEED)?;
             let fresh = report.initialised.len() + report.reshaped.len();
             if fresh > 0 {
-                io.err(&format!(
-                    "note: {} new since the weights were set, initialised from seed {SEED}\n",
-                    crate::session::plural(fresh, "tensor")
-                ));
+                let tensors = crate::session::plural(fresh, "tensor");
+                io.err(&format!("note: {tensors} new since the weights were set, initialised from seed {SEED}\n"));
             }
-            (tensors, w.normalization.clone())
+            (tensors, w.normalization.clone(), (fresh == 0 && report.ignored.is_empty()).then_some(w.generation))
         }
         None => {
-            io.err(&format!("note: weights of `{}` initialised from seed {SEED} (He/Xavier); `:weights FILE` or `:train` sets them\n", graph.name));
-            (execute::init_weights(graph, SEED)?, None)
+            io.err(&format!(
+                "note: weights of `{}` initialised from seed {SEED} (He/Xavier); `:weights FILE` or `:train` sets them\n",
+                graph.name
+            ));
+            (execute::init_weights(graph, SEED)?, None, None)
         }
     };
-    session
-        .weights
-        .insert(graph.name.clone(), Weights { model: graph.name.clone(), tensors: tensors.clone(), normalization });
+    let generation = unchanged.unwrap_or_else(|| session.next_generation());
+    let weights = Weights { model: graph.name.clone(), tensors: tensors.clone(), normalization, generation };
+    session.weights.insert(graph.name.clone(), weights);
     Ok(tensors)
 }
 
-/// One image of uniform noise in [0, 1), the same every time.
-pub(crate) fn random_input(graph: &Graph) -> Tensor {
+/// A compiled model and what it was compiled from.
+#[derive(Debug)]
+pub(crate) struct CachedModel {
+    /// The graph's text form, the batch and the weights generation.
+    key: (String, usize, u64),
+    model: cnnc_jit::CompiledModel,
+}
+
+/// The current model compiled by the JIT for `batch` with `params` (the session's weights),
+/// reused from the last command when nothing changed; the compile time when it compiled.
+fn compiled<'s>(
+    session: &'s mut Session,
+    graph: &Graph,
+    params: &TensorMap,
+    batch: usize,
+) -> Result<(&'s cnnc_jit::CompiledModel, Option<f64>), Failure> {
+    let generation = session.weights.get(&graph.name).map_or(0, |w| w.generation);
+    let key = (cnnc_ir::print(graph), batch, generation);
+    let mut took = None;
+    if session.compiled.as_ref().is_none_or(|c| c.key != key) {
+        session.compiled = None;
+        let began = Instant::now();
+        let opt =
+            cnnc_driver::optimize_forward(graph, params, Pass::ALL, Mode::Inference).map_err(ExecError::Passes)?;
+        let model = execute::compile(&opt.plan, batch, JitMode::host_default(), params)?;
+        took = Some(began.elapsed().as_secs_f64() * 1e3);
+        session.compiled = Some(CachedModel { key, model });
+    }
+    match &session.compiled {
+        Some(cached) => Ok((&cached.model, took)),
+        None => Err(Failure::Exec(cnnc_jit::JitError::Usage("no compiled model".into()).into())),
+    }
+}
+
+/// The last input when it still fits the model, else [`random_input`].
+fn last_or_random(session: &Session, graph: &Graph) -> Result<Tensor, Failure> {
+    match session.last_input.clone().filter(|x| fits(graph, x)) {
+        Some(x) => Ok(x),
+        None => random_input(session, graph),
+    }
+}
+
+/// One image of uniform noise in [0, 1), the same every time; refused, before anything is
+/// allocated, when the model cannot run on one image within the memory budget.
+pub(crate) fn random_input(session: &Session, graph: &Graph) -> Result<Tensor, Failure> {
+    check_memory(graph, Task::Run { batch: 1, passes: true, dump: false }, &session.budget)?;
     let mut shape = vec![1];
     shape.extend_from_slice(&graph[graph.inputs[0]].shape.0);
     let mut rng = Rng::seed_from_u64(SEED);
     let n: usize = shape.iter().product();
-    Tensor { shape, data: (0..n).map(|_| rng.next_f64() as f32).collect() }
+    Ok(Tensor { shape, data: (0..n).map(|_| rng.next_f64() as f32).collect() })
 }
 
 /// Whether a batch fits the model's input (an earlier input may not, after the model changed).

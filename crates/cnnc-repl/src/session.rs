@@ -40,6 +40,8 @@ pub struct Weights {
     pub model: String,
     pub tensors: TensorMap,
     pub normalization: Option<cnnc_data::Normalization>,
+    /// Changes whenever the tensors do, so a compiled model knows whether it is stale.
+    pub generation: u64,
 }
 
 /// What `:undo` restores.
@@ -70,6 +72,11 @@ pub struct Session {
     pub(crate) last_input: Option<Tensor>,
     /// The implicit model's graph after its last accepted line (to tell which layers are new).
     implicit: Option<Graph>,
+    /// The last weights generation handed out.
+    generations: u64,
+    /// The model `:run` or `:bench` compiled last, reused while its graph, batch and weights
+    /// stay the same.
+    pub(crate) compiled: Option<crate::exec::CachedModel>,
 }
 
 impl Session {
@@ -84,7 +91,15 @@ impl Session {
             weights: Default::default(),
             last_input: None,
             implicit: None,
+            generations: 0,
+            compiled: None,
         }
+    }
+
+    /// A new weights generation.
+    pub(crate) fn next_generation(&mut self) -> u64 {
+        self.generations += 1;
+        self.generations
     }
 
     /// Evaluates one complete input.
@@ -128,72 +143,50 @@ impl Session {
             io.err("error: nothing to define\n");
             return Status::Failed;
         }
+        let (entries, added) = self.with_items(&ast.items, &piece);
+        let layout = layout::assemble(&entries);
+        let (lines, mut diags) = check_added(&layout, &entries, &added);
+        // Warnings about other definitions were shown when those were entered.
+        diags
+            .retain(|d| d.is_error() || layout.origin_of(d.primary.span).is_some_and(|o| Rc::ptr_eq(o, &piece.origin)));
+        io.err(&layout.render(&dedup(diags.clone()), self.color));
+        if has_errors(&diags) {
+            return Status::Failed;
+        }
+        self.commit(entries, &piece);
+        if let Some(model) = added.iter().rev().find(|a| a.kind == ItemKind::Model) {
+            self.selected = Some(model.name.clone());
+        }
+        if added.iter().any(|a| a.name == IMPLICIT) {
+            self.implicit = lower(&layout, IMPLICIT).ok().map(|(g, _)| g);
+        }
+        io.out(&lines);
+        Status::Ok
+    }
+
+    /// The session's entries with `items` (of `piece`) added, each replacing any definition of
+    /// its name; a saved session's `model repl` becomes the implicit model again.
+    fn with_items(&self, items: &[cnnc_syntax::ast::Item], piece: &Piece) -> (Vec<Entry>, Vec<Added>) {
         let mut entries = self.entries.clone();
         let mut added = Vec::new();
-        for item in &ast.items {
+        for item in items {
             let name = item.name.name.clone();
-            // A saved session's `model repl` becomes the implicit model again.
-            if let Some(implicit) = layout::implicit_entries(item, &piece) {
+            let kind = item.kind;
+            if let Some(implicit) = layout::implicit_entries(item, piece) {
                 let redefined = entries.iter().any(|e| !matches!(e.kind, Kind::Item { .. }));
                 entries.retain(|e| matches!(e.kind, Kind::Item { .. }));
                 entries.extend(implicit);
-                added.push((item.kind, name, 0, redefined));
+                added.push(Added { kind, name, params: 0, redefined });
                 continue;
             }
             let redefined = entries.iter().any(|e| matches!(&e.kind, Kind::Item { name: n, .. } if *n == name));
             entries.retain(|e| !matches!(&e.kind, Kind::Item { name: n, .. } if *n == name));
             let range = piece.range.start + item.span.start as usize..piece.range.start + item.span.end as usize;
-            let kind = Kind::Item { kind: item.kind, name: name.clone() };
-            entries.push(Entry { piece: Piece { origin: piece.origin.clone(), range }, kind });
-            added.push((item.kind, name, item.params.len(), redefined));
+            let piece = Piece { origin: piece.origin.clone(), range };
+            entries.push(Entry { piece, kind: Kind::Item { kind, name: name.clone() } });
+            added.push(Added { kind, name, params: item.params.len(), redefined });
         }
-        let layout = layout::assemble(&entries);
-        let mut lines = String::new();
-        // Only what changed is elaborated: the new models (and the implicit model when a block
-        // it may use changed); blocks get the checks that need no evaluation.
-        let (file, syntax) = cnnc_syntax::parse(&layout.file.text);
-        let mut diags: Vec<Diagnostic> = syntax.iter().map(|e| e.diagnostic()).collect();
-        diags.extend(cnnc_lower::check_items(&file));
-        let block_changed = added.iter().any(|a| a.0 == ItemKind::Block);
-        let implicit = entries.iter().any(|e| matches!(e.kind, Kind::Input { .. }));
-        if block_changed
-            && implicit
-            && !has_errors(&diags)
-            && let Err(more) = lower(&layout, IMPLICIT)
-        {
-            diags.extend(more);
-        }
-        for (kind, name, params, redefined) in &added {
-            let again = if *redefined { " (replaces the earlier one)" } else { "" };
-            match kind {
-                ItemKind::Block => {
-                    let params = plural(*params, "parameter");
-                    lines.push_str(&format!("block `{name}` defined, {params}{again}\n"));
-                }
-                ItemKind::Model if !has_errors(&diags) => match lower(&layout, name) {
-                    Ok((graph, _)) => lines.push_str(&format!("{}{again}\n", one_line(&graph))),
-                    Err(more) => diags.extend(more),
-                },
-                ItemKind::Model => {}
-            }
-        }
-        // Warnings about other definitions were shown when those were entered.
-        diags
-            .retain(|d| d.is_error() || layout.origin_of(d.primary.span).is_some_and(|o| Rc::ptr_eq(o, &piece.origin)));
-        if has_errors(&diags) {
-            io.err(&layout.render(&dedup(diags), self.color));
-            return Status::Failed;
-        }
-        io.err(&layout.render(&diags, self.color));
-        self.commit(entries, &piece);
-        if let Some((ItemKind::Model, name, ..)) = added.iter().rev().find(|a| a.0 == ItemKind::Model) {
-            self.selected = Some(name.clone());
-        }
-        if added.iter().any(|a| a.1 == IMPLICIT) {
-            self.implicit = lower(&layout, IMPLICIT).ok().map(|(g, _)| g);
-        }
-        io.out(&lines);
-        Status::Ok
+        (entries, added)
     }
 
     /// Starts the implicit model, or changes its input (its layers are kept and re-inferred).
@@ -356,6 +349,48 @@ impl Session {
     pub(crate) fn save_text(&self) -> String {
         layout::save_text(&self.entries)
     }
+}
+
+/// A definition just entered.
+struct Added {
+    kind: ItemKind,
+    name: String,
+    params: usize,
+    /// Whether it replaces an earlier one.
+    redefined: bool,
+}
+
+/// Checks the definitions just added, elaborating only what changed: the new models (and the
+/// implicit model when a block it may use changed); blocks get the checks that need no
+/// evaluation. The one-line summaries, and every diagnostic.
+fn check_added(layout: &Layout, entries: &[Entry], added: &[Added]) -> (String, Vec<Diagnostic>) {
+    let (file, syntax) = cnnc_syntax::parse(&layout.file.text);
+    let mut diags: Vec<Diagnostic> = syntax.iter().map(|e| e.diagnostic()).collect();
+    diags.extend(cnnc_lower::check_items(&file));
+    let block_changed = added.iter().any(|a| a.kind == ItemKind::Block);
+    let implicit = entries.iter().any(|e| matches!(e.kind, Kind::Input { .. }));
+    if block_changed
+        && implicit
+        && !has_errors(&diags)
+        && let Err(more) = lower(layout, IMPLICIT)
+    {
+        diags.extend(more);
+    }
+    let mut lines = String::new();
+    for a in added {
+        let again = if a.redefined { " (replaces the earlier one)" } else { "" };
+        match a.kind {
+            ItemKind::Block => {
+                lines.push_str(&format!("block `{}` defined, {}{again}\n", a.name, plural(a.params, "parameter")));
+            }
+            ItemKind::Model if !has_errors(&diags) => match lower(layout, &a.name) {
+                Ok((graph, _)) => lines.push_str(&format!("{}{again}\n", one_line(&graph))),
+                Err(more) => diags.extend(more),
+            },
+            ItemKind::Model => {}
+        }
+    }
+    (lines, diags)
 }
 
 /// Lowers one model of the assembled session.

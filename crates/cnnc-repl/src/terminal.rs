@@ -130,10 +130,14 @@ pub fn run_terminal(session: &mut Session, history: Option<PathBuf>) -> Result<(
 /// Where the history is kept: `CNNC_HISTORY` (empty: nowhere), else the user's data
 /// directory (`~/.local/share/cnnc/repl_history` on Linux).
 pub fn history_path() -> Option<PathBuf> {
-    match std::env::var_os("CNNC_HISTORY") {
+    history_path_from(std::env::var_os("CNNC_HISTORY"), dirs::data_dir())
+}
+
+fn history_path_from(var: Option<std::ffi::OsString>, data_dir: Option<PathBuf>) -> Option<PathBuf> {
+    match var {
         Some(path) if path.is_empty() => None,
         Some(path) => Some(PathBuf::from(path)),
-        None => dirs::data_dir().map(|d| d.join("cnnc").join("repl_history")),
+        None => data_dir.map(|d| d.join("cnnc").join("repl_history")),
     }
 }
 
@@ -264,6 +268,18 @@ impl Helper for ReplHelper {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_history_lives_where_told_or_in_the_data_directory() {
+        let data = Some(PathBuf::from("/home/u/.local/share"));
+        assert_eq!(
+            history_path_from(None, data.clone()),
+            Some(PathBuf::from("/home/u/.local/share/cnnc/repl_history"))
+        );
+        assert_eq!(history_path_from(Some("/tmp/h".into()), data.clone()), Some(PathBuf::from("/tmp/h")));
+        assert_eq!(history_path_from(Some("".into()), data), None);
+        assert_eq!(history_path_from(None, None), None);
+    }
 
     #[test]
     fn open_brackets_and_trailing_arrows_continue() {

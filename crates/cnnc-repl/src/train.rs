@@ -144,10 +144,9 @@ pub fn train(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
             ));
         }
         let tensors = train::model_tensors(&graph, &trained.state);
-        session.weights.insert(
-            graph.name.clone(),
-            Weights { model: graph.name.clone(), tensors, normalization: Some(normalization) },
-        );
+        let generation = session.next_generation();
+        let weights = Weights { model: graph.name.clone(), tensors, normalization: Some(normalization), generation };
+        session.weights.insert(graph.name.clone(), weights);
         Ok(Status::Ok)
     })();
     finish(result, io)

@@ -4,6 +4,7 @@
 //! Times are the only thing taken out (`<t> ms`).
 
 use cnnc_repl::{Io, Session, Status, run_script};
+use std::fmt::Write;
 use std::path::PathBuf;
 
 /// Everything a session prints, in order, in one string.
@@ -150,10 +151,13 @@ conv(4, k=3, pad=1) -> relu -> maxpool(2) -> flatten -> fc(5)
 :grad 2
 :run $DIR/wrong.npy
 :weights $DIR/nothing.safetensors
+:run $DIR/x.npy
+softmax
+:run
 ",
         &dir,
     );
-    assert_eq!(status, Status::Failed, "the last two fail");
+    assert_eq!(status, Status::Failed, "`wrong.npy` and `nothing.safetensors` fail");
     insta::assert_snapshot!(text);
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
@@ -228,4 +232,56 @@ fn decode(path: &std::path::Path) -> (u32, u32, png::ColorType) {
 fn redaction_only_touches_times() {
     assert_eq!(redact("compile 12.5 ms, run 0.031 ms after"), "compile <t> ms, run <t> ms after");
     assert_eq!(redact("no times here: 3.5"), "no times here: 3.5");
+}
+
+#[test]
+fn every_command_in_the_help_is_one() {
+    let dir = temp_dir("help");
+    let (help, status, _) = replay(":help\n", &dir);
+    assert_eq!(status, Status::Ok);
+    let names: Vec<&str> = help.lines().filter_map(|l| l.trim_start().strip_prefix(':')).collect();
+    assert!(names.len() >= 16, "{help}");
+    let mut script = String::from("input x: [1, 8, 8]\nconv(2, k=3) -> flatten -> fc(3)\n");
+    for name in &names {
+        let name = name.split_whitespace().next().expect("a name");
+        if name != "quit" && name != "reset" {
+            let _ = writeln!(script, ":{name}");
+        }
+    }
+    let (text, _, _) = replay(&script, &dir);
+    assert!(!text.contains("unknown command"), "{text}");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn bench_reports_every_layer() {
+    let dir = temp_dir("bench");
+    let (text, status, _) =
+        replay("input x: [1, 8, 8]\nconv(4, k=3) -> relu -> flatten -> fc(3)\n:bench 3\n:bench 0\n", &dir);
+    assert_eq!(status, Status::Failed, "`:bench 0` is refused: {text}");
+    let table = text.split("> :bench 3\n").nth(1).expect("the bench ran");
+    assert!(table.contains("layer") && table.contains("% peak"), "{table}");
+    for layer in ["conv1", "fc1"] {
+        assert!(table.lines().any(|l| l.starts_with(layer)), "{layer} in {table}");
+    }
+    assert!(table.contains("model: <t> ms median"), "{table}");
+    assert!(text.contains("ROUNDS is a whole number from 1 to 10000"), "{text}");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn a_model_too_large_for_the_memory_is_refused_before_anything_is_allocated() {
+    let dir = temp_dir("memory");
+    let mut session = Session::new(false, cnnc_driver::MemoryBudget::set(1 << 30));
+    let mut io = Transcript::default();
+    let script = "input x: [1, 100000, 100000]\nconv(512, k=3)\n:run\n:bench\n:grad\n:viz maps conv1 $DIR/never.png\n:viz filters conv1 $DIR/small.png\n"
+        .replace("$DIR", &dir.display().to_string());
+    let status = run_script(&mut session, script.as_bytes(), &mut io, true);
+    assert_eq!(status, Status::Failed);
+    let refusals = io.text.matches("error: running model `repl` on a batch of 1 needs about").count();
+    assert_eq!(refusals, 4, "{}", io.text);
+    assert!(!dir.join("never.png").exists());
+    // The kernels themselves are small: drawing them is fine.
+    assert!(io.text.contains("small.png`: 512 kernels of `conv1`"), "{}", io.text);
+    std::fs::remove_dir_all(&dir).expect("clean up");
 }
