@@ -132,13 +132,16 @@ pub fn bench_table(b: &BenchOutcome) -> String {
     );
     let c = &r.compile;
     out.push_str(&format!(
-        "compile: {:.1} ms (JIT: lowering {:.1} ms, Cranelift {:.1} ms for {} functions on {} thread{}), passes {:.1} ms\n",
+        "compile: {:.1} ms (JIT: setup {:.1}, lowering {:.1}, Cranelift {:.1} for {} functions on {} thread{}, finalize \
+         {:.1}), passes {:.1} ms\n",
         r.compile_ms,
+        c.setup_ms,
         c.lower_ms,
         c.codegen.wall_ms,
         c.codegen.functions,
         c.codegen.threads,
         if c.codegen.threads == 1 { "" } else { "s" },
+        c.finalize_ms,
         b.passes_ms
     ));
     let cache = match (&b.peak.file, b.peak.source) {

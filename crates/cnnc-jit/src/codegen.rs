@@ -34,6 +34,9 @@ struct Code {
     seconds: f64,
 }
 
+/// One function's outcome: its id and code, or why it did not compile.
+type Compiled = Result<(FuncId, Code), JitError>;
+
 /// What compiling took.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct CodegenTimes {
@@ -63,7 +66,7 @@ pub(crate) fn compile_all(
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(pending[i].func.dfg.num_insts()));
     let work: Vec<Mutex<Option<Pending>>> = pending.into_iter().map(|p| Mutex::new(Some(p))).collect();
-    let done: Vec<Mutex<Option<Result<(FuncId, Code), JitError>>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    let done: Vec<Mutex<Option<Compiled>>> = (0..n).map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     // Starting a thread costs more than compiling a small program (an inference plan in
     // native mode is a few hundred instructions of loop nests around kernel calls).
@@ -101,7 +104,7 @@ pub(crate) fn compile_all(
 }
 
 /// Compiles one function with a reused context.
-fn compile_one(isa: &dyn TargetIsa, ctx: &mut Context, p: Pending) -> Result<(FuncId, Code), JitError> {
+fn compile_one(isa: &dyn TargetIsa, ctx: &mut Context, p: Pending) -> Compiled {
     let start = Instant::now();
     ctx.clear();
     ctx.func = p.func;

@@ -121,8 +121,8 @@ fn the_table_names_every_layer_and_the_whole() {
     assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("model lenet5, inference, batch 1, "), "{out}");
-    assert!(lines[1].starts_with("compile: ") && lines[1].contains(" ms (JIT: lowering "), "{out}");
-    assert!(lines[1].contains(" functions on 1 thread), passes "), "a small program compiles on one: {out}");
+    assert!(lines[1].starts_with("compile: ") && lines[1].contains(" ms (JIT: setup "), "{out}");
+    assert!(lines[1].contains(" functions on 1 thread, finalize "), "a small program compiles on one: {out}");
     assert!(
         lines[2].starts_with("peak: ") && lines[2].contains("GFLOP/s") && lines[2].contains("measured now"),
         "{out}"
