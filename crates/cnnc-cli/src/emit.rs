@@ -192,6 +192,8 @@ mod tests {
         assert!(parse(&["--train", "--no-std"]).is_err(), "no training without std");
         assert!(parse(&["--loss", "mse"]).is_err(), "--loss needs --train");
         assert!(parse(&["--train", "--gradients-only", "--optimizer", "adam"]).is_err());
+        // The optimiser's defaults do not conflict with --gradients-only.
+        assert!(parse(&["--train", "--gradients-only"]).is_ok());
         let Some(Command::EmitRust(emit)) = parse(&["--train", "--loss", "huber", "--delta", "0.5"]).unwrap().command
         else {
             panic!("emit-rust expected")
