@@ -3,13 +3,15 @@
 //!
 //! The module always holds the inference struct `Model`; with a training configuration it also
 //! holds `Trainer`, the training step (a loss, its gradients, and an optimiser update when one
-//! is given). The plans are made here exactly as the other commands make them (every pass, the
-//! verifier on), so the generated code runs what `cnnc run` and `cnnc grad` run.
+//! is given). The module is `cnnc-emit`'s, the one the `cnn!` macro expands to: the plans of
+//! every pass with the verifier on, as the other commands make them, so the generated code runs
+//! what `cnnc run` and `cnnc grad` run.
 
-use cnnc_codegen::{CodegenError, Program, Source};
+use cnnc_codegen::CodegenError;
 use cnnc_diag::SourceFile;
+use cnnc_emit::GraphError;
 use cnnc_ir::Graph;
-use cnnc_passes::{PassError, PassOptions, TrainingOptions};
+use cnnc_passes::{PassError, TrainingOptions};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -28,7 +30,7 @@ pub struct RustOptions {
 pub struct GeneratedRust {
     pub text: String,
     /// The public structs, in the module's order (`Model`, then `Trainer`).
-    pub structs: Vec<&'static str>,
+    pub structs: Vec<String>,
 }
 
 /// Why no module was written.
@@ -73,26 +75,13 @@ pub fn emit_rust(graph: &Graph, file: &SourceFile, options: &RustOptions) -> Res
     if options.no_std && options.training.is_some() {
         return Err(EmitError::NoStdTraining);
     }
-    let passes = PassOptions { verify: true, ..PassOptions::all() };
-    let inference = cnnc_passes::optimize(graph, None, &passes)?.plan;
-    let training = match &options.training {
-        Some(t) => Some(cnnc_passes::optimize_training(graph, None, &passes, t)?.plan),
-        None => None,
-    };
-    let mut program = Program::inference(graph, &inference);
-    let mut structs = vec!["Model"];
-    if let Some(plan) = &training {
-        program = program.with("Trainer", plan);
-        structs.push("Trainer");
-    }
     let name = Path::new(&file.name).file_name().map_or(file.name.clone(), |n| n.to_string_lossy().into_owned());
-    let codegen = cnnc_codegen::Options {
-        source: Some(Source { name, text: file.text.clone() }),
-        std: !options.no_std,
-        ..cnnc_codegen::Options::default()
-    };
-    let text = cnnc_codegen::emit(&program, &codegen)
-        .map_err(|source| EmitError::Codegen { model: graph.name.clone(), source })?;
+    let source = SourceFile::new(name, file.text.clone());
+    let training = options.training.as_ref().map(|t| (cnnc_emit::TRAINER, t));
+    let (structs, text) = cnnc_emit::emit_graph(graph, &source, training, !options.no_std).map_err(|e| match e {
+        GraphError::Passes(e) => EmitError::Passes(e),
+        GraphError::Codegen(source) => EmitError::Codegen { model: graph.name.clone(), source },
+    })?;
     Ok(GeneratedRust { text, structs })
 }
 

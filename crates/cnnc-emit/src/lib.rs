@@ -98,33 +98,63 @@ pub fn emit_rust(source: &SourceFile, options: &Options) -> Result<Emitted, Emit
     }
     let lowered = cnnc_lower::lower(&ast, &options.lower).map_err(EmitError::Source)?;
     let graph = lowered.graph;
-    let passes = PassOptions::all();
-    let inference = cnnc_passes::optimize(&graph, None, &passes).map_err(EmitError::Passes)?.plan;
-    let training = match &options.training {
+    let training = options.training.map(|t| {
+        let name = if t.optimizer.is_some() { TRAINER } else { GRADIENTS };
+        (name, training_options(&graph, &t))
+    });
+    let (structs, text) = emit_graph(&graph, source, training.as_ref().map(|(name, t)| (*name, t)), options.std)
+        .map_err(EmitError::from)?;
+    Ok(Emitted { model: graph.name.clone(), structs, text, warnings: lowered.warnings })
+}
+
+/// Why a lowered graph did not compile to Rust: [`EmitError`] without the source's errors.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GraphError {
+    /// The passes could not build a plan (the training transform refusing the model, say).
+    Passes(PassError),
+    /// The code generator could not compile the plan.
+    Codegen(CodegenError),
+}
+
+impl From<GraphError> for EmitError {
+    fn from(e: GraphError) -> EmitError {
+        match e {
+            GraphError::Passes(e) => EmitError::Passes(e),
+            GraphError::Codegen(e) => EmitError::Codegen(e),
+        }
+    }
+}
+
+/// A lowered `graph` compiled to one module: its plans (every pass, the verifier on), `Model`,
+/// and with `training` the training struct it names (`Trainer` or `Gradients`), each layer's
+/// doc comment quoting `source`. Returns the module's public structs in order and its text.
+/// [`emit_rust`] runs the front end first; the driver, which lowers through its own front door,
+/// calls this directly, so `cnnc emit-rust` and `cnn!` generate the same module.
+pub fn emit_graph(
+    graph: &Graph,
+    source: &SourceFile,
+    training: Option<(&str, &TrainingOptions)>,
+    std: bool,
+) -> Result<(Vec<String>, String), GraphError> {
+    let passes = PassOptions { verify: true, ..PassOptions::all() };
+    let inference = cnnc_passes::optimize(graph, None, &passes).map_err(GraphError::Passes)?.plan;
+    let training = match training {
         None => None,
-        Some(t) => {
-            let plan = cnnc_passes::optimize_training(&graph, None, &passes, &training_options(&graph, t))
-                .map_err(EmitError::Passes)?
-                .plan;
-            Some((if t.optimizer.is_some() { TRAINER } else { GRADIENTS }, plan))
+        Some((name, t)) => {
+            Some((name, cnnc_passes::optimize_training(graph, None, &passes, t).map_err(GraphError::Passes)?.plan))
         }
     };
-    let mut program = Program::inference(&graph, &inference);
+    let mut program = Program::inference(graph, &inference);
     if let Some((name, plan)) = &training {
         program = program.with(name, plan);
     }
     let codegen = cnnc_codegen::Options {
         source: Some(Source { name: source.name.clone(), text: source.text.clone() }),
-        std: options.std,
+        std,
         ..cnnc_codegen::Options::default()
     };
-    let text = cnnc_codegen::emit(&program, &codegen).map_err(EmitError::Codegen)?;
-    Ok(Emitted {
-        model: graph.name.clone(),
-        structs: program.entries.iter().map(|e| e.name.clone()).collect(),
-        text,
-        warnings: lowered.warnings,
-    })
+    let text = cnnc_codegen::emit(&program, &codegen).map_err(GraphError::Codegen)?;
+    Ok((program.entries.iter().map(|e| e.name.clone()).collect(), text))
 }
 
 /// The loss a model trains with when none is named: softmax cross-entropy for a classifier (one
