@@ -57,6 +57,12 @@ pub struct BwdDataPlan {
     pub(crate) n_ib: usize,
     pub(crate) tasks: usize,
     pub(crate) scratch: usize,
+    /// The kernel rows and columns (forward indices, `start..end`) that reach a gradient
+    /// inside the output map from some input position: the only taps the pass reads, so the
+    /// only ones a weight rewrite must produce (on a 1x1 map with padding 1, a 3x3 kernel's
+    /// centre).
+    pub(crate) taps_h: [usize; 2],
+    pub(crate) taps_w: [usize; 2],
 }
 
 /// Raw operands (null where absent), batch strides in floats.
@@ -91,6 +97,21 @@ struct Taps {
     step: usize,
     out_step: usize,
     count: usize,
+}
+
+/// The hull `[start, end)` of the kernel indices of one axis that connect some input position
+/// `i < size` to an output `(i + p - kk d) / s` inside `0..o` (exactly divisible).
+fn used_taps(size: usize, p: usize, k: usize, d: usize, s: usize, o: usize) -> [usize; 2] {
+    let used = |kk: usize| {
+        (0..size).any(|i| {
+            let num = (i + p) as isize - (kk * d) as isize;
+            num >= 0 && num % s as isize == 0 && ((num / s as isize) as usize) < o
+        })
+    };
+    match ((0..k).find(|&kk| used(kk)), (0..k).rev().find(|&kk| used(kk))) {
+        (Some(lo), Some(hi)) => [lo, hi + 1],
+        _ => [0, 0],
+    }
 }
 
 fn taps(r: usize, p: usize, k: usize, d: usize, s: usize) -> Taps {
@@ -142,6 +163,8 @@ impl BwdDataPlan {
             n_ib: 1,
             tasks: 0,
             scratch: 0,
+            taps_h: used_taps(shape.ih, shape.pad[0], shape.kh, shape.dilation[0], sh, oh),
+            taps_w: used_taps(shape.iw, shape.pad[1], shape.kw, shape.dilation[1], sw, ow),
         };
         let unit = (ocb * 16 * shape.kh * shape.kw) as f64 / (2.0 * (sh * sw) as f64);
         let p = &plan;
@@ -177,6 +200,10 @@ impl BwdDataPlan {
     }
     pub fn tile(&self) -> (usize, usize) {
         (self.k, self.nw)
+    }
+    /// The kernel rows and columns the pass reads (forward indices, `[start, end)`).
+    pub fn taps(&self) -> ([usize; 2], [usize; 2]) {
+        (self.taps_h, self.taps_w)
     }
 }
 
@@ -328,7 +355,6 @@ unsafe fn dx_row(
     let [sh, sw] = s.stride;
     let [ph, pw] = s.pad;
     let [dh, dw] = s.dilation;
-    let taps_w_all = s.kh * s.kw * 256;
     // Row taps of this row's phase, clipped to output rows inside gy.
     let th = taps(iy % sh, ph, s.kh, dh, sh);
     let (mut kh_first, mut count_h, mut oy_start) = (0, 0, 0);
@@ -346,42 +372,81 @@ unsafe fn dx_row(
             }
         }
     }
-    let tiles = &tile::tiles(plan.isa).a16;
-    let ihw16 = (s.ih * s.iw * 16) as isize;
+    let rows = (oy_start.saturating_sub(oy_first), kh_first, count_h);
     for rx in 0..sw.min(s.iw) {
         let tw = taps(rx, pw, s.kw, dw, sw);
         let cols = (s.iw - rx).div_ceil(sw);
-        let kw_first = tw.first.unwrap_or(0);
-        let count_w = tw.count;
-        let r = Reduce {
-            n: [plan.ocb, count_h, count_w],
-            a: [plan.band_ocb as isize, (th.out_step * plan.band_row) as isize, (tw.out_step * 16) as isize],
-            b: [taps_w_all as isize, (th.step * s.kw * 256) as isize, (tw.step * 256) as isize],
-            steps: 16,
-            a_step: 1,
-            b_step: 16,
-            b_blk: (plan.ocb * taps_w_all) as isize,
-        };
-        // Rotated weights: kernel row kh sits at KH - 1 - kh.
-        let (rh, rw) = (s.kh - 1 - kh_first, s.kw - 1 - kw_first);
-        let wp = a.w.wrapping_add((ib * plan.ocb) * taps_w_all + (rh * s.kw + rw) * 256);
         let ntiles = cols.div_ceil(plan.nw);
         let mut qx = 0;
         for t in 0..ntiles {
             let w = cols / ntiles + usize::from(t < cols % ntiles);
             let ix = rx + sw * qx;
-            // gy column of the first tap, shifted by the band's zero columns (never negative:
-            // pad_cols covers the reach of the kernel).
-            let ox = ((ix + pw) as isize - (kw_first * dw) as isize).div_euclid(sw as isize);
-            let col = (ox + plan.pad_cols as isize) as usize;
-            let ap = band.wrapping_add(oy_start.saturating_sub(oy_first) * plan.band_row + col * 16);
-            let c = a.dx.wrapping_add(n * a.dx_bs + ib * (ihw16 as usize) + (iy * s.iw + ix) * 16);
-            let out = Out::plain(c, (sw * 16) as isize, ihw16, plan.options.accumulate);
-            // SAFETY: the reduction reads band rows oy_start.. (inside the band: the task's
-            // rows), band columns within the zero padding, weight vectors of this group; the
-            // tile writes w columns of this phase in dx row iy.
-            unsafe { tiles.get(plan.k, w)(ap, wp, &r, &out) };
+            // SAFETY: forwarded contract.
+            unsafe { dx_tile(plan, a, band, rows, &th, &tw, n, ib, [iy, ix, w]) };
             qx += w;
         }
     }
+}
+
+/// One tile of dx: `w` columns of phase `ix % sw` from column `ix` in row `iy`, blocks
+/// `ib .. ib + k`, reducing over the row taps `count_h` from `kh_first` (band row `band_y`)
+/// and the column taps of `tw` that reach a gradient column inside the map for some column
+/// of the tile (the others would read only the band's zero columns).
+///
+/// # Safety
+/// As [`dx_row`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn dx_tile(
+    plan: &BwdDataPlan,
+    a: &BwdDataArgs,
+    band: *const f32,
+    (band_y, kh_first, count_h): (usize, usize, usize),
+    th: &Taps,
+    tw: &Taps,
+    n: usize,
+    ib: usize,
+    [iy, ix, w]: [usize; 3],
+) {
+    let s = &plan.shape;
+    let sw = s.stride[1];
+    let (pw, dw) = (s.pad[1], s.dilation[1]);
+    let taps_w_all = s.kh * s.kw * 256;
+    // The gy column the tile's first column reads through kernel column kw.
+    let ox_of = |kw: usize| ((ix + pw) as isize - (kw * dw) as isize).div_euclid(sw as isize);
+    // The tile's columns read gy columns ox0 .. ox0 + w of a tap; ox0 grows with t.
+    let (mut kw_first, mut count_w) = (tw.first.unwrap_or(0), 0);
+    if let Some(f) = tw.first {
+        let reaches = |t: &usize| {
+            let ox = ox_of(f - t * tw.step);
+            ox + w as isize > 0 && ox < plan.ow as isize
+        };
+        if let (Some(lo), Some(hi)) = ((0..tw.count).find(reaches), (0..tw.count).rfind(reaches)) {
+            kw_first = f - lo * tw.step;
+            count_w = hi - lo + 1;
+        }
+    }
+    let r = Reduce {
+        n: [plan.ocb, count_h, count_w],
+        a: [plan.band_ocb as isize, (th.out_step * plan.band_row) as isize, (tw.out_step * 16) as isize],
+        b: [taps_w_all as isize, (th.step * s.kw * 256) as isize, (tw.step * 256) as isize],
+        steps: 16,
+        a_step: 1,
+        b_step: 16,
+        b_blk: (plan.ocb * taps_w_all) as isize,
+    };
+    // Rotated weights: kernel row kh sits at KH - 1 - kh.
+    let (rh, rw) = (s.kh - 1 - kh_first, s.kw - 1 - kw_first);
+    let wp = a.w.wrapping_add((ib * plan.ocb) * taps_w_all + (rh * s.kw + rw) * 256);
+    // gy column of the first tap, shifted by the band's zero columns (never negative:
+    // pad_cols covers the reach of the kernel).
+    let col = (ox_of(kw_first) + plan.pad_cols as isize) as usize;
+    let ap = band.wrapping_add(band_y * plan.band_row + col * 16);
+    let ihw16 = (s.ih * s.iw * 16) as isize;
+    let c = a.dx.wrapping_add(n * a.dx_bs + ib * (ihw16 as usize) + (iy * s.iw + ix) * 16);
+    let out = Out::plain(c, (sw * 16) as isize, ihw16, plan.options.accumulate);
+    // SAFETY: the reduction reads band rows from band_y (inside the band: the task's rows),
+    // band columns within the zero padding (a subset of the unclipped taps' columns), weight
+    // vectors of this group inside the plan's used taps; the tile writes w columns of this
+    // phase in dx row iy.
+    unsafe { tile::tiles(plan.isa).a16.get(plan.k, w)(ap, wp, &r, &out) };
 }
