@@ -56,6 +56,12 @@ pub struct BwdDataPlan {
     pub(crate) ib_chunk: usize,
     pub(crate) n_ib: usize,
     pub(crate) tasks: usize,
+    /// Images per task, each with its own band: more than one where the weights a task reads
+    /// outweigh its images' gradients (small maps), so that each weight block serves them all
+    /// while it is in cache.
+    pub(crate) images: usize,
+    /// Floats of one image's band (all output blocks), and of a task's scratch.
+    pub(crate) band_image: usize,
     pub(crate) scratch: usize,
     /// The kernel rows and columns (forward indices, `start..end`) that reach a gradient
     /// inside the output map from some input position: the only taps the pass reads, so the
@@ -83,6 +89,10 @@ pub struct BwdDataArgs {
 unsafe impl Sync for BwdDataArgs {}
 // SAFETY: as above.
 unsafe impl Send for BwdDataArgs {}
+
+/// The most floats of gradient bands a task of several images holds (256 KiB: a quarter of
+/// the second-level cache, leaving the rest to the weight blocks the images share).
+const BATCH_BANDS: usize = 64 << 10;
 
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
@@ -162,16 +172,22 @@ impl BwdDataPlan {
             ib_chunk: icb,
             n_ib: 1,
             tasks: 0,
+            images: 1,
+            band_image: 0,
             scratch: 0,
             taps_h: used_taps(shape.ih, shape.pad[0], shape.kh, shape.dilation[0], sh, oh),
             taps_w: used_taps(shape.iw, shape.pad[1], shape.kw, shape.dilation[1], sw, ow),
         };
+        plan.images = plan.images_per_task();
         let unit = (ocb * 16 * shape.kh * shape.kw) as f64 / (2.0 * (sh * sw) as f64);
         let p = &plan;
         let cost = |rc: usize, _cc: usize, blocks: usize| {
-            unit * (rc * shape.iw * blocks) as f64 + 1.5 * (ocb * p.gy_rows(rc) * (ow + 2 * pad_cols)) as f64
+            let image =
+                unit * (rc * shape.iw * blocks) as f64 + 1.5 * (ocb * p.gy_rows(rc) * (ow + 2 * pad_cols)) as f64;
+            image * p.images as f64
         };
-        let sp = best_split(shape.n * g, icb / k, shape.ih, 1, 1, threads.max(1), &cost, k);
+        let batches = shape.n.div_ceil(plan.images);
+        let sp = best_split(batches * g, icb / k, shape.ih, 1, 1, threads.max(1), &cost, k);
         plan.row_chunk = sp.row_chunk;
         plan.n_rows = sp.n_rows;
         plan.ib_chunk = sp.oc_chunk;
@@ -179,8 +195,26 @@ impl BwdDataPlan {
         plan.tasks = sp.tasks;
         plan.band_rows = plan.gy_rows(plan.row_chunk);
         plan.band_ocb = plan.band_rows * band_row;
-        plan.scratch = ocb * plan.band_ocb;
+        plan.band_image = ocb * plan.band_ocb;
+        plan.scratch = plan.images * plan.band_image;
         Ok(plan)
+    }
+
+    /// Images a task takes: one, unless the weights of the used taps (read once per image of
+    /// a task) exceed four times an image's gradients in and out; then as many as keep the
+    /// task's bands within [`BATCH_BANDS`] floats, the batch shared evenly between tasks.
+    fn images_per_task(&self) -> usize {
+        let s = &self.shape;
+        let ([h0, h1], [w0, w1]) = (self.taps_h, self.taps_w);
+        let weights = self.icb * self.ocb * 256 * (h1 - h0) * (w1 - w0);
+        let band = self.ocb * self.gy_rows(s.ih) * self.band_row;
+        let image = band + self.icb * 16 * s.ih * s.iw;
+        if weights <= 4 * image {
+            return 1;
+        }
+        // Balanced: 16 images at most 14 a task make two tasks of 8.
+        let most = (BATCH_BANDS / band).clamp(1, s.n);
+        s.n.div_ceil(s.n.div_ceil(most))
     }
 
     /// Output-gradient rows a task of `rc` input rows reads (at most).
@@ -277,16 +311,25 @@ pub unsafe fn backward_data_task(plan: &BwdDataPlan, a: &BwdDataArgs, task: usiz
     let t = task / plan.n_rows;
     let ib_i = t % plan.n_ib;
     let t = t / plan.n_ib;
-    let (g, n) = (t % s.groups, t / s.groups);
+    let g = t % s.groups;
+    let n0 = t / s.groups * plan.images;
+    let n1 = (n0 + plan.images).min(s.n);
     let iy0 = row_i * plan.row_chunk;
     let iy1 = (iy0 + plan.row_chunk).min(s.ih);
-    // SAFETY: forwarded contract; the band fits the scratch.
-    let oy_first = unsafe { copy_band(plan, a, n, g, iy0, iy1, scratch) };
+    let band = |n: usize| scratch.wrapping_add((n - n0) * plan.band_image);
+    let mut oy_first = 0;
+    for n in n0..n1 {
+        // SAFETY: forwarded contract; image n's band fits the scratch (n - n0 < images).
+        oy_first = unsafe { copy_band(plan, a, n, g, iy0, iy1, band(n)) };
+    }
+    // Each block of weights serves every image of the task before the next is read.
     let ib0 = g * plan.icb + ib_i * plan.ib_chunk;
     for ib in (ib0..ib0 + plan.ib_chunk).step_by(plan.k) {
-        for iy in iy0..iy1 {
-            // SAFETY: forwarded contract.
-            unsafe { dx_row(plan, a, scratch, oy_first, n, ib, iy) };
+        for n in n0..n1 {
+            for iy in iy0..iy1 {
+                // SAFETY: forwarded contract.
+                unsafe { dx_row(plan, a, band(n), oy_first, n, ib, iy) };
+            }
         }
     }
 }
