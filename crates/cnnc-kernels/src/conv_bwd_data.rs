@@ -12,6 +12,13 @@
 //! columns, reading a per-task band of `gy` rows between zero columns. Phases with no taps
 //! (a 1x1 stride-2 layer's odd rows) come out as zero from an empty reduction.
 //!
+//! Taps that reach only padding are skipped, as the forward pass skips them: kernel rows per
+//! dx row, kernel columns per tile (those reaching no `gy` column inside the map for any of
+//! the tile's columns). The plan records the taps any position reads ([`BwdDataPlan::taps`]),
+//! so a training step rewrites only those weights: on a 1x1 map with padding 1, one of a 3x3
+//! kernel's nine. On small maps, where a task's weights outweigh its image's gradients, a
+//! task takes several images and runs each block of weights over all of them.
+//!
 //! [`pack::Blocked::BackwardData`]: super::pack::Blocked::BackwardData
 
 use super::conv::{ConvShape, best_split, choose_tile};
