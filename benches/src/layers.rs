@@ -308,7 +308,12 @@ pub fn prepare(layer: &Layer, pass: Pass, pool: &'static ThreadPool) -> Prepared
     }
 }
 
-/// The 3x3 layers, whose backward passes the issue benchmarks.
+/// The 3x3 layers, whose backward passes the issue benchmarks, and ResNet-18's layer4 convs
+/// at 3x32x32, batch 16 (1x1 and 2x2 maps, where most kernel taps hit only padding).
 pub fn backward_table() -> Vec<Layer> {
-    table().into_iter().filter(|l| matches!(l.kind, Kind::Conv(s) if s.kh == 3)).collect()
+    let mut list: Vec<Layer> = table().into_iter().filter(|l| matches!(l.kind, Kind::Conv(s) if s.kh == 3)).collect();
+    let conv = |name, s| Layer { name, kind: Kind::Conv(s) };
+    list.push(conv("conv3x3_512-512_1_b16", ConvShape::simple(16, 512, [1, 1], 512, 3, 1, 1)));
+    list.push(conv("conv3x3_512-512_2_b16", ConvShape::simple(16, 512, [2, 2], 512, 3, 1, 1)));
+    list
 }

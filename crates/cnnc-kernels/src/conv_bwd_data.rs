@@ -12,6 +12,13 @@
 //! columns, reading a per-task band of `gy` rows between zero columns. Phases with no taps
 //! (a 1x1 stride-2 layer's odd rows) come out as zero from an empty reduction.
 //!
+//! Taps that reach only padding are skipped, as the forward pass skips them: kernel rows per
+//! dx row, kernel columns per tile (those reaching no `gy` column inside the map for any of
+//! the tile's columns). The plan records the taps any position reads ([`BwdDataPlan::taps`]),
+//! so a training step rewrites only those weights: on a 1x1 map with padding 1, one of a 3x3
+//! kernel's nine. On small maps, where a task's weights outweigh its image's gradients, a
+//! task takes several images and runs each block of weights over all of them.
+//!
 //! [`pack::Blocked::BackwardData`]: super::pack::Blocked::BackwardData
 
 use super::conv::{ConvShape, best_split, choose_tile};
@@ -56,7 +63,19 @@ pub struct BwdDataPlan {
     pub(crate) ib_chunk: usize,
     pub(crate) n_ib: usize,
     pub(crate) tasks: usize,
+    /// Images per task, each with its own band: more than one where the weights a task reads
+    /// outweigh its images' gradients (small maps), so that each weight block serves them all
+    /// while it is in cache.
+    pub(crate) images: usize,
+    /// Floats of one image's band (all output blocks), and of a task's scratch.
+    pub(crate) band_image: usize,
     pub(crate) scratch: usize,
+    /// The kernel rows and columns (forward indices, `start..end`) that reach a gradient
+    /// inside the output map from some input position: the only taps the pass reads, so the
+    /// only ones a weight rewrite must produce (on a 1x1 map with padding 1, a 3x3 kernel's
+    /// centre).
+    pub(crate) taps_h: [usize; 2],
+    pub(crate) taps_w: [usize; 2],
 }
 
 /// Raw operands (null where absent), batch strides in floats.
@@ -78,6 +97,10 @@ unsafe impl Sync for BwdDataArgs {}
 // SAFETY: as above.
 unsafe impl Send for BwdDataArgs {}
 
+/// The most floats of gradient bands a task of several images holds (256 KiB: a quarter of
+/// the second-level cache, leaving the rest to the weight blocks the images share).
+const BATCH_BANDS: usize = 64 << 10;
+
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
@@ -91,6 +114,21 @@ struct Taps {
     step: usize,
     out_step: usize,
     count: usize,
+}
+
+/// The hull `[start, end)` of the kernel indices of one axis that connect some input position
+/// `i < size` to an output `(i + p - kk d) / s` inside `0..o` (exactly divisible).
+fn used_taps(size: usize, p: usize, k: usize, d: usize, s: usize, o: usize) -> [usize; 2] {
+    let used = |kk: usize| {
+        (0..size).any(|i| {
+            let num = (i + p) as isize - (kk * d) as isize;
+            num >= 0 && num % s as isize == 0 && ((num / s as isize) as usize) < o
+        })
+    };
+    match ((0..k).find(|&kk| used(kk)), (0..k).rev().find(|&kk| used(kk))) {
+        (Some(lo), Some(hi)) => [lo, hi + 1],
+        _ => [0, 0],
+    }
 }
 
 fn taps(r: usize, p: usize, k: usize, d: usize, s: usize) -> Taps {
@@ -141,14 +179,22 @@ impl BwdDataPlan {
             ib_chunk: icb,
             n_ib: 1,
             tasks: 0,
+            images: 1,
+            band_image: 0,
             scratch: 0,
+            taps_h: used_taps(shape.ih, shape.pad[0], shape.kh, shape.dilation[0], sh, oh),
+            taps_w: used_taps(shape.iw, shape.pad[1], shape.kw, shape.dilation[1], sw, ow),
         };
+        plan.images = plan.images_per_task();
         let unit = (ocb * 16 * shape.kh * shape.kw) as f64 / (2.0 * (sh * sw) as f64);
         let p = &plan;
         let cost = |rc: usize, _cc: usize, blocks: usize| {
-            unit * (rc * shape.iw * blocks) as f64 + 1.5 * (ocb * p.gy_rows(rc) * (ow + 2 * pad_cols)) as f64
+            let image =
+                unit * (rc * shape.iw * blocks) as f64 + 1.5 * (ocb * p.gy_rows(rc) * (ow + 2 * pad_cols)) as f64;
+            image * p.images as f64
         };
-        let sp = best_split(shape.n * g, icb / k, shape.ih, 1, 1, threads.max(1), &cost, k);
+        let batches = shape.n.div_ceil(plan.images);
+        let sp = best_split(batches * g, icb / k, shape.ih, 1, 1, threads.max(1), &cost, k);
         plan.row_chunk = sp.row_chunk;
         plan.n_rows = sp.n_rows;
         plan.ib_chunk = sp.oc_chunk;
@@ -156,8 +202,26 @@ impl BwdDataPlan {
         plan.tasks = sp.tasks;
         plan.band_rows = plan.gy_rows(plan.row_chunk);
         plan.band_ocb = plan.band_rows * band_row;
-        plan.scratch = ocb * plan.band_ocb;
+        plan.band_image = ocb * plan.band_ocb;
+        plan.scratch = plan.images * plan.band_image;
         Ok(plan)
+    }
+
+    /// Images a task takes: one, unless the weights of the used taps (read once per image of
+    /// a task) exceed four times an image's gradients in and out; then as many as keep the
+    /// task's bands within [`BATCH_BANDS`] floats, the batch shared evenly between tasks.
+    fn images_per_task(&self) -> usize {
+        let s = &self.shape;
+        let ([h0, h1], [w0, w1]) = (self.taps_h, self.taps_w);
+        let weights = self.icb * self.ocb * 256 * (h1 - h0) * (w1 - w0);
+        let band = self.ocb * self.gy_rows(s.ih) * self.band_row;
+        let image = band + self.icb * 16 * s.ih * s.iw;
+        if weights <= 4 * image {
+            return 1;
+        }
+        // Balanced: 16 images at most 14 a task make two tasks of 8.
+        let most = (BATCH_BANDS / band).clamp(1, s.n);
+        s.n.div_ceil(s.n.div_ceil(most))
     }
 
     /// Output-gradient rows a task of `rc` input rows reads (at most).
@@ -177,6 +241,10 @@ impl BwdDataPlan {
     }
     pub fn tile(&self) -> (usize, usize) {
         (self.k, self.nw)
+    }
+    /// The kernel rows and columns the pass reads (forward indices, `[start, end)`).
+    pub fn taps(&self) -> ([usize; 2], [usize; 2]) {
+        (self.taps_h, self.taps_w)
     }
 }
 
@@ -250,16 +318,25 @@ pub unsafe fn backward_data_task(plan: &BwdDataPlan, a: &BwdDataArgs, task: usiz
     let t = task / plan.n_rows;
     let ib_i = t % plan.n_ib;
     let t = t / plan.n_ib;
-    let (g, n) = (t % s.groups, t / s.groups);
+    let g = t % s.groups;
+    let n0 = t / s.groups * plan.images;
+    let n1 = (n0 + plan.images).min(s.n);
     let iy0 = row_i * plan.row_chunk;
     let iy1 = (iy0 + plan.row_chunk).min(s.ih);
-    // SAFETY: forwarded contract; the band fits the scratch.
-    let oy_first = unsafe { copy_band(plan, a, n, g, iy0, iy1, scratch) };
+    let band = |n: usize| scratch.wrapping_add((n - n0) * plan.band_image);
+    let mut oy_first = 0;
+    for n in n0..n1 {
+        // SAFETY: forwarded contract; image n's band fits the scratch (n - n0 < images).
+        oy_first = unsafe { copy_band(plan, a, n, g, iy0, iy1, band(n)) };
+    }
+    // Each block of weights serves every image of the task before the next is read.
     let ib0 = g * plan.icb + ib_i * plan.ib_chunk;
     for ib in (ib0..ib0 + plan.ib_chunk).step_by(plan.k) {
-        for iy in iy0..iy1 {
-            // SAFETY: forwarded contract.
-            unsafe { dx_row(plan, a, scratch, oy_first, n, ib, iy) };
+        for n in n0..n1 {
+            for iy in iy0..iy1 {
+                // SAFETY: forwarded contract.
+                unsafe { dx_row(plan, a, band(n), oy_first, n, ib, iy) };
+            }
         }
     }
 }
@@ -328,7 +405,6 @@ unsafe fn dx_row(
     let [sh, sw] = s.stride;
     let [ph, pw] = s.pad;
     let [dh, dw] = s.dilation;
-    let taps_w_all = s.kh * s.kw * 256;
     // Row taps of this row's phase, clipped to output rows inside gy.
     let th = taps(iy % sh, ph, s.kh, dh, sh);
     let (mut kh_first, mut count_h, mut oy_start) = (0, 0, 0);
@@ -346,42 +422,81 @@ unsafe fn dx_row(
             }
         }
     }
-    let tiles = &tile::tiles(plan.isa).a16;
-    let ihw16 = (s.ih * s.iw * 16) as isize;
+    let rows = (oy_start.saturating_sub(oy_first), kh_first, count_h);
     for rx in 0..sw.min(s.iw) {
         let tw = taps(rx, pw, s.kw, dw, sw);
         let cols = (s.iw - rx).div_ceil(sw);
-        let kw_first = tw.first.unwrap_or(0);
-        let count_w = tw.count;
-        let r = Reduce {
-            n: [plan.ocb, count_h, count_w],
-            a: [plan.band_ocb as isize, (th.out_step * plan.band_row) as isize, (tw.out_step * 16) as isize],
-            b: [taps_w_all as isize, (th.step * s.kw * 256) as isize, (tw.step * 256) as isize],
-            steps: 16,
-            a_step: 1,
-            b_step: 16,
-            b_blk: (plan.ocb * taps_w_all) as isize,
-        };
-        // Rotated weights: kernel row kh sits at KH - 1 - kh.
-        let (rh, rw) = (s.kh - 1 - kh_first, s.kw - 1 - kw_first);
-        let wp = a.w.wrapping_add((ib * plan.ocb) * taps_w_all + (rh * s.kw + rw) * 256);
         let ntiles = cols.div_ceil(plan.nw);
         let mut qx = 0;
         for t in 0..ntiles {
             let w = cols / ntiles + usize::from(t < cols % ntiles);
             let ix = rx + sw * qx;
-            // gy column of the first tap, shifted by the band's zero columns (never negative:
-            // pad_cols covers the reach of the kernel).
-            let ox = ((ix + pw) as isize - (kw_first * dw) as isize).div_euclid(sw as isize);
-            let col = (ox + plan.pad_cols as isize) as usize;
-            let ap = band.wrapping_add(oy_start.saturating_sub(oy_first) * plan.band_row + col * 16);
-            let c = a.dx.wrapping_add(n * a.dx_bs + ib * (ihw16 as usize) + (iy * s.iw + ix) * 16);
-            let out = Out::plain(c, (sw * 16) as isize, ihw16, plan.options.accumulate);
-            // SAFETY: the reduction reads band rows oy_start.. (inside the band: the task's
-            // rows), band columns within the zero padding, weight vectors of this group; the
-            // tile writes w columns of this phase in dx row iy.
-            unsafe { tiles.get(plan.k, w)(ap, wp, &r, &out) };
+            // SAFETY: forwarded contract.
+            unsafe { dx_tile(plan, a, band, rows, &th, &tw, n, ib, [iy, ix, w]) };
             qx += w;
         }
     }
+}
+
+/// One tile of dx: `w` columns of phase `ix % sw` from column `ix` in row `iy`, blocks
+/// `ib .. ib + k`, reducing over the row taps `count_h` from `kh_first` (band row `band_y`)
+/// and the column taps of `tw` that reach a gradient column inside the map for some column
+/// of the tile (the others would read only the band's zero columns).
+///
+/// # Safety
+/// As [`dx_row`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn dx_tile(
+    plan: &BwdDataPlan,
+    a: &BwdDataArgs,
+    band: *const f32,
+    (band_y, kh_first, count_h): (usize, usize, usize),
+    th: &Taps,
+    tw: &Taps,
+    n: usize,
+    ib: usize,
+    [iy, ix, w]: [usize; 3],
+) {
+    let s = &plan.shape;
+    let sw = s.stride[1];
+    let (pw, dw) = (s.pad[1], s.dilation[1]);
+    let taps_w_all = s.kh * s.kw * 256;
+    // The gy column the tile's first column reads through kernel column kw.
+    let ox_of = |kw: usize| ((ix + pw) as isize - (kw * dw) as isize).div_euclid(sw as isize);
+    // The tile's columns read gy columns ox0 .. ox0 + w of a tap; ox0 grows with t.
+    let (mut kw_first, mut count_w) = (tw.first.unwrap_or(0), 0);
+    if let Some(f) = tw.first {
+        let reaches = |t: &usize| {
+            let ox = ox_of(f - t * tw.step);
+            ox + w as isize > 0 && ox < plan.ow as isize
+        };
+        if let (Some(lo), Some(hi)) = ((0..tw.count).find(reaches), (0..tw.count).rfind(reaches)) {
+            kw_first = f - lo * tw.step;
+            count_w = hi - lo + 1;
+        }
+    }
+    let r = Reduce {
+        n: [plan.ocb, count_h, count_w],
+        a: [plan.band_ocb as isize, (th.out_step * plan.band_row) as isize, (tw.out_step * 16) as isize],
+        b: [taps_w_all as isize, (th.step * s.kw * 256) as isize, (tw.step * 256) as isize],
+        steps: 16,
+        a_step: 1,
+        b_step: 16,
+        b_blk: (plan.ocb * taps_w_all) as isize,
+    };
+    // Rotated weights: kernel row kh sits at KH - 1 - kh.
+    let (rh, rw) = (s.kh - 1 - kh_first, s.kw - 1 - kw_first);
+    let wp = a.w.wrapping_add((ib * plan.ocb) * taps_w_all + (rh * s.kw + rw) * 256);
+    // gy column of the first tap, shifted by the band's zero columns (never negative:
+    // pad_cols covers the reach of the kernel).
+    let col = (ox_of(kw_first) + plan.pad_cols as isize) as usize;
+    let ap = band.wrapping_add(band_y * plan.band_row + col * 16);
+    let ihw16 = (s.ih * s.iw * 16) as isize;
+    let c = a.dx.wrapping_add(n * a.dx_bs + ib * (ihw16 as usize) + (iy * s.iw + ix) * 16);
+    let out = Out::plain(c, (sw * 16) as isize, ihw16, plan.options.accumulate);
+    // SAFETY: the reduction reads band rows from band_y (inside the band: the task's rows),
+    // band columns within the zero padding (a subset of the unclipped taps' columns), weight
+    // vectors of this group inside the plan's used taps; the tile writes w columns of this
+    // phase in dx row iy.
+    unsafe { tile::tiles(plan.isa).a16.get(plan.k, w)(ap, wp, &r, &out) };
 }

@@ -108,7 +108,8 @@ pub unsafe extern "C" fn cnnc_conv_backward_data(
 
 /// The backward-data weights of `plan` from packed forward weights (`src`, `gOIhw16i16o`) into
 /// `dst` (`gIOhw16o16i`, rotated), one task per group and output block: what a training step
-/// runs before [`cnnc_conv_backward_data`] once its weights have changed.
+/// runs before [`cnnc_conv_backward_data`] once its weights have changed. Only the taps the
+/// plan reads are written ([`BwdDataPlan::taps`]); `dst`'s others keep what they held.
 ///
 /// # Safety
 /// `plan` from [`BwdDataPlan::new`]; `src` readable and `dst` writable for the plan's packed
@@ -120,7 +121,10 @@ pub unsafe extern "C" fn cnnc_conv_backward_data_weights(
     pool: *const ThreadPool,
 ) {
     // SAFETY: common contract.
-    let s = unsafe { &(*plan).shape };
+    let p = unsafe { &*plan };
+    let s = &p.shape;
+    // Only the taps the pass reads: on small maps most of a kernel lands in padding.
+    let (rows, cols) = p.taps();
     let ws = WeightShape { o: s.oc, i: s.ic / s.groups, kh: s.kh, kw: s.kw, groups: s.groups };
     // The plan checked the shape, so the count exists.
     let tasks = forward_to_backward_data_tasks(&ws).unwrap_or(0);
@@ -128,7 +132,7 @@ pub unsafe extern "C" fn cnnc_conv_backward_data_weights(
     // SAFETY: the caller's contract; tasks write disjoint blocks of dst.
     unsafe {
         on_pool(pool, tasks, core::ptr::null_mut(), 0, &|t, _| {
-            forward_to_backward_data_task(&ws, sp.get(), dp.get(), t)
+            forward_to_backward_data_task(&ws, [rows, cols], sp.get(), dp.get(), t)
         })
     };
 }

@@ -126,25 +126,36 @@ pub fn forward_to_backward_data(s: &WeightShape, src: &[f32], dst: &mut [f32]) -
     check_len("backward-data weights", dst.len(), len)?;
     for task in 0..forward_to_backward_data_tasks(s)? {
         // SAFETY: both slices hold the blocked length, checked above; one task at a time.
-        unsafe { forward_to_backward_data_task(s, src.as_ptr(), dst.as_mut_ptr(), task) };
+        unsafe { forward_to_backward_data_task(s, [[0, s.kh], [0, s.kw]], src.as_ptr(), dst.as_mut_ptr(), task) };
     }
     Ok(())
 }
 
-/// One task of [`forward_to_backward_data`]: every block of group and output block `task`
-/// (`task = g * OB + ob`), each 16 x 16 block transposed and moved to its rotated tap.
+/// One task of [`forward_to_backward_data`]: the blocks of group and output block `task`
+/// (`task = g * OB + ob`) at kernel rows `taps[0]` and columns `taps[1]` (`[start, end)`,
+/// forward indices), each 16 x 16 block transposed and moved to its rotated tap. A
+/// backward-data pass that reads only some taps (a map smaller than the kernel's reach) has
+/// only those rewritten; the others are left as they were.
 ///
 /// # Safety
-/// `s` valid (`blocked_len` succeeds), `task < forward_to_backward_data_tasks(s)`, `src` readable
-/// and `dst` writable for `s.blocked_len()` floats, apart; no other running task has this
-/// `task` (tasks write disjoint blocks).
-pub unsafe fn forward_to_backward_data_task(s: &WeightShape, src: *const f32, dst: *mut f32, task: usize) {
+/// `s` valid (`blocked_len` succeeds), `task < forward_to_backward_data_tasks(s)`, the ranges
+/// within `0..kh` and `0..kw`, `src` readable and `dst` writable for `s.blocked_len()`
+/// floats, apart; no other running task has this `task` (tasks write disjoint blocks).
+pub unsafe fn forward_to_backward_data_task(
+    s: &WeightShape,
+    taps: [[usize; 2]; 2],
+    src: *const f32,
+    dst: *mut f32,
+    task: usize,
+) {
     let og = s.o / s.groups;
     let (ob_n, ib_n) = (og.div_ceil(16), s.i.div_ceil(16));
+    let [[y0, y1], [x0, x1]] = taps;
     let taps = s.kh * s.kw;
     let (g, ob) = (task / ob_n, task % ob_n);
+    let kernel = (y0..y1).flat_map(|y| (x0..x1).map(move |x| y * s.kw + x));
     for ib in 0..ib_n {
-        for t in 0..taps {
+        for t in kernel.clone() {
             let from = (((g * ob_n + ob) * ib_n + ib) * taps + t) * 256;
             let to = (((g * ib_n + ib) * ob_n + ob) * taps + (taps - 1 - t)) * 256;
             let mut block = [0.0f32; 256];

@@ -3,9 +3,10 @@
 
 use super::conv::{conv_cfg, shape_of, weight_shape};
 use super::oracle::{self, ConvCfg};
-use super::util::{Arena, Rng, close, cpus, from_blocked, guarded, par, to_blocked};
+use super::util::{Arena, Rng, close, cpus, from_blocked, guarded, par, pool, to_blocked};
 use cnnc_kernels::conv_bwd_data::{self, BwdDataIo, BwdDataOptions, BwdDataPlan};
 use cnnc_kernels::conv_bwd_weights::{self, BwdWeightsIo, BwdWeightsPlan};
+use cnnc_kernels::ffi;
 use cnnc_kernels::pack::{self, Blocked};
 use cnnc_kernels::view::Layout;
 use proptest::prelude::*;
@@ -30,10 +31,9 @@ fn check_backward(cfg: ConvCfg, relu_mask: bool, accumulate: bool, seed: u64) ->
         db_want.iter_mut().zip(&db0).for_each(|(a, b)| *a += b);
     }
     let ws = weight_shape(&cfg);
-    let mut wb = vec![0.0; ws.blocked_len().unwrap()];
-    pack::pack(&ws, Blocked::BackwardData, &w, &mut wb).unwrap();
-    let wb = guarded(&wb);
-    let mut dw_packed_want = vec![0.0; wb.as_slice().len()];
+    let mut wf = vec![0.0; ws.blocked_len().unwrap()];
+    pack::pack(&ws, Blocked::Forward, &w, &mut wf).unwrap();
+    let mut dw_packed_want = vec![0.0; wf.len()];
     pack::pack(&ws, Blocked::Forward, &dw_want, &mut dw_packed_want).unwrap();
     let mut dw_init = vec![0.0; dw_packed_want.len()];
     pack::pack(&ws, Blocked::Forward, &dw0, &mut dw_init).unwrap();
@@ -47,6 +47,12 @@ fn check_backward(cfg: ConvCfg, relu_mask: bool, accumulate: bool, seed: u64) ->
         let what = format!("{:?} {cfg:?} mask {relu_mask} accumulate {accumulate}", cpu.isa());
         // Backward data.
         let plan = BwdDataPlan::new(shape_of(&cfg), options, cpu, par.threads()).map_err(|e| e.to_string())?;
+        // The weights as a training step makes them: rewritten from the forward form, only the
+        // taps the plan reads, over NaN, so that reading any other tap shows in dx.
+        let mut wb = guarded(&vec![f32::NAN; wf.len()]);
+        // SAFETY: the plan came from BwdDataPlan::new for these weights; both buffers hold the
+        // packed length and are apart; the pool is live.
+        unsafe { ffi::cnnc_conv_backward_data_weights(&plan, wf.as_ptr(), wb.as_mut_slice().as_mut_ptr(), pool()) };
         let mut arena = Arena::new(&[&gyb, &yb, &dxb0]);
         let io = BwdDataIo {
             gy: arena.view(0, cfg.n, cfg.oc, oh, ow, Layout::NChw16c),
@@ -140,5 +146,35 @@ fn backward_of_strided_and_benchmark_shapes() {
         (c(3, 23, 16, 7, 2, 3), 4),
     ] {
         check_backward(cfg, seed % 2 == 0, false, seed).unwrap();
+    }
+}
+
+/// Maps smaller than the kernel's reach (ResNet-18's layer4 at 32x32 inputs): on a 1x1 map
+/// with padding 1 only the centre of a 3x3 kernel meets the map, on 2x2 each pixel meets four
+/// taps; the pass must skip the rest (their rewritten weights are NaN) over a batch.
+#[test]
+fn backward_of_maps_smaller_than_the_kernel() {
+    let c = |ic, hw: [usize; 2], oc, s, p| ConvCfg {
+        n: 3,
+        ic,
+        ih: hw[0],
+        iw: hw[1],
+        oc,
+        k: [3, 3],
+        stride: [s, s],
+        pad: [p, p],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    for (cfg, seed) in [
+        (c(48, [1, 1], 40, 1, 1), 1),
+        (c(32, [2, 2], 64, 1, 1), 2),
+        (c(40, [1, 2], 32, 1, 1), 3),
+        (c(32, [2, 2], 32, 2, 1), 4),
+        (c(16, [1, 1], 16, 1, 2), 5),
+    ] {
+        for (mask, acc) in [(false, false), (true, true)] {
+            check_backward(cfg, mask, acc, seed).unwrap();
+        }
     }
 }
