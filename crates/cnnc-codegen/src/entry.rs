@@ -14,8 +14,9 @@ use crate::ops;
 use cnnc_ir::facts::{ValueKind, value_kind};
 use cnnc_ir::plan::{OutputRole, Plan};
 use cnnc_ir::{Graph, NodeId};
-use proc_macro2::{Ident, TokenStream};
+use proc_macro2::{Ident, TokenStream, TokenTree};
 use quote::quote;
+use std::collections::BTreeSet;
 
 /// What an entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -438,12 +439,32 @@ fn cx_fields(training: bool) -> Vec<(&'static str, TokenStream)> {
 
 /// Which `Cx` fields the layers use.
 pub fn used_fields(g: &Gen<'_>, layers: &[TokenStream]) -> Vec<&'static str> {
-    let text: String = layers.iter().map(|t| t.to_string()).collect::<Vec<_>>().join("\n");
-    cx_fields(g.training)
-        .into_iter()
-        .map(|(f, _)| f)
-        .filter(|f| *f == "n" || crate::support::mentions_word(&text, &format!("cx . {f}")))
-        .collect()
+    let mut read = BTreeSet::new();
+    for layer in layers {
+        cx_field_reads(layer, &mut read);
+    }
+    cx_fields(g.training).into_iter().map(|(f, _)| f).filter(|f| *f == "n" || read.contains(*f)).collect()
+}
+
+/// Every `field` read as `cx.field` in `tokens`, groups included. Walked as tokens, not
+/// searched in their text: inside the `cnn!` macro proc-macro2 prints through rustc, which
+/// spaces `cx.field` differently from proc-macro2's own printer.
+fn cx_field_reads(tokens: &TokenStream, read: &mut BTreeSet<String>) {
+    let trees: Vec<TokenTree> = tokens.clone().into_iter().collect();
+    for (i, tree) in trees.iter().enumerate() {
+        match tree {
+            TokenTree::Group(group) => cx_field_reads(&group.stream(), read),
+            TokenTree::Ident(cx) if cx == "cx" => {
+                if let (Some(TokenTree::Punct(dot)), Some(TokenTree::Ident(field))) =
+                    (trees.get(i + 1), trees.get(i + 2))
+                    && dot.as_char() == '.'
+                {
+                    read.insert(field.to_string());
+                }
+            }
+            TokenTree::Ident(_) | TokenTree::Punct(_) | TokenTree::Literal(_) => {}
+        }
+    }
 }
 
 fn cx_struct(g: &Gen<'_>, used: &[&str]) -> TokenStream {
@@ -461,3 +482,21 @@ fn cx_struct(g: &Gen<'_>, used: &[&str]) -> TokenStream {
 }
 
 use crate::api::{api_inference, api_training};
+
+#[cfg(test)]
+mod tests {
+    use super::cx_field_reads;
+    use quote::quote;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn field_reads_are_found_in_nested_groups_and_only_after_cx_dot() {
+        let tokens = quote! {
+            k::conv(cx.arena, &cx.plans.conv1, { let s = &mut cx.scratch; s }); other.threads; cx
+        };
+        let mut read = BTreeSet::new();
+        cx_field_reads(&tokens, &mut read);
+        let want: BTreeSet<String> = ["arena", "plans", "scratch"].into_iter().map(String::from).collect();
+        assert_eq!(read, want);
+    }
+}

@@ -141,9 +141,8 @@ fn manifest_dir() -> PathBuf {
 
 /// `cnnc_emit::emit_rust` with proc-macro2 in its own (fallback) mode, as in the CLI and the
 /// code generator's tests: the generator's token streams are then plain data rather than
-/// calls into rustc for every token (faster), and their `to_string` reads as the generator
-/// expects (it scans that text for the fields a layer uses, and rustc's printer spaces
-/// tokens differently; a module generated in rustc's mode lost those fields).
+/// calls into rustc for every token (faster), and the module's text is printed exactly as the
+/// CLI prints it.
 fn emit(source: &SourceFile, options: &cnnc_emit::Options) -> Result<Emitted, EmitError> {
     proc_macro2::fallback::force();
     let result = cnnc_emit::emit_rust(source, options);
