@@ -170,7 +170,7 @@ fn header(program: &Program<'_>, options: &Options) -> String {
     let model = &program.source.name;
     let from = options.source.as_ref().map_or(String::new(), |s| format!(" from `{}`", s.name));
     let structs: Vec<String> = program.entries.iter().map(|e| format!("`{}`", e.name)).collect();
-    let deps = if options.std { "std" } else { "core (no allocation, one thread)" };
+    let deps = if options.std { "std" } else { "core: no allocation, one thread" };
     format!(
         "//! Model `{model}`, compiled by cnnc{from}: {}.\n\
          //!\n\
