@@ -256,6 +256,31 @@ fn fx_pair(fx: &mut Fx, i: Value, k: i64) -> Value {
     fx.addi(t, k)
 }
 
+/// Runs `body(fx, o)` when kernel tap `k` of input position `i` is read from an output
+/// position along one axis: `o = (i + pad - k dilation) / stride`, when that is exact and in
+/// `0..out` (the transposed convolution's index, solved for rows and columns alike).
+fn tap_source(
+    fx: &mut Fx,
+    i: Value,
+    k: Value,
+    (pad, dilation, stride): (usize, usize, usize),
+    out: usize,
+    mut body: impl FnMut(&mut Fx, Value),
+) {
+    let t = fx.addi(i, pad as i64);
+    let kd = fx.muli(k, dilation as i64);
+    let t = fx.sub(t, kd);
+    let nonneg = fx.icmpi(IntCC::SignedGreaterThanOrEqual, t, 0);
+    fx.if_then(nonneg, |fx| {
+        let o = fx.udiv(t, stride as i64);
+        let r = fx.urem(t, stride as i64);
+        let exact = fx.icmpi(IntCC::Equal, r, 0);
+        let inside = fx.icmpi(IntCC::SignedLessThan, o, out as i64);
+        let ok = fx.b.ins().band(exact, inside);
+        fx.if_then(ok, |fx| body(fx, o));
+    });
+}
+
 fn zero_plane(fx: &mut Fx, p: Value, len: usize, es: i64) {
     let z = fx.fconst(F32, 0.0);
     fx.for_n(0, len as i64, |fx, i| {
@@ -348,41 +373,20 @@ pub(crate) fn general_backward_data(
                                 let wpair = fx.add(wrow, wcol);
                                 let wpb = fx.index(wb, wpair, 4);
                                 fx.for_n(0, g.kh as i64, |fx, ky| {
-                                    // oy = (iy + ph - ky dh) / sh, when exact and in range.
-                                    let t = fx.addi(iy, g.pad[0] as i64);
-                                    let kd = fx.muli(ky, g.dil[0] as i64);
-                                    let t = fx.sub(t, kd);
-                                    let nonneg = fx.icmpi(IntCC::SignedGreaterThanOrEqual, t, 0);
-                                    fx.if_then(nonneg, |fx| {
-                                        let oy = fx.udiv(t, g.stride[0] as i64);
-                                        let r = fx.urem(t, g.stride[0] as i64);
-                                        let exact = fx.icmpi(IntCC::Equal, r, 0);
-                                        let inside = fx.icmpi(IntCC::SignedLessThan, oy, g.oh as i64);
-                                        let ok = fx.b.ins().band(exact, inside);
-                                        fx.if_then(ok, |fx| {
-                                            fx.for_n(0, g.kw as i64, |fx, kx| {
-                                                let t = fx.addi(ix, g.pad[1] as i64);
-                                                let kd = fx.muli(kx, g.dil[1] as i64);
-                                                let t = fx.sub(t, kd);
-                                                let nonneg = fx.icmpi(IntCC::SignedGreaterThanOrEqual, t, 0);
-                                                fx.if_then(nonneg, |fx| {
-                                                    let ox = fx.udiv(t, g.stride[1] as i64);
-                                                    let r = fx.urem(t, g.stride[1] as i64);
-                                                    let exact = fx.icmpi(IntCC::Equal, r, 0);
-                                                    let inside = fx.icmpi(IntCC::SignedLessThan, ox, g.ow as i64);
-                                                    let ok = fx.b.ins().band(exact, inside);
-                                                    fx.if_then(ok, |fx| {
-                                                        let pix = fx.mad(oy, g.ow as i64, ox);
-                                                        let ga = fx.index(gp, pix, 4 * gy.es());
-                                                        let gv = fx.load(F32, ga, 0);
-                                                        let tap = fx.mad(ky, g.kw as i64, kx);
-                                                        let wa = fx.index(wpb, tap, 4 * ts);
-                                                        let wv = fx.load(F32, wa, 0);
-                                                        let cur = fx.get(acc);
-                                                        let s = fx.fma(gv, wv, cur);
-                                                        fx.set(acc, s);
-                                                    });
-                                                });
+                                    let (ph, dh, sh) = (g.pad[0], g.dil[0], g.stride[0]);
+                                    tap_source(fx, iy, ky, (ph, dh, sh), g.oh, |fx, oy| {
+                                        fx.for_n(0, g.kw as i64, |fx, kx| {
+                                            let (pw, dw, sw) = (g.pad[1], g.dil[1], g.stride[1]);
+                                            tap_source(fx, ix, kx, (pw, dw, sw), g.ow, |fx, ox| {
+                                                let pix = fx.mad(oy, g.ow as i64, ox);
+                                                let ga = fx.index(gp, pix, 4 * gy.es());
+                                                let gv = fx.load(F32, ga, 0);
+                                                let tap = fx.mad(ky, g.kw as i64, kx);
+                                                let wa = fx.index(wpb, tap, 4 * ts);
+                                                let wv = fx.load(F32, wa, 0);
+                                                let cur = fx.get(acc);
+                                                let s = fx.fma(gv, wv, cur);
+                                                fx.set(acc, s);
                                             });
                                         });
                                     });
