@@ -83,21 +83,7 @@ impl Buffer {
     /// eagerly was most of a model's compile time).
     fn mapped(len: usize) -> Result<Buffer, JitError> {
         let total = len.div_ceil(PAGE) * PAGE;
-        // SAFETY: an anonymous private mapping, no address hint; checked below.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                total,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(JitError::Memory(format!("mapping {total} bytes")));
-        }
-        let base = base.cast::<u8>();
+        let base = map_anonymous(total)?;
         let ptr = NonNull::new(base).ok_or_else(|| JitError::Memory("mmap gave a null address".into()))?;
         // Page-aligned, so 64-byte aligned as `new` promises.
         Ok(Buffer { ptr, len, alloc: Alloc::Mapped { base, total } })
@@ -106,21 +92,7 @@ impl Buffer {
     fn guarded(len: usize) -> Result<Buffer, JitError> {
         let body = len.div_ceil(PAGE) * PAGE;
         let total = body + 2 * PAGE;
-        // SAFETY: an anonymous private mapping, no address hint; checked below.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                total,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(JitError::Memory(format!("mapping {total} bytes")));
-        }
-        let base = base.cast::<u8>();
+        let base = map_anonymous(total)?;
         // SAFETY: both pages are inside the mapping just made.
         let ok = unsafe {
             libc::mprotect(base.cast(), PAGE, libc::PROT_NONE) == 0
@@ -169,6 +141,26 @@ impl Buffer {
         // SAFETY: as `f32s`, exclusive through `&mut self`.
         unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr().cast::<f32>(), n) }
     }
+}
+
+/// `total` bytes of zeroed, readable and writable anonymous memory (pages zeroed by the kernel
+/// when first touched), or the error naming the size.
+fn map_anonymous(total: usize) -> Result<*mut u8, JitError> {
+    // SAFETY: an anonymous private mapping, no address hint; checked below.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            total,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(JitError::Memory(format!("mapping {total} bytes")));
+    }
+    Ok(base.cast::<u8>())
 }
 
 impl Drop for Buffer {
