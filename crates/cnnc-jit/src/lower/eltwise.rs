@@ -6,6 +6,7 @@
 //! loop over the stored floats of each image serves every layout; padding lanes of blocked
 //! values are computed like the others (they hold finite values, which stay finite).
 
+use super::reduce::map_pixels;
 use super::{Lx, Val};
 use crate::emit::{F32, F32X4, Fx, I64};
 use crate::error::JitError;
@@ -139,18 +140,7 @@ pub(crate) fn chanwise(
                         fx.load(F32X4, a, 0)
                     })
                     .collect();
-                fx.for_n(0, hw as i64, |fx, p| {
-                    let xs: Vec<Value> = bases
-                        .iter()
-                        .map(|&b| {
-                            let a = fx.index(b, p, 64);
-                            fx.load(F32X4, a, 0)
-                        })
-                        .collect();
-                    let y = f(fx, F32X4, &cs, &xs);
-                    let a = fx.index(obase, p, 64);
-                    fx.store(y, a, 0);
-                });
+                map_pixels(fx, F32X4, (0, hw as i64, 1), 64, (&bases, obase), &cs, &f);
             } else {
                 let cs1: Vec<Value> = cbase
                     .iter()
@@ -161,30 +151,8 @@ pub(crate) fn chanwise(
                     .collect();
                 let cs4: Vec<Value> = cs1.iter().map(|&c| fx.splat(F32X4, c)).collect();
                 let hv = (hw - hw % 4) as i64;
-                fx.for_step(0, hv, 4, |fx, p| {
-                    let xs: Vec<Value> = bases
-                        .iter()
-                        .map(|&b| {
-                            let a = fx.index(b, p, 4);
-                            fx.load(F32X4, a, 0)
-                        })
-                        .collect();
-                    let y = f(fx, F32X4, &cs4, &xs);
-                    let a = fx.index(obase, p, 4);
-                    fx.store(y, a, 0);
-                });
-                fx.for_n(hv, hw as i64, |fx, p| {
-                    let xs: Vec<Value> = bases
-                        .iter()
-                        .map(|&b| {
-                            let a = fx.index(b, p, 4);
-                            fx.load(F32, a, 0)
-                        })
-                        .collect();
-                    let y = f(fx, F32, &cs1, &xs);
-                    let a = fx.index(obase, p, 4);
-                    fx.store(y, a, 0);
-                });
+                map_pixels(fx, F32X4, (0, hv, 4), 4, (&bases, obase), &cs4, &f);
+                map_pixels(fx, F32, (hv, hw as i64, 1), 4, (&bases, obase), &cs1, &f);
             }
         });
     })

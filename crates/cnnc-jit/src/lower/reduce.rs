@@ -178,48 +178,41 @@ impl Chans {
             let bases: Vec<Value> = vals.iter().map(|v| this.plane(fx, v, n, q)).collect();
             let ob = this.plane(fx, out, n, q);
             if this.blocked {
-                fx.for_n(0, hw as i64, |fx, p| {
-                    let xs: Vec<Value> = bases
-                        .iter()
-                        .map(|&b| {
-                            let a = fx.index(b, p, 64);
-                            fx.load(F32X4, a, 0)
-                        })
-                        .collect();
-                    let y = f(fx, F32X4, coefs, &xs);
-                    let a = fx.index(ob, p, 64);
-                    fx.store(y, a, 0);
-                });
+                map_pixels(fx, F32X4, (0, hw as i64, 1), 64, (&bases, ob), coefs, f);
             } else {
                 let c4: Vec<Value> = coefs.iter().map(|&c| fx.splat(F32X4, c)).collect();
                 let hv = (hw - hw % 4) as i64;
-                fx.for_step(0, hv, 4, |fx, p| {
-                    let xs: Vec<Value> = bases
-                        .iter()
-                        .map(|&b| {
-                            let a = fx.index(b, p, 4);
-                            fx.load(F32X4, a, 0)
-                        })
-                        .collect();
-                    let y = f(fx, F32X4, &c4, &xs);
-                    let a = fx.index(ob, p, 4);
-                    fx.store(y, a, 0);
-                });
-                fx.for_n(hv, hw as i64, |fx, p| {
-                    let xs: Vec<Value> = bases
-                        .iter()
-                        .map(|&b| {
-                            let a = fx.index(b, p, 4);
-                            fx.load(F32, a, 0)
-                        })
-                        .collect();
-                    let y = f(fx, F32, coefs, &xs);
-                    let a = fx.index(ob, p, 4);
-                    fx.store(y, a, 0);
-                });
+                map_pixels(fx, F32X4, (0, hv, 4), 4, (&bases, ob), &c4, f);
+                map_pixels(fx, F32, (hv, hw as i64, 1), 4, (&bases, ob), coefs, f);
             }
         });
     }
+}
+
+/// `out[p] = f(x_0[p], x_1[p], ..)` for `p` in `lo..hi` by `step`: every operand and the
+/// output loaded and stored as `ty` at `stride` bytes per `p` (a blocked plane's pixel is one
+/// F32X4 at 64 bytes; a plain plane takes four pixels per F32X4, then a scalar tail).
+pub(crate) fn map_pixels(
+    fx: &mut Fx,
+    ty: Type,
+    (lo, hi, step): (i64, i64, i64),
+    stride: i64,
+    (bases, out): (&[Value], Value),
+    consts: &[Value],
+    f: PixelFn,
+) {
+    fx.for_step(lo, hi, step, |fx, p| {
+        let xs: Vec<Value> = bases
+            .iter()
+            .map(|&b| {
+                let a = fx.index(b, p, stride);
+                fx.load(ty, a, 0)
+            })
+            .collect();
+        let y = f(fx, ty, consts, &xs);
+        let a = fx.index(out, p, stride);
+        fx.store(y, a, 0);
+    });
 }
 
 fn operands(lx: &Lx, id: NodeId) -> Result<Vec<Val>, JitError> {
