@@ -20,7 +20,7 @@ fn parses_the_resnet50_example() {
     let names: Vec<_> = file.items.iter().map(|i| (i.kind, i.name.name.as_str())).collect();
     assert_eq!(names, [(ItemKind::Block, "bottleneck"), (ItemKind::Block, "stage"), (ItemKind::Model, "resnet50")]);
     let model = &file.items[2];
-    assert_eq!(model.params.len(), 1);
+    assert_eq!(model.params.len(), 2, "classes and width");
     assert!(matches!(model.body[0], Stmt::Input { .. }));
     let Stmt::Expr(Expr { kind: ExprKind::Chain { steps, .. }, .. }) = &model.body[1] else { panic!("chain") };
     assert_eq!(steps.len(), 11);
