@@ -54,6 +54,9 @@ macro_rules! examples {
 // (1e-2 to 1e-1 at the output, measured), so their training step differentiates the model as
 // deployed (batch norm on running statistics, `batch_stats: false`) at the same tolerance;
 // the training forms of batch norm are checked through ResNet-18/34 and the op tests.
+// Widths: ResNet-18/50 and VGG-11 run at the papers' channel counts (every tile and block
+// shape of the real networks); the deeper ones repeat those layers and run narrower
+// (`width`), which keeps their structure at a fraction of the weights and the time.
 examples! {
     alexnet: "alexnet.cnn" at [3, 63, 63], batch 2, "hidden" = "64";
     allcnnc: "allcnnc.cnn" at [3, 16, 16], batch 2;
@@ -62,12 +65,12 @@ examples! {
     googlenet: "googlenet.cnn" at [3, 64, 64], batch 2;
     lenet5: "lenet5.cnn" at [1, 32, 32], batch 2;
     resnet18: "resnet18.cnn" at [3, 16, 16], batch 8;
-    resnet34: "resnet34.cnn" at [3, 16, 16], batch 8;
+    resnet34: "resnet34.cnn" at [3, 16, 16], batch 8, "width" = "32";
     resnet50: "resnet50.cnn" at [3, 16, 16], batch 2;
-    resnet101: "resnet101.cnn" at [3, 16, 16], batch 2;
-    resnet152: "resnet152.cnn" at [3, 16, 16], batch 2;
+    resnet101: "resnet101.cnn" at [3, 16, 16], batch 2, "width" = "16";
+    resnet152: "resnet152.cnn" at [3, 16, 16], batch 2, "width" = "16";
     vgg11: "vgg11.cnn" at [3, 32, 32], batch 1, "hidden" = "64";
-    vgg13: "vgg13.cnn" at [3, 32, 32], batch 1, "hidden" = "64";
-    vgg16: "vgg16.cnn" at [3, 32, 32], batch 1, "hidden" = "64";
-    vgg19: "vgg19.cnn" at [3, 32, 32], batch 1, "hidden" = "64";
+    vgg13: "vgg13.cnn" at [3, 32, 32], batch 1, "hidden" = "64", "width" = "16";
+    vgg16: "vgg16.cnn" at [3, 32, 32], batch 1, "hidden" = "64", "width" = "32";
+    vgg19: "vgg19.cnn" at [3, 32, 32], batch 1, "hidden" = "64", "width" = "16";
 }
