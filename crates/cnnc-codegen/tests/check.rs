@@ -15,8 +15,9 @@ use std::process::Command;
 /// Writes a crate `name` into `dir` holding `modules` under the crate root text `lib`.
 fn write_crate(dir: &Path, name: &str, lib: &str, modules: &[(String, String)]) {
     std::fs::create_dir_all(dir.join("src")).unwrap();
-    let manifest =
-        format!("[package]\nname = \"{name}\"\nversion = \"0.0.0\"\nedition = \"2024\"\npublish = false\n\n[lib]\npath = \"src/lib.rs\"\n");
+    let manifest = format!(
+        "[package]\nname = \"{name}\"\nversion = \"0.0.0\"\nedition = \"2024\"\npublish = false\n\n[lib]\npath = \"src/lib.rs\"\n"
+    );
     write_if_changed(&dir.join("Cargo.toml"), &manifest);
     let mut lib = lib.to_string();
     for (module, text) in modules {
@@ -38,7 +39,10 @@ fn write_if_changed(path: &Path, text: &str) {
 fn write_workspace(dir: &Path, lib: &str, groups: &[Vec<(String, String)>]) {
     std::fs::create_dir_all(dir).unwrap();
     let members: Vec<String> = (0..groups.len()).map(|k| format!("\"part{k}\"")).collect();
-    write_if_changed(&dir.join("Cargo.toml"), &format!("[workspace]\nresolver = \"3\"\nmembers = [{}]\n", members.join(", ")));
+    write_if_changed(
+        &dir.join("Cargo.toml"),
+        &format!("[workspace]\nresolver = \"3\"\nmembers = [{}]\n", members.join(", ")),
+    );
     for (k, modules) in groups.iter().enumerate() {
         write_crate(&dir.join(format!("part{k}")), &format!("generated_part{k}"), lib, modules);
     }

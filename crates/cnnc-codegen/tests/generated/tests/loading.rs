@@ -167,6 +167,9 @@ fn bad_weights_are_errors_naming_the_tensor() {
     tensors.retain(|(n, _)| *n != "output.bias");
     let e = lenet5::Model::from_tensors(&tensors).err().unwrap();
     assert_eq!(e, lenet5::Error::MissingTensor { name: "output.bias" });
+    // The error is a `std::error::Error`: `?` lifts it into a boxed error with its message.
+    let boxed = || -> Result<lenet5::Model, Box<dyn std::error::Error>> { Ok(lenet5::Model::from_tensors(&tensors)?) };
+    assert_eq!(boxed().err().unwrap().to_string(), "tensor `output.bias` is missing from the weights");
     let short = vec![0.0; 5];
     let mut tensors = named(&w);
     tensors.iter_mut().find(|(n, _)| *n == "c1.bias").unwrap().1 = &short;
