@@ -127,10 +127,17 @@ fn pair_files(x: &Path, y: &Path, budget: &mut Budget) -> Result<Dataset, DataEr
 /// Whether a file given one by one is `.npy` (by its extension or its magic string) rather
 /// than IDX. Anything else is read as IDX, whose errors say what its magic number should be.
 /// Only regular files are sniffed: reading the first bytes of a pipe (`<(zcat ...)`) would
-/// consume them, so a pipe not named `.npy` is read as IDX, in one pass.
+/// consume them, so a pipe not named `.npy` is read as IDX, in one pass. Whether it is one is
+/// asked of its metadata, not of an open handle: opening a named pipe twice (once here, once
+/// to read it) lets a writer that saw the first reader go finish before the second one opens,
+/// which then waits for a writer forever.
 fn is_npy(path: &Path) -> Result<bool, DataError> {
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
         return Ok(true);
+    }
+    // A path that cannot be inspected is opened below anyway, for the error that names it.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Ok(false);
     }
     let mut file = DataFile::open(path)?;
     if file.len().is_none() {
