@@ -140,91 +140,25 @@ impl Memory {
     }
 }
 
-/// A back-end fusion of the stem: a convolution of a plain input (the image) writes
-/// channel-blocked output when everything after it up to the plan's `reorder` to `nChw16c`
-/// is a chain of ops that run on either layout (pooling, LRN, activations), each value read by
-/// the next alone, every channel count a multiple of 16 (so a value's bytes are as many in
-/// either layout and it stays in its own buffer). The chain then runs blocked, its last value
-/// is written straight into the reorder's place, and the reorder moves nothing: the plain
-/// max pool of 112x112 maps (scalar) and the reorder of the stem's output are gone. Values
-/// outside the chain, and every value any other node reads, keep the plan's layouts.
+/// The blocked stems of the plan ([`cnnc_ir::stem`]) applied to the module's memory: each
+/// chain's values made blocked and, where the stem allows it, the last one placed where its
+/// reorder's value is.
 ///
 /// Returns the reorders made redundant.
 pub fn fuse_blocked_stems(plan: &Plan, mem: &mut Memory) -> Vec<NodeId> {
-    let graph = &plan.graph;
-    let users = graph.users();
     let mut elided = Vec::new();
-    for (r, node) in graph.iter() {
-        if node.op != Op::Reorder(Layout::Blocked16) {
-            continue;
-        }
-        let Some(chain) = stem_chain(plan, &users, node.inputs[0]) else { continue };
-        let Value::Batched(target) = mem.values[r.index()] else { continue };
-        for &id in &chain {
+    for stem in cnnc_ir::stem::blocked_stems(plan) {
+        let Value::Batched(target) = mem.values[stem.reorder.index()] else { continue };
+        for &id in &stem.chain {
             if let Value::Batched(p) = &mut mem.values[id.index()] {
                 p.layout = Layout::Blocked16;
             }
         }
-        // The last value goes straight into the reorder's place when nothing alive while it is
-        // computed uses that memory (the plan only promised it free from the reorder's step).
-        let last = chain[chain.len() - 1];
-        if free_during(plan, r, last) {
+        if stem.into_reorder {
+            let last = stem.chain[stem.chain.len() - 1];
             mem.values[last.index()] = Value::Batched(target);
-            elided.push(r);
+            elided.push(stem.reorder);
         }
     }
     elided
-}
-
-/// Whether the buffer of `r`'s value overlaps no value alive at `step`'s step except `r`'s.
-fn free_during(plan: &Plan, r: NodeId, step: NodeId) -> bool {
-    let m = &plan.memory;
-    let Some(target) = m.place(r) else { return false };
-    let tb = &m.buffers[target.buffer];
-    let (t0, t1) = (tb.offset, tb.offset + tb.size);
-    (0..plan.graph.len()).map(NodeId::from_index).all(|id| {
-        let Some(p) = m.place(id) else { return true };
-        let b = &m.buffers[p.buffer];
-        let alive = p.first <= step.index() && step.index() <= p.last;
-        id == r || !alive || b.region != tb.region || b.offset + b.size <= t0 || t1 <= b.offset
-    })
-}
-
-/// The chain ending at `last` (the reorder's operand), from the convolution that starts it.
-fn stem_chain(plan: &Plan, users: &[Vec<NodeId>], last: NodeId) -> Option<Vec<NodeId>> {
-    use cnnc_ir::plan::Alias;
-    let graph = &plan.graph;
-    let mut chain = vec![last];
-    let mut id = last;
-    loop {
-        let node = &graph[id];
-        if users[id.index()].len() != 1 || graph.outputs.contains(&id) || !node.shape.channels().is_multiple_of(16) {
-            return None;
-        }
-        let place = plan.memory.place(id)?;
-        let previous = node.inputs.first().copied();
-        match place.alias {
-            Alias::Own => {}
-            Alias::InPlace(of) if Some(of) == previous => {}
-            Alias::InPlace(_) | Alias::Slice(_) | Alias::View(_) => return None,
-        }
-        if plan.layouts[id.index()] != Layout::Plain {
-            return None;
-        }
-        if let Op::Conv(c)
-        | Op::Fused { base: cnnc_ir::FusedBase::Conv(c), epilogue: cnnc_ir::Epilogue { residual: false, .. } } =
-            &node.op
-            && c.groups == 1
-        {
-            // The convolution reads a plain input of any channels; it is the chain's start.
-            chain.reverse();
-            return Some(chain);
-        }
-        let follows = matches!(node.op, Op::Pool { .. } | Op::Lrn(_) | Op::Activation(_)) && node.inputs.len() == 1;
-        if !follows {
-            return None;
-        }
-        id = previous?;
-        chain.push(id);
-    }
 }

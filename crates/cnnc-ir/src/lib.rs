@@ -13,6 +13,7 @@ pub mod plan;
 pub mod print;
 pub mod shape;
 pub mod stats;
+pub mod stem;
 #[cfg(test)]
 mod testutil;
 pub mod train;

@@ -17,6 +17,9 @@ pub struct LayerReport {
     /// The node's op keyword (`conv`, `fused_conv`, `reorder`, ...).
     pub op: String,
     pub median_ms: f64,
+    /// The fastest run: on a machine shared with other work, the closest to the layer's own
+    /// speed (the median also counts the runs other processes held the cores up).
+    pub min_ms: f64,
     /// Floating-point operations of the whole batch: multiply-accumulates x 2 (0 for layers
     /// without products).
     pub flops: f64,
@@ -34,6 +37,8 @@ pub struct BenchReport {
     /// Whole runs timed (and as many step-by-step runs for the layers), after one warm-up.
     pub rounds: usize,
     pub median_ms: f64,
+    /// The fastest whole run (see [`LayerReport::min_ms`]).
+    pub min_ms: f64,
     /// Floating-point operations of one whole run (the layers' sum).
     pub flops: f64,
     /// The peak the caller quotes the figures against (measured by it, e.g. once and cached).
@@ -66,6 +71,11 @@ impl Rounds {
             }
         }
     }
+}
+
+/// The smallest of a list (0 for an empty one).
+pub fn min(xs: &[f64]) -> f64 {
+    xs.iter().copied().reduce(f64::min).unwrap_or(0.0)
 }
 
 /// The median of a list (0 for an empty one).
@@ -101,6 +111,7 @@ pub fn report(
                 name: t.name.clone(),
                 op: graph[t.node].op.keyword().to_string(),
                 median_ms: seconds * 1e3,
+                min_ms: min(&t.seconds) * 1e3,
                 flops,
                 gflops: if seconds > 0.0 { flops / seconds / 1e9 } else { 0.0 },
             }
@@ -112,6 +123,7 @@ pub fn report(
         batch,
         rounds,
         median_ms: median(&whole) * 1e3,
+        min_ms: min(&whole) * 1e3,
         flops: layers.iter().map(|l| l.flops).sum(),
         peak_gflops,
         layers,

@@ -46,8 +46,11 @@ fn check_report(v: &Value, batch: u64) {
     assert!(whole > 0.0 && num(v, "peak_gflops") > 0.0, "{v}");
     let layers = v["layers"].as_array().expect("layers is a list");
     assert!(!layers.is_empty(), "{v}");
+    // The fastest run is no slower than the median one.
+    assert!(num(v, "min_ms") > 0.0 && num(v, "min_ms") <= whole, "{v}");
     for l in layers {
         assert!(l["name"].is_string() && num(l, "median_ms") >= 0.0 && num(l, "gflops") >= 0.0, "{l}");
+        assert!(num(l, "min_ms") >= 0.0 && num(l, "min_ms") <= num(l, "median_ms"), "{l}");
         // A layer with products runs at a positive rate, never above the measured peak by much.
         if num(l, "flops") > 0.0 {
             assert!(num(l, "gflops") > 0.0, "{l}");

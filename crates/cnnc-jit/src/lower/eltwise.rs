@@ -254,10 +254,14 @@ pub(crate) fn prelu_backward_data(lx: &mut Lx, id: NodeId) -> Result<(), JitErro
     })
 }
 
-/// Between `nchw` and `nChw16c`: padding lanes of a blocked result are zeroed.
+/// Between `nchw` and `nChw16c`: padding lanes of a blocked result are zeroed. After a
+/// blocked stem both sides are blocked: a copy, or nothing when the stem wrote in place.
 pub(crate) fn reorder(lx: &mut Lx, id: NodeId) -> Result<(), JitError> {
     let x = operands(lx, id)?[0];
     let y = lx.val(id)?;
+    if x.layout == y.layout {
+        return copy(lx, id);
+    }
     let (c, hw) = (y.c, y.hw());
     let cb = c.div_ceil(16);
     let planes = y.n * cb;

@@ -159,6 +159,10 @@ pub(crate) struct Lx<'a> {
     pub written: std::collections::HashSet<NodeId>,
     /// Kernel functions built, compiled after lowering ([`crate::codegen`]).
     pending: Vec<Pending>,
+    /// The plan's blocked stems ([`cnnc_ir::stem`]): values computed in `nChw16c` although the
+    /// plan keeps them plain, and values written in another value's place.
+    stem_blocked: std::collections::HashSet<NodeId>,
+    stem_home: std::collections::HashMap<NodeId, NodeId>,
 }
 
 /// What lowering produces.
@@ -224,7 +228,15 @@ pub(crate) fn lower(
         node: NodeId::from_index(0),
         written: Default::default(),
         pending: Vec::new(),
+        stem_blocked: Default::default(),
+        stem_home: Default::default(),
     };
+    for stem in cnnc_ir::stem::blocked_stems(plan) {
+        lx.stem_blocked.extend(stem.chain.iter().copied());
+        if stem.into_reorder {
+            lx.stem_home.insert(stem.chain[stem.chain.len() - 1], stem.reorder);
+        }
+    }
     for (id, _) in plan.graph.iter() {
         lx.node = id;
         lower_node(&mut lx, id)?;
@@ -319,16 +331,18 @@ impl Lx<'_> {
             [c, h, w] => (c, h, w),
             _ => (elements.max(1), 1, 1),
         };
-        let layout = plan.layouts[id.index()];
+        let layout = if self.stem_blocked.contains(&id) { Layout::Blocked16 } else { plan.layouts[id.index()] };
         let stored = stored_elements(layout, &node.shape) as u64 * 4;
-        let (addr, bs, n, bytes, buffer) = match &plan.memory.storage[id.index()] {
+        // A stem's last value lives where its reorder's does (same shape, both blocked).
+        let home = self.home(id);
+        let (addr, bs, n, bytes, buffer) = match &plan.memory.storage[home.index()] {
             Storage::Input(k) => {
                 let (base, len) = *self.addrs.inputs.get(*k).ok_or_else(|| plan_err(format!("input {k} of {id}")))?;
                 (base, elements as u64 * 4, self.batch, elements as u64 * 4, (base, len))
             }
             Storage::Nothing => return Err(plan_err(format!("{id} (`{}`) reads an effect", node.name))),
             Storage::Arena(place) => {
-                let off = plan.image_offset(id, self.batch, 0).ok_or_else(|| plan_err(format!("{id} unplaced")))?;
+                let off = plan.image_offset(home, self.batch, 0).ok_or_else(|| plan_err(format!("{id} unplaced")))?;
                 let region = plan.memory.buffers.get(place.buffer).map(|b| b.region);
                 let (bs, n) = match region {
                     Some(Region::Batched) => (place.batch_stride, self.batch),
@@ -348,8 +362,14 @@ impl Lx<'_> {
         Ok(Val { addr, bs, layout, c, h, w, n, bytes })
     }
 
+    /// The node whose place holds the value of `id`: itself, or a stem's reorder.
+    fn home(&self, id: NodeId) -> NodeId {
+        self.stem_home.get(&id).copied().unwrap_or(id)
+    }
+
     /// The bytes of the arena a value may occupy (all its images), or `None` outside the arena.
     fn arena_span(&self, id: NodeId) -> Option<(u64, u64)> {
+        let id = self.home(id);
         let place = self.plan.memory.place(id)?;
         let first = self.plan.image_offset(id, self.batch, 0)?;
         let last = self.plan.image_offset(id, self.batch, self.batch - 1)?;

@@ -165,3 +165,38 @@ fn plain_pooling() {
         }
     }
 }
+
+/// The blocked stem ([`cnnc_ir::stem`]): a convolution of an RGB input, ReLU and max pooling
+/// run in `nChw16c`; the pooling writes into the reorder's place where the plan leaves that
+/// free (ResNet-50's stem), so the reorder runs no code in either mode, and otherwise the
+/// reorder is a copy (here, where the plan puts the reorder over the convolution's output).
+/// The results still match the interpreter's plain stem.
+#[test]
+fn blocked_stem() {
+    let mut g = Graph::new("stem");
+    let x = g.add_input("x", Shape(vec![3, 21, 20]), Default::default()).unwrap();
+    let c1 = add(&mut g, conv_nb(32, 5, 2, 2), &[x], "conv1");
+    let b = add(&mut g, Op::BatchNorm(BatchNorm { eps: 1e-5, momentum: 0.1 }), &[c1], "bn1");
+    let r = add(&mut g, Op::Activation(Activation::Relu), &[b], "relu");
+    let p = add(&mut g, Op::Pool { kind: PoolKind::Max, window: win(3, 2, 1) }, &[r], "maxpool");
+    let y = add(&mut g, conv(16, 3, 1, 1), &[p], "conv2");
+    g.outputs = vec![y];
+    let resnet = lower_example("resnet50.cnn", &[3, 32, 32], &[]);
+    for (g, into_reorder) in [(&g, false), (&resnet, true)] {
+        let weights = random_weights(g, 3);
+        let opt = optimize(g, Some(&weights), &PassOptions::all()).unwrap();
+        let stems = cnnc_ir::stem::blocked_stems(&opt.plan);
+        assert_eq!(stems.len(), 1, "{}", opt.plan.render());
+        assert_eq!(stems[0].into_reorder, into_reorder, "{}", opt.plan.render());
+        let reorder = opt.plan.graph[stems[0].reorder].name.clone();
+        let inputs = [batch_of(&g[g.inputs[0]].shape.0, 2, 9)];
+        for mode in MODES {
+            let model = compile(&opt.plan, 2, mode, &weights);
+            let layers = model.profile(&inputs, &cnnc_jit::StepArgs { lr: 0.0, step: 1, seed: 0 }, 1).unwrap();
+            let ran = layers.iter().any(|l| l.name == reorder);
+            assert_eq!(ran, !into_reorder, "{} ({mode:?}): `{reorder}`", g.name);
+        }
+        jit_equals_interp_both(&format!("{} stem", g.name), &opt.plan, &weights, &inputs, RTOL_FORWARD);
+    }
+    check_graph(&g, 2);
+}
