@@ -161,6 +161,9 @@ pub struct ConvPlan {
 /// under it too, so that they are re-read from L2 for every row.
 const L2_WEIGHTS: usize = 256 << 10;
 
+/// The largest band a task sweeps once per block pair (the L2 of those machines).
+const L2_BAND: usize = 1 << 20;
+
 /// The operands of one convolution run, as raw pointers (the C-ABI form; null when absent).
 /// Batch strides are in floats.
 #[derive(Clone, Copy, Debug)]
@@ -353,13 +356,11 @@ impl ConvPlan {
     /// row's few band rows in L1 while every block pair uses them (3 % faster on 2 threads for
     /// 64 x 56 x 56 than blocks outermost, which sweeps the whole band once per pair); once
     /// the task's weights outgrow L2 they are streamed from L3 once per row, so then the
-    /// blocks go outside if one pair's weights fit L2 (ResNet-50's stride-2 1x1 downsamples:
-    /// 3-8 % faster on one thread; its layer4 3x3, 590 KB per pair, was not faster).
+    /// blocks go outside if one pair's weights fit L2 and the band is at most [`L2_BAND`]
+    /// (ResNet-50's stride-2 1x1 downsamples: 3-8 % faster on one thread; its layer4 3x3,
+    /// 590 KB per pair, was not faster; VGG's 128-channel 3x3 would sweep a 3.4 MB band).
     fn set_band(&mut self) {
         let s = self.shape;
-        let pair_weights = 4 * self.k * self.icb * s.kh * s.kw * 256;
-        let task_weights = pair_weights * (self.oc_chunk / self.k);
-        self.blocks_outer = self.row_chunk > 1 && task_weights > L2_WEIGHTS && pair_weights <= L2_WEIGHTS;
         match self.band {
             Band::Direct => {
                 self.band_rows = 0;
@@ -377,6 +378,11 @@ impl ConvPlan {
                 self.scratch = self.icb * self.band_icb;
             }
         }
+        let pair_weights = 4 * self.k * self.icb * s.kh * s.kw * 256;
+        let task_weights = pair_weights * (self.oc_chunk / self.k);
+        let band = 4 * self.scratch;
+        self.blocks_outer =
+            self.row_chunk > 1 && task_weights > L2_WEIGHTS && pair_weights <= L2_WEIGHTS && band <= L2_BAND;
     }
 
     /// Chooses the task split: the fewest rounds of equal tasks over `threads`, counting the
