@@ -154,6 +154,9 @@ pub struct ConvPlan {
     pub(crate) scratch: usize,
     /// Loop order of a task: output-channel blocks outside its rows (see `set_band`).
     pub(crate) blocks_outer: bool,
+    /// Pixels of a row whose tiles all block pairs run before the next such block (a
+    /// multiple of `nw`; see `set_band`).
+    pub(crate) col_block: usize,
 }
 
 /// Bytes of a task's weights above which its blocks are visited outside its rows (a quarter
@@ -163,6 +166,10 @@ const L2_WEIGHTS: usize = 256 << 10;
 
 /// The largest band a task sweeps once per block pair (the L2 of those machines).
 const L2_BAND: usize = 1 << 20;
+
+/// Bytes of input a block of a row's pixels reads, which every block pair then re-reads
+/// from L2 (a quarter of it).
+const L2_COLUMNS: usize = 256 << 10;
 
 /// The operands of one convolution run, as raw pointers (the C-ABI form; null when absent).
 /// Batch strides are in floats.
@@ -268,6 +275,7 @@ impl ConvPlan {
             tap_stride: 0,
             scratch: 0,
             blocks_outer: false,
+            col_block: 0,
         };
         plan.split(threads.max(1));
         Ok(plan)
@@ -304,6 +312,17 @@ impl ConvPlan {
     pub fn with_blocks_outer(mut self, blocks_outer: bool) -> ConvPlan {
         self.blocks_outer = blocks_outer;
         self
+    }
+
+    /// The same plan with row blocks of `pixels` pixels (rounded to whole tiles): for tuning.
+    pub fn with_col_block(mut self, pixels: usize) -> ConvPlan {
+        self.col_block = (pixels / self.nw).max(1) * self.nw;
+        self
+    }
+
+    /// Pixels per row block (see `set_band`).
+    pub fn col_block(&self) -> usize {
+        self.col_block
     }
 
     /// Scratch floats for running the plan on `threads` threads.
@@ -383,6 +402,11 @@ impl ConvPlan {
         let band = 4 * self.scratch;
         self.blocks_outer =
             self.row_chunk > 1 && task_weights > L2_WEIGHTS && pair_weights <= L2_WEIGHTS && band <= L2_BAND;
+        // Long rows (the pixels of a 1x1 convolution, flattened: 1568 a task at 56 x 56 with
+        // 256 channels, 1.6 MB of input) are cut into blocks each pair re-reads from L2,
+        // instead of every pair streaming the whole row from L3.
+        let per_pixel = 4 * self.icb * s.kh * 16;
+        self.col_block = (L2_COLUMNS / per_pixel / self.nw).max(1) * self.nw;
     }
 
     /// Chooses the task split: the fewest rounds of equal tasks over `threads`, counting the

@@ -151,12 +151,15 @@ pub unsafe fn forward_task(plan: &ConvPlan, a: &ConvArgs, task: usize, scratch: 
         }
     } else {
         for oy in rows {
-            for ob in pairs.clone() {
-                // SAFETY: as above.
-                let e = unsafe { EpiVectors::load(a, ob * 16, kk, s.oc) };
-                let out = block_out(plan, a, n, ob, &e);
-                // SAFETY: as above.
-                unsafe { row(plan, a, &out, x, row0, a.w.wrapping_add(ob * w_ocb), n, ob, oy, c0, c1) };
+            for b0 in (c0..c1).step_by(plan.col_block) {
+                let b1 = (b0 + plan.col_block).min(c1);
+                for ob in pairs.clone() {
+                    // SAFETY: as above.
+                    let e = unsafe { EpiVectors::load(a, ob * 16, kk, s.oc) };
+                    let out = block_out(plan, a, n, ob, &e);
+                    // SAFETY: as above; b0..b1 is inside c0..c1.
+                    unsafe { row(plan, a, &out, x, row0, a.w.wrapping_add(ob * w_ocb), n, ob, oy, b0, b1) };
+                }
             }
         }
     }

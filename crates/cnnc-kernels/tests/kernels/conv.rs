@@ -154,8 +154,10 @@ fn check_forward(cfg: ConvCfg, e: EpiCase, seed: u64) -> Result<(), String> {
     for cpu in cpus() {
         let par = par(seed);
         let plan = ConvPlan::new(shape_of(&cfg), epilogue, cpu, par.threads()).map_err(|e| e.to_string())?;
-        // Both loop orders of a task (the plan picks one by the weights' size).
-        for plan in [plan, plan.with_blocks_outer(!plan.blocks_outer())] {
+        // Both loop orders of a task (the plan picks one by the weights' size), and rows cut
+        // into blocks of one tile.
+        let flipped = plan.with_blocks_outer(!plan.blocks_outer());
+        for plan in [plan, flipped, plan.with_blocks_outer(false).with_col_block(plan.tile().1)] {
             let y0 = match e.residual {
                 Residual::InPlace => rb.clone(),
                 _ => vec![9.0; rb.len()],
