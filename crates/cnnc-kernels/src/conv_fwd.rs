@@ -135,31 +135,50 @@ pub unsafe fn forward_task(plan: &ConvPlan, a: &ConvArgs, task: usize, scratch: 
     };
     let kk = plan.k;
     let ob0 = g * plan.ocb + oc_i * plan.oc_chunk;
-    let ohw16 = (plan.oh * plan.ow * 16) as isize;
     let w_ocb = plan.icb * s.kh * s.kw * 256;
-    // Rows outermost: a row's few band rows and the task's weights stay in L1 / L2 while every
-    // block pair uses them (blocks outermost sweeps the whole band once per pair, competing in
-    // L2 with the output stream: 3 % slower on 2 threads for 64 x 56 x 56).
-    for oy in oy0..oy1 {
-        for ob in (ob0..ob0 + plan.oc_chunk).step_by(kk) {
+    let rows = oy0..oy1;
+    let pairs = (ob0..ob0 + plan.oc_chunk).step_by(kk);
+    if plan.blocks_outer {
+        for ob in pairs {
             // Groups hold whole blocks, so block ob's first channel is ob * 16.
             // SAFETY: the vectors hold oc floats (caller).
             let e = unsafe { EpiVectors::load(a, ob * 16, kk, s.oc) };
-            let wb = a.w.wrapping_add(ob * w_ocb);
-            let pix0 = n * a.y_bs + ob * plan.oh * plan.ow * 16;
-            let mut out = Out::plain(a.y.wrapping_add(pix0), 16, ohw16, false);
-            out.act = plan.epilogue.act;
-            if plan.epilogue.bias {
-                out.bias = e.bias.as_ptr();
+            let out = block_out(plan, a, n, ob, &e);
+            for oy in rows.clone() {
+                // SAFETY: forwarded contract; the row's tiles lie inside the output.
+                unsafe { row(plan, a, &out, x, row0, a.w.wrapping_add(ob * w_ocb), n, ob, oy, c0, c1) };
             }
-            if plan.epilogue.scale_shift {
-                out.scale = e.scale.as_ptr();
-                out.shift = e.shift.as_ptr();
+        }
+    } else {
+        for oy in rows {
+            for b0 in (c0..c1).step_by(plan.col_block) {
+                let b1 = (b0 + plan.col_block).min(c1);
+                for ob in pairs.clone() {
+                    // SAFETY: as above.
+                    let e = unsafe { EpiVectors::load(a, ob * 16, kk, s.oc) };
+                    let out = block_out(plan, a, n, ob, &e);
+                    // SAFETY: as above; b0..b1 is inside c0..c1.
+                    unsafe { row(plan, a, &out, x, row0, a.w.wrapping_add(ob * w_ocb), n, ob, oy, b0, b1) };
+                }
             }
-            // SAFETY: forwarded contract; the row's tiles lie inside the output.
-            unsafe { row(plan, a, &out, x, row0, wb, n, ob, oy, c0, c1) };
         }
     }
+}
+
+/// The output of blocks `ob .. ob + k` of image `n`, with the epilogue reading `e` (which
+/// must outlive the tiles using the result).
+fn block_out(plan: &ConvPlan, a: &ConvArgs, n: usize, ob: usize, e: &EpiVectors) -> Out {
+    let pix0 = n * a.y_bs + ob * plan.oh * plan.ow * 16;
+    let mut out = Out::plain(a.y.wrapping_add(pix0), 16, (plan.oh * plan.ow * 16) as isize, false);
+    out.act = plan.epilogue.act;
+    if plan.epilogue.bias {
+        out.bias = e.bias.as_ptr();
+    }
+    if plan.epilogue.scale_shift {
+        out.scale = e.scale.as_ptr();
+        out.shift = e.shift.as_ptr();
+    }
+    out
 }
 
 /// The tiles of output row `oy`, pixels `c0..c1`, blocks `ob .. ob + k`.

@@ -154,42 +154,53 @@ fn check_forward(cfg: ConvCfg, e: EpiCase, seed: u64) -> Result<(), String> {
     for cpu in cpus() {
         let par = par(seed);
         let plan = ConvPlan::new(shape_of(&cfg), epilogue, cpu, par.threads()).map_err(|e| e.to_string())?;
-        let y0 = match e.residual {
-            Residual::InPlace => rb.clone(),
-            _ => vec![9.0; rb.len()],
-        };
-        let mut arena = match e.residual {
-            Residual::Apart => Arena::new(&[&xb, &rb, &y0]),
-            _ => Arena::new(&[&xb, &y0]),
-        };
-        let yi = arena.offsets.len() - 1;
-        let xv = arena.view(0, cfg.n, cfg.ic, cfg.ih, cfg.iw, Layout::NChw16c);
-        let yv = arena.view(yi, cfg.n, cfg.oc, oh, ow, Layout::NChw16c);
-        let rv = match e.residual {
-            Residual::None => None,
-            Residual::Apart => Some(arena.view(1, cfg.n, cfg.oc, oh, ow, Layout::NChw16c)),
-            Residual::InPlace => Some(yv),
-        };
-        let io = ConvIo {
-            x: xv,
-            y: yv,
-            residual: rv,
-            weights: packed.as_slice(),
-            bias: e.bias.then_some(bias_g.as_slice()),
-            scale: e.scale_shift.then_some(scale_g.as_slice()),
-            shift: e.scale_shift.then_some(shift_g.as_slice()),
-        };
-        let mut scratch = guarded(&vec![0.0; plan.scratch_len(par.threads())]);
-        conv_fwd::forward(par, &plan, arena.buf.as_mut_slice(), &io, scratch.as_mut_slice())
-            .map_err(|e| e.to_string())?;
-        let got = arena.part(yi);
-        let what = format!("{:?} {cfg:?} {e:?} plan tile {:?} band {:?}", cpu.isa(), plan.tile(), plan.band());
-        close(&what, &from_blocked(got, cfg.n, cfg.oc, ohw), &want, 1e-4)?;
-        if !got.iter().all(|v| v.is_finite()) {
-            return Err(format!("{what}: a padding lane is not finite"));
-        }
-        if !arena.gaps_intact() || !scratch.sentinels_intact() {
-            return Err(format!("{what}: wrote outside its tensors"));
+        // Both loop orders of a task (the plan picks one by the weights' size), and rows cut
+        // into blocks of one tile.
+        let flipped = plan.with_blocks_outer(!plan.blocks_outer());
+        for plan in [plan, flipped, plan.with_blocks_outer(false).with_col_block(plan.tile().1)] {
+            let y0 = match e.residual {
+                Residual::InPlace => rb.clone(),
+                _ => vec![9.0; rb.len()],
+            };
+            let mut arena = match e.residual {
+                Residual::Apart => Arena::new(&[&xb, &rb, &y0]),
+                _ => Arena::new(&[&xb, &y0]),
+            };
+            let yi = arena.offsets.len() - 1;
+            let xv = arena.view(0, cfg.n, cfg.ic, cfg.ih, cfg.iw, Layout::NChw16c);
+            let yv = arena.view(yi, cfg.n, cfg.oc, oh, ow, Layout::NChw16c);
+            let rv = match e.residual {
+                Residual::None => None,
+                Residual::Apart => Some(arena.view(1, cfg.n, cfg.oc, oh, ow, Layout::NChw16c)),
+                Residual::InPlace => Some(yv),
+            };
+            let io = ConvIo {
+                x: xv,
+                y: yv,
+                residual: rv,
+                weights: packed.as_slice(),
+                bias: e.bias.then_some(bias_g.as_slice()),
+                scale: e.scale_shift.then_some(scale_g.as_slice()),
+                shift: e.scale_shift.then_some(shift_g.as_slice()),
+            };
+            let mut scratch = guarded(&vec![0.0; plan.scratch_len(par.threads())]);
+            conv_fwd::forward(par, &plan, arena.buf.as_mut_slice(), &io, scratch.as_mut_slice())
+                .map_err(|e| e.to_string())?;
+            let got = arena.part(yi);
+            let what = format!(
+                "{:?} {cfg:?} {e:?} plan tile {:?} band {:?} blocks outer {}",
+                cpu.isa(),
+                plan.tile(),
+                plan.band(),
+                plan.blocks_outer()
+            );
+            close(&what, &from_blocked(got, cfg.n, cfg.oc, ohw), &want, 1e-4)?;
+            if !got.iter().all(|v| v.is_finite()) {
+                return Err(format!("{what}: a padding lane is not finite"));
+            }
+            if !arena.gaps_intact() || !scratch.sentinels_intact() {
+                return Err(format!("{what}: wrote outside its tensors"));
+            }
         }
     }
     Ok(())
@@ -267,6 +278,22 @@ fn benchmark_shapes_match_interpreter() {
                 groups: 1,
             },
             4,
+        ),
+        // A stride-2 1x1 downsample whose weights make the plan put blocks outside rows.
+        (
+            ConvCfg {
+                n: 1,
+                ic: 512,
+                ih: 9,
+                iw: 9,
+                oc: 256,
+                k: [1, 1],
+                stride: [2, 2],
+                pad: [0, 0],
+                dilation: [1, 1],
+                groups: 1,
+            },
+            5,
         ),
     ];
     for (cfg, seed) in shapes {
