@@ -51,7 +51,8 @@ pub(crate) fn bench(args: &BenchArgs, budget: &MemoryBudget, color: bool, out: &
         rounds: args.iters.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         seed: args.seed,
     };
-    let outcome = cnnc_driver::bench::bench(&graph, &options).map_err(crate::run_failure)?;
+    let cancel = crate::cancel_on_ctrl_c();
+    let outcome = cnnc_driver::bench::bench(&graph, &options, Some(&cancel)).map_err(crate::run_failure)?;
     notify(&outcome.peak.note.iter().map(|n| format!("note: {n}")).collect::<Vec<_>>());
     out.push_str(&if args.json { bench_json(&outcome) } else { bench_table(&outcome) });
     Ok(())

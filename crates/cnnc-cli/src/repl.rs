@@ -31,11 +31,11 @@ pub(crate) fn repl(args: &ReplArgs, budget: &MemoryBudget, color: bool) -> Resul
         Some(path) => {
             let file = std::fs::File::open(path)
                 .map_err(|e| Failure::Usage(format!("cannot read `{}`: {e}", path.display())))?;
-            cnnc_repl::install_ctrl_c();
+            cnnc_repl::install_ctrl_c(session.cancel_token().clone());
             cnnc_repl::run_script(&mut session, std::io::BufReader::new(file), &mut cnnc_repl::ScriptIo, args.echo)
         }
         None if !std::io::stdin().is_terminal() => {
-            cnnc_repl::install_ctrl_c();
+            cnnc_repl::install_ctrl_c(session.cancel_token().clone());
             cnnc_repl::run_script(&mut session, std::io::stdin().lock(), &mut cnnc_repl::ScriptIo, args.echo)
         }
         None => {
@@ -149,7 +149,8 @@ pub(crate) fn viz(args: &VizArgs, budget: &MemoryBudget, color: bool, out: &mut 
             let mode = execute::exec_mode(&graph, false, None)?;
             // Without passes, so that every layer's output exists (a fused conv + activation
             // would hide the conv's own).
-            let outcome = execute::run(&graph, &params, &x, mode, &[], true, backend.backend())?;
+            let cancel = crate::cancel_on_ctrl_c();
+            let outcome = execute::run(&graph, &params, &x, mode, &[], true, backend.backend(), Some(&cancel))?;
             let all = outcome
                 .dump
                 .and_then(|mut d| d.remove(layer.as_str()))
