@@ -33,6 +33,7 @@ pub fn run(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
         let batch = input.shape[0];
         check_memory(&graph, Task::Run { batch, passes: true, dump: false }, &session.budget)?;
         let params = params_for(session, &graph, io)?;
+        working(&graph, "running", io);
         let x = normalized(session, &graph, &input);
         let (model, compile_ms) = compiled(session, &graph, &params, batch)?;
         // The first run also starts the thread pool; the time shown is the second's.
@@ -80,6 +81,7 @@ pub fn bench(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
     let result = (|| {
         let batch = session.last_input.as_ref().filter(|x| fits(&graph, x)).map_or(1, |x| x.shape[0]);
         check_memory(&graph, Task::Run { batch, passes: true, dump: false }, &session.budget)?;
+        working(&graph, "timing", io);
         let options = cnnc_driver::bench::BenchOptions {
             batch,
             threads: None,
@@ -120,6 +122,7 @@ pub fn grad(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
         check_memory(&graph, Task::Grad { batch, dump: false }, &session.budget)?;
         let params = params_for(session, &graph, io)?;
         let x = normalized(session, &graph, &input);
+        working(&graph, "differentiating", io);
         let mode = execute::exec_mode(&graph, false, None)?;
         let target = Target::Classes(vec![class; batch]);
         let backend = Backend::Jit(JitMode::host_default());
@@ -191,6 +194,7 @@ pub fn viz(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
                     random_input(session, &graph)?
                 }
             };
+            working(&graph, "running", io);
             let maps = layer_output(session, &graph, &params.tensors, &input, layer)?;
             let picture = viz::maps(layer, &maps)?;
             let said =
@@ -208,6 +212,12 @@ pub fn viz(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
         Ok(Status::Ok)
     })();
     finish(result, io)
+}
+
+/// The status line while a command compiles and runs a model (the next output clears it): on a
+/// terminal it says what is going on and how to stop it.
+fn working(graph: &Graph, doing: &str, io: &mut dyn Io) {
+    io.status(&format!("{doing} `{}` on the JIT (Ctrl-C cancels)", graph.name));
 }
 
 /// Why a command that runs a model failed.
