@@ -822,6 +822,8 @@ fn normalize(
 }
 
 fn run(args: &RunArgs, budget: &MemoryBudget, color: bool, out: &mut String) -> Result<(), Failure> {
+    // First, so that a Ctrl-C while the files load stops the run at its first node.
+    let cancel = cancel_on_ctrl_c();
     let (graph, file) = lower_with_source(&args.model, color)?;
     if args.weights.is_some() && args.seed.is_some() && !args.train {
         return Err(Failure::Usage(
@@ -853,8 +855,8 @@ fn run(args: &RunArgs, budget: &MemoryBudget, color: bool, out: &mut String) -> 
     let mut input = input;
     normalize(normalization.as_ref(), args.no_normalize, &mut input, args.weights.as_deref());
     let (dump, backend) = (args.dump.is_some(), args.backend.backend());
-    let outcome = execute::run(&graph, &params, &input, mode, passes, dump, backend, Some(&cancel_on_ctrl_c()))
-        .map_err(run_failure)?;
+    let outcome =
+        execute::run(&graph, &params, &input, mode, passes, dump, backend, Some(&cancel)).map_err(run_failure)?;
     if args.passes.is_some() {
         notify(&outcome.pass_notes);
     }
@@ -886,10 +888,10 @@ fn run(args: &RunArgs, budget: &MemoryBudget, color: bool, out: &mut String) -> 
 
 /// A pass that cannot run is a usage error (as in `cnnc ir`); every other failure keeps its
 /// kind.
-/// A token Ctrl-C requests, for a command that runs a model: the back end stops at its next
-/// node or kernel step and the command ends with `cancelled` and exit code 130; a second
-/// Ctrl-C before that ends the process at once (130 too). Without it the first Ctrl-C would
-/// kill the process with nothing said.
+/// A token Ctrl-C requests, for a command that runs a model (installed as the command starts):
+/// the back end stops at its first or next node or kernel step and the command ends with
+/// `cancelled` and exit code 130; a second Ctrl-C before that ends the process at once (130
+/// too). Without it the first Ctrl-C would kill the process with nothing said.
 pub(crate) fn cancel_on_ctrl_c() -> cnnc_runtime::Cancel {
     let cancel = cnnc_runtime::Cancel::new();
     let asked = cancel.clone();
@@ -988,6 +990,7 @@ fn print_stats(data: &[f32], out: &mut String) {
 }
 
 fn grad(args: &GradArgs, budget: &MemoryBudget, color: bool, out: &mut String) -> Result<(), Failure> {
+    let cancel = cancel_on_ctrl_c();
     let (graph, file) = lower_with_source(&args.model, color)?;
     let loss = args.loss.with(args.margin, args.delta)?;
     // Every file and argument is checked before the (possibly long) computation starts.
@@ -1022,7 +1025,6 @@ fn grad(args: &GradArgs, budget: &MemoryBudget, color: bool, out: &mut String) -
     let mut input = input;
     normalize(normalization.as_ref(), args.no_normalize, &mut input, args.weights.as_deref());
     let dump = args.dump.is_some();
-    let cancel = cancel_on_ctrl_c();
     let outcome =
         execute::grad(&graph, &params, &input, &target, loss, mode, dump, args.backend.backend(), Some(&cancel))?;
     warn(&outcome.warnings);

@@ -125,6 +125,7 @@ pub(crate) fn viz(args: &VizArgs, budget: &MemoryBudget, color: bool, out: &mut 
             Ok(())
         }
         VizArgs::Maps { model, layer, weights, input, image, no_normalize, output, backend } => {
+            let cancel = crate::cancel_on_ctrl_c();
             let (graph, file) = lower_with_source(model, color)?;
             viz::find_layer(&graph, layer).map_err(viz_failure)?;
             check_outputs(&[("-o", output)], &[("the source FILE", &model.file), ("--input", input)])?;
@@ -149,7 +150,6 @@ pub(crate) fn viz(args: &VizArgs, budget: &MemoryBudget, color: bool, out: &mut 
             let mode = execute::exec_mode(&graph, false, None)?;
             // Without passes, so that every layer's output exists (a fused conv + activation
             // would hide the conv's own).
-            let cancel = crate::cancel_on_ctrl_c();
             let outcome = execute::run(&graph, &params, &x, mode, &[], true, backend.backend(), Some(&cancel))?;
             let all = outcome
                 .dump
