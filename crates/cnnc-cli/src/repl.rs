@@ -44,7 +44,12 @@ pub(crate) fn repl(args: &ReplArgs, budget: &MemoryBudget, color: bool) -> Resul
             cnnc_repl::Status::Ok
         }
     };
-    if status == cnnc_repl::Status::Failed { Err(Failure::Quiet(1)) } else { Ok(()) }
+    match status {
+        // A script ended by Ctrl-C (the cancelled input said `cancelled`).
+        cnnc_repl::Status::Failed if session.cancel_token().is_requested() => Err(Failure::Quiet(130)),
+        cnnc_repl::Status::Failed => Err(Failure::Quiet(1)),
+        cnnc_repl::Status::Ok | cnnc_repl::Status::Quit => Ok(()),
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -39,7 +39,9 @@ pub fn needs_more(text: &str) -> bool {
 
 /// Runs a script: every complete input in turn, errors reported and passed over. With `echo`,
 /// each line is copied to the output first (`> ` or `. ` before it), so the output reads as a
-/// transcript. `Failed` when any input failed.
+/// transcript. `Failed` when any input failed. A Ctrl-C (the session's cancel token requested
+/// while an input runs) cancels that input and ends the script there, `Failed` too (the caller
+/// tells it by the token).
 pub fn run_script(session: &mut Session, reader: impl BufRead, io: &mut dyn Io, echo: bool) -> Status {
     let mut pending = String::new();
     let mut status = Status::Ok;
@@ -66,6 +68,9 @@ pub fn run_script(session: &mut Session, reader: impl BufRead, io: &mut dyn Io, 
             Status::Ok => {}
             Status::Failed => status = Status::Failed,
             Status::Quit => return status,
+        }
+        if session.cancel_token().is_requested() {
+            return Status::Failed;
         }
     }
     // An input cut off by the end of the script is still evaluated, to report what is missing.

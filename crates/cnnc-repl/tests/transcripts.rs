@@ -317,3 +317,40 @@ fn cancelled_commands_say_so_and_change_nothing() {
     assert!(io.text.contains("output [1, 3]"), "{}", io.text);
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+/// What a script printed; like a Ctrl-C, it requests the session's token once a line it prints
+/// contains `trigger`.
+struct CtrlCOn {
+    text: String,
+    trigger: &'static str,
+    cancel: cnnc_runtime::Cancel,
+}
+
+impl Io for CtrlCOn {
+    fn out(&mut self, text: &str) {
+        self.text.push_str(text);
+        if text.contains(self.trigger) {
+            self.cancel.request();
+        }
+    }
+
+    fn err(&mut self, text: &str) {
+        self.text.push_str(text);
+    }
+
+    fn status(&mut self, _: &str) {}
+}
+
+#[test]
+fn a_ctrl_c_ends_a_script_after_the_input_it_cancels() {
+    let mut session = Session::new(false, cnnc_driver::MemoryBudget::detect());
+    let mut io = CtrlCOn { text: String::new(), trigger: "conv1", cancel: session.cancel_token().clone() };
+    let script = "input x: [1, 8, 8]\nconv(4, k=3)\nrelu\n:summary\n";
+    assert_eq!(run_script(&mut session, script.as_bytes(), &mut io, false), Status::Failed);
+    assert!(session.cancel_token().is_requested(), "the CLI tells a Ctrl-C by the token (exit 130)");
+    assert!(
+        io.text.contains("conv1") && !io.text.contains("relu"),
+        "nothing after the cancelled input runs:\n{}",
+        io.text
+    );
+}
