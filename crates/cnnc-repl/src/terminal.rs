@@ -39,9 +39,9 @@ pub fn needs_more(text: &str) -> bool {
 
 /// Runs a script: every complete input in turn, errors reported and passed over. With `echo`,
 /// each line is copied to the output first (`> ` or `. ` before it), so the output reads as a
-/// transcript. `Failed` when any input failed. A Ctrl-C (the session's cancel token requested
-/// while an input runs) cancels that input and ends the script there, `Failed` too (the caller
-/// tells it by the token).
+/// transcript. `Failed` when any input failed. A Ctrl-C (the session's cancel token requested,
+/// never cleared here) cancels the input running and ends the script before the next one,
+/// `Failed` too (the caller tells it by the token).
 pub fn run_script(session: &mut Session, reader: impl BufRead, io: &mut dyn Io, echo: bool) -> Status {
     let mut pending = String::new();
     let mut status = Status::Ok;
@@ -63,15 +63,17 @@ pub fn run_script(session: &mut Session, reader: impl BufRead, io: &mut dyn Io, 
         if needs_more(&pending) {
             continue;
         }
-        session.cancel_token().clear();
+        if session.cancel_token().is_requested() {
+            return Status::Failed;
+        }
         match session.eval(&std::mem::take(&mut pending), io) {
             Status::Ok => {}
             Status::Failed => status = Status::Failed,
             Status::Quit => return status,
         }
-        if session.cancel_token().is_requested() {
-            return Status::Failed;
-        }
+    }
+    if session.cancel_token().is_requested() {
+        return Status::Failed;
     }
     // An input cut off by the end of the script is still evaluated, to report what is missing.
     if !pending.trim().is_empty() && session.eval(&pending, io) == Status::Failed {

@@ -1,7 +1,7 @@
 //! `cnnc repl` on a terminal: the built binary started in a pseudo-terminal (rexpect), typed
 //! at key by key as a person would, its screen read with the escape sequences taken out. The
 //! prompt, line editing, tab completion, history kept between two sessions, Ctrl-C on a
-//! half-typed line and during a long `:bench`, and Ctrl-D.
+//! half-typed line and during a long `:bench`, and Ctrl-D; and Ctrl-C ending a script.
 //!
 //! Every step waits for what the REPL prints, never for a time, and each input is sent only
 //! once the output of the one before it is seen: rustyline drops what arrives after an Enter
@@ -149,4 +149,32 @@ fn ctrl_c_cancels_a_long_bench_and_the_session_goes_on() {
     send(&mut p, ":run\r");
     expect_then_prompt(&mut p, r"output \[1, 32, 64, 64\]");
     leave(p);
+}
+
+#[test]
+fn ctrl_c_ends_a_script_with_exit_code_130() {
+    let dir = scratch("script");
+    let script = dir.join("session.txt");
+    // The `:bench` takes minutes unless cancelled; `:model` must not run after the Ctrl-C.
+    let text = "input x: [16, 64, 64]\nconv(32, k=3, pad=1) -> relu -> conv(32, k=3, pad=1)\n:bench 10000\n:model\n";
+    std::fs::write(&script, text).expect("writes the script");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cnnc"));
+    command.arg("repl").arg(&script).current_dir(root()).env("CNNC_CACHE_DIR", dir.join("cache"));
+    let options = Options::new().timeout_ms(Some(TIMEOUT_MS)).strip_ansi_escape_codes(true);
+    let mut p = rexpect::session::spawn_with_options(command, options).expect("cnnc repl starts in a pty");
+    // The last layer's row is printed once the handler is in place, just before `:bench` runs;
+    // the Ctrl-C lands during it or before it starts, and either way nothing after it runs.
+    if let Err(e) = p.exp_regex(r"conv2\s+conv\s+\[32, 64, 64\]") {
+        panic!("waiting for the model: {e}");
+    }
+    let pressed = Instant::now();
+    send(&mut p, CTRL_C);
+    let rest = p.exp_eof().expect("the script ends");
+    let took = pressed.elapsed();
+    assert!(!rest.contains("models:"), "nothing runs after the Ctrl-C:\n{rest}");
+    match p.process().wait() {
+        Ok(WaitStatus::Exited(_, code)) => assert_eq!(code, 130, "{rest}"),
+        other => panic!("cnnc repl SCRIPT did not exit after Ctrl-C: {other:?}"),
+    }
+    assert!(took < Duration::from_secs(20), "ended {took:?} after Ctrl-C");
 }
