@@ -38,6 +38,7 @@ pub(crate) struct BenchArgs {
 
 /// Compiles and times the model; the table or the JSON on stdout, notes on stderr.
 pub(crate) fn bench(args: &BenchArgs, budget: &MemoryBudget, color: bool, out: &mut String) -> Result<(), Failure> {
+    let cancel = crate::cancel_on_ctrl_c();
     let graph = lower_one(&args.model, color)?;
     let batch = usize::try_from(args.batch).unwrap_or(usize::MAX);
     let task =
@@ -51,7 +52,7 @@ pub(crate) fn bench(args: &BenchArgs, budget: &MemoryBudget, color: bool, out: &
         rounds: args.iters.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         seed: args.seed,
     };
-    let outcome = cnnc_driver::bench::bench(&graph, &options).map_err(crate::run_failure)?;
+    let outcome = cnnc_driver::bench::bench(&graph, &options, Some(&cancel)).map_err(crate::run_failure)?;
     notify(&outcome.peak.note.iter().map(|n| format!("note: {n}")).collect::<Vec<_>>());
     out.push_str(&if args.json { bench_json(&outcome) } else { bench_table(&outcome) });
     Ok(())

@@ -561,6 +561,8 @@ fn main() -> ExitCode {
             match error.kind() {
                 ErrorKind::Data => ExitCode::from(1),
                 ErrorKind::Io | ErrorKind::Usage => ExitCode::from(2),
+                // As a shell reports a command ended by SIGINT.
+                ErrorKind::Cancelled => ExitCode::from(130),
             }
         }
     }
@@ -820,6 +822,8 @@ fn normalize(
 }
 
 fn run(args: &RunArgs, budget: &MemoryBudget, color: bool, out: &mut String) -> Result<(), Failure> {
+    // First, so that a Ctrl-C while the files load stops the run at its first node.
+    let cancel = cancel_on_ctrl_c();
     let (graph, file) = lower_with_source(&args.model, color)?;
     if args.weights.is_some() && args.seed.is_some() && !args.train {
         return Err(Failure::Usage(
@@ -850,8 +854,9 @@ fn run(args: &RunArgs, budget: &MemoryBudget, color: bool, out: &mut String) -> 
         weights_and_normalization(&graph, args.weights.as_deref(), args.allow_extra_weights, init_seed, budget)?;
     let mut input = input;
     normalize(normalization.as_ref(), args.no_normalize, &mut input, args.weights.as_deref());
-    let outcome = execute::run(&graph, &params, &input, mode, passes, args.dump.is_some(), args.backend.backend())
-        .map_err(run_failure)?;
+    let (dump, backend) = (args.dump.is_some(), args.backend.backend());
+    let outcome =
+        execute::run(&graph, &params, &input, mode, passes, dump, backend, Some(&cancel)).map_err(run_failure)?;
     if args.passes.is_some() {
         notify(&outcome.pass_notes);
     }
@@ -883,6 +888,22 @@ fn run(args: &RunArgs, budget: &MemoryBudget, color: bool, out: &mut String) -> 
 
 /// A pass that cannot run is a usage error (as in `cnnc ir`); every other failure keeps its
 /// kind.
+/// A token Ctrl-C requests, for a command that runs a model (installed as the command starts):
+/// the back end stops at its first or next node or kernel step and the command ends with
+/// `cancelled` and exit code 130; a second Ctrl-C before that ends the process at once (130
+/// too). Without it the first Ctrl-C would kill the process with nothing said.
+pub(crate) fn cancel_on_ctrl_c() -> cnnc_runtime::Cancel {
+    let cancel = cnnc_runtime::Cancel::new();
+    let asked = cancel.clone();
+    // Fails only when a handler is already set; a command sets at most one.
+    let _ = ctrlc::set_handler(move || {
+        if asked.request() {
+            std::process::exit(130);
+        }
+    });
+    cancel
+}
+
 fn run_failure(e: ExecError) -> Failure {
     match e {
         ExecError::Passes(e) => pass_failure(e),
@@ -969,6 +990,7 @@ fn print_stats(data: &[f32], out: &mut String) {
 }
 
 fn grad(args: &GradArgs, budget: &MemoryBudget, color: bool, out: &mut String) -> Result<(), Failure> {
+    let cancel = cancel_on_ctrl_c();
     let (graph, file) = lower_with_source(&args.model, color)?;
     let loss = args.loss.with(args.margin, args.delta)?;
     // Every file and argument is checked before the (possibly long) computation starts.
@@ -1003,7 +1025,8 @@ fn grad(args: &GradArgs, budget: &MemoryBudget, color: bool, out: &mut String) -
     let mut input = input;
     normalize(normalization.as_ref(), args.no_normalize, &mut input, args.weights.as_deref());
     let dump = args.dump.is_some();
-    let outcome = execute::grad(&graph, &params, &input, &target, loss, mode, dump, args.backend.backend())?;
+    let outcome =
+        execute::grad(&graph, &params, &input, &target, loss, mode, dump, args.backend.backend(), Some(&cancel))?;
     warn(&outcome.warnings);
     if let Some(path) = &args.output {
         execute::save_tensors(path, &outcome.grads)?;

@@ -31,11 +31,11 @@ pub(crate) fn repl(args: &ReplArgs, budget: &MemoryBudget, color: bool) -> Resul
         Some(path) => {
             let file = std::fs::File::open(path)
                 .map_err(|e| Failure::Usage(format!("cannot read `{}`: {e}", path.display())))?;
-            cnnc_repl::install_ctrl_c();
+            cnnc_repl::install_ctrl_c(session.cancel_token().clone());
             cnnc_repl::run_script(&mut session, std::io::BufReader::new(file), &mut cnnc_repl::ScriptIo, args.echo)
         }
         None if !std::io::stdin().is_terminal() => {
-            cnnc_repl::install_ctrl_c();
+            cnnc_repl::install_ctrl_c(session.cancel_token().clone());
             cnnc_repl::run_script(&mut session, std::io::stdin().lock(), &mut cnnc_repl::ScriptIo, args.echo)
         }
         None => {
@@ -44,7 +44,12 @@ pub(crate) fn repl(args: &ReplArgs, budget: &MemoryBudget, color: bool) -> Resul
             cnnc_repl::Status::Ok
         }
     };
-    if status == cnnc_repl::Status::Failed { Err(Failure::Quiet(1)) } else { Ok(()) }
+    match status {
+        // A script ended by Ctrl-C (the cancelled input said `cancelled`).
+        cnnc_repl::Status::Failed if session.cancel_token().is_requested() => Err(Failure::Quiet(130)),
+        cnnc_repl::Status::Failed => Err(Failure::Quiet(1)),
+        cnnc_repl::Status::Ok | cnnc_repl::Status::Quit => Ok(()),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -125,6 +130,7 @@ pub(crate) fn viz(args: &VizArgs, budget: &MemoryBudget, color: bool, out: &mut 
             Ok(())
         }
         VizArgs::Maps { model, layer, weights, input, image, no_normalize, output, backend } => {
+            let cancel = crate::cancel_on_ctrl_c();
             let (graph, file) = lower_with_source(model, color)?;
             viz::find_layer(&graph, layer).map_err(viz_failure)?;
             check_outputs(&[("-o", output)], &[("the source FILE", &model.file), ("--input", input)])?;
@@ -149,7 +155,7 @@ pub(crate) fn viz(args: &VizArgs, budget: &MemoryBudget, color: bool, out: &mut 
             let mode = execute::exec_mode(&graph, false, None)?;
             // Without passes, so that every layer's output exists (a fused conv + activation
             // would hide the conv's own).
-            let outcome = execute::run(&graph, &params, &x, mode, &[], true, backend.backend())?;
+            let outcome = execute::run(&graph, &params, &x, mode, &[], true, backend.backend(), Some(&cancel))?;
             let all = outcome
                 .dump
                 .and_then(|mut d| d.remove(layer.as_str()))

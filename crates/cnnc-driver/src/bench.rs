@@ -28,7 +28,7 @@ use crate::optimize::{Mode, Pass, optimize};
 use crate::peak_cache::{self, Peak, PeakKey};
 use cnnc_ir::{Graph, Op, TrainOp};
 use cnnc_jit::bench::{BenchReport, Rounds};
-use cnnc_runtime::Tensor;
+use cnnc_runtime::{Cancel, Tensor};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -67,8 +67,9 @@ pub struct BenchOutcome {
 }
 
 /// Compiles `graph` (after every pass) for `options` on the JIT, looks up the peak and times
-/// it.
-pub fn bench(graph: &Graph, options: &BenchOptions) -> Result<BenchOutcome, ExecError> {
+/// it. With `cancel`, compiling and timing check it (between phases, rounds and layers) and
+/// stop with [`ExecError::Cancelled`].
+pub fn bench(graph: &Graph, options: &BenchOptions, cancel: Option<&Cancel>) -> Result<BenchOutcome, ExecError> {
     let params = crate::execute::init_weights(graph, options.seed)?;
     let mode = if options.train { Mode::Training } else { Mode::Inference };
     let start = Instant::now();
@@ -77,6 +78,9 @@ pub fn bench(graph: &Graph, options: &BenchOptions) -> Result<BenchOutcome, Exec
     let mut jit = cnnc_jit::Options::new(options.batch).with_mode(options.mode);
     if let Some(threads) = options.threads {
         jit = jit.with_threads(threads);
+    }
+    if let Some(cancel) = cancel {
+        jit = jit.with_cancel(cancel.clone());
     }
     let model = cnnc_jit::CompiledModel::compile(&opt.plan, &jit)?;
     model.load_weights(&params)?;

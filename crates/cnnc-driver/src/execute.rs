@@ -19,7 +19,7 @@ use cnnc_interp::{InterpError, Options};
 use cnnc_ir::plan::OutputRole;
 use cnnc_ir::{Graph, NodeId, Op, TrainOp};
 use cnnc_lower::Options as LowerOptions;
-use cnnc_runtime::{InitError, MemoryBudget, NpyArray, NpyError, WeightsError, check_weights};
+use cnnc_runtime::{Cancel, InitError, MemoryBudget, NpyArray, NpyError, WeightsError, check_weights};
 pub use cnnc_runtime::{Tensor, TensorMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -80,6 +80,8 @@ pub enum ErrorKind {
     Io,
     /// The arguments do not make sense together.
     Usage,
+    /// The user stopped it (Ctrl-C).
+    Cancelled,
 }
 
 /// Why a model could not be run on the given files.
@@ -146,14 +148,14 @@ pub enum ExecError {
     /// The back end refused to run (a training-mode batch norm with a single value per
     /// channel, say).
     #[error("{0}")]
-    Backend(#[from] InterpError),
+    Backend(InterpError),
     /// The passes or the training transform could not run (a loss on a model with several
     /// outputs, say).
     #[error("{0}")]
     Passes(cnnc_passes::PassError),
     /// The JIT could not compile or run the plan.
     #[error("{0}")]
-    Jit(#[from] cnnc_jit::JitError),
+    Jit(cnnc_jit::JitError),
     /// A data set that cannot be read, or does not fit the model.
     #[error("{0}")]
     Data(#[from] cnnc_data::DataError),
@@ -164,6 +166,11 @@ pub enum ExecError {
     /// Memory ran out while initialising parameters, despite the estimate.
     #[error("{0}")]
     OutOfMemory(#[from] InitError),
+    /// The caller's cancel token was set (Ctrl-C): the interpreter or the JIT stopped between
+    /// nodes or kernel steps, before anything was written. The back ends' own `Cancelled`
+    /// errors arrive as this one.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl ExecError {
@@ -198,6 +205,7 @@ impl ExecError {
             | ExecError::Passes(_) => ErrorKind::Data,
             ExecError::Data(cnnc_data::DataError::Io { .. }) => ErrorKind::Io,
             ExecError::Data(_) => ErrorKind::Data,
+            ExecError::Cancelled => ErrorKind::Cancelled,
         }
     }
 
@@ -261,7 +269,8 @@ impl ExecError {
             | ExecError::DropoutNeedsSeed { .. }
             | ExecError::Backend(_)
             | ExecError::Jit(_)
-            | ExecError::Passes(_) => None,
+            | ExecError::Passes(_)
+            | ExecError::Cancelled => None,
             ExecError::Data(e) => e.hint(),
         }
     }
@@ -277,9 +286,31 @@ impl From<WeightsError> for ExecError {
     }
 }
 
+impl From<InterpError> for ExecError {
+    fn from(e: InterpError) -> ExecError {
+        match e {
+            InterpError::Cancelled => ExecError::Cancelled,
+            e => ExecError::Backend(e),
+        }
+    }
+}
+
+impl From<cnnc_jit::JitError> for ExecError {
+    fn from(e: cnnc_jit::JitError) -> ExecError {
+        match e {
+            cnnc_jit::JitError::Cancelled => ExecError::Cancelled,
+            e => ExecError::Jit(e),
+        }
+    }
+}
+
 /// `error: ...`, then each detail as `  - ...` and the hint as `  = help: ...`, one
-/// newline-terminated block for stderr.
+/// newline-terminated block for stderr; a cancelled command is the one line `cancelled`
+/// (nothing was wrong with it).
 pub fn render_exec_error(error: &ExecError) -> String {
+    if let ExecError::Cancelled = error {
+        return "cancelled\n".into();
+    }
     let mut out = format!("error: {error}\n");
     for detail in error.details() {
         out.push_str(&format!("  - {detail}\n"));
@@ -737,7 +768,9 @@ pub struct RunOutcome {
 /// come back in [`RunOutcome::state`]). With `passes`, the optimised graph runs (in training
 /// mode, the optimised forward pass of training). With `dump`, every layer's output is kept:
 /// in an optimised graph, a fused node's output is the last layer it absorbed (`conv1 <- bn1,
-/// relu1` gives `relu1`), and the layers fused away have none.
+/// relu1` gives `relu1`), and the layers fused away have none. With `cancel`, the back end
+/// checks it between nodes (the JIT: kernel steps) and stops with [`ExecError::Cancelled`].
+#[allow(clippy::too_many_arguments)] // each is one of `cnnc run`'s independent inputs
 pub fn run(
     graph: &Graph,
     params: &TensorMap,
@@ -746,6 +779,7 @@ pub fn run(
     passes: &[cnnc_passes::Pass],
     dump: bool,
     backend: Backend,
+    cancel: Option<&Cancel>,
 ) -> Result<RunOutcome, ExecError> {
     io_shapes(graph)?;
     let pass_mode = if mode.train { cnnc_passes::Mode::Training } else { cnnc_passes::Mode::Inference };
@@ -764,7 +798,7 @@ pub fn run(
         };
         // The JIT takes checkpoint weights and applies the plan's transforms (BN folding,
         // packing) itself.
-        let model = compile(&plan, input.shape[0], jit_mode, params)?;
+        let model = compile(&plan, input.shape[0], jit_mode, params, cancel)?;
         let args = cnnc_jit::StepArgs { lr: 0.0, step: 1, seed: mode.seed };
         let result = model.run(std::slice::from_ref(input), &args)?;
         let mut outputs = result.outputs.into_iter();
@@ -806,6 +840,9 @@ pub fn run(
     if dump {
         options = options.keeping_values();
     }
+    if let Some(cancel) = cancel {
+        options = options.with_cancel(cancel.clone());
+    }
     let result = cnnc_interp::run(&runs, &mut state, std::slice::from_ref(input), &options)?;
     let output = result.output(0).expect("a model's first output is a value");
     let dump = dump.then(|| dump_values(graph, &taps, |id| result.value(id).map(Tensor::from_buf)));
@@ -816,13 +853,19 @@ pub fn run(
 
 /// `plan` compiled by the JIT for `batch` samples, with `weights` loaded: checkpoint weights
 /// (the source graph's names and layouts), to which the JIT applies the plan's transforms.
+/// With `cancel`, compiling and every run of the model check it (between kernel steps).
 pub fn compile(
     plan: &cnnc_ir::plan::Plan,
     batch: usize,
     mode: cnnc_jit::Mode,
     weights: &TensorMap,
+    cancel: Option<&Cancel>,
 ) -> Result<cnnc_jit::CompiledModel, ExecError> {
-    let model = cnnc_jit::CompiledModel::compile(plan, &cnnc_jit::Options::new(batch).with_mode(mode))?;
+    let mut options = cnnc_jit::Options::new(batch).with_mode(mode);
+    if let Some(cancel) = cancel {
+        options = options.with_cancel(cancel.clone());
+    }
+    let model = cnnc_jit::CompiledModel::compile(plan, &options)?;
     model.load_weights(weights)?;
     Ok(model)
 }
@@ -912,6 +955,7 @@ pub struct GradOutcome {
 
 /// The loss of the model's output on a checked batch and its gradient with respect to every
 /// trainable parameter and the input; with `dump`, every layer's output and gradient too.
+/// With `cancel`, as [`run`].
 #[allow(clippy::too_many_arguments)] // each is one of `cnnc grad`'s independent inputs
 pub fn grad(
     graph: &Graph,
@@ -922,6 +966,7 @@ pub fn grad(
     mode: ExecMode,
     dump: bool,
     backend: Backend,
+    cancel: Option<&Cancel>,
 ) -> Result<GradOutcome, ExecError> {
     io_shapes(graph)?;
     let options = cnnc_passes::TrainingOptions {
@@ -937,13 +982,18 @@ pub fn grad(
         Target::Values(t) => t.clone(),
     };
     match backend {
-        Backend::Jit(jit_mode) => grad_on_jit(graph, params, input, target, &training, &options, mode, dump, jit_mode),
+        Backend::Jit(jit_mode) => {
+            grad_on_jit(graph, params, input, target, &training, &options, mode, dump, jit_mode, cancel)
+        }
         Backend::Interp => {
             let mut state = params.clone();
             let inputs = [input.clone(), target];
             let mut run_options = Options::new().with_seed(mode.seed);
             if dump {
                 run_options = run_options.keeping_values();
+            }
+            if let Some(cancel) = cancel {
+                run_options = run_options.with_cancel(cancel.clone());
             }
             let result = cnnc_interp::run(&training.graph, &mut state, &inputs, &run_options)?;
             let g = cnnc_interp::gradients::<Tensor>(&training.outputs, &result);
@@ -992,6 +1042,7 @@ fn grad_on_jit(
     mode: ExecMode,
     dump: bool,
     jit_mode: cnnc_jit::Mode,
+    cancel: Option<&Cancel>,
 ) -> Result<GradOutcome, ExecError> {
     let batch = input.shape[0];
     // Per tap: the source layer and whether it is the layer's gradient.
@@ -1015,7 +1066,7 @@ fn grad_on_jit(
         let passes = cnnc_passes::PassOptions { verify: true, ..cnnc_passes::PassOptions::all() };
         cnnc_passes::optimize_training(graph, None, &passes, options).map_err(ExecError::Passes)?.plan
     };
-    let model = compile(&plan, batch, jit_mode, params)?;
+    let model = compile(&plan, batch, jit_mode, params, cancel)?;
     let args = cnnc_jit::StepArgs { lr: 0.0, step: 1, seed: mode.seed };
     let result = model.run(&[input.clone(), target], &args)?;
     let value = result.loss.map_or(f64::NAN, f64::from);
@@ -1072,7 +1123,7 @@ pub fn features(
         .filter_map(|(name, _)| weights.get(&name).map(|t| (name, t.clone())))
         .collect();
     let mode = ExecMode { train: false, seed: 0 };
-    Ok(run(pruned.graph(), &kept, input, mode, &[], false, backend)?.output)
+    Ok(run(pruned.graph(), &kept, input, mode, &[], false, backend, None)?.output)
 }
 
 /// One image's most likely classes, most likely first: `(class, probability)`.

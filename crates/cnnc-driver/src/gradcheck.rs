@@ -113,7 +113,7 @@ pub fn gradcheck(
             let weights: TensorMap = params.iter().map(|(k, v)| (k.clone(), v.to_tensor())).collect();
             let passes = cnnc_passes::PassOptions { verify: true, ..cnnc_passes::PassOptions::all() };
             let opt = cnnc_passes::optimize_training(graph, None, &passes, &with_grads).map_err(ExecError::Passes)?;
-            let model = crate::execute::compile(&opt.plan, batch, mode, &weights)?;
+            let model = crate::execute::compile(&opt.plan, batch, mode, &weights, None)?;
             let args = cnnc_jit::StepArgs { lr: 0.0, step: 1, seed: options.seed };
             let r = model.run(&[x.to_tensor(), target.to_tensor()], &args)?;
             let buf = |t: &crate::execute::Tensor| Buf::from_tensor(t);

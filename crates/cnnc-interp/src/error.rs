@@ -57,6 +57,10 @@ pub enum InterpError {
     /// do not fit its graph).
     #[error("cannot run the plan: {0}")]
     Plan(String),
+
+    /// The run's [`cnnc_runtime::Cancel`] was set: it stopped before a node.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 fn join(dims: &[usize]) -> String {

@@ -21,7 +21,7 @@ pub enum Precision {
 }
 
 /// The run-time arguments of a run.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Options {
     pub precision: Precision,
     /// The seed of dropout masks ([`crate::dropout_mask`]).
@@ -35,12 +35,16 @@ pub struct Options {
     /// value is dropped after its last reader, as an executor's memory plan would, and only
     /// the graph's outputs remain.
     pub keep_values: bool,
+    /// When given, checked before each node: once it is set the run stops with
+    /// [`InterpError::Cancelled`], and `state` is left as it was (effects are written back
+    /// only when a run completes).
+    pub cancel: Option<cnnc_runtime::Cancel>,
 }
 
 impl Options {
-    /// f32 storage, seed 0, step 1, learning rate 0.
+    /// f32 storage, seed 0, step 1, learning rate 0, no cancelling.
     pub fn new() -> Options {
-        Options { precision: Precision::F32, seed: 0, step: 1, lr: 0.0, keep_values: false }
+        Options { precision: Precision::F32, seed: 0, step: 1, lr: 0.0, keep_values: false, cancel: None }
     }
 
     pub fn with_precision(self, precision: Precision) -> Options {
@@ -61,6 +65,10 @@ impl Options {
 
     pub fn keeping_values(self) -> Options {
         Options { keep_values: true, ..self }
+    }
+
+    pub fn with_cancel(self, cancel: cnnc_runtime::Cancel) -> Options {
+        Options { cancel: Some(cancel), ..self }
     }
 }
 
@@ -133,6 +141,11 @@ pub fn gradients<T: TensorLike>(roles: &[OutputRole], run: &Run) -> Gradients<T>
         }
     }
     g
+}
+
+/// [`InterpError::Cancelled`] once the run's token is set: the check before each node.
+pub(crate) fn check_cancel(options: &Options) -> Result<(), InterpError> {
+    if cnnc_runtime::cancel_requested(options.cancel.as_ref()) { Err(InterpError::Cancelled) } else { Ok(()) }
 }
 
 pub(crate) fn malformed(msg: impl Into<String>) -> InterpError {
@@ -336,6 +349,7 @@ pub fn run<T: TensorLike>(
     let mut written: Vec<String> = Vec::new();
     let dying = last_uses(graph, options.keep_values);
     for (id, node) in graph.iter() {
+        check_cancel(options)?;
         if is_source(&node.op) {
             let k = position[id.index()].ok_or_else(|| malformed("unregistered input"))?;
             values.push(Some(input_bufs[k].clone()));

@@ -14,7 +14,7 @@
 use crate::buf::Buf;
 use crate::error::InterpError;
 use crate::eval::{Ctx, Output, Params, eval, full_shape};
-use crate::interp::{Options, Precision, Run, check_graph, check_inputs, last_uses, malformed};
+use crate::interp::{Options, Precision, Run, check_cancel, check_graph, check_inputs, last_uses, malformed};
 use crate::update::update;
 use cnnc_ir::facts::{ValueKind, is_source, param_name, value_kind};
 use cnnc_ir::layout::element_offset;
@@ -47,6 +47,7 @@ pub fn run_plan(plan: &Plan, state: &mut TensorMap, inputs: &[Tensor], options: 
     let mut values: Vec<Option<Buf>> = Vec::with_capacity(graph.len());
     let dying = last_uses(graph, options.keep_values);
     for (id, node) in graph.iter() {
+        check_cancel(options)?;
         if is_source(&node.op) {
             values.push(Some(m.read(id)?));
             continue;

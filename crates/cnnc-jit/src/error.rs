@@ -25,6 +25,8 @@ pub enum JitError {
     NoWeights,
     /// The operation needs a plan of another kind (a training step on an inference plan...).
     Usage(String),
+    /// The caller's [`cnnc_runtime::Cancel`] was set: compiling or running stopped.
+    Cancelled,
 }
 
 impl fmt::Display for JitError {
@@ -46,6 +48,7 @@ impl fmt::Display for JitError {
             JitError::Param { name, message } => write!(f, "parameter `{name}`: {message}"),
             JitError::NoWeights => write!(f, "the model's weights were not loaded (call `load_weights` first)"),
             JitError::Usage(m) => f.write_str(m),
+            JitError::Cancelled => f.write_str("cancelled"),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The safe compiled model: compilation of a plan, loading weights, running inference and
 //! training steps, reading state back, per-step timing. Every shape and length is checked
 //! here before generated code runs, and the code touches only the buffers allocated here.
+//! With a cancel token ([`Options::cancel`]) a run goes step by step, checking it between
+//! kernel steps, instead of through the generated driver.
 
 use crate::error::{JitError, plan_err};
 use crate::exec::{Buffer, Compiled, Memory, Pool, seal};
@@ -29,6 +31,7 @@ pub struct CompiledModel {
     repacks: Vec<crate::lower::Repack>,
     /// The node each step belongs to.
     step_nodes: Vec<NodeId>,
+    cancel: Option<cnnc_runtime::Cancel>,
     inner: Mutex<Inner>,
 }
 
@@ -209,8 +212,10 @@ impl CompiledModel {
         let setup_ms = (lowering - start).as_secs_f64() * 1e3;
         let mut program = lower(plan, batch, threads, options.mode, guard, &addrs, &mut m, pool.addr())?;
         let lower_ms = lowering.elapsed().as_secs_f64() * 1e3;
+        check_cancel(options.cancel.as_ref())?;
         // Compiling uses as many threads as running will.
         let codegen = crate::codegen::compile_all(&mut m, std::mem::take(&mut program.pending), threads)?;
+        check_cancel(options.cancel.as_ref())?;
         let finalizing = Instant::now();
         let mut aux = Buffer::new(program.aux.len, guard)?;
         for (off, table) in &program.aux.tables {
@@ -231,6 +236,7 @@ impl CompiledModel {
             adam: program.adam,
             repacks: program.repacks,
             step_nodes: program.steps.iter().map(|&(_, _, n)| n).collect(),
+            cancel: options.cancel.clone(),
             inner: Mutex::new(Inner { code, loaded: false }),
         })
     }
@@ -467,7 +473,7 @@ impl CompiledModel {
         }
         let mut inner = self.lock();
         self.prepare(&mut inner, &data, Some(&shapes), args)?;
-        inner.code.run();
+        self.execute(&mut inner)?;
         self.collect(&inner)
     }
 
@@ -529,7 +535,7 @@ impl CompiledModel {
                 });
             }
         }
-        inner.code.run();
+        self.execute(&mut inner)?;
         for (k, &id) in models.iter().enumerate() {
             outputs[k].copy_from_slice(&self.read(&inner, id)?.data);
         }
@@ -558,6 +564,7 @@ impl CompiledModel {
             let mut slot = 0;
             while k < self.step_nodes.len() {
                 let node = self.step_nodes[k];
+                check_cancel(self.cancel.as_ref())?;
                 let t0 = Instant::now();
                 while k < self.step_nodes.len() && self.step_nodes[k] == node {
                     inner.code.run_step(k);
@@ -574,13 +581,15 @@ impl CompiledModel {
         Ok(times)
     }
 
-    /// Seconds per whole run (the driver), `rounds` times.
+    /// Seconds per whole run (the driver), `rounds` times. The cancel token is checked
+    /// between rounds only, so that what is timed is the driver with or without one.
     pub fn time_runs(&self, inputs: &[Tensor], args: &StepArgs, rounds: usize) -> Result<Vec<f64>, JitError> {
         let data: Vec<&[f32]> = inputs.iter().map(|t| t.data.as_slice()).collect();
         let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape.as_slice()).collect();
         let mut inner = self.lock();
         let mut out = Vec::with_capacity(rounds);
         for _ in 0..rounds {
+            check_cancel(self.cancel.as_ref())?;
             self.prepare(&mut inner, &data, Some(&shapes), args)?;
             let t0 = Instant::now();
             inner.code.run();
@@ -593,4 +602,23 @@ impl CompiledModel {
     pub fn threads(&self) -> usize {
         self.lock().code.threads()
     }
+
+    /// Runs the whole schedule: through the generated driver, or without it, step by step in
+    /// the driver's order with the cancel token checked before each step.
+    fn execute(&self, inner: &mut Inner) -> Result<(), JitError> {
+        let Some(cancel) = &self.cancel else {
+            inner.code.run();
+            return Ok(());
+        };
+        for k in 0..self.step_nodes.len() {
+            check_cancel(Some(cancel))?;
+            inner.code.run_step(k);
+        }
+        Ok(())
+    }
+}
+
+/// [`JitError::Cancelled`] once the token is set.
+fn check_cancel(cancel: Option<&cnnc_runtime::Cancel>) -> Result<(), JitError> {
+    if cnnc_runtime::cancel_requested(cancel) { Err(JitError::Cancelled) } else { Ok(()) }
 }

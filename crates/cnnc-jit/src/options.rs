@@ -1,4 +1,5 @@
-//! What a compilation is for: the batch, the kernel mode, the threads, guard pages.
+//! What a compilation is for: the batch, the kernel mode, the threads, guard pages, and the
+//! token that may cancel its runs.
 
 /// How the hot loops are made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -43,12 +44,17 @@ pub struct Options {
     /// Allocate every buffer the code touches so that it ends at an inaccessible page: an
     /// out-of-bounds access faults (for tests).
     pub guard_pages: bool,
+    /// When given, compiling checks it between its phases and every run between kernel steps
+    /// (and between timing rounds), ending in [`crate::JitError::Cancelled`] once it is set.
+    /// A run so stopped leaves its outputs unwritten and, for a training plan, the parameters
+    /// partly updated: give training steps that must stay whole no token.
+    pub cancel: Option<cnnc_runtime::Cancel>,
 }
 
 impl Options {
-    /// Batch `batch`, the host's default mode, the global pool, no guard pages.
+    /// Batch `batch`, the host's default mode, the global pool, no guard pages, no cancelling.
     pub fn new(batch: usize) -> Options {
-        Options { batch, mode: Mode::host_default(), threads: None, guard_pages: false }
+        Options { batch, mode: Mode::host_default(), threads: None, guard_pages: false, cancel: None }
     }
 
     pub fn with_mode(self, mode: Mode) -> Options {
@@ -61,5 +67,9 @@ impl Options {
 
     pub fn with_guard_pages(self, guard_pages: bool) -> Options {
         Options { guard_pages, ..self }
+    }
+
+    pub fn with_cancel(self, cancel: cnnc_runtime::Cancel) -> Options {
+        Options { cancel: Some(cancel), ..self }
     }
 }

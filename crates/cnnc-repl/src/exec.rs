@@ -2,6 +2,11 @@
 //! `:grad`, `:weights` and `:viz`. Every model is compiled for the batch at hand; the weights
 //! are the session's (loaded, trained, or initialised from seed 0 the first time a model runs,
 //! with the tensors of layers added since then initialised the same way).
+//!
+//! Each command runs with the session's cancel token (Ctrl-C): the JIT checks it between
+//! compiling's phases and kernel steps, `:bench` between rounds and layers, and a cancelled
+//! command prints `cancelled` and leaves the session as it was (weights initialised for it
+//! are kept only when it succeeds).
 
 use crate::commands::usage;
 use crate::session::{Io, Session, Status, Weights};
@@ -28,6 +33,7 @@ pub fn run(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
         let batch = input.shape[0];
         check_memory(&graph, Task::Run { batch, passes: true, dump: false }, &session.budget)?;
         let params = params_for(session, &graph, io)?;
+        working(&graph, "running", io);
         let x = normalized(session, &graph, &input);
         let (model, compile_ms) = compiled(session, &graph, &params, batch)?;
         // The first run also starts the thread pool; the time shown is the second's.
@@ -51,6 +57,7 @@ pub fn run(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
             None => text.push_str(&stats(&output.data)),
         }
         io.out(&text);
+        params.keep(session);
         session.last_input = Some(input);
         Ok(Status::Ok)
     })();
@@ -74,6 +81,7 @@ pub fn bench(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
     let result = (|| {
         let batch = session.last_input.as_ref().filter(|x| fits(&graph, x)).map_or(1, |x| x.shape[0]);
         check_memory(&graph, Task::Run { batch, passes: true, dump: false }, &session.budget)?;
+        working(&graph, "timing", io);
         let options = cnnc_driver::bench::BenchOptions {
             batch,
             threads: None,
@@ -82,7 +90,7 @@ pub fn bench(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
             rounds: Some(rounds),
             seed: SEED,
         };
-        let outcome = cnnc_driver::bench::bench(&graph, &options)?;
+        let outcome = cnnc_driver::bench::bench(&graph, &options, Some(&session.cancel))?;
         io.out(&cnnc_driver::bench::bench_table(&outcome));
         Ok(Status::Ok)
     })();
@@ -114,10 +122,13 @@ pub fn grad(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
         check_memory(&graph, Task::Grad { batch, dump: false }, &session.budget)?;
         let params = params_for(session, &graph, io)?;
         let x = normalized(session, &graph, &input);
+        working(&graph, "differentiating", io);
         let mode = execute::exec_mode(&graph, false, None)?;
         let target = Target::Classes(vec![class; batch]);
         let backend = Backend::Jit(JitMode::host_default());
-        let outcome = execute::grad(&graph, &params, &x, &target, execute::Loss::CrossEntropy, mode, false, backend)?;
+        let loss = execute::Loss::CrossEntropy;
+        let cancel = Some(&session.cancel);
+        let outcome = execute::grad(&graph, &params.tensors, &x, &target, loss, mode, false, backend, cancel)?;
         let mut text = format!("loss {:.6} (cross-entropy against class {class}, mean over {batch})\n", outcome.loss);
         text.push_str(&format!("  {:<28} {:>16} {:>12} {:>12}\n", "gradient of", "shape", "L2 norm", "max |g|"));
         for (name, g) in &outcome.grads {
@@ -126,6 +137,7 @@ pub fn grad(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
             text.push_str(&format!("  {:<28} {:>16} {norm:>12.4e} {max:>12.4e}\n", name, format!("{:?}", g.shape)));
         }
         io.out(&text);
+        params.keep(session);
         Ok(Status::Ok)
     })();
     finish(result, io)
@@ -167,7 +179,7 @@ pub fn viz(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
         check_memory(&graph, Task::Init, &session.budget)?;
         let params = params_for(session, &graph, io)?;
         let (picture, said) = if what == "filters" {
-            let weight = viz::conv_weight(&graph, &params, layer)?;
+            let weight = viz::conv_weight(&graph, &params.tensors, layer)?;
             let picture = viz::filters(weight)?;
             let dims = &weight.shape;
             let over = crate::session::plural(dims[1], "input channel");
@@ -182,7 +194,8 @@ pub fn viz(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
                     random_input(session, &graph)?
                 }
             };
-            let maps = layer_output(session, &graph, &params, &input, layer)?;
+            working(&graph, "running", io);
+            let maps = layer_output(session, &graph, &params.tensors, &input, layer)?;
             let picture = viz::maps(layer, &maps)?;
             let said =
                 format!("{} feature maps of `{layer}` {:?}, image 0 of the last input", picture.tiles, maps.shape);
@@ -195,9 +208,16 @@ pub fn viz(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
             String::new()
         };
         io.out(&format!("wrote `{}`: {said}{cut}, {}x{} pixels\n", path.display(), picture.width, picture.height));
+        params.keep(session);
         Ok(Status::Ok)
     })();
     finish(result, io)
+}
+
+/// The status line while a command compiles and runs a model (the next output clears it): on a
+/// terminal it says what is going on and how to stop it.
+fn working(graph: &Graph, doing: &str, io: &mut dyn Io) {
+    io.status(&format!("{doing} `{}` on the JIT (Ctrl-C cancels)", graph.name));
 }
 
 /// Why a command that runs a model failed.
@@ -250,9 +270,28 @@ pub(crate) fn finish(result: Result<Status, Failure>, io: &mut dyn Io) -> Status
     }
 }
 
+/// The weights a command runs a model with, and the session's entry for them when it has
+/// none that fits yet: [`Params::keep`] stores it once the command has succeeded, so that a
+/// cancelled or failed command leaves the session's weights as they were.
+pub(crate) struct Params {
+    pub tensors: TensorMap,
+    /// The weights generation of `tensors` (for the compiled model's key).
+    pub generation: u64,
+    new_entry: Option<Weights>,
+}
+
+impl Params {
+    /// Keeps weights initialised for the command in the session.
+    pub fn keep(self, session: &mut Session) {
+        if let Some(weights) = self.new_entry {
+            session.weights.insert(weights.model.clone(), weights);
+        }
+    }
+}
+
 /// The session's weights for `graph`: those it has for the model, with any tensor they lack
 /// (a layer added since) initialised from the seed; or all of them from the seed the first time.
-pub(crate) fn params_for(session: &mut Session, graph: &Graph, io: &mut dyn Io) -> Result<TensorMap, ExecError> {
+pub(crate) fn params_for(session: &mut Session, graph: &Graph, io: &mut dyn Io) -> Result<Params, ExecError> {
     let (tensors, normalization, unchanged) = match session.weights.get(&graph.name) {
         // The weights fit as they are: nothing to draw.
         Some(w) if cnnc_runtime::check_weights(graph, &w.tensors).is_ok() => {
@@ -275,10 +314,12 @@ pub(crate) fn params_for(session: &mut Session, graph: &Graph, io: &mut dyn Io) 
             (execute::init_weights(graph, SEED)?, None, None)
         }
     };
-    let generation = unchanged.unwrap_or_else(|| session.next_generation());
+    if let Some(generation) = unchanged {
+        return Ok(Params { tensors, generation, new_entry: None });
+    }
+    let generation = session.next_generation();
     let weights = Weights { model: graph.name.clone(), tensors: tensors.clone(), normalization, generation };
-    session.weights.insert(graph.name.clone(), weights);
-    Ok(tensors)
+    Ok(Params { tensors, generation, new_entry: Some(weights) })
 }
 
 /// A compiled model and what it was compiled from.
@@ -294,18 +335,19 @@ pub(crate) struct CachedModel {
 fn compiled<'s>(
     session: &'s mut Session,
     graph: &Graph,
-    params: &TensorMap,
+    params: &Params,
     batch: usize,
 ) -> Result<(&'s cnnc_jit::CompiledModel, Option<f64>), Failure> {
-    let generation = session.weights.get(&graph.name).map_or(0, |w| w.generation);
-    let key = (cnnc_ir::print(graph), batch, generation);
+    let key = (cnnc_ir::print(graph), batch, params.generation);
     let mut took = None;
     if session.compiled.as_ref().is_none_or(|c| c.key != key) {
         session.compiled = None;
         let began = Instant::now();
+        let params = &params.tensors;
         let opt =
             cnnc_driver::optimize_forward(graph, params, Pass::ALL, Mode::Inference).map_err(ExecError::Passes)?;
-        let model = execute::compile(&opt.plan, batch, JitMode::host_default(), params)?;
+        let cancel = Some(&session.cancel);
+        let model = execute::compile(&opt.plan, batch, JitMode::host_default(), params, cancel)?;
         took = Some(began.elapsed().as_secs_f64() * 1e3);
         session.compiled = Some(CachedModel { key, model });
     }
@@ -383,7 +425,8 @@ fn layer_output(
     let mode = execute::exec_mode(graph, false, None)?;
     // Without passes, so that every layer's output exists (fusion would hide a conv's own
     // output inside the conv + activation node).
-    let outcome = execute::run(graph, params, &x, mode, &[], true, Backend::Jit(JitMode::host_default()))?;
+    let backend = Backend::Jit(JitMode::host_default());
+    let outcome = execute::run(graph, params, &x, mode, &[], true, backend, Some(&session.cancel))?;
     let all = outcome.dump.and_then(|mut d| d.remove(layer)).ok_or(viz::VizError::NoOutput { layer: layer.into() })?;
     Ok(viz::image_of(layer, &all, 0)?)
 }

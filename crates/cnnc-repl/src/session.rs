@@ -9,6 +9,7 @@ use cnnc_diag::{Diagnostic, SourceFile, has_errors};
 use cnnc_driver::execute::{Tensor, TensorMap};
 use cnnc_driver::{Options, summarize, thousands};
 use cnnc_ir::Graph;
+use cnnc_runtime::Cancel;
 use cnnc_syntax::ast::ItemKind;
 use std::rc::Rc;
 
@@ -20,8 +21,6 @@ pub trait Io {
     fn err(&mut self, text: &str);
     /// A live status line (the loss during `:train`), replaced by the next one; empty clears it.
     fn status(&mut self, line: &str);
-    /// Whether the user asked to cancel the running command (Ctrl-C).
-    fn cancelled(&self) -> bool;
 }
 
 /// What an input did.
@@ -77,6 +76,9 @@ pub struct Session {
     /// The model `:run` or `:bench` compiled last, reused while its graph, batch and weights
     /// stay the same.
     pub(crate) compiled: Option<crate::exec::CachedModel>,
+    /// Set by Ctrl-C (the terminal's handler holds a clone), cleared before each input; long
+    /// commands check it and stop with `cancelled`.
+    pub(crate) cancel: Cancel,
 }
 
 impl Session {
@@ -93,7 +95,14 @@ impl Session {
             implicit: None,
             generations: 0,
             compiled: None,
+            cancel: Cancel::new(),
         }
+    }
+
+    /// The token that cancels the running command: a Ctrl-C handler requests it, and the
+    /// loops around the session clear it before each input.
+    pub fn cancel_token(&self) -> &Cancel {
+        &self.cancel
     }
 
     /// A new weights generation.
@@ -151,6 +160,12 @@ impl Session {
             .retain(|d| d.is_error() || layout.origin_of(d.primary.span).is_some_and(|o| Rc::ptr_eq(o, &piece.origin)));
         io.err(&layout.render(&dedup(diags.clone()), self.color));
         if has_errors(&diags) {
+            return Status::Failed;
+        }
+        // Lowering a loaded file's models is the long part, and cannot stop half-way: a
+        // Ctrl-C during it drops the result.
+        if self.cancel.is_requested() {
+            io.err("cancelled\n");
             return Status::Failed;
         }
         self.commit(entries, &piece);

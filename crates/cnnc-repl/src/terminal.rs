@@ -13,10 +13,6 @@ use rustyline::validate::Validator;
 use rustyline::{Context, Editor, Helper};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-/// Set by Ctrl-C while a command runs; cleared before each input.
-static CANCEL: AtomicBool = AtomicBool::new(false);
 
 /// Whether the text typed so far is an incomplete input: a bracket left open (comments
 /// ignored), or a chain ending in `->`. Commands are one line.
@@ -43,7 +39,9 @@ pub fn needs_more(text: &str) -> bool {
 
 /// Runs a script: every complete input in turn, errors reported and passed over. With `echo`,
 /// each line is copied to the output first (`> ` or `. ` before it), so the output reads as a
-/// transcript. `Failed` when any input failed.
+/// transcript. `Failed` when any input failed. A Ctrl-C (the session's cancel token requested,
+/// never cleared here) cancels the input running and ends the script before the next one,
+/// `Failed` too (the caller tells it by the token).
 pub fn run_script(session: &mut Session, reader: impl BufRead, io: &mut dyn Io, echo: bool) -> Status {
     let mut pending = String::new();
     let mut status = Status::Ok;
@@ -65,12 +63,17 @@ pub fn run_script(session: &mut Session, reader: impl BufRead, io: &mut dyn Io, 
         if needs_more(&pending) {
             continue;
         }
-        CANCEL.store(false, Ordering::SeqCst);
+        if session.cancel_token().is_requested() {
+            return Status::Failed;
+        }
         match session.eval(&std::mem::take(&mut pending), io) {
             Status::Ok => {}
             Status::Failed => status = Status::Failed,
             Status::Quit => return status,
         }
+    }
+    if session.cancel_token().is_requested() {
+        return Status::Failed;
     }
     // An input cut off by the end of the script is still evaluated, to report what is missing.
     if !pending.trim().is_empty() && session.eval(&pending, io) == Status::Failed {
@@ -84,7 +87,7 @@ pub fn run_terminal(session: &mut Session, history: Option<PathBuf>) -> Result<(
     let mut editor: Editor<ReplHelper, rustyline::history::DefaultHistory> = Editor::new()?;
     // After the editor, whose terminal takes SIGINT for itself: at the prompt Ctrl-C is a key
     // (raw mode), while a command runs it is this handler's signal.
-    install_ctrl_c();
+    install_ctrl_c(session.cancel_token().clone());
     editor.set_helper(Some(ReplHelper { vocab: vocabulary(session), files: FilenameCompleter::new() }));
     if let Some(path) = &history {
         // A first session has no history yet.
@@ -106,7 +109,7 @@ pub fn run_terminal(session: &mut Session, history: Option<PathBuf>) -> Result<(
                 if !input.trim().is_empty() {
                     let _ = editor.add_history_entry(input.trim_end());
                 }
-                CANCEL.store(false, Ordering::SeqCst);
+                session.cancel_token().clear();
                 let status = session.eval(&input, &mut io);
                 if let Some(helper) = editor.helper_mut() {
                     helper.vocab = vocabulary(session);
@@ -159,11 +162,13 @@ fn save_history<H: Helper>(editor: &mut Editor<H, rustyline::history::DefaultHis
     }
 }
 
-/// Ctrl-C while a command runs asks it to stop (`:train` stops at the next step); a second one
-/// before it does leaves the REPL.
-pub fn install_ctrl_c() {
-    let _ = ctrlc::set_handler(|| {
-        if CANCEL.swap(true, Ordering::SeqCst) {
+/// Ctrl-C while a command runs requests `cancel`, the session's token: the command stops at
+/// its next check (`:train` at the next step, keeping what it trained; the others with
+/// `cancelled`, the session as before). A second one before the first is cleared leaves the
+/// REPL with exit code 130.
+pub fn install_ctrl_c(cancel: cnnc_runtime::Cancel) {
+    let _ = ctrlc::set_handler(move || {
+        if cancel.request() {
             std::process::exit(130);
         }
     });
@@ -202,10 +207,6 @@ impl Io for TerminalIo {
             self.status_shown = true;
         }
     }
-
-    fn cancelled(&self) -> bool {
-        CANCEL.load(Ordering::SeqCst)
-    }
 }
 
 impl TerminalIo {
@@ -231,10 +232,6 @@ impl Io for ScriptIo {
     }
 
     fn status(&mut self, _: &str) {}
-
-    fn cancelled(&self) -> bool {
-        CANCEL.load(Ordering::SeqCst)
-    }
 }
 
 struct ReplHelper {

@@ -95,7 +95,7 @@ pub fn train(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
             seed: request.seed,
             frozen: Default::default(),
         };
-        let state = params_for(session, &graph, io)?;
+        let state = params_for(session, &graph, io)?.tensors;
         // The normalisation of the weights when they have one (so a second `:train` goes on
         // from the first), else fitted to this training set.
         let normalization = session
@@ -124,7 +124,7 @@ pub fn train(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
             settings.lr,
         ));
         let mut stepper = JitStepper::new(&graph, &settings, state, JitMode::host_default())?;
-        let mut observer = Live { io: &mut *io, epochs: settings.epochs };
+        let mut observer = Live { io: &mut *io, epochs: settings.epochs, cancel: session.cancel.clone() };
         let trained = train::train(&mut stepper, &data, &graph.name, &settings, Start::default(), None, &mut observer);
         io.status("");
         let trained = match trained {
@@ -167,6 +167,8 @@ fn first(mut data: cnnc_data::Dataset, n: usize) -> cnnc_data::Dataset {
 struct Live<'a> {
     io: &'a mut dyn Io,
     epochs: usize,
+    /// The session's token: Ctrl-C stops the loop at its next step.
+    cancel: cnnc_runtime::Cancel,
 }
 
 impl Observer for Live<'_> {
@@ -193,7 +195,7 @@ impl Observer for Live<'_> {
     }
 
     fn stop_requested(&self) -> bool {
-        self.io.cancelled()
+        self.cancel.is_requested()
     }
 }
 

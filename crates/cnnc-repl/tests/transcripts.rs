@@ -28,10 +28,6 @@ impl Io for Transcript {
             self.statuses += 1;
         }
     }
-
-    fn cancelled(&self) -> bool {
-        false
-    }
 }
 
 /// Replays `script` in a fresh session, in directory `dir` (for the files it names).
@@ -284,4 +280,77 @@ fn a_model_too_large_for_the_memory_is_refused_before_anything_is_allocated() {
     // The kernels themselves are small: drawing them is fine.
     assert!(io.text.contains("small.png`: 512 kernels of `conv1`"), "{}", io.text);
     std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn cancelled_commands_say_so_and_change_nothing() {
+    let dir = temp_dir("cancel");
+    let mut session = Session::new(false, cnnc_driver::MemoryBudget::detect());
+    let mut io = Transcript::default();
+    for line in ["input x: [1, 8, 8]", "c1: conv(4, k=3, pad=1) -> relu -> flatten -> fc(3)"] {
+        assert_eq!(session.eval(line, &mut io), Status::Ok, "{}", io.text);
+    }
+    // As a Ctrl-C during each command would (the loops clear the token before each input).
+    session.cancel_token().request();
+    let lenet = format!("{}/../../examples/lenet5.cnn", env!("CARGO_MANIFEST_DIR"));
+    let maps = dir.join("maps.png");
+    for command in [
+        ":run".to_string(),
+        ":bench 2".into(),
+        ":grad 1".into(),
+        format!(":viz maps c1 {}", maps.display()),
+        format!(":load {lenet}"),
+    ] {
+        io.text.clear();
+        assert_eq!(session.eval(&command, &mut io), Status::Failed, "{command}");
+        assert!(io.text.ends_with("cancelled\n") && !io.text.contains("error"), "{command}: {}", io.text);
+    }
+    assert!(!maps.exists(), "a cancelled `:viz` writes nothing");
+    session.cancel_token().clear();
+    io.text.clear();
+    assert_eq!(session.eval(":model", &mut io), Status::Ok);
+    assert_eq!(io.text, "models: repl (current)\n", "the cancelled `:load` defined nothing");
+    io.text.clear();
+    assert_eq!(session.eval(":run", &mut io), Status::Ok, "{}", io.text);
+    // The weights drawn for the cancelled commands were not kept: they are drawn now.
+    assert!(io.text.starts_with("note: weights of `repl` initialised from seed 0"), "{}", io.text);
+    assert!(io.text.contains("output [1, 3]"), "{}", io.text);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+/// What a script printed; like a Ctrl-C, it requests the session's token once a line it prints
+/// contains `trigger`.
+struct CtrlCOn {
+    text: String,
+    trigger: &'static str,
+    cancel: cnnc_runtime::Cancel,
+}
+
+impl Io for CtrlCOn {
+    fn out(&mut self, text: &str) {
+        self.text.push_str(text);
+        if text.contains(self.trigger) {
+            self.cancel.request();
+        }
+    }
+
+    fn err(&mut self, text: &str) {
+        self.text.push_str(text);
+    }
+
+    fn status(&mut self, _: &str) {}
+}
+
+#[test]
+fn a_ctrl_c_ends_a_script_after_the_input_it_cancels() {
+    let mut session = Session::new(false, cnnc_driver::MemoryBudget::detect());
+    let mut io = CtrlCOn { text: String::new(), trigger: "conv1", cancel: session.cancel_token().clone() };
+    let script = "input x: [1, 8, 8]\nconv(4, k=3)\nrelu\n:summary\n";
+    assert_eq!(run_script(&mut session, script.as_bytes(), &mut io, false), Status::Failed);
+    assert!(session.cancel_token().is_requested(), "the CLI tells a Ctrl-C by the token (exit 130)");
+    assert!(
+        io.text.contains("conv1") && !io.text.contains("relu"),
+        "nothing after the cancelled input runs:\n{}",
+        io.text
+    );
 }

@@ -4,6 +4,7 @@
 
 mod atomic;
 mod budget;
+mod cancel;
 mod init;
 mod npy;
 pub mod rng;
@@ -14,6 +15,7 @@ mod weights;
 
 pub use atomic::{Destination, destination, is_stdout, write_atomic};
 pub use budget::{BudgetSource, FALLBACK_BYTES, MemoryBudget, human_bytes, parse_size};
+pub use cancel::{Cancel, cancel_requested};
 pub use init::{InitError, WeightInit, init_params, try_init_params, weight_init};
 pub use npy::{
     MAX_HEADER_LEN, NpyArray, NpyError, NpyFormatError, read_npy, read_npy_bytes, read_npy_f32, read_npy_f32_within,

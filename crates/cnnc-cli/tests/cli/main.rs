@@ -14,6 +14,8 @@
 //!   compiles, and failures that leave no file;
 //! - [`golden_models`]: whole models against PyTorch's outputs and gradients;
 //! - [`repl_viz`]: `cnnc repl` on scripts and `cnnc viz`'s PNG files;
+//! - [`pty`]: `cnnc repl` on a terminal (a pseudo-terminal): editing, completion, history,
+//!   Ctrl-C and Ctrl-D;
 //! - [`hostile`]: bad inputs (too large for the memory, special files, outputs over inputs,
 //!   corrupt safetensors, extra weights, missing arguments) and `grad --json`.
 
@@ -24,6 +26,8 @@ mod emit_rust;
 mod golden_models;
 mod hostile;
 mod passes;
+#[cfg(unix)]
+mod pty;
 mod repl_viz;
 mod run_grad;
 mod tools;

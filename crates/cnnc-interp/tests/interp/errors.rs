@@ -157,3 +157,28 @@ fn malformed_graphs() {
     let e = forward(&g, &conv_params(), &[Tensor::zeros(&[1, 3, 5, 5])]).unwrap_err();
     assert!(matches!(e, InterpError::Malformed(_)), "{e}");
 }
+
+#[test]
+fn a_cancelled_run_stops_with_the_state_unchanged_in_both_modes() {
+    let g = conv_graph();
+    let p = conv_params();
+    let sgd = cnnc_ir::Optimizer::Sgd(cnnc_ir::Sgd { momentum: 0.0, weight_decay: 0.0, nesterov: false });
+    let options = TrainingOptions { optimizer: Some(sgd), ..TrainingOptions::new(Loss::Mse) };
+    let t = training_graph(&g, &options).unwrap();
+    let inputs = [Tensor::from_vec(&[1, 3, 5, 5], vec![1.0; 75]).unwrap(), Tensor::zeros(&[1, 4, 3, 3])];
+    let mut params = p.clone();
+    params.get_mut("l1.bias").unwrap().data.fill(1.0);
+    let cancel = cnnc_runtime::Cancel::new();
+    let run_options = Options::new().with_lr(0.5).with_cancel(cancel.clone());
+    cancel.request();
+    let mut state = params.clone();
+    assert_eq!(cnnc_interp::run(&t.graph, &mut state, &inputs, &run_options).unwrap_err(), InterpError::Cancelled);
+    assert_eq!(state, params, "a cancelled step updates nothing");
+    let passes = cnnc_passes::PassOptions::all();
+    let plan = cnnc_passes::optimize_training(&g, Some(&params), &passes, &options).unwrap().plan;
+    let e = cnnc_interp::run_plan(&plan, &mut state, &inputs, &run_options).unwrap_err();
+    assert_eq!((e.to_string(), &state), ("cancelled".to_string(), &params));
+    cancel.clear();
+    cnnc_interp::run(&t.graph, &mut state, &inputs, &run_options).unwrap();
+    assert_ne!(state["l1.bias"], params["l1.bias"], "once cleared the step runs and updates");
+}

@@ -1,7 +1,8 @@
 //! The JIT against the reference interpreter: every example at a reduced resolution (inference
 //! and one training step), every op forward and backward, random configurations; in both
-//! kernel modes, with every buffer ending at a guard page.
+//! kernel modes, with every buffer ending at a guard page; and the cancel token.
 
+mod cancel;
 mod common;
 mod examples;
 mod ops;
