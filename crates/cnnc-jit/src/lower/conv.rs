@@ -9,6 +9,8 @@
 //! and column by tables made at compile time. The fast paths (`tile.rs`) take over the
 //! convolutions that dominate real models.
 
+mod tile;
+
 use super::{Lx, Val};
 use crate::emit::{F32, Fx, I32, I64};
 use crate::error::{JitError, plan_err};
@@ -141,6 +143,9 @@ pub(crate) fn forward(
         if super::native::conv(lx, &g, x, y, res, (w, &wp), bias, act)? {
             return Ok(());
         }
+    }
+    if tile::forward(lx, &g, x, y, res, (w, &wp), bias, act)? {
+        return Ok(());
     }
     general_forward(lx, &g, x, y, res, (w, &wp), bias, act)
 }
