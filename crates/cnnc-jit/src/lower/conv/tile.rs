@@ -4,8 +4,9 @@
 //! repacked from `oihw`) weights.
 //!
 //! A tile is up to [`MAX_PIXELS`] output pixels of one row times [`VECS`] vectors of four
-//! output channels: its accumulators, the weight vectors of one input channel and one
-//! broadcast input value fit in the 16 vector registers Cranelift's x64 back end allocates.
+//! output channels: its accumulators, the weight vectors of one input channel and a broadcast
+//! input value fit in the 16 vector registers Cranelift's x64 back end allocates, with room
+//! to spare (a spilled accumulator costs more than a smaller tile: see [`MAX_PIXELS`]).
 //! The reduction runs over input chunks (channel blocks), kernel rows and input channels in
 //! loops, with the kernel columns unrolled; every load is at a constant offset from a pointer
 //! advanced once per loop step. A row's tiles are cut evenly at compile time: runs of tiles
@@ -25,9 +26,13 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
-/// Output pixels of a tile at most: `6 x VECS` accumulators, `VECS` weights and a broadcast
-/// are 15 of the 16 xmm registers.
-const MAX_PIXELS: usize = 6;
+/// Output pixels of a tile at most. x64's FMA overwrites a factor, so each product of a
+/// broadcast takes a copy of it (a register move): `4 x VECS` accumulators, `VECS` weights, a
+/// broadcast and its copy are 12 of the 16 xmm registers. Measured on Zen 5 (3x3 64->64 at
+/// 56x56 and 256->256 at 14x14, one thread, CPU time): 4 x 2 and 8 x 1 tiles reach 80-82 % of
+/// the 128-bit peak, 5 x 2 and 6 x 2 tiles 57-74 % (the register allocator spills an
+/// accumulator of the loop and the spill's store and reload lengthen its chain), 3 x 4 47 %.
+const MAX_PIXELS: usize = 4;
 /// F32X4 vectors of output channels in a tile.
 const VECS: usize = 2;
 /// Output channels of a tile.
