@@ -6,3 +6,4 @@ mod common;
 mod examples;
 mod ops;
 mod random;
+mod tiles;
