@@ -6,9 +6,12 @@
 //! dilation, activation layout, weight layout): weights are addressed through two tables,
 //! `offset(o, i, 0, 0) = wo[o] + wi[i]`, plus `tap * tap_stride` (every layout of
 //! `cnnc_ir::WeightLayout` is separable this way), and kernel taps are clipped per output row
-//! and column by tables made at compile time. The fast paths (`tile.rs`) take over the
-//! convolutions that dominate real models.
+//! and column by tables made at compile time. The fast paths take over the convolutions that
+//! dominate real models: register tiles in Cranelift IR (`conv/tile.rs`) and dot products
+//! for fully connected layers (`conv/gemv.rs`), in both modes where native mode has no
+//! kernel.
 
+mod gemv;
 mod tile;
 
 use super::{Lx, Val};
@@ -144,7 +147,9 @@ pub(crate) fn forward(
             return Ok(());
         }
     }
-    if tile::forward(lx, &g, x, y, res, (w, &wp), bias, act)? {
+    if gemv::forward(lx, &g, x, y, res, (w, &wp), bias, act)?
+        || tile::forward(lx, &g, x, y, res, (w, &wp), bias, act)?
+    {
         return Ok(());
     }
     general_forward(lx, &g, x, y, res, (w, &wp), bias, act)

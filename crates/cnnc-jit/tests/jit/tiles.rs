@@ -2,11 +2,13 @@
 //! channel counts that leave padding lanes in the last block (under an activation that is not
 //! zero at zero), rows whose tiles all touch the halo, rows of one or two pixels, strided,
 //! dilated and rectangular kernels, 1x1 products on an odd number of pixels, grouped blocked
-//! weights, fused residuals on blocked and plain maps. Each graph runs in both modes against
-//! the interpreter (inference, and a training step, whose forward pass uses the same tiles).
+//! weights, fused residuals on blocked and plain maps; and the dot products of fully
+//! connected layers on lengths that leave vector and scalar tails. Each graph runs in both
+//! modes against the interpreter (inference, and a training step, whose forward pass uses the
+//! same code).
 
 use crate::ops::{add, check_graph};
-use cnnc_ir::{Activation, Conv, Graph, Layout, Op, Shape, Window};
+use cnnc_ir::{Activation, Conv, Fc, Graph, Layout, Op, Shape, Window};
 use cnnc_passes::{PassOptions, optimize};
 
 fn conv(out: usize, kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2], dilation: [usize; 2]) -> Op {
@@ -81,4 +83,19 @@ fn plain_tiles() {
     g.outputs = vec![y];
     assert_layout(&g, "stem", Layout::Plain);
     check_graph(&g, 2);
+}
+
+/// Fully connected layers: 37 inputs (a 16-float step, a vector, a scalar), 7 (a vector and
+/// three scalars), 3 (scalars only), at batch 3.
+#[test]
+fn fully_connected_dots() {
+    let mut g = Graph::new("fc");
+    let x = g.add_input("x", Shape(vec![37]), Default::default()).unwrap();
+    let a = add(&mut g, Op::Fc(Fc { out_features: 7, bias: true }), &[x], "a");
+    let s = add(&mut g, Op::Activation(Activation::Sigmoid), &[a], "sig");
+    let b = add(&mut g, Op::Fc(Fc { out_features: 3, bias: true }), &[s], "b");
+    let t = add(&mut g, Op::Activation(Activation::Tanh), &[b], "tanh");
+    let c = add(&mut g, Op::Fc(Fc { out_features: 2, bias: false }), &[t], "c");
+    g.outputs = vec![c];
+    check_graph(&g, 3);
 }
