@@ -330,26 +330,29 @@ fn tile(fx: &mut Fx, cx: &Cx, row: &Row, part: Value, ox0: Value, taps: &[Vec<bo
         fx.for_range(row.ky_lo, row.ky_hi, 1, |fx, ky| {
             let xk = fx.index(xc, ky, 4 * t.dil[0] as i64 * rd.x_row);
             let wk = fx.index(wc, ky, 4 * t.kw as i64 * rd.w_tap);
-            fx.for_n(0, rd.chunk_len as i64, |fx, c| {
+            let unroll = channel_unroll(t.kw, rd.chunk_len);
+            fx.for_step(0, rd.chunk_len as i64, unroll as i64, |fx, c| {
                 let xi = fx.index(xk, c, 4 * rd.x_chan);
                 let wi = fx.index(wk, c, 4 * rd.w_chan);
-                for kx in 0..t.kw {
-                    if taps.iter().all(|r| !r[kx]) {
-                        continue;
-                    }
-                    let wv: Vec<Value> =
-                        (0..VECS).map(|v| fx.load_ro(F32X4, wi, 4 * (kx as i64 * rd.w_tap + 4 * v as i64))).collect();
-                    for (r, tr) in taps.iter().enumerate() {
-                        if !tr[kx] {
+                for u in 0..unroll as i64 {
+                    for kx in 0..t.kw {
+                        if taps.iter().all(|r| !r[kx]) {
                             continue;
                         }
-                        let off = ((r * t.stride[1] + kx * t.dil[1]) as i64 - t.pad[1] as i64) * rd.x_pix;
-                        let s = fx.load(F32, xi, 4 * off);
-                        let s = fx.splat(F32X4, s);
-                        for (v, &wv) in wv.iter().enumerate() {
-                            let cur = fx.get(acc[r][v]);
-                            let nv = fx.fma(s, wv, cur);
-                            fx.set(acc[r][v], nv);
+                        let w_off = u * rd.w_chan + kx as i64 * rd.w_tap;
+                        let wv: Vec<Value> = (0..VECS).map(|v| fx.load_ro(F32X4, wi, 4 * (w_off + 4 * v as i64))).collect();
+                        for (r, tr) in taps.iter().enumerate() {
+                            if !tr[kx] {
+                                continue;
+                            }
+                            let ix = (r * t.stride[1] + kx * t.dil[1]) as i64 - t.pad[1] as i64;
+                            let s = fx.load(F32, xi, 4 * (u * rd.x_chan + ix * rd.x_pix));
+                            let s = fx.splat(F32X4, s);
+                            for (v, &wv) in wv.iter().enumerate() {
+                                let cur = fx.get(acc[r][v]);
+                                let nv = fx.fma(s, wv, cur);
+                                fx.set(acc[r][v], nv);
+                            }
                         }
                     }
                 }
@@ -361,6 +364,20 @@ fn tile(fx: &mut Fx, cx: &Cx, row: &Row, part: Value, ox0: Value, taps: &[Vec<bo
         Layout::Blocked16 => store_blocked(fx, cx, row, ch0, ox0, &sums),
         Layout::Plain => store_plain(fx, cx, row, ch0, ox0, &sums),
     }
+}
+
+/// Input channels per step of the innermost loop: four for 1x1 kernels, two for kernels two
+/// columns wide, one otherwise (a step then holds 24-32 products, so the loop's own
+/// instructions cost little), a divisor of the chunk. Measured on ResNet-50's 1x1 layers (one
+/// thread): 45-50 GFLOP/s with one channel a step, 50-55 with four; two were slower on the
+/// 64 -> 256 products (29-31).
+fn channel_unroll(kw: usize, chunk_len: usize) -> usize {
+    let want = match kw {
+        1 => 4,
+        2 => 2,
+        _ => 1,
+    };
+    (1..=want).rev().find(|u| chunk_len % u == 0).unwrap_or(1)
 }
 
 /// Float offset of output pixel `ox0` of the row in a blocked map, at channel `ch0`.
