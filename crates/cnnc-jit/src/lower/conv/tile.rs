@@ -40,6 +40,9 @@ const TILE_CH: usize = 4 * VECS;
 /// Tiles per block of 16 output channels.
 const PARTS: usize = 16 / TILE_CH;
 
+/// Tasks per thread of a layer large enough to split.
+const TASKS_PER_THREAD: usize = 16;
+
 /// How a convolution reads its input and weights (offsets in floats). The input channels
 /// reduced are `chunks` chunks of `chunk_len` channels each.
 struct Reads {
@@ -220,7 +223,12 @@ fn emit(lx: &mut Lx, cx: &Cx, w: u64) -> Result<(), JitError> {
     let t = cx.t;
     let ocb = cx.g.o.div_ceil(16);
     let units = cx.y.n * ocb * t.oh;
-    let tasks = lx.tasks(units, cx.g.macs(cx.y.n));
+    // Small tasks, many per thread: a thread the OS preempts (the machines are shared) holds
+    // up the layer for one small task only, and the others take the rest.
+    let tasks = match lx.tasks(units, cx.g.macs(cx.y.n)) {
+        1 => 1,
+        _ => units.min(lx.threads * TASKS_PER_THREAD),
+    };
     let w_base = lx.table(&cx.reads.w_base);
     let x_base = lx.table(&cx.reads.x_base);
     let rows = lx.table(&clip(t.oh, t.h, t.kh, t.stride[0], t.pad[0], t.dil[0]));
