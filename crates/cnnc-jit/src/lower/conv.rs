@@ -147,8 +147,7 @@ pub(crate) fn forward(
             return Ok(());
         }
     }
-    if gemv::forward(lx, &g, x, y, res, (w, &wp), bias, act)?
-        || tile::forward(lx, &g, x, y, res, (w, &wp), bias, act)?
+    if gemv::forward(lx, &g, x, y, res, (w, &wp), bias, act)? || tile::forward(lx, &g, x, y, res, (w, &wp), bias, act)?
     {
         return Ok(());
     }

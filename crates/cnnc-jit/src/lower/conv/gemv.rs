@@ -33,9 +33,9 @@ pub(crate) fn forward(
     let unit = g.kh == 1 && g.kw == 1 && g.pad == [0, 0] && g.groups == 1;
     let row_major = match wp.layout {
         None | Some(WeightLayout::Oi | WeightLayout::Oihw) => true,
-        Some(WeightLayout::OIhw16i16o | WeightLayout::GOIhw16i16o | WeightLayout::Goihw16g | WeightLayout::OI16i16o) => {
-            false
-        }
+        Some(
+            WeightLayout::OIhw16i16o | WeightLayout::GOIhw16i16o | WeightLayout::Goihw16g | WeightLayout::OI16i16o,
+        ) => false,
     };
     let dims_fit = matches!(wp.dims[..], [o, i] | [o, i, 1, 1] if o == g.o && i == g.c);
     if !vectors || !unit || !row_major || !dims_fit || res.is_some_and(|r| r.layout != Layout::Plain || r.hw() != 1) {

@@ -77,7 +77,9 @@ fn blocked_reads(g: &Geo, x: &Val, wp: &ParamPlan) -> Option<Reads> {
         WeightLayout::GOIhw16i16o => true,
         WeightLayout::Oihw | WeightLayout::Goihw16g | WeightLayout::Oi => return None,
     };
-    if x.layout != Layout::Blocked16 || grouped != (g.groups > 1) || (grouped && (g.cg() % 16 != 0 || g.og() % 16 != 0))
+    if x.layout != Layout::Blocked16
+        || grouped != (g.groups > 1)
+        || (grouped && (!g.cg().is_multiple_of(16) || !g.og().is_multiple_of(16)))
     {
         return None;
     }
@@ -232,7 +234,7 @@ fn emit(lx: &mut Lx, cx: &Cx, w: u64) -> Result<(), JitError> {
     let w_base = lx.table(&cx.reads.w_base);
     let x_base = lx.table(&cx.reads.x_base);
     let rows = lx.table(&clip(t.oh, t.h, t.kh, t.stride[0], t.pad[0], t.dil[0]));
-    let mask = if cx.g.o % 16 != 0 && cx.y.layout == Layout::Blocked16 {
+    let mask = if !cx.g.o.is_multiple_of(16) && cx.y.layout == Layout::Blocked16 {
         let lanes: Vec<i32> = (0..ocb * 16).map(|c| if c < cx.g.o { -1 } else { 0 }).collect();
         Some(lx.table(&lanes))
     } else {
@@ -348,7 +350,8 @@ fn tile(fx: &mut Fx, cx: &Cx, row: &Row, part: Value, ox0: Value, taps: &[Vec<bo
                             continue;
                         }
                         let w_off = u * rd.w_chan + kx as i64 * rd.w_tap;
-                        let wv: Vec<Value> = (0..VECS).map(|v| fx.load_ro(F32X4, wi, 4 * (w_off + 4 * v as i64))).collect();
+                        let wv: Vec<Value> =
+                            (0..VECS).map(|v| fx.load_ro(F32X4, wi, 4 * (w_off + 4 * v as i64))).collect();
                         for (r, tr) in taps.iter().enumerate() {
                             if !tr[kx] {
                                 continue;
@@ -385,7 +388,7 @@ fn channel_unroll(kw: usize, chunk_len: usize) -> usize {
         2 => 2,
         _ => 1,
     };
-    (1..=want).rev().find(|u| chunk_len % u == 0).unwrap_or(1)
+    (1..=want).rev().find(|&u| chunk_len.is_multiple_of(u)).unwrap_or(1)
 }
 
 /// Float offset of output pixel `ox0` of the row in a blocked map, at channel `ch0`.
@@ -458,7 +461,7 @@ fn store_plain(fx: &mut Fx, cx: &Cx, row: &Row, ch0: Value, ox0: Value, sums: &[
                 fx.store(s, ya, off);
             }
         };
-        if cx.g.o % 16 == 0 {
+        if cx.g.o.is_multiple_of(16) {
             lane_store(fx);
         } else {
             let c = fx.addi(ch0, l as i64);
