@@ -311,9 +311,9 @@ pub(crate) fn backward_data(lx: &mut Lx, id: NodeId, conv: &Conv, mask: Option<A
     data_grad(lx, &g, gy, gx, my, (w, &wp), mask)
 }
 
-/// The input gradient through the kernels where they fit (the activation mask then applied
-/// to the result in place, a pass over memory the kernel has just written), else the general
-/// loops.
+/// The input gradient through the kernels where they fit, else as register tiles (stride 1 on
+/// blocked maps), the activation mask then applied to the result in place (a pass over
+/// memory the kernel has just written); else the general loops.
 pub(crate) fn data_grad(
     lx: &mut Lx,
     g: &Geo,
@@ -324,10 +324,10 @@ pub(crate) fn data_grad(
     mask: Option<Activation>,
 ) -> Result<(), JitError> {
     let native = lx.mode == crate::options::Mode::Native;
-    if native
+    let kernels = native
         && (super::native_bwd::conv_backward_data(lx, g, gy, gx, (w, wp))?
-            || super::native_plain::backward_data(lx, g, gy, gx, (w, wp))?)
-    {
+            || super::native_plain::backward_data(lx, g, gy, gx, (w, wp))?);
+    if kernels || tile::backward_data(lx, g, gy, gx, (w, wp))? {
         if let (Some(a), Some(m)) = (mask, my) {
             super::eltwise::flat(lx, &[gx, m], gx, |fx, ty, v| {
                 let d = vmath::activation_grad_from_output(fx, ty, a, v[1])
