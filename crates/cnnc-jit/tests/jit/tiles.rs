@@ -2,10 +2,10 @@
 //! channel counts that leave padding lanes in the last block (under an activation that is not
 //! zero at zero), rows whose tiles all touch the halo, rows of one or two pixels, strided,
 //! dilated and rectangular kernels, 1x1 products on an odd number of pixels, grouped blocked
-//! weights, fused residuals on blocked and plain maps; and the dot products of fully
-//! connected layers on lengths that leave vector and scalar tails. Each graph runs in both
-//! modes against the interpreter (inference, and a training step, whose forward pass uses the
-//! same code).
+//! weights, fused residuals on blocked and plain maps, input gradients on transposed weights;
+//! and the dot products of fully connected layers on lengths that leave vector and scalar
+//! tails. Each graph runs in both modes against the interpreter (inference, and a training
+//! step, whose forward pass uses the same code).
 
 use crate::ops::{add, check_graph};
 use cnnc_ir::{Activation, Conv, Fc, Graph, Layout, Op, Shape, Window};
@@ -98,4 +98,24 @@ fn fully_connected_dots() {
     let c = add(&mut g, Op::Fc(Fc { out_features: 2, bias: false }), &[t], "c");
     g.outputs = vec![c];
     check_graph(&g, 3);
+}
+
+/// Input gradients as tiles on the transposed, rotated weights: a dilated rectangular kernel
+/// padded less than its reach, one padded exactly its reach (no padding left for the
+/// transposed convolution), 40 channels (padding lanes in the gradient), and a 1x1 kernel
+/// with padding beyond its reach (the general loops).
+#[test]
+fn backward_data_tiles() {
+    let mut g = Graph::new("bd");
+    let x = g.add_input("x", Shape(vec![32, 9, 11]), Default::default()).unwrap();
+    let a = add(&mut g, conv(40, [3, 5], [1, 1], [1, 4], [2, 2]), &[x], "a");
+    let r = add(&mut g, Op::Activation(Activation::Relu), &[a], "relu");
+    let b = add(&mut g, conv(32, [3, 3], [1, 1], [2, 2], [1, 1]), &[r], "b");
+    let t = add(&mut g, Op::Activation(Activation::Tanh), &[b], "tanh");
+    let c = add(&mut g, square(32, 1, 1, 1), &[t], "c");
+    g.outputs = vec![c];
+    for name in ["a", "b", "c"] {
+        assert_layout(&g, name, Layout::Blocked16);
+    }
+    check_graph(&g, 2);
 }
