@@ -437,6 +437,9 @@ pub(crate) fn backward_weight(lx: &mut Lx, id: NodeId, conv: &Conv) -> Result<()
     {
         return Ok(());
     }
+    if tile::backward_weight(lx, &g, x, gy, gw, &wp)? {
+        return Ok(());
+    }
     general_backward_weight(lx, &g, x, gy, gw, &wp)
 }
 

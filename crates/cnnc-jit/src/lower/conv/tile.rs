@@ -26,6 +26,10 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
+mod backward;
+
+pub(crate) use backward::{backward_data, backward_weight};
+
 /// Output pixels of a tile at most. x64's FMA overwrites a factor, so each product of a
 /// broadcast takes a copy of it (a register move): `4 x VECS` accumulators, `VECS` weights, a
 /// broadcast and its copy are 12 of the 16 xmm registers. Measured on Zen 5 (3x3 64->64 at
@@ -469,81 +473,4 @@ fn store_plain(fx: &mut Fx, cx: &Cx, row: &Row, ch0: Value, ox0: Value, sums: &[
             fx.if_then(real, lane_store);
         }
     }
-}
-
-/// The input gradient of a stride-1 convolution or a matrix product on blocked maps
-/// (`OIhw16i16o` or `OI16i16o` weights, one group) as register tiles: the forward convolution of `gy` with the weights transposed
-/// (input and output channels swapped) and rotated by 180 degrees, padded by
-/// `(k - 1) dilation - pad`. The transposed weights are rewritten from the parameter by a
-/// kernel of their own before every use (the optimiser changes them each step). Returns
-/// whether it did.
-pub(crate) fn backward_data(
-    lx: &mut Lx,
-    g: &Geo,
-    gy: Val,
-    gx: Val,
-    (w, wp): (u64, &ParamPlan),
-) -> Result<bool, JitError> {
-    let reach = [(g.kh - 1) * g.dil[0], (g.kw - 1) * g.dil[1]];
-    let blocked = matches!(wp.layout, Some(WeightLayout::OIhw16i16o | WeightLayout::OI16i16o));
-    let dims_fit = matches!(wp.dims[..], [o, c, kh, kw] if [o, c, kh, kw] == [g.o, g.c, g.kh, g.kw])
-        || matches!(wp.dims[..], [o, c] if [o, c, g.kh, g.kw] == [g.o, g.c, 1, 1]);
-    let fits = blocked
-        && dims_fit
-        && g.groups == 1
-        && g.stride == [1, 1]
-        && g.pad[0] <= reach[0]
-        && g.pad[1] <= reach[1]
-        && gy.layout == Layout::Blocked16
-        && gx.layout == Layout::Blocked16;
-    if !fits {
-        return Ok(false);
-    }
-    // `OI16i16o` is `OIhw16i16o` with one tap.
-    let turned = ParamPlan { dims: vec![g.c, g.o, g.kh, g.kw], layout: Some(WeightLayout::OIhw16i16o), ..wp.clone() };
-    let (_, dst) = lx.buffer(turned.stored_len().div_ceil(16) * 64)?;
-    transpose_rotate(lx, w, dst, [g.o.div_ceil(16), g.c.div_ceil(16)], g.kh * g.kw)?;
-    let fwd = Geo {
-        c: g.o,
-        h: g.oh,
-        w: g.ow,
-        o: g.c,
-        oh: g.h,
-        ow: g.w,
-        pad: [reach[0] - g.pad[0], reach[1] - g.pad[1]],
-        ..*g
-    };
-    forward(lx, &fwd, gy, gx, None, (dst, &turned), None, None)
-}
-
-/// Writes the `OIhw16i16o` weight `[O/16][C/16][taps][16 c][16 o]` at `src` as
-/// `[C/16][O/16][taps][16 o][16 c]` at `dst`, tap `t` from tap `taps - 1 - t`.
-fn transpose_rotate(lx: &mut Lx, src: u64, dst: u64, [ob, cb]: [usize; 2], taps: usize) -> Result<(), JitError> {
-    let blocks = ob * cb * taps;
-    let tasks = lx.tasks(blocks, (blocks * 256) as f64);
-    lx.kernel(tasks, |fx| {
-        let (lo, hi) = fx.task_range(blocks, tasks);
-        let (s, d) = (fx.abs(src), fx.abs(dst));
-        fx.for_range(lo, hi, 1, |fx, u| {
-            // u = (c block x O/16 + o block) x taps + tap, in the destination's order.
-            let tap = fx.urem(u, taps as i64);
-            let rest = fx.udiv(u, taps as i64);
-            let o_blk = fx.urem(rest, ob as i64);
-            let c_blk = fx.udiv(rest, ob as i64);
-            let back = fx.int(taps as i64 - 1);
-            let src_tap = fx.sub(back, tap);
-            let sb = fx.mad(o_blk, cb as i64, c_blk);
-            let sb = fx.mad(sb, taps as i64, src_tap);
-            let from = fx.index(s, sb, 4 * 256);
-            let to = fx.index(d, u, 4 * 256);
-            fx.for_n(0, 16, |fx, c| {
-                let row = fx.index(from, c, 4 * 16);
-                let col = fx.index(to, c, 4);
-                for o in 0..16 {
-                    let v = fx.load_ro(F32, row, 4 * o);
-                    fx.store(v, col, 4 * 16 * o);
-                }
-            });
-        });
-    })
 }
