@@ -4,8 +4,9 @@
 //! dilated and rectangular kernels, 1x1 products on an odd number of pixels, grouped blocked
 //! weights, fused residuals on blocked and plain maps, input gradients on transposed weights;
 //! and the dot products of fully connected layers on lengths that leave vector and scalar
-//! tails. Each graph runs in both modes against the interpreter (inference, and a training
-//! step, whose forward pass uses the same code).
+//! tails. Each graph runs in both modes against the interpreter: inference, and a training
+//! step, whose forward pass uses the same code and whose input and weight gradients on blocked
+//! maps are tiles too.
 
 use crate::ops::{add, check_graph};
 use cnnc_ir::{Activation, Conv, Fc, Graph, Layout, Op, Shape, Window};
