@@ -29,7 +29,8 @@
 //! Cranelift compiles the functions on the model's threads at once (`codegen`); the buffers
 //! are zero pages mapped on demand, so a large arena costs nothing until it is used. ResNet-50
 //! compiles in a few milliseconds for inference (native mode: loop nests around kernel
-//! calls), and its training step in tens.
+//! calls), and its training step in tens; in portable mode its register tiles make about 25,000
+//! instructions, some 45 ms of Cranelift on one thread.
 //!
 //! # Safety
 //!

@@ -6,8 +6,13 @@
 //! dilation, activation layout, weight layout): weights are addressed through two tables,
 //! `offset(o, i, 0, 0) = wo[o] + wi[i]`, plus `tap * tap_stride` (every layout of
 //! `cnnc_ir::WeightLayout` is separable this way), and kernel taps are clipped per output row
-//! and column by tables made at compile time. The fast paths (`tile.rs`) take over the
-//! convolutions that dominate real models.
+//! and column by tables made at compile time. The fast paths take over the convolutions that
+//! dominate real models: register tiles in Cranelift IR (`conv/tile.rs`) and dot products
+//! for fully connected layers (`conv/gemv.rs`), in both modes where native mode has no
+//! kernel.
+
+mod gemv;
+mod tile;
 
 use super::{Lx, Val};
 use crate::emit::{F32, Fx, I32, I64};
@@ -141,6 +146,10 @@ pub(crate) fn forward(
         if super::native::conv(lx, &g, x, y, res, (w, &wp), bias, act)? {
             return Ok(());
         }
+    }
+    if gemv::forward(lx, &g, x, y, res, (w, &wp), bias, act)? || tile::forward(lx, &g, x, y, res, (w, &wp), bias, act)?
+    {
+        return Ok(());
     }
     general_forward(lx, &g, x, y, res, (w, &wp), bias, act)
 }
@@ -302,9 +311,9 @@ pub(crate) fn backward_data(lx: &mut Lx, id: NodeId, conv: &Conv, mask: Option<A
     data_grad(lx, &g, gy, gx, my, (w, &wp), mask)
 }
 
-/// The input gradient through the kernels where they fit (the activation mask then applied
-/// to the result in place, a pass over memory the kernel has just written), else the general
-/// loops.
+/// The input gradient through the kernels where they fit, else as register tiles (stride 1 on
+/// blocked maps), the activation mask then applied to the result in place (a pass over
+/// memory the kernel has just written); else the general loops.
 pub(crate) fn data_grad(
     lx: &mut Lx,
     g: &Geo,
@@ -315,10 +324,10 @@ pub(crate) fn data_grad(
     mask: Option<Activation>,
 ) -> Result<(), JitError> {
     let native = lx.mode == crate::options::Mode::Native;
-    if native
+    let kernels = native
         && (super::native_bwd::conv_backward_data(lx, g, gy, gx, (w, wp))?
-            || super::native_plain::backward_data(lx, g, gy, gx, (w, wp))?)
-    {
+            || super::native_plain::backward_data(lx, g, gy, gx, (w, wp))?);
+    if kernels || tile::backward_data(lx, g, gy, gx, (w, wp))? {
         if let (Some(a), Some(m)) = (mask, my) {
             super::eltwise::flat(lx, &[gx, m], gx, |fx, ty, v| {
                 let d = vmath::activation_grad_from_output(fx, ty, a, v[1])
@@ -426,6 +435,9 @@ pub(crate) fn backward_weight(lx: &mut Lx, id: NodeId, conv: &Conv) -> Result<()
         && (super::native_bwd::conv_backward_weights(lx, &g, x, gy, gw, &wp)?
             || super::native_plain::backward_weights(lx, &g, x, gy, gw, &wp)?)
     {
+        return Ok(());
+    }
+    if tile::backward_weight(lx, &g, x, gy, gw, &wp)? {
         return Ok(());
     }
     general_backward_weight(lx, &g, x, gy, gw, &wp)

@@ -7,3 +7,4 @@ mod common;
 mod examples;
 mod ops;
 mod random;
+mod tiles;

@@ -1,0 +1,122 @@
+//! Portable mode's register-tiled convolution on the shapes that take its less common paths:
+//! channel counts that leave padding lanes in the last block (under an activation that is not
+//! zero at zero), rows whose tiles all touch the halo, rows of one or two pixels, strided,
+//! dilated and rectangular kernels, 1x1 products on an odd number of pixels, grouped blocked
+//! weights, fused residuals on blocked and plain maps, input gradients on transposed weights;
+//! and the dot products of fully connected layers on lengths that leave vector and scalar
+//! tails. Each graph runs in both modes against the interpreter: inference, and a training
+//! step, whose forward pass uses the same code and whose input and weight gradients on blocked
+//! maps are tiles too.
+
+use crate::ops::{add, check_graph};
+use cnnc_ir::{Activation, Conv, Fc, Graph, Layout, Op, Shape, Window};
+use cnnc_passes::{PassOptions, optimize};
+
+fn conv(out: usize, kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2], dilation: [usize; 2]) -> Op {
+    let window = Window { kernel, stride, pad, dilation, ceil_mode: false };
+    Op::Conv(Conv { out_channels: out, window, groups: 1, bias: true })
+}
+
+fn square(out: usize, k: usize, s: usize, p: usize) -> Op {
+    conv(out, [k, k], [s, s], [p, p], [1, 1])
+}
+
+/// Asserts that the layout pass keeps node `name` in `layout`, so that the graph tests the
+/// tile path it is meant to.
+fn assert_layout(g: &Graph, name: &str, layout: Layout) {
+    let weights = crate::common::random_weights(g, 1);
+    let plan = optimize(g, Some(&weights), &PassOptions::all()).unwrap().plan;
+    let (id, _) = plan.graph.iter().find(|(_, n)| n.name == name).unwrap_or_else(|| panic!("no node {name}"));
+    assert_eq!(plan.layouts[id.index()], layout, "{name}");
+}
+
+/// Blocked maps: 24 -> 40 channels (8 padding lanes, through a sigmoid), a strided, dilated
+/// 3x5 kernel, a 1x1 product on 7 x 6 pixels with a residual, a 1x1 stride-2 convolution.
+#[test]
+fn blocked_tiles() {
+    for hw in [[13, 11], [7, 6], [3, 2], [2, 1]] {
+        let mut g = Graph::new("bt");
+        let x = g.add_input("x", Shape(vec![24, hw[0], hw[1]]), Default::default()).unwrap();
+        let a = add(&mut g, square(40, 3, 1, 1), &[x], "a");
+        let s = add(&mut g, Op::Activation(Activation::Sigmoid), &[a], "sig");
+        let b = add(&mut g, conv(32, [3, 5], [2, 1], [2, 4], [2, 2]), &[s], "b");
+        let t = add(&mut g, Op::Activation(Activation::Tanh), &[b], "tanh");
+        let c = add(&mut g, square(32, 1, 1, 0), &[t], "c");
+        let r = add(&mut g, Op::Add, &[c, t], "res");
+        let r = add(&mut g, Op::Activation(Activation::Relu), &[r], "relu");
+        let d = add(&mut g, square(48, 1, 2, 0), &[r], "d");
+        g.outputs = vec![d];
+        for name in ["a", "b", "c", "d"] {
+            assert_layout(&g, name, Layout::Blocked16);
+        }
+        check_graph(&g, 2);
+    }
+}
+
+/// Grouped convolutions whose groups are whole blocks (`gOIhw16i16o`): one and two output
+/// blocks per group.
+#[test]
+fn grouped_blocked_tiles() {
+    for out in [32, 64] {
+        let mut g = Graph::new("gt");
+        let x = g.add_input("x", Shape(vec![32, 9, 10]), Default::default()).unwrap();
+        let window = Window { kernel: [3, 3], stride: [1, 1], pad: [1, 1], dilation: [1, 1], ceil_mode: false };
+        let c = add(&mut g, Op::Conv(Conv { out_channels: out, window, groups: 2, bias: true }), &[x], "grouped");
+        let y = add(&mut g, Op::Activation(Activation::LeakyRelu { slope: 0.1 }), &[c], "act");
+        g.outputs = vec![y];
+        assert_layout(&g, "grouped", Layout::Blocked16);
+        check_graph(&g, 3);
+    }
+}
+
+/// Plain maps: a 7x7 stride-2 stem on 3 channels with 20 outputs (a partial block, stored lane
+/// by lane), and a residual fused into a plain convolution.
+#[test]
+fn plain_tiles() {
+    let mut g = Graph::new("pt");
+    let x = g.add_input("x", Shape(vec![3, 17, 15]), Default::default()).unwrap();
+    let stem = add(&mut g, square(20, 7, 2, 3), &[x], "stem");
+    let t = add(&mut g, Op::Activation(Activation::Tanh), &[stem], "tanh");
+    let a = add(&mut g, square(5, 3, 1, 1), &[t], "a");
+    let b = add(&mut g, square(5, 1, 1, 0), &[t], "b");
+    let r = add(&mut g, Op::Add, &[a, b], "res");
+    let y = add(&mut g, Op::Activation(Activation::Relu), &[r], "relu");
+    g.outputs = vec![y];
+    assert_layout(&g, "stem", Layout::Plain);
+    check_graph(&g, 2);
+}
+
+/// Fully connected layers: 37 inputs (a 16-float step, a vector, a scalar), 7 (a vector and
+/// three scalars), 3 (scalars only), at batch 3.
+#[test]
+fn fully_connected_dots() {
+    let mut g = Graph::new("fc");
+    let x = g.add_input("x", Shape(vec![37]), Default::default()).unwrap();
+    let a = add(&mut g, Op::Fc(Fc { out_features: 7, bias: true }), &[x], "a");
+    let s = add(&mut g, Op::Activation(Activation::Sigmoid), &[a], "sig");
+    let b = add(&mut g, Op::Fc(Fc { out_features: 3, bias: true }), &[s], "b");
+    let t = add(&mut g, Op::Activation(Activation::Tanh), &[b], "tanh");
+    let c = add(&mut g, Op::Fc(Fc { out_features: 2, bias: false }), &[t], "c");
+    g.outputs = vec![c];
+    check_graph(&g, 3);
+}
+
+/// Input gradients as tiles on the transposed, rotated weights: a dilated rectangular kernel
+/// padded less than its reach, one padded exactly its reach (no padding left for the
+/// transposed convolution), 40 channels (padding lanes in the gradient), and a 1x1 kernel
+/// with padding beyond its reach (the general loops).
+#[test]
+fn backward_data_tiles() {
+    let mut g = Graph::new("bd");
+    let x = g.add_input("x", Shape(vec![32, 9, 11]), Default::default()).unwrap();
+    let a = add(&mut g, conv(40, [3, 5], [1, 1], [1, 4], [2, 2]), &[x], "a");
+    let r = add(&mut g, Op::Activation(Activation::Relu), &[a], "relu");
+    let b = add(&mut g, conv(32, [3, 3], [1, 1], [2, 2], [1, 1]), &[r], "b");
+    let t = add(&mut g, Op::Activation(Activation::Tanh), &[b], "tanh");
+    let c = add(&mut g, square(32, 1, 1, 1), &[t], "c");
+    g.outputs = vec![c];
+    for name in ["a", "b", "c"] {
+        assert_layout(&g, name, Layout::Blocked16);
+    }
+    check_graph(&g, 2);
+}
