@@ -207,11 +207,17 @@ pub(crate) fn sum_parts(lx: &mut Lx, parts: u64, count: usize, len: usize, dst: 
     Ok(true)
 }
 
-/// Whether a fully connected layer's operands are dense plain vectors and its weight plain
-/// `oi` (what the fc kernels take).
+/// Whether a fully connected layer's operands are plain vectors, samples a whole number of
+/// floats apart (the arena rounds images up to 64 bytes), and its weight plain `oi` (what the
+/// fc kernels take).
 fn fc_fits(x: &Val, y: &Val, wp: &ParamPlan) -> bool {
-    let dense = |v: &Val| v.layout == Layout::Plain && v.hw() == 1 && v.bs == 4 * v.c as u64;
-    dense(x) && dense(y) && wp.layout.is_none_or(|l| matches!(l, WeightLayout::Oi | WeightLayout::Oihw))
+    let vector = |v: &Val| v.layout == Layout::Plain && v.hw() == 1 && v.bs % 4 == 0 && v.bs >= 4 * v.c as u64;
+    vector(x) && vector(y) && wp.layout.is_none_or(|l| matches!(l, WeightLayout::Oi | WeightLayout::Oihw))
+}
+
+/// Floats between samples of a vector value.
+fn stride(v: &Val) -> usize {
+    (v.bs / 4) as usize
 }
 
 /// `gx = gy w` of a fully connected layer (a matrix product on vectors).
@@ -221,9 +227,9 @@ pub(crate) fn fc_backward_data(lx: &mut Lx, gy: Val, gx: Val, (w, wp): (u64, &Pa
     }
     let cpu = cnnc_kernels::cpu::best();
     let act = cnnc_kernels::act::Act::NONE;
-    let Ok(plan) = cnnc_kernels::fc::FcPlan::new(gx.n, gx.c, gy.c, false, act, cpu, lx.threads) else {
-        return Ok(false);
-    };
+    let plan = cnnc_kernels::fc::FcPlan::new(gx.n, gx.c, gy.c, false, act, cpu, lx.threads)
+        .and_then(|p| p.with_strides(stride(&gx), stride(&gy)));
+    let Ok(plan) = plan else { return Ok(false) };
     let scratch = lx.alloc(plan.backward_scratch_len() * 4);
     let p = keep(lx, plan);
     let f = cnnc_kernels::ffi::cnnc_fc_backward_data as *const () as u64;
@@ -239,9 +245,9 @@ pub(crate) fn fc_backward_weights(lx: &mut Lx, x: Val, gy: Val, gw: Val, wp: &Pa
     }
     let cpu = cnnc_kernels::cpu::best();
     let act = cnnc_kernels::act::Act::NONE;
-    let Ok(plan) = cnnc_kernels::fc::FcPlan::new(x.n, x.c, gy.c, false, act, cpu, lx.threads) else {
-        return Ok(false);
-    };
+    let plan = cnnc_kernels::fc::FcPlan::new(x.n, x.c, gy.c, false, act, cpu, lx.threads)
+        .and_then(|p| p.with_strides(stride(&x), stride(&gy)));
+    let Ok(plan) = plan else { return Ok(false) };
     let p = keep(lx, plan);
     let f = cnnc_kernels::ffi::cnnc_fc_backward_weights as *const () as u64;
     let args = [Arg::Abs(p), Arg::Abs(gy.addr), Arg::Abs(x.addr), Arg::Abs(gw.addr), Arg::Abs(0), Arg::Abs(lx.pool)];
