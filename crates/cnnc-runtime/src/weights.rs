@@ -241,7 +241,7 @@ fn header_of(weights: &TensorMap, metadata: &Metadata, path: &Path) -> Result<Ve
     // serde_json's maps are sorted (no `preserve_order`), so the keys come out in order.
     let mut text = serde_json::to_vec(&Value::Object(header))
         .map_err(|e| WeightsError::Write { path: path.to_path_buf(), source: io::Error::other(e) })?;
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut bytes = Vec::with_capacity(8 + text.len());
@@ -348,7 +348,7 @@ mod tests {
         let len = u64::from_le_bytes(crate_bytes[..8].try_into().unwrap()) as usize;
         let header: serde_json::Value = serde_json::from_slice(&crate_bytes[8..8 + len]).unwrap();
         let mut json = serde_json::to_vec(&header).unwrap();
-        while json.len() % 8 != 0 {
+        while !json.len().is_multiple_of(8) {
             json.push(b' ');
         }
         let mut expected = (json.len() as u64).to_le_bytes().to_vec();

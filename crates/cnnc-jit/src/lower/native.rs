@@ -186,7 +186,7 @@ pub(crate) fn fc(
     residual: bool,
 ) -> Result<bool, JitError> {
     // Samples a whole number of floats apart (the arena rounds images up to 64 bytes).
-    let apart = |v: &Val| v.bs % 4 == 0 && v.bs >= 4 * v.c as u64;
+    let apart = |v: &Val| v.bs.is_multiple_of(4) && v.bs >= 4 * v.c as u64;
     if residual
         || !apart(&x)
         || !apart(&y)

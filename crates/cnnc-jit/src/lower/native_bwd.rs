@@ -211,7 +211,7 @@ pub(crate) fn sum_parts(lx: &mut Lx, parts: u64, count: usize, len: usize, dst: 
 /// floats apart (the arena rounds images up to 64 bytes), and its weight plain `oi` (what the
 /// fc kernels take).
 fn fc_fits(x: &Val, y: &Val, wp: &ParamPlan) -> bool {
-    let vector = |v: &Val| v.layout == Layout::Plain && v.hw() == 1 && v.bs % 4 == 0 && v.bs >= 4 * v.c as u64;
+    let vector = |v: &Val| v.layout == Layout::Plain && v.hw() == 1 && v.bs.is_multiple_of(4) && v.bs >= 4 * v.c as u64;
     vector(x) && vector(y) && wp.layout.is_none_or(|l| matches!(l, WeightLayout::Oi | WeightLayout::Oihw))
 }
 
