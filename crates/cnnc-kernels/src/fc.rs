@@ -8,6 +8,10 @@
 //! backward-weights reads `gy` as broadcast columns (consecutive `o`) and `x` rows as vectors;
 //! backward-data needs `gy` transposed (`[O][N]`, in scratch) for its columns. Columns of `i`
 //! past the last whole 16 are done by a plain loop.
+//!
+//! Samples of `x` (and `dx`) lie `xs` floats apart and those of `y` (and `gy`) `ys` apart
+//! ([`FcPlan::with_strides`]; dense by default): the JIT's arena rounds each image up to 64
+//! bytes, so a 10-class output is 16 floats apart.
 
 use super::act::{self, Act};
 use super::error::{KernelError, check_len, check_min_len, product};
@@ -28,6 +32,10 @@ pub struct FcPlan {
     /// Rows per forward task (a multiple of 4 except the last).
     pub(crate) rows: usize,
     pub(crate) tasks: usize,
+    /// Floats between consecutive samples of `x` and `dx` (at least `i`).
+    pub(crate) xs: usize,
+    /// Floats between consecutive samples of `y` and `gy` (at least `o`).
+    pub(crate) ys: usize,
 }
 
 impl FcPlan {
@@ -54,7 +62,27 @@ impl FcPlan {
         let quads = o.div_ceil(4);
         let per = quads.div_ceil(8 * threads.max(1)).max(1);
         let rows = per * 4;
-        Ok(FcPlan { n, i, o, bias, act, isa: cpu.isa(), rows, tasks: o.div_ceil(rows) })
+        Ok(FcPlan { n, i, o, bias, act, isa: cpu.isa(), rows, tasks: o.div_ceil(rows), xs: i, ys: o })
+    }
+
+    /// The same layer on samples `xs` floats apart in `x` and `dx`, `ys` apart in `y` and `gy`.
+    pub fn with_strides(self, xs: usize, ys: usize) -> Result<FcPlan, KernelError> {
+        if xs < self.i || ys < self.o {
+            return Err(KernelError::Shape { what: "fc sample strides shorter than a sample" });
+        }
+        span("fc input", self.n, xs, self.i)?;
+        span("fc output", self.n, ys, self.o)?;
+        Ok(FcPlan { xs, ys, ..self })
+    }
+
+    /// Floats `x` (and `dx`) spans: `(n - 1) xs + i`.
+    pub fn x_span(&self) -> usize {
+        (self.n - 1) * self.xs + self.i
+    }
+
+    /// Floats `y` (and `gy`) spans: `(n - 1) ys + o`.
+    pub fn y_span(&self) -> usize {
+        (self.n - 1) * self.ys + self.o
     }
 
     pub fn tasks(&self) -> usize {
@@ -68,6 +96,11 @@ impl FcPlan {
     pub fn backward_tasks(&self) -> usize {
         self.i.div_ceil(16)
     }
+}
+
+/// `(n - 1) stride + len`, or `Overflow`.
+fn span(what: &'static str, n: usize, stride: usize, len: usize) -> Result<usize, KernelError> {
+    (n - 1).checked_mul(stride).and_then(|a| a.checked_add(len)).ok_or(KernelError::Overflow { what })
 }
 
 /// `y[n][o0 .. o0 + R]` for samples `n0 .. n0 + NB`.
@@ -91,7 +124,7 @@ unsafe fn dot_tile<S: Simd, const R: usize, const NB: usize>(
     while k < whole {
         // SAFETY: k + 16 <= i for every row and sample of the tile.
         unsafe {
-            let xs: [S::V; NB] = core::array::from_fn(|b| s.load(x.add((n0 + b) * i + k)));
+            let xs: [S::V; NB] = core::array::from_fn(|b| s.load(x.add((n0 + b) * p.xs + k)));
             for (r, row) in acc.iter_mut().enumerate() {
                 let wv = s.load(w.add((o0 + r) * i + k));
                 for (b, a) in row.iter_mut().enumerate() {
@@ -106,10 +139,10 @@ unsafe fn dot_tile<S: Simd, const R: usize, const NB: usize>(
             let mut sum = s.hsum(*a);
             for kk in whole..i {
                 // SAFETY: kk < i.
-                unsafe { sum += *w.add((o0 + r) * i + kk) * *x.add((n0 + b) * i + kk) };
+                unsafe { sum += *w.add((o0 + r) * i + kk) * *x.add((n0 + b) * p.xs + kk) };
             }
             // SAFETY: sample n0 + b, row o0 + r of y are valid.
-            unsafe { *y.add((n0 + b) * p.o + o0 + r) = sum };
+            unsafe { *y.add((n0 + b) * p.ys + o0 + r) = sum };
         }
     }
 }
@@ -152,8 +185,9 @@ isa_fn! {
 /// included.
 ///
 /// # Safety
-/// `p` from [`FcPlan::new`] on a CPU with its instruction set; `x` valid for `n x i`, `w` for
-/// `o x i`, `bias` (when the plan has one) for `o`, `y` for `n x o` floats, `y` apart from the
+/// `p` from [`FcPlan::new`] on a CPU with its instruction set; `x` valid for
+/// [`FcPlan::x_span`], `w` for `o x i`, `bias` (when the plan has one) for `o`, `y` for
+/// [`FcPlan::y_span`] floats, `y` apart from the
 /// others; no other running task writes rows of this task.
 pub unsafe fn forward_task(p: &FcPlan, x: *const f32, w: *const f32, bias: *const f32, y: *mut f32, task: usize) {
     let o0 = task * p.rows;
@@ -161,7 +195,7 @@ pub unsafe fn forward_task(p: &FcPlan, x: *const f32, w: *const f32, bias: *cons
     // SAFETY: forwarded contract.
     unsafe { forward_rows_isa(p.isa, p, x, w, y, o0, o1) };
     for n in 0..p.n {
-        let row = y.wrapping_add(n * p.o + o0);
+        let row = y.wrapping_add(n * p.ys + o0);
         for r in 0..o1 - o0 {
             if p.bias {
                 // SAFETY: o0 + r < o; the row belongs to this task.
@@ -175,7 +209,8 @@ pub unsafe fn forward_task(p: &FcPlan, x: *const f32, w: *const f32, bias: *cons
     }
 }
 
-/// Forward: `x` (`n x i`), `w` (`o x i`), `bias` (`o`), into `y` (`n x o`).
+/// Forward: `x` (`n` samples, [`FcPlan::x_span`] floats), `w` (`o x i`), `bias` (`o`), into
+/// `y` ([`FcPlan::y_span`] floats).
 pub fn forward(
     par: &dyn Parallel,
     p: &FcPlan,
@@ -184,9 +219,9 @@ pub fn forward(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<(), KernelError> {
-    check_len("fc input", x.len(), p.n * p.i)?;
+    check_len("fc input", x.len(), p.x_span())?;
     check_len("fc weights", w.len(), p.o * p.i)?;
-    check_len("fc output", y.len(), p.n * p.o)?;
+    check_len("fc output", y.len(), p.y_span())?;
     let b = match (bias, p.bias) {
         (Some(b), true) => {
             check_len("fc bias", b.len(), p.o)?;
@@ -213,7 +248,8 @@ pub fn forward(
 ///
 /// # Safety
 /// `p` from [`FcPlan::new`] on a CPU with its instruction set; `gyt` valid for `o x n`, `w` for
-/// `o x i`, `dx` for `n x i` floats, apart; no other running task writes these columns.
+/// `o x i`, `dx` for [`FcPlan::x_span`] floats, apart; no other running task writes these
+/// columns.
 pub unsafe fn backward_data_task(
     p: &FcPlan,
     gyt: *const f32,
@@ -229,7 +265,7 @@ pub unsafe fn backward_data_task(
                 // SAFETY: c < i, n < n, every o < o: inside the operands.
                 unsafe {
                     let sum: f32 = (0..p.o).map(|o| *gyt.add(o * p.n + n) * *w.add(o * p.i + c)).sum();
-                    let d = dx.add(n * p.i + c);
+                    let d = dx.add(n * p.xs + c);
                     *d = if accumulate { *d + sum } else { sum };
                 }
             }
@@ -243,7 +279,7 @@ pub unsafe fn backward_data_task(
     let mut n0 = 0;
     while n0 < p.n {
         let w_cols = (p.n - n0).min(nw);
-        let out = Out::plain(dx.wrapping_add(n0 * p.i + c0), p.i as isize, 16, accumulate);
+        let out = Out::plain(dx.wrapping_add(n0 * p.xs + c0), p.xs as isize, 16, accumulate);
         // SAFETY: the reduction reads gyt[o][n0 .. n0 + w_cols] and w[o][c0 .. c0 + 16] for every
         // o; the tile writes dx[n0 ..][c0 .. c0 + 16].
         unsafe { tiles.get(1, w_cols)(gyt.wrapping_add(n0), w.wrapping_add(c0), &r, &out) };
@@ -255,8 +291,8 @@ pub unsafe fn backward_data_task(
 /// also writes `db`.
 ///
 /// # Safety
-/// `p` from [`FcPlan::new`] on a CPU with its instruction set; `gy` valid for `n x o`, `x` for
-/// `n x i`, `dw` for `o x i` and `db` (non-null when the plan has a bias) for `o` floats,
+/// `p` from [`FcPlan::new`] on a CPU with its instruction set; `gy` valid for
+/// [`FcPlan::y_span`], `x` for [`FcPlan::x_span`], `dw` for `o x i` and `db` (non-null when the plan has a bias) for `o` floats,
 /// outputs apart from inputs; no other running task writes these columns.
 pub unsafe fn backward_weights_task(
     p: &FcPlan,
@@ -271,7 +307,7 @@ pub unsafe fn backward_weights_task(
         for o in 0..p.o {
             // SAFETY: o < o, every sample n < n.
             unsafe {
-                let sum: f32 = (0..p.n).map(|n| *gy.add(n * p.o + o)).sum();
+                let sum: f32 = (0..p.n).map(|n| *gy.add(n * p.ys + o)).sum();
                 *db.add(o) = if accumulate { *db.add(o) + sum } else { sum };
             }
         }
@@ -282,7 +318,7 @@ pub unsafe fn backward_weights_task(
             for c in c0..p.i {
                 // SAFETY: inside the operands.
                 unsafe {
-                    let sum: f32 = (0..p.n).map(|n| *gy.add(n * p.o + o) * *x.add(n * p.i + c)).sum();
+                    let sum: f32 = (0..p.n).map(|n| *gy.add(n * p.ys + o) * *x.add(n * p.xs + c)).sum();
                     let d = dw.add(o * p.i + c);
                     *d = if accumulate { *d + sum } else { sum };
                 }
@@ -292,8 +328,14 @@ pub unsafe fn backward_weights_task(
     }
     let tiles = &tile::tiles(p.isa).a1;
     let nw = tiles.max_width(1);
-    let r =
-        Reduce { n: [1, 1, 1], steps: p.n, a_step: p.o as isize, b_step: p.i as isize, b_blk: 16, ..Reduce::default() };
+    let r = Reduce {
+        n: [1, 1, 1],
+        steps: p.n,
+        a_step: p.ys as isize,
+        b_step: p.xs as isize,
+        b_blk: 16,
+        ..Reduce::default()
+    };
     let mut o0 = 0;
     while o0 < p.o {
         let w_cols = (p.o - o0).min(nw);
@@ -321,9 +363,9 @@ pub fn backward(
     accumulate: bool,
     scratch: &mut [f32],
 ) -> Result<(), KernelError> {
-    check_len("fc input", x.len(), p.n * p.i)?;
+    check_len("fc input", x.len(), p.x_span())?;
     check_len("fc weights", w.len(), p.o * p.i)?;
-    check_len("fc output gradient", gy.len(), p.n * p.o)?;
+    check_len("fc output gradient", gy.len(), p.y_span())?;
     check_len("fc weight gradient", dw.len(), p.o * p.i)?;
     check_min_len("scratch", scratch.len(), p.backward_scratch_len())?;
     let db = match (db, p.bias) {
@@ -339,10 +381,10 @@ pub fn backward(
     let (dwp, dbp) = (SyncPtr(dw.as_mut_ptr()), SyncPtr(db));
     let dx = match dx {
         Some(dx) => {
-            check_len("fc input gradient", dx.len(), p.n * p.i)?;
+            check_len("fc input gradient", dx.len(), p.x_span())?;
             for n in 0..p.n {
                 for o in 0..p.o {
-                    scratch[o * p.n + n] = gy[n * p.o + o];
+                    scratch[o * p.n + n] = gy[n * p.ys + o];
                 }
             }
             Some(SyncPtr(dx.as_mut_ptr()))

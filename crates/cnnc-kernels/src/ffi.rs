@@ -184,8 +184,9 @@ pub unsafe extern "C" fn cnnc_fc_forward(
 /// first.
 ///
 /// # Safety
-/// See the module's common contract ([`super::fc::backward_data_task`]): `gy` holds `n x o`,
-/// `w` `o x i`, `dx` `n x i` floats, `scratch` [`FcPlan::backward_scratch_len`], all apart.
+/// See the module's common contract ([`super::fc::backward_data_task`]): `gy` holds
+/// [`FcPlan::y_span`], `w` `o x i`, `dx` [`FcPlan::x_span`] floats, `scratch`
+/// [`FcPlan::backward_scratch_len`], all apart.
 pub unsafe extern "C" fn cnnc_fc_backward_data(
     plan: *const FcPlan,
     gy: *const f32,
@@ -199,7 +200,7 @@ pub unsafe extern "C" fn cnnc_fc_backward_data(
     for n in 0..p.n {
         for o in 0..p.o {
             // SAFETY: n < p.n, o < p.o: inside gy and the scratch.
-            unsafe { *scratch.add(o * p.n + n) = *gy.add(n * p.o + o) };
+            unsafe { *scratch.add(o * p.n + n) = *gy.add(n * p.ys + o) };
         }
     }
     let (gt, wp, dp) = (SyncPtr(scratch), SyncPtr(w as *mut f32), SyncPtr(dx));
@@ -216,7 +217,8 @@ pub unsafe extern "C" fn cnnc_fc_backward_data(
 ///
 /// # Safety
 /// See the module's common contract ([`super::fc::backward_weights_task`]): `gy` holds
-/// `n x o`, `x` `n x i`, `dw` `o x i` and `db` `o` floats, outputs apart from inputs.
+/// [`FcPlan::y_span`], `x` [`FcPlan::x_span`], `dw` `o x i` and `db` `o` floats, outputs apart
+/// from inputs.
 pub unsafe extern "C" fn cnnc_fc_backward_weights(
     plan: *const FcPlan,
     gy: *const f32,

@@ -1,7 +1,11 @@
 //! Pooling backward (see `pool.rs`): max scatters `gy` to the saved argmax, average spreads
 //! `gy / divisor` over each window, L2 adds `gy * x / y` where `y > 0`. Each task owns whole
 //! planes (an image x 16-channel block), so overlapping windows accumulate without races;
-//! `dx` is cleared first unless the pass accumulates.
+//! `dx` is cleared first unless the pass accumulates. Max pooling whose windows do not overlap
+//! (stride = kernel, no padding or dilation: the usual 2x2/2) writes each input pixel of a
+//! blocked map once, 16 channels a vector (the gradient where the argmax is that pixel, else
+//! 0), instead of clearing and scattering lane by lane. An argmax entry outside its plane (the
+//! forward pass makes none) sends its gradient nowhere.
 
 use super::error::KernelError;
 use super::par::Parallel;
@@ -41,6 +45,12 @@ unsafe fn backward_blocked<S: Simd>(s: S, p: &PoolPlan, a: &PoolBwdArgs, task: u
     let (n, _, ip, op) = planes(p, task, 0);
     let dx = a.dx.wrapping_add(n * a.dx_bs);
     let gy = a.gy.wrapping_add(n * a.gy_bs);
+    if disjoint(p) {
+        // SAFETY: forwarded contract.
+        unsafe { backward_disjoint(s, p, a, n, ip, op) };
+        return;
+    }
+    let plane = p.ih * p.iw;
     if !a.accumulate {
         for i in 0..p.ih * p.iw {
             // SAFETY: pixel i of this task's input plane.
@@ -60,7 +70,7 @@ unsafe fn backward_blocked<S: Simd>(s: S, p: &PoolPlan, a: &PoolBwdArgs, task: u
                         let m = s.v_to_array(s.load(a.argmax.add(n * a.argmax_bs + op.at(oy, ox))));
                         let gv = s.v_to_array(g);
                         for l in 0..16 {
-                            if m[l] >= 0.0 {
+                            if m[l] >= 0.0 && (m[l] as usize) < plane {
                                 *dx.add(ip.base + m[l] as usize * 16 + l) += gv[l];
                             }
                         }
@@ -93,6 +103,60 @@ unsafe fn backward_blocked<S: Simd>(s: S, p: &PoolPlan, a: &PoolBwdArgs, task: u
     }
 }
 
+/// Whether a plan is max pooling with windows that do not overlap (see the module comment).
+fn disjoint(p: &PoolPlan) -> bool {
+    let w = &p.win;
+    p.kind == PoolKind::Max && !w.adaptive && w.stride == w.kernel && w.pad == [0, 0] && w.dilation == [1, 1]
+}
+
+/// Max backward of one blocked task whose windows do not overlap: each input pixel written once
+/// from the one window holding it; pixels in no window (past the last whole window) cleared.
+///
+/// # Safety
+/// As [`backward_task`], blocked layout, [`disjoint`] plan; `ip` and `op` the task's planes of
+/// image `n`.
+#[inline(always)]
+unsafe fn backward_disjoint<S: Simd>(
+    s: S,
+    p: &PoolPlan,
+    a: &PoolBwdArgs,
+    n: usize,
+    ip: super::pool::Plane,
+    op: super::pool::Plane,
+) {
+    let dx = a.dx.wrapping_add(n * a.dx_bs);
+    let gy = a.gy.wrapping_add(n * a.gy_bs);
+    let am = a.argmax.wrapping_add(n * a.argmax_bs);
+    let covered = p.oh * p.win.kernel[0] >= p.ih && p.ow * p.win.kernel[1] >= p.iw;
+    if !a.accumulate && !covered {
+        for i in 0..p.ih * p.iw {
+            // SAFETY: pixel i of this task's input plane.
+            unsafe { s.store(dx.add(ip.base + i * 16), s.zero()) };
+        }
+    }
+    for oy in 0..p.oh {
+        let by = p.bin(0, oy);
+        for ox in 0..p.ow {
+            let bx = p.bin(1, ox);
+            // SAFETY: (oy, ox) inside the output planes, the taps inside the input planes.
+            unsafe {
+                let g = s.load(gy.add(op.at(oy, ox)));
+                let m = s.load(am.add(op.at(oy, ox)));
+                for ty in 0..by.count {
+                    let iy = by.first + ty;
+                    for tx in 0..bx.count {
+                        let ix = bx.first + tx;
+                        let here = s.eq(m, s.splat((iy * p.iw + ix) as f32));
+                        let v = s.select(here, g, s.zero());
+                        let d = dx.add(ip.at(iy, ix));
+                        s.store(d, if a.accumulate { s.add(s.load(d), v) } else { v });
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Backward of one task on plain planes.
 ///
 /// # Safety
@@ -109,18 +173,26 @@ unsafe fn backward_plain(p: &PoolPlan, a: &PoolBwdArgs, task: usize) {
             if !a.accumulate {
                 dx.add(ip.base).write_bytes(0, p.ih * p.iw);
             }
+            if p.kind == PoolKind::Max {
+                // No windows needed: each output sends its gradient to its argmax.
+                let plane = p.ih * p.iw;
+                let (gy, am) = (a.gy.add(n * a.gy_bs + op.base), a.argmax.add(n * a.argmax_bs + op.base));
+                for k in 0..p.oh * p.ow {
+                    let m = *am.add(k);
+                    if m >= 0.0 && (m as usize) < plane {
+                        *dx.add(ip.base + m as usize) += *gy.add(k);
+                    }
+                }
+                continue;
+            }
             for oy in 0..p.oh {
                 let by = p.bin(0, oy);
                 for ox in 0..p.ow {
                     let bx = p.bin(1, ox);
                     let g = *a.gy.add(n * a.gy_bs + op.at(oy, ox));
                     match p.kind {
-                        PoolKind::Max => {
-                            let m = *a.argmax.add(n * a.argmax_bs + op.at(oy, ox));
-                            if m >= 0.0 {
-                                *dx.add(ip.base + m as usize) += g;
-                            }
-                        }
+                        // Sent to the argmax above.
+                        PoolKind::Max => {}
                         PoolKind::Avg | PoolKind::AvgExcludePad => {
                             let share = g / p.divisor(by, bx);
                             for ty in 0..by.count {

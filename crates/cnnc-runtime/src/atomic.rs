@@ -121,7 +121,8 @@ fn replace(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) ->
     Ok(())
 }
 
-/// Like [`write_atomic`] for bytes already in memory.
+/// Like [`write_atomic`] for bytes already in memory (the tests' shorthand).
+#[cfg(test)]
 pub(crate) fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic(path, |out| out.write_all(bytes))
 }

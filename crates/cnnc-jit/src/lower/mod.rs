@@ -151,6 +151,9 @@ pub(crate) struct Lx<'a> {
     pub keep: Vec<Box<dyn std::any::Any + Send>>,
     /// Buffers of derived weights (written at load).
     pub extra: Vec<Buffer>,
+    /// Buffers that the nodes of one use share, each node only during its own step, by use:
+    /// their addresses (see `native_bwd::step_buffer`).
+    pub step_buffers: std::collections::HashMap<&'static str, u64>,
     pub repacks: Vec<Repack>,
     guard: bool,
     /// The node being lowered.
@@ -223,6 +226,7 @@ pub(crate) fn lower(
         pool: pool_addr,
         keep: Vec::new(),
         extra: Vec::new(),
+        step_buffers: Default::default(),
         repacks: Vec::new(),
         guard,
         node: NodeId::from_index(0),

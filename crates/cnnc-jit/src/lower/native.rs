@@ -185,13 +185,19 @@ pub(crate) fn fc(
     a: Option<Activation>,
     residual: bool,
 ) -> Result<bool, JitError> {
-    let dense = x.bs == 4 * x.c as u64 && y.bs == 4 * y.c as u64;
-    if residual || !dense || x.layout != Layout::Plain || wp.layout.is_some_and(|l| l != WeightLayout::Oi) {
+    // Samples a whole number of floats apart (the arena rounds images up to 64 bytes).
+    let apart = |v: &Val| v.bs.is_multiple_of(4) && v.bs >= 4 * v.c as u64;
+    if residual
+        || !apart(&x)
+        || !apart(&y)
+        || x.layout != Layout::Plain
+        || wp.layout.is_some_and(|l| l != WeightLayout::Oi)
+    {
         return Ok(false);
     }
-    let Ok(plan) = FcPlan::new(x.n, x.c, y.c, bias.is_some(), act(a), cnnc_kernels::cpu::best(), lx.threads) else {
-        return Ok(false);
-    };
+    let plan = FcPlan::new(x.n, x.c, y.c, bias.is_some(), act(a), cnnc_kernels::cpu::best(), lx.threads)
+        .and_then(|p| p.with_strides((x.bs / 4) as usize, (y.bs / 4) as usize));
+    let Ok(plan) = plan else { return Ok(false) };
     let p = keep(lx, plan);
     let f = cnnc_kernels::ffi::cnnc_fc_forward as *const () as u64;
     let args =

@@ -42,7 +42,8 @@ pub(crate) fn conv_backward_data(
     }
     let cpu = cnnc_kernels::cpu::best();
     let Ok(plan) = BwdDataPlan::new(s, BwdDataOptions::default(), cpu, lx.threads) else { return Ok(false) };
-    let (_, wt) = lx.buffer(len * 4)?;
+    let bound = 4 * largest_param(lx);
+    let wt = step_buffer(lx, "backward-data weights", 4 * len, bound)?;
     let scratch = lx.alloc(plan.scratch_len(lx.threads) * 4);
     let args = BwdDataArgs {
         gy: gy.addr as *const f32,
@@ -65,6 +66,29 @@ pub(crate) fn conv_backward_data(
         ],
     )?;
     Ok(true)
+}
+
+/// A buffer of at least `bytes` that every node asking for `use_` shares: what it holds lives
+/// only during the asking node's own step (the driver runs steps one at a time), so one buffer
+/// does for all of them instead of one per layer (ResNet-18's backward-data weights alone were
+/// another copy of its parameters). The first request maps `bound` bytes, the most any node
+/// of the plan asks for that use; untouched pages cost nothing, so the resident memory is
+/// what the largest node touches.
+fn step_buffer(lx: &mut Lx, use_: &'static str, bytes: usize, bound: usize) -> Result<u64, JitError> {
+    if bytes > bound {
+        return Err(crate::error::plan_err(format!("{use_}: {bytes} bytes is more than the bound {bound}")));
+    }
+    if let Some(&addr) = lx.step_buffers.get(use_) {
+        return Ok(addr);
+    }
+    let (_, addr) = lx.buffer(bound)?;
+    lx.step_buffers.insert(use_, addr);
+    Ok(addr)
+}
+
+/// Floats of the plan's largest stored parameter.
+fn largest_param(lx: &Lx) -> usize {
+    lx.plan.params.iter().map(|p| p.stored_len()).max().unwrap_or(0)
 }
 
 /// Bytes of input and gradient a backward-weights task of one image chunk should keep in the
@@ -118,7 +142,8 @@ pub(crate) fn conv_backward_weights(
         calls(lx, &[(f, &[Arg::Abs(p), Arg::Abs(a), Arg::Abs(lx.pool)])])?;
         return Ok(true);
     }
-    let (_, partials) = lx.buffer(chunks * len * 4)?;
+    let bound = MAX_PARTIALS + 4 * largest_param(lx);
+    let partials = step_buffer(lx, "weight-gradient partials", chunks * len * 4, bound)?;
     let mut plans = Vec::with_capacity(chunks);
     let mut all_args = Vec::with_capacity(chunks);
     for q in 0..chunks {
@@ -182,11 +207,17 @@ pub(crate) fn sum_parts(lx: &mut Lx, parts: u64, count: usize, len: usize, dst: 
     Ok(true)
 }
 
-/// Whether a fully connected layer's operands are dense plain vectors and its weight plain
-/// `oi` (what the fc kernels take).
+/// Whether a fully connected layer's operands are plain vectors, samples a whole number of
+/// floats apart (the arena rounds images up to 64 bytes), and its weight plain `oi` (what the
+/// fc kernels take).
 fn fc_fits(x: &Val, y: &Val, wp: &ParamPlan) -> bool {
-    let dense = |v: &Val| v.layout == Layout::Plain && v.hw() == 1 && v.bs == 4 * v.c as u64;
-    dense(x) && dense(y) && wp.layout.is_none_or(|l| matches!(l, WeightLayout::Oi | WeightLayout::Oihw))
+    let vector = |v: &Val| v.layout == Layout::Plain && v.hw() == 1 && v.bs.is_multiple_of(4) && v.bs >= 4 * v.c as u64;
+    vector(x) && vector(y) && wp.layout.is_none_or(|l| matches!(l, WeightLayout::Oi | WeightLayout::Oihw))
+}
+
+/// Floats between samples of a vector value.
+fn stride(v: &Val) -> usize {
+    (v.bs / 4) as usize
 }
 
 /// `gx = gy w` of a fully connected layer (a matrix product on vectors).
@@ -196,9 +227,9 @@ pub(crate) fn fc_backward_data(lx: &mut Lx, gy: Val, gx: Val, (w, wp): (u64, &Pa
     }
     let cpu = cnnc_kernels::cpu::best();
     let act = cnnc_kernels::act::Act::NONE;
-    let Ok(plan) = cnnc_kernels::fc::FcPlan::new(gx.n, gx.c, gy.c, false, act, cpu, lx.threads) else {
-        return Ok(false);
-    };
+    let plan = cnnc_kernels::fc::FcPlan::new(gx.n, gx.c, gy.c, false, act, cpu, lx.threads)
+        .and_then(|p| p.with_strides(stride(&gx), stride(&gy)));
+    let Ok(plan) = plan else { return Ok(false) };
     let scratch = lx.alloc(plan.backward_scratch_len() * 4);
     let p = keep(lx, plan);
     let f = cnnc_kernels::ffi::cnnc_fc_backward_data as *const () as u64;
@@ -214,9 +245,9 @@ pub(crate) fn fc_backward_weights(lx: &mut Lx, x: Val, gy: Val, gw: Val, wp: &Pa
     }
     let cpu = cnnc_kernels::cpu::best();
     let act = cnnc_kernels::act::Act::NONE;
-    let Ok(plan) = cnnc_kernels::fc::FcPlan::new(x.n, x.c, gy.c, false, act, cpu, lx.threads) else {
-        return Ok(false);
-    };
+    let plan = cnnc_kernels::fc::FcPlan::new(x.n, x.c, gy.c, false, act, cpu, lx.threads)
+        .and_then(|p| p.with_strides(stride(&x), stride(&gy)));
+    let Ok(plan) = plan else { return Ok(false) };
     let p = keep(lx, plan);
     let f = cnnc_kernels::ffi::cnnc_fc_backward_weights as *const () as u64;
     let args = [Arg::Abs(p), Arg::Abs(gy.addr), Arg::Abs(x.addr), Arg::Abs(gw.addr), Arg::Abs(0), Arg::Abs(lx.pool)];

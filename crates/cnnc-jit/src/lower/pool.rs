@@ -3,12 +3,19 @@
 //! output row (column) the first input row (column) its window reads, how many, and how many
 //! window positions lie in the input or its padding (the `include_pad` divisor), exactly as
 //! the interpreter's `Bins`. Blocked maps pool four channels at once (one vector per pixel).
+//! In native mode, blocked max pooling writes its value and its argmax in one call of
+//! `cnnc-kernels`' pool (16 channels a vector), and every backward pass but a pyramid's runs
+//! the kernels' `pool_bwd` (blocked or plain).
 
+use super::native::{self, Arg};
 use super::pool_plain::Outs;
 use super::{Lx, Val};
 use crate::emit::{F32, F32X4, Fx, I32};
 use crate::error::{JitError, plan_err};
 use cnnc_ir::{Layout, NodeId, Op, PoolGeometry, PoolKind, TrainOp, Window};
+use cnnc_kernels::pool::{PoolArgs, PoolKind as KPoolKind, PoolPlan, PoolWindow};
+use cnnc_kernels::pool_bwd::PoolBwdArgs;
+use cnnc_kernels::view::Layout as KLayout;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{InstBuilder, Value};
 
@@ -104,21 +111,30 @@ pub(crate) fn forward(
 ) -> Result<(), JitError> {
     let x = lx.val(lx.plan.graph[id].inputs[0])?;
     let y = lx.val(id)?;
+    if lx.written.contains(&id) {
+        return Ok(());
+    }
     if let PoolGeometry::Window(win) = geometry
         && super::pool_plain::fits(win, &x)
     {
-        if lx.written.contains(&id) {
-            return Ok(());
-        }
         let outs = if argmax {
             Outs { y: None, argmax: Some(y) }
         } else {
-            let sibling = if kind == PoolKind::Max { argmax_sibling(lx, id, win)? } else { None };
+            let sibling = if kind == PoolKind::Max { argmax_sibling(lx, id, geometry)? } else { None };
             Outs { y: Some(y), argmax: sibling }
         };
         return super::pool_plain::forward(lx, kind, win, x, outs);
     }
-    if lx.mode == crate::options::Mode::Native && !argmax && super::native::pool(lx, id, kind, geometry, x, y)? {
+    let native = lx.mode == crate::options::Mode::Native;
+    if native
+        && !argmax
+        && kind == PoolKind::Max
+        && x.layout == Layout::Blocked16
+        && native_max(lx, id, geometry, x, y)?
+    {
+        return Ok(());
+    }
+    if native && !argmax && super::native::pool(lx, id, kind, geometry, x, y)? {
         return Ok(());
     }
     let blocked = x.layout == Layout::Blocked16;
@@ -216,23 +232,150 @@ pub(crate) fn forward(
     Ok(())
 }
 
-/// The argmax node of max pooling `id` (same input and window, a few nodes on, as the
+/// The argmax node of max pooling `id` (same input and geometry, a few nodes on, as the
 /// training transform makes it), when its value can be written with the pooled one: its
 /// value, and the node recorded as written.
-fn argmax_sibling(lx: &mut Lx, id: NodeId, win: &Window) -> Result<Option<Val>, JitError> {
-    let graph = &lx.plan.graph;
-    let input = graph[id].inputs[0];
-    let next = (id.index() + 1..(id.index() + 4).min(graph.len())).map(NodeId::from_index).find(|&j| {
-        matches!(&graph[j].op, Op::Train(TrainOp::PoolArgmax(PoolGeometry::Window(w))) if w == win)
-            && graph[j].inputs[0] == input
-    });
-    match next {
+fn argmax_sibling(lx: &mut Lx, id: NodeId, geometry: &PoolGeometry) -> Result<Option<Val>, JitError> {
+    match sibling(lx, id, geometry) {
         Some(j) if lx.early_ok(j, id) => {
             lx.written.insert(j);
             Ok(Some(lx.val(j)?))
         }
         _ => Ok(None),
     }
+}
+
+/// The kernels' plan of a pooling of `x` (`n x c x h x w` in `layout`), when the kernels take
+/// the geometry (a pyramid they do not) and its output is `out_hw`.
+fn kernel_plan(
+    kind: PoolKind,
+    geometry: &PoolGeometry,
+    [n, c, h, w]: [usize; 4],
+    layout: Layout,
+    out_hw: [usize; 2],
+) -> Option<PoolPlan> {
+    let k = match kind {
+        PoolKind::Max => KPoolKind::Max,
+        PoolKind::Avg { include_pad: true } => KPoolKind::Avg,
+        PoolKind::Avg { include_pad: false } => KPoolKind::AvgExcludePad,
+        PoolKind::L2 => KPoolKind::L2,
+    };
+    let win = match geometry {
+        PoolGeometry::Window(w) => PoolWindow {
+            kernel: w.kernel,
+            stride: w.stride,
+            pad: w.pad,
+            dilation: w.dilation,
+            ceil_mode: w.ceil_mode,
+            adaptive: false,
+        },
+        PoolGeometry::Global => PoolWindow::adaptive(1, 1),
+        PoolGeometry::Adaptive(o) => PoolWindow::adaptive(o[0], o[1]),
+        PoolGeometry::Pyramid(_) => return None,
+    };
+    let layout = match layout {
+        Layout::Plain => KLayout::Nchw,
+        Layout::Blocked16 => KLayout::NChw16c,
+    };
+    let plan = PoolPlan::new(n, c, [h, w], k, win, layout, cnnc_kernels::cpu::best()).ok()?;
+    (plan.out_hw() == out_hw).then_some(plan)
+}
+
+/// Float stride between images of a value.
+fn image_floats(v: &Val) -> usize {
+    (v.bs / 4) as usize
+}
+
+/// Blocked max pooling through the kernels, writing the argmax of the node after it too when
+/// it has one (a training graph's): one pass instead of two.
+fn native_max(lx: &mut Lx, id: NodeId, geometry: &PoolGeometry, x: Val, y: Val) -> Result<bool, JitError> {
+    if y.layout != x.layout || y.c != x.c {
+        return Ok(false);
+    }
+    let Some(plan) = kernel_plan(PoolKind::Max, geometry, [x.n, x.c, x.h, x.w], x.layout, [y.h, y.w]) else {
+        return Ok(false);
+    };
+    let argmax = match sibling(lx, id, geometry) {
+        Some(j) if lx.early_ok(j, id) => {
+            let a = lx.val(j)?;
+            if a.layout != y.layout || (a.c, a.h, a.w) != (y.c, y.h, y.w) {
+                return Ok(false);
+            }
+            lx.written.insert(j);
+            Some(a)
+        }
+        _ => None,
+    };
+    let args = PoolArgs {
+        x: x.addr as *const f32,
+        x_bs: image_floats(&x),
+        y: y.addr as *mut f32,
+        y_bs: image_floats(&y),
+        argmax: argmax.map_or(std::ptr::null_mut(), |a| a.addr as *mut f32),
+        argmax_bs: argmax.map_or(0, |a| image_floats(&a)),
+    };
+    let (p, a) = (native::keep(lx, plan), native::keep(lx, args));
+    let f = cnnc_kernels::ffi::cnnc_pool_forward as *const () as u64;
+    native::call(lx, f, &[Arg::Abs(p), Arg::Abs(a), Arg::Abs(lx.pool)])?;
+    Ok(true)
+}
+
+/// A pooling backward pass through the kernels (native mode, any layout, no pyramid); `false`
+/// when they do not take it.
+fn native_backward(
+    lx: &mut Lx,
+    kind: PoolKind,
+    geometry: &PoolGeometry,
+    ins: &[Val],
+    gx: Val,
+    [c, h, w]: [usize; 3],
+) -> Result<bool, JitError> {
+    let (gy, x, y, argmax) = match kind {
+        PoolKind::Max => (ins[0], None, None, Some(ins[1])),
+        PoolKind::Avg { .. } => (ins[0], None, None, None),
+        PoolKind::L2 => (ins[2], Some(ins[0]), Some(ins[1]), None),
+    };
+    let same = |v: &Val, [vc, vh, vw]: [usize; 3]| v.layout == gx.layout && (v.c, v.h, v.w) == (vc, vh, vw);
+    let out = [c, gy.h, gy.w];
+    if !same(&gx, [c, h, w])
+        || !same(&gy, out)
+        || !x.is_none_or(|v| same(&v, [c, h, w]))
+        || !y.is_none_or(|v| same(&v, out))
+        || !argmax.is_none_or(|v| same(&v, out))
+    {
+        return Ok(false);
+    }
+    let Some(plan) = kernel_plan(kind, geometry, [gx.n, c, h, w], gx.layout, [gy.h, gy.w]) else {
+        return Ok(false);
+    };
+    let ptr = |v: Option<Val>| v.map_or(std::ptr::null(), |v| v.addr as *const f32);
+    let bs = |v: Option<Val>| v.map_or(0, |v| image_floats(&v));
+    let args = PoolBwdArgs {
+        gy: gy.addr as *const f32,
+        gy_bs: image_floats(&gy),
+        x: ptr(x),
+        x_bs: bs(x),
+        y: ptr(y),
+        y_bs: bs(y),
+        argmax: ptr(argmax),
+        argmax_bs: bs(argmax),
+        dx: gx.addr as *mut f32,
+        dx_bs: image_floats(&gx),
+        accumulate: false,
+    };
+    let (p, a) = (native::keep(lx, plan), native::keep(lx, args));
+    let f = cnnc_kernels::ffi::cnnc_pool_backward as *const () as u64;
+    native::call(lx, f, &[Arg::Abs(p), Arg::Abs(a), Arg::Abs(lx.pool)])?;
+    Ok(true)
+}
+
+/// The argmax node of max pooling `id`: the same input and geometry, a few nodes on.
+fn sibling(lx: &Lx, id: NodeId, geometry: &PoolGeometry) -> Option<NodeId> {
+    let graph = &lx.plan.graph;
+    let input = graph[id].inputs[0];
+    (id.index() + 1..(id.index() + 4).min(graph.len())).map(NodeId::from_index).find(|&j| {
+        matches!(&graph[j].op, Op::Train(TrainOp::PoolArgmax(g)) if g == geometry) && graph[j].inputs[0] == input
+    })
 }
 
 /// The divisor of an average window, `max(1, ...)`, as f32.
@@ -274,6 +417,9 @@ pub(crate) fn backward(
 ) -> Result<(), JitError> {
     let ins: Vec<Val> = lx.plan.graph[id].inputs.iter().map(|&i| lx.val(i)).collect::<Result<_, _>>()?;
     let gx = lx.val(id)?;
+    if lx.mode == crate::options::Mode::Native && native_backward(lx, kind, geometry, &ins, gx, input)? {
+        return Ok(());
+    }
     let gy = match kind {
         PoolKind::Max | PoolKind::Avg { .. } => ins[0],
         PoolKind::L2 => ins[2],

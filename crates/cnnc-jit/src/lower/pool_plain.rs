@@ -3,8 +3,11 @@
 //! kernel modes. Columns whose windows lie inside the input row, with room for the vector
 //! loads, are computed four at a time (stride 1: one unaligned load per tap; stride 2: two
 //! loads and their even lanes, `shufps`); the edge columns one at a time. Rows are clipped by
-//! the per-row table of `pool.rs`. One pass can write the pooled value and max pooling's
-//! argmax together (the two nodes of a training graph's max pooling).
+//! the per-row table of `pool.rs`. At stride 2 taps `2j` and `2j + 1` share one pair of loads
+//! (their even and odd lanes), so a 2x2/2 pooling needs no float past the row's end and every
+//! column of an even-width row is a vector column. The edge columns' taps are known at compile
+//! time and unrolled (no per-column table or loop). One pass can write the pooled value and
+//! max pooling's argmax together (the two nodes of a training graph's max pooling).
 //!
 //! Semantics as the general code: a larger value or a NaN takes over (the first maximum wins
 //! ties, the last NaN wins), the argmax is the f32 flat index `y * W + x` within the plane,
@@ -31,11 +34,13 @@ pub(crate) fn fits(win: &Window, x: &Val) -> bool {
 }
 
 /// The columns `lo..lo + 4 m` computed by vectors: every lane's window inside the row and the
-/// loads (`4 s` floats from each tap's first column) too.
+/// loads too (stride 1: 4 floats from each tap's column; stride 2: 8 floats from the even tap
+/// at or before each tap).
 fn vector_columns(ow: usize, w: usize, k: usize, s: usize, p: usize) -> (usize, usize) {
     let lo = p.div_ceil(s).min(ow);
+    let last_load = if s == 1 { k - 1 + 4 } else { ((k - 1) & !1) + 8 };
     let mut end = lo;
-    while end + 4 <= ow && end * s + k + 4 * s <= w + p + 1 {
+    while end + 4 <= ow && end * s - p + last_load <= w {
         end += 4;
     }
     (lo, end)
@@ -45,9 +50,11 @@ fn bits(fx: &mut Fx, to: types::Type, v: Value) -> Value {
     fx.b.ins().bitcast(to, MemFlagsData::new().with_endianness(Endianness::Little), v)
 }
 
-/// The even lanes of `a ++ b` (one `shufps`).
-fn evens(fx: &mut Fx, a: Value, b: Value) -> Value {
-    let mask: Vec<u8> = [0u8, 2, 4, 6].iter().flat_map(|&l| (0..4).map(move |k| 4 * l + k)).collect();
+/// The even (`odd` false) or odd lanes of `a ++ b` (one `shufps`).
+fn alternate(fx: &mut Fx, a: Value, b: Value, odd: bool) -> Value {
+    let first = u8::from(odd);
+    let mask: Vec<u8> =
+        [first, first + 2, first + 4, first + 6].iter().flat_map(|&l| (0..4).map(move |k| 4 * l + k)).collect();
     let imm = fx.b.func.dfg.immediates.push(ConstantData::from(mask));
     let (a, b) = (bits(fx, types::I8X16, a), bits(fx, types::I8X16, b));
     let r = fx.b.ins().shuffle(a, b, imm);
@@ -69,7 +76,7 @@ pub(crate) fn forward(lx: &mut Lx, kind: PoolKind, win: &Window, x: Val, outs: O
     let (oh, ow) = (first.h, first.w);
     let rows: Axis = sliding(oh, x.h, win.kernel[0], win.stride[0], win.pad[0], 1);
     let cols: Axis = sliding(ow, x.w, win.kernel[1], win.stride[1], win.pad[1], 1);
-    let (rt, ct) = (table(lx, &rows), table(lx, &cols));
+    let rt = table(lx, &rows);
     let (k, s, p) = (win.kernel[1], win.stride[1], win.pad[1]);
     let (vlo, vend) = vector_columns(ow, x.w, k, s, p);
     let planes = x.n * x.c;
@@ -77,7 +84,7 @@ pub(crate) fn forward(lx: &mut Lx, kind: PoolKind, win: &Window, x: Val, outs: O
     let w = x.w as i64;
     lx.kernel(tasks, |fx| {
         let (lo, hi) = fx.task_range(planes, tasks);
-        let (rtab, ctab) = (fx.aux(rt), fx.aux(ct));
+        let rtab = fx.aux(rt);
         let lanes = lane_offsets(fx, s);
         fx.for_range(lo, hi, 1, |fx, u| {
             let n = fx.udiv(u, x.c as i64);
@@ -88,39 +95,45 @@ pub(crate) fn forward(lx: &mut Lx, kind: PoolKind, win: &Window, x: Val, outs: O
             fx.for_n(0, oh as i64, |fx, oy| {
                 let [rs, rc, rp] = load3(fx, rtab, oy);
                 let orow = fx.muli(oy, ow as i64);
-                let scalar = |fx: &mut Fx, from: i64, to: i64| {
-                    fx.for_n(from, to, |fx, ox| {
-                        let [cs, cc, cp] = load3(fx, ctab, ox);
+                // The edge columns, each with its own taps unrolled.
+                let scalar = |fx: &mut Fx, from: usize, to: usize| {
+                    for ox in from..to {
+                        let [cs, cc, cp] = cols.entries[ox];
                         let (acc, best) = window(fx, F32, kind, xp, w, (rs, rc), |fx, iy, row, body| {
-                            let zero = fx.int(0);
-                            fx.for_range(zero, cc, 1, |fx, t| {
-                                let ix = fx.add(cs, t);
-                                let pix = fx.mad(iy, w, ix);
-                                let a = fx.index(row, ix, 4);
-                                let v = fx.load(F32, a, 0);
+                            let prow = fx.muli(iy, w);
+                            for ix in cs as i64..(cs + cc) as i64 {
+                                let v = fx.load(F32, row, 4 * ix);
+                                let pix = fx.addi(prow, ix);
                                 let pf = fx.i2f(pix);
                                 body(fx, v, pf);
-                            });
+                            }
                         });
-                        let o = fx.add(orow, ox);
+                        let (cc, cp) = (fx.int(cc as i64), fx.int(cp as i64));
+                        let o = fx.addi(orow, ox as i64);
                         store(fx, F32, kind, (acc, best), [rc, cc, rp, cp], o, yp, ap);
-                    });
+                    }
                 };
-                scalar(fx, 0, vlo as i64);
+                scalar(fx, 0, vlo);
                 if vend > vlo {
                     let (start, end) = (fx.int(vlo as i64), fx.int(vend as i64));
                     fx.for_range(start, end, 4, |fx, ox| {
                         let c0 = fx.muli(ox, s as i64);
                         let c0 = fx.addi(c0, -(p as i64));
                         let (acc, best) = window(fx, F32X4, kind, xp, w, (rs, rc), |fx, iy, row, body| {
+                            let mut pair = None;
                             for t in 0..k as i64 {
                                 let ix = fx.addi(c0, t);
-                                let a = fx.index(row, ix, 4);
                                 let v = if s == 1 {
+                                    let a = fx.index(row, ix, 4);
                                     fx.load(F32X4, a, 0)
                                 } else {
-                                    let (va, vb) = (fx.load(F32X4, a, 0), fx.load(F32X4, a, 16));
-                                    evens(fx, va, vb)
+                                    // Taps 2j and 2j + 1 read the same 8 floats from column 2j.
+                                    if t % 2 == 0 {
+                                        let a = fx.index(row, ix, 4);
+                                        pair = Some((fx.load(F32X4, a, 0), fx.load(F32X4, a, 16)));
+                                    }
+                                    let (va, vb) = pair.expect("an even tap comes first");
+                                    alternate(fx, va, vb, t % 2 == 1)
                                 };
                                 let pix = fx.mad(iy, w, ix);
                                 let pf = fx.i2f(pix);
@@ -134,7 +147,7 @@ pub(crate) fn forward(lx: &mut Lx, kind: PoolKind, win: &Window, x: Val, outs: O
                         store(fx, F32X4, kind, (acc, best), [rc, kk, rp, kk], o, yp, ap);
                     });
                 }
-                scalar(fx, vend as i64, ow as i64);
+                scalar(fx, vend, ow);
             });
         });
     })

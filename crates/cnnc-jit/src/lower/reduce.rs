@@ -8,6 +8,7 @@ use crate::emit::{F32, F32X4, Fx};
 use crate::error::JitError;
 use cnnc_ir::{BatchNorm, Layout, NodeId};
 use cranelift_codegen::ir::{Type, Value};
+use cranelift_frontend::Variable;
 
 /// A lane-generic per-pixel function of per-channel values and pixel values.
 pub(crate) type PixelFn<'a> = &'a dyn Fn(&mut Fx, Type, &[Value], &[Value]) -> Value;
@@ -106,61 +107,67 @@ impl Chans {
     }
 
     /// `sum over images and pixels of f(values at the pixel)` for channel `q`, as the lane
-    /// type of [`Chans::ty`] (plain: four pixels per vector, reduced at the end).
+    /// type of [`Chans::ty`] (plain: four pixels per vector, reduced at the end), in order.
     pub fn sum(&self, fx: &mut Fx, vals: &[Val], q: Value, f: &dyn Fn(&mut Fx, Type, &[Value]) -> Value) -> Value {
+        self.sum_by(fx, vals, q, f, 1)
+    }
+
+    /// [`Chans::sum`] with `accs` accumulators taking turns (vector `accs j + k` goes to
+    /// accumulator `k`), so the additions overlap instead of waiting for each other. The
+    /// order of the additions changes with `accs`: batch norm's backward pass, whose sums
+    /// cancel to rounding noise on small batches, keeps the single in-order sum.
+    pub fn sum_by(
+        &self,
+        fx: &mut Fx,
+        vals: &[Val],
+        q: Value,
+        f: &dyn Fn(&mut Fx, Type, &[Value]) -> Value,
+        accs: usize,
+    ) -> Value {
         let z = fx.fconst(F32X4, 0.0);
-        let acc = fx.var_init(F32X4, z);
+        let accs: Vec<Variable> = (0..accs.max(1)).map(|_| fx.var_init(F32X4, z)).collect();
+        let count = accs.len() as i64;
         let zs = fx.fconst(F32, 0.0);
         let tail = fx.var_init(F32, zs);
-        let hw = self.hw;
+        let hw = self.hw as i64;
         let this = *self;
+        // Floats between the vectors of one channel, and pixels per vector.
+        let (stride, per) = if self.blocked { (16, 1) } else { (1, 4) };
+        // Adds f of the vector at element `p` (+ `k` vectors) to accumulator `k`.
+        let add = |fx: &mut Fx, bases: &[Value], p: Value, ty: Type, acc: Variable, k: i64| {
+            let xs: Vec<Value> = bases
+                .iter()
+                .map(|&b| {
+                    let a = fx.index(b, p, 4 * stride);
+                    fx.load(ty, a, 4 * stride * per * k)
+                })
+                .collect();
+            let t = f(fx, ty, &xs);
+            let a = fx.get(acc);
+            let s = fx.fadd(a, t);
+            fx.set(acc, s);
+        };
         fx.for_n(0, self.n as i64, |fx, n| {
             let bases: Vec<Value> = vals.iter().map(|v| this.plane(fx, v, n, q)).collect();
-            if this.blocked {
-                fx.for_n(0, hw as i64, |fx, p| {
-                    let xs: Vec<Value> = bases
-                        .iter()
-                        .map(|&b| {
-                            let a = fx.index(b, p, 64);
-                            fx.load(F32X4, a, 0)
-                        })
-                        .collect();
-                    let t = f(fx, F32X4, &xs);
-                    let a = fx.get(acc);
-                    let s = fx.fadd(a, t);
-                    fx.set(acc, s);
-                });
-            } else {
-                let hv = (hw - hw % 4) as i64;
-                fx.for_step(0, hv, 4, |fx, p| {
-                    let xs: Vec<Value> = bases
-                        .iter()
-                        .map(|&b| {
-                            let a = fx.index(b, p, 4);
-                            fx.load(F32X4, a, 0)
-                        })
-                        .collect();
-                    let t = f(fx, F32X4, &xs);
-                    let a = fx.get(acc);
-                    let s = fx.fadd(a, t);
-                    fx.set(acc, s);
-                });
-                fx.for_n(hv, hw as i64, |fx, p| {
-                    let xs: Vec<Value> = bases
-                        .iter()
-                        .map(|&b| {
-                            let a = fx.index(b, p, 4);
-                            fx.load(F32, a, 0)
-                        })
-                        .collect();
-                    let t = f(fx, F32, &xs);
-                    let a = fx.get(tail);
-                    let s = fx.fadd(a, t);
-                    fx.set(tail, s);
-                });
+            let vectors = hw / per;
+            let grouped = vectors - vectors % count;
+            fx.for_step(0, grouped * per, count * per, |fx, p| {
+                for (k, &acc) in accs.iter().enumerate() {
+                    add(fx, &bases, p, F32X4, acc, k as i64);
+                }
+            });
+            fx.for_step(grouped * per, vectors * per, per, |fx, p| add(fx, &bases, p, F32X4, accs[0], 0));
+            if !this.blocked {
+                fx.for_n(vectors * per, hw, |fx, p| add(fx, &bases, p, F32, tail, 0));
             }
         });
-        let a = fx.get(acc);
+        let mut parts: Vec<Value> = accs.iter().map(|&a| fx.get(a)).collect();
+        while parts.len() > 1 {
+            let pairs: Vec<Value> =
+                parts.chunks(2).map(|c| if c.len() == 2 { fx.fadd(c[0], c[1]) } else { c[0] }).collect();
+            parts = pairs;
+        }
+        let a = parts[0];
         if self.blocked {
             a
         } else {
@@ -259,7 +266,9 @@ pub(crate) fn bias_grad(lx: &mut Lx, id: NodeId) -> Result<(), JitError> {
     let out = lx.val(id)?;
     let ch = Chans::of(&gy);
     per_channel(lx, ch, |fx, q| {
-        let s = ch.sum(fx, &[gy], q, &|_, _, v| v[0]);
+        // Four accumulators: a plain sum, the ReLU stem's (2M floats at batch 64) was
+        // bound by one addition's latency.
+        let s = ch.sum_by(fx, &[gy], q, &|_, _, v| v[0], 4);
         let base = fx.abs(out.addr);
         ch.store_vec(fx, s, base, q);
     })

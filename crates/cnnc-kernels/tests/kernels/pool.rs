@@ -151,6 +151,34 @@ fn resnet_maxpool_and_googlenet_ceil_pool() {
     }
 }
 
+/// Max pooling whose windows tile the map (stride = kernel): the backward pass writes each
+/// pixel once instead of scattering; odd sizes leave pixels in no window, ceil mode clips.
+#[test]
+fn disjoint_max_windows() {
+    let base = PoolCase {
+        n: 2,
+        c: 35,
+        h: 16,
+        w: 16,
+        kind: 0,
+        bins: 0,
+        k: [2, 2],
+        s: [2, 2],
+        p: [0, 0],
+        d: 1,
+        ceil: false,
+        out: [1, 1],
+    };
+    for layout in [Layout::NChw16c, Layout::Nchw] {
+        for (k, (h, w), ceil) in [(2, (16, 16), false), (2, (17, 15), false), (3, (11, 10), true), (3, (9, 7), false)] {
+            for accumulate in [false, true] {
+                let t = PoolCase { k: [k, k], s: [k, k], h, w, ceil, ..base };
+                check_pool(t, layout, accumulate, (h * 31 + w + k) as u64).unwrap();
+            }
+        }
+    }
+}
+
 #[test]
 fn forged_argmax_is_rejected() {
     let cpu = cpus()[0];
