@@ -86,7 +86,7 @@ pub fn bench(graph: &Graph, options: &BenchOptions, cancel: Option<&Cancel>) -> 
     model.load_weights(&params)?;
     let threads = model.threads();
     let probe = cnnc_jit::bench::peak_probe(options.mode);
-    let peak_key = PeakKey { cpu: peak_cache::cpu_model(), isa: probe.isa(), threads };
+    let peak_key = PeakKey { cpu: peak_cache::cpu_model(), isa: peak_cache::isa_of_this_build(probe.isa()), threads };
     let peak = peak_cache::lookup(peak_cache::cache_dir().as_deref(), &peak_key, || probe.measure(threads));
     let inputs = inputs(&opt.plan.graph, options.batch, options.seed);
     let args = cnnc_jit::StepArgs { lr: if options.train { 1e-3 } else { 0.0 }, step: 1, seed: options.seed };

@@ -1,6 +1,7 @@
 //! The machine's FMA peak for `cnnc bench`, measured once and cached: `peak.json` in cnnc's
 //! cache directory (`$CNNC_CACHE_DIR`, else `$XDG_CACHE_HOME/cnnc`, else `~/.cache/cnnc`),
-//! one entry per CPU model, instruction set (with the vector width) and thread count.
+//! one entry per CPU model, instruction set (with the vector width; an unoptimised build's
+//! probe apart) and thread count.
 //!
 //! ```text
 //! {"version":1,"peaks":[{"cpu":"AMD EPYC 9R45","isa":"avx512 512-bit fma","threads":2,"gflops":437.2}]}
@@ -96,6 +97,13 @@ pub fn cpu_model() -> String {
         })
     });
     from_cpuinfo.filter(|m| !m.is_empty()).unwrap_or_else(|| format!("unknown {} CPU", std::env::consts::ARCH))
+}
+
+/// The cache key's instruction set for a probe measured by this build: an unoptimised build's
+/// FMA chains run far below the machine's peak, so its figure is kept under a key of its own
+/// (`... (unoptimised build)`) and never becomes the peak a release build divides by.
+pub fn isa_of_this_build(isa: String) -> String {
+    if cfg!(debug_assertions) { format!("{isa} (unoptimised build)") } else { isa }
 }
 
 /// The peak for `key` from the cache in `dir`, or `measure()`d and stored there.
@@ -198,6 +206,12 @@ mod tests {
         std::fs::remove_file(&dir).unwrap();
         let none = lookup(None, &key(2), || 98.0);
         assert!(none.note.is_some() && none.file.is_none() && none.gflops == 98.0);
+    }
+
+    #[test]
+    fn a_debug_build_keeps_its_peak_apart() {
+        let isa = isa_of_this_build("avx512 512-bit fma".into());
+        assert_eq!(isa.ends_with("(unoptimised build)"), cfg!(debug_assertions), "{isa}");
     }
 
     #[test]
