@@ -206,15 +206,12 @@ pub(crate) fn fc(
     Ok(true)
 }
 
-/// Pooling forward (no argmax) through the kernels.
-pub(crate) fn pool(
-    lx: &mut Lx,
-    _id: NodeId,
+/// The kernels' kind and window of a pooling; `None` for a pyramid (several windows: the
+/// JIT's own loops).
+pub(crate) fn kernel_pooling(
     kind: PoolKind,
     geometry: &PoolGeometry,
-    x: Val,
-    y: Val,
-) -> Result<bool, JitError> {
+) -> Option<(cnnc_kernels::pool::PoolKind, PoolWindow)> {
     let k = match kind {
         PoolKind::Max => cnnc_kernels::pool::PoolKind::Max,
         PoolKind::Avg { include_pad: true } => cnnc_kernels::pool::PoolKind::Avg,
@@ -232,8 +229,21 @@ pub(crate) fn pool(
         },
         PoolGeometry::Global => PoolWindow::adaptive(1, 1),
         PoolGeometry::Adaptive(o) => PoolWindow::adaptive(o[0], o[1]),
-        PoolGeometry::Pyramid(_) => return Ok(false),
+        PoolGeometry::Pyramid(_) => return None,
     };
+    Some((k, win))
+}
+
+/// Pooling forward (no argmax) through the kernels.
+pub(crate) fn pool(
+    lx: &mut Lx,
+    _id: NodeId,
+    kind: PoolKind,
+    geometry: &PoolGeometry,
+    x: Val,
+    y: Val,
+) -> Result<bool, JitError> {
+    let Some((k, win)) = kernel_pooling(kind, geometry) else { return Ok(false) };
     if y.layout != x.layout || y.h * y.w == 0 {
         return Ok(false);
     }

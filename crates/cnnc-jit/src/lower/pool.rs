@@ -13,7 +13,7 @@ use super::{Lx, Val};
 use crate::emit::{F32, F32X4, Fx, I32};
 use crate::error::{JitError, plan_err};
 use cnnc_ir::{Layout, NodeId, Op, PoolGeometry, PoolKind, TrainOp, Window};
-use cnnc_kernels::pool::{PoolArgs, PoolKind as KPoolKind, PoolPlan, PoolWindow};
+use cnnc_kernels::pool::{PoolArgs, PoolPlan};
 use cnnc_kernels::pool_bwd::PoolBwdArgs;
 use cnnc_kernels::view::Layout as KLayout;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
@@ -254,25 +254,7 @@ fn kernel_plan(
     layout: Layout,
     out_hw: [usize; 2],
 ) -> Option<PoolPlan> {
-    let k = match kind {
-        PoolKind::Max => KPoolKind::Max,
-        PoolKind::Avg { include_pad: true } => KPoolKind::Avg,
-        PoolKind::Avg { include_pad: false } => KPoolKind::AvgExcludePad,
-        PoolKind::L2 => KPoolKind::L2,
-    };
-    let win = match geometry {
-        PoolGeometry::Window(w) => PoolWindow {
-            kernel: w.kernel,
-            stride: w.stride,
-            pad: w.pad,
-            dilation: w.dilation,
-            ceil_mode: w.ceil_mode,
-            adaptive: false,
-        },
-        PoolGeometry::Global => PoolWindow::adaptive(1, 1),
-        PoolGeometry::Adaptive(o) => PoolWindow::adaptive(o[0], o[1]),
-        PoolGeometry::Pyramid(_) => return None,
-    };
+    let (k, win) = native::kernel_pooling(kind, geometry)?;
     let layout = match layout {
         Layout::Plain => KLayout::Nchw,
         Layout::Blocked16 => KLayout::NChw16c,
