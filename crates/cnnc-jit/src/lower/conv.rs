@@ -138,34 +138,42 @@ pub(crate) fn forward(
     let (w, wp) = lx.param(id, "weight")?;
     let bias = if conv.bias { Some(lx.param(id, "bias")?.0) } else { None };
     let g = Geo::new(conv, &x, &y);
+    let op = ConvForward { g: &g, x, y, res, w, wp: &wp, bias, act };
     if lx.mode == crate::options::Mode::Native {
         let unit = g.kh == 1 && g.kw == 1 && g.stride == [1, 1] && g.pad == [0, 0] && g.groups == 1;
         if unit && x.h * x.w == 1 && super::native::fc(lx, x, y, (w, &wp), bias, act, residual)? {
             return Ok(());
         }
-        if super::native::conv(lx, &g, x, y, res, (w, &wp), bias, act)? {
+        if super::native::conv(lx, &op)? {
             return Ok(());
         }
     }
-    if gemv::forward(lx, &g, x, y, res, (w, &wp), bias, act)? || tile::forward(lx, &g, x, y, res, (w, &wp), bias, act)?
-    {
+    if gemv::forward(lx, &op)? || tile::forward(lx, &op)? {
         return Ok(());
     }
-    general_forward(lx, &g, x, y, res, (w, &wp), bias, act)
+    general_forward(lx, &op)
+}
+
+/// The operands of a forward convolution, as each of its lowerings takes them (the kernels',
+/// the dot products', the register tiles', the general loop's): the first that fits emits it.
+#[derive(Clone, Copy)]
+pub(crate) struct ConvForward<'a> {
+    pub g: &'a Geo,
+    pub x: Val,
+    pub y: Val,
+    /// The residual added in the epilogue.
+    pub res: Option<Val>,
+    /// The packed weight's address, and how it is stored.
+    pub w: u64,
+    pub wp: &'a ParamPlan,
+    /// The bias's address.
+    pub bias: Option<u64>,
+    pub act: Option<Activation>,
 }
 
 /// The general forward: one task per run of output planes.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn general_forward(
-    lx: &mut Lx,
-    g: &Geo,
-    x: Val,
-    y: Val,
-    res: Option<Val>,
-    (w, wp): (u64, &ParamPlan),
-    bias: Option<u64>,
-    act: Option<Activation>,
-) -> Result<(), JitError> {
+pub(crate) fn general_forward(lx: &mut Lx, op: &ConvForward) -> Result<(), JitError> {
+    let ConvForward { g, x, y, res, w, wp, bias, act } = *op;
     let (wo, wi, ts) = weight_tables(lx, wp)?;
     let rows = lx.table(&clip(g.oh, g.h, g.kh, g.stride[0], g.pad[0], g.dil[0]));
     let cols = lx.table(&clip(g.ow, g.w, g.kw, g.stride[1], g.pad[1], g.dil[1]));

@@ -8,7 +8,7 @@
 //! (weights repacked to the kernel's `Oihw16o` when loaded, or before every run for parameters
 //! the plan updates), fully connected layers and pooling forward.
 
-use super::conv::Geo;
+use super::conv::{ConvForward, Geo};
 use super::{Lx, Val};
 use crate::emit::I64;
 use crate::error::JitError;
@@ -117,17 +117,8 @@ fn updated(lx: &Lx, name: &str) -> bool {
 }
 
 /// A forward convolution (or matrix product on maps) through the kernels, when one fits.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn conv(
-    lx: &mut Lx,
-    g: &Geo,
-    x: Val,
-    y: Val,
-    res: Option<Val>,
-    (w, wp): (u64, &ParamPlan),
-    bias: Option<u64>,
-    a: Option<Activation>,
-) -> Result<bool, JitError> {
+pub(crate) fn conv(lx: &mut Lx, op: &ConvForward) -> Result<bool, JitError> {
+    let ConvForward { g, x, y, res, w, wp, bias, act: a } = *op;
     let epi = Epilogue { bias: bias.is_some(), scale_shift: false, residual: res.is_some(), act: act(a) };
     let s = shape(g, x.n);
     let cpu = cnnc_kernels::cpu::best();

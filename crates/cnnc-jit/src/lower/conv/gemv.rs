@@ -5,30 +5,19 @@
 //! before the next is read, so the weights (what bounds a fully connected layer at small
 //! batch) stream from memory once. Tasks take runs of rows.
 
-use super::Geo;
 use crate::emit::{F32, F32X4, Fx};
 use crate::error::JitError;
-use crate::lower::{Lx, Val};
+use crate::lower::Lx;
 use crate::vmath;
-use cnnc_ir::plan::ParamPlan;
-use cnnc_ir::{Activation, Layout, WeightLayout};
+use cnnc_ir::{Layout, WeightLayout};
 use cranelift_codegen::ir::Value;
 
 /// Accumulators of the main loop (four vectors cover the FMA latency).
 const ACCS: usize = 4;
 
 /// A fully connected layer, when its operands are plain vectors: returns whether it did.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn forward(
-    lx: &mut Lx,
-    g: &Geo,
-    x: Val,
-    y: Val,
-    res: Option<Val>,
-    (w, wp): (u64, &ParamPlan),
-    bias: Option<u64>,
-    act: Option<Activation>,
-) -> Result<bool, JitError> {
+pub(crate) fn forward(lx: &mut Lx, op: &super::ConvForward) -> Result<bool, JitError> {
+    let super::ConvForward { g, x, y, res, w, wp, bias, act } = *op;
     let vectors = x.hw() == 1 && y.hw() == 1 && x.layout == Layout::Plain && y.layout == Layout::Plain;
     let unit = g.kh == 1 && g.kw == 1 && g.pad == [0, 0] && g.groups == 1;
     let row_major = match wp.layout {

@@ -130,17 +130,8 @@ fn plain_reads(g: &Geo) -> Option<Reads> {
 }
 
 /// A forward convolution as register tiles, when its layouts fit: returns whether it did.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn forward(
-    lx: &mut Lx,
-    g: &Geo,
-    x: Val,
-    y: Val,
-    res: Option<Val>,
-    (w, wp): (u64, &ParamPlan),
-    bias: Option<u64>,
-    act: Option<Activation>,
-) -> Result<bool, JitError> {
+pub(crate) fn forward(lx: &mut Lx, op: &super::ConvForward) -> Result<bool, JitError> {
+    let super::ConvForward { g, x, y, res, w, wp, bias, act } = *op;
     if g.oh * g.ow == 0 || res.is_some_and(|r| r.layout != y.layout) {
         return Ok(false);
     }

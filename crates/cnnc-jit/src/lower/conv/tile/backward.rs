@@ -6,6 +6,7 @@
 use super::{Geo, PARTS, TASKS_PER_THREAD, TILE_CH, VECS, forward, load_i};
 use crate::emit::{F32, F32X4, Fx};
 use crate::error::JitError;
+use crate::lower::conv::ConvForward;
 use crate::lower::{Lx, Val};
 use cnnc_ir::plan::ParamPlan;
 use cnnc_ir::{Layout, WeightLayout};
@@ -54,7 +55,8 @@ pub(crate) fn backward_data(
         pad: [reach[0] - g.pad[0], reach[1] - g.pad[1]],
         ..*g
     };
-    forward(lx, &fwd, gy, gx, None, (dst, &turned), None, None)
+    let op = ConvForward { g: &fwd, x: gy, y: gx, res: None, w: dst, wp: &turned, bias: None, act: None };
+    forward(lx, &op)
 }
 
 /// Writes the `OIhw16i16o` weight `[O/16][C/16][taps][16 c][16 o]` at `src` as
