@@ -41,6 +41,15 @@ pub(crate) struct Geo {
 }
 
 impl Geo {
+    /// The padding under which a stride-1 convolution's input gradient is the forward
+    /// convolution of `gy` with the rotated, transposed weights: `(k - 1) dilation - pad`
+    /// each way; `None` where the padding exceeds the kernel's reach (output pixels no tap of
+    /// the input sees).
+    pub fn transposed_pad(&self) -> Option<[usize; 2]> {
+        let reach = [(self.kh - 1) * self.dil[0], (self.kw - 1) * self.dil[1]];
+        Some([reach[0].checked_sub(self.pad[0])?, reach[1].checked_sub(self.pad[1])?])
+    }
+
     pub fn new(conv: &Conv, x: &Val, y: &Val) -> Geo {
         let win = &conv.window;
         Geo {

@@ -99,14 +99,8 @@ pub(crate) fn backward_data(
     gx: Val,
     (w, wp): (u64, &ParamPlan),
 ) -> Result<bool, JitError> {
-    let reach = [g.dil[0] * (g.kh - 1), g.dil[1] * (g.kw - 1)];
-    if gy.layout != Layout::Plain
-        || g.groups != 1
-        || g.stride != [1, 1]
-        || !plain_weights(wp)
-        || g.pad[0] > reach[0]
-        || g.pad[1] > reach[1]
-    {
+    let Some(pad) = g.transposed_pad() else { return Ok(false) };
+    if gy.layout != Layout::Plain || g.groups != 1 || g.stride != [1, 1] || !plain_weights(wp) {
         return Ok(false);
     }
     let s = ConvShape {
@@ -118,7 +112,7 @@ pub(crate) fn backward_data(
         kh: g.kh,
         kw: g.kw,
         stride: [1, 1],
-        pad: [reach[0] - g.pad[0], reach[1] - g.pad[1]],
+        pad,
         dilation: g.dil,
         groups: 1,
     };

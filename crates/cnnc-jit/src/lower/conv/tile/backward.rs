@@ -26,7 +26,7 @@ pub(crate) fn backward_data(
     gx: Val,
     (w, wp): (u64, &ParamPlan),
 ) -> Result<bool, JitError> {
-    let reach = [(g.kh - 1) * g.dil[0], (g.kw - 1) * g.dil[1]];
+    let Some(pad) = g.transposed_pad() else { return Ok(false) };
     let blocked = matches!(wp.layout, Some(WeightLayout::OIhw16i16o | WeightLayout::OI16i16o));
     let dims_fit = matches!(wp.dims[..], [o, c, kh, kw] if [o, c, kh, kw] == [g.o, g.c, g.kh, g.kw])
         || matches!(wp.dims[..], [o, c] if [o, c, g.kh, g.kw] == [g.o, g.c, 1, 1]);
@@ -34,8 +34,6 @@ pub(crate) fn backward_data(
         && dims_fit
         && g.groups == 1
         && g.stride == [1, 1]
-        && g.pad[0] <= reach[0]
-        && g.pad[1] <= reach[1]
         && gy.layout == Layout::Blocked16
         && gx.layout == Layout::Blocked16;
     if !fits {
@@ -45,16 +43,7 @@ pub(crate) fn backward_data(
     let turned = ParamPlan { dims: vec![g.c, g.o, g.kh, g.kw], layout: Some(WeightLayout::OIhw16i16o), ..wp.clone() };
     let (_, dst) = lx.buffer(turned.stored_len().div_ceil(16) * 64)?;
     transpose_rotate(lx, w, dst, [g.o.div_ceil(16), g.c.div_ceil(16)], g.kh * g.kw)?;
-    let fwd = Geo {
-        c: g.o,
-        h: g.oh,
-        w: g.ow,
-        o: g.c,
-        oh: g.h,
-        ow: g.w,
-        pad: [reach[0] - g.pad[0], reach[1] - g.pad[1]],
-        ..*g
-    };
+    let fwd = Geo { c: g.o, h: g.oh, w: g.ow, o: g.c, oh: g.h, ow: g.w, pad, ..*g };
     let op = ConvForward { g: &fwd, x: gy, y: gx, res: None, w: dst, wp: &turned, bias: None, act: None };
     forward(lx, &op)
 }
