@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use cnnc_driver::execute;
 use cnnc_driver::viz::{self, Picture, VizError};
 use cnnc_driver::{MemoryBudget, Task, check_memory};
+use cnnc_ir::Graph;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -107,19 +108,24 @@ pub(crate) struct VizWeights {
     seed: u64,
 }
 
+impl VizWeights {
+    /// The parameters (from the file, else drawn from the seed) and the file's normalisation.
+    fn load(
+        &self,
+        graph: &Graph,
+        budget: &MemoryBudget,
+    ) -> Result<(execute::TensorMap, Option<cnnc_data::Normalization>), Failure> {
+        weights_and_normalization(graph, self.weights.as_deref(), self.allow_extra_weights, self.seed, budget)
+    }
+}
+
 pub(crate) fn viz(args: &VizArgs, budget: &MemoryBudget, color: bool, out: &mut String) -> Result<(), Failure> {
     match args {
         VizArgs::Filters { model, layer, weights, output } => {
             let (graph, _) = lower_with_source(model, color)?;
             check_outputs(&[("-o", output)], &[("the source FILE", &model.file)])?;
             check_memory(&graph, Task::Init, budget)?;
-            let (params, _) = weights_and_normalization(
-                &graph,
-                weights.weights.as_deref(),
-                weights.allow_extra_weights,
-                weights.seed,
-                budget,
-            )?;
+            let (params, _) = weights.load(&graph, budget)?;
             let weight = viz::conv_weight(&graph, &params, layer).map_err(viz_failure)?;
             let picture = viz::filters(weight).map_err(viz_failure)?;
             viz::write_png(output, &picture).map_err(viz_failure)?;
@@ -144,13 +150,7 @@ pub(crate) fn viz(args: &VizArgs, budget: &MemoryBudget, color: bool, out: &mut 
                 )));
             }
             check_memory(&graph, Task::Run { batch: x.shape[0], passes: false, dump: true }, budget)?;
-            let (params, normalization) = weights_and_normalization(
-                &graph,
-                weights.weights.as_deref(),
-                weights.allow_extra_weights,
-                weights.seed,
-                budget,
-            )?;
+            let (params, normalization) = weights.load(&graph, budget)?;
             normalize(normalization.as_ref(), *no_normalize, &mut x, weights.weights.as_deref());
             let mode = execute::exec_mode(&graph, false, None)?;
             // Without passes, so that every layer's output exists (a fused conv + activation
