@@ -52,10 +52,8 @@ unsafe fn backward_blocked<S: Simd>(s: S, p: &PoolPlan, a: &PoolBwdArgs, task: u
     }
     let plane = p.ih * p.iw;
     if !a.accumulate {
-        for i in 0..p.ih * p.iw {
-            // SAFETY: pixel i of this task's input plane.
-            unsafe { s.store(dx.add(ip.base + i * 16), s.zero()) };
-        }
+        // SAFETY: forwarded contract: `dx` holds this task's input plane.
+        unsafe { clear_plane(s, p, dx, ip) };
     }
     for oy in 0..p.oh {
         let by = p.bin(0, oy);
@@ -103,6 +101,18 @@ unsafe fn backward_blocked<S: Simd>(s: S, p: &PoolPlan, a: &PoolBwdArgs, task: u
     }
 }
 
+/// Zeroes the blocked input plane `ip` of `dx` (16 lanes a pixel).
+///
+/// # Safety
+/// `dx` holds the plane: `ih x iw` pixels of 16 floats from `ip.base`.
+#[inline(always)]
+unsafe fn clear_plane<S: Simd>(s: S, p: &PoolPlan, dx: *mut f32, ip: super::pool::Plane) {
+    for i in 0..p.ih * p.iw {
+        // SAFETY: pixel i of the plane, by the contract.
+        unsafe { s.store(dx.add(ip.base + i * 16), s.zero()) };
+    }
+}
+
 /// Whether a plan is max pooling with windows that do not overlap (see the module comment).
 fn disjoint(p: &PoolPlan) -> bool {
     let w = &p.win;
@@ -129,10 +139,8 @@ unsafe fn backward_disjoint<S: Simd>(
     let am = a.argmax.wrapping_add(n * a.argmax_bs);
     let covered = p.oh * p.win.kernel[0] >= p.ih && p.ow * p.win.kernel[1] >= p.iw;
     if !a.accumulate && !covered {
-        for i in 0..p.ih * p.iw {
-            // SAFETY: pixel i of this task's input plane.
-            unsafe { s.store(dx.add(ip.base + i * 16), s.zero()) };
-        }
+        // SAFETY: forwarded contract: `dx` holds this task's input plane.
+        unsafe { clear_plane(s, p, dx, ip) };
     }
     for oy in 0..p.oh {
         let by = p.bin(0, oy);
