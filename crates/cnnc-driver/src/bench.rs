@@ -73,7 +73,9 @@ pub fn bench(graph: &Graph, options: &BenchOptions, cancel: Option<&Cancel>) -> 
     let params = crate::execute::init_weights(graph, options.seed)?;
     let mode = if options.train { Mode::Training } else { Mode::Inference };
     let start = Instant::now();
-    let opt = optimize(graph, Some(&params), Pass::ALL, mode).map_err(ExecError::Passes)?;
+    // The JIT applies the plan's weight transforms itself (load_weights), so the passes run on
+    // the graph alone.
+    let opt = optimize(graph, None, Pass::ALL, mode).map_err(ExecError::Passes)?;
     let passes_ms = start.elapsed().as_secs_f64() * 1e3;
     let mut jit = cnnc_jit::Options::new(options.batch).with_mode(options.mode);
     if let Some(threads) = options.threads {

@@ -786,7 +786,7 @@ pub fn run(
     if let Backend::Jit(jit_mode) = backend {
         // The JIT runs a plan: the optimised graph (or, without passes, the source graph's
         // own plan), with every dumped value kept to the end as an extra output.
-        let opt = crate::optimize::optimize_forward(graph, params, passes, pass_mode).map_err(ExecError::Passes)?;
+        let opt = crate::optimize::optimize_forward(graph, None, passes, pass_mode).map_err(ExecError::Passes)?;
         let notes = if passes.is_empty() { Vec::new() } else { crate::optimize::pass_report(&opt) };
         let taps = taps_by_origin(graph, opt.graph(), &opt.origins);
         let tapped: Vec<(NodeId, NodeId)> =
@@ -823,7 +823,8 @@ pub fn run(
         if !passes.is_empty() {
             // Weights were checked against the source graph; the passes rewrite them to fit the
             // optimised one (BN folded into the conv before it).
-            let opt = crate::optimize::optimize_forward(graph, params, passes, pass_mode).map_err(ExecError::Passes)?;
+            let opt =
+                crate::optimize::optimize_forward(graph, Some(params), passes, pass_mode).map_err(ExecError::Passes)?;
             let taps = taps_by_origin(graph, opt.graph(), &opt.origins);
             let notes = crate::optimize::pass_report(&opt);
             let weights = opt.weights.clone().unwrap_or_else(|| params.clone());

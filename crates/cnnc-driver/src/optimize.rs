@@ -36,16 +36,18 @@ pub fn optimize(
 }
 
 /// The forward graph optimised for `cnnc run`: the inference graph, or in training mode the
-/// forward pass of training (batch statistics, dropout masks; no loss), with `weights`
-/// rewritten to fit it.
+/// forward pass of training (batch statistics, dropout masks; no loss), with `weights`, when
+/// given, rewritten to fit it. The interpreter needs them rewritten; the JIT takes checkpoint
+/// weights and applies the plan's transforms (BN folding, packing) itself, so its callers pass
+/// none and skip a copy of every weight (ResNet-50's 100 MB).
 pub fn optimize_forward(
     graph: &Graph,
-    weights: &TensorMap,
+    weights: Option<&TensorMap>,
     passes: &[Pass],
     mode: Mode,
 ) -> Result<Optimized, PassError> {
     let options = PassOptions { verify: true, ..PassOptions::all().with_passes(passes.to_vec()).with_mode(mode) };
-    cnnc_passes::optimize(graph, Some(weights), &options)
+    cnnc_passes::optimize(graph, weights, &options)
 }
 
 /// The training step `--train` shows: softmax cross-entropy for a classifier (an output of

@@ -344,8 +344,7 @@ fn compiled<'s>(
         session.compiled = None;
         let began = Instant::now();
         let params = &params.tensors;
-        let opt =
-            cnnc_driver::optimize_forward(graph, params, Pass::ALL, Mode::Inference).map_err(ExecError::Passes)?;
+        let opt = cnnc_driver::optimize_forward(graph, None, Pass::ALL, Mode::Inference).map_err(ExecError::Passes)?;
         let cancel = Some(&session.cancel);
         let model = execute::compile(&opt.plan, batch, JitMode::host_default(), params, cancel)?;
         took = Some(began.elapsed().as_secs_f64() * 1e3);
