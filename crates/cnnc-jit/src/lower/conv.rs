@@ -342,7 +342,8 @@ pub(crate) fn data_grad(
 ) -> Result<(), JitError> {
     let native = lx.mode == crate::options::Mode::Native;
     let kernels = native
-        && (super::native_bwd::conv_backward_data(lx, g, gy, gx, (w, wp))?
+        && (super::native_point::backward_data(lx, g, gy, gx, (w, wp))?
+            || super::native_bwd::conv_backward_data(lx, g, gy, gx, (w, wp))?
             || super::native_plain::backward_data(lx, g, gy, gx, (w, wp))?);
     if kernels || tile::backward_data(lx, g, gy, gx, (w, wp))? {
         if let (Some(a), Some(m)) = (mask, my) {
@@ -449,7 +450,8 @@ pub(crate) fn backward_weight(lx: &mut Lx, id: NodeId, conv: &Conv) -> Result<()
     let g = Geo::new(conv, &x, &gy);
     let native = lx.mode == crate::options::Mode::Native;
     if native
-        && (super::native_bwd::conv_backward_weights(lx, &g, x, gy, gw, &wp)?
+        && (super::native_point::backward_weights(lx, &g, x, gy, gw, &wp)?
+            || super::native_bwd::conv_backward_weights(lx, &g, x, gy, gw, &wp)?
             || super::native_plain::backward_weights(lx, &g, x, gy, gw, &wp)?)
     {
         return Ok(());

@@ -14,6 +14,7 @@ mod gemm;
 mod native;
 mod native_bwd;
 mod native_plain;
+mod native_point;
 mod norm;
 mod pool;
 mod pool_plain;

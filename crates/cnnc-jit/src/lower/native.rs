@@ -118,6 +118,9 @@ fn updated(lx: &Lx, name: &str) -> bool {
 
 /// A forward convolution (or matrix product on maps) through the kernels, when one fits.
 pub(crate) fn conv(lx: &mut Lx, op: &ConvForward) -> Result<bool, JitError> {
+    if super::native_point::forward(lx, op)? {
+        return Ok(true);
+    }
     let ConvForward { g, x, y, res, w, wp, bias, act: a } = *op;
     let epi = Epilogue { bias: bias.is_some(), scale_shift: false, residual: res.is_some(), act: act(a) };
     let s = shape(g, x.n);
