@@ -155,6 +155,9 @@ pub(crate) struct Lx<'a> {
     /// Buffers that the nodes of one use share, each node only during its own step, by use:
     /// their addresses (see `native_bwd::step_buffer`).
     pub step_buffers: std::collections::HashMap<&'static str, u64>,
+    /// Point convolutions' live-tap weights copied by the forward pass, by parameter: the
+    /// backward pass of the same step reads them (see `native_point.rs`).
+    pub point_weights: std::collections::HashMap<String, u64>,
     pub repacks: Vec<Repack>,
     guard: bool,
     /// The node being lowered.
@@ -228,6 +231,7 @@ pub(crate) fn lower(
         keep: Vec::new(),
         extra: Vec::new(),
         step_buffers: Default::default(),
+        point_weights: Default::default(),
         repacks: Vec::new(),
         guard,
         node: NodeId::from_index(0),

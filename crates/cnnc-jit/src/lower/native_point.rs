@@ -1,22 +1,27 @@
-//! Native mode: convolutions whose input and output are single pixels ("point"
-//! convolutions: ResNet-18's layer4 on 32x32 images works on 1x1 maps). Of a 3x3 kernel with
-//! padding 1 only the centre tap ever sees the input pixel, the other eight see padding, so
-//! the convolution is a fully connected layer on that tap's weights,
-//! `y[n][o] = sum_i w[o][i][ky][kx] x[n][i]`, and its backward passes are the fc layer's.
+//! Native mode: convolutions with a single output pixel ("point" convolutions: ResNet-18's
+//! layer4 on 32x32 images works on 2x2 and 1x1 maps). Each kernel tap that meets the input
+//! at all meets one input pixel, the same for every image, and the others see only padding
+//! (of a 3x3 kernel with padding 1 on a 1x1 map, only the centre tap), so the convolution is
+//! a fully connected layer on the live taps' weights,
+//! `y[n][o] = sum_(i, live t) w[o][i][t] x[n][i][pixel(t)]`, and its backward passes are the
+//! fc layer's.
 //!
 //! Why not the blocked kernels: they tile the pixels of one image, here one, so a tile is a
 //! single column (each weight vector loaded for one FMA), and they stream every tap's weights
-//! for the ninth that meets the input (ResNet-18's layer4 at batch 16 in training: 22-37 % of
-//! the peak forward, ~50 % backward). The fc kernels tile the batch instead.
+//! for the few that meet the input (ResNet-18's layer4 at batch 16 in training: 22-37 % of
+//! the peak forward, 14-50 % backward). The fc kernels tile the batch instead.
 //!
-//! The tap's weights are copied out as `oi` (what the fc kernels take) in a step before each
-//! use, since the optimiser changes them between runs (a ninth of the weight's bytes read);
-//! the weight gradient is the fc kernel's, written back into the weight's own layout with
-//! zeros on the taps that see only padding (what the convolution's gradient has there).
+//! The live taps' weights are copied out as `oi` rows (what the fc kernels take; `K = live
+//! taps x input channels` columns) in a step before each use, since the optimiser changes
+//! them between runs (the live taps' share of the weight's bytes read). On a map larger than
+//! one pixel, the live pixels are gathered into `K`-long rows first, and the input gradient
+//! is scattered back (zero on the pixels no tap meets). The weight gradient is the fc
+//! kernel's, written back into the weight's own layout with zeros on the taps that see only
+//! padding (what the convolution's gradient has there).
 //!
-//! A 1x1 map in `nChw16c` with whole channel blocks is the plain vector of its channels, so
-//! the fc kernels read and write both layouts alike; maps with padding lanes are left to the
-//! blocked kernels (their lanes must stay zero).
+//! A map in `nChw16c` with whole channel blocks and one pixel is the plain vector of its
+//! channels, so the fc kernels read and write both layouts alike; maps with padding lanes are
+//! left to the blocked kernels (their lanes must stay zero).
 
 use super::conv::{ConvForward, Geo};
 use super::native::{Arg, act, calls, keep};
@@ -29,22 +34,30 @@ use cnnc_kernels::act::Act;
 use cnnc_kernels::fc::FcPlan;
 use cranelift_codegen::ir::Value;
 
-/// The kernel tap `(ky, kx)` through which the output pixel sees the input pixel, when the
-/// convolution maps one pixel to one pixel with one group.
-fn live_tap(g: &Geo) -> Option<(usize, usize)> {
-    if (g.h, g.w, g.oh, g.ow, g.groups) != (1, 1, 1, 1, 1) {
+/// The live taps of a convolution with one output pixel and one group: `(tap, pixel)` for
+/// each kernel tap `ky * kw + kx` that meets the input, at input pixel `iy * w + ix`.
+fn live_taps(g: &Geo) -> Option<Vec<(usize, usize)>> {
+    if (g.oh, g.ow, g.groups) != (1, 1, 1) {
         return None;
     }
-    // The output pixel reads input row `ky * dilation - pad`: row 0 through ky = pad / dilation.
-    let axis = |pad: usize, dil: usize, k: usize| (pad.is_multiple_of(dil) && pad / dil < k).then_some(pad / dil);
-    Some((axis(g.pad[0], g.dil[0], g.kh)?, axis(g.pad[1], g.dil[1], g.kw)?))
+    // The output pixel reads input row `ky * dilation - pad` through kernel row `ky`.
+    let axis = |k: usize, d: usize, p: usize, size: usize| -> Vec<(usize, usize)> {
+        (0..k).filter_map(|t| (t * d).checked_sub(p).filter(|&at| at < size).map(|at| (t, at))).collect()
+    };
+    let mut live = Vec::new();
+    for (ky, iy) in axis(g.kh, g.dil[0], g.pad[0], g.h) {
+        for (kx, ix) in axis(g.kw, g.dil[1], g.pad[1], g.w) {
+            live.push((ky * g.kw + kx, iy * g.w + ix));
+        }
+    }
+    (!live.is_empty()).then_some(live)
 }
 
-/// Whether a one-pixel value is a plain vector of its channels, samples a whole number of
-/// floats apart (the arena rounds images up to 64 bytes).
-fn vector(v: &Val) -> bool {
-    let lanes_ok = v.layout == Layout::Plain || v.c.is_multiple_of(16);
-    v.hw() == 1 && lanes_ok && v.bs.is_multiple_of(4) && v.bs >= 4 * v.c as u64
+/// Whether a value's channels at a pixel can be read or written as the fc kernels' rows:
+/// plain maps, or blocked ones with whole channel blocks; images a whole number of floats
+/// apart (the arena rounds them up to 64 bytes).
+fn map_fits(v: &Val) -> bool {
+    (v.layout == Layout::Plain || v.c.is_multiple_of(16)) && v.bs.is_multiple_of(4) && v.bs >= 4 * v.stored() as u64
 }
 
 /// Whether the weight is in a layout [`extract`] reads: packed `OIhw16i16o` with whole
@@ -65,44 +78,23 @@ fn stride(v: &Val) -> usize {
     (v.bs / 4) as usize
 }
 
-/// Runs `body(fx, w, i)` for every input channel `i` (a constant offset from the address
-/// `body` is given) of output channel `o` (a run-time value), `w` the address of weight
-/// `(o, i, tap)` as stored in `weights`: packed `OIhw16i16o` (block `(o / 16, i / 16)` of 16 x
-/// 16 floats per tap, `[i % 16][o % 16]` inside it; the 16 channels of a block unrolled, so
-/// each copy is a load and a store at constant offsets) or plain `oihw`. `i` comes as the
-/// address of input channel `i0` (run time) plus the constant `i - i0`.
+/// Runs `body(fx, w, i)` for every input channel `i` of output channel `o` (a run-time value)
+/// of plain `oihw` weights at `weights`, `w` the address of weight `(o, i, tap)`.
 fn for_each_input(
     fx: &mut Fx,
     g: &Geo,
-    packed: bool,
     tap: usize,
     (weights, o): (Value, Value),
-    mut body: impl FnMut(&mut Fx, Value, i64, Value, i64),
+    mut body: impl FnMut(&mut Fx, Value, Value),
 ) {
     let (c, taps) = (g.c, g.kh * g.kw);
-    if packed {
-        let ob = fx.udiv(o, 16);
-        let lane = fx.urem(o, 16);
-        let first = fx.muli(ob, (c / 16 * taps * 256) as i64);
-        let first = fx.add(first, lane);
-        let first = fx.addi(first, (tap * 256) as i64);
-        let first = fx.index(weights, first, 4);
-        fx.for_n(0, (c / 16) as i64, |fx, ib| {
-            let blk = fx.index(first, ib, (taps * 256 * 4) as i64);
-            let i0 = fx.muli(ib, 16);
-            for ii in 0..16 {
-                body(fx, blk, ii * 64, i0, ii);
-            }
-        });
-    } else {
-        let first = fx.muli(o, (c * taps) as i64);
-        let first = fx.addi(first, tap as i64);
-        let first = fx.index(weights, first, 4);
-        fx.for_n(0, c as i64, |fx, i| {
-            let at = fx.index(first, i, (taps * 4) as i64);
-            body(fx, at, 0, i, 0);
-        });
-    }
+    let first = fx.muli(o, (c * taps) as i64);
+    let first = fx.addi(first, tap as i64);
+    let first = fx.index(weights, first, 4);
+    fx.for_n(0, c as i64, |fx, i| {
+        let at = fx.index(first, i, (taps * 4) as i64);
+        body(fx, at, i);
+    });
 }
 
 /// A buffer the nodes of one use share during their own steps (see
@@ -117,49 +109,257 @@ fn shared_buffer(lx: &mut Lx, use_: &'static str) -> Result<u64, JitError> {
     Ok(addr)
 }
 
-/// Emits a step writing the live tap's weights as `oi` (`o x c` floats) at `dst`.
-fn extract(lx: &mut Lx, g: &Geo, (w, wp): (u64, &ParamPlan), tap: usize, dst: u64) -> Result<(), JitError> {
-    let (o, c) = (g.o, g.c);
-    let packed = matches!(wp.layout, Some(WeightLayout::OIhw16i16o | WeightLayout::OI16i16o));
+/// Whether the weight is packed (`OIhw16i16o`, `OI16i16o`) rather than plain `oihw`.
+fn packed(wp: &ParamPlan) -> bool {
+    matches!(wp.layout, Some(WeightLayout::OIhw16i16o | WeightLayout::OI16i16o))
+}
+
+/// Which way [`copy_weights`] copies, and the order of the live-tap matrix: `io` (`K x o`,
+/// row `j c + i` for tap `j`'s input channel `i`) or `oi` (`o x K`).
+#[derive(Clone, Copy, PartialEq)]
+enum Copy {
+    /// The weight's live taps into an `io` matrix.
+    ToIo,
+    /// The weight's live taps into an `oi` matrix (for the fc kernel's forward, whose
+    /// epilogue a bias and an activation need).
+    ToOi,
+    /// An `io` matrix into the weight's live taps, every other tap zero.
+    FromIo,
+}
+
+/// Emits a step copying between a weight-shaped tensor (`weights`) and the matrix of its live
+/// taps (`matrix`). Packed weights are whole 16 x 16 blocks `[i % 16][o % 16]`: each of its
+/// rows is 16 output channels of an `io` row, so `io` copies are four vector moves a block
+/// row; `oi` copies read a block down its columns. Tasks own whole output blocks (packed) or
+/// output channels (plain), so their stores never meet.
+fn copy_weights(
+    lx: &mut Lx,
+    g: &Geo,
+    wp: &ParamPlan,
+    live: &[(usize, usize)],
+    (weights, matrix): (u64, u64),
+    dir: Copy,
+) -> Result<(), JitError> {
+    let (o, c, all, k) = (g.o, g.c, g.kh * g.kw, live.len() * g.c);
+    let packed = packed(wp);
     let geo = *g;
-    let tasks = lx.tasks(o, (o * c * 8) as f64);
+    let taps: Vec<usize> = live.iter().map(|&(t, _)| t).collect();
+    let units = if packed { o / 16 } else { o };
+    // One unit's floats are contiguous in the weight: 16 output channels, or one.
+    let unit_len = if packed { 16 * c * all } else { c * all };
+    let tasks = lx.tasks(units, (o * k * 8) as f64);
     lx.kernel(tasks, |fx| {
-        let (lo, hi) = fx.task_range(o, tasks);
-        let (src, d) = (fx.abs(w), fx.abs(dst));
-        fx.for_range(lo, hi, 1, |fx, oo| {
-            let drow = fx.index(d, oo, (c * 4) as i64);
-            for_each_input(fx, &geo, packed, tap, (src, oo), |fx, w, w_off, i, i_off| {
-                let v = fx.load(F32, w, w_off);
-                let da = fx.index(drow, i, 4);
-                fx.store(v, da, i_off * 4);
-            });
+        let (lo, hi) = fx.task_range(units, tasks);
+        let (w, m) = (fx.abs(weights), fx.abs(matrix));
+        fx.for_range(lo, hi, 1, |fx, u| {
+            if dir == Copy::FromIo {
+                let start = fx.index(w, u, (unit_len * 4) as i64);
+                let zero4 = fx.fconst(F32X4, 0.0);
+                let (z0, z1) = (fx.int(0), fx.int((unit_len / 4) as i64));
+                fx.for_range(z0, z1, 1, |fx, q| {
+                    let a = fx.index(start, q, 16);
+                    fx.store(zero4, a, 0);
+                });
+                let zero = fx.fconst(F32, 0.0);
+                for q in unit_len / 4 * 4..unit_len {
+                    fx.store(zero, start, q as i64 * 4);
+                }
+            }
+            if !packed {
+                // Plain: output channel `u`, a float at a time.
+                for (j, &tap) in taps.iter().enumerate() {
+                    for_each_input(fx, &geo, tap, (w, u), |fx, at, i| {
+                        let row = fx.addi(i, (j * c) as i64);
+                        let (mat, off) = match dir {
+                            Copy::ToOi => {
+                                let r = fx.index(m, u, (k * 4) as i64);
+                                (fx.index(r, row, 4), 0)
+                            }
+                            Copy::ToIo | Copy::FromIo => {
+                                let r = fx.index(m, row, (o * 4) as i64);
+                                (fx.index(r, u, 4), 0)
+                            }
+                        };
+                        if dir == Copy::FromIo {
+                            let v = fx.load(F32, mat, off);
+                            fx.store(v, at, 0);
+                        } else {
+                            let v = fx.load(F32, at, 0);
+                            fx.store(v, mat, off);
+                        }
+                    });
+                }
+                return;
+            }
+            let first_blk = fx.index(w, u, (unit_len * 4) as i64);
+            for (j, &tap) in taps.iter().enumerate() {
+                let tap_blk = fx.addi(first_blk, (tap * 1024) as i64);
+                fx.for_n(0, (c / 16) as i64, |fx, ib| {
+                    let blk = fx.index(tap_blk, ib, (all * 1024) as i64);
+                    let i0 = fx.muli(ib, 16);
+                    let row0 = fx.addi(i0, (j * c) as i64);
+                    match dir {
+                        Copy::ToIo | Copy::FromIo => {
+                            // `io` rows `row0 + ii`, columns `16 u ..`: a block row each.
+                            let r = fx.index(m, row0, (o * 4) as i64);
+                            let at = fx.index(r, u, 64);
+                            for ii in 0..16i64 {
+                                for q in 0..4i64 {
+                                    let (b_off, m_off) = (ii * 64 + q * 16, ii * (o as i64) * 4 + q * 16);
+                                    if dir == Copy::ToIo {
+                                        let v = fx.load(F32X4, blk, b_off);
+                                        fx.store(v, at, m_off);
+                                    } else {
+                                        let v = fx.load(F32X4, at, m_off);
+                                        fx.store(v, blk, b_off);
+                                    }
+                                }
+                            }
+                        }
+                        Copy::ToOi => {
+                            // `oi` rows `16 u + oo`, columns `row0 ..`: a block column each.
+                            let r = fx.index(m, u, (16 * k * 4) as i64);
+                            let at = fx.index(r, row0, 4);
+                            for oo in 0..16i64 {
+                                for ii in 0..16i64 {
+                                    let v = fx.load(F32, blk, (ii * 16 + oo) * 4);
+                                    fx.store(v, at, (oo * k as i64 + ii) * 4);
+                                }
+                            }
+                        }
+                    }
+                });
+            }
         });
     })
 }
 
-/// A forward point convolution through the fc kernel; bias and activation in its epilogue
-/// (a residual is left to the blocked kernels).
+/// Emits a step copying between a map and its live pixels as `K`-long rows (`rows`, `n x K`
+/// floats, tap `j`'s channels at columns `j c ..`): gathering (`to_rows`), or scattering
+/// back with every other pixel of the map zero.
+fn move_pixels(lx: &mut Lx, v: &Val, live: &[(usize, usize)], rows: u64, to_rows: bool) -> Result<(), JitError> {
+    let (n, c, hw, k) = (v.n, v.c, v.hw(), live.len() * v.c);
+    let (map, bs, stored) = (v.addr, v.bs as i64, v.stored());
+    let blocked = v.layout == Layout::Blocked16;
+    let pixels: Vec<usize> = live.iter().map(|&(_, p)| p).collect();
+    let tasks = lx.tasks(n, (n * k * 4) as f64);
+    lx.kernel(tasks, |fx| {
+        let (lo, hi) = fx.task_range(n, tasks);
+        let (m, r) = (fx.abs(map), fx.abs(rows));
+        fx.for_range(lo, hi, 1, |fx, img| {
+            let mi = fx.index(m, img, bs);
+            let ri = fx.index(r, img, (k * 4) as i64);
+            if !to_rows {
+                let vec_end = stored - stored % 4;
+                let zero4 = fx.fconst(F32X4, 0.0);
+                let (z0, z1) = (fx.int(0), fx.int(vec_end as i64));
+                fx.for_range(z0, z1, 4, |fx, q| {
+                    let a = fx.index(mi, q, 4);
+                    fx.store(zero4, a, 0);
+                });
+                let zero = fx.fconst(F32, 0.0);
+                for q in vec_end..stored {
+                    fx.store(zero, mi, q as i64 * 4);
+                }
+            }
+            for (j, &pix) in pixels.iter().enumerate() {
+                let copy = |fx: &mut Fx, ty, at: Value, at_off: i64, col: Value, col_off: i64| {
+                    if to_rows {
+                        let val = fx.load(ty, at, at_off);
+                        fx.store(val, col, col_off);
+                    } else {
+                        let val = fx.load(ty, col, col_off);
+                        fx.store(val, at, at_off);
+                    }
+                };
+                let row = fx.addi(ri, (j * c * 4) as i64);
+                if blocked {
+                    // Whole blocks (`map_fits`): channel `16 b + l` of pixel `pix` at
+                    // `b hw 16 + pix 16 + l`, each block's 16 channels as four vectors.
+                    let first = fx.addi(mi, (pix * 64) as i64);
+                    fx.for_n(0, (c / 16) as i64, |fx, b| {
+                        let at = fx.index(first, b, (hw * 64) as i64);
+                        let col = fx.index(row, b, 64);
+                        for q in 0..4 {
+                            copy(fx, F32X4, at, q * 16, col, q * 16);
+                        }
+                    });
+                } else {
+                    // Channel `i` of pixel `pix` at `i hw + pix`.
+                    let first = fx.addi(mi, (pix * 4) as i64);
+                    fx.for_n(0, c as i64, |fx, i| {
+                        let at = fx.index(first, i, (hw * 4) as i64);
+                        let col = fx.index(row, i, 4);
+                        copy(fx, F32, at, 0, col, 0);
+                    });
+                }
+            }
+        });
+    })
+}
+
+/// The fc kernels' rows of a convolution's input (or input gradient): the map itself when it
+/// is one pixel seen through one tap, else a buffer of the node's, `n x K` floats.
+fn rows_of(lx: &mut Lx, v: &Val, live: &[(usize, usize)]) -> Result<(u64, usize), JitError> {
+    if v.hw() == 1 {
+        return Ok((v.addr, (v.bs / 4) as usize));
+    }
+    let k = live.len() * v.c;
+    let (_, addr) = lx.buffer(v.n * k * 4)?;
+    Ok((addr, k))
+}
+
+/// A forward point convolution through the fc kernels: without an epilogue, `y = x_live
+/// w_io` as the fc layer's input gradient (whose weight matrix is `io` here, copied in
+/// whole vectors); with a bias or an activation, the fc forward and its epilogue on `oi`
+/// weights. A residual is left to the blocked kernels.
 pub(crate) fn forward(lx: &mut Lx, op: &ConvForward) -> Result<bool, JitError> {
     let ConvForward { g, x, y, res, w, wp, bias, act: a } = *op;
-    let Some((ky, kx)) = live_tap(g) else { return Ok(false) };
-    if res.is_some() || !vector(&x) || !vector(&y) || !weights_fit(g, wp) {
+    let Some(live) = live_taps(g) else { return Ok(false) };
+    if res.is_some() || !map_fits(&x) || !map_fits(&y) || !weights_fit(g, wp) {
         return Ok(false);
     }
+    let k = live.len() * g.c;
     let cpu = cnnc_kernels::cpu::best();
-    let plan = FcPlan::new(x.n, g.c, g.o, bias.is_some(), act(a), cpu, lx.threads)
-        .and_then(|p| p.with_strides(stride(&x), stride(&y)));
+    let plain_epilogue = bias.is_none() && a.is_none();
+    // The fc layer whose forward (or input gradient) this is: `K -> o` (or `o -> K`).
+    let plan = if plain_epilogue {
+        FcPlan::new(x.n, g.o, k, false, Act::NONE, cpu, lx.threads)
+    } else {
+        FcPlan::new(x.n, k, g.o, bias.is_some(), act(a), cpu, lx.threads)
+    };
     let Ok(plan) = plan else { return Ok(false) };
-    let wt = shared_buffer(lx, "point-convolution weights")?;
-    extract(lx, g, (w, wp), ky * g.kw + kx, wt)?;
+    let (xr, xs) = rows_of(lx, &x, &live)?;
+    let plan = if plain_epilogue { plan.with_strides(stride(&y), xs) } else { plan.with_strides(xs, stride(&y)) };
+    let Ok(plan) = plan else { return Ok(false) };
+    let wt = if plain_epilogue {
+        // A buffer of this weight's own, which the backward pass of the step reads again.
+        let (_, wt) = lx.buffer(4 * g.o * k)?;
+        lx.point_weights.insert(wp.name.clone(), wt);
+        wt
+    } else {
+        shared_buffer(lx, "point-convolution weights")?
+    };
+    copy_weights(lx, g, wp, &live, (w, wt), if plain_epilogue { Copy::ToIo } else { Copy::ToOi })?;
+    if xr != x.addr {
+        move_pixels(lx, &x, &live, xr, true)?;
+    }
+    let scratch = lx.alloc(plan.backward_scratch_len() * 4);
     let p = keep(lx, plan);
-    let f = cnnc_kernels::ffi::cnnc_fc_forward as *const () as u64;
-    let args =
-        [Arg::Abs(p), Arg::Abs(x.addr), Arg::Abs(wt), Arg::Abs(bias.unwrap_or(0)), Arg::Abs(y.addr), Arg::Abs(lx.pool)];
-    calls(lx, &[(f, &args)])?;
+    let pool = Arg::Abs(lx.pool);
+    if plain_epilogue {
+        let f = cnnc_kernels::ffi::cnnc_fc_backward_data as *const () as u64;
+        calls(lx, &[(f, &[Arg::Abs(p), Arg::Abs(xr), Arg::Abs(wt), Arg::Abs(y.addr), Arg::Aux(scratch), pool])])?;
+    } else {
+        let f = cnnc_kernels::ffi::cnnc_fc_forward as *const () as u64;
+        let b = Arg::Abs(bias.unwrap_or(0));
+        calls(lx, &[(f, &[Arg::Abs(p), Arg::Abs(xr), Arg::Abs(wt), b, Arg::Abs(y.addr), pool])])?;
+    }
     Ok(true)
 }
 
-/// `gx = gy w_tap` of a point convolution (overwritten).
+/// `gx` of a point convolution (overwritten): `gy w_live^T`, the fc forward of `o -> K` on
+/// the `io` weights, scattered to the live pixels.
 pub(crate) fn backward_data(
     lx: &mut Lx,
     g: &Geo,
@@ -167,26 +367,37 @@ pub(crate) fn backward_data(
     gx: Val,
     (w, wp): (u64, &ParamPlan),
 ) -> Result<bool, JitError> {
-    let Some((ky, kx)) = live_tap(g) else { return Ok(false) };
-    if !vector(&gy) || !vector(&gx) || !weights_fit(g, wp) {
+    let Some(live) = live_taps(g) else { return Ok(false) };
+    if !map_fits(&gy) || !map_fits(&gx) || !weights_fit(g, wp) {
         return Ok(false);
     }
+    let k = live.len() * g.c;
     let cpu = cnnc_kernels::cpu::best();
-    let plan = FcPlan::new(gx.n, g.c, g.o, false, Act::NONE, cpu, lx.threads)
-        .and_then(|p| p.with_strides(stride(&gx), stride(&gy)));
-    let Ok(plan) = plan else { return Ok(false) };
-    let wt = shared_buffer(lx, "point-convolution weights")?;
-    extract(lx, g, (w, wp), ky * g.kw + kx, wt)?;
-    let scratch = lx.alloc(plan.backward_scratch_len() * 4);
+    let Ok(plan) = FcPlan::new(gx.n, g.o, k, false, Act::NONE, cpu, lx.threads) else { return Ok(false) };
+    let (gr, gs) = rows_of(lx, &gx, &live)?;
+    let Ok(plan) = plan.with_strides(stride(&gy), gs) else { return Ok(false) };
+    // The forward pass's copy when it made one: the weights have not changed since (the
+    // optimiser's update of a weight comes after every use of it in the step).
+    let wt = match lx.point_weights.get(&wp.name) {
+        Some(&wt) => wt,
+        None => {
+            let wt = shared_buffer(lx, "point-convolution weights")?;
+            copy_weights(lx, g, wp, &live, (w, wt), Copy::ToIo)?;
+            wt
+        }
+    };
     let p = keep(lx, plan);
-    let f = cnnc_kernels::ffi::cnnc_fc_backward_data as *const () as u64;
-    let args = [Arg::Abs(p), Arg::Abs(gy.addr), Arg::Abs(wt), Arg::Abs(gx.addr), Arg::Aux(scratch), Arg::Abs(lx.pool)];
+    let f = cnnc_kernels::ffi::cnnc_fc_forward as *const () as u64;
+    let args = [Arg::Abs(p), Arg::Abs(gy.addr), Arg::Abs(wt), Arg::Abs(0), Arg::Abs(gr), Arg::Abs(lx.pool)];
     calls(lx, &[(f, &args)])?;
+    if gr != gx.addr {
+        move_pixels(lx, &gx, &live, gr, false)?;
+    }
     Ok(true)
 }
 
-/// `gw` of a point convolution in the weight's layout: the fc kernel's `gy^T x` on the live
-/// tap, zero on every other.
+/// `gw` of a point convolution in the weight's layout: `x_live^T gy` as the fc weight
+/// gradient of `o -> K` (so `io`), copied into the live taps, zero on every other.
 pub(crate) fn backward_weights(
     lx: &mut Lx,
     g: &Geo,
@@ -195,66 +406,24 @@ pub(crate) fn backward_weights(
     gw: Val,
     wp: &ParamPlan,
 ) -> Result<bool, JitError> {
-    let Some((ky, kx)) = live_tap(g) else { return Ok(false) };
+    let Some(live) = live_taps(g) else { return Ok(false) };
     let len = wp.stored_len();
-    if !vector(&x) || !vector(&gy) || !weights_fit(g, wp) || gw.bytes < 4 * len as u64 {
+    if !map_fits(&x) || !map_fits(&gy) || !weights_fit(g, wp) || gw.bytes < 4 * len as u64 {
         return Ok(false);
     }
+    let k = live.len() * g.c;
     let cpu = cnnc_kernels::cpu::best();
-    let plan = FcPlan::new(x.n, g.c, g.o, false, Act::NONE, cpu, lx.threads)
-        .and_then(|p| p.with_strides(stride(&x), stride(&gy)));
-    let Ok(plan) = plan else { return Ok(false) };
-    let oi = shared_buffer(lx, "point-convolution weight gradient")?;
+    let Ok(plan) = FcPlan::new(x.n, g.o, k, false, Act::NONE, cpu, lx.threads) else { return Ok(false) };
+    let (xr, xs) = rows_of(lx, &x, &live)?;
+    let Ok(plan) = plan.with_strides(stride(&gy), xs) else { return Ok(false) };
+    if xr != x.addr {
+        move_pixels(lx, &x, &live, xr, true)?;
+    }
+    let io = shared_buffer(lx, "point-convolution weight gradient")?;
     let p = keep(lx, plan);
     let f = cnnc_kernels::ffi::cnnc_fc_backward_weights as *const () as u64;
-    let args = [Arg::Abs(p), Arg::Abs(gy.addr), Arg::Abs(x.addr), Arg::Abs(oi), Arg::Abs(0), Arg::Abs(lx.pool)];
+    let args = [Arg::Abs(p), Arg::Abs(xr), Arg::Abs(gy.addr), Arg::Abs(io), Arg::Abs(0), Arg::Abs(lx.pool)];
     calls(lx, &[(f, &args)])?;
-    scatter(lx, g, wp, ky * g.kw + kx, oi, gw.addr)
-}
-
-/// Emits a step writing `oi` (`o x c` floats at `src`) into tap `tap` of a weight-shaped
-/// tensor at `dst`, every other tap zero. Tasks own whole output channels (plain) or blocks
-/// of 16 (packed), so their stores never meet.
-fn scatter(lx: &mut Lx, g: &Geo, wp: &ParamPlan, tap: usize, src: u64, dst: u64) -> Result<bool, JitError> {
-    let (o, c, taps) = (g.o, g.c, g.kh * g.kw);
-    let packed = matches!(wp.layout, Some(WeightLayout::OIhw16i16o | WeightLayout::OI16i16o));
-    // Each unit's floats are contiguous in `dst`: a block row of 16 output channels (packed)
-    // or one output channel (plain).
-    let (units, unit_len, per_unit) = if packed { (o / 16, 16 * c * taps, 16) } else { (o, c * taps, 1) };
-    let geo = *g;
-    let tasks = lx.tasks(units, (o * c * taps * 2) as f64);
-    lx.kernel(tasks, |fx| {
-        let (lo, hi) = fx.task_range(units, tasks);
-        let (s, d) = (fx.abs(src), fx.abs(dst));
-        fx.for_range(lo, hi, 1, |fx, u| {
-            // Zeros over the unit (its length is a multiple of 4 floats when packed; plain
-            // units end with a scalar tail).
-            let start = fx.muli(u, unit_len as i64);
-            let zero4 = fx.fconst(F32X4, 0.0);
-            let vec_end = unit_len - unit_len % 4;
-            let end = fx.addi(start, vec_end as i64);
-            fx.for_range(start, end, 4, |fx, i| {
-                let a = fx.index(d, i, 4);
-                fx.store(zero4, a, 0);
-            });
-            let zero = fx.fconst(F32, 0.0);
-            for k in vec_end..unit_len {
-                let i = fx.addi(start, k as i64);
-                let a = fx.index(d, i, 4);
-                fx.store(zero, a, 0);
-            }
-            // Then the live tap, from the fc kernel's rows.
-            fx.for_n(0, per_unit, |fx, lane| {
-                let base_o = fx.muli(u, per_unit);
-                let oo = fx.add(base_o, lane);
-                let srow = fx.index(s, oo, (c * 4) as i64);
-                for_each_input(fx, &geo, packed, tap, (d, oo), |fx, w, w_off, i, i_off| {
-                    let sa = fx.index(srow, i, 4);
-                    let v = fx.load(F32, sa, i_off * 4);
-                    fx.store(v, w, w_off);
-                });
-            });
-        });
-    })?;
+    copy_weights(lx, g, wp, &live, (gw.addr, io), Copy::FromIo)?;
     Ok(true)
 }

@@ -1,9 +1,10 @@
-//! Point convolutions (one input pixel to one output pixel: ResNet-18's layer4 on 32x32
-//! images), which native mode runs as fully connected layers on the one kernel tap that sees
-//! the input (`lower/native_point.rs`): packed and plain weights, the live tap off centre
-//! (asymmetric padding, dilation, rectangular kernels), with and without bias, under an
-//! activation, a residual (left to the blocked kernels), and channel counts with padding lanes
-//! (left to them too). Each graph runs in both modes against the interpreter: inference, and
+//! Point convolutions (one output pixel: ResNet-18's layer4 on 32x32 images), which native
+//! mode runs as fully connected layers on the kernel taps that meet the input
+//! (`lower/native_point.rs`): 1x1 maps (one live tap, off centre too: strides, dilation,
+//! rectangular kernels) and larger ones (the live pixels gathered, the input gradient
+//! scattered back, zero on pixels no tap meets), packed and plain weights, with and without
+//! bias, under an activation, a residual (left to the blocked kernels), and channel counts
+//! with padding lanes (left to them too). Each graph runs in both modes against the interpreter: inference, and
 //! a training step with input and weight gradients.
 
 use crate::ops::{add, check_graph};
@@ -45,5 +46,34 @@ fn plain_point_convolutions() {
     let a = add(&mut g, Op::Activation(Activation::Sigmoid), &[a], "sig");
     let b = add(&mut g, conv(20, [2, 4], 2, [1, 2], [1, 1], false), &[a], "b");
     g.outputs = vec![b];
+    check_graph(&g, 2);
+}
+
+/// Maps of more than one pixel into one: ResNet-18's layer4.0 on 2x2 maps (the 3x3/2 with
+/// padding 1: four live taps on four pixels; the 1x1/2 downsample: one tap on one pixel, the
+/// other three pixels' gradient zero), a 3x3 without padding on 3x3 (all nine), and a plain
+/// 3-channel 2x2 map through a 3x3/2 with padding 1 (four live taps).
+#[test]
+fn gathered_point_convolutions() {
+    let mut g = Graph::new("point_gather");
+    let x = g.add_input("x", Shape(vec![32, 2, 2]), Default::default()).unwrap();
+    let a = add(&mut g, conv(48, [3, 3], 2, [1, 1], [1, 1], false), &[x], "a");
+    let d = add(&mut g, conv(48, [1, 1], 2, [0, 0], [1, 1], true), &[x], "down");
+    let r = add(&mut g, Op::Add, &[a, d], "res");
+    let r = add(&mut g, Op::Activation(Activation::Relu), &[r], "relu");
+    g.outputs = vec![r];
+    check_graph(&g, 3);
+
+    let mut g = Graph::new("point_gather_all");
+    let x = g.add_input("x", Shape(vec![16, 3, 3]), Default::default()).unwrap();
+    let a = add(&mut g, conv(32, [3, 3], 1, [0, 0], [1, 1], true), &[x], "a");
+    let a = add(&mut g, Op::Activation(Activation::Tanh), &[a], "tanh");
+    g.outputs = vec![a];
+    check_graph(&g, 2);
+
+    let mut g = Graph::new("point_gather_plain");
+    let x = g.add_input("x", Shape(vec![3, 2, 2]), Default::default()).unwrap();
+    let a = add(&mut g, conv(5, [3, 3], 2, [1, 1], [1, 1], true), &[x], "a");
+    g.outputs = vec![a];
     check_graph(&g, 2);
 }
