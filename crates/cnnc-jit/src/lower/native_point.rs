@@ -11,13 +11,17 @@
 //! for the few that meet the input (ResNet-18's layer4 at batch 16 in training: 22-37 % of
 //! the peak forward, 14-50 % backward). The fc kernels tile the batch instead.
 //!
-//! The live taps' weights are copied out as `oi` rows (what the fc kernels take; `K = live
-//! taps x input channels` columns) in a step before each use, since the optimiser changes
-//! them between runs (the live taps' share of the weight's bytes read). On a map larger than
-//! one pixel, the live pixels are gathered into `K`-long rows first, and the input gradient
-//! is scattered back (zero on the pixels no tap meets). The weight gradient is the fc
-//! kernel's, written back into the weight's own layout with zeros on the taps that see only
-//! padding (what the convolution's gradient has there).
+//! The live taps' weights are copied out as a matrix (`K = live taps x input channels` by
+//! the output channels: `io`, whose rows are the packed blocks' rows, so the copy moves whole
+//! vectors) in a step before the forward pass, since the optimiser changes them between
+//! runs; the backward pass of the same step reads that copy again. With `io` weights the
+//! forward pass is the fc kernel's input gradient and the input gradient its forward pass;
+//! a forward pass with a bias or an activation uses the fc forward and its epilogue on an
+//! `oi` copy instead. On a map larger than one pixel, the live pixels are gathered into
+//! `K`-long rows first, and the input gradient is scattered back (zero on the pixels no tap
+//! meets). The weight gradient is the fc kernel's (`io`), copied into the weight's own
+//! layout with zeros on the taps that see only padding (what the convolution's gradient has
+//! there).
 //!
 //! A map in `nChw16c` with whole channel blocks and one pixel is the plain vector of its
 //! channels, so the fc kernels read and write both layouts alike; maps with padding lanes are
