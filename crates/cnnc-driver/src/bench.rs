@@ -192,6 +192,13 @@ pub fn bench_table(b: &BenchOutcome) -> String {
         r.min_ms,
         percent(gflops, r.peak_gflops)
     ));
+    if r.layers.iter().any(|l| l.flops > 0.0 && l.gflops > r.peak_gflops) {
+        out.push_str(
+            "note: GFLOP/s count every multiply-add of each layer's kernel, as model summaries do; a layer above the \
+             peak skips some of them (kernel taps that meet only padding, as on 1x1 and 2x2 maps), or the cached peak \
+             was measured low (delete the cache file to measure it again)\n",
+        );
+    }
     out
 }
 
