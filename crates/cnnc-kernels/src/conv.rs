@@ -157,6 +157,9 @@ pub struct ConvPlan {
     /// Pixels of a row whose tiles all block pairs run before the next such block (a
     /// multiple of `nw`; see `set_band`).
     pub(crate) col_block: usize,
+    /// Whether tiles prefetch the weights of the block pair a task visits next (see
+    /// `set_band`).
+    pub(crate) prefetch: bool,
 }
 
 /// Bytes of a task's weights above which its blocks are visited outside its rows (a quarter
@@ -164,8 +167,11 @@ pub struct ConvPlan {
 /// under it too, so that they are re-read from L2 for every row.
 const L2_WEIGHTS: usize = 256 << 10;
 
-/// The largest band a task sweeps once per block pair (the L2 of those machines).
-const L2_BAND: usize = 1 << 20;
+/// The most that one block pair's weights and the band may take together for a task to
+/// sweep the band once per pair: the 1 MiB L2 of those machines and half as much again, which
+/// L3 (filled by what L2 evicts) returns fast enough (ResNet-50's layer4 3x3/2, 1.19 MB, ran
+/// faster that way with cold weights; VGG's 128-channel 3x3 would sweep a 3.4 MB band).
+const L2_BAND: usize = 3 << 19;
 
 /// Bytes of input a block of a row's pixels reads, which every block pair then re-reads
 /// from L2 (a quarter of it).
@@ -276,6 +282,7 @@ impl ConvPlan {
             scratch: 0,
             blocks_outer: false,
             col_block: 0,
+            prefetch: false,
         };
         plan.split(threads.max(1));
         Ok(plan)
@@ -312,6 +319,17 @@ impl ConvPlan {
     pub fn with_blocks_outer(mut self, blocks_outer: bool) -> ConvPlan {
         self.blocks_outer = blocks_outer;
         self
+    }
+
+    /// The same plan with weight prefetching forced on or off: for tuning.
+    pub fn with_prefetch(mut self, prefetch: bool) -> ConvPlan {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// Whether tiles prefetch the weights of the block pair their task visits next.
+    pub fn prefetch(&self) -> bool {
+        self.prefetch
     }
 
     /// The same plan with row blocks of `pixels` pixels (rounded to whole tiles): for tuning.
@@ -375,9 +393,14 @@ impl ConvPlan {
     /// row's few band rows in L1 while every block pair uses them (3 % faster on 2 threads for
     /// 64 x 56 x 56 than blocks outermost, which sweeps the whole band once per pair); once
     /// the task's weights outgrow L2 they are streamed from L3 once per row, so then the
-    /// blocks go outside if one pair's weights fit L2 and the band is at most [`L2_BAND`]
-    /// (ResNet-50's stride-2 1x1 downsamples: 3-8 % faster on one thread; its layer4 3x3,
-    /// 590 KB per pair, was not faster; VGG's 128-channel 3x3 would sweep a 3.4 MB band).
+    /// blocks go outside if one pair's weights and the band fit [`L2_BAND`] together
+    /// (ResNet-50's stride-2 1x1 downsamples: 3-8 % faster on one thread). Such tasks also
+    /// prefetch the weights of the pair they
+    /// visit next while the current one runs (spread over its tiles), so that weights read
+    /// from memory, as inside a whole model whose weights outgrow the last-level cache, stream
+    /// while the FMAs run: ResNet-50's layer4 3x3 (590 KB a pair) with cold weights took
+    /// 0.91 ms instead of 1.37 (fastest of 200 runs, 2 threads, shared machine), the same as
+    /// rows outermost without prefetching with warm weights.
     fn set_band(&mut self) {
         let s = self.shape;
         match self.band {
@@ -400,8 +423,8 @@ impl ConvPlan {
         let pair_weights = 4 * self.k * self.icb * s.kh * s.kw * 256;
         let task_weights = pair_weights * (self.oc_chunk / self.k);
         let band = 4 * self.scratch;
-        self.blocks_outer =
-            self.row_chunk > 1 && task_weights > L2_WEIGHTS && pair_weights <= L2_WEIGHTS && band <= L2_BAND;
+        self.blocks_outer = self.row_chunk > 1 && task_weights > L2_WEIGHTS && pair_weights + band <= L2_BAND;
+        self.prefetch = task_weights > L2_WEIGHTS;
         // Long rows (the pixels of a 1x1 convolution, flattened: 1568 a task at 56 x 56 with
         // 256 channels, 1.6 MB of input) are cut into blocks each pair re-reads from L2,
         // instead of every pair streaming the whole row from L3.
