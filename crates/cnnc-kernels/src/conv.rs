@@ -14,7 +14,8 @@
 //! "band", in per-thread scratch): with stride 1 each row is copied between zero columns
 //! (`Padded`); with a column stride the band holds, for each kernel column, the input pixels
 //! that output columns read through it, compacted (`Taps`), so that a tile's columns are
-//! always 16 floats apart. Layers with neither padding nor column stride read the input
+//! always 16 floats apart (1x1 convolutions with a row stride and no padding, ResNet's
+//! downsamples, copy only the rows they read). Layers with neither padding nor column stride read the input
 //! directly. The copy costs about 1 % of a task's time and brings its input into cache.
 
 use super::act::Act;
@@ -147,6 +148,9 @@ pub struct ConvPlan {
     pub(crate) tasks: usize,
     /// Band geometry (floats): rows it can hold, its strides, the A distance between taps.
     pub(crate) band_rows: usize,
+    /// Input rows between consecutive band rows: the row stride for 1x1 convolutions with
+    /// a row stride and no padding, whose rows between nothing reads (not copied); else 1.
+    pub(crate) band_row_step: usize,
     pub(crate) band_row: usize,
     pub(crate) band_icb: usize,
     pub(crate) tap_stride: usize,
@@ -276,6 +280,7 @@ impl ConvPlan {
             n_oc: 1,
             tasks: 0,
             band_rows: 0,
+            band_row_step: 1,
             band_row: 0,
             band_icb: 0,
             tap_stride: 0,
@@ -284,6 +289,9 @@ impl ConvPlan {
             col_block: 0,
             prefetch: false,
         };
+        if band == Band::Taps && shape.kh == 1 && ph == 0 {
+            plan.band_row_step = sh;
+        }
         plan.split(threads.max(1));
         Ok(plan)
     }
@@ -381,6 +389,9 @@ impl ConvPlan {
     /// Input rows a band holds for `rc` output rows.
     fn rows_for(&self, rc: usize) -> usize {
         let s = &self.shape;
+        if self.band_row_step > 1 {
+            return rc;
+        }
         ((rc - 1) * s.stride[0] + (s.kh - 1) * s.dilation[0] + 1).min(s.ih)
     }
 

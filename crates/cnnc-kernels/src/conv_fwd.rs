@@ -235,7 +235,7 @@ unsafe fn row(
         b_step: 16,
         b_blk: (plan.icb * s.kh * s.kw * 256) as isize,
     };
-    let in_row = (top + (kh_lo * dh) as isize).max(0) as usize - row0;
+    let in_row = ((top + (kh_lo * dh) as isize).max(0) as usize - row0) / plan.band_row_step;
     let tiles = &tile::tiles(plan.isa).a16;
     let ntiles = (c1 - c0).div_ceil(plan.nw);
     // The row's prefetches, a share per tile.
@@ -283,12 +283,13 @@ unsafe fn copy_band(
     let first = (oy0 * sh).saturating_sub(ph);
     let last = ((oy1 - 1) * sh + (s.kh - 1) * s.dilation[0]).saturating_sub(ph).min(s.ih - 1);
     let x = a.x.wrapping_add(n * a.x_bs + g * plan.icb * s.ih * s.iw * 16);
+    let step = plan.band_row_step;
     for icb in 0..plan.icb {
-        for iy in first..=last {
+        for iy in (first..=last).step_by(step) {
             let src = x.wrapping_add((icb * s.ih + iy) * s.iw * 16);
-            let dst = band.wrapping_add(icb * plan.band_icb + (iy - first) * plan.band_row);
+            let dst = band.wrapping_add(icb * plan.band_icb + (iy - first) / step * plan.band_row);
             // SAFETY: iy < ih, so the source row is inside the input image; the destination
-            // row is inside the band (rows_for bounds last - first + 1 by band_rows).
+            // row is inside the band (rows_for bounds (last - first) / step + 1 by band_rows).
             unsafe {
                 match plan.band {
                     Band::Padded => {

@@ -329,6 +329,38 @@ fn benchmark_shapes_match_interpreter() {
             },
             7,
         ),
+        // One-row kernels with a row stride and no row padding: the band holds only the rows
+        // they read.
+        (
+            ConvCfg {
+                n: 2,
+                ic: 40,
+                ih: 11,
+                iw: 10,
+                oc: 48,
+                k: [1, 1],
+                stride: [3, 2],
+                pad: [0, 0],
+                dilation: [1, 1],
+                groups: 1,
+            },
+            8,
+        ),
+        (
+            ConvCfg {
+                n: 1,
+                ic: 20,
+                ih: 9,
+                iw: 9,
+                oc: 32,
+                k: [1, 3],
+                stride: [2, 2],
+                pad: [0, 1],
+                dilation: [1, 2],
+                groups: 1,
+            },
+            9,
+        ),
     ];
     for (cfg, seed) in shapes {
         for act in [None, Some(0), Some(5)] {
