@@ -1,12 +1,15 @@
 //! Kernel speed at batch 1 on all threads, against the machine's own limits measured in the
 //! same run: `cargo bench -p cnnc-benches --bench kernels` runs the criterion groups and then
 //! prints the summary; `-- --report` prints only the summary (faster: medians of short runs)
-//! with one JSON line per result, for the closing table beside `../shared/tools/ort_layers.py`.
+//! with one JSON line per result, for the closing table beside `../shared/tools/ort_layers.py`;
+//! `-- --report --cold` prints only the peak and ResNet-50's convolutions with warm and cold
+//! weights (read from memory, as inside the whole model).
 //! Like those tools, each measurement first waits (at most 30 s) for other processes to leave
 //! the CPUs idle and reports their share while it ran (`noisy` above 5 %).
 
-use cnnc_benches::layers::{self, Pass};
+use cnnc_benches::layers::{self, NetKind, Pass, Weights};
 use cnnc_benches::{idle, peak};
+use cnnc_kernels::conv;
 use cnnc_kernels::par::Parallel;
 use cnnc_kernels::threads::ThreadPool;
 use criterion::{Criterion, Throughput};
@@ -79,7 +82,52 @@ fn timed(prep: &mut layers::Prepared, reps: usize) -> (f64, String) {
     (secs, format!(",\"waited_s\":{waited:.1},\"others\":{others:.3}{noisy}"))
 }
 
-fn report() {
+/// ResNet-50's convolutions with warm weights (the same copy every run) and cold ones (cycling
+/// through [`layers::COLD_BYTES`] of copies, as inside the whole model, whose ~100 MB of weights
+/// outgrow the last-level cache), in alternating rounds; one JSON line per layer with the
+/// medians over rounds of each round's median, and the fastest run.
+fn report_cold(peak_all: f64) {
+    let (waited, _) = idle::wait(Duration::from_secs(30));
+    let w = idle::Window::start();
+    let mut total = [0.0; 2];
+    for layer in layers::resnet50() {
+        let NetKind::Conv { shape, relu, residual } = layer.kind else { continue };
+        let mut warm = layers::conv_weights(shape, relu, residual, Weights::Warm, pool());
+        let mut cold = layers::conv_weights(shape, relu, residual, Weights::Cold, pool());
+        let (mut med, mut min) = ([vec![], vec![]], [f64::INFINITY; 2]);
+        for _ in 0..5 {
+            for (i, p) in [&mut warm, &mut cold].into_iter().enumerate() {
+                let [m, f] = p.median_min_secs(40);
+                med[i].push(m);
+                min[i] = min[i].min(f);
+            }
+        }
+        let [warm_ms, cold_ms] = [0, 1].map(|i| {
+            med[i].sort_by(f64::total_cmp);
+            med[i][med[i].len() / 2] * 1e3
+        });
+        total[0] += warm_ms * layer.count as f64;
+        total[1] += cold_ms * layer.count as f64;
+        let pct = |ms: f64| 100.0 * warm.flop / (ms * 1e-3) / 1e9 / peak_all;
+        println!(
+            "{{\"tool\":\"cnnc_kernels_cold\",\"layer\":\"{}\",\"count\":{},\"weights_mb\":{:.2},\"warm_ms\":{warm_ms:.4},\"warm_min_ms\":{:.4},\"warm_pct_peak\":{:.1},\"cold_ms\":{cold_ms:.4},\"cold_min_ms\":{:.4},\"cold_pct_peak\":{:.1}}}",
+            layer.name,
+            layer.count,
+            4.0 * conv::packed_weight_len(&shape).unwrap_or(0) as f64 / 1e6,
+            min[0] * 1e3,
+            pct(warm_ms),
+            min[1] * 1e3,
+            pct(cold_ms),
+        );
+    }
+    let others = w.others();
+    println!(
+        "{{\"tool\":\"cnnc_kernels_cold_sum\",\"warm_ms\":{:.3},\"cold_ms\":{:.3},\"waited_s\":{waited:.1},\"others\":{others:.3}}}",
+        total[0], total[1]
+    );
+}
+
+fn report(only_cold: bool) {
     let threads = pool().threads();
     idle::wait(Duration::from_secs(60));
     let p = peak::measure(threads);
@@ -108,6 +156,10 @@ fn report() {
         "{{\"tool\":\"cnnc_kernels_peak\",\"threads\":{threads},\"peak_gflops\":{peak_all:.1},\"read_gbs\":{:.1},\"triad_gbs\":{:.1}}}",
         p.read[1], p.triad[1]
     );
+    if only_cold {
+        report_cold(peak_all);
+        return;
+    }
     for pass in [Pass::Forward, Pass::BackwardData, Pass::BackwardWeights] {
         let list = if pass == Pass::Forward { layers::table() } else { layers::backward_table() };
         for layer in list {
@@ -149,6 +201,7 @@ fn report() {
         gflop / total,
         100.0 * gflop / total / peak_all
     );
+    report_cold(peak_all);
     for (tasks, gap_us) in [(threads, 0), (8 * threads, 0), (8 * threads, 100), (8 * threads, 2000)] {
         let us = dispatch_us(tasks, Duration::from_micros(gap_us));
         println!(
@@ -159,11 +212,11 @@ fn report() {
 
 fn main() {
     if std::env::args().any(|a| a == "--report") {
-        report();
+        report(std::env::args().any(|a| a == "--cold"));
         return;
     }
     let mut c = Criterion::default().configure_from_args();
     criterion_groups(&mut c);
     c.final_summary();
-    report();
+    report(false);
 }

@@ -73,10 +73,15 @@ impl Prepared {
 
     /// Median seconds of `reps` runs after a warm-up of a few.
     pub fn median_secs(&mut self, reps: usize) -> f64 {
+        self.median_min_secs(reps)[0]
+    }
+
+    /// Median and fastest seconds of `reps` runs after a warm-up of a few.
+    pub fn median_min_secs(&mut self, reps: usize) -> [f64; 2] {
         for _ in 0..3 {
             self.run();
         }
-        let mut t: Vec<f64> = (0..reps)
+        let mut t: Vec<f64> = (0..reps.max(1))
             .map(|_| {
                 let t0 = Instant::now();
                 self.run();
@@ -84,7 +89,7 @@ impl Prepared {
             })
             .collect();
         t.sort_by(f64::total_cmp);
-        t[t.len() / 2]
+        [t[t.len() / 2], t[0]]
     }
 }
 
@@ -241,8 +246,32 @@ pub fn resnet50() -> Vec<NetLayer> {
     ]
 }
 
+/// Bytes of distinct weight copies a cold-weight run cycles through: more than the last-level
+/// cache (32 MiB on the machines measured) several times over, as a whole model's weights
+/// (ResNet-50: about 100 MB) are, so every run reads its weights from memory.
+pub const COLD_BYTES: usize = 128 << 20;
+
+/// Whether a run reads its weights from cache (the same copy each run, as a layer benchmarked
+/// alone) or from memory (the next of the copies filling [`COLD_BYTES`], as inside a model).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Weights {
+    Warm,
+    Cold,
+}
+
 /// A forward convolution with bias and the given ReLU / residual epilogue.
 pub fn conv_with(shape: ConvShape, relu: bool, residual: bool, pool: &'static ThreadPool) -> Prepared {
+    conv_weights(shape, relu, residual, Weights::Warm, pool)
+}
+
+/// [`conv_with`] reading warm or cold weights.
+pub fn conv_weights(
+    shape: ConvShape,
+    relu: bool,
+    residual: bool,
+    weights: Weights,
+    pool: &'static ThreadPool,
+) -> Prepared {
     let act = if relu { Act::RELU } else { Act::NONE };
     let epi = Epilogue { bias: true, scale_shift: false, residual, act };
     let plan = ConvPlan::new(shape, epi, cpu::active(), pool.threads()).expect("plan");
@@ -250,20 +279,21 @@ pub fn conv_with(shape: ConvShape, relu: bool, residual: bool, pool: &'static Th
     let x = View::dense(0, shape.n, shape.ic, shape.ih, shape.iw, Layout::NChw16c);
     let y = View::dense(x.end().unwrap(), shape.n, shape.oc, oh, ow, Layout::NChw16c);
     let mut arena = pseudo(y.end().unwrap(), 13);
-    let weights = pseudo(conv::packed_weight_len(&shape).unwrap(), 14);
+    let len = conv::packed_weight_len(&shape).unwrap();
+    let copies = match weights {
+        Weights::Warm => 1,
+        Weights::Cold => COLD_BYTES.div_ceil(4 * len).max(2),
+    };
+    let weights: Vec<f32> = (0..copies).flat_map(|c| pseudo(len, 14 + c as u32)).collect();
     let bias = pseudo(shape.oc, 15);
     let mut scratch = vec![0.0f32; plan.scratch_len(pool.threads())];
+    let mut next = 0;
     let run = Box::new(move || {
+        let w = &weights[next * len..(next + 1) * len];
+        next = (next + 1) % copies;
         // In-place residual: the shortcut was written where the output goes.
-        let io = ConvIo {
-            x,
-            y,
-            residual: residual.then_some(y),
-            weights: &weights,
-            bias: Some(&bias),
-            scale: None,
-            shift: None,
-        };
+        let io =
+            ConvIo { x, y, residual: residual.then_some(y), weights: w, bias: Some(&bias), scale: None, shift: None };
         conv_fwd::forward(pool, &plan, &mut arena, &io, &mut scratch).expect("run");
     });
     Prepared { flop: 2.0 * shape.macs(), bytes: 0.0, run }

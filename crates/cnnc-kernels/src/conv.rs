@@ -14,7 +14,8 @@
 //! "band", in per-thread scratch): with stride 1 each row is copied between zero columns
 //! (`Padded`); with a column stride the band holds, for each kernel column, the input pixels
 //! that output columns read through it, compacted (`Taps`), so that a tile's columns are
-//! always 16 floats apart. Layers with neither padding nor column stride read the input
+//! always 16 floats apart (1x1 convolutions with a row stride and no padding, ResNet's
+//! downsamples, copy only the rows they read). Layers with neither padding nor column stride read the input
 //! directly. The copy costs about 1 % of a task's time and brings its input into cache.
 
 use super::act::Act;
@@ -147,6 +148,9 @@ pub struct ConvPlan {
     pub(crate) tasks: usize,
     /// Band geometry (floats): rows it can hold, its strides, the A distance between taps.
     pub(crate) band_rows: usize,
+    /// Input rows between consecutive band rows: the row stride for 1x1 convolutions with
+    /// a row stride and no padding, whose rows between nothing reads (not copied); else 1.
+    pub(crate) band_row_step: usize,
     pub(crate) band_row: usize,
     pub(crate) band_icb: usize,
     pub(crate) tap_stride: usize,
@@ -157,6 +161,9 @@ pub struct ConvPlan {
     /// Pixels of a row whose tiles all block pairs run before the next such block (a
     /// multiple of `nw`; see `set_band`).
     pub(crate) col_block: usize,
+    /// Whether tiles prefetch the weights of the block pair a task visits next (see
+    /// `set_band`).
+    pub(crate) prefetch: bool,
 }
 
 /// Bytes of a task's weights above which its blocks are visited outside its rows (a quarter
@@ -164,8 +171,11 @@ pub struct ConvPlan {
 /// under it too, so that they are re-read from L2 for every row.
 const L2_WEIGHTS: usize = 256 << 10;
 
-/// The largest band a task sweeps once per block pair (the L2 of those machines).
-const L2_BAND: usize = 1 << 20;
+/// The most that one block pair's weights and the band may take together for a task to
+/// sweep the band once per pair: the 1 MiB L2 of those machines and half as much again, which
+/// L3 (filled by what L2 evicts) returns fast enough (ResNet-50's layer4 3x3/2, 1.19 MB, ran
+/// faster that way with cold weights; VGG's 128-channel 3x3 would sweep a 3.4 MB band).
+const L2_BAND: usize = 3 << 19;
 
 /// Bytes of input a block of a row's pixels reads, which every block pair then re-reads
 /// from L2 (a quarter of it).
@@ -270,13 +280,18 @@ impl ConvPlan {
             n_oc: 1,
             tasks: 0,
             band_rows: 0,
+            band_row_step: 1,
             band_row: 0,
             band_icb: 0,
             tap_stride: 0,
             scratch: 0,
             blocks_outer: false,
             col_block: 0,
+            prefetch: false,
         };
+        if band == Band::Taps && shape.kh == 1 && ph == 0 {
+            plan.band_row_step = sh;
+        }
         plan.split(threads.max(1));
         Ok(plan)
     }
@@ -312,6 +327,17 @@ impl ConvPlan {
     pub fn with_blocks_outer(mut self, blocks_outer: bool) -> ConvPlan {
         self.blocks_outer = blocks_outer;
         self
+    }
+
+    /// The same plan with weight prefetching forced on or off: for tuning.
+    pub fn with_prefetch(mut self, prefetch: bool) -> ConvPlan {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// Whether tiles prefetch the weights of the block pair their task visits next.
+    pub fn prefetch(&self) -> bool {
+        self.prefetch
     }
 
     /// The same plan with row blocks of `pixels` pixels (rounded to whole tiles): for tuning.
@@ -363,6 +389,9 @@ impl ConvPlan {
     /// Input rows a band holds for `rc` output rows.
     fn rows_for(&self, rc: usize) -> usize {
         let s = &self.shape;
+        if self.band_row_step > 1 {
+            return rc;
+        }
         ((rc - 1) * s.stride[0] + (s.kh - 1) * s.dilation[0] + 1).min(s.ih)
     }
 
@@ -375,9 +404,14 @@ impl ConvPlan {
     /// row's few band rows in L1 while every block pair uses them (3 % faster on 2 threads for
     /// 64 x 56 x 56 than blocks outermost, which sweeps the whole band once per pair); once
     /// the task's weights outgrow L2 they are streamed from L3 once per row, so then the
-    /// blocks go outside if one pair's weights fit L2 and the band is at most [`L2_BAND`]
-    /// (ResNet-50's stride-2 1x1 downsamples: 3-8 % faster on one thread; its layer4 3x3,
-    /// 590 KB per pair, was not faster; VGG's 128-channel 3x3 would sweep a 3.4 MB band).
+    /// blocks go outside if one pair's weights and the band fit [`L2_BAND`] together
+    /// (ResNet-50's stride-2 1x1 downsamples: 3-8 % faster on one thread). Such tasks also
+    /// prefetch the weights of the pair they
+    /// visit next while the current one runs (spread over its tiles), so that weights read
+    /// from memory, as inside a whole model whose weights outgrow the last-level cache, stream
+    /// while the FMAs run: ResNet-50's layer4 3x3 (590 KB a pair) with cold weights took
+    /// 0.47 ms instead of 0.74 (the kernels bench's `--report --cold`, fastest of 200 runs, 2
+    /// threads on a shared machine), about what it takes with warm weights.
     fn set_band(&mut self) {
         let s = self.shape;
         match self.band {
@@ -400,8 +434,8 @@ impl ConvPlan {
         let pair_weights = 4 * self.k * self.icb * s.kh * s.kw * 256;
         let task_weights = pair_weights * (self.oc_chunk / self.k);
         let band = 4 * self.scratch;
-        self.blocks_outer =
-            self.row_chunk > 1 && task_weights > L2_WEIGHTS && pair_weights <= L2_WEIGHTS && band <= L2_BAND;
+        self.blocks_outer = self.row_chunk > 1 && task_weights > L2_WEIGHTS && pair_weights + band <= L2_BAND;
+        self.prefetch = task_weights > L2_WEIGHTS;
         // Long rows (the pixels of a 1x1 convolution, flattened: 1568 a task at 56 x 56 with
         // 256 channels, 1.6 MB of input) are cut into blocks each pair re-reads from L2,
         // instead of every pair streaming the whole row from L3.

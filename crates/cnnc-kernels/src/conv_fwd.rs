@@ -137,14 +137,24 @@ pub unsafe fn forward_task(plan: &ConvPlan, a: &ConvArgs, task: usize, scratch: 
     let ob0 = g * plan.ocb + oc_i * plan.oc_chunk;
     let w_ocb = plan.icb * s.kh * s.kw * 256;
     let rows = oy0..oy1;
-    let pairs = (ob0..ob0 + plan.oc_chunk).step_by(kk);
+    let ob_end = ob0 + plan.oc_chunk;
+    let pairs = (ob0..ob_end).step_by(kk);
+    // Lines of one pair's weights, and where the pair after `ob` starts (if it differs).
+    let pair_lines = if plan.prefetch { kk * w_ocb / 16 } else { 0 };
+    let next_w = |ob: usize| a.w.wrapping_add(ob * w_ocb);
     if plan.blocks_outer {
+        // While a pair runs its rows, the next pair's weights are fetched, a share per row.
+        let share = pair_lines.div_ceil(rows.len());
         for ob in pairs {
             // Groups hold whole blocks, so block ob's first channel is ob * 16.
             // SAFETY: the vectors hold oc floats (caller).
             let e = unsafe { EpiVectors::load(a, ob * 16, kk, s.oc) };
-            let out = block_out(plan, a, n, ob, &e);
-            for oy in rows.clone() {
+            let mut out = block_out(plan, a, n, ob, &e);
+            for (i, oy) in rows.clone().enumerate() {
+                if ob + kk < ob_end {
+                    out.pf = next_w(ob + kk).wrapping_add(i * share * 16);
+                    out.pf_lines = share.min(pair_lines - (i * share).min(pair_lines));
+                }
                 // SAFETY: forwarded contract; the row's tiles lie inside the output.
                 unsafe { row(plan, a, &out, x, row0, a.w.wrapping_add(ob * w_ocb), n, ob, oy, c0, c1) };
             }
@@ -153,10 +163,18 @@ pub unsafe fn forward_task(plan: &ConvPlan, a: &ConvArgs, task: usize, scratch: 
         for oy in rows {
             for b0 in (c0..c1).step_by(plan.col_block) {
                 let b1 = (b0 + plan.col_block).min(c1);
+                // The first visit of the pairs streams the task's weights from memory, each
+                // pair prefetching the next; later rows (or row blocks) find them in the caches
+                // (prefetching them again measured slower).
+                let first_visit = oy == oy0 && b0 == c0;
                 for ob in pairs.clone() {
                     // SAFETY: as above.
                     let e = unsafe { EpiVectors::load(a, ob * 16, kk, s.oc) };
-                    let out = block_out(plan, a, n, ob, &e);
+                    let mut out = block_out(plan, a, n, ob, &e);
+                    if first_visit && ob + kk < ob_end {
+                        out.pf = next_w(ob + kk);
+                        out.pf_lines = pair_lines;
+                    }
                     // SAFETY: as above; b0..b1 is inside c0..c1.
                     unsafe { row(plan, a, &out, x, row0, a.w.wrapping_add(ob * w_ocb), n, ob, oy, b0, b1) };
                 }
@@ -217,9 +235,11 @@ unsafe fn row(
         b_step: 16,
         b_blk: (plan.icb * s.kh * s.kw * 256) as isize,
     };
-    let in_row = (top + (kh_lo * dh) as isize).max(0) as usize - row0;
+    let in_row = ((top + (kh_lo * dh) as isize).max(0) as usize - row0) / plan.band_row_step;
     let tiles = &tile::tiles(plan.isa).a16;
     let ntiles = (c1 - c0).div_ceil(plan.nw);
+    // The row's prefetches, a share per tile.
+    let pf_share = base.pf_lines.div_ceil(ntiles);
     let mut ox = c0;
     for t in 0..ntiles {
         // Balanced widths: the first (c1 - c0) % ntiles tiles are one column wider.
@@ -227,6 +247,8 @@ unsafe fn row(
         // Every band mode puts output column ox's first tap at column ox (stride 1 or Taps).
         let ap = x.wrapping_add(in_row * plan.band_row + ox * 16);
         let mut out = *base;
+        out.pf = base.pf.wrapping_add(t * pf_share * 16);
+        out.pf_lines = pf_share.min(base.pf_lines - (t * pf_share).min(base.pf_lines));
         let at = (pix_row + ox) * 16;
         out.c = base.c.wrapping_add(at);
         if plan.epilogue.residual {
@@ -261,12 +283,13 @@ unsafe fn copy_band(
     let first = (oy0 * sh).saturating_sub(ph);
     let last = ((oy1 - 1) * sh + (s.kh - 1) * s.dilation[0]).saturating_sub(ph).min(s.ih - 1);
     let x = a.x.wrapping_add(n * a.x_bs + g * plan.icb * s.ih * s.iw * 16);
+    let step = plan.band_row_step;
     for icb in 0..plan.icb {
-        for iy in first..=last {
+        for iy in (first..=last).step_by(step) {
             let src = x.wrapping_add((icb * s.ih + iy) * s.iw * 16);
-            let dst = band.wrapping_add(icb * plan.band_icb + (iy - first) * plan.band_row);
+            let dst = band.wrapping_add(icb * plan.band_icb + (iy - first) / step * plan.band_row);
             // SAFETY: iy < ih, so the source row is inside the input image; the destination
-            // row is inside the band (rows_for bounds last - first + 1 by band_rows).
+            // row is inside the band (rows_for bounds (last - first) / step + 1 by band_rows).
             unsafe {
                 match plan.band {
                     Band::Padded => {

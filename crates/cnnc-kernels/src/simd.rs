@@ -127,6 +127,9 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn hsum(self, a: Self::V) -> f32;
     fn v_to_array(self, a: Self::V) -> [f32; 16];
     fn array_to_v(self, a: [f32; 16]) -> Self::V;
+    /// Asks for the 64-byte line holding `p` to be brought into the caches (a hint: any
+    /// address, never a fault, nothing read that the program sees; a no-op in portable code).
+    fn prefetch(self, p: *const f32);
 }
 
 /// Plain Rust on any target: arrays of 16 lanes the compiler vectorises as it can.
@@ -320,6 +323,8 @@ impl Simd for Portable {
     fn array_to_v(self, a: [f32; 16]) -> [f32; 16] {
         a
     }
+    #[inline(always)]
+    fn prefetch(self, _p: *const f32) {}
 }
 
 /// Defines `$name`, dispatching on an [`Isa`] to one instantiation of the generic

@@ -59,6 +59,11 @@ pub struct Out {
     pub res_col: isize,
     pub res_blk: isize,
     pub act: Act,
+    /// Lines the tile asks the caches for while it runs (weights of tiles that follow it, see
+    /// `conv_fwd.rs`): the `pf_lines` 64-byte lines from `pf` on, spread evenly over its
+    /// innermost block pairs. Prefetches are hints: `pf` need not point into any buffer.
+    pub pf: *const f32,
+    pub pf_lines: usize,
 }
 
 impl Out {
@@ -82,6 +87,8 @@ impl Out {
             res_col: 0,
             res_blk: 0,
             act: Act::NONE,
+            pf: core::ptr::null(),
+            pf_lines: 0,
         }
     }
 }
@@ -172,10 +179,11 @@ trait Shape {
 }
 
 /// The loops of a [`Reduce`] around `$body`, which sees the current A and B pointers as
-/// `$pa` and `$pb`. Pointers advance with wrapping arithmetic: the last advance of each loop
-/// may leave the buffer without being dereferenced.
+/// `$pa` and `$pb`, with `$pre` run at every innermost block pair. Pointers advance with
+/// wrapping arithmetic: the last advance of each loop may leave the buffer without being
+/// dereferenced.
 macro_rules! reduce_loops {
-    ($r:ident, $a:ident, $b:ident, $pa:ident, $pb:ident, $body:block) => {
+    ($r:ident, $a:ident, $b:ident, $pa:ident, $pb:ident, $pre:block, $body:block) => {
         let mut a0 = $a;
         let mut b0 = $b;
         for _ in 0..$r.n[0] {
@@ -183,6 +191,7 @@ macro_rules! reduce_loops {
             for _ in 0..$r.n[1] {
                 let (mut a2, mut b2) = (a1, b1);
                 for _ in 0..$r.n[2] {
+                    $pre
                     let (mut $pa, mut $pb) = (a2, b2);
                     for _ in 0..$r.steps {
                         $body
@@ -211,7 +220,19 @@ macro_rules! shapes {
             unsafe fn run<S: Simd, const AC: isize>(s: S, a: *const f32, b: *const f32, r: &Reduce, out: &Out) {
                 let z = s.zero();
                 let mut acc = [[z; $k]; $nw];
+                // A few lines of weights ahead per block pair: spread over the tile, the
+                // stream from memory overlaps the FMAs (see `conv_fwd.rs`).
+                let (mut pf, mut pf_left) = (out.pf, out.pf_lines);
+                let pairs = r.n[0] * r.n[1] * r.n[2];
+                let pf_per = if pf_left == 0 || pairs == 0 { 0 } else { pf_left.div_ceil(pairs) };
                 reduce_loops!(r, a, b, pa, pb, {
+                    let lines = pf_per.min(pf_left);
+                    pf_left -= lines;
+                    for _ in 0..lines {
+                        s.prefetch(pf);
+                        pf = pf.wrapping_add(16);
+                    }
+                }, {
                     shapes!(@step $k, s, pa, pb, r, acc, AC, [$($j)*]);
                 });
                 if out.is_register_epilogue() {

@@ -255,6 +255,12 @@ impl Simd for Avx2 {
         // SAFETY: a holds 16 floats.
         unsafe { self.load(a.as_ptr()) }
     }
+    #[inline(always)]
+    fn prefetch(self, p: *const f32) {
+        // SAFETY: a prefetch never faults and reads nothing the program sees, whatever the
+        // address; SSE is part of x86-64.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
+    }
 }
 
 /// AVX-512 (F, BW, DQ, VL): 16 lanes in one zmm register, masks in k registers.
@@ -433,5 +439,11 @@ impl Simd for Avx512 {
     fn array_to_v(self, a: [f32; 16]) -> __m512 {
         // SAFETY: a holds 16 floats.
         unsafe { self.load(a.as_ptr()) }
+    }
+    #[inline(always)]
+    fn prefetch(self, p: *const f32) {
+        // SAFETY: a prefetch never faults and reads nothing the program sees, whatever the
+        // address; SSE is part of x86-64.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
     }
 }

@@ -155,9 +155,10 @@ fn check_forward(cfg: ConvCfg, e: EpiCase, seed: u64) -> Result<(), String> {
         let par = par(seed);
         let plan = ConvPlan::new(shape_of(&cfg), epilogue, cpu, par.threads()).map_err(|e| e.to_string())?;
         // Both loop orders of a task (the plan picks one by the weights' size), and rows cut
-        // into blocks of one tile.
-        let flipped = plan.with_blocks_outer(!plan.blocks_outer());
-        for plan in [plan, flipped, plan.with_blocks_outer(false).with_col_block(plan.tile().1)] {
+        // into blocks of one tile, with and without weight prefetching.
+        let flipped = plan.with_blocks_outer(!plan.blocks_outer()).with_prefetch(!plan.prefetch());
+        let cut = plan.with_blocks_outer(false).with_col_block(plan.tile().1).with_prefetch(true);
+        for plan in [plan, flipped, cut] {
             let y0 = match e.residual {
                 Residual::InPlace => rb.clone(),
                 _ => vec![9.0; rb.len()],
@@ -188,11 +189,12 @@ fn check_forward(cfg: ConvCfg, e: EpiCase, seed: u64) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             let got = arena.part(yi);
             let what = format!(
-                "{:?} {cfg:?} {e:?} plan tile {:?} band {:?} blocks outer {}",
+                "{:?} {cfg:?} {e:?} plan tile {:?} band {:?} blocks outer {} prefetch {}",
                 cpu.isa(),
                 plan.tile(),
                 plan.band(),
-                plan.blocks_outer()
+                plan.blocks_outer(),
+                plan.prefetch()
             );
             close(&what, &from_blocked(got, cfg.n, cfg.oc, ohw), &want, 1e-4)?;
             if !got.iter().all(|v| v.is_finite()) {
@@ -294,6 +296,70 @@ fn benchmark_shapes_match_interpreter() {
                 groups: 1,
             },
             5,
+        ),
+        // Layer4-like: weights past L2, so tasks prefetch the next pair's weights (3x3 with
+        // blocks outside rows, and a 1x1 whose pixels are one flat row).
+        (
+            ConvCfg {
+                n: 1,
+                ic: 128,
+                ih: 6,
+                iw: 5,
+                oc: 128,
+                k: [3, 3],
+                stride: [1, 1],
+                pad: [1, 1],
+                dilation: [1, 1],
+                groups: 1,
+            },
+            6,
+        ),
+        (
+            ConvCfg {
+                n: 1,
+                ic: 512,
+                ih: 3,
+                iw: 5,
+                oc: 256,
+                k: [1, 1],
+                stride: [1, 1],
+                pad: [0, 0],
+                dilation: [1, 1],
+                groups: 1,
+            },
+            7,
+        ),
+        // One-row kernels with a row stride and no row padding: the band holds only the rows
+        // they read.
+        (
+            ConvCfg {
+                n: 2,
+                ic: 40,
+                ih: 11,
+                iw: 10,
+                oc: 48,
+                k: [1, 1],
+                stride: [3, 2],
+                pad: [0, 0],
+                dilation: [1, 1],
+                groups: 1,
+            },
+            8,
+        ),
+        (
+            ConvCfg {
+                n: 1,
+                ic: 20,
+                ih: 9,
+                iw: 9,
+                oc: 32,
+                k: [1, 3],
+                stride: [2, 2],
+                pad: [0, 1],
+                dilation: [1, 2],
+                groups: 1,
+            },
+            9,
         ),
     ];
     for (cfg, seed) in shapes {
