@@ -14,15 +14,17 @@
 //!
 //! # How a plan is compiled
 //!
-//! Every node becomes one or more kernel functions `fn(ctx, task, thread)` with every shape,
-//! trip count and address a constant (the batch included: recompiling for another batch
-//! takes milliseconds, and constant strides let every address fold into the instruction);
-//! a driver function calls them in schedule order, handing a kernel with several tasks to the
-//! thread pool of `cnnc-kernels` (`cnnc_parallel_for`). The arena is the plan's
+//! Every node becomes one or more kernel functions `fn(ops, task, thread)` with every shape
+//! and trip count a constant (the batch included: recompiling for another batch takes
+//! milliseconds, and constant strides let every offset fold into the instruction) and every
+//! address an operand, read from the kernel's operand block `ops`: kernels of layers with
+//! equal shapes and attributes are then the same IR, compiled once. A driver function calls
+//! the kernels in schedule order, each with its own block, handing a kernel with several
+//! tasks to the thread pool of `cnnc-kernels` (`cnnc_parallel_for`). The arena is the plan's
 //! (`Plan::image_offset` is the addressing rule), parameters live in one buffer as the plan
 //! stores them (after `cnnc_runtime::apply_transforms`), inputs are copied into buffers of
-//! the model's own, and tables and run-time arguments sit in an auxiliary buffer passed as
-//! `ctx`. Two kernel modes ([`Mode`]): portable (every loop in Cranelift IR, F32X4) and
+//! the model's own, and operand blocks, tables and run-time arguments sit in an auxiliary
+//! buffer. Two kernel modes ([`Mode`]): portable (every loop in Cranelift IR, F32X4) and
 //! native (loop nests around `cnnc-kernels` microkernels where one fits).
 //!
 //! Compile time ([`CompiledModel::compile_times`]): lowering builds every kernel's IR, then
