@@ -45,8 +45,10 @@ impl Shared {
     /// The function among `pending` whose IR is `func`'s, or else the hash under which to
     /// [`Shared::insert`] it.
     pub fn find(&mut self, func: &Function, pending: &[Pending]) -> Result<FuncId, u64> {
+        // The instructions alone (immediates included) tell kernels apart; a full compare
+        // follows.
         let mut h = FoldHasher(0);
-        func.stencil.hash(&mut h);
+        func.dfg.insts.hash(&mut h);
         let hash = h.finish();
         let same = |&&i: &&usize| {
             let p: &Function = &pending[i].func;
@@ -68,7 +70,8 @@ impl Shared {
 }
 
 /// A fast, non-cryptographic hasher (multiply-rotate, as rustc's FxHasher) for function IR:
-/// SipHash over a stencil cost a quarter of the lowering. A collision only costs a compare.
+/// SipHash over a whole stencil cost a quarter of the lowering. A collision only costs a
+/// compare.
 struct FoldHasher(u64);
 
 impl Hasher for FoldHasher {
