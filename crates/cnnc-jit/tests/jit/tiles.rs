@@ -6,7 +6,9 @@
 //! and the dot products of fully connected layers on lengths that leave vector and scalar
 //! tails. Each graph runs in both modes against the interpreter: inference, and a training
 //! step, whose forward pass uses the same code and whose input and weight gradients on blocked
-//! maps are tiles too. Layers of equal shapes run one compiled function on their own operands.
+//! maps are tiles too. Stride-2 3x3 kernels on odd sizes take both tile shapes (rows of more
+//! and of at most 14 pixels). Layers of equal shapes run one compiled function on their own
+//! operands.
 
 use crate::common::{MODES, batch_of, compile, random_weights};
 use crate::ops::{add, check_graph};
@@ -50,6 +52,27 @@ fn blocked_tiles() {
         let d = add(&mut g, square(48, 1, 2, 0), &[r], "d");
         g.outputs = vec![d];
         for name in ["a", "b", "c", "d"] {
+            assert_layout(&g, name, Layout::Blocked16);
+        }
+        check_graph(&g, 2);
+    }
+}
+
+/// Stride-2 3x3 convolutions on odd sizes: a 15 x 33 input (8 x 17 outputs: rows in 4-pixel
+/// tiles), 13 x 13 (7 x 7: one 7-pixel tile a row, its first column in the halo) and 29 x 27
+/// (15 x 14: two 7-pixel tiles, both touching the halo), 40 channels (a partial input block)
+/// into 24 (a partial output block) into 32.
+#[test]
+fn strided_tiles() {
+    for hw in [[15, 33], [13, 13], [29, 27]] {
+        let mut g = Graph::new("st");
+        let x = g.add_input("x", Shape(vec![40, hw[0], hw[1]]), Default::default()).unwrap();
+        let a = add(&mut g, square(24, 3, 2, 1), &[x], "a");
+        let r = add(&mut g, Op::Activation(Activation::Relu), &[a], "relu");
+        let b = add(&mut g, square(32, 3, 2, 1), &[r], "b");
+        let t = add(&mut g, Op::Activation(Activation::Tanh), &[b], "tanh");
+        g.outputs = vec![t];
+        for name in ["a", "b"] {
             assert_layout(&g, name, Layout::Blocked16);
         }
         check_graph(&g, 2);
