@@ -31,8 +31,11 @@
 //! Cranelift compiles the functions on the model's threads at once (`codegen`); the buffers
 //! are zero pages mapped on demand, so a large arena costs nothing until it is used. ResNet-50
 //! compiles in a few milliseconds for inference (native mode: loop nests around kernel
-//! calls), and its training step in tens; in portable mode its register tiles make about 25,000
-//! instructions, some 45 ms of Cranelift on one thread.
+//! calls), and its training step in tens. In portable mode the distinct kernels of its
+//! inference plan are 28 functions of about 10,000 instructions, those of its training step
+//! (batch 1) 202 functions of 25,000 instructions (827 kernels of 95,000 instructions before
+//! equal kernels shared one function); lowering, which still builds every kernel's IR, is
+//! then about half of the compile time.
 //!
 //! # Safety
 //!
