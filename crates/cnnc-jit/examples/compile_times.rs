@@ -2,7 +2,8 @@
 //! 8, SGD with momentum) several times and prints where each compile's time went; a loop to
 //! run under `perf record`.
 //!
-//! `cargo run --release -p cnnc-jit --example compile_times -- [REPEATS] [--train]` from the
+//! `cargo run --release -p cnnc-jit --example compile_times -- [REPEATS] [--train] [--portable]`
+//! (native mode unless `--portable`) from the
 //! repository root (`CNNC_THREADS=1` for Cranelift on one thread).
 use cnnc_jit::{CompiledModel, Mode, Options};
 use cnnc_passes::{PassOptions, TrainingOptions, optimize, optimize_training};
@@ -10,6 +11,7 @@ use cnnc_passes::{PassOptions, TrainingOptions, optimize, optimize_training};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let train = args.iter().any(|a| a == "--train");
+    let mode = if args.iter().any(|a| a == "--portable") { Mode::Portable } else { Mode::Native };
     let reps: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(5);
     let src = std::fs::read_to_string("examples/resnet50.cnn").unwrap();
     let (parsed, _) = cnnc_syntax::parse(&src);
@@ -29,16 +31,17 @@ fn main() {
         (optimize(&g, Some(&w), &PassOptions::all()).unwrap().plan, 1)
     };
     for _ in 0..reps {
-        let m = CompiledModel::compile(&plan, &Options::new(batch).with_mode(Mode::Native)).unwrap();
+        let m = CompiledModel::compile(&plan, &Options::new(batch).with_mode(mode)).unwrap();
         let t = m.compile_times();
         eprintln!(
-            "{:.1} ms: setup {:.1} lower {:.1} codegen {:.1} ({:.1} cpu, {} fns, {} insts) finalize {:.1}",
+            "{:.1} ms: setup {:.1} lower {:.1} codegen {:.1} ({:.1} cpu, {} fns, {} shared, {} insts) finalize {:.1}",
             t.total_ms,
             t.setup_ms,
             t.lower_ms,
             t.codegen.wall_ms,
             t.codegen.cpu_ms,
             t.codegen.functions,
+            t.codegen.shared,
             t.codegen.insts,
             t.finalize_ms
         );

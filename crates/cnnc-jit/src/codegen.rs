@@ -2,7 +2,10 @@
 //! every kernel's IR first ([`Pending`]), then the functions compile in parallel (largest
 //! first, each thread taking the next one), and the machine code goes into the module in
 //! their original order. Compiling is most of a model's compile time and each function
-//! compiles on its own, so two cores nearly halve it.
+//! compiles on its own, so two cores nearly halve it. A kernel whose IR is that of an earlier
+//! one (layers of the same shapes and attributes: kernels read their addresses from operand
+//! blocks, see [`crate::emit`]) is not compiled again but calls the earlier function
+//! ([`Shared`]).
 
 use crate::error::JitError;
 use cranelift_codegen::Context;
@@ -11,6 +14,8 @@ use cranelift_codegen::ir::Function;
 use cranelift_codegen::isa::TargetIsa;
 use cranelift_jit::JITModule;
 use cranelift_module::{FuncId, Module, ModuleReloc};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -24,6 +29,83 @@ pub(crate) struct Pending {
     pub id: FuncId,
     pub name: String,
     pub func: Function,
+}
+
+/// The kernel functions built so far, by their IR (what Cranelift compiles, the function's
+/// name left out): equal IR is equal machine code.
+#[derive(Default)]
+pub(crate) struct Shared {
+    /// Indices into the pending functions, by the hash of their IR.
+    by_hash: HashMap<u64, Vec<usize>>,
+    /// Kernels that reused an earlier function.
+    pub reused: usize,
+}
+
+impl Shared {
+    /// The function among `pending` whose IR is `func`'s, or else the hash under which to
+    /// [`Shared::insert`] it.
+    pub fn find(&mut self, func: &Function, pending: &[Pending]) -> Result<FuncId, u64> {
+        // The instructions alone (immediates included) tell kernels apart; a full compare
+        // follows.
+        let mut h = FoldHasher(0);
+        func.dfg.insts.hash(&mut h);
+        let hash = h.finish();
+        let same = |&&i: &&usize| {
+            let p: &Function = &pending[i].func;
+            p.stencil == func.stencil && p.params == func.params
+        };
+        match self.by_hash.get(&hash).and_then(|v| v.iter().find(same)) {
+            Some(&i) => {
+                self.reused += 1;
+                Ok(pending[i].id)
+            }
+            None => Err(hash),
+        }
+    }
+
+    /// Records `pending[index]` under `hash`.
+    pub fn insert(&mut self, hash: u64, index: usize) {
+        self.by_hash.entry(hash).or_default().push(index);
+    }
+}
+
+/// A fast, non-cryptographic hasher (multiply-rotate, as rustc's FxHasher) for function IR:
+/// SipHash over a whole stencil cost a quarter of the lowering. A collision only costs a
+/// compare.
+struct FoldHasher(u64);
+
+impl Hasher for FoldHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u16(&mut self, v: u16) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// One function's machine code, ready for the module.
@@ -42,6 +124,8 @@ type Compiled = Result<(FuncId, Code), JitError>;
 pub struct CodegenTimes {
     /// Functions compiled.
     pub functions: usize,
+    /// Kernels that run an earlier kernel's function instead of a function of their own.
+    pub shared: usize,
     /// Their Cranelift instructions, all together.
     pub insts: usize,
     /// Threads that compiled them.
@@ -56,6 +140,7 @@ pub struct CodegenTimes {
 pub(crate) fn compile_all(
     module: &mut JITModule,
     pending: Vec<Pending>,
+    shared: usize,
     threads: usize,
 ) -> Result<CodegenTimes, JitError> {
     let start = Instant::now();
@@ -100,7 +185,7 @@ pub(crate) fn compile_all(
             .define_function_bytes(id, code.alignment, &code.bytes, &code.relocs)
             .map_err(|e| JitError::Codegen(e.to_string()))?;
     }
-    Ok(CodegenTimes { functions: n, insts, threads, wall_ms, cpu_ms })
+    Ok(CodegenTimes { functions: n, shared, insts, threads, wall_ms, cpu_ms })
 }
 
 /// Compiles one function with a reused context.

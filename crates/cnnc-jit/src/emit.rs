@@ -2,10 +2,13 @@
 //! writes: counted loops, constants, loads and stores at absolute or context-relative
 //! addresses, lane-generic float arithmetic (`F32` or `F32X4`), and per-task work ranges.
 //!
-//! Every kernel function has the signature `extern "C" fn(ctx: *const u8, task: usize,
-//! thread: usize)`: `ctx` is the model's auxiliary buffer (run-time arguments, tables and
-//! scratch), the two integers say which part of the node's work to do (see
-//! [`crate::exec`]). Loop-carried values are cranelift-frontend variables, so SSA form is
+//! Every kernel function has the signature `extern "C" fn(ops: *const u8, task: usize,
+//! thread: usize)`: `ops` is the kernel's operand block, in the model's auxiliary buffer (with
+//! the run-time arguments, tables and scratch); the two integers say which part of the node's
+//! work to do (see [`crate::exec`]). A kernel holds no address in its code: every absolute
+//! address and auxiliary-buffer offset it uses is an [`Operand`], read from the block, so
+//! kernels that differ only in where their data lies are the same code (compiled once: see
+//! [`crate::codegen`]). Loop-carried values are cranelift-frontend variables, so SSA form is
 //! built by the frontend.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
@@ -21,10 +24,34 @@ pub(crate) const I32: Type = types::I32;
 /// A function under construction.
 pub(crate) struct Fx<'a> {
     pub b: FunctionBuilder<'a>,
-    /// The auxiliary buffer's address (`ctx`).
-    pub ctx: Value,
+    /// The operand block's address (the first argument).
+    ops: Value,
     pub task: Value,
     pub thread: Value,
+    /// The operands read so far, by slot.
+    operands: Vec<Operand>,
+}
+
+/// A number a kernel reads from its operand block rather than holding in its code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Operand {
+    /// An absolute address.
+    Abs(u64),
+    /// A byte offset into the auxiliary buffer.
+    Aux(u64),
+}
+
+/// The operand block of a kernel whose block starts `at` bytes into the auxiliary buffer:
+/// 8 bytes a slot, an absolute address as itself, an auxiliary offset relative to the block
+/// (so the kernel adds it to the block's address).
+pub(crate) fn operand_block(operands: &[Operand], at: u64) -> Vec<u8> {
+    operands
+        .iter()
+        .flat_map(|o| match *o {
+            Operand::Abs(a) => a.to_le_bytes(),
+            Operand::Aux(off) => (off as i64 - at as i64).to_le_bytes(),
+        })
+        .collect()
 }
 
 /// Memory flags: accesses the lowering proved in bounds, so they cannot trap; never claimed
@@ -38,20 +65,46 @@ pub(crate) fn ro_flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap().with_readonly().with_can_move()
 }
 
-impl Fx<'_> {
+impl<'a> Fx<'a> {
+    /// A kernel's builder, positioned in its entry block: `params` are the block's
+    /// parameters (operand block, task, thread).
+    pub fn new(b: FunctionBuilder<'a>, params: &[Value]) -> Self {
+        Fx { b, ops: params[0], task: params[1], thread: params[2], operands: Vec::new() }
+    }
+
+    /// The operands the kernel reads, by slot (its block's contents: [`operand_block`]).
+    pub fn into_parts(self) -> (FunctionBuilder<'a>, Vec<Operand>) {
+        (self.b, self.operands)
+    }
+
+    /// The operand's value, loaded from its slot (one slot per distinct operand). The block
+    /// never changes while code runs, so the load may move.
+    fn operand(&mut self, o: Operand) -> Value {
+        let slot = match self.operands.iter().position(|&p| p == o) {
+            Some(s) => s,
+            None => {
+                self.operands.push(o);
+                self.operands.len() - 1
+            }
+        };
+        let ops = self.ops;
+        self.b.ins().load(I64, ro_flags(), ops, (8 * slot) as i32)
+    }
+
     pub fn int(&mut self, v: i64) -> Value {
         self.b.ins().iconst(I64, v)
     }
 
     /// An absolute address (buffers the model owns do not move while the code lives).
     pub fn abs(&mut self, addr: u64) -> Value {
-        self.b.ins().iconst(I64, addr as i64)
+        self.operand(Operand::Abs(addr))
     }
 
     /// An address `off` bytes into the auxiliary buffer.
     pub fn aux(&mut self, off: u64) -> Value {
-        let ctx = self.ctx;
-        self.b.ins().iadd_imm_s(ctx, off as i64)
+        let rel = self.operand(Operand::Aux(off));
+        let ops = self.ops;
+        self.b.ins().iadd(ops, rel)
     }
 
     pub fn add(&mut self, a: Value, b: Value) -> Value {

@@ -210,10 +210,12 @@ impl Pool {
     }
 }
 
-/// One step of the schedule: a kernel and its task count.
+/// One step of the schedule: a kernel, its task count and its operand block's offset in the
+/// auxiliary buffer (its first argument).
 struct Step {
     f: KernelFn,
     tasks: usize,
+    ops: usize,
 }
 
 /// Finalized code with the memory it runs on: the safe compiled model.
@@ -235,7 +237,7 @@ unsafe impl Send for Compiled {}
 pub(crate) fn seal(
     mut module: JITModule,
     driver: FuncId,
-    steps: &[(FuncId, usize)],
+    steps: &[(FuncId, usize, u64)],
     memory: Memory,
     pool: Pool,
 ) -> Result<Compiled, JitError> {
@@ -245,10 +247,10 @@ pub(crate) fn seal(
     let driver: unsafe extern "C" fn(*const u8) = unsafe { std::mem::transmute(d) };
     let steps = steps
         .iter()
-        .map(|&(f, tasks)| {
+        .map(|&(f, tasks, ops)| {
             let p = module.get_finalized_function(f);
             // SAFETY: every step was defined with the kernel signature.
-            Step { f: unsafe { std::mem::transmute::<*const u8, KernelFn>(p) }, tasks }
+            Step { f: unsafe { std::mem::transmute::<*const u8, KernelFn>(p) }, tasks, ops: ops as usize }
         })
         .collect();
     Ok(Compiled { module: Some(module), driver, steps, memory, pool })
@@ -265,8 +267,9 @@ impl Compiled {
     /// Runs step `k` alone, as the driver would (for per-layer timing). Steps must run in
     /// order, each after the ones before it, as the driver runs them.
     pub fn run_step(&mut self, k: usize) {
-        let ctx = self.memory.aux.addr() as *const u8;
         let step = &self.steps[k];
+        // The step's operand block: `lower` placed it inside the auxiliary buffer.
+        let ctx = (self.memory.aux.addr() + step.ops as u64) as *const u8;
         if step.tasks <= 1 {
             // SAFETY: as `run`, one step of the same schedule.
             unsafe { (step.f)(ctx, 0, 0) }

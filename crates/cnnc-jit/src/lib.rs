@@ -14,23 +14,28 @@
 //!
 //! # How a plan is compiled
 //!
-//! Every node becomes one or more kernel functions `fn(ctx, task, thread)` with every shape,
-//! trip count and address a constant (the batch included: recompiling for another batch
-//! takes milliseconds, and constant strides let every address fold into the instruction);
-//! a driver function calls them in schedule order, handing a kernel with several tasks to the
-//! thread pool of `cnnc-kernels` (`cnnc_parallel_for`). The arena is the plan's
+//! Every node becomes one or more kernel functions `fn(ops, task, thread)` with every shape
+//! and trip count a constant (the batch included: recompiling for another batch takes
+//! milliseconds, and constant strides let every offset fold into the instruction) and every
+//! address an operand, read from the kernel's operand block `ops`: kernels of layers with
+//! equal shapes and attributes are then the same IR, compiled once. A driver function calls
+//! the kernels in schedule order, each with its own block, handing a kernel with several
+//! tasks to the thread pool of `cnnc-kernels` (`cnnc_parallel_for`). The arena is the plan's
 //! (`Plan::image_offset` is the addressing rule), parameters live in one buffer as the plan
 //! stores them (after `cnnc_runtime::apply_transforms`), inputs are copied into buffers of
-//! the model's own, and tables and run-time arguments sit in an auxiliary buffer passed as
-//! `ctx`. Two kernel modes ([`Mode`]): portable (every loop in Cranelift IR, F32X4) and
+//! the model's own, and operand blocks, tables and run-time arguments sit in an auxiliary
+//! buffer. Two kernel modes ([`Mode`]): portable (every loop in Cranelift IR, F32X4) and
 //! native (loop nests around `cnnc-kernels` microkernels where one fits).
 //!
 //! Compile time ([`CompiledModel::compile_times`]): lowering builds every kernel's IR, then
 //! Cranelift compiles the functions on the model's threads at once (`codegen`); the buffers
 //! are zero pages mapped on demand, so a large arena costs nothing until it is used. ResNet-50
 //! compiles in a few milliseconds for inference (native mode: loop nests around kernel
-//! calls), and its training step in tens; in portable mode its register tiles make about 25,000
-//! instructions, some 45 ms of Cranelift on one thread.
+//! calls), and its training step in tens. In portable mode the distinct kernels of its
+//! inference plan are 28 functions of about 10,000 instructions, those of its training step
+//! (batch 1) 202 functions of 25,000 instructions (827 kernels of 95,000 instructions before
+//! equal kernels shared one function); lowering, which still builds every kernel's IR, is
+//! then about half of the compile time.
 //!
 //! # Safety
 //!

@@ -214,14 +214,15 @@ impl CompiledModel {
         let lower_ms = lowering.elapsed().as_secs_f64() * 1e3;
         check_cancel(options.cancel.as_ref())?;
         // Compiling uses as many threads as running will.
-        let codegen = crate::codegen::compile_all(&mut m, std::mem::take(&mut program.pending), threads)?;
+        let codegen =
+            crate::codegen::compile_all(&mut m, std::mem::take(&mut program.pending), program.shared, threads)?;
         check_cancel(options.cancel.as_ref())?;
         let finalizing = Instant::now();
         let mut aux = Buffer::new(program.aux.len, guard)?;
         for (off, table) in &program.aux.tables {
             aux.bytes_mut()[*off..][..table.len()].copy_from_slice(table);
         }
-        let steps: Vec<_> = program.steps.iter().map(|&(f, t, _)| (f, t)).collect();
+        let steps: Vec<_> = program.steps.iter().map(|&(f, t, _, ops)| (f, t, ops)).collect();
         let memory = Memory { arena, params, inputs, aux, extra: program.extra, _keep: program.keep };
         let code = seal(m, program.driver, &steps, memory, pool)?;
         let finalize_ms = finalizing.elapsed().as_secs_f64() * 1e3;
@@ -235,7 +236,7 @@ impl CompiledModel {
             param_at,
             adam: program.adam,
             repacks: program.repacks,
-            step_nodes: program.steps.iter().map(|&(_, _, n)| n).collect(),
+            step_nodes: program.steps.iter().map(|&(_, _, n, _)| n).collect(),
             cancel: options.cancel.clone(),
             inner: Mutex::new(Inner { code, loaded: false }),
         })

@@ -1,11 +1,12 @@
 //! Lowering a plan to Cranelift IR: one or more kernel functions per node, in schedule order,
 //! and a driver that runs them (each on the thread pool when it has several tasks).
 //!
-//! Everything is a compile-time constant except the run-time arguments: shapes, the batch,
+//! Everything is fixed at compile time except the run-time arguments: shapes, the batch,
 //! every value's address (arena, parameters and inputs are allocated before lowering and never
-//! move), table contents. Auxiliary data (tables, per-node scratch, the run-time arguments)
-//! lives in one buffer addressed through the kernels' `ctx` argument, allocated once its size
-//! is known. Every address range a kernel touches is checked here against its buffer before
+//! move), table contents. Shapes are constants in the code; addresses are operands, read from
+//! each kernel's operand block, so that kernels of equal layers share one function. Auxiliary
+//! data (operand blocks, tables, per-node scratch, the run-time arguments) lives in one buffer,
+//! allocated once its size is known; the driver passes each kernel its block's address. Every address range a kernel touches is checked here against its buffer before
 //! the kernel is emitted ([`Lx::val`], [`Lx::param`], [`Lx::alloc`]).
 
 mod conv;
@@ -22,8 +23,8 @@ mod reduce;
 mod softmax;
 mod update;
 
-use crate::codegen::Pending;
-use crate::emit::{Fx, I64};
+use crate::codegen::{Pending, Shared};
+use crate::emit::{Fx, I64, operand_block};
 use crate::error::{JitError, plan_err};
 use crate::exec::{Buffer, parallel_for_addr};
 use crate::options::Mode;
@@ -141,7 +142,9 @@ pub(crate) struct Lx<'a> {
     fctx: FunctionBuilderContext,
     /// The auxiliary buffer's layout, grown by [`Lx::alloc`].
     pub aux: Aux,
-    pub steps: Vec<(FuncId, usize, NodeId)>,
+    /// The schedule: each kernel's function, tasks, node and operand block (its offset in
+    /// the auxiliary buffer).
+    pub steps: Vec<(FuncId, usize, NodeId, u64)>,
     /// Adam updates: `(aux offset of their two per-step scalars, beta1, beta2)`.
     pub adam: Vec<(u64, f64, f64)>,
     /// The kernel mode.
@@ -164,8 +167,10 @@ pub(crate) struct Lx<'a> {
     node: NodeId,
     /// Nodes whose values an earlier node's step already writes (see [`Lx::early_ok`]).
     pub written: std::collections::HashSet<NodeId>,
-    /// Kernel functions built, compiled after lowering ([`crate::codegen`]).
+    /// Kernel functions built, compiled after lowering ([`crate::codegen`]), and all kernels
+    /// built by their IR.
     pending: Vec<Pending>,
+    shared: Shared,
     /// The plan's blocked stems ([`cnnc_ir::stem`]): values computed in `nChw16c` although the
     /// plan keeps them plain, and values written in another value's place.
     stem_blocked: std::collections::HashSet<NodeId>,
@@ -175,7 +180,7 @@ pub(crate) struct Lx<'a> {
 /// What lowering produces.
 pub(crate) struct Program {
     pub driver: FuncId,
-    pub steps: Vec<(FuncId, usize, NodeId)>,
+    pub steps: Vec<(FuncId, usize, NodeId, u64)>,
     pub aux: Aux,
     pub adam: Vec<(u64, f64, f64)>,
     pub keep: Vec<Box<dyn std::any::Any + Send>>,
@@ -183,6 +188,8 @@ pub(crate) struct Program {
     pub repacks: Vec<Repack>,
     /// The kernel functions, built but not compiled.
     pub pending: Vec<Pending>,
+    /// Kernels that run an earlier kernel's function.
+    pub shared: usize,
 }
 
 /// The auxiliary buffer: its size and the tables in it; every other byte starts at zero
@@ -237,6 +244,7 @@ pub(crate) fn lower(
         node: NodeId::from_index(0),
         written: Default::default(),
         pending: Vec::new(),
+        shared: Shared::default(),
         stem_blocked: Default::default(),
         stem_home: Default::default(),
     };
@@ -260,6 +268,7 @@ pub(crate) fn lower(
         extra: lx.extra,
         repacks: lx.repacks,
         pending: lx.pending,
+        shared: lx.shared.reused,
     })
 }
 
@@ -450,35 +459,49 @@ impl Lx<'_> {
         want.clamp(1, self.threads * 4).min(max)
     }
 
-    /// Emits one kernel of the current node: `body` builds it; it runs as `tasks` tasks.
+    /// Emits one kernel of the current node: `body` builds it; it runs as `tasks` tasks, on
+    /// its own operand block, with the function of an earlier kernel of the same IR if any.
     pub fn kernel(&mut self, tasks: usize, body: impl FnOnce(&mut Fx)) -> Result<(), JitError> {
         let mut sig = self.module.make_signature();
         for _ in 0..3 {
             sig.params.push(AbiParam::new(I64));
         }
-        let name = format!("n{}_{}", self.node.index(), self.steps.len());
-        let fid =
-            self.module.declare_function(&name, Linkage::Local, &sig).map_err(|e| JitError::Codegen(e.to_string()))?;
-        self.ctx.func.signature = sig;
-        self.ctx.func.name = UserFuncName::user(0, fid.as_u32());
+        self.ctx.func.signature = sig.clone();
         let config = self.module.target_config();
-        {
+        let operands = {
             let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
             let entry = b.create_block();
             b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
             let p = b.block_params(entry).to_vec();
-            let mut fx = Fx { b, ctx: p[0], task: p[1], thread: p[2] };
+            let mut fx = Fx::new(b, &p);
             body(&mut fx);
-            fx.b.ins().return_(&[]);
-            fx.b.seal_all_blocks();
-            fx.b.finalize(config);
-        }
-        // Compiled later, with the others, in parallel.
-        let func = std::mem::replace(&mut self.ctx.func, cranelift_codegen::ir::Function::new());
-        self.pending.push(Pending { id: fid, name, func });
+            let (mut b, operands) = fx.into_parts();
+            b.ins().return_(&[]);
+            b.seal_all_blocks();
+            b.finalize(config);
+            operands
+        };
+        let block = self.alloc(8 * operands.len());
+        self.aux.tables.push((block as usize, operand_block(&operands, block)));
+        let mut func = std::mem::replace(&mut self.ctx.func, cranelift_codegen::ir::Function::new());
         self.module.clear_context(&mut self.ctx);
-        self.steps.push((fid, tasks.max(1), self.node));
+        let fid = match self.shared.find(&func, &self.pending) {
+            Ok(fid) => fid,
+            Err(hash) => {
+                let name = format!("n{}_{}", self.node.index(), self.steps.len());
+                let fid = self
+                    .module
+                    .declare_function(&name, Linkage::Local, &sig)
+                    .map_err(|e| JitError::Codegen(e.to_string()))?;
+                func.name = UserFuncName::user(0, fid.as_u32());
+                self.shared.insert(hash, self.pending.len());
+                // Compiled later, with the others, in parallel.
+                self.pending.push(Pending { id: fid, name, func });
+                fid
+            }
+        };
+        self.steps.push((fid, tasks.max(1), self.node, block));
         Ok(())
     }
 
@@ -508,17 +531,18 @@ impl Lx<'_> {
             b.switch_to_block(entry);
             let ctx = b.block_params(entry)[0];
             let pf = b.import_signature(pf_sig);
-            for &(f, tasks, _) in &self.steps {
+            for &(f, tasks, _, block) in &self.steps {
                 let fref = self.module.declare_func_in_func(f, b.func);
+                let ops = b.ins().iadd_imm_s(ctx, block as i64);
                 if tasks <= 1 {
                     let zero = b.ins().iconst(I64, 0);
-                    b.ins().call(fref, &[ctx, zero, zero]);
+                    b.ins().call(fref, &[ops, zero, zero]);
                 } else {
                     let addr = b.ins().func_addr(I64, fref);
                     let callee = b.ins().iconst(I64, parallel_for_addr() as i64);
                     let pool = b.ins().iconst(I64, pool_addr as i64);
                     let n = b.ins().iconst(I64, tasks as i64);
-                    b.ins().call_indirect(pf, callee, &[pool, n, addr, ctx]);
+                    b.ins().call_indirect(pf, callee, &[pool, n, addr, ops]);
                 }
             }
             b.ins().return_(&[]);

@@ -6,11 +6,16 @@
 //! and the dot products of fully connected layers on lengths that leave vector and scalar
 //! tails. Each graph runs in both modes against the interpreter: inference, and a training
 //! step, whose forward pass uses the same code and whose input and weight gradients on blocked
-//! maps are tiles too.
+//! maps are tiles too. Stride-2 3x3 kernels on odd sizes take both tile shapes (rows of more
+//! and of at most 14 pixels). Layers of equal shapes run one compiled function on their own
+//! operands.
 
+use crate::common::{MODES, batch_of, compile, random_weights};
 use crate::ops::{add, check_graph};
 use cnnc_ir::{Activation, Conv, Fc, Graph, Layout, Op, Shape, Window};
+use cnnc_jit::{CompiledModel, Options};
 use cnnc_passes::{PassOptions, optimize};
+use cnnc_runtime::Cancel;
 
 fn conv(out: usize, kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2], dilation: [usize; 2]) -> Op {
     let window = Window { kernel, stride, pad, dilation, ceil_mode: false };
@@ -47,6 +52,27 @@ fn blocked_tiles() {
         let d = add(&mut g, square(48, 1, 2, 0), &[r], "d");
         g.outputs = vec![d];
         for name in ["a", "b", "c", "d"] {
+            assert_layout(&g, name, Layout::Blocked16);
+        }
+        check_graph(&g, 2);
+    }
+}
+
+/// Stride-2 3x3 convolutions on odd sizes: a 15 x 33 input (8 x 17 outputs: rows in 4-pixel
+/// tiles), 13 x 13 (7 x 7: one 7-pixel tile a row, its first column in the halo) and 29 x 27
+/// (15 x 14: two 7-pixel tiles, both touching the halo), 40 channels (a partial input block)
+/// into 24 (a partial output block) into 32.
+#[test]
+fn strided_tiles() {
+    for hw in [[15, 33], [13, 13], [29, 27]] {
+        let mut g = Graph::new("st");
+        let x = g.add_input("x", Shape(vec![40, hw[0], hw[1]]), Default::default()).unwrap();
+        let a = add(&mut g, square(24, 3, 2, 1), &[x], "a");
+        let r = add(&mut g, Op::Activation(Activation::Relu), &[a], "relu");
+        let b = add(&mut g, square(32, 3, 2, 1), &[r], "b");
+        let t = add(&mut g, Op::Activation(Activation::Tanh), &[b], "tanh");
+        g.outputs = vec![t];
+        for name in ["a", "b"] {
             assert_layout(&g, name, Layout::Blocked16);
         }
         check_graph(&g, 2);
@@ -119,4 +145,35 @@ fn backward_data_tiles() {
         assert_layout(&g, name, Layout::Blocked16);
     }
     check_graph(&g, 2);
+}
+
+/// Three equal 3x3 convolutions with residuals (on 7 x 5 pixels: a tile of 3 and of 2 pixels
+/// a row) compile to one function each kernel of theirs runs on its own operands: the
+/// functions are fewer than the kernels, and the results are the interpreter's, through the
+/// driver and step by step (where each step is called with its own operand block).
+#[test]
+fn equal_layers_share_functions() {
+    let mut g = Graph::new("eq");
+    let x = g.add_input("x", Shape(vec![16, 7, 5]), Default::default()).unwrap();
+    let mut h = add(&mut g, square(16, 3, 1, 1), &[x], "c0");
+    for k in 1..4 {
+        let c = add(&mut g, square(16, 3, 1, 1), &[h], &format!("c{k}"));
+        let r = add(&mut g, Op::Add, &[c, h], &format!("r{k}"));
+        h = add(&mut g, Op::Activation(Activation::Relu), &[r], &format!("relu{k}"));
+    }
+    g.outputs = vec![h];
+    check_graph(&g, 2);
+    let weights = random_weights(&g, 1);
+    let plan = optimize(&g, Some(&weights), &PassOptions::all()).unwrap().plan;
+    let x = batch_of(&[16, 7, 5], 2, 9);
+    for mode in MODES {
+        let driven = compile(&plan, 2, mode, &weights);
+        let times = driven.compile_times().codegen;
+        assert!(times.shared >= 2, "{mode:?}: {times:?}");
+        let cancel = Cancel::new();
+        let options = Options::new(2).with_mode(mode).with_guard_pages(true).with_cancel(cancel);
+        let stepped = CompiledModel::compile(&plan, &options).unwrap();
+        stepped.load_weights(&weights).unwrap();
+        assert_eq!(stepped.forward(&x).unwrap(), driven.forward(&x).unwrap(), "{mode:?}");
+    }
 }

@@ -3,10 +3,11 @@
 //! plain, with blocked (`OIhw16i16o`, `gOIhw16i16o`, `OI16i16o`) or plain-input (`Oihw16o`,
 //! repacked from `oihw`) weights.
 //!
-//! A tile is up to [`MAX_PIXELS`] output pixels of one row times [`VECS`] vectors of four
-//! output channels: its accumulators, the weight vectors of one input channel and a broadcast
-//! input value fit in the 16 vector registers Cranelift's x64 back end allocates, with room
-//! to spare (a spilled accumulator costs more than a smaller tile: see [`MAX_PIXELS`]).
+//! A tile is up to 4 output pixels of one row times 2 vectors of four output channels, or on
+//! short rows 8 pixels times one vector ([`tile_shape`]): its accumulators, the weight
+//! vectors of one input channel and a broadcast input value fit in the 16 vector registers
+//! Cranelift's x64 back end allocates, with room to spare (a spilled accumulator costs more
+//! than a smaller tile: see [`TileShape`]).
 //! The reduction runs over input chunks (channel blocks), kernel rows and input channels in
 //! loops, with the kernel columns unrolled; every load is at a constant offset from a pointer
 //! advanced once per loop step. A row's tiles are cut evenly at compile time: runs of tiles
@@ -30,18 +31,53 @@ mod backward;
 
 pub(crate) use backward::{backward_data, backward_weight};
 
-/// Output pixels of a tile at most. x64's FMA overwrites a factor, so each product of a
-/// broadcast takes a copy of it (a register move): `4 x VECS` accumulators, `VECS` weights, a
-/// broadcast and its copy are 12 of the 16 xmm registers. Measured on Zen 5 (3x3 64->64 at
-/// 56x56 and 256->256 at 14x14, one thread, CPU time): 4 x 2 and 8 x 1 tiles reach 80-82 % of
-/// the 128-bit peak, 5 x 2 and 6 x 2 tiles 57-74 % (the register allocator spills an
-/// accumulator of the loop and the spill's store and reload lengthen its chain), 3 x 4 47 %.
-const MAX_PIXELS: usize = 4;
-/// F32X4 vectors of output channels in a tile.
-const VECS: usize = 2;
-/// Output channels of a tile.
+/// A tile's shape: up to `pixels` output pixels times `vecs` F32X4 vectors of output
+/// channels. x64's FMA overwrites a factor, so each product of a broadcast takes a copy of it
+/// (a register move): `pixels x vecs` accumulators, `vecs` weights, a broadcast and its copy
+/// must fit the 16 xmm registers with room to spare. Measured on Zen 5 (3x3 64->64 at 56x56
+/// and 256->256 at 14x14, one thread, CPU time): 4 x 2 and 8 x 1 tiles reach 80-82 % of the
+/// 128-bit peak, 5 x 2 and 6 x 2 tiles 57-74 % (the register allocator spills an accumulator
+/// of the loop and the spill's store and reload lengthen its chain), 3 x 4 47 %.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct TileShape {
+    pixels: usize,
+    vecs: usize,
+}
+
+impl TileShape {
+    /// Output channels of a tile.
+    fn channels(self) -> usize {
+        4 * self.vecs
+    }
+
+    /// Tiles per block of 16 output channels.
+    fn parts(self) -> usize {
+        16 / self.channels()
+    }
+}
+
+/// 4 pixels x 8 channels: the tile of long rows.
+const WIDE: TileShape = TileShape { pixels: 4, vecs: 2 };
+/// 8 pixels x 4 channels: the tile of short rows.
+const TALL: TileShape = TileShape { pixels: 8, vecs: 1 };
+
+/// The tile of a convolution's rows: [`TALL`] for kernels three or more columns wide on rows
+/// of at most 14 output pixels (ResNet-50's 7x7 and 14x14 maps), [`WIDE`] otherwise. A tile
+/// pass streams its channels' weights of every input channel and tap; a short row in `WIDE`
+/// tiles is two or four passes over 8 channels' weights, in `TALL` ones one or two over 4,
+/// half the weight traffic per output. Measured (one thread, CPU time, best of 15, portable
+/// 128-bit peak 68 GFLOP/s): 512->512 3x3 on 7x7 outputs 52.3 -> 54.4 GFLOP/s at stride 1
+/// and 47.2 -> 48.7 at stride 2, 256->256 stride 2 on a 14x14 output 47.9 -> 48.9; on a
+/// 28x28 output `TALL` was slower (49.1 -> 46.6).
+fn tile_shape(t: &Geo) -> TileShape {
+    if t.kw >= 3 && t.ow <= 14 { TALL } else { WIDE }
+}
+
+/// Tile shape of the backward-weights tiles (see `backward.rs`).
+const VECS: usize = WIDE.vecs;
+/// Output channels of a backward-weights tile.
 const TILE_CH: usize = 4 * VECS;
-/// Tiles per block of 16 output channels.
+/// Backward-weights tiles per block of 16 output channels.
 const PARTS: usize = 16 / TILE_CH;
 
 /// Tasks per thread of a layer large enough to split.
@@ -145,7 +181,7 @@ pub(crate) fn forward(lx: &mut Lx, op: &super::ConvForward) -> Result<bool, JitE
         return Ok(false);
     };
     let t = tiled_geo(g);
-    let cx = Cx { g: *g, t, x, y, res, bias, act, reads };
+    let cx = Cx { g: *g, t, shape: tile_shape(&t), x, y, res, bias, act, reads };
     emit(lx, &cx, weights)?;
     Ok(true)
 }
@@ -174,6 +210,7 @@ struct Cx {
     /// The convolution, and the geometry the tiles walk (see [`tiled_geo`]).
     g: Geo,
     t: Geo,
+    shape: TileShape,
     x: Val,
     y: Val,
     res: Option<Val>,
@@ -189,9 +226,9 @@ enum Segment {
     Edge { first: usize, taps: Vec<Vec<bool>> },
 }
 
-/// The row's tiles: `ceil(ow / MAX_PIXELS)` tiles of sizes differing by at most one.
-fn segments(t: &Geo) -> Vec<Segment> {
-    let n = t.ow.div_ceil(MAX_PIXELS);
+/// The row's tiles: `ceil(ow / pixels)` tiles of sizes differing by at most one.
+fn segments(t: &Geo, pixels: usize) -> Vec<Segment> {
+    let n = t.ow.div_ceil(pixels);
     let (q, extra) = (t.ow / n, t.ow % n);
     let inside = |ox: usize, kx: usize| {
         let ix = (ox * t.stride[1] + kx * t.dil[1]) as isize - t.pad[1] as isize;
@@ -235,7 +272,7 @@ fn emit(lx: &mut Lx, cx: &Cx, w: u64) -> Result<(), JitError> {
     } else {
         None
     };
-    let segs = segments(&t);
+    let segs = segments(&t, cx.shape.pixels);
     lx.kernel(tasks, |fx| {
         let (lo, hi) = fx.task_range(units, tasks);
         let (wbt, xbt, rt) = (fx.aux(w_base), fx.aux(x_base), fx.aux(rows));
@@ -267,7 +304,7 @@ fn emit(lx: &mut Lx, cx: &Cx, w: u64) -> Result<(), JitError> {
             let wb = load_i(fx, wbt, b);
             let wblk = fx.index(w_abs, wb, 4);
             let row = Row { n, b, oy, ky_lo, ky_hi, xrow, wblk, mask };
-            fx.for_n(0, PARTS as i64, |fx, part| {
+            fx.for_n(0, cx.shape.parts() as i64, |fx, part| {
                 for seg in &segs {
                     match seg {
                         Segment::Run { first, count, size } => {
@@ -305,16 +342,16 @@ struct Row {
     mask: Option<Value>,
 }
 
-/// One tile: `taps.len()` pixels from output column `ox0`, output channels `part * 8 ..` of
-/// the row's block; `taps[r][kx]` says which taps to read.
+/// One tile: `taps.len()` pixels from output column `ox0`, output channels
+/// `part * channels ..` of the row's block; `taps[r][kx]` says which taps to read.
 fn tile(fx: &mut Fx, cx: &Cx, row: &Row, part: Value, ox0: Value, taps: &[Vec<bool>]) {
     let (t, rd) = (&cx.t, &cx.reads);
-    let size = taps.len();
+    let (size, vecs, tile_ch) = (taps.len(), cx.shape.vecs, cx.shape.channels());
     let ch0 = fx.muli(row.b, 16);
-    let part_ch = fx.muli(part, TILE_CH as i64);
+    let part_ch = fx.muli(part, tile_ch as i64);
     let ch0 = fx.add(ch0, part_ch);
     let acc: Vec<Vec<Variable>> = {
-        let init: Vec<Value> = (0..VECS)
+        let init: Vec<Value> = (0..vecs)
             .map(|v| match cx.bias {
                 Some(bias) => {
                     let ba = fx.abs(bias);
@@ -328,7 +365,7 @@ fn tile(fx: &mut Fx, cx: &Cx, row: &Row, part: Value, ox0: Value, taps: &[Vec<bo
     };
     let ix0 = fx.muli(ox0, (t.stride[1] as i64) * rd.x_pix);
     let xpix = fx.index(row.xrow, ix0, 4);
-    let wpart = fx.index(row.wblk, part, 4 * TILE_CH as i64);
+    let wpart = fx.index(row.wblk, part, 4 * tile_ch as i64);
     fx.for_n(0, rd.chunks as i64, |fx, chunk| {
         let xc = fx.index(xpix, chunk, 4 * rd.x_chunk);
         let wc = fx.index(wpart, chunk, 4 * rd.w_chunk);
@@ -346,7 +383,7 @@ fn tile(fx: &mut Fx, cx: &Cx, row: &Row, part: Value, ox0: Value, taps: &[Vec<bo
                         }
                         let w_off = u * rd.w_chan + kx as i64 * rd.w_tap;
                         let wv: Vec<Value> =
-                            (0..VECS).map(|v| fx.load_ro(F32X4, wi, 4 * (w_off + 4 * v as i64))).collect();
+                            (0..vecs).map(|v| fx.load_ro(F32X4, wi, 4 * (w_off + 4 * v as i64))).collect();
                         for (r, tr) in taps.iter().enumerate() {
                             if !tr[kx] {
                                 continue;
@@ -407,7 +444,7 @@ fn store_blocked(fx: &mut Fx, cx: &Cx, row: &Row, ch0: Value, ox0: Value, sums: 
     });
     let keep: Option<Vec<Value>> = row.mask.map(|m| {
         let ma = fx.index(m, ch0, 4);
-        (0..VECS).map(|v| fx.load_ro(F32X4, ma, 16 * v as i64)).collect()
+        (0..cx.shape.vecs).map(|v| fx.load_ro(F32X4, ma, 16 * v as i64)).collect()
     });
     for (r, vecs) in sums.iter().enumerate() {
         for (v, &s) in vecs.iter().enumerate() {
@@ -441,7 +478,7 @@ fn store_plain(fx: &mut Fx, cx: &Cx, row: &Row, ch0: Value, ox0: Value, sums: &[
         let rimg = r.image(fx, row.n);
         fx.index(rimg, at, 4)
     });
-    for l in 0..TILE_CH {
+    for l in 0..cx.shape.channels() {
         let lane_store = |fx: &mut Fx| {
             for (r, vecs) in sums.iter().enumerate() {
                 let off = 4 * (l as i64 * hw + r as i64);
