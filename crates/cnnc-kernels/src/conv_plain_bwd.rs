@@ -6,12 +6,14 @@
 //! kernel column) and `p` over the batch's output pixels. The vectors run over 16 output
 //! pixels of a row, so both operands are contiguous loads: the output gradient's row of a
 //! channel, and the input row a tap reads, taken from a per-task band of zero-padded input
-//! rows (with a column stride above 1 the band holds each kernel column's pixels compacted).
+//! rows (`conv_plain_rows::RowBand`: with a column stride above 1 it holds each kernel
+//! column's pixels compacted).
 //! A tile keeps 4 output channels x up to 6 taps of 16-lane partial sums in registers over a
 //! chunk of output rows (4 + 6 loads for 24 FMAs), then adds them to the task's partial sums
 //! in memory; a last phase sums the lanes and the tasks' partials into `gw`. No patch matrix.
 
 use super::conv::ConvShape;
+use super::conv_plain_rows::RowBand;
 use super::error::{KernelError, check_len, check_min_len, product};
 use super::par::{Parallel, SyncPtr};
 use super::simd::{Cpu, Isa, Simd, isa_fn};
@@ -35,11 +37,8 @@ pub struct PlainBwdWeightsPlan {
     pub(crate) ow: usize,
     /// Input channels x kernel rows x kernel columns.
     pub(crate) taps: usize,
-    /// Whether the band holds each kernel column's pixels compacted (column stride above 1).
-    pub(crate) compact: bool,
-    pub(crate) band_row: usize,
-    /// Floats of one input channel's band (the band rows of a full pass).
-    pub(crate) band_ic: usize,
+    /// The band of zero-padded input rows of a pass.
+    pub(crate) band: RowBand,
     /// Output rows of one pass.
     pub(crate) row_chunk: usize,
     /// Images per image chunk, image chunks (each with its own partial sums), and the output
@@ -50,8 +49,6 @@ pub struct PlainBwdWeightsPlan {
     pub(crate) n_oc: usize,
     /// Floats of one image chunk's partial sums (`oc x taps x 16`).
     pub(crate) part: usize,
-    /// Floats of one thread's band.
-    pub(crate) band: usize,
 }
 
 /// Raw operands: `x` and `gy` plain maps with their batch strides, `gw` the `oihw` gradient.
@@ -89,13 +86,11 @@ impl PlainBwdWeightsPlan {
         let part = product("partial sums", &[shape.oc, taps, 16])?;
         product("tensor", &[shape.n, shape.ic, shape.ih, shape.iw])?;
         product("tensor", &[shape.n, shape.oc, oh, ow])?;
-        let [sh, sw] = shape.stride;
-        let compact = sw > 1;
-        let band_row = if compact { shape.kw * ow } else { shape.iw + 2 * shape.pad[1] };
-        let rows_for = |rc: usize| (rc - 1) * sh + (shape.kh - 1) * shape.dilation[0] + 1;
+        let sh = shape.stride[0];
+        let band_row = if shape.stride[1] > 1 { shape.kw * ow } else { shape.iw + 2 * shape.pad[1] };
         let per_row = 4 * (shape.oc * ow + shape.ic * sh * band_row);
         let row_chunk = (PASS_BYTES / per_row.max(1)).clamp(1, oh);
-        let band_ic = product("band", &[rows_for(row_chunk), band_row])?;
+        let band = RowBand::new(&shape, ow, row_chunk)?;
         let threads = threads.max(1);
         let chunks = shape.n.min(threads);
         let groups = shape.oc.div_ceil(TILE_OC);
@@ -109,16 +104,13 @@ impl PlainBwdWeightsPlan {
             oh,
             ow,
             taps,
-            compact,
-            band_row,
-            band_ic,
+            band,
             row_chunk,
             per_chunk: shape.n.div_ceil(chunks),
             chunks: shape.n.div_ceil(shape.n.div_ceil(chunks)),
             oc_chunk,
             n_oc,
             part,
-            band: product("band", &[shape.ic, band_ic])?,
         })
     }
 
@@ -128,7 +120,7 @@ impl PlainBwdWeightsPlan {
     }
     /// Scratch floats: the partial sums of every image chunk, then a band per thread.
     pub fn scratch_len(&self, threads: usize) -> usize {
-        self.chunks * self.part + threads.max(1) * self.band
+        self.chunks * self.part + threads.max(1) * self.band.len
     }
     /// Tasks of the second phase (output channels summed into `gw`).
     pub fn sum_tasks(&self) -> usize {
@@ -177,7 +169,7 @@ pub unsafe fn run_phases(par: &dyn Parallel, plan: &PlainBwdWeightsPlan, a: &Pla
     let sp = SyncPtr(scratch);
     let bands = plan.chunks * plan.part;
     par.run(plan.tasks(), &|t, thread| {
-        let band = sp.get().wrapping_add(bands + thread * plan.band);
+        let band = sp.get().wrapping_add(bands + thread * plan.band.len);
         // SAFETY: forwarded contract; each thread has its own band.
         unsafe { task(plan, a, t, sp.get(), band) }
     });
@@ -194,7 +186,7 @@ pub unsafe fn run_phases(par: &dyn Parallel, plan: &PlainBwdWeightsPlan, a: &Pla
 /// `plan` from [`PlainBwdWeightsPlan::new`] on a CPU with its instruction set; `a` valid for
 /// the plan's shape (plain images, `gw` of `oc x taps`); `parts` valid for every chunk's
 /// partial sums, this task's channels used by no other running task; `band` valid for
-/// `plan.band` floats used by no other running task.
+/// `plan.band.len` floats used by no other running task.
 pub unsafe fn task(plan: &PlainBwdWeightsPlan, a: &PlainBwdWeightsArgs, t: usize, parts: *mut f32, band: *mut f32) {
     let s = &plan.shape;
     let (chunk, oc_i) = (t / plan.n_oc, t % plan.n_oc);
@@ -209,7 +201,7 @@ pub unsafe fn task(plan: &PlainBwdWeightsPlan, a: &PlainBwdWeightsArgs, t: usize
             let oy1 = (oy0 + plan.row_chunk).min(plan.oh);
             // SAFETY: forwarded contract.
             unsafe {
-                copy_band(plan, a, n, oy0, oy1, band);
+                plan.band.copy(s, a.x.wrapping_add(n * a.x_bs), [oy0, oy1], band);
                 pass(plan, a, n, [oy0, oy1], [o0, o1], band, part);
             }
         }
@@ -233,7 +225,7 @@ unsafe fn pass(
     let ohw = plan.oh * plan.ow;
     let groups = plan.taps.div_ceil(TILE_TAPS);
     let rows = oy1 - oy0;
-    let x_row = s.stride[0] * plan.band_row;
+    let x_row = s.stride[0] * plan.band.row;
     for og in (o0..o1).step_by(TILE_OC) {
         let live = TILE_OC.min(o1 - og);
         let gy: [*const f32; TILE_OC] = core::array::from_fn(|i| {
@@ -263,9 +255,7 @@ unsafe fn pass(
 fn tap_offset(plan: &PlainBwdWeightsPlan, t: usize) -> usize {
     let s = &plan.shape;
     let (c, k) = (t / (s.kh * s.kw), t % (s.kh * s.kw));
-    let (ky, kx) = (k / s.kw, k % s.kw);
-    let col = if plan.compact { kx * plan.ow } else { kx * s.dilation[1] };
-    c * plan.band_ic + ky * s.dilation[0] * plan.band_row + col
+    plan.band.tap(s, [c, k / s.kw, k % s.kw])
 }
 
 /// The rows a tile runs over and where its sums go: output channel `i` of the tile, tap `j`,
@@ -378,53 +368,6 @@ unsafe fn tile_generic<S: Simd, const TT: usize>(
             let p = out.wrapping_add(i * g.out_o + j * 16);
             // SAFETY: the partial sums of live channel i, tap j (caller).
             unsafe { s.store(p, s.add(s.load(p), *v)) };
-        }
-    }
-}
-
-/// Copies the padded input rows that output rows `oy0..oy1` read into the band: band row `r`
-/// of channel `c` is padded row `oy0 * sh + r` (rows and columns of the padding are zeros).
-///
-/// # Safety
-/// As [`task`].
-unsafe fn copy_band(
-    plan: &PlainBwdWeightsPlan,
-    a: &PlainBwdWeightsArgs,
-    n: usize,
-    oy0: usize,
-    oy1: usize,
-    band: *mut f32,
-) {
-    let s = &plan.shape;
-    let [sh, sw] = s.stride;
-    let (ph, pw) = (s.pad[0] as isize, s.pad[1]);
-    let rows = (oy1 - oy0 - 1) * sh + (s.kh - 1) * s.dilation[0] + 1;
-    for c in 0..s.ic {
-        for r in 0..rows {
-            let iy = (oy0 * sh + r) as isize - ph;
-            let dst = band.wrapping_add(c * plan.band_ic + r * plan.band_row);
-            if iy < 0 || iy as usize >= s.ih {
-                // SAFETY: a band row.
-                unsafe { dst.write_bytes(0, plan.band_row) };
-                continue;
-            }
-            let src = a.x.wrapping_add(n * a.x_bs + (c * s.ih + iy as usize) * s.iw);
-            // SAFETY: iy < ih: a row of the input; the destination row is inside the band.
-            unsafe {
-                if plan.compact {
-                    for kx in 0..s.kw {
-                        for ox in 0..plan.ow {
-                            let ix = (ox * sw + kx * s.dilation[1]) as isize - pw as isize;
-                            let inside = ix >= 0 && (ix as usize) < s.iw;
-                            *dst.add(kx * plan.ow + ox) = if inside { *src.add(ix as usize) } else { 0.0 };
-                        }
-                    }
-                } else {
-                    dst.write_bytes(0, pw);
-                    core::ptr::copy_nonoverlapping(src, dst.add(pw), s.iw);
-                    dst.add(pw + s.iw).write_bytes(0, pw);
-                }
-            }
         }
     }
 }

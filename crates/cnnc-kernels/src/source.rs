@@ -61,8 +61,9 @@ pub fn files() -> &'static [Source] {
         conv_bwd_data: Core [conv error par simd tile view];
         conv_bwd_weights: Core [conv error par simd tile view];
         conv_generic: Core [act conv error par simd view];
-        conv_plain: Core [act conv error par simd tile view];
-        conv_plain_bwd: Core [conv error par simd view x86];
+        conv_plain_rows: Core [act conv error simd x86];
+        conv_plain: Core [conv conv_plain_rows error par simd tile view];
+        conv_plain_bwd: Core [conv conv_plain_rows error par simd view x86];
         depthwise: Core [conv error pack par simd tile view x86];
         fc: Core [act error par simd tile x86];
         bn: Core [error fmath par view];

@@ -176,3 +176,26 @@ fn plain_weight_gradient_of_the_first_layers() {
     check_plain_weights(cfg(2, 6, 14, 16, 5, 1, 0), 3).unwrap();
     check_plain_weights(cfg(1, 3, 37, 64, 7, 2, 3), 4).unwrap();
 }
+
+#[test]
+fn plain_output_first_layers() {
+    let cfg = |ic, hw: usize, oc, k: usize, p: usize| ConvCfg {
+        n: 2,
+        ic,
+        ih: hw,
+        iw: hw,
+        oc,
+        k: [k, k],
+        stride: [1, 1],
+        pad: [p, p],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    // LeNet-5's c1 and c3 (tanh, computed after the stores), the CIFAR net's c1 (ReLU in
+    // registers, a residual read in place).
+    let tanh = EpiCase { bias: true, scale_shift: false, residual: Residual::None, act: Some(5) };
+    let relu = EpiCase { bias: true, scale_shift: true, residual: Residual::InPlace, act: Some(0) };
+    check_plain(cfg(1, 32, 6, 5, 0), tanh, Layout::Nchw, 1).unwrap();
+    check_plain(cfg(6, 14, 16, 5, 0), tanh, Layout::Nchw, 2).unwrap();
+    check_plain(cfg(3, 32, 32, 3, 1), relu, Layout::Nchw, 3).unwrap();
+}

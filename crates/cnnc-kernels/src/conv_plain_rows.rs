@@ -1,0 +1,300 @@
+//! Plain-map convolution tiles whose vectors run over 16 output pixels of a row: the forward
+//! convolution of a plain input to a plain (`nchw`) output (LeNet-style layers, the plain-map
+//! input gradient), and the band of zero-padded input rows they and the plain weight
+//! gradient (`conv_plain_bwd`) read.
+//!
+//! A forward tile holds up to 6 output channels x 4 pixel vectors in registers over every tap
+//! (input channel x kernel row x kernel column): per tap 4 band loads and one weight broadcast
+//! per channel for 24 FMAs. The output is written straight into the channel planes (the last
+//! vector of a row masked) with bias, scale and shift, residual and a piecewise-linear
+//! activation applied in registers; other activations run over the task's rows afterwards.
+
+use super::act::{self, Act};
+use super::conv::{ConvArgs, ConvShape, Epilogue};
+use super::error::{KernelError, product};
+use super::simd::{Isa, Simd, isa_fn};
+
+/// Input rows of a pass, zero-padded: band row `r` of a channel is padded input row
+/// `oy0 * sh + r` of the pass's first output row `oy0`. With column stride 1 a band row is
+/// the padded input row; above 1 it holds each kernel column's pixels compacted
+/// (`[kw][ow]`), so that the pixels a vector reads are consecutive either way.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct RowBand {
+    pub compact: bool,
+    /// Output columns.
+    pub ow: usize,
+    /// Floats of a band row.
+    pub row: usize,
+    /// Floats of one input channel's band (the rows of a full pass).
+    pub channel: usize,
+    /// Floats of the whole band, with a vector of slack at the end (a row's last vector may
+    /// read past it).
+    pub len: usize,
+}
+
+impl RowBand {
+    /// The band of passes of `rows` output rows.
+    pub fn new(s: &ConvShape, ow: usize, rows: usize) -> Result<RowBand, KernelError> {
+        let compact = s.stride[1] > 1;
+        let row = if compact { s.kw * ow } else { s.iw + 2 * s.pad[1] };
+        let rows = (rows.max(1) - 1) * s.stride[0] + (s.kh - 1) * s.dilation[0] + 1;
+        let channel = product("band", &[rows, row])?;
+        let len = product("band", &[s.ic, channel])?.checked_add(16).ok_or(KernelError::Overflow { what: "band" })?;
+        Ok(RowBand { compact, ow, row, channel, len })
+    }
+
+    /// Where tap (input channel `c`, kernel row `ky`, kernel column `kx`) of the pass's first
+    /// output pixel is.
+    pub fn tap(&self, s: &ConvShape, [c, ky, kx]: [usize; 3]) -> usize {
+        let col = if self.compact { kx * self.ow } else { kx * s.dilation[1] };
+        c * self.channel + ky * s.dilation[0] * self.row + col
+    }
+
+    /// Where output pixel `(oy, ox)` (`oy` counted from the pass's first row) reads tap 0.
+    pub fn pixel(&self, s: &ConvShape, oy: usize, ox: usize) -> usize {
+        let col = if self.compact { ox } else { ox * s.stride[1] };
+        oy * s.stride[0] * self.row + col
+    }
+
+    /// Copies the padded input rows of output rows `oy0..oy1` from image `x` (`ic x ih x iw`).
+    ///
+    /// # Safety
+    /// `x` valid for the image, `band` for `self.len` floats; `oy0 < oy1`, at most the rows
+    /// the band was made for.
+    pub unsafe fn copy(&self, s: &ConvShape, x: *const f32, [oy0, oy1]: [usize; 2], band: *mut f32) {
+        let [sh, sw] = s.stride;
+        let ow = self.ow;
+        let pw = s.pad[1];
+        let rows = (oy1 - oy0 - 1) * sh + (s.kh - 1) * s.dilation[0] + 1;
+        for c in 0..s.ic {
+            for r in 0..rows {
+                let iy = (oy0 * sh + r) as isize - s.pad[0] as isize;
+                let dst = band.wrapping_add(c * self.channel + r * self.row);
+                if iy < 0 || iy as usize >= s.ih {
+                    // SAFETY: a band row.
+                    unsafe { dst.write_bytes(0, self.row) };
+                    continue;
+                }
+                let src = x.wrapping_add((c * s.ih + iy as usize) * s.iw);
+                // SAFETY: iy < ih: a row of the image; the destination row is inside the band.
+                unsafe {
+                    if self.compact {
+                        for kx in 0..s.kw {
+                            for ox in 0..ow {
+                                let ix = (ox * sw + kx * s.dilation[1]) as isize - pw as isize;
+                                let inside = ix >= 0 && (ix as usize) < s.iw;
+                                *dst.add(kx * ow + ox) = if inside { *src.add(ix as usize) } else { 0.0 };
+                            }
+                        }
+                    } else {
+                        dst.write_bytes(0, pw);
+                        core::ptr::copy_nonoverlapping(src, dst.add(pw), s.iw);
+                        dst.add(pw + s.iw).write_bytes(0, pw);
+                    }
+                }
+            }
+        }
+        // SAFETY: the slack vector at the end of the band (read, never used, by last vectors).
+        unsafe { band.add(self.len - 16).write_bytes(0, 16) };
+    }
+}
+
+/// Output channels of a forward tile at most, and its pixel vectors.
+const TILE_OC: usize = 6;
+const TILE_PX: usize = 4;
+
+/// One forward pass: output rows `rows` of image `n`, output channels `oc` (plain output).
+#[derive(Clone, Copy, Debug)]
+pub struct RowsPass {
+    pub n: usize,
+    pub rows: [usize; 2],
+    pub oc: [usize; 2],
+    pub oh: usize,
+    pub ow: usize,
+}
+
+/// Convolution of one pass into the plain output, the band already copied.
+///
+/// # Safety
+/// `a` valid for `s` (plain images; `Oihw16o` weights; vectors of `oc` floats where the
+/// epilogue has them; plain output and residual images of `oc x oh x ow`), the band copied for
+/// the pass's rows; `isa` supported by the CPU; nothing else writes the pass's output.
+pub unsafe fn forward_pass(
+    isa: Isa,
+    s: &ConvShape,
+    e: &Epilogue,
+    a: &ConvArgs,
+    band: &RowBand,
+    b: *const f32,
+    p: &RowsPass,
+) {
+    let (o0, o1) = (p.oc[0], p.oc[1]);
+    let groups = (o1 - o0).div_ceil(TILE_OC);
+    let vecs = p.ow.div_ceil(16);
+    let pixels = (p.rows[1] - p.rows[0]) * vecs;
+    let ohw = p.oh * p.ow;
+    let mut o = o0;
+    for g in 0..groups {
+        let oc = (o1 - o0) / groups + usize::from(g < (o1 - o0) % groups);
+        let ch = Channels::new(s, e, a, p, o, oc);
+        for q0 in (0..pixels).step_by(TILE_PX) {
+            let mut px = Pixels { x: [b; TILE_PX], at: [0; TILE_PX], lanes: [0; TILE_PX], live: 0 };
+            for j in 0..TILE_PX {
+                let q = (q0 + j).min(pixels - 1);
+                let (oy, ox) = (q / vecs, q % vecs * 16);
+                px.x[j] = b.wrapping_add(band.pixel(s, oy, ox));
+                px.at[j] = (p.rows[0] + oy) * p.ow + ox;
+                px.lanes[j] = 16.min(p.ow - ox);
+            }
+            px.live = TILE_PX.min(pixels - q0);
+            // SAFETY: forwarded contract; the tile reads band floats of its pixels' taps and
+            // writes its pixels of channels o..o + oc.
+            unsafe { tile(isa, oc, s, band, &ch, &px) };
+        }
+        if !e.act.is_cheap() {
+            for c in o..o + oc {
+                let at = a.y.wrapping_add(p.n * a.y_bs + c * ohw + p.rows[0] * p.ow);
+                // SAFETY: the pass's rows of channel c, written above.
+                unsafe { act::apply_in_place(isa, at, (p.rows[1] - p.rows[0]) * p.ow, &e.act) };
+            }
+        }
+        o += oc;
+    }
+}
+
+/// A tile's output channels: weights (`Oihw16o`: tap `t` of channel `i` at `w[i] + 16 t`),
+/// epilogue values, output and residual planes of the image.
+struct Channels {
+    w: [*const f32; TILE_OC],
+    bias: [f32; TILE_OC],
+    scale: [f32; TILE_OC],
+    shift: [f32; TILE_OC],
+    y: [*mut f32; TILE_OC],
+    res: [*const f32; TILE_OC],
+    act: Act,
+    scale_shift: bool,
+    residual: bool,
+}
+
+impl Channels {
+    fn new(s: &ConvShape, e: &Epilogue, a: &ConvArgs, p: &RowsPass, o0: usize, count: usize) -> Channels {
+        let taps = s.ic * s.kh * s.kw;
+        let ohw = p.oh * p.ow;
+        let at = |i: usize| o0 + i.min(count - 1);
+        let vector = |v: *const f32, i: usize, none: f32| {
+            // SAFETY: a present vector holds oc floats (forward_pass's contract); at(i) < oc.
+            if v.is_null() { none } else { unsafe { *v.add(at(i)) } }
+        };
+        Channels {
+            w: core::array::from_fn(|i| a.w.wrapping_add(at(i) / 16 * taps * 16 + at(i) % 16)),
+            bias: core::array::from_fn(|i| vector(a.bias, i, 0.0)),
+            scale: core::array::from_fn(|i| vector(a.scale, i, 1.0)),
+            shift: core::array::from_fn(|i| vector(a.shift, i, 0.0)),
+            y: core::array::from_fn(|i| a.y.wrapping_add(p.n * a.y_bs + at(i) * ohw)),
+            res: core::array::from_fn(|i| a.res.wrapping_add(p.n * a.res_bs + at(i) * ohw)),
+            act: if e.act.is_cheap() { e.act } else { Act::NONE },
+            scale_shift: e.scale_shift,
+            residual: e.residual,
+        }
+    }
+}
+
+/// A tile's pixel vectors: where each reads tap 0 in the band, its offset in the output
+/// planes, its lanes; vectors from `live` on are copies and are not written.
+struct Pixels {
+    x: [*const f32; TILE_PX],
+    at: [usize; TILE_PX],
+    lanes: [usize; TILE_PX],
+    live: usize,
+}
+
+/// A tile of `oc` channels (1..=6).
+///
+/// # Safety
+/// As [`forward_pass`].
+unsafe fn tile(isa: Isa, oc: usize, s: &ConvShape, band: &RowBand, ch: &Channels, px: &Pixels) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match oc {
+            1 => tile_1(isa, s, band, ch, px),
+            2 => tile_2(isa, s, band, ch, px),
+            3 => tile_3(isa, s, band, ch, px),
+            4 => tile_4(isa, s, band, ch, px),
+            5 => tile_5(isa, s, band, ch, px),
+            _ => tile_6(isa, s, band, ch, px),
+        }
+    }
+}
+
+macro_rules! tiles {
+    ($($name:ident, $generic:ident = $oc:literal;)*) => {$(
+        #[inline(always)]
+        unsafe fn $generic<S: Simd>(s: S, shape: &ConvShape, band: &RowBand, ch: &Channels, px: &Pixels) {
+            // SAFETY: forwarded contract.
+            unsafe { tile_generic::<S, $oc>(s, shape, band, ch, px) }
+        }
+        isa_fn! {
+            /// One tile shape, per instruction set.
+            ///
+            /// # Safety
+            /// As [`tile`].
+            unsafe fn $name(shape: &ConvShape, band: &RowBand, ch: &Channels, px: &Pixels) = $generic;
+        }
+    )*};
+}
+
+tiles! {
+    tile_1, tile_1_generic = 1;
+    tile_2, tile_2_generic = 2;
+    tile_3, tile_3_generic = 3;
+    tile_4, tile_4_generic = 4;
+    tile_5, tile_5_generic = 5;
+    tile_6, tile_6_generic = 6;
+}
+
+/// The tile body: `OC` channels x 4 pixel vectors of accumulators over every tap, then the
+/// epilogue and the (masked) stores.
+///
+/// # Safety
+/// As [`tile`].
+#[inline(always)]
+unsafe fn tile_generic<S: Simd, const OC: usize>(s: S, shape: &ConvShape, band: &RowBand, ch: &Channels, px: &Pixels) {
+    let mut acc = [[s.zero(); TILE_PX]; OC];
+    let mut t = 0;
+    for c in 0..shape.ic {
+        for ky in 0..shape.kh {
+            for kx in 0..shape.kw {
+                let off = band.tap(shape, [c, ky, kx]);
+                // SAFETY: tap t of every pixel lies in the band (with its slack vector); the
+                // weights hold every tap of the tile's channels.
+                unsafe {
+                    let xv: [S::V; TILE_PX] = core::array::from_fn(|j| s.load(px.x[j].add(off)));
+                    for (row, wp) in acc.iter_mut().zip(ch.w) {
+                        let w = s.bcast(wp.add(16 * t));
+                        for (a, &x) in row.iter_mut().zip(&xv) {
+                            *a = s.fmadd(w, x, *a);
+                        }
+                    }
+                }
+                t += 1;
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        let (bias, scale, shift) = (s.splat(ch.bias[i]), s.splat(ch.scale[i]), s.splat(ch.shift[i]));
+        for (j, &v) in row.iter().enumerate().take(px.live) {
+            let mut v = s.add(v, bias);
+            if ch.scale_shift {
+                v = s.fmadd(v, scale, shift);
+            }
+            // SAFETY: pixels at..at + lanes of channel i's output and residual planes.
+            unsafe {
+                if ch.residual {
+                    v = s.add(v, s.load_n(ch.res[i].add(px.at[j]), px.lanes[j]));
+                }
+                s.store_n(ch.y[i].add(px.at[j]), px.lanes[j], act::forward(s, &ch.act, v));
+            }
+        }
+    }
+}
