@@ -232,12 +232,12 @@ unsafe fn pass(
             let o = og + i.min(live - 1);
             a.gy.wrapping_add(n * a.gy_bs + o * ohw + oy0 * plan.ow)
         });
-        let mut t0 = 0;
+        let (mut t0, mut offsets) = (0, plan.band.taps(s));
         for g in 0..groups {
             let tt = plan.taps / groups + usize::from(g < plan.taps % groups);
             let mut x = [band; TILE_TAPS];
-            for (j, xp) in x.iter_mut().enumerate().take(tt) {
-                *xp = band.wrapping_add(tap_offset(plan, t0 + j));
+            for xp in x.iter_mut().take(tt) {
+                *xp = band.wrapping_add(offsets.next().unwrap_or(0));
             }
             let out = part.wrapping_add((og * plan.taps + t0) * 16);
             let geo = TileGeo { rows, ow: plan.ow, x_row, out_o: plan.taps * 16, live };
@@ -248,14 +248,6 @@ unsafe fn pass(
             t0 += tt;
         }
     }
-}
-
-/// Where tap `t` (input channel, kernel row, kernel column) of the pass's first output row
-/// starts in the band.
-fn tap_offset(plan: &PlainBwdWeightsPlan, t: usize) -> usize {
-    let s = &plan.shape;
-    let (c, k) = (t / (s.kh * s.kw), t % (s.kh * s.kw));
-    plan.band.tap(s, [c, k / s.kw, k % s.kw])
 }
 
 /// The rows a tile runs over and where its sums go: output channel `i` of the tile, tap `j`,

@@ -51,6 +51,12 @@ impl RowBand {
         c * self.channel + ky * s.dilation[0] * self.row + col
     }
 
+    /// The band offsets of every tap in the weights' order (input channel, kernel row, kernel
+    /// column), one after the other without a division.
+    pub fn taps<'a>(&'a self, s: &'a ConvShape) -> Taps<'a> {
+        Taps { band: self, s, at: [0; 3] }
+    }
+
     /// Where output pixel `(oy, ox)` (`oy` counted from the pass's first row) reads tap 0.
     pub fn pixel(&self, s: &ConvShape, oy: usize, ox: usize) -> usize {
         let col = if self.compact { ox } else { ox * s.stride[1] };
@@ -100,6 +106,33 @@ impl RowBand {
     }
 }
 
+/// See [`RowBand::taps`].
+#[derive(Clone, Copy, Debug)]
+pub struct Taps<'a> {
+    band: &'a RowBand,
+    s: &'a ConvShape,
+    at: [usize; 3],
+}
+
+impl Iterator for Taps<'_> {
+    type Item = usize;
+    fn next(&mut self) -> Option<usize> {
+        let [c, ky, kx] = self.at;
+        if c >= self.s.ic {
+            return None;
+        }
+        let off = self.band.tap(self.s, self.at);
+        self.at = if kx + 1 < self.s.kw {
+            [c, ky, kx + 1]
+        } else if ky + 1 < self.s.kh {
+            [c, ky + 1, 0]
+        } else {
+            [c + 1, 0, 0]
+        };
+        Some(off)
+    }
+}
+
 /// Output channels of a forward tile at most, and its pixel vectors.
 const TILE_OC: usize = 6;
 const TILE_PX: usize = 4;
@@ -138,16 +171,22 @@ pub unsafe fn forward_pass(
     for g in 0..groups {
         let oc = (o1 - o0) / groups + usize::from(g < (o1 - o0) % groups);
         let ch = Channels::new(s, e, a, p, o, oc);
+        // The next pixel vector (row from the pass's first, column), advanced without a
+        // division; the copies that fill a last tile repeat its last vector.
+        let (mut cursor, mut last) = ([0, 0], [0, 0]);
         for q0 in (0..pixels).step_by(TILE_PX) {
             let mut px = Pixels { x: [b; TILE_PX], at: [0; TILE_PX], lanes: [0; TILE_PX], live: 0 };
+            px.live = TILE_PX.min(pixels - q0);
             for j in 0..TILE_PX {
-                let q = (q0 + j).min(pixels - 1);
-                let (oy, ox) = (q / vecs, q % vecs * 16);
+                if j < px.live {
+                    last = cursor;
+                    cursor = if cursor[1] + 16 < p.ow { [cursor[0], cursor[1] + 16] } else { [cursor[0] + 1, 0] };
+                }
+                let [oy, ox] = last;
                 px.x[j] = b.wrapping_add(band.pixel(s, oy, ox));
                 px.at[j] = (p.rows[0] + oy) * p.ow + ox;
                 px.lanes[j] = 16.min(p.ow - ox);
             }
-            px.live = TILE_PX.min(pixels - q0);
             // SAFETY: forwarded contract; the tile reads band floats of its pixels' taps and
             // writes its pixels of channels o..o + oc.
             unsafe { tile(isa, oc, s, band, &ch, &px) };
@@ -261,23 +300,16 @@ tiles! {
 #[inline(always)]
 unsafe fn tile_generic<S: Simd, const OC: usize>(s: S, shape: &ConvShape, band: &RowBand, ch: &Channels, px: &Pixels) {
     let mut acc = [[s.zero(); TILE_PX]; OC];
-    let mut t = 0;
-    for c in 0..shape.ic {
-        for ky in 0..shape.kh {
-            for kx in 0..shape.kw {
-                let off = band.tap(shape, [c, ky, kx]);
-                // SAFETY: tap t of every pixel lies in the band (with its slack vector); the
-                // weights hold every tap of the tile's channels.
-                unsafe {
-                    let xv: [S::V; TILE_PX] = core::array::from_fn(|j| s.load(px.x[j].add(off)));
-                    for (row, wp) in acc.iter_mut().zip(ch.w) {
-                        let w = s.bcast(wp.add(16 * t));
-                        for (a, &x) in row.iter_mut().zip(&xv) {
-                            *a = s.fmadd(w, x, *a);
-                        }
-                    }
+    for (t, off) in band.taps(shape).enumerate() {
+        // SAFETY: tap t of every pixel lies in the band (with its slack vector); the weights
+        // hold every tap of the tile's channels.
+        unsafe {
+            let xv: [S::V; TILE_PX] = core::array::from_fn(|j| s.load(px.x[j].add(off)));
+            for (row, wp) in acc.iter_mut().zip(ch.w) {
+                let w = s.bcast(wp.add(16 * t));
+                for (a, &x) in row.iter_mut().zip(&xv) {
+                    *a = s.fmadd(w, x, *a);
                 }
-                t += 1;
             }
         }
     }
