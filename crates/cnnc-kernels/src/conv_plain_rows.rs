@@ -47,7 +47,7 @@ impl RowBand {
     /// Where tap (input channel `c`, kernel row `ky`, kernel column `kx`) of the pass's first
     /// output pixel is.
     pub fn tap(&self, s: &ConvShape, [c, ky, kx]: [usize; 3]) -> usize {
-        let col = if self.compact { kx * self.ow } else { kx * s.dilation[1] };
+        let col = kx * self.kx_step(s);
         c * self.channel + ky * s.dilation[0] * self.row + col
     }
 
@@ -55,6 +55,11 @@ impl RowBand {
     /// column), one after the other without a division.
     pub fn taps<'a>(&'a self, s: &'a ConvShape) -> Taps<'a> {
         Taps { band: self, s, at: [0; 3] }
+    }
+
+    /// The distance between kernel columns of one tap row.
+    pub fn kx_step(&self, s: &ConvShape) -> usize {
+        if self.compact { self.ow } else { s.dilation[1] }
     }
 
     /// Where output pixel `(oy, ox)` (`oy` counted from the pass's first row) reads tap 0.
@@ -162,50 +167,35 @@ pub unsafe fn forward_pass(
     b: *const f32,
     p: &RowsPass,
 ) {
-    let (o0, o1) = (p.oc[0], p.oc[1]);
-    let groups = (o1 - o0).div_ceil(TILE_OC);
-    let vecs = p.ow.div_ceil(16);
-    let pixels = (p.rows[1] - p.rows[0]) * vecs;
     let ohw = p.oh * p.ow;
-    let mut o = o0;
-    for g in 0..groups {
-        let oc = (o1 - o0) / groups + usize::from(g < (o1 - o0) % groups);
-        let ch = Channels::new(s, e, a, p, o, oc);
-        // The next pixel vector (row from the pass's first, column), advanced without a
-        // division; the copies that fill a last tile repeat its last vector.
-        let (mut cursor, mut last) = ([0, 0], [0, 0]);
-        for q0 in (0..pixels).step_by(TILE_PX) {
-            let mut px = Pixels { x: [b; TILE_PX], at: [0; TILE_PX], lanes: [0; TILE_PX], live: 0 };
-            px.live = TILE_PX.min(pixels - q0);
-            for j in 0..TILE_PX {
-                if j < px.live {
-                    last = cursor;
-                    cursor = if cursor[1] + 16 < p.ow { [cursor[0], cursor[1] + 16] } else { [cursor[0] + 1, 0] };
+    // Groups of channels inside one 16-channel block, so that a group's weights of a tap are
+    // consecutive floats (one pointer for all its broadcasts).
+    for blk in (p.oc[0]..p.oc[1]).step_by(16) {
+        let count = 16.min(p.oc[1] - blk);
+        let groups = count.div_ceil(TILE_OC);
+        let mut o = blk;
+        for g in 0..groups {
+            let oc = count / groups + usize::from(g < count % groups);
+            let ch = Channels::new(s, e, a, p, o, oc);
+            // SAFETY: forwarded contract; the tiles read band floats of the pass's pixels'
+            // taps and write the pass's pixels of channels o..o + oc.
+            unsafe { tiles(isa, oc, s, band, &ch, b, p) };
+            if !e.act.is_cheap() {
+                for c in o..o + oc {
+                    let at = a.y.wrapping_add(p.n * a.y_bs + c * ohw + p.rows[0] * p.ow);
+                    // SAFETY: the pass's rows of channel c, written above.
+                    unsafe { act::apply_in_place(isa, at, (p.rows[1] - p.rows[0]) * p.ow, &e.act) };
                 }
-                let [oy, ox] = last;
-                px.x[j] = b.wrapping_add(band.pixel(s, oy, ox));
-                px.at[j] = (p.rows[0] + oy) * p.ow + ox;
-                px.lanes[j] = 16.min(p.ow - ox);
             }
-            // SAFETY: forwarded contract; the tile reads band floats of its pixels' taps and
-            // writes its pixels of channels o..o + oc.
-            unsafe { tile(isa, oc, s, band, &ch, &px) };
+            o += oc;
         }
-        if !e.act.is_cheap() {
-            for c in o..o + oc {
-                let at = a.y.wrapping_add(p.n * a.y_bs + c * ohw + p.rows[0] * p.ow);
-                // SAFETY: the pass's rows of channel c, written above.
-                unsafe { act::apply_in_place(isa, at, (p.rows[1] - p.rows[0]) * p.ow, &e.act) };
-            }
-        }
-        o += oc;
     }
 }
 
-/// A tile's output channels: weights (`Oihw16o`: tap `t` of channel `i` at `w[i] + 16 t`),
-/// epilogue values, output and residual planes of the image.
+/// A tile's output channels (inside one block): weights (`Oihw16o`: tap `t` of channel `i`
+/// at `w + 16 t + i`), epilogue values, output and residual planes of the image.
 struct Channels {
-    w: [*const f32; TILE_OC],
+    w: *const f32,
     bias: [f32; TILE_OC],
     scale: [f32; TILE_OC],
     shift: [f32; TILE_OC],
@@ -226,7 +216,7 @@ impl Channels {
             if v.is_null() { none } else { unsafe { *v.add(at(i)) } }
         };
         Channels {
-            w: core::array::from_fn(|i| a.w.wrapping_add(at(i) / 16 * taps * 16 + at(i) % 16)),
+            w: a.w.wrapping_add(o0 / 16 * taps * 16 + o0 % 16),
             bias: core::array::from_fn(|i| vector(a.bias, i, 0.0)),
             scale: core::array::from_fn(|i| vector(a.scale, i, 1.0)),
             shift: core::array::from_fn(|i| vector(a.shift, i, 0.0)),
@@ -248,70 +238,121 @@ struct Pixels {
     live: usize,
 }
 
-/// A tile of `oc` channels (1..=6).
+/// The tiles of a pass for `oc` channels (1..=6).
 ///
 /// # Safety
 /// As [`forward_pass`].
-unsafe fn tile(isa: Isa, oc: usize, s: &ConvShape, band: &RowBand, ch: &Channels, px: &Pixels) {
+unsafe fn tiles(isa: Isa, oc: usize, s: &ConvShape, band: &RowBand, ch: &Channels, b: *const f32, p: &RowsPass) {
     // SAFETY: forwarded contract.
     unsafe {
         match oc {
-            1 => tile_1(isa, s, band, ch, px),
-            2 => tile_2(isa, s, band, ch, px),
-            3 => tile_3(isa, s, band, ch, px),
-            4 => tile_4(isa, s, band, ch, px),
-            5 => tile_5(isa, s, band, ch, px),
-            _ => tile_6(isa, s, band, ch, px),
+            1 => tiles_1(isa, s, band, ch, b, p),
+            2 => tiles_2(isa, s, band, ch, b, p),
+            3 => tiles_3(isa, s, band, ch, b, p),
+            4 => tiles_4(isa, s, band, ch, b, p),
+            5 => tiles_5(isa, s, band, ch, b, p),
+            _ => tiles_6(isa, s, band, ch, b, p),
         }
     }
 }
 
-macro_rules! tiles {
+macro_rules! tile_shapes {
     ($($name:ident, $generic:ident = $oc:literal;)*) => {$(
         #[inline(always)]
-        unsafe fn $generic<S: Simd>(s: S, shape: &ConvShape, band: &RowBand, ch: &Channels, px: &Pixels) {
+        unsafe fn $generic<S: Simd>(s: S, shape: &ConvShape, band: &RowBand, ch: &Channels, b: *const f32, p: &RowsPass) {
             // SAFETY: forwarded contract.
-            unsafe { tile_generic::<S, $oc>(s, shape, band, ch, px) }
+            unsafe { pass_tiles::<S, $oc>(s, shape, band, ch, b, p) }
         }
         isa_fn! {
-            /// One tile shape, per instruction set.
+            /// The tiles of one channel count, per instruction set.
             ///
             /// # Safety
-            /// As [`tile`].
-            unsafe fn $name(shape: &ConvShape, band: &RowBand, ch: &Channels, px: &Pixels) = $generic;
+            /// As [`tiles`].
+            unsafe fn $name(shape: &ConvShape, band: &RowBand, ch: &Channels, b: *const f32, p: &RowsPass) = $generic;
         }
     )*};
 }
 
-tiles! {
-    tile_1, tile_1_generic = 1;
-    tile_2, tile_2_generic = 2;
-    tile_3, tile_3_generic = 3;
-    tile_4, tile_4_generic = 4;
-    tile_5, tile_5_generic = 5;
-    tile_6, tile_6_generic = 6;
+tile_shapes! {
+    tiles_1, tiles_1_generic = 1;
+    tiles_2, tiles_2_generic = 2;
+    tiles_3, tiles_3_generic = 3;
+    tiles_4, tiles_4_generic = 4;
+    tiles_5, tiles_5_generic = 5;
+    tiles_6, tiles_6_generic = 6;
 }
 
-/// The tile body: `OC` channels x 4 pixel vectors of accumulators over every tap, then the
+/// Every tile of a pass for one group of `OC` channels, in one function so that a tile's
+/// setup is a few instructions (27 taps are only about 320 cycles of FMAs).
+///
+/// # Safety
+/// As [`tiles`].
+#[inline(always)]
+unsafe fn pass_tiles<S: Simd, const OC: usize>(
+    s: S,
+    shape: &ConvShape,
+    band: &RowBand,
+    ch: &Channels,
+    b: *const f32,
+    p: &RowsPass,
+) {
+    let pixels = (p.rows[1] - p.rows[0]) * p.ow.div_ceil(16);
+    // The next pixel vector (row from the pass's first, column), advanced without a
+    // division; the copies that fill a last tile repeat its last vector.
+    let (mut cursor, mut last) = ([0, 0], [0, 0]);
+    for q0 in (0..pixels).step_by(TILE_PX) {
+        let mut px = Pixels { x: [b; TILE_PX], at: [0; TILE_PX], lanes: [0; TILE_PX], live: 0 };
+        px.live = TILE_PX.min(pixels - q0);
+        for j in 0..TILE_PX {
+            if j < px.live {
+                last = cursor;
+                cursor = if cursor[1] + 16 < p.ow { [cursor[0], cursor[1] + 16] } else { [cursor[0] + 1, 0] };
+            }
+            let [oy, ox] = last;
+            px.x[j] = b.wrapping_add(band.pixel(shape, oy, ox));
+            px.at[j] = (p.rows[0] + oy) * p.ow + ox;
+            px.lanes[j] = 16.min(p.ow - ox);
+        }
+        // SAFETY: forwarded contract.
+        unsafe { tile::<S, OC>(s, shape, band, ch, &px) };
+    }
+}
+
+/// One tile: `OC` channels x 4 pixel vectors of accumulators over every tap, then the
 /// epilogue and the (masked) stores.
 ///
 /// # Safety
-/// As [`tile`].
+/// As [`tiles`], for the tile's pixels.
 #[inline(always)]
-unsafe fn tile_generic<S: Simd, const OC: usize>(s: S, shape: &ConvShape, band: &RowBand, ch: &Channels, px: &Pixels) {
+unsafe fn tile<S: Simd, const OC: usize>(s: S, shape: &ConvShape, band: &RowBand, ch: &Channels, px: &Pixels) {
     let mut acc = [[s.zero(); TILE_PX]; OC];
-    for (t, off) in band.taps(shape).enumerate() {
-        // SAFETY: tap t of every pixel lies in the band (with its slack vector); the weights
-        // hold every tap of the tile's channels.
-        unsafe {
-            let xv: [S::V; TILE_PX] = core::array::from_fn(|j| s.load(px.x[j].add(off)));
-            for (row, wp) in acc.iter_mut().zip(ch.w) {
-                let w = s.bcast(wp.add(16 * t));
-                for (a, &x) in row.iter_mut().zip(&xv) {
-                    *a = s.fmadd(w, x, *a);
+    let (kx_step, ky_step) = (band.kx_step(shape), shape.dilation[0] * band.row);
+    // Offsets and the weight pointer advanced tap by tap (input channel, kernel row, kernel
+    // column: the weights' order).
+    let mut w = ch.w;
+    let mut off_c = 0;
+    for _ in 0..shape.ic {
+        let mut off_y = off_c;
+        for _ in 0..shape.kh {
+            let mut off = off_y;
+            for _ in 0..shape.kw {
+                // SAFETY: this tap of every pixel lies in the band (with its slack vector); the
+                // weights hold every tap of the tile's channels.
+                unsafe {
+                    let xv: [S::V; TILE_PX] = core::array::from_fn(|j| s.load(px.x[j].add(off)));
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        let wv = s.bcast(w.add(i));
+                        for (a, &x) in row.iter_mut().zip(&xv) {
+                            *a = s.fmadd(wv, x, *a);
+                        }
+                    }
                 }
+                off += kx_step;
+                w = w.wrapping_add(16);
             }
+            off_y += ky_step;
         }
+        off_c += band.channel;
     }
     for (i, row) in acc.iter().enumerate() {
         let (bias, scale, shift) = (s.splat(ch.bias[i]), s.splat(ch.scale[i]), s.splat(ch.shift[i]));
