@@ -34,7 +34,7 @@ use cnnc_kernels::fc::FcPlan;
 use cnnc_kernels::view::Layout as KLayout;
 use cranelift_codegen::ir::{InstBuilder, Value};
 
-/// The most bytes the weight gradient's row copies may take.
+/// The most bytes the weight gradient's row copies (or the plain kernel's scratch) may take.
 const MAX_COPIES: usize = 64 << 20;
 /// Bytes of one chunk's patch and gradient rows: what a core's second-level cache holds
 /// while the kernel reads them again for every output channel.
@@ -211,13 +211,14 @@ pub(crate) fn backward_weights(
     if g.groups != 1 || !plain_weights(wp) || gw.bytes < (4 * g.o * g.c * g.kh * g.kw) as u64 {
         return Ok(false);
     }
-    if x.layout == Layout::Plain && gy.layout == Layout::Plain {
-        return plain_backward_weights(lx, g, x, gy, gw);
+    if x.layout == Layout::Plain && gy.layout == Layout::Plain && plain_backward_weights(lx, g, x, gy, gw)? {
+        return Ok(true);
     }
     patch_backward_weights(lx, g, x, gy, gw)
 }
 
-/// The kernels' plain-map weight gradient (no patch rows): both phases in one call.
+/// The kernels' plain-map weight gradient (no patch rows): both phases in one call; `false`
+/// when its scratch would exceed [`MAX_COPIES`].
 fn plain_backward_weights(lx: &mut Lx, g: &Geo, x: Val, gy: Val, gw: Val) -> Result<bool, JitError> {
     let s = ConvShape {
         n: x.n,
@@ -237,6 +238,10 @@ fn plain_backward_weights(lx: &mut Lx, g: &Geo, x: Val, gy: Val, gw: Val) -> Res
     }
     let cpu = cnnc_kernels::cpu::best();
     let Ok(plan) = PlainBwdWeightsPlan::new(s, cpu, lx.threads) else { return Ok(false) };
+    // The partial sums are 16 floats per weight and image chunk: large layers take the patch rows.
+    if plan.scratch_len(lx.threads) * 4 > MAX_COPIES {
+        return Ok(false);
+    }
     let args = PlainBwdWeightsArgs {
         x: x.addr as *const f32,
         x_bs: (x.bs / 4) as usize,
