@@ -1,6 +1,6 @@
 //! Convolution of a plain (`nchw`) input with few channels: the 7x7/2 stem on an RGB image,
 //! LeNet-style first layers. Output `nChw16c` (the fused epilogue in the tile) or `nchw` (the
-//! tile's result scattered to channel planes, residual and activation applied on the way).
+//! pixel-vector tiles of `conv_plain_rows`, written straight into the channel planes).
 //! Weights `Oihw16o`: `[ceil(O/16)][I][KH][KW][16 o]` (`pack::pack_plain_input`), so no FMA is
 //! spent on padded input channels (a blocked 3-channel input would waste 13 of 16).
 //!
@@ -10,8 +10,8 @@
 //! column stride, a compile-time tile parameter); larger strides copy each kernel column's
 //! pixels compacted (as `conv.rs`'s `Taps`).
 
-use super::act::Act;
 use super::conv::{ConvShape, Epilogue, best_split, choose_tile};
+use super::conv_plain_rows::{RowBand, RowsPass};
 use super::error::{KernelError, check_len, check_min_len, product};
 use super::par::{Parallel, SyncPtr};
 use super::simd::{Cpu, Isa};
@@ -42,7 +42,9 @@ pub struct PlainConvPlan {
     pub(crate) oc_chunk: usize,
     pub(crate) n_oc: usize,
     pub(crate) tasks: usize,
-    /// Band floats, then (plain output) one blocked output row of the task's blocks.
+    /// Plain output: the band of zero-padded rows its pixel-vector tiles read.
+    pub(crate) rows_band: RowBand,
+    /// Band floats (of the blocked tiles' band, or of `rows_band`).
     pub(crate) scratch: usize,
 }
 
@@ -98,6 +100,7 @@ impl PlainConvPlan {
             oc_chunk: ocb,
             n_oc: 1,
             tasks: 0,
+            rows_band: RowBand::new(&shape, ow, 1)?,
             scratch: 0,
         };
         let unit = (shape.ic * 16 * shape.kh * shape.kw) as f64 / 2.0;
@@ -113,7 +116,8 @@ impl PlainConvPlan {
         plan.tasks = sp.tasks;
         plan.band_rows = plan.rows_for(plan.row_chunk);
         plan.band_ic = plan.band_rows * band_row;
-        plan.scratch = shape.ic * plan.band_ic + if out == Layout::Nchw { k * 16 * ow } else { 0 };
+        plan.rows_band = RowBand::new(&shape, ow, plan.row_chunk)?;
+        plan.scratch = if out == Layout::Nchw { plan.rows_band.len } else { shape.ic * plan.band_ic };
         Ok(plan)
     }
 
@@ -219,10 +223,25 @@ pub unsafe fn forward_task(plan: &PlainConvPlan, a: &PlainConvArgs, task: usize,
     let n = t / plan.n_oc;
     let oy0 = row_i * plan.row_chunk;
     let oy1 = (oy0 + plan.row_chunk).min(plan.oh);
+    let ob0 = oc_i * plan.oc_chunk;
+    if plan.out == Layout::Nchw {
+        let band = &plan.rows_band;
+        let pass = RowsPass {
+            n,
+            rows: [oy0, oy1],
+            oc: [ob0 * 16, ((ob0 + plan.oc_chunk) * 16).min(s.oc)],
+            oh: plan.oh,
+            ow: plan.ow,
+        };
+        // SAFETY: forwarded contract; the scratch holds the rows band.
+        unsafe {
+            band.copy(s, a.x.wrapping_add(n * a.x_bs), [oy0, oy1], scratch);
+            super::conv_plain_rows::forward_pass(plan.isa, s, &plan.epilogue, a, band, scratch, &pass);
+        }
+        return;
+    }
     // SAFETY: forwarded contract.
     let row0 = unsafe { copy_band(plan, a, n, oy0, oy1, scratch) };
-    let row_buf = scratch.wrapping_add(s.ic * plan.band_ic);
-    let ob0 = oc_i * plan.oc_chunk;
     let taps = s.kh * s.kw;
     for ob in (ob0..ob0 + plan.oc_chunk).step_by(plan.k) {
         let mut e = ([0.0f32; 64], [0.0f32; 64], [0.0f32; 64]);
@@ -239,22 +258,16 @@ pub unsafe fn forward_task(plan: &PlainConvPlan, a: &PlainConvArgs, task: usize,
             }
         }
         let wb = a.w.wrapping_add(ob * s.ic * taps * 16);
+        let ohw16 = plan.oh * plan.ow * 16;
         for oy in oy0..oy1 {
-            let blocked = plan.out == Layout::NChw16c;
-            let ohw16 = plan.oh * plan.ow * 16;
-            let mut out = if blocked {
-                let c = a.y.wrapping_add(n * a.y_bs + ob * ohw16 + oy * plan.ow * 16);
-                let mut o = Out::plain(c, 16, ohw16 as isize, false);
-                o.act = plan.epilogue.act;
-                if plan.epilogue.residual {
-                    o.res = a.res.wrapping_add(n * a.res_bs + ob * ohw16 + oy * plan.ow * 16);
-                    o.res_col = 16;
-                    o.res_blk = ohw16 as isize;
-                }
-                o
-            } else {
-                Out::plain(row_buf, 16, (plan.ow * 16) as isize, false)
-            };
+            let c = a.y.wrapping_add(n * a.y_bs + ob * ohw16 + oy * plan.ow * 16);
+            let mut out = Out::plain(c, 16, ohw16 as isize, false);
+            out.act = plan.epilogue.act;
+            if plan.epilogue.residual {
+                out.res = a.res.wrapping_add(n * a.res_bs + ob * ohw16 + oy * plan.ow * 16);
+                out.res_col = 16;
+                out.res_blk = ohw16 as isize;
+            }
             if plan.epilogue.bias {
                 out.bias = e.0.as_ptr();
             }
@@ -264,10 +277,6 @@ pub unsafe fn forward_task(plan: &PlainConvPlan, a: &PlainConvArgs, task: usize,
             }
             // SAFETY: forwarded contract.
             unsafe { row_tiles(plan, scratch, row0, wb, oy, &out) };
-            if !blocked {
-                // SAFETY: forwarded contract; the row buffer holds the row's k blocks.
-                unsafe { scatter_row(plan, a, row_buf, n, ob, oy) };
-            }
         }
     }
 }
@@ -308,38 +317,6 @@ unsafe fn row_tiles(plan: &PlainConvPlan, band: *const f32, row0: usize, wb: *co
         // blocks; the tile writes w pixels of the row.
         unsafe { set.get(plan.k, w)(ap, wb.wrapping_add(kh_lo * s.kw * 16), &r, &out) };
         ox += w;
-    }
-}
-
-/// Plain output: row `oy` of blocks `ob .. ob + k` from the row buffer to the channel planes,
-/// with the residual and the activation.
-///
-/// # Safety
-/// As [`forward_task`].
-unsafe fn scatter_row(plan: &PlainConvPlan, a: &PlainConvArgs, row_buf: *mut f32, n: usize, ob: usize, oy: usize) {
-    let s = &plan.shape;
-    let (ow, ohw) = (plan.ow, plan.oh * plan.ow);
-    let act: Act = plan.epilogue.act;
-    for k in 0..plan.k {
-        let blk = row_buf.wrapping_add(k * ow * 16);
-        for l in 0..16.min(s.oc.saturating_sub((ob + k) * 16)) {
-            let o = (ob + k) * 16 + l;
-            let dst = a.y.wrapping_add(n * a.y_bs + o * ohw + oy * ow);
-            for x in 0..ow {
-                // SAFETY: o < oc and x < ow: inside the output (and residual) plane.
-                unsafe {
-                    let mut v = *blk.add(x * 16 + l);
-                    if plan.epilogue.residual {
-                        v += *a.res.add(n * a.res_bs + o * ohw + oy * ow + x);
-                    }
-                    *dst.add(x) = v;
-                }
-            }
-            if act != Act::NONE {
-                // SAFETY: the ow floats of this output row.
-                unsafe { super::act::apply_in_place(plan.isa, dst, ow, &act) };
-            }
-        }
     }
 }
 

@@ -15,6 +15,7 @@ use super::conv::{ConvArgs, ConvPlan};
 use super::conv_bwd_data::{BwdDataArgs, BwdDataPlan};
 use super::conv_bwd_weights::{BwdWeightsArgs, BwdWeightsPlan};
 use super::conv_plain::PlainConvPlan;
+use super::conv_plain_bwd::{PlainBwdWeightsArgs, PlainBwdWeightsPlan};
 use super::depthwise::DepthwisePlan;
 use super::fc::FcPlan;
 use super::pack::{WeightShape, forward_to_backward_data_task, forward_to_backward_data_tasks};
@@ -70,6 +71,22 @@ pub unsafe extern "C" fn cnnc_conv_plain_forward(
     let (p, a) = unsafe { (&*plan, &*args) };
     // SAFETY: common contract.
     unsafe { on_pool(pool, p.tasks(), scratch, p.scratch, &|t, s| super::conv_plain::forward_task(p, a, t, s)) };
+}
+
+/// Weight gradient of a convolution on plain maps (both phases).
+///
+/// # Safety
+/// See the module's common contract ([`super::conv_plain_bwd::run_phases`]).
+pub unsafe extern "C" fn cnnc_conv_plain_backward_weights(
+    plan: *const PlainBwdWeightsPlan,
+    args: *const PlainBwdWeightsArgs,
+    scratch: *mut f32,
+    pool: *const ThreadPool,
+) {
+    // SAFETY: common contract.
+    let (p, a, pool) = unsafe { (&*plan, &*args, &*pool) };
+    // SAFETY: common contract; the scratch is sized for the pool's threads.
+    unsafe { super::conv_plain_bwd::run_phases(pool, p, a, scratch) };
 }
 
 /// Depthwise convolution.

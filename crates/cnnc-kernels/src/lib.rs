@@ -41,6 +41,8 @@ pub mod conv_bwd_weights;
 pub mod conv_fwd;
 pub mod conv_generic;
 pub mod conv_plain;
+pub mod conv_plain_bwd;
+pub mod conv_plain_rows;
 pub mod cpu;
 pub mod depthwise;
 pub mod eltwise;

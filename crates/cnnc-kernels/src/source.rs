@@ -61,7 +61,9 @@ pub fn files() -> &'static [Source] {
         conv_bwd_data: Core [conv error par simd tile view];
         conv_bwd_weights: Core [conv error par simd tile view];
         conv_generic: Core [act conv error par simd view];
-        conv_plain: Core [act conv error par simd tile view];
+        conv_plain_rows: Core [act conv error simd x86];
+        conv_plain: Core [conv conv_plain_rows error par simd tile view];
+        conv_plain_bwd: Core [conv conv_plain_rows error par simd view x86];
         depthwise: Core [conv error pack par simd tile view x86];
         fc: Core [act error par simd tile x86];
         bn: Core [error fmath par view];
@@ -74,7 +76,7 @@ pub fn files() -> &'static [Source] {
         reorder: Core [error par view];
         cpu: Std [error simd];
         threads: Std [par];
-        ffi: Std [conv conv_bwd_data conv_bwd_weights conv_fwd conv_plain depthwise fc pack par pool pool_bwd threads];
+        ffi: Std [conv conv_bwd_data conv_bwd_weights conv_fwd conv_plain conv_plain_bwd depthwise fc pack par pool pool_bwd threads];
         peak: Std [simd];
         source: Crate [];
     }

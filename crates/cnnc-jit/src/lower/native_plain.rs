@@ -6,8 +6,10 @@
 //! - Input gradient of a stride-1 convolution: the same kernel, as the convolution of the
 //!   output gradient (padded by `d (k - 1) - p`) with the weights transposed and rotated,
 //!   `w'[i][o][kh - 1 - y][kw - 1 - x] = w[o][i][y][x]`, repacked every run.
-//! - Weight gradient: `dw[o][k] = sum_p gy[o][p] col[k][p]`, `k` running over input channel x
-//!   kernel row x kernel column and `p` over the batch's output pixels; the output gradient's
+//! - Weight gradient, `x` and `gy` plain: the kernels' plain-map weight gradient
+//!   (`conv_plain_bwd`: register tiles over rows of both maps, no patch matrix).
+//! - Weight gradient otherwise: `dw[o][k] = sum_p gy[o][p] col[k][p]`, `k` running over input
+//!   channel x kernel row x kernel column and `p` over the batch's output pixels; the output gradient's
 //!   rows (`gy` by channel, the images one after the other) and the input's patches (`im2col`)
 //!   are copied into buffers of the node's, each row padded with zeros to a multiple of 16,
 //!   and the fully connected kernel's dot products (`y[n][o] = sum_i w[o][i] x[n][i]` with
@@ -27,11 +29,12 @@ use cnnc_ir::plan::ParamPlan;
 use cnnc_ir::{Layout, WeightLayout};
 use cnnc_kernels::conv::{ConvArgs, ConvShape, Epilogue};
 use cnnc_kernels::conv_plain::PlainConvPlan;
+use cnnc_kernels::conv_plain_bwd::{PlainBwdWeightsArgs, PlainBwdWeightsPlan};
 use cnnc_kernels::fc::FcPlan;
 use cnnc_kernels::view::Layout as KLayout;
 use cranelift_codegen::ir::{InstBuilder, Value};
 
-/// The most bytes the weight gradient's row copies may take.
+/// The most bytes the weight gradient's row copies (or the plain kernel's scratch) may take.
 const MAX_COPIES: usize = 64 << 20;
 /// Bytes of one chunk's patch and gradient rows: what a core's second-level cache holds
 /// while the kernel reads them again for every output channel.
@@ -195,11 +198,8 @@ fn copy_run(fx: &mut Fx, dst: Value, src: Value, lo: Value, hi: Value, step: i64
     }
 }
 
-/// `gw` (plain `oihw`) of a one-group convolution through patch rows and the fully
-/// connected kernel (see the module comment), any layout of `x` and `gy`. The batch is cut
-/// into chunks of images, one task each: the task copies its images' patch and gradient rows
-/// (sized to stay in the core's cache), then runs the kernel on them serially, writing a
-/// partial gradient; a last step sums the partials (one chunk writes `gw` itself).
+/// `gw` (plain `oihw`) of a one-group convolution: the kernels' plain-map weight gradient
+/// when `x` and `gy` are plain, else patch rows and the fully connected kernel.
 pub(crate) fn backward_weights(
     lx: &mut Lx,
     g: &Geo,
@@ -208,6 +208,60 @@ pub(crate) fn backward_weights(
     gw: Val,
     wp: &ParamPlan,
 ) -> Result<bool, JitError> {
+    if g.groups != 1 || !plain_weights(wp) || gw.bytes < (4 * g.o * g.c * g.kh * g.kw) as u64 {
+        return Ok(false);
+    }
+    if x.layout == Layout::Plain && gy.layout == Layout::Plain && plain_backward_weights(lx, g, x, gy, gw)? {
+        return Ok(true);
+    }
+    patch_backward_weights(lx, g, x, gy, gw)
+}
+
+/// The kernels' plain-map weight gradient (no patch rows): both phases in one call; `false`
+/// when its scratch would exceed [`MAX_COPIES`].
+fn plain_backward_weights(lx: &mut Lx, g: &Geo, x: Val, gy: Val, gw: Val) -> Result<bool, JitError> {
+    let s = ConvShape {
+        n: x.n,
+        ic: g.c,
+        ih: g.h,
+        iw: g.w,
+        oc: g.o,
+        kh: g.kh,
+        kw: g.kw,
+        stride: g.stride,
+        pad: g.pad,
+        dilation: g.dil,
+        groups: 1,
+    };
+    if s.out_hw().ok() != Some([g.oh, g.ow]) {
+        return Ok(false);
+    }
+    let cpu = cnnc_kernels::cpu::best();
+    let Ok(plan) = PlainBwdWeightsPlan::new(s, cpu, lx.threads) else { return Ok(false) };
+    // The partial sums are 16 floats per weight and image chunk: large layers take the patch rows.
+    if plan.scratch_len(lx.threads) * 4 > MAX_COPIES {
+        return Ok(false);
+    }
+    let args = PlainBwdWeightsArgs {
+        x: x.addr as *const f32,
+        x_bs: (x.bs / 4) as usize,
+        gy: gy.addr as *const f32,
+        gy_bs: (gy.bs / 4) as usize,
+        gw: gw.addr as *mut f32,
+    };
+    let scratch = lx.alloc(plan.scratch_len(lx.threads) * 4);
+    let (p, a) = (keep(lx, plan), keep(lx, args));
+    let f = cnnc_kernels::ffi::cnnc_conv_plain_backward_weights as *const () as u64;
+    call(lx, f, &[Arg::Abs(p), Arg::Abs(a), Arg::Aux(scratch), Arg::Abs(lx.pool)])?;
+    Ok(true)
+}
+
+/// `gw` through patch rows and the fully connected kernel (see the module comment), any
+/// layout of `x` and `gy`. The batch is cut
+/// into chunks of images, one task each: the task copies its images' patch and gradient rows
+/// (sized to stay in the core's cache), then runs the kernel on them serially, writing a
+/// partial gradient; a last step sums the partials (one chunk writes `gw` itself).
+fn patch_backward_weights(lx: &mut Lx, g: &Geo, x: Val, gy: Val, gw: Val) -> Result<bool, JitError> {
     let taps = g.kh * g.kw;
     let k = g.c * taps;
     let ohw = g.oh * g.ow;
@@ -215,7 +269,7 @@ pub(crate) fn backward_weights(
     let chunks = x.n.div_ceil(ipc);
     let row = (ipc * ohw).div_ceil(16) * 16;
     let copies = chunks * (k + g.o) * row * 4;
-    if g.groups != 1 || !plain_weights(wp) || gw.bytes < (4 * g.o * k) as u64 || copies > MAX_COPIES {
+    if copies > MAX_COPIES {
         return Ok(false);
     }
     let cpu = cnnc_kernels::cpu::best();

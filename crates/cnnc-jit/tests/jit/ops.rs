@@ -119,7 +119,7 @@ fn lrn_both_conventions() {
 /// Convolutions on plain maps (few channels, as LeNet): native mode's plain-input kernel
 /// forward with weights repacked every step, the input gradient as a convolution of the
 /// gradient (stride 1, with padding and dilation) or the portable code (stride 2), the weight
-/// gradient through patch rows; rectangular kernels, odd sizes, a 1x1 output.
+/// gradient by the plain-map kernel; rectangular kernels, odd sizes, a 1x1 output.
 #[test]
 fn plain_convolutions() {
     // (channels, input, out, kernel, stride, pad, dilation)

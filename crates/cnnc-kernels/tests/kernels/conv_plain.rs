@@ -1,5 +1,5 @@
-//! Plain-input convolutions (the stem, first layers) against the interpreter, both output
-//! layouts, with the epilogue.
+//! Plain-input convolutions (the stem, first layers) against the interpreter: forward in both
+//! output layouts with the epilogue, and the weight gradient on plain maps.
 
 use super::conv::{EpiCase, Residual, activations, epi_case, shape_of};
 use super::oracle::{self, ConvCfg, Post};
@@ -7,6 +7,7 @@ use super::util::{Arena, Rng, close, cpus, from_blocked, guarded, par, to_blocke
 use cnnc_kernels::act::Act;
 use cnnc_kernels::conv::{ConvIo, Epilogue};
 use cnnc_kernels::conv_plain::{self, PlainConvPlan};
+use cnnc_kernels::conv_plain_bwd::{self, PlainBwdWeightsIo, PlainBwdWeightsPlan};
 use cnnc_kernels::pack::{self, WeightShape};
 use cnnc_kernels::view::Layout;
 use proptest::prelude::*;
@@ -114,4 +115,87 @@ fn stem_7x7_stride_2() {
     let e = EpiCase { bias: true, scale_shift: false, residual: Residual::None, act: Some(0) };
     check_plain(cfg, e, Layout::NChw16c, 1).unwrap();
     check_plain(cfg, e, Layout::Nchw, 2).unwrap();
+}
+
+/// The plain-map weight gradient against the interpreter's, on every instruction set.
+fn check_plain_weights(cfg: ConvCfg, seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let [oh, ow] = cfg.out_hw();
+    let x = rng.vec(cfg.n * cfg.ic * cfg.ih * cfg.iw);
+    let w = rng.vec(cfg.oc * cfg.ic * cfg.k[0] * cfg.k[1]);
+    let gy = rng.vec(cfg.n * cfg.oc * oh * ow);
+    let (_, want, _) = oracle::conv_backward(&cfg, &x, &w, &gy);
+    let arena = Arena::new(&[&x, &gy]);
+    for cpu in cpus() {
+        let par = par(seed);
+        let plan = PlainBwdWeightsPlan::new(shape_of(&cfg), cpu, par.threads()).map_err(|e| e.to_string())?;
+        let mut gw = guarded(&vec![7.0; w.len()]);
+        let mut scratch = guarded(&vec![f32::NAN; plan.scratch_len(par.threads())]);
+        let io = PlainBwdWeightsIo {
+            x: arena.view(0, cfg.n, cfg.ic, cfg.ih, cfg.iw, Layout::Nchw),
+            gy: arena.view(1, cfg.n, cfg.oc, oh, ow, Layout::Nchw),
+            gw: gw.as_mut_slice(),
+        };
+        conv_plain_bwd::backward_weights(par, &plan, arena.buf.as_slice(), io, scratch.as_mut_slice())
+            .map_err(|e| e.to_string())?;
+        let what = format!("{:?} {cfg:?} weight gradient", cpu.isa());
+        close(&what, gw.as_slice(), &want, 1e-3)?;
+        if !gw.sentinels_intact() || !scratch.sentinels_intact() {
+            return Err(format!("{what}: wrote outside its tensors"));
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    #[test]
+    fn plain_weight_gradient_matches_interpreter(cfg in plain_cfg(), seed in any::<u64>()) {
+        check_plain_weights(cfg, seed).map_err(TestCaseError::fail)?;
+    }
+}
+
+#[test]
+fn plain_weight_gradient_of_the_first_layers() {
+    let cfg = |n, ic, hw: usize, oc, k: usize, s: usize, p: usize| ConvCfg {
+        n,
+        ic,
+        ih: hw,
+        iw: hw,
+        oc,
+        k: [k, k],
+        stride: [s, s],
+        pad: [p, p],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    // The CIFAR net's first layer, LeNet-5's first two, the stem at a small size.
+    check_plain_weights(cfg(3, 3, 32, 32, 3, 1, 1), 1).unwrap();
+    check_plain_weights(cfg(2, 1, 32, 6, 5, 1, 0), 2).unwrap();
+    check_plain_weights(cfg(2, 6, 14, 16, 5, 1, 0), 3).unwrap();
+    check_plain_weights(cfg(1, 3, 37, 64, 7, 2, 3), 4).unwrap();
+}
+
+#[test]
+fn plain_output_first_layers() {
+    let cfg = |ic, hw: usize, oc, k: usize, p: usize| ConvCfg {
+        n: 2,
+        ic,
+        ih: hw,
+        iw: hw,
+        oc,
+        k: [k, k],
+        stride: [1, 1],
+        pad: [p, p],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    // LeNet-5's c1 and c3 (tanh, computed after the stores), the CIFAR net's c1 (ReLU in
+    // registers, a residual read in place).
+    let tanh = EpiCase { bias: true, scale_shift: false, residual: Residual::None, act: Some(5) };
+    let relu = EpiCase { bias: true, scale_shift: true, residual: Residual::InPlace, act: Some(0) };
+    check_plain(cfg(1, 32, 6, 5, 0), tanh, Layout::Nchw, 1).unwrap();
+    check_plain(cfg(6, 14, 16, 5, 0), tanh, Layout::Nchw, 2).unwrap();
+    check_plain(cfg(3, 32, 32, 3, 1), relu, Layout::Nchw, 3).unwrap();
 }
