@@ -14,7 +14,7 @@
 //!              "min_ms": f}],
 //!  "model": str, "mode": str, "train": b, "threads": n, "rounds": n, "passes_ms": f,
 //!  "compile": {"setup_ms": f, "lower_ms": f, "codegen_ms": f, "codegen_threads": n,
-//!              "functions": n, "instructions": n, "finalize_ms": f},
+//!              "functions": n, "shared_kernels": n, "instructions": n, "finalize_ms": f},
 //!  "gflops": f, "percent_of_peak": f, "peak": {"isa": str, "cpu": str, "source": str},
 //!  "min_ms": f}
 //! ```
@@ -144,8 +144,8 @@ pub fn bench_table(b: &BenchOutcome) -> String {
     );
     let c = &r.compile;
     out.push_str(&format!(
-        "compile: {:.1} ms (JIT: setup {:.1}, lowering {:.1}, Cranelift {:.1} for {} functions on {} thread{}, finalize \
-         {:.1}), passes {:.1} ms\n",
+        "compile: {:.1} ms (JIT: setup {:.1}, lowering {:.1}, Cranelift {:.1} for {} functions on {} thread{}{}, \
+         finalize {:.1}), passes {:.1} ms\n",
         r.compile_ms,
         c.setup_ms,
         c.lower_ms,
@@ -153,6 +153,11 @@ pub fn bench_table(b: &BenchOutcome) -> String {
         c.codegen.functions,
         c.codegen.threads,
         if c.codegen.threads == 1 { "" } else { "s" },
+        match c.codegen.shared {
+            0 => String::new(),
+            1 => " (1 more kernel runs one of them)".to_string(),
+            n => format!(" ({n} more kernels run them)"),
+        },
         c.finalize_ms,
         b.passes_ms
     ));
@@ -222,6 +227,8 @@ struct JsonCompile {
     codegen_ms: f64,
     codegen_threads: usize,
     functions: usize,
+    /// Kernels that run an earlier kernel's function (layers of equal shapes compile once).
+    shared_kernels: usize,
     instructions: usize,
     finalize_ms: f64,
 }
@@ -289,6 +296,7 @@ pub fn bench_json(b: &BenchOutcome) -> String {
             codegen_ms: finite(r.compile.codegen.wall_ms),
             codegen_threads: r.compile.codegen.threads,
             functions: r.compile.codegen.functions,
+            shared_kernels: r.compile.codegen.shared,
             instructions: r.compile.codegen.insts,
             finalize_ms: finite(r.compile.finalize_ms),
         },
