@@ -721,12 +721,16 @@ impl JitStepper {
     /// The trainer for `batch`, holding the newest state.
     fn trainer(&mut self, batch: usize) -> Result<&cnnc_jit::CompiledModel, ExecError> {
         if self.live != Some(batch) {
-            let state = self.state();
             self.compile_trainer(batch)?;
-            self.trainers[&batch].load_weights(&state)?;
-            // The live trainer holds the newest state now: a copy here too would double the
-            // memory of the parameters and the optimiser state for the whole run.
-            self.state = TensorMap::new();
+            // The state moves into the trainer, never copied while it is whole: a copy would
+            // double the memory of the parameters and the optimiser state (after a failed
+            // load the stepper holds none, and the run stops with the error).
+            let state = match self.live.and_then(|b| self.trainers.get(&b)) {
+                Some(model) => model.state(),
+                None => std::mem::take(&mut self.state),
+            };
+            self.live = None;
+            self.trainers[&batch].load_state(state)?;
             self.live = Some(batch);
         }
         Ok(&self.trainers[&batch])
@@ -747,13 +751,21 @@ impl Stepper for JitStepper {
         let batch = x.shape.first().copied().unwrap_or(0);
         self.compile_evaluator(batch)?;
         if self.evaluators[&batch].1 != self.steps {
-            // Only what the evaluation reads: the optimiser state would double the copy that
-            // loading transforms (ResNet-18: 43 MiB more at every epoch's end).
-            let mut state = self.state();
+            // Only what the evaluation reads, copied once out of the newest state and moved
+            // into the evaluator: the optimiser state would be another copy of the parameters
+            // (ResNet-18: 43 MiB more at every epoch's end).
             let needed: BTreeSet<&str> = self.evaluation.params.iter().map(|p| p.name.as_str()).collect();
-            state.retain(|name, _| needed.contains(name.as_str()));
+            let state = match self.live.and_then(|b| self.trainers.get(&b)) {
+                Some(model) => model.state_where(|name| needed.contains(name)),
+                None => self
+                    .state
+                    .iter()
+                    .filter(|(n, _)| needed.contains(n.as_str()))
+                    .map(|(n, t)| (n.clone(), t.clone()))
+                    .collect(),
+            };
             let (model, at) = self.evaluators.get_mut(&batch).expect("inserted above");
-            model.load_weights(&state)?;
+            model.load_state(state)?;
             *at = self.steps;
         }
         let result = self.evaluators[&batch].0.run(&[x.clone(), target.clone()], &cnnc_jit::StepArgs::default())?;
