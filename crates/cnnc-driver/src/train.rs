@@ -186,6 +186,8 @@ pub trait Stepper {
     fn step(&mut self, x: &Tensor, target: &Tensor, args: StepArgs) -> Result<Step, ExecError>;
     /// The loss and output of a batch in inference mode; nothing changes.
     fn evaluate(&mut self, x: &Tensor, target: &Tensor) -> Result<Step, ExecError>;
+    /// After a whole evaluation (every batch of a test set): what only evaluations use may go.
+    fn evaluated(&mut self) {}
     /// The whole state: parameters, buffers (running statistics) and optimiser state.
     fn state(&self) -> TensorMap;
 }
@@ -532,6 +534,7 @@ pub fn evaluate(
             correct_count += correct(&step.output, labels);
         }
     }
+    stepper.evaluated();
     let samples = samples.max(1) as f64;
     Ok((loss / samples, classes.then(|| correct_count as f64 / samples)))
 }
@@ -621,6 +624,12 @@ fn step_of(roles: &[OutputRole], run: &cnnc_interp::Run) -> Step {
     let output = g.outputs.into_iter().next().unwrap_or_else(|| Tensor::zeros(&[0]));
     Step { loss, output }
 }
+
+/// Evaluation models whose parameters take more bytes than this are dropped after each
+/// evaluation and compiled again for the next: otherwise their copy of the parameters
+/// (ResNet-18: 43 MiB, a compile of tens of milliseconds) stays resident through training and
+/// under each epoch's checkpoint; smaller ones (the digits demo's) are kept.
+const KEEP_EVALUATOR_BYTES: usize = 16 << 20;
 
 /// Training steps on the JIT: the optimised training plan compiled once per batch size (the
 /// last batch of an epoch may be smaller), and the loss-only plan for evaluations. The newest
@@ -771,6 +780,13 @@ impl Stepper for JitStepper {
         let result = self.evaluators[&batch].0.run(&[x.clone(), target.clone()], &cnnc_jit::StepArgs::default())?;
         let output = result.outputs.into_iter().next().unwrap_or_else(|| Tensor::zeros(&[0]));
         Ok(Step { loss: result.loss.map_or(f64::NAN, f64::from), output })
+    }
+
+    fn evaluated(&mut self) {
+        let floats: usize = self.evaluation.params.iter().map(|p| p.stored_len()).sum();
+        if floats.saturating_mul(4) > KEEP_EVALUATOR_BYTES {
+            self.evaluators.clear();
+        }
     }
 
     fn state(&self) -> TensorMap {
