@@ -259,6 +259,8 @@ pub(crate) fn train(args: &TrainArgs, budget: &MemoryBudget, color: bool, out: &
     );
     observer.finish();
     let trained = result.map_err(train_failure)?;
+    // The compiled models' buffers go before the weights are copied out of the final state.
+    drop(stepper);
     if let Some(at) = trained.interrupted {
         out.push_str(&format!(
             "interrupted at epoch {}, batch {}: checkpoint written to {}; continue with `--resume {}`\n",

@@ -186,6 +186,8 @@ pub trait Stepper {
     fn step(&mut self, x: &Tensor, target: &Tensor, args: StepArgs) -> Result<Step, ExecError>;
     /// The loss and output of a batch in inference mode; nothing changes.
     fn evaluate(&mut self, x: &Tensor, target: &Tensor) -> Result<Step, ExecError>;
+    /// After a whole evaluation (every batch of a test set): what only evaluations use may go.
+    fn evaluated(&mut self) {}
     /// The whole state: parameters, buffers (running statistics) and optimiser state.
     fn state(&self) -> TensorMap;
 }
@@ -532,6 +534,7 @@ pub fn evaluate(
             correct_count += correct(&step.output, labels);
         }
     }
+    stepper.evaluated();
     let samples = samples.max(1) as f64;
     Ok((loss / samples, classes.then(|| correct_count as f64 / samples)))
 }
@@ -621,6 +624,12 @@ fn step_of(roles: &[OutputRole], run: &cnnc_interp::Run) -> Step {
     let output = g.outputs.into_iter().next().unwrap_or_else(|| Tensor::zeros(&[0]));
     Step { loss, output }
 }
+
+/// Evaluation models whose parameters take more bytes than this are dropped after each
+/// evaluation and compiled again for the next: otherwise their copy of the parameters
+/// (ResNet-18: 43 MiB, a compile of tens of milliseconds) stays resident through training and
+/// under each epoch's checkpoint; smaller ones (the digits demo's) are kept.
+const KEEP_EVALUATOR_BYTES: usize = 16 << 20;
 
 /// Training steps on the JIT: the optimised training plan compiled once per batch size (the
 /// last batch of an epoch may be smaller), and the loss-only plan for evaluations. The newest
@@ -721,12 +730,16 @@ impl JitStepper {
     /// The trainer for `batch`, holding the newest state.
     fn trainer(&mut self, batch: usize) -> Result<&cnnc_jit::CompiledModel, ExecError> {
         if self.live != Some(batch) {
-            let state = self.state();
             self.compile_trainer(batch)?;
-            self.trainers[&batch].load_weights(&state)?;
-            // The live trainer holds the newest state now: a copy here too would double the
-            // memory of the parameters and the optimiser state for the whole run.
-            self.state = TensorMap::new();
+            // The state moves into the trainer, never copied while it is whole: a copy would
+            // double the memory of the parameters and the optimiser state (after a failed
+            // load the stepper holds none, and the run stops with the error).
+            let state = match self.live.and_then(|b| self.trainers.get(&b)) {
+                Some(model) => model.state(),
+                None => std::mem::take(&mut self.state),
+            };
+            self.live = None;
+            self.trainers[&batch].load_state(state)?;
             self.live = Some(batch);
         }
         Ok(&self.trainers[&batch])
@@ -747,18 +760,33 @@ impl Stepper for JitStepper {
         let batch = x.shape.first().copied().unwrap_or(0);
         self.compile_evaluator(batch)?;
         if self.evaluators[&batch].1 != self.steps {
-            // Only what the evaluation reads: the optimiser state would double the copy that
-            // loading transforms (ResNet-18: 43 MiB more at every epoch's end).
-            let mut state = self.state();
+            // Only what the evaluation reads, copied once out of the newest state and moved
+            // into the evaluator: the optimiser state would be another copy of the parameters
+            // (ResNet-18: 43 MiB more at every epoch's end).
             let needed: BTreeSet<&str> = self.evaluation.params.iter().map(|p| p.name.as_str()).collect();
-            state.retain(|name, _| needed.contains(name.as_str()));
+            let state = match self.live.and_then(|b| self.trainers.get(&b)) {
+                Some(model) => model.state_where(|name| needed.contains(name)),
+                None => self
+                    .state
+                    .iter()
+                    .filter(|(n, _)| needed.contains(n.as_str()))
+                    .map(|(n, t)| (n.clone(), t.clone()))
+                    .collect(),
+            };
             let (model, at) = self.evaluators.get_mut(&batch).expect("inserted above");
-            model.load_weights(&state)?;
+            model.load_state(state)?;
             *at = self.steps;
         }
         let result = self.evaluators[&batch].0.run(&[x.clone(), target.clone()], &cnnc_jit::StepArgs::default())?;
         let output = result.outputs.into_iter().next().unwrap_or_else(|| Tensor::zeros(&[0]));
         Ok(Step { loss: result.loss.map_or(f64::NAN, f64::from), output })
+    }
+
+    fn evaluated(&mut self) {
+        let floats: usize = self.evaluation.params.iter().map(|p| p.stored_len()).sum();
+        if floats.saturating_mul(4) > KEEP_EVALUATOR_BYTES {
+            self.evaluators.clear();
+        }
     }
 
     fn state(&self) -> TensorMap {

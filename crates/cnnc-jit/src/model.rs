@@ -278,7 +278,13 @@ impl CompiledModel {
     /// the plan's transforms (BN folding, packing) run on a copy, every parameter is checked,
     /// optimiser state absent from `state` starts at zero.
     pub fn load_weights(&self, state: &TensorMap) -> Result<(), JitError> {
-        let mut stored = state.clone();
+        self.load_state(state.clone())
+    }
+
+    /// [`CompiledModel::load_weights`] on tensors the caller gives away: the transforms run on
+    /// them in place, without the copy (a trainer's whole state is its parameters twice over
+    /// with momentum).
+    pub fn load_state(&self, mut stored: TensorMap) -> Result<(), JitError> {
         apply_transforms(&self.plan.transforms, &mut stored)
             .map_err(|e| JitError::Param { name: String::new(), message: e.to_string() })?;
         let mut inner = self.lock();
@@ -286,7 +292,9 @@ impl CompiledModel {
             let (off, len) = self.param_at[&p.name];
             let slot = len.div_ceil(16) * 16;
             let dst = inner.code.memory.params.f32s_mut(off, slot);
-            match stored.get(&p.name) {
+            // Each tensor dropped once copied: the transformed state and the model's buffers
+            // are never both whole in memory.
+            match stored.remove(&p.name) {
                 Some(t) if t.data.len() == len && (p.layout.is_some() || t.shape == p.dims) => {
                     dst[..len].copy_from_slice(&t.data);
                     dst[len..].fill(0.0);
@@ -317,9 +325,15 @@ impl CompiledModel {
 
     /// Every parameter, buffer and optimiser state tensor, in its checkpoint layout.
     pub fn state(&self) -> TensorMap {
+        self.state_where(|_| true)
+    }
+
+    /// The tensors of [`CompiledModel::state`] whose names `keep` accepts, the others never
+    /// copied (an evaluation needs the parameters, not the optimiser state).
+    pub fn state_where(&self, keep: impl Fn(&str) -> bool) -> TensorMap {
         let inner = self.lock();
         let mut out = TensorMap::new();
-        for p in &self.plan.params {
+        for p in self.plan.params.iter().filter(|p| keep(&p.name)) {
             let (off, len) = self.param_at[&p.name];
             let data = inner.code.memory.params.f32s(off, len);
             let t = match p.layout {

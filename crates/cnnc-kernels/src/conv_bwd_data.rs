@@ -19,6 +19,13 @@
 //! kernel's nine. On small maps, where a task's weights outweigh its image's gradients, a
 //! task takes several images and runs each block of weights over all of them.
 //!
+//! A layer whose output is one pixel (ResNet's last stage on small inputs, LeNet-5's C5) is a
+//! matrix product instead: each dx pixel receives gradient through one tap at most, `dx[n][.]
+//! [pixel] = sum over o of gy[n][o] w[o][.][tap]`. Its tiles take the images as columns (the
+//! batch's gy re-blocked once per task as `[ob][n][16]`) so that each weight vector serves a
+//! whole tile of images, where the general path, one pixel per image, read every weight
+//! vector for a single FMA row.
+//!
 //! [`pack::Blocked::BackwardData`]: super::pack::Blocked::BackwardData
 
 use super::conv::{ConvShape, best_split, choose_tile};
@@ -76,6 +83,9 @@ pub struct BwdDataPlan {
     /// centre).
     pub(crate) taps_h: [usize; 2],
     pub(crate) taps_w: [usize; 2],
+    /// The output is one pixel (and one group): tasks are dx pixels x runs of `k` input
+    /// blocks, tiles have images as columns (see the module comment).
+    pub(crate) one_pixel: bool,
 }
 
 /// Raw operands (null where absent), batch strides in floats.
@@ -184,7 +194,14 @@ impl BwdDataPlan {
             scratch: 0,
             taps_h: used_taps(shape.ih, shape.pad[0], shape.kh, shape.dilation[0], sh, oh),
             taps_w: used_taps(shape.iw, shape.pad[1], shape.kw, shape.dilation[1], sw, ow),
+            one_pixel: false,
         };
+        if oh == 1 && ow == 1 && g == 1 {
+            let (k, nw) = choose_tile(&tile::tiles(isa).a16, icb, shape.n);
+            let tasks = product("tasks", &[shape.ih, shape.iw, icb / k])?;
+            let scratch = product("scratch", &[ocb, shape.n, 16])?;
+            return Ok(BwdDataPlan { k, nw, tasks, images: shape.n, scratch, one_pixel: true, ..plan });
+        }
         plan.images = plan.images_per_task();
         let unit = (ocb * 16 * shape.kh * shape.kw) as f64 / (2.0 * (sh * sw) as f64);
         let p = &plan;
@@ -313,6 +330,11 @@ pub fn backward_data(
 /// weights of `packed_weight_len`), dx apart from the inputs, `scratch` valid for
 /// `plan.scratch` floats and used by no other running task.
 pub unsafe fn backward_data_task(plan: &BwdDataPlan, a: &BwdDataArgs, task: usize, scratch: *mut f32) {
+    if plan.one_pixel {
+        // SAFETY: forwarded contract.
+        unsafe { one_pixel_task(plan, a, task, scratch) };
+        return;
+    }
     let s = &plan.shape;
     let row_i = task % plan.n_rows;
     let t = task / plan.n_rows;
@@ -499,4 +521,61 @@ unsafe fn dx_tile(
     // vectors of this group inside the plan's used taps; the tile writes w columns of this
     // phase in dx row iy.
     unsafe { tile::tiles(plan.isa).a16.get(plan.k, w)(ap, wp, &r, &out) };
+}
+
+/// One task of a one-pixel plan: dx pixel `task / units`, input blocks from `k (task % units)`
+/// for every image, each tile `nw` images x `k` blocks reducing over the output blocks through
+/// the pixel's one tap (none: an empty reduction writes zeros).
+///
+/// # Safety
+/// As [`backward_data_task`], `plan.one_pixel`.
+unsafe fn one_pixel_task(plan: &BwdDataPlan, a: &BwdDataArgs, task: usize, scratch: *mut f32) {
+    let s = &plan.shape;
+    let units = plan.icb / plan.k;
+    let (pixel, ib) = (task / units, task % units * plan.k);
+    let (iy, ix) = (pixel / s.iw, pixel % s.iw);
+    // The gy of every image, re-blocked as [ob][n][16] (masked by the ReLU when asked).
+    for n in 0..s.n {
+        for ob in 0..plan.ocb {
+            let (src, dst) = (a.gy.wrapping_add(n * a.gy_bs + ob * 16), scratch.wrapping_add((ob * s.n + n) * 16));
+            let y = a.y.wrapping_add(n * a.y_bs + ob * 16);
+            for l in 0..16 {
+                // SAFETY: vector ob of image n's one pixel is inside gy (and y when masking);
+                // the scratch holds ocb x n x 16 floats.
+                unsafe { *dst.add(l) = if !plan.options.relu_mask || *y.add(l) > 0.0 { *src.add(l) } else { 0.0 } };
+            }
+        }
+    }
+    // Forward: iy = 0 * sh - ph + kh dh; a pixel reached by no kernel row or column gets none.
+    let tap = |i: usize, p: usize, d: usize, k: usize| {
+        let num = i + p;
+        (num.is_multiple_of(d) && num / d < k).then_some(num / d)
+    };
+    let kernel = tap(iy, s.pad[0], s.dilation[0], s.kh).zip(tap(ix, s.pad[1], s.dilation[1], s.kw));
+    let taps_all = s.kh * s.kw * 256;
+    // Rotated weights: tap (kh, kw) sits at (KH - 1 - kh, KW - 1 - kw).
+    let rotated = kernel.map_or(0, |(kh, kw)| (s.kh - 1 - kh) * s.kw + (s.kw - 1 - kw));
+    let r = Reduce {
+        n: [if kernel.is_some() { plan.ocb } else { 0 }, 1, 1],
+        a: [(s.n * 16) as isize, 0, 0],
+        b: [taps_all as isize, 0, 0],
+        steps: 16,
+        a_step: 1,
+        b_step: 16,
+        b_blk: (plan.ocb * taps_all) as isize,
+    };
+    let wp = a.w.wrapping_add(ib * plan.ocb * taps_all + rotated * 256);
+    let ihw16 = s.ih * s.iw * 16;
+    let ntiles = s.n.div_ceil(plan.nw);
+    let mut n0 = 0;
+    for t in 0..ntiles {
+        let w = s.n / ntiles + usize::from(t < s.n % ntiles);
+        let c = a.dx.wrapping_add(n0 * a.dx_bs + ib * ihw16 + pixel * 16);
+        let out = Out::plain(c, a.dx_bs as isize, ihw16 as isize, plan.options.accumulate);
+        // SAFETY: the reduction reads the scratch's images n0 .. n0 + w of every output block
+        // and weight vectors of the pixel's tap (a used tap: the plan's hull holds it) for
+        // input blocks ib .. ib + k; the tile writes that pixel of those blocks in w images.
+        unsafe { tile::tiles(plan.isa).a16.get(plan.k, w)(scratch.wrapping_add(n0 * 16), wp, &r, &out) };
+        n0 += w;
+    }
 }

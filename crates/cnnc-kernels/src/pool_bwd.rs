@@ -1,15 +1,16 @@
 //! Pooling backward (see `pool.rs`): max scatters `gy` to the saved argmax, average spreads
 //! `gy / divisor` over each window, L2 adds `gy * x / y` where `y > 0`. Each task owns whole
 //! planes (an image x 16-channel block), so overlapping windows accumulate without races;
-//! `dx` is cleared first unless the pass accumulates. Max pooling whose windows do not overlap
-//! (stride = kernel, no padding or dilation: the usual 2x2/2) writes each input pixel of a
-//! blocked map once, 16 channels a vector (the gradient where the argmax is that pixel, else
-//! 0), instead of clearing and scattering lane by lane. An argmax entry outside its plane (the
-//! forward pass makes none) sends its gradient nowhere.
+//! `dx` is cleared first unless the pass accumulates. Max and average pooling whose windows do
+//! not overlap (stride = kernel, no padding or dilation: the usual 2x2/2) write each input
+//! pixel once (max: the gradient where the argmax is that pixel, else 0; average: the window's
+//! share), 16 channels a vector on blocked maps (average also on plain ones), instead of
+//! clearing and scattering or accumulating. An argmax entry outside its plane (the forward pass
+//! makes none) sends its gradient nowhere.
 
 use super::error::KernelError;
 use super::par::Parallel;
-use super::pool::{PoolKind, PoolPlan, check_views, planes};
+use super::pool::{Plane, PoolKind, PoolPlan, check_views, planes};
 use super::simd::{Simd, isa_fn};
 use super::view::{Layout, View, check_apart};
 
@@ -113,14 +114,16 @@ unsafe fn clear_plane<S: Simd>(s: S, p: &PoolPlan, dx: *mut f32, ip: super::pool
     }
 }
 
-/// Whether a plan is max pooling with windows that do not overlap (see the module comment).
+/// Whether a plan is max or average pooling with windows that do not overlap (see the module
+/// comment). Without padding both average divisors are the window's taps inside the image.
 fn disjoint(p: &PoolPlan) -> bool {
     let w = &p.win;
-    p.kind == PoolKind::Max && !w.adaptive && w.stride == w.kernel && w.pad == [0, 0] && w.dilation == [1, 1]
+    p.kind != PoolKind::L2 && !w.adaptive && w.stride == w.kernel && w.pad == [0, 0] && w.dilation == [1, 1]
 }
 
-/// Max backward of one blocked task whose windows do not overlap: each input pixel written once
-/// from the one window holding it; pixels in no window (past the last whole window) cleared.
+/// Max or average backward of one blocked task whose windows do not overlap: each input pixel
+/// written once from the one window holding it; pixels in no window (past the last whole
+/// window) cleared.
 ///
 /// # Safety
 /// As [`backward_task`], blocked layout, [`disjoint`] plan; `ip` and `op` the task's planes of
@@ -146,21 +149,84 @@ unsafe fn backward_disjoint<S: Simd>(
         let by = p.bin(0, oy);
         for ox in 0..p.ow {
             let bx = p.bin(1, ox);
-            // SAFETY: (oy, ox) inside the output planes, the taps inside the input planes.
+            // SAFETY: (oy, ox) inside the output planes, the taps inside the input planes; the
+            // argmax is read for max pooling only (the caller's contract gives it then).
             unsafe {
                 let g = s.load(gy.add(op.at(oy, ox)));
-                let m = s.load(am.add(op.at(oy, ox)));
+                let max = p.kind == PoolKind::Max;
+                let m = if max { s.load(am.add(op.at(oy, ox))) } else { s.zero() };
+                let share = if max { g } else { s.div(g, s.splat(p.divisor(by, bx))) };
                 for ty in 0..by.count {
                     let iy = by.first + ty;
                     for tx in 0..bx.count {
                         let ix = bx.first + tx;
-                        let here = s.eq(m, s.splat((iy * p.iw + ix) as f32));
-                        let v = s.select(here, g, s.zero());
+                        let v =
+                            if max { s.select(s.eq(m, s.splat((iy * p.iw + ix) as f32)), g, s.zero()) } else { share };
                         let d = dx.add(ip.at(iy, ix));
                         s.store(d, if a.accumulate { s.add(s.load(d), v) } else { v });
                     }
                 }
             }
+        }
+    }
+}
+
+/// Average backward of one plain plane whose windows do not overlap: each input pixel written
+/// once (or added to once), output by output, from the one window holding it; pixels in no
+/// window (past the last whole window) cleared. (Plain max pooling keeps its clear-and-scatter
+/// pass: a memset and one store per output beat comparing every pixel with the argmax.)
+///
+/// # Safety
+/// As [`backward_task`], plain layout, [`disjoint`] average plan; `ip` and `op` the planes of
+/// image `n` of this task's channel.
+unsafe fn backward_disjoint_avg_plain(p: &PoolPlan, a: &PoolBwdArgs, n: usize, ip: Plane, op: Plane) {
+    let [kh, kw] = p.win.kernel;
+    let covered = p.oh * kh >= p.ih && p.ow * kw >= p.iw;
+    // SAFETY (whole block): rows oy kh .. + ry and columns ox kw .. + rx are inside the input
+    // plane (every window starts inside it: the plan's output rule), (oy, ox) inside the output
+    // plane; gy and dx valid for image n by the contract.
+    unsafe {
+        let dx = a.dx.add(n * a.dx_bs + ip.base);
+        if !a.accumulate && !covered {
+            dx.write_bytes(0, p.ih * p.iw);
+        }
+        for oy in 0..p.oh {
+            let (y0, ry) = (oy * kh, kh.min(p.ih - oy * kh));
+            let gy = core::slice::from_raw_parts(a.gy.add(n * a.gy_bs + op.base + oy * p.ow), p.ow);
+            for ty in 0..ry {
+                let row = core::slice::from_raw_parts_mut(dx.add((y0 + ty) * p.iw), p.iw);
+                spread_row(row, gy, kw, ry, a.accumulate);
+            }
+        }
+    }
+}
+
+/// One input row of a disjoint average backward: column `ox kw + tx` gets `gy[ox] / (ry rx)`
+/// (`rx` the window's columns inside the row); the 2-wide windows in a loop the compiler
+/// vectorises. Columns past the last window are left alone.
+fn spread_row(row: &mut [f32], gy: &[f32], kw: usize, ry: usize, accumulate: bool) {
+    let whole = (row.len() / kw).min(gy.len());
+    let full = (ry * kw) as f32;
+    if kw == 2 && !accumulate {
+        for (pair, &g) in row.chunks_exact_mut(2).zip(&gy[..whole]) {
+            let share = g / full;
+            pair[0] = share;
+            pair[1] = share;
+        }
+    } else {
+        for (win, &g) in row.chunks_exact_mut(kw).zip(&gy[..whole]) {
+            let share = g / full;
+            for d in win {
+                *d = if accumulate { *d + share } else { share };
+            }
+        }
+    }
+    // A last window clipped by the row's end (ceil mode).
+    if whole < gy.len() {
+        let x0 = whole * kw;
+        let share = gy[whole] / (ry * (row.len() - x0)).max(1) as f32;
+        for d in &mut row[x0..] {
+            *d = if accumulate { *d + share } else { share };
         }
     }
 }
@@ -174,6 +240,11 @@ unsafe fn backward_plain(p: &PoolPlan, a: &PoolBwdArgs, task: usize) {
         let (n, c, ip, op) = planes(p, task, lane);
         if c >= p.c {
             break;
+        }
+        if disjoint(p) && p.kind != PoolKind::Max {
+            // SAFETY: forwarded contract; the planes are this task's channel's.
+            unsafe { backward_disjoint_avg_plain(p, a, n, ip, op) };
+            continue;
         }
         let dx = a.dx.wrapping_add(n * a.dx_bs);
         // SAFETY (whole block): every index below is inside this channel's planes, as above.

@@ -178,3 +178,35 @@ fn backward_of_maps_smaller_than_the_kernel() {
         }
     }
 }
+
+/// Layers with a one-pixel output (ResNet-18's layer4 at 32x32 inputs, LeNet-5's C5): the
+/// backward-data pass as a product with images as tile columns, over batches wider than a
+/// tile, padded channels, strides (a pixel no tap reaches gets zero), dilation, the mask and
+/// accumulation.
+#[test]
+fn backward_data_of_one_pixel_outputs() {
+    let c = |n, ic, hw, oc, k, s, p, d| ConvCfg {
+        n,
+        ic,
+        ih: hw,
+        iw: hw,
+        oc,
+        k: [k, k],
+        stride: [s, s],
+        pad: [p, p],
+        dilation: [d, d],
+        groups: 1,
+    };
+    for (cfg, seed) in [
+        (c(20, 64, 1, 48, 3, 1, 1, 1), 1),
+        (c(37, 16, 5, 120, 5, 1, 0, 1), 2),
+        (c(17, 40, 2, 64, 3, 2, 1, 1), 3),
+        (c(19, 32, 2, 32, 1, 2, 0, 1), 4),
+        (c(5, 24, 3, 20, 2, 1, 0, 2), 5),
+    ] {
+        assert_eq!(cfg.out_hw(), [1, 1], "{cfg:?}");
+        for (mask, acc) in [(false, false), (true, false), (false, true)] {
+            check_backward(cfg, mask, acc, seed).unwrap();
+        }
+    }
+}

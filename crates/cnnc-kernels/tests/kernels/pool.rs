@@ -151,10 +151,11 @@ fn resnet_maxpool_and_googlenet_ceil_pool() {
     }
 }
 
-/// Max pooling whose windows tile the map (stride = kernel): the backward pass writes each
-/// pixel once instead of scattering; odd sizes leave pixels in no window, ceil mode clips.
+/// Max and average pooling whose windows tile the map (stride = kernel): the backward pass
+/// writes each pixel once instead of scattering; odd sizes leave pixels in no window, ceil
+/// mode clips (an average over the clipped window's taps).
 #[test]
-fn disjoint_max_windows() {
+fn disjoint_windows() {
     let base = PoolCase {
         n: 2,
         c: 35,
@@ -171,9 +172,9 @@ fn disjoint_max_windows() {
     };
     for layout in [Layout::NChw16c, Layout::Nchw] {
         for (k, (h, w), ceil) in [(2, (16, 16), false), (2, (17, 15), false), (3, (11, 10), true), (3, (9, 7), false)] {
-            for accumulate in [false, true] {
-                let t = PoolCase { k: [k, k], s: [k, k], h, w, ceil, ..base };
-                check_pool(t, layout, accumulate, (h * 31 + w + k) as u64).unwrap();
+            for (kind, accumulate) in [(0, false), (0, true), (1, false), (1, true), (2, false)] {
+                let t = PoolCase { kind, k: [k, k], s: [k, k], h, w, ceil, ..base };
+                check_pool(t, layout, accumulate, (h * 31 + w + k + kind) as u64).unwrap();
             }
         }
     }
