@@ -18,6 +18,7 @@ use super::conv_plain::PlainConvPlan;
 use super::conv_plain_bwd::{PlainBwdWeightsArgs, PlainBwdWeightsPlan};
 use super::depthwise::DepthwisePlan;
 use super::fc::FcPlan;
+use super::lrn::{LrnArgs, LrnPlan};
 use super::pack::{WeightShape, forward_to_backward_data_task, forward_to_backward_data_tasks};
 use super::par::{Parallel, SyncPtr};
 use super::pool::{PoolArgs, PoolPlan};
@@ -253,6 +254,23 @@ pub unsafe extern "C" fn cnnc_fc_backward_weights(
             super::fc::backward_weights_task(p, gp.get(), xp.get(), wp.get(), bp.get(), false, t)
         })
     };
+}
+
+/// Local response normalisation: forward (`args.gy` null, `args.y` the output) or backward
+/// (`args.y` the input gradient).
+///
+/// # Safety
+/// See the module's common contract ([`super::lrn::task`]).
+pub unsafe extern "C" fn cnnc_lrn(
+    plan: *const LrnPlan,
+    args: *const LrnArgs,
+    scratch: *mut f32,
+    pool: *const ThreadPool,
+) {
+    // SAFETY: common contract.
+    let (p, a) = unsafe { (&*plan, &*args) };
+    // SAFETY: common contract; each task writes its own pixels with its thread's scratch.
+    unsafe { on_pool(pool, p.tasks(), scratch, p.scratch(), &|t, s| super::lrn::task(p, a, t, s)) };
 }
 
 /// Pooling forward.

@@ -6,7 +6,8 @@
 //! the same pool. Blocked convolutions and matrix products on maps (`OIhw16i16o`,
 //! `gOIhw16i16o`, `OI16i16o` weights: the plan's own packed layouts), plain-input convolutions
 //! (weights repacked to the kernel's `Oihw16o` when loaded, or before every run for parameters
-//! the plan updates), fully connected layers and pooling forward.
+//! the plan updates), fully connected layers, pooling forward, and local response
+//! normalisation forward and backward.
 
 use super::conv::{ConvForward, Geo};
 use super::{Lx, Val};
@@ -18,6 +19,7 @@ use cnnc_kernels::act::{Act, ActKind};
 use cnnc_kernels::conv::{ConvArgs, ConvPlan, ConvShape, Epilogue};
 use cnnc_kernels::conv_plain::PlainConvPlan;
 use cnnc_kernels::fc::FcPlan;
+use cnnc_kernels::lrn::{LrnArgs, LrnPlan};
 use cnnc_kernels::pool::{PoolArgs, PoolPlan, PoolWindow};
 use cnnc_kernels::view::Layout as KLayout;
 use cranelift_codegen::ir::{AbiParam, InstBuilder};
@@ -256,5 +258,42 @@ pub(crate) fn pool(
     let (p, ar) = (keep(lx, plan), keep(lx, args));
     let f = cnnc_kernels::ffi::cnnc_pool_forward as *const () as u64;
     call(lx, f, &[Arg::Abs(p), Arg::Abs(ar), Arg::Abs(lx.pool)])?;
+    Ok(true)
+}
+
+/// Local response normalisation through the kernel, forward (`gy` none: `out` is `y`) or
+/// backward (`out` is the input gradient), when every operand has the input's layout.
+pub(crate) fn lrn(lx: &mut Lx, lrn: &cnnc_ir::Lrn, x: Val, gy: Option<Val>, out: Val) -> Result<bool, JitError> {
+    let floats = |v: &Val| v.bs.is_multiple_of(4);
+    // The kernel reads a window of channels around the one it writes: the output apart.
+    let span = |v: &Val| v.addr..v.addr + v.n as u64 * v.bs;
+    let apart = |a: &Val, b: &Val| span(a).end <= span(b).start || span(b).end <= span(a).start;
+    if !apart(&out, &x) || gy.is_some_and(|g| !apart(&out, &g)) {
+        return Ok(false);
+    }
+    if out.layout != x.layout || gy.is_some_and(|g| g.layout != x.layout || !floats(&g)) || !floats(&x) || !floats(&out)
+    {
+        return Ok(false);
+    }
+    let layout = if x.layout == Layout::Plain { KLayout::Nchw } else { KLayout::NChw16c };
+    // The kernel divides alpha by the size (PyTorch's convention); the paper's alpha is used
+    // as given.
+    let alpha = (lrn.sum_factor() * lrn.size as f64) as f32;
+    let cpu = cnnc_kernels::cpu::best();
+    let plan =
+        LrnPlan::new(x.n, x.c, [x.h, x.w], layout, lrn.size, alpha, lrn.beta as f32, lrn.k as f32, cpu, lx.threads);
+    let Ok(plan) = plan else { return Ok(false) };
+    let scratch = lx.alloc(plan.scratch_len(lx.threads) * 4);
+    let args = LrnArgs {
+        x: x.addr as *const f32,
+        x_bs: (x.bs / 4) as usize,
+        y: out.addr as *mut f32,
+        y_bs: (out.bs / 4) as usize,
+        gy: gy.map_or(0, |g| g.addr) as *const f32,
+        gy_bs: gy.map_or(0, |g| (g.bs / 4) as usize),
+    };
+    let (p, a) = (keep(lx, plan), keep(lx, args));
+    let f = cnnc_kernels::ffi::cnnc_lrn as *const () as u64;
+    call(lx, f, &[Arg::Abs(p), Arg::Abs(a), Arg::Aux(scratch), Arg::Abs(lx.pool)])?;
     Ok(true)
 }

@@ -159,6 +159,9 @@ fn per_pixel(lx: &mut Lx, v: &Val, cost: usize, body: impl Fn(&mut Fx, Value, Va
 pub(crate) fn lrn(lx: &mut Lx, id: NodeId, lrn: &Lrn) -> Result<(), JitError> {
     let x = operands(lx, id)?[0];
     let y = lx.val(id)?;
+    if lx.mode == crate::options::Mode::Native && super::native::lrn(lx, lrn, x, None, y)? {
+        return Ok(());
+    }
     let l = *lrn;
     let stored_c = if y.layout == Layout::Blocked16 { y.c.div_ceil(16) * 16 } else { y.c };
     per_pixel(lx, &y, x.c * l.size * 4, |fx, n, p| {
@@ -194,6 +197,9 @@ pub(crate) fn lrn_backward(lx: &mut Lx, id: NodeId, lrn: &Lrn) -> Result<(), Jit
     let v = operands(lx, id)?;
     let (x, gy) = (v[0], v[1]);
     let gx = lx.val(id)?;
+    if lx.mode == crate::options::Mode::Native && super::native::lrn(lx, lrn, x, Some(gy), gx)? {
+        return Ok(());
+    }
     let l = *lrn;
     let c = x.c;
     let scratch = lx.alloc(lx.threads * c * 8);
