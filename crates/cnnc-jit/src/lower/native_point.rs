@@ -38,9 +38,12 @@ use cnnc_kernels::act::Act;
 use cnnc_kernels::fc::FcPlan;
 use cranelift_codegen::ir::Value;
 
+/// `(tap, pixel)` pairs: a kernel tap and the input pixel it meets.
+type LiveTaps = Vec<(usize, usize)>;
+
 /// The live taps of a convolution with one output pixel and one group: `(tap, pixel)` for
 /// each kernel tap `ky * kw + kx` that meets the input, at input pixel `iy * w + ix`.
-fn live_taps(g: &Geo) -> Option<Vec<(usize, usize)>> {
+fn live_taps(g: &Geo) -> Option<LiveTaps> {
     if (g.oh, g.ow, g.groups) != (1, 1, 1) {
         return None;
     }
@@ -362,6 +365,27 @@ pub(crate) fn forward(lx: &mut Lx, op: &ConvForward) -> Result<bool, JitError> {
     Ok(true)
 }
 
+/// The fc layer `o -> K` whose passes a point convolution's backward passes are, on `gy` and
+/// the rows of `v` (the input, or the input gradient): the live taps, the plan and the rows'
+/// address, or `None` when the convolution is not a point convolution the kernels take.
+fn backward_fc(
+    lx: &mut Lx,
+    g: &Geo,
+    gy: &Val,
+    v: &Val,
+    wp: &ParamPlan,
+) -> Result<Option<(LiveTaps, FcPlan, u64)>, JitError> {
+    let Some(live) = live_taps(g) else { return Ok(None) };
+    if !map_fits(gy) || !map_fits(v) || !weights_fit(g, wp) {
+        return Ok(None);
+    }
+    let cpu = cnnc_kernels::cpu::best();
+    let Ok(plan) = FcPlan::new(v.n, g.o, live.len() * g.c, false, Act::NONE, cpu, lx.threads) else { return Ok(None) };
+    let (rows, rows_stride) = rows_of(lx, v, &live)?;
+    let Ok(plan) = plan.with_strides(stride(gy), rows_stride) else { return Ok(None) };
+    Ok(Some((live, plan, rows)))
+}
+
 /// `gx` of a point convolution (overwritten): `gy w_live^T`, the fc forward of `o -> K` on
 /// the `io` weights, scattered to the live pixels.
 pub(crate) fn backward_data(
@@ -371,15 +395,7 @@ pub(crate) fn backward_data(
     gx: Val,
     (w, wp): (u64, &ParamPlan),
 ) -> Result<bool, JitError> {
-    let Some(live) = live_taps(g) else { return Ok(false) };
-    if !map_fits(&gy) || !map_fits(&gx) || !weights_fit(g, wp) {
-        return Ok(false);
-    }
-    let k = live.len() * g.c;
-    let cpu = cnnc_kernels::cpu::best();
-    let Ok(plan) = FcPlan::new(gx.n, g.o, k, false, Act::NONE, cpu, lx.threads) else { return Ok(false) };
-    let (gr, gs) = rows_of(lx, &gx, &live)?;
-    let Ok(plan) = plan.with_strides(stride(&gy), gs) else { return Ok(false) };
+    let Some((live, plan, gr)) = backward_fc(lx, g, &gy, &gx, wp)? else { return Ok(false) };
     // The forward pass's copy when it made one: the weights have not changed since (the
     // optimiser's update of a weight comes after every use of it in the step).
     let wt = match lx.point_weights.get(&wp.name) {
@@ -410,16 +426,10 @@ pub(crate) fn backward_weights(
     gw: Val,
     wp: &ParamPlan,
 ) -> Result<bool, JitError> {
-    let Some(live) = live_taps(g) else { return Ok(false) };
-    let len = wp.stored_len();
-    if !map_fits(&x) || !map_fits(&gy) || !weights_fit(g, wp) || gw.bytes < 4 * len as u64 {
+    if gw.bytes < 4 * wp.stored_len() as u64 {
         return Ok(false);
     }
-    let k = live.len() * g.c;
-    let cpu = cnnc_kernels::cpu::best();
-    let Ok(plan) = FcPlan::new(x.n, g.o, k, false, Act::NONE, cpu, lx.threads) else { return Ok(false) };
-    let (xr, xs) = rows_of(lx, &x, &live)?;
-    let Ok(plan) = plan.with_strides(stride(&gy), xs) else { return Ok(false) };
+    let Some((live, plan, xr)) = backward_fc(lx, g, &gy, &x, wp)? else { return Ok(false) };
     if xr != x.addr {
         move_pixels(lx, &x, &live, xr, true)?;
     }
