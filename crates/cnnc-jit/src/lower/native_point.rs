@@ -124,7 +124,7 @@ fn packed(wp: &ParamPlan) -> bool {
 /// Which way [`copy_weights`] copies, and the order of the live-tap matrix: `io` (`K x o`,
 /// row `j c + i` for tap `j`'s input channel `i`) or `oi` (`o x K`).
 #[derive(Clone, Copy, PartialEq)]
-enum Copy {
+enum CopyDir {
     /// The weight's live taps into an `io` matrix.
     ToIo,
     /// The weight's live taps into an `oi` matrix (for the fc kernel's forward, whose
@@ -145,7 +145,7 @@ fn copy_weights(
     wp: &ParamPlan,
     live: &[(usize, usize)],
     (weights, matrix): (u64, u64),
-    dir: Copy,
+    dir: CopyDir,
 ) -> Result<(), JitError> {
     let (o, c, all, k) = (g.o, g.c, g.kh * g.kw, live.len() * g.c);
     let packed = packed(wp);
@@ -159,7 +159,7 @@ fn copy_weights(
         let (lo, hi) = fx.task_range(units, tasks);
         let (w, m) = (fx.abs(weights), fx.abs(matrix));
         fx.for_range(lo, hi, 1, |fx, u| {
-            if dir == Copy::FromIo {
+            if dir == CopyDir::FromIo {
                 let start = fx.index(w, u, (unit_len * 4) as i64);
                 let zero4 = fx.fconst(F32X4, 0.0);
                 let (z0, z1) = (fx.int(0), fx.int((unit_len / 4) as i64));
@@ -178,16 +178,16 @@ fn copy_weights(
                     for_each_input(fx, &geo, tap, (w, u), |fx, at, i| {
                         let row = fx.addi(i, (j * c) as i64);
                         let (mat, off) = match dir {
-                            Copy::ToOi => {
+                            CopyDir::ToOi => {
                                 let r = fx.index(m, u, (k * 4) as i64);
                                 (fx.index(r, row, 4), 0)
                             }
-                            Copy::ToIo | Copy::FromIo => {
+                            CopyDir::ToIo | CopyDir::FromIo => {
                                 let r = fx.index(m, row, (o * 4) as i64);
                                 (fx.index(r, u, 4), 0)
                             }
                         };
-                        if dir == Copy::FromIo {
+                        if dir == CopyDir::FromIo {
                             let v = fx.load(F32, mat, off);
                             fx.store(v, at, 0);
                         } else {
@@ -206,14 +206,14 @@ fn copy_weights(
                     let i0 = fx.muli(ib, 16);
                     let row0 = fx.addi(i0, (j * c) as i64);
                     match dir {
-                        Copy::ToIo | Copy::FromIo => {
+                        CopyDir::ToIo | CopyDir::FromIo => {
                             // `io` rows `row0 + ii`, columns `16 u ..`: a block row each.
                             let r = fx.index(m, row0, (o * 4) as i64);
                             let at = fx.index(r, u, 64);
                             for ii in 0..16i64 {
                                 for q in 0..4i64 {
                                     let (b_off, m_off) = (ii * 64 + q * 16, ii * (o as i64) * 4 + q * 16);
-                                    if dir == Copy::ToIo {
+                                    if dir == CopyDir::ToIo {
                                         let v = fx.load(F32X4, blk, b_off);
                                         fx.store(v, at, m_off);
                                     } else {
@@ -223,7 +223,7 @@ fn copy_weights(
                                 }
                             }
                         }
-                        Copy::ToOi => {
+                        CopyDir::ToOi => {
                             // `oi` rows `16 u + oo`, columns `row0 ..`: a block column each.
                             let r = fx.index(m, u, (16 * k * 4) as i64);
                             let at = fx.index(r, row0, 4);
@@ -347,11 +347,11 @@ pub(crate) fn forward(lx: &mut Lx, op: &ConvForward) -> Result<bool, JitError> {
     } else {
         shared_buffer(lx, "point-convolution weights")?
     };
-    copy_weights(lx, g, wp, &live, (w, wt), if plain_epilogue { Copy::ToIo } else { Copy::ToOi })?;
+    copy_weights(lx, g, wp, &live, (w, wt), if plain_epilogue { CopyDir::ToIo } else { CopyDir::ToOi })?;
     if xr != x.addr {
         move_pixels(lx, &x, &live, xr, true)?;
     }
-    let scratch = lx.alloc(plan.backward_scratch_len() * 4);
+    let scratch = if plain_epilogue { lx.alloc(plan.backward_scratch_len() * 4) } else { 0 };
     let p = keep(lx, plan);
     let pool = Arg::Abs(lx.pool);
     if plain_epilogue {
@@ -402,7 +402,7 @@ pub(crate) fn backward_data(
         Some(&wt) => wt,
         None => {
             let wt = shared_buffer(lx, "point-convolution weights")?;
-            copy_weights(lx, g, wp, &live, (w, wt), Copy::ToIo)?;
+            copy_weights(lx, g, wp, &live, (w, wt), CopyDir::ToIo)?;
             wt
         }
     };
@@ -438,6 +438,6 @@ pub(crate) fn backward_weights(
     let f = cnnc_kernels::ffi::cnnc_fc_backward_weights as *const () as u64;
     let args = [Arg::Abs(p), Arg::Abs(xr), Arg::Abs(gy.addr), Arg::Abs(io), Arg::Abs(0), Arg::Abs(lx.pool)];
     calls(lx, &[(f, &args)])?;
-    copy_weights(lx, g, wp, &live, (gw.addr, io), Copy::FromIo)?;
+    copy_weights(lx, g, wp, &live, (gw.addr, io), CopyDir::FromIo)?;
     Ok(true)
 }
