@@ -74,7 +74,7 @@ pub(crate) fn conv_backward_data(
 /// another copy of its parameters). The first request maps `bound` bytes, the most any node
 /// of the plan asks for that use; untouched pages cost nothing, so the resident memory is
 /// what the largest node touches.
-fn step_buffer(lx: &mut Lx, use_: &'static str, bytes: usize, bound: usize) -> Result<u64, JitError> {
+pub(super) fn step_buffer(lx: &mut Lx, use_: &'static str, bytes: usize, bound: usize) -> Result<u64, JitError> {
     if bytes > bound {
         return Err(crate::error::plan_err(format!("{use_}: {bytes} bytes is more than the bound {bound}")));
     }
@@ -87,7 +87,7 @@ fn step_buffer(lx: &mut Lx, use_: &'static str, bytes: usize, bound: usize) -> R
 }
 
 /// Floats of the plan's largest stored parameter.
-fn largest_param(lx: &Lx) -> usize {
+pub(super) fn largest_param(lx: &Lx) -> usize {
     lx.plan.params.iter().map(|p| p.stored_len()).max().unwrap_or(0)
 }
 

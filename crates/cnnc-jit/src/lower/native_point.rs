@@ -104,16 +104,12 @@ fn for_each_input(
     });
 }
 
-/// A buffer the nodes of one use share during their own steps (see
-/// `native_bwd::step_buffer`), mapped at the plan's largest weight.
-fn shared_buffer(lx: &mut Lx, use_: &'static str) -> Result<u64, JitError> {
-    if let Some(&addr) = lx.step_buffers.get(use_) {
-        return Ok(addr);
-    }
-    let largest = lx.plan.params.iter().map(|p| p.stored_len()).max().unwrap_or(0);
-    let (_, addr) = lx.buffer(4 * largest)?;
-    lx.step_buffers.insert(use_, addr);
-    Ok(addr)
+/// A buffer of at least `bytes` that every point convolution asking for `use_` shares during
+/// its own steps (`native_bwd::step_buffer`), bounded by the plan's largest weight: a
+/// live-tap matrix is at most a whole weight.
+fn shared_buffer(lx: &mut Lx, use_: &'static str, bytes: usize) -> Result<u64, JitError> {
+    let bound = 4 * super::native_bwd::largest_param(lx);
+    super::native_bwd::step_buffer(lx, use_, bytes, bound)
 }
 
 /// Whether the weight is packed (`OIhw16i16o`, `OI16i16o`) rather than plain `oihw`.
@@ -345,7 +341,7 @@ pub(crate) fn forward(lx: &mut Lx, op: &ConvForward) -> Result<bool, JitError> {
         lx.point_weights.insert(wp.name.clone(), wt);
         wt
     } else {
-        shared_buffer(lx, "point-convolution weights")?
+        shared_buffer(lx, "point-convolution weights", 4 * g.o * k)?
     };
     copy_weights(lx, g, wp, &live, (w, wt), if plain_epilogue { CopyDir::ToIo } else { CopyDir::ToOi })?;
     if xr != x.addr {
@@ -401,7 +397,7 @@ pub(crate) fn backward_data(
     let wt = match lx.point_weights.get(&wp.name) {
         Some(&wt) => wt,
         None => {
-            let wt = shared_buffer(lx, "point-convolution weights")?;
+            let wt = shared_buffer(lx, "point-convolution weights", 4 * g.o * live.len() * g.c)?;
             copy_weights(lx, g, wp, &live, (w, wt), CopyDir::ToIo)?;
             wt
         }
@@ -433,7 +429,7 @@ pub(crate) fn backward_weights(
     if xr != x.addr {
         move_pixels(lx, &x, &live, xr, true)?;
     }
-    let io = shared_buffer(lx, "point-convolution weight gradient")?;
+    let io = shared_buffer(lx, "point-convolution weight gradient", 4 * g.o * live.len() * g.c)?;
     let p = keep(lx, plan);
     let f = cnnc_kernels::ffi::cnnc_fc_backward_weights as *const () as u64;
     let args = [Arg::Abs(p), Arg::Abs(xr), Arg::Abs(gy.addr), Arg::Abs(io), Arg::Abs(0), Arg::Abs(lx.pool)];
