@@ -153,3 +153,15 @@ fn batch_norm_of_vectors_and_googlenet_lrn() {
     check_bn(8, 10, 1, 1, Layout::Nchw, false, 1).unwrap();
     check_lrn(1, 64, 5, 5, 5, Layout::NChw16c, 2).unwrap();
 }
+
+/// Windows wider than a channel block (the blocked path's zero pads span two vectors) and
+/// planes of several 16-pixel vectors with a partial last one, on both layouts.
+#[test]
+fn lrn_wide_windows_and_long_planes() {
+    for layout in [Layout::Nchw, Layout::NChw16c] {
+        check_lrn(2, 40, 3, 5, 33, layout, 3).unwrap();
+        check_lrn(1, 17, 1, 1, 40, layout, 4).unwrap();
+        check_lrn(2, 9, 7, 9, 4, layout, 5).unwrap();
+        check_lrn(1, 3, 16, 16, 2, layout, 6).unwrap();
+    }
+}
