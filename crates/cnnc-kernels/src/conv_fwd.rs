@@ -156,7 +156,7 @@ pub unsafe fn forward_task(plan: &ConvPlan, a: &ConvArgs, task: usize, scratch: 
                     out.pf_lines = share.min(pair_lines - (i * share).min(pair_lines));
                 }
                 // SAFETY: forwarded contract; the row's tiles lie inside the output.
-                unsafe { row(plan, a, &out, x, row0, a.w.wrapping_add(ob * w_ocb), n, ob, oy, c0, c1) };
+                unsafe { row(plan, a, &out, x, row0, a.w.wrapping_add(ob * w_ocb), n, ob, oy, c0, c1, None) };
             }
         }
     } else {
@@ -167,7 +167,13 @@ pub unsafe fn forward_task(plan: &ConvPlan, a: &ConvArgs, task: usize, scratch: 
                 // pair prefetching the next; later rows (or row blocks) find them in the caches
                 // (prefetching them again measured slower).
                 let first_visit = oy == oy0 && b0 == c0;
-                for ob in pairs.clone() {
+                // Direct input read as one flat row (1x1, stride 1): the next row block's
+                // input is fetched while this one runs, unless the weights are being fetched.
+                let next = (b1, (b1 + plan.col_block).min(c1));
+                let flat = s.kh == 1 && s.kw == 1 && s.stride == [1, 1] && s.pad == [0, 0];
+                let fetch_input = flat && next.0 < next.1 && !(first_visit && plan.prefetch);
+                let npairs = plan.oc_chunk / kk;
+                for (pi, ob) in pairs.clone().enumerate() {
                     // SAFETY: as above.
                     let e = unsafe { EpiVectors::load(a, ob * 16, kk, s.oc) };
                     let mut out = block_out(plan, a, n, ob, &e);
@@ -175,8 +181,33 @@ pub unsafe fn forward_task(plan: &ConvPlan, a: &ConvArgs, task: usize, scratch: 
                         out.pf = next_w(ob + kk);
                         out.pf_lines = pair_lines;
                     }
+                    let fetch = fetch_input.then(|| {
+                        let lines = next.1 - next.0;
+                        let plane_out = plan.oh * plan.ow * 16;
+                        // The pair's share of the input's channel blocks.
+                        let (i0, i1) = (pi * plan.icb / npairs, (pi + 1) * plan.icb / npairs);
+                        let input = Fetch {
+                            x: x.wrapping_add(i0 * s.ih * s.iw * 16 + next.0 * 16),
+                            stride: s.ih * s.iw * 16,
+                            streams: i1 - i0,
+                            lines,
+                        };
+                        let blocks = |base: *const f32, bs: usize| Fetch {
+                            x: base.wrapping_add(n * bs + ob * plane_out + next.0 * 16),
+                            stride: plane_out,
+                            streams: kk,
+                            lines,
+                        };
+                        let output = blocks(a.y as *const f32, a.y_bs);
+                        match plan.epilogue.residual {
+                            true => RowFetch { sets: [input, blocks(a.res, a.res_bs), output], count: 3 },
+                            false => RowFetch { sets: [input, output, output], count: 2 },
+                        }
+                    });
                     // SAFETY: as above; b0..b1 is inside c0..c1.
-                    unsafe { row(plan, a, &out, x, row0, a.w.wrapping_add(ob * w_ocb), n, ob, oy, b0, b1) };
+                    unsafe {
+                        row(plan, a, &out, x, row0, a.w.wrapping_add(ob * w_ocb), n, ob, oy, b0, b1, fetch.as_ref())
+                    };
                 }
             }
         }
@@ -199,7 +230,49 @@ fn block_out(plan: &ConvPlan, a: &ConvArgs, n: usize, ob: usize, e: &EpiVectors)
     out
 }
 
-/// The tiles of output row `oy`, pixels `c0..c1`, blocks `ob .. ob + k`.
+/// One set of lines to prefetch: `streams` runs of `lines` 64-byte lines from `x`, `stride`
+/// floats apart.
+#[derive(Clone, Copy)]
+struct Fetch {
+    x: *const f32,
+    stride: usize,
+    streams: usize,
+    lines: usize,
+}
+
+/// What a row's tiles prefetch for the row block after theirs (at most three sets: this
+/// pair's share of the input, its residual and its output), the tiles dealt out to the sets
+/// in proportion to their lines, each tile taking a range of lines of every stream of its set.
+struct RowFetch {
+    sets: [Fetch; 3],
+    count: usize,
+}
+
+impl RowFetch {
+    /// The prefetch of tile `t` of `ntiles` into `out`.
+    fn deal(&self, t: usize, ntiles: usize, out: &mut Out) {
+        let total: usize = self.sets[..self.count].iter().map(|f| f.streams * f.lines).sum();
+        let mut first = 0;
+        for f in &self.sets[..self.count] {
+            let share = (ntiles * f.streams * f.lines).div_ceil(total.max(1)).max(1);
+            if t < first + share {
+                let per = f.lines.div_ceil(share);
+                let l0 = (t - first) * per;
+                if l0 < f.lines {
+                    out.pf = f.x.wrapping_add(l0 * 16);
+                    out.pf_lines = per.min(f.lines - l0);
+                    out.pf_streams = f.streams;
+                    out.pf_stride = f.stride;
+                }
+                return;
+            }
+            first += share;
+        }
+    }
+}
+
+/// The tiles of output row `oy`, pixels `c0..c1`, blocks `ob .. ob + k`; with `fetch`, the
+/// tiles prefetch the next row block's lines instead of `base`'s.
 ///
 /// # Safety
 /// As [`forward_task`]; `x` is the band (or the input image) whose first row is input row
@@ -217,6 +290,7 @@ unsafe fn row(
     oy: usize,
     c0: usize,
     c1: usize,
+    fetch: Option<&RowFetch>,
 ) {
     let s = &plan.shape;
     let sh = s.stride[0];
@@ -247,8 +321,16 @@ unsafe fn row(
         // Every band mode puts output column ox's first tap at column ox (stride 1 or Taps).
         let ap = x.wrapping_add(in_row * plan.band_row + ox * 16);
         let mut out = *base;
-        out.pf = base.pf.wrapping_add(t * pf_share * 16);
-        out.pf_lines = pf_share.min(base.pf_lines - (t * pf_share).min(base.pf_lines));
+        match fetch {
+            Some(f) => {
+                out.pf_lines = 0;
+                f.deal(t, ntiles, &mut out);
+            }
+            None => {
+                out.pf = base.pf.wrapping_add(t * pf_share * 16);
+                out.pf_lines = pf_share.min(base.pf_lines - (t * pf_share).min(base.pf_lines));
+            }
+        }
         let at = (pix_row + ox) * 16;
         out.c = base.c.wrapping_add(at);
         if plan.epilogue.residual {

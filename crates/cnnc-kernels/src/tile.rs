@@ -59,11 +59,15 @@ pub struct Out {
     pub res_col: isize,
     pub res_blk: isize,
     pub act: Act,
-    /// Lines the tile asks the caches for while it runs (weights of tiles that follow it, see
-    /// `conv_fwd.rs`): the `pf_lines` 64-byte lines from `pf` on, spread evenly over its
-    /// innermost block pairs. Prefetches are hints: `pf` need not point into any buffer.
+    /// Lines the tile asks the caches for while it runs (weights, or the input, residual and
+    /// output of tiles that follow it, see `conv_fwd.rs`): `pf_streams` runs of `pf_lines`
+    /// 64-byte lines, the first from `pf` on, each `pf_stride` floats after the one before,
+    /// spread evenly over its innermost block pairs. Prefetches are hints: `pf` need not
+    /// point into any buffer.
     pub pf: *const f32,
     pub pf_lines: usize,
+    pub pf_streams: usize,
+    pub pf_stride: usize,
 }
 
 impl Out {
@@ -89,6 +93,8 @@ impl Out {
             act: Act::NONE,
             pf: core::ptr::null(),
             pf_lines: 0,
+            pf_streams: 1,
+            pf_stride: 0,
         }
     }
 }
@@ -222,7 +228,8 @@ macro_rules! shapes {
                 let mut acc = [[z; $k]; $nw];
                 // A few lines of weights ahead per block pair: spread over the tile, the
                 // stream from memory overlaps the FMAs (see `conv_fwd.rs`).
-                let (mut pf, mut pf_left) = (out.pf, out.pf_lines);
+                let (mut pf, mut pf_stream, mut pf_line) = (out.pf, out.pf, 0);
+                let mut pf_left = out.pf_lines * out.pf_streams;
                 let pairs = r.n[0] * r.n[1] * r.n[2];
                 let pf_per = if pf_left == 0 || pairs == 0 { 0 } else { pf_left.div_ceil(pairs) };
                 reduce_loops!(r, a, b, pa, pb, {
@@ -231,6 +238,12 @@ macro_rules! shapes {
                     for _ in 0..lines {
                         s.prefetch(pf);
                         pf = pf.wrapping_add(16);
+                        pf_line += 1;
+                        if pf_line == out.pf_lines {
+                            pf_line = 0;
+                            pf_stream = pf_stream.wrapping_add(out.pf_stride);
+                            pf = pf_stream;
+                        }
                     }
                 }, {
                     shapes!(@step $k, s, pa, pb, r, acc, AC, [$($j)*]);
