@@ -9,7 +9,7 @@
 //! `--model NAME` and `--batch N` restrict the report (for alternating with ORT, one process
 //! each); `--interp` adds the reference interpreter at batch 1 (one run; seconds).
 
-use cnnc_benches::peak;
+use cnnc_benches::{idle, peak};
 use criterion::{Criterion, Throughput};
 use std::time::Instant;
 
@@ -58,39 +58,6 @@ fn gflop(g: &cnnc_ir::Graph) -> f64 {
     2.0 * cnnc_ir::totals(g, &stats).macs as f64 / 1e9
 }
 
-/// CPU-seconds the whole machine has been busy (`/proc/stat`), and this process's.
-fn cpu_seconds() -> Option<(f64, f64)> {
-    let hz = 100.0;
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let v: Vec<f64> = stat.lines().next()?.split_whitespace().skip(1).take(8).filter_map(|x| x.parse().ok()).collect();
-    let busy = (v.iter().sum::<f64>() - v.get(3)? - v.get(4)?) / hz;
-    let me = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let fields: Vec<&str> = me.rsplit_once(')')?.1.split_whitespace().collect();
-    let own = (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / hz;
-    Some((busy, own))
-}
-
-/// The share of all CPUs other processes used since `start` (busy, own, wall).
-fn other_share(start: (f64, f64), wall: Instant) -> f64 {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    match cpu_seconds() {
-        Some((busy, own)) => (((busy - start.0) - (own - start.1)) / (wall.elapsed().as_secs_f64() * cpus)).max(0.0),
-        None => 0.0,
-    }
-}
-
-/// Waits at most 60 s until other processes use under 5% of the CPUs for half a second.
-fn wait_idle() -> f64 {
-    let t0 = Instant::now();
-    loop {
-        let (Some(start), w) = (cpu_seconds(), Instant::now()) else { return 0.0 };
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        if other_share(start, w) < 0.05 || t0.elapsed().as_secs_f64() > 60.0 {
-            return t0.elapsed().as_secs_f64();
-        }
-    }
-}
-
 /// `(median, min, max)` ms of `f` timed as ORT's tool times: warm-up, idle wait, >= 20 runs
 /// and >= 2 s; the other processes' CPU share while timing goes to stderr.
 fn time(label: &str, mut f: impl FnMut()) -> (f64, f64, f64) {
@@ -100,16 +67,16 @@ fn time(label: &str, mut f: impl FnMut()) -> (f64, f64, f64) {
         f();
         n += 1;
     }
-    let waited = wait_idle();
-    let (start, wall) = (cpu_seconds().unwrap_or_default(), Instant::now());
+    let (waited, _) = idle::wait(std::time::Duration::from_secs(60));
+    let (window, wall) = (idle::Window::start(), Instant::now());
     let mut ts = Vec::new();
     while ts.len() < 20 || wall.elapsed().as_secs_f64() < 2.0 {
         let t = Instant::now();
         f();
         ts.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    let share = other_share(start, wall);
-    let noisy = if share > 0.05 { " NOISY" } else { "" };
+    let share = window.others();
+    let noisy = if share > idle::NOISY { " NOISY" } else { "" };
     eprintln!(
         "# {label}: waited {waited:.1} s for idle CPUs; other processes used {:.1} % of the CPUs while timing{noisy}",
         share * 100.0

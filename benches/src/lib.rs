@@ -2,7 +2,7 @@
 //! generated sources of deep models for measuring how the pipeline scales; the machine's
 //! measured limits (`peak`) and the kernel benchmark layers (`layers`).
 
-pub mod idle;
+pub use cnnc_runtime::idle;
 pub mod layers;
 pub mod peak;
 

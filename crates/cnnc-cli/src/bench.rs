@@ -34,6 +34,10 @@ pub(crate) struct BenchArgs {
     /// Print the report as one line of JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Wait at most this many seconds, before timing, for other processes to leave the CPUs
+    /// idle (as ONNX Runtime's and PyTorch's benchmark tools do).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3600))]
+    wait_idle: Option<u64>,
 }
 
 /// Compiles and times the model; the table or the JSON on stdout, notes on stderr.
@@ -51,6 +55,7 @@ pub(crate) fn bench(args: &BenchArgs, budget: &MemoryBudget, color: bool, out: &
         train: args.train,
         rounds: args.iters.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         seed: args.seed,
+        wait_idle: args.wait_idle.map(std::time::Duration::from_secs),
     };
     let outcome = cnnc_driver::bench::bench(&graph, &options, Some(&cancel)).map_err(crate::run_failure)?;
     notify(&outcome.peak.note.iter().map(|n| format!("note: {n}")).collect::<Vec<_>>());

@@ -16,19 +16,21 @@
 //!  "compile": {"setup_ms": f, "lower_ms": f, "codegen_ms": f, "codegen_threads": n,
 //!              "functions": n, "shared_kernels": n, "instructions": n, "finalize_ms": f},
 //!  "gflops": f, "percent_of_peak": f, "peak": {"isa": str, "cpu": str, "source": str},
-//!  "min_ms": f}
+//!  "min_ms": f, "others_pct": f, "waited_s": f}
 //! ```
 //!
 //! `min_ms` is the fastest run (per layer and whole): on a machine shared with other work the
 //! median counts the runs other processes held the cores up, the fastest is the code's own
-//! speed.
+//! speed. `others_pct` is how much of the CPUs other processes used while the runs were timed
+//! (null when unknown or under half a second of runs; the table adds a note above 5 %);
+//! `--wait-idle` waits for a quiet machine first.
 
 use crate::execute::ExecError;
 use crate::optimize::{Mode, Pass, optimize};
 use crate::peak_cache::{self, Peak, PeakKey};
 use cnnc_ir::{Graph, Op, TrainOp};
 use cnnc_jit::bench::{BenchReport, Rounds};
-use cnnc_runtime::{Cancel, Tensor};
+use cnnc_runtime::{Cancel, Tensor, idle};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -45,6 +47,8 @@ pub struct BenchOptions {
     pub rounds: Option<usize>,
     /// The seed of the parameters, the input and the targets.
     pub seed: u64,
+    /// Waits at most this long, before timing, for other processes to leave the CPUs idle.
+    pub wait_idle: Option<Duration>,
 }
 
 /// The time the whole runs take when the number of rounds is not given (the step-by-step
@@ -64,6 +68,11 @@ pub struct BenchOutcome {
     /// The peak's instruction set and width, and the CPU, as the cache keys them.
     pub peak_key: PeakKey,
     pub peak: Peak,
+    /// The share of the CPUs other processes used while the runs were timed (`None` where the
+    /// system does not say, or the runs took under half a second), and the seconds waited for
+    /// a quiet machine before.
+    pub others: Option<f64>,
+    pub waited_s: f64,
 }
 
 /// Compiles `graph` (after every pass) for `options` on the JIT, looks up the peak and times
@@ -93,8 +102,21 @@ pub fn bench(graph: &Graph, options: &BenchOptions, cancel: Option<&Cancel>) -> 
     let inputs = inputs(&opt.plan.graph, options.batch, options.seed);
     let args = cnnc_jit::StepArgs { lr: if options.train { 1e-3 } else { 0.0 }, step: 1, seed: options.seed };
     let rounds = options.rounds.map_or(Rounds::For(DEFAULT_TIME), Rounds::Fixed);
+    let waited_s = options.wait_idle.map_or(0.0, |max| idle::wait(max).0);
+    let window = idle::Window::start();
     let report = cnnc_jit::bench::report(&model, &inputs, &args, rounds, peak.gflops)?;
-    Ok(BenchOutcome { model: graph.name.clone(), options: *options, threads, passes_ms, report, peak_key, peak })
+    let others = window.others_measured();
+    Ok(BenchOutcome {
+        model: graph.name.clone(),
+        options: *options,
+        threads,
+        passes_ms,
+        report,
+        peak_key,
+        peak,
+        others,
+        waited_s,
+    })
 }
 
 /// A seeded batch for every input of the plan's graph: values in [-1, 1), class labels in
@@ -197,6 +219,14 @@ pub fn bench_table(b: &BenchOutcome) -> String {
         r.min_ms,
         percent(gflops, r.peak_gflops)
     ));
+    if let Some(others) = b.others.filter(|&o| o > idle::NOISY) {
+        out.push_str(&format!(
+            "note: other processes used {:.0} % of the CPUs while this ran: the times are theirs as much as the \
+             model's (`--wait-idle 60` waits up to a minute for a quiet machine; the fastest run is the least \
+             disturbed)\n",
+            100.0 * others
+        ));
+    }
     if r.layers.iter().any(|l| l.flops > 0.0 && l.gflops > r.peak_gflops) {
         out.push_str(
             "note: GFLOP/s count every multiply-add of each layer's kernel, as model summaries do; a layer above the \
@@ -259,6 +289,10 @@ struct JsonReport<'a> {
     percent_of_peak: f64,
     peak: JsonPeak<'a>,
     min_ms: f64,
+    /// Percent of the CPUs other processes used while the runs were timed (null: unknown, or
+    /// the runs took under half a second).
+    others_pct: Option<f64>,
+    waited_s: f64,
 }
 
 /// `cnnc bench --json`: one line.
@@ -304,6 +338,8 @@ pub fn bench_json(b: &BenchOutcome) -> String {
         percent_of_peak: finite(percent(gflops, r.peak_gflops)),
         peak: JsonPeak { isa: &b.peak_key.isa, cpu: &b.peak_key.cpu, source: b.peak.source.name() },
         min_ms: finite(r.min_ms),
+        others_pct: b.others.map(|o| finite(100.0 * o)),
+        waited_s: finite(b.waited_s),
     };
     let mut text = serde_json::to_string(&report).expect("plain data serialises");
     text.push('\n');

@@ -89,6 +89,7 @@ pub fn bench(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
             train: false,
             rounds: Some(rounds),
             seed: SEED,
+            wait_idle: None,
         };
         let outcome = cnnc_driver::bench::bench(&graph, &options, Some(&session.cancel))?;
         io.out(&cnnc_driver::bench::bench_table(&outcome));

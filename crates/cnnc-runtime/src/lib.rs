@@ -5,6 +5,7 @@
 mod atomic;
 mod budget;
 mod cancel;
+pub mod idle;
 mod init;
 mod npy;
 pub mod rng;

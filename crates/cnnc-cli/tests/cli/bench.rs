@@ -62,6 +62,9 @@ fn check_report(v: &Value, batch: u64) {
     let sum: f64 = layers.iter().map(|l| num(l, "median_ms")).sum();
     assert!(sum < 3.0 * whole + 1.0 && sum > whole / 3.0 - 1.0, "layers sum {sum} ms, whole {whole} ms: {v}");
     assert!(layers.iter().any(|l| num(l, "gflops") > 0.0), "{v}");
+    // What other processes took while timing: unknown (short runs) or a share of the CPUs.
+    assert!(v["others_pct"].is_null() || (0.0..=100.0).contains(&num(v, "others_pct")), "{v}");
+    assert!(num(v, "waited_s") >= 0.0, "{v}");
 }
 
 #[test]
@@ -90,6 +93,10 @@ fn json_has_the_issues_shape_and_adds_up() {
     assert!(compile["shared_kernels"].as_u64().is_some(), "{v}");
     assert!(num(compile, "lower_ms") + num(compile, "codegen_ms") <= num(&v, "compile_ms"), "{v}");
     // The peak is cached: the second run reads it, the same number, keyed by threads.
+    // Waiting for a quiet machine takes at least one look (half a second) and at most about
+    // the bound.
+    let waited = json(&bench(&dir, &[LENET, "--iters", "2", "--wait-idle", "0", "--json"]));
+    assert!((0.4..5.0).contains(&num(&waited, "waited_s")), "{waited}");
     let again = json(&bench(&dir, &[LENET, "--iters", "2", "--json"]));
     assert_eq!(again["peak"]["source"].as_str(), Some("cached"), "{again}");
     assert_eq!(again["peak_gflops"], v["peak_gflops"]);
