@@ -71,7 +71,7 @@ pub struct PoolPlan {
 
 /// One output index's window along an axis: input positions `first, first + step, ...`
 /// (`count` of them) and the positions inside input + padding (the include-pad divisor).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Bin {
     pub(crate) first: usize,
     pub(crate) count: usize,
@@ -158,6 +158,29 @@ impl PoolPlan {
         Bin { first, count, step: d, padded }
     }
 
+    /// The output columns whose window lies wholly inside the input (no padding, no clipping):
+    /// their [`PoolPlan::bin`] is [`PoolPlan::inner_bin`], without the general search.
+    pub(crate) fn inner_columns(&self) -> core::ops::Range<usize> {
+        if self.win.adaptive {
+            return 0..0;
+        }
+        let (k, s, p, d) = (self.win.kernel[1], self.win.stride[1], self.win.pad[1], self.win.dilation[1]);
+        let reach = (k - 1) * d;
+        // ox * s >= p, and ox * s - p + reach < iw.
+        let lo = p.div_ceil(s);
+        if self.iw + p < reach + 1 {
+            return 0..0;
+        }
+        let hi = ((self.iw + p - 1 - reach) / s + 1).min(self.ow);
+        lo.min(hi)..hi
+    }
+
+    /// [`PoolPlan::bin`] along the columns for `ox` in [`PoolPlan::inner_columns`].
+    pub(crate) fn inner_bin(&self, ox: usize) -> Bin {
+        let (k, s, p, d) = (self.win.kernel[1], self.win.stride[1], self.win.pad[1], self.win.dilation[1]);
+        Bin { first: ox * s - p, count: k, step: d, padded: k }
+    }
+
     pub(crate) fn divisor(&self, by: Bin, bx: Bin) -> f32 {
         let d = match self.kind {
             PoolKind::Avg => by.padded * bx.padded,
@@ -229,10 +252,13 @@ unsafe fn forward_blocked<S: Simd>(s: S, p: &PoolPlan, a: &PoolArgs, task: usize
     let x = a.x.wrapping_add(n * a.x_bs);
     let y = a.y.wrapping_add(n * a.y_bs);
     let am = a.argmax.wrapping_add(n * a.argmax_bs);
+    let inner = p.inner_columns();
+    let argmax = !a.argmax.is_null();
     for oy in 0..p.oh {
         let by = p.bin(0, oy);
         for ox in 0..p.ow {
-            let bx = p.bin(1, ox);
+            let bx = if inner.contains(&ox) { p.inner_bin(ox) } else { p.bin(1, ox) };
+            debug_assert_eq!(bx, p.bin(1, ox), "inner column {ox} of {inner:?}");
             let mut acc = if p.kind == PoolKind::Max { s.splat(f32::NEG_INFINITY) } else { s.zero() };
             let mut idx = s.splat(-1.0);
             for ty in 0..by.count {
@@ -243,9 +269,12 @@ unsafe fn forward_blocked<S: Simd>(s: S, p: &PoolPlan, a: &PoolArgs, task: usize
                     let v = unsafe { s.load(x.add(ip.at(iy, ix))) };
                     match p.kind {
                         PoolKind::Max => {
+                            // The first NaN wins, as in the interpreter.
                             let take = s.mask_or(s.lt(acc, v), s.is_nan(v));
                             acc = s.select(take, v, acc);
-                            idx = s.select(take, s.splat((iy * p.iw + ix) as f32), idx);
+                            if argmax {
+                                idx = s.select(take, s.splat((iy * p.iw + ix) as f32), idx);
+                            }
                         }
                         PoolKind::Avg | PoolKind::AvgExcludePad => acc = s.add(acc, v),
                         PoolKind::L2 => acc = s.fmadd(v, v, acc),
@@ -260,7 +289,7 @@ unsafe fn forward_blocked<S: Simd>(s: S, p: &PoolPlan, a: &PoolArgs, task: usize
             // SAFETY: (oy, ox) is inside the output plane (and the argmax plane).
             unsafe {
                 s.store(y.add(op.at(oy, ox)), out);
-                if !a.argmax.is_null() {
+                if argmax {
                     s.store(am.add(op.at(oy, ox)), idx);
                 }
             }
