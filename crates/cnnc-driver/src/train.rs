@@ -1114,24 +1114,39 @@ mod tests {
         assert_eq!(model_tensors(&mlp(), &a.state).len(), 4);
     }
 
-    #[test]
-    fn a_resumed_run_ends_where_the_uninterrupted_one_does() {
-        let dir = scratch("resume");
+    /// A run of `epochs` epochs on [`Points`] whole, and the same run stopped after
+    /// `stop_after` steps with its checkpoint (and `metadata`) at `path`.
+    struct Stopped {
+        dir: PathBuf,
+        path: PathBuf,
+        data: Points,
+        settings: TrainSettings,
+        whole: Trained,
+        stopped: Trained,
+    }
+
+    fn stopped_run(name: &str, epochs: usize, stop_after: usize, metadata: &Metadata) -> Stopped {
+        let dir = scratch(name);
         let data = Points::new(8, 3);
-        let settings = settings(3, 0.1);
+        let settings = settings(epochs, 0.1);
         let init = cnnc_runtime::init_params(&mlp(), 2);
         let mut watch = Watch::default();
         let whole =
             train(&mut stepper(&settings, init.clone()), &data, "mlp", &settings, Start::default(), None, &mut watch)
                 .unwrap();
-
         let path = dir.join("ckpt.safetensors");
-        let metadata = Metadata::from([("cnnc.normalize.scale".to_owned(), "1".to_owned())]);
-        let mut watch = Watch { stop_after: Some(13), ..Watch::default() };
+        let mut watch = Watch { stop_after: Some(stop_after), ..Watch::default() };
         let start = Start::default();
         let stopped =
-            train(&mut stepper(&settings, init), &data, "mlp", &settings, start, Some((&path, &metadata)), &mut watch)
+            train(&mut stepper(&settings, init), &data, "mlp", &settings, start, Some((&path, metadata)), &mut watch)
                 .unwrap();
+        Stopped { dir, path, data, settings, whole, stopped }
+    }
+
+    #[test]
+    fn a_resumed_run_ends_where_the_uninterrupted_one_does() {
+        let metadata = Metadata::from([("cnnc.normalize.scale".to_owned(), "1".to_owned())]);
+        let Stopped { dir, path, data, settings, whole, stopped } = stopped_run("resume", 3, 13, &metadata);
         assert_eq!(stopped.interrupted, Some(Position { epoch: 1, batch: 5, step: 13 }));
         let checkpoint = Checkpoint::load(&path, u64::MAX).unwrap();
         assert_eq!(checkpoint.start.position, Position { epoch: 1, batch: 5, step: 13 });
@@ -1175,33 +1190,12 @@ mod tests {
 
     #[test]
     fn a_stop_while_evaluating_resumes_with_the_evaluation() {
-        let dir = scratch("stop-in-eval");
-        let data = Points::new(8, 3);
-        let settings = settings(2, 0.1);
-        let init = cnnc_runtime::init_params(&mlp(), 2);
-        let mut watch = Watch::default();
-        let whole =
-            train(&mut stepper(&settings, init.clone()), &data, "mlp", &settings, Start::default(), None, &mut watch)
-                .unwrap();
-
         // 8 batches per epoch: the stop comes after the first epoch's last step, so the
         // evaluation that follows sees it before its first batch.
-        let path = dir.join("ckpt.safetensors");
-        let metadata = Metadata::new();
-        let mut watch = Watch { stop_after: Some(8), ..Watch::default() };
-        let stopped = train(
-            &mut stepper(&settings, init),
-            &data,
-            "mlp",
-            &settings,
-            Start::default(),
-            Some((&path, &metadata)),
-            &mut watch,
-        )
-        .unwrap();
+        let Stopped { dir, path, data, settings, whole, stopped } = stopped_run("stop-in-eval", 2, 8, &Metadata::new());
         let at = Position { epoch: 0, batch: 8, step: 8 };
         assert_eq!(stopped.interrupted, Some(at));
-        assert!(watch.epochs.is_empty(), "no epoch record without its evaluation");
+        assert!(stopped.history.is_empty(), "no epoch record without its evaluation");
         let checkpoint = Checkpoint::load(&path, u64::MAX).unwrap();
         assert_eq!(checkpoint.start.position, at);
         checkpoint.check_resumable(&path, "mlp", &settings).unwrap();
