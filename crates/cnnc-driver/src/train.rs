@@ -1143,6 +1143,18 @@ mod tests {
         Stopped { dir, path, data, settings, whole, stopped }
     }
 
+    /// The run resumed from `checkpoint`, checkpointing to `save`.
+    fn resume(
+        data: &Points,
+        settings: &TrainSettings,
+        checkpoint: &Checkpoint,
+        save: Option<(&Path, &Metadata)>,
+    ) -> Trained {
+        let mut watch = Watch::default();
+        let mut resumed = stepper(settings, checkpoint.state.clone());
+        train(&mut resumed, data, "mlp", settings, checkpoint.start.clone(), save, &mut watch).unwrap()
+    }
+
     #[test]
     fn a_resumed_run_ends_where_the_uninterrupted_one_does() {
         let metadata = Metadata::from([("cnnc.normalize.scale".to_owned(), "1".to_owned())]);
@@ -1154,17 +1166,7 @@ mod tests {
         assert_eq!(checkpoint.state, stopped.state);
         checkpoint.check_resumable(&path, "mlp", &settings).unwrap();
 
-        let mut watch = Watch::default();
-        let resumed = train(
-            &mut stepper(&settings, checkpoint.state.clone()),
-            &data,
-            "mlp",
-            &settings,
-            checkpoint.start.clone(),
-            Some((&path, &metadata)),
-            &mut watch,
-        )
-        .unwrap();
+        let resumed = resume(&data, &settings, &checkpoint, Some((&path, &metadata)));
         assert_eq!(resumed.state, whole.state, "bit-identical weights");
         assert_eq!(resumed.history.len(), 3);
         for (r, w) in resumed.history.iter().zip(&whole.history) {
@@ -1200,17 +1202,7 @@ mod tests {
         assert_eq!(checkpoint.start.position, at);
         checkpoint.check_resumable(&path, "mlp", &settings).unwrap();
 
-        let mut watch = Watch::default();
-        let resumed = train(
-            &mut stepper(&settings, checkpoint.state.clone()),
-            &data,
-            "mlp",
-            &settings,
-            checkpoint.start.clone(),
-            None,
-            &mut watch,
-        )
-        .unwrap();
+        let resumed = resume(&data, &settings, &checkpoint, None);
         assert_eq!(resumed.state, whole.state, "bit-identical weights");
         // The timings differ from run to run; every figure else is the same.
         let figures = |h: &[EpochRecord]| {
