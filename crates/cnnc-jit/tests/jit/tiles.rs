@@ -79,6 +79,39 @@ fn strided_tiles() {
     }
 }
 
+/// Small maps tiled whole (tiles of up to 12 pixels across rows): stride-2 3x3 kernels onto
+/// 7 x 7 (from 13 x 13, the halo left and top, and from 14 x 14), 5 x 3 and 8 x 8 outputs (64
+/// pixels, the largest map tiled so); then a kernel padded beyond its reach vertically and not
+/// at all across (11 x 5 and one-column 9 x 1 maps whose first and last rows read no tap;
+/// 12 x 6 in row tiles) and a dilated one with a fused residual; 40 input channels (a partial block) into 24
+/// (padding lanes) into 32; and a plain map of 3 channels through a 5x5 stride-2 kernel onto
+/// 5 x 5 (stored lane by lane).
+#[test]
+fn whole_map_tiles() {
+    for hw in [[13, 13], [14, 14], [9, 5], [15, 16]] {
+        let mut g = Graph::new("wm");
+        let x = g.add_input("x", Shape(vec![40, hw[0], hw[1]]), Default::default()).unwrap();
+        let a = add(&mut g, square(24, 3, 2, 1), &[x], "a");
+        let r = add(&mut g, Op::Activation(Activation::Sigmoid), &[a], "sig");
+        let b = add(&mut g, conv(32, [3, 3], [1, 1], [3, 0], [1, 1]), &[r], "b");
+        let c = add(&mut g, conv(32, [3, 3], [1, 1], [2, 2], [2, 2]), &[b], "c");
+        let s = add(&mut g, Op::Add, &[c, b], "res");
+        let t = add(&mut g, Op::Activation(Activation::Tanh), &[s], "tanh");
+        g.outputs = vec![t];
+        for name in ["a", "b", "c"] {
+            assert_layout(&g, name, Layout::Blocked16);
+        }
+        check_graph(&g, 2);
+    }
+    let mut g = Graph::new("wp");
+    let x = g.add_input("x", Shape(vec![3, 10, 9]), Default::default()).unwrap();
+    let a = add(&mut g, square(20, 5, 2, 2), &[x], "a");
+    let t = add(&mut g, Op::Activation(Activation::Tanh), &[a], "tanh");
+    g.outputs = vec![t];
+    assert_layout(&g, "a", Layout::Plain);
+    check_graph(&g, 2);
+}
+
 /// Grouped convolutions whose groups are whole blocks (`gOIhw16i16o`): one and two output
 /// blocks per group.
 #[test]

@@ -14,7 +14,8 @@
 //! whose every tap lies inside the input become one loop over tile positions, and each tile
 //! touching the left or right halo is emitted on its own with the taps outside left out.
 //! Kernel rows are clipped per output row from a table. The work splits over `(image, block
-//! of 16 output channels, output row)`, each task a run of them.
+//! of 16 output channels, output row)`, each task a run of them. Maps of at most 64 output
+//! pixels are tiled whole instead, across rows (`flat.rs`).
 
 use super::{Geo, clip, load_i};
 use crate::emit::{F32, F32X4, Fx};
@@ -28,6 +29,7 @@ use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
 mod backward;
+mod flat;
 
 pub(crate) use backward::{backward_data, backward_weight};
 
@@ -181,8 +183,13 @@ pub(crate) fn forward(lx: &mut Lx, op: &super::ConvForward) -> Result<bool, JitE
         return Ok(false);
     };
     let t = tiled_geo(g);
-    let cx = Cx { g: *g, t, shape: tile_shape(&t), x, y, res, bias, act, reads };
-    emit(lx, &cx, weights)?;
+    if flat::fits(&t, &x) {
+        let cx = Cx { g: *g, t, shape: flat::SHAPE, x, y, res, bias, act, reads };
+        flat::emit(lx, &cx, weights)?;
+    } else {
+        let cx = Cx { g: *g, t, shape: tile_shape(&t), x, y, res, bias, act, reads };
+        emit(lx, &cx, weights)?;
+    }
     Ok(true)
 }
 
@@ -266,12 +273,7 @@ fn emit(lx: &mut Lx, cx: &Cx, w: u64) -> Result<(), JitError> {
     let w_base = lx.table(&cx.reads.w_base);
     let x_base = lx.table(&cx.reads.x_base);
     let rows = lx.table(&clip(t.oh, t.h, t.kh, t.stride[0], t.pad[0], t.dil[0]));
-    let mask = if !cx.g.o.is_multiple_of(16) && cx.y.layout == Layout::Blocked16 {
-        let lanes: Vec<i32> = (0..ocb * 16).map(|c| if c < cx.g.o { -1 } else { 0 }).collect();
-        Some(lx.table(&lanes))
-    } else {
-        None
-    };
+    let mask = lane_mask(lx, cx);
     let segs = segments(&t, cx.shape.pixels);
     lx.kernel(tasks, |fx| {
         let (lo, hi) = fx.task_range(units, tasks);
@@ -303,7 +305,7 @@ fn emit(lx: &mut Lx, cx: &Cx, w: u64) -> Result<(), JitError> {
             let xrow = fx.index(ximg, xrow, 4);
             let wb = load_i(fx, wbt, b);
             let wblk = fx.index(w_abs, wb, 4);
-            let row = Row { n, b, oy, ky_lo, ky_hi, xrow, wblk, mask };
+            let row = Row { out: Out { n, b, mask }, oy, ky_lo, ky_hi, xrow, wblk };
             fx.for_n(0, cx.shape.parts() as i64, |fx, part| {
                 for seg in &segs {
                     match seg {
@@ -326,11 +328,27 @@ fn emit(lx: &mut Lx, cx: &Cx, w: u64) -> Result<(), JitError> {
     })
 }
 
+/// The table of lanes that are real channels, when a blocked output has padding lanes.
+fn lane_mask(lx: &mut Lx, cx: &Cx) -> Option<u64> {
+    if cx.g.o.is_multiple_of(16) || cx.y.layout != Layout::Blocked16 {
+        return None;
+    }
+    let lanes: Vec<i32> = (0..cx.g.o.div_ceil(16) * 16).map(|c| if c < cx.g.o { -1 } else { 0 }).collect();
+    Some(lx.table(&lanes))
+}
+
+/// Where a tile's results go: the image, the block of 16 output channels and the lanes that
+/// are real channels.
+struct Out {
+    n: Value,
+    b: Value,
+    /// The table of lanes that are real channels (when some are padding).
+    mask: Option<Value>,
+}
+
 /// The values of one output row every tile of it shares.
 struct Row {
-    n: Value,
-    /// The block of 16 output channels.
-    b: Value,
+    out: Out,
     oy: Value,
     ky_lo: Value,
     ky_hi: Value,
@@ -338,31 +356,15 @@ struct Row {
     xrow: Value,
     /// The block's weights.
     wblk: Value,
-    /// The table of lanes that are real channels (when some are padding).
-    mask: Option<Value>,
 }
 
 /// One tile: `taps.len()` pixels from output column `ox0`, output channels
 /// `part * channels ..` of the row's block; `taps[r][kx]` says which taps to read.
 fn tile(fx: &mut Fx, cx: &Cx, row: &Row, part: Value, ox0: Value, taps: &[Vec<bool>]) {
     let (t, rd) = (&cx.t, &cx.reads);
-    let (size, vecs, tile_ch) = (taps.len(), cx.shape.vecs, cx.shape.channels());
-    let ch0 = fx.muli(row.b, 16);
-    let part_ch = fx.muli(part, tile_ch as i64);
-    let ch0 = fx.add(ch0, part_ch);
-    let acc: Vec<Vec<Variable>> = {
-        let init: Vec<Value> = (0..vecs)
-            .map(|v| match cx.bias {
-                Some(bias) => {
-                    let ba = fx.abs(bias);
-                    let a = fx.index(ba, ch0, 4);
-                    fx.load(F32X4, a, 16 * v as i64)
-                }
-                None => fx.fconst(F32X4, 0.0),
-            })
-            .collect();
-        (0..size).map(|_| init.iter().map(|&i| fx.var_init(F32X4, i)).collect()).collect()
-    };
+    let (vecs, tile_ch) = (cx.shape.vecs, cx.shape.channels());
+    let ch0 = first_channel(fx, cx, row.out.b, part);
+    let acc = accumulators(fx, cx, ch0, taps.len());
     let ix0 = fx.muli(ox0, (t.stride[1] as i64) * rd.x_pix);
     let xpix = fx.index(row.xrow, ix0, 4);
     let wpart = fx.index(row.wblk, part, 4 * tile_ch as i64);
@@ -402,10 +404,40 @@ fn tile(fx: &mut Fx, cx: &Cx, row: &Row, part: Value, ox0: Value, taps: &[Vec<bo
             });
         });
     });
+    let pix = fx.mad(row.oy, t.ow as i64, ox0);
+    store(fx, cx, &row.out, ch0, pix, &acc);
+}
+
+/// The tile's first output channel: `b * 16 + part * channels`.
+fn first_channel(fx: &mut Fx, cx: &Cx, b: Value, part: Value) -> Value {
+    let ch0 = fx.muli(b, 16);
+    let part_ch = fx.muli(part, cx.shape.channels() as i64);
+    fx.add(ch0, part_ch)
+}
+
+/// A tile's accumulators, `size` pixels of `vecs` vectors from channel `ch0`, each set to the
+/// bias (or zero).
+fn accumulators(fx: &mut Fx, cx: &Cx, ch0: Value, size: usize) -> Vec<Vec<Variable>> {
+    let init: Vec<Value> = (0..cx.shape.vecs)
+        .map(|v| match cx.bias {
+            Some(bias) => {
+                let ba = fx.abs(bias);
+                let a = fx.index(ba, ch0, 4);
+                fx.load(F32X4, a, 16 * v as i64)
+            }
+            None => fx.fconst(F32X4, 0.0),
+        })
+        .collect();
+    (0..size).map(|_| init.iter().map(|&i| fx.var_init(F32X4, i)).collect()).collect()
+}
+
+/// The epilogue of a tile whose pixels are consecutive in the map from pixel `pix` (row-major
+/// index), from channel `ch0`.
+fn store(fx: &mut Fx, cx: &Cx, out: &Out, ch0: Value, pix: Value, acc: &[Vec<Variable>]) {
     let sums: Vec<Vec<Value>> = acc.iter().map(|r| r.iter().map(|&a| fx.get(a)).collect()).collect();
     match cx.y.layout {
-        Layout::Blocked16 => store_blocked(fx, cx, row, ch0, ox0, &sums),
-        Layout::Plain => store_plain(fx, cx, row, ch0, ox0, &sums),
+        Layout::Blocked16 => store_blocked(fx, cx, out, ch0, pix, &sums),
+        Layout::Plain => store_plain(fx, cx, out, ch0, pix, &sums),
     }
 }
 
@@ -423,10 +455,9 @@ fn channel_unroll(kw: usize, chunk_len: usize) -> usize {
     (1..=want).rev().find(|&u| chunk_len.is_multiple_of(u)).unwrap_or(1)
 }
 
-/// Float offset of output pixel `ox0` of the row in a blocked map, at channel `ch0`.
-fn blocked_at(fx: &mut Fx, t: &Geo, row: &Row, ch0: Value, ox0: Value) -> Value {
-    let blk = fx.muli(row.b, (t.oh * t.ow * 16) as i64);
-    let pix = fx.mad(row.oy, t.ow as i64, ox0);
+/// Float offset of output pixel `pix` (row-major index) in a blocked map, at channel `ch0`.
+fn blocked_at(fx: &mut Fx, t: &Geo, b: Value, ch0: Value, pix: Value) -> Value {
+    let blk = fx.muli(b, (t.oh * t.ow * 16) as i64);
     let pix = fx.muli(pix, 16);
     let lane = fx.urem(ch0, 16);
     let o = fx.add(blk, pix);
@@ -434,15 +465,15 @@ fn blocked_at(fx: &mut Fx, t: &Geo, row: &Row, ch0: Value, ox0: Value) -> Value 
 }
 
 /// The epilogue on a blocked output: residual, activation, padding lanes zeroed, stores.
-fn store_blocked(fx: &mut Fx, cx: &Cx, row: &Row, ch0: Value, ox0: Value, sums: &[Vec<Value>]) {
-    let at = blocked_at(fx, &cx.t, row, ch0, ox0);
-    let yimg = cx.y.image(fx, row.n);
+fn store_blocked(fx: &mut Fx, cx: &Cx, out: &Out, ch0: Value, pix: Value, sums: &[Vec<Value>]) {
+    let at = blocked_at(fx, &cx.t, out.b, ch0, pix);
+    let yimg = cx.y.image(fx, out.n);
     let ya = fx.index(yimg, at, 4);
     let ra = cx.res.map(|r| {
-        let rimg = r.image(fx, row.n);
+        let rimg = r.image(fx, out.n);
         fx.index(rimg, at, 4)
     });
-    let keep: Option<Vec<Value>> = row.mask.map(|m| {
+    let keep: Option<Vec<Value>> = out.mask.map(|m| {
         let ma = fx.index(m, ch0, 4);
         (0..cx.shape.vecs).map(|v| fx.load_ro(F32X4, ma, 16 * v as i64)).collect()
     });
@@ -466,16 +497,15 @@ fn store_blocked(fx: &mut Fx, cx: &Cx, row: &Row, ch0: Value, ox0: Value, sums: 
 }
 
 /// The epilogue on a plain output, lane by lane (channels past the last are not stored).
-fn store_plain(fx: &mut Fx, cx: &Cx, row: &Row, ch0: Value, ox0: Value, sums: &[Vec<Value>]) {
+fn store_plain(fx: &mut Fx, cx: &Cx, out: &Out, ch0: Value, pix: Value, sums: &[Vec<Value>]) {
     let t = &cx.t;
     let hw = (t.oh * t.ow) as i64;
-    let pix = fx.mad(row.oy, t.ow as i64, ox0);
     let chan = fx.muli(ch0, hw);
     let at = fx.add(chan, pix);
-    let yimg = cx.y.image(fx, row.n);
+    let yimg = cx.y.image(fx, out.n);
     let ya = fx.index(yimg, at, 4);
     let ra = cx.res.map(|r| {
-        let rimg = r.image(fx, row.n);
+        let rimg = r.image(fx, out.n);
         fx.index(rimg, at, 4)
     });
     for l in 0..cx.shape.channels() {
