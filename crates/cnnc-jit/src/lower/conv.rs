@@ -328,8 +328,8 @@ pub(crate) fn backward_data(lx: &mut Lx, id: NodeId, conv: &Conv, mask: Option<A
     data_grad(lx, &g, gy, gx, my, (w, &wp), mask)
 }
 
-/// The input gradient through the kernels where they fit, else as register tiles (stride 1 on
-/// blocked maps), the activation mask then applied to the result in place (a pass over
+/// The input gradient through the kernels where they fit, else as register tiles (blocked
+/// maps, one group), the activation mask then applied to the result in place (a pass over
 /// memory the kernel has just written); else the general loops.
 pub(crate) fn data_grad(
     lx: &mut Lx,

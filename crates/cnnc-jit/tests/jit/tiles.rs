@@ -112,6 +112,36 @@ fn whole_map_tiles() {
     check_graph(&g, 2);
 }
 
+/// Gradients of strided convolutions as tiles: input gradients through the output gradient
+/// spread out by the stride (stride 3 with a remainder row and column the last tap does not
+/// reach, stride 2 x 3 with dilation, a 1x1 stride-2 product), and weight gradients of plain
+/// inputs of 5 channels (a full and a partial quad of input channels) and of 8, into 12 and
+/// 20 output channels (partial blocks), with plain output gradients.
+#[test]
+fn strided_gradient_tiles() {
+    let mut g = Graph::new("sg");
+    let x = g.add_input("x", Shape(vec![32, 17, 20]), Default::default()).unwrap();
+    let a = add(&mut g, square(24, 3, 3, 1), &[x], "a");
+    let r = add(&mut g, Op::Activation(Activation::Relu), &[a], "relu");
+    let b = add(&mut g, conv(32, [3, 3], [2, 3], [2, 1], [2, 1]), &[r], "b");
+    let t = add(&mut g, Op::Activation(Activation::Tanh), &[b], "tanh");
+    let c = add(&mut g, square(16, 1, 2, 0), &[t], "c");
+    g.outputs = vec![c];
+    for name in ["a", "b", "c"] {
+        assert_layout(&g, name, Layout::Blocked16);
+    }
+    check_graph(&g, 2);
+    for (channels, out) in [(5, 12), (8, 20)] {
+        let mut g = Graph::new("pg");
+        let x = g.add_input("x", Shape(vec![channels, 13, 11]), Default::default()).unwrap();
+        let a = add(&mut g, square(out, 5, 2, 2), &[x], "a");
+        let t = add(&mut g, Op::Activation(Activation::Tanh), &[a], "tanh");
+        g.outputs = vec![t];
+        assert_layout(&g, "a", Layout::Plain);
+        check_graph(&g, 2);
+    }
+}
+
 /// Grouped convolutions whose groups are whole blocks (`gOIhw16i16o`): one and two output
 /// blocks per group.
 #[test]
