@@ -142,6 +142,34 @@ fn strided_gradient_tiles() {
     }
 }
 
+/// Depthwise convolutions as tiles (a channel a lane; `Goihw16g` weights, so groups of whole
+/// blocks: 32 channels), 3x3 at stride 1 and 2 on odd sizes, a dilated 5x5 with a fused
+/// residual; forward, input gradients (rotated kernels, the strided one's on its spread output
+/// gradient) and weight gradients.
+#[test]
+fn depthwise_tiles() {
+    let depthwise = |k: usize, s: usize, p: usize, d: usize| {
+        let window = Window { kernel: [k, k], stride: [s, s], pad: [p, p], dilation: [d, d], ceil_mode: false };
+        Op::Conv(Conv { out_channels: 32, window, groups: 32, bias: true })
+    };
+    for hw in [[13, 11], [6, 5]] {
+        let mut g = Graph::new("dw");
+        let x = g.add_input("x", Shape(vec![32, hw[0], hw[1]]), Default::default()).unwrap();
+        let a = add(&mut g, depthwise(3, 1, 1, 1), &[x], "a");
+        let r = add(&mut g, Op::Activation(Activation::Relu), &[a], "relu");
+        let b = add(&mut g, depthwise(3, 2, 1, 1), &[r], "b");
+        let t = add(&mut g, Op::Activation(Activation::Tanh), &[b], "tanh");
+        let c = add(&mut g, depthwise(5, 1, 4, 2), &[t], "c");
+        let s = add(&mut g, Op::Add, &[c, t], "res");
+        let y = add(&mut g, Op::Activation(Activation::Sigmoid), &[s], "sig");
+        g.outputs = vec![y];
+        for name in ["a", "b", "c"] {
+            assert_layout(&g, name, Layout::Blocked16);
+        }
+        check_graph(&g, 2);
+    }
+}
+
 /// Grouped convolutions whose groups are whole blocks (`gOIhw16i16o`): one and two output
 /// blocks per group.
 #[test]

@@ -29,6 +29,7 @@ use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
 mod backward;
+mod depthwise;
 mod flat;
 
 pub(crate) use backward::{backward_data, backward_weight};
@@ -172,6 +173,9 @@ pub(crate) fn forward(lx: &mut Lx, op: &super::ConvForward) -> Result<bool, JitE
     let super::ConvForward { g, x, y, res, w, wp, bias, act } = *op;
     if g.oh * g.ow == 0 || res.is_some_and(|r| r.layout != y.layout) {
         return Ok(false);
+    }
+    if depthwise::forward(lx, op)? {
+        return Ok(true);
     }
     let plain_weights = wp.layout.is_none_or(|l| l == WeightLayout::Oihw) && g.groups == 1;
     let (reads, weights) = if let Some(r) = blocked_reads(g, &x, wp) {

@@ -30,6 +30,15 @@ pub(crate) fn backward_data(
     (w, wp): (u64, &ParamPlan),
 ) -> Result<bool, JitError> {
     let Some(pad) = g.transposed_pad() else { return Ok(false) };
+    if super::depthwise::fits(g, &gx, &gy, wp) {
+        let (blocks, taps) = (g.c.div_ceil(16), g.kh * g.kw);
+        let (_, dst) = lx.buffer(blocks * taps * 64)?;
+        let Some(src) = spread(lx, g, gy)? else { return Ok(false) };
+        super::depthwise::rotate(lx, w, dst, blocks, taps)?;
+        let fwd = Geo { h: src.h, w: src.w, oh: g.h, ow: g.w, pad, stride: [1, 1], ..*g };
+        let op = ConvForward { g: &fwd, x: src, y: gx, res: None, w: dst, wp, bias: None, act: None };
+        return super::depthwise::forward(lx, &op);
+    }
     let blocked = matches!(wp.layout, Some(WeightLayout::OIhw16i16o | WeightLayout::OI16i16o));
     let dims_fit = matches!(wp.dims[..], [o, c, kh, kw] if [o, c, kh, kw] == [g.o, g.c, g.kh, g.kw])
         || matches!(wp.dims[..], [o, c] if [o, c, g.kh, g.kw] == [g.o, g.c, 1, 1]);
@@ -160,6 +169,9 @@ pub(crate) fn backward_weight(
     gw: Val,
     wp: &ParamPlan,
 ) -> Result<bool, JitError> {
+    if super::depthwise::backward_weight(lx, g, [x, gy, gw], wp)? {
+        return Ok(true);
+    }
     let blocked_weights = matches!(wp.layout, Some(WeightLayout::OIhw16i16o | WeightLayout::OI16i16o));
     let plain_weights = wp.layout.is_none_or(|l| l == WeightLayout::Oihw) && wp.dims.len() == 4;
     let input = match x.layout {
@@ -176,16 +188,7 @@ pub(crate) fn backward_weight(
         return Ok(false);
     }
     let (ob, taps) = (g.o.div_ceil(16), g.kh * g.kw);
-    // Per tap: the output rows and columns whose input lies inside.
-    let mut bounds = Vec::with_capacity(4 * taps);
-    for ky in 0..g.kh {
-        for kx in 0..g.kw {
-            let rows = inside_range(g.oh, g.h, ky, g.stride[0], g.pad[0], g.dil[0]);
-            let cols = inside_range(g.ow, g.w, kx, g.stride[1], g.pad[1], g.dil[1]);
-            bounds.extend([rows.0, rows.1, cols.0, cols.1].map(|v| v as i32));
-        }
-    }
-    let table = lx.table(&bounds);
+    let table = lx.table(&tap_bounds(g));
     let gy = match gy.layout {
         Layout::Blocked16 => gy,
         Layout::Plain => blocked_copy(lx, gy)?,
@@ -412,6 +415,20 @@ fn blocked_copy(lx: &mut Lx, v: Val) -> Result<Val, JitError> {
         });
     })?;
     Ok(dst)
+}
+
+/// Per kernel tap (row-major), the output rows and columns whose input for it lies inside:
+/// `[oy_lo, oy_hi, ox_lo, ox_hi]` each.
+pub(super) fn tap_bounds(g: &Geo) -> Vec<i32> {
+    let mut bounds = Vec::with_capacity(4 * g.kh * g.kw);
+    for ky in 0..g.kh {
+        for kx in 0..g.kw {
+            let rows = inside_range(g.oh, g.h, ky, g.stride[0], g.pad[0], g.dil[0]);
+            let cols = inside_range(g.ow, g.w, kx, g.stride[1], g.pad[1], g.dil[1]);
+            bounds.extend([rows.0, rows.1, cols.0, cols.1].map(|v| v as i32));
+        }
+    }
+    bounds
 }
 
 /// The output indices `lo..hi` along one axis whose input for kernel tap `k` lies inside.
