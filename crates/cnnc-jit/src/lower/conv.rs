@@ -345,7 +345,7 @@ pub(crate) fn data_grad(
         && (super::native_point::backward_data(lx, g, gy, gx, (w, wp))?
             || super::native_bwd::conv_backward_data(lx, g, gy, gx, (w, wp))?
             || super::native_plain::backward_data(lx, g, gy, gx, (w, wp))?);
-    if kernels || tile::backward_data(lx, g, gy, gx, (w, wp))? {
+    if kernels || gemv::backward_data(lx, g, gy, gx, (w, wp))? || tile::backward_data(lx, g, gy, gx, (w, wp))? {
         if let (Some(a), Some(m)) = (mask, my) {
             super::eltwise::flat(lx, &[gx, m], gx, |fx, ty, v| {
                 let d = vmath::activation_grad_from_output(fx, ty, a, v[1])

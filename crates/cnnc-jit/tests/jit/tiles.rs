@@ -203,8 +203,9 @@ fn plain_tiles() {
     check_graph(&g, 2);
 }
 
-/// Fully connected layers: 37 inputs (a 16-float step, a vector, a scalar), 7 (a vector and
-/// three scalars), 3 (scalars only), at batch 3.
+/// Fully connected layers: 37 inputs (a 16-float step, a vector, a scalar; for the input
+/// gradient four 8-input tiles and a tail of 5), 7 (a vector and three scalars; a tail only), 3
+/// (scalars only), at batch 3 and 6 (an input-gradient tile of 4 images and one of 2).
 #[test]
 fn fully_connected_dots() {
     let mut g = Graph::new("fc");
@@ -216,6 +217,7 @@ fn fully_connected_dots() {
     let c = add(&mut g, Op::Fc(Fc { out_features: 2, bias: false }), &[t], "c");
     g.outputs = vec![c];
     check_graph(&g, 3);
+    check_graph(&g, 6);
 }
 
 /// Input gradients as tiles on the transposed, rotated weights: a dilated rectangular kernel

@@ -159,8 +159,9 @@ fn transpose_rotate(lx: &mut Lx, src: u64, dst: u64, [ob, cb]: [usize; 2], taps:
 /// (rows and columns clipped by a table per tap), one broadcast input value per channel times
 /// two vectors of `gy`. On a blocked input into `OIhw16i16o` (or `OI16i16o`) every stored float
 /// is written (padding lanes as zeros: the operands' padding is zero); on a plain input (a
-/// stem's image) into `oihw`, the input's channels are planes apart, the last quad of input
-/// channels may be partial, and each gradient is stored on its own. Returns whether it did.
+/// stem's image, or a fully connected layer's vector) into `oihw` (or `[O, I]`), the input's
+/// channels are planes apart, the last quad of input channels may be partial, and each
+/// gradient is stored on its own. Returns whether it did.
 pub(crate) fn backward_weight(
     lx: &mut Lx,
     g: &Geo,
@@ -173,7 +174,9 @@ pub(crate) fn backward_weight(
         return Ok(true);
     }
     let blocked_weights = matches!(wp.layout, Some(WeightLayout::OIhw16i16o | WeightLayout::OI16i16o));
-    let plain_weights = wp.layout.is_none_or(|l| l == WeightLayout::Oihw) && wp.dims.len() == 4;
+    // `oihw`, or a fully connected layer's `[O, I]` (its maps are 1 x 1).
+    let plain_weights = wp.layout.is_none_or(|l| matches!(l, WeightLayout::Oihw | WeightLayout::Oi))
+        && (wp.dims.len() == 4 || (wp.dims.len() == 2 && g.kh * g.kw == 1));
     let input = match x.layout {
         Layout::Blocked16 if blocked_weights => Input::Blocked,
         Layout::Plain if plain_weights => Input::Plain,
