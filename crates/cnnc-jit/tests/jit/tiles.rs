@@ -186,6 +186,25 @@ fn grouped_blocked_tiles() {
     }
 }
 
+/// Grouped convolutions whose groups are not whole blocks (`oihw` weights repacked per
+/// group): 32 -> 24 channels in 2 groups (a block's last four channels in the second group),
+/// 48 -> 24 in 6 groups (8 input channels each, within one block) and 64 -> 40 in 2 groups (a
+/// partial output block), stride 1 and 2.
+#[test]
+fn grouped_partial_tiles() {
+    for (c, out, groups, stride) in [(32, 24, 2, 1), (48, 24, 6, 2), (64, 40, 2, 1)] {
+        let mut g = Graph::new("gp");
+        let x = g.add_input("x", Shape(vec![c, 9, 10]), Default::default()).unwrap();
+        let window =
+            Window { kernel: [3, 3], stride: [stride, stride], pad: [1, 1], dilation: [1, 1], ceil_mode: false };
+        let a = add(&mut g, Op::Conv(Conv { out_channels: out, window, groups, bias: true }), &[x], "grouped");
+        let y = add(&mut g, Op::Activation(Activation::Tanh), &[a], "act");
+        g.outputs = vec![y];
+        assert_layout(&g, "grouped", Layout::Blocked16);
+        check_graph(&g, 2);
+    }
+}
+
 /// Plain maps: a 7x7 stride-2 stem on 3 channels with 20 outputs (a partial block, stored lane
 /// by lane), and a residual fused into a plain convolution.
 #[test]

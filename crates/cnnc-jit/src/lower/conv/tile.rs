@@ -1,7 +1,8 @@
 //! The register-tiled forward convolution, all in Cranelift IR on F32X4 vectors: portable
 //! mode's kernel for convolutions and matrix products whose output is channel-blocked or
 //! plain, with blocked (`OIhw16i16o`, `gOIhw16i16o`, `OI16i16o`) or plain-input (`Oihw16o`,
-//! repacked from `oihw`) weights.
+//! repacked from `oihw`, also per group of a grouped convolution whose groups are not whole
+//! blocks) weights (see `reads.rs`).
 //!
 //! A tile is up to 4 output pixels of one row times 2 vectors of four output channels, or on
 //! short rows 8 pixels times one vector ([`tile_shape`]): its accumulators, the weight
@@ -31,6 +32,9 @@ use cranelift_frontend::Variable;
 mod backward;
 mod depthwise;
 mod flat;
+mod reads;
+
+use reads::{Reads, blocked_reads, grouped_reads, plain_reads};
 
 pub(crate) use backward::{backward_data, backward_weight};
 
@@ -86,86 +90,11 @@ const PARTS: usize = 16 / TILE_CH;
 /// Tasks per thread of a layer large enough to split.
 const TASKS_PER_THREAD: usize = 16;
 
-/// How a convolution reads its input and weights (offsets in floats). The input channels
-/// reduced are `chunks` chunks of `chunk_len` channels each.
-struct Reads {
-    chunks: usize,
-    chunk_len: usize,
-    x_chunk: i64,
-    w_chunk: i64,
-    x_chan: i64,
-    w_chan: i64,
-    /// Between horizontally adjacent input pixels, and input rows.
-    x_pix: i64,
-    x_row: i64,
-    /// Between kernel taps (row-major over the kernel).
-    w_tap: i64,
-    /// Per block of 16 output channels: where its weights start, and its first input chunk.
-    w_base: Vec<i32>,
-    x_base: Vec<i32>,
-}
-
 /// The geometry of the tiled rows: `g` itself, or a 1x1 stride-1 convolution without
 /// padding seen as one row per image (its pixels are contiguous in every layout).
 fn tiled_geo(g: &Geo) -> Geo {
     let unit = g.kh == 1 && g.kw == 1 && g.stride == [1, 1] && g.pad == [0, 0] && (g.oh, g.ow) == (g.h, g.w);
     if unit { Geo { h: 1, w: g.h * g.w, oh: 1, ow: g.oh * g.ow, ..*g } } else { *g }
-}
-
-/// The reads of blocked weights on blocked input, or `None` when the layout does not fit.
-fn blocked_reads(g: &Geo, x: &Val, wp: &ParamPlan) -> Option<Reads> {
-    let layout = wp.layout?;
-    let grouped = match layout {
-        WeightLayout::OIhw16i16o | WeightLayout::OI16i16o => false,
-        WeightLayout::GOIhw16i16o => true,
-        WeightLayout::Oihw | WeightLayout::Goihw16g | WeightLayout::Oi => return None,
-    };
-    if x.layout != Layout::Blocked16
-        || grouped != (g.groups > 1)
-        || (grouped && (!g.cg().is_multiple_of(16) || !g.og().is_multiple_of(16)))
-    {
-        return None;
-    }
-    let dims = &wp.dims;
-    let off = |o: usize, i: usize, y: usize, xx: usize| layout.offset(dims, g.groups, [o, i, y, xx]) as i64;
-    let (taps, hw) = ((g.kh * g.kw) as i64, (g.h * g.w) as i64);
-    let ocb = g.o.div_ceil(16);
-    let w_base = (0..ocb).map(|b| i32::try_from(off(b * 16, 0, 0, 0)).ok()).collect::<Option<Vec<_>>>()?;
-    let x_base = (0..ocb)
-        .map(|b| i32::try_from((b * 16 / g.og().max(1)) * g.cg() / 16 * 16 * (g.h * g.w)).ok())
-        .collect::<Option<Vec<_>>>()?;
-    Some(Reads {
-        chunks: g.cg().div_ceil(16),
-        chunk_len: 16,
-        x_chunk: 16 * hw,
-        w_chunk: 256 * taps,
-        x_chan: 1,
-        w_chan: 16,
-        x_pix: 16,
-        x_row: 16 * g.w as i64,
-        w_tap: 256,
-        w_base,
-        x_base,
-    })
-}
-
-/// The reads of `Oihw16o` weights on plain input (one group).
-fn plain_reads(g: &Geo) -> Option<Reads> {
-    let taps = g.kh * g.kw;
-    let w_base = (0..g.o.div_ceil(16)).map(|b| i32::try_from(b * g.c * taps * 16).ok()).collect::<Option<Vec<_>>>()?;
-    Some(Reads {
-        chunks: 1,
-        chunk_len: g.c,
-        x_chunk: 0,
-        w_chunk: 0,
-        x_chan: (g.h * g.w) as i64,
-        w_chan: 16 * taps as i64,
-        x_pix: 1,
-        x_row: g.w as i64,
-        w_tap: 16,
-        x_base: vec![0; w_base.len()],
-        w_base,
-    })
 }
 
 /// A forward convolution as register tiles, when its layouts fit: returns whether it did.
@@ -183,11 +112,22 @@ pub(crate) fn forward(lx: &mut Lx, op: &super::ConvForward) -> Result<bool, JitE
     } else if x.layout == Layout::Plain && plain_weights && wp.dims.len() == 4 {
         let Some(r) = plain_reads(g) else { return Ok(false) };
         (r, plain_input_weights(lx, g, w, wp)?)
+    } else if let Some(r) = grouped_reads(g, &x)
+        && wp.layout.is_none_or(|l| l == WeightLayout::Oihw)
+        && wp.dims.len() == 4
+    {
+        // Each group's weights are a one-group convolution's of its inputs.
+        let one = Geo { c: g.cg(), groups: 1, ..*g };
+        (r, plain_input_weights(lx, &one, w, wp)?)
     } else {
         return Ok(false);
     };
     let t = tiled_geo(g);
-    if flat::fits(&t, &x) {
+    if reads.x_part.is_some() {
+        // Tiles of four channels, each in one group.
+        let cx = Cx { g: *g, t, shape: TALL, x, y, res, bias, act, reads };
+        emit(lx, &cx, weights)?;
+    } else if flat::fits(&t, &x) {
         let cx = Cx { g: *g, t, shape: flat::SHAPE, x, y, res, bias, act, reads };
         flat::emit(lx, &cx, weights)?;
     } else {
@@ -276,12 +216,14 @@ fn emit(lx: &mut Lx, cx: &Cx, w: u64) -> Result<(), JitError> {
     };
     let w_base = lx.table(&cx.reads.w_base);
     let x_base = lx.table(&cx.reads.x_base);
+    let x_part = cx.reads.x_part.as_ref().map(|p| lx.table(p));
     let rows = lx.table(&clip(t.oh, t.h, t.kh, t.stride[0], t.pad[0], t.dil[0]));
     let mask = lane_mask(lx, cx);
     let segs = segments(&t, cx.shape.pixels);
     lx.kernel(tasks, |fx| {
         let (lo, hi) = fx.task_range(units, tasks);
         let (wbt, xbt, rt) = (fx.aux(w_base), fx.aux(x_base), fx.aux(rows));
+        let x_part = x_part.map(|p| fx.aux(p));
         let mask = mask.map(|m| fx.aux(m));
         let w_abs = fx.abs(w);
         fx.for_range(lo, hi, 1, |fx, u| {
@@ -309,7 +251,7 @@ fn emit(lx: &mut Lx, cx: &Cx, w: u64) -> Result<(), JitError> {
             let xrow = fx.index(ximg, xrow, 4);
             let wb = load_i(fx, wbt, b);
             let wblk = fx.index(w_abs, wb, 4);
-            let row = Row { out: Out { n, b, mask }, oy, ky_lo, ky_hi, xrow, wblk };
+            let row = Row { out: Out { n, b, mask }, oy, ky_lo, ky_hi, xrow, wblk, x_part };
             fx.for_n(0, cx.shape.parts() as i64, |fx, part| {
                 for seg in &segs {
                     match seg {
@@ -360,6 +302,8 @@ struct Row {
     xrow: Value,
     /// The block's weights.
     wblk: Value,
+    /// The table of [`Reads::x_part`], when there is one.
+    x_part: Option<Value>,
 }
 
 /// One tile: `taps.len()` pixels from output column `ox0`, output channels
@@ -370,7 +314,12 @@ fn tile(fx: &mut Fx, cx: &Cx, row: &Row, part: Value, ox0: Value, taps: &[Vec<bo
     let ch0 = first_channel(fx, cx, row.out.b, part);
     let acc = accumulators(fx, cx, ch0, taps.len());
     let ix0 = fx.muli(ox0, (t.stride[1] as i64) * rd.x_pix);
-    let xpix = fx.index(row.xrow, ix0, 4);
+    let mut xpix = fx.index(row.xrow, ix0, 4);
+    if let Some(table) = row.x_part {
+        let k = fx.mad(row.out.b, cx.shape.parts() as i64, part);
+        let off = load_i(fx, table, k);
+        xpix = fx.index(xpix, off, 4);
+    }
     let wpart = fx.index(row.wblk, part, 4 * tile_ch as i64);
     fx.for_n(0, rd.chunks as i64, |fx, chunk| {
         let xc = fx.index(xpix, chunk, 4 * rd.x_chunk);

@@ -58,6 +58,7 @@ pub(crate) fn forward(lx: &mut Lx, op: &ConvForward) -> Result<bool, JitError> {
         w_tap: 16,
         w_base,
         x_base,
+        x_part: None,
     };
     let cx = Cx { g: *g, t: *g, shape: SHAPE, x, y, res, bias, act, reads };
     emit(lx, &cx, w)?;
@@ -102,7 +103,7 @@ fn emit(lx: &mut Lx, cx: &Cx, w: u64) -> Result<(), JitError> {
             let xrow = fx.index(ximg, xrow, 4);
             let wb = load_i(fx, wbt, b);
             let wblk = fx.index(w_abs, wb, 4);
-            let row = Row { out: Out { n, b, mask }, oy, ky_lo, ky_hi, xrow, wblk };
+            let row = Row { out: Out { n, b, mask }, oy, ky_lo, ky_hi, xrow, wblk, x_part: None };
             fx.for_n(0, 4, |fx, quarter| {
                 for seg in &segs {
                     match seg {
