@@ -328,8 +328,8 @@ pub(crate) fn backward_data(lx: &mut Lx, id: NodeId, conv: &Conv, mask: Option<A
     data_grad(lx, &g, gy, gx, my, (w, &wp), mask)
 }
 
-/// The input gradient through the kernels where they fit, else as register tiles (stride 1 on
-/// blocked maps), the activation mask then applied to the result in place (a pass over
+/// The input gradient through the kernels where they fit, else as register tiles (blocked
+/// maps, one group), the activation mask then applied to the result in place (a pass over
 /// memory the kernel has just written); else the general loops.
 pub(crate) fn data_grad(
     lx: &mut Lx,
@@ -345,7 +345,7 @@ pub(crate) fn data_grad(
         && (super::native_point::backward_data(lx, g, gy, gx, (w, wp))?
             || super::native_bwd::conv_backward_data(lx, g, gy, gx, (w, wp))?
             || super::native_plain::backward_data(lx, g, gy, gx, (w, wp))?);
-    if kernels || tile::backward_data(lx, g, gy, gx, (w, wp))? {
+    if kernels || gemv::backward_data(lx, g, gy, gx, (w, wp))? || tile::backward_data(lx, g, gy, gx, (w, wp))? {
         if let (Some(a), Some(m)) = (mask, my) {
             super::eltwise::flat(lx, &[gx, m], gx, |fx, ty, v| {
                 let d = vmath::activation_grad_from_output(fx, ty, a, v[1])

@@ -79,6 +79,97 @@ fn strided_tiles() {
     }
 }
 
+/// Small maps tiled whole (tiles of up to 12 pixels across rows): stride-2 3x3 kernels onto
+/// 7 x 7 (from 13 x 13, the halo left and top, and from 14 x 14), 5 x 3 and 8 x 8 outputs (64
+/// pixels, the largest map tiled so); then a kernel padded beyond its reach vertically and not
+/// at all across (11 x 5 and one-column 9 x 1 maps whose first and last rows read no tap;
+/// 12 x 6 in row tiles) and a dilated one with a fused residual; 40 input channels (a partial block) into 24
+/// (padding lanes) into 32; and a plain map of 3 channels through a 5x5 stride-2 kernel onto
+/// 5 x 5 (stored lane by lane).
+#[test]
+fn whole_map_tiles() {
+    for hw in [[13, 13], [14, 14], [9, 5], [15, 16]] {
+        let mut g = Graph::new("wm");
+        let x = g.add_input("x", Shape(vec![40, hw[0], hw[1]]), Default::default()).unwrap();
+        let a = add(&mut g, square(24, 3, 2, 1), &[x], "a");
+        let r = add(&mut g, Op::Activation(Activation::Sigmoid), &[a], "sig");
+        let b = add(&mut g, conv(32, [3, 3], [1, 1], [3, 0], [1, 1]), &[r], "b");
+        let c = add(&mut g, conv(32, [3, 3], [1, 1], [2, 2], [2, 2]), &[b], "c");
+        let s = add(&mut g, Op::Add, &[c, b], "res");
+        let t = add(&mut g, Op::Activation(Activation::Tanh), &[s], "tanh");
+        g.outputs = vec![t];
+        for name in ["a", "b", "c"] {
+            assert_layout(&g, name, Layout::Blocked16);
+        }
+        check_graph(&g, 2);
+    }
+    let mut g = Graph::new("wp");
+    let x = g.add_input("x", Shape(vec![3, 10, 9]), Default::default()).unwrap();
+    let a = add(&mut g, square(20, 5, 2, 2), &[x], "a");
+    let t = add(&mut g, Op::Activation(Activation::Tanh), &[a], "tanh");
+    g.outputs = vec![t];
+    assert_layout(&g, "a", Layout::Plain);
+    check_graph(&g, 2);
+}
+
+/// Gradients of strided convolutions as tiles: input gradients through the output gradient
+/// spread out by the stride (stride 3 with a remainder row and column the last tap does not
+/// reach, stride 2 x 3 with dilation, a 1x1 stride-2 product), and weight gradients of plain
+/// inputs of 5 channels (a full and a partial quad of input channels) and of 8, into 12 and
+/// 20 output channels (partial blocks), with plain output gradients.
+#[test]
+fn strided_gradient_tiles() {
+    let mut g = Graph::new("sg");
+    let x = g.add_input("x", Shape(vec![32, 17, 20]), Default::default()).unwrap();
+    let a = add(&mut g, square(24, 3, 3, 1), &[x], "a");
+    let r = add(&mut g, Op::Activation(Activation::Relu), &[a], "relu");
+    let b = add(&mut g, conv(32, [3, 3], [2, 3], [2, 1], [2, 1]), &[r], "b");
+    let t = add(&mut g, Op::Activation(Activation::Tanh), &[b], "tanh");
+    let c = add(&mut g, square(16, 1, 2, 0), &[t], "c");
+    g.outputs = vec![c];
+    for name in ["a", "b", "c"] {
+        assert_layout(&g, name, Layout::Blocked16);
+    }
+    check_graph(&g, 2);
+    for (channels, out) in [(5, 12), (8, 20)] {
+        let mut g = Graph::new("pg");
+        let x = g.add_input("x", Shape(vec![channels, 13, 11]), Default::default()).unwrap();
+        let a = add(&mut g, square(out, 5, 2, 2), &[x], "a");
+        let t = add(&mut g, Op::Activation(Activation::Tanh), &[a], "tanh");
+        g.outputs = vec![t];
+        assert_layout(&g, "a", Layout::Plain);
+        check_graph(&g, 2);
+    }
+}
+
+/// Depthwise convolutions as tiles (a channel a lane; `Goihw16g` weights, so groups of whole
+/// blocks: 32 channels), 3x3 at stride 1 and 2 on odd sizes, a dilated 5x5 with a fused
+/// residual; forward, input gradients (rotated kernels, the strided one's on its spread output
+/// gradient) and weight gradients.
+#[test]
+fn depthwise_tiles() {
+    let depthwise = |k: usize, s: usize, p: usize, d: usize| {
+        let window = Window { kernel: [k, k], stride: [s, s], pad: [p, p], dilation: [d, d], ceil_mode: false };
+        Op::Conv(Conv { out_channels: 32, window, groups: 32, bias: true })
+    };
+    for hw in [[13, 11], [6, 5]] {
+        let mut g = Graph::new("dw");
+        let x = g.add_input("x", Shape(vec![32, hw[0], hw[1]]), Default::default()).unwrap();
+        let a = add(&mut g, depthwise(3, 1, 1, 1), &[x], "a");
+        let r = add(&mut g, Op::Activation(Activation::Relu), &[a], "relu");
+        let b = add(&mut g, depthwise(3, 2, 1, 1), &[r], "b");
+        let t = add(&mut g, Op::Activation(Activation::Tanh), &[b], "tanh");
+        let c = add(&mut g, depthwise(5, 1, 4, 2), &[t], "c");
+        let s = add(&mut g, Op::Add, &[c, t], "res");
+        let y = add(&mut g, Op::Activation(Activation::Sigmoid), &[s], "sig");
+        g.outputs = vec![y];
+        for name in ["a", "b", "c"] {
+            assert_layout(&g, name, Layout::Blocked16);
+        }
+        check_graph(&g, 2);
+    }
+}
+
 /// Grouped convolutions whose groups are whole blocks (`gOIhw16i16o`): one and two output
 /// blocks per group.
 #[test]
@@ -92,6 +183,25 @@ fn grouped_blocked_tiles() {
         g.outputs = vec![y];
         assert_layout(&g, "grouped", Layout::Blocked16);
         check_graph(&g, 3);
+    }
+}
+
+/// Grouped convolutions whose groups are not whole blocks (`oihw` weights repacked per
+/// group): 32 -> 24 channels in 2 groups (a block's last four channels in the second group),
+/// 48 -> 24 in 6 groups (8 input channels each, within one block) and 64 -> 40 in 2 groups (a
+/// partial output block), stride 1 and 2.
+#[test]
+fn grouped_partial_tiles() {
+    for (c, out, groups, stride) in [(32, 24, 2, 1), (48, 24, 6, 2), (64, 40, 2, 1)] {
+        let mut g = Graph::new("gp");
+        let x = g.add_input("x", Shape(vec![c, 9, 10]), Default::default()).unwrap();
+        let window =
+            Window { kernel: [3, 3], stride: [stride, stride], pad: [1, 1], dilation: [1, 1], ceil_mode: false };
+        let a = add(&mut g, Op::Conv(Conv { out_channels: out, window, groups, bias: true }), &[x], "grouped");
+        let y = add(&mut g, Op::Activation(Activation::Tanh), &[a], "act");
+        g.outputs = vec![y];
+        assert_layout(&g, "grouped", Layout::Blocked16);
+        check_graph(&g, 2);
     }
 }
 
@@ -112,8 +222,9 @@ fn plain_tiles() {
     check_graph(&g, 2);
 }
 
-/// Fully connected layers: 37 inputs (a 16-float step, a vector, a scalar), 7 (a vector and
-/// three scalars), 3 (scalars only), at batch 3.
+/// Fully connected layers: 37 inputs (a 16-float step, a vector, a scalar; for the input
+/// gradient four 8-input tiles and a tail of 5), 7 (a vector and three scalars; a tail only), 3
+/// (scalars only), at batch 3 and 6 (an input-gradient tile of 4 images and one of 2).
 #[test]
 fn fully_connected_dots() {
     let mut g = Graph::new("fc");
@@ -125,6 +236,7 @@ fn fully_connected_dots() {
     let c = add(&mut g, Op::Fc(Fc { out_features: 2, bias: false }), &[t], "c");
     g.outputs = vec![c];
     check_graph(&g, 3);
+    check_graph(&g, 6);
 }
 
 /// Input gradients as tiles on the transposed, rotated weights: a dilated rectangular kernel

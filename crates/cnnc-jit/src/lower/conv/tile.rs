@@ -1,7 +1,8 @@
 //! The register-tiled forward convolution, all in Cranelift IR on F32X4 vectors: portable
 //! mode's kernel for convolutions and matrix products whose output is channel-blocked or
 //! plain, with blocked (`OIhw16i16o`, `gOIhw16i16o`, `OI16i16o`) or plain-input (`Oihw16o`,
-//! repacked from `oihw`) weights.
+//! repacked from `oihw`, also per group of a grouped convolution whose groups are not whole
+//! blocks) weights (see `reads.rs`).
 //!
 //! A tile is up to 4 output pixels of one row times 2 vectors of four output channels, or on
 //! short rows 8 pixels times one vector ([`tile_shape`]): its accumulators, the weight
@@ -14,7 +15,8 @@
 //! whose every tap lies inside the input become one loop over tile positions, and each tile
 //! touching the left or right halo is emitted on its own with the taps outside left out.
 //! Kernel rows are clipped per output row from a table. The work splits over `(image, block
-//! of 16 output channels, output row)`, each task a run of them.
+//! of 16 output channels, output row)`, each task a run of them. Maps of at most 64 output
+//! pixels are tiled whole instead, across rows (`flat.rs`).
 
 use super::{Geo, clip, load_i};
 use crate::emit::{F32, F32X4, Fx};
@@ -28,6 +30,11 @@ use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
 mod backward;
+mod depthwise;
+mod flat;
+mod reads;
+
+use reads::{Reads, blocked_reads, grouped_reads, plain_reads};
 
 pub(crate) use backward::{backward_data, backward_weight};
 
@@ -83,86 +90,11 @@ const PARTS: usize = 16 / TILE_CH;
 /// Tasks per thread of a layer large enough to split.
 const TASKS_PER_THREAD: usize = 16;
 
-/// How a convolution reads its input and weights (offsets in floats). The input channels
-/// reduced are `chunks` chunks of `chunk_len` channels each.
-struct Reads {
-    chunks: usize,
-    chunk_len: usize,
-    x_chunk: i64,
-    w_chunk: i64,
-    x_chan: i64,
-    w_chan: i64,
-    /// Between horizontally adjacent input pixels, and input rows.
-    x_pix: i64,
-    x_row: i64,
-    /// Between kernel taps (row-major over the kernel).
-    w_tap: i64,
-    /// Per block of 16 output channels: where its weights start, and its first input chunk.
-    w_base: Vec<i32>,
-    x_base: Vec<i32>,
-}
-
 /// The geometry of the tiled rows: `g` itself, or a 1x1 stride-1 convolution without
 /// padding seen as one row per image (its pixels are contiguous in every layout).
 fn tiled_geo(g: &Geo) -> Geo {
     let unit = g.kh == 1 && g.kw == 1 && g.stride == [1, 1] && g.pad == [0, 0] && (g.oh, g.ow) == (g.h, g.w);
     if unit { Geo { h: 1, w: g.h * g.w, oh: 1, ow: g.oh * g.ow, ..*g } } else { *g }
-}
-
-/// The reads of blocked weights on blocked input, or `None` when the layout does not fit.
-fn blocked_reads(g: &Geo, x: &Val, wp: &ParamPlan) -> Option<Reads> {
-    let layout = wp.layout?;
-    let grouped = match layout {
-        WeightLayout::OIhw16i16o | WeightLayout::OI16i16o => false,
-        WeightLayout::GOIhw16i16o => true,
-        WeightLayout::Oihw | WeightLayout::Goihw16g | WeightLayout::Oi => return None,
-    };
-    if x.layout != Layout::Blocked16
-        || grouped != (g.groups > 1)
-        || (grouped && (!g.cg().is_multiple_of(16) || !g.og().is_multiple_of(16)))
-    {
-        return None;
-    }
-    let dims = &wp.dims;
-    let off = |o: usize, i: usize, y: usize, xx: usize| layout.offset(dims, g.groups, [o, i, y, xx]) as i64;
-    let (taps, hw) = ((g.kh * g.kw) as i64, (g.h * g.w) as i64);
-    let ocb = g.o.div_ceil(16);
-    let w_base = (0..ocb).map(|b| i32::try_from(off(b * 16, 0, 0, 0)).ok()).collect::<Option<Vec<_>>>()?;
-    let x_base = (0..ocb)
-        .map(|b| i32::try_from((b * 16 / g.og().max(1)) * g.cg() / 16 * 16 * (g.h * g.w)).ok())
-        .collect::<Option<Vec<_>>>()?;
-    Some(Reads {
-        chunks: g.cg().div_ceil(16),
-        chunk_len: 16,
-        x_chunk: 16 * hw,
-        w_chunk: 256 * taps,
-        x_chan: 1,
-        w_chan: 16,
-        x_pix: 16,
-        x_row: 16 * g.w as i64,
-        w_tap: 256,
-        w_base,
-        x_base,
-    })
-}
-
-/// The reads of `Oihw16o` weights on plain input (one group).
-fn plain_reads(g: &Geo) -> Option<Reads> {
-    let taps = g.kh * g.kw;
-    let w_base = (0..g.o.div_ceil(16)).map(|b| i32::try_from(b * g.c * taps * 16).ok()).collect::<Option<Vec<_>>>()?;
-    Some(Reads {
-        chunks: 1,
-        chunk_len: g.c,
-        x_chunk: 0,
-        w_chunk: 0,
-        x_chan: (g.h * g.w) as i64,
-        w_chan: 16 * taps as i64,
-        x_pix: 1,
-        x_row: g.w as i64,
-        w_tap: 16,
-        x_base: vec![0; w_base.len()],
-        w_base,
-    })
 }
 
 /// A forward convolution as register tiles, when its layouts fit: returns whether it did.
@@ -171,18 +103,37 @@ pub(crate) fn forward(lx: &mut Lx, op: &super::ConvForward) -> Result<bool, JitE
     if g.oh * g.ow == 0 || res.is_some_and(|r| r.layout != y.layout) {
         return Ok(false);
     }
+    if depthwise::forward(lx, op)? {
+        return Ok(true);
+    }
     let plain_weights = wp.layout.is_none_or(|l| l == WeightLayout::Oihw) && g.groups == 1;
     let (reads, weights) = if let Some(r) = blocked_reads(g, &x, wp) {
         (r, w)
     } else if x.layout == Layout::Plain && plain_weights && wp.dims.len() == 4 {
         let Some(r) = plain_reads(g) else { return Ok(false) };
         (r, plain_input_weights(lx, g, w, wp)?)
+    } else if let Some(r) = grouped_reads(g, &x)
+        && wp.layout.is_none_or(|l| l == WeightLayout::Oihw)
+        && wp.dims.len() == 4
+    {
+        // Each group's weights are a one-group convolution's of its inputs.
+        let one = Geo { c: g.cg(), groups: 1, ..*g };
+        (r, plain_input_weights(lx, &one, w, wp)?)
     } else {
         return Ok(false);
     };
     let t = tiled_geo(g);
-    let cx = Cx { g: *g, t, shape: tile_shape(&t), x, y, res, bias, act, reads };
-    emit(lx, &cx, weights)?;
+    if reads.x_part.is_some() {
+        // Tiles of four channels, each in one group.
+        let cx = Cx { g: *g, t, shape: TALL, x, y, res, bias, act, reads };
+        emit(lx, &cx, weights)?;
+    } else if flat::fits(&t, &x) {
+        let cx = Cx { g: *g, t, shape: flat::SHAPE, x, y, res, bias, act, reads };
+        flat::emit(lx, &cx, weights)?;
+    } else {
+        let cx = Cx { g: *g, t, shape: tile_shape(&t), x, y, res, bias, act, reads };
+        emit(lx, &cx, weights)?;
+    }
     Ok(true)
 }
 
@@ -265,17 +216,14 @@ fn emit(lx: &mut Lx, cx: &Cx, w: u64) -> Result<(), JitError> {
     };
     let w_base = lx.table(&cx.reads.w_base);
     let x_base = lx.table(&cx.reads.x_base);
+    let x_part = cx.reads.x_part.as_ref().map(|p| lx.table(p));
     let rows = lx.table(&clip(t.oh, t.h, t.kh, t.stride[0], t.pad[0], t.dil[0]));
-    let mask = if !cx.g.o.is_multiple_of(16) && cx.y.layout == Layout::Blocked16 {
-        let lanes: Vec<i32> = (0..ocb * 16).map(|c| if c < cx.g.o { -1 } else { 0 }).collect();
-        Some(lx.table(&lanes))
-    } else {
-        None
-    };
+    let mask = lane_mask(lx, cx);
     let segs = segments(&t, cx.shape.pixels);
     lx.kernel(tasks, |fx| {
         let (lo, hi) = fx.task_range(units, tasks);
         let (wbt, xbt, rt) = (fx.aux(w_base), fx.aux(x_base), fx.aux(rows));
+        let x_part = x_part.map(|p| fx.aux(p));
         let mask = mask.map(|m| fx.aux(m));
         let w_abs = fx.abs(w);
         fx.for_range(lo, hi, 1, |fx, u| {
@@ -303,7 +251,7 @@ fn emit(lx: &mut Lx, cx: &Cx, w: u64) -> Result<(), JitError> {
             let xrow = fx.index(ximg, xrow, 4);
             let wb = load_i(fx, wbt, b);
             let wblk = fx.index(w_abs, wb, 4);
-            let row = Row { n, b, oy, ky_lo, ky_hi, xrow, wblk, mask };
+            let row = Row { out: Out { n, b, mask }, oy, ky_lo, ky_hi, xrow, wblk, x_part };
             fx.for_n(0, cx.shape.parts() as i64, |fx, part| {
                 for seg in &segs {
                     match seg {
@@ -326,11 +274,27 @@ fn emit(lx: &mut Lx, cx: &Cx, w: u64) -> Result<(), JitError> {
     })
 }
 
+/// The table of lanes that are real channels, when a blocked output has padding lanes.
+fn lane_mask(lx: &mut Lx, cx: &Cx) -> Option<u64> {
+    if cx.g.o.is_multiple_of(16) || cx.y.layout != Layout::Blocked16 {
+        return None;
+    }
+    let lanes: Vec<i32> = (0..cx.g.o.div_ceil(16) * 16).map(|c| if c < cx.g.o { -1 } else { 0 }).collect();
+    Some(lx.table(&lanes))
+}
+
+/// Where a tile's results go: the image, the block of 16 output channels and the lanes that
+/// are real channels.
+struct Out {
+    n: Value,
+    b: Value,
+    /// The table of lanes that are real channels (when some are padding).
+    mask: Option<Value>,
+}
+
 /// The values of one output row every tile of it shares.
 struct Row {
-    n: Value,
-    /// The block of 16 output channels.
-    b: Value,
+    out: Out,
     oy: Value,
     ky_lo: Value,
     ky_hi: Value,
@@ -338,33 +302,24 @@ struct Row {
     xrow: Value,
     /// The block's weights.
     wblk: Value,
-    /// The table of lanes that are real channels (when some are padding).
-    mask: Option<Value>,
+    /// The table of [`Reads::x_part`], when there is one.
+    x_part: Option<Value>,
 }
 
 /// One tile: `taps.len()` pixels from output column `ox0`, output channels
 /// `part * channels ..` of the row's block; `taps[r][kx]` says which taps to read.
 fn tile(fx: &mut Fx, cx: &Cx, row: &Row, part: Value, ox0: Value, taps: &[Vec<bool>]) {
     let (t, rd) = (&cx.t, &cx.reads);
-    let (size, vecs, tile_ch) = (taps.len(), cx.shape.vecs, cx.shape.channels());
-    let ch0 = fx.muli(row.b, 16);
-    let part_ch = fx.muli(part, tile_ch as i64);
-    let ch0 = fx.add(ch0, part_ch);
-    let acc: Vec<Vec<Variable>> = {
-        let init: Vec<Value> = (0..vecs)
-            .map(|v| match cx.bias {
-                Some(bias) => {
-                    let ba = fx.abs(bias);
-                    let a = fx.index(ba, ch0, 4);
-                    fx.load(F32X4, a, 16 * v as i64)
-                }
-                None => fx.fconst(F32X4, 0.0),
-            })
-            .collect();
-        (0..size).map(|_| init.iter().map(|&i| fx.var_init(F32X4, i)).collect()).collect()
-    };
+    let (vecs, tile_ch) = (cx.shape.vecs, cx.shape.channels());
+    let ch0 = first_channel(fx, cx, row.out.b, part);
+    let acc = accumulators(fx, cx, ch0, taps.len());
     let ix0 = fx.muli(ox0, (t.stride[1] as i64) * rd.x_pix);
-    let xpix = fx.index(row.xrow, ix0, 4);
+    let mut xpix = fx.index(row.xrow, ix0, 4);
+    if let Some(table) = row.x_part {
+        let k = fx.mad(row.out.b, cx.shape.parts() as i64, part);
+        let off = load_i(fx, table, k);
+        xpix = fx.index(xpix, off, 4);
+    }
     let wpart = fx.index(row.wblk, part, 4 * tile_ch as i64);
     fx.for_n(0, rd.chunks as i64, |fx, chunk| {
         let xc = fx.index(xpix, chunk, 4 * rd.x_chunk);
@@ -402,10 +357,40 @@ fn tile(fx: &mut Fx, cx: &Cx, row: &Row, part: Value, ox0: Value, taps: &[Vec<bo
             });
         });
     });
+    let pix = fx.mad(row.oy, t.ow as i64, ox0);
+    store(fx, cx, &row.out, ch0, pix, &acc);
+}
+
+/// The tile's first output channel: `b * 16 + part * channels`.
+fn first_channel(fx: &mut Fx, cx: &Cx, b: Value, part: Value) -> Value {
+    let ch0 = fx.muli(b, 16);
+    let part_ch = fx.muli(part, cx.shape.channels() as i64);
+    fx.add(ch0, part_ch)
+}
+
+/// A tile's accumulators, `size` pixels of `vecs` vectors from channel `ch0`, each set to the
+/// bias (or zero).
+fn accumulators(fx: &mut Fx, cx: &Cx, ch0: Value, size: usize) -> Vec<Vec<Variable>> {
+    let init: Vec<Value> = (0..cx.shape.vecs)
+        .map(|v| match cx.bias {
+            Some(bias) => {
+                let ba = fx.abs(bias);
+                let a = fx.index(ba, ch0, 4);
+                fx.load(F32X4, a, 16 * v as i64)
+            }
+            None => fx.fconst(F32X4, 0.0),
+        })
+        .collect();
+    (0..size).map(|_| init.iter().map(|&i| fx.var_init(F32X4, i)).collect()).collect()
+}
+
+/// The epilogue of a tile whose pixels are consecutive in the map from pixel `pix` (row-major
+/// index), from channel `ch0`.
+fn store(fx: &mut Fx, cx: &Cx, out: &Out, ch0: Value, pix: Value, acc: &[Vec<Variable>]) {
     let sums: Vec<Vec<Value>> = acc.iter().map(|r| r.iter().map(|&a| fx.get(a)).collect()).collect();
     match cx.y.layout {
-        Layout::Blocked16 => store_blocked(fx, cx, row, ch0, ox0, &sums),
-        Layout::Plain => store_plain(fx, cx, row, ch0, ox0, &sums),
+        Layout::Blocked16 => store_blocked(fx, cx, out, ch0, pix, &sums),
+        Layout::Plain => store_plain(fx, cx, out, ch0, pix, &sums),
     }
 }
 
@@ -423,10 +408,9 @@ fn channel_unroll(kw: usize, chunk_len: usize) -> usize {
     (1..=want).rev().find(|&u| chunk_len.is_multiple_of(u)).unwrap_or(1)
 }
 
-/// Float offset of output pixel `ox0` of the row in a blocked map, at channel `ch0`.
-fn blocked_at(fx: &mut Fx, t: &Geo, row: &Row, ch0: Value, ox0: Value) -> Value {
-    let blk = fx.muli(row.b, (t.oh * t.ow * 16) as i64);
-    let pix = fx.mad(row.oy, t.ow as i64, ox0);
+/// Float offset of output pixel `pix` (row-major index) in a blocked map, at channel `ch0`.
+fn blocked_at(fx: &mut Fx, t: &Geo, b: Value, ch0: Value, pix: Value) -> Value {
+    let blk = fx.muli(b, (t.oh * t.ow * 16) as i64);
     let pix = fx.muli(pix, 16);
     let lane = fx.urem(ch0, 16);
     let o = fx.add(blk, pix);
@@ -434,15 +418,15 @@ fn blocked_at(fx: &mut Fx, t: &Geo, row: &Row, ch0: Value, ox0: Value) -> Value 
 }
 
 /// The epilogue on a blocked output: residual, activation, padding lanes zeroed, stores.
-fn store_blocked(fx: &mut Fx, cx: &Cx, row: &Row, ch0: Value, ox0: Value, sums: &[Vec<Value>]) {
-    let at = blocked_at(fx, &cx.t, row, ch0, ox0);
-    let yimg = cx.y.image(fx, row.n);
+fn store_blocked(fx: &mut Fx, cx: &Cx, out: &Out, ch0: Value, pix: Value, sums: &[Vec<Value>]) {
+    let at = blocked_at(fx, &cx.t, out.b, ch0, pix);
+    let yimg = cx.y.image(fx, out.n);
     let ya = fx.index(yimg, at, 4);
     let ra = cx.res.map(|r| {
-        let rimg = r.image(fx, row.n);
+        let rimg = r.image(fx, out.n);
         fx.index(rimg, at, 4)
     });
-    let keep: Option<Vec<Value>> = row.mask.map(|m| {
+    let keep: Option<Vec<Value>> = out.mask.map(|m| {
         let ma = fx.index(m, ch0, 4);
         (0..cx.shape.vecs).map(|v| fx.load_ro(F32X4, ma, 16 * v as i64)).collect()
     });
@@ -466,16 +450,15 @@ fn store_blocked(fx: &mut Fx, cx: &Cx, row: &Row, ch0: Value, ox0: Value, sums: 
 }
 
 /// The epilogue on a plain output, lane by lane (channels past the last are not stored).
-fn store_plain(fx: &mut Fx, cx: &Cx, row: &Row, ch0: Value, ox0: Value, sums: &[Vec<Value>]) {
+fn store_plain(fx: &mut Fx, cx: &Cx, out: &Out, ch0: Value, pix: Value, sums: &[Vec<Value>]) {
     let t = &cx.t;
     let hw = (t.oh * t.ow) as i64;
-    let pix = fx.mad(row.oy, t.ow as i64, ox0);
     let chan = fx.muli(ch0, hw);
     let at = fx.add(chan, pix);
-    let yimg = cx.y.image(fx, row.n);
+    let yimg = cx.y.image(fx, out.n);
     let ya = fx.index(yimg, at, 4);
     let ra = cx.res.map(|r| {
-        let rimg = r.image(fx, row.n);
+        let rimg = r.image(fx, out.n);
         fx.index(rimg, at, 4)
     });
     for l in 0..cx.shape.channels() {
