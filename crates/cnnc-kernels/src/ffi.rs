@@ -19,6 +19,7 @@ use super::conv_plain_bwd::{PlainBwdWeightsArgs, PlainBwdWeightsPlan};
 use super::depthwise::DepthwisePlan;
 use super::fc::FcPlan;
 use super::lrn::{LrnArgs, LrnPlan};
+use super::optim::{LiveTapGrad, UpdateArgs, UpdatePlan};
 use super::pack::{WeightShape, forward_to_backward_data_task, forward_to_backward_data_tasks};
 use super::par::{Parallel, SyncPtr};
 use super::pool::{PoolArgs, PoolPlan};
@@ -172,6 +173,52 @@ pub unsafe extern "C" fn cnnc_conv_backward_weights(
         on_pool(pool, p.tasks(), core::ptr::null_mut(), 0, &|t, _| {
             super::conv_bwd_weights::backward_weights_task(p, a, t)
         })
+    };
+}
+
+/// An optimiser's update of one parameter from its gradient `g`, at the run's learning rate
+/// (`lr_bits`: an `f32`'s bits) and step.
+///
+/// # Safety
+/// See the module's common contract ([`super::optim::update_task`]; no scratch).
+pub unsafe extern "C" fn cnnc_update(
+    plan: *const UpdatePlan,
+    args: *const UpdateArgs,
+    g: *const f32,
+    lr_bits: u64,
+    step: u64,
+    pool: *const ThreadPool,
+) {
+    // SAFETY: common contract.
+    let (p, a) = unsafe { (&*plan, &*args) };
+    let rule = p.rule(f32::from_bits(lr_bits as u32), step);
+    let g = SyncPtr(g as *mut f32);
+    // SAFETY: common contract; tasks update disjoint chunks.
+    unsafe {
+        on_pool(pool, p.tasks(), core::ptr::null_mut(), 0, &|t, _| super::optim::update_task(p, &rule, a, g.get(), t))
+    };
+}
+
+/// An optimiser's update of a packed weight whose gradient is a live-tap matrix (the other
+/// taps' gradient zero), at the run's learning rate (`lr_bits`: an `f32`'s bits) and step.
+///
+/// # Safety
+/// See the module's common contract ([`super::optim::update_live_taps_task`]; no scratch).
+pub unsafe extern "C" fn cnnc_update_live_taps(
+    plan: *const UpdatePlan,
+    args: *const UpdateArgs,
+    grad: *const LiveTapGrad,
+    lr_bits: u64,
+    step: u64,
+    pool: *const ThreadPool,
+) {
+    // SAFETY: common contract.
+    let (p, a, g) = unsafe { (&*plan, &*args, &*grad) };
+    let rule = p.rule(f32::from_bits(lr_bits as u32), step);
+    let tasks = super::optim::live_taps_tasks(g);
+    // SAFETY: common contract; tasks update disjoint output blocks.
+    unsafe {
+        on_pool(pool, tasks, core::ptr::null_mut(), 0, &|t, _| super::optim::update_live_taps_task(&rule, a, g, t))
     };
 }
 

@@ -76,7 +76,7 @@ pub fn files() -> &'static [Source] {
         reorder: Core [error par view];
         cpu: Std [error simd];
         threads: Std [par];
-        ffi: Std [conv conv_bwd_data conv_bwd_weights conv_fwd conv_plain conv_plain_bwd depthwise fc lrn pack par pool pool_bwd threads];
+        ffi: Std [conv conv_bwd_data conv_bwd_weights conv_fwd conv_plain conv_plain_bwd depthwise fc lrn optim pack par pool pool_bwd threads];
         peak: Std [simd];
         source: Crate [];
     }

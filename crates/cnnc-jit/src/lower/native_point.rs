@@ -21,7 +21,10 @@
 //! `K`-long rows first, and the input gradient is scattered back (zero on the pixels no tap
 //! meets). The weight gradient is the fc kernel's (`io`), copied into the weight's own
 //! layout with zeros on the taps that see only padding (what the convolution's gradient has
-//! there).
+//! there). When the gradient's only reader is the optimiser's update (`update::fusable`),
+//! the update runs from the live-tap matrix instead (`cnnc_update_live_taps`): the
+//! weight-shaped gradient, mostly zeros, is never written, and the dead taps, whose gradient
+//! is zero, are only read where the update leaves them unchanged.
 //!
 //! A map in `nChw16c` with whole channel blocks and one pixel is the plain vector of its
 //! channels, so the fc kernels read and write both layouts alike; maps with padding lanes are
@@ -434,6 +437,55 @@ pub(crate) fn backward_weights(
     let f = cnnc_kernels::ffi::cnnc_fc_backward_weights as *const () as u64;
     let args = [Arg::Abs(p), Arg::Abs(xr), Arg::Abs(gy.addr), Arg::Abs(io), Arg::Abs(0), Arg::Abs(lx.pool)];
     calls(lx, &[(f, &args)])?;
+    if packed(wp)
+        && let Some((update, opt)) = super::update::fusable(lx, lx.node)
+    {
+        return update_from_live_taps(lx, g, &live, io, (update, &opt));
+    }
     copy_weights(lx, g, wp, &live, (gw.addr, io), CopyDir::FromIo)?;
+    Ok(true)
+}
+
+/// The optimiser's update of a packed weight applied straight from the live-tap gradient
+/// matrix `io` (the other taps' gradient zero), in place of writing the weight-shaped
+/// gradient (mostly zeros) and a separate pass reading it: the update node then emits nothing.
+fn update_from_live_taps(
+    lx: &mut Lx,
+    g: &Geo,
+    live: &[(usize, usize)],
+    io: u64,
+    (update, opt): (cnnc_ir::NodeId, &cnnc_ir::Optimizer),
+) -> Result<bool, JitError> {
+    let taps = g.kh * g.kw;
+    // The kernel's contract: whole blocks of 16 channels and a parameter of `o c taps` floats
+    // (what `packed` and `weights_fit` already hold; checked again where it is relied on).
+    let len = lx.param(update, "")?.1.stored_len();
+    if !g.o.is_multiple_of(16)
+        || !g.c.is_multiple_of(16)
+        || len != g.o * g.c * taps
+        || live.iter().any(|&(t, _)| t >= taps)
+    {
+        return Err(crate::error::plan_err(format!(
+            "point convolution update: {len} floats for {} x {} x {taps}",
+            g.o, g.c
+        )));
+    }
+    let (up, ua) = super::update::kernel_update(lx, update, opt)?;
+    let mut table = vec![-1i32; taps];
+    for (j, &(t, _)) in live.iter().enumerate() {
+        table[t] = j as i32;
+    }
+    let table = super::native::keep_all(lx, table);
+    let grad =
+        cnnc_kernels::optim::LiveTapGrad { io: io as *const f32, live: table as *const i32, o: g.o, c: g.c, taps };
+    let ga = keep(lx, grad);
+    let f = cnnc_kernels::ffi::cnnc_update_live_taps as *const () as u64;
+    let pool = lx.pool;
+    lx.kernel(1, |fx| {
+        let (p, a, gr, pl) = (fx.abs(up), fx.abs(ua), fx.abs(ga), fx.abs(pool));
+        let (lr, step) = super::update::run_scalars(fx);
+        super::native::emit_call(fx, f, &[p, a, gr, lr, step, pl]);
+    })?;
+    lx.written.insert(update);
     Ok(true)
 }

@@ -3,21 +3,44 @@
 //! batch norm's running-statistics update. Updates are elementwise over the parameter as
 //! stored (packed layouts included: their padding is zero in the parameter, its gradient and
 //! its state, and stays zero).
+//!
+//! Native mode runs the kernels' updates (`cnnc_kernels::optim`, 16 lanes, every array read
+//! once), and may apply an update inside the kernel that computes its gradient ([`fusable`]):
+//! the update op stays the graph's source of truth, the fusion is this lowering's decision,
+//! and the update node then emits nothing. Portable mode keeps the Cranelift loops below.
 
+use super::native::{emit_call, keep};
 use super::{ARG_LR, ARG_STEP, Lx};
-use crate::emit::{F32, F32X4, Fx, I64};
+use crate::emit::{F32, F32X4, Fx, I32, I64};
 use crate::error::{JitError, plan_err};
-use cnnc_ir::{BatchNorm, NodeId, Optimizer};
+use crate::options::Mode;
+use cnnc_ir::facts::{param_name, param_reads};
+use cnnc_ir::{BatchNorm, NodeId, Op, Optimizer, TrainOp};
+use cnnc_kernels::optim::{UpdateArgs, UpdateKind, UpdatePlan};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Type, Value};
 
 /// The update of parameter `<name>` from its gradient operand.
 pub(crate) fn optimizer(lx: &mut Lx, id: NodeId, opt: &Optimizer) -> Result<(), JitError> {
+    if lx.written.contains(&id) {
+        // The kernel that computed the gradient applied the update (see `fusable`).
+        return Ok(());
+    }
     let g = lx.val(lx.plan.graph[id].inputs[0])?;
     let (p, plan) = lx.param(id, "")?;
     let len = plan.stored_len();
     if g.bytes < 4 * len as u64 {
         return Err(plan_err(format!("the gradient of `{}` is shorter than the parameter", plan.name)));
+    }
+    if lx.mode == Mode::Native {
+        let (up, ua) = kernel_update(lx, id, opt)?;
+        let f = cnnc_kernels::ffi::cnnc_update as *const () as u64;
+        let (ga, pool) = (g.addr, lx.pool);
+        return lx.kernel(1, |fx| {
+            let (p, a, g, pl) = (fx.abs(up), fx.abs(ua), fx.abs(ga), fx.abs(pool));
+            let (lr, step) = run_scalars(fx);
+            emit_call(fx, f, &[p, a, g, lr, step, pl]);
+        });
     }
     let state: Vec<u64> = opt.state().iter().map(|s| lx.param(id, s).map(|(a, _)| a)).collect::<Result<_, _>>()?;
     // Adam's bias corrections: two floats per step, written by the wrapper before each run.
@@ -58,6 +81,78 @@ pub(crate) fn optimizer(lx: &mut Lx, id: NodeId, opt: &Optimizer) -> Result<(), 
             }
         });
     })
+}
+
+/// The kernels' plan and operands of update `id` (kept with the code): their addresses.
+pub(super) fn kernel_update(lx: &mut Lx, id: NodeId, opt: &Optimizer) -> Result<(u64, u64), JitError> {
+    let (p, plan) = lx.param(id, "")?;
+    let kind = match *opt {
+        Optimizer::Sgd(s) => {
+            UpdateKind::Sgd { momentum: s.momentum as f32, weight_decay: s.weight_decay as f32, nesterov: s.nesterov }
+        }
+        Optimizer::Adam(a) => UpdateKind::Adam {
+            beta1: a.beta1 as f32,
+            beta2: a.beta2 as f32,
+            eps: a.eps as f32,
+            weight_decay: a.weight_decay as f32,
+        },
+        Optimizer::RmsProp(r) => UpdateKind::RmsProp {
+            alpha: r.alpha as f32,
+            eps: r.eps as f32,
+            weight_decay: r.weight_decay as f32,
+            momentum: r.momentum as f32,
+            centered: false,
+        },
+    };
+    let up = UpdatePlan::new(kind, plan.stored_len(), cnnc_kernels::cpu::best())
+        .map_err(|e| plan_err(format!("the update of `{}`: {e}", plan.name)))?;
+    // The graph's state names and the kernel's state slots, in the same order for every
+    // optimiser (SGD: momentum buffer; Adam: both moments; RMSprop: square average, then
+    // the momentum buffer when there is one).
+    let names = opt.state();
+    let used = up.states();
+    if names.len() != used.iter().filter(|&&u| u).count() || used.iter().take(names.len()).any(|&u| !u) {
+        return Err(plan_err(format!("the update of `{}`: its state does not match the kernel's", plan.name)));
+    }
+    let mut slots = [std::ptr::null_mut(); 3];
+    for (k, name) in names.iter().enumerate() {
+        slots[k] = lx.param(id, name)?.0 as *mut f32;
+    }
+    let ua = UpdateArgs { p: p as *mut f32, s1: slots[0], s2: slots[1], s3: slots[2] };
+    Ok((keep(lx, up), keep(lx, ua)))
+}
+
+/// The run's learning rate (an `f32`'s bits in an integer) and step, as the kernels' update
+/// entry points take them.
+pub(super) fn run_scalars(fx: &mut Fx) -> (Value, Value) {
+    let args = fx.aux(0);
+    let lr = fx.load(I32, args, ARG_LR as i64);
+    let lr = fx.b.ins().uextend(I64, lr);
+    let step = fx.load(I64, args, ARG_STEP as i64);
+    (lr, step)
+}
+
+/// The update that the kernel computing gradient `grad` may apply itself, in native mode:
+/// the gradient's only reader is an update of the parameter, the gradient is no output of
+/// the plan, and no node scheduled between the two reads or writes the parameter (so the
+/// update may run early). The gradient is then never observable, so it need not be stored.
+pub(super) fn fusable(lx: &Lx, grad: NodeId) -> Option<(NodeId, Optimizer)> {
+    let graph = &lx.plan.graph;
+    if lx.mode != Mode::Native || graph.outputs.contains(&grad) {
+        return None;
+    }
+    let mut readers = graph.iter().filter(|(_, n)| n.inputs.contains(&grad));
+    let (update, node) = readers.next()?;
+    let (None, Op::Train(TrainOp::Update(opt))) = (readers.next(), &node.op) else { return None };
+    let param = &node.name;
+    let owner = param.rsplit_once('.').map_or(param.as_str(), |(o, _)| o);
+    let between = graph.iter().filter(|(v, _)| v.index() > grad.index() && v.index() < update.index());
+    let clear = between.into_iter().all(|(_, n)| {
+        let reads = param_reads(&n.op).iter().any(|s| param_name(&n.name, s) == *param);
+        let owns = !matches!(n.op, Op::Train(_)) && n.name == owner;
+        !reads && !owns
+    });
+    clear.then_some((update, *opt))
 }
 
 /// One element (or four) of an update.

@@ -10,3 +10,4 @@ mod ops;
 mod point;
 mod random;
 mod tiles;
+mod update;
