@@ -76,6 +76,12 @@ fn check(n: usize, c: usize, h: usize, w: usize, levels: f32, seed: u64) -> Resu
         let io = Max2BwdIo { mask: None, ..io };
         pool2x2::backward(par, &plan, arena.buf.as_mut_slice(), &io, None).map_err(|e| e.to_string())?;
         close(&format!("unmasked dx {what}"), arena.part(4), &unmasked, 0.0)?;
+        // In place over the mask (the training graph's ReLU backward over the saved map).
+        let mut bias = vec![f32::NAN; c];
+        let io = Max2BwdIo { mask: Some(xv), dx: xv, ..io };
+        pool2x2::backward(par, &plan, arena.buf.as_mut_slice(), &io, Some(&mut bias)).map_err(|e| e.to_string())?;
+        close(&format!("in-place dx {what}"), arena.part(0), &dx_want, 0.0)?;
+        close(&format!("in-place bias {what}"), &bias, &sums, 1e-4)?;
         if !arena.gaps_intact() {
             return Err(format!("{what}: wrote outside its tensors"));
         }
