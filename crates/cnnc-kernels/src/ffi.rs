@@ -24,6 +24,7 @@ use super::pack::{WeightShape, forward_to_backward_data_task, forward_to_backwar
 use super::par::{Parallel, SyncPtr};
 use super::pool::{PoolArgs, PoolPlan};
 use super::pool_bwd::PoolBwdArgs;
+use super::pool2x2::{Max2BwdArgs, Max2FwdArgs, Max2Plan};
 use super::threads::ThreadPool;
 
 /// Runs `f(task, thread)` for every task of a plan on the pool, `scratch` split per thread.
@@ -341,6 +342,32 @@ pub unsafe extern "C" fn cnnc_pool_backward(plan: *const PoolPlan, args: *const 
     let (p, a) = unsafe { (&*plan, &*args) };
     // SAFETY: common contract.
     unsafe { on_pool(pool, p.tasks(), core::ptr::null_mut(), 0, &|t, _| super::pool_bwd::backward_task(p, a, t)) };
+}
+
+/// 2x2/2 max pooling of a plain map into a blocked one, with its plain argmax.
+///
+/// # Safety
+/// See the module's common contract ([`super::pool2x2::forward_task`]).
+pub unsafe extern "C" fn cnnc_max2_forward(plan: *const Max2Plan, args: *const Max2FwdArgs, pool: *const ThreadPool) {
+    // SAFETY: common contract.
+    let (p, a) = unsafe { (&*plan, &*args) };
+    // SAFETY: common contract.
+    unsafe {
+        on_pool(pool, p.forward_tasks(), core::ptr::null_mut(), 0, &|t, _| super::pool2x2::forward_task(p, a, t))
+    };
+}
+
+/// 2x2/2 max pooling backward from a blocked gradient to a plain one (ReLU mask, bias sums).
+///
+/// # Safety
+/// See the module's common contract ([`super::pool2x2::backward_task`]).
+pub unsafe extern "C" fn cnnc_max2_backward(plan: *const Max2Plan, args: *const Max2BwdArgs, pool: *const ThreadPool) {
+    // SAFETY: common contract.
+    let (p, a) = unsafe { (&*plan, &*args) };
+    // SAFETY: common contract.
+    unsafe {
+        on_pool(pool, p.backward_tasks(), core::ptr::null_mut(), 0, &|t, _| super::pool2x2::backward_task(p, a, t))
+    };
 }
 
 /// Runs `f(ctx, task, thread)` for `tasks` tasks on the pool (the JIT's own parallel loops).

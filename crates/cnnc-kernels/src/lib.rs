@@ -56,6 +56,7 @@ pub mod pack;
 pub mod par;
 pub mod peak;
 pub mod pool;
+pub mod pool2x2;
 pub mod pool_bwd;
 pub mod reorder;
 pub mod simd;

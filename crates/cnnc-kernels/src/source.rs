@@ -70,13 +70,14 @@ pub fn files() -> &'static [Source] {
         lrn: Core [error par simd view vmath x86];
         pool: Core [error fmath par simd view x86];
         pool_bwd: Core [error fmath par pool simd view x86];
+        pool2x2: Core [error par simd view];
         softmax: Core [error par simd vmath x86];
         eltwise: Core [act error par simd view x86];
         optim: Core [error fmath par simd x86];
         reorder: Core [error par view];
         cpu: Std [error simd];
         threads: Std [par];
-        ffi: Std [conv conv_bwd_data conv_bwd_weights conv_fwd conv_plain conv_plain_bwd depthwise fc lrn optim pack par pool pool_bwd threads];
+        ffi: Std [conv conv_bwd_data conv_bwd_weights conv_fwd conv_plain conv_plain_bwd depthwise fc lrn optim pack par pool pool_bwd pool2x2 threads];
         peak: Std [simd];
         source: Crate [];
     }

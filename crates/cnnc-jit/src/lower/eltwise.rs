@@ -169,6 +169,9 @@ pub(crate) fn activation(lx: &mut Lx, id: NodeId, a: Activation) -> Result<(), J
 }
 
 pub(crate) fn activation_backward(lx: &mut Lx, id: NodeId, a: Activation, from: SavedSide) -> Result<(), JitError> {
+    if lx.written.contains(&id) {
+        return Ok(());
+    }
     let x = operands(lx, id)?;
     let y = lx.val(id)?;
     flat(lx, &x, y, |fx, ty, v| {
@@ -257,6 +260,10 @@ pub(crate) fn prelu_backward_data(lx: &mut Lx, id: NodeId) -> Result<(), JitErro
 /// Between `nchw` and `nChw16c`: padding lanes of a blocked result are zeroed. After a
 /// blocked stem both sides are blocked: a copy, or nothing when the stem wrote in place.
 pub(crate) fn reorder(lx: &mut Lx, id: NodeId) -> Result<(), JitError> {
+    // Written by the pooling before it, or run with the pooling backward after it.
+    if lx.written.contains(&id) || super::pool::plain2x2::backward(lx, id)? {
+        return Ok(());
+    }
     let x = operands(lx, id)?[0];
     let y = lx.val(id)?;
     if x.layout == y.layout {

@@ -7,6 +7,8 @@
 //! `cnnc-kernels`' pool (16 channels a vector), and every backward pass but a pyramid's runs
 //! the kernels' `pool_bwd` (blocked or plain).
 
+pub(super) mod plain2x2;
+
 use super::native::{self, Arg};
 use super::pool_plain::Outs;
 use super::{Lx, Val};
@@ -112,6 +114,13 @@ pub(crate) fn forward(
     let x = lx.val(lx.plan.graph[id].inputs[0])?;
     let y = lx.val(id)?;
     if lx.written.contains(&id) {
+        return Ok(());
+    }
+    if let PoolGeometry::Window(win) = geometry
+        && !argmax
+        && kind == PoolKind::Max
+        && plain2x2::forward(lx, id, win, x, sibling(lx, id, geometry))?
+    {
         return Ok(());
     }
     if let PoolGeometry::Window(win) = geometry
@@ -397,6 +406,9 @@ pub(crate) fn backward(
     geometry: &PoolGeometry,
     input: [usize; 3],
 ) -> Result<(), JitError> {
+    if lx.written.contains(&id) {
+        return Ok(());
+    }
     let ins: Vec<Val> = lx.plan.graph[id].inputs.iter().map(|&i| lx.val(i)).collect::<Result<_, _>>()?;
     let gx = lx.val(id)?;
     if lx.mode == crate::options::Mode::Native && native_backward(lx, kind, geometry, &ins, gx, input)? {

@@ -262,6 +262,9 @@ pub(crate) fn bn_stats(lx: &mut Lx, id: NodeId) -> Result<(), JitError> {
 
 /// `[C]`: `gy` summed over the batch and pixels.
 pub(crate) fn bias_grad(lx: &mut Lx, id: NodeId) -> Result<(), JitError> {
+    if lx.written.contains(&id) {
+        return Ok(());
+    }
     let gy = operands(lx, id)?[0];
     let out = lx.val(id)?;
     let ch = Chans::of(&gy);

@@ -200,3 +200,45 @@ fn blocked_stem() {
     }
     check_graph(&g, 2);
 }
+
+/// The plain 2x2/2 max pooling between a plain-input convolution and a blocked one (the CIFAR
+/// net's first pooling), native mode's one-pass forms (`lower/pool/plain2x2.rs`): forward
+/// into the reorder's place, backward from the blocked gradient through the ReLU mask to the
+/// bias gradient. The nodes they replace run no code in native mode; both modes match the
+/// interpreter. Odd map sizes (a row and a column in no window) and channels not a multiple
+/// of 16 included; rows narrower than 16 pixels (the digits net's) keep the separate passes.
+#[test]
+fn plain_max_pool_between_blocked_layers() {
+    use cnnc_ir::TrainOp;
+    for (c, h, w) in [(32, 16, 16), (24, 13, 19), (48, 6, 33), (16, 8, 8)] {
+        let mut g = Graph::new(format!("p2x2_{c}_{h}x{w}"));
+        let x = g.add_input("x", Shape(vec![3, h, w]), Default::default()).unwrap();
+        let c1 = add(&mut g, conv(c, 3, 1, 1), &[x], "c1");
+        let r1 = add(&mut g, Op::Activation(Activation::Relu), &[c1], "relu1");
+        let p = add(&mut g, Op::Pool { kind: PoolKind::Max, window: win(2, 2, 0) }, &[r1], "pool");
+        let c2 = add(&mut g, conv(16, 3, 1, 1), &[p], "c2");
+        let r2 = add(&mut g, Op::Activation(Activation::Relu), &[c2], "relu2");
+        g.outputs = vec![r2];
+        check_graph(&g, 3);
+        let weights = random_weights(&g, 3);
+        let opt = optimize_training(&g, Some(&weights), &PassOptions::all(), &sgd_step(&g)).unwrap();
+        let plan = &opt.plan;
+        let model = compile(plan, 3, cnnc_jit::Mode::Native, &weights);
+        let cnnc_passes::Objective::Loss(loss) = sgd_step(&g).objective else { unreachable!() };
+        let inputs = [batch_of(&[3, h, w], 3, 5), target(&g, &loss, 3)];
+        let layers = model.profile(&inputs, &cnnc_jit::StepArgs { lr: 0.01, step: 1, seed: 0 }, 1).unwrap();
+        let ran = |f: &dyn Fn(&Op) -> bool| layers.iter().filter(|l| f(&plan.graph[l.node].op)).count();
+        if cnnc_kernels::cpu::best().isa() == cnnc_kernels::simd::Isa::Avx512 && w >= 16 {
+            // The reorder of the pooled map runs no code (that of the gradient reaching the
+            // pooling is the step the fused backward pass runs at).
+            let reorders = |l: &&cnnc_jit::NodeTime| {
+                let node = &plan.graph[l.node];
+                matches!(node.op, Op::Reorder(_)) && matches!(plan.graph[node.inputs[0]].op, Op::Pool { .. })
+            };
+            assert_eq!(layers.iter().filter(reorders).count(), 0, "{}", plan.render());
+            assert_eq!(ran(&|op| matches!(op, Op::Train(TrainOp::PoolBackward { .. }))), 0);
+            assert_eq!(ran(&|op| matches!(op, Op::Train(TrainOp::ActivationBackward { .. }))), 1, "c2's only");
+            assert_eq!(ran(&|op| matches!(op, Op::Train(TrainOp::BiasGrad))), 1, "c2's only");
+        }
+    }
+}

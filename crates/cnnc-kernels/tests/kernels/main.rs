@@ -16,6 +16,7 @@ mod optim;
 mod oracle;
 mod peak;
 mod pool;
+mod pool2x2;
 mod softmax;
 mod source;
 mod util;
