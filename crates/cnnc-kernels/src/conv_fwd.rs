@@ -143,20 +143,40 @@ pub unsafe fn forward_task(plan: &ConvPlan, a: &ConvArgs, task: usize, scratch: 
     let pair_lines = if plan.prefetch { kk * w_ocb / 16 } else { 0 };
     let next_w = |ob: usize| a.w.wrapping_add(ob * w_ocb);
     if plan.blocks_outer {
-        // While a pair runs its rows, the next pair's weights are fetched, a share per row.
-        let share = pair_lines.div_ceil(rows.len());
+        // Each chunk of a pair's reduction runs on all the rows before the next chunk; while
+        // it does, the next chunk's weights (of this pair, or the first of the next pair) are
+        // fetched, a share per row, the same lines of each of the pair's blocks.
+        let chunk_of = |c: usize| c * plan.chunk..((c + 1) * plan.chunk).min(plan.icb);
+        let chunks = plan.icb.div_ceil(plan.chunk);
+        let tap_floats = s.kh * s.kw * 256;
         for ob in pairs {
             // Groups hold whole blocks, so block ob's first channel is ob * 16.
             // SAFETY: the vectors hold oc floats (caller).
             let e = unsafe { EpiVectors::load(a, ob * 16, kk, s.oc) };
-            let mut out = block_out(plan, a, n, ob, &e);
-            for (i, oy) in rows.clone().enumerate() {
-                if ob + kk < ob_end {
-                    out.pf = next_w(ob + kk).wrapping_add(i * share * 16);
-                    out.pf_lines = share.min(pair_lines - (i * share).min(pair_lines));
+            let full = block_out(plan, a, n, ob, &e);
+            for c in 0..chunks {
+                // The first chunk stores its sums, the others add to them, the last with the
+                // epilogue.
+                let mut out = if c + 1 == chunks { full } else { Out::plain(full.c, full.c_col, full.c_blk, false) };
+                out.accumulate = c > 0;
+                let next = if c + 1 < chunks { Some((ob, c + 1)) } else { (ob + kk < ob_end).then_some((ob + kk, 0)) };
+                let (pf, lines) = match next {
+                    Some((nb, nc)) if plan.prefetch => {
+                        let icbs = chunk_of(nc);
+                        (next_w(nb).wrapping_add(icbs.start * tap_floats), icbs.len() * tap_floats / 16)
+                    }
+                    _ => (core::ptr::null(), 0),
+                };
+                let share = lines.div_ceil(rows.len());
+                out.pf_copies = kk;
+                out.pf_blk = w_ocb as isize;
+                for (i, oy) in rows.clone().enumerate() {
+                    out.pf = pf.wrapping_add(i * share * 16);
+                    out.pf_lines = share.min(lines - (i * share).min(lines));
+                    // SAFETY: forwarded contract; the row's tiles lie inside the output, and
+                    // the chunk's input blocks are the plan's.
+                    unsafe { row(plan, a, &out, x, row0, next_w(ob), n, ob, oy, [c0, c1], chunk_of(c)) };
                 }
-                // SAFETY: forwarded contract; the row's tiles lie inside the output.
-                unsafe { row(plan, a, &out, x, row0, a.w.wrapping_add(ob * w_ocb), n, ob, oy, c0, c1) };
             }
         }
     } else {
@@ -176,7 +196,7 @@ pub unsafe fn forward_task(plan: &ConvPlan, a: &ConvArgs, task: usize, scratch: 
                         out.pf_lines = pair_lines;
                     }
                     // SAFETY: as above; b0..b1 is inside c0..c1.
-                    unsafe { row(plan, a, &out, x, row0, a.w.wrapping_add(ob * w_ocb), n, ob, oy, b0, b1) };
+                    unsafe { row(plan, a, &out, x, row0, next_w(ob), n, ob, oy, [b0, b1], 0..plan.icb) };
                 }
             }
         }
@@ -199,11 +219,12 @@ fn block_out(plan: &ConvPlan, a: &ConvArgs, n: usize, ob: usize, e: &EpiVectors)
     out
 }
 
-/// The tiles of output row `oy`, pixels `c0..c1`, blocks `ob .. ob + k`.
+/// The tiles of output row `oy`, pixels `c0..c1`, blocks `ob .. ob + k`, reducing over input
+/// blocks `icbs` (of the group).
 ///
 /// # Safety
 /// As [`forward_task`]; `x` is the band (or the input image) whose first row is input row
-/// `row0`.
+/// `row0`; `icbs` lies inside `0..plan.icb`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn row(
     plan: &ConvPlan,
@@ -215,8 +236,8 @@ unsafe fn row(
     n: usize,
     ob: usize,
     oy: usize,
-    c0: usize,
-    c1: usize,
+    [c0, c1]: [usize; 2],
+    icbs: core::ops::Range<usize>,
 ) {
     let s = &plan.shape;
     let sh = s.stride[0];
@@ -227,7 +248,7 @@ unsafe fn row(
     let kh_hi = s.kh.min(((s.ih as isize - top + dh as isize - 1) / dh as isize).max(0) as usize);
     let pix_row = oy * plan.cols;
     let r = Reduce {
-        n: [plan.icb, kh_hi.saturating_sub(kh_lo), s.kw],
+        n: [icbs.len(), kh_hi.saturating_sub(kh_lo), s.kw],
         a: [plan.band_icb as isize, (dh * plan.band_row) as isize, plan.tap_stride as isize],
         b: [(s.kh * s.kw * 256) as isize, (s.kw * 256) as isize, 256],
         steps: 16,
@@ -236,6 +257,9 @@ unsafe fn row(
         b_blk: (plan.icb * s.kh * s.kw * 256) as isize,
     };
     let in_row = ((top + (kh_lo * dh) as isize).max(0) as usize - row0) / plan.band_row_step;
+    // The chunk's first input block, in the band (or input) and in the weights.
+    let x = x.wrapping_add(icbs.start * plan.band_icb);
+    let wb = wb.wrapping_add(icbs.start * s.kh * s.kw * 256);
     let tiles = &tile::tiles(plan.isa).a16;
     let ntiles = (c1 - c0).div_ceil(plan.nw);
     // The row's prefetches, a share per tile.
