@@ -443,10 +443,11 @@ impl ConvPlan {
     /// with cold weights than warm, 0-3 % with the prefetch; warm unchanged). The first pair
     /// has nothing before it to overlap its reads with, so with blocks outside rows a pair's
     /// reduction is cut into chunks of [`CHUNK_WEIGHTS`] (unless a residual, possibly in the
-    /// output's memory, forbids accumulating there): the task waits for one chunk instead of
-    /// a whole pair, whose first row read it all at memory speed (ResNet-50's layer4 3x3, 590
-    /// KB a pair, with cold weights: 7 % faster, its 3x3/2 9 %; warm within the noise; one
-    /// task alone on a thread, fastest of 300, alternating, shared machine).
+    /// output's memory, forbids accumulating there), each prefetching the next: the task
+    /// waits for one chunk instead of a whole pair, whose first row read it all at memory
+    /// speed (ResNet-50's layer4 3x3, 590 KB a pair, with cold weights: 7 % faster, its 3x3/2
+    /// 9 %; warm within the noise; one task alone on a thread, fastest of 300, alternating,
+    /// shared machine).
     fn set_band(&mut self) {
         let s = self.shape;
         match self.band {
