@@ -190,6 +190,11 @@ const L2_COLUMNS: usize = 256 << 10;
 /// it, the others stream in while the chunk before them runs.
 const CHUNK_WEIGHTS: usize = 64 << 10;
 
+/// Bytes of one block pair's weights above which its reduction is cut into chunks: half the
+/// 1 MiB L2. Pairs of 295 KB (ResNet-50's layer3 3x3) ran no faster cut with cold weights and
+/// 3-4 % slower with warm ones (each chunk a tile call and a store of partial sums).
+const CHUNKED_PAIRS: usize = 512 << 10;
+
 /// The operands of one convolution run, as raw pointers (the C-ABI form; null when absent).
 /// Batch strides are in floats.
 #[derive(Clone, Copy, Debug)]
@@ -439,15 +444,16 @@ impl ConvPlan {
     ///
     /// Every plan prefetches on a task's first visit of its pairs: inside a whole model the
     /// weights always come from memory, and without it each pair's first tile waited on its
-    /// misses (ResNet-50's 128-channel 1x1 layers at 28 x 28, weights of 256 KB: 6-9 % slower
-    /// with cold weights than warm, 0-3 % with the prefetch; warm unchanged). The first pair
-    /// has nothing before it to overlap its reads with, so with blocks outside rows a pair's
-    /// reduction is cut into chunks of [`CHUNK_WEIGHTS`] (unless a residual, possibly in the
-    /// output's memory, forbids accumulating there), each prefetching the next: the task
-    /// waits for one chunk instead of a whole pair, whose first row read it all at memory
-    /// speed (ResNet-50's layer4 3x3, 590 KB a pair, with cold weights: 7 % faster, its 3x3/2
-    /// 9 %; warm within the noise; one task alone on a thread, fastest of 300, alternating,
-    /// shared machine).
+    /// misses (ResNet-50's 128-channel 1x1 layers at 28 x 28, weights of 256 KB: 6-8 % slower
+    /// with cold weights than warm, under 1 % with the prefetch; warm unchanged). The first
+    /// pair has nothing before it to overlap its reads with, so with blocks outside rows the
+    /// reduction of a pair above [`CHUNKED_PAIRS`] is cut into chunks of [`CHUNK_WEIGHTS`]
+    /// (unless a residual, possibly in the output's memory, forbids accumulating there), each
+    /// prefetching the next: the task waits for one chunk instead of a whole pair, whose first
+    /// row read it all at memory speed (ResNet-50's layer4 3x3, 590 KB a pair, with cold
+    /// weights: 928 -> 854 us for both tasks, its 3x3/2 1015 -> 940; warm no slower; each task
+    /// alone on one thread, fastest of 50-400 runs, medians of 3 alternating rounds, shared
+    /// machine).
     fn set_band(&mut self) {
         let s = self.shape;
         match self.band {
@@ -472,7 +478,8 @@ impl ConvPlan {
         let band = 4 * self.scratch;
         self.blocks_outer = self.row_chunk > 1 && task_weights > L2_WEIGHTS && pair_weights + band <= L2_BAND;
         self.prefetch = true;
-        let chunks = pair_weights.div_ceil(CHUNK_WEIGHTS).clamp(1, self.icb);
+        let chunks =
+            if pair_weights > CHUNKED_PAIRS { pair_weights.div_ceil(CHUNK_WEIGHTS).clamp(1, self.icb) } else { 1 };
         self.chunk = if self.epilogue.residual { self.icb } else { self.icb.div_ceil(chunks) };
         // Long rows (the pixels of a 1x1 convolution, flattened: 1568 a task at 56 x 56 with
         // 256 channels, 1.6 MB of input) are cut into blocks each pair re-reads from L2,
