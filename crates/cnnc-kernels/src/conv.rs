@@ -164,6 +164,10 @@ pub struct ConvPlan {
     /// Whether tiles prefetch the weights of the block pair a task visits next (see
     /// `set_band`).
     pub(crate) prefetch: bool,
+    /// Input blocks per chunk of a block pair's reduction when the blocks are outside the
+    /// rows: each chunk runs on all the task's rows (accumulating in the output) before the
+    /// next, whose weights stream in meanwhile (see `set_band`); `icb` when uncut.
+    pub(crate) chunk: usize,
 }
 
 /// Bytes of a task's weights above which its blocks are visited outside its rows (a quarter
@@ -180,6 +184,16 @@ const L2_BAND: usize = 3 << 19;
 /// Bytes of input a block of a row's pixels reads, which every block pair then re-reads
 /// from L2 (a quarter of it).
 const L2_COLUMNS: usize = 256 << 10;
+
+/// Bytes of one block pair's weights per chunk of its reduction when a task visits its blocks
+/// outside its rows: the first chunk of a task is read from memory before any work overlaps
+/// it, the others stream in while the chunk before them runs.
+const CHUNK_WEIGHTS: usize = 64 << 10;
+
+/// Bytes of one block pair's weights above which its reduction is cut into chunks: half the
+/// 1 MiB L2. Pairs of 295 KB (ResNet-50's layer3 3x3) ran no faster cut with cold weights and
+/// 3-4 % slower with warm ones (each chunk a tile call and a store of partial sums).
+const CHUNKED_PAIRS: usize = 512 << 10;
 
 /// The operands of one convolution run, as raw pointers (the C-ABI form; null when absent).
 /// Batch strides are in floats.
@@ -288,6 +302,7 @@ impl ConvPlan {
             blocks_outer: false,
             col_block: 0,
             prefetch: false,
+            chunk: icb,
         };
         if band == Band::Taps && shape.kh == 1 && ph == 0 {
             plan.band_row_step = sh;
@@ -333,6 +348,20 @@ impl ConvPlan {
     pub fn with_prefetch(mut self, prefetch: bool) -> ConvPlan {
         self.prefetch = prefetch;
         self
+    }
+
+    /// The same plan with its block pairs' reductions cut into chunks of `blocks` input blocks
+    /// (clamped to `1..=icb`; a plan with a residual stays uncut, since the residual may be
+    /// the output's own memory, which the chunks accumulate in): for tuning. Chunks apply
+    /// when the blocks are outside the rows.
+    pub fn with_chunk(mut self, blocks: usize) -> ConvPlan {
+        self.chunk = if self.epilogue.residual { self.icb } else { blocks.clamp(1, self.icb) };
+        self
+    }
+
+    /// Input blocks per chunk of a block pair's reduction (`icb` when uncut).
+    pub fn chunk(&self) -> usize {
+        self.chunk
     }
 
     /// Whether tiles prefetch the weights of the block pair their task visits next.
@@ -412,6 +441,19 @@ impl ConvPlan {
     /// while the FMAs run: ResNet-50's layer4 3x3 (590 KB a pair) with cold weights took
     /// 0.47 ms instead of 0.74 (the kernels bench's `--report --cold`, fastest of 200 runs, 2
     /// threads on a shared machine), about what it takes with warm weights.
+    ///
+    /// Every plan prefetches on a task's first visit of its pairs: inside a whole model the
+    /// weights always come from memory, and without it each pair's first tile waited on its
+    /// misses (ResNet-50's 128-channel 1x1 layers at 28 x 28, weights of 256 KB: 6-8 % slower
+    /// with cold weights than warm, under 1 % with the prefetch; warm unchanged). The first
+    /// pair has nothing before it to overlap its reads with, so with blocks outside rows the
+    /// reduction of a pair above [`CHUNKED_PAIRS`] is cut into chunks of [`CHUNK_WEIGHTS`]
+    /// (unless a residual, possibly in the output's memory, forbids accumulating there), each
+    /// prefetching the next: the task waits for one chunk instead of a whole pair, whose first
+    /// row read it all at memory speed (ResNet-50's layer4 3x3, 590 KB a pair, with cold
+    /// weights: 928 -> 854 us for both tasks, its 3x3/2 1015 -> 940; warm no slower; each task
+    /// alone on one thread, fastest of 50-400 runs, medians of 3 alternating rounds, shared
+    /// machine).
     fn set_band(&mut self) {
         let s = self.shape;
         match self.band {
@@ -435,7 +477,10 @@ impl ConvPlan {
         let task_weights = pair_weights * (self.oc_chunk / self.k);
         let band = 4 * self.scratch;
         self.blocks_outer = self.row_chunk > 1 && task_weights > L2_WEIGHTS && pair_weights + band <= L2_BAND;
-        self.prefetch = task_weights > L2_WEIGHTS;
+        self.prefetch = true;
+        let chunks =
+            if pair_weights > CHUNKED_PAIRS { pair_weights.div_ceil(CHUNK_WEIGHTS).clamp(1, self.icb) } else { 1 };
+        self.chunk = if self.epilogue.residual { self.icb } else { self.icb.div_ceil(chunks) };
         // Long rows (the pixels of a 1x1 convolution, flattened: 1568 a task at 56 x 56 with
         // 256 channels, 1.6 MB of input) are cut into blocks each pair re-reads from L2,
         // instead of every pair streaming the whole row from L3.

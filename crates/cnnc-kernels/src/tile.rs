@@ -59,22 +59,22 @@ pub struct Out {
     pub res_col: isize,
     pub res_blk: isize,
     pub act: Act,
-    /// Lines the tile asks the caches for while it runs (weights, or the input, residual and
-    /// output of tiles that follow it, see `conv_fwd.rs`): `pf_streams` runs of `pf_lines`
-    /// 64-byte lines, the first from `pf` on, each `pf_stride` floats after the one before,
-    /// spread evenly over its innermost block pairs. Prefetches are hints: `pf` need not
-    /// point into any buffer.
+    /// Lines the tile asks the caches for while it runs (weights of tiles that follow it, see
+    /// `conv_fwd.rs`): the `pf_lines` 64-byte lines from `pf` on, spread evenly over its
+    /// innermost block pairs, each line also `pf_blk`, `2 * pf_blk`, .. floats further
+    /// (`pf_copies` lines in all: the same part of each of a block pair's blocks). Prefetches
+    /// are hints: `pf` need not point into any buffer.
     pub pf: *const f32,
     pub pf_lines: usize,
-    pub pf_streams: usize,
-    pub pf_stride: usize,
+    pub pf_copies: usize,
+    pub pf_blk: isize,
 }
 
 impl Out {
-    /// Whether the epilogue is at most bias, residual and ReLU (overwriting C), which the
-    /// tiles apply in registers.
+    /// Whether the epilogue is at most accumulation, bias, residual and ReLU, which the tiles
+    /// apply in registers.
     pub fn is_register_epilogue(&self) -> bool {
-        !self.accumulate && self.scale.is_null() && matches!(self.act.kind, ActKind::None | ActKind::Relu)
+        self.scale.is_null() && matches!(self.act.kind, ActKind::None | ActKind::Relu)
     }
 
     /// Plain store (or accumulation) of the tile, no epilogue.
@@ -93,8 +93,8 @@ impl Out {
             act: Act::NONE,
             pf: core::ptr::null(),
             pf_lines: 0,
-            pf_streams: 1,
-            pf_stride: 0,
+            pf_copies: 1,
+            pf_blk: 0,
         }
     }
 }
@@ -228,29 +228,27 @@ macro_rules! shapes {
                 let mut acc = [[z; $k]; $nw];
                 // A few lines of weights ahead per block pair: spread over the tile, the
                 // stream from memory overlaps the FMAs (see `conv_fwd.rs`).
-                let (mut pf, mut pf_stream, mut pf_line) = (out.pf, out.pf, 0);
-                let mut pf_left = out.pf_lines * out.pf_streams;
+                let (mut pf, mut pf_left) = (out.pf, out.pf_lines);
                 let pairs = r.n[0] * r.n[1] * r.n[2];
                 let pf_per = if pf_left == 0 || pairs == 0 { 0 } else { pf_left.div_ceil(pairs) };
                 reduce_loops!(r, a, b, pa, pb, {
                     let lines = pf_per.min(pf_left);
                     pf_left -= lines;
                     for _ in 0..lines {
-                        s.prefetch(pf);
-                        pf = pf.wrapping_add(16);
-                        pf_line += 1;
-                        if pf_line == out.pf_lines {
-                            pf_line = 0;
-                            pf_stream = pf_stream.wrapping_add(out.pf_stride);
-                            pf = pf_stream;
+                        let mut p = pf;
+                        for _ in 0..out.pf_copies {
+                            s.prefetch(p);
+                            p = p.wrapping_offset(out.pf_blk);
                         }
+                        pf = pf.wrapping_add(16);
                     }
                 }, {
                     shapes!(@step $k, s, pa, pb, r, acc, AC, [$($j)*]);
                 });
                 if out.is_register_epilogue() {
-                    // Bias, residual and ReLU straight from the accumulators: no spill, no call
-                    // (7-15 % of a tile with a short reduction: the stem, 1x1 on 64 channels).
+                    // Accumulation, bias, residual and ReLU straight from the accumulators: no
+                    // spill, no call (7-15 % of a tile with a short reduction: the stem, 1x1 on
+                    // 64 channels, a forward reduction cut into chunks).
                     let relu = out.act.kind == ActKind::Relu;
                     let has_res = !out.res.is_null();
                     let bias: [S::V; $k] = core::array::from_fn(|k| {
@@ -285,14 +283,20 @@ macro_rules! shapes {
     (@fast_one $s:ident, $acc:ident, $j:literal, $k:literal, $bias:ident, $out:ident, $res:ident, $relu:ident, $z:ident) => {
         // SAFETY: vector (j, k) of C and of the residual belong to the tile (TileFn's contract).
         unsafe {
-            let mut v = $s.add($acc[$j][$k], $bias[$k]);
+            let c = $out.c.wrapping_offset($k * $out.c_blk + $j * $out.c_col);
+            // The order of `finish_generic`: C, then bias, residual, activation.
+            let mut v = $acc[$j][$k];
+            if $out.accumulate {
+                v = $s.add(v, $s.load(c));
+            }
+            v = $s.add(v, $bias[$k]);
             if $res {
                 v = $s.add(v, $s.load($out.res.wrapping_offset($k * $out.res_blk + $j * $out.res_col)));
             }
             if $relu {
                 v = $s.max(v, $z);
             }
-            $s.store($out.c.wrapping_offset($k * $out.c_blk + $j * $out.c_col), v);
+            $s.store(c, v);
         }
     };
     (@spill 1, $s:ident, $p:ident, $acc:ident, $j:literal) => {

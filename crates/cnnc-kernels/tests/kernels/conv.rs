@@ -154,11 +154,18 @@ fn check_forward(cfg: ConvCfg, e: EpiCase, seed: u64) -> Result<(), String> {
     for cpu in cpus() {
         let par = par(seed);
         let plan = ConvPlan::new(shape_of(&cfg), epilogue, cpu, par.threads()).map_err(|e| e.to_string())?;
-        // Both loop orders of a task (the plan picks one by the weights' size), and rows cut
-        // into blocks of one tile, with and without weight prefetching.
+        // Both loop orders of a task (the plan picks one by the weights' size), rows cut into
+        // blocks of one tile, and blocks outside rows with the reduction cut into chunks of
+        // one and two input blocks (uncut with a residual), with and without weight
+        // prefetching.
         let flipped = plan.with_blocks_outer(!plan.blocks_outer()).with_prefetch(!plan.prefetch());
         let cut = plan.with_blocks_outer(false).with_col_block(plan.tile().1).with_prefetch(true);
-        for plan in [plan, flipped, cut] {
+        let chunked = plan.with_blocks_outer(true).with_chunk(1).with_prefetch(true);
+        let pairs = plan.with_blocks_outer(true).with_chunk(2).with_prefetch(false);
+        if !matches!(e.residual, Residual::None) && chunked.chunk() != (cfg.ic / cfg.groups).div_ceil(16) {
+            return Err(format!("{cfg:?}: a plan with a residual cut its reduction"));
+        }
+        for plan in [plan, flipped, cut, chunked, pairs] {
             let y0 = match e.residual {
                 Residual::InPlace => rb.clone(),
                 _ => vec![9.0; rb.len()],
@@ -189,12 +196,13 @@ fn check_forward(cfg: ConvCfg, e: EpiCase, seed: u64) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             let got = arena.part(yi);
             let what = format!(
-                "{:?} {cfg:?} {e:?} plan tile {:?} band {:?} blocks outer {} prefetch {}",
+                "{:?} {cfg:?} {e:?} plan tile {:?} band {:?} blocks outer {} prefetch {} chunk {}",
                 cpu.isa(),
                 plan.tile(),
                 plan.band(),
                 plan.blocks_outer(),
-                plan.prefetch()
+                plan.prefetch(),
+                plan.chunk()
             );
             close(&what, &from_blocked(got, cfg.n, cfg.oc, ohw), &want, 1e-4)?;
             if !got.iter().all(|v| v.is_finite()) {
