@@ -80,8 +80,8 @@ fn strided_tiles() {
 }
 
 /// Small maps tiled whole (tiles of up to 12 pixels across rows): stride-2 3x3 kernels onto
-/// 7 x 7 (from 13 x 13, the halo left and top, and from 14 x 14), 5 x 3 and 8 x 8 outputs (64
-/// pixels, the largest map tiled so); then a kernel padded beyond its reach vertically and not
+/// 7 x 7 (from 13 x 13, the halo left and top, and from 14 x 14) and 5 x 3 outputs, and 8 x 8
+/// (rows as long as a row tile: row tiles); then a kernel padded beyond its reach vertically and not
 /// at all across (11 x 5 and one-column 9 x 1 maps whose first and last rows read no tap;
 /// 12 x 6 in row tiles) and a dilated one with a fused residual; 40 input channels (a partial block) into 24
 /// (padding lanes) into 32; and a plain map of 3 channels through a 5x5 stride-2 kernel onto

@@ -15,8 +15,8 @@
 //! whose every tap lies inside the input become one loop over tile positions, and each tile
 //! touching the left or right halo is emitted on its own with the taps outside left out.
 //! Kernel rows are clipped per output row from a table. The work splits over `(image, block
-//! of 16 output channels, output row)`, each task a run of them. Maps of at most 64 output
-//! pixels are tiled whole instead, across rows (`flat.rs`).
+//! of 16 output channels, output row)`, each task a run of them. Small maps of short rows
+//! (7x7 and the like) are tiled whole instead, across rows (`flat.rs`).
 
 use super::{Geo, clip, load_i};
 use crate::emit::{F32, F32X4, Fx};

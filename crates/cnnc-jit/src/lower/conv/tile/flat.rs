@@ -28,10 +28,12 @@ pub(super) const SHAPE: TileShape = TileShape { pixels: 12, vecs: 1 };
 const MAX_PIXELS: usize = 64;
 
 /// Whether a convolution's output is tiled whole: kernels of three or more columns (1x1
-/// products have no column chains to lengthen) on maps of more than one row and at most
-/// [`MAX_PIXELS`] pixels, whose input offsets fit the loads' 32-bit offsets.
+/// products have no column chains to lengthen) on maps of more than one row, rows shorter
+/// than a row tile ([`super::TALL`]: on longer rows its tiles hold enough chains, and tiling
+/// them whole only makes more code to compile) and at most [`MAX_PIXELS`] pixels, whose input
+/// offsets fit the loads' 32-bit offsets.
 pub(super) fn fits(t: &super::Geo, x: &Val) -> bool {
-    t.kw >= 3 && t.oh > 1 && t.oh * t.ow <= MAX_PIXELS && x.bytes < i32::MAX as u64
+    t.kw >= 3 && t.oh > 1 && t.ow < super::TALL.pixels && t.oh * t.ow <= MAX_PIXELS && x.bytes < i32::MAX as u64
 }
 
 /// One tile: the row-major index of its first pixel, each pixel's `(oy, ox)`, and which of
