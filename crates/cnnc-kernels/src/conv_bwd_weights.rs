@@ -14,9 +14,15 @@
 //! The backward of a fused conv + ReLU (+ residual) starts here: with a mask the run first
 //! writes `gy * (y > 0)` where the shortcut's gradient goes (the residual split), then reduces
 //! that; backward-data reads the same split gradient (or masks `gy` itself while copying it).
+//!
+//! A training step whose update is the gradient's only reader runs
+//! [`backward_weights_update_task`] instead: each task writes its blocks into a scratch
+//! buffer of its thread's and applies the optimiser's update from there while they are in
+//! cache, so the gradient never goes to memory and the update reads no gradient array.
 
 use super::conv::{ConvShape, choose_tile, packed_weight_len};
 use super::error::{KernelError, check_len, product};
+use super::optim::{StepRule, UpdateArgs, update_at};
 use super::par::{Parallel, SyncPtr};
 use super::simd::{Cpu, Isa};
 use super::tile::{self, Out, Reduce};
@@ -88,6 +94,10 @@ impl BwdWeightsPlan {
     }
     pub fn tile(&self) -> (usize, usize) {
         (self.k, self.nw)
+    }
+    /// Floats of a task's scratch in [`backward_weights_update_task`]: its weight blocks.
+    pub fn update_scratch_len(&self) -> usize {
+        self.k * self.shape.kh * self.shape.kw * 256
     }
 }
 
@@ -190,6 +200,54 @@ pub unsafe fn backward_weights_task(plan: &BwdWeightsPlan, a: &BwdWeightsArgs, t
         unsafe { bias_task(plan, a, task - plan.w_tasks) };
         return;
     }
+    // SAFETY: forwarded contract.
+    unsafe { weights_into(plan, a, task, None) };
+}
+
+/// Runs one task of a backward-weights plan and the optimiser's update of the weight blocks
+/// it computed, from `scratch` ([`BwdWeightsPlan::update_scratch_len`] floats, the task's
+/// own), where the task writes them instead of `dw`: the gradient stays in cache and never
+/// goes to memory. Bias tasks write `db` as [`backward_weights_task`] does.
+///
+/// # Safety
+/// As [`backward_weights_task`] (`a.dw` unused); `rule` and `ua` as
+/// [`super::optim::update_at`] takes them for a parameter of [`packed_weight_len`] floats;
+/// `scratch` valid for writing its length and used by nothing else meanwhile.
+pub unsafe fn backward_weights_update_task(
+    plan: &BwdWeightsPlan,
+    a: &BwdWeightsArgs,
+    (rule, ua): (&StepRule, &UpdateArgs),
+    task: usize,
+    scratch: *mut f32,
+) {
+    if task >= plan.w_tasks {
+        // SAFETY: forwarded contract.
+        unsafe { bias_task(plan, a, task - plan.w_tasks) };
+        return;
+    }
+    // SAFETY: forwarded contract.
+    let (g, ob, ib) = unsafe { weights_into(plan, a, task, Some(scratch)) };
+    let taps = plan.shape.kh * plan.shape.kw;
+    for kk in 0..plan.k {
+        let at = ((g * plan.ocb + ob + kk) * plan.icb + ib) * taps * 256;
+        // SAFETY: block (g, ob + kk, ib)'s taps lie inside the packed weight; the task's
+        // gradient of it is at `kk taps 256` in the scratch.
+        unsafe { update_at(rule, ua, at, scratch.add(kk * taps * 256), taps * 256) };
+    }
+}
+
+/// The weight blocks of task `task` (group `g`, output blocks `ob..ob + k`, input block `ib`:
+/// returned), written into the packed `dw`, or with `compact` into that buffer, block `kk`'s
+/// taps at `kk taps 256`.
+///
+/// # Safety
+/// As [`backward_weights_task`]; `compact` valid for `k taps 256` floats.
+unsafe fn weights_into(
+    plan: &BwdWeightsPlan,
+    a: &BwdWeightsArgs,
+    task: usize,
+    compact: Option<*mut f32>,
+) -> (usize, usize, usize) {
     let s = &plan.shape;
     let ib = task % plan.icb;
     let t = task / plan.icb;
@@ -199,7 +257,7 @@ pub unsafe fn backward_weights_task(plan: &BwdWeightsPlan, a: &BwdWeightsArgs, t
     let taps = s.kh * s.kw;
     let tiles = &tile::tiles(plan.isa).a1;
     let (ihw16, ohw16) = (s.ih * s.iw * 16, plan.oh * plan.ow * 16);
-    let c_blk = (plan.icb * taps * 256) as isize;
+    let c_blk = if compact.is_some() { taps * 256 } else { plan.icb * taps * 256 } as isize;
     for kh in 0..s.kh {
         let (oy_lo, oy_hi) = valid(plan.oh, s.ih, s.stride[0], s.pad[0], kh * s.dilation[0]);
         for kw in 0..s.kw {
@@ -224,7 +282,11 @@ pub unsafe fn backward_weights_task(plan: &BwdWeightsPlan, a: &BwdWeightsArgs, t
             let mut i0 = 0;
             for t in 0..ntiles {
                 let w = 16 / ntiles + usize::from(t < 16 % ntiles);
-                let out = Out::plain(a.dw.wrapping_add(blk * 256 + i0 * 16), 16, c_blk, plan.accumulate);
+                let first = match compact {
+                    Some(c) => c.wrapping_add((kh * s.kw + kw) * 256),
+                    None => a.dw.wrapping_add(blk * 256),
+                };
+                let out = Out::plain(first.wrapping_add(i0 * 16), 16, c_blk, plan.accumulate && compact.is_none());
                 // SAFETY: for this tap the rectangle oy_lo..oy_hi x ox_lo..ox_hi maps into the
                 // input image, so every x float and gy vector read is inside its image; the
                 // tile writes rows i0..i0 + w of k blocks of dw.
@@ -234,7 +296,8 @@ pub unsafe fn backward_weights_task(plan: &BwdWeightsPlan, a: &BwdWeightsArgs, t
         }
     }
     // SAFETY: forwarded contract; the blocks are this task's.
-    unsafe { zero_padding(plan, a, g, ob, ib) };
+    unsafe { zero_padding(plan, a, (g, ob, ib), compact) };
+    (g, ob, ib)
 }
 
 /// Output positions `lo..hi` along one axis whose input position `o s - p + off` is inside
@@ -250,7 +313,12 @@ fn valid(out: usize, size: usize, s: usize, p: usize, off: usize) -> (usize, usi
 ///
 /// # Safety
 /// As [`backward_weights_task`].
-unsafe fn zero_padding(plan: &BwdWeightsPlan, a: &BwdWeightsArgs, g: usize, ob: usize, ib: usize) {
+unsafe fn zero_padding(
+    plan: &BwdWeightsPlan,
+    a: &BwdWeightsArgs,
+    (g, ob, ib): (usize, usize, usize),
+    compact: Option<*mut f32>,
+) {
     let s = &plan.shape;
     let (ci, co) = (s.ic / s.groups, s.oc / s.groups);
     let taps = s.kh * s.kw;
@@ -260,13 +328,16 @@ unsafe fn zero_padding(plan: &BwdWeightsPlan, a: &BwdWeightsArgs, g: usize, ob: 
         if real_i == 16 && real_o == 16 {
             continue;
         }
-        let first = ((g * plan.ocb + b) * plan.icb + ib) * taps * 256;
+        let (base, first) = match compact {
+            Some(c) => (c, (b - ob) * taps * 256),
+            None => (a.dw, ((g * plan.ocb + b) * plan.icb + ib) * taps * 256),
+        };
         for t in 0..taps {
             for i in 0..16 {
                 for o in 0..16 {
                     if i >= real_i || o >= real_o {
                         // SAFETY: inside the block this task wrote.
-                        unsafe { *a.dw.add(first + (t * 16 + i) * 16 + o) = 0.0 };
+                        unsafe { *base.add(first + (t * 16 + i) * 16 + o) = 0.0 };
                     }
                 }
             }

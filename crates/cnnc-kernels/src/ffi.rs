@@ -223,6 +223,36 @@ pub unsafe extern "C" fn cnnc_update_live_taps(
     };
 }
 
+/// Convolution backward-weights with the optimiser's update applied to each task's weight
+/// blocks from its scratch ([`BwdWeightsPlan::update_scratch_len`] floats per thread), at the
+/// run's learning rate (`lr_bits`: an `f32`'s bits) and step; `args.dw` is not written.
+///
+/// # Safety
+/// See the module's common contract
+/// ([`super::conv_bwd_weights::backward_weights_update_task`]).
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn cnnc_conv_backward_weights_update(
+    plan: *const BwdWeightsPlan,
+    args: *const BwdWeightsArgs,
+    update: *const UpdatePlan,
+    update_args: *const UpdateArgs,
+    lr_bits: u64,
+    step: u64,
+    scratch: *mut f32,
+    pool: *const ThreadPool,
+) {
+    // SAFETY: common contract.
+    let (p, a, u, ua) = unsafe { (&*plan, &*args, &*update, &*update_args) };
+    let rule = u.rule(f32::from_bits(lr_bits as u32), step);
+    // SAFETY: common contract; tasks update disjoint weight blocks, each with its thread's
+    // scratch.
+    unsafe {
+        on_pool(pool, p.tasks(), scratch, p.update_scratch_len(), &|t, sc| {
+            super::conv_bwd_weights::backward_weights_update_task(p, a, (&rule, ua), t, sc)
+        })
+    };
+}
+
 /// Fully connected forward (`bias` null without one).
 ///
 /// # Safety

@@ -59,7 +59,8 @@ pub fn files() -> &'static [Source] {
         pack: Core [error];
         conv_fwd: Core [conv error par tile view];
         conv_bwd_data: Core [conv error par simd tile view];
-        conv_bwd_weights: Core [conv error par simd tile view];
+        optim: Core [error fmath par simd x86];
+        conv_bwd_weights: Core [conv error optim par simd tile view];
         conv_generic: Core [act conv error par simd view];
         conv_plain_rows: Core [act conv error simd x86];
         conv_plain: Core [conv conv_plain_rows error par simd tile view];
@@ -73,7 +74,6 @@ pub fn files() -> &'static [Source] {
         pool2x2: Core [error par simd view];
         softmax: Core [error par simd vmath x86];
         eltwise: Core [act error par simd view x86];
-        optim: Core [error fmath par simd x86];
         reorder: Core [error par view];
         cpu: Std [error simd];
         threads: Std [par];

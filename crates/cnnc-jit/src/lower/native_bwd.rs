@@ -2,8 +2,9 @@
 //! backward-data (the forward weights rewritten in the kernel's backward-data layout each
 //! step, since the optimiser changes them, then the transposed convolution) and
 //! backward-weights (written in the weight's packed layout, the one its gradient has; large
-//! batches in chunks of images, partial gradients summed), and the fully connected layers'
-//! backward passes. Each
+//! batches in chunks of images, partial gradients summed; in one call, the optimiser's update
+//! applied by the kernel's tasks when it is the gradient's only reader), and the fully
+//! connected layers' backward passes. Each
 //! returns `false` when the kernels have no fit for the node, and the caller lowers the
 //! portable code instead.
 
@@ -137,6 +138,11 @@ pub(crate) fn conv_backward_weights(
         db: std::ptr::null_mut(),
     };
     let f = cnnc_kernels::ffi::cnnc_conv_backward_weights as *const () as u64;
+    if chunks <= 1
+        && let Some((update, opt)) = super::update::fusable(lx, lx.node)
+    {
+        return backward_weights_with_update(lx, whole, args(0, 0), (update, &opt));
+    }
     if chunks <= 1 {
         let (p, a) = (keep(lx, whole), keep(lx, args(0, gw.addr)));
         calls(lx, &[(f, &[Arg::Abs(p), Arg::Abs(a), Arg::Abs(lx.pool)])])?;
@@ -165,6 +171,34 @@ pub(crate) fn conv_backward_weights(
         emit_call(fx, f, &[p, a, pl]);
     })?;
     sum_parts(lx, partials, chunks, len, gw.addr)
+}
+
+/// The weight gradient with the optimiser's update applied by each kernel task to the blocks
+/// it computed, from a scratch buffer of its thread's, in place of writing the gradient
+/// (`update::fusable` decided that nothing else reads it): the update node emits nothing.
+fn backward_weights_with_update(
+    lx: &mut Lx,
+    plan: BwdWeightsPlan,
+    args: BwdWeightsArgs,
+    (update, opt): (cnnc_ir::NodeId, &cnnc_ir::Optimizer),
+) -> Result<bool, JitError> {
+    let (up, ua) = super::update::kernel_update(lx, update, opt)?;
+    let len = packed_weight_len(plan.shape()).map_err(|e| crate::error::plan_err(e.to_string()))?;
+    if lx.param(update, "")?.1.stored_len() != len {
+        return Err(crate::error::plan_err(format!("update of {len} floats: the parameter's length differs")));
+    }
+    let scratch = lx.alloc(plan.update_scratch_len() * lx.threads * 4);
+    let (p, a) = (keep(lx, plan), keep(lx, args));
+    let f = cnnc_kernels::ffi::cnnc_conv_backward_weights_update as *const () as u64;
+    let pool = lx.pool;
+    lx.kernel(1, |fx| {
+        let (pp, aa, u, uargs, pl) = (fx.abs(p), fx.abs(a), fx.abs(up), fx.abs(ua), fx.abs(pool));
+        let (lr, step) = super::update::run_scalars(fx);
+        let sc = fx.aux(scratch);
+        emit_call(fx, f, &[pp, aa, u, uargs, lr, step, sc, pl]);
+    })?;
+    lx.written.insert(update);
+    Ok(true)
 }
 
 /// `dst[i] = sum_q parts[q][i]` for `len` floats of `count` consecutive parts.

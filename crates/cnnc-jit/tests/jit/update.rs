@@ -1,7 +1,7 @@
 //! Optimiser updates in native mode against the interpreter over several steps: applied by
-//! the kernel that computes the gradient (point convolutions, whose taps that meet only
-//! padding have a zero gradient: `lower/native_point.rs`) or as one kernel pass
-//! (`lower/update.rs`). Every optimiser setting (SGD with and without momentum, weight decay,
+//! the kernel that computes the gradient (blocked convolutions' backward-weights tasks:
+//! `lower/native_bwd.rs`; point convolutions, whose taps that meet only padding have a zero
+//! gradient: `lower/native_point.rs`) or as one kernel pass (`lower/update.rs`). Every optimiser setting (SGD with and without momentum, weight decay,
 //! Nesterov; Adam; RMSprop with momentum), the first step (the momentum buffer starts at the
 //! gradient), frozen layers, a loaded state that is not zero where the gradient is, and the
 //! gradients themselves when no optimiser runs (`grad` keeps them observable).
@@ -10,7 +10,7 @@ use crate::common::{MODES, batch_of, check_floor, compile, random_tensor, random
 use crate::ops::add;
 use cnnc_interp::{Options as IOptions, run_plan};
 use cnnc_ir::{Activation, Adam, Conv, Fc, Graph, Loss, Op, Optimizer, RmsProp, Sgd, Shape, Window};
-use cnnc_jit::StepArgs;
+use cnnc_jit::{CompiledModel, Options, StepArgs};
 use cnnc_passes::{PassOptions, TrainingOptions, optimize_training};
 use cnnc_runtime::TensorMap;
 
@@ -19,12 +19,18 @@ fn conv(out: usize, bias: bool) -> Op {
     Op::Conv(Conv { out_channels: out, window, groups: 1, bias })
 }
 
-/// Two point convolutions (3x3 with padding 1 on a 1x1 map: only the centre tap meets the
-/// input) and an fc layer: the fused updates and the separate pass (fc weight, biases).
+/// A blocked convolution on a 4x4 map and a strided one down to 1x1 (their updates applied
+/// by the backward-weights kernel's tasks, and from gathered live taps), two point
+/// convolutions (3x3 with padding 1 on a 1x1 map: only the centre tap meets the input) and an
+/// fc layer: the fused updates and the separate pass (fc weight, biases).
 fn graph() -> Graph {
     let mut g = Graph::new("updates");
-    let x = g.add_input("x", Shape(vec![32, 1, 1]), Default::default()).unwrap();
-    let a = add(&mut g, conv(32, false), &[x], "a");
+    let x = g.add_input("x", Shape(vec![32, 4, 4]), Default::default()).unwrap();
+    let c = add(&mut g, conv(32, false), &[x], "c");
+    let c = add(&mut g, Op::Activation(Activation::Relu), &[c], "relu_c");
+    let window = Window { kernel: [3, 3], stride: [4, 4], pad: [1, 1], dilation: [1, 1], ceil_mode: false };
+    let d = add(&mut g, Op::Conv(Conv { out_channels: 32, window, groups: 1, bias: false }), &[c], "d");
+    let a = add(&mut g, conv(32, false), &[d], "a");
     let a = add(&mut g, Op::Activation(Activation::Relu), &[a], "relu");
     let b = add(&mut g, conv(16, true), &[a], "b");
     let f = add(&mut g, Op::Flatten, &[b], "flat");
@@ -40,8 +46,12 @@ fn check_steps(what: &str, g: &Graph, optimizer: Optimizer, state: &TensorMap) {
     let training = TrainingOptions { optimizer: Some(optimizer), ..TrainingOptions::new(Loss::CrossEntropy) };
     let plan = optimize_training(g, Some(state), &PassOptions::all(), &training).unwrap().plan;
     let inputs = vec![batch_of(&g[g.inputs[0]].shape.0, batch, 11), target(g, &Loss::CrossEntropy, batch)];
-    for mode in MODES {
-        let model = compile(&plan, batch, mode, state);
+    // One thread and two: the blocked weight gradient of one thread is a single kernel call
+    // (its update fused), of two a sum of per-chunk partials (its update a pass of its own).
+    for (mode, threads) in MODES.iter().flat_map(|&m| [(m, 1), (m, 2)]) {
+        let options = Options::new(batch).with_mode(mode).with_threads(threads).with_guard_pages(true);
+        let model = CompiledModel::compile(&plan, &options).unwrap_or_else(|e| panic!("{what}: {e}"));
+        model.load_weights(state).unwrap();
         for step in 1..=3u64 {
             let args = StepArgs { lr: 0.05, step, seed: 7 };
             // Each step from the JIT's state before it (optimiser state included), which
@@ -64,7 +74,7 @@ fn check_steps(what: &str, g: &Graph, optimizer: Optimizer, state: &TensorMap) {
                     data: t.data.iter().zip(&b.data).map(|(x, y)| x - y).collect(),
                 };
                 let (dj, dw) = (delta(j), delta(w));
-                let at = format!("{what} ({mode:?}) step {step}: change of `{name}`");
+                let at = format!("{what} ({mode:?}, {threads} threads) step {step}: change of `{name}`");
                 check_floor(&at, &dj, &dw, 1e-3, 1e-3 * f64::from(scale));
             }
         }
@@ -94,8 +104,11 @@ fn sgd(momentum: f64, weight_decay: f64, nesterov: bool) -> Optimizer {
 fn every_optimiser_setting() {
     let g = graph();
     let w = random_weights(&g, 4);
-    let adam = Optimizer::Adam(Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 });
-    let adam_wd = Optimizer::Adam(Adam { beta1: 0.8, beta2: 0.99, eps: 1e-6, weight_decay: 1e-2 });
+    // Adam's eps well above the rounding noise of gradients that are nearly zero: Adam scales
+    // each gradient by its own magnitude, so below eps f32 noise (against the interpreter's
+    // f64) would become steps of the learning rate's size.
+    let adam = Optimizer::Adam(Adam { beta1: 0.9, beta2: 0.999, eps: 1e-4, weight_decay: 0.0 });
+    let adam_wd = Optimizer::Adam(Adam { beta1: 0.8, beta2: 0.99, eps: 1e-4, weight_decay: 1e-2 });
     let rms = Optimizer::RmsProp(RmsProp { alpha: 0.99, eps: 1e-8, momentum: 0.5, weight_decay: 1e-3 });
     let rms_plain = Optimizer::RmsProp(RmsProp { alpha: 0.9, eps: 1e-8, momentum: 0.0, weight_decay: 0.0 });
     let cases = [
@@ -122,10 +135,10 @@ fn loaded_state_on_dead_taps() {
     let w = random_weights(&g, 5);
     for (opt, names) in [
         (sgd(0.9, 0.0, false), &["momentum_buffer"][..]),
-        (Optimizer::Adam(Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }), &["exp_avg", "exp_avg_sq"]),
+        (Optimizer::Adam(Adam { beta1: 0.9, beta2: 0.999, eps: 1e-4, weight_decay: 0.0 }), &["exp_avg", "exp_avg_sq"]),
     ] {
         let mut state = w.clone();
-        for (k, param) in ["a.weight", "b.weight", "fc.weight"].iter().enumerate() {
+        for (k, param) in ["c.weight", "d.weight", "a.weight", "b.weight", "fc.weight"].iter().enumerate() {
             for (j, s) in names.iter().enumerate() {
                 let mut t = random_tensor(&w.get(*param).unwrap().shape, 40 + (k * 2 + j) as u64);
                 if *s == "exp_avg_sq" {
@@ -148,7 +161,7 @@ fn frozen_point_convolution() {
     let training =
         TrainingOptions { optimizer: Some(sgd(0.9, 0.0, false)), ..TrainingOptions::new(Loss::CrossEntropy) };
     let plan = optimize_training(&g, Some(&w), &PassOptions::all(), &training).unwrap().plan;
-    let inputs = vec![batch_of(&[32, 1, 1], 2, 3), target(&g, &Loss::CrossEntropy, 2)];
+    let inputs = vec![batch_of(&[32, 4, 4], 2, 3), target(&g, &Loss::CrossEntropy, 2)];
     for mode in MODES {
         let model = compile(&plan, 2, mode, &w);
         model.run(&inputs, &StepArgs { lr: 0.1, step: 1, seed: 1 }).unwrap();
@@ -167,7 +180,7 @@ fn gradients_stay_observable() {
     let w = random_weights(&g, 8);
     let training = TrainingOptions { optimizer: None, ..TrainingOptions::new(Loss::CrossEntropy) };
     let plan = optimize_training(&g, Some(&w), &PassOptions::all(), &training).unwrap().plan;
-    let inputs = vec![batch_of(&[32, 1, 1], 3, 9), target(&g, &Loss::CrossEntropy, 3)];
+    let inputs = vec![batch_of(&[32, 4, 4], 3, 9), target(&g, &Loss::CrossEntropy, 3)];
     let want = crate::common::reference(&plan, &w, &inputs);
     for mode in MODES {
         crate::common::jit_equals("grads", &plan, &w, &inputs, mode, 1e-3, &want);
