@@ -20,7 +20,7 @@ use cnnc_ir::facts::{ValueKind, is_source, param_name, value_kind};
 use cnnc_ir::layout::element_offset;
 use cnnc_ir::plan::{Alias, ParamPlan, Plan, Storage};
 use cnnc_ir::{Layout, NodeId, Op, ParamRole, Shape, TrainOp};
-use cnnc_runtime::{Tensor, TensorMap, apply_transforms, pack, unpack};
+use cnnc_runtime::{Tensor, TensorMap, apply_transforms, pack, pack_optimizer_state, unpack};
 use std::borrow::Cow;
 
 /// Runs `plan` as [`crate::run`] runs its graph (same arguments, same results; f32 storage
@@ -96,6 +96,7 @@ pub fn run_plan(plan: &Plan, state: &mut TensorMap, inputs: &[Tensor], options: 
 fn load_params(plan: &Plan, state: &TensorMap) -> Result<TensorMap, InterpError> {
     let mut stored = state.clone();
     apply_transforms(&plan.transforms, &mut stored).map_err(|e| InterpError::Plan(e.to_string()))?;
+    pack_optimizer_state(&plan.params, &mut stored);
     for p in &plan.params {
         match stored.get(&p.name) {
             Some(t) if t.data.len() == p.stored_len() && (p.layout.is_some() || t.shape == p.dims) => {}

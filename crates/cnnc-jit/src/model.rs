@@ -13,7 +13,7 @@ use cnnc_ir::layout::element_offset;
 use cnnc_ir::plan::{OutputRole, Plan, Region, Storage};
 use cnnc_ir::{NodeId, Op, ParamRole, TrainOp};
 use cnnc_kernels::threads::ThreadPool;
-use cnnc_runtime::{Tensor, TensorMap, apply_transforms, unpack};
+use cnnc_runtime::{Tensor, TensorMap, apply_transforms, pack_optimizer_state, unpack};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_jit::{ArenaMemoryProvider, JITBuilder, JITModule};
 use std::collections::BTreeMap;
@@ -287,6 +287,9 @@ impl CompiledModel {
     pub fn load_state(&self, mut stored: TensorMap) -> Result<(), JitError> {
         apply_transforms(&self.plan.transforms, &mut stored)
             .map_err(|e| JitError::Param { name: String::new(), message: e.to_string() })?;
+        // A checkpoint's optimiser state (or `state()`'s, moved between batch sizes) is in
+        // logical layout; a packed weight's state is stored packed like it.
+        pack_optimizer_state(&self.plan.params, &mut stored);
         let mut inner = self.lock();
         for p in &self.plan.params {
             let (off, len) = self.param_at[&p.name];

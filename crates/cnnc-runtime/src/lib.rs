@@ -24,7 +24,7 @@ pub use npy::{
 };
 pub use rng::Rng;
 pub use tensor::{Tensor, TensorError};
-pub use transform::{TransformError, apply_transforms, fold_bn, pack, unpack};
+pub use transform::{TransformError, apply_transforms, fold_bn, pack, pack_optimizer_state, unpack};
 pub use weights::{
     Metadata, NUM_BATCHES_TRACKED, WeightsError, check_weights, load_safetensors,
     load_safetensors_with_metadata_within, load_safetensors_within, save_safetensors, save_safetensors_with_metadata,

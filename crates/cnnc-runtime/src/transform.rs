@@ -6,8 +6,8 @@
 use crate::TensorMap;
 use crate::tensor::Tensor;
 use crate::weights::NUM_BATCHES_TRACKED;
-use cnnc_ir::WeightLayout;
-use cnnc_ir::plan::WeightTransform;
+use cnnc_ir::plan::{ParamPlan, WeightTransform};
+use cnnc_ir::{ParamRole, WeightLayout};
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TransformError {
@@ -15,6 +15,21 @@ pub enum TransformError {
     Missing { name: String },
     #[error("weight `{name}` has shape {found:?}, expected {expected}")]
     Shape { name: String, expected: String, found: Vec<usize> },
+}
+
+/// Packs the optimiser state of `weights` that `params` store packed: a checkpoint holds it in
+/// logical layout, as [`unpack`] gives it back, but the plan's transforms pack weights only
+/// (state absent from a checkpoint starts at zero, which needs no packing). A tensor already
+/// in its stored, flat form is left as it is.
+pub fn pack_optimizer_state(params: &[ParamPlan], weights: &mut TensorMap) {
+    for p in params {
+        if let (Some(layout), ParamRole::OptimizerState) = (p.layout, p.role)
+            && let Some(t) = weights.get_mut(&p.name)
+            && t.shape == p.dims
+        {
+            *t = pack(t, layout, p.groups);
+        }
+    }
 }
 
 /// Applies `transforms` to `weights` in order.

@@ -57,8 +57,18 @@ fn check_steps(what: &str, g: &Graph, optimizer: Optimizer, state: &TensorMap) {
             // Each step from the JIT's state before it (optimiser state included), which
             // `CompiledModel::state` gives in checkpoint layouts.
             let before = model.state();
-            let mut want = as_loaded(&plan, &before);
+            let mut want = before.clone();
+            // The same state through a checkpoint into another model of the plan (as a resumed
+            // run, or a trainer for another batch size, loads it): the step is the same, bit
+            // for bit, packed optimiser state included.
+            let reloaded = CompiledModel::compile(&plan, &options).unwrap();
+            reloaded.load_state(before.clone()).unwrap_or_else(|e| panic!("{what}: {e}"));
+            reloaded.run(&inputs, &args).unwrap();
             model.run(&inputs, &args).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(
+                reloaded.state() == model.state(),
+                "{what} ({mode:?}, {threads} threads) step {step}: reloaded state"
+            );
             let options = IOptions::new().with_seed(args.seed).with_lr(args.lr).with_step(step);
             run_plan(&plan, &mut want, &inputs, &options).unwrap();
             let got = model.state();
@@ -79,21 +89,6 @@ fn check_steps(what: &str, g: &Graph, optimizer: Optimizer, state: &TensorMap) {
             }
         }
     }
-}
-
-/// `state` as the plans' loaders read it: the plan's weight transforms pack weights but not
-/// optimiser state (stored packed like its weight), which they take as stored (see the
-/// report on `cnnc_passes::plan`), so packed state tensors are given packed.
-fn as_loaded(plan: &cnnc_ir::plan::Plan, state: &TensorMap) -> TensorMap {
-    let mut out = state.clone();
-    for p in &plan.params {
-        if let (Some(layout), cnnc_ir::ParamRole::OptimizerState) = (p.layout, p.role)
-            && let Some(t) = out.get_mut(&p.name)
-        {
-            *t = cnnc_runtime::pack(t, layout, p.groups);
-        }
-    }
-    out
 }
 
 fn sgd(momentum: f64, weight_decay: f64, nesterov: bool) -> Optimizer {
