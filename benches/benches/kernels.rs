@@ -78,7 +78,7 @@ fn timed(prep: &mut layers::Prepared, reps: usize) -> (f64, String) {
     let w = idle::Window::start();
     let secs = prep.median_secs(reps);
     let others = w.others();
-    let noisy = if others > 0.05 || !quiet { ",\"noisy\":true" } else { "" };
+    let noisy = if others > idle::NOISY || !quiet { ",\"noisy\":true" } else { "" };
     (secs, format!(",\"waited_s\":{waited:.1},\"others\":{others:.3}{noisy}"))
 }
 

@@ -165,7 +165,7 @@ fn time(label: &str, max_wait: Duration, step: impl Fn()) -> (f64, f64, f64, usi
         "# {label}: waited {waited:.1} s for idle CPUs{}; other processes used {:.1} % of the CPUs while timing{}",
         if quiet { "" } else { " (never idle)" },
         100.0 * others,
-        if others > 0.05 { " -- NOISY, rerun" } else { "" }
+        if others > idle::NOISY { " -- NOISY, rerun" } else { "" }
     );
     ms.sort_by(f64::total_cmp);
     (ms[ms.len() / 2], ms[0], ms[ms.len() - 1], ms.len())
