@@ -29,6 +29,37 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
+/// Unit `u` of a kernel over (image, block of `blocks`, output row of `oh`): `(n, b, oy)`.
+pub(super) fn image_block_row(fx: &mut Fx, u: Value, blocks: usize, oh: usize) -> (Value, Value, Value) {
+    let per_image = (blocks * oh) as i64;
+    let n = fx.udiv(u, per_image);
+    let within = fx.urem(u, per_image);
+    let b = fx.udiv(within, oh as i64);
+    let oy = fx.urem(within, oh as i64);
+    (n, b, oy)
+}
+
+/// The kernel rows `lo..hi` that output row `oy` reads, from a `clip` table at `rt`.
+pub(super) fn kernel_rows(fx: &mut Fx, rt: Value, oy: Value) -> (Value, Value) {
+    let i = fx.muli(oy, 2);
+    let lo = load_i(fx, rt, i);
+    let i = fx.addi(i, 1);
+    (lo, load_i(fx, rt, i))
+}
+
+/// Tap `tap` of a `kw`-wide kernel: its kernel row and column, and the output pixels whose
+/// input it meets, `[oy_lo, oy_hi, ox_lo, ox_hi]`, from a table of four per tap at `bt`.
+pub(super) fn tap_bounds(fx: &mut Fx, bt: Value, tap: Value, kw: usize) -> (Value, Value, [Value; 4]) {
+    let ky = fx.udiv(tap, kw as i64);
+    let kx = fx.urem(tap, kw as i64);
+    let b4 = fx.muli(tap, 4);
+    let bounds = [0, 1, 2, 3].map(|k| {
+        let i = fx.addi(b4, k);
+        load_i(fx, bt, i)
+    });
+    (ky, kx, bounds)
+}
+
 mod backward;
 mod depthwise;
 mod flat;
@@ -227,31 +258,7 @@ fn emit(lx: &mut Lx, cx: &Cx, w: u64) -> Result<(), JitError> {
         let mask = mask.map(|m| fx.aux(m));
         let w_abs = fx.abs(w);
         fx.for_range(lo, hi, 1, |fx, u| {
-            let per_image = (ocb * t.oh) as i64;
-            let n = fx.udiv(u, per_image);
-            let within = fx.urem(u, per_image);
-            let b = fx.udiv(within, t.oh as i64);
-            let oy = fx.urem(within, t.oh as i64);
-            let ky_lo = {
-                let i = fx.muli(oy, 2);
-                load_i(fx, rt, i)
-            };
-            let ky_hi = {
-                let i = fx.muli(oy, 2);
-                let i = fx.addi(i, 1);
-                load_i(fx, rt, i)
-            };
-            // The input row of kernel row 0 (possibly above the image: only clipped kernel
-            // rows are read).
-            let iy0 = fx.muli(oy, t.stride[0] as i64);
-            let iy0 = fx.addi(iy0, -(t.pad[0] as i64));
-            let ximg = cx.x.image(fx, n);
-            let xb = load_i(fx, xbt, b);
-            let xrow = fx.mad(iy0, cx.reads.x_row, xb);
-            let xrow = fx.index(ximg, xrow, 4);
-            let wb = load_i(fx, wbt, b);
-            let wblk = fx.index(w_abs, wb, 4);
-            let row = Row { out: Out { n, b, mask }, oy, ky_lo, ky_hi, xrow, wblk, x_part };
+            let row = unit_row(fx, cx, u, ocb, [wbt, xbt, rt], w_abs, mask, x_part);
             fx.for_n(0, cx.shape.parts() as i64, |fx, part| {
                 for seg in &segs {
                     match seg {
@@ -293,6 +300,35 @@ struct Out {
 }
 
 /// The values of one output row every tile of it shares.
+/// The output row that unit `u` of a kernel over (image, block of `blocks`, output row)
+/// computes: its clipped kernel rows, and where its input row of kernel row 0 (possibly above
+/// the image: only clipped kernel rows are read) and its block's weights are, from the block
+/// tables `wbt`, `xbt` and the row table `rt`.
+#[allow(clippy::too_many_arguments)]
+fn unit_row(
+    fx: &mut Fx,
+    cx: &Cx,
+    u: Value,
+    blocks: usize,
+    [wbt, xbt, rt]: [Value; 3],
+    w_abs: Value,
+    mask: Option<Value>,
+    x_part: Option<Value>,
+) -> Row {
+    let t = &cx.t;
+    let (n, b, oy) = image_block_row(fx, u, blocks, t.oh);
+    let (ky_lo, ky_hi) = kernel_rows(fx, rt, oy);
+    let iy0 = fx.muli(oy, t.stride[0] as i64);
+    let iy0 = fx.addi(iy0, -(t.pad[0] as i64));
+    let ximg = cx.x.image(fx, n);
+    let xb = load_i(fx, xbt, b);
+    let xrow = fx.mad(iy0, cx.reads.x_row, xb);
+    let xrow = fx.index(ximg, xrow, 4);
+    let wb = load_i(fx, wbt, b);
+    let wblk = fx.index(w_abs, wb, 4);
+    Row { out: Out { n, b, mask }, oy, ky_lo, ky_hi, xrow, wblk, x_part }
+}
+
 struct Row {
     out: Out,
     oy: Value,

@@ -3,7 +3,7 @@
 //! its output gradient spread out by the stride, zeros between), and the weight gradient as
 //! tiles of 4 input x 8 output channels of one kernel tap, reduced over the batch's pixels.
 
-use super::{Geo, PARTS, TASKS_PER_THREAD, TILE_CH, VECS, forward, load_i};
+use super::{Geo, PARTS, TASKS_PER_THREAD, TILE_CH, VECS, forward};
 use crate::emit::{F32, F32X4, Fx};
 use crate::error::{JitError, plan_err};
 use crate::lower::conv::ConvForward;
@@ -267,14 +267,7 @@ fn weight_tile(fx: &mut Fx, g: &Geo, [x, gy, gw]: [Val; 3], input: Input, tile: 
         Input::Blocked => (1, 16),
         Input::Plain => (hw, 1),
     };
-    let ky = fx.udiv(tap, g.kw as i64);
-    let kx = fx.urem(tap, g.kw as i64);
-    let b4 = fx.muli(tap, 4);
-    let bound = |fx: &mut Fx, k: i64| {
-        let i = fx.addi(b4, k);
-        load_i(fx, bt, i)
-    };
-    let (oy_lo, oy_hi, ox_lo, ox_hi) = (bound(fx, 0), bound(fx, 1), bound(fx, 2), bound(fx, 3));
+    let (ky, kx, [oy_lo, oy_hi, ox_lo, ox_hi]) = super::tap_bounds(fx, bt, tap, g.kw);
     let zero = fx.fconst(F32X4, 0.0);
     let acc: Vec<Vec<Variable>> = (0..lanes).map(|_| (0..VECS).map(|_| fx.var_init(F32X4, zero)).collect()).collect();
     // The input at output pixel (0, 0) for this tap (in pixels), at the quad's first channel,

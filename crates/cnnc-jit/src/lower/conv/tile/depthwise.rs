@@ -7,8 +7,9 @@
 //! reduction per `(channel block, tap)` over the batch's pixels, one accumulator per quarter of
 //! the block.
 
-use super::{Cx, F32X4, Reads, Row, Segment, TASKS_PER_THREAD, TileShape, accumulators, clip, lane_mask, load_i};
-use super::{Out, first_channel, segments, store};
+use super::{Cx, F32X4, Reads, Row, Segment, TASKS_PER_THREAD, TileShape, accumulators, clip, lane_mask};
+use super::{first_channel, segments, store};
+use super::{tap_bounds, unit_row};
 use crate::emit::Fx;
 use crate::error::JitError;
 use crate::lower::conv::{ConvForward, Geo};
@@ -86,24 +87,7 @@ fn emit(lx: &mut Lx, cx: &Cx, w: u64) -> Result<(), JitError> {
         let mask = mask.map(|m| fx.aux(m));
         let w_abs = fx.abs(w);
         fx.for_range(lo, hi, 1, |fx, u| {
-            let per_image = (blocks * t.oh) as i64;
-            let n = fx.udiv(u, per_image);
-            let within = fx.urem(u, per_image);
-            let b = fx.udiv(within, t.oh as i64);
-            let oy = fx.urem(within, t.oh as i64);
-            let i = fx.muli(oy, 2);
-            let ky_lo = load_i(fx, rt, i);
-            let i = fx.addi(i, 1);
-            let ky_hi = load_i(fx, rt, i);
-            let iy0 = fx.muli(oy, t.stride[0] as i64);
-            let iy0 = fx.addi(iy0, -(t.pad[0] as i64));
-            let ximg = cx.x.image(fx, n);
-            let xb = load_i(fx, xbt, b);
-            let xrow = fx.mad(iy0, cx.reads.x_row, xb);
-            let xrow = fx.index(ximg, xrow, 4);
-            let wb = load_i(fx, wbt, b);
-            let wblk = fx.index(w_abs, wb, 4);
-            let row = Row { out: Out { n, b, mask }, oy, ky_lo, ky_hi, xrow, wblk, x_part: None };
+            let row = unit_row(fx, cx, u, blocks, [wbt, xbt, rt], w_abs, mask, None);
             fx.for_n(0, 4, |fx, quarter| {
                 for seg in &segs {
                     match seg {
@@ -208,14 +192,7 @@ pub(crate) fn backward_weight(lx: &mut Lx, g: &Geo, [x, gy, gw]: [Val; 3], wp: &
         fx.for_range(lo, hi, 1, |fx, u| {
             let tap = fx.urem(u, taps as i64);
             let b = fx.udiv(u, taps as i64);
-            let ky = fx.udiv(tap, g.kw as i64);
-            let kx = fx.urem(tap, g.kw as i64);
-            let b4 = fx.muli(tap, 4);
-            let bound = |fx: &mut Fx, k: i64| {
-                let i = fx.addi(b4, k);
-                load_i(fx, bt, i)
-            };
-            let (oy_lo, oy_hi, ox_lo, ox_hi) = (bound(fx, 0), bound(fx, 1), bound(fx, 2), bound(fx, 3));
+            let (ky, kx, [oy_lo, oy_hi, ox_lo, ox_hi]) = tap_bounds(fx, bt, tap, g.kw);
             let zero = fx.fconst(F32X4, 0.0);
             let acc: Vec<Variable> = (0..4).map(|_| fx.var_init(F32X4, zero)).collect();
             // The input (in pixels) at output pixel (0, 0) for this tap, in the block.
