@@ -18,9 +18,9 @@ use cranelift_frontend::Variable;
 /// Accumulators of the main loop (four vectors cover the FMA latency).
 const ACCS: usize = 4;
 
-/// A fully connected layer, when its operands are plain vectors: returns whether it did.
-pub(crate) fn forward(lx: &mut Lx, op: &super::ConvForward) -> Result<bool, JitError> {
-    let super::ConvForward { g, x, y, res, w, wp, bias, act } = *op;
+/// Whether a convolution from `x` to `y` is a product of plain vectors by a row-major `[o, i]`
+/// weight (a fully connected layer): one pixel each side, a 1x1 kernel, no padding, no groups.
+fn is_product_of_vectors(g: &super::Geo, x: Val, y: Val, wp: &cnnc_ir::plan::ParamPlan) -> bool {
     let vectors = x.hw() == 1 && y.hw() == 1 && x.layout == Layout::Plain && y.layout == Layout::Plain;
     let unit = g.kh == 1 && g.kw == 1 && g.pad == [0, 0] && g.groups == 1;
     let row_major = match wp.layout {
@@ -30,7 +30,13 @@ pub(crate) fn forward(lx: &mut Lx, op: &super::ConvForward) -> Result<bool, JitE
         ) => false,
     };
     let dims_fit = matches!(wp.dims[..], [o, i] | [o, i, 1, 1] if o == g.o && i == g.c);
-    if !vectors || !unit || !row_major || !dims_fit || res.is_some_and(|r| r.layout != Layout::Plain || r.hw() != 1) {
+    vectors && unit && row_major && dims_fit
+}
+
+/// A fully connected layer, when its operands are plain vectors: returns whether it did.
+pub(crate) fn forward(lx: &mut Lx, op: &super::ConvForward) -> Result<bool, JitError> {
+    let super::ConvForward { g, x, y, res, w, wp, bias, act } = *op;
+    if !is_product_of_vectors(g, x, y, wp) || res.is_some_and(|r| r.layout != Layout::Plain || r.hw() != 1) {
         return Ok(false);
     }
     let (inputs, outputs, batch) = (g.c, g.o, y.n);
@@ -127,16 +133,7 @@ pub(crate) fn backward_data(
     gx: Val,
     (w, wp): (u64, &cnnc_ir::plan::ParamPlan),
 ) -> Result<bool, JitError> {
-    let vectors = gx.hw() == 1 && gy.hw() == 1 && gx.layout == Layout::Plain && gy.layout == Layout::Plain;
-    let unit = g.kh == 1 && g.kw == 1 && g.pad == [0, 0] && g.groups == 1;
-    let row_major = match wp.layout {
-        None | Some(WeightLayout::Oi | WeightLayout::Oihw) => true,
-        Some(
-            WeightLayout::OIhw16i16o | WeightLayout::GOIhw16i16o | WeightLayout::Goihw16g | WeightLayout::OI16i16o,
-        ) => false,
-    };
-    let dims_fit = matches!(wp.dims[..], [o, i] | [o, i, 1, 1] if o == g.o && i == g.c);
-    if !vectors || !unit || !row_major || !dims_fit {
+    if !is_product_of_vectors(g, gx, gy, wp) {
         return Ok(false);
     }
     let (inputs, outputs, batch) = (g.c, g.o, gx.n);
