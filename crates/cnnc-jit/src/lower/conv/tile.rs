@@ -260,25 +260,34 @@ fn emit(lx: &mut Lx, cx: &Cx, w: u64) -> Result<(), JitError> {
         fx.for_range(lo, hi, 1, |fx, u| {
             let row = unit_row(fx, cx, u, ocb, [wbt, xbt, rt], w_abs, mask, x_part);
             fx.for_n(0, cx.shape.parts() as i64, |fx, part| {
-                for seg in &segs {
-                    match seg {
-                        Segment::Run { first, count, size } => {
-                            fx.for_n(0, *count as i64, |fx, k| {
-                                let ox0 = fx.muli(k, *size as i64);
-                                let ox0 = fx.addi(ox0, *first as i64);
-                                let all = vec![vec![true; t.kw]; *size];
-                                tile(fx, cx, &row, part, ox0, &all);
-                            });
-                        }
-                        Segment::Edge { first, taps, .. } => {
-                            let ox0 = fx.int(*first as i64);
-                            tile(fx, cx, &row, part, ox0, taps);
-                        }
-                    }
-                }
+                each_tile(fx, &segs, t.kw, &mut |fx, ox0, taps| tile(fx, cx, &row, part, ox0, taps));
             });
         });
     })
+}
+
+/// A tile from output column `ox0` reading the taps `taps[pixel][kx]` says.
+type TileAt<'a> = dyn FnMut(&mut Fx, Value, &[Vec<bool>]) + 'a;
+
+/// Calls `tile(ox0, taps)` for every tile of a row cut into `segs`: runs of equal tiles in a
+/// loop, each reading every tap of a `kw`-wide kernel, then the edge tiles with their own taps.
+fn each_tile(fx: &mut Fx, segs: &[Segment], kw: usize, tile: &mut TileAt) {
+    for seg in segs {
+        match seg {
+            Segment::Run { first, count, size } => {
+                let all = vec![vec![true; kw]; *size];
+                fx.for_n(0, *count as i64, |fx, k| {
+                    let ox0 = fx.muli(k, *size as i64);
+                    let ox0 = fx.addi(ox0, *first as i64);
+                    tile(fx, ox0, &all);
+                });
+            }
+            Segment::Edge { first, taps, .. } => {
+                let ox0 = fx.int(*first as i64);
+                tile(fx, ox0, taps);
+            }
+        }
+    }
 }
 
 /// The table of lanes that are real channels, when a blocked output has padding lanes.

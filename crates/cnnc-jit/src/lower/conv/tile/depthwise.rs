@@ -7,9 +7,9 @@
 //! reduction per `(channel block, tap)` over the batch's pixels, one accumulator per quarter of
 //! the block.
 
-use super::{Cx, F32X4, Reads, Row, Segment, TASKS_PER_THREAD, TileShape, accumulators, clip, lane_mask};
+use super::{Cx, F32X4, Reads, Row, TASKS_PER_THREAD, TileShape, accumulators, clip, lane_mask};
+use super::{each_tile, tap_bounds, unit_row};
 use super::{first_channel, segments, store};
-use super::{tap_bounds, unit_row};
 use crate::emit::Fx;
 use crate::error::JitError;
 use crate::lower::conv::{ConvForward, Geo};
@@ -89,22 +89,7 @@ fn emit(lx: &mut Lx, cx: &Cx, w: u64) -> Result<(), JitError> {
         fx.for_range(lo, hi, 1, |fx, u| {
             let row = unit_row(fx, cx, u, blocks, [wbt, xbt, rt], w_abs, mask, None);
             fx.for_n(0, 4, |fx, quarter| {
-                for seg in &segs {
-                    match seg {
-                        Segment::Run { first, count, size } => {
-                            fx.for_n(0, *count as i64, |fx, k| {
-                                let ox0 = fx.muli(k, *size as i64);
-                                let ox0 = fx.addi(ox0, *first as i64);
-                                let all = vec![vec![true; t.kw]; *size];
-                                tile(fx, cx, &row, quarter, ox0, &all);
-                            });
-                        }
-                        Segment::Edge { first, taps } => {
-                            let ox0 = fx.int(*first as i64);
-                            tile(fx, cx, &row, quarter, ox0, taps);
-                        }
-                    }
-                }
+                each_tile(fx, &segs, t.kw, &mut |fx, ox0, taps| tile(fx, cx, &row, quarter, ox0, taps));
             });
         });
     })
