@@ -135,7 +135,8 @@ pub struct ConvPlan {
     /// The tiled output: `rows x cols` pixels (`1 x oh*ow` when flattened).
     pub(crate) rows: usize,
     pub(crate) cols: usize,
-    /// Blocks per tile and the widest tile.
+    /// Blocks per tile and the widest tile. With two blocks a tile and an odd block count,
+    /// each group's last block is tiled alone (`choose_tile_with_tail`).
     pub(crate) k: usize,
     pub(crate) nw: usize,
     /// Task sizes (rows, pixels, blocks) and counts.
@@ -272,7 +273,7 @@ impl ConvPlan {
         };
         let (rows, cols) = if flat { (1, oh * ow) } else { (oh, ow) };
         let tiles = tile::tiles(isa);
-        let (k, nw) = choose_tile(&tiles.a16, ocb, cols);
+        let (k, nw) = choose_tile_with_tail(&tiles.a16, ocb, cols);
         let mut plan = ConvPlan {
             shape,
             epilogue,
@@ -312,10 +313,12 @@ impl ConvPlan {
     }
 
     /// The same plan with the tile shape forced to `k` blocks x at most `nw` columns (both
-    /// clamped to what the instruction set has), re-split for `threads`: for tuning.
+    /// clamped to what the instruction set has; two blocks also when they leave a last block
+    /// alone), re-split for `threads`: for tuning.
     pub fn with_tile(mut self, k: usize, nw: usize, threads: usize) -> ConvPlan {
         let set = &tile::tiles(self.isa).a16;
-        let k = if self.ocb.is_multiple_of(k) && set.max_width(k) > 0 { k } else { 1 };
+        let fits = self.ocb.is_multiple_of(k) || (k == 2 && self.ocb > 2);
+        let k = if fits && set.max_width(k) > 0 { k } else { 1 };
         self.k = k;
         self.nw = nw.clamp(1, set.max_width(k));
         self.split(threads.max(1));
@@ -325,7 +328,7 @@ impl ConvPlan {
     /// The same plan with `row_chunk` output rows and `oc_chunk` blocks per task (clamped; the
     /// blocks rounded to the tile's): for tuning the split.
     pub fn with_split(mut self, row_chunk: usize, oc_chunk: usize) -> ConvPlan {
-        let units = self.ocb / self.k;
+        let units = self.ocb.div_ceil(self.k);
         let want = (oc_chunk / self.k).clamp(1, units);
         let per = (1..=want).rev().find(|d| units.is_multiple_of(*d)).unwrap_or(1);
         self.oc_chunk = per * self.k;
@@ -398,7 +401,8 @@ impl ConvPlan {
     pub fn out_hw(&self) -> [usize; 2] {
         [self.oh, self.ow]
     }
-    /// Blocks per tile and the widest tile.
+    /// Blocks per tile and the widest tile (with an odd block count and two blocks a tile,
+    /// the last block of a group runs alone).
     pub fn tile(&self) -> (usize, usize) {
         (self.k, self.nw)
     }
@@ -412,7 +416,7 @@ impl ConvPlan {
     }
     /// The task split: `(rows per task, pixels per task, blocks per task)`.
     pub fn split_info(&self) -> (usize, usize, usize) {
-        (self.row_chunk, self.col_chunk, self.oc_chunk)
+        (self.row_chunk, self.col_chunk, self.oc_chunk.min(self.ocb))
     }
 
     /// Input rows a band holds for `rc` output rows.
@@ -504,7 +508,8 @@ impl ConvPlan {
         let cost = |rc: usize, cc: usize, oc_chunk: usize| {
             unit * (rc * cc * oc_chunk) as f64 + 1.5 * copy_row * plan.rows_for(rc) as f64
         };
-        let sp = best_split(s.n * s.groups, self.ocb / self.k, self.rows, self.cols, self.nw, threads, &cost, self.k);
+        let units = self.ocb.div_ceil(self.k);
+        let sp = best_split(s.n * s.groups, units, self.rows, self.cols, self.nw, threads, &cost, self.k);
         self.n_oc = sp.n_oc;
         self.oc_chunk = sp.oc_chunk;
         self.row_chunk = sp.row_chunk;
@@ -589,17 +594,36 @@ pub(crate) fn best_split(
 /// the time of a row of `cols` pixels, by the set's measured [`tile::TileSet::efficiency`]
 /// (the row is cut into balanced widths).
 pub fn choose_tile(set: &tile::TileSet, ocb: usize, cols: usize) -> (usize, usize) {
+    choose(set, ocb, cols, false)
+}
+
+/// [`choose_tile`] that may also choose two blocks a tile for an odd block count (3 or more),
+/// the last block then tiled alone at the same widths: the forward plan's choice. GoogLeNet's
+/// odd counts (208 channels = 13 blocks, 112, 144) otherwise run one-block tiles, a load per
+/// FMA (82 % of two-block tiles at best with AVX-512).
+pub fn choose_tile_with_tail(set: &tile::TileSet, ocb: usize, cols: usize) -> (usize, usize) {
+    choose(set, ocb, cols, true)
+}
+
+fn choose(set: &tile::TileSet, ocb: usize, cols: usize, tail: bool) -> (usize, usize) {
     let mut best = (f64::INFINITY, 1, 1);
     for k in [2, 4, 1] {
-        if !ocb.is_multiple_of(k) || set.max_width(k) == 0 {
+        let rest = ocb % k;
+        let with_tail = tail && k == 2 && ocb > 2;
+        if (rest != 0 && !with_tail) || set.max_width(k) == 0 {
             continue;
         }
         let max_w = set.max_width(k).min(cols);
         let ntiles = cols.div_ceil(max_w);
         let (wide, narrow) = (cols.div_ceil(ntiles), cols / ntiles);
         let n_wide = cols % ntiles;
-        let time = (n_wide * wide) as f64 / set.efficiency(k, wide)
-            + ((ntiles - n_wide) * narrow) as f64 / set.efficiency(k, narrow);
+        // A block's share of the row time: the last `rest` blocks run in one-block tiles of
+        // the same widths.
+        let row_time = |k: usize| {
+            (n_wide * wide) as f64 / set.efficiency(k, wide)
+                + ((ntiles - n_wide) * narrow) as f64 / set.efficiency(k, narrow)
+        };
+        let time = ((ocb - rest) as f64 * row_time(k) + rest as f64 * row_time(1)) / ocb as f64;
         if time < best.0 * 0.99 {
             best = (time, k, wide);
         }

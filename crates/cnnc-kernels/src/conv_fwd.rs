@@ -134,7 +134,8 @@ pub unsafe fn forward_task(plan: &ConvPlan, a: &ConvArgs, task: usize, scratch: 
         Band::Padded | Band::Taps => unsafe { copy_band(plan, a, n, g, oy0, oy1, scratch) },
     };
     let ob0 = g * plan.ocb + oc_i * plan.oc_chunk;
-    let at = TaskAt { x, row0, n, ob_end: ob0 + plan.oc_chunk };
+    // The group's last task may hold a last block alone (an odd count with two a tile).
+    let at = TaskAt { x, row0, n, ob_end: (ob0 + plan.oc_chunk).min((g + 1) * plan.ocb) };
     let pairs = (ob0..at.ob_end).step_by(plan.k);
     if plan.blocks_outer {
         for ob in pairs {
@@ -157,7 +158,7 @@ pub unsafe fn forward_task(plan: &ConvPlan, a: &ConvArgs, task: usize, scratch: 
                 let next = (b1, (b1 + plan.col_block).min(c1));
                 let flat = s.kh == 1 && s.kw == 1 && s.stride == [1, 1] && s.pad == [0, 0];
                 let fetch_next = flat && next.0 < next.1 && !(first && plan.prefetch);
-                let npairs = plan.oc_chunk / plan.k;
+                let npairs = (at.ob_end - ob0).div_ceil(plan.k);
                 for (pi, ob) in pairs.clone().enumerate() {
                     let fetch = fetch_next.then(|| RowFetch::next_block(plan, a, &at, ob, pi, npairs, next));
                     // SAFETY: as above; b0..b1 is inside c0..c1.
@@ -178,6 +179,17 @@ struct TaskAt {
     row0: usize,
     n: usize,
     ob_end: usize,
+}
+
+impl TaskAt {
+    /// Blocks of the tiles starting at block `ob`: the plan's `k`, or fewer at the end of an
+    /// odd count (one, with two a tile: the tile sets hold every width of one-block tiles
+    /// that they hold of two-block ones).
+    fn blocks(&self, plan: &ConvPlan, ob: usize) -> usize {
+        let kk = plan.k.min(self.ob_end - ob);
+        debug_assert!(kk == plan.k || kk == 1, "a tail of {kk} blocks with {} a tile", plan.k);
+        kk
+    }
 }
 
 /// One set of lines to prefetch: `streams` runs of `lines` 64-byte lines from `x`, `stride`
@@ -225,7 +237,7 @@ impl RowFetch {
         let blocks = |base: *const f32, bs: usize| Fetch {
             x: base.wrapping_add(at.n * bs + ob * plane_out + next.0 * 16),
             stride: plane_out,
-            streams: plan.k,
+            streams: at.blocks(plan, ob),
             lines,
         };
         let output = blocks(a.y as *const f32, a.y_bs);
@@ -280,7 +292,7 @@ unsafe fn pair_pass(
     prefetch: bool,
     fetch: Option<&RowFetch>,
 ) {
-    let (s, kk) = (&plan.shape, plan.k);
+    let (s, kk) = (&plan.shape, at.blocks(plan, ob));
     let tap_floats = s.kh * s.kw * 256;
     let w_ocb = plan.icb * tap_floats;
     let block_w = |ob: usize| a.w.wrapping_add(ob * w_ocb);
@@ -294,22 +306,22 @@ unsafe fn pair_pass(
         let mut out = if c + 1 == chunks { full } else { Out::plain(full.c, full.c_col, full.c_blk, false) };
         out.accumulate = c > 0;
         let next = if c + 1 < chunks { Some((ob, c + 1)) } else { (ob + kk < at.ob_end).then_some((ob + kk, 0)) };
-        let (pf, lines) = match next {
+        let (pf, lines, copies) = match next {
             Some((nb, nc)) if prefetch => {
                 let icbs = chunk_of(nc);
-                (block_w(nb).wrapping_add(icbs.start * tap_floats), icbs.len() * tap_floats / 16)
+                (block_w(nb).wrapping_add(icbs.start * tap_floats), icbs.len() * tap_floats / 16, at.blocks(plan, nb))
             }
-            _ => (core::ptr::null(), 0),
+            _ => (core::ptr::null(), 0, 1),
         };
         let share = lines.div_ceil(rows.len());
-        out.pf_copies = kk;
+        out.pf_copies = copies;
         out.pf_blk = w_ocb as isize;
         for (i, oy) in rows.clone().enumerate() {
             out.pf = pf.wrapping_add(i * share * 16);
             out.pf_lines = share.min(lines - (i * share).min(lines));
             // SAFETY: forwarded contract; the row's tiles lie inside the output, and the
             // chunk's input blocks are the plan's.
-            unsafe { row(plan, a, &out, at.x, at.row0, block_w(ob), at.n, ob, oy, cols, chunk_of(c), fetch) };
+            unsafe { row(plan, a, &out, at, block_w(ob), ob, oy, cols, chunk_of(c), fetch) };
         }
     }
 }
@@ -330,21 +342,18 @@ fn block_out(plan: &ConvPlan, a: &ConvArgs, n: usize, ob: usize, e: &EpiVectors)
     out
 }
 
-/// The tiles of output row `oy`, pixels `c0..c1`, blocks `ob .. ob + k`, reducing over input
-/// blocks `icbs` (of the group).
+/// The tiles of output row `oy`, pixels `c0..c1`, blocks `ob .. ob + k` (fewer at the end of
+/// the task's blocks), reducing over input blocks `icbs` (of the group).
 ///
 /// # Safety
-/// As [`forward_task`]; `x` is the band (or the input image) whose first row is input row
-/// `row0`; `icbs` lies inside `0..plan.icb`.
+/// As [`forward_task`]; `at` is the task's; `icbs` lies inside `0..plan.icb`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn row(
     plan: &ConvPlan,
     a: &ConvArgs,
     base: &Out,
-    x: *const f32,
-    row0: usize,
+    at: &TaskAt,
     wb: *const f32,
-    n: usize,
     ob: usize,
     oy: usize,
     [c0, c1]: [usize; 2],
@@ -352,6 +361,7 @@ unsafe fn row(
     fetch: Option<&RowFetch>,
 ) {
     let s = &plan.shape;
+    let (x, row0, n, kk) = (at.x, at.row0, at.n, at.blocks(plan, ob));
     let sh = s.stride[0];
     let dh = s.dilation[0];
     // Kernel rows whose input row is inside the image.
@@ -390,16 +400,16 @@ unsafe fn row(
                 out.pf_lines = pf_share.min(base.pf_lines - (t * pf_share).min(base.pf_lines));
             }
         }
-        let at = (pix_row + ox) * 16;
-        out.c = base.c.wrapping_add(at);
+        let pix = (pix_row + ox) * 16;
+        out.c = base.c.wrapping_add(pix);
         if plan.epilogue.residual {
-            out.res = a.res.wrapping_add(n * a.res_bs + ob * plan.oh * plan.ow * 16 + at);
+            out.res = a.res.wrapping_add(n * a.res_bs + ob * plan.oh * plan.ow * 16 + pix);
             out.res_col = 16;
             out.res_blk = base.c_blk;
         }
         // SAFETY: the reduction visits band (or input) floats and weight vectors inside their
         // buffers, the tile's output and residual vectors lie in the output row (caller).
-        unsafe { tiles.get(plan.k, w)(ap, wb.wrapping_add(kh_lo * s.kw * 256), &r, &out) };
+        unsafe { tiles.get(kk, w)(ap, wb.wrapping_add(kh_lo * s.kw * 256), &r, &out) };
         ox += w;
     }
 }

@@ -7,6 +7,7 @@ use cnnc_kernels::act::{Act, ActKind};
 use cnnc_kernels::conv::{ConvIo, ConvPlan, ConvShape, Epilogue};
 use cnnc_kernels::conv_fwd;
 use cnnc_kernels::pack::{self, Blocked, WeightShape};
+use cnnc_kernels::simd::Isa;
 use cnnc_kernels::view::Layout;
 use proptest::prelude::*;
 
@@ -162,10 +163,13 @@ fn check_forward(cfg: ConvCfg, e: EpiCase, seed: u64) -> Result<(), String> {
         let cut = plan.with_blocks_outer(false).with_col_block(plan.tile().1).with_prefetch(true);
         let chunked = plan.with_blocks_outer(true).with_chunk(1).with_prefetch(true);
         let pairs = plan.with_blocks_outer(true).with_chunk(2).with_prefetch(false);
+        // One row and one tile's blocks a task: with an odd block count and two blocks a
+        // tile, the last block alone is a task of its own.
+        let units = plan.with_split(1, plan.tile().0);
         if !matches!(e.residual, Residual::None) && chunked.chunk() != (cfg.ic / cfg.groups).div_ceil(16) {
             return Err(format!("{cfg:?}: a plan with a residual cut its reduction"));
         }
-        for plan in [plan, flipped, cut, chunked, pairs] {
+        for plan in [plan, flipped, cut, chunked, pairs, units] {
             let y0 = match e.residual {
                 Residual::InPlace => rb.clone(),
                 _ => vec![9.0; rb.len()],
@@ -222,6 +226,43 @@ proptest! {
     #[test]
     fn forward_matches_interpreter(cfg in conv_cfg(), e in epi_case(), seed in any::<u64>()) {
         check_forward(cfg, e, seed).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// Odd block counts (GoogLeNet's 208, 112 and 144 channels, scaled down): AVX-512 plans tile
+/// two blocks at a time and the last block of each group alone, at every split.
+#[test]
+fn odd_block_counts_tile_the_last_block_alone() {
+    let cfg = |n, ic, hw: [usize; 2], oc, k: usize, groups| ConvCfg {
+        n,
+        ic,
+        ih: hw[0],
+        iw: hw[1],
+        oc,
+        k: [k, k],
+        stride: [1, 1],
+        pad: [k / 2, k / 2],
+        dilation: [1, 1],
+        groups,
+    };
+    let cases = [
+        cfg(2, 32, [9, 11], 48, 3, 1),
+        cfg(1, 48, [7, 7], 80, 1, 1),
+        cfg(1, 40, [5, 6], 40, 3, 1),
+        cfg(2, 64, [6, 5], 96, 3, 2),
+        cfg(1, 24, [4, 30], 208, 1, 1),
+    ];
+    for (i, c) in cases.into_iter().enumerate() {
+        if let Some(cpu) = cpus().into_iter().find(|c| c.isa() == Isa::Avx512) {
+            let plan = ConvPlan::new(shape_of(&c), Epilogue::NONE, cpu, 2).unwrap();
+            assert_eq!(plan.tile().0, 2, "{c:?}: one block a tile");
+        }
+        for seed in [2 * i as u64, 2 * i as u64 + 1] {
+            let e = EpiCase { bias: true, scale_shift: i == 1, residual: Residual::InPlace, act: Some(0) };
+            check_forward(c, e, seed).unwrap();
+            let e = EpiCase { bias: false, scale_shift: false, residual: Residual::None, act: None };
+            check_forward(c, e, seed).unwrap();
+        }
     }
 }
 
