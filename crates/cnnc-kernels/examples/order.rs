@@ -1,0 +1,79 @@
+//! Compares forward-convolution loop orders and splits of one layer on the thread pool, in
+//! alternating rounds (a shared machine drifts): for each variant the median over rounds of
+//! each round's median, and the fastest run, in GFLOP/s. Run with
+//! `cargo run --release -p cnnc-kernels --example order [64|256|1x1|g208|g112] [rounds]`.
+
+use cnnc_kernels::act::Act;
+use cnnc_kernels::conv::{self, ConvIo, ConvPlan, ConvShape, Epilogue};
+use cnnc_kernels::par::Parallel;
+use cnnc_kernels::threads::ThreadPool;
+use cnnc_kernels::view::{Layout, View};
+use cnnc_kernels::{conv_fwd, cpu};
+use std::time::Instant;
+
+fn main() {
+    let which = std::env::args().nth(1).unwrap_or_else(|| "64".into());
+    let rounds: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let shape = match which.as_str() {
+        "256" => ConvShape::simple(1, 256, [14, 14], 256, 3, 1, 1),
+        "1x1" => ConvShape::simple(1, 256, [56, 56], 64, 1, 1, 0),
+        // GoogLeNet's inception 4a 3x3 (208 channels, 13 blocks) and 4b 1x1 (112, 7 blocks).
+        "g208" => ConvShape::simple(1, 96, [14, 14], 208, 3, 1, 1),
+        "g112" => ConvShape::simple(1, 512, [14, 14], 112, 1, 1, 0),
+        _ => ConvShape::simple(1, 64, [56, 56], 64, 3, 1, 1),
+    };
+    let pool = ThreadPool::global();
+    let epi = Epilogue { bias: true, scale_shift: false, residual: false, act: Act::NONE };
+    let base = ConvPlan::new(shape, epi, cpu::active(), pool.threads()).unwrap();
+    let [oh, ow] = base.out_hw();
+    let (rows, _, blocks) = base.split_info();
+    // Whole tiles' blocks (an odd count's last block is a tile of its own).
+    let blocks = blocks.div_ceil(base.tile().0) * base.tile().0;
+    let mut variants: Vec<(String, ConvPlan)> = vec![("chosen".into(), base)];
+    if base.tile().0 != 1 {
+        variants.push(("one block a tile".into(), base.with_tile(1, 16, pool.threads())));
+    }
+    for chunk in [1, 2] {
+        let p = base.with_blocks_outer(true).with_chunk(chunk);
+        variants.push((format!("blocks outer, chunk {chunk}"), p));
+    }
+    for rc in [rows / 2, rows / 4] {
+        if rc > 0 && rc != rows {
+            variants.push((format!("rows {rc} blocks {blocks}"), base.with_split(rc, blocks)));
+        }
+    }
+    let x = View::dense(0, 1, shape.ic, shape.ih, shape.iw, Layout::NChw16c);
+    let y = View::dense(x.end().unwrap(), 1, shape.oc, oh, ow, Layout::NChw16c);
+    let mut arena = vec![0.5f32; y.end().unwrap()];
+    let w = vec![0.01f32; conv::packed_weight_len(&shape).unwrap()];
+    let b = vec![0.1f32; shape.oc];
+    let io = ConvIo { x, y, residual: None, weights: &w, bias: Some(&b), scale: None, shift: None };
+    let flop = 2.0 * shape.macs();
+    let mut meds = vec![Vec::new(); variants.len()];
+    let mut best = vec![f64::INFINITY; variants.len()];
+    for _ in 0..rounds {
+        for (i, (_, plan)) in variants.iter().enumerate() {
+            let mut scratch = vec![0.0f32; plan.scratch_len(pool.threads())];
+            let mut t = Vec::new();
+            for _ in 0..300 {
+                let t0 = Instant::now();
+                conv_fwd::forward(pool, plan, &mut arena, &io, &mut scratch).unwrap();
+                t.push(t0.elapsed().as_secs_f64());
+            }
+            t.sort_by(f64::total_cmp);
+            meds[i].push(t[t.len() / 2]);
+            best[i] = best[i].min(t[0]);
+        }
+    }
+    for (i, (name, plan)) in variants.iter().enumerate() {
+        meds[i].sort_by(f64::total_cmp);
+        let med = meds[i][meds[i].len() / 2];
+        println!(
+            "{name:28} ({:3} tasks, split {:?}): {:6.1} GFLOP/s median, {:6.1} best",
+            plan.tasks(),
+            plan.split_info(),
+            flop / med / 1e9,
+            flop / best[i] / 1e9
+        );
+    }
+}
