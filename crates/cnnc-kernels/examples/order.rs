@@ -30,8 +30,11 @@ fn main() {
     // Whole tiles' blocks (an odd count's last block is a tile of its own).
     let blocks = blocks.div_ceil(base.tile().0) * base.tile().0;
     let mut variants: Vec<(String, ConvPlan)> = vec![("chosen".into(), base)];
-    if base.tile().0 != 1 {
-        variants.push(("one block a tile".into(), base.with_tile(1, 16, pool.threads())));
+    for (k, nw) in [(1, 16), (2, 14), (4, 6)] {
+        let p = base.with_tile(k, nw, pool.threads());
+        if p.tile() != base.tile() && p.tile().0 == k {
+            variants.push((format!("tile {k} x {}", p.tile().1), p));
+        }
     }
     for chunk in [1, 2] {
         let p = base.with_blocks_outer(true).with_chunk(chunk);
