@@ -289,3 +289,28 @@ fn equal_layers_share_functions() {
         assert_eq!(stepped.forward(&x).unwrap(), driven.forward(&x).unwrap(), "{mode:?}");
     }
 }
+
+/// Input gradients on plain maps as the forward tiles on plain input (the transposed, rotated
+/// weights repacked into `Oihw16o`): LeNet-5's C3 (6 -> 16 channels, 5x5 on 14 x 14, padded
+/// by the kernel's reach), a dilated rectangular kernel padded less than its reach into 20
+/// channels (a partial block of the forward, lanes past the 6 input channels unstored in the
+/// gradient), and a 5-channel 3x3 layer on a 1-pixel-wide map.
+#[test]
+fn plain_backward_data_tiles() {
+    for hw in [[14, 14], [9, 1]] {
+        let mut g = Graph::new("pb");
+        let x = g.add_input("x", Shape(vec![6, hw[0] + 4, hw[1] + 4]), Default::default()).unwrap();
+        let c1 = add(&mut g, square(6, 5, 1, 0), &[x], "c1");
+        let t = add(&mut g, Op::Activation(Activation::Tanh), &[c1], "tanh");
+        let c3 = add(&mut g, square(16, 5, 1, 2), &[t], "c3");
+        let s = add(&mut g, Op::Activation(Activation::Sigmoid), &[c3], "sig");
+        let d = add(&mut g, conv(20, [3, 5], [1, 1], [1, 3], [2, 1]), &[s], "d");
+        let r = add(&mut g, Op::Activation(Activation::Relu), &[d], "relu");
+        let e = add(&mut g, square(5, 3, 1, 1), &[r], "e");
+        g.outputs = vec![e];
+        for name in ["c1", "c3", "d", "e"] {
+            assert_layout(&g, name, Layout::Plain);
+        }
+        check_graph(&g, 3);
+    }
+}

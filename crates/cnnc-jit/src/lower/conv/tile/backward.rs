@@ -39,6 +39,9 @@ pub(crate) fn backward_data(
         let op = ConvForward { g: &fwd, x: src, y: gx, res: None, w: dst, wp, bias: None, act: None };
         return super::depthwise::forward(lx, &op);
     }
+    if gy.layout == Layout::Plain {
+        return plain_backward_data(lx, g, gy, gx, (w, wp), pad);
+    }
     let blocked = matches!(wp.layout, Some(WeightLayout::OIhw16i16o | WeightLayout::OI16i16o));
     let dims_fit = matches!(wp.dims[..], [o, c, kh, kw] if [o, c, kh, kw] == [g.o, g.c, g.kh, g.kw])
         || matches!(wp.dims[..], [o, c] if [o, c, g.kh, g.kw] == [g.o, g.c, 1, 1]);
@@ -54,6 +57,32 @@ pub(crate) fn backward_data(
     let fwd = Geo { c: g.o, h: src.h, w: src.w, o: g.c, oh: g.h, ow: g.w, pad, stride: [1, 1], ..*g };
     let op = ConvForward { g: &fwd, x: src, y: gx, res: None, w: dst, wp: &turned, bias: None, act: None };
     forward(lx, &op)
+}
+
+/// The input gradient of a stride-1 convolution on a plain output gradient (`oihw` weights,
+/// one group: LeNet-5's maps, too small to block) as the forward tiles on plain input: `gy`
+/// convolved with the weights transposed and rotated, repacked into `Oihw16o` by a kernel
+/// before every use, padded by `pad`. Returns whether it did.
+fn plain_backward_data(
+    lx: &mut Lx,
+    g: &Geo,
+    gy: Val,
+    gx: Val,
+    (w, wp): (u64, &ParamPlan),
+    pad: [usize; 2],
+) -> Result<bool, JitError> {
+    let plain = wp.layout.is_none_or(|l| l == WeightLayout::Oihw) && wp.dims[..] == [g.o, g.c, g.kh, g.kw];
+    if !plain || g.groups != 1 || g.stride != [1, 1] || g.h * g.w == 0 {
+        return Ok(false);
+    }
+    let fwd = Geo { c: g.o, h: g.oh, w: g.ow, o: g.c, oh: g.h, ow: g.w, pad, stride: [1, 1], ..*g };
+    let Some(reads) = super::reads::plain_reads(&fwd) else { return Ok(false) };
+    let shape = crate::lower::native::shape(&fwd, 1);
+    let len = cnnc_kernels::conv_plain::packed_weight_len(&shape).map_err(|e| JitError::Codegen(e.to_string()))?;
+    let (_, packed) = lx.buffer(len * 4)?;
+    crate::lower::native_plain::repack(lx, w, [g.o, g.c, g.kh, g.kw], packed, true)?;
+    let op = ConvForward { g: &fwd, x: gy, y: gx, res: None, w: packed, wp, bias: None, act: None };
+    super::emit_tiles(lx, &op, reads, packed)
 }
 
 /// `gy` itself at stride 1; else `gy` spread out by the stride into a buffer of its own:
