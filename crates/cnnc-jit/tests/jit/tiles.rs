@@ -314,3 +314,32 @@ fn plain_backward_data_tiles() {
         check_graph(&g, 3);
     }
 }
+
+/// Depthwise convolutions whose channels are not a multiple of 16 (`oihw` weights, repacked
+/// into `Goihw16g` for the tiles; weight gradients stored lane by lane into `oihw`): 24 and 40
+/// channels, 3x3 at stride 1 and 2 on odd sizes and a dilated 5x5 with a fused residual;
+/// forward, input gradients and weight gradients.
+#[test]
+fn depthwise_partial_tiles() {
+    for (c, hw) in [(24, [13, 11]), (40, [6, 5])] {
+        let depthwise = |k: usize, s: usize, p: usize, d: usize| {
+            let window = Window { kernel: [k, k], stride: [s, s], pad: [p, p], dilation: [d, d], ceil_mode: false };
+            Op::Conv(Conv { out_channels: c, window, groups: c, bias: true })
+        };
+        let mut g = Graph::new("dp");
+        let x = g.add_input("x", Shape(vec![16, hw[0], hw[1]]), Default::default()).unwrap();
+        let p = add(&mut g, square(c, 1, 1, 0), &[x], "p");
+        let a = add(&mut g, depthwise(3, 1, 1, 1), &[p], "a");
+        let r = add(&mut g, Op::Activation(Activation::Relu), &[a], "relu");
+        let b = add(&mut g, depthwise(3, 2, 1, 1), &[r], "b");
+        let t = add(&mut g, Op::Activation(Activation::Tanh), &[b], "tanh");
+        let d = add(&mut g, depthwise(5, 1, 4, 2), &[t], "d");
+        let s = add(&mut g, Op::Add, &[d, t], "res");
+        let y = add(&mut g, Op::Activation(Activation::Sigmoid), &[s], "sig");
+        g.outputs = vec![y];
+        for name in ["a", "b", "d"] {
+            assert_layout(&g, name, Layout::Blocked16);
+        }
+        check_graph(&g, 2);
+    }
+}

@@ -34,9 +34,11 @@ pub(crate) fn backward_data(
         let (blocks, taps) = (g.c.div_ceil(16), g.kh * g.kw);
         let (_, dst) = lx.buffer(blocks * taps * 64)?;
         let Some(src) = spread(lx, g, gy)? else { return Ok(false) };
-        super::depthwise::rotate(lx, w, dst, blocks, taps)?;
+        let packed = super::depthwise::packed_weights(lx, g, w, wp)?;
+        super::depthwise::rotate(lx, packed, dst, blocks, taps)?;
         let fwd = Geo { h: src.h, w: src.w, oh: g.h, ow: g.w, pad, stride: [1, 1], ..*g };
-        let op = ConvForward { g: &fwd, x: src, y: gx, res: None, w: dst, wp, bias: None, act: None };
+        let rotated = super::depthwise::packed_plan(wp);
+        let op = ConvForward { g: &fwd, x: src, y: gx, res: None, w: dst, wp: &rotated, bias: None, act: None };
         return super::depthwise::forward(lx, &op);
     }
     if gy.layout == Layout::Plain {
