@@ -343,3 +343,25 @@ fn depthwise_partial_tiles() {
         check_graph(&g, 2);
     }
 }
+
+/// Input gradients of grouped convolutions whose groups are not whole blocks as the grouped
+/// tiles on the groups' transposed, rotated weights: 48 -> 32 in 4 groups at stride 2 on an
+/// odd size (the output gradient spread out; the gradient's groups read 8 channels of it,
+/// within one block, and write 12, tiles of four each in one group) and 24 -> 16 in 2 groups
+/// (a block of the gradient in both groups); and 32 -> 24 in 2 groups, whose gradient's
+/// groups read 12 channels (neither whole blocks nor within one: the general loops).
+#[test]
+fn grouped_partial_backward_data_tiles() {
+    for (c, out, groups, stride, hw) in [(32, 24, 2, 1, [9, 10]), (48, 32, 4, 2, [11, 9]), (24, 16, 2, 1, [7, 6])] {
+        let mut g = Graph::new("gb");
+        let x = g.add_input("x", Shape(vec![16, hw[0], hw[1]]), Default::default()).unwrap();
+        let p = add(&mut g, square(c, 1, 1, 0), &[x], "p");
+        let window =
+            Window { kernel: [3, 3], stride: [stride, stride], pad: [1, 1], dilation: [1, 1], ceil_mode: false };
+        let a = add(&mut g, Op::Conv(Conv { out_channels: out, window, groups, bias: true }), &[p], "grouped");
+        let y = add(&mut g, Op::Activation(Activation::Tanh), &[a], "act");
+        g.outputs = vec![y];
+        assert_layout(&g, "grouped", Layout::Blocked16);
+        check_graph(&g, 2);
+    }
+}
