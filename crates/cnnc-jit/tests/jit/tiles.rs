@@ -289,3 +289,79 @@ fn equal_layers_share_functions() {
         assert_eq!(stepped.forward(&x).unwrap(), driven.forward(&x).unwrap(), "{mode:?}");
     }
 }
+
+/// Input gradients on plain maps as the forward tiles on plain input (the transposed, rotated
+/// weights repacked into `Oihw16o`): LeNet-5's C3 (6 -> 16 channels, 5x5 on 14 x 14, padded
+/// by the kernel's reach), a dilated rectangular kernel padded less than its reach into 20
+/// channels (a partial block of the forward, lanes past the 6 input channels unstored in the
+/// gradient), and a 5-channel 3x3 layer on a 1-pixel-wide map.
+#[test]
+fn plain_backward_data_tiles() {
+    for hw in [[14, 14], [9, 1]] {
+        let mut g = Graph::new("pb");
+        let x = g.add_input("x", Shape(vec![6, hw[0] + 4, hw[1] + 4]), Default::default()).unwrap();
+        let c1 = add(&mut g, square(6, 5, 1, 0), &[x], "c1");
+        let t = add(&mut g, Op::Activation(Activation::Tanh), &[c1], "tanh");
+        let c3 = add(&mut g, square(16, 5, 1, 2), &[t], "c3");
+        let s = add(&mut g, Op::Activation(Activation::Sigmoid), &[c3], "sig");
+        let d = add(&mut g, conv(20, [3, 5], [1, 1], [1, 3], [2, 1]), &[s], "d");
+        let r = add(&mut g, Op::Activation(Activation::Relu), &[d], "relu");
+        let e = add(&mut g, square(5, 3, 1, 1), &[r], "e");
+        g.outputs = vec![e];
+        for name in ["c1", "c3", "d", "e"] {
+            assert_layout(&g, name, Layout::Plain);
+        }
+        check_graph(&g, 3);
+    }
+}
+
+/// Depthwise convolutions whose channels are not a multiple of 16 (`oihw` weights, repacked
+/// into `Goihw16g` for the tiles; weight gradients stored lane by lane into `oihw`): 24 and 40
+/// channels, 3x3 at stride 1 and 2 on odd sizes and a dilated 5x5 with a fused residual;
+/// forward, input gradients and weight gradients.
+#[test]
+fn depthwise_partial_tiles() {
+    for (c, hw) in [(24, [13, 11]), (40, [6, 5])] {
+        let depthwise = |k: usize, s: usize, p: usize, d: usize| {
+            let window = Window { kernel: [k, k], stride: [s, s], pad: [p, p], dilation: [d, d], ceil_mode: false };
+            Op::Conv(Conv { out_channels: c, window, groups: c, bias: true })
+        };
+        let mut g = Graph::new("dp");
+        let x = g.add_input("x", Shape(vec![16, hw[0], hw[1]]), Default::default()).unwrap();
+        let p = add(&mut g, square(c, 1, 1, 0), &[x], "p");
+        let a = add(&mut g, depthwise(3, 1, 1, 1), &[p], "a");
+        let r = add(&mut g, Op::Activation(Activation::Relu), &[a], "relu");
+        let b = add(&mut g, depthwise(3, 2, 1, 1), &[r], "b");
+        let t = add(&mut g, Op::Activation(Activation::Tanh), &[b], "tanh");
+        let d = add(&mut g, depthwise(5, 1, 4, 2), &[t], "d");
+        let s = add(&mut g, Op::Add, &[d, t], "res");
+        let y = add(&mut g, Op::Activation(Activation::Sigmoid), &[s], "sig");
+        g.outputs = vec![y];
+        for name in ["a", "b", "d"] {
+            assert_layout(&g, name, Layout::Blocked16);
+        }
+        check_graph(&g, 2);
+    }
+}
+
+/// Input gradients of grouped convolutions whose groups are not whole blocks as the grouped
+/// tiles on the groups' transposed, rotated weights: 48 -> 32 in 4 groups at stride 2 on an
+/// odd size (the output gradient spread out; the gradient's groups read 8 channels of it,
+/// within one block, and write 12, tiles of four each in one group) and 24 -> 16 in 2 groups
+/// (a block of the gradient in both groups); and 32 -> 24 in 2 groups, whose gradient's
+/// groups read 12 channels (neither whole blocks nor within one: the general loops).
+#[test]
+fn grouped_partial_backward_data_tiles() {
+    for (c, out, groups, stride, hw) in [(32, 24, 2, 1, [9, 10]), (48, 32, 4, 2, [11, 9]), (24, 16, 2, 1, [7, 6])] {
+        let mut g = Graph::new("gb");
+        let x = g.add_input("x", Shape(vec![16, hw[0], hw[1]]), Default::default()).unwrap();
+        let p = add(&mut g, square(c, 1, 1, 0), &[x], "p");
+        let window =
+            Window { kernel: [3, 3], stride: [stride, stride], pad: [1, 1], dilation: [1, 1], ceil_mode: false };
+        let a = add(&mut g, Op::Conv(Conv { out_channels: out, window, groups, bias: true }), &[p], "grouped");
+        let y = add(&mut g, Op::Activation(Activation::Tanh), &[a], "act");
+        g.outputs = vec![y];
+        assert_layout(&g, "grouped", Layout::Blocked16);
+        check_graph(&g, 2);
+    }
+}

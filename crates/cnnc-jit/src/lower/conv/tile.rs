@@ -130,7 +130,7 @@ fn tiled_geo(g: &Geo) -> Geo {
 
 /// A forward convolution as register tiles, when its layouts fit: returns whether it did.
 pub(crate) fn forward(lx: &mut Lx, op: &super::ConvForward) -> Result<bool, JitError> {
-    let super::ConvForward { g, x, y, res, w, wp, bias, act } = *op;
+    let super::ConvForward { g, x, y, res, w, wp, .. } = *op;
     if g.oh * g.ow == 0 || res.is_some_and(|r| r.layout != y.layout) {
         return Ok(false);
     }
@@ -153,6 +153,13 @@ pub(crate) fn forward(lx: &mut Lx, op: &super::ConvForward) -> Result<bool, JitE
     } else {
         return Ok(false);
     };
+    emit_tiles(lx, op, reads, weights)
+}
+
+/// The tiles of a forward convolution, reading its input and `weights` (their address) as
+/// `reads` says: returns that it did.
+fn emit_tiles(lx: &mut Lx, op: &super::ConvForward, reads: Reads, weights: u64) -> Result<bool, JitError> {
+    let super::ConvForward { g, x, y, res, bias, act, .. } = *op;
     let t = tiled_geo(g);
     if reads.x_part.is_some() {
         // Tiles of four channels, each in one group.

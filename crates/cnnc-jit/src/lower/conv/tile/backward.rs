@@ -34,10 +34,18 @@ pub(crate) fn backward_data(
         let (blocks, taps) = (g.c.div_ceil(16), g.kh * g.kw);
         let (_, dst) = lx.buffer(blocks * taps * 64)?;
         let Some(src) = spread(lx, g, gy)? else { return Ok(false) };
-        super::depthwise::rotate(lx, w, dst, blocks, taps)?;
+        let packed = super::depthwise::packed_weights(lx, g, w, wp)?;
+        super::depthwise::rotate(lx, packed, dst, blocks, taps)?;
         let fwd = Geo { h: src.h, w: src.w, oh: g.h, ow: g.w, pad, stride: [1, 1], ..*g };
-        let op = ConvForward { g: &fwd, x: src, y: gx, res: None, w: dst, wp, bias: None, act: None };
+        let rotated = super::depthwise::packed_plan(wp);
+        let op = ConvForward { g: &fwd, x: src, y: gx, res: None, w: dst, wp: &rotated, bias: None, act: None };
         return super::depthwise::forward(lx, &op);
+    }
+    if gy.layout == Layout::Plain {
+        return plain_backward_data(lx, g, gy, gx, (w, wp), pad);
+    }
+    if g.groups > 1 {
+        return grouped_backward_data(lx, g, gy, gx, (w, wp), pad);
     }
     let blocked = matches!(wp.layout, Some(WeightLayout::OIhw16i16o | WeightLayout::OI16i16o));
     let dims_fit = matches!(wp.dims[..], [o, c, kh, kw] if [o, c, kh, kw] == [g.o, g.c, g.kh, g.kw])
@@ -54,6 +62,95 @@ pub(crate) fn backward_data(
     let fwd = Geo { c: g.o, h: src.h, w: src.w, o: g.c, oh: g.h, ow: g.w, pad, stride: [1, 1], ..*g };
     let op = ConvForward { g: &fwd, x: src, y: gx, res: None, w: dst, wp: &turned, bias: None, act: None };
     forward(lx, &op)
+}
+
+/// The input gradient of a stride-1 convolution on a plain output gradient (`oihw` weights,
+/// one group: LeNet-5's maps, too small to block) as the forward tiles on plain input: `gy`
+/// convolved with the weights transposed and rotated, repacked into `Oihw16o` by a kernel
+/// before every use, padded by `pad`. Returns whether it did.
+fn plain_backward_data(
+    lx: &mut Lx,
+    g: &Geo,
+    gy: Val,
+    gx: Val,
+    (w, wp): (u64, &ParamPlan),
+    pad: [usize; 2],
+) -> Result<bool, JitError> {
+    let plain = wp.layout.is_none_or(|l| l == WeightLayout::Oihw) && wp.dims[..] == [g.o, g.c, g.kh, g.kw];
+    if !plain || g.groups != 1 || g.stride != [1, 1] || g.h * g.w == 0 {
+        return Ok(false);
+    }
+    let fwd = Geo { c: g.o, h: g.oh, w: g.ow, o: g.c, oh: g.h, ow: g.w, pad, stride: [1, 1], ..*g };
+    let Some(reads) = super::reads::plain_reads(&fwd) else { return Ok(false) };
+    let shape = crate::lower::native::shape(&fwd, 1);
+    let len = cnnc_kernels::conv_plain::packed_weight_len(&shape).map_err(|e| JitError::Codegen(e.to_string()))?;
+    let (_, packed) = lx.buffer(len * 4)?;
+    crate::lower::native_plain::repack(lx, w, [g.o, g.c, g.kh, g.kw], packed, true)?;
+    let op = ConvForward { g: &fwd, x: gy, y: gx, res: None, w: packed, wp, bias: None, act: None };
+    super::emit_tiles(lx, &op, reads, packed)
+}
+
+/// The input gradient of a grouped convolution on blocked maps whose groups are not whole
+/// blocks (`oihw` weights) as the forward's grouped tiles: per group, `gy`'s channels of the
+/// group (spread out by the stride when strided) convolved with the group's weights
+/// transposed and rotated, `[C][O / groups][kh][kw]`, written by a kernel before every use and
+/// repacked into `Oihw16o` by another. Returns whether it did (the groups' channels must suit
+/// the tiles: see `grouped_reads`).
+fn grouped_backward_data(
+    lx: &mut Lx,
+    g: &Geo,
+    gy: Val,
+    gx: Val,
+    (w, wp): (u64, &ParamPlan),
+    pad: [usize; 2],
+) -> Result<bool, JitError> {
+    let plain = wp.layout.is_none_or(|l| l == WeightLayout::Oihw) && wp.dims[..] == [g.o, g.cg(), g.kh, g.kw];
+    let maps = gy.layout == Layout::Blocked16 && gx.layout == Layout::Blocked16;
+    let fwd = Geo { c: g.o, h: g.oh, w: g.ow, o: g.c, oh: g.h, ow: g.w, pad, stride: [1, 1], ..*g };
+    if !plain || !maps || g.h * g.w == 0 || super::reads::grouped_reads(&fwd, &gy).is_none() {
+        return Ok(false);
+    }
+    let Some(src) = spread(lx, g, gy)? else { return Ok(false) };
+    let fwd = Geo { h: src.h, w: src.w, ..fwd };
+    let Some(reads) = super::reads::grouped_reads(&fwd, &src) else { return Ok(false) };
+    let turned = [g.c, g.og(), g.kh, g.kw];
+    let (_, scratch) = lx.buffer(turned.iter().product::<usize>() * 4)?;
+    grouped_transpose_rotate(lx, w, scratch, g)?;
+    let one = Geo { c: g.og(), groups: 1, ..fwd };
+    let shape = crate::lower::native::shape(&one, 1);
+    let len = cnnc_kernels::conv_plain::packed_weight_len(&shape).map_err(|e| JitError::Codegen(e.to_string()))?;
+    let (_, packed) = lx.buffer(len * 4)?;
+    crate::lower::native_plain::repack(lx, scratch, turned, packed, false)?;
+    let op = ConvForward { g: &fwd, x: src, y: gx, res: None, w: packed, wp, bias: None, act: None };
+    super::emit_tiles(lx, &op, reads, packed)
+}
+
+/// Writes the `oihw` weight `[O][C / groups][taps]` of a grouped convolution at `src` as
+/// `[C][O / groups][taps]` at `dst`: element `(c, k, t)` from `(group * O / groups + k,
+/// c % (C / groups), taps - 1 - t)`, `group = c / (C / groups)`.
+fn grouped_transpose_rotate(lx: &mut Lx, src: u64, dst: u64, g: &Geo) -> Result<(), JitError> {
+    let (cg, og, taps) = (g.cg() as i64, g.og() as i64, (g.kh * g.kw) as i64);
+    let channels = g.c as i64;
+    lx.kernel(1, |fx| {
+        let (s, d) = (fx.abs(src), fx.abs(dst));
+        fx.for_n(0, channels, |fx, c| {
+            let grp = fx.udiv(c, cg);
+            let ci = fx.urem(c, cg);
+            let o0 = fx.muli(grp, og);
+            fx.for_n(0, og, |fx, k| {
+                let o = fx.add(o0, k);
+                let from = fx.mad(o, cg, ci);
+                let from = fx.muli(from, taps);
+                let to = fx.mad(c, og, k);
+                let to = fx.muli(to, taps);
+                let (from, to) = (fx.index(s, from, 4), fx.index(d, to, 4));
+                for t in 0..taps {
+                    let v = fx.load_ro(F32, from, 4 * (taps - 1 - t));
+                    fx.store(v, to, 4 * t);
+                }
+            });
+        });
+    })
 }
 
 /// `gy` itself at stride 1; else `gy` spread out by the stride into a buffer of its own:

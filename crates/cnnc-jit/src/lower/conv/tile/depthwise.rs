@@ -16,15 +16,18 @@ use crate::lower::conv::{ConvForward, Geo};
 use crate::lower::{Lx, Val};
 use cnnc_ir::plan::ParamPlan;
 use cnnc_ir::{Layout, WeightLayout};
-use cranelift_codegen::ir::Value;
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
 /// 8 pixels x 4 channels: 8 accumulators, the tap's weight vector and an input vector.
 const SHAPE: TileShape = TileShape { pixels: 8, vecs: 1 };
 
-/// Whether a convolution is depthwise with the layouts these tiles read.
+/// Whether a convolution is depthwise with the layouts these tiles read: blocked maps, and
+/// `Goihw16g` weights or, when the channels are not a multiple of 16, `oihw` ones (repacked,
+/// see [`packed_weights`]).
 pub(super) fn fits(g: &Geo, x: &Val, y: &Val, wp: &ParamPlan) -> bool {
-    wp.layout == Some(WeightLayout::Goihw16g)
+    matches!(wp.layout, None | Some(WeightLayout::Goihw16g | WeightLayout::Oihw))
         && g.groups == g.c
         && g.o == g.c
         && wp.dims[..] == [g.o, 1, g.kh, g.kw]
@@ -33,12 +36,29 @@ pub(super) fn fits(g: &Geo, x: &Val, y: &Val, wp: &ParamPlan) -> bool {
         && x.bytes < i32::MAX as u64
 }
 
+/// The weights as the tiles read them, `[C/16][taps][16]` (`Goihw16g`): the parameter
+/// itself, or its `oihw` repacked (as the `Oihw16o` weights of a convolution of one input
+/// channel into `C`, which is that layout) into a buffer of their own, whenever weights load or,
+/// when the optimiser updates them, by a kernel before every run. Their address.
+pub(super) fn packed_weights(lx: &mut Lx, g: &Geo, w: u64, wp: &ParamPlan) -> Result<u64, JitError> {
+    if wp.layout == Some(WeightLayout::Goihw16g) {
+        return Ok(w);
+    }
+    super::plain_input_weights(lx, &Geo { c: 1, groups: 1, ..*g }, w, wp)
+}
+
+/// `wp` as stored in `Goihw16g`: how [`packed_weights`] lie.
+pub(super) fn packed_plan(wp: &ParamPlan) -> ParamPlan {
+    ParamPlan { layout: Some(WeightLayout::Goihw16g), ..wp.clone() }
+}
+
 /// A depthwise forward convolution as tiles, when it fits: returns whether it did.
 pub(crate) fn forward(lx: &mut Lx, op: &ConvForward) -> Result<bool, JitError> {
     let ConvForward { g, x, y, res, w, wp, bias, act } = *op;
     if !fits(g, &x, &y, wp) || g.oh * g.ow == 0 || res.is_some_and(|r| r.layout != y.layout) {
         return Ok(false);
     }
+    let w = packed_weights(lx, g, w, wp)?;
     let (taps, hw, blocks) = (g.kh * g.kw, g.h * g.w, g.c.div_ceil(16));
     let Some(w_base) = (0..blocks).map(|b| i32::try_from(b * taps * 16).ok()).collect::<Option<Vec<_>>>() else {
         return Ok(false);
@@ -152,16 +172,18 @@ pub(super) fn rotate(lx: &mut Lx, src: u64, dst: u64, blocks: usize, taps: usize
     })
 }
 
-/// The weight gradient of a depthwise convolution on blocked maps, summed over the batch, as
-/// `[C/16][taps][16]`: per `(block, tap)` four accumulators (the block's quarters) over every
+/// The weight gradient of a depthwise convolution on blocked maps, summed over the batch, in
+/// the weight's layout: per `(block, tap)` four accumulators (the block's quarters) over every
 /// output pixel whose input for that tap lies inside (rows and columns clipped by a table per
-/// tap). Every stored float is written (padding lanes as zeros: the maps' padding is zero).
-/// Returns whether it did.
+/// tap), stored as `[C/16][taps][16]` (every float written, padding lanes as zeros: the maps'
+/// padding is zero), or into `oihw` lane by lane (the padding lanes not stored). Returns
+/// whether it did.
 pub(crate) fn backward_weight(lx: &mut Lx, g: &Geo, [x, gy, gw]: [Val; 3], wp: &ParamPlan) -> Result<bool, JitError> {
     if !fits(g, &x, &gy, wp) || gw.bytes < 4 * wp.stored_len() as u64 || g.oh * g.ow == 0 {
         return Ok(false);
     }
     let (blocks, taps) = (g.c.div_ceil(16), g.kh * g.kw);
+    let packed = wp.layout == Some(WeightLayout::Goihw16g);
     let table = lx.table(&super::backward::tap_bounds(g));
     let units = blocks * taps;
     let tasks = match lx.tasks(units, g.macs(x.n)) {
@@ -208,12 +230,37 @@ pub(crate) fn backward_weight(lx: &mut Lx, g: &Geo, [x, gy, gw]: [Val; 3], wp: &
                     });
                 });
             });
-            let wa = fx.index(dst, u, 64);
-            for (v, &a) in acc.iter().enumerate() {
-                let s = fx.get(a);
-                fx.store(s, wa, 16 * v as i64);
+            let sums: Vec<Value> = acc.iter().map(|&a| fx.get(a)).collect();
+            if packed {
+                let wa = fx.index(dst, u, 64);
+                for (v, &s) in sums.iter().enumerate() {
+                    fx.store(s, wa, 16 * v as i64);
+                }
+            } else {
+                store_oihw(fx, g.c, taps, dst, [b, tap], &sums);
             }
         });
     })?;
     Ok(true)
+}
+
+/// A `(block, tap)` unit's 16 channel sums into `oihw` (`[C][taps]`): channel `16 b + l`,
+/// those past the last `c` not stored.
+fn store_oihw(fx: &mut Fx, c: usize, taps: usize, dst: Value, [b, tap]: [Value; 2], sums: &[Value]) {
+    let c0 = fx.muli(b, 16);
+    let at = fx.mad(c0, taps as i64, tap);
+    let wa = fx.index(dst, at, 4);
+    for l in 0..16 {
+        let store = |fx: &mut Fx| {
+            let e = fx.b.ins().extractlane(sums[l / 4], (l % 4) as u8);
+            fx.store(e, wa, 4 * (l * taps) as i64);
+        };
+        if c.is_multiple_of(16) {
+            store(fx);
+        } else {
+            let ch = fx.addi(c0, l as i64);
+            let real = fx.icmpi(IntCC::SignedLessThan, ch, c as i64);
+            fx.if_then(real, store);
+        }
+    }
 }
