@@ -41,12 +41,19 @@ pub unsafe fn forward_task(plan: &ConvPlan, a: &ConvArgs, task: usize, scratch: 
     // plan.icb * band_icb <= plan.scratch floats (set_band).
     unsafe { gather(plan, a, g, n0..n1, scratch) };
     let ob0 = g * plan.ocb + oc_i * plan.oc_chunk;
-    for ob in (ob0..ob0 + plan.oc_chunk).step_by(plan.k) {
+    let ob_end = ob0 + plan.oc_chunk;
+    let w_ocb = plan.icb * s.kh * s.kw * 256;
+    let run = tap_run(plan, p0..p1);
+    let per_pixel = (n1 - n0).div_ceil(plan.nw);
+    for ob in (ob0..ob_end).step_by(plan.k) {
         let e = Vectors::load(plan, a, ob);
-        let w = a.w.wrapping_add(ob * plan.icb * s.kh * s.kw * 256);
+        let w = a.w.wrapping_add(ob * w_ocb);
+        let next = NextPair { w: a.w.wrapping_add((ob + plan.k) * w_ocb), run, tiles: (p1 - p0) * per_pixel };
+        let next = (ob + plan.k < ob_end).then_some(&next);
         for pix in p0..p1 {
+            let pf = next.map(|n| (n, (pix - p0) * per_pixel));
             // SAFETY: forwarded contract; pix, the images and the blocks are the task's.
-            unsafe { pixel(plan, a, &e, scratch, w, ob, pix, n0..n1) };
+            unsafe { pixel(plan, a, &e, scratch, w, ob, pix, n0..n1, pf) };
         }
     }
 }
@@ -71,6 +78,58 @@ unsafe fn gather(plan: &ConvPlan, a: &ConvArgs, g: usize, imgs: core::ops::Range
                 }
             }
         }
+    }
+}
+
+/// The taps (as floats from a block's first tap, and 64-byte lines) from the first to the
+/// last that any of `pixels` reduces, in the weights' `[kh][kw]` order.
+fn tap_run(plan: &ConvPlan, pixels: core::ops::Range<usize>) -> [usize; 2] {
+    let s = &plan.shape;
+    let (mut first, mut last) = (usize::MAX, 0);
+    for pix in pixels {
+        let [kh0, kh1] = axis_taps(pix / plan.ow, s.stride[0], s.pad[0], s.kh, s.dilation[0], s.ih);
+        let [kw0, kw1] = axis_taps(pix % plan.ow, s.stride[1], s.pad[1], s.kw, s.dilation[1], s.iw);
+        if kh0 < kh1 && kw0 < kw1 {
+            first = first.min(kh0 * s.kw + kw0);
+            last = last.max((kh1 - 1) * s.kw + kw1);
+        }
+    }
+    if first >= last { [0, 0] } else { [first * 256, (last - first) * 16] }
+}
+
+/// The next block pair's weights, which the tiles of the current pair prefetch (inside a
+/// training step they come from memory, written by the last update; without the hints the
+/// 1x1-map layers of ResNet-18 read them at a few GB/s): of each block and input block, the
+/// run of taps the task's pixels use ([`tap_run`]), dealt out to the pair's `tiles` tiles.
+struct NextPair {
+    w: *const f32,
+    run: [usize; 2],
+    tiles: usize,
+}
+
+impl NextPair {
+    /// The share of tile `t` (of the pair's tiles): a range of input blocks of one block, or,
+    /// when the pair has fewer tiles than blocks, whole blocks.
+    fn deal(&self, plan: &ConvPlan, t: usize, out: &mut Out) {
+        let s = &plan.shape;
+        let (k, icb, tiles) = (plan.k, plan.icb, self.tiles.max(1));
+        let tap_block = s.kh * s.kw * 256;
+        if tiles < k {
+            let (b0, b1) = (t * k / tiles, (t + 1) * k / tiles);
+            out.pf = self.w.wrapping_add(b0 * icb * tap_block);
+            out.pf_lines = icb * tap_block / 16;
+            out.pf_copies = b1 - b0;
+            out.pf_blk = (icb * tap_block) as isize;
+            return;
+        }
+        let b = t * k / tiles;
+        let (t_lo, t_hi) = ((b * tiles).div_ceil(k), ((b + 1) * tiles).div_ceil(k));
+        let (m, i) = ((t_hi - t_lo).max(1), t - t_lo);
+        let (i0, i1) = (i * icb / m, ((i + 1) * icb / m).min(icb));
+        out.pf = self.w.wrapping_add((b * icb + i0) * tap_block + self.run[0]);
+        out.pf_lines = if i1 > i0 { self.run[1] } else { 0 };
+        out.pf_copies = i1.saturating_sub(i0).max(1);
+        out.pf_blk = tap_block as isize;
     }
 }
 
@@ -112,7 +171,8 @@ fn axis_taps(o: usize, stride: usize, pad: usize, k: usize, dil: usize, size: us
 }
 
 /// The tiles of output pixel `pix`, images `imgs` (balanced widths of at most `plan.nw`),
-/// blocks `ob .. ob + k`, reading the gathered input `x` and the pair's weights `w`.
+/// blocks `ob .. ob + k`, reading the gathered input `x` and the pair's weights `w`; with
+/// `pf`, the tiles prefetch their shares of the next pair, numbered from the given one.
 ///
 /// # Safety
 /// As [`forward_task`]; `x` holds the gathered images `imgs` (the first at column 0).
@@ -126,6 +186,7 @@ unsafe fn pixel(
     ob: usize,
     pix: usize,
     imgs: core::ops::Range<usize>,
+    pf: Option<(&NextPair, usize)>,
 ) {
     let s = &plan.shape;
     let (oy, ox) = (pix / plan.ow, pix % plan.ow);
@@ -164,6 +225,9 @@ unsafe fn pixel(
         let width = count / ntiles + usize::from(t < count % ntiles);
         let n = imgs.start + j;
         let mut out = base;
+        if let Some((next, t0)) = pf {
+            next.deal(plan, t0 + t, &mut out);
+        }
         out.c = a.y.wrapping_add(n * a.y_bs + ob * plane_out + pix * 16);
         if plan.epilogue.residual {
             out.res = a.res.wrapping_add(n * a.res_bs + ob * plane_out + pix * 16);
