@@ -203,11 +203,12 @@ const CHUNKED_PAIRS: usize = 512 << 10;
 
 /// Floats of gathered input a [`Band::Span`] task may hold (1 MiB, the L2 of the x86
 /// machines measured): more images are cut into chunks.
-const SPAN_FLOATS: usize = 1 << 18;
+pub const SPAN_FLOATS: usize = 1 << 18;
 
 /// How much more efficient (by [`tile::TileSet::efficiency`]) tiles over images must be than
-/// tiles over one image's row for a plan to gather the images ([`Band::Span`]).
-const SPAN_GAIN: f64 = 1.1;
+/// tiles over one image's row for a plan to gather the images ([`Band::Span`]; the
+/// backward-data plan's the same).
+pub const SPAN_GAIN: f64 = 1.1;
 
 /// The operands of one convolution run, as raw pointers (the C-ABI form; null when absent).
 /// Batch strides are in floats.

@@ -59,7 +59,7 @@ pub fn files() -> &'static [Source] {
         pack: Core [error];
         conv_small: Core [conv tile];
         conv_fwd: Core [conv conv_small error par tile view];
-        conv_bwd_data: Core [conv error par simd tile view];
+        conv_bwd_data: Core [conv conv_small error par simd tile view];
         optim: Core [error fmath par simd x86];
         conv_bwd_weights: Core [conv error optim par simd tile view];
         conv_generic: Core [act conv error par simd view];
