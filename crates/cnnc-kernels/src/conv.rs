@@ -116,6 +116,9 @@ pub enum Band {
     Padded = 1,
     /// A copy per kernel column of the pixels each output column reads through it.
     Taps = 2,
+    /// Small maps at batch > 1: the task's images gathered as `[icb][ih][iw][image][16]`,
+    /// tiles of one pixel of several images (`conv_small.rs`).
+    Span = 3,
 }
 
 /// A checked forward convolution on blocked maps and how it is split into tasks. Made by
@@ -169,6 +172,9 @@ pub struct ConvPlan {
     /// rows: each chunk runs on all the task's rows (accumulating in the output) before the
     /// next, whose weights stream in meanwhile (see `set_band`); `icb` when uncut.
     pub(crate) chunk: usize,
+    /// [`Band::Span`] only: images per task and image chunks (else `shape.n` and 1).
+    pub(crate) images: usize,
+    pub(crate) n_images: usize,
 }
 
 /// Bytes of a task's weights above which its blocks are visited outside its rows (a quarter
@@ -195,6 +201,15 @@ const CHUNK_WEIGHTS: usize = 64 << 10;
 /// 1 MiB L2. Pairs of 295 KB (ResNet-50's layer3 3x3) ran no faster cut with cold weights and
 /// 3-4 % slower with warm ones (each chunk a tile call and a store of partial sums).
 const CHUNKED_PAIRS: usize = 512 << 10;
+
+/// Floats of gathered input a [`Band::Span`] task may hold (1 MiB, the L2 of the x86
+/// machines measured): more images are cut into chunks.
+pub const SPAN_FLOATS: usize = 1 << 18;
+
+/// How much more efficient (by [`tile::TileSet::efficiency`]) tiles over images must be than
+/// tiles over one image's row for a plan to gather the images ([`Band::Span`]; the
+/// backward-data plan's the same).
+pub const SPAN_GAIN: f64 = 1.1;
 
 /// The operands of one convolution run, as raw pointers (the C-ABI form; null when absent).
 /// Batch strides are in floats.
@@ -304,12 +319,47 @@ impl ConvPlan {
             col_block: 0,
             prefetch: false,
             chunk: icb,
+            images: shape.n,
+            n_images: 1,
         };
         if band == Band::Taps && shape.kh == 1 && ph == 0 {
             plan.band_row_step = sh;
         }
+        let row_gain = tiles.a16.efficiency(k, nw);
+        if shape.n > 1 && !flat && plan.span_gain() > SPAN_GAIN * row_gain {
+            return Ok(plan.with_span(threads));
+        }
         plan.split(threads.max(1));
         Ok(plan)
+    }
+
+    /// The efficiency of the tiles a [`Band::Span`] plan would use.
+    fn span_gain(&self) -> f64 {
+        let set = &tile::tiles(self.isa).a16;
+        let (k, nw) = choose_tile(set, self.ocb, self.span_images().0);
+        set.efficiency(k, nw)
+    }
+
+    /// Images per [`Band::Span`] task (as even as can be under [`SPAN_FLOATS`]) and chunks.
+    fn span_images(&self) -> (usize, usize) {
+        let s = &self.shape;
+        let per_image = (self.icb * s.ih * s.iw * 16).max(1);
+        let most = (SPAN_FLOATS / per_image).clamp(1, s.n);
+        let chunks = s.n.div_ceil(most);
+        (s.n.div_ceil(chunks), chunks)
+    }
+
+    /// The same plan run as tiles over images ([`Band::Span`], `conv_small.rs`), split for
+    /// `threads`: what [`ConvPlan::new`] picks for small maps at batch > 1, and for tests and
+    /// tuning on any shape.
+    pub fn with_span(mut self, threads: usize) -> ConvPlan {
+        (self.images, self.n_images) = self.span_images();
+        self.band = Band::Span;
+        self.band_row_step = 1;
+        (self.rows, self.cols) = (1, self.oh * self.ow);
+        (self.k, self.nw) = choose_tile(&tile::tiles(self.isa).a16, self.ocb, self.images);
+        self.split(threads.max(1));
+        self
     }
 
     /// The same plan with the tile shape forced to `k` blocks x at most `nw` columns (both
@@ -317,7 +367,8 @@ impl ConvPlan {
     /// alone), re-split for `threads`: for tuning.
     pub fn with_tile(mut self, k: usize, nw: usize, threads: usize) -> ConvPlan {
         let set = &tile::tiles(self.isa).a16;
-        let fits = self.ocb.is_multiple_of(k) || (k == 2 && self.ocb > 2);
+        // Tiles over images run whole tiles only (`conv_small.rs`): no lone last block there.
+        let fits = self.ocb.is_multiple_of(k) || (k == 2 && self.ocb > 2 && self.band != Band::Span);
         let k = if fits && set.max_width(k) > 0 { k } else { 1 };
         self.k = k;
         self.nw = nw.clamp(1, set.max_width(k));
@@ -328,6 +379,10 @@ impl ConvPlan {
     /// The same plan with `row_chunk` output rows and `oc_chunk` blocks per task (clamped; the
     /// blocks rounded to the tile's): for tuning the split.
     pub fn with_split(mut self, row_chunk: usize, oc_chunk: usize) -> ConvPlan {
+        if self.band == Band::Span {
+            // Its split is over images and pixels (see `split_span`).
+            return self;
+        }
         let units = self.ocb.div_ceil(self.k);
         let want = (oc_chunk / self.k).clamp(1, units);
         let per = (1..=want).rev().find(|d| units.is_multiple_of(*d)).unwrap_or(1);
@@ -461,6 +516,18 @@ impl ConvPlan {
     fn set_band(&mut self) {
         let s = self.shape;
         match self.band {
+            Band::Span => {
+                self.band_rows = 0;
+                self.band_row = s.iw * self.images * 16;
+                self.band_icb = s.ih * self.band_row;
+                self.tap_stride = s.dilation[1] * self.images * 16;
+                self.scratch = self.icb * self.band_icb;
+                self.blocks_outer = false;
+                self.prefetch = false;
+                self.chunk = self.icb;
+                self.col_block = self.cols;
+                return;
+            }
             Band::Direct => {
                 self.band_rows = 0;
                 self.band_row = s.iw * 16;
@@ -495,12 +562,16 @@ impl ConvPlan {
     /// Chooses the task split: the fewest rounds of equal tasks over `threads`, counting the
     /// band copies and a fixed cost per task.
     fn split(&mut self, threads: usize) {
+        if self.band == Band::Span {
+            self.split_span(threads);
+            return;
+        }
         let s = self.shape;
         // Cycles per output pixel x block at the FMA peak (32 MACs a cycle, 16 per block).
         let unit = (self.icb * 16 * s.kh * s.kw) as f64 / 2.0;
         let (band, ow, icb) = (self.band, self.ow, self.icb);
         let copy_row = match band {
-            Band::Direct => 0.0,
+            Band::Direct | Band::Span => 0.0,
             Band::Padded => (icb * (s.iw + 2 * s.pad[1])) as f64,
             Band::Taps => (icb * s.kw * ow) as f64,
         };
@@ -517,6 +588,26 @@ impl ConvPlan {
         self.col_chunk = sp.col_chunk;
         self.n_cols = sp.n_cols;
         self.tasks = sp.tasks;
+        self.set_band();
+    }
+}
+
+impl ConvPlan {
+    /// The split of a [`Band::Span`] plan: every task gathers its whole image chunk, so the
+    /// threads share the output-channel blocks (the most units up to `threads` dividing
+    /// them evenly), and the pixels only when image chunks x groups x blocks are fewer
+    /// tasks than threads.
+    fn split_span(&mut self, threads: usize) {
+        let units = self.ocb / self.k;
+        let n_oc = (1..=units.min(threads)).rev().find(|d| units.is_multiple_of(*d)).unwrap_or(1);
+        self.n_oc = n_oc;
+        self.oc_chunk = units / n_oc * self.k;
+        let others = self.n_images * self.shape.groups * n_oc;
+        let n_pix = threads.div_ceil(others).clamp(1, self.cols);
+        self.col_chunk = self.cols.div_ceil(n_pix);
+        self.n_cols = self.cols.div_ceil(self.col_chunk);
+        (self.row_chunk, self.n_rows) = (1, 1);
+        self.tasks = others * self.n_cols;
         self.set_band();
     }
 }

@@ -26,9 +26,14 @@
 //! whole tile of images, where the general path, one pixel per image, read every weight
 //! vector for a single FMA row.
 //!
+//! Small maps at batch > 1 with stride 1 (ResNet-18's layer3 at 3x32x32) gather the task's gy
+//! the same way as the forward pass's tiles over images (`conv_small.rs`): one dx pixel of
+//! several images a tile ([`BwdDataPlan::with_span`]).
+//!
 //! [`pack::Blocked::BackwardData`]: super::pack::Blocked::BackwardData
 
-use super::conv::{ConvShape, best_split, choose_tile};
+use super::conv::{ConvShape, SPAN_FLOATS, SPAN_GAIN, best_split, choose_tile};
+use super::conv_small;
 use super::error::{KernelError, check_len, check_min_len, product};
 use super::par::{Parallel, SyncPtr};
 use super::simd::{Cpu, Isa};
@@ -86,6 +91,8 @@ pub struct BwdDataPlan {
     /// The output is one pixel (and one group): tasks are dx pixels x runs of `k` input
     /// blocks, tiles have images as columns (see the module comment).
     pub(crate) one_pixel: bool,
+    /// Small maps at batch > 1, stride 1: tiles over images (see [`BwdDataPlan::with_span`]).
+    pub(crate) span: bool,
 }
 
 /// Raw operands (null where absent), batch strides in floats.
@@ -195,12 +202,18 @@ impl BwdDataPlan {
             taps_h: used_taps(shape.ih, shape.pad[0], shape.kh, shape.dilation[0], sh, oh),
             taps_w: used_taps(shape.iw, shape.pad[1], shape.kw, shape.dilation[1], sw, ow),
             one_pixel: false,
+            span: false,
         };
         if oh == 1 && ow == 1 && g == 1 {
             let (k, nw) = choose_tile(&tile::tiles(isa).a16, icb, shape.n);
             let tasks = product("tasks", &[shape.ih, shape.iw, icb / k])?;
             let scratch = product("scratch", &[ocb, shape.n, 16])?;
             return Ok(BwdDataPlan { k, nw, tasks, images: shape.n, scratch, one_pixel: true, ..plan });
+        }
+        let span = plan.with_span(threads);
+        let set = &tile::tiles(isa).a16;
+        if shape.n > 1 && span.span && set.efficiency(span.k, span.nw) > SPAN_GAIN * set.efficiency(k, nw) {
+            return Ok(span);
         }
         plan.images = plan.images_per_task();
         let unit = (ocb * 16 * shape.kh * shape.kw) as f64 / (2.0 * (sh * sw) as f64);
@@ -222,6 +235,37 @@ impl BwdDataPlan {
         plan.band_image = ocb * plan.band_ocb;
         plan.scratch = plan.images * plan.band_image;
         Ok(plan)
+    }
+
+    /// The same plan run as tiles over images, as the forward pass on small maps
+    /// (`conv_small.rs`): a task gathers its images' gy (masked) as `[ob][oy][ox][image][16]`
+    /// and runs, for each run of `k` input blocks, one dx pixel of up to `nw` images a tile
+    /// through the rotated taps that reach gy inside the map, written in place (`c_col` = the
+    /// image stride). Stride 1 only (a strided layer is left as it is); the threads share the
+    /// input blocks, and the pixels when those are too few. For tests and tuning on any shape;
+    /// [`BwdDataPlan::new`] picks it for small maps at batch > 1.
+    pub fn with_span(mut self, threads: usize) -> BwdDataPlan {
+        let s = self.shape;
+        if s.stride != [1, 1] || self.one_pixel {
+            return self;
+        }
+        let threads = threads.max(1);
+        let per_image = (self.ocb * self.oh * self.ow * 16).max(1);
+        let chunks = s.n.div_ceil((SPAN_FLOATS / per_image).clamp(1, s.n));
+        self.images = s.n.div_ceil(chunks);
+        (self.k, self.nw) = choose_tile(&tile::tiles(self.isa).a16, self.icb, self.images);
+        let units = self.icb / self.k;
+        self.n_ib = (1..=units.min(threads)).rev().find(|d| units.is_multiple_of(*d)).unwrap_or(1);
+        self.ib_chunk = units / self.n_ib * self.k;
+        let others = chunks * s.groups * self.n_ib;
+        let pixels = s.ih * s.iw;
+        self.row_chunk = pixels.div_ceil(threads.div_ceil(others).clamp(1, pixels));
+        self.n_rows = pixels.div_ceil(self.row_chunk);
+        self.tasks = others * self.n_rows;
+        self.band_image = per_image;
+        self.scratch = self.images * per_image;
+        self.span = true;
+        self
     }
 
     /// Images a task takes: one, unless the weights of the used taps (read once per image of
@@ -335,6 +379,11 @@ pub unsafe fn backward_data_task(plan: &BwdDataPlan, a: &BwdDataArgs, task: usiz
         unsafe { one_pixel_task(plan, a, task, scratch) };
         return;
     }
+    if plan.span {
+        // SAFETY: forwarded contract.
+        unsafe { span_task(plan, a, task, scratch) };
+        return;
+    }
     let s = &plan.shape;
     let row_i = task % plan.n_rows;
     let t = task / plan.n_rows;
@@ -359,6 +408,70 @@ pub unsafe fn backward_data_task(plan: &BwdDataPlan, a: &BwdDataArgs, task: usiz
                 // SAFETY: forwarded contract.
                 unsafe { dx_row(plan, a, band(n), oy_first, n, ib, iy) };
             }
+        }
+    }
+}
+
+/// One task of a [`BwdDataPlan::with_span`] plan: dx pixels (a chunk of `row_chunk`) x a run
+/// of input blocks x an image chunk of a group.
+///
+/// # Safety
+/// As [`backward_data_task`], `plan.span`.
+unsafe fn span_task(plan: &BwdDataPlan, a: &BwdDataArgs, task: usize, scratch: *mut f32) {
+    let s = &plan.shape;
+    let pix_i = task % plan.n_rows;
+    let t = task / plan.n_rows;
+    let ib_i = t % plan.n_ib;
+    let t = t / plan.n_ib;
+    let g = t % s.groups;
+    let n0 = t / s.groups * plan.images;
+    let n1 = (n0 + plan.images).min(s.n);
+    let (p0, pixels) = (pix_i * plan.row_chunk, s.ih * s.iw);
+    let p1 = (p0 + plan.row_chunk).min(pixels);
+    let ohw = plan.oh * plan.ow;
+    let gy = a.gy.wrapping_add(g * plan.ocb * ohw * 16);
+    let mask = if plan.options.relu_mask { a.y.wrapping_add(g * plan.ocb * ohw * 16) } else { core::ptr::null() };
+    // SAFETY: the group's blocks of images n0..n1 are inside gy (and y); the scratch holds
+    // images x ocb x oh x ow x 16 floats.
+    unsafe { conv_small::gather(gy, a.gy_bs, mask, a.y_bs, plan.ocb, ohw, n0..n1, plan.images, scratch) };
+    let (taps_all, img16) = (s.kh * s.kw * 256, plan.images * 16);
+    let [dh, dw] = s.dilation;
+    // dx row iy reads gy row iy + ph - (KH - 1) dh + rh dh through rotated kernel row rh.
+    let reach = |i: usize, p: usize, k: usize, d: usize| i as isize + p as isize - ((k - 1) * d) as isize;
+    let ihw16 = pixels * 16;
+    let tiles = &tile::tiles(plan.isa).a16;
+    let rotated = |pix: usize| {
+        let (top, left) = (reach(pix / s.iw, s.pad[0], s.kh, dh), reach(pix % s.iw, s.pad[1], s.kw, dw));
+        let taps = (conv_small::axis_taps(top, s.kh, dh, plan.oh), conv_small::axis_taps(left, s.kw, dw, plan.ow));
+        (top, left, taps)
+    };
+    // Unlike the forward pass, prefetching the next run's weights (conv_small::NextPair)
+    // measured no faster here: ResNet-18's layer3 at batch 16, 1.48-1.66 ms with and
+    // 1.49-1.57 without (shared machine, alternating runs).
+    let ib0 = g * plan.icb + ib_i * plan.ib_chunk;
+    for ib in (ib0..ib0 + plan.ib_chunk).step_by(plan.k) {
+        for pix in p0..p1 {
+            let (top, left, ([rh0, rh1], [rw0, rw1])) = rotated(pix);
+            let r = Reduce {
+                n: [plan.ocb, rh1 - rh0, rw1 - rw0],
+                a: [(ohw * img16) as isize, (dh * plan.ow * img16) as isize, (dw * img16) as isize],
+                b: [taps_all as isize, (s.kw * 256) as isize, 256],
+                steps: 16,
+                a_step: 1,
+                b_step: 16,
+                b_blk: (plan.ocb * taps_all) as isize,
+            };
+            // The first tap's gy pixel (any in-range one when the reduction is empty).
+            let oy = (top + (rh0 * dh) as isize).clamp(0, plan.oh as isize - 1) as usize;
+            let ox = (left + (rw0 * dw) as isize).clamp(0, plan.ow as isize - 1) as usize;
+            let x = scratch.wrapping_add((oy * plan.ow + ox) * img16);
+            let wp = a.w.wrapping_add(ib * plan.ocb * taps_all + (rh0 * s.kw + rw0) * 256);
+            let c = a.dx.wrapping_add(n0 * a.dx_bs + ib * ihw16 + pix * 16);
+            let out = Out::plain(c, a.dx_bs as isize, ihw16 as isize, plan.options.accumulate);
+            // SAFETY: the reduction reads the gathered gy of the taps inside the map and the
+            // rotated weights of those taps (used ones: the plan's hull holds them) for input
+            // blocks ib .. ib + k; the tiles write pixel pix of those blocks in images n0..n1.
+            unsafe { conv_small::image_tiles(tiles, plan.k, plan.nw, x, wp, &r, &out, n1 - n0, &|_, _| {}) };
         }
     }
 }

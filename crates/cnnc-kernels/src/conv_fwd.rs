@@ -132,6 +132,8 @@ pub unsafe fn forward_task(plan: &ConvPlan, a: &ConvArgs, task: usize, scratch: 
         Band::Direct => (a.x.wrapping_add(n * a.x_bs + g * plan.icb * s.ih * s.iw * 16), 0),
         // SAFETY: the band fits plan.scratch floats; the rows copied are inside the input.
         Band::Padded | Band::Taps => unsafe { copy_band(plan, a, n, g, oy0, oy1, scratch) },
+        // SAFETY: forwarded contract (tiles over images, `conv_small.rs`).
+        Band::Span => return unsafe { super::conv_small::forward_task(plan, a, task, scratch) },
     };
     let ob0 = g * plan.ocb + oc_i * plan.oc_chunk;
     // The group's last task may hold a last block alone (an odd count with two a tile).
@@ -461,7 +463,7 @@ unsafe fn copy_band(
                             }
                         }
                     }
-                    Band::Direct => {}
+                    Band::Direct | Band::Span => {}
                 }
             }
         }

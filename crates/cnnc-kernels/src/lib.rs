@@ -43,6 +43,7 @@ pub mod conv_generic;
 pub mod conv_plain;
 pub mod conv_plain_bwd;
 pub mod conv_plain_rows;
+pub mod conv_small;
 pub mod cpu;
 pub mod depthwise;
 pub mod eltwise;

@@ -57,8 +57,9 @@ pub fn files() -> &'static [Source] {
         tile: Core [act fmath simd x86];
         conv: Core [act error simd tile view];
         pack: Core [error];
-        conv_fwd: Core [conv error par tile view];
-        conv_bwd_data: Core [conv error par simd tile view];
+        conv_small: Core [conv tile];
+        conv_fwd: Core [conv conv_small error par tile view];
+        conv_bwd_data: Core [conv conv_small error par simd tile view];
         optim: Core [error fmath par simd x86];
         conv_bwd_weights: Core [conv error optim par simd tile view];
         conv_generic: Core [act conv error par simd view];

@@ -89,6 +89,33 @@ pub fn conv_cfg() -> impl Strategy<Value = ConvCfg> {
         })
 }
 
+/// Small maps (1x1 .. 4x4) at batch 1..17, where plans run tiles over images: strides 1-2,
+/// padding, dilation, two groups, channels not multiples of 16.
+pub fn small_cfg() -> impl Strategy<Value = ConvCfg> {
+    (
+        (1usize..=17, 1usize..=40, 1usize..=40, prop_oneof![Just(1usize), Just(2)]),
+        (1usize..=4, 1usize..=4, 1usize..=3, 1usize..=3),
+        (1usize..=2, 1usize..=2, 0usize..=2, 0usize..=2, 1usize..=2, 1usize..=2),
+    )
+        .prop_map(|((n, ic, oc, groups), (ih, iw, kh, kw), (sh, sw, ph, pw, dh, dw))| {
+            let (ic, oc) = if groups == 2 { (32, 32 * oc.div_ceil(20)) } else { (ic, oc) };
+            let extent = |k: usize, d: usize| d * (k - 1) + 1;
+            let (ph, pw) = (ph.min(extent(kh, dh)), pw.min(extent(kw, dw)));
+            ConvCfg {
+                n,
+                ic,
+                ih: ih.max(extent(kh, dh).saturating_sub(2 * ph)),
+                iw: iw.max(extent(kw, dw).saturating_sub(2 * pw)),
+                oc,
+                k: [kh, kw],
+                stride: [sh, sw],
+                pad: [ph, pw],
+                dilation: [dh, dw],
+                groups,
+            }
+        })
+}
+
 fn macs(c: &ConvCfg) -> usize {
     let [oh, ow] = c.out_hw();
     c.n * c.oc * oh * ow * c.ic / c.groups * c.k[0] * c.k[1]
@@ -169,7 +196,9 @@ fn check_forward(cfg: ConvCfg, e: EpiCase, seed: u64) -> Result<(), String> {
         if !matches!(e.residual, Residual::None) && chunked.chunk() != (cfg.ic / cfg.groups).div_ceil(16) {
             return Err(format!("{cfg:?}: a plan with a residual cut its reduction"));
         }
-        for plan in [plan, flipped, cut, chunked, pairs, units] {
+        // Tiles over images (what small maps at batch > 1 get), on any shape.
+        let span = plan.with_span(par.threads());
+        for plan in [plan, flipped, cut, chunked, pairs, units, span] {
             let y0 = match e.residual {
                 Residual::InPlace => rb.clone(),
                 _ => vec![9.0; rb.len()],
@@ -225,6 +254,11 @@ proptest! {
 
     #[test]
     fn forward_matches_interpreter(cfg in conv_cfg(), e in epi_case(), seed in any::<u64>()) {
+        check_forward(cfg, e, seed).map_err(TestCaseError::fail)?;
+    }
+
+    #[test]
+    fn small_maps_match_interpreter(cfg in small_cfg(), e in epi_case(), seed in any::<u64>()) {
         check_forward(cfg, e, seed).map_err(TestCaseError::fail)?;
     }
 }

@@ -1,7 +1,7 @@
 //! Convolution backward-data (with the ReLU-mask prologue and accumulation) and
 //! backward-weights (with the bias gradient) against the interpreter's backward pass.
 
-use super::conv::{conv_cfg, shape_of, weight_shape};
+use super::conv::{conv_cfg, shape_of, small_cfg, weight_shape};
 use super::oracle::{self, ConvCfg};
 use super::util::{Arena, Rng, close, cpus, from_blocked, guarded, par, pool, to_blocked};
 use cnnc_kernels::conv_bwd_data::{self, BwdDataIo, BwdDataOptions, BwdDataPlan};
@@ -46,30 +46,33 @@ fn check_backward(cfg: ConvCfg, relu_mask: bool, accumulate: bool, seed: u64) ->
         let par = par(seed);
         let what = format!("{:?} {cfg:?} mask {relu_mask} accumulate {accumulate}", cpu.isa());
         // Backward data.
-        let plan = BwdDataPlan::new(shape_of(&cfg), options, cpu, par.threads()).map_err(|e| e.to_string())?;
-        // The weights as a training step makes them: rewritten from the forward form, only the
-        // taps the plan reads, over NaN, so that reading any other tap shows in dx.
-        let mut wb = guarded(&vec![f32::NAN; wf.len()]);
-        // SAFETY: the plan came from BwdDataPlan::new for these weights; both buffers hold the
-        // packed length and are apart; the pool is live.
-        unsafe { ffi::cnnc_conv_backward_data_weights(&plan, wf.as_ptr(), wb.as_mut_slice().as_mut_ptr(), pool()) };
-        let mut arena = Arena::new(&[&gyb, &yb, &dxb0]);
-        let io = BwdDataIo {
-            gy: arena.view(0, cfg.n, cfg.oc, oh, ow, Layout::NChw16c),
-            y: relu_mask.then(|| arena.view(1, cfg.n, cfg.oc, oh, ow, Layout::NChw16c)),
-            dx: arena.view(2, cfg.n, cfg.ic, cfg.ih, cfg.iw, Layout::NChw16c),
-            weights: wb.as_slice(),
-        };
-        let mut scratch = guarded(&vec![0.0; plan.scratch_len(par.threads())]);
-        conv_bwd_data::backward_data(par, &plan, arena.buf.as_mut_slice(), &io, scratch.as_mut_slice())
-            .map_err(|e| e.to_string())?;
-        let dx = arena.part(2);
-        close(&format!("dx {what} tile {:?}", plan.tile()), &from_blocked(dx, cfg.n, cfg.ic, ihw), &dx_want, 1e-3)?;
-        if !dx.iter().all(|v| v.is_finite()) {
-            return Err(format!("dx {what}: a padding lane is not finite"));
-        }
-        if !arena.gaps_intact() || !scratch.sentinels_intact() {
-            return Err(format!("dx {what}: wrote outside its tensors"));
+        let first = BwdDataPlan::new(shape_of(&cfg), options, cpu, par.threads()).map_err(|e| e.to_string())?;
+        // And tiles over images (what small maps at batch > 1 get, stride 1), on any shape.
+        for plan in [first, first.with_span(par.threads())] {
+            // The weights as a training step makes them: rewritten from the forward form, only the
+            // taps the plan reads, over NaN, so that reading any other tap shows in dx.
+            let mut wb = guarded(&vec![f32::NAN; wf.len()]);
+            // SAFETY: the plan came from BwdDataPlan::new for these weights; both buffers hold the
+            // packed length and are apart; the pool is live.
+            unsafe { ffi::cnnc_conv_backward_data_weights(&plan, wf.as_ptr(), wb.as_mut_slice().as_mut_ptr(), pool()) };
+            let mut arena = Arena::new(&[&gyb, &yb, &dxb0]);
+            let io = BwdDataIo {
+                gy: arena.view(0, cfg.n, cfg.oc, oh, ow, Layout::NChw16c),
+                y: relu_mask.then(|| arena.view(1, cfg.n, cfg.oc, oh, ow, Layout::NChw16c)),
+                dx: arena.view(2, cfg.n, cfg.ic, cfg.ih, cfg.iw, Layout::NChw16c),
+                weights: wb.as_slice(),
+            };
+            let mut scratch = guarded(&vec![0.0; plan.scratch_len(par.threads())]);
+            conv_bwd_data::backward_data(par, &plan, arena.buf.as_mut_slice(), &io, scratch.as_mut_slice())
+                .map_err(|e| e.to_string())?;
+            let dx = arena.part(2);
+            close(&format!("dx {what} tile {:?}", plan.tile()), &from_blocked(dx, cfg.n, cfg.ic, ihw), &dx_want, 1e-3)?;
+            if !dx.iter().all(|v| v.is_finite()) {
+                return Err(format!("dx {what}: a padding lane is not finite"));
+            }
+            if !arena.gaps_intact() || !scratch.sentinels_intact() {
+                return Err(format!("dx {what}: wrote outside its tensors"));
+            }
         }
         // Backward weights: with the mask, the run writes the split gradient gy * (y > 0) (in
         // place over gy when accumulating, apart otherwise) and reduces it.
@@ -121,6 +124,11 @@ proptest! {
 
     #[test]
     fn backward_matches_interpreter(cfg in conv_cfg(), mask in any::<bool>(), acc in any::<bool>(), seed in any::<u64>()) {
+        check_backward(cfg, mask, acc, seed).map_err(TestCaseError::fail)?;
+    }
+
+    #[test]
+    fn small_maps_backward_matches_interpreter(cfg in small_cfg(), mask in any::<bool>(), acc in any::<bool>(), seed in any::<u64>()) {
         check_backward(cfg, mask, acc, seed).map_err(TestCaseError::fail)?;
     }
 }
