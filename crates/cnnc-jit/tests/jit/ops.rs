@@ -173,6 +173,25 @@ fn plain_pooling() {
     }
 }
 
+/// Global average pooling before an fc head (its own loop, no tables): 1x1 maps (a copy, as
+/// ResNet's head at 32x32), odd maps, channel counts that are not multiples of 16 (blocked maps'
+/// padded lanes), both divisors, batch 1 and 3.
+#[test]
+fn global_average_pooling() {
+    for (k, &(c, hw, include_pad, batch)) in
+        [(20, [1, 1], true, 3), (16, [5, 3], false, 1), (7, [1, 1], false, 1), (33, [2, 2], true, 3)].iter().enumerate()
+    {
+        let mut g = Graph::new(format!("gap{k}"));
+        let x = g.add_input("x", Shape(vec![3, hw[0], hw[1]]), Default::default()).unwrap();
+        let cv = add(&mut g, conv(c, 1, 1, 0), &[x], "conv");
+        let p = add(&mut g, Op::GlobalPool(PoolKind::Avg { include_pad }), &[cv], "pool");
+        let f = add(&mut g, Op::Flatten, &[p], "flat");
+        let y = add(&mut g, Op::Fc(Fc { out_features: 5, bias: true }), &[f], "fc");
+        g.outputs = vec![y];
+        check_graph(&g, batch);
+    }
+}
+
 /// Plain max pooling of a ReLU's output (many ties at zero: the first maximum's argmax wins)
 /// on maps whose rows are copied into the -inf-padded scratch, batch 1 and 3 channels.
 #[test]
