@@ -261,7 +261,7 @@ fn global_avg(lx: &mut Lx, x: Val, y: Val) -> Result<(), JitError> {
     }
     let planes = x.n * nq;
     let tasks = lx.tasks(planes, (planes * hw) as f64);
-    let step = 4 * x.es() as i64;
+    let step = 4 * x.es();
     lx.kernel(tasks, |fx| {
         let (lo, hi) = fx.task_range(planes, tasks);
         fx.for_range(lo, hi, 1, |fx, u| {
