@@ -290,8 +290,8 @@ fn global_avg(lx: &mut Lx, x: Val, y: Val) -> Result<(), JitError> {
     })
 }
 
-/// The global average of plain 1x1 maps: `0 + x` of each image's `c` contiguous floats, four
-/// at a time (a plane a call of the kernels' pooling took 10 ns a channel).
+/// The global average of plain 1x1 maps (or its gradient): `0 + x` of each image's `c`
+/// contiguous floats, four at a time (the kernels' pooling took 10 ns a channel).
 fn copy_channels(lx: &mut Lx, x: Val, y: Val) -> Result<(), JitError> {
     let c = x.c as i64;
     let tasks = lx.tasks(x.n, (x.n * x.c) as f64);
@@ -487,6 +487,13 @@ pub(crate) fn backward(
     }
     let ins: Vec<Val> = lx.plan.graph[id].inputs.iter().map(|&i| lx.val(i)).collect::<Result<_, _>>()?;
     let gx = lx.val(id)?;
+    // A global average of plain 1x1 maps passes its gradient through (divided by 1).
+    if matches!((kind, geometry), (PoolKind::Avg { .. }, PoolGeometry::Global))
+        && input[1] * input[2] == 1
+        && [gx, ins[0]].iter().all(|v| v.layout == Layout::Plain && v.c == input[0] && v.h * v.w == 1)
+    {
+        return copy_channels(lx, ins[0], gx);
+    }
     if lx.mode == crate::options::Mode::Native && native_backward(lx, kind, geometry, &ins, gx, input)? {
         return Ok(());
     }
