@@ -181,7 +181,8 @@ impl Padded {
     fn of(win: &Window, x: &Val, ow: usize) -> Option<Padded> {
         let (k, s, p) = (win.kernel[1], win.stride[1], win.pad[1]);
         let vend = ow / 4 * 4;
-        if vend == 0 {
+        // Where the loads from the input rows already cover these columns the copies only cost.
+        if vend == 0 || vector_columns(ow, x.w, k, s, p) == (0, vend) {
             return None;
         }
         let last_load = if s == 1 { k - 1 + 4 } else { ((k - 1) & !1) + 8 };
