@@ -134,6 +134,14 @@ pub(crate) fn forward(
         };
         return super::pool_plain::forward(lx, kind, win, x, outs);
     }
+    if !argmax
+        && matches!(geometry, PoolGeometry::Global)
+        && matches!(kind, PoolKind::Avg { .. })
+        && y.c == x.c
+        && y.h * y.w == 1
+    {
+        return global_avg(lx, x, y);
+    }
     let native = lx.mode == crate::options::Mode::Native;
     if native
         && !argmax
@@ -239,6 +247,74 @@ pub(crate) fn forward(
         })?;
     }
     Ok(())
+}
+
+/// Global average pooling: each plane (four channels of a blocked map) summed pixel by pixel
+/// in order and divided by `h * w`, as the table-driven loops do but without their tables and
+/// per-window loops (ResNet's head pools 1x1 maps: a copy).
+fn global_avg(lx: &mut Lx, x: Val, y: Val) -> Result<(), JitError> {
+    let blocked = x.layout == Layout::Blocked16;
+    let (ty, nq) = if blocked { (F32X4, x.c.div_ceil(16) * 4) } else { (F32, x.c) };
+    let hw = x.h * x.w;
+    if hw == 1 && !blocked && y.layout == Layout::Plain {
+        return copy_channels(lx, x, y);
+    }
+    let planes = x.n * nq;
+    let tasks = lx.tasks(planes, (planes * hw) as f64);
+    let step = 4 * x.es();
+    lx.kernel(tasks, |fx| {
+        let (lo, hi) = fx.task_range(planes, tasks);
+        fx.for_range(lo, hi, 1, |fx, u| {
+            let n = fx.udiv(u, nq as i64);
+            let q = fx.urem(u, nq as i64);
+            let (xp, yp) = plane_pair(fx, &x, &y, n, q, blocked);
+            let zero = fx.fconst(ty, 0.0);
+            let acc = fx.var_init(ty, zero);
+            fx.for_step(0, hw as i64, 1, |fx, p| {
+                let a = fx.index(xp, p, step);
+                let v = fx.load(ty, a, 0);
+                let cur = fx.get(acc);
+                let next = fx.fadd(cur, v);
+                fx.set(acc, next);
+            });
+            let sum = fx.get(acc);
+            // A division by 1 is exact (a 1x1 map's pooling is `0 + x`).
+            let result = if hw == 1 {
+                sum
+            } else {
+                let d = fx.fconst(ty, hw as f32);
+                fx.fdiv(sum, d)
+            };
+            fx.store(result, yp, 0);
+        });
+    })
+}
+
+/// The global average of plain 1x1 maps (or its gradient): `0 + x` of each image's `c`
+/// contiguous floats, four at a time (the kernels' pooling took 10 ns a channel).
+fn copy_channels(lx: &mut Lx, x: Val, y: Val) -> Result<(), JitError> {
+    let c = x.c as i64;
+    let tasks = lx.tasks(x.n, (x.n * x.c) as f64);
+    lx.kernel(tasks, |fx| {
+        let (lo, hi) = fx.task_range(x.n, tasks);
+        fx.for_range(lo, hi, 1, |fx, n| {
+            let (xi, yi) = (x.image(fx, n), y.image(fx, n));
+            let zero4 = fx.fconst(F32X4, 0.0);
+            fx.for_step(0, c / 4 * 4, 4, |fx, i| {
+                let a = fx.index(xi, i, 4);
+                let v = fx.load(F32X4, a, 0);
+                let v = fx.fadd(zero4, v);
+                let b = fx.index(yi, i, 4);
+                fx.store(v, b, 0);
+            });
+            let zero = fx.fconst(F32, 0.0);
+            for i in c / 4 * 4..c {
+                let v = fx.load(F32, xi, 4 * i);
+                let v = fx.fadd(zero, v);
+                fx.store(v, yi, 4 * i);
+            }
+        });
+    })
 }
 
 /// The argmax node of max pooling `id` (same input and geometry, a few nodes on, as the
@@ -411,6 +487,13 @@ pub(crate) fn backward(
     }
     let ins: Vec<Val> = lx.plan.graph[id].inputs.iter().map(|&i| lx.val(i)).collect::<Result<_, _>>()?;
     let gx = lx.val(id)?;
+    // A global average of plain 1x1 maps passes its gradient through (divided by 1).
+    if matches!((kind, geometry), (PoolKind::Avg { .. }, PoolGeometry::Global))
+        && input[1] * input[2] == 1
+        && [gx, ins[0]].iter().all(|v| v.layout == Layout::Plain && v.c == input[0] && v.h * v.w == 1)
+    {
+        return copy_channels(lx, ins[0], gx);
+    }
     if lx.mode == crate::options::Mode::Native && native_backward(lx, kind, geometry, &ins, gx, input)? {
         return Ok(());
     }

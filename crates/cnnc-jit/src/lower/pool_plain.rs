@@ -8,6 +8,9 @@
 //! column of an even-width row is a vector column. The edge columns' taps are known at compile
 //! time and unrolled (no per-column table or loop). One pass can write the pooled value and
 //! max pooling's argmax together (the two nodes of a training graph's max pooling).
+//! Max pooling instead copies each window's input rows into a per-thread scratch padded with
+//! -inf (`Padded`), so every column but the last `ow % 4` is a vector column and no column
+//! needs clipped taps (ResNet's stem pooling on 16x16 maps had half its columns scalar).
 //!
 //! Semantics as the general code: a larger value or a NaN takes over (the first maximum wins
 //! ties, the last NaN wins), the argmax is the f32 flat index `y * W + x` within the plane,
@@ -72,6 +75,12 @@ fn lane_offsets(fx: &mut Fx, s: usize) -> Value {
 
 /// Pools `x` into `outs` (see the module comment); `fits` must hold.
 pub(crate) fn forward(lx: &mut Lx, kind: PoolKind, win: &Window, x: Val, outs: Outs) -> Result<(), JitError> {
+    if kind == PoolKind::Max {
+        let first = outs.y.or(outs.argmax).expect("a pass writes something");
+        if let Some(geo) = Padded::of(win, &x, first.w) {
+            return forward_padded(lx, win, x, outs, geo);
+        }
+    }
     let first = outs.y.or(outs.argmax).expect("a pass writes something");
     let (oh, ow) = (first.h, first.w);
     let rows: Axis = sliding(oh, x.h, win.kernel[0], win.stride[0], win.pad[0], 1);
@@ -153,6 +162,149 @@ pub(crate) fn forward(lx: &mut Lx, kind: PoolKind, win: &Window, x: Val, outs: O
     })
 }
 
+/// Max pooling from a scratch copy of the window's rows padded with -inf on both sides, so
+/// every column of a row (but the last `ow % 4`) is a vector column: a padded tap never takes
+/// over (it is neither larger than the running maximum nor a NaN), so the results and argmaxes
+/// are those of the clipped windows. Each of an output row's input rows is copied once.
+#[derive(Clone, Copy, Debug)]
+struct Padded {
+    /// Floats in a scratch row: `pad` of -inf, the input row, -inf up to the last vector load.
+    len: usize,
+    /// The columns `0..vend` computed by vectors.
+    vend: usize,
+}
+
+impl Padded {
+    /// The largest scratch (all threads' rows of one window) the padded path takes, in bytes.
+    const MAX_SCRATCH: usize = 64 << 10;
+
+    fn of(win: &Window, x: &Val, ow: usize) -> Option<Padded> {
+        let (k, s, p) = (win.kernel[1], win.stride[1], win.pad[1]);
+        let vend = ow / 4 * 4;
+        // Where the loads from the input rows already cover these columns the copies only cost.
+        if vend == 0 || vector_columns(ow, x.w, k, s, p) == (0, vend) {
+            return None;
+        }
+        let last_load = if s == 1 { k - 1 + 4 } else { ((k - 1) & !1) + 8 };
+        let len = (p + x.w).max((vend - 4) * s + last_load);
+        (win.kernel[0] * len * 4 <= Self::MAX_SCRATCH).then_some(Padded { len, vend })
+    }
+}
+
+fn forward_padded(lx: &mut Lx, win: &Window, x: Val, outs: Outs, geo: Padded) -> Result<(), JitError> {
+    let first = outs.y.or(outs.argmax).expect("a pass writes something");
+    let (oh, ow) = (first.h, first.w);
+    let rows: Axis = sliding(oh, x.h, win.kernel[0], win.stride[0], win.pad[0], 1);
+    let cols: Axis = sliding(ow, x.w, win.kernel[1], win.stride[1], win.pad[1], 1);
+    let rt = table(lx, &rows);
+    let (k, s, p) = (win.kernel[1], win.stride[1], win.pad[1]);
+    let (kh, len) = (win.kernel[0], geo.len);
+    let per_thread = kh * len * 4;
+    let scratch = lx.alloc(lx.threads * per_thread);
+    let planes = x.n * x.c;
+    let tasks = lx.tasks(planes, (planes * oh * ow * kh * k) as f64);
+    let w = x.w as i64;
+    lx.kernel(tasks, |fx| {
+        let (lo, hi) = fx.task_range(planes, tasks);
+        let rtab = fx.aux(rt);
+        let lanes = lane_offsets(fx, s);
+        let base = fx.aux(scratch);
+        let th = fx.thread;
+        let sp = fx.index(base, th, per_thread as i64);
+        // The padding: -inf everywhere once; the row copies overwrite only the interiors.
+        let ninf = fx.fconst(F32, f32::NEG_INFINITY);
+        fx.for_n(0, (kh * len) as i64, |fx, i| {
+            let a = fx.index(sp, i, 4);
+            fx.store(ninf, a, 0);
+        });
+        fx.for_range(lo, hi, 1, |fx, u| {
+            let n = fx.udiv(u, x.c as i64);
+            let ch = fx.urem(u, x.c as i64);
+            let xp = x.plane(fx, n, ch);
+            let yp = outs.y.map(|y| y.plane(fx, n, ch));
+            let ap = outs.argmax.map(|a| a.plane(fx, n, ch));
+            fx.for_n(0, oh as i64, |fx, oy| {
+                let [rs, rc, rp] = load3(fx, rtab, oy);
+                let zero = fx.int(0);
+                fx.for_range(zero, rc, 1, |fx, r| {
+                    let iy = fx.add(rs, r);
+                    let from = fx.index(xp, iy, 4 * w);
+                    let to = fx.index(sp, r, 4 * len as i64);
+                    copy_row(fx, from, to, p, x.w);
+                });
+                let orow = fx.muli(oy, ow as i64);
+                let (start, end) = (fx.int(0), fx.int(geo.vend as i64));
+                fx.for_range(start, end, 4, |fx, ox| {
+                    // `c0` is the first tap's scratch column; `c0 - p` its input column.
+                    let c0 = fx.muli(ox, s as i64);
+                    let (acc, best) =
+                        window_rows(fx, F32X4, PoolKind::Max, (sp, len as i64), (rs, rc), |fx, iy, row, body| {
+                            let mut pair = None;
+                            for t in 0..k as i64 {
+                                let sx = fx.addi(c0, t);
+                                let v = if s == 1 {
+                                    let a = fx.index(row, sx, 4);
+                                    fx.load(F32X4, a, 0)
+                                } else {
+                                    if t % 2 == 0 {
+                                        let a = fx.index(row, sx, 4);
+                                        pair = Some((fx.load(F32X4, a, 0), fx.load(F32X4, a, 16)));
+                                    }
+                                    let (va, vb) = pair.expect("an even tap comes first");
+                                    alternate(fx, va, vb, t % 2 == 1)
+                                };
+                                let ix = fx.addi(sx, -(p as i64));
+                                let pix = fx.mad(iy, w, ix);
+                                let pf = fx.i2f(pix);
+                                let pv = fx.splat(F32X4, pf);
+                                let pv = fx.fadd(pv, lanes);
+                                body(fx, v, pv);
+                            }
+                        });
+                    let kk = fx.int(k as i64);
+                    let o = fx.add(orow, ox);
+                    store(fx, F32X4, PoolKind::Max, (acc, best), [rc, kk, rp, kk], o, yp, ap);
+                });
+                // The last `ow % 4` columns one at a time, from the padded rows too.
+                for ox in geo.vend..ow {
+                    let [cs, cc, cp] = cols.entries[ox];
+                    let (acc, best) =
+                        window_rows(fx, F32, PoolKind::Max, (sp, len as i64), (rs, rc), |fx, iy, row, body| {
+                            let prow = fx.muli(iy, w);
+                            for ix in cs as i64..(cs + cc) as i64 {
+                                let v = fx.load(F32, row, 4 * (ix + p as i64));
+                                let pix = fx.addi(prow, ix);
+                                let pf = fx.i2f(pix);
+                                body(fx, v, pf);
+                            }
+                        });
+                    let (cc, cp) = (fx.int(cc as i64), fx.int(cp as i64));
+                    let o = fx.addi(orow, ox as i64);
+                    store(fx, F32, PoolKind::Max, (acc, best), [rc, cc, rp, cp], o, yp, ap);
+                }
+            });
+        });
+    })
+}
+
+/// Copies the `w` floats at `from` to `to + 4 pad` (four at a time, then one at a time).
+fn copy_row(fx: &mut Fx, from: Value, to: Value, pad: usize, w: usize) {
+    let to = fx.addi(to, 4 * pad as i64);
+    let full = w / 4 * 4;
+    if full > 0 {
+        fx.for_step(0, full as i64, 4, |fx, i| {
+            let a = fx.index(from, i, 4);
+            let v = fx.load(F32X4, a, 0);
+            let b = fx.index(to, i, 4);
+            fx.store(v, b, 0);
+        });
+    }
+    for i in full..w {
+        let v = fx.load(F32, from, 4 * i as i64);
+        fx.store(v, to, 4 * i as i64);
+    }
+}
+
 /// One window (or four): `taps(fx, iy, row address, body)` calls `body(value, flat index)` for
 /// each tap of input row `iy`, rows `rs..rs + rc`; returns the accumulator and the argmax.
 #[allow(clippy::type_complexity)]
@@ -162,6 +314,32 @@ fn window(
     kind: PoolKind,
     xp: Value,
     w: i64,
+    rows: (Value, Value),
+    taps: impl FnMut(&mut Fx, Value, Value, &mut dyn FnMut(&mut Fx, Value, Value)),
+) -> (Value, Value) {
+    window_in(fx, ty, kind, (xp, w), None, rows, taps)
+}
+
+/// As [`window`], row `r` of the window read from scratch row `r` (`len` floats a row) of `sp`.
+#[allow(clippy::type_complexity)]
+fn window_rows(
+    fx: &mut Fx,
+    ty: types::Type,
+    kind: PoolKind,
+    (sp, len): (Value, i64),
+    rows: (Value, Value),
+    taps: impl FnMut(&mut Fx, Value, Value, &mut dyn FnMut(&mut Fx, Value, Value)),
+) -> (Value, Value) {
+    window_in(fx, ty, kind, (sp, 0), Some((sp, len)), rows, taps)
+}
+
+#[allow(clippy::type_complexity)]
+fn window_in(
+    fx: &mut Fx,
+    ty: types::Type,
+    kind: PoolKind,
+    (xp, w): (Value, i64),
+    scratch: Option<(Value, i64)>,
     (rs, rc): (Value, Value),
     mut taps: impl FnMut(&mut Fx, Value, Value, &mut dyn FnMut(&mut Fx, Value, Value)),
 ) -> (Value, Value) {
@@ -176,7 +354,10 @@ fn window(
     let zero = fx.int(0);
     fx.for_range(zero, rc, 1, |fx, r| {
         let iy = fx.add(rs, r);
-        let row = fx.index(xp, iy, 4 * w);
+        let row = match scratch {
+            Some((sp, len)) => fx.index(sp, r, 4 * len),
+            None => fx.index(xp, iy, 4 * w),
+        };
         taps(fx, iy, row, &mut |fx, v, pix| {
             let cur = fx.get(acc);
             let next = match kind {

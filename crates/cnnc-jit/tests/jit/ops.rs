@@ -150,8 +150,15 @@ fn plain_convolutions() {
 fn plain_pooling() {
     let kinds =
         [PoolKind::Max, PoolKind::Avg { include_pad: true }, PoolKind::Avg { include_pad: false }, PoolKind::L2];
-    let cases =
-        [(3, 2, 0, false, [9, 23]), (3, 2, 1, true, [11, 33]), (2, 2, 0, false, [8, 16]), (3, 1, 1, false, [5, 19])];
+    let cases = [
+        (3, 2, 0, false, [9, 23]),
+        (3, 2, 1, true, [11, 33]),
+        (2, 2, 0, false, [8, 16]),
+        (3, 1, 1, false, [5, 19]),
+        (3, 2, 1, false, [16, 16]),
+        (5, 1, 2, false, [7, 17]),
+        (2, 1, 0, false, [3, 6]),
+    ];
     for (k, &(kernel, stride, pad, ceil_mode, hw)) in cases.iter().enumerate() {
         for kind in kinds {
             let mut g = Graph::new(format!("pp{k}"));
@@ -163,6 +170,43 @@ fn plain_pooling() {
             g.outputs = vec![y];
             check_graph(&g, 2);
         }
+    }
+}
+
+/// Global average pooling before an fc head (its own loop, no tables): 1x1 maps (a copy, as
+/// ResNet's head at 32x32), odd maps, channel counts that are not multiples of 16 (blocked maps'
+/// padded lanes), both divisors, batch 1 and 3.
+#[test]
+fn global_average_pooling() {
+    for (k, &(c, hw, include_pad, batch)) in
+        [(20, [1, 1], true, 3), (16, [5, 3], false, 1), (7, [1, 1], false, 1), (33, [2, 2], true, 3)].iter().enumerate()
+    {
+        let mut g = Graph::new(format!("gap{k}"));
+        let x = g.add_input("x", Shape(vec![3, hw[0], hw[1]]), Default::default()).unwrap();
+        let cv = add(&mut g, conv(c, 1, 1, 0), &[x], "conv");
+        let p = add(&mut g, Op::GlobalPool(PoolKind::Avg { include_pad }), &[cv], "pool");
+        let f = add(&mut g, Op::Flatten, &[p], "flat");
+        let y = add(&mut g, Op::Fc(Fc { out_features: 5, bias: true }), &[f], "fc");
+        g.outputs = vec![y];
+        check_graph(&g, batch);
+    }
+}
+
+/// Plain max pooling of a ReLU's output (many ties at zero: the first maximum's argmax wins)
+/// on maps whose rows are copied into the -inf-padded scratch, batch 1 and 3 channels.
+#[test]
+fn plain_max_pooling_ties() {
+    for (k, &(kernel, stride, pad, hw)) in
+        [(3, 2, 1, [16, 16]), (3, 2, 1, [9, 13]), (3, 1, 1, [6, 10])].iter().enumerate()
+    {
+        let mut g = Graph::new(format!("pt{k}"));
+        let x = g.add_input("x", Shape(vec![2, hw[0], hw[1]]), Default::default()).unwrap();
+        let c = add(&mut g, conv(3, 3, 1, 1), &[x], "conv");
+        let r = add(&mut g, Op::Activation(Activation::Relu), &[c], "relu");
+        let p = add(&mut g, Op::Pool { kind: PoolKind::Max, window: win(kernel, stride, pad) }, &[r], "pool");
+        let y = add(&mut g, conv(3, 1, 1, 0), &[p], "head");
+        g.outputs = vec![y];
+        check_graph(&g, 1);
     }
 }
 
