@@ -132,22 +132,7 @@ pub(crate) fn forward(lx: &mut Lx, kind: PoolKind, win: &Window, x: Val, outs: O
                             let mut pair = None;
                             for t in 0..k as i64 {
                                 let ix = fx.addi(c0, t);
-                                let v = if s == 1 {
-                                    let a = fx.index(row, ix, 4);
-                                    fx.load(F32X4, a, 0)
-                                } else {
-                                    // Taps 2j and 2j + 1 read the same 8 floats from column 2j.
-                                    if t % 2 == 0 {
-                                        let a = fx.index(row, ix, 4);
-                                        pair = Some((fx.load(F32X4, a, 0), fx.load(F32X4, a, 16)));
-                                    }
-                                    let (va, vb) = pair.expect("an even tap comes first");
-                                    alternate(fx, va, vb, t % 2 == 1)
-                                };
-                                let pix = fx.mad(iy, w, ix);
-                                let pf = fx.i2f(pix);
-                                let pv = fx.splat(F32X4, pf);
-                                let pv = fx.fadd(pv, lanes);
+                                let (v, pv) = tap_vector(fx, (row, ix), (iy, w, ix), (t, s), lanes, &mut pair);
                                 body(fx, v, pv);
                             }
                         });
@@ -242,22 +227,8 @@ fn forward_padded(lx: &mut Lx, win: &Window, x: Val, outs: Outs, geo: Padded) ->
                             let mut pair = None;
                             for t in 0..k as i64 {
                                 let sx = fx.addi(c0, t);
-                                let v = if s == 1 {
-                                    let a = fx.index(row, sx, 4);
-                                    fx.load(F32X4, a, 0)
-                                } else {
-                                    if t % 2 == 0 {
-                                        let a = fx.index(row, sx, 4);
-                                        pair = Some((fx.load(F32X4, a, 0), fx.load(F32X4, a, 16)));
-                                    }
-                                    let (va, vb) = pair.expect("an even tap comes first");
-                                    alternate(fx, va, vb, t % 2 == 1)
-                                };
                                 let ix = fx.addi(sx, -(p as i64));
-                                let pix = fx.mad(iy, w, ix);
-                                let pf = fx.i2f(pix);
-                                let pv = fx.splat(F32X4, pf);
-                                let pv = fx.fadd(pv, lanes);
+                                let (v, pv) = tap_vector(fx, (row, sx), (iy, w, ix), (t, s), lanes, &mut pair);
                                 body(fx, v, pv);
                             }
                         });
@@ -303,6 +274,34 @@ fn copy_row(fx: &mut Fx, from: Value, to: Value, pad: usize, w: usize) {
         let v = fx.load(F32, from, 4 * i as i64);
         fx.store(v, to, 4 * i as i64);
     }
+}
+
+/// Tap `t` of four vector columns: the values at `row[col..]` (stride 1: one load; stride 2:
+/// taps `2j` and `2j + 1` share the 8 floats loaded at tap `2j`, kept in `pair`, and take their
+/// even and odd lanes) and the lanes' flat input indices `iy * w + ix + lanes`.
+fn tap_vector(
+    fx: &mut Fx,
+    (row, col): (Value, Value),
+    (iy, w, ix): (Value, i64, Value),
+    (t, s): (i64, usize),
+    lanes: Value,
+    pair: &mut Option<(Value, Value)>,
+) -> (Value, Value) {
+    let v = if s == 1 {
+        let a = fx.index(row, col, 4);
+        fx.load(F32X4, a, 0)
+    } else {
+        if t % 2 == 0 {
+            let a = fx.index(row, col, 4);
+            *pair = Some((fx.load(F32X4, a, 0), fx.load(F32X4, a, 16)));
+        }
+        let (va, vb) = pair.expect("an even tap comes first");
+        alternate(fx, va, vb, t % 2 == 1)
+    };
+    let pix = fx.mad(iy, w, ix);
+    let pf = fx.i2f(pix);
+    let pv = fx.splat(F32X4, pf);
+    (v, fx.fadd(pv, lanes))
 }
 
 /// One window (or four): `taps(fx, iy, row address, body)` calls `body(value, flat index)` for
