@@ -385,13 +385,7 @@ pub unsafe fn backward_data_task(plan: &BwdDataPlan, a: &BwdDataArgs, task: usiz
         return;
     }
     let s = &plan.shape;
-    let row_i = task % plan.n_rows;
-    let t = task / plan.n_rows;
-    let ib_i = t % plan.n_ib;
-    let t = t / plan.n_ib;
-    let g = t % s.groups;
-    let n0 = t / s.groups * plan.images;
-    let n1 = (n0 + plan.images).min(s.n);
+    let TaskAt { chunk: row_i, ib_i, g, n0, n1 } = plan.task_at(task);
     let iy0 = row_i * plan.row_chunk;
     let iy1 = (iy0 + plan.row_chunk).min(s.ih);
     let band = |n: usize| scratch.wrapping_add((n - n0) * plan.band_image);
@@ -412,6 +406,27 @@ pub unsafe fn backward_data_task(plan: &BwdDataPlan, a: &BwdDataArgs, task: usiz
     }
 }
 
+/// Where a task of a row-band or span plan works: its chunk of rows (or pixels), its run of
+/// input blocks, its group and its images `n0..n1`.
+struct TaskAt {
+    chunk: usize,
+    ib_i: usize,
+    g: usize,
+    n0: usize,
+    n1: usize,
+}
+
+impl BwdDataPlan {
+    /// Task `task`'s place: chunks innermost, then input-block runs, groups and image chunks.
+    fn task_at(&self, task: usize) -> TaskAt {
+        let s = &self.shape;
+        let t = task / self.n_rows;
+        let t2 = t / self.n_ib;
+        let n0 = t2 / s.groups * self.images;
+        TaskAt { chunk: task % self.n_rows, ib_i: t % self.n_ib, g: t2 % s.groups, n0, n1: (n0 + self.images).min(s.n) }
+    }
+}
+
 /// One task of a [`BwdDataPlan::with_span`] plan: dx pixels (a chunk of `row_chunk`) x a run
 /// of input blocks x an image chunk of a group.
 ///
@@ -419,13 +434,7 @@ pub unsafe fn backward_data_task(plan: &BwdDataPlan, a: &BwdDataArgs, task: usiz
 /// As [`backward_data_task`], `plan.span`.
 unsafe fn span_task(plan: &BwdDataPlan, a: &BwdDataArgs, task: usize, scratch: *mut f32) {
     let s = &plan.shape;
-    let pix_i = task % plan.n_rows;
-    let t = task / plan.n_rows;
-    let ib_i = t % plan.n_ib;
-    let t = t / plan.n_ib;
-    let g = t % s.groups;
-    let n0 = t / s.groups * plan.images;
-    let n1 = (n0 + plan.images).min(s.n);
+    let TaskAt { chunk: pix_i, ib_i, g, n0, n1 } = plan.task_at(task);
     let (p0, pixels) = (pix_i * plan.row_chunk, s.ih * s.iw);
     let p1 = (p0 + plan.row_chunk).min(pixels);
     let ohw = plan.oh * plan.ow;
