@@ -362,6 +362,20 @@ impl ConvPlan {
         self
     }
 
+    /// Where task `task` works, as `(column chunk, row chunk, block chunk, group, image or
+    /// image chunk)`: columns innermost, then rows, blocks, groups and images (a plan over
+    /// images has one row chunk).
+    pub(crate) fn task_place(&self, task: usize) -> [usize; 5] {
+        let mut t = task;
+        let col_i = t % self.n_cols;
+        t /= self.n_cols;
+        let row_i = t % self.n_rows;
+        t /= self.n_rows;
+        let oc_i = t % self.n_oc;
+        t /= self.n_oc;
+        [col_i, row_i, oc_i, t % self.shape.groups, t / self.shape.groups]
+    }
+
     /// The same plan with the tile shape forced to `k` blocks x at most `nw` columns (both
     /// clamped to what the instruction set has; two blocks also when they leave a last block
     /// alone), re-split for `threads`: for tuning.

@@ -114,15 +114,7 @@ impl EpiVectors {
 /// `scratch` must be valid for `plan.scratch` floats used by no other running task.
 pub unsafe fn forward_task(plan: &ConvPlan, a: &ConvArgs, task: usize, scratch: *mut f32) {
     let s = &plan.shape;
-    let mut t = task;
-    let col_i = t % plan.n_cols;
-    t /= plan.n_cols;
-    let row_i = t % plan.n_rows;
-    t /= plan.n_rows;
-    let oc_i = t % plan.n_oc;
-    t /= plan.n_oc;
-    let g = t % s.groups;
-    let n = t / s.groups;
+    let [col_i, row_i, oc_i, g, n] = plan.task_place(task);
     let oy0 = row_i * plan.row_chunk;
     let oy1 = (oy0 + plan.row_chunk).min(plan.rows);
     let c0 = col_i * plan.col_chunk;

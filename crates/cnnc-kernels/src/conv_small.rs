@@ -26,13 +26,7 @@ use super::tile::{self, Out, Reduce};
 pub unsafe fn forward_task(plan: &ConvPlan, a: &ConvArgs, task: usize, scratch: *mut f32) {
     debug_assert_eq!(plan.band, Band::Span);
     let s = &plan.shape;
-    let mut t = task;
-    let pix_i = t % plan.n_cols;
-    t /= plan.n_cols;
-    let oc_i = t % plan.n_oc;
-    t /= plan.n_oc;
-    let g = t % s.groups;
-    let img_i = t / s.groups;
+    let [pix_i, _, oc_i, g, img_i] = plan.task_place(task);
     let n0 = img_i * plan.images;
     let n1 = (n0 + plan.images).min(s.n);
     let p0 = pix_i * plan.col_chunk;

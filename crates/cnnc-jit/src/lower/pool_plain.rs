@@ -96,11 +96,7 @@ pub(crate) fn forward(lx: &mut Lx, kind: PoolKind, win: &Window, x: Val, outs: O
         let rtab = fx.aux(rt);
         let lanes = lane_offsets(fx, s);
         fx.for_range(lo, hi, 1, |fx, u| {
-            let n = fx.udiv(u, x.c as i64);
-            let ch = fx.urem(u, x.c as i64);
-            let xp = x.plane(fx, n, ch);
-            let yp = outs.y.map(|y| y.plane(fx, n, ch));
-            let ap = outs.argmax.map(|a| a.plane(fx, n, ch));
+            let (xp, yp, ap) = planes_of(fx, &x, outs, u);
             fx.for_n(0, oh as i64, |fx, oy| {
                 let [rs, rc, rp] = load3(fx, rtab, oy);
                 let orow = fx.muli(oy, ow as i64);
@@ -203,11 +199,7 @@ fn forward_padded(lx: &mut Lx, win: &Window, x: Val, outs: Outs, geo: Padded) ->
             fx.store(ninf, a, 0);
         });
         fx.for_range(lo, hi, 1, |fx, u| {
-            let n = fx.udiv(u, x.c as i64);
-            let ch = fx.urem(u, x.c as i64);
-            let xp = x.plane(fx, n, ch);
-            let yp = outs.y.map(|y| y.plane(fx, n, ch));
-            let ap = outs.argmax.map(|a| a.plane(fx, n, ch));
+            let (xp, yp, ap) = planes_of(fx, &x, outs, u);
             fx.for_n(0, oh as i64, |fx, oy| {
                 let [rs, rc, rp] = load3(fx, rtab, oy);
                 let zero = fx.int(0);
@@ -274,6 +266,14 @@ fn copy_row(fx: &mut Fx, from: Value, to: Value, pad: usize, w: usize) {
         let v = fx.load(F32, from, 4 * i as i64);
         fx.store(v, to, 4 * i as i64);
     }
+}
+
+/// Plane `u` (image `u / C`, channel `u % C`) of the input, the pooled map and the argmax.
+fn planes_of(fx: &mut Fx, x: &Val, outs: Outs, u: Value) -> (Value, Option<Value>, Option<Value>) {
+    let n = fx.udiv(u, x.c as i64);
+    let ch = fx.urem(u, x.c as i64);
+    let xp = x.plane(fx, n, ch);
+    (xp, outs.y.map(|y| y.plane(fx, n, ch)), outs.argmax.map(|a| a.plane(fx, n, ch)))
 }
 
 /// Tap `t` of four vector columns: the values at `row[col..]` (stride 1: one load; stride 2:
