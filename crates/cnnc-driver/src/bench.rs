@@ -11,7 +11,7 @@
 //! ```text
 //! {"compile_ms": f, "batch": n, "median_ms": f, "peak_gflops": f,
 //!  "layers": [{"name": str, "median_ms": f, "gflops": f, "op": str, "flops": f, "percent_of_peak": f,
-//!              "min_ms": f}],
+//!              "min_ms": f, "lowering": str | null}],
 //!  "model": str, "mode": str, "train": b, "threads": n, "rounds": n, "passes_ms": f,
 //!  "compile": {"setup_ms": f, "lower_ms": f, "codegen_ms": f, "codegen_threads": n,
 //!              "functions": n, "shared_kernels": n, "instructions": n, "finalize_ms": f},
@@ -19,6 +19,8 @@
 //!  "min_ms": f, "others_pct": f, "waited_s": f}
 //! ```
 //!
+//! `lowering` says which code runs a convolution or matrix product (`kernels`, `dot`, `tiles`,
+//! or `loops`, the general scalar loops, correct but slow); null for other layers.
 //! `min_ms` is the fastest run (per layer and whole): on a machine shared with other work the
 //! median counts the runs other processes held the cores up, the fastest is the code's own
 //! speed. `others_pct` is how much of the CPUs other processes used while the runs were timed
@@ -195,8 +197,8 @@ pub fn bench_table(b: &BenchOutcome) -> String {
     let width = r.layers.iter().map(|l| l.name.len()).max().unwrap_or(5).max(5);
     let op_width = r.layers.iter().map(|l| l.op.len()).max().unwrap_or(2).max(2);
     out.push_str(&format!(
-        "{:<width$}  {:<op_width$}  {:>10}  {:>9}  {:>7}\n",
-        "layer", "op", "ms", "GFLOP/s", "% peak"
+        "{:<width$}  {:<op_width$}  {:<7}  {:>10}  {:>9}  {:>7}\n",
+        "layer", "op", "code", "ms", "GFLOP/s", "% peak"
     ));
     for l in &r.layers {
         let (gflops, pct) = if l.flops > 0.0 {
@@ -204,8 +206,9 @@ pub fn bench_table(b: &BenchOutcome) -> String {
         } else {
             ("-".to_string(), "-".to_string())
         };
+        let code = l.lowering.map_or("-", |c| c.keyword());
         out.push_str(&format!(
-            "{:<width$}  {:<op_width$}  {:>10.4}  {gflops:>9}  {pct:>7}\n",
+            "{:<width$}  {:<op_width$}  {code:<7}  {:>10.4}  {gflops:>9}  {pct:>7}\n",
             l.name, l.op, l.median_ms
         ));
     }
@@ -247,6 +250,7 @@ struct JsonLayer<'a> {
     flops: f64,
     percent_of_peak: f64,
     min_ms: f64,
+    lowering: Option<&'static str>,
 }
 
 /// Where the JIT's compile time went.
@@ -309,6 +313,7 @@ pub fn bench_json(b: &BenchOutcome) -> String {
             flops: finite(l.flops),
             percent_of_peak: finite(percent(l.gflops, r.peak_gflops)),
             min_ms: finite(l.min_ms),
+            lowering: l.lowering.map(|c| c.keyword()),
         })
         .collect();
     let gflops = model_gflops(r);

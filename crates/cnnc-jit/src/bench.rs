@@ -4,6 +4,7 @@
 //! driver renders it (table and JSON) and caches the peak.
 
 use crate::error::JitError;
+use crate::lower::Lowering;
 use crate::model::{CompiledModel, StepArgs};
 use crate::options::Mode;
 use cnnc_kernels::peak::Width;
@@ -25,6 +26,8 @@ pub struct LayerReport {
     pub flops: f64,
     /// `flops` per median second, in billions (0 without products).
     pub gflops: f64,
+    /// How the layer's convolution pass was lowered (None for layers without one).
+    pub lowering: Option<Lowering>,
 }
 
 /// The whole measurement.
@@ -114,6 +117,7 @@ pub fn report(
                 min_ms: min(&t.seconds) * 1e3,
                 flops,
                 gflops: if seconds > 0.0 { flops / seconds / 1e9 } else { 0.0 },
+                lowering: model.lowerings().iter().rev().find(|l| l.node == t.node).map(|l| l.lowering),
             }
         })
         .collect();

@@ -58,5 +58,6 @@ mod vmath;
 
 pub use codegen::CodegenTimes;
 pub use error::JitError;
+pub use lower::{ConvLowering, ConvPass, Lowering};
 pub use model::{CompileTimes, CompiledModel, NodeTime, StepArgs, StepResult};
 pub use options::{Mode, Options};

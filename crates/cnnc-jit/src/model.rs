@@ -6,6 +6,7 @@
 
 use crate::error::{JitError, plan_err};
 use crate::exec::{Buffer, Compiled, Memory, Pool, seal};
+use crate::lower::ConvLowering;
 use crate::lower::{ARG_LR, ARG_SEED, ARG_STEP, Addrs, lower};
 use crate::options::{Mode, Options};
 use cnnc_ir::facts::{ValueKind, param_name, value_kind};
@@ -31,6 +32,7 @@ pub struct CompiledModel {
     repacks: Vec<crate::lower::Repack>,
     /// The node each step belongs to.
     step_nodes: Vec<NodeId>,
+    lowerings: Vec<ConvLowering>,
     cancel: Option<cnnc_runtime::Cancel>,
     inner: Mutex<Inner>,
 }
@@ -237,6 +239,7 @@ impl CompiledModel {
             adam: program.adam,
             repacks: program.repacks,
             step_nodes: program.steps.iter().map(|&(_, _, n, _)| n).collect(),
+            lowerings: program.lowerings,
             cancel: options.cancel.clone(),
             inner: Mutex::new(Inner { code, loaded: false }),
         })
@@ -252,6 +255,12 @@ impl CompiledModel {
 
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// How each convolution pass of the plan (convolutions and matrix products: forward,
+    /// input gradient, weight gradient) was lowered, in schedule order.
+    pub fn lowerings(&self) -> &[ConvLowering] {
+        &self.lowerings
     }
 
     /// Milliseconds `compile` took (lowering, Cranelift, memory).

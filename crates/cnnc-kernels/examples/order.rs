@@ -1,7 +1,10 @@
-//! Compares forward-convolution loop orders and splits of one layer on the thread pool, in
-//! alternating rounds (a shared machine drifts): for each variant the median over rounds of
-//! each round's median, and the fastest run, in GFLOP/s. Run with
-//! `cargo run --release -p cnnc-kernels --example order [64|256|1x1|g208|g112] [rounds]`.
+//! Compares forward-convolution loop orders and splits of one layer on the thread pool. The
+//! variants take turns in bursts of a few runs (a shared machine's speed can halve and recover
+//! within seconds, so only runs made close together compare): for each variant its median and
+//! fastest run in GFLOP/s, and the median (with the quartiles) over the turns of its burst's
+//! median time set against the chosen plan's burst just before, which is the figure to trust.
+//! Run with `cargo run --release -p cnnc-kernels --example order [64|256|1x1|g208|g112|s2|r1024] [rounds]`
+//! (a round is 30 turns of each variant).
 
 use cnnc_kernels::act::Act;
 use cnnc_kernels::conv::{self, ConvIo, ConvPlan, ConvShape, Epilogue};
@@ -20,6 +23,9 @@ fn main() {
         // GoogLeNet's inception 4a 3x3 (208 channels, 13 blocks) and 4b 1x1 (112, 7 blocks).
         "g208" => ConvShape::simple(1, 96, [14, 14], 208, 3, 1, 1),
         "g112" => ConvShape::simple(1, 512, [14, 14], 112, 1, 1, 0),
+        // ResNet-50's layer2.0.conv2 (3x3/2) and a bottleneck's first 1x1 at layer3.
+        "s2" => ConvShape::simple(1, 128, [56, 56], 128, 3, 2, 1),
+        "r1024" => ConvShape::simple(1, 1024, [14, 14], 256, 1, 1, 0),
         _ => ConvShape::simple(1, 64, [56, 56], 64, 3, 1, 1),
     };
     let pool = ThreadPool::global();
@@ -52,31 +58,42 @@ fn main() {
     let b = vec![0.1f32; shape.oc];
     let io = ConvIo { x, y, residual: None, weights: &w, bias: Some(&b), scale: None, shift: None };
     let flop = 2.0 * shape.macs();
-    let mut meds = vec![Vec::new(); variants.len()];
-    let mut best = vec![f64::INFINITY; variants.len()];
-    for _ in 0..rounds {
+    const BURST: usize = 10;
+    let mut scratch: Vec<Vec<f32>> =
+        variants.iter().map(|(_, p)| vec![0.0f32; p.scratch_len(pool.threads())]).collect();
+    let mut runs = vec![Vec::new(); variants.len()];
+    let mut ratios = vec![Vec::new(); variants.len()];
+    for _ in 0..rounds * 30 {
+        let mut chosen_burst = 0.0;
         for (i, (_, plan)) in variants.iter().enumerate() {
-            let mut scratch = vec![0.0f32; plan.scratch_len(pool.threads())];
-            let mut t = Vec::new();
-            for _ in 0..300 {
+            let mut t = [0.0f64; BURST];
+            for slot in &mut t {
                 let t0 = Instant::now();
-                conv_fwd::forward(pool, plan, &mut arena, &io, &mut scratch).unwrap();
-                t.push(t0.elapsed().as_secs_f64());
+                conv_fwd::forward(pool, plan, &mut arena, &io, &mut scratch[i]).unwrap();
+                *slot = t0.elapsed().as_secs_f64();
             }
+            runs[i].extend_from_slice(&t);
             t.sort_by(f64::total_cmp);
-            meds[i].push(t[t.len() / 2]);
-            best[i] = best[i].min(t[0]);
+            let burst = t[BURST / 2];
+            if i == 0 {
+                chosen_burst = burst;
+            }
+            ratios[i].push(chosen_burst / burst);
         }
     }
     for (i, (name, plan)) in variants.iter().enumerate() {
-        meds[i].sort_by(f64::total_cmp);
-        let med = meds[i][meds[i].len() / 2];
+        runs[i].sort_by(f64::total_cmp);
+        ratios[i].sort_by(f64::total_cmp);
+        let q = |v: &[f64], f: f64| v[((v.len() - 1) as f64 * f) as usize];
         println!(
-            "{name:28} ({:3} tasks, split {:?}): {:6.1} GFLOP/s median, {:6.1} best",
+            "{name:28} ({:3} tasks, split {:?}): {:6.1} GFLOP/s median, {:6.1} best, speed vs chosen {:.3} ({:.3}..{:.3})",
             plan.tasks(),
             plan.split_info(),
-            flop / med / 1e9,
-            flop / best[i] / 1e9
+            flop / q(&runs[i], 0.5) / 1e9,
+            flop / runs[i][0] / 1e9,
+            q(&ratios[i], 0.5),
+            q(&ratios[i], 0.25),
+            q(&ratios[i], 0.75)
         );
     }
 }

@@ -14,7 +14,7 @@
 mod gemv;
 mod tile;
 
-use super::{Lx, Val};
+use super::{ConvPass, Lowering, Lx, Val};
 use crate::emit::{F32, Fx, I32, I64};
 use crate::error::{JitError, plan_err};
 use crate::vmath;
@@ -150,16 +150,22 @@ pub(crate) fn forward(
     let op = ConvForward { g: &g, x, y, res, w, wp: &wp, bias, act };
     if lx.mode == crate::options::Mode::Native {
         let unit = g.kh == 1 && g.kw == 1 && g.stride == [1, 1] && g.pad == [0, 0] && g.groups == 1;
-        if unit && x.h * x.w == 1 && super::native::fc(lx, x, y, (w, &wp), bias, act, residual)? {
-            return Ok(());
-        }
-        if super::native::conv(lx, &op)? {
+        if (unit && x.h * x.w == 1 && super::native::fc(lx, x, y, (w, &wp), bias, act, residual)?)
+            || super::native::conv(lx, &op)?
+        {
+            lx.lowered(ConvPass::Forward, Lowering::Kernels);
             return Ok(());
         }
     }
-    if gemv::forward(lx, &op)? || tile::forward(lx, &op)? {
+    if gemv::forward(lx, &op)? {
+        lx.lowered(ConvPass::Forward, Lowering::DotProducts);
         return Ok(());
     }
+    if tile::forward(lx, &op)? {
+        lx.lowered(ConvPass::Forward, Lowering::Tiles);
+        return Ok(());
+    }
+    lx.lowered(ConvPass::Forward, Lowering::Loops);
     general_forward(lx, &op)
 }
 
@@ -345,7 +351,17 @@ pub(crate) fn data_grad(
         && (super::native_point::backward_data(lx, g, gy, gx, (w, wp))?
             || super::native_bwd::conv_backward_data(lx, g, gy, gx, (w, wp))?
             || super::native_plain::backward_data(lx, g, gy, gx, (w, wp))?);
-    if kernels || gemv::backward_data(lx, g, gy, gx, (w, wp))? || tile::backward_data(lx, g, gy, gx, (w, wp))? {
+    let lowering = if kernels {
+        Some(Lowering::Kernels)
+    } else if gemv::backward_data(lx, g, gy, gx, (w, wp))? {
+        Some(Lowering::DotProducts)
+    } else if tile::backward_data(lx, g, gy, gx, (w, wp))? {
+        Some(Lowering::Tiles)
+    } else {
+        None
+    };
+    lx.lowered(ConvPass::BackwardData, lowering.unwrap_or(Lowering::Loops));
+    if lowering.is_some() {
         if let (Some(a), Some(m)) = (mask, my) {
             super::eltwise::flat(lx, &[gx, m], gx, |fx, ty, v| {
                 let d = vmath::activation_grad_from_output(fx, ty, a, v[1])
@@ -454,11 +470,14 @@ pub(crate) fn backward_weight(lx: &mut Lx, id: NodeId, conv: &Conv) -> Result<()
             || super::native_bwd::conv_backward_weights(lx, &g, x, gy, gw, &wp)?
             || super::native_plain::backward_weights(lx, &g, x, gy, gw, &wp)?)
     {
+        lx.lowered(ConvPass::BackwardWeights, Lowering::Kernels);
         return Ok(());
     }
     if tile::backward_weight(lx, &g, x, gy, gw, &wp)? {
+        lx.lowered(ConvPass::BackwardWeights, Lowering::Tiles);
         return Ok(());
     }
+    lx.lowered(ConvPass::BackwardWeights, Lowering::Loops);
     general_backward_weight(lx, &g, x, gy, gw, &wp)
 }
 

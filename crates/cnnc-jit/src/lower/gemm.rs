@@ -3,8 +3,8 @@
 //! bytes the row-major `[O, I]` matrix or a packed `OI16i16o`); on vectors, native mode calls
 //! the fully connected kernels.
 
-use super::Lx;
 use super::conv::{self, Geo, unit_conv};
+use super::{ConvPass, Lowering, Lx};
 use crate::error::JitError;
 use crate::options::Mode;
 use cnnc_ir::{Activation, Gemm, NodeId};
@@ -26,6 +26,7 @@ pub(crate) fn backward_data(lx: &mut Lx, id: NodeId, gemm: &Gemm) -> Result<(), 
     let gx = lx.val(id)?;
     let (w, wp) = lx.param(id, "weight")?;
     if lx.mode == Mode::Native && super::native_bwd::fc_backward_data(lx, gy, gx, (w, &wp))? {
+        lx.lowered(ConvPass::BackwardData, Lowering::Kernels);
         return Ok(());
     }
     let g = Geo::new(&unit_conv(gemm.out, gemm.bias), &gx, &gy);
@@ -39,6 +40,7 @@ pub(crate) fn backward_weight(lx: &mut Lx, id: NodeId, gemm: &Gemm) -> Result<()
         let (x, gy, gw) = (lx.val(node.inputs[0])?, lx.val(node.inputs[1])?, lx.val(id)?);
         let (_, wp) = lx.param(id, "weight")?;
         if super::native_bwd::fc_backward_weights(lx, x, gy, gw, &wp)? {
+            lx.lowered(ConvPass::BackwardWeights, Lowering::Kernels);
             return Ok(());
         }
     }

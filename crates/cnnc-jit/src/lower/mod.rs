@@ -165,6 +165,8 @@ pub(crate) struct Lx<'a> {
     guard: bool,
     /// The node being lowered.
     node: NodeId,
+    /// How each convolution pass was lowered, in lowering order.
+    pub lowerings: Vec<ConvLowering>,
     /// Nodes whose values an earlier node's step already writes (see [`Lx::early_ok`]).
     pub written: std::collections::HashSet<NodeId>,
     /// Kernel functions built, compiled after lowering ([`crate::codegen`]), and all kernels
@@ -175,6 +177,57 @@ pub(crate) struct Lx<'a> {
     /// plan keeps them plain, and values written in another value's place.
     stem_blocked: std::collections::HashSet<NodeId>,
     stem_home: std::collections::HashMap<NodeId, NodeId>,
+}
+
+/// Which code a convolution pass (forward, input gradient, weight gradient; a convolution
+/// node's or a matrix product's on maps) was lowered to: the first lowering that fits the
+/// pass's shapes, layouts and mode, fastest first. A pass that falls through to
+/// [`Lowering::Loops`] is correct but slow, which only this record shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lowering {
+    /// `cnnc-kernels` (native mode).
+    Kernels,
+    /// Vectorised dot products in Cranelift IR (maps of one pixel: fc-shaped products).
+    DotProducts,
+    /// Register tiles in Cranelift IR (F32X4).
+    Tiles,
+    /// The general scalar loops.
+    Loops,
+}
+
+impl Lowering {
+    /// A short name for tables: `kernels`, `dot`, `tiles`, `loops`.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Lowering::Kernels => "kernels",
+            Lowering::DotProducts => "dot",
+            Lowering::Tiles => "tiles",
+            Lowering::Loops => "loops",
+        }
+    }
+}
+
+/// The pass of a convolution that a [`ConvLowering`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvPass {
+    Forward,
+    BackwardData,
+    BackwardWeights,
+}
+
+/// One convolution pass's lowering: the node whose step runs it, which pass, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvLowering {
+    pub node: NodeId,
+    pub pass: ConvPass,
+    pub lowering: Lowering,
+}
+
+impl Lx<'_> {
+    /// Records how the node being lowered runs a convolution pass.
+    pub(crate) fn lowered(&mut self, pass: ConvPass, lowering: Lowering) {
+        self.lowerings.push(ConvLowering { node: self.node, pass, lowering });
+    }
 }
 
 /// What lowering produces.
@@ -190,6 +243,7 @@ pub(crate) struct Program {
     pub pending: Vec<Pending>,
     /// Kernels that run an earlier kernel's function.
     pub shared: usize,
+    pub lowerings: Vec<ConvLowering>,
 }
 
 /// The auxiliary buffer: its size and the tables in it; every other byte starts at zero
@@ -242,6 +296,7 @@ pub(crate) fn lower(
         repacks: Vec::new(),
         guard,
         node: NodeId::from_index(0),
+        lowerings: Vec::new(),
         written: Default::default(),
         pending: Vec::new(),
         shared: Shared::default(),
@@ -269,6 +324,7 @@ pub(crate) fn lower(
         repacks: lx.repacks,
         pending: lx.pending,
         shared: lx.shared.reused,
+        lowerings: lx.lowerings,
     })
 }
 

@@ -13,6 +13,7 @@ fn check_example(file: &str, shape: &[usize], train_batch: usize, overrides: &[(
     let batch = 2;
     let x = batch_of(shape, batch, 11);
     let opt = optimize(&g, Some(&weights), &PassOptions::all()).unwrap();
+    no_pass_on_loops(file, &opt.plan, batch);
     let mut worst = jit_equals_interp_both(
         &format!("{file} inference"),
         &opt.plan,
@@ -23,10 +24,36 @@ fn check_example(file: &str, shape: &[usize], train_batch: usize, overrides: &[(
     let training = cnnc_passes::TrainingOptions { batch_stats, ..sgd_step(&g) };
     let opt = optimize_training(&g, Some(&weights), &PassOptions::all(), &training).unwrap();
     let cnnc_passes::Objective::Loss(loss) = training.objective else { unreachable!() };
+    no_pass_on_loops(file, &opt.plan, train_batch);
     let inputs = [batch_of(shape, train_batch, 12), target(&g, &loss, train_batch)];
     // A training step in both modes: native mode runs its own backward kernels.
     worst = worst.max(jit_equals_interp_both(&format!("{file} training"), &opt.plan, &weights, &inputs, RTOL_GRAD));
     eprintln!("{file} at {shape:?}: worst relative error {worst:e}");
+}
+
+/// Every convolution pass (forward, input and weight gradient; matrix products too) of the
+/// examples' plans runs on the kernels or the vectorised lowerings in both modes: a pass that
+/// fell through to the general scalar loops would still match the interpreter, tens of times
+/// slower, and only this catches it. One known exception: the input gradient into a plain map
+/// (a stem's into the image, which `cnnc grad` asks for and training never does) runs on the
+/// loops in portable mode, and in native mode too for strided stems (AlexNet's 11x11/4, the
+/// ResNets' and GoogLeNet's 7x7/2).
+fn no_pass_on_loops(file: &str, plan: &cnnc_ir::plan::Plan, batch: usize) {
+    for mode in MODES {
+        let m = cnnc_jit::CompiledModel::compile(plan, &cnnc_jit::Options::new(batch).with_mode(mode)).unwrap();
+        let slow: Vec<String> = m
+            .lowerings()
+            .iter()
+            .filter(|l| l.lowering == cnnc_jit::Lowering::Loops)
+            .filter(|l| {
+                let into_plain = plan.layouts[l.node.index()] == cnnc_ir::Layout::Plain;
+                !(l.pass == cnnc_jit::ConvPass::BackwardData && into_plain)
+            })
+            .map(|l| format!("{} ({:?})", plan.graph[l.node].name, l.pass))
+            .collect();
+        assert!(slow.is_empty(), "{file} in {mode:?} mode runs these passes on the scalar loops: {slow:?}");
+        assert!(!m.lowerings().is_empty(), "{file}: no convolution pass recorded");
+    }
 }
 
 macro_rules! examples {

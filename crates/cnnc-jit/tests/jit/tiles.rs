@@ -13,7 +13,7 @@
 use crate::common::{MODES, batch_of, compile, random_weights};
 use crate::ops::{add, check_graph};
 use cnnc_ir::{Activation, Conv, Fc, Graph, Layout, Op, Shape, Window};
-use cnnc_jit::{CompiledModel, Options};
+use cnnc_jit::{CompiledModel, ConvPass, Lowering, Mode, Options};
 use cnnc_passes::{PassOptions, optimize};
 use cnnc_runtime::Cancel;
 
@@ -35,6 +35,42 @@ fn assert_layout(g: &Graph, name: &str, layout: Layout) {
     assert_eq!(plan.layouts[id.index()], layout, "{name}");
 }
 
+/// Asserts how portable mode lowers the passes of node `name` listed in `want` (its forward in
+/// the inference plan; its forward, input gradient and weight gradient in the training step), so that a
+/// change that sends one of them to the general scalar loops, which the interpreter cannot
+/// tell apart, fails here.
+fn assert_lowered(g: &Graph, name: &str, want: &[(ConvPass, Lowering)]) {
+    let weights = random_weights(g, 1);
+    let inference = optimize(g, Some(&weights), &PassOptions::all()).unwrap().plan;
+    let training = crate::common::sgd_step(g);
+    let training = cnnc_passes::optimize_training(g, Some(&weights), &PassOptions::all(), &training).unwrap().plan;
+    for (plan, what) in [(&inference, "inference"), (&training, "training")] {
+        let m = CompiledModel::compile(plan, &Options::new(2).with_mode(Mode::Portable)).unwrap();
+        let checked = |pass: ConvPass| want.iter().any(|&(p, _)| p == pass);
+        let got: Vec<(ConvPass, Lowering)> = m
+            .lowerings()
+            .iter()
+            .filter(|l| plan.graph[l.node].name == name && checked(l.pass))
+            .map(|l| (l.pass, l.lowering))
+            .collect();
+        let expected: Vec<(ConvPass, Lowering)> =
+            want.iter().copied().filter(|(p, _)| what == "training" || *p == ConvPass::Forward).collect();
+        assert_eq!(got, expected, "{name} in the {what} plan");
+    }
+}
+
+const TILED: [(ConvPass, Lowering); 3] = [
+    (ConvPass::Forward, Lowering::Tiles),
+    (ConvPass::BackwardData, Lowering::Tiles),
+    (ConvPass::BackwardWeights, Lowering::Tiles),
+];
+
+/// A grouped convolution on the graph's input: tiles forward, the general loops for the weight
+/// gradient (its input gradient, into the plain input map, is loops or tiles by the groups'
+/// shape; `grouped_partial_backward_data_tiles` checks the tiled one).
+const GROUPED_ON_INPUT: [(ConvPass, Lowering); 2] =
+    [(ConvPass::Forward, Lowering::Tiles), (ConvPass::BackwardWeights, Lowering::Loops)];
+
 /// Blocked maps: 24 -> 40 channels (8 padding lanes, through a sigmoid), a strided, dilated
 /// 3x5 kernel, a 1x1 product on 7 x 6 pixels with a residual, a 1x1 stride-2 convolution.
 #[test]
@@ -53,6 +89,7 @@ fn blocked_tiles() {
         g.outputs = vec![d];
         for name in ["a", "b", "c", "d"] {
             assert_layout(&g, name, Layout::Blocked16);
+            assert_lowered(&g, name, &TILED);
         }
         check_graph(&g, 2);
     }
@@ -182,6 +219,8 @@ fn grouped_blocked_tiles() {
         let y = add(&mut g, Op::Activation(Activation::LeakyRelu { slope: 0.1 }), &[c], "act");
         g.outputs = vec![y];
         assert_layout(&g, "grouped", Layout::Blocked16);
+        // The grouped weight gradient has no tiles yet.
+        assert_lowered(&g, "grouped", &GROUPED_ON_INPUT);
         check_graph(&g, 3);
     }
 }
@@ -201,6 +240,7 @@ fn grouped_partial_tiles() {
         let y = add(&mut g, Op::Activation(Activation::Tanh), &[a], "act");
         g.outputs = vec![y];
         assert_layout(&g, "grouped", Layout::Blocked16);
+        assert_lowered(&g, "grouped", &GROUPED_ON_INPUT);
         check_graph(&g, 2);
     }
 }
