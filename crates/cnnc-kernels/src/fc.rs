@@ -9,6 +9,14 @@
 //! backward-data needs `gy` transposed (`[O][N]`, in scratch) for its columns. Columns of `i`
 //! past the last whole 16 are done by a plain loop.
 //!
+//! Both backward passes touch every weight once, so like the forward they are bound by memory
+//! at small batches, and both walk the weights (or their gradient) along rows: backward-data
+//! splits `i` into one wide column chunk per task and sweeps it a block of [`DATA_ROWS`] rows
+//! at a time, 64 columns (four blocks) per tile, so each row is read as one contiguous run;
+//! backward-weights gives each task a band of rows and writes each row group from left to
+//! right. (Tasks of 16 columns over every row, the first form, read one 64-byte line per
+//! 36 KB row of AlexNet's fc6: a page per line, 4 GB/s where the forward streams 20.)
+//!
 //! Samples of `x` (and `dx`) lie `xs` floats apart and those of `y` (and `gy`) `ys` apart
 //! ([`FcPlan::with_strides`]; dense by default): the JIT's arena rounds each image up to 64
 //! bytes, so a 10-class output is 16 floats apart.
@@ -32,6 +40,10 @@ pub struct FcPlan {
     /// Rows per forward task (a multiple of 4 except the last).
     pub(crate) rows: usize,
     pub(crate) tasks: usize,
+    /// Columns per backward-data task (a multiple of 16; the last task takes the rest).
+    pub(crate) data_cols: usize,
+    /// Rows per backward-weights task.
+    pub(crate) weight_rows: usize,
     /// Floats between consecutive samples of `x` and `dx` (at least `i`).
     pub(crate) xs: usize,
     /// Floats between consecutive samples of `y` and `gy` (at least `o`).
@@ -62,7 +74,25 @@ impl FcPlan {
         let quads = o.div_ceil(4);
         let per = quads.div_ceil(8 * threads.max(1)).max(1);
         let rows = per * 4;
-        Ok(FcPlan { n, i, o, bias, act, isa: cpu.isa(), rows, tasks: o.div_ceil(rows), xs: i, ys: o })
+        // The backward passes: about 4 tasks per thread, column chunks of at least 64 floats
+        // (a tile's width) and bands of at least 4 rows.
+        let split = 4 * threads.max(1);
+        let data_cols = i.div_ceil(split).div_ceil(64).max(1) * 64;
+        let weight_rows = o.div_ceil(split).max(4);
+        Ok(FcPlan {
+            n,
+            i,
+            o,
+            bias,
+            act,
+            isa: cpu.isa(),
+            rows,
+            tasks: o.div_ceil(rows),
+            data_cols,
+            weight_rows,
+            xs: i,
+            ys: o,
+        })
     }
 
     /// The same layer on samples `xs` floats apart in `x` and `dx`, `ys` apart in `y` and `gy`.
@@ -92,9 +122,13 @@ impl FcPlan {
     pub fn backward_scratch_len(&self) -> usize {
         self.n * self.o
     }
-    /// Tasks of the backward passes: 16-wide column chunks of `i` (and one for the tail).
-    pub fn backward_tasks(&self) -> usize {
-        self.i.div_ceil(16)
+    /// Tasks of the backward-data pass: column chunks of `i`.
+    pub fn backward_data_tasks(&self) -> usize {
+        self.i.div_ceil(self.data_cols)
+    }
+    /// Tasks of the backward-weights pass: bands of rows.
+    pub fn backward_weights_tasks(&self) -> usize {
+        self.o.div_ceil(self.weight_rows)
     }
 }
 
@@ -243,8 +277,18 @@ pub fn forward(
     Ok(())
 }
 
-/// Backward-data task `task` (16 columns of `i`, or the tail): `dx (+)= gy w`, reading the
-/// transposed gradient `gyt` (`o x n`).
+/// Rows of the weights a backward-data tile reduces over before moving right: the rows of a
+/// block are read side by side (this many streams), each in runs of 64 columns.
+const DATA_ROWS: usize = 8;
+
+/// The most 16-column blocks a tile of `tiles` takes (4, 2 or 1, as the instruction set has
+/// them) within `cols` columns (at least 16).
+fn blocks_within(tiles: &tile::TileSet, cols: usize) -> usize {
+    [4, 2].into_iter().find(|&k| 16 * k <= cols && tiles.max_width(k) > 0).unwrap_or(1)
+}
+
+/// Backward-data task `task` (a chunk of [`FcPlan::backward_data_tasks`]'s columns of `i`):
+/// `dx (+)= gy w`, reading the transposed gradient `gyt` (`o x n`).
 ///
 /// # Safety
 /// `p` from [`FcPlan::new`] on a CPU with its instruction set; `gyt` valid for `o x n`, `w` for
@@ -258,42 +302,62 @@ pub unsafe fn backward_data_task(
     accumulate: bool,
     task: usize,
 ) {
-    let c0 = task * 16;
-    if c0 + 16 > p.i {
-        for n in 0..p.n {
-            for c in c0..p.i {
-                // SAFETY: c < i, n < n, every o < o: inside the operands.
+    let c_lo = task * p.data_cols;
+    let c_hi = (c_lo + p.data_cols).min(p.i);
+    // The chunk's whole blocks of 16 columns; the rest (under 16, last chunk only) is scalar.
+    let c_vec = c_lo + (c_hi - c_lo) / 16 * 16;
+    let tiles = &tile::tiles(p.isa).a1;
+    let mut o0 = 0;
+    while o0 < p.o {
+        let rows = (p.o - o0).min(DATA_ROWS);
+        let acc = accumulate || o0 > 0;
+        let mut c0 = c_lo;
+        while c0 < c_vec {
+            let k = blocks_within(tiles, c_vec - c0);
+            let nw = tiles.max_width(k);
+            let r = Reduce {
+                n: [1, 1, 1],
+                steps: rows,
+                a_step: p.n as isize,
+                b_step: p.i as isize,
+                b_blk: 16,
+                ..Reduce::default()
+            };
+            let mut n0 = 0;
+            while n0 < p.n {
+                let w_cols = (p.n - n0).min(nw);
+                let out = Out::plain(dx.wrapping_add(n0 * p.xs + c0), p.xs as isize, 16, acc);
+                // SAFETY: the reduction reads gyt[o0 .. o0 + rows][n0 .. n0 + w_cols] and
+                // w[o0 .. o0 + rows][c0 .. c0 + 16 k] (c0 + 16 k <= c_vec <= i); the tile writes
+                // dx[n0 ..][c0 .. c0 + 16 k], columns of this task.
                 unsafe {
-                    let sum: f32 = (0..p.o).map(|o| *gyt.add(o * p.n + n) * *w.add(o * p.i + c)).sum();
-                    let d = dx.add(n * p.xs + c);
-                    *d = if accumulate { *d + sum } else { sum };
-                }
+                    tiles.get(k, w_cols)(gyt.wrapping_add(o0 * p.n + n0), w.wrapping_add(o0 * p.i + c0), &r, &out)
+                };
+                n0 += w_cols;
+            }
+            c0 += 16 * k;
+        }
+        o0 += rows;
+    }
+    for n in 0..p.n {
+        for c in c_vec..c_hi {
+            // SAFETY: c < i, n < n, every o < o: inside the operands.
+            unsafe {
+                let sum: f32 = (0..p.o).map(|o| *gyt.add(o * p.n + n) * *w.add(o * p.i + c)).sum();
+                let d = dx.add(n * p.xs + c);
+                *d = if accumulate { *d + sum } else { sum };
             }
         }
-        return;
-    }
-    let tiles = &tile::tiles(p.isa).a1;
-    let nw = tiles.max_width(1);
-    let r =
-        Reduce { n: [1, 1, 1], steps: p.o, a_step: p.n as isize, b_step: p.i as isize, b_blk: 16, ..Reduce::default() };
-    let mut n0 = 0;
-    while n0 < p.n {
-        let w_cols = (p.n - n0).min(nw);
-        let out = Out::plain(dx.wrapping_add(n0 * p.xs + c0), p.xs as isize, 16, accumulate);
-        // SAFETY: the reduction reads gyt[o][n0 .. n0 + w_cols] and w[o][c0 .. c0 + 16] for every
-        // o; the tile writes dx[n0 ..][c0 .. c0 + 16].
-        unsafe { tiles.get(1, w_cols)(gyt.wrapping_add(n0), w.wrapping_add(c0), &r, &out) };
-        n0 += w_cols;
     }
 }
 
-/// Backward-weights task `task` (16 columns of `i`, or the tail): `dw (+)= gy^T x`; task 0
-/// also writes `db`.
+/// Backward-weights task `task` (a band of [`FcPlan::backward_weights_tasks`]'s rows of
+/// `dw`): `dw (+)= gy^T x`; task 0 also writes `db`.
 ///
 /// # Safety
 /// `p` from [`FcPlan::new`] on a CPU with its instruction set; `gy` valid for
 /// [`FcPlan::y_span`], `x` for [`FcPlan::x_span`], `dw` for `o x i` and `db` (non-null when the plan has a bias) for `o` floats,
-/// outputs apart from inputs; no other running task writes these columns.
+/// outputs apart from inputs; no other running task writes these rows.
 pub unsafe fn backward_weights_task(
     p: &FcPlan,
     gy: *const f32,
@@ -312,22 +376,10 @@ pub unsafe fn backward_weights_task(
             }
         }
     }
-    let c0 = task * 16;
-    if c0 + 16 > p.i {
-        for o in 0..p.o {
-            for c in c0..p.i {
-                // SAFETY: inside the operands.
-                unsafe {
-                    let sum: f32 = (0..p.n).map(|n| *gy.add(n * p.ys + o) * *x.add(n * p.xs + c)).sum();
-                    let d = dw.add(o * p.i + c);
-                    *d = if accumulate { *d + sum } else { sum };
-                }
-            }
-        }
-        return;
-    }
+    let o_lo = task * p.weight_rows;
+    let o_hi = (o_lo + p.weight_rows).min(p.o);
+    let c_vec = p.i / 16 * 16;
     let tiles = &tile::tiles(p.isa).a1;
-    let nw = tiles.max_width(1);
     let r = Reduce {
         n: [1, 1, 1],
         steps: p.n,
@@ -336,14 +388,32 @@ pub unsafe fn backward_weights_task(
         b_blk: 16,
         ..Reduce::default()
     };
-    let mut o0 = 0;
-    while o0 < p.o {
-        let w_cols = (p.o - o0).min(nw);
-        let out = Out::plain(dw.wrapping_add(o0 * p.i + c0), p.i as isize, 16, accumulate);
-        // SAFETY: reads gy[n][o0 .. o0 + w_cols] and x[n][c0 .. c0 + 16] for every n; writes
-        // dw[o0 ..][c0 .. c0 + 16].
-        unsafe { tiles.get(1, w_cols)(gy.wrapping_add(o0), x.wrapping_add(c0), &r, &out) };
-        o0 += w_cols;
+    let mut o0 = o_lo;
+    while o0 < o_hi {
+        // Rows of one tile: written side by side, left to right, up to 64 columns a tile (the
+        // widest tile's width bounds the rows, so that every block count has that many).
+        let nw = tiles.max_width(blocks_within(tiles, c_vec.max(16)));
+        let w_rows = (o_hi - o0).min(nw);
+        let mut c0 = 0;
+        while c0 < c_vec {
+            let k = blocks_within(tiles, c_vec - c0);
+            let out = Out::plain(dw.wrapping_add(o0 * p.i + c0), p.i as isize, 16, accumulate);
+            // SAFETY: reads gy[n][o0 .. o0 + w_rows] and x[n][c0 .. c0 + 16 k] for every n
+            // (c0 + 16 k <= i); writes dw[o0 .. o0 + w_rows][c0 .. c0 + 16 k], rows of this task.
+            unsafe { tiles.get(k, w_rows)(gy.wrapping_add(o0), x.wrapping_add(c0), &r, &out) };
+            c0 += 16 * k;
+        }
+        for o in o0..o0 + w_rows {
+            for c in c_vec..p.i {
+                // SAFETY: inside the operands.
+                unsafe {
+                    let sum: f32 = (0..p.n).map(|n| *gy.add(n * p.ys + o) * *x.add(n * p.xs + c)).sum();
+                    let d = dw.add(o * p.i + c);
+                    *d = if accumulate { *d + sum } else { sum };
+                }
+            }
+        }
+        o0 += w_rows;
     }
 }
 
@@ -392,13 +462,15 @@ pub fn backward(
         None => None,
     };
     let st = SyncPtr(scratch.as_mut_ptr());
-    let tasks = p.backward_tasks();
-    par.run(if dx.is_some() { 2 * tasks } else { tasks }, &|t, _| {
+    let tasks = p.backward_weights_tasks();
+    let data_tasks = if dx.is_some() { p.backward_data_tasks() } else { 0 };
+    par.run(tasks + data_tasks, &|t, _| {
         if t < tasks {
-            // SAFETY: lengths checked; dw and db are separate &mut slices; tasks own columns.
+            // SAFETY: lengths checked; dw and db are separate &mut slices; tasks own rows.
             unsafe { backward_weights_task(p, gp.get(), xp.get(), dwp.get(), dbp.get(), accumulate, t) };
         } else if let Some(dx) = &dx {
-            // SAFETY: as above; the scratch holds gy transposed, written before the run.
+            // SAFETY: as above; the scratch holds gy transposed, written before the run; tasks
+            // own columns of dx.
             unsafe { backward_data_task(p, st.get(), wp.get(), dx.get(), accumulate, t - tasks) };
         }
     });

@@ -302,7 +302,7 @@ pub unsafe extern "C" fn cnnc_fc_backward_data(
     let (gt, wp, dp) = (SyncPtr(scratch), SyncPtr(w as *mut f32), SyncPtr(dx));
     // SAFETY: common contract; tasks write disjoint columns of dx.
     unsafe {
-        on_pool(pool, p.backward_tasks(), core::ptr::null_mut(), 0, &|t, _| {
+        on_pool(pool, p.backward_data_tasks(), core::ptr::null_mut(), 0, &|t, _| {
             super::fc::backward_data_task(p, gt.get(), wp.get(), dp.get(), false, t)
         })
     };
@@ -326,9 +326,9 @@ pub unsafe extern "C" fn cnnc_fc_backward_weights(
     // SAFETY: common contract.
     let p = unsafe { &*plan };
     let (gp, xp, wp, bp) = (SyncPtr(gy as *mut f32), SyncPtr(x as *mut f32), SyncPtr(dw), SyncPtr(db));
-    // SAFETY: common contract; tasks write disjoint columns of dw, task 0 alone db.
+    // SAFETY: common contract; tasks write disjoint rows of dw, task 0 alone db.
     unsafe {
-        on_pool(pool, p.backward_tasks(), core::ptr::null_mut(), 0, &|t, _| {
+        on_pool(pool, p.backward_weights_tasks(), core::ptr::null_mut(), 0, &|t, _| {
             super::fc::backward_weights_task(p, gp.get(), xp.get(), wp.get(), bp.get(), false, t)
         })
     };

@@ -116,7 +116,9 @@ fn fc_on_spaced_samples() {
 
 #[test]
 fn fc_of_lenet_and_wide_layers() {
-    for (k, (n, i, o)) in [(1, 400, 120), (64, 120, 84), (3, 84, 10), (1, 2048, 67)].into_iter().enumerate() {
+    for (k, (n, i, o)) in
+        [(1, 400, 120), (64, 120, 84), (3, 84, 10), (1, 2048, 67), (2, 1100, 70), (7, 700, 37)].into_iter().enumerate()
+    {
         check_fc(n, i, o, Some(0), k % 2 == 1, k as u64).unwrap();
     }
 }
