@@ -351,6 +351,82 @@ pub unsafe fn backward_data_task(
     }
 }
 
+/// Rows of `dw` one backward-weights tile computes side by side (at most): the widest tile's
+/// width, so that every block count the tiles take has that many.
+fn weight_group(p: &FcPlan) -> usize {
+    let tiles = &tile::tiles(p.isa).a1;
+    tiles.max_width(blocks_within(tiles, (p.i / 16 * 16).max(16)))
+}
+
+impl FcPlan {
+    /// Scratch floats per thread of [`backward_weights_update_task`]: one row group's gradient.
+    pub fn update_scratch_len(&self) -> usize {
+        weight_group(self) * self.i
+    }
+}
+
+/// Rows `o0 .. o0 + rows` of `gy^T x` (`rows` at most [`weight_group`]) written (or with
+/// `accumulate` added) to `dst`, row `o0 + r` at `dst + r i`, left to right: up to 64 columns
+/// a tile, the columns past the last whole 16 by a plain loop.
+///
+/// # Safety
+/// `p` from [`FcPlan::new`] on a CPU with its instruction set; `gy` valid for
+/// [`FcPlan::y_span`], `x` for [`FcPlan::x_span`], `dst` for `rows x i` floats apart from
+/// them and written by nothing else meanwhile.
+unsafe fn weight_rows(
+    p: &FcPlan,
+    gy: *const f32,
+    x: *const f32,
+    o0: usize,
+    rows: usize,
+    dst: *mut f32,
+    accumulate: bool,
+) {
+    let c_vec = p.i / 16 * 16;
+    let tiles = &tile::tiles(p.isa).a1;
+    let r = Reduce {
+        n: [1, 1, 1],
+        steps: p.n,
+        a_step: p.ys as isize,
+        b_step: p.xs as isize,
+        b_blk: 16,
+        ..Reduce::default()
+    };
+    let mut c0 = 0;
+    while c0 < c_vec {
+        let k = blocks_within(tiles, c_vec - c0);
+        let out = Out::plain(dst.wrapping_add(c0), p.i as isize, 16, accumulate);
+        // SAFETY: reads gy[n][o0 .. o0 + rows] and x[n][c0 .. c0 + 16 k] for every n
+        // (c0 + 16 k <= i); writes rows 0 .. rows of dst, columns c0 .. c0 + 16 k.
+        unsafe { tiles.get(k, rows)(gy.wrapping_add(o0), x.wrapping_add(c0), &r, &out) };
+        c0 += 16 * k;
+    }
+    for row in 0..rows {
+        for c in c_vec..p.i {
+            // SAFETY: inside the operands.
+            unsafe {
+                let sum: f32 = (0..p.n).map(|n| *gy.add(n * p.ys + o0 + row) * *x.add(n * p.xs + c)).sum();
+                let d = dst.add(row * p.i + c);
+                *d = if accumulate { *d + sum } else { sum };
+            }
+        }
+    }
+}
+
+/// `db (+)= sum_n gy[n]`, for task 0 of the backward-weights passes.
+///
+/// # Safety
+/// `gy` valid for [`FcPlan::y_span`] floats, `db` for `o`, apart.
+unsafe fn bias_grad(p: &FcPlan, gy: *const f32, db: *mut f32, accumulate: bool) {
+    for o in 0..p.o {
+        // SAFETY: o < o, every sample n < n.
+        unsafe {
+            let sum: f32 = (0..p.n).map(|n| *gy.add(n * p.ys + o)).sum();
+            *db.add(o) = if accumulate { *db.add(o) + sum } else { sum };
+        }
+    }
+}
+
 /// Backward-weights task `task` (a band of [`FcPlan::backward_weights_tasks`]'s rows of
 /// `dw`): `dw (+)= gy^T x`; task 0 also writes `db`.
 ///
@@ -368,52 +444,54 @@ pub unsafe fn backward_weights_task(
     task: usize,
 ) {
     if task == 0 && !db.is_null() {
-        for o in 0..p.o {
-            // SAFETY: o < o, every sample n < n.
-            unsafe {
-                let sum: f32 = (0..p.n).map(|n| *gy.add(n * p.ys + o)).sum();
-                *db.add(o) = if accumulate { *db.add(o) + sum } else { sum };
-            }
-        }
+        // SAFETY: forwarded contract.
+        unsafe { bias_grad(p, gy, db, accumulate) };
     }
-    let o_lo = task * p.weight_rows;
-    let o_hi = (o_lo + p.weight_rows).min(p.o);
-    let c_vec = p.i / 16 * 16;
-    let tiles = &tile::tiles(p.isa).a1;
-    let r = Reduce {
-        n: [1, 1, 1],
-        steps: p.n,
-        a_step: p.ys as isize,
-        b_step: p.xs as isize,
-        b_blk: 16,
-        ..Reduce::default()
-    };
-    let mut o0 = o_lo;
+    let o_hi = ((task + 1) * p.weight_rows).min(p.o);
+    let mut o0 = task * p.weight_rows;
     while o0 < o_hi {
-        // Rows of one tile: written side by side, left to right, up to 64 columns a tile (the
-        // widest tile's width bounds the rows, so that every block count has that many).
-        let nw = tiles.max_width(blocks_within(tiles, c_vec.max(16)));
-        let w_rows = (o_hi - o0).min(nw);
-        let mut c0 = 0;
-        while c0 < c_vec {
-            let k = blocks_within(tiles, c_vec - c0);
-            let out = Out::plain(dw.wrapping_add(o0 * p.i + c0), p.i as isize, 16, accumulate);
-            // SAFETY: reads gy[n][o0 .. o0 + w_rows] and x[n][c0 .. c0 + 16 k] for every n
-            // (c0 + 16 k <= i); writes dw[o0 .. o0 + w_rows][c0 .. c0 + 16 k], rows of this task.
-            unsafe { tiles.get(k, w_rows)(gy.wrapping_add(o0), x.wrapping_add(c0), &r, &out) };
-            c0 += 16 * k;
+        let rows = (o_hi - o0).min(weight_group(p));
+        // SAFETY: rows o0 .. o0 + rows of dw are this task's.
+        unsafe { weight_rows(p, gy, x, o0, rows, dw.wrapping_add(o0 * p.i), accumulate) };
+        o0 += rows;
+    }
+}
+
+/// Backward-weights task `task` with the optimiser's update applied to each row group of the
+/// weight gradient it computed, from `scratch` ([`FcPlan::update_scratch_len`] floats, the
+/// task's own), where the group is written instead of `dw`: the gradient stays in cache and
+/// never goes to memory (a gradient written to memory and read back by the update costs three
+/// passes over a weight that only bandwidth limits). Task 0 also writes `db` (non-null when the
+/// plan has a bias).
+///
+/// # Safety
+/// As [`backward_weights_task`] without `dw`; `rule` and `ua` as
+/// [`super::optim::update_at`] takes them for a parameter of `o x i` floats; `scratch` valid for
+/// writing its length and used by nothing else meanwhile.
+pub unsafe fn backward_weights_update_task(
+    p: &FcPlan,
+    gy: *const f32,
+    x: *const f32,
+    db: *mut f32,
+    (rule, ua): (&super::optim::StepRule, &super::optim::UpdateArgs),
+    task: usize,
+    scratch: *mut f32,
+) {
+    if task == 0 && !db.is_null() {
+        // SAFETY: forwarded contract.
+        unsafe { bias_grad(p, gy, db, false) };
+    }
+    let o_hi = ((task + 1) * p.weight_rows).min(p.o);
+    let mut o0 = task * p.weight_rows;
+    while o0 < o_hi {
+        let rows = (o_hi - o0).min(weight_group(p));
+        // SAFETY: the scratch holds rows x i floats (rows <= weight_group); the update's range
+        // o0 i .. (o0 + rows) i lies inside the o x i parameter and is this task's.
+        unsafe {
+            weight_rows(p, gy, x, o0, rows, scratch, false);
+            super::optim::update_at(rule, ua, o0 * p.i, scratch, rows * p.i);
         }
-        for o in o0..o0 + w_rows {
-            for c in c_vec..p.i {
-                // SAFETY: inside the operands.
-                unsafe {
-                    let sum: f32 = (0..p.n).map(|n| *gy.add(n * p.ys + o) * *x.add(n * p.xs + c)).sum();
-                    let d = dw.add(o * p.i + c);
-                    *d = if accumulate { *d + sum } else { sum };
-                }
-            }
-        }
-        o0 += w_rows;
+        o0 += rows;
     }
 }
 

@@ -334,6 +334,39 @@ pub unsafe extern "C" fn cnnc_fc_backward_weights(
     };
 }
 
+/// Fully connected backward-weights with the optimiser's update applied to each row group
+/// from its task's scratch ([`FcPlan::update_scratch_len`] floats per thread), at the run's
+/// learning rate (`lr_bits`: an `f32`'s bits) and step: the weight gradient is not written;
+/// `db` (null without a bias) is.
+///
+/// # Safety
+/// See the module's common contract ([`super::fc::backward_weights_update_task`]).
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn cnnc_fc_backward_weights_update(
+    plan: *const FcPlan,
+    gy: *const f32,
+    x: *const f32,
+    db: *mut f32,
+    update: *const UpdatePlan,
+    update_args: *const UpdateArgs,
+    lr_bits: u64,
+    step: u64,
+    scratch: *mut f32,
+    pool: *const ThreadPool,
+) {
+    // SAFETY: common contract.
+    let (p, u, ua) = unsafe { (&*plan, &*update, &*update_args) };
+    let rule = u.rule(f32::from_bits(lr_bits as u32), step);
+    let (gp, xp, bp) = (SyncPtr(gy as *mut f32), SyncPtr(x as *mut f32), SyncPtr(db));
+    // SAFETY: common contract; tasks update disjoint rows of the weight, each with its
+    // thread's scratch; task 0 alone writes db.
+    unsafe {
+        on_pool(pool, p.backward_weights_tasks(), scratch, p.update_scratch_len(), &|t, sc| {
+            super::fc::backward_weights_update_task(p, gp.get(), xp.get(), bp.get(), (&rule, ua), t, sc)
+        })
+    };
+}
+
 /// Local response normalisation: forward (`args.gy` null, `args.y` the output) or backward
 /// (`args.y` the input gradient).
 ///

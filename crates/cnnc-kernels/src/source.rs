@@ -67,7 +67,7 @@ pub fn files() -> &'static [Source] {
         conv_plain: Core [conv conv_plain_rows error par simd tile view];
         conv_plain_bwd: Core [conv conv_plain_rows error par simd view x86];
         depthwise: Core [conv error pack par simd tile view x86];
-        fc: Core [act error par simd tile x86];
+        fc: Core [act error optim par simd tile x86];
         bn: Core [error fmath par view];
         lrn: Core [error par simd view vmath x86];
         pool: Core [error fmath par simd view x86];

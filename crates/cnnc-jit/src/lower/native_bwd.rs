@@ -201,6 +201,36 @@ fn backward_weights_with_update(
     Ok(true)
 }
 
+/// A fully connected layer's weight gradient with the optimiser's update applied by each
+/// kernel task to the row groups it computed, from a scratch buffer of its thread's, in place
+/// of writing the gradient (`update::fusable` decided that nothing else reads it): the update
+/// node emits nothing. At small batches the gradient is as large as the weight and costs a
+/// write and a read of it otherwise.
+fn fc_backward_weights_with_update(
+    lx: &mut Lx,
+    plan: cnnc_kernels::fc::FcPlan,
+    (x, gy): (Val, Val),
+    (update, opt): (cnnc_ir::NodeId, &cnnc_ir::Optimizer),
+) -> Result<bool, JitError> {
+    let (up, ua) = super::update::kernel_update(lx, update, opt)?;
+    if lx.param(update, "")?.1.stored_len() != x.c * gy.c {
+        return Err(crate::error::plan_err(format!("update of {} floats: the parameter's length differs", x.c * gy.c)));
+    }
+    let scratch = lx.alloc(plan.update_scratch_len() * lx.threads * 4);
+    let p = keep(lx, plan);
+    let f = cnnc_kernels::ffi::cnnc_fc_backward_weights_update as *const () as u64;
+    let (pool, gy_at, x_at) = (lx.pool, gy.addr, x.addr);
+    lx.kernel(1, |fx| {
+        let (pp, g, xx, null, u, uargs, pl) =
+            (fx.abs(p), fx.abs(gy_at), fx.abs(x_at), fx.abs(0), fx.abs(up), fx.abs(ua), fx.abs(pool));
+        let (lr, step) = super::update::run_scalars(fx);
+        let sc = fx.aux(scratch);
+        emit_call(fx, f, &[pp, g, xx, null, u, uargs, lr, step, sc, pl]);
+    })?;
+    lx.written.insert(update);
+    Ok(true)
+}
+
 /// `dst[i] = sum_q parts[q][i]` for `len` floats of `count` consecutive parts.
 pub(crate) fn sum_parts(lx: &mut Lx, parts: u64, count: usize, len: usize, dst: u64) -> Result<bool, JitError> {
     let units = len.div_ceil(4096);
@@ -282,6 +312,9 @@ pub(crate) fn fc_backward_weights(lx: &mut Lx, x: Val, gy: Val, gw: Val, wp: &Pa
     let plan = cnnc_kernels::fc::FcPlan::new(x.n, x.c, gy.c, false, act, cpu, lx.threads)
         .and_then(|p| p.with_strides(stride(&x), stride(&gy)));
     let Ok(plan) = plan else { return Ok(false) };
+    if let Some((update, opt)) = super::update::fusable(lx, lx.node) {
+        return fc_backward_weights_with_update(lx, plan, (x, gy), (update, &opt));
+    }
     let p = keep(lx, plan);
     let f = cnnc_kernels::ffi::cnnc_fc_backward_weights as *const () as u64;
     let args = [Arg::Abs(p), Arg::Abs(gy.addr), Arg::Abs(x.addr), Arg::Abs(gw.addr), Arg::Abs(0), Arg::Abs(lx.pool)];

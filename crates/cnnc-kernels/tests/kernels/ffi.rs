@@ -170,3 +170,77 @@ fn fc_backward_through_the_c_abi_equals_the_safe_call() {
         }
     }
 }
+
+/// The fc weight gradient with the update fused (each row group updated from a task's
+/// scratch) leaves the parameter, its state and the bias gradient exactly as the weight
+/// gradient written out and updated in a pass of its own, for SGD with momentum (step 1, which
+/// starts the buffer, and step 2) and Adam; sizes whose rows leave partial row groups and
+/// columns past the last whole 16.
+#[test]
+fn fc_backward_weights_with_update_equals_gradient_then_update() {
+    use cnnc_kernels::fc::{self, FcPlan};
+    use cnnc_kernels::optim::{UpdateArgs, UpdateKind, UpdatePlan, update_all};
+    let kinds = [
+        UpdateKind::Sgd { momentum: 0.9, weight_decay: 1e-3, nesterov: false },
+        UpdateKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+    ];
+    for (k, &(n, i, o, bias)) in [(1, 300, 17, true), (5, 70, 40, false), (2, 1100, 9, true)].iter().enumerate() {
+        let mut rng = Rng::new(30 + k as u64);
+        let (x, w, gy) = (rng.vec(n * i), rng.vec(o * i), rng.vec(n * o));
+        // Non-negative states: Adam's second moment is a mean of squares.
+        let s: Vec<f32> = rng.vec(o * i).iter().map(|v| v.abs()).collect();
+        for cpu in cpus() {
+            let plan = FcPlan::new(n, i, o, bias, Act::NONE, cpu, pool().threads()).unwrap();
+            for kind in kinds {
+                let update = UpdatePlan::new(kind, o * i, cpu).unwrap();
+                for step in [1, 2] {
+                    // Gradient, then the update.
+                    let (mut dw, mut db) = (vec![0.0; o * i], vec![0.0; o]);
+                    let mut scratch = vec![0.0; plan.backward_scratch_len()];
+                    let db_want = bias.then_some(&mut db[..]);
+                    fc::backward(pool(), &plan, &x, &w, &gy, None, &mut dw, db_want, false, &mut scratch).unwrap();
+                    let (mut p1, mut s1, mut t1, mut u1) = (w.clone(), s.clone(), s.clone(), s.clone());
+                    update_all(pool(), &update, (0.01, step), &mut p1, &dw, [&mut s1, &mut t1, &mut u1]).unwrap();
+                    // Fused.
+                    let (mut p2, mut s2, mut t2, mut u2) = (w.clone(), s.clone(), s.clone(), s.clone());
+                    let used = update.states();
+                    let state =
+                        |v: &mut Vec<f32>, k: usize| if used[k] { v.as_mut_ptr() } else { std::ptr::null_mut() };
+                    let args = UpdateArgs {
+                        p: p2.as_mut_ptr(),
+                        s1: state(&mut s2, 0),
+                        s2: state(&mut t2, 1),
+                        s3: state(&mut u2, 2),
+                    };
+                    let mut db2 = guarded(&vec![f32::NAN; o]);
+                    let db_ptr = if bias { db2.as_mut_slice().as_mut_ptr() } else { std::ptr::null_mut() };
+                    let mut scratch2 = guarded(&vec![f32::NAN; plan.update_scratch_len() * pool().threads()]);
+                    let (xg, gyg) = (guarded(&x), guarded(&gy));
+                    // SAFETY: the plans came from FcPlan::new and UpdatePlan::new for these sizes;
+                    // the parameter and its used states hold o x i floats, the scratch one row
+                    // group per thread; outputs apart from inputs; the pool is live.
+                    unsafe {
+                        ffi::cnnc_fc_backward_weights_update(
+                            &plan,
+                            gyg.as_slice().as_ptr(),
+                            xg.as_slice().as_ptr(),
+                            db_ptr,
+                            &update,
+                            &args,
+                            0.01f32.to_bits() as u64,
+                            step,
+                            scratch2.as_mut_slice().as_mut_ptr(),
+                            pool(),
+                        );
+                    }
+                    let what = format!("n {n} i {i} o {o} {kind:?} step {step} {:?}", cpu.isa());
+                    assert_eq!(p2, p1, "parameter {what}");
+                    assert_eq!([&s2, &t2, &u2], [&s1, &t1, &u1], "state {what}");
+                    if bias {
+                        assert_eq!(db2.as_slice(), &db[..], "db {what}");
+                    }
+                }
+            }
+        }
+    }
+}
