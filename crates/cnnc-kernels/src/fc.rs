@@ -447,14 +447,18 @@ pub unsafe fn backward_weights_task(
         // SAFETY: forwarded contract.
         unsafe { bias_grad(p, gy, db, accumulate) };
     }
-    let o_hi = ((task + 1) * p.weight_rows).min(p.o);
-    let mut o0 = task * p.weight_rows;
-    while o0 < o_hi {
-        let rows = (o_hi - o0).min(weight_group(p));
+    for (o0, rows) in row_groups(p, task) {
         // SAFETY: rows o0 .. o0 + rows of dw are this task's.
         unsafe { weight_rows(p, gy, x, o0, rows, dw.wrapping_add(o0 * p.i), accumulate) };
-        o0 += rows;
     }
+}
+
+/// The row groups `(first row, rows)` of backward-weights task `task`, in order: its band of
+/// rows cut into [`weight_group`]s.
+fn row_groups(p: &FcPlan, task: usize) -> impl Iterator<Item = (usize, usize)> {
+    let (lo, hi) = (task * p.weight_rows, ((task + 1) * p.weight_rows).min(p.o));
+    let group = weight_group(p);
+    (lo..hi).step_by(group).map(move |o0| (o0, group.min(hi - o0)))
 }
 
 /// Backward-weights task `task` with the optimiser's update applied to each row group of the
@@ -481,17 +485,13 @@ pub unsafe fn backward_weights_update_task(
         // SAFETY: forwarded contract.
         unsafe { bias_grad(p, gy, db, false) };
     }
-    let o_hi = ((task + 1) * p.weight_rows).min(p.o);
-    let mut o0 = task * p.weight_rows;
-    while o0 < o_hi {
-        let rows = (o_hi - o0).min(weight_group(p));
+    for (o0, rows) in row_groups(p, task) {
         // SAFETY: the scratch holds rows x i floats (rows <= weight_group); the update's range
         // o0 i .. (o0 + rows) i lies inside the o x i parameter and is this task's.
         unsafe {
             weight_rows(p, gy, x, o0, rows, scratch, false);
             super::optim::update_at(rule, ua, o0 * p.i, scratch, rows * p.i);
         }
-        o0 += rows;
     }
 }
 
