@@ -115,36 +115,77 @@ pub fn has_errors(diagnostics: &[Diagnostic]) -> bool {
 /// substitutions and swaps of neighbouring letters (`widht`) each count one.
 pub fn edit_distance(a: &str, b: &str) -> usize {
     let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    // d[i][j]: distance between the first i letters of a and the first j of b.
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = best;
-        }
-    }
-    d[a.len()][b.len()]
+    distance_within(&a, &b, usize::MAX, &mut Rows::default()).unwrap_or(usize::MAX)
 }
 
-/// The candidate closest to `name`, if it is close enough to be a plausible typo.
+/// Three rows of the distance table, kept between calls so that comparing a name with many
+/// candidates allocates once.
+#[derive(Default)]
+struct Rows {
+    two_up: Vec<usize>,
+    up: Vec<usize>,
+    row: Vec<usize>,
+}
+
+/// [`edit_distance`] of `a` and `b` if it is at most `limit`, else None, found without the
+/// rest of the table once two rows in a row exceed `limit` everywhere (every later entry then
+/// does too: each comes from the row above or the one above that, plus at least one).
+fn distance_within(a: &[char], b: &[char], limit: usize, rows: &mut Rows) -> Option<usize> {
+    if a.len().abs_diff(b.len()) > limit {
+        return None;
+    }
+    let Rows { two_up, up, row } = rows;
+    // Row i holds the distances between the first i letters of a and the first j of b.
+    up.clear();
+    up.extend(0..=b.len());
+    two_up.clear();
+    two_up.resize(b.len() + 1, 0);
+    // Row 0 holds a zero, so it is never over the limit.
+    let mut up_over = false;
+    for i in 1..=a.len() {
+        row.clear();
+        row.push(i);
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (up[j] + 1).min(row[j - 1] + 1).min(up[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(two_up[j - 2] + 1);
+            }
+            row.push(best);
+        }
+        let over = row.iter().all(|&d| d > limit);
+        if over && up_over {
+            return None;
+        }
+        up_over = over;
+        std::mem::swap(two_up, up);
+        std::mem::swap(up, row);
+    }
+    let d = up[b.len()];
+    (d <= limit).then_some(d)
+}
+
+/// The candidate closest to `name`, if it is close enough to be a plausible typo: within a
+/// third of its length (at least one edit), or containing it or contained in it (longer than
+/// two letters); the first of the closest.
 pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (name.chars().count() / 3).max(1);
-    candidates
-        .into_iter()
-        .map(|c| (edit_distance(name, c), c))
-        .filter(|&(d, c)| d <= limit || (c.len() > 2 && (c.contains(name) || name.contains(c))))
-        .min_by_key(|&(d, _)| d)
-        .map(|(_, c)| c)
+    let a: Vec<char> = name.chars().collect();
+    let limit = (a.len() / 3).max(1);
+    let (mut rows, mut b) = (Rows::default(), Vec::new());
+    let mut best: Option<(usize, &str)> = None;
+    for c in candidates {
+        b.clear();
+        b.extend(c.chars());
+        let related = c.len() > 2 && (c.contains(name) || name.contains(c));
+        // A related candidate counts at any distance; the others only within the limit.
+        let d = distance_within(&a, &b, if related { usize::MAX } else { limit }, &mut rows);
+        if let Some(d) = d
+            && best.is_none_or(|(bd, _)| d < bd)
+        {
+            best = Some((d, c));
+        }
+    }
+    best.map(|(_, c)| c)
 }
 
 #[cfg(test)]
@@ -161,5 +202,49 @@ mod tests {
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("widht", "width"), 1);
         assert_eq!(did_you_mean("imgae", ["image", "x"]), Some("image"));
+    }
+
+    /// The whole table, the definition the bounded distance must agree with.
+    fn full_distance(a: &[char], b: &[char]) -> usize {
+        let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+        for (i, row) in d.iter_mut().enumerate() {
+            row[0] = i;
+        }
+        for (j, cell) in d[0].iter_mut().enumerate() {
+            *cell = j;
+        }
+        for i in 1..=a.len() {
+            for j in 1..=b.len() {
+                let cost = usize::from(a[i - 1] != b[j - 1]);
+                let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+                if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                    best = best.min(d[i - 2][j - 2] + 1);
+                }
+                d[i][j] = best;
+            }
+        }
+        d[a.len()][b.len()]
+    }
+
+    /// Every pair of words of up to 6 letters over `abc` (so that swaps and repeats are
+    /// common), at every limit from 0 to 7: the bounded distance is the full one when that is
+    /// within the limit, and None otherwise, with one set of rows reused throughout.
+    #[test]
+    fn bounded_distance_agrees_with_the_whole_table() {
+        let words: Vec<Vec<char>> = (0..=6u32)
+            .flat_map(|len| {
+                (0..3usize.pow(len)).map(move |k| (0..len).map(|p| b"abc"[(k / 3usize.pow(p)) % 3] as char).collect())
+            })
+            .collect();
+        let mut rows = Rows::default();
+        for (n, a) in words.iter().enumerate().step_by(7) {
+            for b in words.iter().skip(n % 5).step_by(5) {
+                let full = full_distance(a, b);
+                for limit in 0..=7 {
+                    let want = (full <= limit).then_some(full);
+                    assert_eq!(distance_within(a, b, limit, &mut rows), want, "{a:?} {b:?} limit {limit}");
+                }
+            }
+        }
     }
 }
