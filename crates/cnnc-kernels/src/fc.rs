@@ -353,16 +353,9 @@ pub unsafe fn backward_data_task(
 
 /// Rows of `dw` one backward-weights tile computes side by side (at most): the widest tile's
 /// width, so that every block count the tiles take has that many.
-fn weight_group(p: &FcPlan) -> usize {
+pub(crate) fn weight_group(p: &FcPlan) -> usize {
     let tiles = &tile::tiles(p.isa).a1;
     tiles.max_width(blocks_within(tiles, (p.i / 16 * 16).max(16)))
-}
-
-impl FcPlan {
-    /// Scratch floats per thread of [`backward_weights_update_task`]: one row group's gradient.
-    pub fn update_scratch_len(&self) -> usize {
-        weight_group(self) * self.i
-    }
 }
 
 /// Rows `o0 .. o0 + rows` of `gy^T x` (`rows` at most [`weight_group`]) written (or with
@@ -373,7 +366,7 @@ impl FcPlan {
 /// `p` from [`FcPlan::new`] on a CPU with its instruction set; `gy` valid for
 /// [`FcPlan::y_span`], `x` for [`FcPlan::x_span`], `dst` for `rows x i` floats apart from
 /// them and written by nothing else meanwhile.
-unsafe fn weight_rows(
+pub(crate) unsafe fn weight_rows(
     p: &FcPlan,
     gy: *const f32,
     x: *const f32,
@@ -417,7 +410,7 @@ unsafe fn weight_rows(
 ///
 /// # Safety
 /// `gy` valid for [`FcPlan::y_span`] floats, `db` for `o`, apart.
-unsafe fn bias_grad(p: &FcPlan, gy: *const f32, db: *mut f32, accumulate: bool) {
+pub(crate) unsafe fn bias_grad(p: &FcPlan, gy: *const f32, db: *mut f32, accumulate: bool) {
     for o in 0..p.o {
         // SAFETY: o < o, every sample n < n.
         unsafe {
@@ -455,44 +448,10 @@ pub unsafe fn backward_weights_task(
 
 /// The row groups `(first row, rows)` of backward-weights task `task`, in order: its band of
 /// rows cut into [`weight_group`]s.
-fn row_groups(p: &FcPlan, task: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(crate) fn row_groups(p: &FcPlan, task: usize) -> impl Iterator<Item = (usize, usize)> {
     let (lo, hi) = (task * p.weight_rows, ((task + 1) * p.weight_rows).min(p.o));
     let group = weight_group(p);
     (lo..hi).step_by(group).map(move |o0| (o0, group.min(hi - o0)))
-}
-
-/// Backward-weights task `task` with the optimiser's update applied to each row group of the
-/// weight gradient it computed, from `scratch` ([`FcPlan::update_scratch_len`] floats, the
-/// task's own), where the group is written instead of `dw`: the gradient stays in cache and
-/// never goes to memory (a gradient written to memory and read back by the update costs three
-/// passes over a weight that only bandwidth limits). Task 0 also writes `db` (non-null when the
-/// plan has a bias).
-///
-/// # Safety
-/// As [`backward_weights_task`] without `dw`; `rule` and `ua` as
-/// [`super::optim::update_at`] takes them for a parameter of `o x i` floats; `scratch` valid for
-/// writing its length and used by nothing else meanwhile.
-pub unsafe fn backward_weights_update_task(
-    p: &FcPlan,
-    gy: *const f32,
-    x: *const f32,
-    db: *mut f32,
-    (rule, ua): (&super::optim::StepRule, &super::optim::UpdateArgs),
-    task: usize,
-    scratch: *mut f32,
-) {
-    if task == 0 && !db.is_null() {
-        // SAFETY: forwarded contract.
-        unsafe { bias_grad(p, gy, db, false) };
-    }
-    for (o0, rows) in row_groups(p, task) {
-        // SAFETY: the scratch holds rows x i floats (rows <= weight_group); the update's range
-        // o0 i .. (o0 + rows) i lies inside the o x i parameter and is this task's.
-        unsafe {
-            weight_rows(p, gy, x, o0, rows, scratch, false);
-            super::optim::update_at(rule, ua, o0 * p.i, scratch, rows * p.i);
-        }
-    }
 }
 
 /// The fc backward passes: `dx` (when wanted) from `gy` and `w`, `dw` and `db` (when the plan

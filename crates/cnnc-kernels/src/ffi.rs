@@ -335,12 +335,12 @@ pub unsafe extern "C" fn cnnc_fc_backward_weights(
 }
 
 /// Fully connected backward-weights with the optimiser's update applied to each row group
-/// from its task's scratch ([`FcPlan::update_scratch_len`] floats per thread), at the run's
+/// from its task's scratch ([`super::fc_update::update_scratch_len`] floats per thread), at the run's
 /// learning rate (`lr_bits`: an `f32`'s bits) and step: the weight gradient is not written;
 /// `db` (null without a bias) is.
 ///
 /// # Safety
-/// See the module's common contract ([`super::fc::backward_weights_update_task`]).
+/// See the module's common contract ([`super::fc_update::backward_weights_update_task`]).
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn cnnc_fc_backward_weights_update(
     plan: *const FcPlan,
@@ -361,8 +361,8 @@ pub unsafe extern "C" fn cnnc_fc_backward_weights_update(
     // SAFETY: common contract; tasks update disjoint rows of the weight, each with its
     // thread's scratch; task 0 alone writes db.
     unsafe {
-        on_pool(pool, p.backward_weights_tasks(), scratch, p.update_scratch_len(), &|t, sc| {
-            super::fc::backward_weights_update_task(p, gp.get(), xp.get(), bp.get(), (&rule, ua), t, sc)
+        on_pool(pool, p.backward_weights_tasks(), scratch, super::fc_update::update_scratch_len(p), &|t, sc| {
+            super::fc_update::backward_weights_update_task(p, gp.get(), xp.get(), bp.get(), (&rule, ua), t, sc)
         })
     };
 }

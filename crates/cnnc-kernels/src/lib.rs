@@ -49,6 +49,7 @@ pub mod depthwise;
 pub mod eltwise;
 pub mod error;
 pub mod fc;
+pub mod fc_update;
 pub mod ffi;
 pub mod fmath;
 pub mod lrn;

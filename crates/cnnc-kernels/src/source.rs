@@ -67,7 +67,8 @@ pub fn files() -> &'static [Source] {
         conv_plain: Core [conv conv_plain_rows error par simd tile view];
         conv_plain_bwd: Core [conv conv_plain_rows error par simd view x86];
         depthwise: Core [conv error pack par simd tile view x86];
-        fc: Core [act error optim par simd tile x86];
+        fc: Core [act error par simd tile x86];
+        fc_update: Core [fc optim];
         bn: Core [error fmath par view];
         lrn: Core [error par simd view vmath x86];
         pool: Core [error fmath par simd view x86];
@@ -78,7 +79,7 @@ pub fn files() -> &'static [Source] {
         reorder: Core [error par view];
         cpu: Std [error simd];
         threads: Std [par];
-        ffi: Std [conv conv_bwd_data conv_bwd_weights conv_fwd conv_plain conv_plain_bwd depthwise fc lrn optim pack par pool pool_bwd pool2x2 threads];
+        ffi: Std [conv conv_bwd_data conv_bwd_weights conv_fwd conv_plain conv_plain_bwd depthwise fc fc_update lrn optim pack par pool pool_bwd pool2x2 threads];
         peak: Std [simd];
         source: Crate [];
     }

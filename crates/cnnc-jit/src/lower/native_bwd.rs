@@ -216,7 +216,7 @@ fn fc_backward_weights_with_update(
     if lx.param(update, "")?.1.stored_len() != x.c * gy.c {
         return Err(crate::error::plan_err(format!("update of {} floats: the parameter's length differs", x.c * gy.c)));
     }
-    let scratch = lx.alloc(plan.update_scratch_len() * lx.threads * 4);
+    let scratch = lx.alloc(cnnc_kernels::fc_update::update_scratch_len(&plan) * lx.threads * 4);
     let p = keep(lx, plan);
     let f = cnnc_kernels::ffi::cnnc_fc_backward_weights_update as *const () as u64;
     let (pool, gy_at, x_at) = (lx.pool, gy.addr, x.addr);

@@ -214,7 +214,8 @@ fn fc_backward_weights_with_update_equals_gradient_then_update() {
                     };
                     let mut db2 = guarded(&vec![f32::NAN; o]);
                     let db_ptr = if bias { db2.as_mut_slice().as_mut_ptr() } else { std::ptr::null_mut() };
-                    let mut scratch2 = guarded(&vec![f32::NAN; plan.update_scratch_len() * pool().threads()]);
+                    let mut scratch2 =
+                        guarded(&vec![f32::NAN; cnnc_kernels::fc_update::update_scratch_len(&plan) * pool().threads()]);
                     let (xg, gyg) = (guarded(&x), guarded(&gy));
                     // SAFETY: the plans came from FcPlan::new and UpdatePlan::new for these sizes;
                     // the parameter and its used states hold o x i floats, the scratch one row
