@@ -180,25 +180,13 @@ fn backward_weights_with_update(
     lx: &mut Lx,
     plan: BwdWeightsPlan,
     args: BwdWeightsArgs,
-    (update, opt): (cnnc_ir::NodeId, &cnnc_ir::Optimizer),
+    update: (cnnc_ir::NodeId, &cnnc_ir::Optimizer),
 ) -> Result<bool, JitError> {
-    let (up, ua) = super::update::kernel_update(lx, update, opt)?;
     let len = packed_weight_len(plan.shape()).map_err(|e| crate::error::plan_err(e.to_string()))?;
-    if lx.param(update, "")?.1.stored_len() != len {
-        return Err(crate::error::plan_err(format!("update of {len} floats: the parameter's length differs")));
-    }
-    let scratch = lx.alloc(plan.update_scratch_len() * lx.threads * 4);
+    let scratch = plan.update_scratch_len();
     let (p, a) = (keep(lx, plan), keep(lx, args));
     let f = cnnc_kernels::ffi::cnnc_conv_backward_weights_update as *const () as u64;
-    let pool = lx.pool;
-    lx.kernel(1, |fx| {
-        let (pp, aa, u, uargs, pl) = (fx.abs(p), fx.abs(a), fx.abs(up), fx.abs(ua), fx.abs(pool));
-        let (lr, step) = super::update::run_scalars(fx);
-        let sc = fx.aux(scratch);
-        emit_call(fx, f, &[pp, aa, u, uargs, lr, step, sc, pl]);
-    })?;
-    lx.written.insert(update);
-    Ok(true)
+    call_with_update(lx, f, &[p, a], (len, scratch), update)
 }
 
 /// A fully connected layer's weight gradient with the optimiser's update applied by each
@@ -210,22 +198,40 @@ fn fc_backward_weights_with_update(
     lx: &mut Lx,
     plan: cnnc_kernels::fc::FcPlan,
     (x, gy): (Val, Val),
+    update: (cnnc_ir::NodeId, &cnnc_ir::Optimizer),
+) -> Result<bool, JitError> {
+    let scratch = cnnc_kernels::fc_update::update_scratch_len(&plan);
+    let p = keep(lx, plan);
+    let f = cnnc_kernels::ffi::cnnc_fc_backward_weights_update as *const () as u64;
+    // The bias gradient is a node of its own: its pointer is null.
+    call_with_update(lx, f, &[p, gy.addr, x.addr, 0], (x.c * gy.c, scratch), update)
+}
+
+/// One kernel step calling a weight-gradient entry point `f` that applies the optimiser's
+/// update itself: `f(lead.., update plan, update arguments, lr, step, scratch, pool)`, with
+/// `scratch_floats` of scratch per thread, for a parameter of `len` floats (checked against the
+/// update's); the update node is marked as written.
+fn call_with_update(
+    lx: &mut Lx,
+    f: u64,
+    lead: &[u64],
+    (len, scratch_floats): (usize, usize),
     (update, opt): (cnnc_ir::NodeId, &cnnc_ir::Optimizer),
 ) -> Result<bool, JitError> {
     let (up, ua) = super::update::kernel_update(lx, update, opt)?;
-    if lx.param(update, "")?.1.stored_len() != x.c * gy.c {
-        return Err(crate::error::plan_err(format!("update of {} floats: the parameter's length differs", x.c * gy.c)));
+    if lx.param(update, "")?.1.stored_len() != len {
+        return Err(crate::error::plan_err(format!("update of {len} floats: the parameter's length differs")));
     }
-    let scratch = lx.alloc(cnnc_kernels::fc_update::update_scratch_len(&plan) * lx.threads * 4);
-    let p = keep(lx, plan);
-    let f = cnnc_kernels::ffi::cnnc_fc_backward_weights_update as *const () as u64;
-    let (pool, gy_at, x_at) = (lx.pool, gy.addr, x.addr);
+    let scratch = lx.alloc(scratch_floats * lx.threads * 4);
+    let pool = lx.pool;
     lx.kernel(1, |fx| {
-        let (pp, g, xx, null, u, uargs, pl) =
-            (fx.abs(p), fx.abs(gy_at), fx.abs(x_at), fx.abs(0), fx.abs(up), fx.abs(ua), fx.abs(pool));
+        let mut args: Vec<_> = lead.iter().map(|&v| fx.abs(v)).collect();
+        args.extend([fx.abs(up), fx.abs(ua)]);
         let (lr, step) = super::update::run_scalars(fx);
         let sc = fx.aux(scratch);
-        emit_call(fx, f, &[pp, g, xx, null, u, uargs, lr, step, sc, pl]);
+        let pl = fx.abs(pool);
+        args.extend([lr, step, sc, pl]);
+        emit_call(fx, f, &args);
     })?;
     lx.written.insert(update);
     Ok(true)
