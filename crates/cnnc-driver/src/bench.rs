@@ -16,8 +16,11 @@
 //!  "compile": {"setup_ms": f, "lower_ms": f, "codegen_ms": f, "codegen_threads": n,
 //!              "functions": n, "shared_kernels": n, "instructions": n, "finalize_ms": f},
 //!  "gflops": f, "percent_of_peak": f, "peak": {"isa": str, "cpu": str, "source": str},
-//!  "min_ms": f, "others_pct": f, "waited_s": f}
+//!  "min_ms": f, "others_pct": f, "waited_s": f, "depth_first": n}
 //! ```
+//!
+//! `depth_first` counts the nodes, from the first, that run image by image at batch > 1
+//! (`cnnc_jit::Options::depth_first_bytes`); the table says so under the compile line.
 //!
 //! `lowering` says which code runs a convolution or matrix product (`kernels`, `dot`, `tiles`,
 //! or `loops`, the general scalar loops, correct but slow); null for other layers.
@@ -185,6 +188,12 @@ pub fn bench_table(b: &BenchOutcome) -> String {
         c.finalize_ms,
         b.passes_ms
     ));
+    if r.depth_first > 0 {
+        out.push_str(&format!(
+            "depth first: the first {} of {} nodes run image by image, so that one image's maps stay in the caches\n",
+            r.depth_first, r.nodes
+        ));
+    }
     let cache = match (&b.peak.file, b.peak.source) {
         (Some(file), peak_cache::PeakSource::Cached) => format!("cached in {}", file.display()),
         (Some(file), peak_cache::PeakSource::Measured) => format!("measured now, cached in {}", file.display()),
@@ -297,6 +306,7 @@ struct JsonReport<'a> {
     /// the runs took under half a second).
     others_pct: Option<f64>,
     waited_s: f64,
+    depth_first: usize,
 }
 
 /// `cnnc bench --json`: one line.
@@ -343,6 +353,7 @@ pub fn bench_json(b: &BenchOutcome) -> String {
         percent_of_peak: finite(percent(gflops, r.peak_gflops)),
         peak: JsonPeak { isa: &b.peak_key.isa, cpu: &b.peak_key.cpu, source: b.peak.source.name() },
         min_ms: finite(r.min_ms),
+        depth_first: r.depth_first,
         others_pct: b.others.map(|o| finite(100.0 * o)),
         waited_s: finite(b.waited_s),
     };

@@ -3,6 +3,7 @@
 //! Plain data in an arena addressed by `NodeId`; analyses (users, statistics, receptive fields)
 //! are side tables. This crate knows nothing of the `.cnn` syntax, pest, quote or Cranelift.
 
+pub mod depth;
 pub mod dot;
 pub mod facts;
 mod graph;

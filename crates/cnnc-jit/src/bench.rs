@@ -48,6 +48,10 @@ pub struct BenchReport {
     pub peak_gflops: f64,
     /// In schedule order; nodes without code (views, concatenation in place) are absent.
     pub layers: Vec<LayerReport>,
+    /// Nodes, from the first, that run depth first ([`CompiledModel::depth_first`]).
+    pub depth_first: usize,
+    /// Nodes of the plan's schedule.
+    pub nodes: usize,
 }
 
 /// How many times [`report`] runs the model.
@@ -131,6 +135,8 @@ pub fn report(
         flops: layers.iter().map(|l| l.flops).sum(),
         peak_gflops,
         layers,
+        depth_first: model.depth_first(),
+        nodes: graph.iter().count(),
     })
 }
 

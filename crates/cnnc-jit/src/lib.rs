@@ -60,4 +60,4 @@ pub use codegen::CodegenTimes;
 pub use error::JitError;
 pub use lower::{ConvLowering, ConvPass, Lowering};
 pub use model::{CompileTimes, CompiledModel, NodeTime, StepArgs, StepResult};
-pub use options::{Mode, Options};
+pub use options::{DEPTH_FIRST_BYTES, Mode, Options};

@@ -32,6 +32,7 @@ pub struct CompiledModel {
     repacks: Vec<crate::lower::Repack>,
     /// The node each step belongs to.
     step_nodes: Vec<NodeId>,
+    depth_first: usize,
     lowerings: Vec<ConvLowering>,
     cancel: Option<cnnc_runtime::Cancel>,
     inner: Mutex<Inner>,
@@ -212,7 +213,8 @@ impl CompiledModel {
         let mut m = module(options.mode)?;
         let lowering = Instant::now();
         let setup_ms = (lowering - start).as_secs_f64() * 1e3;
-        let mut program = lower(plan, batch, threads, options.mode, guard, &addrs, &mut m, pool.addr())?;
+        let depth_first = cnnc_ir::depth::depth_first_prefix(plan, batch, options.depth_first_bytes);
+        let mut program = lower(plan, batch, threads, options.mode, guard, &addrs, &mut m, pool.addr(), depth_first)?;
         let lower_ms = lowering.elapsed().as_secs_f64() * 1e3;
         check_cancel(options.cancel.as_ref())?;
         // Compiling uses as many threads as running will.
@@ -240,6 +242,7 @@ impl CompiledModel {
             repacks: program.repacks,
             step_nodes: program.steps.iter().map(|&(_, _, n, _)| n).collect(),
             lowerings: program.lowerings,
+            depth_first,
             cancel: options.cancel.clone(),
             inner: Mutex::new(Inner { code, loaded: false }),
         })
@@ -261,6 +264,13 @@ impl CompiledModel {
     /// input gradient, weight gradient) was lowered, in schedule order.
     pub fn lowerings(&self) -> &[ConvLowering] {
         &self.lowerings
+    }
+
+    /// How many nodes, from the first in schedule order, run depth first: each image through
+    /// all of them before the next (0: every node on the whole batch; see
+    /// [`Options::depth_first_bytes`]).
+    pub fn depth_first(&self) -> usize {
+        self.depth_first
     }
 
     /// Milliseconds `compile` took (lowering, Cranelift, memory).
@@ -587,8 +597,10 @@ impl CompiledModel {
         let mut times: Vec<NodeTime> = Vec::new();
         for _ in 0..rounds {
             self.prepare(&mut inner, &data, Some(&shapes), args)?;
+            // A node's steps need not be adjacent (a depth-first prefix runs each node once
+            // per image): its time in a run is the sum over its steps.
+            let mut run: Vec<f64> = vec![0.0; times.len()];
             let mut k = 0;
-            let mut slot = 0;
             while k < self.step_nodes.len() {
                 let node = self.step_nodes[k];
                 check_cancel(self.cancel.as_ref())?;
@@ -598,11 +610,18 @@ impl CompiledModel {
                     k += 1;
                 }
                 let dt = t0.elapsed().as_secs_f64();
-                if times.len() <= slot {
-                    times.push(NodeTime { node, name: self.plan.graph[node].name.clone(), seconds: Vec::new() });
-                }
-                times[slot].seconds.push(dt);
-                slot += 1;
+                let slot = match times.iter().position(|t| t.node == node) {
+                    Some(slot) => slot,
+                    None => {
+                        times.push(NodeTime { node, name: self.plan.graph[node].name.clone(), seconds: Vec::new() });
+                        run.push(0.0);
+                        times.len() - 1
+                    }
+                };
+                run[slot] += dt;
+            }
+            for (t, dt) in times.iter_mut().zip(run) {
+                t.seconds.push(dt);
             }
         }
         Ok(times)

@@ -49,12 +49,33 @@ pub struct Options {
     /// A run so stopped leaves its outputs unwritten and, for a training plan, the parameters
     /// partly updated: give training steps that must stay whole no token.
     pub cancel: Option<cnnc_runtime::Cancel>,
+    /// Depth first at batch > 1 (inference plans only): the leading nodes of the schedule up
+    /// to the last whose values (its inputs and output, every image) take more than this many
+    /// bytes run image by image, each image through all of them before the next, so that one
+    /// image's maps stay in the caches between layers where the whole batch's would not.
+    /// [`DEPTH_FIRST_BYTES`] by default; `u64::MAX` runs every node on the whole batch, 0 runs
+    /// as many nodes depth first as can be.
+    pub depth_first_bytes: u64,
 }
+
+/// The default [`Options::depth_first_bytes`]: a quarter of the 32 MiB last-level cache of the
+/// machines measured. ResNet-50 at batch 8 (AMD EPYC Zen 5, 2 threads): 142-152 ms depth
+/// first against 159-176 ms on the whole batch; GoogLeNet 65 against 71 ms; VGG-16 575
+/// against 589 ms (its fc layers, past the prefix, still read their weights once a batch);
+/// ResNet-18 74 ms either way, whose maps at batch 8 fit the cache.
+pub const DEPTH_FIRST_BYTES: u64 = 8 << 20;
 
 impl Options {
     /// Batch `batch`, the host's default mode, the global pool, no guard pages, no cancelling.
     pub fn new(batch: usize) -> Options {
-        Options { batch, mode: Mode::host_default(), threads: None, guard_pages: false, cancel: None }
+        Options {
+            batch,
+            mode: Mode::host_default(),
+            threads: None,
+            guard_pages: false,
+            cancel: None,
+            depth_first_bytes: DEPTH_FIRST_BYTES,
+        }
     }
 
     pub fn with_mode(self, mode: Mode) -> Options {
@@ -71,5 +92,9 @@ impl Options {
 
     pub fn with_cancel(self, cancel: cnnc_runtime::Cancel) -> Options {
         Options { cancel: Some(cancel), ..self }
+    }
+
+    pub fn with_depth_first_bytes(self, depth_first_bytes: u64) -> Options {
+        Options { depth_first_bytes, ..self }
     }
 }

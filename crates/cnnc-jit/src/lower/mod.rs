@@ -162,6 +162,9 @@ pub(crate) struct Lx<'a> {
     /// backward pass of the same step reads them (see `native_point.rs`).
     pub point_weights: std::collections::HashMap<String, u64>,
     pub repacks: Vec<Repack>,
+    /// The buffer of each parameter in [`Lx::repacks`], by name: the steps of a depth-first
+    /// prefix's images read the one copy.
+    pub repacked: std::collections::HashMap<String, u64>,
     guard: bool,
     /// The node being lowered.
     node: NodeId,
@@ -177,6 +180,18 @@ pub(crate) struct Lx<'a> {
     /// plan keeps them plain, and values written in another value's place.
     stem_blocked: std::collections::HashSet<NodeId>,
     stem_home: std::collections::HashMap<NodeId, NodeId>,
+    /// While lowering a depth-first prefix: the one image batched values are addressed at.
+    image: Option<usize>,
+    /// Scratch of the depth-first prefix's steps, by node and by its place among the node's
+    /// scratch requests: every image's step of a node reuses the first image's (see
+    /// [`Lx::scratch`]).
+    image_scratch: std::collections::HashMap<(NodeId, usize), u64>,
+    scratch_asked: usize,
+    /// The depth-first prefix's own buffers ([`cnnc_ir::depth::image_buffers`]), and the
+    /// address and size of the one image's memory they share.
+    image_local: std::collections::HashSet<usize>,
+    image_arena: u64,
+    image_bytes: usize,
 }
 
 /// Which code a convolution pass (forward, input gradient, weight gradient; a convolution
@@ -274,6 +289,8 @@ pub(crate) fn lower(
     addrs: &Addrs,
     module: &mut JITModule,
     pool_addr: u64,
+    // Nodes, from the first, that run depth first.
+    depth_first: usize,
 ) -> Result<Program, JitError> {
     let ctx = module.make_context();
     let mut lx = Lx {
@@ -294,6 +311,7 @@ pub(crate) fn lower(
         step_buffers: Default::default(),
         point_weights: Default::default(),
         repacks: Vec::new(),
+        repacked: Default::default(),
         guard,
         node: NodeId::from_index(0),
         lowerings: Vec::new(),
@@ -302,6 +320,12 @@ pub(crate) fn lower(
         shared: Shared::default(),
         stem_blocked: Default::default(),
         stem_home: Default::default(),
+        image: None,
+        image_scratch: Default::default(),
+        scratch_asked: 0,
+        image_local: Default::default(),
+        image_arena: 0,
+        image_bytes: 0,
     };
     for stem in cnnc_ir::stem::blocked_stems(plan) {
         lx.stem_blocked.extend(stem.chain.iter().copied());
@@ -309,7 +333,28 @@ pub(crate) fn lower(
             lx.stem_home.insert(stem.chain[stem.chain.len() - 1], stem.reorder);
         }
     }
-    for (id, _) in plan.graph.iter() {
+    // The depth-first prefix (`cnnc_ir::depth`): its nodes lowered once per image, in image
+    // order, each image's steps addressing that image alone; the values only the prefix uses
+    // in one image's memory. What the steps of one image record as written by an earlier
+    // step holds for that image only.
+    if depth_first > 0 {
+        let (local, bytes) = cnnc_ir::depth::image_buffers(plan, depth_first);
+        lx.image_local = local;
+        lx.image_bytes = bytes.max(64) as usize;
+        lx.image_arena = lx.buffer(lx.image_bytes)?.1;
+    }
+    let written = lx.written.clone();
+    for image in 0..if depth_first > 0 { batch } else { 0 } {
+        lx.image = Some(image);
+        lx.written = written.clone();
+        for (id, _) in plan.graph.iter().take(depth_first) {
+            lx.node = id;
+            lx.scratch_asked = 0;
+            lower_node(&mut lx, id)?;
+        }
+    }
+    lx.image = None;
+    for (id, _) in plan.graph.iter().skip(depth_first) {
         lx.node = id;
         lower_node(&mut lx, id)?;
     }
@@ -412,7 +457,11 @@ impl Lx<'_> {
         let (addr, bs, n, bytes, buffer) = match &plan.memory.storage[home.index()] {
             Storage::Input(k) => {
                 let (base, len) = *self.addrs.inputs.get(*k).ok_or_else(|| plan_err(format!("input {k} of {id}")))?;
-                (base, elements as u64 * 4, self.batch, elements as u64 * 4, (base, len))
+                let bs = elements as u64 * 4;
+                match self.image {
+                    Some(i) => (base + i as u64 * bs, bs, 1, bs, (base, len)),
+                    None => (base, bs, self.batch, bs, (base, len)),
+                }
             }
             Storage::Nothing => return Err(plan_err(format!("{id} (`{}`) reads an effect", node.name))),
             Storage::Arena(place) => {
@@ -426,7 +475,18 @@ impl Lx<'_> {
                 if place.bytes < stored || (n > 1 && bs < stored) {
                     return Err(plan_err(format!("{id}: {} bytes placed (stride {bs}) for {stored}", place.bytes)));
                 }
-                (self.addrs.arena.0 + off, bs, n, place.bytes, self.addrs.arena)
+                match self.image {
+                    Some(_) if n > 1 && self.image_local.contains(&place.buffer) => {
+                        let one = plan.image_offset(home, 1, 0).ok_or_else(|| plan_err(format!("{id} unplaced")))?
+                            - plan.memory.whole_batch_bytes;
+                        let arena = (self.image_arena, self.image_bytes);
+                        (self.image_arena + one, bs, 1, place.bytes, arena)
+                    }
+                    Some(i) if n > 1 => {
+                        (self.addrs.arena.0 + off + i as u64 * bs, bs, 1, place.bytes, self.addrs.arena)
+                    }
+                    _ => (self.addrs.arena.0 + off, bs, n, place.bytes, self.addrs.arena),
+                }
             }
         };
         let extent = (n as u64 - 1) * bs + bytes.max(stored);
@@ -480,6 +540,24 @@ impl Lx<'_> {
             return Err(plan_err(format!("`{name}` does not fit its slot")));
         }
         Ok((self.addrs.params.0 + off as u64, p.clone()))
+    }
+
+    /// `bytes` of scratch for a step of the current node (its offset from `ctx`): memory
+    /// only that step uses, while it runs. Each image of a depth-first prefix runs its own
+    /// step of the node, one after the other, so they share the first image's scratch
+    /// (separate copies would take the caches from the maps).
+    pub fn scratch(&mut self, bytes: usize) -> u64 {
+        let Some(image) = self.image else { return self.alloc(bytes) };
+        let key = (self.node, self.scratch_asked);
+        self.scratch_asked += 1;
+        match self.image_scratch.get(&key) {
+            Some(&off) if image > 0 => off,
+            _ => {
+                let off = self.alloc(bytes);
+                self.image_scratch.insert(key, off);
+                off
+            }
+        }
     }
 
     /// `bytes` of zeroed auxiliary memory (64-byte aligned): its offset from `ctx`.

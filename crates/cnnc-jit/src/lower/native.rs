@@ -143,7 +143,7 @@ pub(crate) fn conv(lx: &mut Lx, op: &ConvForward) -> Result<bool, JitError> {
         matches!(wp.layout, Some(WeightLayout::OIhw16i16o | WeightLayout::GOIhw16i16o | WeightLayout::OI16i16o));
     if x.layout == Layout::Blocked16 && y.layout == Layout::Blocked16 && blocked_weights {
         let Ok(plan) = ConvPlan::new(s, epi, cpu, lx.threads) else { return Ok(false) };
-        let scratch = lx.alloc(plan.scratch_len(lx.threads) * 4);
+        let scratch = lx.scratch(plan.scratch_len(lx.threads) * 4);
         let (p, ar) = (keep(lx, plan), keep(lx, args(w)));
         let f = cnnc_kernels::ffi::cnnc_conv_forward as *const () as u64;
         call(lx, f, &[Arg::Abs(p), Arg::Abs(ar), Arg::Aux(scratch), Arg::Abs(lx.pool)])?;
@@ -156,14 +156,20 @@ pub(crate) fn conv(lx: &mut Lx, op: &ConvForward) -> Result<bool, JitError> {
         let Ok(len) = cnnc_kernels::conv_plain::packed_weight_len(&s) else { return Ok(false) };
         // The weights in the kernel's layout, in a buffer of their own: written at load, or
         // before every run when the optimiser updates them.
-        let packed = lx.buffer(len * 4)?;
-        if updated(lx, &wp.name) {
-            super::native_plain::repack(lx, w, [g.o, g.c, g.kh, g.kw], packed.1, false)?;
+        let packed = if updated(lx, &wp.name) {
+            let (_, packed) = lx.buffer(len * 4)?;
+            super::native_plain::repack(lx, w, [g.o, g.c, g.kh, g.kw], packed, false)?;
+            packed
+        } else if let Some(&packed) = lx.repacked.get(&wp.name) {
+            packed
         } else {
-            lx.repacks.push(super::Repack { param: wp.name.clone(), buffer: packed.0, shape: s });
-        }
-        let scratch = lx.alloc(plan.scratch_len(lx.threads) * 4);
-        let (p, ar) = (keep(lx, plan), keep(lx, args(packed.1)));
+            let (buffer, packed) = lx.buffer(len * 4)?;
+            lx.repacks.push(super::Repack { param: wp.name.clone(), buffer, shape: s });
+            lx.repacked.insert(wp.name.clone(), packed);
+            packed
+        };
+        let scratch = lx.scratch(plan.scratch_len(lx.threads) * 4);
+        let (p, ar) = (keep(lx, plan), keep(lx, args(packed)));
         let f = cnnc_kernels::ffi::cnnc_conv_plain_forward as *const () as u64;
         call(lx, f, &[Arg::Abs(p), Arg::Abs(ar), Arg::Aux(scratch), Arg::Abs(lx.pool)])?;
         return Ok(true);
@@ -283,7 +289,7 @@ pub(crate) fn lrn(lx: &mut Lx, lrn: &cnnc_ir::Lrn, x: Val, gy: Option<Val>, out:
     let plan =
         LrnPlan::new(x.n, x.c, [x.h, x.w], layout, lrn.size, alpha, lrn.beta as f32, lrn.k as f32, cpu, lx.threads);
     let Ok(plan) = plan else { return Ok(false) };
-    let scratch = lx.alloc(plan.scratch_len(lx.threads) * 4);
+    let scratch = lx.scratch(plan.scratch_len(lx.threads) * 4);
     let args = LrnArgs {
         x: x.addr as *const f32,
         x_bs: (x.bs / 4) as usize,

@@ -202,7 +202,7 @@ pub(crate) fn lrn_backward(lx: &mut Lx, id: NodeId, lrn: &Lrn) -> Result<(), Jit
     }
     let l = *lrn;
     let c = x.c;
-    let scratch = lx.alloc(lx.threads * c * 8);
+    let scratch = lx.scratch(lx.threads * c * 8);
     let stored_c = if gx.layout == Layout::Blocked16 { c.div_ceil(16) * 16 } else { c };
     let factor = (2.0 * l.sum_factor() * l.beta) as f32;
     per_pixel(lx, &gx, c * l.size * 8, |fx, n, p| {

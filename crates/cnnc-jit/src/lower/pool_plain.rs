@@ -181,7 +181,7 @@ fn forward_padded(lx: &mut Lx, win: &Window, x: Val, outs: Outs, geo: Padded) ->
     let (k, s, p) = (win.kernel[1], win.stride[1], win.pad[1]);
     let (kh, len) = (win.kernel[0], geo.len);
     let per_thread = kh * len * 4;
-    let scratch = lx.alloc(lx.threads * per_thread);
+    let scratch = lx.scratch(lx.threads * per_thread);
     let planes = x.n * x.c;
     let tasks = lx.tasks(planes, (planes * oh * ow * kh * k) as f64);
     let w = x.w as i64;

@@ -101,7 +101,12 @@ pub fn check_floor(what: &str, got: &Tensor, want: &Tensor, rtol: f64, floor: f6
 
 /// Compiles `plan` with guard pages in `mode` and loads `weights`.
 pub fn compile(plan: &Plan, batch: usize, mode: Mode, weights: &TensorMap) -> CompiledModel {
-    let options = Options::new(batch).with_mode(mode).with_guard_pages(true);
+    compile_with(plan, &Options::new(batch).with_mode(mode), weights)
+}
+
+/// [`compile`] with `options` (guard pages added).
+pub fn compile_with(plan: &Plan, options: &Options, weights: &TensorMap) -> CompiledModel {
+    let options = options.clone().with_guard_pages(true);
     let m = CompiledModel::compile(plan, &options).unwrap_or_else(|e| panic!("{e}\n{}", plan.render()));
     m.load_weights(weights).unwrap();
     m
@@ -153,8 +158,22 @@ pub fn jit_equals(
     rtol: f64,
     reference: &Reference,
 ) -> f64 {
-    let batch = inputs[0].shape[0];
-    let model = compile(plan, batch, mode, weights);
+    let options = Options::new(inputs[0].shape[0]).with_mode(mode);
+    jit_equals_with(what, plan, weights, inputs, &options, rtol, reference)
+}
+
+/// [`jit_equals`] on code compiled with `options`.
+pub fn jit_equals_with(
+    what: &str,
+    plan: &Plan,
+    weights: &TensorMap,
+    inputs: &[Tensor],
+    options: &Options,
+    rtol: f64,
+    reference: &Reference,
+) -> f64 {
+    let mode = options.mode;
+    let model = compile_with(plan, options, weights);
     let got = model.run(inputs, &ARGS).unwrap_or_else(|e| panic!("{what}: {e}"));
     let (want_g, state) = (&reference.want, &reference.state);
     let mut worst = 0f64;

@@ -4,6 +4,7 @@
 
 use crate::common::*;
 use cnnc_passes::{PassOptions, optimize, optimize_training};
+use cnnc_runtime::{Tensor, TensorMap};
 
 fn check_example(file: &str, shape: &[usize], train_batch: usize, overrides: &[(&str, &str)]) {
     // The deep ResNets: see the comment above the list.
@@ -21,6 +22,7 @@ fn check_example(file: &str, shape: &[usize], train_batch: usize, overrides: &[(
         std::slice::from_ref(&x),
         RTOL_FORWARD,
     );
+    worst = worst.max(depth_first_equals_interp(file, &opt.plan, &weights, &x));
     let training = cnnc_passes::TrainingOptions { batch_stats, ..sgd_step(&g) };
     let opt = optimize_training(&g, Some(&weights), &PassOptions::all(), &training).unwrap();
     let cnnc_passes::Objective::Loss(loss) = training.objective else { unreachable!() };
@@ -29,6 +31,22 @@ fn check_example(file: &str, shape: &[usize], train_batch: usize, overrides: &[(
     // A training step in both modes: native mode runs its own backward kernels.
     worst = worst.max(jit_equals_interp_both(&format!("{file} training"), &opt.plan, &weights, &inputs, RTOL_GRAD));
     eprintln!("{file} at {shape:?}: worst relative error {worst:e}");
+}
+
+/// The inference plan run depth first, each image through every node that can before the
+/// next (at these resolutions the default rule leaves whole batches), in both modes against
+/// the interpreter; the worst error.
+fn depth_first_equals_interp(file: &str, plan: &cnnc_ir::plan::Plan, weights: &TensorMap, x: &Tensor) -> f64 {
+    let r = reference(plan, weights, std::slice::from_ref(x));
+    let mut worst = 0f64;
+    for mode in MODES {
+        let options = cnnc_jit::Options::new(x.shape[0]).with_mode(mode).with_depth_first_bytes(0);
+        let m = cnnc_jit::CompiledModel::compile(plan, &options).unwrap();
+        assert!(m.depth_first() > 1, "{file} ({mode:?}): no node runs depth first");
+        let what = format!("{file} inference, depth first through {} nodes", m.depth_first());
+        worst = worst.max(jit_equals_with(&what, plan, weights, std::slice::from_ref(x), &options, RTOL_FORWARD, &r));
+    }
+    worst
 }
 
 /// Every convolution pass (forward, input and weight gradient; matrix products too) of the

@@ -1,8 +1,8 @@
 //! Random configurations (proptest): convolutions and pooling of random sizes 1..40,
 //! strides 1..3, padding, dilation, groups, channel counts that are not multiples of the
 //! vector width, batch 1..5, with a residual and an activation, as a layer of a small graph
-//! whose layout pass blocks it or not; inference and the gradients of a training step, both
-//! modes.
+//! whose layout pass blocks it or not; inference (on whole batches and depth first) and the
+//! gradients of a training step, both modes.
 
 use crate::common::*;
 use crate::ops::add;
@@ -14,7 +14,15 @@ fn run_both(g: &Graph, batch: usize) {
     let weights = random_weights(g, 9);
     let x = batch_of(&g[g.inputs[0]].shape.0, batch, 31);
     let opt = optimize(g, Some(&weights), &PassOptions::all()).unwrap();
-    jit_equals_interp_both("random inference", &opt.plan, &weights, std::slice::from_ref(&x), RTOL_FORWARD);
+    let r = reference(&opt.plan, &weights, std::slice::from_ref(&x));
+    for mode in MODES {
+        // Also depth first: every node before the output image by image (at batch > 1).
+        for depth_first_bytes in [cnnc_jit::DEPTH_FIRST_BYTES, 0] {
+            let options = cnnc_jit::Options::new(batch).with_mode(mode).with_depth_first_bytes(depth_first_bytes);
+            let what = format!("random inference (depth first past {depth_first_bytes} bytes)");
+            jit_equals_with(&what, &opt.plan, &weights, std::slice::from_ref(&x), &options, RTOL_FORWARD, &r);
+        }
+    }
     let t = TrainingOptions { input_grads: true, ..TrainingOptions::new(Loss::Mse) };
     let opt = optimize_training(g, Some(&weights), &PassOptions::all(), &t).unwrap();
     let inputs = [x.clone(), target(g, &Loss::Mse, batch)];

@@ -357,3 +357,51 @@ fn a_fused_node_never_overwrites_what_its_base_reads() {
     g.outputs = vec![h];
     assert_eq!(plan_of(&g, true).memory.in_place(), vec![(h, b)]);
 }
+
+/// `x -> conv -> relu -> maxpool -> conv -> flatten -> fc` on 16x16 maps.
+fn conv_net() -> Graph {
+    let mut g = Graph::new("net");
+    let x = input(&mut g, "x", &[3, 16, 16]);
+    let c1 = add(&mut g, conv(16, 3, 1, 1, true), &[x], "c1");
+    let r1 = add(&mut g, relu(), &[c1], "r1");
+    let p1 = add(&mut g, maxpool(2, 2, 0), &[r1], "p1");
+    let c2 = add(&mut g, conv(16, 3, 1, 1, true), &[p1], "c2");
+    let f = add(&mut g, Op::Flatten, &[c2], "f");
+    let y = add(&mut g, fc(10, true), &[f], "y");
+    g.outputs = vec![y];
+    g
+}
+
+#[test]
+fn the_depth_first_prefix_ends_where_images_meet_or_maps_are_small() {
+    use cnnc_ir::depth::{depth_first_prefix, image_buffers};
+    let g = conv_net();
+    let p = plan_of(&g, true);
+    // conv 16x16x16 floats = 16 KiB an image; flatten and fc are never depth first.
+    let flatten = g.ids().position(|i| g[i].op == Op::Flatten).unwrap();
+    assert_eq!(depth_first_prefix(&p, 4, 0), flatten);
+    assert_eq!(depth_first_prefix(&p, 1, 0), 0, "batch 1");
+    assert_eq!(depth_first_prefix(&p, 4, u64::MAX), 0, "never");
+    // Just under c1's bytes at batch 4 (3 + 16 channels of 16x16 floats): c1, the relu (16 +
+    // 16 channels) and the pool (16 channels of 16x16 and of 8x8) pass it, c2 (two of 8x8)
+    // does not, so the prefix ends after the pool, with x, c1 and the relu.
+    let c1_bytes = 4 * 4 * (3 + 16) * 256;
+    assert_eq!(depth_first_prefix(&p, 4, c1_bytes - 1), 4);
+    assert_eq!(depth_first_prefix(&p, 4, 4 * 4 * (16 * 256 + 16 * 64)), 3);
+    let training = plan_of(&mse_training(&g), true);
+    assert_eq!(depth_first_prefix(&training, 4, 0), 0, "training");
+    // The prefix's own buffers: none holds a value alive past it; together they fit one image.
+    let prefix = depth_first_prefix(&p, 4, 0);
+    let (local, bytes) = image_buffers(&p, prefix);
+    assert!(!local.is_empty());
+    for (id, _) in p.graph.iter() {
+        if let Some(place) = p.memory.place(id)
+            && local.contains(&place.buffer)
+        {
+            assert!(place.last < prefix, "{id} outlives the prefix");
+            let at = p.image_offset(id, 1, 0).unwrap() - p.memory.whole_batch_bytes;
+            assert!(at + place.bytes <= bytes);
+        }
+    }
+    assert!(bytes <= p.workspace_bytes(1));
+}

@@ -180,17 +180,22 @@ fn emit_tiles(lx: &mut Lx, op: &super::ConvForward, reads: Reads, weights: u64) 
 fn plain_input_weights(lx: &mut Lx, g: &Geo, w: u64, wp: &ParamPlan) -> Result<u64, JitError> {
     let shape = crate::lower::native::shape(g, 1);
     let len = cnnc_kernels::conv_plain::packed_weight_len(&shape).map_err(|e| JitError::Codegen(e.to_string()))?;
-    let (buffer, addr) = lx.buffer(len * 4)?;
     let updated = lx
         .plan
         .graph
         .iter()
         .any(|(_, n)| matches!(n.op, cnnc_ir::Op::Train(cnnc_ir::TrainOp::Update(_))) && n.name == wp.name);
     if updated {
+        let (_, addr) = lx.buffer(len * 4)?;
         crate::lower::native_plain::repack(lx, w, [g.o, g.c, g.kh, g.kw], addr, false)?;
-    } else {
-        lx.repacks.push(crate::lower::Repack { param: wp.name.clone(), buffer, shape });
+        return Ok(addr);
     }
+    if let Some(&addr) = lx.repacked.get(&wp.name) {
+        return Ok(addr);
+    }
+    let (buffer, addr) = lx.buffer(len * 4)?;
+    lx.repacks.push(crate::lower::Repack { param: wp.name.clone(), buffer, shape });
+    lx.repacked.insert(wp.name.clone(), addr);
     Ok(addr)
 }
 
