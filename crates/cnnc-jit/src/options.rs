@@ -59,10 +59,10 @@ pub struct Options {
 }
 
 /// The default [`Options::depth_first_bytes`]: a quarter of the 32 MiB last-level cache of the
-/// machines measured. ResNet-50 at batch 8 (AMD EPYC Zen 5, 2 threads): 142-152 ms depth
-/// first against 159-176 ms on the whole batch; GoogLeNet 65 against 71 ms; VGG-16 575
-/// against 589 ms (its fc layers, past the prefix, still read their weights once a batch);
-/// ResNet-18 74 ms either way, whose maps at batch 8 fit the cache.
+/// machines measured. Medians per run, AMD EPYC Zen 5, 2 threads, batch 8, whole batch and
+/// depth first alternated in two sittings: ResNet-50 151-184 ms against 141-153; GoogLeNet
+/// 64-74 against 62-70; ResNet-18 64-70 against 61-69; VGG-16 563-589 against 542-576 (its
+/// fc layers, past the prefix, still read their weights once a batch).
 pub const DEPTH_FIRST_BYTES: u64 = 8 << 20;
 
 impl Options {
