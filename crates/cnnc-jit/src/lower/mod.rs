@@ -542,6 +542,33 @@ impl Lx<'_> {
         Ok((self.addrs.params.0 + off as u64, p.clone()))
     }
 
+    /// Parameter `name` (at `w`, logical `dims`) in the `Oihw16o` layout of the plain-input
+    /// kernels (`len` floats, for a convolution of `shape`): in a buffer of its own, repacked
+    /// by a kernel before every run when the optimiser updates it, else once whenever weights
+    /// load, into one buffer per parameter (which the steps of a depth-first prefix's images
+    /// share). Its address.
+    pub fn plain_input_weights(
+        &mut self,
+        name: &str,
+        w: u64,
+        dims: [usize; 4],
+        shape: cnnc_kernels::conv::ConvShape,
+        len: usize,
+    ) -> Result<u64, JitError> {
+        if native::updated(self, name) {
+            let (_, addr) = self.buffer(len * 4)?;
+            native_plain::repack(self, w, dims, addr, false)?;
+            return Ok(addr);
+        }
+        if let Some(&addr) = self.repacked.get(name) {
+            return Ok(addr);
+        }
+        let (buffer, addr) = self.buffer(len * 4)?;
+        self.repacks.push(Repack { param: name.to_string(), buffer, shape });
+        self.repacked.insert(name.to_string(), addr);
+        Ok(addr)
+    }
+
     /// `bytes` of scratch for a step of the current node (its offset from `ctx`): memory
     /// only that step uses, while it runs. Each image of a depth-first prefix runs its own
     /// step of the node, one after the other, so they share the first image's scratch

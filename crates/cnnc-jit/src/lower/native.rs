@@ -114,7 +114,7 @@ pub(super) fn shape(g: &Geo, n: usize) -> ConvShape {
 }
 
 /// Whether any node of the plan writes parameter `name` (an optimiser update).
-fn updated(lx: &Lx, name: &str) -> bool {
+pub(crate) fn updated(lx: &Lx, name: &str) -> bool {
     lx.plan.graph.iter().any(|(_, n)| matches!(n.op, Op::Train(TrainOp::Update(_))) && n.name == name)
 }
 
@@ -154,20 +154,7 @@ pub(crate) fn conv(lx: &mut Lx, op: &ConvForward) -> Result<bool, JitError> {
         let out = if y.layout == Layout::Plain { KLayout::Nchw } else { KLayout::NChw16c };
         let Ok(plan) = PlainConvPlan::new(s, epi, out, cpu, lx.threads) else { return Ok(false) };
         let Ok(len) = cnnc_kernels::conv_plain::packed_weight_len(&s) else { return Ok(false) };
-        // The weights in the kernel's layout, in a buffer of their own: written at load, or
-        // before every run when the optimiser updates them.
-        let packed = if updated(lx, &wp.name) {
-            let (_, packed) = lx.buffer(len * 4)?;
-            super::native_plain::repack(lx, w, [g.o, g.c, g.kh, g.kw], packed, false)?;
-            packed
-        } else if let Some(&packed) = lx.repacked.get(&wp.name) {
-            packed
-        } else {
-            let (buffer, packed) = lx.buffer(len * 4)?;
-            lx.repacks.push(super::Repack { param: wp.name.clone(), buffer, shape: s });
-            lx.repacked.insert(wp.name.clone(), packed);
-            packed
-        };
+        let packed = lx.plain_input_weights(&wp.name, w, [g.o, g.c, g.kh, g.kw], s, len)?;
         let scratch = lx.scratch(plan.scratch_len(lx.threads) * 4);
         let (p, ar) = (keep(lx, plan), keep(lx, args(packed)));
         let f = cnnc_kernels::ffi::cnnc_conv_plain_forward as *const () as u64;

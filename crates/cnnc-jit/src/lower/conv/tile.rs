@@ -175,28 +175,11 @@ fn emit_tiles(lx: &mut Lx, op: &super::ConvForward, reads: Reads, weights: u64) 
     Ok(true)
 }
 
-/// Plain-input weights in `Oihw16o`, in a buffer of their own: repacked whenever weights
-/// load, or by a kernel before every run when the optimiser updates them. Its address.
+/// Plain-input weights in `Oihw16o` for the tiles ([`Lx::plain_input_weights`]). Its address.
 fn plain_input_weights(lx: &mut Lx, g: &Geo, w: u64, wp: &ParamPlan) -> Result<u64, JitError> {
     let shape = crate::lower::native::shape(g, 1);
     let len = cnnc_kernels::conv_plain::packed_weight_len(&shape).map_err(|e| JitError::Codegen(e.to_string()))?;
-    let updated = lx
-        .plan
-        .graph
-        .iter()
-        .any(|(_, n)| matches!(n.op, cnnc_ir::Op::Train(cnnc_ir::TrainOp::Update(_))) && n.name == wp.name);
-    if updated {
-        let (_, addr) = lx.buffer(len * 4)?;
-        crate::lower::native_plain::repack(lx, w, [g.o, g.c, g.kh, g.kw], addr, false)?;
-        return Ok(addr);
-    }
-    if let Some(&addr) = lx.repacked.get(&wp.name) {
-        return Ok(addr);
-    }
-    let (buffer, addr) = lx.buffer(len * 4)?;
-    lx.repacks.push(crate::lower::Repack { param: wp.name.clone(), buffer, shape });
-    lx.repacked.insert(wp.name.clone(), addr);
-    Ok(addr)
+    lx.plain_input_weights(&wp.name, w, [g.o, g.c, g.kh, g.kw], shape, len)
 }
 
 /// Everything the emitted code is specialised to.
