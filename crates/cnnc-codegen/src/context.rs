@@ -124,18 +124,18 @@ impl<'a> Gen<'a> {
         constant(&self.fns[id.index()])
     }
 
-    /// `place::NAME.view(cx.n)` for a batched value.
+    /// `cx.win.at(place::NAME).view(cx.n)` for a batched value.
     pub fn view(&self, id: NodeId) -> Result<TokenStream, CodegenError> {
         self.mem.batched(id)?;
         let c = self.place_const(id);
-        Ok(quote!(place::#c.view(cx.n)))
+        Ok(quote!(cx.win.at(place::#c).view(cx.n)))
     }
 
-    /// `place::NAME` for a batched value.
+    /// `cx.win.at(place::NAME)` for a batched value.
     pub fn place(&self, id: NodeId) -> Result<TokenStream, CodegenError> {
         self.mem.batched(id)?;
         let c = self.place_const(id);
-        Ok(quote!(place::#c))
+        Ok(quote!(cx.win.at(place::#c)))
     }
 
     /// `whole::NAME`, the range of a whole-batch value.
@@ -210,10 +210,10 @@ impl<'a> Gen<'a> {
         // Dense images (a batch is one range, as the slice-based kernels want); the next
         // temporary starts on a 64-byte boundary again.
         let stride = channels * h * w;
-        let place = Place { buf: self.mem.temp_base + self.temp, off: 0, stride, c, h, w, layout };
+        let place = Place { buf: self.mem.temp_base + self.temp, off: 0, stride, c, h, w, layout, last: usize::MAX };
         self.temp += stride.div_ceil(16) * 16;
         self.max_temp = self.max_temp.max(self.temp);
-        (place, place_tokens(&place))
+        (place, at_tokens(&place))
     }
 
     /// Records that the current node uses `fixed + per_image * n` floats of `tmp`.
@@ -239,7 +239,22 @@ impl<'a> Gen<'a> {
 pub fn place_tokens(p: &Place) -> TokenStream {
     let [buf, off, stride, c, h, w] = [p.buf, p.off, p.stride, p.c, p.h, p.w].map(lit);
     let layout = layout_tokens(p.layout);
-    quote!(Place { buf: #buf, off: #off, stride: #stride, c: #c, h: #h, w: #w, layout: #layout })
+    let last = if p.last == usize::MAX {
+        quote!(usize::MAX)
+    } else {
+        {
+            let l = lit(p.last);
+            quote!(#l)
+        }
+    };
+    quote!(Place { buf: #buf, off: #off, stride: #stride, c: #c, h: #h, w: #w, layout: #layout, last: #last })
+}
+
+/// A place inside a layer: `cx.win.at(..)` of its literal, which moves it to the image being
+/// run depth first, if any.
+pub fn at_tokens(p: &Place) -> TokenStream {
+    let t = place_tokens(p);
+    quote!(cx.win.at(#t))
 }
 
 pub fn layout_tokens(l: Layout) -> TokenStream {

@@ -51,6 +51,7 @@ pub fn entry(
     let mut g = Gen::new(plan, mem, params, params_len, kind == Kind::Training);
     let mut layers = Vec::new();
     let mut calls = Vec::new();
+    let mut table = Vec::new();
     for (id, node) in plan.graph.iter() {
         if elided.contains(&id) {
             continue;
@@ -67,6 +68,8 @@ pub fn entry(
             }
         });
         calls.push(quote!(#f(cx)?;));
+        let step = crate::kplan::lit(id.index());
+        table.push(quote!((#step, #f)));
         if options.inspect && kind == Kind::Training {
             let k = crate::kplan::lit(id.index());
             calls.push(quote!(record(cx, #k);));
@@ -74,7 +77,19 @@ pub fn entry(
     }
     let module = ident(&crate::names::snake(struct_name));
     let plans = plans_struct(&g);
-    let used = used_fields(&g, &layers);
+    // Depth first (`cnnc_ir::depth`): inference with std only (the no-std module's caller
+    // sizes its workspace for whole batches).
+    let depth_first = kind == Kind::Inference && options.std;
+    let mut used = used_fields(&g, &layers);
+    // Every layer places its values through `cx.win`; `run` swaps in `one` when it runs
+    // depth first.
+    used.push("win");
+    if depth_first {
+        used.push("one");
+        if !used.contains(&"plans") {
+            used.push("plans");
+        }
+    }
     let cx = cx_struct(&g, &used);
     let api = match kind {
         Kind::Inference => api_inference(&g, struct_name, &used, options)?,
@@ -89,6 +104,48 @@ pub fn entry(
     let tables = tables(&g, &specs, &mentioned)?;
     let record = if options.inspect && kind == Kind::Training { crate::api::record(&g) } else { quote!() };
     let doc = entry_doc(plan, struct_name, kind);
+    let run = if depth_first {
+        let bytes = cnnc_ir::depth::bytes_per_image(plan).into_iter().map(proc_macro2::Literal::u64_unsuffixed);
+        quote! {
+            /// One layer: the kernels of one node of the plan.
+            type Layer = fn(&mut Cx<'_>) -> Result<(), Error>;
+            /// The layers in the plan's order, each with its node's step.
+            const LAYERS: &[(usize, Layer)] = &[#(#table),*];
+            /// Bytes per image of the values of each leading layer that may run depth first.
+            const DEPTH_FIRST: &[u64] = &[#(#bytes),*];
+
+            /// Every layer in the plan's order. At batch 2 or more the leading layers whose
+            /// values for the whole batch take more than `depth_first_bytes` run depth first:
+            /// each image through all of them, on the plans of one image, before the next.
+            fn run(cx: &mut Cx<'_>, depth_first_bytes: u64) -> Result<(), Error> {
+                let prefix = super::depth_first_prefix(DEPTH_FIRST, cx.n, depth_first_bytes);
+                let first = LAYERS.iter().take_while(|l| l.0 < prefix).count();
+                if first > 0 {
+                    let (batch, plans) = (cx.n, cx.plans);
+                    (cx.n, cx.plans, cx.win.prefix) = (1, cx.one, prefix);
+                    for image in 0..batch {
+                        cx.win.image = Some(image);
+                        for (_, layer) in &LAYERS[..first] {
+                            layer(cx)?;
+                        }
+                    }
+                    (cx.n, cx.plans, cx.win.image) = (batch, plans, None);
+                }
+                for (_, layer) in &LAYERS[first..] {
+                    layer(cx)?;
+                }
+                Ok(())
+            }
+        }
+    } else {
+        quote! {
+            /// Every layer in the plan's order.
+            fn run(cx: &mut Cx<'_>) -> Result<(), Error> {
+                #(#calls)*
+                Ok(())
+            }
+        }
+    };
     let tokens = quote! {
         #(#[doc = #doc])*
         pub mod #module {
@@ -101,11 +158,7 @@ pub fn entry(
             #api
             #record
 
-            /// Every layer in the plan's order.
-            fn run(cx: &mut Cx<'_>) -> Result<(), Error> {
-                #(#calls)*
-                Ok(())
-            }
+            #run
 
             #(#layers)*
         }
@@ -434,6 +487,8 @@ fn cx_fields(training: bool) -> Vec<(&'static str, TokenStream)> {
         ("lr", quote!(f32)),
         ("step", quote!(u64)),
         ("seed", quote!(u64)),
+        ("win", quote!(super::Window)),
+        ("one", quote!(&'a Plans)),
     ]
 }
 
@@ -478,6 +533,7 @@ fn cx_struct(g: &Gen<'_>, used: &[&str]) -> TokenStream {
         struct Cx<'a> {
             #(#fields),*
         }
+
     }
 }
 

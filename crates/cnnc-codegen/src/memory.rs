@@ -18,6 +18,10 @@ pub struct Place {
     pub h: usize,
     pub w: usize,
     pub layout: Layout,
+    /// The last step (node index) at which any value of its buffer is alive; `usize::MAX`
+    /// for the inputs and temporaries. A depth-first prefix that ends before it holds the
+    /// buffer in one image's memory (`cnnc_ir::depth`).
+    pub last: usize,
 }
 
 impl Place {
@@ -77,6 +81,14 @@ pub fn layout(plan: &Plan) -> Result<Memory, CodegenError> {
         return Err(CodegenError::Plan("the plan's tables do not cover its graph".into()));
     }
     let mut cursor = floats(m.per_image_bytes)?;
+    let mut buffer_last = vec![0; m.buffers.len()];
+    for (id, _) in graph.iter() {
+        if let Some(p) = m.place(id)
+            && let Some(last) = buffer_last.get_mut(p.buffer)
+        {
+            *last = (*last).max(p.last);
+        }
+    }
     let mut values = Vec::with_capacity(graph.len());
     for (id, node) in graph.iter() {
         let (c, h, w) = chw(&node.shape.0);
@@ -87,7 +99,7 @@ pub fn layout(plan: &Plan) -> Result<Memory, CodegenError> {
                     Value::Labels { classes }
                 } else {
                     let stride = (c * h * w).div_ceil(16) * 16;
-                    let place = Place { buf: cursor, off: 0, stride, c, h, w, layout: Layout::Plain };
+                    let place = Place { buf: cursor, off: 0, stride, c, h, w, layout: Layout::Plain, last: usize::MAX };
                     cursor += stride;
                     Value::Batched(place)
                 }
@@ -114,6 +126,7 @@ pub fn layout(plan: &Plan) -> Result<Memory, CodegenError> {
                             h,
                             w,
                             layout: plan.layouts[id.index()],
+                            last: buffer_last[p.buffer],
                         })
                     }
                 }

@@ -58,12 +58,8 @@ pub struct Options {
     pub depth_first_bytes: u64,
 }
 
-/// The default [`Options::depth_first_bytes`]: a quarter of the 32 MiB last-level cache of the
-/// machines measured. Medians per run, AMD EPYC Zen 5, 2 threads, batch 8, whole batch and
-/// depth first alternated in two sittings: ResNet-50 151-184 ms against 141-153; GoogLeNet
-/// 64-74 against 62-70; ResNet-18 64-70 against 61-69; VGG-16 563-589 against 542-576 (its
-/// fc layers, past the prefix, still read their weights once a batch).
-pub const DEPTH_FIRST_BYTES: u64 = 8 << 20;
+/// The default [`Options::depth_first_bytes`] ([`cnnc_ir::depth::DEPTH_FIRST_BYTES`]).
+pub const DEPTH_FIRST_BYTES: u64 = cnnc_ir::depth::DEPTH_FIRST_BYTES;
 
 impl Options {
     /// Batch `batch`, the host's default mode, the global pool, no guard pages, no cancelling.

@@ -4,7 +4,7 @@
 //! `nChw16c`, dropout masks and products.
 
 use super::{act, check};
-use crate::context::{Gen, place_tokens};
+use crate::context::{Gen, at_tokens};
 use crate::error::CodegenError;
 use crate::kplan::f64_lit;
 use crate::memory::Place;
@@ -33,7 +33,7 @@ fn channels(p: &Place, c0: usize, len: usize) -> Result<Place, CodegenError> {
 }
 
 fn copy_call(src: &Place, dst: &Place) -> TokenStream {
-    let (s, d) = (place_tokens(src), place_tokens(dst));
+    let (s, d) = (at_tokens(src), at_tokens(dst));
     let ok = check();
     quote!(k::eltwise::copy(cx.par, cx.arena, #s.view(cx.n), #d.view(cx.n)) #ok;)
 }
@@ -93,7 +93,7 @@ pub fn add(g: &mut Gen<'_>, id: NodeId) -> Result<Option<TokenStream>, CodegenEr
     if let Some(k) = operands.iter().position(|p| same(p, &y)) {
         operands.swap(0, k);
     }
-    let yt = place_tokens(&y);
+    let yt = at_tokens(&y);
     let ok = check();
     let Some((first, rest)) = operands.split_first() else {
         return Err(CodegenError::Plan(format!("{id} adds nothing")));
@@ -104,7 +104,7 @@ pub fn add(g: &mut Gen<'_>, id: NodeId) -> Result<Option<TokenStream>, CodegenEr
         calls.push(copy_call(first, &y));
     }
     for b in rest {
-        let (a, bt) = (place_tokens(&acc), place_tokens(b));
+        let (a, bt) = (at_tokens(&acc), at_tokens(b));
         calls.push(
             quote!(k::eltwise::add(cx.par, cx.cpu, cx.arena, #a.view(cx.n), #bt.view(cx.n), #yt.view(cx.n)) #ok;),
         );

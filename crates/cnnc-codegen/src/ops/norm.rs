@@ -4,7 +4,7 @@
 //! backward.
 
 use super::check;
-use crate::context::{Gen, kernel_layout, place_tokens};
+use crate::context::{Gen, at_tokens, kernel_layout};
 use crate::error::CodegenError;
 use crate::kplan::{KPlan, f32_lit, lit};
 use crate::memory::Place;
@@ -146,7 +146,7 @@ pub fn backward(
         let y: Place = g.mem.batched(id)?;
         if (y.buf, y.off) == (x.buf, x.off) {
             let (_, t) = g.temp(x.c, x.h, x.w, x.layout);
-            let yt = place_tokens(&y);
+            let yt = at_tokens(&y);
             (quote!(#t.view(cx.n)), quote!(k::eltwise::copy(cx.par, cx.arena, #t.view(cx.n), #yt.view(cx.n)) #ok;))
         } else {
             (g.view(id)?, quote!())

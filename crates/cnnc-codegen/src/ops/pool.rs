@@ -3,7 +3,7 @@
 //! the flattened output); the argmax of max pooling for training; the backward passes.
 
 use super::check;
-use crate::context::{Gen, kernel_layout, place_tokens};
+use crate::context::{Gen, at_tokens, kernel_layout};
 use crate::error::CodegenError;
 use crate::kplan::KPlan;
 use crate::memory::Place;
@@ -100,7 +100,7 @@ fn plans(
         let plan = level_plan(id, x, kind, level)?;
         let suffix = if pyramid { format!("level{k}") } else { String::new() };
         let field = g.kernel_plan(id, &suffix, plan)?;
-        out.push((field, place_tokens(&level_place(y, x.c, level, pyramid))));
+        out.push((field, at_tokens(&level_place(y, x.c, level, pyramid))));
     }
     Ok(out)
 }
@@ -136,7 +136,7 @@ pub fn argmax(g: &mut Gen<'_>, id: NodeId, geometry: &PoolGeometry) -> Result<Op
     let pyramid = matches!(geometry, PoolGeometry::Pyramid(_));
     let all = levels(geometry, x.c, [y.h, y.w]);
     let calls = runs.iter().zip(&all).map(|((plan, place), level)| {
-        let values = place_tokens(&level_place(tmp, x.c, level, pyramid));
+        let values = at_tokens(&level_place(tmp, x.c, level, pyramid));
         quote!(k::pool::forward(cx.par, #plan, cx.arena, #xv, #values.view(cx.n), Some(#place.view(cx.n))) #ok;)
     });
     Ok(Some(quote! {
@@ -174,14 +174,14 @@ pub fn backward(
     let all = levels(geometry, dx.c, [gy.h, gy.w]);
     let dxv = g.view(id)?;
     let xv = x.map_or(quote!(None), |p| {
-        let t = place_tokens(&p);
+        let t = at_tokens(&p);
         quote!(Some(#t.view(cx.n)))
     });
     let ok = check();
     let calls = runs.iter().zip(&all).enumerate().map(|(k, ((plan, gy_place), level))| {
         let opt = |p: Option<Place>| {
             p.map_or(quote!(None), |p| {
-                let t = place_tokens(&level_place(p, dx.c, level, pyramid));
+                let t = at_tokens(&level_place(p, dx.c, level, pyramid));
                 quote!(Some(#t.view(cx.n)))
             })
         };

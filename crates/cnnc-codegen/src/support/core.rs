@@ -647,6 +647,48 @@ fn store_params(c: &Checkpoint<'_>, params: &[ParamSpec], storage: &mut [f32]) {
     }
 }
 
+// @item Window
+/// Which images the layers being run see: the whole batch, or one image of a depth-first run
+/// (a batch of one to its layers). The values that only the depth-first layers use then live
+/// in one image's memory after the batch's (`local`); the others in their image's part of the
+/// batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    pub image: Option<usize>,
+    /// The first layer (node index) past the depth-first ones.
+    pub prefix: usize,
+    pub batch: usize,
+    pub local: usize,
+}
+
+impl Window {
+    /// The whole batch of `batch`, with one image's memory at `local`.
+    const fn whole(batch: usize, local: usize) -> Window {
+        Window { image: None, prefix: 0, batch, local }
+    }
+
+    /// Where `p` is for the layers being run.
+    const fn at(self, p: Place) -> Place {
+        match self.image {
+            Some(_) if p.last < self.prefix => Place { buf: self.local + p.buf, ..p },
+            Some(i) => Place { buf: p.buf * self.batch + i * p.stride, ..p },
+            None => p,
+        }
+    }
+}
+
+// @item depth_first_prefix
+/// How many layers, from the first, run depth first at batch `n` (each image through all of
+/// them before the next): up to the last whose values (inputs and output) take more than
+/// `limit` bytes for the whole batch. `table`: those bytes per image of each leading layer
+/// that may (cnnc_ir::depth's rule).
+fn depth_first_prefix(table: &[u64], n: usize, limit: u64) -> usize {
+    if n < 2 {
+        return 0;
+    }
+    table.iter().rposition(|&b| b.saturating_mul(n as u64) > limit).map_or(0, |i| i + 1)
+}
+
 // @item unpack_param
 /// The logical (checkpoint-layout) elements of a parameter stored as `p` says, into `out`.
 fn unpack_param(p: &ParamSpec, stored: &[f32], out: &mut [f32]) {
@@ -665,6 +707,9 @@ pub struct Place {
     pub h: usize,
     pub w: usize,
     pub layout: self::cnnc_kernels::view::Layout,
+    /// The last layer (node index) using its memory (`usize::MAX` for inputs and
+    /// temporaries): a depth-first run of the layers before it keeps it in one image's memory.
+    pub last: usize,
 }
 
 impl Place {

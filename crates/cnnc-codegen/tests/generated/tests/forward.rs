@@ -1,6 +1,6 @@
 //! The generated `Model` of every test case against the reference interpreter (the source
-//! graph, run logically): forward at batch 1 and 3 within rtol 1e-4, weights loaded from
-//! named tensors, from safetensors bytes and from a seed.
+//! graph, run logically): forward at batch 1 and 3 within rtol 1e-4 (at batch 3 also depth
+//! first), weights loaded from named tensors, from safetensors bytes and from a seed.
 
 mod common;
 
@@ -24,6 +24,19 @@ macro_rules! forward {
                 model.forward(&x.data, batch, &mut out).expect("forward runs");
                 assert_close(&format!("{} at batch {batch}", stringify!($module)), &out, &want[0].data, RTOL);
             }
+            // Depth first: every layer that can, image by image (at these sizes the default
+            // threshold keeps whole batches).
+            let model = model.with_depth_first_bytes(0);
+            let layers = model.depth_first_layers(3);
+            // The pyramid and the heads cases begin with pooling layers that take images
+            // apart from maps (spatial pyramid, adaptive): nothing before them to run so.
+            let none = matches!(stringify!($module), "pyramid" | "heads");
+            assert_eq!(layers == 0, none, "{}: {layers} layers depth first", stringify!($module));
+            let x = input(&g, 3, 13);
+            let want = reference_forward(&g, &weights, &x);
+            let mut out = vec![f32::NAN; want[0].data.len()];
+            model.forward(&x.data, 3, &mut out).expect("forward runs");
+            assert_close(&format!("{} depth first through {layers} layers", stringify!($module)), &out, &want[0].data, RTOL);
         }
     )*};
 }
