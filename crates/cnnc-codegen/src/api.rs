@@ -299,10 +299,10 @@ pub fn api_inference(
                 #name { depth_first_bytes, ..self }
             }
 
-            /// How many layers, from the first, run depth first on a batch of `batch`.
-            pub fn depth_first_layers(&self, batch: usize) -> usize {
-                let prefix = super::depth_first_prefix(DEPTH_FIRST, batch, self.depth_first_bytes);
-                LAYERS.iter().take_while(|l| l.0 < prefix).count()
+            /// How many nodes of the plan, from the first, run depth first on a batch of
+            /// `batch` (the layers among them: `LAYERS` before that node).
+            pub fn depth_first_nodes(&self, batch: usize) -> usize {
+                super::depth_first_prefix(DEPTH_FIRST, batch, self.depth_first_bytes)
             }
 
             /// Runs a batch of `batch` images (each input `batch` times its `INPUT_k_LEN` floats,

@@ -111,7 +111,8 @@ pub fn entry(
             type Layer = fn(&mut Cx<'_>) -> Result<(), Error>;
             /// The layers in the plan's order, each with its node's step.
             const LAYERS: &[(usize, Layer)] = &[#(#table),*];
-            /// Bytes per image of the values of each leading layer that may run depth first.
+            /// Bytes per image of the values of each leading node that may run depth first (0
+            /// for an input: it runs nothing).
             const DEPTH_FIRST: &[u64] = &[#(#bytes),*];
 
             /// Every layer in the plan's order. At batch 2 or more the leading layers whose

@@ -42,7 +42,8 @@ pub fn prefix_of(table: &[u64], batch: usize, limit: u64) -> usize {
 }
 
 /// For each of the leading nodes that may run depth first (see [`depth_first_prefix`]), the
-/// bytes of its values (inputs and output) per image; empty for training plans.
+/// bytes of its values (inputs and output) per image (0 for inputs); empty for training
+/// plans.
 pub fn bytes_per_image(plan: &Plan) -> Vec<u64> {
     if plan.graph.iter().any(|(_, n)| matches!(n.op, Op::Train(_))) {
         return Vec::new();
@@ -83,12 +84,15 @@ pub fn bytes_per_image(plan: &Plan) -> Vec<u64> {
         if !per_image || output || !batched(id) || !node.inputs.iter().all(|&i| batched(i)) {
             break;
         }
-        table.push(
-            std::iter::once(id)
+        // An input alone runs nothing: it never ends a prefix.
+        let bytes = match node.op {
+            Op::Input => 0,
+            _ => std::iter::once(id)
                 .chain(node.inputs.iter().copied())
                 .map(|v| 4 * plan.graph[v].shape.elements() as u64)
                 .sum(),
-        );
+        };
+        table.push(bytes);
     }
     table
 }

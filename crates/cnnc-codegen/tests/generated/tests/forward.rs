@@ -26,17 +26,26 @@ macro_rules! forward {
             }
             // Depth first: every layer that can, image by image (at these sizes the default
             // threshold keeps whole batches).
+            // The module's rule is cnnc_ir::depth's, for every batch and threshold.
+            let plan = models::inference(&g);
+            for limit in [0, 1 << 12, 1 << 16, 1 << 20, cnnc_ir::depth::DEPTH_FIRST_BYTES, u64::MAX] {
+                let m = Model::from_tensors(&named(&weights)).expect("weights load").with_depth_first_bytes(limit);
+                for batch in [1, 2, 3, 8, 64] {
+                    let want = cnnc_ir::depth::depth_first_prefix(&plan, batch, limit);
+                    assert_eq!(m.depth_first_nodes(batch), want, "{}: batch {batch}, {limit} bytes", stringify!($module));
+                }
+            }
             let model = model.with_depth_first_bytes(0);
-            let layers = model.depth_first_layers(3);
+            let nodes = model.depth_first_nodes(3);
             // The pyramid and the heads cases begin with pooling layers that take images
             // apart from maps (spatial pyramid, adaptive): nothing before them to run so.
             let none = matches!(stringify!($module), "pyramid" | "heads");
-            assert_eq!(layers == 0, none, "{}: {layers} layers depth first", stringify!($module));
+            assert_eq!(nodes == 0, none, "{}: {nodes} nodes depth first", stringify!($module));
             let x = input(&g, 3, 13);
             let want = reference_forward(&g, &weights, &x);
             let mut out = vec![f32::NAN; want[0].data.len()];
             model.forward(&x.data, 3, &mut out).expect("forward runs");
-            assert_close(&format!("{} depth first through {layers} layers", stringify!($module)), &out, &want[0].data, RTOL);
+            assert_close(&format!("{} depth first through {nodes} nodes", stringify!($module)), &out, &want[0].data, RTOL);
         }
     )*};
 }
