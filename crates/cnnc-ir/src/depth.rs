@@ -85,12 +85,13 @@ pub fn bytes_per_image(plan: &Plan) -> Vec<u64> {
             break;
         }
         // An input alone runs nothing: it never ends a prefix.
-        let bytes = match node.op {
-            Op::Input => 0,
-            _ => std::iter::once(id)
+        let bytes = if node.op == Op::Input {
+            0
+        } else {
+            std::iter::once(id)
                 .chain(node.inputs.iter().copied())
                 .map(|v| 4 * plan.graph[v].shape.elements() as u64)
-                .sum(),
+                .sum()
         };
         table.push(bytes);
     }
