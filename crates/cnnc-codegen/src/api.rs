@@ -112,7 +112,7 @@ fn cx_init(used: &[&str], params: TokenStream, derived: TokenStream, training: b
                 quote!(win: super::Window::whole(batch, 0))
             },
         ),
-        ("one", quote!(one: &ws.one)),
+        ("one", quote!(one: ws.one.as_ref().unwrap_or(&ws.plans))),
     ];
     let fields = all.into_iter().filter(|(f, _)| used.contains(f)).map(|(_, t)| t);
     quote!(Cx { #(#fields),* })
@@ -127,15 +127,15 @@ fn workspace(used: &[&str]) -> TokenStream {
         fields.push(quote!(cpu: k::simd::Cpu));
         inits.push(quote!(cpu));
     }
-    // Depth first (see `run`): the plans of one image, and one image's memory after the
-    // batch's, where the values only the depth-first layers use live.
+    // Depth first (see `run`), at batch > 1 only: the plans of one image, and one image's
+    // memory after the batch's, where the values only the depth-first layers use live.
     let depth_first = has("one");
     if depth_first {
-        fields.push(quote!(one: Plans));
+        fields.push(quote!(one: Option<Plans>));
         fields.push(quote!(local: usize));
         inits.push(quote!(one));
         inits.push(quote!(local));
-        inits.push(quote!(arena: super::zeros(local.saturating_add(ARENA_PER_IMAGE))?));
+        inits.push(quote!(arena: super::zeros(local.saturating_add(if n > 1 { ARENA_PER_IMAGE } else { 0 }))?));
     } else {
         inits.push(quote!(arena: super::zeros(super::batch_len(n, ARENA_PER_IMAGE)?)?));
     }
@@ -151,13 +151,15 @@ fn workspace(used: &[&str]) -> TokenStream {
         }
     }
     let scratch = match (has("scratch"), depth_first) {
-        (true, true) => quote!(let plans_scratch = plans.scratch_len(threads).max(one.scratch_len(threads));),
+        (true, true) => {
+            quote!(let plans_scratch = plans.scratch_len(threads).max(one.as_ref().map_or(0, |p| p.scratch_len(threads)));)
+        }
         (true, false) => quote!(let plans_scratch = plans.scratch_len(threads);),
         (false, _) => quote!(),
     };
     let one = if depth_first {
         quote! {
-            let one = Plans::new(1, cpu, threads)?;
+            let one = if n > 1 { Some(Plans::new(1, cpu, threads)?) } else { None };
             let local = super::batch_len(n, ARENA_PER_IMAGE)?;
         }
     } else {

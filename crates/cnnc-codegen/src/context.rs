@@ -239,11 +239,10 @@ impl<'a> Gen<'a> {
 pub fn place_tokens(p: &Place) -> TokenStream {
     let [buf, off, stride, c, h, w] = [p.buf, p.off, p.stride, p.c, p.h, p.w].map(lit);
     let layout = layout_tokens(p.layout);
-    let last = if p.last == usize::MAX {
-        quote!(usize::MAX)
-    } else {
-        {
-            let l = lit(p.last);
+    let last = match p.last {
+        usize::MAX => quote!(usize::MAX),
+        last => {
+            let l = lit(last);
             quote!(#l)
         }
     };

@@ -68,11 +68,10 @@ pub fn entry(
             }
         });
         calls.push(quote!(#f(cx)?;));
-        let step = crate::kplan::lit(id.index());
+        let step = lit(id.index());
         table.push(quote!((#step, #f)));
         if options.inspect && kind == Kind::Training {
-            let k = crate::kplan::lit(id.index());
-            calls.push(quote!(record(cx, #k);));
+            calls.push(quote!(record(cx, #step);));
         }
     }
     let module = ident(&crate::names::snake(struct_name));
@@ -534,7 +533,6 @@ fn cx_struct(g: &Gen<'_>, used: &[&str]) -> TokenStream {
         struct Cx<'a> {
             #(#fields),*
         }
-
     }
 }
 

@@ -81,14 +81,7 @@ pub fn layout(plan: &Plan) -> Result<Memory, CodegenError> {
         return Err(CodegenError::Plan("the plan's tables do not cover its graph".into()));
     }
     let mut cursor = floats(m.per_image_bytes)?;
-    let mut buffer_last = vec![0; m.buffers.len()];
-    for (id, _) in graph.iter() {
-        if let Some(p) = m.place(id)
-            && let Some(last) = buffer_last.get_mut(p.buffer)
-        {
-            *last = (*last).max(p.last);
-        }
-    }
+    let buffer_last = cnnc_ir::depth::buffer_last(plan);
     let mut values = Vec::with_capacity(graph.len());
     for (id, node) in graph.iter() {
         let (c, h, w) = chw(&node.shape.0);

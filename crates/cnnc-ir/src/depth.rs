@@ -13,6 +13,8 @@
 //! alive together when the prefix ends.
 
 use crate::plan::{Plan, Region, Storage};
+use crate::{NodeId, Op};
+use std::collections::HashSet;
 
 /// The threshold both back ends take by default: a quarter of the 32 MiB last-level cache of
 /// the machines measured. Medians per run, AMD EPYC Zen 5, 2 threads, batch 8 (JIT), whole
@@ -20,8 +22,6 @@ use crate::plan::{Plan, Region, Storage};
 /// GoogLeNet 64-74 against 62-70; ResNet-18 64-70 against 61-69; VGG-16 563-589 against
 /// 542-576 (its fc layers, past the prefix, still read their weights once a batch).
 pub const DEPTH_FIRST_BYTES: u64 = 8 << 20;
-use crate::{NodeId, Op};
-use std::collections::{HashMap, HashSet};
 
 /// How many nodes, from the first, run depth first at `batch`: up to the last node whose
 /// values (its inputs and output, all images, as logical f32) take more than `limit` bytes,
@@ -103,13 +103,8 @@ pub fn bytes_per_image(plan: &Plan) -> Vec<u64> {
 /// them out at batch 1 (offsets from the batched region's start, [`Plan::image_offset`] at
 /// batch 1 less the whole-batch region).
 pub fn image_buffers(plan: &Plan, prefix: usize) -> (HashSet<usize>, u64) {
-    let mut inside: HashMap<usize, bool> = HashMap::new();
-    for (id, _) in plan.graph.iter() {
-        if let Some(place) = plan.memory.place(id) {
-            *inside.entry(place.buffer).or_insert(true) &= place.first < prefix && place.last < prefix;
-        }
-    }
-    let local: HashSet<usize> = inside.into_iter().filter(|&(_, only)| only).map(|(b, _)| b).collect();
+    let local: HashSet<usize> =
+        buffer_last(plan).into_iter().enumerate().filter(|&(_, last)| last < prefix).map(|(b, _)| b).collect();
     let mut bytes = 0;
     for (id, _) in plan.graph.iter() {
         if let Some(place) = plan.memory.place(id)
@@ -120,4 +115,18 @@ pub fn image_buffers(plan: &Plan, prefix: usize) -> (HashSet<usize>, u64) {
         }
     }
     (local, bytes)
+}
+
+/// The last step (node index) at which any value of each arena buffer is alive: a prefix
+/// that ends before it is the only user of the buffer (its first step comes earlier still).
+pub fn buffer_last(plan: &Plan) -> Vec<usize> {
+    let mut last = vec![0; plan.memory.buffers.len()];
+    for (id, _) in plan.graph.iter() {
+        if let Some(place) = plan.memory.place(id)
+            && let Some(l) = last.get_mut(place.buffer)
+        {
+            *l = (*l).max(place.last);
+        }
+    }
+    last
 }

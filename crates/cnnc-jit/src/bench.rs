@@ -136,7 +136,7 @@ pub fn report(
         peak_gflops,
         layers,
         depth_first: model.depth_first(),
-        nodes: graph.iter().count(),
+        nodes: graph.len(),
     })
 }
 

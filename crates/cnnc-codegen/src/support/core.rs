@@ -678,10 +678,10 @@ impl Window {
 }
 
 // @item depth_first_prefix
-/// How many layers, from the first, run depth first at batch `n` (each image through all of
-/// them before the next): up to the last whose values (inputs and output) take more than
-/// `limit` bytes for the whole batch. `table`: those bytes per image of each leading layer
-/// that may (cnnc_ir::depth's rule).
+/// How many nodes of the plan, from the first, run depth first at batch `n` (each image
+/// through all of them before the next): up to the last whose values (inputs and output) take
+/// more than `limit` bytes for the whole batch. `table`: those bytes per image of each leading
+/// node that may (cnnc_ir::depth's rule, `prefix_of`).
 fn depth_first_prefix(table: &[u64], n: usize, limit: u64) -> usize {
     if n < 2 {
         return 0;
