@@ -37,13 +37,13 @@ impl Aligned {
     }
 }
 
-/// One shape: its name, function and the reduction and output it runs.
+/// One shape: its name, function, the reduction it runs and the distance between its
+/// output's blocks (its columns are 16 floats apart).
 struct Case {
     name: String,
     f: TileFn,
     r: Reduce,
     flop: f64,
-    c_col: isize,
     c_blk: isize,
 }
 
@@ -62,9 +62,8 @@ fn main() {
                 // 16 columns (columns 1 apart); B one row of k 16-wide blocks. Every block
                 // pair starts again at the same A and B, which therefore stay in L1.
                 let a_step = if ac == 16 { 1 } else { 16 };
-                let pairs = PAIRS;
                 let r = Reduce {
-                    n: [1, 1, pairs],
+                    n: [1, 1, PAIRS],
                     a: [0; 3],
                     b: [0; 3],
                     steps: STEPS,
@@ -72,9 +71,9 @@ fn main() {
                     b_step: 16 * k as isize,
                     b_blk: 16,
                 };
-                let flop = 2.0 * (pairs * STEPS * w * k * 16) as f64;
+                let flop = 2.0 * (PAIRS * STEPS * w * k * 16) as f64;
                 let name = format!("a{ac:<2} k={k} w={w:2}");
-                cases.push(Case { name, f: set.get(k, w), r, flop, c_col: 16, c_blk: 16 * w as isize });
+                cases.push(Case { name, f: set.get(k, w), r, flop, c_blk: 16 * w as isize });
             }
         }
     }
@@ -84,15 +83,17 @@ fn main() {
     let mut rates = vec![Vec::new(); cases.len()];
     for _ in 0..ROUNDS {
         for (case, rate) in cases.iter().zip(&mut rates) {
-            let out = Out::plain(c.ptr(), case.c_col, case.c_blk, false);
+            let out = Out::plain(c.ptr(), 16, case.c_blk, false);
             let (pa, pb) = (a.ptr() as *const f32, b.ptr() as *const f32);
             let t0 = Instant::now();
             for _ in 0..CALLS {
-                // SAFETY: the reduction reads A within 256 floats (a16: 16 steps of one float
-                // plus 16 * (w - 1), w <= 16; a1: 16 steps of 16 plus w - 1) and B within
-                // 16 steps of 16 * k <= 64 floats, of buffers of 2048; the output's vectors
-                // (j, k) at 16 * (k * w + j) fit its 1024 floats (w * k <= 28); the table
-                // belongs to an instruction set this CPU has (checked above).
+                // SAFETY: every pair restarts at the same A and B, so the reduction reads A
+                // within 272 floats (a16: 16 steps of one float plus 16 * (w - 1), w <= 16;
+                // a1: 16 steps of 16 plus w - 1) and B within 16 steps of 16 * k floats plus
+                // the last step's k blocks, 1024 floats for k = 4, of buffers of 2048; the
+                // output's vectors (j, k) at 16 * (k * w + j) fit its 1024 floats
+                // (w * k <= 28); the table belongs to an instruction set this CPU has
+                // (checked above).
                 unsafe { (case.f)(pa, pb, &case.r, &out) };
             }
             rate.push(case.flop * CALLS as f64 / t0.elapsed().as_secs_f64() / 1e9);
