@@ -19,5 +19,6 @@ mod pool;
 mod pool2x2;
 mod softmax;
 mod source;
+mod threads;
 mod util;
 mod vmath;
