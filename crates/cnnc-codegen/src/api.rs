@@ -121,7 +121,7 @@ fn cx_init(used: &[&str], params: TokenStream, derived: TokenStream, training: b
 /// The std workspace: the plans of one batch size and its memory.
 fn workspace(used: &[&str]) -> TokenStream {
     let has = |f: &str| used.contains(&f);
-    let mut fields = vec![quote!(n: usize), quote!(plans: Plans), quote!(arena: ::std::vec::Vec<f32>)];
+    let mut fields = vec![quote!(n: usize), quote!(plans: Plans), quote!(arena: super::Floats)];
     let mut inits = vec![quote!(n), quote!(plans)];
     if has("cpu") {
         fields.push(quote!(cpu: k::simd::Cpu));
@@ -146,7 +146,7 @@ fn workspace(used: &[&str]) -> TokenStream {
     ] {
         if has(f) {
             let fi = ident(f);
-            fields.push(quote!(#fi: ::std::vec::Vec<f32>));
+            fields.push(quote!(#fi: super::Floats));
             inits.push(init);
         }
     }
@@ -188,8 +188,8 @@ fn workspace(used: &[&str]) -> TokenStream {
 fn loaders(name: &Ident, has_derived: bool, body: TokenStream) -> TokenStream {
     let derive = if has_derived {
         quote! {
-            let mut derived = ::std::vec![0.0; DERIVED_LEN];
-            let mut logical = ::std::vec![0.0; LOGICAL_LEN];
+            let mut derived = super::zeros(DERIVED_LEN)?;
+            let mut logical = super::zeros(LOGICAL_LEN)?;
             super::derive(PARAMS, DERIVED, &params, &mut derived, &mut logical).map_err(|e| Error::kernel("(loading)", e))?;
         }
     } else {
@@ -221,7 +221,7 @@ fn loaders(name: &Ident, has_derived: bool, body: TokenStream) -> TokenStream {
 
         /// Stores every parameter as the plan says (batch norms folded, weights packed), once.
         fn load(c: &super::Checkpoint<'_>) -> Result<#name, Error> {
-            let mut params = ::std::vec![0.0; PARAMS_LEN];
+            let mut params = super::zeros(PARAMS_LEN)?;
             super::store_params(c, PARAMS, &mut params);
             #derive
             #body
@@ -252,7 +252,7 @@ pub fn api_inference(
     let params = input_params(&ins);
     let (out_params, out_checks, reads) = outputs(g, &quote!(&ws.arena))?;
     let has_derived = !g.derived.is_empty();
-    let derived_field = if has_derived { quote!(derived: ::std::vec::Vec<f32>,) } else { quote!() };
+    let derived_field = if has_derived { quote!(derived: super::Floats,) } else { quote!() };
     let derived_init = if has_derived { quote!(derived,) } else { quote!() };
     let cx = cx_init(used, quote!(&self.params), quote!(&self.derived), false);
     let ws = workspace(used);
@@ -279,7 +279,7 @@ pub fn api_inference(
 
         #[doc = #doc]
         pub struct #name {
-            params: ::std::vec::Vec<f32>,
+            params: super::Floats,
             #derived_field
             threads: super::Threads,
             workspace: ::std::sync::Mutex<Option<Workspace>>,
@@ -494,8 +494,7 @@ pub fn api_training(
     let graph = g.graph();
     let has_derived = !g.derived.is_empty();
     let ws = workspace(used);
-    let derived_field =
-        if has_derived { quote!(derived: ::std::vec::Vec<f32>, logical: ::std::vec::Vec<f32>,) } else { quote!() };
+    let derived_field = if has_derived { quote!(derived: super::Floats, logical: super::Floats,) } else { quote!() };
     let derived_init = if has_derived { quote!(derived, logical,) } else { quote!() };
     let derive = if has_derived {
         quote! {
@@ -595,7 +594,7 @@ pub fn api_training(
 
         #[doc = #doc]
         pub struct #name {
-            params: ::std::vec::Vec<f32>,
+            params: super::Floats,
             #derived_field
             threads: super::Threads,
             workspace: Option<Workspace>,
