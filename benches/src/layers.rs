@@ -93,10 +93,49 @@ impl Prepared {
     }
 }
 
-fn pseudo(len: usize, seed: u32) -> Vec<f32> {
-    (0..len)
-        .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 9) as f32 / 8_388_608.0 - 1.0)
-        .collect()
+/// Floats whose first starts a 64-byte cache line, as in the JIT's buffers and a generated
+/// module's: on a `Vec<f32>`, 16 bytes past a line, every AVX-512 load and store of a kernel
+/// would straddle two lines, which no back end makes it do.
+pub struct Lined {
+    buf: Vec<f32>,
+    start: usize,
+    len: usize,
+}
+
+impl std::ops::Deref for Lined {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for Lined {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+}
+
+/// `len` floats on a line, float `i` being `value(i)`.
+fn lined(len: usize, value: impl Fn(usize) -> f32) -> Lined {
+    let mut buf = vec![0.0f32; len + 15];
+    let start = buf.as_ptr().align_offset(64).min(15);
+    for (i, x) in buf[start..start + len].iter_mut().enumerate() {
+        *x = value(i);
+    }
+    Lined { buf, start, len }
+}
+
+/// Deterministic values in [-1, 1).
+fn pseudo_at(i: usize, seed: u32) -> f32 {
+    ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 9) as f32 / 8_388_608.0 - 1.0
+}
+
+fn pseudo(len: usize, seed: u32) -> Lined {
+    lined(len, |i| pseudo_at(i, seed))
+}
+
+fn zeros(len: usize) -> Lined {
+    lined(len, |_| 0.0)
 }
 
 /// Sets up a forward convolution with bias (ONNX Runtime's Conv node has one) on `pool`.
@@ -109,7 +148,7 @@ pub fn conv_forward(shape: ConvShape, pool: &'static ThreadPool) -> Prepared {
     let mut arena = pseudo(y.end().unwrap(), 1);
     let weights = pseudo(conv::packed_weight_len(&shape).unwrap(), 2);
     let bias = pseudo(shape.oc, 3);
-    let mut scratch = vec![0.0f32; plan.scratch_len(pool.threads())];
+    let mut scratch = zeros(plan.scratch_len(pool.threads()));
     let flop = 2.0 * shape.macs();
     let run = Box::new(move || {
         let io = ConvIo { x, y, residual: None, weights: &weights, bias: Some(&bias), scale: None, shift: None };
@@ -126,7 +165,7 @@ pub fn conv_backward_data(shape: ConvShape, pool: &'static ThreadPool) -> Prepar
     let dx = View::dense(gy.end().unwrap(), shape.n, shape.ic, shape.ih, shape.iw, Layout::NChw16c);
     let mut arena = pseudo(dx.end().unwrap(), 4);
     let weights = pseudo(conv::packed_weight_len(&shape).unwrap(), 5);
-    let mut scratch = vec![0.0f32; plan.scratch_len(pool.threads())];
+    let mut scratch = zeros(plan.scratch_len(pool.threads()));
     let run = Box::new(move || {
         let io = BwdDataIo { gy, y: None, dx, weights: &weights };
         conv_bwd_data::backward_data(pool, &plan, &mut arena, &io, &mut scratch).expect("benchmark layer run");
@@ -141,8 +180,8 @@ pub fn conv_backward_weights(shape: ConvShape, pool: &'static ThreadPool) -> Pre
     let x = View::dense(0, shape.n, shape.ic, shape.ih, shape.iw, Layout::NChw16c);
     let gy = View::dense(x.end().unwrap(), shape.n, shape.oc, oh, ow, Layout::NChw16c);
     let mut arena = pseudo(gy.end().unwrap(), 6);
-    let mut dw = vec![0.0f32; conv::packed_weight_len(&shape).unwrap()];
-    let mut db = vec![0.0f32; shape.oc];
+    let mut dw = zeros(conv::packed_weight_len(&shape).unwrap());
+    let mut db = zeros(shape.oc);
     let run = Box::new(move || {
         let io = BwdWeightsIo { x, gy, relu: None };
         conv_bwd_weights::backward_weights(pool, &plan, &mut arena, &io, &mut dw, Some(&mut db)).expect("run");
@@ -160,7 +199,7 @@ pub fn plain_conv_forward(shape: ConvShape, pool: &'static ThreadPool) -> Prepar
     let mut arena = pseudo(y.end().unwrap(), 10);
     let weights = pseudo(conv_plain::packed_weight_len(&shape).unwrap(), 11);
     let bias = pseudo(shape.oc, 12);
-    let mut scratch = vec![0.0f32; plan.scratch_len(pool.threads())];
+    let mut scratch = zeros(plan.scratch_len(pool.threads()));
     let run = Box::new(move || {
         let io = ConvIo { x, y, residual: None, weights: &weights, bias: Some(&bias), scale: None, shift: None };
         conv_plain::forward(pool, &plan, &mut arena, &io, &mut scratch).expect("run");
@@ -172,7 +211,7 @@ pub fn plain_conv_forward(shape: ConvShape, pool: &'static ThreadPool) -> Prepar
 pub fn fc_forward(i: usize, o: usize, pool: &'static ThreadPool) -> Prepared {
     let plan = FcPlan::new(1, i, o, true, Act::NONE, cpu::active(), pool.threads()).expect("plan");
     let (x, w, b) = (pseudo(i, 7), pseudo(o * i, 8), pseudo(o, 9));
-    let mut y = vec![0.0f32; o];
+    let mut y = zeros(o);
     let run = Box::new(move || fc::forward(pool, &plan, &x, &w, Some(&b), &mut y).expect("run"));
     Prepared { flop: 2.0 * (i * o) as f64, bytes: 4.0 * (o * i + o + i + o) as f64, run }
 }
@@ -284,9 +323,9 @@ pub fn conv_weights(
         Weights::Warm => 1,
         Weights::Cold => COLD_BYTES.div_ceil(4 * len).max(2),
     };
-    let weights: Vec<f32> = (0..copies).flat_map(|c| pseudo(len, 14 + c as u32)).collect();
+    let weights = lined(copies * len, |i| pseudo_at(i % len, 14 + (i / len) as u32));
     let bias = pseudo(shape.oc, 15);
-    let mut scratch = vec![0.0f32; plan.scratch_len(pool.threads())];
+    let mut scratch = zeros(plan.scratch_len(pool.threads()));
     let mut next = 0;
     let run = Box::new(move || {
         let w = &weights[next * len..(next + 1) * len];
