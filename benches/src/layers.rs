@@ -10,6 +10,7 @@ use cnnc_kernels::conv_fwd;
 use cnnc_kernels::conv_plain::{self, PlainConvPlan};
 use cnnc_kernels::cpu;
 use cnnc_kernels::fc::{self, FcPlan};
+use cnnc_kernels::lines::Lines;
 use cnnc_kernels::par::Parallel;
 use cnnc_kernels::pool::{self, PoolKind, PoolPlan, PoolWindow};
 use cnnc_kernels::threads::ThreadPool;
@@ -93,49 +94,17 @@ impl Prepared {
     }
 }
 
-/// Floats whose first starts a 64-byte cache line, as in the JIT's buffers and a generated
-/// module's: on a `Vec<f32>`, 16 bytes past a line, every AVX-512 load and store of a kernel
-/// would straddle two lines, which no back end makes it do.
-pub struct Lined {
-    buf: Vec<f32>,
-    start: usize,
-    len: usize,
-}
-
-impl std::ops::Deref for Lined {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
-        &self.buf[self.start..self.start + self.len]
-    }
-}
-
-impl std::ops::DerefMut for Lined {
-    fn deref_mut(&mut self) -> &mut [f32] {
-        &mut self.buf[self.start..self.start + self.len]
-    }
-}
-
-/// `len` floats on a line, float `i` being `value(i)`.
-fn lined(len: usize, value: impl Fn(usize) -> f32) -> Lined {
-    let mut buf = vec![0.0f32; len + 15];
-    let start = buf.as_ptr().align_offset(64).min(15);
-    for (i, x) in buf[start..start + len].iter_mut().enumerate() {
-        *x = value(i);
-    }
-    Lined { buf, start, len }
-}
-
 /// Deterministic values in [-1, 1).
 fn pseudo_at(i: usize, seed: u32) -> f32 {
     ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 9) as f32 / 8_388_608.0 - 1.0
 }
 
-fn pseudo(len: usize, seed: u32) -> Lined {
-    lined(len, |i| pseudo_at(i, seed))
+fn pseudo(len: usize, seed: u32) -> Lines {
+    Lines::from_fn(len, |i| pseudo_at(i, seed))
 }
 
-fn zeros(len: usize) -> Lined {
-    lined(len, |_| 0.0)
+fn zeros(len: usize) -> Lines {
+    Lines::from_fn(len, |_| 0.0)
 }
 
 /// Sets up a forward convolution with bias (ONNX Runtime's Conv node has one) on `pool`.
@@ -323,7 +292,7 @@ pub fn conv_weights(
         Weights::Warm => 1,
         Weights::Cold => COLD_BYTES.div_ceil(4 * len).max(2),
     };
-    let weights = lined(copies * len, |i| pseudo_at(i % len, 14 + (i / len) as u32));
+    let weights = Lines::from_fn(copies * len, |i| pseudo_at(i % len, 14 + (i / len) as u32));
     let bias = pseudo(shape.oc, 15);
     let mut scratch = zeros(plan.scratch_len(pool.threads()));
     let mut next = 0;

@@ -8,6 +8,7 @@
 
 use cnnc_kernels::act::Act;
 use cnnc_kernels::conv::{self, ConvIo, ConvPlan, ConvShape, Epilogue};
+use cnnc_kernels::lines::Lines;
 use cnnc_kernels::par::Parallel;
 use cnnc_kernels::threads::ThreadPool;
 use cnnc_kernels::view::{Layout, View};
@@ -53,14 +54,14 @@ fn main() {
     }
     let x = View::dense(0, 1, shape.ic, shape.ih, shape.iw, Layout::NChw16c);
     let y = View::dense(x.end().unwrap(), 1, shape.oc, oh, ow, Layout::NChw16c);
-    let mut arena = vec![0.5f32; y.end().unwrap()];
-    let w = vec![0.01f32; conv::packed_weight_len(&shape).unwrap()];
-    let b = vec![0.1f32; shape.oc];
+    let mut arena = Lines::filled(y.end().unwrap(), 0.5);
+    let w = Lines::filled(conv::packed_weight_len(&shape).unwrap(), 0.01);
+    let b = Lines::filled(shape.oc, 0.1);
     let io = ConvIo { x, y, residual: None, weights: &w, bias: Some(&b), scale: None, shift: None };
     let flop = 2.0 * shape.macs();
     const BURST: usize = 10;
-    let mut scratch: Vec<Vec<f32>> =
-        variants.iter().map(|(_, p)| vec![0.0f32; p.scratch_len(pool.threads())]).collect();
+    let mut scratch: Vec<Lines> =
+        variants.iter().map(|(_, p)| Lines::filled(p.scratch_len(pool.threads()), 0.0)).collect();
     let mut runs = vec![Vec::new(); variants.len()];
     let mut ratios = vec![Vec::new(); variants.len()];
     for _ in 0..rounds * 30 {

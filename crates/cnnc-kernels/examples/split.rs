@@ -4,6 +4,7 @@
 
 use cnnc_kernels::act::Act;
 use cnnc_kernels::conv::{self, ConvIo, ConvPlan, ConvShape, Epilogue};
+use cnnc_kernels::lines::Lines;
 use cnnc_kernels::par::Parallel;
 use cnnc_kernels::threads::ThreadPool;
 use cnnc_kernels::view::{Layout, View};
@@ -25,9 +26,9 @@ fn main() {
     let [oh, ow] = base.out_hw();
     let x = View::dense(0, 1, shape.ic, shape.ih, shape.iw, Layout::NChw16c);
     let y = View::dense(x.end().unwrap(), 1, shape.oc, oh, ow, Layout::NChw16c);
-    let mut arena = vec![0.5f32; y.end().unwrap()];
-    let w = vec![0.01f32; conv::packed_weight_len(&shape).unwrap()];
-    let b = vec![0.1f32; shape.oc];
+    let mut arena = Lines::filled(y.end().unwrap(), 0.5);
+    let w = Lines::filled(conv::packed_weight_len(&shape).unwrap(), 0.01);
+    let b = Lines::filled(shape.oc, 0.1);
     println!("chosen split {:?}, {} tasks", base.split_info(), base.tasks());
     let rows = if base.split_info().1 > ow { vec![1] } else { vec![1, 2, 4, 7, 8, 14, 28] };
     let only_chosen = std::env::var("ONLY_CHOSEN").is_ok();
@@ -35,7 +36,7 @@ fn main() {
         let rows = if only_chosen { vec![base.split_info().0] } else { rows.clone() };
         for &rc in &rows {
             let plan = base.with_split(rc, oc / 16);
-            let mut scratch = vec![0.0f32; plan.scratch_len(pool.threads())];
+            let mut scratch = Lines::filled(plan.scratch_len(pool.threads()), 0.0);
             let io = ConvIo { x, y, residual: None, weights: &w, bias: Some(&b), scale: None, shift: None };
             let mut t = Vec::new();
             for _ in 0..300 {

@@ -6,6 +6,7 @@
 //! Run with `cargo run --release -p cnnc-kernels --example tile_l1 [isa]`.
 
 use cnnc_kernels::cpu;
+use cnnc_kernels::lines::Lines;
 use cnnc_kernels::simd::Isa;
 use cnnc_kernels::tile::{self, Out, Reduce, TileFn};
 use std::time::Instant;
@@ -19,23 +20,6 @@ const PAIRS: usize = 32;
 const STEPS: usize = 16;
 const ROUNDS: usize = 5;
 const CALLS: usize = 2000;
-
-/// A 64-byte aligned buffer of `n` floats (`Vec` gives only 4-byte alignment for `f32`).
-struct Aligned {
-    buf: Vec<f32>,
-    start: usize,
-}
-
-impl Aligned {
-    fn new(n: usize, value: f32) -> Aligned {
-        let buf = vec![value; n + 16];
-        let start = buf.as_ptr().align_offset(64);
-        Aligned { buf, start }
-    }
-    fn ptr(&mut self) -> *mut f32 {
-        self.buf[self.start..].as_mut_ptr()
-    }
-}
 
 /// One shape: its name, function, the reduction it runs and the distance between its
 /// output's blocks (its columns are 16 floats apart).
@@ -77,14 +61,13 @@ fn main() {
             }
         }
     }
-    let mut a = Aligned::new(OPERAND_FLOATS, 0.5);
-    let mut b = Aligned::new(OPERAND_FLOATS, 0.01);
-    let mut c = Aligned::new(16 * 4 * 16, 0.0);
+    let (a, b) = (Lines::filled(OPERAND_FLOATS, 0.5), Lines::filled(OPERAND_FLOATS, 0.01));
+    let mut c = Lines::filled(16 * 4 * 16, 0.0);
     let mut rates = vec![Vec::new(); cases.len()];
     for _ in 0..ROUNDS {
         for (case, rate) in cases.iter().zip(&mut rates) {
-            let out = Out::plain(c.ptr(), 16, case.c_blk, false);
-            let (pa, pb) = (a.ptr() as *const f32, b.ptr() as *const f32);
+            let out = Out::plain(c.as_mut_ptr(), 16, case.c_blk, false);
+            let (pa, pb) = (a.as_ptr(), b.as_ptr());
             let t0 = Instant::now();
             for _ in 0..CALLS {
                 // SAFETY: every pair restarts at the same A and B, so the reduction reads A

@@ -6,6 +6,7 @@
 use cnnc_kernels::act::Act;
 use cnnc_kernels::conv::{self, ConvArgs, ConvPlan, ConvShape, Epilogue};
 use cnnc_kernels::cpu;
+use cnnc_kernels::lines::Lines;
 use cnnc_kernels::simd::Isa;
 use std::time::Instant;
 
@@ -21,10 +22,10 @@ fn main() {
     let epi = Epilogue { bias: true, scale_shift: false, residual: false, act: Act::RELU };
     for (name, shape) in layers {
         let base = ConvPlan::new(shape, epi, cpu, 1).expect("plan");
-        let x = vec![0.5f32; shape.n * shape.ic.div_ceil(16) * 16 * shape.ih * shape.iw];
-        let w = vec![0.01f32; conv::packed_weight_len(&shape).unwrap()];
-        let b = vec![0.1f32; shape.oc];
-        let mut y = vec![0.0f32; shape.n * shape.oc.div_ceil(16) * 16 * base.out_hw()[0] * base.out_hw()[1]];
+        let x = Lines::filled(shape.n * shape.ic.div_ceil(16) * 16 * shape.ih * shape.iw, 0.5);
+        let w = Lines::filled(conv::packed_weight_len(&shape).unwrap(), 0.01);
+        let b = Lines::filled(shape.oc, 0.1);
+        let mut y = Lines::filled(shape.n * shape.oc.div_ceil(16) * 16 * base.out_hw()[0] * base.out_hw()[1], 0.0);
         let flop = 2.0 * shape.macs();
         println!(
             "{name}: chosen (k, nw) = {:?}; 2-thread split {:?} tasks {}",
@@ -38,7 +39,7 @@ fn main() {
                 if plan.tile() != (k, nw) {
                     continue;
                 }
-                let mut scratch = vec![0.0f32; plan.scratch_len(1)];
+                let mut scratch = Lines::filled(plan.scratch_len(1), 0.0);
                 let args = ConvArgs {
                     x: x.as_ptr(),
                     x_bs: x.len(),

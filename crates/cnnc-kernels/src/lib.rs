@@ -52,6 +52,7 @@ pub mod fc;
 pub mod fc_update;
 pub mod ffi;
 pub mod fmath;
+pub mod lines;
 pub mod lrn;
 pub mod optim;
 pub mod pack;

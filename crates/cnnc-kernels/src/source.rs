@@ -81,6 +81,7 @@ pub fn files() -> &'static [Source] {
         threads: Std [par];
         ffi: Std [conv conv_bwd_data conv_bwd_weights conv_fwd conv_plain conv_plain_bwd depthwise fc fc_update lrn optim pack par pool pool_bwd pool2x2 threads];
         peak: Std [simd];
+        lines: Std [];
         source: Crate [];
     }
 }

@@ -11,6 +11,7 @@ mod eltwise;
 mod fc;
 mod ffi;
 mod guard;
+mod lines;
 mod norm;
 mod optim;
 mod oracle;
