@@ -27,8 +27,8 @@
 //! # One source
 //!
 //! Every module except `source` is self-contained Rust that the code generator pastes into
-//! generated code ([`source::files`]); only `cpu` and `threads` need `std`. The crate has no
-//! dependencies.
+//! generated code ([`source::files`]); only `cpu`, `threads`, `ffi`, `peak` and `lines` need
+//! `std`. The crate has no dependencies.
 //!
 //! [`peak`] measures the machine's FMA peak at the kernels' vector width, for reports that
 //! quote a layer's speed as a share of it.
