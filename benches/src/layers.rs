@@ -346,6 +346,37 @@ pub fn prepare(layer: &Layer, pass: Pass, pool: &'static ThreadPool) -> Prepared
     }
 }
 
+/// Floating-point operations of `layer` that touch the image: the nominal count
+/// (`2 * macs`, what ONNX Runtime and PyTorch count) less the products with padding.
+/// Backward-data skips every tap that falls wholly outside the image (on a 1x1 map it runs one
+/// tap of nine, so against the nominal count it runs at more than twice the peak).
+pub fn in_image_flop(layer: &Layer) -> f64 {
+    match layer.kind {
+        Kind::Conv(s) | Kind::PlainConv(s) => 2.0 * in_image_macs(&s),
+        Kind::Fc { i, o } => 2.0 * (i * o) as f64,
+    }
+}
+
+/// Multiply-adds of a convolution whose input pixel lies inside the image: per axis, the
+/// (output position, tap) pairs that land in `0..size`, counted separately for rows and
+/// columns (the two are independent).
+pub fn in_image_macs(s: &ConvShape) -> f64 {
+    let Ok([oh, ow]) = s.out_hw() else { return 0.0 };
+    let axis = |out: usize, k: usize, size: usize, stride: usize, pad: usize, dil: usize| -> usize {
+        let mut hits = 0;
+        for o in 0..out {
+            for t in 0..k {
+                let i = (o * stride + t * dil) as isize - pad as isize;
+                hits += usize::from(i >= 0 && (i as usize) < size);
+            }
+        }
+        hits
+    };
+    let rows = axis(oh, s.kh, s.ih, s.stride[0], s.pad[0], s.dilation[0]);
+    let cols = axis(ow, s.kw, s.iw, s.stride[1], s.pad[1], s.dilation[1]);
+    (s.n * s.oc * (s.ic / s.groups.max(1))) as f64 * (rows * cols) as f64
+}
+
 /// The 3x3 layers, whose backward passes the issue benchmarks, and ResNet-18's layer4 convs
 /// at 3x32x32, batch 16 (1x1 and 2x2 maps, where most kernel taps hit only padding).
 pub fn backward_table() -> Vec<Layer> {
@@ -354,4 +385,26 @@ pub fn backward_table() -> Vec<Layer> {
     list.push(conv("conv3x3_512-512_1_b16", ConvShape::simple(16, 512, [1, 1], 512, 3, 1, 1)));
     list.push(conv("conv3x3_512-512_2_b16", ConvShape::simple(16, 512, [2, 2], 512, 3, 1, 1)));
     list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_image_macs_drop_only_the_padding() {
+        // No padding: every product touches the image.
+        let valid = ConvShape::simple(2, 16, [9, 7], 8, 3, 1, 0);
+        assert_eq!(in_image_macs(&valid), valid.macs());
+        // A 1x1 map under a 3x3 kernel with padding 1: only the centre tap of nine.
+        let one = ConvShape::simple(16, 512, [1, 1], 512, 3, 1, 1);
+        assert_eq!(in_image_macs(&one), one.macs() / 9.0);
+        // A 2x2 map: each output position has 2 of 3 taps inside per axis, 4 of 9 in all.
+        let two = ConvShape::simple(1, 32, [2, 2], 16, 3, 1, 1);
+        assert_eq!(in_image_macs(&two), two.macs() * 4.0 / 9.0);
+        // Worked by hand, 5 wide, 3 taps, stride 2, padding 1: outputs at -1..1, 1..3, 3..5
+        // hit 2 + 3 + 2 = 7 of 9 per axis.
+        let strided = ConvShape::simple(1, 16, [5, 5], 16, 3, 2, 1);
+        assert_eq!(in_image_macs(&strided), (16 * 16 * 49) as f64);
+    }
 }
