@@ -3,7 +3,7 @@
 //! within seconds, so only runs made close together compare): for each variant its median and
 //! fastest run in GFLOP/s, and the median (with the quartiles) over the turns of its burst's
 //! median time set against the chosen plan's burst just before, which is the figure to trust.
-//! Run with `cargo run --release -p cnnc-kernels --example order [64|256|1x1|g208|g112|s2|r1024] [rounds]`
+//! Run with `cargo run --release -p cnnc-kernels --example order [64|128|256|1x1|g208|g112|s2|r1024] [rounds]`
 //! (a round is 30 turns of each variant).
 
 use cnnc_kernels::act::Act;
@@ -20,6 +20,8 @@ fn main() {
     let rounds: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(5);
     let shape = match which.as_str() {
         "256" => ConvShape::simple(1, 256, [14, 14], 256, 3, 1, 1),
+        // ResNet-50's layer2 3x3.
+        "128" => ConvShape::simple(1, 128, [28, 28], 128, 3, 1, 1),
         "1x1" => ConvShape::simple(1, 256, [56, 56], 64, 1, 1, 0),
         // GoogLeNet's inception 4a 3x3 (208 channels, 13 blocks) and 4b 1x1 (112, 7 blocks).
         "g208" => ConvShape::simple(1, 96, [14, 14], 208, 3, 1, 1),
@@ -43,7 +45,7 @@ fn main() {
             variants.push((format!("tile {k} x {}", p.tile().1), p));
         }
     }
-    for chunk in [1, 2] {
+    for chunk in [1, 2, 4] {
         let p = base.with_blocks_outer(true).with_chunk(chunk);
         variants.push((format!("blocks outer, chunk {chunk}"), p));
     }

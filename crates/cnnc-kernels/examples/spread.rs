@@ -1,0 +1,137 @@
+//! Where a layer's time goes from run to run on the thread pool: runs one convolution (forward
+//! or backward-weights) many times through a wrapper of the pool that times every task, then
+//! prints, for the runs in each quarter of the run times, the mean time, how late the last
+//! task started, how long the slowest task took, how often one thread ran every task and how
+//! often every task ran on the thread that ran it the run before (its data then still in that
+//! core's caches). On a shared machine the best run of a layer can be half again as fast as
+//! its median; this tells a late or slow thread from slow tasks everywhere.
+//! Run with `cargo run --release -p cnnc-kernels --example spread [64|128|256|1x1] [runs] [bwdw]`
+//! (`bwdw`: the backward-weights pass of the layer instead of its forward).
+
+use cnnc_kernels::act::Act;
+use cnnc_kernels::conv::{self, ConvIo, ConvPlan, ConvShape, Epilogue};
+use cnnc_kernels::conv_bwd_weights::{self, BwdWeightsIo, BwdWeightsPlan};
+use cnnc_kernels::lines::Lines;
+use cnnc_kernels::par::Parallel;
+use cnnc_kernels::threads::ThreadPool;
+use cnnc_kernels::view::{Layout, View};
+use cnnc_kernels::{conv_fwd, cpu};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// One task of a run: its number, its thread, its start and end in seconds after the run began.
+struct TaskTime {
+    task: usize,
+    thread: usize,
+    start: f64,
+    end: f64,
+}
+
+/// One run: its time, when its last task started, its slowest task (seconds), whether one
+/// thread ran every task, and whether every task ran on the thread that ran it the run before.
+struct Run {
+    secs: f64,
+    last_start: f64,
+    slowest: f64,
+    one_thread: bool,
+    same_threads: bool,
+}
+
+/// The global pool, with every task of a run timed.
+struct Timed {
+    pool: &'static ThreadPool,
+    log: Mutex<Vec<TaskTime>>,
+}
+
+// SAFETY: forwards to the pool, which keeps the contract; the wrapper only times the calls.
+unsafe impl Parallel for Timed {
+    fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    fn run(&self, tasks: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+        let t0 = Instant::now();
+        self.pool.run(tasks, &|task, thread| {
+            let start = t0.elapsed().as_secs_f64();
+            f(task, thread);
+            let end = t0.elapsed().as_secs_f64();
+            self.log.lock().unwrap().push(TaskTime { task, thread, start, end });
+        });
+    }
+}
+
+fn main() {
+    let which = std::env::args().nth(1).unwrap_or_else(|| "64".into());
+    let runs: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let backward = std::env::args().nth(3).is_some_and(|a| a == "bwdw");
+    let shape = match which.as_str() {
+        "128" => ConvShape::simple(1, 128, [28, 28], 128, 3, 1, 1),
+        "256" => ConvShape::simple(1, 256, [14, 14], 256, 3, 1, 1),
+        "1x1" => ConvShape::simple(1, 256, [56, 56], 64, 1, 1, 0),
+        _ => ConvShape::simple(1, 64, [56, 56], 64, 3, 1, 1),
+    };
+    let pool = ThreadPool::global();
+    let epi = Epilogue { bias: true, scale_shift: false, residual: false, act: Act::NONE };
+    let plan = ConvPlan::new(shape, epi, cpu::active(), pool.threads()).unwrap();
+    let [oh, ow] = plan.out_hw();
+    let x = View::dense(0, 1, shape.ic, shape.ih, shape.iw, Layout::NChw16c);
+    let y = View::dense(x.end().unwrap(), 1, shape.oc, oh, ow, Layout::NChw16c);
+    let mut arena = Lines::filled(y.end().unwrap(), 0.5);
+    let w = Lines::filled(conv::packed_weight_len(&shape).unwrap(), 0.01);
+    let b = Lines::filled(shape.oc, 0.1);
+    let io = ConvIo { x, y, residual: None, weights: &w, bias: Some(&b), scale: None, shift: None };
+    let mut scratch = Lines::filled(plan.scratch_len(pool.threads()), 0.0);
+    // Backward-weights reads the input and takes the output's view as the output gradient.
+    let bw = BwdWeightsPlan::new(shape, true, false, cpu::active()).unwrap();
+    let bw_io = BwdWeightsIo { x, gy: y, relu: None };
+    let mut dw = Lines::filled(conv::packed_weight_len(&shape).unwrap(), 0.0);
+    let mut db = Lines::filled(shape.oc, 0.0);
+    let tasks = if backward { bw.tasks() } else { plan.tasks() };
+    let timed = Timed { pool, log: Mutex::new(Vec::new()) };
+    let flop = 2.0 * shape.macs();
+    let mut rec: Vec<Run> = Vec::with_capacity(runs);
+    let mut owner = vec![usize::MAX; tasks];
+    for _ in 0..runs {
+        timed.log.lock().unwrap().clear();
+        let t = Instant::now();
+        if backward {
+            conv_bwd_weights::backward_weights(&timed, &bw, &mut arena, &bw_io, &mut dw, Some(&mut db)).unwrap();
+        } else {
+            conv_fwd::forward(&timed, &plan, &mut arena, &io, &mut scratch).unwrap();
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let log = timed.log.lock().unwrap();
+        let same_threads = log.iter().all(|e| owner[e.task] == e.thread);
+        log.iter().for_each(|e| owner[e.task] = e.thread);
+        rec.push(Run {
+            secs,
+            last_start: log.iter().map(|e| e.start).fold(0.0, f64::max),
+            slowest: log.iter().map(|e| e.end - e.start).fold(0.0, f64::max),
+            one_thread: log.iter().all(|e| e.thread == log[0].thread),
+            same_threads,
+        });
+    }
+    rec.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+    match backward {
+        true => println!("{which} backward-weights: {tasks} tasks, tile {:?}, {runs} runs", bw.tile()),
+        false => println!("{which}: {tasks} tasks, split {:?}, {runs} runs", plan.split_info()),
+    }
+    let us = |s: f64| s * 1e6;
+    for (lo, hi) in [(0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)] {
+        let part = &rec[(lo * runs as f64) as usize..(hi * runs as f64) as usize];
+        let n = part.len() as f64;
+        let mean = |f: &dyn Fn(&Run) -> f64| part.iter().map(f).sum::<f64>() / n;
+        let share = |f: &dyn Fn(&Run) -> bool| 100.0 * mean(&|r| f64::from(u8::from(f(r))));
+        println!(
+            "runs {:3.0}-{:3.0} %: {:7.1} us ({:5.1} GFLOP/s), last task started {:6.1} us, slowest task {:7.1} us, one thread ran all: {:4.1} %, tasks on last run's threads: {:4.1} %",
+            lo * 100.0,
+            hi * 100.0,
+            us(mean(&|r| r.secs)),
+            flop / mean(&|r| r.secs) / 1e9,
+            us(mean(&|r| r.last_start)),
+            us(mean(&|r| r.slowest)),
+            share(&|r| r.one_thread),
+            share(&|r| r.same_threads)
+        );
+    }
+}
