@@ -169,11 +169,11 @@ fn report(only_cold: bool) {
             let gflops = prep.flop / secs / 1e9;
             // Where padding makes the nominal count overstate the work by more than 5 % (maps
             // of 1 or 2 pixels), also the share of the peak of the products that touch the image.
-            let in_image = layers::in_image_flop(&layer);
-            let useful = if in_image < 0.95 * prep.flop {
-                format!(",\"in_image_pct_peak\":{:.1}", 100.0 * in_image / secs / 1e9 / peak_all)
-            } else {
-                String::new()
+            let useful = match layers::in_image_flop(&layer) {
+                Some(in_image) if in_image < 0.95 * prep.flop => {
+                    format!(",\"in_image_pct_peak\":{:.1}", 100.0 * in_image / secs / 1e9 / peak_all)
+                }
+                _ => String::new(),
             };
             let bw = if prep.bytes > 0.0 {
                 let gbs = prep.bytes / secs / 1e9;

@@ -349,32 +349,32 @@ pub fn prepare(layer: &Layer, pass: Pass, pool: &'static ThreadPool) -> Prepared
 /// Floating-point operations of `layer` that touch the image: the nominal count
 /// (`2 * macs`, what ONNX Runtime and PyTorch count) less the products with padding.
 /// Backward-data skips every tap that falls wholly outside the image (on a 1x1 map it runs one
-/// tap of nine, so against the nominal count it runs at more than twice the peak).
-pub fn in_image_flop(layer: &Layer) -> f64 {
+/// tap of nine, so against the nominal count it runs at more than twice the peak). `None` for
+/// an fc layer, which has no padding (its nominal count is the prepared run's).
+pub fn in_image_flop(layer: &Layer) -> Option<f64> {
     match layer.kind {
-        Kind::Conv(s) | Kind::PlainConv(s) => 2.0 * in_image_macs(&s),
-        Kind::Fc { i, o } => 2.0 * (i * o) as f64,
+        Kind::Conv(s) | Kind::PlainConv(s) => in_image_macs(&s).map(|m| 2.0 * m),
+        Kind::Fc { .. } => None,
     }
 }
 
 /// Multiply-adds of a convolution whose input pixel lies inside the image: per axis, the
-/// (output position, tap) pairs that land in `0..size`, counted separately for rows and
-/// columns (the two are independent).
-pub fn in_image_macs(s: &ConvShape) -> f64 {
-    let Ok([oh, ow]) = s.out_hw() else { return 0.0 };
+/// (output position, tap) pairs that land in `0..size` (for each tap, the outputs the
+/// backward-weights kernel reduces over, `conv::in_image_outputs`), rows and columns counted
+/// apart (the two are independent). `None` for a shape that is not a convolution.
+pub fn in_image_macs(s: &ConvShape) -> Option<f64> {
+    let [oh, ow] = s.out_hw().ok()?;
     let axis = |out: usize, k: usize, size: usize, stride: usize, pad: usize, dil: usize| -> usize {
-        let mut hits = 0;
-        for o in 0..out {
-            for t in 0..k {
-                let i = (o * stride + t * dil) as isize - pad as isize;
-                hits += usize::from(i >= 0 && (i as usize) < size);
-            }
-        }
-        hits
+        (0..k)
+            .map(|t| {
+                let (lo, hi) = conv::in_image_outputs(out, size, stride, pad, t * dil);
+                hi - lo
+            })
+            .sum()
     };
     let rows = axis(oh, s.kh, s.ih, s.stride[0], s.pad[0], s.dilation[0]);
     let cols = axis(ow, s.kw, s.iw, s.stride[1], s.pad[1], s.dilation[1]);
-    (s.n * s.oc * (s.ic / s.groups.max(1))) as f64 * (rows * cols) as f64
+    Some((s.n * s.oc * (s.ic / s.groups)) as f64 * (rows * cols) as f64)
 }
 
 /// The 3x3 layers, whose backward passes the issue benchmarks, and ResNet-18's layer4 convs
@@ -395,16 +395,18 @@ mod tests {
     fn in_image_macs_drop_only_the_padding() {
         // No padding: every product touches the image.
         let valid = ConvShape::simple(2, 16, [9, 7], 8, 3, 1, 0);
-        assert_eq!(in_image_macs(&valid), valid.macs());
+        assert_eq!(in_image_macs(&valid), Some(valid.macs()));
         // A 1x1 map under a 3x3 kernel with padding 1: only the centre tap of nine.
         let one = ConvShape::simple(16, 512, [1, 1], 512, 3, 1, 1);
-        assert_eq!(in_image_macs(&one), one.macs() / 9.0);
+        assert_eq!(in_image_macs(&one), Some(one.macs() / 9.0));
         // A 2x2 map: each output position has 2 of 3 taps inside per axis, 4 of 9 in all.
         let two = ConvShape::simple(1, 32, [2, 2], 16, 3, 1, 1);
-        assert_eq!(in_image_macs(&two), two.macs() * 4.0 / 9.0);
+        assert_eq!(in_image_macs(&two), Some(two.macs() * 4.0 / 9.0));
         // Worked by hand, 5 wide, 3 taps, stride 2, padding 1: outputs at -1..1, 1..3, 3..5
         // hit 2 + 3 + 2 = 7 of 9 per axis.
         let strided = ConvShape::simple(1, 16, [5, 5], 16, 3, 2, 1);
-        assert_eq!(in_image_macs(&strided), (16 * 16 * 49) as f64);
+        assert_eq!(in_image_macs(&strided), Some((16 * 16 * 49) as f64));
+        // Not a convolution (a kernel larger than the padded input).
+        assert_eq!(in_image_macs(&ConvShape::simple(1, 16, [2, 2], 16, 5, 1, 0)), None);
     }
 }

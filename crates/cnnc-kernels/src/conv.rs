@@ -90,6 +90,16 @@ impl ConvShape {
     }
 }
 
+/// Output positions `lo..hi` along one axis (of `out`) whose input position `o s - p + off`
+/// (tap offset `off`, the tap's index times the dilation) is inside `0..size`: the rectangle
+/// backward-weights reduces over for a tap, and what a count of the products that touch the
+/// image (not the padding) adds up.
+pub fn in_image_outputs(out: usize, size: usize, s: usize, p: usize, off: usize) -> (usize, usize) {
+    let lo = p.saturating_sub(off).div_ceil(s);
+    let hi = if size + p > off { ((size + p - off - 1) / s + 1).min(out) } else { 0 };
+    (lo.min(hi), hi)
+}
+
 /// What a convolution or matrix product does to its result before storing it, in this order:
 /// `+ bias[o]`, `* scale[o] + shift[o]`, `+ residual` (a tensor of the output's shape and
 /// layout, possibly the output's own memory), then the activation.

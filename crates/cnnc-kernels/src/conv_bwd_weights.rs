@@ -20,7 +20,7 @@
 //! buffer of its thread's and applies the optimiser's update from there while they are in
 //! cache, so the gradient never goes to memory and the update reads no gradient array.
 
-use super::conv::{ConvShape, choose_tile, packed_weight_len};
+use super::conv::{ConvShape, choose_tile, in_image_outputs, packed_weight_len};
 use super::error::{KernelError, check_len, product};
 use super::optim::{StepRule, UpdateArgs, update_at};
 use super::par::{Parallel, SyncPtr};
@@ -259,9 +259,9 @@ unsafe fn weights_into(
     let (ihw16, ohw16) = (s.ih * s.iw * 16, plan.oh * plan.ow * 16);
     let c_blk = if compact.is_some() { taps * 256 } else { plan.icb * taps * 256 } as isize;
     for kh in 0..s.kh {
-        let (oy_lo, oy_hi) = valid(plan.oh, s.ih, s.stride[0], s.pad[0], kh * s.dilation[0]);
+        let (oy_lo, oy_hi) = in_image_outputs(plan.oh, s.ih, s.stride[0], s.pad[0], kh * s.dilation[0]);
         for kw in 0..s.kw {
-            let (ox_lo, ox_hi) = valid(plan.ow, s.iw, s.stride[1], s.pad[1], kw * s.dilation[1]);
+            let (ox_lo, ox_hi) = in_image_outputs(plan.ow, s.iw, s.stride[1], s.pad[1], kw * s.dilation[1]);
             let rows = oy_hi.saturating_sub(oy_lo);
             let cols = ox_hi.saturating_sub(ox_lo);
             let r = Reduce {
@@ -298,14 +298,6 @@ unsafe fn weights_into(
     // SAFETY: forwarded contract; the blocks are this task's.
     unsafe { zero_padding(plan, a, (g, ob, ib), compact) };
     (g, ob, ib)
-}
-
-/// Output positions `lo..hi` along one axis whose input position `o s - p + off` is inside
-/// `0..size`.
-fn valid(out: usize, size: usize, s: usize, p: usize, off: usize) -> (usize, usize) {
-    let lo = p.saturating_sub(off).div_ceil(s);
-    let hi = if size + p > off { ((size + p - off - 1) / s + 1).min(out) } else { 0 };
-    (lo.min(hi), hi)
 }
 
 /// Zeroes the padded rows (input channels past the group's) and lanes (output channels past
