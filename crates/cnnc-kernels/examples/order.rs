@@ -49,7 +49,7 @@ fn main() {
         let p = base.with_blocks_outer(true).with_chunk(chunk);
         variants.push((format!("blocks outer, chunk {chunk}"), p));
     }
-    for rc in [rows / 2, rows / 4] {
+    for rc in [rows / 2, rows / 4, rows / 8, 1] {
         if rc > 0 && rc != rows {
             variants.push((format!("rows {rc} blocks {blocks}"), base.with_split(rc, blocks)));
         }

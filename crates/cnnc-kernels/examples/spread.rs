@@ -1,10 +1,11 @@
 //! Where a layer's time goes from run to run on the thread pool: runs one convolution (forward
 //! or backward-weights) many times through a wrapper of the pool that times every task, then
 //! prints, for the runs in each quarter of the run times, the mean time, how late the last
-//! task started, how long the slowest task took, how often one thread ran every task and how
-//! often every task ran on the thread that ran it the run before (its data then still in that
-//! core's caches). On a shared machine the best run of a layer can be half again as fast as
-//! its median; this tells a late or slow thread from slow tasks everywhere.
+//! task started, how long the slowest and the fastest task took, how often one thread ran
+//! every task and how often every task ran on the thread that ran it the run before (its data
+//! then still in that core's caches). On a shared machine the best run of a layer can be half
+//! again as fast as its median; this tells a late or slow thread from slow tasks everywhere,
+//! and a slow core (its tasks slower than the other's for seconds at a time) from both.
 //! Run with `cargo run --release -p cnnc-kernels --example spread [64|128|256|1x1] [runs] [bwdw]`
 //! (`bwdw`: the backward-weights pass of the layer instead of its forward).
 
@@ -27,12 +28,14 @@ struct TaskTime {
     end: f64,
 }
 
-/// One run: its time, when its last task started, its slowest task (seconds), whether one
-/// thread ran every task, and whether every task ran on the thread that ran it the run before.
+/// One run: its time, when its last task started, its slowest and fastest task (seconds),
+/// whether one thread ran every task, and whether every task ran on the thread that ran it the
+/// run before.
 struct Run {
     secs: f64,
     last_start: f64,
     slowest: f64,
+    fastest: f64,
     one_thread: bool,
     same_threads: bool,
 }
@@ -107,6 +110,7 @@ fn main() {
             secs,
             last_start: log.iter().map(|e| e.start).fold(0.0, f64::max),
             slowest: log.iter().map(|e| e.end - e.start).fold(0.0, f64::max),
+            fastest: log.iter().map(|e| e.end - e.start).fold(f64::INFINITY, f64::min),
             one_thread: log.iter().all(|e| e.thread == log[0].thread),
             same_threads,
         });
@@ -123,13 +127,14 @@ fn main() {
         let mean = |f: &dyn Fn(&Run) -> f64| part.iter().map(f).sum::<f64>() / n;
         let share = |f: &dyn Fn(&Run) -> bool| 100.0 * mean(&|r| f64::from(u8::from(f(r))));
         println!(
-            "runs {:3.0}-{:3.0} %: {:7.1} us ({:5.1} GFLOP/s), last task started {:6.1} us, slowest task {:7.1} us, one thread ran all: {:4.1} %, tasks on last run's threads: {:4.1} %",
+            "runs {:3.0}-{:3.0} %: {:7.1} us ({:5.1} GFLOP/s), last task started {:6.1} us, slowest task {:7.1} us, fastest {:7.1} us, one thread ran all: {:4.1} %, tasks on last run's threads: {:4.1} %",
             lo * 100.0,
             hi * 100.0,
             us(mean(&|r| r.secs)),
             flop / mean(&|r| r.secs) / 1e9,
             us(mean(&|r| r.last_start)),
             us(mean(&|r| r.slowest)),
+            us(mean(&|r| r.fastest)),
             share(&|r| r.one_thread),
             share(&|r| r.same_threads)
         );
