@@ -72,11 +72,6 @@ impl Prepared {
         (self.run)()
     }
 
-    /// Median seconds of `reps` runs after a warm-up of a few.
-    pub fn median_secs(&mut self, reps: usize) -> f64 {
-        self.median_min_secs(reps)[0]
-    }
-
     /// Median and fastest seconds of `reps` runs after a warm-up of a few.
     pub fn median_min_secs(&mut self, reps: usize) -> [f64; 2] {
         for _ in 0..3 {
