@@ -3,7 +3,7 @@
 //! within seconds, so only runs made close together compare): for each variant its median and
 //! fastest run in GFLOP/s, and the median (with the quartiles) over the turns of its burst's
 //! median time set against the chosen plan's burst just before, which is the figure to trust.
-//! Run with `cargo run --release -p cnnc-kernels --example order [64|128|256|1x1|g208|g112|s2|r1024] [rounds]`
+//! Run with `cargo run --release -p cnnc-kernels --example order [64|128|256|1x1|g208|g112|s2|r1024|d2] [rounds]`
 //! (a round is 30 turns of each variant).
 
 use cnnc_kernels::act::Act;
@@ -29,6 +29,8 @@ fn main() {
         // ResNet-50's layer2.0.conv2 (3x3/2) and a bottleneck's first 1x1 at layer3.
         "s2" => ConvShape::simple(1, 128, [56, 56], 128, 3, 2, 1),
         "r1024" => ConvShape::simple(1, 1024, [14, 14], 256, 1, 1, 0),
+        // ResNet-50's layer2.0.downsample (1x1/2).
+        "d2" => ConvShape::simple(1, 256, [56, 56], 512, 1, 2, 0),
         _ => ConvShape::simple(1, 64, [56, 56], 64, 3, 1, 1),
     };
     let pool = ThreadPool::global();
@@ -49,7 +51,9 @@ fn main() {
         let p = base.with_blocks_outer(true).with_chunk(chunk);
         variants.push((format!("blocks outer, chunk {chunk}"), p));
     }
-    for rc in [rows / 2, rows / 4, rows / 8, 1] {
+    let mut splits = vec![rows / 2, rows / 4, rows / 8, 1];
+    splits.dedup();
+    for rc in splits {
         if rc > 0 && rc != rows {
             variants.push((format!("rows {rc} blocks {blocks}"), base.with_split(rc, blocks)));
         }
