@@ -3,40 +3,28 @@
 //! within seconds, so only runs made close together compare): for each variant its median and
 //! fastest run in GFLOP/s, and the median (with the quartiles) over the turns of its burst's
 //! median time set against the chosen plan's burst just before, which is the figure to trust.
-//! Run with `cargo run --release -p cnnc-kernels --example order [64|128|256|1x1|g208|g112|s2|r1024|d2] [rounds]`
-//! (a round is 30 turns of each variant).
+//! Run with `cargo run --release -p cnnc-kernels --example order [LAYER] [rounds]`
+//! (a round is 30 turns of each variant; layers as `common/layer.rs` names them).
+
+#[path = "common/layer.rs"]
+mod layer;
 
 use cnnc_kernels::act::Act;
-use cnnc_kernels::conv::{self, ConvIo, ConvPlan, ConvShape, Epilogue};
+use cnnc_kernels::conv::{ConvPlan, Epilogue};
 use cnnc_kernels::lines::Lines;
 use cnnc_kernels::par::Parallel;
 use cnnc_kernels::threads::ThreadPool;
-use cnnc_kernels::view::{Layout, View};
 use cnnc_kernels::{conv_fwd, cpu};
+use layer::Buffers;
 use std::time::Instant;
 
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_else(|| "64".into());
     let rounds: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(5);
-    let shape = match which.as_str() {
-        "256" => ConvShape::simple(1, 256, [14, 14], 256, 3, 1, 1),
-        // ResNet-50's layer2 3x3.
-        "128" => ConvShape::simple(1, 128, [28, 28], 128, 3, 1, 1),
-        "1x1" => ConvShape::simple(1, 256, [56, 56], 64, 1, 1, 0),
-        // GoogLeNet's inception 4a 3x3 (208 channels, 13 blocks) and 4b 1x1 (112, 7 blocks).
-        "g208" => ConvShape::simple(1, 96, [14, 14], 208, 3, 1, 1),
-        "g112" => ConvShape::simple(1, 512, [14, 14], 112, 1, 1, 0),
-        // ResNet-50's layer2.0.conv2 (3x3/2) and a bottleneck's first 1x1 at layer3.
-        "s2" => ConvShape::simple(1, 128, [56, 56], 128, 3, 2, 1),
-        "r1024" => ConvShape::simple(1, 1024, [14, 14], 256, 1, 1, 0),
-        // ResNet-50's layer2.0.downsample (1x1/2).
-        "d2" => ConvShape::simple(1, 256, [56, 56], 512, 1, 2, 0),
-        _ => ConvShape::simple(1, 64, [56, 56], 64, 3, 1, 1),
-    };
+    let shape = layer::named(&which);
     let pool = ThreadPool::global();
     let epi = Epilogue { bias: true, scale_shift: false, residual: false, act: Act::NONE };
     let base = ConvPlan::new(shape, epi, cpu::active(), pool.threads()).unwrap();
-    let [oh, ow] = base.out_hw();
     let (rows, _, blocks) = base.split_info();
     // Whole tiles' blocks (an odd count's last block is a tile of its own).
     let blocks = blocks.div_ceil(base.tile().0) * base.tile().0;
@@ -58,12 +46,8 @@ fn main() {
             variants.push((format!("rows {rc} blocks {blocks}"), base.with_split(rc, blocks)));
         }
     }
-    let x = View::dense(0, 1, shape.ic, shape.ih, shape.iw, Layout::NChw16c);
-    let y = View::dense(x.end().unwrap(), 1, shape.oc, oh, ow, Layout::NChw16c);
-    let mut arena = Lines::filled(y.end().unwrap(), 0.5);
-    let w = Lines::filled(conv::packed_weight_len(&shape).unwrap(), 0.01);
-    let b = Lines::filled(shape.oc, 0.1);
-    let io = ConvIo { x, y, residual: None, weights: &w, bias: Some(&b), scale: None, shift: None };
+    let Buffers { mut arena, weights, bias, x, y } = Buffers::new(&shape);
+    let io = layer::io(x, y, &weights, &bias);
     let flop = 2.0 * shape.macs();
     const BURST: usize = 10;
     let mut scratch: Vec<Lines> =

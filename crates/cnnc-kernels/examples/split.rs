@@ -1,34 +1,32 @@
 //! Measures forward-convolution task splits on the thread pool: for a layer, every
 //! (rows per task, blocks per task) in a small grid, GFLOP/s at batch 1. Run with
-//! `cargo run --release -p cnnc-kernels --example split [64|256|1x1]`.
+//! `cargo run --release -p cnnc-kernels --example split [LAYER | custom IC HW OC K]` (layers as
+//! `common/layer.rs` names them).
+
+#[path = "common/layer.rs"]
+mod layer;
 
 use cnnc_kernels::act::Act;
-use cnnc_kernels::conv::{self, ConvIo, ConvPlan, ConvShape, Epilogue};
+use cnnc_kernels::conv::{ConvPlan, ConvShape, Epilogue};
 use cnnc_kernels::lines::Lines;
 use cnnc_kernels::par::Parallel;
 use cnnc_kernels::threads::ThreadPool;
-use cnnc_kernels::view::{Layout, View};
 use cnnc_kernels::{conv_fwd, cpu};
+use layer::Buffers;
 use std::time::Instant;
 
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_else(|| "64".into());
     let arg = |i: usize, d: usize| std::env::args().nth(i).and_then(|a| a.parse().ok()).unwrap_or(d);
     let shape = match which.as_str() {
-        "256" => ConvShape::simple(1, 256, [14, 14], 256, 3, 1, 1),
-        "1x1" => ConvShape::simple(1, 256, [56, 56], 64, 1, 1, 0),
         "custom" => ConvShape::simple(1, arg(2, 64), [arg(3, 56), arg(3, 56)], arg(4, 64), arg(5, 3), 1, arg(5, 3) / 2),
-        _ => ConvShape::simple(1, 64, [56, 56], 64, 3, 1, 1),
+        name => layer::named(name),
     };
     let pool = ThreadPool::global();
     let epi = Epilogue { bias: true, scale_shift: false, residual: false, act: Act::NONE };
     let base = ConvPlan::new(shape, epi, cpu::active(), pool.threads()).unwrap();
-    let [oh, ow] = base.out_hw();
-    let x = View::dense(0, 1, shape.ic, shape.ih, shape.iw, Layout::NChw16c);
-    let y = View::dense(x.end().unwrap(), 1, shape.oc, oh, ow, Layout::NChw16c);
-    let mut arena = Lines::filled(y.end().unwrap(), 0.5);
-    let w = Lines::filled(conv::packed_weight_len(&shape).unwrap(), 0.01);
-    let b = Lines::filled(shape.oc, 0.1);
+    let [_, ow] = base.out_hw();
+    let Buffers { mut arena, weights, bias, x, y } = Buffers::new(&shape);
     println!("chosen split {:?}, {} tasks", base.split_info(), base.tasks());
     let rows = if base.split_info().1 > ow { vec![1] } else { vec![1, 2, 4, 7, 8, 14, 28] };
     let only_chosen = std::env::var("ONLY_CHOSEN").is_ok();
@@ -37,7 +35,7 @@ fn main() {
         for &rc in &rows {
             let plan = base.with_split(rc, oc / 16);
             let mut scratch = Lines::filled(plan.scratch_len(pool.threads()), 0.0);
-            let io = ConvIo { x, y, residual: None, weights: &w, bias: Some(&b), scale: None, shift: None };
+            let io = layer::io(x, y, &weights, &bias);
             let mut t = Vec::new();
             for _ in 0..300 {
                 let t0 = Instant::now();

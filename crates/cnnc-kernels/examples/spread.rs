@@ -6,17 +6,21 @@
 //! then still in that core's caches). On a shared machine the best run of a layer can be half
 //! again as fast as its median; this tells a late or slow thread from slow tasks everywhere,
 //! and a slow core (its tasks slower than the other's for seconds at a time) from both.
-//! Run with `cargo run --release -p cnnc-kernels --example spread [64|128|256|1x1] [runs] [bwdw]`
-//! (`bwdw`: the backward-weights pass of the layer instead of its forward).
+//! Run with `cargo run --release -p cnnc-kernels --example spread [LAYER] [runs] [bwdw]`
+//! (`bwdw`: the backward-weights pass of the layer instead of its forward; layers as
+//! `common/layer.rs` names them).
+
+#[path = "common/layer.rs"]
+mod layer;
 
 use cnnc_kernels::act::Act;
-use cnnc_kernels::conv::{self, ConvIo, ConvPlan, ConvShape, Epilogue};
+use cnnc_kernels::conv::{self, ConvPlan, Epilogue};
 use cnnc_kernels::conv_bwd_weights::{self, BwdWeightsIo, BwdWeightsPlan};
 use cnnc_kernels::lines::Lines;
 use cnnc_kernels::par::Parallel;
 use cnnc_kernels::threads::ThreadPool;
-use cnnc_kernels::view::{Layout, View};
 use cnnc_kernels::{conv_fwd, cpu};
+use layer::Buffers;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -67,22 +71,12 @@ fn main() {
     let which = std::env::args().nth(1).unwrap_or_else(|| "64".into());
     let runs: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(2000);
     let backward = std::env::args().nth(3).is_some_and(|a| a == "bwdw");
-    let shape = match which.as_str() {
-        "128" => ConvShape::simple(1, 128, [28, 28], 128, 3, 1, 1),
-        "256" => ConvShape::simple(1, 256, [14, 14], 256, 3, 1, 1),
-        "1x1" => ConvShape::simple(1, 256, [56, 56], 64, 1, 1, 0),
-        _ => ConvShape::simple(1, 64, [56, 56], 64, 3, 1, 1),
-    };
+    let shape = layer::named(&which);
     let pool = ThreadPool::global();
     let epi = Epilogue { bias: true, scale_shift: false, residual: false, act: Act::NONE };
     let plan = ConvPlan::new(shape, epi, cpu::active(), pool.threads()).unwrap();
-    let [oh, ow] = plan.out_hw();
-    let x = View::dense(0, 1, shape.ic, shape.ih, shape.iw, Layout::NChw16c);
-    let y = View::dense(x.end().unwrap(), 1, shape.oc, oh, ow, Layout::NChw16c);
-    let mut arena = Lines::filled(y.end().unwrap(), 0.5);
-    let w = Lines::filled(conv::packed_weight_len(&shape).unwrap(), 0.01);
-    let b = Lines::filled(shape.oc, 0.1);
-    let io = ConvIo { x, y, residual: None, weights: &w, bias: Some(&b), scale: None, shift: None };
+    let Buffers { mut arena, weights, bias, x, y } = Buffers::new(&shape);
+    let io = layer::io(x, y, &weights, &bias);
     let mut scratch = Lines::filled(plan.scratch_len(pool.threads()), 0.0);
     // Backward-weights reads the input and takes the output's view as the output gradient.
     let bw = BwdWeightsPlan::new(shape, true, false, cpu::active()).unwrap();
