@@ -72,10 +72,9 @@ fn dispatch_us(tasks: usize, gap: Duration) -> f64 {
     t[reps / 2]
 }
 
-/// Times `prep` after waiting for a quiet machine; `(median seconds, note)` where the note
-/// says how long we waited and flags a noisy result.
-/// The median and fastest seconds of `reps` runs of `prep`, and the JSON fields saying how
-/// quiet the machine was meanwhile. The fastest run is what the kernel does when nothing
+/// Times `prep` after waiting for a quiet machine: the median and fastest seconds of `reps`
+/// runs, and the JSON fields saying how long we waited and how quiet the machine was (a
+/// noisy result flagged). The fastest run is what the kernel does when nothing
 /// else on the host gets in its way (on a shared host a neighbour in the core's caches slows
 /// cache-heavy kernels by up to half while a register-only FMA loop keeps the peak), the
 /// median what a user gets.
