@@ -69,7 +69,8 @@ unsafe impl Parallel for Timed {
 
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_else(|| "64".into());
-    let runs: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(2000);
+    // At least one run in each quarter.
+    let runs: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(2000).max(4);
     let backward = std::env::args().nth(3).is_some_and(|a| a == "bwdw");
     let shape = layer::named(&which);
     let pool = ThreadPool::global();
