@@ -74,17 +74,31 @@ fn main() {
     let backward = std::env::args().nth(3).is_some_and(|a| a == "bwdw");
     let shape = layer::named(&which);
     let pool = ThreadPool::global();
-    let epi = Epilogue { bias: true, scale_shift: false, residual: false, act: Act::NONE };
-    let plan = ConvPlan::new(shape, epi, cpu::active(), pool.threads()).unwrap();
     let Buffers { mut arena, weights, bias, x, y } = Buffers::new(&shape);
-    let io = layer::io(x, y, &weights, &bias);
-    let mut scratch = Lines::filled(plan.scratch_len(pool.threads()), 0.0);
-    // Backward-weights reads the input and takes the output's view as the output gradient.
-    let bw = BwdWeightsPlan::new(shape, true, false, cpu::active()).unwrap();
-    let bw_io = BwdWeightsIo { x, gy: y, relu: None };
-    let mut dw = Lines::filled(conv::packed_weight_len(&shape).unwrap(), 0.0);
-    let mut db = Lines::filled(shape.oc, 0.0);
-    let tasks = if backward { bw.tasks() } else { plan.tasks() };
+    // One run of the pass measured, its task count and what it is; only its plan is made.
+    type Pass = Box<dyn FnMut(&Timed)>;
+    let (mut pass, tasks, what): (Pass, usize, String) = if backward {
+        // Backward-weights reads the input and takes the output's view as the output gradient.
+        let plan = BwdWeightsPlan::new(shape, true, false, cpu::active()).unwrap();
+        let io = BwdWeightsIo { x, gy: y, relu: None };
+        let mut dw = Lines::filled(conv::packed_weight_len(&shape).unwrap(), 0.0);
+        let mut db = Lines::filled(shape.oc, 0.0);
+        let what = format!("backward-weights: {} tasks, tile {:?}", plan.tasks(), plan.tile());
+        let run = move |par: &Timed| {
+            conv_bwd_weights::backward_weights(par, &plan, &mut arena, &io, &mut dw, Some(&mut db)).unwrap()
+        };
+        (Box::new(run), plan.tasks(), what)
+    } else {
+        let epi = Epilogue { bias: true, scale_shift: false, residual: false, act: Act::NONE };
+        let plan = ConvPlan::new(shape, epi, cpu::active(), pool.threads()).unwrap();
+        let mut scratch = Lines::filled(plan.scratch_len(pool.threads()), 0.0);
+        let what = format!("{} tasks, split {:?}", plan.tasks(), plan.split_info());
+        let run = move |par: &Timed| {
+            let io = layer::io(x, y, &weights, &bias);
+            conv_fwd::forward(par, &plan, &mut arena, &io, &mut scratch).unwrap()
+        };
+        (Box::new(run), plan.tasks(), what)
+    };
     let timed = Timed { pool, log: Mutex::new(Vec::new()) };
     let flop = 2.0 * shape.macs();
     let mut rec: Vec<Run> = Vec::with_capacity(runs);
@@ -92,11 +106,7 @@ fn main() {
     for _ in 0..runs {
         timed.log.lock().unwrap().clear();
         let t = Instant::now();
-        if backward {
-            conv_bwd_weights::backward_weights(&timed, &bw, &mut arena, &bw_io, &mut dw, Some(&mut db)).unwrap();
-        } else {
-            conv_fwd::forward(&timed, &plan, &mut arena, &io, &mut scratch).unwrap();
-        }
+        pass(&timed);
         let secs = t.elapsed().as_secs_f64();
         let log = timed.log.lock().unwrap();
         let same_threads = log.iter().all(|e| owner[e.task] == e.thread);
@@ -111,10 +121,7 @@ fn main() {
         });
     }
     rec.sort_by(|a, b| a.secs.total_cmp(&b.secs));
-    match backward {
-        true => println!("{which} backward-weights: {tasks} tasks, tile {:?}, {runs} runs", bw.tile()),
-        false => println!("{which}: {tasks} tasks, split {:?}, {runs} runs", plan.split_info()),
-    }
+    println!("{which} {what}, {runs} runs");
     let us = |s: f64| s * 1e6;
     for (lo, hi) in [(0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)] {
         let part = &rec[(lo * runs as f64) as usize..(hi * runs as f64) as usize];
