@@ -26,6 +26,7 @@ use super::pool::{PoolArgs, PoolPlan};
 use super::pool_bwd::PoolBwdArgs;
 use super::pool2x2::{Max2BwdArgs, Max2FwdArgs, Max2Plan};
 use super::threads::ThreadPool;
+use super::winograd::WinoPlan;
 
 /// Runs `f(task, thread)` for every task of a plan on the pool, `scratch` split per thread.
 ///
@@ -58,6 +59,22 @@ pub unsafe extern "C" fn cnnc_conv_forward(
     let (p, a) = unsafe { (&*plan, &*args) };
     // SAFETY: common contract; each task uses its thread's scratch.
     unsafe { on_pool(pool, p.tasks(), scratch, p.scratch, &|t, s| super::conv_fwd::forward_task(p, a, t, s)) };
+}
+
+/// Winograd F(2x2, 3x3) convolution on blocked maps (`args.w`: the transformed weights).
+///
+/// # Safety
+/// See the module's common contract ([`super::winograd::forward_task`]'s preconditions).
+pub unsafe extern "C" fn cnnc_winograd_forward(
+    plan: *const WinoPlan,
+    args: *const ConvArgs,
+    scratch: *mut f32,
+    pool: *const ThreadPool,
+) {
+    // SAFETY: common contract.
+    let (p, a) = unsafe { (&*plan, &*args) };
+    // SAFETY: common contract; each task uses its thread's scratch.
+    unsafe { on_pool(pool, p.tasks(), scratch, p.scratch, &|t, s| super::winograd::forward_task(p, a, t, s)) };
 }
 
 /// Plain-input convolution (the stem).

@@ -69,4 +69,5 @@ pub mod threads;
 pub mod tile;
 pub mod view;
 pub mod vmath;
+pub mod winograd;
 pub mod x86;

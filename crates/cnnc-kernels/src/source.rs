@@ -59,6 +59,7 @@ pub fn files() -> &'static [Source] {
         pack: Core [error];
         conv_small: Core [conv tile];
         conv_fwd: Core [conv conv_small error par tile view];
+        winograd: Core [act conv error par simd tile view x86];
         conv_bwd_data: Core [conv conv_small error par simd tile view];
         optim: Core [error fmath par simd x86];
         conv_bwd_weights: Core [conv error optim par simd tile view];
@@ -79,7 +80,7 @@ pub fn files() -> &'static [Source] {
         reorder: Core [error par view];
         cpu: Std [error simd];
         threads: Std [par];
-        ffi: Std [conv conv_bwd_data conv_bwd_weights conv_fwd conv_plain conv_plain_bwd depthwise fc fc_update lrn optim pack par pool pool_bwd pool2x2 threads];
+        ffi: Std [conv conv_bwd_data conv_bwd_weights conv_fwd winograd conv_plain conv_plain_bwd depthwise fc fc_update lrn optim pack par pool pool_bwd pool2x2 threads];
         peak: Std [simd];
         lines: Std [];
         source: Crate [];

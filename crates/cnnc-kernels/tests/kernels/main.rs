@@ -23,3 +23,4 @@ mod source;
 mod threads;
 mod util;
 mod vmath;
+mod winograd;

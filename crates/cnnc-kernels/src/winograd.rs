@@ -1,0 +1,566 @@
+//! Winograd convolution F(2x2, 3x3) forward on blocked maps: 3x3, stride 1, no dilation, one
+//! group, `nChw16c` in and out, with the fused epilogue of the direct kernel (bias, unfolded
+//! batch-norm scale and shift, residual, activation).
+//!
+//! Each 2x2 block of outputs ("tile") is computed from the 4x4 input patch under it as
+//! `Y = A^T [ (G g G^T) . (B^T d B) ] A` (Lavin and Gray, "Fast Algorithms for Convolutional
+//! Neural Networks", 2016): 16 products per tile and channel pair instead of 36, 2.25 times
+//! fewer multiply-adds than the direct convolution. The transformed weights `U = G g G^T`
+//! (`[16 positions][ocb][icb][16 i][16 o]`, [`weight_len`] floats) are made once from the
+//! weights ([`transform_weights`]), by the back end when weights load; their coefficients are
+//! 0, +-1 and +-1/2, so the arithmetic stays as exact as the direct convolution's.
+//!
+//! A task is a band of tile rows x a chunk of output-channel blocks of one image, and runs in
+//! three steps on its thread's scratch: the input transform of the band (`V`, `[16][icb][tiles]
+//! [16]`, zero outside the input, so the halo costs no branch in the products), 16 products
+//! `M[p] = V[p] . U[p]` (one per position `p`, each a batch-reduce over the input blocks run by
+//! the register tiles of `tile.rs`, the tiles being the columns), then the output transform of
+//! `M` with the epilogue, written once. The band's `V` and `M` stay in L2, and every weight
+//! vector the tiles load serves all the band's tiles.
+
+use super::act;
+use super::conv::{ConvArgs, ConvIo, ConvShape, Epilogue, choose_tile, packed_weight_len};
+use super::error::{KernelError, check_len, check_min_len, product};
+use super::par::{Parallel, SyncPtr};
+use super::simd::{Cpu, Isa, Simd, isa_fn};
+use super::tile::{self, Out, Reduce};
+use super::view::{Layout, check_apart, check_same_or_apart, pad16};
+
+/// Positions of a transformed 4x4 tile.
+const POS: usize = 16;
+
+/// Floats a thread's `V` and `M` may take together (1.25 MiB; the products sweep them one
+/// position at a time, so they need not fit L2 whole): bands are cut to fit. On Zen 5,
+/// ResNet-50's 3x3 256 -> 256 at 14 x 14 ran 14 % faster as one band of 1.2 MB a task (the
+/// blocks split in two) than as two bands of half as many tiles.
+const SCRATCH_FLOATS: usize = 320 << 10;
+
+/// Tiles a band should hold at least, when the map has them: each weight vector a tile loads
+/// serves this many tiles, so the products are not bound by the weights' stream from L2/L3.
+const MIN_TILES: usize = 24;
+
+/// Whether the Winograd kernel can run `shape` (3x3, stride 1, no dilation, one group, padding
+/// at most 2 on each axis).
+pub fn applies(shape: &ConvShape) -> bool {
+    shape.kh == 3
+        && shape.kw == 3
+        && shape.stride == [1, 1]
+        && shape.dilation == [1, 1]
+        && shape.groups == 1
+        && shape.pad[0] <= 2
+        && shape.pad[1] <= 2
+        && shape.out_hw().is_ok()
+}
+
+/// Whether a back end should run `shape` through Winograd rather than the direct kernel: it
+/// [`applies`], and the transformed weights (16/9 of the direct kernel's) stay under 4 MiB for
+/// maps of fewer than 14 x 14 pixels, whose few tiles reuse each weight little. Measured on Zen
+/// 5 with warm weights, 2 threads: 1.6-1.9 times the direct kernel's speed on ResNet-50's 3x3
+/// layers at 56, 28 and 14 pixels, 1.1-1.3 at 512 channels on 7 x 7, where 16 MB of weights
+/// stream from memory (and more in a model, where they are cold).
+pub fn preferred(shape: &ConvShape) -> bool {
+    let Ok([oh, ow]) = shape.out_hw() else { return false };
+    let small = oh.div_ceil(2) * ow.div_ceil(2) < 49;
+    let blocks = shape.ic.div_ceil(16) * shape.oc.div_ceil(16);
+    applies(shape) && shape.ic >= 16 && (!small || blocks <= 256)
+}
+
+/// Floats of transformed weights: `16 x ocb x icb x 256`.
+pub fn weight_len(shape: &ConvShape) -> Result<usize, KernelError> {
+    product("winograd weights", &[POS, shape.oc.div_ceil(16), shape.ic.div_ceil(16), 256])
+}
+
+/// `U = G g G^T` for every filter pair, from weights `w(o, i, y, x)` (a 3x3 kernel): the rows
+/// of `G` are `[1, 0, 0]`, `[1/2, 1/2, 1/2]`, `[1/2, -1/2, 1/2]`, `[0, 0, 1]`.
+fn transform_with(shape: &ConvShape, dst: &mut [f32], w: impl Fn(usize, usize, usize, usize) -> f32) {
+    let (ocb, icb) = (shape.oc.div_ceil(16), shape.ic.div_ceil(16));
+    const G: [[f32; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
+    dst.fill(0.0);
+    for o in 0..shape.oc {
+        for i in 0..shape.ic {
+            let mut g = [[0f32; 3]; 3];
+            for (y, row) in g.iter_mut().enumerate() {
+                for (x, v) in row.iter_mut().enumerate() {
+                    *v = w(o, i, y, x);
+                }
+            }
+            // G g: 4 x 3.
+            let mut gg = [[0f32; 3]; 4];
+            for (r, grow) in G.iter().enumerate() {
+                for c in 0..3 {
+                    gg[r][c] = grow[0] * g[0][c] + grow[1] * g[1][c] + grow[2] * g[2][c];
+                }
+            }
+            for (r, ggrow) in gg.iter().enumerate() {
+                for (c, gcol) in G.iter().enumerate() {
+                    let u = ggrow[0] * gcol[0] + ggrow[1] * gcol[1] + ggrow[2] * gcol[2];
+                    let at = ((((r * 4 + c) * ocb + o / 16) * icb + i / 16) * 16 + i % 16) * 16 + o % 16;
+                    dst[at] = u;
+                }
+            }
+        }
+    }
+}
+
+fn check_weights(shape: &ConvShape, src: usize, expected: usize, dst: usize) -> Result<(), KernelError> {
+    if !applies(shape) {
+        return Err(KernelError::Unsupported { what: "winograd needs a 3x3 stride-1 convolution of one group" });
+    }
+    check_len("weights", src, expected)?;
+    check_len("winograd weights", dst, weight_len(shape)?)
+}
+
+/// [`weight_len`] floats of transformed weights from the packed `OIhw16i16o` weights of
+/// `shape` (what the forward kernel reads).
+pub fn transform_weights(shape: &ConvShape, packed: &[f32], dst: &mut [f32]) -> Result<(), KernelError> {
+    check_weights(shape, packed.len(), packed_weight_len(shape)?, dst.len())?;
+    let icb = shape.ic.div_ceil(16);
+    transform_with(shape, dst, |o, i, y, x| {
+        packed[((((o / 16) * icb + i / 16) * 3 + y) * 3 + x) * 256 + (i % 16) * 16 + o % 16]
+    });
+    Ok(())
+}
+
+/// [`weight_len`] floats of transformed weights from PyTorch's `oihw` weights of `shape`.
+pub fn transform_plain_weights(shape: &ConvShape, oihw: &[f32], dst: &mut [f32]) -> Result<(), KernelError> {
+    check_weights(shape, oihw.len(), product("weights", &[shape.oc, shape.ic, 9])?, dst.len())?;
+    transform_with(shape, dst, |o, i, y, x| oihw[((o * shape.ic + i) * 3 + y) * 3 + x]);
+    Ok(())
+}
+
+/// A checked Winograd convolution and its split into tasks. Made by [`WinoPlan::new`] only:
+/// the raw entry points trust every field.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct WinoPlan {
+    pub(crate) shape: ConvShape,
+    pub(crate) epilogue: Epilogue,
+    pub(crate) isa: Isa,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
+    pub(crate) icb: usize,
+    pub(crate) ocb: usize,
+    /// Tile rows and columns: `ceil(oh / 2) x ceil(ow / 2)`.
+    pub(crate) th: usize,
+    pub(crate) tw: usize,
+    /// Blocks per register tile and its widest width (in tiles).
+    pub(crate) k: usize,
+    pub(crate) nw: usize,
+    /// Tile rows per band, output-channel blocks per chunk, and their counts.
+    pub(crate) band: usize,
+    pub(crate) n_bands: usize,
+    pub(crate) oc_chunk: usize,
+    pub(crate) n_oc: usize,
+    pub(crate) tasks: usize,
+    /// Scratch floats each thread needs (`V` then `M`).
+    pub(crate) scratch: usize,
+}
+
+impl WinoPlan {
+    /// Checks the shape and chooses tiles and tasks for `threads` threads.
+    pub fn new(shape: ConvShape, epilogue: Epilogue, cpu: Cpu, threads: usize) -> Result<WinoPlan, KernelError> {
+        if !applies(&shape) {
+            return Err(KernelError::Unsupported { what: "winograd needs a 3x3 stride-1 convolution of one group" });
+        }
+        if !epilogue.act.is_valid() {
+            return Err(KernelError::Shape { what: "activation parameters" });
+        }
+        let [oh, ow] = shape.out_hw()?;
+        weight_len(&shape)?;
+        product("tensor", &[shape.n, pad16(shape.ic), shape.ih, shape.iw])?;
+        product("tensor", &[shape.n, pad16(shape.oc), oh, ow])?;
+        let (icb, ocb) = (shape.ic.div_ceil(16), shape.oc.div_ceil(16));
+        let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+        let set = &tile::tiles(cpu.isa()).a16;
+        let (k, nw) = choose_tile(set, ocb, tw.max(MIN_TILES.min(th * tw)));
+        let plan = WinoPlan {
+            shape,
+            epilogue,
+            isa: cpu.isa(),
+            oh,
+            ow,
+            icb,
+            ocb,
+            th,
+            tw,
+            k,
+            nw,
+            band: th,
+            n_bands: 1,
+            oc_chunk: ocb,
+            n_oc: 1,
+            tasks: 0,
+            scratch: 0,
+        };
+        let (band, oc_chunk) = plan.choose_split(threads.max(1));
+        Ok(plan.with_split(band, oc_chunk))
+    }
+
+    /// The split with the least estimated time: the busiest thread's tiles x block pairs,
+    /// weighted by the weights' stream (one pass over the chunk's weights per band, spread
+    /// over its tiles) and the input transform each chunk repeats.
+    fn choose_split(&self, threads: usize) -> (usize, usize) {
+        let units = self.ocb / self.k;
+        let mut best = (f64::INFINITY, self.th, self.ocb);
+        for band in 1..=self.th {
+            let n_bands = self.th.div_ceil(band);
+            let tiles = band * self.tw;
+            if band > 1 && self.floats(band, self.k) > SCRATCH_FLOATS {
+                break;
+            }
+            for per in (1..=units).filter(|d| units.is_multiple_of(*d)) {
+                let chunk = per * self.k;
+                let tasks = self.shape.n * n_bands * (units / per);
+                let rounds = tasks.div_ceil(threads) as f64;
+                let stream = 1.0 + 4.0 / tiles.min(MIN_TILES * 2) as f64;
+                let transform = 1.0 + 0.03 * (self.icb as f64 / chunk as f64);
+                let time = rounds * (tiles * chunk) as f64 * stream * transform;
+                if time < best.0 * 0.999 {
+                    best = (time, band, chunk);
+                }
+            }
+        }
+        (best.1, best.2)
+    }
+
+    /// Scratch floats of a task of `band` tile rows and `chunk` blocks.
+    fn floats(&self, band: usize, chunk: usize) -> usize {
+        POS * (self.icb + chunk) * band * self.tw * 16
+    }
+
+    /// The same plan with `band` tile rows and `oc_chunk` blocks per task (clamped; the blocks
+    /// rounded to the tile's): for tuning.
+    pub fn with_split(mut self, band: usize, oc_chunk: usize) -> WinoPlan {
+        let units = self.ocb / self.k;
+        let want = (oc_chunk / self.k).clamp(1, units);
+        let per = (1..=want).rev().find(|d| units.is_multiple_of(*d)).unwrap_or(1);
+        self.oc_chunk = per * self.k;
+        self.n_oc = units / per;
+        self.band = band.clamp(1, self.th);
+        self.n_bands = self.th.div_ceil(self.band);
+        self.tasks = self.shape.n * self.n_bands * self.n_oc;
+        self.scratch = self.floats(self.band, self.oc_chunk);
+        self
+    }
+
+    /// Scratch floats for running the plan on `threads` threads.
+    pub fn scratch_len(&self, threads: usize) -> usize {
+        self.scratch * threads
+    }
+    pub fn shape(&self) -> &ConvShape {
+        &self.shape
+    }
+    pub fn epilogue(&self) -> &Epilogue {
+        &self.epilogue
+    }
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+    pub fn out_hw(&self) -> [usize; 2] {
+        [self.oh, self.ow]
+    }
+    pub fn tasks(&self) -> usize {
+        self.tasks
+    }
+    /// Blocks per register tile and its widest width, in 2x2 tiles.
+    pub fn tile(&self) -> (usize, usize) {
+        (self.k, self.nw)
+    }
+    /// The task split: `(tile rows per task, blocks per task)`.
+    pub fn split_info(&self) -> (usize, usize) {
+        (self.band, self.oc_chunk)
+    }
+    /// Multiply-adds one run computes (the products only; the direct convolution's count is
+    /// [`ConvShape::macs`]).
+    pub fn macs(&self) -> f64 {
+        (self.shape.n * POS * self.th * self.tw) as f64 * (self.icb * self.ocb * 256) as f64
+    }
+}
+
+/// Runs a Winograd convolution on `par`'s threads after checking every operand against the
+/// plan, as `conv_fwd::forward` does, with `io.weights` the transformed weights
+/// ([`weight_len`] floats) and scratch of [`WinoPlan::scratch_len`]`(par.threads())` floats.
+pub fn forward(
+    par: &dyn Parallel,
+    plan: &WinoPlan,
+    arena: &mut [f32],
+    io: &ConvIo<'_>,
+    scratch: &mut [f32],
+) -> Result<(), KernelError> {
+    let s = &plan.shape;
+    let len = arena.len();
+    io.x.check_in("input", len)?;
+    io.y.check_in("output", len)?;
+    io.x.expect("input", [s.n, s.ic, s.ih, s.iw], Layout::NChw16c)?;
+    io.y.expect("output", [s.n, s.oc, plan.oh, plan.ow], Layout::NChw16c)?;
+    check_apart(("output", &io.y), &[("input", &io.x)])?;
+    let e = &plan.epilogue;
+    check_len("winograd weights", io.weights.len(), weight_len(s)?)?;
+    let vector = |what: &'static str, v: Option<&[f32]>, wanted: bool| -> Result<*const f32, KernelError> {
+        match (v, wanted) {
+            (Some(v), true) => check_len(what, v.len(), s.oc).map(|_| v.as_ptr()),
+            (None, false) => Ok(core::ptr::null()),
+            _ => Err(KernelError::View { what }),
+        }
+    };
+    let bias = vector("bias", io.bias, e.bias)?;
+    let scale = vector("scale", io.scale, e.scale_shift)?;
+    let shift = vector("shift", io.shift, e.scale_shift)?;
+    let (res_off, res_bs) = match (io.residual, e.residual) {
+        (Some(r), true) => {
+            r.check_in("residual", len)?;
+            r.expect("residual", [s.n, s.oc, plan.oh, plan.ow], Layout::NChw16c)?;
+            check_same_or_apart(("residual", &r), ("output", &io.y))?;
+            (r.offset, r.batch_stride)
+        }
+        (None, false) => (0, 0),
+        _ => return Err(KernelError::View { what: "residual" }),
+    };
+    check_min_len("scratch", scratch.len(), plan.scratch_len(par.threads()))?;
+    let base = arena.as_mut_ptr();
+    let args = ConvArgs {
+        x: base.wrapping_add(io.x.offset),
+        x_bs: io.x.batch_stride,
+        w: io.weights.as_ptr(),
+        bias,
+        scale,
+        shift,
+        res: if e.residual { base.wrapping_add(res_off) } else { core::ptr::null() },
+        res_bs,
+        y: base.wrapping_add(io.y.offset),
+        y_bs: io.y.batch_stride,
+    };
+    let scratch = SyncPtr(scratch.as_mut_ptr());
+    let per = plan.scratch;
+    par.run(plan.tasks, &|task, thread| {
+        // SAFETY: every view and slice was checked against the plan above; the output is
+        // apart from the input and the weights (a separate slice); each task writes its own
+        // tiles' outputs of its own blocks and uses the scratch of its thread, which no other
+        // running task uses (Parallel's contract), and the scratch holds per floats a thread.
+        unsafe { forward_task(plan, &args, task, scratch.get().wrapping_add(thread * per)) }
+    });
+    Ok(())
+}
+
+/// Runs task `task` of `plan`.
+///
+/// # Safety
+/// `plan` must come from [`WinoPlan::new`] with an instruction set the CPU supports; `a` must
+/// hold valid pointers for `plan.shape` (input `n` images of `pad16(ic) x ih x iw` floats at
+/// `x + i * x_bs`, transformed weights of [`weight_len`] floats, per-channel vectors of `oc`
+/// floats where the epilogue has them, output and residual images of `pad16(oc) x oh x ow`
+/// floats), the output must not overlap the input or the weights (the residual may be the
+/// output itself), no other task of the same run may write what this one reads, and `scratch`
+/// must be valid for `plan.scratch` floats used by no other running task.
+pub unsafe fn forward_task(plan: &WinoPlan, a: &ConvArgs, task: usize, scratch: *mut f32) {
+    // SAFETY: forwarded contract.
+    unsafe { task_isa(plan.isa, plan, a, task, scratch) }
+}
+
+isa_fn! {
+    unsafe fn task_isa(plan: &WinoPlan, a: &ConvArgs, task: usize, scratch: *mut f32) = task_generic;
+}
+
+/// See [`forward_task`].
+#[inline(always)]
+unsafe fn task_generic<S: Simd>(s: S, plan: &WinoPlan, a: &ConvArgs, task: usize, scratch: *mut f32) {
+    let oc_i = task % plan.n_oc;
+    let band_i = (task / plan.n_oc) % plan.n_bands;
+    let n = task / (plan.n_oc * plan.n_bands);
+    let ty0 = band_i * plan.band;
+    let ty1 = (ty0 + plan.band).min(plan.th);
+    let tiles = (ty1 - ty0) * plan.tw;
+    let ob0 = oc_i * plan.oc_chunk;
+    let chunk = plan.oc_chunk;
+    // V: [POS][icb][tiles][16]; M: [POS][chunk][tiles][16].
+    let v = scratch;
+    let m = scratch.wrapping_add(POS * plan.icb * tiles * 16);
+    // SAFETY: the band's tiles, the task's blocks and image are inside the plan (task < tasks);
+    // V and M fit plan.scratch floats (floats() of the plan's band and chunk); the caller's
+    // contract covers every operand.
+    unsafe {
+        input_transform(s, plan, a.x.wrapping_add(n * a.x_bs), ty0, ty1, v);
+        products(plan, a.w, v, m, tiles, ob0);
+        output_transform(s, plan, a, n, ty0, ty1, ob0, chunk, m);
+    }
+}
+
+/// `V[p][ib][t] = (B^T d B)[p]` for the band's tiles `t` (tile rows `ty0..ty1`), `d` the 4x4
+/// input patch of tile `t` in block `ib`, zero outside the input. The rows of `B^T` are
+/// `[1, 0, -1, 0]`, `[0, 1, 1, 0]`, `[0, -1, 1, 0]`, `[0, 1, 0, -1]`.
+///
+/// # Safety
+/// `x` is one image of the plan's input; `v` holds `POS x icb x tiles x 16` floats.
+#[inline(always)]
+unsafe fn input_transform<S: Simd>(s: S, plan: &WinoPlan, x: *const f32, ty0: usize, ty1: usize, v: *mut f32) {
+    let sh = &plan.shape;
+    let tiles = (ty1 - ty0) * plan.tw;
+    let pos_stride = plan.icb * tiles * 16;
+    let (ih, iw) = (sh.ih as isize, sh.iw as isize);
+    let (ph, pw) = (sh.pad[0] as isize, sh.pad[1] as isize);
+    for ib in 0..plan.icb {
+        let plane = x.wrapping_add(ib * sh.ih * sh.iw * 16);
+        for ty in ty0..ty1 {
+            let iy0 = 2 * ty as isize - ph;
+            for tx in 0..plan.tw {
+                let ix0 = 2 * tx as isize - pw;
+                let t = (ty - ty0) * plan.tw + tx;
+                // Rows of B^T d, one column of d at a time.
+                let mut r = [[s.zero(); 4]; 4];
+                for c in 0..4 {
+                    let ix = ix0 + c as isize;
+                    let mut d = [s.zero(); 4];
+                    if ix >= 0 && ix < iw {
+                        for (j, dj) in d.iter_mut().enumerate() {
+                            let iy = iy0 + j as isize;
+                            if iy >= 0 && iy < ih {
+                                // SAFETY: (iy, ix) is a pixel of the image's block ib.
+                                *dj = unsafe { s.load(plane.add(((iy * iw + ix) * 16) as usize)) };
+                            }
+                        }
+                    }
+                    r[0][c] = s.sub(d[0], d[2]);
+                    r[1][c] = s.add(d[1], d[2]);
+                    r[2][c] = s.sub(d[2], d[1]);
+                    r[3][c] = s.sub(d[1], d[3]);
+                }
+                // (B^T d) B: the same combination of columns.
+                let out = v.wrapping_add((ib * tiles + t) * 16);
+                for (i, row) in r.iter().enumerate() {
+                    let q =
+                        [s.sub(row[0], row[2]), s.add(row[1], row[2]), s.sub(row[2], row[1]), s.sub(row[1], row[3])];
+                    for (j, qj) in q.into_iter().enumerate() {
+                        // SAFETY: position i*4+j, block ib, tile t are inside V.
+                        unsafe { s.store(out.add((i * 4 + j) * pos_stride), qj) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `M[p][b][t] = sum over ib, i of V[p][ib][t][i] * U[p][ob0 + b][ib][i][..]` for the task's
+/// blocks, through the register tiles (columns = tiles, steps = the 16 input channels of a
+/// block, block pairs = the input blocks).
+///
+/// # Safety
+/// `v` and `m` as [`task_generic`] lays them out; the plan's weights at `a.w`.
+#[inline(always)]
+unsafe fn products(plan: &WinoPlan, w: *const f32, v: *const f32, m: *mut f32, tiles: usize, ob0: usize) {
+    let set = &tile::tiles(plan.isa).a16;
+    let u = |p: usize, ob: usize| (p * plan.ocb + ob) * plan.icb * 256;
+    let reduce = Reduce {
+        n: [plan.icb, 1, 1],
+        a: [(tiles * 16) as isize, 0, 0],
+        b: [256, 0, 0],
+        steps: 16,
+        a_step: 1,
+        b_step: 16,
+        b_blk: (plan.icb * 256) as isize,
+    };
+    // Balanced widths: ceil(tiles / nw) tiles of sizes differing by at most one.
+    let ntiles = tiles.div_ceil(plan.nw);
+    let (q, extra) = (tiles / ntiles, tiles % ntiles);
+    let chunk = plan.oc_chunk;
+    for p in 0..POS {
+        let vp = v.wrapping_add(p * plan.icb * tiles * 16);
+        let mp = m.wrapping_add(p * chunk * tiles * 16);
+        for b in (0..chunk).step_by(plan.k) {
+            let wb = w.wrapping_add(u(p, ob0 + b));
+            let mut t0 = 0;
+            for i in 0..ntiles {
+                let width = q + usize::from(i < extra);
+                let out = Out::plain(mp.wrapping_add((b * tiles + t0) * 16), 16, (tiles * 16) as isize, false);
+                // SAFETY: the tile reads V's tiles t0..t0+width of position p over every input
+                // block and U's blocks ob0+b.. (k of them) of position p, all inside the
+                // buffers; it writes M's tiles t0.. of blocks b..b+k. The set belongs to the
+                // plan's instruction set, which the CPU supports (caller).
+                unsafe { set.get(plan.k, width)(vp.wrapping_add(t0 * 16), wb, &reduce, &out) };
+                t0 += width;
+            }
+        }
+    }
+}
+
+/// The output transform `Y = A^T M A` of the task's tiles and blocks (rows of `A^T`:
+/// `[1, 1, 1, 0]`, `[0, 1, -1, -1]`), with the epilogue, written where the tile lies inside
+/// the output.
+///
+/// # Safety
+/// `m` as [`task_generic`] lays it out; the caller's contract for `a`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn output_transform<S: Simd>(
+    s: S,
+    plan: &WinoPlan,
+    a: &ConvArgs,
+    n: usize,
+    ty0: usize,
+    ty1: usize,
+    ob0: usize,
+    chunk: usize,
+    m: *const f32,
+) {
+    let e = &plan.epilogue;
+    let tiles = (ty1 - ty0) * plan.tw;
+    let pos_stride = chunk * tiles * 16;
+    let plane = plan.oh * plan.ow * 16;
+    let y = a.y.wrapping_add(n * a.y_bs);
+    let res = a.res.wrapping_add(n * a.res_bs);
+    for b in 0..chunk {
+        let ob = ob0 + b;
+        let vec_of = |p: *const f32| {
+            let mut lanes = [0f32; 16];
+            if !p.is_null() {
+                for (l, lane) in lanes.iter_mut().enumerate().take(plan.shape.oc.saturating_sub(ob * 16)) {
+                    // SAFETY: ob * 16 + l < oc, and the vector holds oc floats.
+                    *lane = unsafe { *p.add(ob * 16 + l) };
+                }
+            }
+            s.array_to_v(lanes)
+        };
+        let (bias, scale, shift) = (vec_of(a.bias), vec_of(a.scale), vec_of(a.shift));
+        for ty in ty0..ty1 {
+            for tx in 0..plan.tw {
+                let t = (ty - ty0) * plan.tw + tx;
+                let at = m.wrapping_add((b * tiles + t) * 16);
+                // Columns of A^T M, one row of M at a time... rows first: r[i][c].
+                let mut r = [[s.zero(); 4]; 2];
+                for c in 0..4 {
+                    // SAFETY: positions j*4+c of tile t, block b, are inside M.
+                    let col: [S::V; 4] = core::array::from_fn(|j| unsafe { s.load(at.add((j * 4 + c) * pos_stride)) });
+                    r[0][c] = s.add(s.add(col[0], col[1]), col[2]);
+                    r[1][c] = s.sub(s.sub(col[1], col[2]), col[3]);
+                }
+                for (i, row) in r.iter().enumerate() {
+                    let oy = 2 * ty + i;
+                    if oy >= plan.oh {
+                        continue;
+                    }
+                    let out = [s.add(s.add(row[0], row[1]), row[2]), s.sub(s.sub(row[1], row[2]), row[3])];
+                    for (j, mut val) in out.into_iter().enumerate() {
+                        let ox = 2 * tx + j;
+                        if ox >= plan.ow {
+                            continue;
+                        }
+                        let off = ob * plane + (oy * plan.ow + ox) * 16;
+                        if e.bias {
+                            val = s.add(val, bias);
+                        }
+                        if e.scale_shift {
+                            val = s.fmadd(val, scale, shift);
+                        }
+                        if e.residual {
+                            // SAFETY: (ob, oy, ox) is inside the residual image.
+                            val = s.add(val, unsafe { s.load(res.add(off)) });
+                        }
+                        val = act::forward(s, &e.act, val);
+                        // SAFETY: (ob, oy, ox) is inside the output image; this task alone
+                        // writes it.
+                        unsafe { s.store(y.add(off), val) };
+                    }
+                }
+            }
+        }
+    }
+}
