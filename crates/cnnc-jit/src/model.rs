@@ -6,8 +6,8 @@
 
 use crate::error::{JitError, plan_err};
 use crate::exec::{Buffer, Compiled, Memory, Pool, seal};
-use crate::lower::ConvLowering;
 use crate::lower::{ARG_LR, ARG_SEED, ARG_STEP, Addrs, lower};
+use crate::lower::{ConvLowering, RepackKind};
 use crate::options::{Mode, Options};
 use cnnc_ir::facts::{ValueKind, param_name, value_kind};
 use cnnc_ir::layout::element_offset;
@@ -214,7 +214,18 @@ impl CompiledModel {
         let lowering = Instant::now();
         let setup_ms = (lowering - start).as_secs_f64() * 1e3;
         let depth_first = cnnc_ir::depth::depth_first_prefix(plan, batch, options.depth_first_bytes);
-        let mut program = lower(plan, batch, threads, options.mode, guard, &addrs, &mut m, pool.addr(), depth_first)?;
+        let mut program = lower(
+            plan,
+            batch,
+            threads,
+            options.mode,
+            guard,
+            &addrs,
+            &mut m,
+            pool.addr(),
+            depth_first,
+            options.winograd,
+        )?;
         let lower_ms = lowering.elapsed().as_secs_f64() * 1e3;
         check_cancel(options.cancel.as_ref())?;
         // Compiling uses as many threads as running will.
@@ -338,8 +349,12 @@ impl CompiledModel {
             let ws = cnnc_kernels::pack::WeightShape { o: s.oc, i: s.ic, kh: s.kh, kw: s.kw, groups: 1 };
             let buf = &mut inner.code.memory.extra[r.buffer];
             let n = buf.len() / 4;
-            cnnc_kernels::pack::pack_plain_input(&ws, &src, buf.f32s_mut(0, n))
-                .map_err(|e| JitError::Param { name: r.param.clone(), message: e.to_string() })?;
+            let dst = buf.f32s_mut(0, n);
+            match r.kind {
+                RepackKind::PlainInput => cnnc_kernels::pack::pack_plain_input(&ws, &src, dst),
+                RepackKind::Winograd => cnnc_kernels::winograd::transform_weights(s, &src, dst),
+            }
+            .map_err(|e| JitError::Param { name: r.param.clone(), message: e.to_string() })?;
         }
         inner.loaded = true;
         Ok(())

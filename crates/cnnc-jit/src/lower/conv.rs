@@ -150,10 +150,13 @@ pub(crate) fn forward(
     let op = ConvForward { g: &g, x, y, res, w, wp: &wp, bias, act };
     if lx.mode == crate::options::Mode::Native {
         let unit = g.kh == 1 && g.kw == 1 && g.stride == [1, 1] && g.pad == [0, 0] && g.groups == 1;
-        if (unit && x.h * x.w == 1 && super::native::fc(lx, x, y, (w, &wp), bias, act, residual)?)
-            || super::native::conv(lx, &op)?
-        {
-            lx.lowered(ConvPass::Forward, Lowering::Kernels);
+        let how = if unit && x.h * x.w == 1 && super::native::fc(lx, x, y, (w, &wp), bias, act, residual)? {
+            Some(Lowering::Kernels)
+        } else {
+            super::native::conv(lx, &op)?
+        };
+        if let Some(how) = how {
+            lx.lowered(ConvPass::Forward, how);
             return Ok(());
         }
     }

@@ -136,6 +136,8 @@ pub(crate) struct Lx<'a> {
     pub plan: &'a Plan,
     pub batch: usize,
     pub threads: usize,
+    /// Whether 3x3 convolutions may run as Winograd ([`crate::Options::winograd`]).
+    pub winograd: bool,
     addrs: &'a Addrs,
     module: &'a mut JITModule,
     ctx: Context,
@@ -202,6 +204,8 @@ pub(crate) struct Lx<'a> {
 pub enum Lowering {
     /// `cnnc-kernels` (native mode).
     Kernels,
+    /// `cnnc-kernels`' Winograd F(2x2, 3x3) convolution (native mode, inference).
+    Winograd,
     /// Vectorised dot products in Cranelift IR (maps of one pixel: fc-shaped products).
     DotProducts,
     /// Register tiles in Cranelift IR (F32X4).
@@ -211,10 +215,11 @@ pub enum Lowering {
 }
 
 impl Lowering {
-    /// A short name for tables: `kernels`, `dot`, `tiles`, `loops`.
+    /// A short name for tables: `kernels`, `winograd`, `dot`, `tiles`, `loops`.
     pub fn keyword(self) -> &'static str {
         match self {
             Lowering::Kernels => "kernels",
+            Lowering::Winograd => "winograd",
             Lowering::DotProducts => "dot",
             Lowering::Tiles => "tiles",
             Lowering::Loops => "loops",
@@ -271,12 +276,22 @@ pub(crate) struct Aux {
     pub tables: Vec<(usize, Vec<u8>)>,
 }
 
-/// A weight the native kernels read in a layout of their own (`Oihw16o` for plain-input
-/// convolutions): repacked from the parameter into `extra[buffer]` whenever weights load.
+/// A weight the native kernels read in a form of their own: repacked from the parameter
+/// into `extra[buffer]` whenever weights load.
 pub(crate) struct Repack {
     pub param: String,
     pub buffer: usize,
     pub shape: cnnc_kernels::conv::ConvShape,
+    pub kind: RepackKind,
+}
+
+/// What a [`Repack`] makes of its parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RepackKind {
+    /// `Oihw16o` from `oihw`, for plain-input convolutions.
+    PlainInput,
+    /// Winograd's transformed weights from `OIhw16i16o` (`cnnc_kernels::winograd`).
+    Winograd,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -291,12 +306,14 @@ pub(crate) fn lower(
     pool_addr: u64,
     // Nodes, from the first, that run depth first.
     depth_first: usize,
+    winograd: bool,
 ) -> Result<Program, JitError> {
     let ctx = module.make_context();
     let mut lx = Lx {
         plan,
         batch,
         threads: threads.max(1),
+        winograd,
         addrs,
         module,
         ctx,
@@ -564,8 +581,23 @@ impl Lx<'_> {
             return Ok(addr);
         }
         let (buffer, addr) = self.buffer(len * 4)?;
-        self.repacks.push(Repack { param: name.to_string(), buffer, shape });
+        self.repacks.push(Repack { param: name.to_string(), buffer, shape, kind: RepackKind::PlainInput });
         self.repacked.insert(name.to_string(), addr);
+        Ok(addr)
+    }
+
+    /// The Winograd weights of parameter `name` (packed `OIhw16i16o` for `shape`), made
+    /// whenever weights load, one buffer per parameter. Only for parameters no step updates:
+    /// nothing would remake them after an update.
+    pub fn winograd_weights(&mut self, name: &str, shape: cnnc_kernels::conv::ConvShape) -> Result<u64, JitError> {
+        let key = format!("{name} (winograd)");
+        if let Some(&addr) = self.repacked.get(&key) {
+            return Ok(addr);
+        }
+        let len = cnnc_kernels::winograd::weight_len(&shape).map_err(|e| JitError::Codegen(e.to_string()))?;
+        let (buffer, addr) = self.buffer(len * 4)?;
+        self.repacks.push(Repack { param: name.to_string(), buffer, shape, kind: RepackKind::Winograd });
+        self.repacked.insert(key, addr);
         Ok(addr)
     }
 

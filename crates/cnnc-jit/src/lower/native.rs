@@ -10,7 +10,7 @@
 //! normalisation forward and backward.
 
 use super::conv::{ConvForward, Geo};
-use super::{Lx, Val};
+use super::{Lowering, Lx, Val};
 use crate::emit::I64;
 use crate::error::JitError;
 use cnnc_ir::plan::ParamPlan;
@@ -22,6 +22,7 @@ use cnnc_kernels::fc::FcPlan;
 use cnnc_kernels::lrn::{LrnArgs, LrnPlan};
 use cnnc_kernels::pool::{PoolArgs, PoolPlan, PoolWindow};
 use cnnc_kernels::view::Layout as KLayout;
+use cnnc_kernels::winograd::{self, WinoPlan};
 use cranelift_codegen::ir::{AbiParam, InstBuilder};
 
 /// The kernels' activation for an IR activation.
@@ -119,9 +120,9 @@ pub(crate) fn updated(lx: &Lx, name: &str) -> bool {
 }
 
 /// A forward convolution (or matrix product on maps) through the kernels, when one fits.
-pub(crate) fn conv(lx: &mut Lx, op: &ConvForward) -> Result<bool, JitError> {
+pub(crate) fn conv(lx: &mut Lx, op: &ConvForward) -> Result<Option<Lowering>, JitError> {
     if super::native_point::forward(lx, op)? {
-        return Ok(true);
+        return Ok(Some(Lowering::Kernels));
     }
     let ConvForward { g, x, y, res, w, wp, bias, act: a } = *op;
     let epi = Epilogue { bias: bias.is_some(), scale_shift: false, residual: res.is_some(), act: act(a) };
@@ -142,26 +143,38 @@ pub(crate) fn conv(lx: &mut Lx, op: &ConvForward) -> Result<bool, JitError> {
     let blocked_weights =
         matches!(wp.layout, Some(WeightLayout::OIhw16i16o | WeightLayout::GOIhw16i16o | WeightLayout::OI16i16o));
     if x.layout == Layout::Blocked16 && y.layout == Layout::Blocked16 && blocked_weights {
-        let Ok(plan) = ConvPlan::new(s, epi, cpu, lx.threads) else { return Ok(false) };
+        // Winograd where it pays, on weights no step updates (inference): its transformed
+        // weights are made when weights load.
+        if lx.winograd && winograd::preferred(&s) && !updated(lx, &wp.name) {
+            if let Ok(plan) = WinoPlan::new(s, epi, cpu, lx.threads) {
+                let u = lx.winograd_weights(&wp.name, s)?;
+                let scratch = lx.scratch(plan.scratch_len(lx.threads) * 4);
+                let (p, ar) = (keep(lx, plan), keep(lx, args(u)));
+                let f = cnnc_kernels::ffi::cnnc_winograd_forward as *const () as u64;
+                call(lx, f, &[Arg::Abs(p), Arg::Abs(ar), Arg::Aux(scratch), Arg::Abs(lx.pool)])?;
+                return Ok(Some(Lowering::Winograd));
+            }
+        }
+        let Ok(plan) = ConvPlan::new(s, epi, cpu, lx.threads) else { return Ok(None) };
         let scratch = lx.scratch(plan.scratch_len(lx.threads) * 4);
         let (p, ar) = (keep(lx, plan), keep(lx, args(w)));
         let f = cnnc_kernels::ffi::cnnc_conv_forward as *const () as u64;
         call(lx, f, &[Arg::Abs(p), Arg::Abs(ar), Arg::Aux(scratch), Arg::Abs(lx.pool)])?;
-        return Ok(true);
+        return Ok(Some(Lowering::Kernels));
     }
     let plain_weights = wp.layout.is_none_or(|l| l == WeightLayout::Oihw) && g.groups == 1;
     if x.layout == Layout::Plain && plain_weights && res.is_none_or(|r| r.layout == y.layout) {
         let out = if y.layout == Layout::Plain { KLayout::Nchw } else { KLayout::NChw16c };
-        let Ok(plan) = PlainConvPlan::new(s, epi, out, cpu, lx.threads) else { return Ok(false) };
-        let Ok(len) = cnnc_kernels::conv_plain::packed_weight_len(&s) else { return Ok(false) };
+        let Ok(plan) = PlainConvPlan::new(s, epi, out, cpu, lx.threads) else { return Ok(None) };
+        let Ok(len) = cnnc_kernels::conv_plain::packed_weight_len(&s) else { return Ok(None) };
         let packed = lx.plain_input_weights(&wp.name, w, [g.o, g.c, g.kh, g.kw], s, len)?;
         let scratch = lx.scratch(plan.scratch_len(lx.threads) * 4);
         let (p, ar) = (keep(lx, plan), keep(lx, args(packed)));
         let f = cnnc_kernels::ffi::cnnc_conv_plain_forward as *const () as u64;
         call(lx, f, &[Arg::Abs(p), Arg::Abs(ar), Arg::Aux(scratch), Arg::Abs(lx.pool)])?;
-        return Ok(true);
+        return Ok(Some(Lowering::Kernels));
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// A fully connected layer (`gemm` on vectors) through the kernels.

@@ -11,3 +11,4 @@ mod point;
 mod random;
 mod tiles;
 mod update;
+mod winograd;
