@@ -23,6 +23,8 @@ pub enum Relayout {
     PlainInput,
     /// `gIOhw16o16i` rotated, the blocked backward-data pass's weights.
     BackwardData,
+    /// Winograd's transformed weights (`cnnc_kernels::winograd`), for inference.
+    Winograd,
 }
 
 #[derive(Clone, Debug)]
@@ -187,11 +189,13 @@ impl<'a> Gen<'a> {
             Relayout::Logical => o * i * kh * kw,
             Relayout::PlainInput => r16(o) * i * kh * kw,
             Relayout::BackwardData => g * r16(o / g) * r16(i) * kh * kw,
+            Relayout::Winograd => 16 * r16(o) * r16(i),
         };
         let suffix = match kind {
             Relayout::Logical => "oihw",
             Relayout::PlainInput => "oihw16o",
             Relayout::BackwardData => "backward_data",
+            Relayout::Winograd => "winograd",
         };
         let constant = constant(&self.names.unique(&format!("{name}_{suffix}")));
         let c = constant.clone();

@@ -261,6 +261,7 @@ fn tables(g: &Gen<'_>, specs: &[TensorSpec], mentioned: &str) -> Result<TokenStr
             Relayout::Logical => quote!(Logical),
             Relayout::PlainInput => quote!(PlainInput),
             Relayout::BackwardData => quote!(BackwardData),
+            Relayout::Winograd => quote!(Winograd),
         };
         quote!(super::Derived { param: #param, kind: super::Relayout::#kind, offset: #offset, len: #len })
     });

@@ -15,6 +15,7 @@ use cnnc_kernels::lrn::LrnPlan;
 use cnnc_kernels::pool::{PoolKind, PoolPlan, PoolWindow};
 use cnnc_kernels::simd::Cpu;
 use cnnc_kernels::view::Layout;
+use cnnc_kernels::winograd::WinoPlan;
 use proc_macro2::{Literal, TokenStream};
 use quote::quote;
 
@@ -22,6 +23,7 @@ use quote::quote;
 #[derive(Clone, Copy, Debug)]
 pub enum KPlan {
     Conv { shape: ConvShape, epi: Epilogue },
+    Winograd { shape: ConvShape, epi: Epilogue },
     PlainConv { shape: ConvShape, epi: Epilogue, out: Layout },
     Depthwise { shape: ConvShape, epi: Epilogue },
     Pool { c: usize, hw: [usize; 2], kind: PoolKind, win: PoolWindow, layout: Layout },
@@ -37,6 +39,7 @@ impl KPlan {
         let with_n = |s: &ConvShape| ConvShape { n, ..*s };
         Ok(match *self {
             KPlan::Conv { shape, epi } => ConvPlan::new(with_n(&shape), epi, cpu, threads)?.scratch_len(threads),
+            KPlan::Winograd { shape, epi } => WinoPlan::new(with_n(&shape), epi, cpu, threads)?.scratch_len(threads),
             KPlan::PlainConv { shape, epi, out } => {
                 PlainConvPlan::new(with_n(&shape), epi, out, cpu, threads)?.scratch_len(threads)
             }
@@ -65,6 +68,7 @@ impl KPlan {
     pub fn ty(&self) -> TokenStream {
         match self {
             KPlan::Conv { .. } => quote!(k::conv::ConvPlan),
+            KPlan::Winograd { .. } => quote!(k::winograd::WinoPlan),
             KPlan::PlainConv { .. } => quote!(k::conv_plain::PlainConvPlan),
             KPlan::Depthwise { .. } => quote!(k::depthwise::DepthwisePlan),
             KPlan::Pool { .. } => quote!(k::pool::PoolPlan),
@@ -81,6 +85,10 @@ impl KPlan {
             KPlan::Conv { shape, epi } => {
                 let (s, e) = (conv_shape(shape), epilogue(epi));
                 quote!(k::conv::ConvPlan::new(#s, #e, cpu, threads))
+            }
+            KPlan::Winograd { shape, epi } => {
+                let (s, e) = (conv_shape(shape), epilogue(epi));
+                quote!(k::winograd::WinoPlan::new(#s, #e, cpu, threads))
             }
             KPlan::PlainConv { shape, epi, out } => {
                 let (s, e, l) = (conv_shape(shape), epilogue(epi), layout(*out));
@@ -125,6 +133,7 @@ impl KPlan {
     pub fn scratch(&self, p: &TokenStream) -> Option<TokenStream> {
         match self {
             KPlan::Conv { .. }
+            | KPlan::Winograd { .. }
             | KPlan::PlainConv { .. }
             | KPlan::Depthwise { .. }
             | KPlan::Lrn { .. }

@@ -41,6 +41,7 @@ pub fn conv_shape(conv: &Conv, c: usize, h: usize, w: usize) -> ConvShape {
 /// Which kernel runs a convolution.
 enum Kernel {
     Blocked,
+    Winograd,
     Plain,
     Depthwise,
     Generic,
@@ -71,7 +72,12 @@ pub fn forward(
     let blocked = x.layout == Layout::Blocked16;
     let y = g.mem.batched(id)?;
     let plan_ok = |p: KPlan| p.check(1, cnnc_kernels::simd::Cpu::PORTABLE, 1).is_ok();
+    // Winograd for inference where it pays (a training step would transform the weights
+    // again before every step).
+    let winograd =
+        !g.training && cnnc_kernels::winograd::preferred(&shape) && plan_ok(KPlan::Winograd { shape, epi: kepi });
     let kernel = match layout {
+        Some(WeightLayout::OIhw16i16o) if blocked && winograd => Kernel::Winograd,
         Some(WeightLayout::OIhw16i16o | WeightLayout::GOIhw16i16o | WeightLayout::OI16i16o)
             if blocked && plan_ok(KPlan::Conv { shape, epi: kepi }) =>
         {
@@ -126,6 +132,11 @@ pub fn forward(
         Kernel::Blocked => {
             let plan = g.kernel_plan(id, "", KPlan::Conv { shape, epi: kepi })?;
             call(g.param(&w_name)?, quote!(k::conv_fwd::forward), plan)
+        }
+        Kernel::Winograd => {
+            let plan = g.kernel_plan(id, "", KPlan::Winograd { shape, epi: kepi })?;
+            let w = g.derived(&w_name, Relayout::Winograd)?;
+            call(w, quote!(k::winograd::forward), plan)
         }
         Kernel::Depthwise => {
             let plan = g.kernel_plan(id, "", KPlan::Depthwise { shape, epi: kepi })?;
