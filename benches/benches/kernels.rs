@@ -8,7 +8,7 @@
 //! Like those tools, each measurement first waits (at most 30 s) for other processes to leave
 //! the CPUs idle and reports their share while it ran (`noisy` above 5 %).
 
-use cnnc_benches::layers::{self, NetKind, Pass, Weights};
+use cnnc_benches::layers::{self, Algorithm, NetKind, Pass, Weights};
 use cnnc_benches::{idle, peak};
 use cnnc_kernels::conv;
 use cnnc_kernels::par::Parallel;
@@ -97,8 +97,8 @@ fn report_cold(peak_all: f64) {
     let mut total = [0.0; 2];
     for layer in layers::resnet50() {
         let NetKind::Conv { shape, relu, residual } = layer.kind else { continue };
-        let mut warm = layers::conv_weights(shape, relu, residual, Weights::Warm, pool());
-        let mut cold = layers::conv_weights(shape, relu, residual, Weights::Cold, pool());
+        let mut warm = layers::conv_weights(shape, relu, residual, Weights::Warm, Algorithm::Chosen, pool());
+        let mut cold = layers::conv_weights(shape, relu, residual, Weights::Cold, Algorithm::Chosen, pool());
         let (mut med, mut min) = ([vec![], vec![]], [f64::INFINITY; 2]);
         for _ in 0..5 {
             for (i, p) in [&mut warm, &mut cold].into_iter().enumerate() {

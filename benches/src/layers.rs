@@ -15,6 +15,7 @@ use cnnc_kernels::par::Parallel;
 use cnnc_kernels::pool::{self, PoolKind, PoolPlan, PoolWindow};
 use cnnc_kernels::threads::ThreadPool;
 use cnnc_kernels::view::{Layout, View};
+use cnnc_kernels::winograd::{self, WinoPlan};
 use std::time::Instant;
 
 /// What to run on a layer.
@@ -29,6 +30,9 @@ pub enum Pass {
 #[derive(Clone, Copy, Debug)]
 pub enum Kind {
     Conv(ConvShape),
+    /// The same convolution through Winograd F(2x2, 3x3) (its FLOP count the direct
+    /// convolution's: GFLOP/s and % of peak are effective, as against ONNX Runtime's node).
+    Winograd(ConvShape),
     /// A convolution of a plain (`nchw`) input to a blocked output (the stem).
     PlainConv(ConvShape),
     /// A fully connected layer at batch 1: `i` features to `o`.
@@ -52,6 +56,14 @@ pub fn table() -> Vec<Layer> {
     vec![
         conv("conv3x3_64-64_56", ConvShape::simple(1, 64, [56, 56], 64, 3, 1, 1)),
         conv("conv3x3_256-256_14", ConvShape::simple(1, 256, [14, 14], 256, 3, 1, 1)),
+        Layer {
+            name: "conv3x3_64-64_56 winograd",
+            kind: Kind::Winograd(ConvShape::simple(1, 64, [56, 56], 64, 3, 1, 1)),
+        },
+        Layer {
+            name: "conv3x3_256-256_14 winograd",
+            kind: Kind::Winograd(ConvShape::simple(1, 256, [14, 14], 256, 3, 1, 1)),
+        },
         conv("conv1x1_256-64_56", ConvShape::simple(1, 256, [56, 56], 64, 1, 1, 0)),
         Layer { name: "conv7x7s2_3-64_224", kind: Kind::PlainConv(ConvShape::simple(1, 3, [224, 224], 64, 7, 2, 3)) },
         Layer { name: "fc_4096-4096", kind: Kind::Fc { i: 4096, o: 4096 } },
@@ -262,34 +274,63 @@ pub enum Weights {
     Cold,
 }
 
-/// A forward convolution with bias and the given ReLU / residual epilogue.
-pub fn conv_with(shape: ConvShape, relu: bool, residual: bool, pool: &'static ThreadPool) -> Prepared {
-    conv_weights(shape, relu, residual, Weights::Warm, pool)
+/// A forward convolution's plan on either kernel.
+enum FwdPlan {
+    Direct(ConvPlan),
+    Winograd(WinoPlan),
 }
 
-/// [`conv_with`] reading warm or cold weights.
+/// Which kernel runs a forward convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    Direct,
+    Winograd,
+    /// What the back ends choose: Winograd where `winograd::preferred` says so.
+    Chosen,
+}
+
+/// A forward convolution with bias and the given ReLU / residual epilogue, on the kernel the
+/// back ends choose.
+pub fn conv_with(shape: ConvShape, relu: bool, residual: bool, pool: &'static ThreadPool) -> Prepared {
+    conv_weights(shape, relu, residual, Weights::Warm, Algorithm::Chosen, pool)
+}
+
+/// [`conv_with`] reading warm or cold weights, on a given kernel.
 pub fn conv_weights(
     shape: ConvShape,
     relu: bool,
     residual: bool,
     weights: Weights,
+    algorithm: Algorithm,
     pool: &'static ThreadPool,
 ) -> Prepared {
     let act = if relu { Act::RELU } else { Act::NONE };
     let epi = Epilogue { bias: true, scale_shift: false, residual, act };
-    let plan = ConvPlan::new(shape, epi, cpu::active(), pool.threads()).expect("plan");
-    let [oh, ow] = plan.out_hw();
+    let wino = match algorithm {
+        Algorithm::Direct => false,
+        Algorithm::Winograd => true,
+        Algorithm::Chosen => winograd::preferred(&shape),
+    };
+    let plan = if wino {
+        FwdPlan::Winograd(WinoPlan::new(shape, epi, cpu::active(), pool.threads()).expect("plan"))
+    } else {
+        FwdPlan::Direct(ConvPlan::new(shape, epi, cpu::active(), pool.threads()).expect("plan"))
+    };
+    let [oh, ow] = shape.out_hw().expect("shape");
     let x = View::dense(0, shape.n, shape.ic, shape.ih, shape.iw, Layout::NChw16c);
     let y = View::dense(x.end().unwrap(), shape.n, shape.oc, oh, ow, Layout::NChw16c);
     let mut arena = pseudo(y.end().unwrap(), 13);
-    let len = conv::packed_weight_len(&shape).unwrap();
+    let len = if wino { winograd::weight_len(&shape) } else { conv::packed_weight_len(&shape) }.unwrap();
     let copies = match weights {
         Weights::Warm => 1,
         Weights::Cold => COLD_BYTES.div_ceil(4 * len).max(2),
     };
     let weights = Lines::from_fn(copies * len, |i| pseudo_at(i % len, 14 + (i / len) as u32));
     let bias = pseudo(shape.oc, 15);
-    let mut scratch = zeros(plan.scratch_len(pool.threads()));
+    let mut scratch = zeros(match &plan {
+        FwdPlan::Direct(p) => p.scratch_len(pool.threads()),
+        FwdPlan::Winograd(p) => p.scratch_len(pool.threads()),
+    });
     let mut next = 0;
     let run = Box::new(move || {
         let w = &weights[next * len..(next + 1) * len];
@@ -297,7 +338,11 @@ pub fn conv_weights(
         // In-place residual: the shortcut was written where the output goes.
         let io =
             ConvIo { x, y, residual: residual.then_some(y), weights: w, bias: Some(&bias), scale: None, shift: None };
-        conv_fwd::forward(pool, &plan, &mut arena, &io, &mut scratch).expect("run");
+        match &plan {
+            FwdPlan::Direct(p) => conv_fwd::forward(pool, p, &mut arena, &io, &mut scratch),
+            FwdPlan::Winograd(p) => winograd::forward(pool, p, &mut arena, &io, &mut scratch),
+        }
+        .expect("run");
     });
     Prepared { flop: 2.0 * shape.macs(), bytes: 0.0, run }
 }
@@ -334,6 +379,7 @@ pub fn prepare_net(layer: &NetLayer, pool: &'static ThreadPool) -> Prepared {
 pub fn prepare(layer: &Layer, pass: Pass, pool: &'static ThreadPool) -> Prepared {
     match (layer.kind, pass) {
         (Kind::Conv(s), Pass::Forward) => conv_forward(s, pool),
+        (Kind::Winograd(s), _) => conv_weights(s, false, false, Weights::Warm, Algorithm::Winograd, pool),
         (Kind::Conv(s), Pass::BackwardData) => conv_backward_data(s, pool),
         (Kind::Conv(s), Pass::BackwardWeights) => conv_backward_weights(s, pool),
         (Kind::PlainConv(s), _) => plain_conv_forward(s, pool),
@@ -348,7 +394,7 @@ pub fn prepare(layer: &Layer, pass: Pass, pool: &'static ThreadPool) -> Prepared
 /// an fc layer, which has no padding (its nominal count is the prepared run's).
 pub fn in_image_flop(layer: &Layer) -> Option<f64> {
     match layer.kind {
-        Kind::Conv(s) | Kind::PlainConv(s) => in_image_macs(&s).map(|m| 2.0 * m),
+        Kind::Conv(s) | Kind::Winograd(s) | Kind::PlainConv(s) => in_image_macs(&s).map(|m| 2.0 * m),
         Kind::Fc { .. } => None,
     }
 }
