@@ -391,6 +391,8 @@ unsafe fn task_generic<S: Simd>(s: S, plan: &WinoPlan, a: &ConvArgs, task: usize
 ///
 /// # Safety
 /// `x` is one image of the plan's input; `v` holds `POS x icb x tiles x 16` floats.
+// The column index addresses the same column of four row vectors.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn input_transform<S: Simd>(s: S, plan: &WinoPlan, x: *const f32, ty0: usize, ty1: usize, v: *mut f32) {
     let sh = &plan.shape;
@@ -488,7 +490,8 @@ unsafe fn products(plan: &WinoPlan, w: *const f32, v: *const f32, m: *mut f32, t
 ///
 /// # Safety
 /// `m` as [`task_generic`] lays it out; the caller's contract for `a`.
-#[allow(clippy::too_many_arguments)]
+// The column index addresses the same column of two row vectors.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn output_transform<S: Simd>(
     s: S,
@@ -524,7 +527,7 @@ unsafe fn output_transform<S: Simd>(
             for tx in 0..plan.tw {
                 let t = (ty - ty0) * plan.tw + tx;
                 let at = m.wrapping_add((b * tiles + t) * 16);
-                // Columns of A^T M, one row of M at a time... rows first: r[i][c].
+                // A^T M, one column of M at a time: r[i][c].
                 let mut r = [[s.zero(); 4]; 2];
                 for c in 0..4 {
                     // SAFETY: positions j*4+c of tile t, block b, are inside M.
