@@ -30,7 +30,7 @@ pub enum Pass {
 #[derive(Clone, Copy, Debug)]
 pub enum Kind {
     Conv(ConvShape),
-    /// The same convolution through Winograd F(2x2, 3x3) (its FLOP count the direct
+    /// The same convolution through Winograd on its preferred tile (its FLOP count the direct
     /// convolution's: GFLOP/s and % of peak are effective, as against ONNX Runtime's node).
     Winograd(ConvShape),
     /// A convolution of a plain (`nchw`) input to a blocked output (the stem).
@@ -284,8 +284,9 @@ enum FwdPlan {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algorithm {
     Direct,
+    /// Winograd on the tile `winograd::preferred` gives (2x2 where it prefers none).
     Winograd,
-    /// What the back ends choose: Winograd where `winograd::preferred` says so.
+    /// What the back ends choose: Winograd where `winograd::preferred` says so, with its tile.
     Chosen,
 }
 
@@ -307,12 +308,12 @@ pub fn conv_weights(
     let act = if relu { Act::RELU } else { Act::NONE };
     let epi = Epilogue { bias: true, scale_shift: false, residual, act };
     let wino = match algorithm {
-        Algorithm::Direct => false,
-        Algorithm::Winograd => true,
+        Algorithm::Direct => None,
+        Algorithm::Winograd => Some(winograd::preferred(&shape).unwrap_or(2)),
         Algorithm::Chosen => winograd::preferred(&shape),
     };
-    let plan = if wino {
-        FwdPlan::Winograd(WinoPlan::new(shape, epi, cpu::active(), pool.threads()).expect("plan"))
+    let plan = if let Some(m) = wino {
+        FwdPlan::Winograd(WinoPlan::new(shape, m, epi, cpu::active(), pool.threads()).expect("plan"))
     } else {
         FwdPlan::Direct(ConvPlan::new(shape, epi, cpu::active(), pool.threads()).expect("plan"))
     };
@@ -320,7 +321,11 @@ pub fn conv_weights(
     let x = View::dense(0, shape.n, shape.ic, shape.ih, shape.iw, Layout::NChw16c);
     let y = View::dense(x.end().unwrap(), shape.n, shape.oc, oh, ow, Layout::NChw16c);
     let mut arena = pseudo(y.end().unwrap(), 13);
-    let len = if wino { winograd::weight_len(&shape) } else { conv::packed_weight_len(&shape) }.unwrap();
+    let len = match wino {
+        Some(m) => winograd::weight_len(&shape, m),
+        None => conv::packed_weight_len(&shape),
+    }
+    .unwrap();
     let copies = match weights {
         Weights::Warm => 1,
         Weights::Cold => COLD_BYTES.div_ceil(4 * len).max(2),

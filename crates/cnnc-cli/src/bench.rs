@@ -38,6 +38,10 @@ pub(crate) struct BenchArgs {
     /// idle (as ONNX Runtime's and PyTorch's benchmark tools do).
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3600))]
     wait_idle: Option<u64>,
+    /// Run every 3x3 convolution on the direct kernel, none as Winograd (which the JIT chooses
+    /// where it is faster, at a slightly different rounding).
+    #[arg(long)]
+    no_winograd: bool,
 }
 
 /// Compiles and times the model; the table or the JSON on stdout, notes on stderr.
@@ -56,6 +60,7 @@ pub(crate) fn bench(args: &BenchArgs, budget: &MemoryBudget, color: bool, out: &
         rounds: args.iters.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         seed: args.seed,
         wait_idle: args.wait_idle.map(std::time::Duration::from_secs),
+        winograd: !args.no_winograd,
     };
     let outcome = cnnc_driver::bench::bench(&graph, &options, Some(&cancel)).map_err(crate::run_failure)?;
     notify(&outcome.peak.note.iter().map(|n| format!("note: {n}")).collect::<Vec<_>>());

@@ -23,8 +23,9 @@ pub enum Relayout {
     PlainInput,
     /// `gIOhw16o16i` rotated, the blocked backward-data pass's weights.
     BackwardData,
-    /// Winograd's transformed weights (`cnnc_kernels::winograd`), for inference.
-    Winograd,
+    /// Winograd's transformed weights for output tiles of this size
+    /// (`cnnc_kernels::winograd`), for inference.
+    Winograd(usize),
 }
 
 #[derive(Clone, Debug)]
@@ -189,13 +190,14 @@ impl<'a> Gen<'a> {
             Relayout::Logical => o * i * kh * kw,
             Relayout::PlainInput => r16(o) * i * kh * kw,
             Relayout::BackwardData => g * r16(o / g) * r16(i) * kh * kw,
-            Relayout::Winograd => 16 * r16(o) * r16(i),
+            Relayout::Winograd(m) => (m + 2) * (m + 2) * r16(o) * r16(i),
         };
         let suffix = match kind {
             Relayout::Logical => "oihw",
             Relayout::PlainInput => "oihw16o",
             Relayout::BackwardData => "backward_data",
-            Relayout::Winograd => "winograd",
+            Relayout::Winograd(2) => "winograd2",
+            Relayout::Winograd(_) => "winograd4",
         };
         let constant = constant(&self.names.unique(&format!("{name}_{suffix}")));
         let c = constant.clone();

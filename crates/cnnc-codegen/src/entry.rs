@@ -261,7 +261,10 @@ fn tables(g: &Gen<'_>, specs: &[TensorSpec], mentioned: &str) -> Result<TokenStr
             Relayout::Logical => quote!(Logical),
             Relayout::PlainInput => quote!(PlainInput),
             Relayout::BackwardData => quote!(BackwardData),
-            Relayout::Winograd => quote!(Winograd),
+            Relayout::Winograd(m) => {
+                let m = proc_macro2::Literal::usize_unsuffixed(m);
+                quote!(Winograd(#m))
+            }
         };
         quote!(super::Derived { param: #param, kind: super::Relayout::#kind, offset: #offset, len: #len })
     });

@@ -23,7 +23,7 @@ use quote::quote;
 #[derive(Clone, Copy, Debug)]
 pub enum KPlan {
     Conv { shape: ConvShape, epi: Epilogue },
-    Winograd { shape: ConvShape, epi: Epilogue },
+    Winograd { shape: ConvShape, m: usize, epi: Epilogue },
     PlainConv { shape: ConvShape, epi: Epilogue, out: Layout },
     Depthwise { shape: ConvShape, epi: Epilogue },
     Pool { c: usize, hw: [usize; 2], kind: PoolKind, win: PoolWindow, layout: Layout },
@@ -39,7 +39,9 @@ impl KPlan {
         let with_n = |s: &ConvShape| ConvShape { n, ..*s };
         Ok(match *self {
             KPlan::Conv { shape, epi } => ConvPlan::new(with_n(&shape), epi, cpu, threads)?.scratch_len(threads),
-            KPlan::Winograd { shape, epi } => WinoPlan::new(with_n(&shape), epi, cpu, threads)?.scratch_len(threads),
+            KPlan::Winograd { shape, m, epi } => {
+                WinoPlan::new(with_n(&shape), m, epi, cpu, threads)?.scratch_len(threads)
+            }
             KPlan::PlainConv { shape, epi, out } => {
                 PlainConvPlan::new(with_n(&shape), epi, out, cpu, threads)?.scratch_len(threads)
             }
@@ -86,9 +88,9 @@ impl KPlan {
                 let (s, e) = (conv_shape(shape), epilogue(epi));
                 quote!(k::conv::ConvPlan::new(#s, #e, cpu, threads))
             }
-            KPlan::Winograd { shape, epi } => {
-                let (s, e) = (conv_shape(shape), epilogue(epi));
-                quote!(k::winograd::WinoPlan::new(#s, #e, cpu, threads))
+            KPlan::Winograd { shape, m, epi } => {
+                let (s, m, e) = (conv_shape(shape), lit(*m), epilogue(epi));
+                quote!(k::winograd::WinoPlan::new(#s, #m, #e, cpu, threads))
             }
             KPlan::PlainConv { shape, epi, out } => {
                 let (s, e, l) = (conv_shape(shape), epilogue(epi), layout(*out));

@@ -22,8 +22,9 @@
 //! `depth_first` counts the nodes, from the first, that run image by image at batch > 1
 //! (`cnnc_jit::Options::depth_first_bytes`); the table says so under the compile line.
 //!
-//! `lowering` says which code runs a convolution or matrix product (`kernels`, `dot`, `tiles`,
-//! or `loops`, the general scalar loops, correct but slow); null for other layers.
+//! `lowering` says which code runs a convolution or matrix product (`kernels`, `winograd4x4` or
+//! `winograd2x2`, `dot`, `tiles`, or `loops`, the general scalar loops, correct but slow); null
+//! for other layers.
 //! `min_ms` is the fastest run (per layer and whole): on a machine shared with other work the
 //! median counts the runs other processes held the cores up, the fastest is the code's own
 //! speed. `others_pct` is how much of the CPUs other processes used while the runs were timed
@@ -54,6 +55,8 @@ pub struct BenchOptions {
     pub seed: u64,
     /// Waits at most this long, before timing, for other processes to leave the CPUs idle.
     pub wait_idle: Option<Duration>,
+    /// Whether 3x3 layers may run as Winograd (`cnnc_jit::Options::winograd`).
+    pub winograd: bool,
 }
 
 /// The time the whole runs take when the number of rounds is not given (the step-by-step
@@ -91,7 +94,7 @@ pub fn bench(graph: &Graph, options: &BenchOptions, cancel: Option<&Cancel>) -> 
     // the graph alone.
     let opt = optimize(graph, None, Pass::ALL, mode).map_err(ExecError::Passes)?;
     let passes_ms = start.elapsed().as_secs_f64() * 1e3;
-    let mut jit = cnnc_jit::Options::new(options.batch).with_mode(options.mode);
+    let mut jit = cnnc_jit::Options::new(options.batch).with_mode(options.mode).with_winograd(options.winograd);
     if let Some(threads) = options.threads {
         jit = jit.with_threads(threads);
     }
@@ -205,8 +208,9 @@ pub fn bench_table(b: &BenchOutcome) -> String {
     ));
     let width = r.layers.iter().map(|l| l.name.len()).max().unwrap_or(5).max(5);
     let op_width = r.layers.iter().map(|l| l.op.len()).max().unwrap_or(2).max(2);
+    let code_width = r.layers.iter().filter_map(|l| l.lowering.map(|c| c.keyword().len())).max().unwrap_or(4).max(7);
     out.push_str(&format!(
-        "{:<width$}  {:<op_width$}  {:<7}  {:>10}  {:>9}  {:>7}\n",
+        "{:<width$}  {:<op_width$}  {:<code_width$}  {:>10}  {:>9}  {:>7}\n",
         "layer", "op", "code", "ms", "GFLOP/s", "% peak"
     ));
     for l in &r.layers {
@@ -217,7 +221,7 @@ pub fn bench_table(b: &BenchOutcome) -> String {
         };
         let code = l.lowering.map_or("-", |c| c.keyword());
         out.push_str(&format!(
-            "{:<width$}  {:<op_width$}  {code:<7}  {:>10.4}  {gflops:>9}  {pct:>7}\n",
+            "{:<width$}  {:<op_width$}  {code:<code_width$}  {:>10.4}  {gflops:>9}  {pct:>7}\n",
             l.name, l.op, l.median_ms
         ));
     }
@@ -241,9 +245,9 @@ pub fn bench_table(b: &BenchOutcome) -> String {
     }
     if r.layers.iter().any(|l| l.flops > 0.0 && l.gflops > r.peak_gflops) {
         out.push_str(
-            "note: GFLOP/s count every multiply-add of each layer's kernel, as model summaries do; a layer above the \
-             peak skips some of them (kernel taps that meet only padding, as on 1x1 and 2x2 maps), or the cached peak \
-             was measured low (delete the cache file to measure it again)\n",
+            "note: GFLOP/s count every multiply-add of each layer's direct convolution, as model summaries do; a \
+             layer above the peak computes fewer (Winograd's products, or kernel taps that meet only padding, as on \
+             1x1 and 2x2 maps), or the cached peak was measured low (delete the cache file to measure it again)\n",
         );
     }
     out

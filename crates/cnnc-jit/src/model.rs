@@ -352,7 +352,7 @@ impl CompiledModel {
             let dst = buf.f32s_mut(0, n);
             match r.kind {
                 RepackKind::PlainInput => cnnc_kernels::pack::pack_plain_input(&ws, &src, dst),
-                RepackKind::Winograd => cnnc_kernels::winograd::transform_weights(s, &src, dst),
+                RepackKind::Winograd(m) => cnnc_kernels::winograd::transform_weights(s, m, &src, dst),
             }
             .map_err(|e| JitError::Param { name: r.param.clone(), message: e.to_string() })?;
         }

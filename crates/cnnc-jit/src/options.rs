@@ -56,10 +56,10 @@ pub struct Options {
     /// [`DEPTH_FIRST_BYTES`] by default; `u64::MAX` runs every node on the whole batch, 0 runs
     /// as many nodes depth first as can be.
     pub depth_first_bytes: u64,
-    /// Run 3x3 stride-1 convolutions whose weights no step updates as Winograd F(2x2, 3x3)
-    /// where `cnnc_kernels::winograd::preferred` says it pays (native mode; 1.6-1.9 times the
-    /// direct kernel's speed on ResNet-50's 3x3 layers). Its sums are grouped differently
-    /// from the direct convolution's (the same accuracy, other rounding). On by default.
+    /// Run 3x3 stride-1 convolutions whose weights no step updates as Winograd F(2x2, 3x3) or
+    /// F(4x4, 3x3) where `cnnc_kernels::winograd::preferred` says it pays (native mode). Its
+    /// sums are grouped differently from the direct convolution's (F(4x4, 3x3) loses about a
+    /// decimal digit). On by default.
     pub winograd: bool,
 }
 

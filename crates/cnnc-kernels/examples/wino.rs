@@ -1,4 +1,5 @@
-//! Compares the direct convolution with Winograd F(2x2, 3x3) (and some of its splits) on one
+//! Compares the direct convolution with Winograd F(2x2, 3x3) and F(4x4, 3x3) (and some of
+//! their splits) on one
 //! 3x3 layer on the thread pool, the variants taking turns in bursts of ten runs (only runs
 //! made close together compare on a shared machine): for each its median and fastest run in
 //! effective GFLOP/s (the direct convolution's 2 x MACs over the time) and its speed against
@@ -37,21 +38,27 @@ fn main() {
     let pool = ThreadPool::global();
     let epi = Epilogue { bias: true, scale_shift: false, residual: false, act: Act::NONE };
     let direct = ConvPlan::new(shape, epi, cpu::active(), pool.threads()).unwrap();
-    let wino = WinoPlan::new(shape, epi, cpu::active(), pool.threads()).unwrap();
-    let (band, chunk) = wino.split_info();
-    let mut variants: Vec<(String, Variant)> =
-        vec![("direct".into(), Variant::Direct(direct)), (format!("winograd {band} x {chunk}"), Variant::Wino(wino))];
-    for (b, c) in [(1, usize::MAX), (2, usize::MAX), (4, usize::MAX), (usize::MAX, chunk / 2), (1, chunk / 2)] {
-        let p = wino.with_split(b, c);
-        if p.split_info() != wino.split_info()
-            && !variants.iter().any(|(_, v)| matches!(v, Variant::Wino(q) if q.split_info() == p.split_info()))
-        {
-            variants.push((format!("winograd {} x {}", p.split_info().0, p.split_info().1), Variant::Wino(p)));
+    let mut variants: Vec<(String, Variant)> = vec![("direct".into(), Variant::Direct(direct))];
+    for m in [2, 4] {
+        let wino = WinoPlan::new(shape, m, epi, cpu::active(), pool.threads()).unwrap();
+        let chunk = wino.split_info().1;
+        let name = |p: &WinoPlan| format!("F({m}x{m}) {} x {}", p.split_info().0, p.split_info().1);
+        variants.push((name(&wino), Variant::Wino(wino)));
+        for (b, c) in [(1, usize::MAX), (2, usize::MAX), (4, usize::MAX), (usize::MAX, chunk / 2), (1, chunk / 2)] {
+            let p = wino.with_split(b, c);
+            let known = |q: &WinoPlan| q.output_tile() == m && q.split_info() == p.split_info();
+            if !variants.iter().any(|(_, v)| matches!(v, Variant::Wino(q) if known(q))) {
+                variants.push((name(&p), Variant::Wino(p)));
+            }
         }
     }
     let Buffers { mut arena, weights, bias, x, y } = Buffers::new(&shape);
-    let mut u = Lines::filled(winograd::weight_len(&shape).unwrap(), 0.0);
-    winograd::transform_weights(&shape, &weights, &mut u).unwrap();
+    let transformed = |m: usize| {
+        let mut u = Lines::filled(winograd::weight_len(&shape, m).unwrap(), 0.0);
+        winograd::transform_weights(&shape, m, &weights, &mut u).unwrap();
+        u
+    };
+    let (u2, u4) = (transformed(2), transformed(4));
     let flop = 2.0 * shape.macs();
     const BURST: usize = 10;
     let mut scratch: Vec<Lines> = variants
@@ -77,7 +84,8 @@ fn main() {
                         conv_fwd::forward(pool, p, &mut arena, &layer::io(x, y, &weights, &bias), &mut scratch[i])
                     }
                     Variant::Wino(p) => {
-                        winograd::forward(pool, p, &mut arena, &layer::io(x, y, &u, &bias), &mut scratch[i])
+                        let u = if p.output_tile() == 4 { &u4 } else { &u2 };
+                        winograd::forward(pool, p, &mut arena, &layer::io(x, y, u, &bias), &mut scratch[i])
                     }
                 }
                 .unwrap();

@@ -61,7 +61,7 @@ pub unsafe extern "C" fn cnnc_conv_forward(
     unsafe { on_pool(pool, p.tasks(), scratch, p.scratch, &|t, s| super::conv_fwd::forward_task(p, a, t, s)) };
 }
 
-/// Winograd F(2x2, 3x3) convolution on blocked maps (`args.w`: the transformed weights).
+/// Winograd convolution on blocked maps (`args.w`: the transformed weights).
 ///
 /// # Safety
 /// See the module's common contract ([`super::winograd::forward_task`]'s preconditions).

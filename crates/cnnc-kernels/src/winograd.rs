@@ -1,19 +1,21 @@
-//! Winograd convolution F(2x2, 3x3) forward on blocked maps: 3x3, stride 1, no dilation, one
-//! group, `nChw16c` in and out, with the fused epilogue of the direct kernel (bias, unfolded
-//! batch-norm scale and shift, residual, activation).
+//! Winograd convolution F(m x m, 3x3) forward on blocked maps, m = 2 or 4: 3x3, stride 1, no
+//! dilation, one group, `nChw16c` in and out, with the fused epilogue of the direct kernel
+//! (bias, unfolded batch-norm scale and shift, residual, activation).
 //!
-//! Each 2x2 block of outputs ("tile") is computed from the 4x4 input patch under it as
-//! `Y = A^T [ (G g G^T) . (B^T d B) ] A` (Lavin and Gray, "Fast Algorithms for Convolutional
-//! Neural Networks", 2016): 16 products per tile and channel pair instead of 36, 2.25 times
-//! fewer multiply-adds than the direct convolution. The transformed weights `U = G g G^T`
-//! (`[16 positions][ocb][icb][16 i][16 o]`, [`weight_len`] floats) are made once from the
-//! weights ([`transform_weights`]), by the back end when weights load; their coefficients are
-//! 0, +-1 and +-1/2, so the arithmetic stays as exact as the direct convolution's.
+//! Each m x m block of outputs ("tile") is computed from the (m+2) x (m+2) input patch under it
+//! as `Y = A^T [ (G g G^T) . (B^T d B) ] A` (Lavin and Gray, "Fast Algorithms for Convolutional
+//! Neural Networks", 2016): (m+2)^2 products per tile and channel pair instead of 9 m^2, 2.25
+//! times fewer multiply-adds than the direct convolution for m = 2, 4 times for m = 4. The
+//! transformed weights `U = G g G^T` (`[(m+2)^2 positions][ocb][icb][16 i][16 o]`,
+//! [`weight_len`] floats) are made once from the weights ([`transform_weights`], in f64), by
+//! the back end when weights load. F(2x2, 3x3)'s coefficients are 0, +-1 and +-1/2, as exact as
+//! the direct convolution; F(4x4, 3x3)'s reach 8 and 1/24 and cost about a decimal digit
+//! (relative errors of 1e-6 against 1e-7 on ResNet-sized sums).
 //!
 //! A task is a band of tile rows x a chunk of output-channel blocks of one image, and runs in
-//! three steps on its thread's scratch: the input transform of the band (`V`, `[16][icb][tiles]
-//! [16]`, zero outside the input, so the halo costs no branch in the products), 16 products
-//! `M[p] = V[p] . U[p]` (one per position `p`, each a batch-reduce over the input blocks run by
+//! three steps on its thread's scratch: the input transform of the band (`V`, `[pos][icb]
+//! [tiles][16]`, zero outside the input, so the halo costs no branch in the products), one
+//! product `M[p] = V[p] . U[p]` per position `p` (a batch-reduce over the input blocks run by
 //! the register tiles of `tile.rs`, the tiles being the columns), then the output transform of
 //! `M` with the epilogue, written once. The band's `V` and `M` stay in L2, and every weight
 //! vector the tiles load serves all the band's tiles.
@@ -25,9 +27,6 @@ use super::par::{Parallel, SyncPtr};
 use super::simd::{Cpu, Isa, Simd, isa_fn};
 use super::tile::{self, Out, Reduce};
 use super::view::{Layout, check_apart, check_same_or_apart, pad16};
-
-/// Positions of a transformed 4x4 tile.
-const POS: usize = 16;
 
 /// Floats a thread's `V` and `M` may take together (1.25 MiB; the products sweep them one
 /// position at a time, so they need not fit L2 whole): bands are cut to fit. On Zen 5,
@@ -55,79 +54,103 @@ pub fn applies(shape: &ConvShape) -> bool {
         && shape.out_hw().is_ok()
 }
 
-/// Whether a back end should run `shape` through Winograd rather than the direct kernel: it
-/// [`applies`], and the transformed weights (16/9 of the direct kernel's) stay under 4 MiB for
-/// maps of fewer than 14 x 14 pixels, whose few tiles reuse each weight little. Measured on Zen
-/// 5 with warm weights, 2 threads: 1.6-1.9 times the direct kernel's speed on ResNet-50's 3x3
-/// layers at 56, 28 and 14 pixels, 1.1-1.3 at 512 channels on 7 x 7, where 16 MB of weights
-/// stream from memory (and more in a model, where they are cold).
-pub fn preferred(shape: &ConvShape) -> bool {
-    let Ok([oh, ow]) = shape.out_hw() else { return false };
-    let small = oh.div_ceil(2) * ow.div_ceil(2) < 49;
+/// The output tile (2 or 4) a back end should run `shape` with through Winograd, or `None`
+/// where the direct kernel is faster: it [`applies`], and for maps of fewer than 7 x 7 tiles,
+/// whose few tiles reuse each weight little, the transformed weights of F(2x2, 3x3) (16/9 of
+/// the direct kernel's) stay under 4 MiB. Measured on Zen 5 with warm weights, 2 threads:
+/// F(2x2, 3x3) ran ResNet-50's 3x3 layers at 56, 28 and 14 pixels 1.6-1.9 times as fast as the
+/// direct kernel, 1.1-1.3 at 512 channels on 7 x 7, where 16 MB of weights stream from memory
+/// (and more in a model, where they are cold).
+pub fn preferred(shape: &ConvShape) -> Option<usize> {
+    let Ok([oh, ow]) = shape.out_hw() else { return None };
+    let tiles = |m: usize| oh.div_ceil(m) * ow.div_ceil(m);
     let blocks = shape.ic.div_ceil(16) * shape.oc.div_ceil(16);
-    applies(shape) && shape.ic >= 16 && (!small || blocks <= 256)
+    if !applies(shape) || shape.ic < 16 || (tiles(2) < 49 && blocks > 256) {
+        return None;
+    }
+    // F(4x4, 3x3) where its 36 positions' weights stay small next to the tiles that reuse
+    // them: ResNet-50's 64- and 128-channel layers at 56 and 28 pixels, not 256 at 14.
+    Some(if tiles(4) >= 49 && blocks <= 64 { 4 } else { 2 })
 }
 
-/// Floats of transformed weights: `16 x ocb x icb x 256`.
-pub fn weight_len(shape: &ConvShape) -> Result<usize, KernelError> {
-    product("winograd weights", &[POS, shape.oc.div_ceil(16), shape.ic.div_ceil(16), 256])
+/// The positions of a transformed tile for output tiles of `m x m`: `(m + 2)^2`, or an error
+/// for a tile size other than 2 and 4.
+fn positions(m: usize) -> Result<usize, KernelError> {
+    match m {
+        2 | 4 => Ok((m + 2) * (m + 2)),
+        _ => Err(KernelError::Unsupported { what: "winograd output tiles are 2x2 or 4x4" }),
+    }
 }
 
-/// `U = G g G^T` for every filter pair, from weights `w(o, i, y, x)` (a 3x3 kernel): the rows
-/// of `G` are `[1, 0, 0]`, `[1/2, 1/2, 1/2]`, `[1/2, -1/2, 1/2]`, `[0, 0, 1]`.
-fn transform_with(shape: &ConvShape, dst: &mut [f32], w: impl Fn(usize, usize, usize, usize) -> f32) {
+/// Floats of transformed weights for output tiles of `m x m`: `(m+2)^2 x ocb x icb x 256`.
+pub fn weight_len(shape: &ConvShape, m: usize) -> Result<usize, KernelError> {
+    product("winograd weights", &[positions(m)?, shape.oc.div_ceil(16), shape.ic.div_ceil(16), 256])
+}
+
+/// `G` of F(2x2, 3x3).
+const G2: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
+
+/// `G` of F(4x4, 3x3) (interpolation points 0, 1, -1, 2, -2 and infinity).
+const G4: [[f64; 3]; 6] = [
+    [1.0 / 4.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// `U = G g G^T` for every filter pair, from weights `w(o, i, y, x)` (a 3x3 kernel), in f64.
+fn transform_with(shape: &ConvShape, m: usize, dst: &mut [f32], w: impl Fn(usize, usize, usize, usize) -> f32) {
     let (ocb, icb) = (shape.oc.div_ceil(16), shape.ic.div_ceil(16));
-    const G: [[f32; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
+    let g_rows: &[[f64; 3]] = if m == 4 { &G4 } else { &G2 };
+    let t = g_rows.len();
     dst.fill(0.0);
     for o in 0..shape.oc {
         for i in 0..shape.ic {
-            let mut g = [[0f32; 3]; 3];
-            for (y, row) in g.iter_mut().enumerate() {
-                for (x, v) in row.iter_mut().enumerate() {
-                    *v = w(o, i, y, x);
-                }
-            }
-            // G g: 4 x 3.
-            let mut gg = [[0f32; 3]; 4];
-            for (r, grow) in G.iter().enumerate() {
+            let g: [[f64; 3]; 3] = core::array::from_fn(|y| core::array::from_fn(|x| f64::from(w(o, i, y, x))));
+            // G g: t x 3.
+            let mut gg = [[0f64; 3]; 6];
+            for (r, grow) in g_rows.iter().enumerate() {
                 for c in 0..3 {
                     gg[r][c] = grow[0] * g[0][c] + grow[1] * g[1][c] + grow[2] * g[2][c];
                 }
             }
-            for (r, ggrow) in gg.iter().enumerate() {
-                for (c, gcol) in G.iter().enumerate() {
+            for (r, ggrow) in gg.iter().take(t).enumerate() {
+                for (c, gcol) in g_rows.iter().enumerate() {
                     let u = ggrow[0] * gcol[0] + ggrow[1] * gcol[1] + ggrow[2] * gcol[2];
-                    let at = ((((r * 4 + c) * ocb + o / 16) * icb + i / 16) * 16 + i % 16) * 16 + o % 16;
-                    dst[at] = u;
+                    let at = ((((r * t + c) * ocb + o / 16) * icb + i / 16) * 16 + i % 16) * 16 + o % 16;
+                    dst[at] = u as f32;
                 }
             }
         }
     }
 }
 
-fn check_weights(shape: &ConvShape, src: usize, expected: usize, dst: usize) -> Result<(), KernelError> {
+fn check_weights(shape: &ConvShape, m: usize, src: usize, expected: usize, dst: usize) -> Result<(), KernelError> {
     if !applies(shape) {
         return Err(KernelError::Unsupported { what: "winograd needs a 3x3 stride-1 convolution of one group" });
     }
     check_len("weights", src, expected)?;
-    check_len("winograd weights", dst, weight_len(shape)?)
+    check_len("winograd weights", dst, weight_len(shape, m)?)
 }
 
-/// [`weight_len`] floats of transformed weights from the packed `OIhw16i16o` weights of
-/// `shape` (what the forward kernel reads).
-pub fn transform_weights(shape: &ConvShape, packed: &[f32], dst: &mut [f32]) -> Result<(), KernelError> {
-    check_weights(shape, packed.len(), packed_weight_len(shape)?, dst.len())?;
+/// [`weight_len`] floats of transformed weights for `m x m` output tiles from the packed
+/// `OIhw16i16o` weights of `shape` (what the direct kernel reads).
+pub fn transform_weights(shape: &ConvShape, m: usize, packed: &[f32], dst: &mut [f32]) -> Result<(), KernelError> {
+    check_weights(shape, m, packed.len(), packed_weight_len(shape)?, dst.len())?;
     let icb = shape.ic.div_ceil(16);
-    transform_with(shape, dst, |o, i, y, x| {
+    transform_with(shape, m, dst, |o, i, y, x| {
         packed[((((o / 16) * icb + i / 16) * 3 + y) * 3 + x) * 256 + (i % 16) * 16 + o % 16]
     });
     Ok(())
 }
 
-/// [`weight_len`] floats of transformed weights from PyTorch's `oihw` weights of `shape`.
-pub fn transform_plain_weights(shape: &ConvShape, oihw: &[f32], dst: &mut [f32]) -> Result<(), KernelError> {
-    check_weights(shape, oihw.len(), product("weights", &[shape.oc, shape.ic, 9])?, dst.len())?;
-    transform_with(shape, dst, |o, i, y, x| oihw[((o * shape.ic + i) * 3 + y) * 3 + x]);
+/// [`weight_len`] floats of transformed weights for `m x m` output tiles from PyTorch's
+/// `oihw` weights of `shape`.
+pub fn transform_plain_weights(shape: &ConvShape, m: usize, oihw: &[f32], dst: &mut [f32]) -> Result<(), KernelError> {
+    check_weights(shape, m, oihw.len(), product("weights", &[shape.oc, shape.ic, 9])?, dst.len())?;
+    transform_with(shape, m, dst, |o, i, y, x| oihw[((o * shape.ic + i) * 3 + y) * 3 + x]);
     Ok(())
 }
 
@@ -143,7 +166,10 @@ pub struct WinoPlan {
     pub(crate) ow: usize,
     pub(crate) icb: usize,
     pub(crate) ocb: usize,
-    /// Tile rows and columns: `ceil(oh / 2) x ceil(ow / 2)`.
+    /// Output tiles of `m x m` pixels (2 or 4) and the positions of a transformed tile.
+    pub(crate) m: usize,
+    pub(crate) pos: usize,
+    /// Tile rows and columns: `ceil(oh / m) x ceil(ow / m)`.
     pub(crate) th: usize,
     pub(crate) tw: usize,
     /// Blocks per register tile and its widest width (in tiles).
@@ -160,8 +186,16 @@ pub struct WinoPlan {
 }
 
 impl WinoPlan {
-    /// Checks the shape and chooses tiles and tasks for `threads` threads.
-    pub fn new(shape: ConvShape, epilogue: Epilogue, cpu: Cpu, threads: usize) -> Result<WinoPlan, KernelError> {
+    /// Checks the shape and chooses tiles and tasks for `threads` threads, with output tiles of
+    /// `m x m` pixels (2 or 4; [`preferred`] says which).
+    pub fn new(
+        shape: ConvShape,
+        m: usize,
+        epilogue: Epilogue,
+        cpu: Cpu,
+        threads: usize,
+    ) -> Result<WinoPlan, KernelError> {
+        let pos = positions(m)?;
         if !applies(&shape) {
             return Err(KernelError::Unsupported { what: "winograd needs a 3x3 stride-1 convolution of one group" });
         }
@@ -169,11 +203,11 @@ impl WinoPlan {
             return Err(KernelError::Shape { what: "activation parameters" });
         }
         let [oh, ow] = shape.out_hw()?;
-        weight_len(&shape)?;
+        weight_len(&shape, m)?;
         product("tensor", &[shape.n, pad16(shape.ic), shape.ih, shape.iw])?;
         product("tensor", &[shape.n, pad16(shape.oc), oh, ow])?;
         let (icb, ocb) = (shape.ic.div_ceil(16), shape.oc.div_ceil(16));
-        let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+        let (th, tw) = (oh.div_ceil(m), ow.div_ceil(m));
         let set = &tile::tiles(cpu.isa()).a16;
         let (k, nw) = choose_tile(set, ocb, tw.max(MIN_TILES.min(th * tw)));
         let plan = WinoPlan {
@@ -184,6 +218,8 @@ impl WinoPlan {
             ow,
             icb,
             ocb,
+            m,
+            pos,
             th,
             tw,
             k,
@@ -228,7 +264,7 @@ impl WinoPlan {
 
     /// Scratch floats of a task of `band` tile rows and `chunk` blocks.
     fn floats(&self, band: usize, chunk: usize) -> usize {
-        POS * (self.icb + chunk) * band * self.tw * 16
+        self.pos * (self.icb + chunk) * band * self.tw * 16
     }
 
     /// The same plan with `band` tile rows and `oc_chunk` blocks per task (clamped; the blocks
@@ -265,7 +301,11 @@ impl WinoPlan {
     pub fn tasks(&self) -> usize {
         self.tasks
     }
-    /// Blocks per register tile and its widest width, in 2x2 tiles.
+    /// Output tiles of `m x m` pixels.
+    pub fn output_tile(&self) -> usize {
+        self.m
+    }
+    /// Blocks per register tile and its widest width, in output tiles.
     pub fn tile(&self) -> (usize, usize) {
         (self.k, self.nw)
     }
@@ -276,7 +316,7 @@ impl WinoPlan {
     /// Multiply-adds one run computes (the products only; the direct convolution's count is
     /// [`ConvShape::macs`]).
     pub fn macs(&self) -> f64 {
-        (self.shape.n * POS * self.th * self.tw) as f64 * (self.icb * self.ocb * 256) as f64
+        (self.shape.n * self.pos * self.th * self.tw) as f64 * (self.icb * self.ocb * 256) as f64
     }
 }
 
@@ -298,7 +338,7 @@ pub fn forward(
     io.y.expect("output", [s.n, s.oc, plan.oh, plan.ow], Layout::NChw16c)?;
     check_apart(("output", &io.y), &[("input", &io.x)])?;
     let e = &plan.epilogue;
-    check_len("winograd weights", io.weights.len(), weight_len(s)?)?;
+    check_len("winograd weights", io.weights.len(), weight_len(s, plan.m)?)?;
     let vector = |what: &'static str, v: Option<&[f32]>, wanted: bool| -> Result<*const f32, KernelError> {
         match (v, wanted) {
             (Some(v), true) => check_len(what, v.len(), s.oc).map(|_| v.as_ptr()),
@@ -375,46 +415,110 @@ unsafe fn task_generic<S: Simd>(s: S, plan: &WinoPlan, a: &ConvArgs, task: usize
     let tiles = (ty1 - ty0) * plan.tw;
     let ob0 = oc_i * plan.oc_chunk;
     let chunk = plan.oc_chunk;
-    // V: [POS][icb][tiles][16]; M: [POS][chunk][tiles][16].
+    // V: [pos][icb][tiles][16]; M: [pos][chunk][tiles][16].
     let v = scratch;
-    let m = scratch.wrapping_add(POS * plan.icb * tiles * 16);
+    let m = scratch.wrapping_add(plan.pos * plan.icb * tiles * 16);
+    let x = a.x.wrapping_add(n * a.x_bs);
     // SAFETY: the band's tiles, the task's blocks and image are inside the plan (task < tasks);
     // V and M fit plan.scratch floats (floats() of the plan's band and chunk); the caller's
     // contract covers every operand.
     unsafe {
-        input_transform(s, plan, a.x.wrapping_add(n * a.x_bs), ty0, ty1, v);
-        products(plan, a.w, v, m, tiles, ob0);
-        output_transform(s, plan, a, n, ty0, ty1, ob0, chunk, m);
+        if plan.m == 4 {
+            input_transform::<S, 6>(s, plan, x, ty0, ty1, v);
+            products(plan, a.w, v, m, tiles, ob0);
+            output_transform::<S, 6>(s, plan, a, n, ty0, ty1, ob0, chunk, m);
+        } else {
+            input_transform::<S, 4>(s, plan, x, ty0, ty1, v);
+            products(plan, a.w, v, m, tiles, ob0);
+            output_transform::<S, 4>(s, plan, a, n, ty0, ty1, ob0, chunk, m);
+        }
     }
 }
 
-/// `V[p][ib][t] = (B^T d B)[p]` for the band's tiles `t` (tile rows `ty0..ty1`), `d` the 4x4
-/// input patch of tile `t` in block `ib`, zero outside the input. The rows of `B^T` are
-/// `[1, 0, -1, 0]`, `[0, 1, 1, 0]`, `[0, -1, 1, 0]`, `[0, 1, 0, -1]`.
+/// `B^T d` for a column `d` of `T` values (`T = m + 2`): for F(2x2, 3x3) the rows of `B^T` are
+/// `[1, 0, -1, 0]`, `[0, 1, 1, 0]`, `[0, -1, 1, 0]`, `[0, 1, 0, -1]`; for F(4x4, 3x3)
+/// `[4, 0, -5, 0, 1, 0]`, `[0, -4, -4, 1, 1, 0]`, `[0, 4, -4, -1, 1, 0]`, `[0, -2, -1, 2, 1, 0]`,
+/// `[0, 2, -1, -2, 1, 0]`, `[0, 4, 0, -5, 0, 1]`.
+#[inline(always)]
+fn bt<S: Simd, const T: usize>(s: S, d: [S::V; T]) -> [S::V; T] {
+    let mut r = [s.zero(); T];
+    if T == 4 {
+        r[0] = s.sub(d[0], d[2]);
+        r[1] = s.add(d[1], d[2]);
+        r[2] = s.sub(d[2], d[1]);
+        r[3] = s.sub(d[1], d[3]);
+    } else {
+        let (four, five, two) = (s.splat(4.0), s.splat(5.0), s.splat(2.0));
+        // Shared terms: d4 - 4 d2, d3 - 4 d1, d4 - d2, 2 (d3 - d1).
+        let a = s.fnmadd(four, d[2], d[4]);
+        let b = s.fnmadd(four, d[1], d[3]);
+        let c = s.sub(d[4], d[2]);
+        let e = s.mul(two, s.sub(d[3], d[1]));
+        r[0] = s.fnmadd(five, d[2], s.fmadd(four, d[0], d[4]));
+        r[1] = s.add(a, b);
+        r[2] = s.sub(a, b);
+        r[3] = s.add(c, e);
+        r[4] = s.sub(c, e);
+        r[5] = s.fnmadd(five, d[3], s.fmadd(four, d[1], d[5]));
+    }
+    r
+}
+
+/// `A^T m` for a column `m` of `T` values, its first `T - 2` entries: for F(2x2, 3x3) the rows
+/// of `A^T` are `[1, 1, 1, 0]`, `[0, 1, -1, -1]`; for F(4x4, 3x3) `[1, 1, 1, 1, 1, 0]`,
+/// `[0, 1, -1, 2, -2, 0]`, `[0, 1, 1, 4, 4, 0]`, `[0, 1, -1, 8, -8, 1]`.
+#[inline(always)]
+fn at<S: Simd, const T: usize>(s: S, m: [S::V; T]) -> [S::V; 4] {
+    let mut y = [s.zero(); 4];
+    if T == 4 {
+        y[0] = s.add(s.add(m[0], m[1]), m[2]);
+        y[1] = s.sub(s.sub(m[1], m[2]), m[3]);
+    } else {
+        let (p12, m12) = (s.add(m[1], m[2]), s.sub(m[1], m[2]));
+        let (p34, m34) = (s.add(m[3], m[4]), s.sub(m[3], m[4]));
+        y[0] = s.add(s.add(m[0], p12), p34);
+        y[1] = s.fmadd(s.splat(2.0), m34, m12);
+        y[2] = s.fmadd(s.splat(4.0), p34, p12);
+        y[3] = s.add(s.fmadd(s.splat(8.0), m34, m12), m[5]);
+    }
+    y
+}
+
+/// `V[p][ib][t] = (B^T d B)[p]` for the band's tiles `t` (tile rows `ty0..ty1`), `d` the
+/// `T x T` input patch of tile `t` in block `ib`, zero outside the input (see [`bt`]).
 ///
 /// # Safety
-/// `x` is one image of the plan's input; `v` holds `POS x icb x tiles x 16` floats.
-// The column index addresses the same column of four row vectors.
+/// `x` is one image of the plan's input; `v` holds `pos x icb x tiles x 16` floats; `T` is
+/// the plan's `m + 2`.
+// The column index addresses the same column of several row vectors.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn input_transform<S: Simd>(s: S, plan: &WinoPlan, x: *const f32, ty0: usize, ty1: usize, v: *mut f32) {
+unsafe fn input_transform<S: Simd, const T: usize>(
+    s: S,
+    plan: &WinoPlan,
+    x: *const f32,
+    ty0: usize,
+    ty1: usize,
+    v: *mut f32,
+) {
     let sh = &plan.shape;
     let tiles = (ty1 - ty0) * plan.tw;
     let pos_stride = plan.icb * tiles * 16;
     let (ih, iw) = (sh.ih as isize, sh.iw as isize);
     let (ph, pw) = (sh.pad[0] as isize, sh.pad[1] as isize);
+    let m = plan.m as isize;
     for ib in 0..plan.icb {
         let plane = x.wrapping_add(ib * sh.ih * sh.iw * 16);
         for ty in ty0..ty1 {
-            let iy0 = 2 * ty as isize - ph;
+            let iy0 = m * ty as isize - ph;
             for tx in 0..plan.tw {
-                let ix0 = 2 * tx as isize - pw;
+                let ix0 = m * tx as isize - pw;
                 let t = (ty - ty0) * plan.tw + tx;
-                // Rows of B^T d, one column of d at a time.
-                let mut r = [[s.zero(); 4]; 4];
-                for c in 0..4 {
+                // Rows of B^T d, one column of d at a time: r[i][c].
+                let mut r = [[s.zero(); T]; T];
+                for c in 0..T {
                     let ix = ix0 + c as isize;
-                    let mut d = [s.zero(); 4];
+                    let mut d = [s.zero(); T];
                     if ix >= 0 && ix < iw {
                         for (j, dj) in d.iter_mut().enumerate() {
                             let iy = iy0 + j as isize;
@@ -424,19 +528,17 @@ unsafe fn input_transform<S: Simd>(s: S, plan: &WinoPlan, x: *const f32, ty0: us
                             }
                         }
                     }
-                    r[0][c] = s.sub(d[0], d[2]);
-                    r[1][c] = s.add(d[1], d[2]);
-                    r[2][c] = s.sub(d[2], d[1]);
-                    r[3][c] = s.sub(d[1], d[3]);
+                    let col = bt(s, d);
+                    for i in 0..T {
+                        r[i][c] = col[i];
+                    }
                 }
-                // (B^T d) B: the same combination of columns.
+                // (B^T d) B: the same combination of each row's columns.
                 let out = v.wrapping_add((ib * tiles + t) * 16);
-                for (i, row) in r.iter().enumerate() {
-                    let q =
-                        [s.sub(row[0], row[2]), s.add(row[1], row[2]), s.sub(row[2], row[1]), s.sub(row[1], row[3])];
-                    for (j, qj) in q.into_iter().enumerate() {
-                        // SAFETY: position i*4+j, block ib, tile t are inside V.
-                        unsafe { s.store(out.add((i * 4 + j) * pos_stride), qj) };
+                for (i, row) in r.into_iter().enumerate() {
+                    for (j, q) in bt(s, row).into_iter().enumerate() {
+                        // SAFETY: position i*T+j, block ib, tile t are inside V.
+                        unsafe { s.store(out.add((i * T + j) * pos_stride), q) };
                     }
                 }
             }
@@ -471,15 +573,15 @@ unsafe fn products(plan: &WinoPlan, w: *const f32, v: *const f32, m: *mut f32, t
     // weights of more than L2 come from memory, the tiles of a group prefetch the next group's,
     // each its share of the lines of every block (ResNet-50's layer3, 4 MiB of weights: 0.40
     // -> 0.35 ms a layer; no gain for layer2's 1 MiB, which L2 and L3 hold).
-    let prefetch = plan.icb * plan.ocb * POS * 256 * 4 >= PREFETCH_BYTES;
+    let prefetch = plan.icb * plan.ocb * plan.pos * 256 * 4 >= PREFETCH_BYTES;
     let lines = plan.icb * 16;
     let share = lines.div_ceil(ntiles);
-    for p in 0..POS {
+    for p in 0..plan.pos {
         let vp = v.wrapping_add(p * plan.icb * tiles * 16);
         let mp = m.wrapping_add(p * chunk * tiles * 16);
         for b in (0..chunk).step_by(plan.k) {
             let wb = w.wrapping_add(u(p, ob0 + b));
-            let next = match (b + plan.k < chunk, p + 1 < POS) {
+            let next = match (b + plan.k < chunk, p + 1 < plan.pos) {
                 (true, _) => Some(u(p, ob0 + b + plan.k)),
                 (false, true) => Some(u(p + 1, ob0)),
                 (false, false) => None,
@@ -506,16 +608,16 @@ unsafe fn products(plan: &WinoPlan, w: *const f32, v: *const f32, m: *mut f32, t
     }
 }
 
-/// The output transform `Y = A^T M A` of the task's tiles and blocks (rows of `A^T`:
-/// `[1, 1, 1, 0]`, `[0, 1, -1, -1]`), with the epilogue, written where the tile lies inside
-/// the output.
+/// The output transform `Y = A^T M A` of the task's tiles and blocks (see [`at`]), with the
+/// epilogue, written where the tile lies inside the output.
 ///
 /// # Safety
-/// `m` as [`task_generic`] lays it out; the caller's contract for `a`.
-// The column index addresses the same column of two row vectors.
+/// `m` as [`task_generic`] lays it out; the caller's contract for `a`; `T` is the plan's
+/// `m + 2`.
+// The column index addresses the same column of several row vectors.
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn output_transform<S: Simd>(
+unsafe fn output_transform<S: Simd, const T: usize>(
     s: S,
     plan: &WinoPlan,
     a: &ConvArgs,
@@ -532,6 +634,7 @@ unsafe fn output_transform<S: Simd>(
     let plane = plan.oh * plan.ow * 16;
     let y = a.y.wrapping_add(n * a.y_bs);
     let res = a.res.wrapping_add(n * a.res_bs);
+    let mt = plan.m;
     for b in 0..chunk {
         let ob = ob0 + b;
         let vec_of = |p: *const f32| {
@@ -548,23 +651,25 @@ unsafe fn output_transform<S: Simd>(
         for ty in ty0..ty1 {
             for tx in 0..plan.tw {
                 let t = (ty - ty0) * plan.tw + tx;
-                let at = m.wrapping_add((b * tiles + t) * 16);
+                let at_t = m.wrapping_add((b * tiles + t) * 16);
                 // A^T M, one column of M at a time: r[i][c].
-                let mut r = [[s.zero(); 4]; 2];
-                for c in 0..4 {
-                    // SAFETY: positions j*4+c of tile t, block b, are inside M.
-                    let col: [S::V; 4] = core::array::from_fn(|j| unsafe { s.load(at.add((j * 4 + c) * pos_stride)) });
-                    r[0][c] = s.add(s.add(col[0], col[1]), col[2]);
-                    r[1][c] = s.sub(s.sub(col[1], col[2]), col[3]);
+                let mut r = [[s.zero(); T]; 4];
+                for c in 0..T {
+                    // SAFETY: positions j*T+c of tile t, block b, are inside M.
+                    let col: [S::V; T] =
+                        core::array::from_fn(|j| unsafe { s.load(at_t.add((j * T + c) * pos_stride)) });
+                    let rows = at(s, col);
+                    for i in 0..mt {
+                        r[i][c] = rows[i];
+                    }
                 }
-                for (i, row) in r.iter().enumerate() {
-                    let oy = 2 * ty + i;
+                for (i, row) in r.into_iter().take(mt).enumerate() {
+                    let oy = mt * ty + i;
                     if oy >= plan.oh {
                         continue;
                     }
-                    let out = [s.add(s.add(row[0], row[1]), row[2]), s.sub(s.sub(row[1], row[2]), row[3])];
-                    for (j, mut val) in out.into_iter().enumerate() {
-                        let ox = 2 * tx + j;
+                    for (j, mut val) in at(s, row).into_iter().take(mt).enumerate() {
+                        let ox = mt * tx + j;
                         if ox >= plan.ow {
                             continue;
                         }

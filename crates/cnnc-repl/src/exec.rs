@@ -90,6 +90,7 @@ pub fn bench(session: &mut Session, args: &[&str], io: &mut dyn Io) -> Status {
             rounds: Some(rounds),
             seed: SEED,
             wait_idle: None,
+            winograd: true,
         };
         let outcome = cnnc_driver::bench::bench(&graph, &options, Some(&session.cancel))?;
         io.out(&cnnc_driver::bench::bench_table(&outcome));

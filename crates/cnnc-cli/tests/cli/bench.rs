@@ -126,6 +126,21 @@ fn portable_mode_and_training_steps() {
     assert!(ops.iter().any(|o| o.contains("sgd") || o.contains("update")), "{ops:?}");
 }
 
+/// All-CNN-C's 3x3 layers run as Winograd (its 96-channel layer at 32 x 32 on 4x4 tiles), none
+/// with `--no-winograd`.
+#[test]
+fn winograd_layers_are_named_and_can_be_turned_off() {
+    let dir = cache("winograd");
+    let codes = |args: &[&str]| -> Vec<String> {
+        let v = json(&bench(&dir, args));
+        v["layers"].as_array().unwrap().iter().filter_map(|l| l["lowering"].as_str().map(String::from)).collect()
+    };
+    let with = codes(&["examples/allcnnc.cnn", "--iters", "1", "--json"]);
+    assert!(with.iter().any(|c| c == "winograd4x4") && with.iter().any(|c| c == "winograd2x2"), "{with:?}");
+    let without = codes(&["examples/allcnnc.cnn", "--iters", "1", "--json", "--no-winograd"]);
+    assert!(!without.is_empty() && without.iter().all(|c| !c.starts_with("winograd")), "{without:?}");
+}
+
 #[test]
 fn the_table_names_every_layer_and_the_whole() {
     let dir = cache("table");

@@ -41,7 +41,8 @@ pub fn conv_shape(conv: &Conv, c: usize, h: usize, w: usize) -> ConvShape {
 /// Which kernel runs a convolution.
 enum Kernel {
     Blocked,
-    Winograd,
+    /// Winograd with output tiles of this size.
+    Winograd(usize),
     Plain,
     Depthwise,
     Generic,
@@ -74,30 +75,32 @@ pub fn forward(
     let plan_ok = |p: KPlan| p.check(1, cnnc_kernels::simd::Cpu::PORTABLE, 1).is_ok();
     // Winograd for inference where it pays (a training step would transform the weights
     // again before every step).
-    let winograd =
-        !g.training && cnnc_kernels::winograd::preferred(&shape) && plan_ok(KPlan::Winograd { shape, epi: kepi });
-    let kernel = match layout {
-        Some(WeightLayout::OIhw16i16o) if blocked && winograd => Kernel::Winograd,
-        Some(WeightLayout::OIhw16i16o | WeightLayout::GOIhw16i16o | WeightLayout::OI16i16o)
-            if blocked && plan_ok(KPlan::Conv { shape, epi: kepi }) =>
-        {
-            Kernel::Blocked
-        }
-        Some(WeightLayout::Goihw16g)
-            if blocked
-                && conv.groups == x.c
-                && conv.out_channels == x.c
-                && plan_ok(KPlan::Depthwise { shape, epi: kepi }) =>
-        {
-            Kernel::Depthwise
-        }
-        _ if !blocked
-            && conv.groups == 1
-            && plan_ok(KPlan::PlainConv { shape, epi: kepi, out: kernel_layout(y.layout) }) =>
-        {
-            Kernel::Plain
-        }
-        _ => Kernel::Generic,
+    let winograd = cnnc_kernels::winograd::preferred(&shape)
+        .filter(|&m| !g.training && plan_ok(KPlan::Winograd { shape, m, epi: kepi }));
+    let kernel = match (layout, winograd) {
+        (Some(WeightLayout::OIhw16i16o), Some(m)) if blocked => Kernel::Winograd(m),
+        _ => match layout {
+            Some(WeightLayout::OIhw16i16o | WeightLayout::GOIhw16i16o | WeightLayout::OI16i16o)
+                if blocked && plan_ok(KPlan::Conv { shape, epi: kepi }) =>
+            {
+                Kernel::Blocked
+            }
+            Some(WeightLayout::Goihw16g)
+                if blocked
+                    && conv.groups == x.c
+                    && conv.out_channels == x.c
+                    && plan_ok(KPlan::Depthwise { shape, epi: kepi }) =>
+            {
+                Kernel::Depthwise
+            }
+            _ if !blocked
+                && conv.groups == 1
+                && plan_ok(KPlan::PlainConv { shape, epi: kepi, out: kernel_layout(y.layout) }) =>
+            {
+                Kernel::Plain
+            }
+            _ => Kernel::Generic,
+        },
     };
     let xv = g.view(node.inputs[0])?;
     let yv = g.view(id)?;
@@ -133,9 +136,9 @@ pub fn forward(
             let plan = g.kernel_plan(id, "", KPlan::Conv { shape, epi: kepi })?;
             call(g.param(&w_name)?, quote!(k::conv_fwd::forward), plan)
         }
-        Kernel::Winograd => {
-            let plan = g.kernel_plan(id, "", KPlan::Winograd { shape, epi: kepi })?;
-            let w = g.derived(&w_name, Relayout::Winograd)?;
+        Kernel::Winograd(m) => {
+            let plan = g.kernel_plan(id, "", KPlan::Winograd { shape, m, epi: kepi })?;
+            let w = g.derived(&w_name, Relayout::Winograd(m))?;
             call(w, quote!(k::winograd::forward), plan)
         }
         Kernel::Depthwise => {

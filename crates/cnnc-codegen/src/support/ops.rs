@@ -397,8 +397,8 @@ pub enum Relayout {
     PlainInput,
     /// `gIOhw16o16i` with the kernel rotated (blocked backward-data).
     BackwardData,
-    /// Winograd's transformed weights of a 3x3 convolution.
-    Winograd,
+    /// Winograd's transformed weights of a 3x3 convolution, for output tiles of this size.
+    Winograd(usize),
 }
 
 // @item Derived
@@ -433,10 +433,10 @@ fn derive(
             Relayout::Logical => dst.copy_from_slice(logical),
             Relayout::PlainInput => pack::pack_plain_input(&shape, logical, dst)?,
             Relayout::BackwardData => pack::pack(&shape, pack::Blocked::BackwardData, logical, dst)?,
-            Relayout::Winograd => {
+            Relayout::Winograd(m) => {
                 // Only the channels and the kernel matter to the transform.
                 let conv = self::cnnc_kernels::conv::ConvShape::simple(1, i, [kh, kw], o, kh, 1, 1);
-                self::cnnc_kernels::winograd::transform_plain_weights(&conv, logical, dst)?
+                self::cnnc_kernels::winograd::transform_plain_weights(&conv, m, logical, dst)?
             }
         }
     }

@@ -204,8 +204,9 @@ pub(crate) struct Lx<'a> {
 pub enum Lowering {
     /// `cnnc-kernels` (native mode).
     Kernels,
-    /// `cnnc-kernels`' Winograd F(2x2, 3x3) convolution (native mode, inference).
-    Winograd,
+    /// `cnnc-kernels`' Winograd convolution with output tiles of `tile x tile` pixels (native
+    /// mode, inference).
+    Winograd { tile: usize },
     /// Vectorised dot products in Cranelift IR (maps of one pixel: fc-shaped products).
     DotProducts,
     /// Register tiles in Cranelift IR (F32X4).
@@ -215,11 +216,12 @@ pub enum Lowering {
 }
 
 impl Lowering {
-    /// A short name for tables: `kernels`, `winograd`, `dot`, `tiles`, `loops`.
+    /// A short name for tables: `kernels`, `winograd2x2`, `winograd4x4`, `dot`, `tiles`, `loops`.
     pub fn keyword(self) -> &'static str {
         match self {
             Lowering::Kernels => "kernels",
-            Lowering::Winograd => "winograd",
+            Lowering::Winograd { tile: 2 } => "winograd2x2",
+            Lowering::Winograd { .. } => "winograd4x4",
             Lowering::DotProducts => "dot",
             Lowering::Tiles => "tiles",
             Lowering::Loops => "loops",
@@ -290,8 +292,9 @@ pub(crate) struct Repack {
 pub(crate) enum RepackKind {
     /// `Oihw16o` from `oihw`, for plain-input convolutions.
     PlainInput,
-    /// Winograd's transformed weights from `OIhw16i16o` (`cnnc_kernels::winograd`).
-    Winograd,
+    /// Winograd's transformed weights for output tiles of this size from `OIhw16i16o`
+    /// (`cnnc_kernels::winograd`).
+    Winograd(usize),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -586,17 +589,22 @@ impl Lx<'_> {
         Ok(addr)
     }
 
-    /// The Winograd weights of parameter `name` (packed `OIhw16i16o` for `shape`), made
-    /// whenever weights load, one buffer per parameter. Only for parameters no step updates:
-    /// nothing would remake them after an update.
-    pub fn winograd_weights(&mut self, name: &str, shape: cnnc_kernels::conv::ConvShape) -> Result<u64, JitError> {
-        let key = format!("{name} (winograd)");
+    /// The Winograd weights for `m x m` output tiles of parameter `name` (packed `OIhw16i16o`
+    /// for `shape`), made whenever weights load, one buffer per parameter and tile size. Only
+    /// for parameters no step updates: nothing would remake them after an update.
+    pub fn winograd_weights(
+        &mut self,
+        name: &str,
+        shape: cnnc_kernels::conv::ConvShape,
+        m: usize,
+    ) -> Result<u64, JitError> {
+        let key = format!("{name} (winograd {m}x{m})");
         if let Some(&addr) = self.repacked.get(&key) {
             return Ok(addr);
         }
-        let len = cnnc_kernels::winograd::weight_len(&shape).map_err(|e| JitError::Codegen(e.to_string()))?;
+        let len = cnnc_kernels::winograd::weight_len(&shape, m).map_err(|e| JitError::Codegen(e.to_string()))?;
         let (buffer, addr) = self.buffer(len * 4)?;
-        self.repacks.push(Repack { param: name.to_string(), buffer, shape, kind: RepackKind::Winograd });
+        self.repacks.push(Repack { param: name.to_string(), buffer, shape, kind: RepackKind::Winograd(m) });
         self.repacked.insert(key, addr);
         Ok(addr)
     }

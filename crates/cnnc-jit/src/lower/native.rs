@@ -146,16 +146,16 @@ pub(crate) fn conv(lx: &mut Lx, op: &ConvForward) -> Result<Option<Lowering>, Ji
         // Winograd where it pays, on weights no step updates (inference): its transformed
         // weights are made when weights load.
         if lx.winograd
-            && winograd::preferred(&s)
+            && let Some(m) = winograd::preferred(&s)
             && !updated(lx, &wp.name)
-            && let Ok(plan) = WinoPlan::new(s, epi, cpu, lx.threads)
+            && let Ok(plan) = WinoPlan::new(s, m, epi, cpu, lx.threads)
         {
-            let u = lx.winograd_weights(&wp.name, s)?;
+            let u = lx.winograd_weights(&wp.name, s, m)?;
             let scratch = lx.scratch(plan.scratch_len(lx.threads) * 4);
             let (p, ar) = (keep(lx, plan), keep(lx, args(u)));
             let f = cnnc_kernels::ffi::cnnc_winograd_forward as *const () as u64;
             call(lx, f, &[Arg::Abs(p), Arg::Abs(ar), Arg::Aux(scratch), Arg::Abs(lx.pool)])?;
-            return Ok(Some(Lowering::Winograd));
+            return Ok(Some(Lowering::Winograd { tile: m }));
         }
         let Ok(plan) = ConvPlan::new(s, epi, cpu, lx.threads) else { return Ok(None) };
         let scratch = lx.scratch(plan.scratch_len(lx.threads) * 4);

@@ -1,5 +1,5 @@
-//! Native mode runs 3x3 stride-1 convolutions of inference plans as Winograd F(2x2, 3x3):
-//! which layers it takes (and that training and `with_winograd(false)` keep the direct
+//! Native mode runs 3x3 stride-1 convolutions of inference plans as Winograd (F(4x4, 3x3) or
+//! F(2x2, 3x3)): which layers it takes (and that training and `with_winograd(false)` keep the direct
 //! kernel), and its outputs against the interpreter, with fused bias, residual and activation,
 //! odd map sizes (tiles half outside the output), padding 0 and 1, and partial channel blocks.
 
@@ -40,7 +40,9 @@ fn forward_lowering(m: &CompiledModel, plan: &cnnc_ir::plan::Plan, name: &str) -
 
 #[test]
 fn inference_runs_3x3_layers_as_winograd_and_matches_the_interpreter() {
-    for hw in [[11, 13], [8, 8], [5, 4]] {
+    // 29 x 30 takes F(4x4, 3x3) (8 x 8 tiles, the last row and column half outside), the
+    // others F(2x2, 3x3).
+    for (hw, tile) in [([29, 30], 4), ([11, 13], 2), ([8, 8], 2), ([5, 4], 2)] {
         let g = graph(hw);
         let weights = random_weights(&g, 5);
         let plan = optimize(&g, Some(&weights), &PassOptions::all()).unwrap().plan;
@@ -51,7 +53,7 @@ fn inference_runs_3x3_layers_as_winograd_and_matches_the_interpreter() {
                 let options = Options::new(batch).with_mode(Mode::Native).with_winograd(winograd);
                 let m = CompiledModel::compile(&plan, &options).unwrap();
                 let direct = Some(Lowering::Kernels);
-                let wanted = if winograd { Some(Lowering::Winograd) } else { direct };
+                let wanted = if winograd { Some(Lowering::Winograd { tile }) } else { direct };
                 for name in ["a", "b", "c"] {
                     assert_eq!(forward_lowering(&m, &plan, name), wanted, "{name} at {hw:?}, winograd {winograd}");
                 }
@@ -71,5 +73,5 @@ fn training_keeps_the_direct_kernel() {
     let weights = random_weights(&g, 5);
     let plan = optimize_training(&g, Some(&weights), &PassOptions::all(), &sgd_step(&g)).unwrap().plan;
     let m = CompiledModel::compile(&plan, &Options::new(2).with_mode(Mode::Native)).unwrap();
-    assert!(m.lowerings().iter().all(|l| l.lowering != Lowering::Winograd), "{:?}", m.lowerings());
+    assert!(m.lowerings().iter().all(|l| !matches!(l.lowering, Lowering::Winograd { .. })), "{:?}", m.lowerings());
 }

@@ -1,5 +1,5 @@
-//! Winograd F(2x2, 3x3) forward convolution with the fused epilogue, against the interpreter,
-//! and its weight transform from both weight layouts.
+//! Winograd F(2x2, 3x3) and F(4x4, 3x3) forward convolution with the fused epilogue, against
+//! the interpreter, and its weight transform from both weight layouts.
 
 use super::conv::{EpiCase, Residual, activations, epi_case, shape_of, weight_shape};
 use super::oracle::{self, ConvCfg, Post};
@@ -64,14 +64,6 @@ fn check_winograd(cfg: ConvCfg, e: EpiCase, seed: u64) -> Result<(), String> {
     let ws = weight_shape(&cfg);
     let mut packed = vec![0.0; ws.blocked_len().unwrap()];
     pack::pack(&ws, Blocked::Forward, &w, &mut packed).unwrap();
-    let len = winograd::weight_len(&shape).map_err(|e| e.to_string())?;
-    let (mut u, mut u_plain) = (vec![0.0; len], vec![1.0; len]);
-    winograd::transform_weights(&shape, &packed, &mut u).map_err(|e| e.to_string())?;
-    winograd::transform_plain_weights(&shape, &w, &mut u_plain).map_err(|e| e.to_string())?;
-    if u != u_plain {
-        return Err(format!("{cfg:?}: the two weight transforms differ"));
-    }
-    let u = guarded(&u);
     let (bias_g, scale_g, shift_g) = (guarded(&bias), guarded(&scale), guarded(&shift));
     let epilogue = Epilogue {
         bias: e.bias,
@@ -81,9 +73,17 @@ fn check_winograd(cfg: ConvCfg, e: EpiCase, seed: u64) -> Result<(), String> {
     };
     let xb = to_blocked(&x, cfg.n, cfg.ic, ihw, 3.5);
     let rb = to_blocked(&res, cfg.n, cfg.oc, ohw, -2.0);
-    for cpu in cpus() {
+    for (m, cpu) in [2, 4].into_iter().flat_map(|m| cpus().into_iter().map(move |c| (m, c))) {
+        let len = winograd::weight_len(&shape, m).map_err(|e| e.to_string())?;
+        let (mut u, mut u_plain) = (vec![0.0; len], vec![1.0; len]);
+        winograd::transform_weights(&shape, m, &packed, &mut u).map_err(|e| e.to_string())?;
+        winograd::transform_plain_weights(&shape, m, &w, &mut u_plain).map_err(|e| e.to_string())?;
+        if u != u_plain {
+            return Err(format!("{cfg:?}: the two weight transforms differ"));
+        }
+        let u = guarded(&u);
         let par = par(seed);
-        let plan = WinoPlan::new(shape, epilogue, cpu, par.threads()).map_err(|e| e.to_string())?;
+        let plan = WinoPlan::new(shape, m, epilogue, cpu, par.threads()).map_err(|e| e.to_string())?;
         // The chosen split, one tile row and one tile's blocks a task, and whole maps.
         let units = plan.with_split(1, plan.tile().0);
         let whole = plan.with_split(usize::MAX, usize::MAX);
@@ -117,7 +117,12 @@ fn check_winograd(cfg: ConvCfg, e: EpiCase, seed: u64) -> Result<(), String> {
             winograd::forward(par, &plan, arena.buf.as_mut_slice(), &io, scratch.as_mut_slice())
                 .map_err(|e| e.to_string())?;
             let got = arena.part(yi);
-            let what = format!("{:?} {cfg:?} {e:?} tile {:?} split {:?}", cpu.isa(), plan.tile(), plan.split_info());
+            let what = format!(
+                "F({m}x{m}) {:?} {cfg:?} {e:?} tile {:?} split {:?}",
+                cpu.isa(),
+                plan.tile(),
+                plan.split_info()
+            );
             close(&what, &from_blocked(got, cfg.n, cfg.oc, ohw), &want, 1e-4)?;
             if !got.iter().all(|v| v.is_finite()) {
                 return Err(format!("{what}: a padding lane is not finite"));
@@ -164,7 +169,7 @@ fn resnet_shapes_match_interpreter() {
     }
 }
 
-/// Shapes it cannot run are refused, by the plan and by the weight transform.
+/// Shapes and tile sizes it cannot run are refused, by the plan and by the weight transform.
 #[test]
 fn refuses_what_is_not_a_3x3_stride_1_convolution() {
     let base = cfg_shape();
@@ -175,12 +180,15 @@ fn refuses_what_is_not_a_3x3_stride_1_convolution() {
     let cpu = cnnc_kernels::simd::Cpu::PORTABLE;
     for s in [strided, grouped, five, dilated] {
         assert!(!winograd::applies(&s), "{s:?}");
-        assert!(WinoPlan::new(s, Epilogue::NONE, cpu, 2).is_err(), "{s:?}");
-        assert!(winograd::transform_plain_weights(&s, &[0.0; 9 * 32 * 32], &mut [0.0; 16 * 4 * 256]).is_err());
+        assert!(WinoPlan::new(s, 2, Epilogue::NONE, cpu, 2).is_err(), "{s:?}");
+        assert!(winograd::transform_plain_weights(&s, 2, &[0.0; 9 * 32 * 32], &mut [0.0; 16 * 4 * 256]).is_err());
     }
     assert!(winograd::applies(&base));
-    let mut dst = vec![0.0; winograd::weight_len(&base).unwrap()];
-    assert!(winograd::transform_plain_weights(&base, &[0.0; 10], &mut dst).is_err(), "short weights");
+    let mut dst = vec![0.0; winograd::weight_len(&base, 2).unwrap()];
+    assert!(winograd::transform_plain_weights(&base, 2, &[0.0; 10], &mut dst).is_err(), "short weights");
+    assert!(winograd::transform_plain_weights(&base, 4, &[0.0; 9 * 32 * 32], &mut dst).is_err(), "2x2 weights for 4x4");
+    assert!(WinoPlan::new(base, 3, Epilogue::NONE, cpu, 2).is_err(), "3x3 output tiles");
+    assert!(winograd::weight_len(&base, 6).is_err(), "6x6 output tiles");
 }
 
 fn cfg_shape() -> cnnc_kernels::conv::ConvShape {
