@@ -1,12 +1,12 @@
 //! Compares the direct convolution with Winograd F(2x2, 3x3) and F(4x4, 3x3) (and some of
-//! their splits) on one
-//! 3x3 layer on the thread pool, the variants taking turns in bursts of ten runs (only runs
-//! made close together compare on a shared machine): for each its median and fastest run in
-//! effective GFLOP/s (the direct convolution's 2 x MACs over the time) and its speed against
-//! the direct plan's burst just before.
+//! their splits) on one 3x3 layer on the thread pool, the variants taking turns in bursts of
+//! ten runs (only runs made close together compare on a shared machine): for each its median
+//! and fastest run in effective GFLOP/s (the direct convolution's 2 x MACs over the time) and
+//! its speed against the direct plan's burst just before.
 //! Run with `cargo run --release -p cnnc-kernels --example wino [LAYER] [rounds]` (a round
-//! is 30 turns of each variant; layers as `common/layer.rs` names them, plus `512`:
-//! ResNet-50's layer4 3x3 at 7 x 7).
+//! is 30 turns of each variant; layers as `common/layer.rs` names them, plus `512`: ResNet-50's
+//! layer4 3x3 at 7 x 7, `g96` and `g128`: GoogLeNet's inception 3a and 3b 3x3, and VGG-16's `v256` (56 x 56),
+//! `v512b` (28 x 28) and `v512` (14 x 14)).
 
 #[path = "common/layer.rs"]
 mod layer;
@@ -32,6 +32,9 @@ fn main() {
     let shape = match which.as_str() {
         "512" => ConvShape::simple(1, 512, [7, 7], 512, 3, 1, 1),
         "v512" => ConvShape::simple(1, 512, [14, 14], 512, 3, 1, 1),
+        "v256" => ConvShape::simple(1, 256, [56, 56], 256, 3, 1, 1),
+        "g128" => ConvShape::simple(1, 128, [28, 28], 192, 3, 1, 1),
+        "v512b" => ConvShape::simple(1, 512, [28, 28], 512, 3, 1, 1),
         "g96" => ConvShape::simple(1, 96, [28, 28], 128, 3, 1, 1),
         name => layer::named(name),
     };

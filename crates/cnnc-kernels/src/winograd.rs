@@ -34,6 +34,9 @@ use super::view::{Layout, check_apart, check_same_or_apart, pad16};
 /// blocks split in two) than as two bands of half as many tiles.
 const SCRATCH_FLOATS: usize = 320 << 10;
 
+/// Bytes of transformed weights above which they come from memory in a model.
+const BIG_WEIGHTS: usize = 8 << 20;
+
 /// Tiles a band should hold at least, when the map has them: each weight vector a tile loads
 /// serves this many tiles, so the products are not bound by the weights' stream from L2/L3.
 const MIN_TILES: usize = 24;
@@ -68,9 +71,10 @@ pub fn preferred(shape: &ConvShape) -> Option<usize> {
     if !applies(shape) || shape.ic < 16 || (tiles(2) < 49 && blocks > 256) {
         return None;
     }
-    // F(4x4, 3x3) where its 36 positions' weights stay small next to the tiles that reuse
-    // them: ResNet-50's 64- and 128-channel layers at 56 and 28 pixels, not 256 at 14.
-    Some(if tiles(4) >= 49 && blocks <= 64 { 4 } else { 2 })
+    // F(4x4, 3x3) where maps have 7 x 7 of its tiles or more (1.4-1.6 times F(2x2, 3x3)'s speed
+    // on ResNet-50's, GoogLeNet's and VGG-16's layers at 28 pixels and more, 64 to 512 channels);
+    // on 14 x 14 maps (16 tiles, 30 % of them past the map) the two tie.
+    Some(if tiles(4) >= 49 { 4 } else { 2 })
 }
 
 /// The positions of a transformed tile for output tiles of `m x m`: `(m + 2)^2`, or an error
@@ -240,18 +244,29 @@ impl WinoPlan {
     /// over its tiles) and the input transform each chunk repeats.
     fn choose_split(&self, threads: usize) -> (usize, usize) {
         let units = self.ocb / self.k;
+        // Each task streams its blocks' weights once: from L2 and L3 while they fit there
+        // (about 4 tiles' work a block pair), from memory past that (cold weights in a model
+        // at about 15 GB/s a core: some 30 tiles' work). Bands of many tiles, and the scratch
+        // they need, pay off then: VGG-16's 512-channel F(4x4, 3x3) layer at 28 x 28 (37 MB of
+        // weights) ran 20 % faster as bands of 4 tile rows than of 2.
+        let weight_bytes = self.pos * self.ocb * self.icb * 1024;
+        let (reload, most_tiles, scratch_floats) = if weight_bytes > BIG_WEIGHTS {
+            (30.0, 4 * MIN_TILES, 4 * SCRATCH_FLOATS)
+        } else {
+            (4.0, 2 * MIN_TILES, SCRATCH_FLOATS)
+        };
         let mut best = (f64::INFINITY, self.th, self.ocb);
         for band in 1..=self.th {
             let n_bands = self.th.div_ceil(band);
             let tiles = band * self.tw;
-            if band > 1 && self.floats(band, self.k) > SCRATCH_FLOATS {
+            if band > 1 && self.floats(band, self.k) > scratch_floats {
                 break;
             }
             for per in (1..=units).filter(|d| units.is_multiple_of(*d)) {
                 let chunk = per * self.k;
                 let tasks = self.shape.n * n_bands * (units / per);
                 let rounds = tasks.div_ceil(threads) as f64;
-                let stream = 1.0 + 4.0 / tiles.min(MIN_TILES * 2) as f64;
+                let stream = 1.0 + reload / tiles.min(most_tiles) as f64;
                 let transform = 1.0 + 0.03 * (self.icb as f64 / chunk as f64);
                 let time = rounds * (tiles * chunk) as f64 * stream * transform;
                 if time < best.0 * 0.999 {
