@@ -262,12 +262,27 @@ fn tables(g: &Gen<'_>, specs: &[TensorSpec], mentioned: &str) -> Result<TokenStr
             Relayout::PlainInput => quote!(PlainInput),
             Relayout::BackwardData => quote!(BackwardData),
             Relayout::Winograd(m) => {
-                let m = proc_macro2::Literal::usize_unsuffixed(m);
-                quote!(Winograd(#m))
+                let f = winograd_fn(m);
+                quote!(Transformed(#f))
             }
         };
         quote!(super::Derived { param: #param, kind: super::Relayout::#kind, offset: #offset, len: #len })
     });
+    let mut tiles: Vec<usize> =
+        g.derived.iter().filter_map(|d| if let Relayout::Winograd(m) = d.kind { Some(m) } else { None }).collect();
+    tiles.sort_unstable();
+    tiles.dedup();
+    let winograd_fns = tiles.iter().map(|&m| {
+        let (f, ml) = (winograd_fn(m), lit(m));
+        let doc = format!("Winograd F({m}x{m}, 3x3)'s transformed weights of `o` 3x3 filters of `i` inputs.");
+        quote! {
+            #[doc = #doc]
+            fn #f(o: usize, i: usize, w: &[f32], dst: &mut [f32]) -> Result<(), k::error::KernelError> {
+                k::winograd::transform_plain_weights(&k::conv::ConvShape::simple(1, i, [3, 3], o, 3, 1, 1), #ml, w, dst)
+            }
+        }
+    });
+    let winograd_fns = quote!(#(#winograd_fns)*);
     let param_consts = g.params.iter().zip(&g.param_consts).filter(|(_, c)| used(c)).map(|(p, c)| {
         let (a, b) = (lit(p.offset), lit(p.offset + p.len));
         quote!(pub const #c: ::core::ops::Range<usize> = #a..#b;)
@@ -348,6 +363,7 @@ fn tables(g: &Gen<'_>, specs: &[TensorSpec], mentioned: &str) -> Result<TokenStr
         pub const PARAMS_LEN: usize = #params_len;
         /// Parameters copied into the layouts some kernels read.
         const DERIVED: &[super::Derived] = &[#(#derived),*];
+        #winograd_fns
         const DERIVED_LEN: usize = #derived_len;
         /// Floats of the largest weight in the checkpoint layout (to derive the copies).
         const LOGICAL_LEN: usize = #logical_len;
@@ -558,4 +574,9 @@ mod tests {
         let want: BTreeSet<String> = ["arena", "plans", "scratch"].into_iter().map(String::from).collect();
         assert_eq!(read, want);
     }
+}
+
+/// The name of the generated function making F(m x m, 3x3)'s weights.
+fn winograd_fn(m: usize) -> proc_macro2::Ident {
+    quote::format_ident!("winograd{m}x{m}_weights")
 }

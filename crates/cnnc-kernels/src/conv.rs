@@ -19,10 +19,10 @@
 //! directly. The copy costs about 1 % of a task's time and brings its input into cache.
 
 use super::act::Act;
-use super::error::{KernelError, product};
+use super::error::{KernelError, check_len, product};
 use super::simd::{Cpu, Isa};
 use super::tile;
-use super::view::{View, pad16};
+use super::view::{Layout, View, check_apart, check_same_or_apart, pad16};
 
 /// The shape of a convolution (cross-correlation, as PyTorch): input `n x ic x ih x iw`,
 /// `oc` filters of `ic / groups x kh x kw`, zero padding `pad` on both sides of each axis.
@@ -256,6 +256,66 @@ pub struct ConvIo<'a> {
     pub bias: Option<&'a [f32]>,
     pub scale: Option<&'a [f32]>,
     pub shift: Option<&'a [f32]>,
+}
+
+/// The raw operands of a forward convolution on blocked maps (`conv_fwd`, `depthwise`,
+/// `winograd`), after checking every one against `shape` (its output `out_hw`) and the
+/// epilogue: views inside `arena` with the shape's dimensions in `nChw16c`, the output apart
+/// from the input (the residual may be the output itself, or apart from it), `weights` floats
+/// of weights, `oc`-float epilogue vectors exactly where the epilogue has them.
+pub fn blocked_args(
+    shape: &ConvShape,
+    out_hw: [usize; 2],
+    epilogue: &Epilogue,
+    arena: &mut [f32],
+    io: &ConvIo<'_>,
+    weights: usize,
+) -> Result<ConvArgs, KernelError> {
+    let s = shape;
+    let [oh, ow] = out_hw;
+    let len = arena.len();
+    io.x.check_in("input", len)?;
+    io.y.check_in("output", len)?;
+    io.x.expect("input", [s.n, s.ic, s.ih, s.iw], Layout::NChw16c)?;
+    io.y.expect("output", [s.n, s.oc, oh, ow], Layout::NChw16c)?;
+    check_apart(("output", &io.y), &[("input", &io.x)])?;
+    check_len("weights", io.weights.len(), weights)?;
+    let vector = |what: &'static str, v: Option<&[f32]>, wanted: bool| -> Result<*const f32, KernelError> {
+        match (v, wanted) {
+            (Some(v), true) => check_len(what, v.len(), s.oc).map(|_| v.as_ptr()),
+            (None, false) => Ok(core::ptr::null()),
+            _ => Err(KernelError::View { what }),
+        }
+    };
+    let e = epilogue;
+    let (bias, scale, shift) = (
+        vector("bias", io.bias, e.bias)?,
+        vector("scale", io.scale, e.scale_shift)?,
+        vector("shift", io.shift, e.scale_shift)?,
+    );
+    let res = match (io.residual, e.residual) {
+        (Some(r), true) => {
+            r.check_in("residual", len)?;
+            r.expect("residual", [s.n, s.oc, oh, ow], Layout::NChw16c)?;
+            check_same_or_apart(("residual", &r), ("output", &io.y))?;
+            Some(r)
+        }
+        (None, false) => None,
+        _ => return Err(KernelError::View { what: "residual" }),
+    };
+    let base = arena.as_mut_ptr();
+    Ok(ConvArgs {
+        x: base.wrapping_add(io.x.offset),
+        x_bs: io.x.batch_stride,
+        w: io.weights.as_ptr(),
+        bias,
+        scale,
+        shift,
+        res: res.map_or(core::ptr::null(), |r| base.wrapping_add(r.offset)),
+        res_bs: res.map_or(0, |r| r.batch_stride),
+        y: base.wrapping_add(io.y.offset),
+        y_bs: io.y.batch_stride,
+    })
 }
 
 /// Floats of packed weights the plan reads: `groups x ocb x icb x kh x kw x 256`.

@@ -2,11 +2,10 @@
 //! [`forward_task`] with the band copy, the output rows and their tiles (see `conv.rs` for the
 //! plan and the halo strategy).
 
-use super::conv::{Band, ConvArgs, ConvIo, ConvPlan, packed_weight_len};
-use super::error::{KernelError, check_len, check_min_len};
+use super::conv::{Band, ConvArgs, ConvIo, ConvPlan, blocked_args, packed_weight_len};
+use super::error::{KernelError, check_min_len};
 use super::par::{Parallel, SyncPtr};
 use super::tile::{self, Out, Reduce};
-use super::view::{Layout, check_apart, check_same_or_apart};
 
 /// Runs a forward convolution on `par`'s threads after checking every operand against the
 /// plan: views inside `arena` with the plan's dimensions and layout, the output apart from the
@@ -19,49 +18,9 @@ pub fn forward(
     io: &ConvIo<'_>,
     scratch: &mut [f32],
 ) -> Result<(), KernelError> {
-    let s = &plan.shape;
-    let len = arena.len();
-    io.x.check_in("input", len)?;
-    io.y.check_in("output", len)?;
-    io.x.expect("input", [s.n, s.ic, s.ih, s.iw], Layout::NChw16c)?;
-    io.y.expect("output", [s.n, s.oc, plan.oh, plan.ow], Layout::NChw16c)?;
-    check_apart(("output", &io.y), &[("input", &io.x)])?;
-    let e = &plan.epilogue;
-    check_len("weights", io.weights.len(), packed_weight_len(s)?)?;
-    let vector = |what: &'static str, v: Option<&[f32]>, wanted: bool| -> Result<*const f32, KernelError> {
-        match (v, wanted) {
-            (Some(v), true) => check_len(what, v.len(), s.oc).map(|_| v.as_ptr()),
-            (None, false) => Ok(core::ptr::null()),
-            _ => Err(KernelError::View { what }),
-        }
-    };
-    let bias = vector("bias", io.bias, e.bias)?;
-    let scale = vector("scale", io.scale, e.scale_shift)?;
-    let shift = vector("shift", io.shift, e.scale_shift)?;
-    let (res_off, res_bs) = match (io.residual, e.residual) {
-        (Some(r), true) => {
-            r.check_in("residual", len)?;
-            r.expect("residual", [s.n, s.oc, plan.oh, plan.ow], Layout::NChw16c)?;
-            check_same_or_apart(("residual", &r), ("output", &io.y))?;
-            (r.offset, r.batch_stride)
-        }
-        (None, false) => (0, 0),
-        _ => return Err(KernelError::View { what: "residual" }),
-    };
+    let weights = packed_weight_len(&plan.shape)?;
+    let args = blocked_args(&plan.shape, [plan.oh, plan.ow], &plan.epilogue, arena, io, weights)?;
     check_min_len("scratch", scratch.len(), plan.scratch_len(par.threads()))?;
-    let base = arena.as_mut_ptr();
-    let args = ConvArgs {
-        x: base.wrapping_add(io.x.offset),
-        x_bs: io.x.batch_stride,
-        w: io.weights.as_ptr(),
-        bias,
-        scale,
-        shift,
-        res: if e.residual { base.wrapping_add(res_off) } else { core::ptr::null() },
-        res_bs,
-        y: base.wrapping_add(io.y.offset),
-        y_bs: io.y.batch_stride,
-    };
     let scratch = SyncPtr(scratch.as_mut_ptr());
     let per = plan.scratch;
     par.run(plan.tasks, &|task, thread| {

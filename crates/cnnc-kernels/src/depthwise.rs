@@ -7,12 +7,12 @@
 //! input vector per pixel and tap (one load per FMA: the layer is bound by the load ports,
 //! not the FMAs). The halo is a per-task copy of the block's input rows between zero columns.
 
-use super::conv::{ConvArgs, ConvIo, ConvShape, Epilogue};
-use super::error::{KernelError, check_len, check_min_len, product};
+use super::conv::{ConvArgs, ConvIo, ConvShape, Epilogue, blocked_args};
+use super::error::{KernelError, check_min_len, product};
 use super::par::{Parallel, SyncPtr};
 use super::simd::{Cpu, Isa, Simd, isa_fn};
 use super::tile::{self, Out};
-use super::view::{Layout, check_apart, check_same_or_apart, pad16};
+use super::view::pad16;
 
 /// Output pixels per depthwise tile.
 const TILE: usize = 8;
@@ -91,50 +91,9 @@ pub fn forward(
     scratch: &mut [f32],
 ) -> Result<(), KernelError> {
     let s = &plan.shape;
-    let len = arena.len();
-    io.x.check_in("input", len)?;
-    io.y.check_in("output", len)?;
-    io.x.expect("input", [s.n, s.ic, s.ih, s.iw], Layout::NChw16c)?;
-    io.y.expect("output", [s.n, s.oc, plan.oh, plan.ow], Layout::NChw16c)?;
-    check_apart(("output", &io.y), &[("input", &io.x)])?;
-    check_len("weights", io.weights.len(), super::pack::depthwise_len(s.ic, s.kh, s.kw)?)?;
-    let e = &plan.epilogue;
-    let vector = |what: &'static str, v: Option<&[f32]>, wanted: bool| -> Result<*const f32, KernelError> {
-        match (v, wanted) {
-            (Some(v), true) => check_len(what, v.len(), s.oc).map(|_| v.as_ptr()),
-            (None, false) => Ok(core::ptr::null()),
-            _ => Err(KernelError::View { what }),
-        }
-    };
-    let (bias, scale, shift) = (
-        vector("bias", io.bias, e.bias)?,
-        vector("scale", io.scale, e.scale_shift)?,
-        vector("shift", io.shift, e.scale_shift)?,
-    );
-    let res = match (io.residual, e.residual) {
-        (Some(r), true) => {
-            r.check_in("residual", len)?;
-            r.expect("residual", [s.n, s.oc, plan.oh, plan.ow], Layout::NChw16c)?;
-            check_same_or_apart(("residual", &r), ("output", &io.y))?;
-            Some(r)
-        }
-        (None, false) => None,
-        _ => return Err(KernelError::View { what: "residual" }),
-    };
+    let weights = super::pack::depthwise_len(s.ic, s.kh, s.kw)?;
+    let args = blocked_args(s, [plan.oh, plan.ow], &plan.epilogue, arena, io, weights)?;
     check_min_len("scratch", scratch.len(), plan.scratch_len(par.threads()))?;
-    let base = arena.as_mut_ptr();
-    let args = ConvArgs {
-        x: base.wrapping_add(io.x.offset),
-        x_bs: io.x.batch_stride,
-        w: io.weights.as_ptr(),
-        bias,
-        scale,
-        shift,
-        res: res.map_or(core::ptr::null(), |r| base.wrapping_add(r.offset)),
-        res_bs: res.map_or(0, |r| r.batch_stride),
-        y: base.wrapping_add(io.y.offset),
-        y_bs: io.y.batch_stride,
-    };
     let scratch = SyncPtr(scratch.as_mut_ptr());
     let per = plan.scratch;
     par.run(plan.tasks, &|task, thread| {

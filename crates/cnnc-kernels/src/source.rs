@@ -58,7 +58,7 @@ pub fn files() -> &'static [Source] {
         conv: Core [act error simd tile view];
         pack: Core [error];
         conv_small: Core [conv tile];
-        conv_fwd: Core [conv conv_small error par tile view];
+        conv_fwd: Core [conv conv_small error par tile];
         winograd: Core [act conv error par simd tile view x86];
         conv_bwd_data: Core [conv conv_small error par simd tile view];
         optim: Core [error fmath par simd x86];

@@ -21,12 +21,12 @@
 //! vector the tiles load serves all the band's tiles.
 
 use super::act;
-use super::conv::{ConvArgs, ConvIo, ConvShape, Epilogue, choose_tile, packed_weight_len};
+use super::conv::{ConvArgs, ConvIo, ConvShape, Epilogue, blocked_args, choose_tile, packed_weight_len};
 use super::error::{KernelError, check_len, check_min_len, product};
 use super::par::{Parallel, SyncPtr};
 use super::simd::{Cpu, Isa, Simd, isa_fn};
 use super::tile::{self, Out, Reduce};
-use super::view::{Layout, check_apart, check_same_or_apart, pad16};
+use super::view::pad16;
 
 /// Floats a thread's `V` and `M` may take together (1.25 MiB; the products sweep them one
 /// position at a time, so they need not fit L2 whole): bands are cut to fit. On Zen 5,
@@ -68,6 +68,7 @@ pub fn preferred(shape: &ConvShape) -> Option<usize> {
     let Ok([oh, ow]) = shape.out_hw() else { return None };
     let tiles = |m: usize| oh.div_ceil(m) * ow.div_ceil(m);
     let blocks = shape.ic.div_ceil(16) * shape.oc.div_ceil(16);
+    // Below one input block the transforms weigh as much as the products (not measured).
     if !applies(shape) || shape.ic < 16 || (tiles(2) < 49 && blocks > 256) {
         return None;
     }
@@ -345,49 +346,9 @@ pub fn forward(
     io: &ConvIo<'_>,
     scratch: &mut [f32],
 ) -> Result<(), KernelError> {
-    let s = &plan.shape;
-    let len = arena.len();
-    io.x.check_in("input", len)?;
-    io.y.check_in("output", len)?;
-    io.x.expect("input", [s.n, s.ic, s.ih, s.iw], Layout::NChw16c)?;
-    io.y.expect("output", [s.n, s.oc, plan.oh, plan.ow], Layout::NChw16c)?;
-    check_apart(("output", &io.y), &[("input", &io.x)])?;
-    let e = &plan.epilogue;
-    check_len("winograd weights", io.weights.len(), weight_len(s, plan.m)?)?;
-    let vector = |what: &'static str, v: Option<&[f32]>, wanted: bool| -> Result<*const f32, KernelError> {
-        match (v, wanted) {
-            (Some(v), true) => check_len(what, v.len(), s.oc).map(|_| v.as_ptr()),
-            (None, false) => Ok(core::ptr::null()),
-            _ => Err(KernelError::View { what }),
-        }
-    };
-    let bias = vector("bias", io.bias, e.bias)?;
-    let scale = vector("scale", io.scale, e.scale_shift)?;
-    let shift = vector("shift", io.shift, e.scale_shift)?;
-    let (res_off, res_bs) = match (io.residual, e.residual) {
-        (Some(r), true) => {
-            r.check_in("residual", len)?;
-            r.expect("residual", [s.n, s.oc, plan.oh, plan.ow], Layout::NChw16c)?;
-            check_same_or_apart(("residual", &r), ("output", &io.y))?;
-            (r.offset, r.batch_stride)
-        }
-        (None, false) => (0, 0),
-        _ => return Err(KernelError::View { what: "residual" }),
-    };
+    let weights = weight_len(&plan.shape, plan.m)?;
+    let args = blocked_args(&plan.shape, [plan.oh, plan.ow], &plan.epilogue, arena, io, weights)?;
     check_min_len("scratch", scratch.len(), plan.scratch_len(par.threads()))?;
-    let base = arena.as_mut_ptr();
-    let args = ConvArgs {
-        x: base.wrapping_add(io.x.offset),
-        x_bs: io.x.batch_stride,
-        w: io.weights.as_ptr(),
-        bias,
-        scale,
-        shift,
-        res: if e.residual { base.wrapping_add(res_off) } else { core::ptr::null() },
-        res_bs,
-        y: base.wrapping_add(io.y.offset),
-        y_bs: io.y.batch_stride,
-    };
     let scratch = SyncPtr(scratch.as_mut_ptr());
     let per = plan.scratch;
     par.run(plan.tasks, &|task, thread| {

@@ -389,7 +389,7 @@ fn pack_param(p: &ParamSpec, logical: &[f32], stored: &mut [f32]) {
 
 // @item Relayout
 /// A layout some kernel reads a weight in, other than the plan's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub enum Relayout {
     /// The checkpoint's `oihw` (the fallback convolution).
     Logical,
@@ -397,8 +397,10 @@ pub enum Relayout {
     PlainInput,
     /// `gIOhw16o16i` with the kernel rotated (blocked backward-data).
     BackwardData,
-    /// Winograd's transformed weights of a 3x3 convolution, for output tiles of this size.
-    Winograd(usize),
+    /// Made from `oihw` by a function of the model's own (Winograd's transformed weights),
+    /// given the filters and the inputs per filter: only a module that needs such a kernel
+    /// carries it.
+    Transformed(fn(usize, usize, &[f32], &mut [f32]) -> Result<(), self::cnnc_kernels::error::KernelError>),
 }
 
 // @item Derived
@@ -433,11 +435,7 @@ fn derive(
             Relayout::Logical => dst.copy_from_slice(logical),
             Relayout::PlainInput => pack::pack_plain_input(&shape, logical, dst)?,
             Relayout::BackwardData => pack::pack(&shape, pack::Blocked::BackwardData, logical, dst)?,
-            Relayout::Winograd(m) => {
-                // Only the channels and the kernel matter to the transform.
-                let conv = self::cnnc_kernels::conv::ConvShape::simple(1, i, [kh, kw], o, kh, 1, 1);
-                self::cnnc_kernels::winograd::transform_plain_weights(&conv, m, logical, dst)?
-            }
+            Relayout::Transformed(transform) => transform(o, i, logical, dst)?,
         }
     }
     Ok(())

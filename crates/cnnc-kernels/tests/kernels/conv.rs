@@ -199,35 +199,6 @@ fn check_forward(cfg: ConvCfg, e: EpiCase, seed: u64) -> Result<(), String> {
         // Tiles over images (what small maps at batch > 1 get), on any shape.
         let span = plan.with_span(par.threads());
         for plan in [plan, flipped, cut, chunked, pairs, units, span] {
-            let y0 = match e.residual {
-                Residual::InPlace => rb.clone(),
-                _ => vec![9.0; rb.len()],
-            };
-            let mut arena = match e.residual {
-                Residual::Apart => Arena::new(&[&xb, &rb, &y0]),
-                _ => Arena::new(&[&xb, &y0]),
-            };
-            let yi = arena.offsets.len() - 1;
-            let xv = arena.view(0, cfg.n, cfg.ic, cfg.ih, cfg.iw, Layout::NChw16c);
-            let yv = arena.view(yi, cfg.n, cfg.oc, oh, ow, Layout::NChw16c);
-            let rv = match e.residual {
-                Residual::None => None,
-                Residual::Apart => Some(arena.view(1, cfg.n, cfg.oc, oh, ow, Layout::NChw16c)),
-                Residual::InPlace => Some(yv),
-            };
-            let io = ConvIo {
-                x: xv,
-                y: yv,
-                residual: rv,
-                weights: packed.as_slice(),
-                bias: e.bias.then_some(bias_g.as_slice()),
-                scale: e.scale_shift.then_some(scale_g.as_slice()),
-                shift: e.scale_shift.then_some(shift_g.as_slice()),
-            };
-            let mut scratch = guarded(&vec![0.0; plan.scratch_len(par.threads())]);
-            conv_fwd::forward(par, &plan, arena.buf.as_mut_slice(), &io, scratch.as_mut_slice())
-                .map_err(|e| e.to_string())?;
-            let got = arena.part(yi);
             let what = format!(
                 "{:?} {cfg:?} {e:?} plan tile {:?} band {:?} blocks outer {} prefetch {} chunk {}",
                 cpu.isa(),
@@ -237,14 +208,80 @@ fn check_forward(cfg: ConvCfg, e: EpiCase, seed: u64) -> Result<(), String> {
                 plan.prefetch(),
                 plan.chunk()
             );
-            close(&what, &from_blocked(got, cfg.n, cfg.oc, ohw), &want, 1e-4)?;
-            if !got.iter().all(|v| v.is_finite()) {
-                return Err(format!("{what}: a padding lane is not finite"));
-            }
-            if !arena.gaps_intact() || !scratch.sentinels_intact() {
-                return Err(format!("{what}: wrote outside its tensors"));
-            }
+            let ops = Operands {
+                xb: &xb,
+                rb: &rb,
+                weights: packed.as_slice(),
+                bias: bias_g.as_slice(),
+                scale: scale_g.as_slice(),
+                shift: shift_g.as_slice(),
+            };
+            run_blocked(&what, cfg, e, &ops, &want, plan.scratch_len(par.threads()), |arena, io, scratch| {
+                conv_fwd::forward(par, &plan, arena, io, scratch)
+            })?;
         }
+    }
+    Ok(())
+}
+
+/// A blocked forward convolution's operands for [`run_blocked`]: input and residual in
+/// `nChw16c`, the weights in the kernel's form, the epilogue vectors.
+pub struct Operands<'a> {
+    pub xb: &'a [f32],
+    pub rb: &'a [f32],
+    pub weights: &'a [f32],
+    pub bias: &'a [f32],
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+}
+
+/// Runs `run` once on fresh guard-checked buffers for `cfg` with epilogue `e` (the residual
+/// apart, in the output's own memory, or none) and compares its output with `want`: within
+/// rtol 1e-4, padding lanes finite, nothing written outside its tensors or scratch.
+pub fn run_blocked(
+    what: &str,
+    cfg: ConvCfg,
+    e: EpiCase,
+    ops: &Operands<'_>,
+    want: &[f32],
+    scratch_len: usize,
+    run: impl FnOnce(&mut [f32], &ConvIo<'_>, &mut [f32]) -> Result<(), cnnc_kernels::error::KernelError>,
+) -> Result<(), String> {
+    let [oh, ow] = cfg.out_hw();
+    let y0 = match e.residual {
+        Residual::InPlace => ops.rb.to_vec(),
+        _ => vec![9.0; ops.rb.len()],
+    };
+    let mut arena = match e.residual {
+        Residual::Apart => Arena::new(&[ops.xb, ops.rb, &y0]),
+        _ => Arena::new(&[ops.xb, &y0]),
+    };
+    let yi = arena.offsets.len() - 1;
+    let xv = arena.view(0, cfg.n, cfg.ic, cfg.ih, cfg.iw, Layout::NChw16c);
+    let yv = arena.view(yi, cfg.n, cfg.oc, oh, ow, Layout::NChw16c);
+    let rv = match e.residual {
+        Residual::None => None,
+        Residual::Apart => Some(arena.view(1, cfg.n, cfg.oc, oh, ow, Layout::NChw16c)),
+        Residual::InPlace => Some(yv),
+    };
+    let io = ConvIo {
+        x: xv,
+        y: yv,
+        residual: rv,
+        weights: ops.weights,
+        bias: e.bias.then_some(ops.bias),
+        scale: e.scale_shift.then_some(ops.scale),
+        shift: e.scale_shift.then_some(ops.shift),
+    };
+    let mut scratch = guarded(&vec![0.0; scratch_len]);
+    run(arena.buf.as_mut_slice(), &io, scratch.as_mut_slice()).map_err(|e| format!("{what}: {e}"))?;
+    let got = arena.part(yi);
+    close(what, &from_blocked(got, cfg.n, cfg.oc, oh * ow), want, 1e-4)?;
+    if !got.iter().all(|v| v.is_finite()) {
+        return Err(format!("{what}: a padding lane is not finite"));
+    }
+    if !arena.gaps_intact() || !scratch.sentinels_intact() {
+        return Err(format!("{what}: wrote outside its tensors"));
     }
     Ok(())
 }

@@ -1,13 +1,12 @@
 //! Winograd F(2x2, 3x3) and F(4x4, 3x3) forward convolution with the fused epilogue, against
 //! the interpreter, and its weight transform from both weight layouts.
 
-use super::conv::{EpiCase, Residual, activations, epi_case, shape_of, weight_shape};
+use super::conv::{EpiCase, Operands, Residual, activations, epi_case, run_blocked, shape_of, weight_shape};
 use super::oracle::{self, ConvCfg, Post};
-use super::util::{Arena, Rng, close, cpus, from_blocked, guarded, par, to_blocked};
+use super::util::{Rng, cpus, guarded, par, to_blocked};
 use cnnc_kernels::act::Act;
-use cnnc_kernels::conv::{ConvIo, Epilogue};
+use cnnc_kernels::conv::Epilogue;
 use cnnc_kernels::pack::{self, Blocked};
-use cnnc_kernels::view::Layout;
 use cnnc_kernels::winograd::{self, WinoPlan};
 use proptest::prelude::*;
 
@@ -88,48 +87,23 @@ fn check_winograd(cfg: ConvCfg, e: EpiCase, seed: u64) -> Result<(), String> {
         let units = plan.with_split(1, plan.tile().0);
         let whole = plan.with_split(usize::MAX, usize::MAX);
         for plan in [plan, units, whole] {
-            let y0 = match e.residual {
-                Residual::InPlace => rb.clone(),
-                _ => vec![9.0; rb.len()],
-            };
-            let mut arena = match e.residual {
-                Residual::Apart => Arena::new(&[&xb, &rb, &y0]),
-                _ => Arena::new(&[&xb, &y0]),
-            };
-            let yi = arena.offsets.len() - 1;
-            let xv = arena.view(0, cfg.n, cfg.ic, cfg.ih, cfg.iw, Layout::NChw16c);
-            let yv = arena.view(yi, cfg.n, cfg.oc, oh, ow, Layout::NChw16c);
-            let rv = match e.residual {
-                Residual::None => None,
-                Residual::Apart => Some(arena.view(1, cfg.n, cfg.oc, oh, ow, Layout::NChw16c)),
-                Residual::InPlace => Some(yv),
-            };
-            let io = ConvIo {
-                x: xv,
-                y: yv,
-                residual: rv,
-                weights: u.as_slice(),
-                bias: e.bias.then_some(bias_g.as_slice()),
-                scale: e.scale_shift.then_some(scale_g.as_slice()),
-                shift: e.scale_shift.then_some(shift_g.as_slice()),
-            };
-            let mut scratch = guarded(&vec![0.0; plan.scratch_len(par.threads())]);
-            winograd::forward(par, &plan, arena.buf.as_mut_slice(), &io, scratch.as_mut_slice())
-                .map_err(|e| e.to_string())?;
-            let got = arena.part(yi);
             let what = format!(
                 "F({m}x{m}) {:?} {cfg:?} {e:?} tile {:?} split {:?}",
                 cpu.isa(),
                 plan.tile(),
                 plan.split_info()
             );
-            close(&what, &from_blocked(got, cfg.n, cfg.oc, ohw), &want, 1e-4)?;
-            if !got.iter().all(|v| v.is_finite()) {
-                return Err(format!("{what}: a padding lane is not finite"));
-            }
-            if !arena.gaps_intact() || !scratch.sentinels_intact() {
-                return Err(format!("{what}: wrote outside its tensors"));
-            }
+            let ops = Operands {
+                xb: &xb,
+                rb: &rb,
+                weights: u.as_slice(),
+                bias: bias_g.as_slice(),
+                scale: scale_g.as_slice(),
+                shift: shift_g.as_slice(),
+            };
+            run_blocked(&what, cfg, e, &ops, &want, plan.scratch_len(par.threads()), |arena, io, scratch| {
+                winograd::forward(par, &plan, arena, io, scratch)
+            })?;
         }
     }
     Ok(())
