@@ -558,6 +558,11 @@ fn cx_struct(g: &Gen<'_>, used: &[&str]) -> TokenStream {
 
 use crate::api::{api_inference, api_training};
 
+/// The name of the generated function making F(m x m, 3x3)'s weights.
+fn winograd_fn(m: usize) -> proc_macro2::Ident {
+    quote::format_ident!("winograd{m}x{m}_weights")
+}
+
 #[cfg(test)]
 mod tests {
     use super::cx_field_reads;
@@ -574,9 +579,4 @@ mod tests {
         let want: BTreeSet<String> = ["arena", "plans", "scratch"].into_iter().map(String::from).collect();
         assert_eq!(read, want);
     }
-}
-
-/// The name of the generated function making F(m x m, 3x3)'s weights.
-fn winograd_fn(m: usize) -> proc_macro2::Ident {
-    quote::format_ident!("winograd{m}x{m}_weights")
 }
