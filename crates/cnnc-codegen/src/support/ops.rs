@@ -397,11 +397,13 @@ pub enum Relayout {
     PlainInput,
     /// `gIOhw16o16i` with the kernel rotated (blocked backward-data).
     BackwardData,
-    /// Made from `oihw` by a function of the model's own (Winograd's transformed weights),
-    /// given the filters and the inputs per filter: only a module that needs such a kernel
-    /// carries it.
-    Transformed(fn(usize, usize, &[f32], &mut [f32]) -> Result<(), self::cnnc_kernels::error::KernelError>),
+    /// Made from `oihw` by a function of the model's own (Winograd's transformed weights):
+    /// only a module that needs such a kernel carries it.
+    Transformed(Transform),
 }
+
+/// A weight transform a module writes for itself: `(filters, inputs per filter, oihw, out)`.
+pub type Transform = fn(usize, usize, &[f32], &mut [f32]) -> Result<(), self::cnnc_kernels::error::KernelError>;
 
 // @item Derived
 /// A copy of parameter `PARAMS[param]` in another layout, at `offset .. offset + len`.
