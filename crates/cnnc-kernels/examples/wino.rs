@@ -4,15 +4,13 @@
 //! and fastest run in effective GFLOP/s (the direct convolution's 2 x MACs over the time) and
 //! its speed against the direct plan's burst just before.
 //! Run with `cargo run --release -p cnnc-kernels --example wino [LAYER] [rounds]` (a round
-//! is 30 turns of each variant; layers as `common/layer.rs` names them, plus `512`: ResNet-50's
-//! layer4 3x3 at 7 x 7, `g96` and `g128`: GoogLeNet's inception 3a and 3b 3x3, and VGG-16's `v256` (56 x 56),
-//! `v512b` (28 x 28) and `v512` (14 x 14)).
+//! is 30 turns of each variant; layers as `common/layer.rs` names them).
 
 #[path = "common/layer.rs"]
 mod layer;
 
 use cnnc_kernels::act::Act;
-use cnnc_kernels::conv::{ConvPlan, ConvShape, Epilogue};
+use cnnc_kernels::conv::{ConvPlan, Epilogue};
 use cnnc_kernels::lines::Lines;
 use cnnc_kernels::par::Parallel;
 use cnnc_kernels::threads::ThreadPool;
@@ -29,15 +27,7 @@ enum Variant {
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_else(|| "64".into());
     let rounds: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(3);
-    let shape = match which.as_str() {
-        "512" => ConvShape::simple(1, 512, [7, 7], 512, 3, 1, 1),
-        "v512" => ConvShape::simple(1, 512, [14, 14], 512, 3, 1, 1),
-        "v256" => ConvShape::simple(1, 256, [56, 56], 256, 3, 1, 1),
-        "g128" => ConvShape::simple(1, 128, [28, 28], 192, 3, 1, 1),
-        "v512b" => ConvShape::simple(1, 512, [28, 28], 512, 3, 1, 1),
-        "g96" => ConvShape::simple(1, 96, [28, 28], 128, 3, 1, 1),
-        name => layer::named(name),
-    };
+    let shape = layer::named(&which);
     let pool = ThreadPool::global();
     let epi = Epilogue { bias: true, scale_shift: false, residual: false, act: Act::NONE };
     let direct = ConvPlan::new(shape, epi, cpu::active(), pool.threads()).unwrap();

@@ -329,11 +329,6 @@ impl WinoPlan {
     pub fn split_info(&self) -> (usize, usize) {
         (self.band, self.oc_chunk)
     }
-    /// Multiply-adds one run computes (the products only; the direct convolution's count is
-    /// [`ConvShape::macs`]).
-    pub fn macs(&self) -> f64 {
-        (self.shape.n * self.pos * self.th * self.tw) as f64 * (self.icb * self.ocb * 256) as f64
-    }
 }
 
 /// Runs a Winograd convolution on `par`'s threads after checking every operand against the

@@ -20,6 +20,15 @@ pub fn named(name: &str) -> ConvShape {
         "r1024" => ConvShape::simple(1, 1024, [14, 14], 256, 1, 1, 0),
         // ResNet-50's layer2.0.downsample (1x1/2).
         "d2" => ConvShape::simple(1, 256, [56, 56], 512, 1, 2, 0),
+        // ResNet-50's layer4 3x3 at 7 x 7.
+        "512" => ConvShape::simple(1, 512, [7, 7], 512, 3, 1, 1),
+        // GoogLeNet's inception 3a and 3b 3x3.
+        "g96" => ConvShape::simple(1, 96, [28, 28], 128, 3, 1, 1),
+        "g128" => ConvShape::simple(1, 128, [28, 28], 192, 3, 1, 1),
+        // VGG-16's 3x3 layers at 56, 28 and 14 pixels.
+        "v256" => ConvShape::simple(1, 256, [56, 56], 256, 3, 1, 1),
+        "v512b" => ConvShape::simple(1, 512, [28, 28], 512, 3, 1, 1),
+        "v512" => ConvShape::simple(1, 512, [14, 14], 512, 3, 1, 1),
         _ => ConvShape::simple(1, 64, [56, 56], 64, 3, 1, 1),
     }
 }
