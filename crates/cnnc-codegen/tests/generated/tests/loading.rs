@@ -10,10 +10,15 @@ use cnnc_codegen_generated::{lenet5, tiny_resnet};
 use cnnc_runtime::{TensorMap, init_params, save_safetensors};
 use common::*;
 
+/// The bytes `save_safetensors` writes for `w`. Each call has a file of its own: the tests run
+/// side by side, and two maps of one size once shared a name, so one test removed the file
+/// another was about to read.
 fn safetensors_bytes(w: &TensorMap) -> Vec<u8> {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("cnnc-codegen-loading-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("w{}.safetensors", w.len()));
+    let path = dir.join(format!("w{call}.safetensors"));
     save_safetensors(&path, w).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let _ = std::fs::remove_file(&path);
