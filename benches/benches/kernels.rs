@@ -87,6 +87,26 @@ fn timed(prep: &mut layers::Prepared, reps: usize) -> ([f64; 2], String) {
     (secs, format!(",\"waited_s\":{waited:.1},\"others\":{others:.3}{noisy}"))
 }
 
+/// A memory-bound layer and the read probe over a buffer of the same size, taking turns (the
+/// bandwidth a shared machine gives swings by half within minutes, so the probe's figure from
+/// the start of the run is no fair measure of a layer timed later): the medians of both in GB/s.
+/// The layer's bytes count each operand once, as the probe's do.
+fn read_turns(prep: &mut layers::Prepared, threads: usize) -> [f64; 2] {
+    let words: Vec<u64> = (0..(prep.bytes / 8.0) as u64).collect();
+    let (mut layer, mut read) = (Vec::new(), Vec::new());
+    for _ in 0..30 {
+        let t0 = Instant::now();
+        prep.run();
+        layer.push(t0.elapsed().as_secs_f64());
+        read.push(peak::read_secs(&words, threads));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    [prep.bytes / median(layer) / 1e9, (words.len() * 8) as f64 / median(read) / 1e9]
+}
+
 /// ResNet-50's convolutions with warm weights (the same copy every run) and cold ones (cycling
 /// through [`layers::COLD_BYTES`] of copies, as inside the whole model, whose ~100 MB of weights
 /// outgrow the last-level cache), in alternating rounds; one JSON line per layer with the
@@ -182,7 +202,12 @@ fn report(only_cold: bool) {
             };
             let bw = if prep.bytes > 0.0 {
                 let gbs = prep.bytes / secs / 1e9;
-                format!(",\"gbs\":{gbs:.1},\"pct_read_bw\":{:.1}", 100.0 * gbs / p.read[1])
+                let [turn_gbs, turn_read] = read_turns(&mut prep, threads);
+                format!(
+                    ",\"gbs\":{gbs:.1},\"pct_read_bw\":{:.1},\"turns_gbs\":{turn_gbs:.1},\"turns_read_gbs\":{turn_read:.1},\"turns_pct_read_bw\":{:.1}",
+                    100.0 * gbs / p.read[1],
+                    100.0 * turn_gbs / turn_read
+                )
             } else {
                 String::new()
             };

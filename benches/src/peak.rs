@@ -3,6 +3,8 @@
 //! probe `cnnc bench` uses), and memory read bandwidth (a vectorised sum over 256 MiB as four
 //! sequential streams per thread) and triad bandwidth.
 
+use cnnc_kernels::par::Parallel;
+use cnnc_kernels::threads::ThreadPool;
 use std::time::Instant;
 
 /// FMA GFLOP/s per width, `[1 thread, all threads]`; `None` where the CPU lacks the width.
@@ -29,30 +31,30 @@ impl Peak {
 /// is bound by memory and not by add latency (four dependent f64 chains top out near
 /// 40 GB/s per core on Zen 5, below what the memory delivers).
 fn read_rate(data: &[u64], threads: usize) -> f64 {
-    let mut best = 0.0f64;
-    for _ in 0..5 {
-        let t0 = Instant::now();
-        std::thread::scope(|s| {
-            for part in data.chunks(data.len().div_ceil(threads)) {
-                s.spawn(move || {
-                    let q = part.len() / 4;
-                    let (a, rest) = part.split_at(q);
-                    let (b, rest) = rest.split_at(q);
-                    let (c, d) = rest.split_at(q);
-                    let mut acc = [0u64; 4];
-                    for i in 0..q {
-                        acc[0] = acc[0].wrapping_add(a[i]);
-                        acc[1] = acc[1].wrapping_add(b[i]);
-                        acc[2] = acc[2].wrapping_add(c[i]);
-                        acc[3] = acc[3].wrapping_add(d[i]);
-                    }
-                    std::hint::black_box(acc)
-                });
-            }
-        });
-        best = best.max((data.len() * 8) as f64 / t0.elapsed().as_secs_f64() / 1e9);
-    }
-    best
+    (0..5).map(|_| read_secs(data, threads)).map(|secs| (data.len() * 8) as f64 / secs / 1e9).fold(0.0, f64::max)
+}
+
+/// Seconds of one pass of [`read_rate`]'s sum over `data` as `threads` tasks on the kernels'
+/// pool (each its own part, as four sequential streams), so that it is timed like a kernel.
+pub fn read_secs(data: &[u64], threads: usize) -> f64 {
+    let chunk = data.len().div_ceil(threads);
+    let t0 = Instant::now();
+    ThreadPool::global().run(threads, &|t, _| {
+        let part = &data[(t * chunk).min(data.len())..((t + 1) * chunk).min(data.len())];
+        let q = part.len() / 4;
+        let (a, rest) = part.split_at(q);
+        let (b, rest) = rest.split_at(q);
+        let (c, d) = rest.split_at(q);
+        let mut acc = [0u64; 4];
+        for i in 0..q {
+            acc[0] = acc[0].wrapping_add(a[i]);
+            acc[1] = acc[1].wrapping_add(b[i]);
+            acc[2] = acc[2].wrapping_add(c[i]);
+            acc[3] = acc[3].wrapping_add(d[i]);
+        }
+        std::hint::black_box(acc);
+    });
+    t0.elapsed().as_secs_f64()
 }
 
 /// Triad bandwidth in GB/s (`a = b + s c`, 24 bytes per element as STREAM counts it).

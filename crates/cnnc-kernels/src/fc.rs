@@ -2,8 +2,11 @@
 //! `oi` weights (`[O][I]`, PyTorch's layout), and the backward passes.
 //!
 //! Forward streams each weight row once: a tile of 4 rows x up to 4 samples keeps 16 vector
-//! accumulators over the row (at batch 1 the layer is bound by memory bandwidth, and the
-//! 4-row tile reads 4 sequential streams). Backward-data (`dx = w^T gy`) and backward-weights
+//! accumulators over the row (at batch 1 the layer is bound by memory bandwidth). The tile's
+//! rows are a quarter of the task's chunk apart, so the task reads 4 long sequential streams
+//! (each runs on through consecutive rows) rather than 4 rows side by side that end and
+//! restart every row, the pattern of the read probe's 4-stream sum (`examples/fc_stream.rs`
+//! times the kernel against that sum). Backward-data (`dx = w^T gy`) and backward-weights
 //! (`dw += gy^T x`) are matrix products whose vectors run along `i`, the tile kernel's form:
 //! backward-weights reads `gy` as broadcast columns (consecutive `o`) and `x` rows as vectors;
 //! backward-data needs `gy` transposed (`[O][N]`, in scratch) for its columns. Columns of `i`
@@ -137,11 +140,12 @@ fn span(what: &'static str, n: usize, stride: usize, len: usize) -> Result<usize
     (n - 1).checked_mul(stride).and_then(|a| a.checked_add(len)).ok_or(KernelError::Overflow { what })
 }
 
-/// `y[n][o0 .. o0 + R]` for samples `n0 .. n0 + NB`.
+/// `y[n][o0 + r step]` for `r < R` and samples `n0 .. n0 + NB`.
 ///
 /// # Safety
-/// Rows `o0 .. o0 + R` of `w` and samples `n0 .. n0 + NB` of `x`, `y` are valid.
+/// Rows `o0 + r step` (`r < R`) of `w` and samples `n0 .. n0 + NB` of `x`, `y` are valid.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn dot_tile<S: Simd, const R: usize, const NB: usize>(
     s: S,
     p: &FcPlan,
@@ -149,6 +153,7 @@ unsafe fn dot_tile<S: Simd, const R: usize, const NB: usize>(
     w: *const f32,
     y: *mut f32,
     o0: usize,
+    step: usize,
     n0: usize,
 ) {
     let i = p.i;
@@ -160,7 +165,7 @@ unsafe fn dot_tile<S: Simd, const R: usize, const NB: usize>(
         unsafe {
             let xs: [S::V; NB] = core::array::from_fn(|b| s.load(x.add((n0 + b) * p.xs + k)));
             for (r, row) in acc.iter_mut().enumerate() {
-                let wv = s.load(w.add((o0 + r) * i + k));
+                let wv = s.load(w.add((o0 + r * step) * i + k));
                 for (b, a) in row.iter_mut().enumerate() {
                     *a = s.fmadd(wv, xs[b], *a);
                 }
@@ -173,39 +178,40 @@ unsafe fn dot_tile<S: Simd, const R: usize, const NB: usize>(
             let mut sum = s.hsum(*a);
             for kk in whole..i {
                 // SAFETY: kk < i.
-                unsafe { sum += *w.add((o0 + r) * i + kk) * *x.add((n0 + b) * p.xs + kk) };
+                unsafe { sum += *w.add((o0 + r * step) * i + kk) * *x.add((n0 + b) * p.xs + kk) };
             }
-            // SAFETY: sample n0 + b, row o0 + r of y are valid.
-            unsafe { *y.add((n0 + b) * p.ys + o0 + r) = sum };
+            // SAFETY: sample n0 + b, row o0 + r step of y are valid.
+            unsafe { *y.add((n0 + b) * p.ys + o0 + r * step) = sum };
         }
     }
 }
 
-/// Forward rows `o0..o1` for every sample, raw sums.
+/// Forward rows `o0..o1` for every sample, raw sums: tiles of rows `o0 + j + r q` (`r < 4`,
+/// `q` a quarter of the whole fours), then the last rows one at a time.
 ///
 /// # Safety
 /// As [`forward_task`].
 #[inline(always)]
 unsafe fn forward_rows<S: Simd>(s: S, p: &FcPlan, x: *const f32, w: *const f32, y: *mut f32, o0: usize, o1: usize) {
-    let mut o = o0;
-    while o < o1 {
-        let full = o + 4 <= o1;
+    let q = (o1 - o0) / 4;
+    for o in (o0..o0 + q).chain(o0 + 4 * q..o1) {
+        let full = o < o0 + q;
         let mut n = 0;
         while n < p.n {
             let nb = (p.n - n).min(4);
-            // SAFETY: rows o..o + 4 (or o) and samples n..n + nb are inside the operands.
+            // SAFETY: rows o + r q (r < 4, all below o0 + 4 q <= o1) or o alone, and samples
+            // n..n + nb are inside the operands.
             unsafe {
                 match (full, nb) {
-                    (true, 4) => dot_tile::<S, 4, 4>(s, p, x, w, y, o, n),
-                    (true, 3) => dot_tile::<S, 4, 3>(s, p, x, w, y, o, n),
-                    (true, 2) => dot_tile::<S, 4, 2>(s, p, x, w, y, o, n),
-                    (true, _) => dot_tile::<S, 4, 1>(s, p, x, w, y, o, n),
-                    (false, _) => dot_tile::<S, 1, 1>(s, p, x, w, y, o, n),
+                    (true, 4) => dot_tile::<S, 4, 4>(s, p, x, w, y, o, q, n),
+                    (true, 3) => dot_tile::<S, 4, 3>(s, p, x, w, y, o, q, n),
+                    (true, 2) => dot_tile::<S, 4, 2>(s, p, x, w, y, o, q, n),
+                    (true, _) => dot_tile::<S, 4, 1>(s, p, x, w, y, o, q, n),
+                    (false, _) => dot_tile::<S, 1, 1>(s, p, x, w, y, o, 0, n),
                 }
             }
             n += if full { nb } else { 1 };
         }
-        o += if full { 4 } else { 1 };
     }
 }
 

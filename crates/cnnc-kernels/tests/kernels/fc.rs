@@ -122,3 +122,12 @@ fn fc_of_lenet_and_wide_layers() {
         check_fc(n, i, o, Some(0), k % 2 == 1, k as u64).unwrap();
     }
 }
+
+/// Outputs enough for tasks of many rows: the forward tile's rows lie a quarter of the task
+/// apart, and a task's last rows (its count not a multiple of 4) run one at a time.
+#[test]
+fn fc_of_many_rows() {
+    for (k, (n, i, o)) in [(1, 100, 1003), (5, 37, 517), (2, 16, 4099), (1, 33, 262)].into_iter().enumerate() {
+        check_fc(n, i, o, Some(0), k % 2 == 0, 60 + k as u64).unwrap();
+    }
+}
