@@ -58,6 +58,9 @@ unsafe impl Sync for Buffer {}
 const PAGE: usize = 4096;
 /// Buffers from this size on are mapped rather than allocated: see [`Buffer::mapped`].
 const MAP_FROM: usize = 1 << 20;
+/// A transparent huge page on x86-64; mapped buffers from this size on are aligned to it and
+/// asked to be backed by such pages: see [`Buffer::mapped`].
+const HUGE_PAGE: usize = 2 << 20;
 
 impl Buffer {
     /// `len` zeroed bytes, 64-byte aligned (or, with `guard`, ending at a protected page).
@@ -81,10 +84,29 @@ impl Buffer {
     /// A private anonymous mapping: the kernel hands out zeroed pages as they are first
     /// touched, so a large arena or parameter buffer costs nothing until used (zeroing it
     /// eagerly was most of a model's compile time).
+    ///
+    /// From [`HUGE_PAGE`] on, the buffer starts on a huge-page boundary and the mapping is
+    /// advised to use transparent huge pages (Linux's default mode, `madvise`, gives them only
+    /// to such mappings). The kernels stream weights and activations far larger than the TLB
+    /// covers in 4 KiB pages: on Zen 4 VGG's fc 25088->4096 read 47-51 GB/s from 4 KiB pages
+    /// and 54-59 from huge ones, in turns in one process.
     fn mapped(len: usize) -> Result<Buffer, JitError> {
-        let total = len.div_ceil(PAGE) * PAGE;
+        let body = len.div_ceil(PAGE) * PAGE;
+        let huge = len >= HUGE_PAGE;
+        // Room to move the start up to the next huge-page boundary.
+        let total = if huge { body + HUGE_PAGE - PAGE } else { body };
         let base = map_anonymous(total)?;
-        let ptr = NonNull::new(base).ok_or_else(|| JitError::Memory("mmap gave a null address".into()))?;
+        let start = if huge { (base as usize).next_multiple_of(HUGE_PAGE) - base as usize } else { 0 };
+        // SAFETY: start + body <= total: mmap's address is page-aligned, so the gap to the next
+        // huge-page boundary is at most HUGE_PAGE - PAGE.
+        let ptr = NonNull::new(unsafe { base.add(start) })
+            .ok_or_else(|| JitError::Memory("mmap gave a null address".into()))?;
+        if huge {
+            // SAFETY: the range lies inside the mapping just made. The advice may be refused
+            // (THP turned off, an old kernel): the buffer then keeps 4 KiB pages, which is
+            // correct, only slower, so the result is deliberately not checked.
+            unsafe { libc::madvise(ptr.as_ptr().cast(), body, libc::MADV_HUGEPAGE) };
+        }
         // Page-aligned, so 64-byte aligned as `new` promises.
         Ok(Buffer { ptr, len, alloc: Alloc::Mapped { base, total } })
     }
@@ -290,6 +312,34 @@ impl Drop for Compiled {
         if let Some(m) = self.module.take() {
             // SAFETY: no function pointer into the module outlives `self` (private fields).
             unsafe { m.free_memory() };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every size class: heap (under [`MAP_FROM`]), mapped, mapped on a huge-page boundary, and
+    /// guarded; each zeroed, writable over its whole length, 64-byte aligned.
+    #[test]
+    fn buffers_of_every_size_are_zeroed_aligned_and_writable() {
+        for (len, guard) in
+            [(100, false), (MAP_FROM + 3, false), (HUGE_PAGE + 5, false), (3 * HUGE_PAGE, false), (4100, true)]
+        {
+            let mut b = Buffer::new(len, guard).unwrap();
+            assert_eq!(b.len(), len);
+            assert!(b.bytes().iter().all(|&v| v == 0), "{len} bytes zeroed");
+            b.bytes_mut().fill(7);
+            assert!(b.bytes().iter().all(|&v| v == 7));
+            let align = if guard {
+                8
+            } else if len >= HUGE_PAGE {
+                HUGE_PAGE
+            } else {
+                64
+            };
+            assert_eq!(b.addr() as usize % align, 0, "{len} bytes aligned to {align}");
         }
     }
 }
