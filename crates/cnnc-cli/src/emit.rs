@@ -21,6 +21,10 @@ pub(crate) struct EmitRustArgs {
     /// portable kernels. Inference only.
     #[arg(long, conflicts_with = "train")]
     no_std: bool,
+    /// Run every 3x3 convolution on the direct kernel, none as Winograd (which the module
+    /// otherwise uses for inference where it is faster, at a slightly different rounding).
+    #[arg(long)]
+    no_winograd: bool,
     /// Also generate `Trainer`, the training step: forward, the loss, every gradient and the
     /// optimiser's update (batch norm on batch statistics, its running statistics updated).
     #[arg(long)]
@@ -77,7 +81,7 @@ pub(crate) fn emit_rust(args: &EmitRustArgs, color: bool, out: &mut String) -> R
     let (graph, file) = lower_with_source(&args.model, color)?;
     let output = args.output.clone().unwrap_or_else(|| PathBuf::from("-"));
     check_outputs(&[("-o", &output)], &[("the source FILE", args.model.file.as_path())])?;
-    let options = RustOptions { no_std: args.no_std, training: args.training(&graph)? };
+    let options = RustOptions { no_std: args.no_std, no_winograd: args.no_winograd, training: args.training(&graph)? };
     let generated = cnnc_driver::emit_rust(&graph, &file, &options).map_err(emit_failure)?;
     match cnnc_driver::write_rust(&output, &generated.text) {
         // A closed pipe (`cnnc emit-rust m.cnn | head`) means the reader has seen enough.

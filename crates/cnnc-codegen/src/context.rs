@@ -67,6 +67,8 @@ pub struct Gen<'a> {
     pub tmp_fixed: usize,
     pub tmp_per_image: usize,
     pub training: bool,
+    /// Winograd kernels where they pay (`Options::winograd`; inference plans only).
+    pub winograd: bool,
     names: Names,
 }
 
@@ -110,6 +112,7 @@ impl<'a> Gen<'a> {
             tmp_fixed: 0,
             tmp_per_image: 0,
             training,
+            winograd: true,
             names: Names::default(),
         }
     }

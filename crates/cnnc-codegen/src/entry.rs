@@ -49,6 +49,7 @@ pub fn entry(
         return Err(CodegenError::Unsupported("training steps need std (allocation, threads)".into()));
     }
     let mut g = Gen::new(plan, mem, params, params_len, kind == Kind::Training);
+    g.winograd = options.winograd;
     let mut layers = Vec::new();
     let mut calls = Vec::new();
     let mut table = Vec::new();

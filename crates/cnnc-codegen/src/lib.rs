@@ -72,11 +72,16 @@ pub struct Options {
     /// Adds `value(node)` to training structs: any node's value after a step, by its index in
     /// the plan's graph, in logical order (for tests that compare intermediate values).
     pub inspect: bool,
+    /// `true`: 3x3 stride-1 convolutions of inference plans run Winograd F(2x2, 3x3) or
+    /// F(4x4, 3x3) where `cnnc_kernels::winograd::preferred` says it pays; `false`: every
+    /// convolution runs the direct kernels (results closer to the reference: F(4x4)'s
+    /// transforms lose about a decimal digit).
+    pub winograd: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { source: None, std: true, kernels: None, inspect: false }
+        Options { source: None, std: true, kernels: None, inspect: false, winograd: true }
     }
 }
 

@@ -9,7 +9,7 @@
 
 use cnnc_codegen::CodegenError;
 use cnnc_diag::SourceFile;
-use cnnc_emit::GraphError;
+use cnnc_emit::{GraphError, Module};
 use cnnc_ir::Graph;
 use cnnc_passes::{PassError, TrainingOptions};
 use std::path::{Path, PathBuf};
@@ -21,6 +21,8 @@ pub struct RustOptions {
     /// `false` (`--no-std`): only `core`, no allocation (the caller passes the parameter storage
     /// and the workspace, `WORKSPACE_LEN` says how large), one thread; inference only.
     pub no_std: bool,
+    /// `true` (`--no-winograd`): every convolution on the direct kernels, none as Winograd.
+    pub no_winograd: bool,
     /// A training step to generate beside `Model`, as the struct `Trainer`.
     pub training: Option<TrainingOptions>,
 }
@@ -78,7 +80,13 @@ pub fn emit_rust(graph: &Graph, file: &SourceFile, options: &RustOptions) -> Res
     let name = Path::new(&file.name).file_name().map_or(file.name.clone(), |n| n.to_string_lossy().into_owned());
     let source = SourceFile::new(name, file.text.clone());
     let training = options.training.as_ref().map(|t| (cnnc_emit::TRAINER, t));
-    let (structs, text) = cnnc_emit::emit_graph(graph, &source, training, !options.no_std).map_err(|e| match e {
+    let (structs, text) = cnnc_emit::emit_graph(
+        graph,
+        &source,
+        training,
+        Module { std: !options.no_std, winograd: !options.no_winograd },
+    )
+    .map_err(|e| match e {
         GraphError::Passes(e) => EmitError::Passes(e),
         GraphError::Codegen(source) => EmitError::Codegen { model: graph.name.clone(), source },
     })?;

@@ -19,19 +19,28 @@ use cnnc_passes::{Objective, PassError, PassOptions, TrainingOptions};
 use std::fmt;
 
 /// What to compile and how.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     /// The model to lower (none: the file's only model), its input shape and parameter values.
     pub lower: cnnc_lower::Options,
     /// `None`: inference only (`Model`).
     pub training: Option<Training>,
-    /// `true`: a std module; `false`: `core` only (inference only, see `cnnc_codegen::Options`).
-    pub std: bool,
+    /// What the module is built for and with.
+    pub module: Module,
 }
 
-impl Default for Options {
-    fn default() -> Options {
-        Options { lower: cnnc_lower::Options::default(), training: None, std: true }
+/// How the module is built, whatever the model: the code generator's switches.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Module {
+    /// `true`: a std module; `false`: `core` only (inference only, see `cnnc_codegen::Options`).
+    pub std: bool,
+    /// `false`: no Winograd kernels, every convolution direct (`cnnc_codegen::Options::winograd`).
+    pub winograd: bool,
+}
+
+impl Default for Module {
+    fn default() -> Module {
+        Module { std: true, winograd: true }
     }
 }
 
@@ -102,7 +111,7 @@ pub fn emit_rust(source: &SourceFile, options: &Options) -> Result<Emitted, Emit
         let name = if t.optimizer.is_some() { TRAINER } else { GRADIENTS };
         (name, training_options(&graph, &t))
     });
-    let (structs, text) = emit_graph(&graph, source, training.as_ref().map(|(name, t)| (*name, t)), options.std)
+    let (structs, text) = emit_graph(&graph, source, training.as_ref().map(|(name, t)| (*name, t)), options.module)
         .map_err(EmitError::from)?;
     Ok(Emitted { model: graph.name.clone(), structs, text, warnings: lowered.warnings })
 }
@@ -134,7 +143,7 @@ pub fn emit_graph(
     graph: &Graph,
     source: &SourceFile,
     training: Option<(&str, &TrainingOptions)>,
-    std: bool,
+    module: Module,
 ) -> Result<(Vec<String>, String), GraphError> {
     let passes = PassOptions { verify: true, ..PassOptions::all() };
     let inference = cnnc_passes::optimize(graph, None, &passes).map_err(GraphError::Passes)?.plan;
@@ -150,7 +159,8 @@ pub fn emit_graph(
     }
     let codegen = cnnc_codegen::Options {
         source: Some(Source { name: source.name.clone(), text: source.text.clone() }),
-        std,
+        std: module.std,
+        winograd: module.winograd,
         ..cnnc_codegen::Options::default()
     };
     let text = cnnc_codegen::emit(&program, &codegen).map_err(GraphError::Codegen)?;
@@ -218,7 +228,11 @@ mod tests {
 
     #[test]
     fn a_core_only_module() {
-        let out = emit_rust(&file(SMALL), &Options { std: false, ..Options::default() }).expect("compiles");
+        let out = emit_rust(
+            &file(SMALL),
+            &Options { module: Module { std: false, ..Module::default() }, ..Options::default() },
+        )
+        .expect("compiles");
         assert!(out.text.contains("depends on nothing but core"), "{}", &out.text[..400]);
         assert!(!out.text.contains("::std::"), "no std paths");
     }

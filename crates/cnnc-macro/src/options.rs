@@ -9,7 +9,8 @@
 //! Options: `model = name` (which model of the source), `shape = [C, H, W]` (its input shape),
 //! `set(name = value, ...)` (its parameters), `train = sgd | adam | rmsprop | gradients` (a
 //! `Trainer` or `Gradients` struct beside `Model`), `loss = cross_entropy | mse | l1`,
-//! `std = false` (a `core`-only module).
+//! `std = false` (a `core`-only module), `winograd = false` (every convolution on the direct
+//! kernels).
 
 use cnnc_ir::{Adam, Loss, Optimizer, RmsProp, Sgd};
 use proc_macro2::{Delimiter, Span, TokenStream, TokenTree};
@@ -130,13 +131,8 @@ fn option(item: &[TokenTree], options: &mut cnnc_emit::Options) -> Result<(), Op
             let optimizer = options.training.map_or(Some(Optimizer::Sgd(SGD)), |t| t.optimizer);
             options.training = Some(cnnc_emit::Training { loss: Some(loss), optimizer });
         }
-        "std" => {
-            options.std = match word(value, key.span(), "`std` takes true or false")?.as_str() {
-                "true" => true,
-                "false" => false,
-                _ => return Err(bad(value, "`std` takes true or false".into())),
-            }
-        }
+        "std" => options.module.std = boolean(value, key.span(), "std")?,
+        "winograd" => options.module.winograd = boolean(value, key.span(), "winograd")?,
         "file" => {
             return Err(OptionError {
                 message: "`file = \"...\"` comes first, as in `cnn!(file = \"models/x.cnn\", ...)`, and replaces an inline model".into(),
@@ -155,8 +151,18 @@ fn option(item: &[TokenTree], options: &mut cnnc_emit::Options) -> Result<(), Op
     Ok(())
 }
 
-const KEYS: &[&str] = &["file", "model", "shape", "set", "train", "loss", "std"];
-const NAMES: &str = "`model`, `shape`, `set(...)`, `train`, `loss`, `std` (and `file` first)";
+const KEYS: &[&str] = &["file", "model", "shape", "set", "train", "loss", "std", "winograd"];
+const NAMES: &str = "`model`, `shape`, `set(...)`, `train`, `loss`, `std`, `winograd` (and `file` first)";
+
+/// `true` or `false`, the value of option `name`.
+fn boolean(value: &[TokenTree], span: Span, name: &str) -> Result<bool, OptionError> {
+    let message = format!("`{name}` takes true or false");
+    match word(value, span, &message)?.as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(bad(value, message)),
+    }
+}
 
 /// `set(name = value, ...)`: each value is the text of an expression, as `--set` takes it.
 fn set(item: &[TokenTree], options: &mut cnnc_emit::Options) -> Result<(), OptionError> {
@@ -255,6 +261,9 @@ mod tests {
         let t = i.options.training.expect("training");
         assert_eq!(t.loss, Some(Loss::Mse));
         assert!(matches!(t.optimizer, Some(Optimizer::Adam(_))));
+        assert_eq!(i.options.module, cnnc_emit::Module { std: true, winograd: true });
+        let i = input(r#"file = "m.cnn", std = false, winograd = false"#).expect("parses");
+        assert_eq!(i.options.module, cnnc_emit::Module { std: false, winograd: false });
     }
 
     #[test]
@@ -274,6 +283,8 @@ mod tests {
         assert!(e.message.contains("unknown option `trian`; did you mean `train`?"), "{}", e.message);
         let e = input(r#"file = "x.cnn", train = sgdd"#).unwrap_err();
         assert!(e.message.contains("unknown optimiser `sgdd`"), "{}", e.message);
+        let e = input(r#"file = "x.cnn", winograd = no"#).unwrap_err();
+        assert!(e.message.contains("`winograd` takes true or false"), "{}", e.message);
         let e = input(r#"file = "x.cnn", shape = [3, 0]"#).unwrap_err();
         assert!(e.message.contains("positive"), "{}", e.message);
         let e = input("file = models").unwrap_err();

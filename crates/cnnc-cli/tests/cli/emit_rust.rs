@@ -229,3 +229,22 @@ fn a_failed_replacement_keeps_the_old_module() {
     assert!(std::fs::read_to_string(&module).expect("replaced").starts_with("//! Model `lenet5`"));
     assert_eq!(listing(&dir), ["bad.cnn", "model.rs"]);
 }
+
+/// All-CNN-C's 3x3 layers run Winograd in the generated module unless `--no-winograd` says
+/// otherwise; the module without it carries neither the kernel nor its weight transforms.
+#[test]
+fn winograd_can_be_turned_off_in_the_module() {
+    let dir = scratch("winograd");
+    let (with, without) = (dir.join("with.rs"), dir.join("without.rs"));
+    for (path, extra) in [(&with, None), (&without, Some("--no-winograd"))] {
+        let mut args = vec!["emit-rust", "examples/allcnnc.cnn", "-o", path.to_str().unwrap()];
+        args.extend(extra);
+        let o = cnnc(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    let (with, without) = (std::fs::read_to_string(&with).unwrap(), std::fs::read_to_string(&without).unwrap());
+    assert!(with.contains("WinoPlan::new") && with.contains("fn winograd4x4_weights"), "Winograd by default");
+    for code in ["WinoPlan", "mod winograd", "winograd4x4_weights", "winograd2x2_weights"] {
+        assert!(!without.contains(code), "`{code}` in the module made with --no-winograd");
+    }
+}

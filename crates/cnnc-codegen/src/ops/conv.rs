@@ -76,7 +76,7 @@ pub fn forward(
     // Winograd for inference where it pays (a training step would transform the weights
     // again before every step).
     let winograd = cnnc_kernels::winograd::preferred(&shape)
-        .filter(|&m| !g.training && plan_ok(KPlan::Winograd { shape, m, epi: kepi }));
+        .filter(|&m| g.winograd && !g.training && plan_ok(KPlan::Winograd { shape, m, epi: kepi }));
     let kernel = match (layout, winograd) {
         (Some(WeightLayout::OIhw16i16o), Some(m)) if blocked => Kernel::Winograd(m),
         _ => match layout {
