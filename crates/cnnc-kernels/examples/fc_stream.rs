@@ -7,10 +7,10 @@
 //! Run with `cargo run --release -p cnnc-kernels --example fc_stream [I O] [rounds]`.
 
 use cnnc_kernels::act::Act;
-use cnnc_kernels::cpu;
 use cnnc_kernels::fc::{self, FcPlan};
 use cnnc_kernels::par::Parallel;
 use cnnc_kernels::threads::ThreadPool;
+use cnnc_kernels::{cpu, peak};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -20,18 +20,7 @@ fn stream_sum(pool: &ThreadPool, words: &[u64], tasks: usize) -> u64 {
     let total = AtomicU64::new(0);
     pool.run(tasks, &|t, _| {
         let part = &words[(t * chunk).min(words.len())..((t + 1) * chunk).min(words.len())];
-        let q = part.len() / 4;
-        let (a, rest) = part.split_at(q);
-        let (b, rest) = rest.split_at(q);
-        let (c, d) = rest.split_at(q);
-        let mut acc = [0u64; 4];
-        for i in 0..q {
-            acc[0] = acc[0].wrapping_add(a[i]);
-            acc[1] = acc[1].wrapping_add(b[i]);
-            acc[2] = acc[2].wrapping_add(c[i]);
-            acc[3] = acc[3].wrapping_add(d[i]);
-        }
-        let acc = std::hint::black_box(acc);
+        let acc = std::hint::black_box(peak::read_streams(part));
         total.fetch_add(acc.iter().fold(0u64, |s, v| s.wrapping_add(*v)), Ordering::Relaxed);
     });
     total.into_inner()

@@ -218,3 +218,23 @@ mod x86 {
         unsafe { f128(iters) }
     }
 }
+
+/// One task's part of a memory read probe: sums `part` as four sequential streams (its four
+/// quarters side by side; a remainder of up to 3 words is left out) with wrapping integer adds,
+/// which the compiler vectorises with several accumulators, so the loop is bound by memory
+/// and not by add latency. The benchmarks time it over buffers larger than the caches on
+/// every thread at once; the sums only keep the reads from being optimised away.
+pub fn read_streams(part: &[u64]) -> [u64; 4] {
+    let q = part.len() / 4;
+    let (a, rest) = part.split_at(q);
+    let (b, rest) = rest.split_at(q);
+    let (c, d) = rest.split_at(q);
+    let mut acc = [0u64; 4];
+    for i in 0..q {
+        acc[0] = acc[0].wrapping_add(a[i]);
+        acc[1] = acc[1].wrapping_add(b[i]);
+        acc[2] = acc[2].wrapping_add(c[i]);
+        acc[3] = acc[3].wrapping_add(d[i]);
+    }
+    acc
+}

@@ -32,3 +32,14 @@ fn wider_vectors_are_not_slower() {
     let wide = measure_with(cpu, Width::of(cpu.isa()), 1, 300_000, 20).gflops;
     assert!(wide > 0.7 * narrow, "{wide} GFLOP/s at {:?} against {narrow} at 128 bits", Width::of(cpu.isa()));
 }
+
+/// The read probe's sum covers each quarter of its part once (a remainder of under 4 words
+/// left out), wrapping rather than overflowing.
+#[test]
+fn read_streams_sums_each_quarter() {
+    let words: Vec<u64> = (0..103).collect();
+    let acc = cnnc_kernels::peak::read_streams(&words);
+    let quarter = |k: u64| (25 * k..25 * k + 25).sum::<u64>();
+    assert_eq!(acc, [quarter(0), quarter(1), quarter(2), quarter(3)]);
+    assert_eq!(cnnc_kernels::peak::read_streams(&[u64::MAX; 8]), [u64::MAX - 1; 4]);
+}
